@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The project's test command: installs what is needed into .venv, then runs the whole test suite.
+# Extra arguments go to pytest, e.g. `bash scripts/test.sh -k random_image`.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$ROOT/scripts/setup_env.sh"
+cd "$ROOT"
+# pytest exits 5 when it collects no test: that is a failure here, as any other non-zero status.
+exec python -m pytest -q -p no:cacheprovider tests "$@"

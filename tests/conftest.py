@@ -1,0 +1,41 @@
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+
+@pytest.fixture
+def root():
+    """The repository root (scripts are run from there, as the README does)."""
+    return ROOT
+
+
+def _run_script(script, *args, cwd=None, env=None, timeout=600, check=None):
+    """Run ``python <script> args...`` from the repo root (or ``cwd``), as a user would; return the result.
+
+    ``script`` is relative to the repository root (e.g. ``'util/random_image.py'``).
+    ``check``: None = don't check, True = assert exit 0, False = assert non-zero exit.
+    """
+    import subprocess
+    full_env = dict(os.environ)
+    full_env.setdefault('PYTHONHASHSEED', '0')
+    full_env.pop('RANK', None), full_env.pop('WORLD_SIZE', None), full_env.pop('LOCAL_RANK', None)
+    if env:
+        full_env.update(env)
+    cmd = [sys.executable, os.path.join(ROOT, script), *map(str, args)]
+    res = subprocess.run(cmd, cwd=cwd or ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+    if check is True:
+        assert res.returncode == 0, f"{cmd} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}"
+    elif check is False:
+        assert res.returncode != 0, f"{cmd} unexpectedly succeeded:\n{res.stdout}\n{res.stderr}"
+    return res
+
+
+@pytest.fixture
+def run_script():
+    """``run_script('PHdict.py', 'in', '-o', 'out', check=True)`` → CompletedProcess (text stdout/stderr)."""
+    return _run_script

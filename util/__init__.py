@@ -1,0 +1,1 @@
+"""Shared library code for the scripts: image generation, persistent homology, labels, data, training."""

@@ -1,0 +1,32 @@
+"""Errors a user can fix, and the one place that turns them into a one-line message.
+
+Library code raises :class:`UserError` (never calls ``exit``); each script wraps its ``main`` with
+:func:`run_cli`, which prints ``error: <message>`` on one line and exits with status 2.
+"""
+import sys
+
+
+class UserError(Exception):
+    """A problem with the user's input or environment that they can fix (bad flag, missing folder, ...).
+
+    The message must name the offending file or flag and, where possible, say what to do.
+    """
+
+
+class BadImageError(UserError):
+    """An image file that cannot be decoded (truncated, zero bytes, not an image)."""
+
+
+def run_cli(main, args):
+    """Run ``main(args)``; turn a :class:`UserError` into one line on stderr and exit status 2."""
+    try:
+        result = main(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr, flush=True)
+        sys.exit(130)
+    if isinstance(result, int) and result != 0:
+        sys.exit(result)
+    return result

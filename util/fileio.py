@@ -1,0 +1,152 @@
+"""Files written safely (temporary name, then rename) and images read robustly.
+
+Nothing written through this module ever appears under its final name half-written: a killed process
+leaves at most a ``.tmp-*`` file beside it, which the next run ignores (and may delete, since it is ours).
+"""
+import contextlib
+import json
+import os
+import tempfile
+import warnings
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from util.errors import BadImageError, UserError
+
+IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp')
+TMP_MARK = '.tmp-'
+
+
+@contextlib.contextmanager
+def atomic_open(path, mode='wb'):
+    """Open a temporary file next to ``path``; on success it is renamed to ``path``, on error removed."""
+    path = os.fspath(path)
+    directory = os.path.dirname(path) or '.'
+    base = os.path.basename(path)
+    fd, tmp = tempfile.mkstemp(prefix=base + TMP_MARK, dir=directory)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def save_npy(path, array):
+    """``np.save`` to exactly ``path`` (no ``.npy`` appended), atomically."""
+    with atomic_open(path, 'wb') as f:
+        np.save(f, array)
+
+
+def write_bytes(path, data):
+    with atomic_open(path, 'wb') as f:
+        f.write(data)
+
+
+def write_text(path, text):
+    write_bytes(path, text.encode('utf-8'))
+
+
+def write_json(path, obj):
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + '\n')
+
+
+def save_image(path, image, fmt=None, **params):
+    """Save a PIL image or uint8 array atomically; ``fmt`` defaults to the file extension."""
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    if fmt is None:
+        fmt = os.path.splitext(path)[1].lstrip('.').lower()
+    fmt = {'jpg': 'JPEG', 'jpeg': 'JPEG'}.get(fmt.lower(), fmt.upper())
+    with atomic_open(path, 'wb') as f:
+        image.save(f, format=fmt, **params)
+
+
+def torch_save(obj, path):
+    """``torch.save`` atomically (a killed run never leaves a truncated ``.pth``)."""
+    import torch
+    with atomic_open(path, 'wb') as f:
+        torch.save(obj, f)
+
+
+def is_temp_file(name):
+    return TMP_MARK in os.path.basename(name)
+
+
+def ensure_dir(path, what='output directory'):
+    """Create ``path`` if needed and check that we can write there; raise :class:`UserError` if not."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create {what} {path!r}: {e.strerror}") from None
+    if not os.path.isdir(path):
+        raise UserError(f"{what} {path!r} exists but is not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(prefix='.write-test' + TMP_MARK, dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"cannot write to {what} {path!r}: {e.strerror}; choose another with -o") from None
+    return path
+
+
+def require_dir(path, what='input directory', flag=None):
+    """Raise :class:`UserError` unless ``path`` is an existing directory."""
+    hint = f" (given by {flag})" if flag else ''
+    if path is None or not os.path.exists(path):
+        raise UserError(f"{what} {path!r}{hint} does not exist")
+    if not os.path.isdir(path):
+        raise UserError(f"{what} {path!r}{hint} is not a directory")
+    return path
+
+
+def list_images(root, extensions=IMG_EXTENSIONS):
+    """Relative paths (POSIX separators) of all image files below ``root``, sorted, temp files skipped."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames.sort()
+        rel_dir = os.path.relpath(dirpath, root)
+        for name in filenames:
+            if name.lower().endswith(extensions) and not is_temp_file(name) and not name.startswith('.'):
+                rel = name if rel_dir == '.' else os.path.join(rel_dir, name)
+                found.append(rel.replace(os.sep, '/'))
+    found.sort()
+    return found
+
+
+def load_image(path, mode='RGB'):
+    """Decode an image file into a PIL image of ``mode`` ('RGB' or 'L').
+
+    Handles 16-bit, palette, RGBA (alpha dropped) and greyscale inputs.
+    Raises :class:`BadImageError` naming the file when it cannot be decoded.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            with Image.open(path) as im:
+                im.load()
+                return convert_image(im, mode)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise BadImageError(f"cannot read image {path}: {e}") from None
+
+
+def convert_image(im, mode='RGB'):
+    """Convert any PIL image (1, L, P, RGBA, I;16, I, F, ...) to 'RGB' or 'L' without wrapping values."""
+    if im.mode in ('I;16', 'I;16B', 'I;16L', 'I', 'F'):
+        a = np.asarray(im, dtype=np.float64)
+        lo, hi = float(a.min()), float(a.max())
+        if im.mode.startswith('I;16'):
+            a = a / 257.0
+        elif hi > 255 or lo < 0:
+            a = (a - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(a)
+        im = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), 'L')
+    if im.mode == 'P':
+        im = im.convert('RGBA')
+    if im.mode in ('RGBA', 'LA', 'PA'):
+        im = im.convert('RGB' if mode == 'RGB' else 'L')
+    return im.convert(mode) if im.mode != mode else im
