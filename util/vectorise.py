@@ -206,8 +206,9 @@ class HistogramVectoriser:
     * ``hl0``, ``hl1``: histograms of H0 / H1 lifetimes on ``[0, max_life]`` (``nb[0]``, ``nb[1]`` bins), each
       multiplied by ``1 + linspace(0, max_life, nb[k])`` and then smoothed;
     * ``hb0``: histogram of H0 births on ``[-max_birth, 0]`` (``nb[2]`` bins), ``hb1``: of H1 births on
-      ``[-max_birth, max_birth]`` (``nb[3]`` bins), both weighted by the unclipped lifetime ``death - birth``,
-      then smoothed (births outside the range are not counted);
+      ``[-max_birth, max_birth]`` (``nb[3]`` bins), both weighted by the lifetime ``death - birth`` not clipped
+      to ``max_life`` (a malformed pair with death < birth weighs 0), then smoothed (births outside the
+      range are not counted);
     * output ``concat(log(hl0+1), log(hl1+1), log(hb0+1)/100, log(hb1+1))``, length ``D = sum(nb)``.
 
     Bins follow ``np.histogram`` (half-open, the last one closed).  Smoothing: :func:`smoothing_matrix`.
@@ -264,7 +265,8 @@ class HistogramVectoriser:
             parts.append(hist * self._life_factor[h])
         for h, (lo, hi) in ((0, (-self.max_birth, 0.0)), (1, (-self.max_birth, self.max_birth))):
             index, birth, death = pairs.by_dim[h]
-            parts.append(self._hist(n_diag, index, birth, lo, hi, nb[2 + h], weights=death - birth))
+            weight = np.maximum(death - birth, 0.0)
+            parts.append(self._hist(n_diag, index, birth, lo, hi, nb[2 + h], weights=weight))
         parts = [p @ s.T for p, s in zip(parts, self._smooth)]
         out = np.concatenate([np.log1p(parts[0]), np.log1p(parts[1]),
                               np.log1p(parts[2]) / 100.0, np.log1p(parts[3])], axis=1)
@@ -380,7 +382,7 @@ class PersistenceImageVectoriser:
         """Sequence of ``N`` diagrams -> float32 array ``[N, dim]``."""
         imgs = self.images(diagrams)
         n = imgs[0].shape[0]
-        out = np.concatenate([np.sqrt(np.abs(i.reshape(n, -1))) for i in imgs], axis=1)
+        out = np.concatenate([np.sqrt(np.abs(i.reshape(n, i.shape[1] * i.shape[2]))) for i in imgs], axis=1)
         return _finite_float32(out)
 
     def __call__(self, diagram):
