@@ -1,6 +1,522 @@
-"""Placeholder: this script is being written (see the issue tracker); it does nothing yet."""
+"""Precompute the persistent homology of a folder of images (and, optionally, label vectors from it).
+
+    python PHdict.py random -o PH_random -it jpg
+
+reads every ``*.jpg`` below ``random`` (sorted, sub-folders included), computes its persistence diagram
+(Otsu binarisation, signed Euclidean distance transform, cubical PH of dimensions 0 and 1 with cripser; see
+``util/ph.py``) and writes it under ``PH_random``.
+
+Output files (``<stem>`` = the input's path relative to TARGET_DIR without its extension, so the folder
+structure is mirrored: ``random/v00000001.jpg`` -> ``PH_random/v00000001.npy``, ``random/cat/x.jpg`` ->
+``PH_random/cat/x.npy``):
+
+* ``<stem>.npy`` -- the diagram, float64 ``(n, 9)`` rows ``dim, birth, death, x1, y1, z1, x2, y2, z2``
+  (written for every image input).
+* ``-ch``: ``<stem>hist.npy`` -- float32 histogram vector of length ``sum(--num_bins)`` (lifetime and birth
+  histograms of H0/H1, see ``util/vectorise.py``), and ``hist_mean.png``, the mean of the four curves.
+  With ``-it npy`` the diagrams are read from TARGET_DIR (as saved by an earlier run) instead of computed.
+* ``-cpi``: persistence images, float32, H0 then H1, about 10 birth pixels and square pixels per homology
+  dimension (100 values each by default), Gaussian of variance ``--sigma``.  Read from saved diagrams
+  (``-it npy``) they are written as ``<stem>.npy`` (the original's naming, so -o must differ from
+  TARGET_DIR); computed from images they are written as ``<stem>_persImg.npy`` beside the diagram.
+* ``--label_type TYPE``: one consolidated matrix for pretraining,
+  ``labels_TYPE.npy`` -- float32 ``[N, D]`` (``D = --numof_dims``), row ``i`` for the image on line ``i`` of
+  ``labels_TYPE.txt`` (paths relative to TARGET_DIR, sorted), and ``labels_TYPE.json`` (vectoriser
+  parameters, filtration, count).  Under ``--shard K/N`` each shard writes
+  ``labels_TYPE.shard-K-of-N.{npy,txt,json}``; the shard that finds all N parts present (with equal
+  parameters) merges them into ``labels_TYPE.{npy,txt,json}`` (rows in the sorted order of all paths).  If
+  the shards ran on machines with separate disks, copy all parts into one folder and rerun any shard there:
+  its own files are already complete, so it only merges.
+* ``--plot N``: ``plots/<stem>.png`` for the first N images (image | filtration | diagram | label vector).
+* ``args.json``: the arguments of the last run.
+
+Runs resume: outputs are written atomically (temporary name, then rename), so an existing output is a
+complete one and is not recomputed.  Unreadable inputs are named on stderr and the rest are processed; the
+exit status is 1 if any failed, unless ``--skip_bad``.
+"""
+import argparse
+import json
+import os
+import re
 import sys
 
+import numpy as np
+from tqdm import tqdm
+
+from util import ph
+from util.errors import UserError, run_cli
+from util.fileio import ensure_dir, list_images, require_dir, save_npy, write_json, write_text
+from util.vectorise import LABEL_TYPES, add_label_args, make_vectoriser, vectoriser_from_args
+
+HIST_SUFFIX = 'hist.npy'
+PERSIMG_SUFFIX = '_persImg.npy'
+PI_BIRTH_PIXELS = 10   # the original's persistence image: pixel size = (birth range) / 10
+FLUSH_EVERY = 64       # diagrams vectorised together
+
+EPILOG = """\
+outputs (under -o; <stem> = input path relative to TARGET_DIR, without extension):
+  <stem>.npy              persistence diagram, float64 (n, 9): dim, birth, death, x1, y1, z1, x2, y2, z2
+  <stem>hist.npy          -ch: float32 histogram vector, length sum(--num_bins); plus hist_mean.png
+  <stem>.npy / <stem>_persImg.npy
+                          -cpi: float32 persistence images (from saved diagrams with -it npy / from images)
+  labels_TYPE.npy         --label_type TYPE: float32 [N, --numof_dims] label matrix for pretraining
+  labels_TYPE.txt         its N image paths (relative to TARGET_DIR), one per line, row order
+  labels_TYPE.json        vectoriser parameters, filtration and count
+  labels_TYPE.shard-K-of-N.{npy,txt,json}
+                          the same for one shard; merged into labels_TYPE.* once all N parts exist
+  plots/<stem>.png        --plot N: image | filtration | diagram | label vector
+  args.json               the arguments of the run
+
+examples:
+  python PHdict.py random -o PH_random -it jpg                      # diagrams of random/*.jpg
+  python PHdict.py random -o PH_random -it jpg --label_type histogram --numof_dims 200
+  python PHdict.py PH_random -o PH_random -ch                        # histograms of saved diagrams
+  python PHdict.py random -o PH_random -it jpg --shard 0/4           # first of 4 machines (or RANK/WORLD_SIZE)
+
+Existing outputs are complete (atomic writes) and are skipped, so an interrupted run resumes.
+Exit status: 0, or 1 if some inputs could not be read (named on stderr) and --skip_bad is not given;
+2 for a usage error.
+"""
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(
+        description="Compute persistence diagrams of images (Otsu + signed distance + cubical PH by "
+                    "cripser) and, optionally, histograms, persistence images or one label matrix.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('target_dir', help="folder of input files (searched recursively)")
+    p.add_argument('--output', '-o', default='output', help="output folder (default: %(default)s)")
+    p.add_argument('--imgtype', '-it', default='npy',
+                   help="extension of the input files: an image type (jpg, png, ...) to compute diagrams, or "
+                        "npy to read diagrams saved by an earlier run (default: %(default)s)")
+    p.add_argument('--compute_hist', '-ch', action='store_true',
+                   help="write a histogram vector <stem>hist.npy per input and hist_mean.png (default: off)")
+    p.add_argument('--compute_persistence_image', '-cpi', action='store_true',
+                   help="write a persistence image per input (default: off)")
+    p.add_argument('--num_bins', '-n', type=int, nargs=4, default=[50, 50, 50, 50],
+                   metavar=('LIFE0', 'LIFE1', 'BIRTH0', 'BIRTH1'),
+                   help="-ch histogram bins: H0 lifetimes, H1 lifetimes, H0 births, H1 births "
+                        "(default: 50 50 50 50)")
+    p.add_argument('--num_workers', '-nw', type=int, default=8,
+                   help="worker processes computing diagrams (default: %(default)s)")
+    p.add_argument('--filtration', choices=ph.FILTRATIONS, default=ph.DEFAULT_FILTRATION,
+                   help="filtration of the binarised image (see util/ph.py); 'none' = raw grey values "
+                        "(default: %(default)s)")
+    p.add_argument('--numof_dims', type=int, default=200,
+                   help="length D of the --label_type vectors (default: %(default)s)")
+    p.add_argument('--shard', default=None, metavar='K/N',
+                   help="process only shard K of N (0 <= K < N) of the sorted file list (every N-th file from "
+                        "the K-th); defaults to RANK/WORLD_SIZE when torchrun sets them (default: all files)")
+    p.add_argument('--skip_bad', action='store_true',
+                   help="exit with status 0 even if some inputs could not be read (default: off)")
+    p.add_argument('--plot', type=int, default=0, metavar='N',
+                   help="save plots/<stem>.png for the first N inputs (default: %(default)s)")
+    group = p.add_argument_group(
+        'label vectors', "--label_type writes one consolidated label matrix (labels_TYPE.npy/.txt/.json); "
+                         "the other flags also set the -ch histogram and the -cpi persistence image")
+    add_label_args(group, max_life='-ml', max_birth='-mb', bandwidth='-b', sigma='-s')
+    p.set_defaults(label_type=None)
+    return p
+
+
+# ----------------------------------------------------------------------------------------------------
+# arguments
+
+def parse_shard(spec, environ=os.environ):
+    """``(K, N)`` from ``'K/N'``, or from torchrun's RANK / WORLD_SIZE, or ``(0, 1)``."""
+    if spec is None:
+        world = environ.get('WORLD_SIZE')
+        if world is None or int(world) <= 1:
+            return 0, 1
+        spec = f"{environ.get('RANK', '0')}/{world}"
+    m = re.fullmatch(r'\s*(\d+)\s*/\s*(\d+)\s*', str(spec))
+    if not m or not int(m.group(1)) < int(m.group(2)):
+        raise UserError(f"--shard {spec!r} must be K/N with 0 <= K < N (e.g. --shard 0/4)")
+    return int(m.group(1)), int(m.group(2))
+
+
+def _check_args(args):
+    args.imgtype = args.imgtype.lower().lstrip('.')
+    if not args.imgtype:
+        raise UserError("--imgtype is empty; give an extension such as jpg, png or npy")
+    if args.imgtype == 'npy' and not (args.compute_hist or args.compute_persistence_image or args.label_type
+                                      or args.plot):
+        raise UserError("-it npy reads saved diagrams, but nothing was asked of them: add -ch, -cpi or "
+                        "--label_type, or give the image type (e.g. -it jpg) to compute diagrams")
+    if args.num_workers < 1:
+        raise UserError(f"--num_workers must be at least 1, got {args.num_workers}")
+    if args.numof_dims < 1:
+        raise UserError(f"--numof_dims must be at least 1, got {args.numof_dims}")
+    if args.plot < 0:
+        raise UserError(f"--plot must be 0 or more, got {args.plot}")
+    if min(args.num_bins) < 0 or sum(args.num_bins) < 1:
+        raise UserError(f"--num_bins {args.num_bins} must be four non-negative counts, not all zero")
+
+
+def _pi_dim(args):
+    """Length of the -cpi vector: 2 x (10 birth pixels x square-pixel lifetime rows), as the original."""
+    min_birth = -args.max_birth if args.min_birth is None else args.min_birth
+    pixel = (args.max_birth - min_birth) / PI_BIRTH_PIXELS
+    life_pixels = max(1, int(round(args.max_life / pixel))) if pixel > 0 else 1
+    return 2 * PI_BIRTH_PIXELS * life_pixels
+
+
+# ----------------------------------------------------------------------------------------------------
+# listing
+
+def _label_file_re():
+    return re.compile(r'labels_(%s)(\.shard-\d+-of-\d+)?\.npy' % '|'.join(LABEL_TYPES))
+
+
+def list_inputs(target_dir, imgtype):
+    """Sorted relative paths of the ``*.imgtype`` files below ``target_dir``.
+
+    For ``npy`` the files this script derives from diagrams are left out: ``Xhist.npy`` and
+    ``X_persImg.npy`` beside an ``X.npy``, and top-level ``labels_*.npy`` matrices.
+    """
+    found = list_images(target_dir, extensions=('.' + imgtype,))
+    if imgtype != 'npy':
+        return found
+    present = set(found)
+    labels = _label_file_re()
+    keep = []
+    for rel in found:
+        if '/' not in rel and labels.fullmatch(rel):
+            continue
+        derived = False
+        for suffix in (HIST_SUFFIX, PERSIMG_SUFFIX):
+            if rel.endswith(suffix) and rel[:-len(suffix)] + '.npy' in present:
+                derived = True
+        if not derived:
+            keep.append(rel)
+    return keep
+
+
+def shard_of(files, k, n):
+    """The files of shard ``k`` of ``n``: every ``n``-th of the sorted list starting at ``k``."""
+    return files[k::n]
+
+
+# ----------------------------------------------------------------------------------------------------
+# consolidated label matrix
+
+def label_names(label_type, k=0, n=1):
+    """File names ``(npy, txt, json)`` of the label matrix (of shard ``k`` of ``n`` when ``n > 1``)."""
+    base = f'labels_{label_type}' + (f'.shard-{k}-of-{n}' if n > 1 else '')
+    return base + '.npy', base + '.txt', base + '.json'
+
+
+def _read_paths(path):
+    with open(path, encoding='utf-8') as f:
+        return f.read().splitlines()
+
+
+def _read_json(path):
+    try:
+        with open(path, encoding='utf-8') as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def label_matrix_complete(out_dir, names, paths, info):
+    """True if the label matrix ``names`` in ``out_dir`` exists for exactly ``paths`` and parameters ``info``."""
+    npy, txt, js = (os.path.join(out_dir, x) for x in names)
+    if not (os.path.exists(npy) and os.path.exists(txt) and os.path.exists(js)):
+        return False
+    old = _read_json(js)
+    return old is not None and _same_params(old, info) and _read_paths(txt) == list(paths)
+
+
+def _same_params(a, b):
+    keys = ('label_type', 'params', 'filtration', 'imgtype')
+    return all(json.dumps(a.get(k), sort_keys=True) == json.dumps(b.get(k), sort_keys=True) for k in keys)
+
+
+def write_label_matrix(out_dir, names, matrix, paths, info):
+    """Write ``matrix`` float32 ``[N, D]``, its ``N`` paths and ``info`` (json) atomically; json last."""
+    npy, txt, js = (os.path.join(out_dir, x) for x in names)
+    save_npy(npy, np.asarray(matrix, dtype=np.float32))
+    write_text(txt, ''.join(p + '\n' for p in paths))
+    write_json(js, dict(info, count=len(paths), dim=int(matrix.shape[1])))
+
+
+def merge_label_shards(out_dir, label_type, n, info, all_files=None):
+    """Merge ``labels_TYPE.shard-*-of-N`` into ``labels_TYPE.*`` if all N parts exist with equal parameters.
+
+    Rows are put in the sorted order of the union of the parts' paths.  When ``all_files`` is given the
+    union must be exactly those files.  Returns the merged count, or None if parts are missing/inconsistent.
+    """
+    parts = []
+    for k in range(n):
+        names = label_names(label_type, k, n)
+        npy, txt, js = (os.path.join(out_dir, x) for x in names)
+        if not (os.path.exists(npy) and os.path.exists(txt) and os.path.exists(js)):
+            return None
+        meta = _read_json(js)
+        if meta is None or not _same_params(meta, info):
+            return None
+        parts.append((np.load(npy), _read_paths(txt)))
+    paths = [p for _, ps in parts for p in ps]
+    matrix = np.concatenate([m for m, _ in parts], axis=0)
+    order = sorted(range(len(paths)), key=paths.__getitem__)
+    paths = [paths[i] for i in order]
+    if len(set(paths)) != len(paths) or (all_files is not None and paths != sorted(all_files)):
+        return None
+    write_label_matrix(out_dir, label_names(label_type), matrix[order], paths, dict(info, shards=n))
+    return len(paths)
+
+
+# ----------------------------------------------------------------------------------------------------
+# main
+
+class _Outputs:
+    """Where each input's outputs go, and which of them are still missing."""
+
+    def __init__(self, args, target_dir, out_dir):
+        self.args, self.target_dir, self.out_dir = args, target_dir, out_dir
+        self.from_npy = args.imgtype == 'npy'
+        self._dirs = set()
+
+    def stem(self, rel):
+        return os.path.join(self.out_dir, *os.path.splitext(rel)[0].split('/'))
+
+    def diagram(self, rel):
+        return None if self.from_npy else self.stem(rel) + '.npy'
+
+    def hist(self, rel):
+        return self.stem(rel) + HIST_SUFFIX if self.args.compute_hist else None
+
+    def pimg(self, rel):
+        if not self.args.compute_persistence_image:
+            return None
+        return self.stem(rel) + ('.npy' if self.from_npy else PERSIMG_SUFFIX)
+
+    def wanted(self, rel):
+        return [p for p in (self.diagram(rel), self.hist(rel), self.pimg(rel)) if p is not None]
+
+    def makedirs(self, path):
+        d = os.path.dirname(path)
+        if d not in self._dirs:
+            os.makedirs(d, exist_ok=True)
+            self._dirs.add(d)
+
+
+def _plan(args, files, outs, target_dir, need_all):
+    """Decide the work per input.
+
+    Returns ``(jobs, job_files, complete, earlier_hist)``: ``jobs`` for :func:`util.ph.iter_diagrams` (a saved
+    diagram is loaded instead of recomputed), ``job_files[j]`` = index into ``files`` of job ``j``,
+    ``complete`` = indices whose outputs all exist (jobs only if ``need_all``, i.e. their diagram is needed
+    for the label matrix), ``earlier_hist`` = indices whose -ch histogram already exists.
+    """
+    jobs, job_files, complete, earlier_hist = [], [], set(), []
+    for i, rel in enumerate(files):
+        missing = [p for p in outs.wanted(rel) if not os.path.exists(p)]
+        if not missing:
+            complete.add(i)
+        if args.compute_hist and os.path.exists(outs.hist(rel)):
+            earlier_hist.append(i)
+        if missing or need_all:
+            dgm = outs.diagram(rel)
+            if dgm is not None and os.path.exists(dgm):
+                jobs.append((dgm, 'npy', args.filtration))      # resume: reuse the saved diagram
+            else:
+                src = os.path.join(target_dir, *rel.split('/'))
+                jobs.append((src, 'npy' if outs.from_npy else 'image', args.filtration))
+            job_files.append(i)
+    return jobs, job_files, complete, earlier_hist
+
+
+def main(args):
+    _check_args(args)
+    target_dir = require_dir(args.target_dir, 'target folder', flag='TARGET_DIR')
+    out_dir = ensure_dir(args.output, 'output folder')
+    k, n = parse_shard(args.shard)
+    if args.compute_persistence_image and args.imgtype == 'npy' \
+            and os.path.realpath(out_dir) == os.path.realpath(target_dir):
+        raise UserError("-cpi with -it npy writes persistence images as <stem>.npy, which would overwrite the "
+                        f"diagrams in {target_dir}; choose another output folder with -o")
+    all_files = list_inputs(target_dir, args.imgtype)
+    if not all_files:
+        raise UserError(f"no *.{args.imgtype} files under {target_dir}; set --imgtype/-it to the extension "
+                        "of your images (e.g. -it jpg)")
+    files = shard_of(all_files, k, n)
+    write_json(os.path.join(out_dir, 'args.json'), vars(args))
+
+    hist_vec = make_vectoriser('histogram', sum(args.num_bins), max_life=args.max_life,
+                               max_birth=args.max_birth, bandwidth=args.bandwidth,
+                               num_bins=args.num_bins) if args.compute_hist else None
+    pi_vec = make_vectoriser('persistence_image', _pi_dim(args), max_life=args.max_life,
+                             max_birth=args.max_birth, min_birth=args.min_birth, sigma=args.sigma,
+                             power=args.power) if args.compute_persistence_image else None
+    label_vec = vectoriser_from_args(args, args.numof_dims) if args.label_type else None
+    label_info = None
+    if label_vec is not None:
+        label_info = dict(label_type=args.label_type, params=label_vec.get_params(), filtration=args.filtration,
+                          imgtype=args.imgtype, target_dir=os.path.abspath(target_dir))
+        names = label_names(args.label_type, k, n)
+        if label_matrix_complete(out_dir, names, files, label_info):
+            label_vec = None   # already written for exactly these files: nothing to redo
+
+    outs = _Outputs(args, target_dir, out_dir)
+    jobs, job_files, complete, earlier_hist = _plan(args, files, outs, target_dir,
+                                                     need_all=label_vec is not None)
+    matrix = np.zeros((len(files), label_vec.dim), np.float32) if label_vec is not None else None
+    hist_state = [np.zeros(hist_vec.dim), 0] if hist_vec is not None else None   # sum, count of new ones
+    ok = np.zeros(len(files), dtype=bool)
+    ok[list(complete)] = True
+    failures = []
+    pending = []   # (file index, diagram) waiting to be vectorised
+
+    def flush():
+        if not pending:
+            return
+        idx = [i for i, _ in pending]
+        dgms = [d for _, d in pending]
+        for vec, path_of in ((hist_vec, outs.hist), (pi_vec, outs.pimg)):
+            if vec is None:
+                continue
+            todo = [j for j, i in enumerate(idx) if not os.path.exists(path_of(files[i]))]
+            if todo:
+                for row, j in zip(vec.transform([dgms[j] for j in todo]), todo):
+                    path = path_of(files[idx[j]])
+                    outs.makedirs(path)
+                    save_npy(path, row)
+                    if vec is hist_vec:
+                        hist_state[0] += row
+                        hist_state[1] += 1
+        if matrix is not None:
+            matrix[idx] = label_vec.transform(dgms)
+        pending.clear()
+
+    with tqdm(total=len(jobs), desc='PH', unit='file', file=sys.stderr, disable=not jobs) as bar:
+        for j, dgm, err in ph.iter_diagrams(jobs, workers=min(args.num_workers, len(jobs) or 1)):
+            i = job_files[j]
+            bar.update(1)
+            if err is not None:
+                failures.append(files[i])
+                ok[i] = False
+                tqdm.write(f"bad input: {err}", file=sys.stderr)
+                continue
+            ok[i] = True
+            path = outs.diagram(files[i])
+            if path is not None and jobs[j][1] == 'image':
+                outs.makedirs(path)
+                save_npy(path, dgm)
+            pending.append((i, dgm))
+            if len(pending) >= FLUSH_EVERY:
+                flush()
+        flush()
+
+    skipped = sum(1 for i in complete if ok[i])
+    done = int(ok.sum()) - skipped
+    if hist_vec is not None:
+        _hist_summary(args, files, ok, outs, hist_state[0], hist_state[1], earlier_hist, out_dir, k, n)
+    if matrix is not None:
+        _write_labels(args, files, all_files, ok, failures, matrix, label_info, out_dir, k, n)
+    elif label_info is not None:
+        print(f"label matrix {label_names(args.label_type, k, n)[0]} is complete; kept")
+        if n > 1 and merge_label_shards(out_dir, args.label_type, n, label_info, all_files) is not None:
+            print(f"merged {n} shards into {label_names(args.label_type)[0]}")
+    if args.plot:
+        _plots(args, files, ok, outs, target_dir, out_dir, hist_vec or pi_vec)
+
+    shard_note = f" (shard {k}/{n} of {len(all_files)})" if n > 1 else ''
+    print(f"PHdict: {done} done, {skipped} skipped, {len(failures)} failed of {len(files)} files{shard_note}"
+          f" -> {out_dir}", flush=True)
+    if failures:
+        print(f"failed inputs ({len(failures)}): " + ', '.join(failures[:20])
+              + (' ...' if len(failures) > 20 else ''), file=sys.stderr)
+        if not args.skip_bad:
+            return 1
+    return 0
+
+
+def _hist_summary(args, files, ok, outs, hist_sum, count, earlier, out_dir, k, n):
+    """Print the maxima of the mean histogram and save its four curves as ``hist_mean.png``.
+
+    ``hist_sum`` / ``count``: sum and number of the histograms written by this run; ``earlier``: indices of
+    the files whose histogram an earlier run wrote (read back from disk).
+    """
+    total = hist_sum.copy()
+    for i in earlier:
+        if ok[i]:
+            total += np.load(outs.hist(files[i]))
+            count += 1
+    if count == 0:
+        return
+    mean = total / count
+    nb = np.cumsum([0] + list(args.num_bins))
+    curves = [mean[nb[j]:nb[j + 1]] for j in range(4)]
+    print("mean histogram maxima (H0 life, H1 life, H0 birth, H1 birth): "
+          + ', '.join(f'{c.max():.4g}' if c.size else '-' for c in curves))
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    from util.fileio import atomic_open
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for c, label, style in zip(curves, ('H0 lifetime', 'H1 lifetime', 'H0 birth', 'H1 birth'),
+                               ('-', '--', '-', '--')):
+        ax.plot(np.arange(c.size), c, style, label=label, lw=1.2)
+    ax.set_xlabel('bin')
+    ax.set_title(f'mean histogram over {count} inputs')
+    ax.legend()
+    fig.tight_layout()
+    name = 'hist_mean.png' if n == 1 else f'hist_mean.shard-{k}-of-{n}.png'
+    with atomic_open(os.path.join(out_dir, name), 'wb') as f:
+        fig.savefig(f, format='png', dpi=90)
+    plt.close(fig)
+
+
+def _write_labels(args, files, all_files, ok, failures, matrix, label_info, out_dir, k, n):
+    if failures and not args.skip_bad:
+        print(f"label matrix not written: {len(failures)} inputs failed (rerun after fixing them, or give "
+              "--skip_bad to leave them out)", file=sys.stderr)
+        return
+    keep = np.flatnonzero(ok)
+    paths = [files[i] for i in keep]
+    names = label_names(args.label_type, k, n)
+    write_label_matrix(out_dir, names, matrix[keep], paths, label_info)
+    print(f"label matrix {names[0]}: {len(paths)} x {matrix.shape[1]} float32 (paths in {names[1]})")
+    if n > 1:
+        merged = merge_label_shards(out_dir, args.label_type, n, label_info,
+                                    None if args.skip_bad else all_files)
+        if merged is not None:
+            print(f"merged {n} shards into {label_names(args.label_type)[0]} ({merged} rows)")
+        else:
+            print(f"other shards not finished yet: {label_names(args.label_type)[0]} is written by the shard "
+                  "that finds all parts present")
+
+
+def _plots(args, files, ok, outs, target_dir, out_dir, fallback_vec):
+    """``plots/<stem>.png`` for the first ``--plot`` inputs that were read successfully."""
+    vec = vectoriser_from_args(args, args.numof_dims) if args.label_type else fallback_vec
+    if vec is None:
+        vec = make_vectoriser('histogram', sum(args.num_bins), max_life=args.max_life, max_birth=args.max_birth,
+                              bandwidth=args.bandwidth, num_bins=args.num_bins)
+    plot_dir = os.path.join(out_dir, 'plots')
+    for i, rel in enumerate(files[:args.plot]):
+        if not ok[i]:
+            continue
+        src = os.path.join(target_dir, *rel.split('/'))
+        path = os.path.join(plot_dir, *os.path.splitext(rel)[0].split('/')) + '.png'
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if outs.from_npy:
+            dgm = np.load(src)
+            image = filtration = np.zeros((2, 2))
+            title = rel + ' (diagram only)'
+        else:
+            from util.fileio import load_image
+            im = load_image(src, 'RGB')
+            filtration = ph.compute_filtration(im, args.filtration)
+            dgm_path = outs.diagram(rel)
+            dgm = np.load(dgm_path) if os.path.exists(dgm_path) else ph.diagram_of_filtration(filtration)
+            image, title = np.asarray(im), rel
+        ph.plot_ph(path, image, filtration, dgm, vec(dgm), title=title,
+                   vector_label=f'{vec.label_type} ({vec.dim})')
+    print(f"plots of the first {min(args.plot, len(files))} inputs in {plot_dir}")
+
+
 if __name__ == "__main__":
-    print("PHdict.py: not implemented yet", file=sys.stderr)
-    sys.exit(1)
+    run_cli(main, get_args_parser().parse_args())

@@ -1,0 +1,313 @@
+"""Persistent homology of images: grey conversion, filtration, and cubical PH with ``cripser``.
+
+Pipeline (the original project's, made faster where it costs nothing in exactness)::
+
+    image -> grey (H, W) -> filtration (H, W) float64 -> cripser.computePH -> diagram (n, 9) float64
+
+* Grey: PIL images and files are converted with ``convert('L')`` (8-bit, via :func:`util.fileio.load_image`
+  for files, which also handles 16-bit, RGBA and palette images); ``(H, W, 3)`` arrays are reduced with the
+  luma weights 0.2989 / 0.5870 / 0.1140; ``(H, W)`` arrays are used as they are.
+* Filtration (:data:`FILTRATIONS`, default ``'signed_distance'``): the image is binarised at Otsu's threshold
+  (``bw = grey >= t``) and transformed by ``cripser.apply_transform``; ``'signed_distance'`` is
+  ``EDT(bw) - EDT(~bw)``, the original's filtration.  ``'none'`` uses the raw grey values.  A constant image
+  (no threshold exists) gives an all-zero filtration for every kind but ``'none'``.
+* Diagram: one row per persistence pair, columns ``dim, birth, death, x1, y1, z1, x2, y2, z2`` (homology
+  dimension 0 or 1, birth/death filtration values, and the pixel locations of the birth and death cells as
+  cripser reports them); essential classes have ``death`` = the largest double (~1.8e308).
+
+Speed (see ``bench/ph_bench.py``): for 8-bit grey images Otsu's threshold is computed from a 256-bin count of
+the pixel values, binned exactly as ``skimage.filters.threshold_otsu`` bins the float image, so the mask is
+bit for bit the one the original computed, at a tenth of the cost.  The signed distance is taken from the
+``edt`` package when it is installed (an exact squared EDT, checked equal to scipy's in the tests), else
+from scipy through ``cripser.apply_transform``.
+"""
+import os
+import sys
+
+import numpy as np
+from skimage.filters import threshold_otsu
+
+from util.errors import UserError
+from util.fileio import convert_image, load_image
+
+
+def _import_cripser():
+    """``import cripser`` without its optional PyTorch helpers when torch is not loaded yet.
+
+    cripser's package ``__init__`` imports torch (about 3 s) for ``compute_ph_torch`` and friends, which this
+    module does not use; every guard there catches ``ModuleNotFoundError``, so while torch is absent from
+    ``sys.modules`` we hide it for the duration of the import.  In a process that imported torch first, this is
+    a plain ``import cripser``.  (Consequence: in a process that imports this module before torch,
+    ``cripser.compute_ph_torch`` is cripser's "PyTorch is required" stub.)
+    """
+    if 'cripser' in sys.modules or 'torch' in sys.modules:
+        import cripser
+        return cripser
+    sys.modules['torch'] = None
+    try:
+        import cripser
+    finally:
+        if 'torch' in sys.modules and sys.modules['torch'] is None:
+            del sys.modules['torch']
+    return cripser
+
+
+cripser = _import_cripser()
+
+FILTRATIONS = ('signed_distance', 'distance', 'distance_inv', 'signed_distance_inv', 'binarisation',
+               'radial', 'radial_inv', 'upward', 'downward', 'none')
+DEFAULT_FILTRATION = 'signed_distance'
+LUMA = (0.2989, 0.5870, 0.1140)
+DIAGRAM_COLUMNS = ('dim', 'birth', 'death', 'x1', 'y1', 'z1', 'x2', 'y2', 'z2')
+OTSU_BINS = 256   # skimage.filters.threshold_otsu's default number of bins for float images
+
+try:  # optional, exact and about twice as fast as scipy for the signed distance
+    import edt as _edt_module
+    if not hasattr(_edt_module, 'edtsq'):
+        _edt_module = None
+except ImportError:
+    _edt_module = None
+
+
+# ----------------------------------------------------------------------------------------------------
+# grey conversion
+
+def _grey(img):
+    """``img`` as a 2-D array ``(H, W)``: uint8 for PIL images and uint8 arrays, float64 otherwise."""
+    if hasattr(img, 'mode') and hasattr(img, 'convert'):   # PIL image
+        return np.asarray(convert_image(img, 'L'))
+    a = np.asarray(img)
+    if a.ndim == 3 and a.shape[-1] in (3, 4):
+        return np.dot(a[..., :3].astype(np.float64, copy=False), LUMA)
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if a.ndim != 2:
+        raise UserError(f"image of shape {a.shape} is not an (H, W) grey or (H, W, 3) colour image")
+    if a.dtype == np.uint8:
+        return a
+    if a.dtype == bool or not np.issubdtype(a.dtype, np.number):
+        a = a.astype(np.float64)
+    return a.astype(np.float64, copy=False)
+
+
+def to_grey(img):
+    """Grey values of an image as float64 ``(H, W)``.
+
+    ``img``: a PIL image (converted with ``convert('L')``; 16-bit and palette images handled), a file path, or
+    an array ``(H, W)`` (used as is) / ``(H, W, 3|4)`` (luma 0.2989 R + 0.5870 G + 0.1140 B; alpha dropped).
+    """
+    if isinstance(img, (str, os.PathLike)):
+        img = load_image(img, 'L')
+    return _grey(img).astype(np.float64, copy=False)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Otsu threshold
+
+def _otsu_from_counts(values, counts):
+    """Otsu threshold of a float image given as distinct ``values`` (sorted) with pixel ``counts``.
+
+    Equal to ``skimage.filters.threshold_otsu(image)`` for the float image: the 256 bins are laid by
+    ``np.histogram`` over ``[min, max]`` exactly as skimage lays them (bin membership depends only on a value,
+    so weighting each distinct value by its count gives the same histogram).
+    """
+    hist, edges = np.histogram(values, bins=OTSU_BINS, weights=counts)
+    centers = (edges[:-1] + edges[1:]) / 2.0
+    return float(threshold_otsu(hist=(hist, centers)))
+
+
+def otsu_mask(grey):
+    """Foreground mask ``grey >= t`` at Otsu's threshold ``t`` (as skimage computes it on the float image).
+
+    ``grey``: ``(H, W)`` array.  uint8 input takes the fast route (a 256-value count and a lookup table).
+    Returns a bool array ``(H, W)``, or ``None`` for a constant image (no threshold separates anything).
+    """
+    if grey.dtype == np.uint8:
+        counts = np.bincount(grey.ravel(), minlength=256)
+        levels = np.flatnonzero(counts)
+        if levels.size < 2:
+            return None
+        t = _otsu_from_counts(levels.astype(np.float64), counts[levels].astype(np.float64))
+        lut = np.arange(256, dtype=np.float64) >= t
+        return lut[grey]
+    grey = np.asarray(grey, dtype=np.float64)
+    lo, hi = grey.min(), grey.max()
+    if not lo < hi:
+        return None
+    return grey >= threshold_otsu(grey)
+
+
+# ----------------------------------------------------------------------------------------------------
+# filtrations
+
+def _signed_distance(bw):
+    """``EDT(bw) - EDT(~bw)`` as float64 ``(H, W)`` (both classes must be present)."""
+    if _edt_module is not None:
+        # edt's multi-label mode gives each pixel its squared distance to the nearest pixel of the other
+        # label; squared distances are integers < 2**24, exact in float32, so sqrt in float64 matches scipy.
+        d2 = _edt_module.edtsq(bw.view(np.uint8) + np.uint8(1), black_border=False, parallel=1)
+        d = np.sqrt(d2, dtype=np.float64)
+        np.negative(d, out=d, where=~bw)
+        return d
+    return cripser.apply_transform(bw.view(np.uint8), 'signed_distance', threshold=1)
+
+
+def compute_filtration(grey, kind=DEFAULT_FILTRATION):
+    """The filtration ``(H, W)`` float64 of a grey image (``(H, W)``; a colour image is reduced to grey).
+
+    ``kind`` (one of :data:`FILTRATIONS`): ``'none'`` = the grey values themselves; any other is
+    ``cripser.apply_transform(bw, kind)`` of the Otsu mask ``bw`` (see :func:`otsu_mask`):
+    ``signed_distance`` = EDT(bw) - EDT(~bw) (the default, as in the original), ``distance`` = EDT(bw),
+    ``*_inv`` the same for ``~bw``, ``binarisation`` = bw as 0/1, ``radial`` / ``radial_inv`` = distance to
+    the top-left pixel on bw, ``upward`` / ``downward`` = row index (negated for upward) on bw.
+    A constant image gives zeros (except for ``'none'``).
+    """
+    if kind not in FILTRATIONS:
+        raise UserError(f"unknown --filtration {kind!r}; choose one of {', '.join(FILTRATIONS)}")
+    g = _grey(grey)
+    if kind == 'none':
+        return np.ascontiguousarray(g, dtype=np.float64)
+    bw = otsu_mask(g)
+    if bw is None:
+        return np.zeros(g.shape, dtype=np.float64)
+    if kind == 'signed_distance':
+        return _signed_distance(bw)
+    out = cripser.apply_transform(bw.view(np.uint8), kind, threshold=1)
+    return np.ascontiguousarray(out, dtype=np.float64)
+
+
+def diagram_of_filtration(filtration):
+    """``cripser.computePH`` of a 2-D float64 filtration: an ``(n, 9)`` float64 diagram of H0 and H1."""
+    f = np.ascontiguousarray(filtration, dtype=np.float64)
+    return cripser.computePH(f, maxdim=1)
+
+
+def compute_ph(img, filtration=DEFAULT_FILTRATION):
+    """Persistence diagram ``(n, 9)`` float64 of an image (uint8/float array ``(H, W)`` or ``(H, W, 3)``,
+    PIL image, or file path), with the given filtration (see :func:`compute_filtration`)."""
+    if isinstance(img, (str, os.PathLike)):
+        img = load_image(img, 'L')
+    return diagram_of_filtration(compute_filtration(img, filtration))
+
+
+def ph_of_file(path, filtration=DEFAULT_FILTRATION):
+    """Persistence diagram ``(n, 9)`` of an image file (read as 8-bit grey); raises
+    :class:`util.errors.BadImageError` naming the file if it cannot be decoded."""
+    return diagram_of_filtration(compute_filtration(load_image(path, 'L'), filtration))
+
+
+def is_diagram(a):
+    """True if ``a`` looks like a cripser diagram: a float array ``(n, 9)`` (``n`` may be 0)."""
+    return isinstance(a, np.ndarray) and a.ndim == 2 and a.shape[1] == len(DIAGRAM_COLUMNS) \
+        and np.issubdtype(a.dtype, np.floating)
+
+
+# ----------------------------------------------------------------------------------------------------
+# a pool of workers computing diagrams
+
+def _diagram_job(job):
+    """Worker: ``(index, (path, source, filtration))`` -> ``(index, diagram or None, error message or None)``.
+
+    ``source`` is ``'image'`` (compute the PH of the image file) or ``'npy'`` (load a saved diagram).
+    Unreadable inputs are reported, not raised, so one bad file does not stop a pool.
+    """
+    from util.errors import BadImageError
+    index, (path, source, filtration) = job
+    try:
+        if source == 'npy':
+            try:
+                dgm = np.load(path, allow_pickle=False)
+            except (OSError, ValueError, EOFError) as e:
+                raise BadImageError(f"cannot read diagram {path}: {e}") from None
+            if not is_diagram(dgm):
+                raise BadImageError(f"{path} is not a persistence diagram (shape {getattr(dgm, 'shape', '?')}, "
+                                    f"expected (n, 9) float rows as written by PHdict.py)")
+            return index, dgm.astype(np.float64, copy=False), None
+        return index, ph_of_file(path, filtration), None
+    except BadImageError as e:
+        return index, None, str(e)
+
+
+def iter_diagrams(jobs, workers=1, chunksize=None):
+    """Compute or load the diagrams of ``jobs`` and yield ``(index, diagram, error)`` as they finish.
+
+    ``jobs``: list of ``(path, source, filtration)`` with ``source`` ``'image'`` or ``'npy'``.  Results come
+    in completion order (``index`` = position in ``jobs``); ``diagram`` is ``(n, 9)`` float64, or ``None``
+    with ``error`` a one-line message naming the file.  ``workers > 1`` uses a process pool (chunked).
+    """
+    if workers <= 1 or len(jobs) <= 1:
+        for item in enumerate(jobs):
+            yield _diagram_job(item)
+        return
+    import multiprocessing
+    if chunksize is None:
+        chunksize = max(1, min(32, len(jobs) // (workers * 8)))
+    with multiprocessing.Pool(workers) as pool:
+        yield from pool.imap_unordered(_diagram_job, enumerate(jobs), chunksize=chunksize)
+
+
+# ----------------------------------------------------------------------------------------------------
+# picture
+
+def plot_ph(path, image, filtration, diagram, vector=None, title=None, vector_label=None):
+    """Save a PNG at ``path``: image | filtration | persistence diagram | label vector, side by side.
+
+    ``image``: ``(H, W)`` or ``(H, W, 3)`` array or PIL image; ``filtration``: ``(H, W)``; ``diagram``:
+    ``(n, >=3)``; ``vector``: 1-D label vector or None (panel left out).  Uses matplotlib's Agg backend.
+    """
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    from util.fileio import atomic_open
+
+    image = np.asarray(image)
+    panels = 4 if vector is not None else 3
+    fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 4.0))
+    try:
+        ax = axes[0]
+        ax.imshow(image, cmap='gray' if image.ndim == 2 else None)
+        ax.set_title(title or 'image', fontsize=9)
+        ax.axis('off')
+
+        ax = axes[1]
+        lim = float(np.abs(filtration).max()) or 1.0
+        signed = float(filtration.min()) < 0
+        im = ax.imshow(filtration, cmap='coolwarm' if signed else 'viridis',
+                       vmin=-lim if signed else None, vmax=lim if signed else None)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        ax.set_title('filtration', fontsize=9)
+        ax.axis('off')
+
+        ax = axes[2]
+        d = np.asarray(diagram, dtype=np.float64).reshape(-1, diagram.shape[1] if np.ndim(diagram) == 2 else 3)
+        finite = d[:, 2] < 0.5 * np.finfo(np.float64).max
+        span = d[:, 1:3][finite] if finite.any() else d[:, 1:2]
+        lo = float(span.min()) if span.size else 0.0
+        hi = float(span.max()) if span.size else 1.0
+        pad = 0.05 * (hi - lo or 1.0)
+        top = hi + 2 * pad
+        for h, colour, marker in ((0, 'tab:blue', 'o'), (1, 'tab:orange', '^')):
+            sel = d[:, 0] == h
+            ax.scatter(d[sel & finite, 1], d[sel & finite, 2], s=8, c=colour, marker=marker, label=f'H{h}')
+            if (sel & ~finite).any():
+                ax.scatter(d[sel & ~finite, 1], np.full((sel & ~finite).sum(), top), s=30, c=colour,
+                           marker='*', label=f'H{h} essential')
+        ax.plot([lo - pad, top], [lo - pad, top], 'k-', lw=0.6)
+        ax.axhline(top, color='grey', lw=0.5, ls=':')
+        ax.set_xlabel('birth')
+        ax.set_ylabel('death')
+        ax.set_title(f'persistence diagram ({len(d)} pairs)', fontsize=9)
+        ax.legend(fontsize=7, loc='lower right')
+
+        if vector is not None:
+            ax = axes[3]
+            v = np.asarray(vector).ravel()
+            ax.plot(np.arange(v.size), v, lw=1)
+            ax.axvline(v.size // 2 - 0.5, color='grey', lw=0.5, ls=':')
+            ax.set_title(vector_label or f'label vector ({v.size})', fontsize=9)
+            ax.set_xlabel('component')
+        fig.tight_layout()
+        with atomic_open(path, 'wb') as f:
+            fig.savefig(f, format='png', dpi=80)
+    finally:
+        plt.close(fig)
