@@ -22,7 +22,7 @@ def run_cli(main, args):
     try:
         result = main(args)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
+        print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr, flush=True)
@@ -30,3 +30,12 @@ def run_cli(main, args):
     if isinstance(result, int) and result != 0:
         sys.exit(result)
     return result
+
+
+def one_line(exc):
+    """The user-facing line of an exception, also when a DataLoader worker wrapped it with a traceback."""
+    msg = str(exc).strip()
+    if 'Original Traceback' in msg:  # re-raised from a DataLoader worker: keep the original message
+        last = msg.splitlines()[-1]
+        msg = last.split(': ', 1)[1] if ': ' in last else last
+    return msg
