@@ -7,7 +7,7 @@ import pytest
 
 from util.errors import UserError
 from util.vectorise import (LABEL_TYPES, BettiCurveVectoriser, HistogramVectoriser, LandscapeVectoriser,
-                            PersistenceImageVectoriser, add_label_args, make_vectoriser, pixel_grid,
+                            PersistenceImageVectoriser, add_label_args, make_vectoriser, pixel_grid, pixel_masses,
                             smoothing_matrix, vectoriser_from_args)
 
 DBL_MAX = np.finfo(np.float64).max
@@ -343,6 +343,18 @@ def test_large_batch_is_chunked_consistently(monkeypatch):
     monkeypatch.setattr(vec, '_CHUNK_ELEMENTS', 500)  # forces one diagram per chunk
     np.testing.assert_allclose(v_pi.transform(ds), whole[0], rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(v_ls.transform(ds), whole[1], rtol=1e-6, atol=1e-7)
+
+
+def test_pixel_masses_accurate_in_both_tails():
+    edges = np.array([-12.0, -9.0, -8.0, -1.0, 0.0, 0.5, 8.0, 9.0, 12.0])
+    got = pixel_masses(edges * 3.0, np.array([0.0]), 3.0)[0]
+    upper = [0.5 * math.erfc(e / math.sqrt(2)) for e in edges]    # P(X > e), accurate for e > 0
+    lower = [0.5 * math.erfc(-e / math.sqrt(2)) for e in edges]   # P(X < e), accurate for e < 0
+    want = [lower[i + 1] - lower[i] if edges[i + 1] <= 0 else upper[i] - upper[i + 1]
+            for i in range(len(edges) - 1)]
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    assert got[-1] > 0 and math.isclose(got[0], got[-1], rel_tol=1e-12)  # symmetric tails, both resolved
+    np.testing.assert_allclose(pixel_masses(np.linspace(-60, 60, 7), np.array([-3.0, 0.0, 7.5]), 2.0).sum(1), 1.0)
 
 
 def test_pixel_grid():

@@ -22,7 +22,7 @@ saturate).  Scripts build a vectoriser from command-line flags with :func:`add_l
 import math
 
 import numpy as np
-from scipy.special import ndtr
+from scipy.special import erfc
 
 from util.errors import UserError
 
@@ -38,6 +38,7 @@ DEFAULT_NUM_LANDSCAPES = 2
 # Deaths at or above this are "infinite": cripser writes DBL_MAX (~1.8e308) for essential classes.
 _INF_DEATH = 0.5 * np.finfo(np.float64).max
 _F32_MAX = float(np.finfo(np.float32).max)
+_SQRT_HALF = math.sqrt(0.5)
 # Upper bound on the number of float64 elements of one temporary array (memory of a batch chunk).
 _CHUNK_ELEMENTS = 1 << 22
 
@@ -76,7 +77,7 @@ class _Pairs:
             pairs = np.zeros((0, 3))
         index = np.repeat(np.arange(self.count, dtype=np.intp), sizes)
         hom, birth, death = pairs[:, 0], pairs[:, 1], pairs[:, 2]
-        usable = ~np.isnan(birth) & np.isfinite(death) & (death < _INF_DEATH) & (birth < _INF_DEATH)
+        usable = (np.abs(birth) < _INF_DEATH) & (np.abs(death) < _INF_DEATH)  # also False for NaN
         self.by_dim = {}
         for h in (0, 1):
             m = usable & (hom == h)
@@ -86,8 +87,8 @@ class _Pairs:
         """Columns of the H``h`` pairs of diagrams ``start:stop`` laid out as ``[stop-start, P]`` arrays.
 
         ``P`` is the largest number of such pairs in one diagram; each diagram's pairs fill its row from the
-        left in their original order, the rest is 0.  ``columns`` are 1-D arrays aligned with ``by_dim[h]``.
-        Returns ``(mask, padded_columns...)`` where ``mask`` marks the real entries.
+        left in their original order, the rest is 0.  ``columns`` are 1-D arrays aligned with ``by_dim[h]``;
+        returns the list of padded columns (same dtypes).
         """
         index = self.by_dim[h][0]
         lo, hi = np.searchsorted(index, [start, stop])
@@ -96,14 +97,12 @@ class _Pairs:
         width = int(counts.max()) if counts.size else 0
         first = np.concatenate(([0], np.cumsum(counts)[:-1]))
         pos = np.arange(hi - lo) - first[local]
-        mask = np.zeros((stop - start, width), dtype=bool)
-        mask[local, pos] = True
         out = []
         for c in columns:
-            p = np.zeros((stop - start, width), dtype=np.float64)
+            p = np.zeros((stop - start, width), dtype=c.dtype)
             p[local, pos] = c[lo:hi]
             out.append(p)
-        return (mask, *out)
+        return out
 
     def chunks(self, h, per_diagram_cost):
         """Diagram ranges ``(start, stop)`` whose padded temporaries stay below ``_CHUNK_ELEMENTS``."""
@@ -111,6 +110,17 @@ class _Pairs:
         widest = int(np.bincount(index).max()) if index.size else 0
         step = max(1, _CHUNK_ELEMENTS // max(1, widest * per_diagram_cost))
         return [(s, min(s + step, self.count)) for s in range(0, self.count, step)]
+
+
+def _ranges_by_cost(cost, limit):
+    """Split ``range(len(cost))`` into consecutive ``(start, stop)`` ranges of total cost about ``limit``."""
+    n = len(cost)
+    if n == 0:
+        return []
+    total = np.cumsum(cost)
+    cuts = np.searchsorted(total, np.arange(limit, total[-1], limit), side='right')
+    bounds = np.unique(np.concatenate(([0], np.minimum(cuts, n), [n])))
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def _finite_float32(x):
@@ -301,12 +311,31 @@ def pixel_grid(d, width, height):
     return best[1]
 
 
-def _cdf_diff(lo, hi):
-    """``Phi(hi) - Phi(lo)`` for standard normal ``Phi`` (``lo <= hi``), accurate in both tails."""
-    flip = lo > 0
-    a = np.where(flip, -hi, lo)
-    b = np.where(flip, -lo, hi)
-    return ndtr(b) - ndtr(a)
+def pixel_masses(edges, centres, std):
+    """Mass of ``N(centre, std**2)`` in each interval ``[edges[i], edges[i+1]]``: array ``[len(centres), len(edges)-1]``.
+
+    ``edges`` must increase.  With ``Phi(z) = H(z) - s(z) T(z)`` (``H`` = step at 0, ``s`` = sign,
+    ``T(z) = erfc(|z|/sqrt 2)/2`` the smaller tail), ``Phi(hi) - Phi(lo)`` is formed from the differences of
+    ``H`` and of ``s T`` separately, which keeps full relative accuracy in both tails (a plain difference
+    of CDFs loses it above the mean).
+    """
+    z = (edges[None, :] - centres[:, None]) * (_SQRT_HALF / std)
+    below = np.signbit(z)                  # s = -1, H = 0 (signbit, so that -0.0 is consistent)
+    tail = erfc(np.abs(z))                 # 2 T
+    np.copysign(tail, z, out=tail)         # 2 s T
+    mass = tail[:, :-1] - tail[:, 1:]
+    mass *= 0.5
+    mass += below[:, :-1] & ~below[:, 1:]  # H steps from 0 to 1 inside this interval
+    return mass
+
+
+def _distinct(values):
+    """``(table, index)`` with ``table[index] == values``: the distinct values when they repeat much, else
+    ``values`` itself (a gather in pair order is cheaper than one through a large shuffled table)."""
+    table, index = np.unique(values, return_inverse=True)
+    if 2 * table.size > values.size:
+        return values, np.arange(values.size)
+    return table, index.ravel()
 
 
 class PersistenceImageVectoriser:
@@ -367,14 +396,18 @@ class PersistenceImageVectoriser:
             life = np.clip(death - birth, 0.0, self.max_life)
             weight = life ** self.power
             bedges, ledges = self.edges[h]
-            for start, stop in pairs.chunks(h, nb + nl + 2):
-                mask, b, l, w = pairs.padded(h, start, stop, birth, life, weight)
-                # [C, P, nb] and [C, P, nl]: Gaussian mass of each pixel column / row per pair
-                zb = (bedges[None, None, :] - b[:, :, None]) / std
-                zl = (ledges[None, None, :] - l[:, :, None]) / std
-                mb = _cdf_diff(zb[..., :-1], zb[..., 1:]) * (w * mask)[:, :, None]
-                ml = _cdf_diff(zl[..., :-1], zl[..., 1:])
-                img[start:stop] = np.matmul(mb.transpose(0, 2, 1), ml)
+            # The kernel is separable: a pair's image is outer(birth masses, life masses).  Filtration values
+            # of images repeat a lot (8-bit levels, distances sqrt(k)), so the masses are computed once per
+            # distinct birth / lifetime and gathered.
+            births, birth_id = _distinct(birth)
+            lives, life_id = _distinct(life)
+            birth_mass = pixel_masses(bedges, births, std)   # [distinct births, nb]
+            life_mass = pixel_masses(ledges, lives, std)     # [distinct lifetimes, nl]
+            for start, stop in pairs.chunks(h, nb + nl + 3):
+                bi, li, w = pairs.padded(h, start, stop, birth_id, life_id, weight)
+                # [C, P, nb] times [C, P, nl] (weighted; padding has weight 0), summed over the pairs P
+                ml = life_mass[li] * w[:, :, None]
+                img[start:stop] = np.matmul(birth_mass[bi].transpose(0, 2, 1), ml)
             result.append(img)
         return result
 
@@ -484,6 +517,42 @@ class LandscapeVectoriser:
     def __repr__(self):
         return f"{type(self).__name__}({self.get_params()})"
 
+    def _landscapes(self, pairs, h, k, r):
+        """Landscapes ``[N, k, r]`` of the H``h`` pairs at the sample points (before the square root).
+
+        A tent ``min(t - birth, death - t)`` is positive exactly at the samples ``birth < t < death``, a
+        contiguous run per pair; these (pair, sample) events are the only candidates.  The ``j``-th landscape
+        is found by ``k`` rounds of a per-(diagram, sample) maximum, each round removing one event that
+        attains the maximum (so equal tents count as often as they occur).
+        """
+        t = self.samples[h]
+        index, birth, death = pairs.by_dim[h]
+        first = np.searchsorted(t, birth, side='right')
+        runs = np.maximum(np.searchsorted(t, death, side='left') - first, 0)
+        result = np.zeros((pairs.count, k, r))
+        for start, stop in _ranges_by_cost(np.bincount(index, weights=runs, minlength=pairs.count),
+                                           _CHUNK_ELEMENTS):
+            lo, hi = np.searchsorted(index, [start, stop])
+            n_runs = runs[lo:hi]
+            pair = np.repeat(np.arange(lo, hi), n_runs)
+            offset = np.arange(pair.size) - np.repeat(np.cumsum(n_runs) - n_runs, n_runs)
+            sample = first[pair] + offset
+            tent = np.minimum(t[sample] - birth[pair], death[pair] - t[sample])
+            group = (index[pair] - start) * r + sample
+            n_groups = (stop - start) * r
+            alive = np.ones(pair.size, dtype=bool)
+            position = np.arange(pair.size)
+            for j in range(k):
+                best = np.zeros(n_groups)
+                np.maximum.at(best, group[alive], tent[alive])
+                result[start:stop, j] = best.reshape(stop - start, r)
+                if j + 1 < k:
+                    hit = alive & (tent == best[group])
+                    chosen = np.full(n_groups, pair.size)
+                    np.minimum.at(chosen, group[hit], position[hit])
+                    alive[chosen[chosen < pair.size]] = False
+        return result
+
     def transform(self, diagrams):
         """Sequence of ``N`` diagrams -> float32 array ``[N, dim]``."""
         pairs = _Pairs(diagrams)
@@ -493,18 +562,7 @@ class LandscapeVectoriser:
             k, r, pad = self.layout[h]
             out = np.zeros((count, k * r + pad))
             if k:
-                t = self.samples[h]
-                index, birth, death = pairs.by_dim[h]
-                for start, stop in pairs.chunks(h, r + 1):
-                    mask, b, d = pairs.padded(h, start, stop, birth, death)
-                    # tents [C, P, r]; padding entries have birth = death = 0, hence a zero tent
-                    tents = np.maximum(np.minimum(t[None, None, :] - b[:, :, None], d[:, :, None] - t[None, None, :]), 0.0)
-                    if tents.shape[1] < k:
-                        tents = np.concatenate(
-                            (tents, np.zeros((tents.shape[0], k - tents.shape[1], r))), axis=1)
-                    p = tents.shape[1]
-                    top = np.partition(tents, np.arange(p - k, p), axis=1)[:, p - k:, :][:, ::-1, :]
-                    out[start:stop, :k * r] = np.sqrt(top).reshape(stop - start, k * r)
+                out[:, :k * r] = np.sqrt(self._landscapes(pairs, h, k, r)).reshape(count, k * r)
             parts.append(out)
         return _finite_float32(np.concatenate(parts, axis=1))
 
