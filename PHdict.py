@@ -28,7 +28,9 @@ structure is mirrored: ``random/v00000001.jpg`` -> ``PH_random/v00000001.npy``, 
   the shards ran on machines with separate disks, copy all parts into one folder and rerun any shard there:
   its own files are already complete, so it only merges.
 * ``--plot N``: ``plots/<stem>.png`` for the first N images (image | filtration | diagram | label vector).
-* ``args.json``: the arguments of the last run.
+* ``args.json``: the arguments of the last run; ``settings.json``: the settings (filtration, bins, ...) of
+  each kind of per-file output present, so that a rerun with other settings is refused instead of silently
+  keeping outputs made differently.
 
 Runs resume: outputs are written atomically (temporary name, then rename), so an existing output is a
 complete one and is not recomputed.  Unreadable inputs are named on stderr and the rest are processed; the
@@ -66,6 +68,8 @@ outputs (under -o; <stem> = input path relative to TARGET_DIR, without extension
                           the same for one shard; merged into labels_TYPE.* once all N parts exist
   plots/<stem>.png        --plot N: image | filtration | diagram | label vector
   args.json               the arguments of the run
+  settings.json           the settings of the per-file outputs present (a run with other settings for
+                          the same kind of output is refused rather than mixing them)
 
 examples:
   python PHdict.py random -o PH_random -it jpg                      # diagrams of random/*.jpg
@@ -268,6 +272,43 @@ def merge_label_shards(out_dir, label_type, n, info, all_files=None):
 
 
 # ----------------------------------------------------------------------------------------------------
+# settings of the per-file outputs already in the output folder
+
+SETTINGS_FILE = 'settings.json'
+
+
+def output_settings(args):
+    """The settings each kind of per-file output depends on (only the kinds this run writes)."""
+    kinds = {}
+    if args.imgtype != 'npy':
+        kinds['diagram'] = dict(filtration=args.filtration)
+    if args.compute_hist:
+        kinds['hist'] = dict(num_bins=list(args.num_bins), max_life=args.max_life, max_birth=args.max_birth,
+                             bandwidth=args.bandwidth)
+    if args.compute_persistence_image:
+        kinds['persistence_image'] = dict(max_life=args.max_life, max_birth=args.max_birth,
+                                          min_birth=args.min_birth, sigma=args.sigma, power=args.power)
+    return kinds
+
+
+def check_settings(out_dir, kinds):
+    """Refuse to resume into ``out_dir`` when its ``settings.json`` records other settings for the same kind
+    of output (existing files would be kept although they were made differently); else record ``kinds``."""
+    path = os.path.join(out_dir, SETTINGS_FILE)
+    old = _read_json(path) or {}
+    for kind, settings in kinds.items():
+        before = old.get(kind)
+        now = json.loads(json.dumps(settings))
+        if before is not None and before != now:
+            diff = ', '.join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(before) | set(now))
+                             if before.get(k) != now.get(k))
+            raise UserError(f"{out_dir} holds {kind} outputs made with other settings ({diff}; see {path}); "
+                            "choose another output folder with -o, or delete those outputs")
+    if any(old.get(k) != json.loads(json.dumps(v)) for k, v in kinds.items()):
+        write_json(path, dict(old, **kinds))
+
+
+# ----------------------------------------------------------------------------------------------------
 # main
 
 class _Outputs:
@@ -342,6 +383,7 @@ def main(args):
         raise UserError(f"no *.{args.imgtype} files under {target_dir}; set --imgtype/-it to the extension "
                         "of your images (e.g. -it jpg)")
     files = shard_of(all_files, k, n)
+    check_settings(out_dir, output_settings(args))
     write_json(os.path.join(out_dir, 'args.json'), vars(args))
 
     hist_vec = make_vectoriser('histogram', sum(args.num_bins), max_life=args.max_life,
