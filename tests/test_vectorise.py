@@ -201,17 +201,20 @@ def test_persistence_image_matches_brute_force(diagrams, dim, min_birth, max_bir
         np.testing.assert_allclose(got[n], flat, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize('dim,min_birth,max_birth,max_life,sigma,power', [
-    (100, -50.0, 50.0, 50.0, 100.0, 1.0),   # the defaults: 10 x 5 pixels of 10 x 10
-    (24, -30.0, 30.0, 20.0, 30.0, 2.0),     # 6 x 2 pixels of 10 x 10
-    (2 * 32, 0.0, 8.0, 4.0, 0.7, 1.5),      # 8 x 4 pixels of 1 x 1
+@pytest.mark.parametrize('dim,min_birth,max_birth,max_life,sigma,power,discrete', [
+    (100, -50.0, 50.0, 50.0, 100.0, 1.0, False),   # the defaults: 10 x 5 pixels of 10 x 10
+    (100, -50.0, 50.0, 50.0, 100.0, 1.0, True),    # same, values on a lattice (as image filtrations are)
+    (24, -30.0, 30.0, 20.0, 30.0, 2.0, True),      # 6 x 2 pixels of 10 x 10
+    (2 * 32, 0.0, 8.0, 4.0, 0.7, 1.5, False),      # 8 x 4 pixels of 1 x 1
 ])
-def test_persistence_image_matches_persim(dim, min_birth, max_birth, max_life, sigma, power):
+def test_persistence_image_matches_persim(dim, min_birth, max_birth, max_life, sigma, power, discrete):
     persim = pytest.importorskip('persim')
     rng = np.random.default_rng(7)
     scale = (max_birth - min_birth) / 120.0
     ds = [random_diagram(rng, n) for n in (5, 50, 120)]
     for d in ds:
+        if discrete:  # few distinct values: exercises the per-(diagram, value) aggregation
+            d[:, 1:3] = np.round(d[:, 1:3] / 4.0) * 4.0
         d[:, 1:3] = (d[:, 1:3] + 60.0) * scale + min_birth
     v = make_vectoriser('persistence_image', dim, max_life=max_life, max_birth=max_birth, min_birth=min_birth,
                         sigma=sigma, power=power)
@@ -265,6 +268,18 @@ def test_values_exactly_on_bin_edges_and_thresholds():
     np.testing.assert_allclose(LandscapeVectoriser(22)(d), bf_landscape(d, 22, -50.0, 50.0, 2), atol=1e-6)
     h = HistogramVectoriser(40)
     np.testing.assert_allclose(h(d), bf_histogram(d, h.num_bins, 50.0, 50.0, 1), rtol=1e-6, atol=1e-7)
+    # a batch with many repeated values (aggregated persistence-image path), landscape ties
+    batch = [d, d[::2], d[1::3] + 10.0, d[:0]]
+    for dim in (24, 37):
+        v = PersistenceImageVectoriser(dim, sigma=40.0)
+        imgs = v.images(batch)
+        for n, dd in enumerate(batch):
+            for k in (0, 1):
+                want = bf_image(dd, k, v.grids[k], -50.0, 50.0, 50.0, 40.0, 1.0)
+                np.testing.assert_allclose(imgs[k][n], want, rtol=1e-6, atol=1e-10 * max(want.max(), 1e-300))
+    for n, dd in enumerate(batch):
+        np.testing.assert_allclose(LandscapeVectoriser(30, num_landscapes=4).transform(batch)[n],
+                                   bf_landscape(dd, 30, -50.0, 50.0, 4), atol=1e-6)
 
 
 def test_cripser_diagrams_match_brute_force():
@@ -421,3 +436,21 @@ def test_label_args_add_no_short_names_unless_asked():
         p.parse_args(['--label_type', 'nonsense'])
     with pytest.raises(TypeError):
         add_label_args(argparse.ArgumentParser(), seed='-x')
+
+
+# ---------------------------------------------------------------- benchmark script
+
+def test_bench_script_runs(run_script, tmp_path):
+    pytest.importorskip('persim')
+    pytest.importorskip('cripser')
+    out = tmp_path / 'bench.json'
+    res = run_script('bench/vectorise_bench.py', '-n', 12, '--persim_diagrams', 3, '--repeats', 1,
+                     '--json', out, check=True)
+    assert 'speed-up' in res.stdout
+    import json
+    result = json.loads(out.read_text())
+    assert set(result['label_types']) == set(LABEL_TYPES)
+    assert result['n_diagrams'] == 12 and result['mean_pairs'] > 20
+    assert result['persim_max_rel_diff'] < 1e-9 and result['persim_speedup'] > 1
+    bad = run_script('bench/vectorise_bench.py', '--dim', 14, '-n', 2, '--persim_diagrams', 1, check=False)
+    assert bad.returncode == 2 and 'square pixels' in bad.stderr

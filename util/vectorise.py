@@ -338,6 +338,25 @@ def _distinct(values):
     return table, index.ravel()
 
 
+def _aggregated_images(index, count, a_id, a_mass, b_id, b_mass, weight):
+    """``img[n] = sum over pairs p of diagram n of weight[p] * outer(a_mass[a_id[p]], b_mass[b_id[p]])``.
+
+    ``a_mass`` ``[Ua, na]``, ``b_mass`` ``[Ub, nb]``; returns ``[count, na, nb]``.  The weights are first summed
+    into a sparse ``[count * Ua, Ub]`` matrix, so the cost scales with ``count * Ua``, not with the pairs.
+    """
+    from scipy.sparse import csr_matrix
+    ua, na = a_mass.shape
+    nb = b_mass.shape[1]
+    s = csr_matrix((weight, (index * ua + a_id, b_id)), shape=(count * ua, b_mass.shape[0]))
+    out = np.empty((count, na, nb))
+    step = max(1, _CHUNK_ELEMENTS // max(1, ua * max(na, nb)))
+    for start in range(0, count, step):
+        stop = min(start + step, count)
+        y = (s[start * ua:stop * ua] @ b_mass).reshape(stop - start, ua, nb)   # [C, Ua, nb]
+        out[start:stop] = np.matmul(a_mass.T, y)
+    return out
+
+
 class PersistenceImageVectoriser:
     """Persistence images of H0 and H1 (Adams et al. 2017), square-rooted.
 
@@ -403,6 +422,15 @@ class PersistenceImageVectoriser:
             lives, life_id = _distinct(life)
             birth_mass = pixel_masses(bedges, births, std)   # [distinct births, nb]
             life_mass = pixel_masses(ledges, lives, std)     # [distinct lifetimes, nl]
+            if min(births.size, lives.size) * pairs.count <= birth.size:
+                # few distinct values (fewer than pairs per diagram): sum the weights per (diagram, value)
+                if births.size <= lives.size:
+                    img[:] = _aggregated_images(index, pairs.count, birth_id, birth_mass, life_id, life_mass, weight)
+                else:
+                    img[:] = _aggregated_images(index, pairs.count, life_id, life_mass, birth_id, birth_mass,
+                                                weight).transpose(0, 2, 1)
+                result.append(img)
+                continue
             for start, stop in pairs.chunks(h, nb + nl + 3):
                 bi, li, w = pairs.padded(h, start, stop, birth_id, life_id, weight)
                 # [C, P, nb] times [C, P, nl] (weighted; padding has weight 0), summed over the pairs P
