@@ -6,6 +6,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+os.environ.setdefault('OMP_NUM_THREADS', '1')
 
 
 @pytest.fixture
@@ -23,6 +24,9 @@ def _run_script(script, *args, cwd=None, env=None, timeout=600, check=None):
     import subprocess
     full_env = dict(os.environ)
     full_env.setdefault('PYTHONHASHSEED', '0')
+    # one thread per process: on 2 shared cores, OpenMP threads spinning against each other make small
+    # CPU training steps ten times slower
+    full_env.setdefault('OMP_NUM_THREADS', '1')
     full_env.pop('RANK', None), full_env.pop('WORLD_SIZE', None), full_env.pop('LOCAL_RANK', None)
     if env:
         full_env.update(env)

@@ -1,0 +1,322 @@
+"""Datasets for pretraining (images + PH label vectors) and fine-tuning (class folders).
+
+Pretraining samples are ``(image tensor [3, crop, crop], label float32 [D])``. Where the label comes from:
+
+* ``DiagramDirLabels``  - raw diagrams written by PHdict.py (``<relative path>.npy``), vectorised at load time;
+* ``MatrixLabels``      - a consolidated label matrix written by ``PHdict.py --label_type`` (nothing computed);
+* ``ComputedLabels``    - persistent homology computed in the loader from the image itself.
+
+``-ph pre`` labels the full image before augmentation (the label is fixed per image); ``-ph post`` labels
+the augmented crop, i.e. exactly what the network sees.
+
+An image that cannot be decoded is returned as ``None`` (dropped and counted by
+:func:`util.training.collate_skip_bad`) when ``bad_images='skip'``, or stops the run with its name otherwise.
+"""
+import os
+import sys
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import datasets as tv_datasets
+from torchvision import transforms as T
+
+from util import fileio
+from util.errors import BadImageError, UserError
+from util.training import IMAGENET_MEAN, IMAGENET_STD
+
+NORMALIZE = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+
+
+# ------------------------------------------------------------------------------------------ transforms
+def pretrain_transforms(args):
+    """(spatial PIL->PIL augmentation, PIL->normalised tensor) as the original: [RandomAffine] [Resize]
+    RandomCrop, then ToTensor + Normalize. The split lets ``-ph post`` label the augmented crop."""
+    spatial = []
+    if getattr(args, 'affine', False):
+        spatial.append(T.RandomAffine(degrees=(-180, 180), scale=(0.5, 2), shear=(-100, 100, -100, 100)))
+    if args.img_size > args.crop_size:
+        spatial.append(T.Resize(args.img_size, interpolation=T.InterpolationMode.BILINEAR))
+    spatial.append(T.RandomCrop(args.crop_size, pad_if_needed=True))
+    return T.Compose(spatial), T.Compose([T.ToTensor(), NORMALIZE])
+
+
+def pretrain_val_transforms(args):
+    """Validation: resize to crop x crop (deterministic), then ToTensor + Normalize."""
+    return (T.Resize((args.crop_size, args.crop_size), interpolation=T.InterpolationMode.BILINEAR),
+            T.Compose([T.ToTensor(), NORMALIZE]))
+
+
+def finetune_transforms(args, train):
+    if train:
+        return T.Compose([T.Resize(args.img_size, interpolation=T.InterpolationMode.BILINEAR),
+                          T.RandomResizedCrop(args.crop_size, scale=(0.7, 1.0)),
+                          T.RandomHorizontalFlip(), T.ToTensor(), NORMALIZE])
+    return T.Compose([T.Resize(args.img_size, interpolation=T.InterpolationMode.BILINEAR),
+                      T.CenterCrop(args.crop_size), T.ToTensor(), NORMALIZE])
+
+
+# ------------------------------------------------------------------------------------------ label sources
+class ComputedLabels:
+    """Label = vectoriser(persistent homology of the image), computed when asked."""
+
+    def __init__(self, vectoriser, filtration='signed_distance'):
+        self.vectoriser = vectoriser
+        self.filtration = filtration
+        self.dim = vectoriser.dim
+
+    def diagram(self, image):
+        from util.ph import compute_ph
+        return compute_ph(image, filtration=self.filtration)
+
+    def from_image(self, image):
+        """image: PIL image (converted to grey as PHdict does) -> float32 [D]."""
+        return np.asarray(self.vectoriser(self.diagram(image)), dtype=np.float32)
+
+
+class DiagramDirLabels:
+    """Diagrams precomputed by PHdict.py, looked up by relative path, else by the original's basename rule."""
+
+    def __init__(self, ph_dir, rel_paths, vectoriser):
+        self.ph_dir = ph_dir
+        self.vectoriser = vectoriser
+        self.dim = vectoriser.dim
+        self.paths = []
+        missing = []
+        for rel in rel_paths:
+            stem = os.path.splitext(rel)[0]
+            candidates = (os.path.join(ph_dir, stem + '.npy'),
+                          os.path.join(ph_dir, os.path.basename(stem) + '.npy'))
+            found = next((c for c in candidates if os.path.isfile(c)), None)
+            if found is None:
+                missing.append(rel)
+            self.paths.append(found)
+        if missing:
+            raise UserError(f"{len(missing)} of {len(rel_paths)} images have no diagram in {ph_dir!r} (first: "
+                            f"{', '.join(missing[:3])}); run PHdict.py on the image folder with -o {ph_dir}")
+
+    def label(self, index):
+        path = self.paths[index]
+        try:
+            dgm = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot read diagram file {path}: {e}; delete it and rerun PHdict.py") from None
+        if dgm.ndim != 2 or (dgm.size and dgm.shape[1] < 3):
+            raise UserError(f"{path} is not a persistence diagram (shape {dgm.shape}; expected [n, 9])")
+        if np.isnan(dgm[:, :3]).any():
+            raise UserError(f"{path} contains NaN; delete it and rerun PHdict.py")
+        return np.asarray(self.vectoriser(dgm), dtype=np.float32)
+
+
+class MatrixLabels:
+    """Rows of a consolidated label matrix ``[N, D]`` matched to images by relative path (else basename)."""
+
+    def __init__(self, matrix, names, rel_paths, source):
+        by_rel = {n: i for i, n in enumerate(names)}
+        by_base = {}
+        for i, n in enumerate(names):
+            by_base.setdefault(os.path.splitext(os.path.basename(n))[0], i)
+        rows, missing = [], []
+        for rel in rel_paths:
+            r = by_rel.get(rel)
+            if r is None:
+                r = by_base.get(os.path.splitext(os.path.basename(rel))[0])
+            if r is None:
+                missing.append(rel)
+            rows.append(r)
+        if missing:
+            raise UserError(f"{len(missing)} of {len(rel_paths)} images have no row in {source} (first: "
+                            f"{', '.join(missing[:3])}); rerun PHdict.py with --label_type on this folder")
+        self.matrix = matrix
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.dim = matrix.shape[1]
+
+    def label(self, index):
+        return np.asarray(self.matrix[self.rows[index]], dtype=np.float32)
+
+
+def find_label_matrix(ph_dir, label_type):
+    """Locate ``labels_<label_type>.npy`` (+ ``.txt``) in ``ph_dir``; return (npy, txt) or None."""
+    npy = os.path.join(ph_dir, f'labels_{label_type}.npy')
+    txt = os.path.join(ph_dir, f'labels_{label_type}.txt')
+    if os.path.isfile(npy) and os.path.isfile(txt):
+        return npy, txt
+    return None
+
+
+def load_label_matrix(npy, txt, expected_dim):
+    """Load and check a consolidated label matrix: float, 2-D, finite, D == expected_dim, one name per row."""
+    try:
+        matrix = np.load(npy, mmap_mode='r', allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read label matrix {npy}: {e}") from None
+    with open(txt, encoding='utf-8') as f:
+        names = [line.rstrip('\n') for line in f if line.strip()]
+    if matrix.ndim != 2 or matrix.shape[0] != len(names):
+        raise UserError(f"{npy} has shape {matrix.shape} but {txt} lists {len(names)} images; rerun PHdict.py")
+    if matrix.shape[1] != expected_dim:
+        raise UserError(f"labels in {npy} have dimension {matrix.shape[1]} but --numof_classes is {expected_dim}; "
+                        f"pass --numof_classes {matrix.shape[1]} or recompute the labels")
+    bad = np.flatnonzero(~np.isfinite(np.asarray(matrix)).all(axis=1))
+    if bad.size:
+        raise UserError(f"{npy} has non-finite values in {bad.size} rows (first: {names[bad[0]]}); recompute them")
+    return np.asarray(matrix, dtype=np.float32), names
+
+
+# ------------------------------------------------------------------------------------------ datasets
+class _PHBase(Dataset):
+    """Shared __getitem__: load -> label (pre or post augmentation) -> tensor."""
+
+    def __init__(self, spatial, to_tensor, persistence='pre', bad_images='skip'):
+        self.spatial = spatial
+        self.to_tensor = to_tensor
+        self.persistence = persistence
+        self.bad_images = bad_images
+
+    def _image(self, index):
+        raise NotImplementedError
+
+    def _label_pre(self, index, image):
+        raise NotImplementedError
+
+    def _label_post(self, image):
+        return self.computed.from_image(image)
+
+    def __getitem__(self, index):
+        try:
+            image = self._image(index)
+        except BadImageError as e:
+            if self.bad_images == 'skip':
+                print(f"warning: skipped {e}", file=sys.stderr, flush=True)
+                return None
+            raise UserError(f"{e} (use --bad_images skip to skip such files)") from None
+        if self.persistence == 'pre':
+            label = self._label_pre(index, image)
+            image = self.spatial(image)
+        else:
+            image = self.spatial(image)
+            label = self._label_post(image)
+        return self.to_tensor(image), torch.from_numpy(np.ascontiguousarray(label, dtype=np.float32))
+
+
+class FolderPH(_PHBase):
+    """Images below ``root`` (recursive) with labels from ``labels`` (Diagram/Matrix/ComputedLabels)."""
+
+    def __init__(self, root, rel_paths, labels, spatial, to_tensor, persistence='pre', computed=None,
+                 bad_images='skip'):
+        super().__init__(spatial, to_tensor, persistence, bad_images)
+        self.root = root
+        self.rel_paths = rel_paths
+        self.labels = labels
+        self.computed = computed if computed is not None else (labels if isinstance(labels, ComputedLabels) else None)
+        if persistence == 'post' and self.computed is None:
+            raise UserError("-ph post labels the augmented crop, so it needs PH computed in the loader; "
+                            "drop -pd/-pc or use -ph pre")
+        self.dim = labels.dim
+
+    def __len__(self):
+        return len(self.rel_paths)
+
+    def _image(self, index):
+        return fileio.load_image(os.path.join(self.root, self.rel_paths[index]), 'RGB')
+
+    def _label_pre(self, index, image):
+        if isinstance(self.labels, ComputedLabels):
+            return self.labels.from_image(image)
+        return self.labels.label(index)
+
+
+class GeneratedPH(_PHBase):
+    """Images generated on the fly (util.random_image) with PH computed in the loader.
+
+    Image ``i`` of epoch ``e`` is ``generate_image(cfg, seed, e * n + i, stream)``: fresh images every epoch,
+    reproducible from (seed, epoch, index); epoch 0 equals ``random_image.py --seed seed`` output. With
+    ``cache_dir`` the same ``n`` images (indices 0..n-1) are reused every epoch and kept on disk
+    (``images/v%08d.png`` + ``PH/v%08d.npy``) for later runs; nothing there is ever deleted.
+    """
+
+    def __init__(self, cfg, seed, n_samples, computed, spatial, to_tensor, persistence='pre', stream=0,
+                 cache_dir=None, fresh_each_epoch=True):
+        super().__init__(spatial, to_tensor, persistence, 'fail')
+        self.cfg, self.seed, self.n, self.stream = cfg, seed, n_samples, stream
+        self.computed = computed
+        self.dim = computed.dim
+        self.cache_dir = cache_dir
+        self.fresh_each_epoch = fresh_each_epoch and cache_dir is None
+        self.epoch = 0
+        if cache_dir:
+            prepare_cache(cache_dir, cfg, seed, stream, computed.filtration)
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return self.n
+
+    def _index(self, i):
+        return self.epoch * self.n + i if self.fresh_each_epoch else i
+
+    def _image(self, i):
+        from util.random_image import generate_image
+        idx = self._index(i)
+        if self.cache_dir:
+            path = os.path.join(self.cache_dir, 'images', f'v{idx:08d}.png')
+            if os.path.exists(path):
+                return fileio.load_image(path, 'RGB')
+            arr = generate_image(self.cfg, self.seed, idx, self.stream)
+            fileio.save_image(path, arr, 'png')
+        else:
+            arr = generate_image(self.cfg, self.seed, idx, self.stream)
+        return Image.fromarray(arr).convert('RGB')
+
+    def _label_pre(self, i, image):
+        if not self.cache_dir:
+            return self.computed.from_image(image)
+        path = os.path.join(self.cache_dir, 'PH', f'v{self._index(i):08d}.npy')
+        if os.path.exists(path):
+            dgm = np.load(path, allow_pickle=False)
+        else:
+            dgm = self.computed.diagram(image)
+            fileio.save_npy(path, dgm)
+        return np.asarray(self.computed.vectoriser(dgm), dtype=np.float32)
+
+
+def prepare_cache(cache_dir, cfg, seed, stream, filtration):
+    """Create the cache layout, or check that an existing cache was made with the same settings."""
+    import dataclasses
+    meta = {'generator': {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()},
+            'seed': seed, 'stream': stream, 'filtration': filtration}
+    for sub in ('images', 'PH'):
+        fileio.ensure_dir(os.path.join(cache_dir, sub), 'cache directory')
+    meta_path = os.path.join(cache_dir, 'cache.json')
+    if os.path.exists(meta_path):
+        import json
+        with open(meta_path, encoding='utf-8') as f:
+            old = json.load(f)
+        if old != meta:
+            raise UserError(f"--cache_dir {cache_dir!r} holds images made with other settings ({meta_path}); "
+                            f"use another folder")
+    else:
+        fileio.write_json(meta_path, meta)
+
+
+class SafeImageFolder(tv_datasets.ImageFolder):
+    """torchvision ImageFolder that converts any image kind to RGB and returns None for undecodable files."""
+
+    def __init__(self, root, transform=None, bad_images='skip'):
+        fileio.require_dir(root, 'image folder')
+        try:
+            super().__init__(root, transform=transform, loader=lambda p: fileio.load_image(p, 'RGB'))
+        except FileNotFoundError as e:
+            raise UserError(f"{root}: {e}; every class folder needs at least one image") from None
+        self.bad_images = bad_images
+
+    def __getitem__(self, index):
+        try:
+            return super().__getitem__(index)
+        except BadImageError as e:
+            if self.bad_images == 'skip':
+                print(f"warning: skipped {e}", file=sys.stderr, flush=True)
+                return None
+            raise UserError(f"{e} (use --bad_images skip to skip such files)") from None
