@@ -94,6 +94,12 @@ def run(n_diagrams=1000, persim_diagrams=100, dim=256, repeats=3, seed=0, verbos
     'persim_speedup_random_pairs', 'persim_max_rel_diff'}`` (rates in diagrams per second).
     """
     say = print if verbose else (lambda *a, **k: None)
+    vecs = {t: make_vectoriser(t, dim) for t in LABEL_TYPES}
+    pi = vecs['persistence_image']
+    width = pi.max_birth - pi.min_birth
+    if any(nb and abs(width / nb - pi.max_life / nl) > 1e-9 * width for nb, nl in pi.grids):
+        raise UserError(f"--dim {dim} gives non-square pixels {pi.grids}, which persim cannot reproduce; "
+                        "choose --dim so that each half factors into square pixels, e.g. 256")
     import cripser  # noqa: F401  (imports are slow; keep them out of the timings)
     import persim  # noqa: F401
     t = time.perf_counter()
@@ -104,14 +110,12 @@ def run(n_diagrams=1000, persim_diagrams=100, dim=256, repeats=3, seed=0, verbos
         f"(cripser: {ph_rate:.0f} diagrams/s)")
     result = dict(n_diagrams=n_diagrams, mean_pairs=float(np.mean(finite)), dim=dim, ph_diagrams_per_s=ph_rate,
                   label_types={})
-    vecs = {t: make_vectoriser(t, dim) for t in LABEL_TYPES}
     for name, vec in vecs.items():
         vec.transform(diagrams[:10])  # warm-up
         seconds, _ = _best_time(lambda: vec.transform(diagrams), repeats)
         result['label_types'][name] = n_diagrams / seconds
         say(f"  {name:18s} {n_diagrams / seconds:12.0f} diagrams/s")
 
-    pi = vecs['persistence_image']
     # Image filtration values repeat (the persistence image exploits it); random floats are its worst case.
     rand = random_diagrams([len(d) for d in diagrams], seed=seed)
     seconds, _ = _best_time(lambda: pi.transform(rand), repeats)

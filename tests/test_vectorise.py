@@ -44,7 +44,7 @@ def finite_pairs(diagram, h):
 def bf_bin(x, lo, hi, n):
     if n == 0 or x < lo or x > hi:
         return None
-    edges = np.linspace(lo, hi, n + 1)
+    edges = np.linspace(lo, hi, n + 1).tolist()
     for i in range(n):
         if edges[i] <= x < edges[i + 1]:
             return i
@@ -117,9 +117,10 @@ def bf_image(diagram, h, grid, min_birth, max_birth, max_life, sigma, power):
 def bf_betti(diagram, dim, min_birth, max_birth, max_life):
     out = []
     for h, n in ((0, dim // 2), (1, dim - dim // 2)):
+        pairs = finite_pairs(diagram, h)
         for t in np.linspace(min_birth, max_birth, n):
             s = 0.0
-            for b, d in finite_pairs(diagram, h):
+            for b, d in pairs:
                 if b < t < d:
                     s += min(max(d - b, 0.0), max_life)
             out.append(math.sqrt(s))
