@@ -312,7 +312,7 @@ def pixel_grid(d, width, height):
 
 
 def pixel_masses(edges, centres, std):
-    """Mass of ``N(centre, std**2)`` in each interval ``[edges[i], edges[i+1]]``: array ``[len(centres), len(edges)-1]``.
+    """Mass of ``N(centre, std**2)`` in each ``[edges[i], edges[i+1]]``: array ``[len(centres), len(edges)-1]``.
 
     ``edges`` must increase.  With ``Phi(z) = H(z) - s(z) T(z)`` (``H`` = step at 0, ``s`` = sign,
     ``T(z) = erfc(|z|/sqrt 2)/2`` the smaller tail), ``Phi(hi) - Phi(lo)`` is formed from the differences of
@@ -401,7 +401,7 @@ class PersistenceImageVectoriser:
         return f"{type(self).__name__}({self.get_params()})"
 
     def images(self, diagrams):
-        """Raw persistence images (before the square root): ``[img_H0 [N, nb0, nl0], img_H1 [N, nb1, nl1]]``, float64."""
+        """Raw persistence images, before the square root: ``[H0 [N, nb0, nl0], H1 [N, nb1, nl1]]`` (float64)."""
         pairs = _Pairs(diagrams)
         std = math.sqrt(self.sigma)
         result = []
