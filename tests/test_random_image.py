@@ -25,8 +25,9 @@ from PIL import Image
 from skimage.filters import threshold_otsu
 
 from util.errors import UserError
-from util.random_image import (GeneratorConfig, TRAIN_STREAM, VAL_STREAM, _filtered_channels, generate_image,
-                               get_args_parser, image_rng, main, otsu_threshold)
+from util.fileio import list_images
+from util.random_image import (PREVIEW_FILE, TRAIN_STREAM, VAL_STREAM, GeneratorConfig, _filtered_channels,
+                               generate_image, get_args_parser, image_rng, main, otsu_threshold)
 
 SCRIPT = 'util/random_image.py'
 
@@ -284,14 +285,18 @@ def test_validation_split(run_script, tmp_path, layout):
 
 
 def test_preview_and_args_json(run_script, tmp_path):
-    run_script(SCRIPT, '-o', tmp_path / 'a', '-n', '6', '-is', '32', '--preview', '4', '--seed', '9', check=True)
-    with Image.open(tmp_path / 'a' / 'preview.png') as im:
+    res = run_script(SCRIPT, '-o', tmp_path / 'a', '-n', '6', '-is', '32', '--preview', '4', '--seed', '9',
+                     check=True)
+    assert PREVIEW_FILE in res.stdout
+    # the preview sits next to the images but is not listed as one (pretraining lists the folder)
+    assert list_images(tmp_path / 'a') == [f"v{i:08d}.jpg" for i in range(6)]
+    with Image.open(tmp_path / 'a' / PREVIEW_FILE) as im:
         assert im.format == 'PNG' and im.size[0] == im.size[1] > 0
         assert np.asarray(im.convert('L')).std() > 0
     saved = json.loads((tmp_path / 'a' / 'args.json').read_text())
     assert saved['seed'] == 9 and saved['img_size'] == 32 and saved['n_samples'] == 6
     run_script(SCRIPT, '-o', tmp_path / 'b', '-n', '3', '-is', '32', '--preview', '0', check=True)
-    assert not (tmp_path / 'b' / 'preview.png').exists() and (tmp_path / 'b' / 'args.json').exists()
+    assert not (tmp_path / 'b' / PREVIEW_FILE).exists() and (tmp_path / 'b' / 'args.json').exists()
 
 
 def test_other_settings_are_not_mixed_into_a_folder(run_script, tmp_path):

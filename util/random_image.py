@@ -68,7 +68,8 @@ FLAT_TOLERANCE = 1e-10   # an image whose values span less than this is redrawn
 OTSU_BINS = 256          # skimage.filters.threshold_otsu's default
 FORMATS = ('jpg', 'png')
 ARGS_FILE = 'args.json'
-PREVIEW_FILE = 'preview.png'
+# Hidden (leading dot), so that image listings (util.fileio.list_images) never take it for a training image.
+PREVIEW_FILE = '.preview.png'
 # Settings that change the images; a folder generated with other values is not silently extended.
 _IMAGE_SETTINGS = ('seed', 'stream', 'img_size', 'alpha_range', 'beta_range', 'prob_binary', 'prob_colour',
                    'prefix', 'format')
@@ -451,7 +452,8 @@ def get_args_parser():
     p.add_argument('--format', default='jpg', choices=FORMATS, help="image file format")
     p.add_argument('--overwrite', action='store_true', help="regenerate images that already exist")
     p.add_argument('--preview', default=64, type=int,
-                   help=f"write a contact sheet {PREVIEW_FILE} of the first N images next to them; 0 disables")
+                   help=f"write a contact sheet {PREVIEW_FILE} (hidden file) of the first N images next to "
+                        "them; 0 disables")
     return p
 
 
@@ -490,11 +492,14 @@ def main(args):
     total = sum(counts[s] for _, s, _ in splits)
     with tqdm(total=total, initial=skipped, desc='images', unit='img', dynamic_ncols=True) as bar:
         written = write_images(cfg, args.seed, jobs, args.prefix, args.format, args.num_workers, bar.update)
+    previews = []
     for folder, names in plan:
         if args.preview > 0 and names:
-            make_preview(folder, names[:args.preview], os.path.join(folder, PREVIEW_FILE))
+            previews.append(os.path.join(folder, PREVIEW_FILE))
+            make_preview(folder, names[:args.preview], previews[-1])
     where = ' and '.join(folder for folder, _ in plan)
-    print(f"wrote {written} images, skipped {skipped} already present, in {where}")
+    print(f"wrote {written} images, skipped {skipped} already present, in {where}"
+          + (f"; preview: {', '.join(previews)}" if previews else ''))
     return 0
 
 
