@@ -47,6 +47,7 @@ if _ROOT not in sys.path:
 
 import argparse  # noqa: E402
 import functools  # noqa: E402
+import json  # noqa: E402
 import math  # noqa: E402
 import multiprocessing  # noqa: E402
 import signal  # noqa: E402
@@ -327,7 +328,11 @@ def _write_one(job, cfg, seed, prefix, fmt):
     """Worker task: generate and atomically save one image. ``job`` = (folder, stream, index)."""
     folder, stream, index = job
     image = generate_image(cfg, seed, index, stream)
-    save_image(os.path.join(folder, image_name(prefix, index, fmt)), image, fmt=fmt)
+    path = os.path.join(folder, image_name(prefix, index, fmt))
+    try:
+        save_image(path, image, fmt=fmt)
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
     return 1
 
 
@@ -350,6 +355,8 @@ def split_folders(output, n_val):
 def write_images(cfg, seed, jobs, prefix='v', fmt='jpg', num_workers=1, progress=None):
     """Generate and save the images of ``jobs`` = [(folder, stream, index)], in a process pool if
     ``num_workers > 1``. ``progress``: optional callable(n) told about each finished image. Returns the count.
+
+    The processes that generate (this one when ``num_workers <= 1``) call :func:`reduce_allocator_churn`.
     """
     task = functools.partial(_write_one, cfg=cfg, seed=seed, prefix=prefix, fmt=fmt)
     done = 0
@@ -387,7 +394,6 @@ def _check_settings(folder, settings, overwrite):
     path = os.path.join(folder, ARGS_FILE)
     if overwrite or not os.path.exists(path):
         return
-    import json
     try:
         with open(path, encoding='utf-8') as f:
             old = json.load(f)
