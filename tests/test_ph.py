@@ -67,6 +67,16 @@ def test_fast_otsu_mask_equals_skimage_on_float_image():
             np.testing.assert_array_equal(ph.otsu_mask(g), mask)   # float route agrees
 
 
+def test_threshold_from_counts_equals_skimage_value():
+    rng = np.random.default_rng(12)
+    for u8 in _varied_uint8_images(rng, 200):
+        g = u8.astype(np.float64)
+        t = ph.otsu_threshold_from_counts(np.bincount(u8.ravel(), minlength=256))
+        assert (t is None) == (g.min() == g.max())
+        if t is not None:
+            assert t == threshold_otsu(g)
+
+
 def test_signed_distance_filtration_is_bit_identical_to_original():
     rng = np.random.default_rng(1)
     for u8 in _varied_uint8_images(rng, 150):
@@ -74,6 +84,7 @@ def test_signed_distance_filtration_is_bit_identical_to_original():
         out = ph.compute_filtration(u8)
         assert out.dtype == np.float64 and out.shape == u8.shape
         np.testing.assert_array_equal(out, ref)
+        np.testing.assert_array_equal(ph.compute_filtration(Image.fromarray(u8)), ref)   # PIL-counted route
 
 
 def test_scipy_route_matches_when_edt_package_absent(monkeypatch):

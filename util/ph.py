@@ -17,10 +17,12 @@ Pipeline (the original project's, made faster where it costs nothing in exactnes
 
 Speed (see ``bench/ph_bench.py``): for 8-bit grey images Otsu's threshold is computed from a 256-bin count of
 the pixel values, binned exactly as ``skimage.filters.threshold_otsu`` bins the float image, so the mask is
-bit for bit the one the original computed, at a tenth of the cost.  The signed distance is taken from the
-``edt`` package when it is installed (an exact squared EDT, checked equal to scipy's in the tests), else
-from scipy through ``cripser.apply_transform``.
+bit for bit the one the original computed, at a fifth of the cost.  The signed distance is taken from the
+``edt`` package when it is installed (an exact squared EDT, checked equal to scipy's in the tests; about
+2.5x faster than scipy), else from scipy's two feature transforms combined in integer arithmetic (about
+1.5x faster than two ``distance_transform_edt`` calls, the same values bit for bit).
 """
+import math
 import os
 import sys
 
@@ -72,9 +74,13 @@ except ImportError:
 # ----------------------------------------------------------------------------------------------------
 # grey conversion
 
+def _is_pil(img):
+    return hasattr(img, 'mode') and hasattr(img, 'convert') and hasattr(img, 'histogram')
+
+
 def _grey(img):
     """``img`` as a 2-D array ``(H, W)``: uint8 for PIL images and uint8 arrays, float64 otherwise."""
-    if hasattr(img, 'mode') and hasattr(img, 'convert'):   # PIL image
+    if _is_pil(img):
         return np.asarray(convert_image(img, 'L'))
     a = np.asarray(img)
     if a.ndim == 3 and a.shape[-1] in (3, 4):
@@ -104,32 +110,39 @@ def to_grey(img):
 # ----------------------------------------------------------------------------------------------------
 # Otsu threshold
 
-def _otsu_from_counts(values, counts):
-    """Otsu threshold of a float image given as distinct ``values`` (sorted) with pixel ``counts``.
+def otsu_threshold_from_counts(counts):
+    """Otsu's threshold of an 8-bit image given its 256 pixel counts (``counts[v]`` = pixels of value ``v``).
 
-    Equal to ``skimage.filters.threshold_otsu(image)`` for the float image: the 256 bins are laid by
-    ``np.histogram`` over ``[min, max]`` exactly as skimage lays them (bin membership depends only on a value,
-    so weighting each distinct value by its count gives the same histogram).
+    Equal to ``skimage.filters.threshold_otsu`` of the image as float64 (which is what the original
+    thresholded): skimage lays 256 equal bins on ``[min, max]`` with ``np.histogram``, whose bins are
+    ``edges[i] <= v < edges[i+1]`` (the last one closed); each grey level falls in one bin, so the bin counts
+    follow from the 256 level counts without touching the pixels again.  Returns None for a constant image.
     """
-    hist, edges = np.histogram(values, bins=OTSU_BINS, weights=counts)
+    counts = np.asarray(counts)
+    levels = np.flatnonzero(counts)
+    if levels.size < 2:
+        return None
+    edges = np.linspace(float(levels[0]), float(levels[-1]), OTSU_BINS + 1)
+    index = np.minimum(np.searchsorted(edges, levels, side='right') - 1, OTSU_BINS - 1)
+    hist = np.bincount(index, weights=counts[levels], minlength=OTSU_BINS)
     centers = (edges[:-1] + edges[1:]) / 2.0
     return float(threshold_otsu(hist=(hist, centers)))
 
 
-def otsu_mask(grey):
+def otsu_mask(grey, counts=None):
     """Foreground mask ``grey >= t`` at Otsu's threshold ``t`` (as skimage computes it on the float image).
 
-    ``grey``: ``(H, W)`` array.  uint8 input takes the fast route (a 256-value count and a lookup table).
+    ``grey``: ``(H, W)`` array.  uint8 input takes the fast route: the threshold from the 256 level counts
+    (``counts``, e.g. PIL's ``Image.histogram()``, else counted here) and one comparison with ``ceil(t)``.
     Returns a bool array ``(H, W)``, or ``None`` for a constant image (no threshold separates anything).
     """
     if grey.dtype == np.uint8:
-        counts = np.bincount(grey.ravel(), minlength=256)
-        levels = np.flatnonzero(counts)
-        if levels.size < 2:
+        if counts is None:
+            counts = np.bincount(grey.ravel(), minlength=256)
+        t = otsu_threshold_from_counts(counts)
+        if t is None:
             return None
-        t = _otsu_from_counts(levels.astype(np.float64), counts[levels].astype(np.float64))
-        lut = np.arange(256, dtype=np.float64) >= t
-        return lut[grey]
+        return grey >= np.uint8(math.ceil(t))      # integer grey: v >= t  <=>  v >= ceil(t); t < 255
     grey = np.asarray(grey, dtype=np.float64)
     lo, hi = grey.min(), grey.max()
     if not lo < hi:
@@ -141,15 +154,37 @@ def otsu_mask(grey):
 # filtrations
 
 def _signed_distance(bw):
-    """``EDT(bw) - EDT(~bw)`` as float64 ``(H, W)`` (both classes must be present)."""
+    """``EDT(bw) - EDT(~bw)`` as float64 ``(H, W)``, bit for bit scipy's (both classes must be present).
+
+    With the ``edt`` package: its multi-label mode gives each pixel the squared distance to the nearest
+    pixel of the other label; squared distances are integers below 2**24, exact in its float32 output, so
+    the float64 square root equals scipy's.  Without it: scipy's two feature transforms (nearest background
+    pixel of each foreground pixel and vice versa), combined into one integer squared distance -- the values
+    ``distance_transform_edt`` computes, without its float64 temporaries for each of the two calls.
+    """
     if _edt_module is not None:
-        # edt's multi-label mode gives each pixel its squared distance to the nearest pixel of the other
-        # label; squared distances are integers < 2**24, exact in float32, so sqrt in float64 matches scipy.
         d2 = _edt_module.edtsq(bw.view(np.uint8) + np.uint8(1), black_border=False, parallel=1)
         d = np.sqrt(d2, dtype=np.float64)
-        np.negative(d, out=d, where=~bw)
-        return d
-    return cripser.apply_transform(bw.view(np.uint8), 'signed_distance', threshold=1)
+    else:
+        from scipy.ndimage import distance_transform_edt
+        itype = np.int32 if max(bw.shape) < 30000 else np.int64      # squares must not overflow
+        ft = np.empty((2, bw.ndim) + bw.shape, np.int32)
+        distance_transform_edt(bw, return_distances=False, return_indices=True, indices=ft[0])
+        distance_transform_edt(~bw, return_distances=False, return_indices=True, indices=ft[1])
+        # each pixel is its own feature in one of the two transforms, so
+        # (feature of the other class) - (pixel) = ft[0] + ft[1] - 2 * (pixel), per axis
+        delta = ft[0].astype(itype, copy=False)
+        delta += ft[1]
+        for axis, n in enumerate(bw.shape):
+            shape = [1] * bw.ndim
+            shape[axis] = n
+            delta[axis] -= (2 * np.arange(n, dtype=itype)).reshape(shape)
+        delta *= delta
+        for axis in range(1, bw.ndim):
+            delta[0] += delta[axis]
+        d = np.sqrt(delta[0], dtype=np.float64)
+    np.negative(d, out=d, where=~bw)
+    return d
 
 
 def compute_filtration(grey, kind=DEFAULT_FILTRATION):
@@ -164,10 +199,15 @@ def compute_filtration(grey, kind=DEFAULT_FILTRATION):
     """
     if kind not in FILTRATIONS:
         raise UserError(f"unknown --filtration {kind!r}; choose one of {', '.join(FILTRATIONS)}")
-    g = _grey(grey)
+    counts = None
+    if _is_pil(grey):
+        im = convert_image(grey, 'L')
+        g, counts = np.asarray(im), im.histogram()     # PIL counts the 256 levels faster than numpy
+    else:
+        g = _grey(grey)
     if kind == 'none':
         return np.ascontiguousarray(g, dtype=np.float64)
-    bw = otsu_mask(g)
+    bw = otsu_mask(g, counts)
     if bw is None:
         return np.zeros(g.shape, dtype=np.float64)
     if kind == 'signed_distance':
