@@ -172,13 +172,18 @@ def _label_file_re():
     return re.compile(r'labels_(%s)(\.shard-\d+-of-\d+)?\.npy' % '|'.join(LABEL_TYPES))
 
 
-def list_inputs(target_dir, imgtype):
+def list_inputs(target_dir, imgtype, out_dir=None):
     """Sorted relative paths of the ``*.imgtype`` files below ``target_dir``.
 
-    For ``npy`` the files this script derives from diagrams are left out: ``Xhist.npy`` and
-    ``X_persImg.npy`` beside an ``X.npy``, and top-level ``labels_*.npy`` matrices.
+    Files below ``out_dir``, when it is a sub-folder of ``target_dir``, are left out.  For ``npy`` so are the
+    files this script derives from diagrams: ``Xhist.npy`` and ``X_persImg.npy`` beside an ``X.npy``, and
+    top-level ``labels_*.npy`` matrices.
     """
     found = list_images(target_dir, extensions=('.' + imgtype,))
+    if out_dir is not None:
+        inner = os.path.relpath(os.path.realpath(out_dir), os.path.realpath(target_dir)).replace(os.sep, '/')
+        if inner != '.' and not inner.startswith('../') and inner != '..':
+            found = [f for f in found if not f.startswith(inner + '/')]
     if imgtype != 'npy':
         return found
     present = set(found)
@@ -378,7 +383,7 @@ def main(args):
             and os.path.realpath(out_dir) == os.path.realpath(target_dir):
         raise UserError("-cpi with -it npy writes persistence images as <stem>.npy, which would overwrite the "
                         f"diagrams in {target_dir}; choose another output folder with -o")
-    all_files = list_inputs(target_dir, args.imgtype)
+    all_files = list_inputs(target_dir, args.imgtype, out_dir)
     if not all_files:
         raise UserError(f"no *.{args.imgtype} files under {target_dir}; set --imgtype/-it to the extension "
                         "of your images (e.g. -it jpg)")

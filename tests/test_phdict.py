@@ -3,7 +3,6 @@ import json
 import os
 
 import numpy as np
-import pytest
 from PIL import Image
 from scipy.ndimage import distance_transform_edt, gaussian_filter
 from skimage.filters import threshold_otsu
@@ -51,7 +50,7 @@ def outputs(folder):
 FLAT = [f'v{i:08d}.jpg' for i in range(7)]
 
 
-def test_readme_command_matches_original_bit_for_bit(tmp_path, run_script, root):
+def test_readme_command_matches_original_bit_for_bit(tmp_path, run_script):
     make_jpegs(tmp_path / 'random', FLAT)
     res = run_script('PHdict.py', 'random', '-o', 'PH_random', '-it', 'jpg', cwd=tmp_path, check=True)
     assert '7 done, 0 skipped, 0 failed' in res.stdout
@@ -207,6 +206,10 @@ def test_hist_and_persistence_image_modes(tmp_path, run_script):
         np.testing.assert_allclose(p, pi(np.load(ph_dir / n.replace('.jpg', '.npy'))), rtol=1e-6, atol=1e-7)
     res = run_script('PHdict.py', 'PH_random', '-o', 'PH_random', '-cpi', cwd=tmp_path, check=False)
     assert res.returncode == 2 and 'overwrite' in res.stderr
+    # an output folder inside the input folder is not read back as input
+    for expect in ('4 done, 0 skipped, 0 failed of 4 files', '0 done, 4 skipped, 0 failed of 4 files'):
+        res = run_script('PHdict.py', 'PH_random', '-o', 'PH_random/pi', '-cpi', cwd=tmp_path, check=True)
+        assert expect in res.stdout
 
 
 def test_usage_errors_and_plot(tmp_path, run_script):
