@@ -4,6 +4,7 @@ Nothing written through this module ever appears under its final name half-writt
 leaves at most a ``.tmp-*`` file beside it, which the next run ignores (and may delete, since it is ours).
 """
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -16,20 +17,42 @@ from util.errors import BadImageError, UserError
 
 IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp')
 TMP_MARK = '.tmp-'
+# errors of the file system rather than of the data: reported as one line naming the file being written
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO, errno.EACCES,
+                         errno.EPERM, errno.ENOENT, errno.ENOTDIR})
+
+
+def _disk_error(exc):
+    """The file-system ``OSError`` behind ``exc`` (also when ``torch.save`` wrapped it in a RuntimeError), or None."""
+    for e in (exc, exc.__cause__, exc.__context__):
+        if isinstance(e, OSError) and e.errno in DISK_ERRNOS:
+            return e
+    return None
+
+
+def _write_error(path, e):
+    return UserError(f"cannot write {path}: {e.strerror}; make room on that disk or choose another output "
+                     f"folder, then run again")
 
 
 @contextlib.contextmanager
 def atomic_open(path, mode='wb', fsync=False):
     """Open a temporary file next to ``path``; on success it is renamed to ``path``, on error removed.
 
-    A killed process never leaves a partial file under ``path``. ``fsync=True`` also flushes the data to the
-    disk before the rename, so that a power cut cannot leave an empty file either (checkpoints use it; it
-    costs about a millisecond per file, too much for millions of images).
+    A killed process never leaves a partial file under ``path``; a write the file system refuses (disk full,
+    file too large, read-only) raises :class:`UserError` naming ``path``. ``fsync=True`` also flushes the data
+    to the disk before the rename, so that a power cut cannot leave an empty file either (checkpoints use it;
+    it costs about a millisecond per file, too much for millions of images).
     """
     path = os.fspath(path)
     directory = os.path.dirname(path) or '.'
     base = os.path.basename(path)
-    fd, tmp = tempfile.mkstemp(prefix=base + TMP_MARK, dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=base + TMP_MARK, dir=directory)
+    except OSError as e:
+        if e.errno in DISK_ERRNOS:
+            raise _write_error(path, e) from None
+        raise
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -37,16 +60,27 @@ def atomic_open(path, mode='wb', fsync=False):
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        disk = _disk_error(exc) if isinstance(exc, Exception) and not isinstance(exc, UserError) else None
+        if disk is not None:  # disk full, file too large, read-only, ...: one line naming the file
+            raise _write_error(path, disk) from None
         raise
 
 
 def save_npy(path, array):
     """``np.save`` to exactly ``path`` (no ``.npy`` appended), atomically."""
     with atomic_open(path, 'wb') as f:
-        np.save(f, array)
+        np.save(_Writer(f), array)
+
+
+class _Writer:
+    """A file seen through ``write`` only: numpy then writes with ``write`` (in chunks of at most 16 MiB)
+    instead of ``ndarray.tofile``, whose short write on a full disk raises an OSError without its errno."""
+
+    def __init__(self, f):
+        self.write = f.write
 
 
 def write_bytes(path, data):
