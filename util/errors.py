@@ -3,7 +3,10 @@
 Library code raises :class:`UserError` (never calls ``exit``); each script wraps its ``main`` with
 :func:`run_cli`, which prints ``error: <message>`` on one line and exits with status 2.
 """
+import errno
 import sys
+
+_FS_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
 
 
 class UserError(Exception):
@@ -27,6 +30,13 @@ def run_cli(main, args):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr, flush=True)
         sys.exit(130)
+    except OSError as e:  # the file system refused (disk full, read-only, ...) outside util.fileio's writers
+        if e.errno not in _FS_ERRNOS:
+            raise
+        where = f" {e.filename}" if e.filename else ''
+        print(f"error: file system error{where}: {e.strerror}; make room on that disk or choose other "
+              f"folders, then run again", file=sys.stderr, flush=True)
+        sys.exit(2)
     if isinstance(result, int) and result != 0:
         sys.exit(result)
     return result
