@@ -30,6 +30,15 @@ def _disk_error(exc):
     return None
 
 
+def _umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()   # what open() would give a new file (mkstemp makes it 0600)
+
+
 def _write_error(path, e):
     return UserError(f"cannot write {path}: {e.strerror}; make room on that disk or choose another output "
                      f"folder, then run again")
@@ -54,6 +63,8 @@ def atomic_open(path, mode='wb', fsync=False):
             raise _write_error(path, e) from None
         raise
     try:
+        with contextlib.suppress(OSError):   # (some file systems have no permission bits)
+            os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, mode) as f:
             yield f
             if fsync:
