@@ -133,9 +133,9 @@ def _main(args):
         metrics, _ = T.evaluate_classification(bare_model, loader, criterion, args, len(classes))
         return metrics
 
-    T.fit(model, criterion, train_set, args, lr=args.lr_fine, task='classification',
-          weights_name=f'ft_{args.usenet}_epoch{{epoch}}.pth', evaluate=evaluate, checkpoint=checkpoint,
-          params=params)
+    weights_name = f'ft_{args.usenet}_epoch{{epoch}}.pth'
+    records = T.fit(model, criterion, train_set, args, lr=args.lr_fine, task='classification',
+                    weights_name=weights_name, evaluate=evaluate, checkpoint=checkpoint, params=params)
     if T.is_main(args):
         write_evaluation(T.unwrap(model), val_set, classes, criterion, args, run_dir)
         try:
@@ -143,7 +143,7 @@ def _main(args):
             curves_from_log(os.path.join(run_dir, T.LOG_NAME), os.path.join(run_dir, 'curves.png'))
         except Exception as e:  # pictures are a convenience
             print(f"warning: could not draw curves: {e}", file=sys.stderr)
-        print(f"weights: {os.path.join(run_dir, f'ft_{args.usenet}_epoch{args.epochs}.pth')}", flush=True)
+        print(T.final_message(args, records, weights_name), flush=True)
     T.cleanup_distributed(args)
     return 0
 

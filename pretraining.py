@@ -166,11 +166,12 @@ def _main(args):
             loader = T.make_loader(val_set, args, epoch, shuffle=False, train=False)
             return T.evaluate_regression(bare_model, loader, criterion, args)
 
-    T.fit(model, criterion, train_set, args, lr=args.lr_pre, task='regression',
-          weights_name=f'{args.usenet}_epoch{{epoch}}.pth', evaluate=evaluate, checkpoint=checkpoint)
+    weights_name = f'{args.usenet}_epoch{{epoch}}.pth'
+    records = T.fit(model, criterion, train_set, args, lr=args.lr_pre, task='regression',
+                    weights_name=weights_name, evaluate=evaluate, checkpoint=checkpoint)
     if T.is_main(args):
         _pictures(model, run_dir)
-        print(f"weights: {os.path.join(run_dir, f'{args.usenet}_epoch{args.epochs}.pth')}", flush=True)
+        print(T.final_message(args, records, weights_name), flush=True)
     T.cleanup_distributed(args)
     return 0
 

@@ -251,6 +251,14 @@ class GeneratedPH(_PHBase):
     def set_epoch(self, epoch):
         self.epoch = epoch
 
+    @staticmethod
+    def worker_init(worker_id):
+        """DataLoader worker start-up for generation: seeds as usual, and keeps freed buffers for reuse."""
+        from util.random_image import reduce_allocator_churn
+        from util.training import worker_init_fn
+        worker_init_fn(worker_id)
+        reduce_allocator_churn()
+
     def __len__(self):
         return self.n
 

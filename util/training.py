@@ -146,6 +146,7 @@ def init_distributed(args):
             'nccl' if args.device.startswith('cuda') else 'gloo')
         dist.init_process_group(backend=backend, init_method='env://')
         dist.barrier()
+    fix_random_seeds(args.seed + args.rank)  # model initialisation; DDP then copies rank 0's weights
     if args.amp is None:
         args.amp = args.device.startswith('cuda')
     if args.channels_last is None:
@@ -554,7 +555,7 @@ def make_loader(dataset, args, epoch, shuffle=True, train=True):
         sampler.set_epoch(epoch)
     return DataLoader(dataset, batch_size=args.batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
                       num_workers=args.num_workers, pin_memory=str(args.device).startswith('cuda'),
-                      drop_last=drop_last, worker_init_fn=worker_init_fn, generator=generator,
+                      drop_last=drop_last, worker_init_fn=getattr(dataset, 'worker_init', worker_init_fn), generator=generator,
                       collate_fn=collate_skip_bad, persistent_workers=False,
                       prefetch_factor=4 if args.num_workers > 0 else None)
 
@@ -659,3 +660,11 @@ def save_sample_grid(dataset, n, path, titles=None):
     if items:
         sample_grid(torch.stack([it[0] for it in items]), path, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                     titles=[titles(it[1]) for it in items] if titles else None)
+
+
+def final_message(args, records, weights_name):
+    """The closing line: where the final weights are, or how to continue a run stopped early."""
+    last = records[-1]['epoch'] if records else args.start_epoch - 1
+    if last >= args.epochs:
+        return f"weights: {os.path.join(args.run_dir, weights_name.format(epoch=args.epochs))}"
+    return f"stopped after epoch {last} of {args.epochs}; continue with --resume {args.run_dir}"
