@@ -5,6 +5,7 @@ leaves at most a ``.tmp-*`` file beside it, which the next run ignores (and may 
 """
 import contextlib
 import errno
+import io
 import json
 import os
 import tempfile
@@ -66,7 +67,7 @@ def atomic_open(path, mode='wb', fsync=False):
         with contextlib.suppress(OSError):   # (some file systems have no permission bits)
             os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, mode) as f:
-            yield f
+            yield _WriteThrough(f)
             if fsync:
                 f.flush()
                 os.fsync(f.fileno())
@@ -80,18 +81,32 @@ def atomic_open(path, mode='wb', fsync=False):
         raise
 
 
+class _WriteThrough:
+    """The temporary file as :func:`atomic_open` hands it out: the file without ``fileno``.
+
+    Given a descriptor, PIL (also under matplotlib) writes to it directly and ignores short writes, so a
+    disk that fills up can leave a truncated image without any error; numpy uses ``ndarray.tofile``, whose
+    failure carries no errno. Without one, both write through ``write``, which finishes or raises the
+    file system's error (ENOSPC, EFBIG, ...).
+    """
+
+    def __init__(self, f):
+        self._f = f
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def write(self, data):
+        return self._f.write(data)
+
+    def fileno(self):
+        raise io.UnsupportedOperation('fileno')
+
+
 def save_npy(path, array):
     """``np.save`` to exactly ``path`` (no ``.npy`` appended), atomically."""
     with atomic_open(path, 'wb') as f:
-        np.save(_Writer(f), array)
-
-
-class _Writer:
-    """A file seen through ``write`` only: numpy then writes with ``write`` (in chunks of at most 16 MiB)
-    instead of ``ndarray.tofile``, whose short write on a full disk raises an OSError without its errno."""
-
-    def __init__(self, f):
-        self.write = f.write
+        np.save(f, array)
 
 
 def write_bytes(path, data):
