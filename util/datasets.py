@@ -133,7 +133,7 @@ class MatrixLabels:
         self.dim = matrix.shape[1]
 
     def label(self, index):
-        return np.asarray(self.matrix[self.rows[index]], dtype=np.float32)
+        return np.array(self.matrix[self.rows[index]], dtype=np.float32)  # a writable copy of the row
 
 
 def find_label_matrix(ph_dir, label_type):
