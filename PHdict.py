@@ -76,6 +76,7 @@ examples:
   python PHdict.py random -o PH_random -it jpg --label_type histogram --numof_dims 200
   python PHdict.py PH_random -o PH_random -ch                        # histograms of saved diagrams
   python PHdict.py random -o PH_random -it jpg --shard 0/4           # first of 4 machines (or RANK/WORLD_SIZE)
+  python PHdict.py photos -o PH_edges -it jpg --gradient            # PH of the Canny edge maps
 
 Existing outputs are complete (atomic writes) and are skipped, so an interrupted run resumes.
 Exit status: 0, or 1 if some inputs could not be read (named on stderr) and --skip_bad is not given;
@@ -106,6 +107,9 @@ def get_args_parser():
     p.add_argument('--filtration', choices=ph.FILTRATIONS, default=ph.DEFAULT_FILTRATION,
                    help="filtration of the binarised image (see util/ph.py); 'none' = raw grey values "
                         "(default: %(default)s)")
+    p.add_argument('--gradient', '-g', action='store_true',
+                   help="take the filtration of the Canny edge map of the denoised image instead of the Otsu "
+                        "binarisation (thresholds from the median grey value; see util/ph.py) (default: off)")
     p.add_argument('--numof_dims', type=int, default=200,
                    help="length D of the --label_type vectors (default: %(default)s)")
     p.add_argument('--shard', default=None, metavar='K/N',
@@ -238,7 +242,7 @@ def label_matrix_complete(out_dir, names, paths, info):
 
 
 def _same_params(a, b):
-    keys = ('label_type', 'params', 'filtration', 'imgtype')
+    keys = ('label_type', 'params', 'filtration', 'imgtype', 'gradient')
     return all(json.dumps(a.get(k), sort_keys=True) == json.dumps(b.get(k), sort_keys=True) for k in keys)
 
 
@@ -287,6 +291,8 @@ def output_settings(args):
     kinds = {}
     if args.imgtype != 'npy':
         kinds['diagram'] = dict(filtration=args.filtration)
+        if getattr(args, 'gradient', False):      # recorded only when on: older outputs stay compatible
+            kinds['diagram']['gradient'] = True
     if args.compute_hist:
         kinds['hist'] = dict(num_bins=list(args.num_bins), max_life=args.max_life, max_birth=args.max_birth,
                              bandwidth=args.bandwidth)
@@ -357,6 +363,7 @@ def _plan(args, files, outs, target_dir, need_all):
     for the label matrix), ``earlier_hist`` = indices whose -ch histogram already exists.
     """
     jobs, job_files, complete, earlier_hist = [], [], set(), []
+    gradient = getattr(args, 'gradient', False)
     for i, rel in enumerate(files):
         missing = [p for p in outs.wanted(rel) if not os.path.exists(p)]
         if not missing:
@@ -366,10 +373,10 @@ def _plan(args, files, outs, target_dir, need_all):
         if missing or need_all:
             dgm = outs.diagram(rel)
             if dgm is not None and os.path.exists(dgm):
-                jobs.append((dgm, 'npy', args.filtration))      # resume: reuse the saved diagram
+                jobs.append((dgm, 'npy', args.filtration, gradient))      # resume: reuse the saved diagram
             else:
                 src = os.path.join(target_dir, *rel.split('/'))
-                jobs.append((src, 'npy' if outs.from_npy else 'image', args.filtration))
+                jobs.append((src, 'npy' if outs.from_npy else 'image', args.filtration, gradient))
             job_files.append(i)
     return jobs, job_files, complete, earlier_hist
 
@@ -402,6 +409,8 @@ def main(args):
     if label_vec is not None:
         label_info = dict(label_type=args.label_type, params=label_vec.get_params(), filtration=args.filtration,
                           imgtype=args.imgtype, target_dir=os.path.abspath(target_dir))
+        if getattr(args, 'gradient', False):
+            label_info['gradient'] = True
         names = label_names(args.label_type, k, n)
         if label_matrix_complete(out_dir, names, files, label_info):
             label_vec = None   # already written for exactly these files: nothing to redo
@@ -556,7 +565,7 @@ def _plots(args, files, ok, outs, target_dir, out_dir, fallback_vec):
         else:
             from util.fileio import load_image
             im = load_image(src, 'RGB')
-            filtration = ph.compute_filtration(im, args.filtration)
+            filtration = ph.compute_filtration(im, args.filtration, gradient=getattr(args, 'gradient', False))
             dgm_path = outs.diagram(rel)
             dgm = np.load(dgm_path) if os.path.exists(dgm_path) else ph.diagram_of_filtration(filtration)
             image, title = np.asarray(im), rel

@@ -11,6 +11,9 @@ Pipeline (the original project's, made faster where it costs nothing in exactnes
   (``bw = grey >= t``) and transformed by ``cripser.apply_transform``; ``'signed_distance'`` is
   ``EDT(bw) - EDT(~bw)``, the original's filtration.  ``'none'`` uses the raw grey values.  A constant image
   (no threshold exists) gives an all-zero filtration for every kind but ``'none'``.
+* Edges (``gradient=True``, the original's later ``--gradient``): instead of the Otsu mask, the binary image
+  is the Canny edge map of the denoised grey image (see :func:`edge_map`); the chosen filtration is then
+  taken of that edge map (``'none'``: the edge map as 0/255 values).
 * Diagram: one row per persistence pair, columns ``dim, birth, death, x1, y1, z1, x2, y2, z2`` (homology
   dimension 0 or 1, birth/death filtration values, and the pixel locations of the birth and death cells as
   cripser reports them); essential classes have ``death`` = the largest double (~1.8e308).
@@ -151,6 +154,39 @@ def otsu_mask(grey, counts=None):
 
 
 # ----------------------------------------------------------------------------------------------------
+# edges
+
+CANNY_SPREAD = 0.33     # Canny thresholds (1 -/+ 0.33) x median grey value, as the original's later versions
+TV_WEIGHT = 0.1         # strength of the total-variation denoising before edge detection (grey scaled to [0, 1])
+
+
+def edge_map(grey):
+    """Binary edge map ``(H, W)`` bool of a grey image ``(H, W)`` (uint8, or float on the 0..255 scale).
+
+    The image is denoised (total-variation, :func:`skimage.restoration.denoise_tv_chambolle` with weight
+    :data:`TV_WEIGHT` on the image scaled to [0, 1]) and passed, as floats on the 0..255 scale (not rounded:
+    rounding would turn the smooth residue of denoising into one-level steps that Canny reports as edges),
+    to :func:`skimage.feature.canny` (Gaussian sigma 1) with hysteresis thresholds from the median grey value
+    ``m`` of the denoised image: ``low = max(0, (1 - 0.33) m)``, ``high = min(255, (1 + 0.33) m)``, in
+    grey-level units of the Sobel gradient magnitude (the units of OpenCV's Canny on an 8-bit image; skimage
+    rescales neither a float image nor thresholds given for it).  A constant image has no edges (all False).
+    """
+    from skimage.feature import canny
+    from skimage.restoration import denoise_tv_chambolle
+    g = np.asarray(grey)
+    if g.dtype != np.uint8:
+        g = np.clip(np.rint(np.asarray(g, dtype=np.float64)), 0, 255).astype(np.uint8)
+    if g.min() == g.max():
+        return np.zeros(g.shape, dtype=bool)
+    smooth = denoise_tv_chambolle(g.astype(np.float64) / 255.0, weight=TV_WEIGHT) * 255.0
+    m = float(np.median(smooth))
+    low = max(0.0, (1.0 - CANNY_SPREAD) * m)
+    high = min(255.0, (1.0 + CANNY_SPREAD) * m)
+    # a float image is not rescaled by canny, so thresholds on the 0..255 scale apply as they are
+    return canny(smooth, sigma=1.0, low_threshold=low, high_threshold=high)
+
+
+# ----------------------------------------------------------------------------------------------------
 # filtrations
 
 def _signed_distance(bw):
@@ -187,11 +223,12 @@ def _signed_distance(bw):
     return d
 
 
-def compute_filtration(grey, kind=DEFAULT_FILTRATION):
+def compute_filtration(grey, kind=DEFAULT_FILTRATION, gradient=False):
     """The filtration ``(H, W)`` float64 of a grey image (``(H, W)``; a colour image is reduced to grey).
 
     ``kind`` (one of :data:`FILTRATIONS`): ``'none'`` = the grey values themselves; any other is
-    ``cripser.apply_transform(bw, kind)`` of the Otsu mask ``bw`` (see :func:`otsu_mask`):
+    ``cripser.apply_transform(bw, kind)`` of the Otsu mask ``bw`` (see :func:`otsu_mask`), or with
+    ``gradient=True`` of the Canny edge map (see :func:`edge_map`; ``'none'`` then gives the edge map as 0/255):
     ``signed_distance`` = EDT(bw) - EDT(~bw) (the default, as in the original), ``distance`` = EDT(bw),
     ``*_inv`` the same for ``~bw``, ``binarisation`` = bw as 0/1, ``radial`` / ``radial_inv`` = distance to
     the top-left pixel on bw, ``upward`` / ``downward`` = row index (negated for upward) on bw.
@@ -205,9 +242,16 @@ def compute_filtration(grey, kind=DEFAULT_FILTRATION):
         g, counts = np.asarray(im), im.histogram()     # PIL counts the 256 levels faster than numpy
     else:
         g = _grey(grey)
-    if kind == 'none':
+    if gradient:
+        bw = edge_map(g)
+        if kind == 'none':
+            return bw.astype(np.float64) * 255.0
+        if bw.all() or not bw.any():   # no edges: nothing to measure distances to
+            return np.zeros(g.shape, dtype=np.float64)
+    elif kind == 'none':
         return np.ascontiguousarray(g, dtype=np.float64)
-    bw = otsu_mask(g, counts)
+    else:
+        bw = otsu_mask(g, counts)
     if bw is None:
         return np.zeros(g.shape, dtype=np.float64)
     if kind == 'signed_distance':
@@ -222,18 +266,19 @@ def diagram_of_filtration(filtration):
     return cripser.computePH(f, maxdim=1)
 
 
-def compute_ph(img, filtration=DEFAULT_FILTRATION):
+def compute_ph(img, filtration=DEFAULT_FILTRATION, gradient=False):
     """Persistence diagram ``(n, 9)`` float64 of an image (uint8/float array ``(H, W)`` or ``(H, W, 3)``,
-    PIL image, or file path), with the given filtration (see :func:`compute_filtration`)."""
+    PIL image, or file path), with the given filtration (see :func:`compute_filtration`), of the Canny edge
+    map instead of the Otsu mask when ``gradient``."""
     if isinstance(img, (str, os.PathLike)):
         img = load_image(img, 'L')
-    return diagram_of_filtration(compute_filtration(img, filtration))
+    return diagram_of_filtration(compute_filtration(img, filtration, gradient=gradient))
 
 
-def ph_of_file(path, filtration=DEFAULT_FILTRATION):
+def ph_of_file(path, filtration=DEFAULT_FILTRATION, gradient=False):
     """Persistence diagram ``(n, 9)`` of an image file (read as 8-bit grey); raises
     :class:`util.errors.BadImageError` naming the file if it cannot be decoded."""
-    return diagram_of_filtration(compute_filtration(load_image(path, 'L'), filtration))
+    return diagram_of_filtration(compute_filtration(load_image(path, 'L'), filtration, gradient=gradient))
 
 
 def is_diagram(a):
@@ -246,13 +291,15 @@ def is_diagram(a):
 # a pool of workers computing diagrams
 
 def _diagram_job(job):
-    """Worker: ``(index, (path, source, filtration))`` -> ``(index, diagram or None, error message or None)``.
+    """Worker: ``(index, (path, source, filtration[, gradient]))`` -> ``(index, diagram or None, error or None)``.
 
-    ``source`` is ``'image'`` (compute the PH of the image file) or ``'npy'`` (load a saved diagram).
+    ``source`` is ``'image'`` (compute the PH of the image file) or ``'npy'`` (load a saved diagram);
+    ``gradient`` (default False) takes the PH of the Canny edge map.
     Unreadable inputs are reported, not raised, so one bad file does not stop a pool.
     """
     from util.errors import BadImageError
-    index, (path, source, filtration) = job
+    index, (path, source, filtration, *rest) = job
+    gradient = bool(rest[0]) if rest else False
     try:
         if source == 'npy':
             try:
@@ -263,7 +310,7 @@ def _diagram_job(job):
                 raise BadImageError(f"{path} is not a persistence diagram (shape {getattr(dgm, 'shape', '?')}, "
                                     f"expected (n, 9) float rows as written by PHdict.py)")
             return index, dgm.astype(np.float64, copy=False), None
-        return index, ph_of_file(path, filtration), None
+        return index, ph_of_file(path, filtration, gradient=gradient), None
     except BadImageError as e:
         return index, None, str(e)
 
@@ -271,7 +318,7 @@ def _diagram_job(job):
 def iter_diagrams(jobs, workers=1, chunksize=None):
     """Compute or load the diagrams of ``jobs`` and yield ``(index, diagram, error)`` as they finish.
 
-    ``jobs``: list of ``(path, source, filtration)`` with ``source`` ``'image'`` or ``'npy'``.  Results come
+    ``jobs``: list of ``(path, source, filtration[, gradient])`` with ``source`` ``'image'`` or ``'npy'``.  Results come
     in completion order (``index`` = position in ``jobs``); ``diagram`` is ``(n, 9)`` float64, or ``None``
     with ``error`` a one-line message naming the file.  ``workers > 1`` uses a process pool (chunked).
     """
