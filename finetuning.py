@@ -8,7 +8,6 @@ import os
 import sys
 
 import numpy as np
-import torch
 from torch import nn
 
 import models

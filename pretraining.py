@@ -10,7 +10,6 @@ import argparse
 import os
 import sys
 
-import torch
 from torch import nn
 
 import models
@@ -65,8 +64,7 @@ def get_args_parser():
 
 def build_pretraining_sets(args):
     """(train dataset, val dataset or None) for the data mode the flags select."""
-    from util.datasets import (ComputedLabels, DiagramDirLabels, FolderPH, GeneratedPH, MatrixLabels,
-                               find_label_matrix, load_label_matrix, pretrain_transforms, pretrain_val_transforms)
+    from util.datasets import ComputedLabels, GeneratedPH, pretrain_transforms, pretrain_val_transforms
     from util.vectorise import vectoriser_from_args
     vectoriser = vectoriser_from_args(args, args.numof_classes)
     computed = ComputedLabels(vectoriser, args.filtration)

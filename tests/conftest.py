@@ -1,3 +1,5 @@
+import glob
+import json
 import os
 import sys
 
@@ -43,3 +45,16 @@ def _run_script(script, *args, cwd=None, env=None, timeout=600, check=None):
 def run_script():
     """``run_script('PHdict.py', 'in', '-o', 'out', check=True)`` → CompletedProcess (text stdout/stderr)."""
     return _run_script
+
+
+def only_run_dir(output):
+    """The one run folder a training script made under ``output``."""
+    runs = [d for d in glob.glob(os.path.join(output, '*')) if os.path.isdir(d)]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def read_log(run_dir):
+    """The records of a run's log.jsonl."""
+    with open(os.path.join(run_dir, 'log.jsonl')) as f:
+        return [json.loads(line) for line in f]

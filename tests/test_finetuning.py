@@ -1,5 +1,4 @@
 """finetuning.py: weight transfer, linear probe, the README sequence, evaluation, ImageNet path, bad input."""
-import argparse
 import glob
 import json
 import os
@@ -9,6 +8,8 @@ import pytest
 import torch
 import torchvision
 from PIL import Image
+
+from tests.conftest import only_run_dir, read_log
 
 TINY = ['-u', 'resnet18', '--img_size', '40', '--crop_size', '32', '-b', '8', '-nw', '0']
 
@@ -37,17 +38,6 @@ def pretrained(tmp_path_factory):
     torch.manual_seed(123)
     torch.save(torchvision.models.resnet18(num_classes=200).state_dict(), path)
     return path
-
-
-def only_run_dir(output):
-    runs = [d for d in glob.glob(os.path.join(output, '*')) if os.path.isdir(d)]
-    assert len(runs) == 1, runs
-    return runs[0]
-
-
-def read_log(run_dir):
-    with open(os.path.join(run_dir, 'log.jsonl')) as f:
-        return [json.loads(line) for line in f]
 
 
 def parse(*argv):

@@ -1,6 +1,5 @@
 """pretraining.py: the README command, every data mode, -ph pre/post, resume, torchrun, bad input."""
 import glob
-import json
 import os
 import subprocess
 import sys
@@ -10,7 +9,7 @@ import pytest
 import torch
 import torchvision
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, only_run_dir, read_log
 
 TINY = ['-u', 'resnet18', '-e', '1', '--img_size', '48', '--crop_size', '32', '-b', '8', '-nw', '0']
 
@@ -24,17 +23,6 @@ def generated(tmp_path_factory):
                 '-nw', '1', cwd=base, check=True)
     _run_script('PHdict.py', 'random', '-o', 'PH_random', '-it', 'jpg', '-nw', '1', cwd=base, check=True)
     return base
-
-
-def only_run_dir(output):
-    runs = [d for d in glob.glob(os.path.join(output, '*')) if os.path.isdir(d)]
-    assert len(runs) == 1, runs
-    return runs[0]
-
-
-def read_log(run_dir):
-    with open(os.path.join(run_dir, 'log.jsonl')) as f:
-        return [json.loads(line) for line in f]
 
 
 def test_readme_command(generated, run_script):
