@@ -261,8 +261,19 @@ def compute_filtration(grey, kind=DEFAULT_FILTRATION, gradient=False):
 
 
 def diagram_of_filtration(filtration):
-    """``cripser.computePH`` of a 2-D float64 filtration: an ``(n, 9)`` float64 diagram of H0 and H1."""
+    """``cripser.computePH`` of a 2-D float64 filtration: an ``(n, 9)`` float64 diagram of H0 and H1.
+
+    cripser makes every pixel of a ``(1, n)`` or ``(n, 1)`` array an essential class of its own, so a
+    filtration one pixel thick is computed as that line doubled (a product with an interval, which has the
+    same persistent homology), and the coordinates along the doubled side are put back to 0.
+    """
     f = np.ascontiguousarray(filtration, dtype=np.float64)
+    if f.ndim == 2 and 1 in f.shape and f.size > 1:
+        axis = 0 if f.shape[0] == 1 else 1
+        dgm = cripser.computePH(np.ascontiguousarray(np.concatenate([f, f], axis=axis)), maxdim=1)
+        for col in (3 + axis, 6 + axis):   # x1/y1 and x2/y2 along the doubled side: 0 (or -1 = none)
+            np.minimum(dgm[:, col], 0, out=dgm[:, col])
+        return dgm
     return cripser.computePH(f, maxdim=1)
 
 
@@ -309,6 +320,9 @@ def _diagram_job(job):
             if not is_diagram(dgm):
                 raise BadImageError(f"{path} is not a persistence diagram (shape {getattr(dgm, 'shape', '?')}, "
                                     f"expected (n, 9) float rows as written by PHdict.py)")
+            if np.isnan(dgm[:, :3]).any():
+                raise BadImageError(f"{path} holds NaN in its dimension/birth/death columns; delete it and "
+                                    f"compute it again from its image")
             return index, dgm.astype(np.float64, copy=False), None
         return index, ph_of_file(path, filtration, gradient=gradient), None
     except BadImageError as e:
