@@ -30,16 +30,82 @@ NORMALIZE = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
 
 
 # ------------------------------------------------------------------------------------------ transforms
-def pretrain_transforms(args):
-    """(spatial PIL->PIL augmentation, PIL->normalised tensor) as the original: [RandomAffine] [Resize]
-    RandomCrop, then ToTensor + Normalize. The split lets ``-ph post`` label the augmented crop."""
-    spatial = []
+class RandomRescale:
+    """Resize a PIL image by a factor drawn uniformly from ``[1 - spread, 1 + spread]`` (torch's RNG, like
+    torchvision's random transforms), keeping its aspect ratio; ``--random_scale``."""
+
+    def __init__(self, spread):
+        self.spread = float(spread)
+
+    def __call__(self, img):
+        factor = 1.0 + self.spread * (2.0 * torch.rand(()).item() - 1.0)
+        w, h = img.size
+        return img.resize((max(1, round(w * factor)), max(1, round(h * factor))), Image.BILINEAR)
+
+    def __repr__(self):
+        return f'{type(self).__name__}(factor in [{1 - self.spread:g}, {1 + self.spread:g}])'
+
+
+def _blur_kernel(crop_size):
+    """Odd Gaussian-blur kernel of about a tenth of the crop (MoCo v2: 23 px at 224), at least 3."""
+    k = max(3, int(0.1 * crop_size))
+    return k if k % 2 else k + 1
+
+
+def photometric_transforms(args):
+    """PIL->PIL colour steps of ``--aug_plus`` (MoCo v2): ColorJitter(0.4, 0.4, 0.4, 0.1) with p=0.8,
+    RandomGrayscale p=0.2, GaussianBlur (sigma 0.1-2) p=0.5; empty without it.  They are applied after the
+    PH label is computed (``-ph pre`` and ``post`` alike), so they never change a label."""
+    if not getattr(args, 'aug_plus', False):
+        return []
+    return [T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+            T.RandomGrayscale(p=0.2),
+            T.RandomApply([T.GaussianBlur(_blur_kernel(args.crop_size), sigma=(0.1, 2.0))], p=0.5)]
+
+
+def _geometric(args):
+    """[RandomRescale] [RandomRotation], the optional steps before the crop."""
+    steps = []
+    if getattr(args, 'random_scale', 0) > 0:
+        steps.append(RandomRescale(args.random_scale))
+    if getattr(args, 'random_rotation', 0) > 0:
+        steps.append(T.RandomRotation(args.random_rotation, interpolation=T.InterpolationMode.BILINEAR))
+    return steps
+
+
+def _affine(args):
     if getattr(args, 'affine', False):
-        spatial.append(T.RandomAffine(degrees=(-180, 180), scale=(0.5, 2), shear=(-100, 100, -100, 100)))
-    if args.img_size > args.crop_size:
-        spatial.append(T.Resize(args.img_size, interpolation=T.InterpolationMode.BILINEAR))
-    spatial.append(T.RandomCrop(args.crop_size, pad_if_needed=True))
-    return T.Compose(spatial), T.Compose([T.ToTensor(), NORMALIZE])
+        return [T.RandomAffine(degrees=(-180, 180), scale=(0.5, 2), shear=(-100, 100, -100, 100))]
+    return []
+
+
+def _random_crop(args):
+    padding = getattr(args, 'crop_padding', 0) or None
+    return T.RandomCrop(args.crop_size, padding=padding, pad_if_needed=True)
+
+
+def _to_tensor(args):
+    return T.Compose(photometric_transforms(args) + [T.ToTensor(), NORMALIZE])
+
+
+def pretrain_transforms(args):
+    """(spatial PIL->PIL augmentation, PIL->normalised tensor); the split lets ``-ph post`` label the
+    augmented crop, and keeps photometric augmentation after the label.
+
+    Spatial, as the original: [RandomAffine] [Resize] [RandomRescale] [RandomRotation] RandomCrop (padding
+    ``--crop_padding``); with ``--aug_plus``: [RandomAffine] [RandomRescale] [RandomRotation]
+    RandomResizedCrop(crop, scale 0.2-1) and a horizontal flip.  Then the photometric steps
+    (:func:`photometric_transforms`), ToTensor and Normalize."""
+    spatial = _affine(args)
+    if getattr(args, 'aug_plus', False):
+        spatial += _geometric(args)
+        spatial += [T.RandomResizedCrop(args.crop_size, scale=(0.2, 1.0)), T.RandomHorizontalFlip()]
+    else:
+        if args.img_size > args.crop_size:
+            spatial.append(T.Resize(args.img_size, interpolation=T.InterpolationMode.BILINEAR))
+        spatial += _geometric(args)
+        spatial.append(_random_crop(args))
+    return T.Compose(spatial), _to_tensor(args)
 
 
 def pretrain_val_transforms(args):
@@ -48,27 +114,52 @@ def pretrain_val_transforms(args):
             T.Compose([T.ToTensor(), NORMALIZE]))
 
 
+def finetune_train_parts(args):
+    """(spatial PIL->PIL, PIL->normalised tensor) of fine-tuning's training augmentation.
+
+    Default: Resize(img_size), RandomResizedCrop(crop, scale 0.7-1), horizontal flip.  With
+    ``--random_scale`` or ``--crop_padding`` the crop is a RandomCrop (with that padding) after the random
+    rescale; ``--random_rotation`` and ``--affine`` come before the crop; ``--aug_plus`` replaces resize and
+    crop by RandomResizedCrop(crop, scale 0.2-1) and adds the photometric steps."""
+    spatial = _affine(args)
+    if getattr(args, 'aug_plus', False):
+        spatial += _geometric(args)
+        spatial.append(T.RandomResizedCrop(args.crop_size, scale=(0.2, 1.0)))
+    else:
+        spatial.append(T.Resize(args.img_size, interpolation=T.InterpolationMode.BILINEAR))
+        spatial += _geometric(args)
+        if getattr(args, 'random_scale', 0) > 0 or getattr(args, 'crop_padding', 0) > 0:
+            spatial.append(_random_crop(args))
+        else:
+            spatial.append(T.RandomResizedCrop(args.crop_size, scale=(0.7, 1.0)))
+    spatial.append(T.RandomHorizontalFlip())
+    return T.Compose(spatial), _to_tensor(args)
+
+
 def finetune_transforms(args, train):
+    """PIL->normalised tensor for fine-tuning: the training augmentation (:func:`finetune_train_parts`), or
+    for validation Resize(img_size) and CenterCrop(crop)."""
     if train:
-        return T.Compose([T.Resize(args.img_size, interpolation=T.InterpolationMode.BILINEAR),
-                          T.RandomResizedCrop(args.crop_size, scale=(0.7, 1.0)),
-                          T.RandomHorizontalFlip(), T.ToTensor(), NORMALIZE])
+        spatial, to_tensor = finetune_train_parts(args)
+        return T.Compose([spatial, to_tensor])
     return T.Compose([T.Resize(args.img_size, interpolation=T.InterpolationMode.BILINEAR),
                       T.CenterCrop(args.crop_size), T.ToTensor(), NORMALIZE])
 
 
 # ------------------------------------------------------------------------------------------ label sources
 class ComputedLabels:
-    """Label = vectoriser(persistent homology of the image), computed when asked."""
+    """Label = vectoriser(persistent homology of the image), computed when asked; ``gradient`` takes the PH
+    of the Canny edge map instead of the Otsu mask (see :func:`util.ph.edge_map`)."""
 
-    def __init__(self, vectoriser, filtration='signed_distance'):
+    def __init__(self, vectoriser, filtration='signed_distance', gradient=False):
         self.vectoriser = vectoriser
         self.filtration = filtration
+        self.gradient = bool(gradient)
         self.dim = vectoriser.dim
 
     def diagram(self, image):
         from util.ph import compute_ph
-        return compute_ph(image, filtration=self.filtration)
+        return compute_ph(image, filtration=self.filtration, gradient=self.gradient)
 
     def from_image(self, image):
         """image: PIL image (converted to grey as PHdict does) -> float32 [D]."""
@@ -246,7 +337,7 @@ class GeneratedPH(_PHBase):
         self.fresh_each_epoch = fresh_each_epoch and cache_dir is None
         self.epoch = 0
         if cache_dir:
-            prepare_cache(cache_dir, cfg, seed, stream, computed.filtration)
+            prepare_cache(cache_dir, cfg, seed, stream, computed.filtration, getattr(computed, 'gradient', False))
 
     def set_epoch(self, epoch):
         self.epoch = epoch
@@ -290,11 +381,13 @@ class GeneratedPH(_PHBase):
         return np.asarray(self.computed.vectoriser(dgm), dtype=np.float32)
 
 
-def prepare_cache(cache_dir, cfg, seed, stream, filtration):
+def prepare_cache(cache_dir, cfg, seed, stream, filtration, gradient=False):
     """Create the cache layout, or check that an existing cache was made with the same settings."""
     import dataclasses
     meta = {'generator': {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()},
             'seed': seed, 'stream': stream, 'filtration': filtration}
+    if gradient:   # recorded only when on, so caches made before the option existed stay valid
+        meta['gradient'] = True
     for sub in ('images', 'PH'):
         fileio.ensure_dir(os.path.join(cache_dir, sub), 'cache directory')
     meta_path = os.path.join(cache_dir, 'cache.json')
@@ -307,6 +400,37 @@ def prepare_cache(cache_dir, cfg, seed, stream, filtration):
                             f"use another folder")
     else:
         fileio.write_json(meta_path, meta)
+
+
+class LabelledPH(_PHBase):
+    """A class-folder dataset (ImageFolder layout) whose samples carry both targets:
+    ``(image tensor [3, crop, crop], (class index, PH label float32 [D]))``, the label computed from the same
+    image by ``computed`` (a :class:`ComputedLabels`), before (``'pre'``) or after (``'post'``) the spatial
+    augmentation.  Used by ``--learning_mode simultaneous``.  Undecodable images: None / stop, as above."""
+
+    def __init__(self, root, computed, spatial, to_tensor, persistence='pre', bad_images='skip'):
+        super().__init__(spatial, to_tensor, persistence, bad_images)
+        self.folder = SafeImageFolder(root, None, bad_images)
+        self.root = root
+        self.classes = self.folder.classes
+        self.samples = self.folder.samples
+        self.computed = computed
+        self.dim = computed.dim
+
+    def __len__(self):
+        return len(self.samples)
+
+    def _image(self, index):
+        return fileio.load_image(self.samples[index][0], 'RGB')
+
+    def _label_pre(self, index, image):
+        return self.computed.from_image(image)
+
+    def __getitem__(self, index):
+        item = super().__getitem__(index)
+        if item is None:
+            return None
+        return item[0], (self.samples[index][1], item[1])
 
 
 class SafeImageFolder(tv_datasets.ImageFolder):

@@ -104,6 +104,25 @@ def add_common_args(parser):
                    help='save a picture of the first N training samples as the network sees them')
     g.add_argument('--stop_after', default=0, type=int, help='stop after N epochs in this invocation (for '
                    'time-limited cluster jobs); continue later with --resume (default: run to --epochs)')
+
+    g = parser.add_argument_group(
+        'augmentation of training images',
+        'Spatial steps (affine, rescale, rotation, crop, flip) come before a "-ph post" label is computed, so '
+        'that label describes what the network sees; the photometric steps of --aug_plus (colour jitter, '
+        'greyscale, blur) always come after the label is computed, so they never change a PH label. With '
+        '"-ph pre" the label is that of the whole image, untouched by any augmentation. Validation images are '
+        'only resized and cropped.')
+    g.add_argument('--aug_plus', action='store_true', help='MoCo v2 augmentation: RandomResizedCrop(crop, '
+                   'scale 0.2-1), ColorJitter(0.4, 0.4, 0.4, 0.1) with p=0.8, RandomGrayscale p=0.2, '
+                   'GaussianBlur (sigma 0.1-2) p=0.5, horizontal flip (default: off)')
+    g.add_argument('--random_scale', '-rs', default=0.0, type=float, help='rescale each image by a random '
+                   'factor in [1-S, 1+S] before cropping (default: %(default)s = off)')
+    g.add_argument('--random_rotation', '-rr', default=0.0, type=float, help='rotate by a random angle in '
+                   '[-DEG, DEG] degrees before cropping (default: %(default)s = off)')
+    g.add_argument('--crop_padding', '-cp', default=0, type=int, help='pad the image by P pixels (zeros) '
+                   'before the random crop (default: %(default)s)')
+    g.add_argument('--affine', '-aff', action='store_true', help='random affine augmentation (rotation, scale, '
+                   'shear) before cropping (default: off)')
     return parser
 
 
@@ -118,6 +137,12 @@ def check_common_args(args):
         args.save_interval = args.epochs
     if args.start_epoch < 1:
         raise UserError("--start-epoch must be at least 1")
+    if not 0 <= getattr(args, 'random_scale', 0) < 1:
+        raise UserError(f"--random_scale must be in [0, 1) (a factor in [1-S, 1+S]); got {args.random_scale}")
+    if not 0 <= getattr(args, 'random_rotation', 0) <= 180:
+        raise UserError(f"--random_rotation must be in [0, 180] degrees; got {args.random_rotation}")
+    if getattr(args, 'crop_padding', 0) < 0:
+        raise UserError(f"--crop_padding must be >= 0; got {args.crop_padding}")
 
 
 # ------------------------------------------------------------------------------------------ distributed
@@ -596,13 +621,17 @@ def setup_run(args, kind):
 
 
 def fit(model, criterion, train_set, args, *, lr, task, weights_name, evaluate=None, checkpoint=None,
-        params=None, on_epoch_end=None):
+        params=None, on_epoch_end=None, train_epoch=None, tags=None, export=None):
     """The epoch loop shared by both scripts; returns the list of per-epoch records.
 
     Per epoch: train, step the schedule, ``evaluate(model, epoch) -> dict`` on rank 0, append a record to
     log.jsonl, write checkpoint.pth (every epoch, atomically) and ``weights_name.format(epoch=E)`` every
     ``--save-interval`` epochs and at the last one. Each epoch is seeded from (seed, epoch, rank) alone, so
     a run resumed from ``checkpoint`` repeats the uninterrupted one exactly on the CPU.
+
+    ``train_epoch(model, optimizer, epoch) -> dict`` replaces the default pass over ``train_set`` (which may
+    then be None); ``tags`` (e.g. ``{'mode': ..., 'phase': ...}``) are added to every log record and to the
+    checkpoint; ``export(bare_model) -> nn.Module`` picks what the weights files hold (default: the model).
     """
     run_dir = args.run_dir
     params = [p for p in model.parameters() if p.requires_grad] if params is None else params
@@ -627,11 +656,14 @@ def fit(model, criterion, train_set, args, *, lr, task, weights_name, evaluate=N
     last = args.epochs if args.stop_after < 1 else min(args.epochs, start + args.stop_after - 1)
     for epoch in range(start, last + 1):
         fix_random_seeds(epoch_seed(args, epoch))
-        if hasattr(train_set, 'set_epoch'):
-            train_set.set_epoch(epoch - 1)
-        loader = make_loader(train_set, args, epoch, shuffle=True, train=True)
-        record = {'epoch': epoch, 'lr': optimizer.param_groups[0]['lr']}
-        record.update(train_one_epoch(model, loader, criterion, optimizer, epoch, args, task=task))
+        record = {'epoch': epoch, 'lr': optimizer.param_groups[0]['lr'], **(tags or {})}
+        if train_epoch is None:
+            if hasattr(train_set, 'set_epoch'):
+                train_set.set_epoch(epoch - 1)
+            loader = make_loader(train_set, args, epoch, shuffle=True, train=True)
+            record.update(train_one_epoch(model, loader, criterion, optimizer, epoch, args, task=task))
+        else:
+            record.update(train_epoch(model, optimizer, epoch))
         scheduler.step()
         if evaluate is not None and is_main(args):
             record.update(evaluate(unwrap(model), epoch))
@@ -639,9 +671,10 @@ def fit(model, criterion, train_set, args, *, lr, task, weights_name, evaluate=N
             dist.barrier()
         if is_main(args):
             logger.log(record)
-            save_checkpoint(run_dir, model, optimizer, scheduler, scaler, epoch, args)
+            save_checkpoint(run_dir, model, optimizer, scheduler, scaler, epoch, args, extra=tags)
             if epoch % args.save_interval == 0 or epoch == args.epochs:
-                save_weights(os.path.join(run_dir, weights_name.format(epoch=epoch)), model)
+                save_weights(os.path.join(run_dir, weights_name.format(epoch=epoch)),
+                             model if export is None else export(unwrap(model)))
             print(format_metrics(record), flush=True)
             if on_epoch_end is not None:
                 on_epoch_end(record)

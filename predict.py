@@ -1,0 +1,207 @@
+"""Label new images with fine-tuned weights: one CSV row per image with its top-k classes and probabilities.
+
+    python predict.py photos -pw result/XX/ft_resnet50_epoch90.pth -o predictions.csv
+
+reads every image below ``photos`` (recursively; a single image file works too), resizes it to --img_size and
+centre-crops it to --crop_size as fine-tuning validates, and writes ``predictions.csv`` with the columns
+``path,top1,top1_prob,top2,top2_prob,...`` (``path`` relative to the folder, probabilities from the softmax).
+Class names come from ``classes.json``, which finetuning.py writes next to the weights (or --classes);
+the architecture and image sizes default to those in the ``args.json`` of the same run.
+Images that cannot be decoded are named on stderr and left out of the CSV.
+"""
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+
+from util.errors import BadImageError, UserError, run_cli
+
+DEFAULTS = {'usenet': 'resnet50', 'img_size': 256, 'crop_size': 224}
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(
+        description='Predict the classes of images with weights fine-tuned by finetuning.py (a CSV of the '
+                    'top-k classes and their probabilities per image).',
+        epilog='examples:\n'
+               '  python predict.py photos -pw result/XX/ft_resnet50_epoch90.pth\n'
+               '  python predict.py photos -pw ft.pth --classes names.txt -u resnet18 --img_size 40 '
+               '--crop_size 32 --topk 3 -o out.csv\n',
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('images', help='folder of images (searched recursively) or one image file')
+    p.add_argument('--path2weight', '-pw', required=True, help='fine-tuned weights (ft_{usenet}_epoch{E}.pth, or '
+                   'the checkpoint.pth of a fine-tuning run)')
+    p.add_argument('--classes', default=None, help='class names: a JSON list (classes.json) or a text file with '
+                   'one name per line, in the order of the outputs (default: classes.json next to -pw; '
+                   'without one, the class indices)')
+    p.add_argument('--output', '-o', default='predictions.csv', help='CSV file to write (default: %(default)s)')
+    p.add_argument('--topk', '-k', default=5, type=int, help='classes per image, at most the number of classes '
+                   '(default: %(default)s)')
+    p.add_argument('--usenet', '-u', default=None, help="architecture (default: the run's args.json next to "
+                   "-pw, else resnet50)")
+    p.add_argument('--img_size', default=None, type=int, help="images are resized to this first (default: the "
+                   "run's args.json, else 256)")
+    p.add_argument('--crop_size', default=None, type=int, help="then centre-cropped to this (default: the run's "
+                   "args.json, else 224)")
+    p.add_argument('--batch_size', '-b', default=64, type=int, help='images per batch (default: %(default)s)')
+    p.add_argument('--num_workers', '-nw', default=2, type=int, help='data loader processes (default: '
+                   '%(default)s)')
+    p.add_argument('--device', default=None, help="'cuda', 'cpu', ... (default: cuda when available)")
+    return p
+
+
+def run_settings(weights_path):
+    """The ``args.json`` of the run that wrote ``weights_path`` (as a dict), or {}."""
+    path = os.path.join(os.path.dirname(os.path.abspath(weights_path)), 'args.json')
+    try:
+        with open(path, encoding='utf-8') as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def fill_defaults(args):
+    """Set --usenet/--img_size/--crop_size left unset from the run's args.json, else :data:`DEFAULTS`."""
+    stored = run_settings(args.path2weight)
+    for key, default in DEFAULTS.items():
+        if getattr(args, key) is None:
+            value = stored.get(key)
+            setattr(args, key, value if isinstance(value, type(default)) else default)
+    return args
+
+
+def class_names(args, num_outputs):
+    """The class names for a head of ``num_outputs``: --classes, classes.json next to -pw, or the indices."""
+    from util.modes import read_classes
+    path = args.classes
+    if path is None:
+        candidate = os.path.join(os.path.dirname(os.path.abspath(args.path2weight)), 'classes.json')
+        if os.path.isfile(candidate):
+            path = candidate
+    if path is None:
+        print(f"warning: no classes.json next to {args.path2weight} and no --classes: writing class indices",
+              file=sys.stderr, flush=True)
+        return [str(i) for i in range(num_outputs)]
+    names = read_classes(path)
+    if len(names) != num_outputs:
+        raise UserError(f"{path} names {len(names)} classes but the weights {args.path2weight} have "
+                        f"{num_outputs} outputs; give the class names of that run with --classes")
+    return names
+
+
+def load_classifier(args):
+    """(model in eval mode on args.device, class names) from -pw (a plain state dict or a checkpoint)."""
+    import models
+    state, _ = models.read_state_dict(args.path2weight)
+    if any(k.startswith('ph_head.') for k in state):   # a two-head (simultaneous/alternating) checkpoint
+        state = {k[len('net.'):]: v for k, v in state.items() if k.startswith('net.')}
+    num_outputs = models.infer_num_classes(state, args.usenet)
+    names = class_names(args, num_outputs)
+    model = models.build_model(args.usenet, num_outputs)
+    models.load_pretrained(model, state, arch=args.usenet, verbose=False)
+    return model.to(args.device).eval(), names
+
+
+class ImageList:
+    """Dataset of image files: ``(tensor [3, crop, crop], index)``, or None (warned) for an undecodable file."""
+
+    def __init__(self, paths, transform):
+        self.paths = paths
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        from util.fileio import load_image
+        try:
+            image = load_image(self.paths[index], 'RGB')
+        except BadImageError as e:
+            print(f"warning: skipped {e}", file=sys.stderr, flush=True)
+            return None
+        return self.transform(image), index
+
+
+def list_inputs(target):
+    """(root, relative paths) of the images to label: the folder's images (recursive) or the one file."""
+    from util import fileio
+    if os.path.isfile(target):
+        return os.path.dirname(target) or '.', [os.path.basename(target)]
+    fileio.require_dir(target, 'image folder', 'IMAGES')
+    rel = fileio.list_images(target)
+    if not rel:
+        raise UserError(f"no images (png, jpg, ...) found under {target!r}")
+    return target, rel
+
+
+def predict(model, dataset, args, k):
+    """{index: (top-k class indices, top-k probabilities)} for the decodable images of ``dataset``."""
+    import torch
+    from tqdm import tqdm
+    from util.training import collate_skip_bad
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=False,
+                                         num_workers=args.num_workers, collate_fn=collate_skip_bad)
+    results = {}
+    with torch.no_grad():
+        for inputs, indices, _ in tqdm(loader, desc='predict', unit='batch', file=sys.stderr, dynamic_ncols=True):
+            if inputs is None:
+                continue
+            probs = torch.softmax(model(inputs.to(args.device)).float(), dim=1)
+            top = probs.topk(k, dim=1)
+            for i, idx, p in zip(indices.tolist(), top.indices.cpu().tolist(), top.values.cpu().tolist()):
+                results[i] = (idx, p)
+    return results
+
+
+def main(args):
+    import torch
+    from torchvision import transforms
+    from util import fileio
+    from util.training import IMAGENET_MEAN, IMAGENET_STD
+    if args.topk < 1:
+        raise UserError(f"--topk must be at least 1 (got {args.topk})")
+    if args.batch_size < 1 or args.num_workers < 0:
+        raise UserError("--batch_size must be at least 1 and --num_workers at least 0")
+    if not os.path.isfile(args.path2weight):
+        raise UserError(f"-pw {args.path2weight!r}: no such weights file")
+    fill_defaults(args)
+    if args.device is None:
+        args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    root, rel = list_inputs(args.images)
+    model, names = load_classifier(args)
+    k = min(args.topk, len(names))
+    bilinear = transforms.InterpolationMode.BILINEAR
+    transform = transforms.Compose([transforms.Resize(args.img_size, interpolation=bilinear),
+                                    transforms.CenterCrop(args.crop_size), transforms.ToTensor(),
+                                    transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    results = predict(model, ImageList([os.path.join(root, r) for r in rel], transform), args, k)
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator='\n')
+    writer.writerow(['path'] + [c for j in range(1, k + 1) for c in (f'top{j}', f'top{j}_prob')])
+    for i, path in enumerate(rel):
+        if i in results:
+            idx, p = results[i]
+            writer.writerow([path] + [v for c, q in zip(idx, p) for v in (names[c], f'{q:.6f}')])
+    out_dir = os.path.dirname(os.path.abspath(args.output))
+    fileio.ensure_dir(out_dir, 'output folder')
+    fileio.write_text(args.output, buffer.getvalue())
+
+    bad = [rel[i] for i in range(len(rel)) if i not in results]
+    print(f"{len(results)} images labelled with {len(names)} classes (top {k}) -> {args.output}", flush=True)
+    truth = [r.split('/', 1)[0] for r in rel if '/' in r]
+    if len(truth) == len(rel) and set(truth) <= set(names) and results:
+        correct = sum(names[results[i][0][0]] == truth[i] for i in results)
+        print(f"sub-folders named after the classes: top-1 accuracy {100.0 * correct / len(results):.2f}% "
+              f"over {len(results)} images", flush=True)
+    if bad:
+        print(f"{len(bad)} images could not be read and are not in the CSV: " + ', '.join(bad[:10])
+              + (' ...' if len(bad) > 10 else ''), file=sys.stderr, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main, get_args_parser().parse_args())
