@@ -32,7 +32,7 @@ def test_cpu_bench_tiny_writes_json_and_table(run_script, tmp_path):
     assert data['preset'] == 'tiny' and data['workers'] == 2
     assert set(data['results']) == {'generator', 'ph', 'vectorise', 'loader'}
     assert len(data['load_average']['start']) == 3 and len(data['load_average']['end']) == 3
-    assert len(data['table']) == 6
+    assert len(data['table']) == 8
     for row in data['table']:
         assert _positive(row['ours']) and _positive(row['reference']), row
         # (ph_bench rounds its rates and ratios to 2-3 decimals)
@@ -42,16 +42,17 @@ def test_cpu_bench_tiny_writes_json_and_table(run_script, tmp_path):
         else:
             assert row['met'] == (row['ratio'] >= row['target'])
     targets = {r['what']: r['target'] for r in data['table']}
-    assert sorted(t for t in targets.values() if t is not None) == [0.75, 2.0, 3.0, 100.0]
+    assert sorted(t for t in targets.values() if t is not None) == [0.75, 0.75, 2.0, 2.0, 3.0, 100.0]
     lo = data['results']['loader']
     assert lo['image_shape'] == [3, 56, 56] and lo['label_shape'] == [200]
-    assert _positive(lo['ours_img_s']) and _positive(lo['original_img_s'])
+    for key in ('ours_img_s', 'original_img_s', 'ours_img_cpu_s', 'original_img_cpu_s'):
+        assert _positive(lo[key]), key
     # the table is printed last, one line per row, with its header
     lines = res.stdout.strip().splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith('what'))
     for col in ('ours', 'reference', 'ratio', 'target', 'met?'):
         assert col in lines[header]
-    for row, line in zip(data['table'], lines[header + 1:header + 7]):
+    for row, line in zip(data['table'], lines[header + 1:header + 9]):
         assert line.startswith(row['what']) and f"{row['ratio']:.2f}x" in line
 
 
@@ -116,6 +117,7 @@ def test_time_loader_steady_state_and_fallback():
     batches = [(torch.zeros(4, 3, 8, 8), torch.zeros(4, 5))] * 6
     res = loader_bench.time_loader(batches, workers=2)
     assert res['steady'] and res['images'] == 24 and res['counted'] == 16 and _positive(res['img_s'])
+    assert res['cpu_img_s'] > 0 or math.isnan(res['cpu_img_s'])     # nan if too quick for the CPU clock
     assert res['image_shape'] == [3, 8, 8] and res['label_shape'] == [5]
     short = loader_bench.time_loader(batches[:2], workers=2)
     assert not short['steady'] and short['counted'] == 8
@@ -130,8 +132,9 @@ def test_loader_bench_script(run_script, tmp_path):
     data = json.loads(out.read_text())
     assert _positive(data['ours_img_s']) and _positive(data['original_img_s'])
     assert data['ratio'] == pytest.approx(data['ours_img_s'] / data['original_img_s'])
+    assert data['cpu_ratio'] == pytest.approx(data['ours_img_cpu_s'] / data['original_img_cpu_s'])
     assert data['image_shape'] == [3, 40, 40] and data['label_shape'] == [40] and data['steady']
-    assert f"ratio:    {data['ratio']:8.2f}x" in res.stdout
+    assert f"ratio:    {data['ratio']:8.2f}x       {data['cpu_ratio']:8.2f}x" in res.stdout
 
 
 # ---------------------------------------------------------------------------------------- gpu_bench.py
