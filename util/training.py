@@ -333,8 +333,19 @@ class RunLogger:
     def log(self, record):
         if not self.enabled:
             return
-        with open(self.path, 'a', encoding='utf-8') as f:
-            f.write(json.dumps(record, sort_keys=True) + '\n')
+        line = json.dumps(record, sort_keys=True) + '\n'
+        try:
+            with open(self.path, 'a', encoding='utf-8') as f:
+                start = f.tell()
+                try:
+                    f.write(line)
+                    f.flush()
+                except OSError:
+                    f.truncate(start)  # never leave half a record for the next one to be glued to
+                    raise
+        except OSError as e:
+            raise UserError(f"cannot write {self.path}: {e.strerror}; make room, then continue with --resume "
+                            f"{os.path.dirname(self.path)}") from None
         if self.tb is not None:
             for k, v in record.items():
                 if isinstance(v, (int, float)) and k != 'epoch':
