@@ -8,6 +8,7 @@ uninterrupted one exactly on the CPU.
 """
 import argparse
 import datetime
+import errno
 import json
 import math
 import os
@@ -333,16 +334,19 @@ class RunLogger:
     def log(self, record):
         if not self.enabled:
             return
-        line = json.dumps(record, sort_keys=True) + '\n'
+        data = (json.dumps(record, sort_keys=True) + '\n').encode('utf-8')
         try:
-            with open(self.path, 'a', encoding='utf-8') as f:
-                start = f.tell()
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                start = os.lseek(fd, 0, os.SEEK_END)
                 try:
-                    f.write(line)
-                    f.flush()
+                    if os.write(fd, data) != len(data):
+                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
                 except OSError:
-                    f.truncate(start)  # never leave half a record for the next one to be glued to
+                    os.ftruncate(fd, start)  # never leave half a record for the next one to be glued to
                     raise
+            finally:
+                os.close(fd)
         except OSError as e:
             raise UserError(f"cannot write {self.path}: {e.strerror}; make room, then continue with --resume "
                             f"{os.path.dirname(self.path)}") from None
