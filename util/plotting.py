@@ -288,16 +288,25 @@ def _is_number(v):
     return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
 
+BOOKKEEPING_KEYS = ('epoch', 'seconds', 'images', 'skipped_bad')
+
+
+def _is_bookkeeping(key):
+    """Log fields that count or time things rather than measure learning (not drawn by default)."""
+    return key in BOOKKEEPING_KEYS or key.endswith(('_images', '_skipped_bad', '_seconds'))
+
+
 def log_series(records, keys=None):
     """Numeric series of a log: {key: (epochs [n], values [n])}, each over the epochs where it is a number.
 
     ``records``: as from :func:`read_log`. ``keys``: metrics to keep (default: every key with at least
-    one numeric value, except 'epoch'). Missing, non-numeric and non-finite values are skipped.
+    one numeric value, except 'epoch' and bookkeeping such as image counts and timings). Missing,
+    non-numeric and non-finite values are skipped.
     """
     if keys is None:
         keys = []
         for r in records:
-            keys.extend(k for k, v in r.items() if k != 'epoch' and k not in keys and _is_number(v))
+            keys.extend(k for k, v in r.items() if k not in keys and not _is_bookkeeping(k) and _is_number(v))
     series = {}
     for key in keys:
         xs, ys = [], []
