@@ -10,12 +10,13 @@ cd "$ROOT"
 
 OUT="${OUT:-quickstart_out}"          # everything this script writes goes here
 N_IMAGES="${N_IMAGES:-2000}"          # synthetic pretraining images
-IMG_SIZE="${IMG_SIZE:-64}"            # side of the generated images
+IMG_SIZE="${IMG_SIZE:-48}"            # side of the generated images
+CROP="${CROP:-40}"                    # pretraining crop (the network input)
 ARCH="${ARCH:-resnet18}"              # any torchvision classification model
 LABEL="${LABEL:-histogram}"           # histogram | persistence_image | betti_curve | landscape
 DIMS="${DIMS:-200}"                   # length of the PH label vector
-PRE_EPOCHS="${PRE_EPOCHS:-6}"         # pretraining epochs
-FT_EPOCHS="${FT_EPOCHS:-12}"          # fine-tuning epochs
+PRE_EPOCHS="${PRE_EPOCHS:-5}"         # pretraining epochs
+FT_EPOCHS="${FT_EPOCHS:-10}"          # fine-tuning epochs
 LABELS_PER_CLASS="${LABELS_PER_CLASS:-20}"  # real labelled digits per class (the low-label regime)
 WORKERS="${WORKERS:-2}"
 SEED="${SEED:-0}"
@@ -33,7 +34,7 @@ python PHdict.py "$OUT/random" -o "$OUT/PH_random" -it png -nw "$WORKERS" \
 
 step "3/6 pretrain $ARCH to regress the labels"
 python pretraining.py -t "$OUT/random" -pd "$OUT/PH_random" -pc --label_type "$LABEL" -nc "$DIMS" \
-    -u "$ARCH" --img_size "$IMG_SIZE" --crop_size 56 -e "$PRE_EPOCHS" -b 64 -nw "$WORKERS" \
+    -u "$ARCH" --img_size "$IMG_SIZE" --crop_size "$CROP" -e "$PRE_EPOCHS" -b 64 -nw 1 \
     --lr_pre 0.05 -op sgd_cos --seed "$SEED" -o "$OUT/weights" -oti 32
 PRETRAINED="$(ls -td "$OUT"/weights/*/ | head -n 1)${ARCH}_epoch${PRE_EPOCHS}.pth"
 
@@ -43,7 +44,7 @@ python util/export_digits.py -o "$DIGITS" --labels_per_class "$LABELS_PER_CLASS"
 
 step "5/6 fine-tune: from the PH-pretrained weights, and from scratch for comparison"
 FT=(-t "$DIGITS/train" -val "$DIGITS/val" -u "$ARCH" -nc 10 -e "$FT_EPOCHS" --img_size 32 --crop_size 32
-    -b 32 -nw "$WORKERS" --lr_fine 0.05 -op sgd_cos --seed "$SEED")
+    -b 32 -nw 1 --lr_fine 0.02 -op sgd_cos --seed "$SEED")
 python finetuning.py "${FT[@]}" -pw "$PRETRAINED" -o "$OUT/finetune_pretrained"
 python finetuning.py "${FT[@]}" -o "$OUT/finetune_scratch"
 
