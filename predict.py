@@ -157,20 +157,20 @@ def predict(model, dataset, args, k):
 
 
 def main(args):
-    import torch
-    from torchvision import transforms
     from util import fileio
-    from util.training import IMAGENET_MEAN, IMAGENET_STD
     if args.topk < 1:
         raise UserError(f"--topk must be at least 1 (got {args.topk})")
     if args.batch_size < 1 or args.num_workers < 0:
         raise UserError("--batch_size must be at least 1 and --num_workers at least 0")
     if not os.path.isfile(args.path2weight):
         raise UserError(f"-pw {args.path2weight!r}: no such weights file")
+    root, rel = list_inputs(args.images)       # input errors are reported before torch is imported (seconds)
+    import torch
+    from torchvision import transforms
+    from util.training import IMAGENET_MEAN, IMAGENET_STD
     fill_defaults(args)
     if args.device is None:
         args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    root, rel = list_inputs(args.images)
     model, names = load_classifier(args)
     k = min(args.topk, len(names))
     bilinear = transforms.InterpolationMode.BILINEAR
@@ -198,7 +198,7 @@ def main(args):
         print(f"sub-folders named after the classes: top-1 accuracy {100.0 * correct / len(results):.2f}% "
               f"over {len(results)} images", flush=True)
     if bad:
-        print(f"{len(bad)} images could not be read and are not in the CSV: " + ', '.join(bad[:10])
+        print(f"{len(bad)} image(s) could not be read and are not in the CSV: " + ', '.join(bad[:10])
               + (' ...' if len(bad) > 10 else ''), file=sys.stderr, flush=True)
     return 0
 

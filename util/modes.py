@@ -706,6 +706,11 @@ def _combined_folders(args):
 
 def run_combined(args):
     """Pretraining phase, then fine-tuning from its weights, in ``<run>/pretraining`` and ``<run>/finetuning``."""
+    if not args.train:   # the fine-tuning data are checked before the (long) first phase starts
+        raise UserError("-lm combined fine-tunes on labelled images: give their class folders with -t DIR "
+                        "(the pretraining images, if any, with -t2)")
+    check_class_layout(args.train, '-t')
+    check_class_layout(resolve_val(args), '-val')
     top, pre_ckpt, ft_ckpt = _combined_folders(args)
     if T.is_main(args):
         print(f"combined run in {top}: pretraining for {args.epochs_pre} epochs, then fine-tuning for "
