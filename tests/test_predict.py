@@ -71,20 +71,20 @@ def test_csv_is_the_models_own_softmax(run, images, run_script, tmp_path):
     assert 'broken.png' in res.stderr and '6 images labelled' in res.stdout
 
 
-def test_topk_class_file_and_single_image(run, images, run_script, tmp_path):
-    names = tmp_path / 'names.txt'
-    names.write_text('x\ny\nz\n')
-    out = tmp_path / 'p.csv'
-    run_script('predict.py', images / 'a.png', '-pw', run / 'ft_resnet18_epoch1.pth', '--classes', names, '-k', '1',
-               '-o', out, '-nw', '0', check=True)
-    rows = read_csv(out)
-    probs = expected_probs(run, images / 'a.png')
-    assert rows == [['path', 'top1', 'top1_prob'], ['a.png', 'xyz'[int(np.argmax(probs))], f'{probs.max():.6f}']]
-
-
 def predict_in_process(*argv):
     import predict
     return predict.main(predict.get_args_parser().parse_args([str(a) for a in argv]))
+
+
+def test_topk_class_file_and_single_image(run, images, tmp_path):
+    names = tmp_path / 'names.txt'
+    names.write_text('x\ny\nz\n')
+    out = tmp_path / 'p.csv'
+    assert predict_in_process(images / 'a.png', '-pw', run / 'ft_resnet18_epoch1.pth', '--classes', names, '-k', '1',
+                              '-o', out, '-nw', '0') == 0
+    rows = read_csv(out)
+    probs = expected_probs(run, images / 'a.png')
+    assert rows == [['path', 'top1', 'top1_prob'], ['a.png', 'xyz'[int(np.argmax(probs))], f'{probs.max():.6f}']]
 
 
 def test_accuracy_from_class_named_folders(run, tmp_path, capsys):
