@@ -47,7 +47,8 @@ combined: pretraining on -t2/-v2 (on the fly without -t2) for --epochs_pre epoch
 for -e epochs from those weights (sub-folders pretraining/ and finetuning/ of one run folder);
 simultaneous: classes of -t with a second, PH head on the same images (loss CE + --ph_weight x MSE);
 alternating: batches alternate between classes of -t (CE) and PH labels of -t2 or generated images (MSE);
-evaluation: evaluate -pw on -val (= --evaluate)"""
+evaluation: evaluate -pw on -val (= --evaluate). In combined, -pw initialises the pretraining phase and
+--freeze_encoder applies to the fine-tuning phase only"""
 
 
 # ----------------------------------------------------------------------------------------------- flags
@@ -810,7 +811,6 @@ def run_simultaneous(args):
 
 def run_alternating(args):
     """Batches alternate between the labelled folder -t (CE) and PH-labelled images (-t2 or generated; MSE)."""
-    from util.datasets import finetune_transforms
     train_set, val_set, classes = build_sets(args, need_train=True)
     ph_args = phase_args(args, 'alternating', train=args.ph_train, val=args.ph_val, numof_classes=args.ph_dims)
     ph_train, ph_val = build_pretraining_sets(ph_args)

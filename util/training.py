@@ -108,11 +108,11 @@ def add_common_args(parser):
 
     g = parser.add_argument_group(
         'augmentation of training images',
-        'Spatial steps (affine, rescale, rotation, crop, flip) come before a "-ph post" label is computed, so '
-        'that label describes what the network sees; the photometric steps of --aug_plus (colour jitter, '
-        'greyscale, blur) always come after the label is computed, so they never change a PH label. With '
-        '"-ph pre" the label is that of the whole image, untouched by any augmentation. Validation images are '
-        'only resized and cropped.')
+        'Spatial steps (affine, rescale, rotation, crop, flip) come before a "-ph post" label is computed,\n'
+        'so that label describes what the network sees; the photometric steps of --aug_plus (colour jitter,\n'
+        'greyscale, blur) always come after the label is computed, so they never change a PH label.\n'
+        'With "-ph pre" the label is that of the whole image, untouched by any augmentation.\n'
+        'Validation images are only resized and cropped.')
     g.add_argument('--aug_plus', action='store_true', help='MoCo v2 augmentation: RandomResizedCrop(crop, '
                    'scale 0.2-1), ColorJitter(0.4, 0.4, 0.4, 0.1) with p=0.8, RandomGrayscale p=0.2, '
                    'GaussianBlur (sigma 0.1-2) p=0.5, horizontal flip (default: off)')
