@@ -69,7 +69,7 @@ def test_npc_mismatch_is_refused(pretrained):
 def test_finetune_learns_easy_task_and_evaluates(task, pretrained, run_script, tmp_path):
     train, val = task
     run_script('finetuning.py', '-t', train, '-pw', pretrained, '-npc', '200', '-o', tmp_path, '-nc', '2',
-               '-e', '4', *TINY, '--lr_fine', '0.01', '-op', 'sgd_cos', check=True)
+               '-e', '4', *TINY, '--lr_fine', '0.002', '-op', 'sgd_cos', check=True)
     run = only_run_dir(tmp_path)
     log = read_log(run)
     assert [r['epoch'] for r in log] == [1, 2, 3, 4]

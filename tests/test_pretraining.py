@@ -171,7 +171,8 @@ def test_bad_input(case, generated, run_script, tmp_path):
     elif case == 'missing_diagrams':
         ph = tmp_path / 'ph_partial'
         ph.mkdir()
-        for f in sorted(os.listdir(generated / 'PH_random'))[:10]:
+        diagrams = [f for f in sorted(os.listdir(generated / 'PH_random')) if f.startswith('v') and f.endswith('.npy')]
+        for f in diagrams[:10]:
             (ph / f).write_bytes((generated / 'PH_random' / f).read_bytes())
         args[3], expect = ph, '22 of 32 images have no diagram'
     elif case == 'nan_labels':
