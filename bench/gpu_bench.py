@@ -15,9 +15,11 @@ Stages (each prints its results as it finishes and rewrites the results JSON, so
     each as a ratio of (a) for the same model.  Also measured there: the cripser-only floor of this machine
     (cores / single-core ``cripser.computePH`` time per 256 px image), the on-the-fly rate as a ratio of it,
     the label precompute rate (target >= 0.75 x floor) and the loader alone (no model) from the label matrix.
-    Rates are steady state: the clock starts once every worker has delivered a batch.
+    Rates are steady state: the clock starts once every worker has delivered a batch.  cudnn.benchmark is
+    left off there, as pretraining.py leaves it (the ceiling of the first model is also measured without it).
 (c) ``accuracy``: ResNet-18 pretrained at ``--pre_size`` px for a fixed number of steps (from a time budget)
-    on ``--pre_images`` generated images held on the GPU, (i) with PH histogram labels, (ii) with random
+    on ``--pre_images`` generated images held on the GPU (random flips/transpositions, which leave PH
+    unchanged), (i) with PH histogram labels (ranges scaled by pre_size / 256), (ii) with random
     targets (a fixed standard-normal vector per image, same dimension; the PH labels are standardised per
     output so both targets have the same scale), then fine-tuned on scikit-learn's handwritten digits (1797
     real 8x8 scans, upscaled without smoothing) with 10 and 50 labels per class and with all training
@@ -26,7 +28,7 @@ Stages (each prints its results as it finishes and rewrites the results JSON, so
     gives mean +- standard deviation of the top-1 validation accuracy.
 
     python bench/gpu_bench.py                       # on the GPU machine, ~6-8 minutes
-    python bench/gpu_bench.py --tiny                # CPU, seconds: checks that everything runs
+    python bench/gpu_bench.py --tiny                # any device, ~30 s on 2 CPU cores: checks that all runs
     python bench/gpu_bench.py --stages ceiling pipeline --deadline 300
 
 The JSON goes to ``$OUT/gpu_bench.json`` when OUT is set, and to ``--json`` when given.
@@ -176,9 +178,6 @@ def ceiling_rate(arch, batch_size, size, seconds, device, amp, channels_last, ou
         dt = time.perf_counter() - t0
         if dt >= seconds:
             break
-    del model, opt, x, y
-    if device_type == 'cuda':
-        torch.cuda.empty_cache()
     return dict(img_s=steps * batch_size / dt, steps=steps, seconds=dt)
 
 
@@ -345,33 +344,42 @@ def standardise(labels):
     return out.astype(np.float32), int(const.sum())
 
 
-def _normalise(x_uint8):
-    """uint8 [B, 3, H, W] on any device -> float [B, 3, H, W] normalised with the ImageNet mean/std."""
-    import torch
-    from util.training import IMAGENET_MEAN, IMAGENET_STD
-    mean = torch.tensor(IMAGENET_MEAN, device=x_uint8.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(IMAGENET_STD, device=x_uint8.device).view(1, 3, 1, 1) * 255
-    return (x_uint8.float() - mean) / std
+class _Normalise:
+    """uint8 [B, 3, H, W] -> float [B, 3, H, W] normalised with the ImageNet mean/std (constants made once on
+    ``device``, so that a training step copies nothing from the host)."""
+
+    def __init__(self, device):
+        import torch
+        from util.training import IMAGENET_MEAN, IMAGENET_STD
+        self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
+
+    def __call__(self, x_uint8):
+        return (x_uint8.float() - self.mean) / self.std
 
 
 def _random_symmetry(x, gen):
-    """Per-sample random element of the square's symmetry group (flips, transposition): PH is invariant."""
+    """Per-sample random element of the square's symmetry group (flips, transposition): PH is invariant.
+
+    ``gen``: a torch.Generator on ``x``'s device (random numbers drawn there: no host-device copy)."""
     import torch
     b = x.shape[0]
-    masks = torch.rand(3, b, 1, 1, 1, generator=gen, device='cpu').lt(0.5).to(x.device)
+    masks = torch.rand(3, b, 1, 1, 1, generator=gen, device=x.device).lt(0.5)
     x = torch.where(masks[0], x.flip(-1), x)
     x = torch.where(masks[1], x.flip(-2), x)
     return torch.where(masks[2], x.transpose(-1, -2), x)
 
 
 def _random_shift(x, pad, gen):
-    """Per-sample random translation by up to ``pad`` pixels (zero fill): [B, C, H, W] -> same shape."""
+    """Per-sample random translation by up to ``pad`` pixels (zero fill): [B, C, H, W] -> same shape.
+
+    ``gen``: a torch.Generator on ``x``'s device."""
     import torch
     import torch.nn.functional as F
     b, _, h, w = x.shape
     xp = F.pad(x, (pad, pad, pad, pad))
-    oy = torch.randint(0, 2 * pad + 1, (b,), generator=gen).to(x.device)
-    ox = torch.randint(0, 2 * pad + 1, (b,), generator=gen).to(x.device)
+    oy = torch.randint(0, 2 * pad + 1, (b,), generator=gen, device=x.device)
+    ox = torch.randint(0, 2 * pad + 1, (b,), generator=gen, device=x.device)
     rows = (oy[:, None] + torch.arange(h, device=x.device))[:, :, None]
     cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, :]
     return xp[torch.arange(b, device=x.device)[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
@@ -392,7 +400,8 @@ def pretrain(images, targets, arch, steps, batch_size, device, amp, channels_las
     import torch
     import models
     torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    normalise = _Normalise(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = models.build_model(arch, targets.shape[1]).to(device).to(memory_format=fmt)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=1e-4)
@@ -404,8 +413,8 @@ def pretrain(images, targets, arch, steps, batch_size, device, amp, channels_las
     for s in range(steps):
         for g in opt.param_groups:
             g['lr'] = _cosine_lr(lr, s, steps, max(1, steps // 20))
-        idx = torch.randint(0, n, (batch_size,), generator=gen).to(device)
-        x = _normalise(_random_symmetry(images[idx], gen)).contiguous(memory_format=fmt)
+        idx = torch.randint(0, n, (batch_size,), generator=gen, device=device)
+        x = normalise(_random_symmetry(images[idx], gen)).contiguous(memory_format=fmt)
         with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=amp):
             loss = torch.nn.functional.mse_loss(model(x).float(), targets[idx])
         opt.zero_grad(set_to_none=True)
@@ -423,11 +432,12 @@ def predict(model, images, device, amp, channels_last, batch_size=512):
     import torch
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     device_type = 'cuda' if str(device).startswith('cuda') else 'cpu'
+    normalise = _Normalise(device)
     model.eval()
     outs = []
     with torch.no_grad():
         for s in range(0, images.shape[0], batch_size):
-            x = _normalise(images[s:s + batch_size]).contiguous(memory_format=fmt)
+            x = normalise(images[s:s + batch_size]).contiguous(memory_format=fmt)
             with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=amp):
                 outs.append(model(x).float().cpu())
     return torch.cat(outs)
@@ -489,22 +499,23 @@ def finetune(backbone_state, arch, train_x, train_y, val_x, val_y, steps, batch_
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device).to(memory_format=fmt)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    normalise = _Normalise(device)
     device_type = 'cuda' if str(device).startswith('cuda') else 'cpu'
     n = train_x.shape[0]
     batch_size = min(batch_size, n)
     pad = max(1, train_x.shape[-1] // 16)
-    order = torch.randperm(n, generator=gen)
+    order = torch.randperm(n, generator=gen, device=device)
     pos = 0
     model.train()
     for s in range(steps):
         if pos + batch_size > n:
-            order, pos = torch.randperm(n, generator=gen), 0
-        idx = order[pos:pos + batch_size].to(device)
+            order, pos = torch.randperm(n, generator=gen, device=device), 0
+        idx = order[pos:pos + batch_size]
         pos += batch_size
         for g in opt.param_groups:
             g['lr'] = _cosine_lr(lr, s, steps, max(1, steps // 20))
-        x = _normalise(_random_shift(train_x[idx], pad, gen)).contiguous(memory_format=fmt)
+        x = normalise(_random_shift(train_x[idx], pad, gen)).contiguous(memory_format=fmt)
         with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=amp):
             loss = torch.nn.functional.cross_entropy(model(x).float(), train_y[idx])
         opt.zero_grad(set_to_none=True)
@@ -593,18 +604,20 @@ def stage_pipeline(cfg, clock, res, tmp):
     spatial, to_tensor = pretrain_transforms(targs)
     from_labels = FolderPH(folder, long_rel, MatrixLabels(loaded, names, long_rel, 'labels_histogram.npy'),
                            spatial, to_tensor, 'pre')
-    gcfg = GeneratorConfig(img_size=cfg.jpeg_size, prob_binary=1.0, prob_colour=0.5)   # pretraining.py's defaults
+    # the same image model as the JPEGs the floor was measured on (the README's -pb 0.5 -pc 0.5)
+    gcfg = GeneratorConfig(img_size=cfg.jpeg_size, prob_binary=0.5, prob_colour=0.5)
     on_the_fly = GeneratedPH(gcfg, 1, cfg.epoch_images, ComputedLabels(histogram_vectoriser(), 'signed_distance'),
                              spatial, to_tensor, 'pre')
     skip = cfg.workers + 2
-    if clock.left() > cfg.pipeline_seconds + 30:
+    need = cfg.pipeline_seconds + 30 + cfg.reserve_after_pipeline    # leave the accuracy stage its time
+    if clock.left() > need:
         r = loader_rate(from_labels, targs, cfg.pipeline_seconds / 2, skip)
         res.set('pipeline', 'from_labels_loader_only', r)
         _say(clock, f"loader alone from the label matrix (JPEG decode + crop + tensor): {r['img_s']:.0f} img/s")
     ceilings = res.data['stages'].get('ceiling', {})
     for arch in cfg.models:
         for name, ds in (('from_labels', from_labels), ('on_the_fly', on_the_fly)):
-            if clock.left() < cfg.pipeline_seconds + 30:
+            if clock.left() < need:
                 res.data['notes'].append(f"pipeline {name} {arch} skipped: deadline")
                 continue
             r = train_rate(ds, arch, targs, cfg.pipeline_seconds, skip)
@@ -805,6 +818,7 @@ def _config(args):
         cfg.min_pre_steps, cfg.max_val, cfg.warmup = 10, 0, 10
     cfg.epoch_images = 2000 if cfg.tiny else 400000    # one long epoch per pipeline run; the timer stops it
     cfg.ft_reserve = 20 if cfg.tiny else 100
+    cfg.reserve_after_pipeline = 0 if 'accuracy' not in cfg.stages else (10 if cfg.tiny else 200)
     return cfg
 
 
