@@ -167,6 +167,7 @@ def init_distributed(args):
         if args.device == 'cuda':
             args.device = f'cuda:{args.local_rank % torch.cuda.device_count()}'
         torch.cuda.set_device(torch.device(args.device))
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
     if args.distributed:
         backend = args.pidf if args.pidf in ('nccl', 'gloo') else (
             'nccl' if args.device.startswith('cuda') else 'gloo')
