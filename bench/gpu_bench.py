@@ -52,6 +52,7 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from bench.cpu_bench import cpu_model  # noqa: E402
 from util.errors import UserError, run_cli  # noqa: E402
 
 STAGES = ('ceiling', 'pipeline', 'accuracy')
@@ -90,22 +91,11 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def _cpu_model():
-    try:
-        with open('/proc/cpuinfo', encoding='utf-8', errors='replace') as f:
-            for line in f:
-                if line.lower().startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or 'unknown'
-
-
 def machine_info(device):
     import numpy
     import torch
     import torchvision
-    info = dict(date=datetime.datetime.now().astimezone().isoformat(timespec='seconds'), cpu_model=_cpu_model(),
+    info = dict(date=datetime.datetime.now().astimezone().isoformat(timespec='seconds'), cpu_model=cpu_model(),
                 cores=os.cpu_count(), python=platform.python_version(), torch=torch.__version__,
                 torchvision=torchvision.__version__, numpy=numpy.__version__, device=str(device))
     if str(device).startswith('cuda'):
@@ -451,28 +441,16 @@ def r_squared(pred, target):
 
 def digits(size):
     """scikit-learn's digits as uint8 [1797, 3, size, size] (8x8 upscaled without smoothing) and int64 targets."""
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError:
-        raise UserError("scikit-learn is needed for the accuracy stage (the digits dataset): pip install "
-                        "scikit-learn, or run with --stages ceiling pipeline") from None
-    d = load_digits()
-    img = np.rint(d.images / 16.0 * 255.0).astype(np.uint8)
-    scale = max(1, size // 8)
-    img = np.kron(img, np.ones((1, scale, scale), np.uint8))
-    return np.repeat(img[:, None], 3, axis=1), d.target.astype(np.int64)
+    from util.export_digits import load_digit_images
+    img, targets = load_digit_images(size)
+    return np.repeat(img[:, None], 3, axis=1), targets
 
 
 def split(targets, val_fraction, labels_per_class, seed):
-    """Per-class random split fixed by ``seed``: (train indices, val indices); K training images per class if K > 0."""
-    rng = np.random.default_rng(seed)
-    train, val = [], []
-    for c in np.unique(targets):
-        idx = rng.permutation(np.flatnonzero(targets == c))
-        n_val = int(round(len(idx) * val_fraction))
-        val.extend(idx[:n_val])
-        train.extend(idx[n_val:] if labels_per_class <= 0 else idx[n_val:n_val + labels_per_class])
-    return np.sort(np.asarray(train)), np.sort(np.asarray(val))
+    """Per-class split fixed by ``seed``: (train indices, val indices), K training images per class if K > 0
+    (the same split util/export_digits.py writes to disk)."""
+    from util.export_digits import split_indices
+    return split_indices(targets, val_fraction, labels_per_class, seed)
 
 
 def finetune(backbone_state, arch, train_x, train_y, val_x, val_y, steps, batch_size, device, amp, channels_last,

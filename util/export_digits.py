@@ -31,6 +31,19 @@ def get_args_parser():
     return p
 
 
+def load_digit_images(size=32):
+    """The 1797 digits as uint8 [N, S, S] greyscale (8x8 scans upscaled by pixel repetition to S = 8 *
+    (size // 8)) and their int64 targets [N]."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise UserError("scikit-learn is needed for the digits dataset: pip install scikit-learn") from None
+    digits = load_digits()
+    images = np.rint(digits.images / 16.0 * 255.0).astype(np.uint8)  # the scans hold values 0..16
+    scale = max(1, size // 8)
+    return np.kron(images, np.ones((1, scale, scale), np.uint8)), digits.target.astype(np.int64)
+
+
 def split_indices(targets, val_fraction, labels_per_class, seed):
     """(train indices, val indices): a per-class split fixed by ``seed``; train keeps K per class if K > 0."""
     rng = np.random.default_rng(seed)
@@ -49,10 +62,6 @@ def split_indices(targets, val_fraction, labels_per_class, seed):
 
 
 def main(args):
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError:
-        raise UserError("scikit-learn is needed for the digits dataset: pip install scikit-learn") from None
     if not 0 < args.val_fraction < 1:
         raise UserError("--val_fraction must be between 0 and 1")
     settings = {'labels_per_class': args.labels_per_class, 'val_fraction': args.val_fraction, 'size': args.size,
@@ -66,16 +75,13 @@ def main(args):
     elif os.path.isdir(os.path.join(args.output, 'train')):
         raise UserError(f"{args.output!r} already holds a train/ folder not written by this script; choose another -o")
     fileio.ensure_dir(args.output)
-    digits = load_digits()
-    images = np.rint(digits.images / 16.0 * 255.0).astype(np.uint8)  # [1797, 8, 8], values 0..16
-    train, val = split_indices(digits.target, args.val_fraction, args.labels_per_class, args.seed)
-    scale = max(1, args.size // 8)
+    images, targets = load_digit_images(args.size)
+    train, val = split_indices(targets, args.val_fraction, args.labels_per_class, args.seed)
     for split, indices in (('train', train), ('val', val)):
         for i in indices:
-            folder = os.path.join(args.output, split, str(digits.target[i]))
+            folder = os.path.join(args.output, split, str(targets[i]))
             os.makedirs(folder, exist_ok=True)
-            big = np.kron(images[i], np.ones((scale, scale), np.uint8))
-            fileio.save_image(os.path.join(folder, f'{i:04d}.png'), big)
+            fileio.save_image(os.path.join(folder, f'{i:04d}.png'), images[i])
     fileio.write_json(meta, settings)
     print(f"wrote {len(train)} training and {len(val)} validation digits to {args.output}")
     return 0
