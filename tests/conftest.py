@@ -3,7 +3,9 @@ import json
 import os
 import sys
 
+import numpy as np
 import pytest
+from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -58,3 +60,15 @@ def read_log(run_dir):
     """The records of a run's log.jsonl."""
     with open(os.path.join(run_dir, 'log.jsonl')) as f:
         return [json.loads(line) for line in f]
+
+
+def make_two_class_task(root, n_train=24, n_val=8, size=40, seed=0):
+    """An easy task: class 'dark' holds dark noise images, class 'bright' bright ones."""
+    rng = np.random.default_rng(seed)
+    for split, n in (('train', n_train), ('val', n_val)):
+        for cls, (lo, hi) in (('bright', (150, 255)), ('dark', (0, 100))):
+            d = root / split / cls
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(lo, hi, (size, size, 3), dtype=np.uint8)).save(d / f'{i:03d}.png')
+    return root / 'train', root / 'val'

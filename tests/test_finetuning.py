@@ -9,21 +9,9 @@ import torch
 import torchvision
 from PIL import Image
 
-from tests.conftest import only_run_dir, read_log
+from tests.conftest import make_two_class_task, only_run_dir, read_log
 
 TINY = ['-u', 'resnet18', '--img_size', '40', '--crop_size', '32', '-b', '8', '-nw', '0']
-
-
-def make_two_class_task(root, n_train=24, n_val=8, size=40, seed=0):
-    """An easy task: class 'dark' holds dark noise images, class 'bright' bright ones."""
-    rng = np.random.default_rng(seed)
-    for split, n in (('train', n_train), ('val', n_val)):
-        for cls, (lo, hi) in (('bright', (150, 255)), ('dark', (0, 100))):
-            d = root / split / cls
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                Image.fromarray(rng.integers(lo, hi, (size, size, 3), dtype=np.uint8)).save(d / f'{i:03d}.png')
-    return root / 'train', root / 'val'
 
 
 @pytest.fixture(scope='module')

@@ -9,28 +9,16 @@ import torch
 import torchvision
 from PIL import Image
 
-from tests.conftest import only_run_dir, read_log
+from tests.conftest import make_two_class_task, only_run_dir, read_log
 from util.errors import UserError
 
 TINY = ['-u', 'resnet18', '--img_size', '40', '--crop_size', '32', '-b', '8', '-nw', '0']
 PH = ['-nd', '20', '-n', '16', '-nv', '8']      # PH label dimension; generated PH images per epoch / for val
 
 
-def make_task(root, n_train=12, n_val=4, size=40, seed=0):
-    """Two easy classes: 'bright' and 'dark' noise images, in train/ and val/ class folders."""
-    rng = np.random.default_rng(seed)
-    for split, n in (('train', n_train), ('val', n_val)):
-        for cls, (lo, hi) in (('bright', (150, 255)), ('dark', (0, 100))):
-            d = root / split / cls
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                Image.fromarray(rng.integers(lo, hi, (size, size, 3), dtype=np.uint8)).save(d / f'{i:03d}.png')
-    return root / 'train', root / 'val'
-
-
 @pytest.fixture(scope='module')
 def task(tmp_path_factory):
-    return make_task(tmp_path_factory.mktemp('task'))
+    return make_two_class_task(tmp_path_factory.mktemp('task'), n_train=12, n_val=4)
 
 
 def checkpoint(run):
