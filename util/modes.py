@@ -445,12 +445,7 @@ def _two_task_step(model, optimizer, inputs, classes, ph_labels, args, epoch, it
         mse_t = F.mse_loss(ph, ph_labels)
         loss = loss + args.ph_weight * mse_t
         mse = mse_t.item()
-    if not torch.isfinite(loss):
-        raise UserError(f"the training loss became {loss.item()} at epoch {epoch}, iteration {it}: lower the "
-                        f"learning rate (--lr_fine) or --ph_weight, or check the labels")
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    T.optimizer_step(loss, optimizer, epoch, it, 'the learning rate (--lr_fine) or --ph_weight')
     return ce, mse, correct
 
 

@@ -479,12 +479,7 @@ def train_one_epoch(model, loader, criterion, optimizer, epoch, args, task='regr
             if isinstance(outputs, tuple):  # inception/googlenet auxiliary outputs in train mode
                 outputs = outputs[0]
             loss = criterion(outputs.float(), targets)
-        if not torch.isfinite(loss):
-            raise UserError(f"the training loss became {loss.item()} at epoch {epoch}, iteration {it}: lower the "
-                            f"learning rate (--lr_pre/--lr_fine) or check the labels")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        optimizer_step(loss, optimizer, epoch, it, 'the learning rate (--lr_pre/--lr_fine)')
         n = inputs.shape[0]
         sums[0] += loss.item() * n
         sums[2] += n
@@ -499,6 +494,16 @@ def train_one_epoch(model, loader, criterion, optimizer, epoch, args, task='regr
     if task == 'classification':
         metrics['train_acc1'] = 100.0 * correct / max(n, 1)
     return metrics
+
+
+def optimizer_step(loss, optimizer, epoch, it, what_to_lower):
+    """Backpropagate ``loss`` and step, refusing a non-finite loss with a message saying what to lower."""
+    if not torch.isfinite(loss):
+        raise UserError(f"the training loss became {loss.item()} at epoch {epoch}, iteration {it}: lower "
+                        f"{what_to_lower} or check the labels")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
 
 
 def _freeze_encoder_modes(model):
