@@ -75,7 +75,7 @@ def fill_defaults(args):
 
 def class_names(args, num_outputs):
     """The class names for a head of ``num_outputs``: --classes, classes.json next to -pw, or the indices."""
-    from util.modes import read_classes
+    from util.runs import read_classes
     path = args.classes
     if path is None:
         candidate = os.path.join(os.path.dirname(os.path.abspath(args.path2weight)), 'classes.json')
@@ -141,7 +141,7 @@ def predict(model, dataset, args, k):
     """{index: (top-k class indices, top-k probabilities)} for the decodable images of ``dataset``."""
     import torch
     from tqdm import tqdm
-    from util.training import collate_skip_bad
+    from util.engine import collate_skip_bad
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=False,
                                          num_workers=args.num_workers, collate_fn=collate_skip_bad)
     results = {}
@@ -167,7 +167,7 @@ def main(args):
     root, rel = list_inputs(args.images)       # input errors are reported before torch is imported (seconds)
     import torch
     from torchvision import transforms
-    from util.training import IMAGENET_MEAN, IMAGENET_STD
+    from util.datasets import IMAGENET_MEAN, IMAGENET_STD
     fill_defaults(args)
     if args.device is None:
         args.device = 'cuda' if torch.cuda.is_available() else 'cpu'

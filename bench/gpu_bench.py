@@ -6,7 +6,7 @@ Stages (each prints its results as it finishes and rewrites the results JSON, so
 (a) ``ceiling``: training images/s of ResNet-50 and ResNet-18 at 224 px on synthetic tensors already on the
     GPU (bf16 autocast, channels-last, SGD, MSE on 200 outputs as in pretraining, cudnn.benchmark on, a few
     warm-up steps, timed with ``torch.cuda.synchronize``): the most any data pipeline can reach.
-(b) ``pipeline``: the real pretraining code path (``util.training.make_loader`` + ``train_one_epoch``) with
+(b) ``pipeline``: the real pretraining code path (``util.engine.make_loader`` + ``train_one_epoch``) with
     ``--workers`` loader processes, for each model:
       * from a consolidated label matrix: ``--n_jpegs`` 256 px JPEGs made by the generator in parallel,
         their PH histogram labels computed PHdict-style (``util.ph.iter_diagrams`` + ``util.vectorise``), then
@@ -266,7 +266,7 @@ def train_rate(dataset, arch, targs, seconds, skip, out_dim=LABEL_DIM):
     """Images/s of the real training loop (make_loader + train_one_epoch) over ``dataset`` for ``seconds``."""
     import torch
     import models
-    from util import training as T
+    from util import engine as T
     torch.manual_seed(0)
     model = T.prepare_model(models.build_model(arch, out_dim), targs)
     opt = T.build_optimizer(model.parameters(), targs, lr=0.01)
@@ -282,7 +282,7 @@ def train_rate(dataset, arch, targs, seconds, skip, out_dim=LABEL_DIM):
 
 def loader_rate(dataset, targs, seconds, skip):
     """Images/s of the DataLoader alone (batches only collected, no model)."""
-    from util import training as T
+    from util import engine as T
     loader = TimedBatches(T.make_loader(dataset, targs, 1, shuffle=True, train=True), seconds, skip)
     for _ in loader:
         pass
@@ -340,7 +340,7 @@ class _Normalise:
 
     def __init__(self, device):
         import torch
-        from util.training import IMAGENET_MEAN, IMAGENET_STD
+        from util.datasets import IMAGENET_MEAN, IMAGENET_STD
         self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
 

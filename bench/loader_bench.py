@@ -7,7 +7,7 @@ the pretraining augmentation (``util.datasets.pretrain_transforms``: resize, ran
 Normalize) -- images of ``img_size`` px cropped to ``crop_size`` px, labels of dimension ``label_dim``:
 
 * ours: ``util.datasets.GeneratedPH`` with ``ComputedLabels(histogram vectoriser, 'signed_distance')``
-  through ``util.training.make_loader`` -- exactly what ``pretraining.py`` without ``-t`` runs;
+  through ``util.engine.make_loader`` -- exactly what ``pretraining.py`` without ``-t`` runs;
 * original: :class:`OriginalStyleGenerated` below, the original on-the-fly dataset's per-image work
   written out plainly: ``np.random`` draws, float64 complex ``scipy.fft.fft2``/``ifft2`` filtering,
   skimage's ``threshold_otsu`` on float64, two ``distance_transform_edt`` calls for the signed distance,
@@ -166,7 +166,7 @@ class OriginalStyleGenerated(Dataset):
 def _ours_loader(n_images, workers, img_size, crop_size, batch_size, label_dim, prob_binary, seed):
     from util.datasets import ComputedLabels, GeneratedPH, pretrain_transforms
     from util.random_image import GeneratorConfig
-    from util.training import make_loader
+    from util.engine import make_loader
     from util.vectorise import make_vectoriser
     args = argparse.Namespace(img_size=img_size, crop_size=crop_size, affine=False, batch_size=batch_size,
                               num_workers=workers, world_size=1, distributed=False, device='cpu', seed=seed,

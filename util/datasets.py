@@ -10,7 +10,7 @@ Pretraining samples are ``(image tensor [3, crop, crop], label float32 [D])``. W
 the augmented crop, i.e. exactly what the network sees.
 
 An image that cannot be decoded is returned as ``None`` (dropped and counted by
-:func:`util.training.collate_skip_bad`) when ``bad_images='skip'``, or stops the run with its name otherwise.
+:func:`util.engine.collate_skip_bad`) when ``bad_images='skip'``, or stops the run with its name otherwise.
 """
 import os
 import sys
@@ -24,8 +24,9 @@ from torchvision import transforms as T
 
 from util import fileio
 from util.errors import BadImageError, UserError
-from util.training import IMAGENET_MEAN, IMAGENET_STD
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 NORMALIZE = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
 
 
@@ -346,7 +347,7 @@ class GeneratedPH(_PHBase):
     def worker_init(worker_id):
         """DataLoader worker start-up for generation: seeds as usual, and keeps freed buffers for reuse."""
         from util.random_image import reduce_allocator_churn
-        from util.training import worker_init_fn
+        from util.seeding import worker_init_fn
         worker_init_fn(worker_id)
         reduce_allocator_churn()
 

@@ -1,0 +1,130 @@
+"""The training steps of the two-task modes (-lm simultaneous, alternating) on a TwoHeads model."""
+import sys
+import time
+
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from util import distributed, engine
+
+
+def _two_task_step(model, optimizer, inputs, classes, ph_labels, args, epoch, it):
+    """One optimiser step on ``CE(classes) + ph_weight * MSE(ph_labels)`` (either may be None).
+
+    Returns (ce, mse, correct) as floats/ints (None for an absent term). Both heads always enter the loss
+    (an absent one with weight 0) so that DDP sees every parameter used.
+    """
+    with engine.autocast(args):
+        out, ph = model(inputs)
+    out, ph = out.float(), ph.float()
+    loss = 0.0 * out.sum() + 0.0 * ph.sum()
+    ce = mse = correct = None
+    if classes is not None:
+        ce_t = F.cross_entropy(out, classes)
+        loss = loss + ce_t
+        ce = ce_t.item()
+        correct = (out.argmax(1) == classes).sum().item()
+    if ph_labels is not None:
+        mse_t = F.mse_loss(ph, ph_labels)
+        loss = loss + args.ph_weight * mse_t
+        mse = mse_t.item()
+    engine.optimizer_step(loss, optimizer, epoch, it, 'the learning rate (--lr_fine) or --ph_weight')
+    return ce, mse, correct
+
+
+def _batches(loader, args):
+    """(inputs, targets, dropped) of a loader, moved to the device (inputs None for an all-bad batch)."""
+    for inputs, targets, dropped in loader:
+        if inputs is None:
+            yield None, None, dropped
+            continue
+        inputs = engine.to_device(inputs, args)
+        if isinstance(targets, (list, tuple)):
+            targets = [t.to(args.device, non_blocking=True) for t in targets]
+        else:
+            targets = targets.to(args.device, non_blocking=True)
+        yield inputs, targets, dropped
+
+
+def _epoch_metrics(sums, args, start, ph_key='train_ph_loss'):
+    ce_sum, correct, n, mse_sum, n_ph, skipped = distributed.all_reduce_sum(sums, args, device=args.device)
+    metrics = {'train_acc1': 100.0 * correct / max(n, 1), 'images': int(n), 'skipped_bad': int(skipped),
+               ph_key: mse_sum / max(n_ph, 1), 'seconds': time.time() - start}
+    return metrics, ce_sum / max(n, 1)
+
+
+def train_simultaneous_epoch(model, loader, optimizer, epoch, args):
+    """One pass over a :class:`util.datasets.LabelledPH` loader; both losses on every batch.
+
+    Returns {'train_loss' (CE + ph_weight x MSE), 'train_ce', 'train_ph_loss', 'train_acc1', 'images', ...}.
+    """
+    model.train()
+    sums = [0.0] * 6   # ce*n, correct, n, mse*n, n (ph), skipped
+    start = time.time()
+    bar = tqdm(_batches(loader, args), total=len(loader), desc=f'simultaneous epoch {epoch}',
+               disable=not distributed.is_main(args), leave=False, file=sys.stderr, dynamic_ncols=True)
+    for it, (inputs, targets, dropped) in enumerate(bar):
+        sums[5] += dropped
+        if inputs is None:
+            continue
+        ce, mse, correct = _two_task_step(model, optimizer, inputs, targets[0], targets[1].float(), args, epoch, it)
+        n = inputs.shape[0]
+        sums[0] += ce * n
+        sums[1] += correct
+        sums[2] += n
+        sums[3] += mse * n
+        sums[4] += n
+        if distributed.is_main(args) and it % max(1, args.log_interval) == 0:
+            bar.set_postfix(ce=f'{ce:.4g}', ph=f'{mse:.4g}')
+    bar.close()
+    metrics, ce_mean = _epoch_metrics(sums, args, start)
+    metrics['train_ce'] = ce_mean
+    metrics['train_loss'] = ce_mean + args.ph_weight * metrics['train_ph_loss']
+    return metrics
+
+
+def _cycle(make):
+    """Endless batches: iterate ``make()`` again whenever it is exhausted."""
+    while True:
+        empty = True
+        for item in make():
+            empty = False
+            yield item
+        if empty:
+            return
+
+
+def train_alternating_epoch(model, class_loader, make_ph_loader, optimizer, epoch, args):
+    """One pass over the labelled loader; after each labelled batch (CE step) one PH batch (MSE step), the
+    PH loader restarted when exhausted.
+
+    Returns {'train_loss' (CE), 'train_acc1', 'train_ph_loss' (MSE), 'images', 'ph_images', ...}.
+    """
+    model.train()
+    sums = [0.0] * 6
+    start = time.time()
+    ph_batches = _cycle(lambda: _batches(make_ph_loader(), args))
+    bar = tqdm(_batches(class_loader, args), total=len(class_loader), desc=f'alternating epoch {epoch}',
+               disable=not distributed.is_main(args), leave=False, file=sys.stderr, dynamic_ncols=True)
+    for it, (inputs, targets, dropped) in enumerate(bar):
+        sums[5] += dropped
+        if inputs is not None:
+            ce, _, correct = _two_task_step(model, optimizer, inputs, targets, None, args, epoch, it)
+            sums[0] += ce * inputs.shape[0]
+            sums[1] += correct
+            sums[2] += inputs.shape[0]
+        ph_inputs, ph_targets, ph_dropped = next(ph_batches, (None, None, 0))
+        sums[5] += ph_dropped
+        if ph_inputs is not None:
+            _, mse, _ = _two_task_step(model, optimizer, ph_inputs, None, ph_targets.float(), args, epoch, it)
+            sums[3] += mse * ph_inputs.shape[0]
+            sums[4] += ph_inputs.shape[0]
+        if distributed.is_main(args) and it % max(1, args.log_interval) == 0 and inputs is not None:
+            bar.set_postfix(ce=f'{ce:.4g}')
+    bar.close()
+    metrics, ce_mean = _epoch_metrics(sums, args, start)
+    metrics['train_loss'] = ce_mean
+    metrics['ph_images'] = int(distributed.all_reduce_sum([sums[4]], args, device=args.device)[0])
+    return metrics
+
+
