@@ -548,9 +548,8 @@ def stage_ceiling(cfg, clock, res):
 
 def stage_pipeline(cfg, clock, res, tmp):
     import torch
-    from util.datasets import (ComputedLabels, FolderPH, GeneratedPH, MatrixLabels, load_label_matrix,
-                               pretrain_transforms)
-    from util.fileio import save_npy, write_text
+    from util.datasets import ComputedLabels, FolderPH, GeneratedPH, MatrixLabels, pretrain_transforms
+    from util.labels import find_label_matrix, label_names, load_label_matrix, write_label_matrix
     from util.random_image import GeneratorConfig
     torch.backends.cudnn.benchmark = False          # as pretraining.py runs
     folder = os.path.join(tmp, 'jpegs')
@@ -570,10 +569,8 @@ def stage_pipeline(cfg, clock, res, tmp):
     # the consolidated label matrix, as PHdict.py --label_type writes it, read back as pretraining.py -pc does
     ph_dir = os.path.join(tmp, 'PH')
     os.makedirs(ph_dir)
-    save_npy(os.path.join(ph_dir, 'labels_histogram.npy'), matrix)
-    write_text(os.path.join(ph_dir, 'labels_histogram.txt'), ''.join(r + '\n' for r in rel))
-    loaded, names = load_label_matrix(os.path.join(ph_dir, 'labels_histogram.npy'),
-                                      os.path.join(ph_dir, 'labels_histogram.txt'), LABEL_DIM)
+    write_label_matrix(ph_dir, label_names('histogram'), matrix, rel, {'label_type': 'histogram'})
+    loaded, names = load_label_matrix(*find_label_matrix(ph_dir, 'histogram'), expected_dim=LABEL_DIM)
     loaded = np.array(loaded)     # a writable copy: torch warns about read-only (memory-mapped) label rows
     reps = max(1, -(-cfg.epoch_images // len(rel)))
     long_rel = rel * reps                            # one long epoch; the timer stops it

@@ -51,7 +51,8 @@ def build_pretraining_sets(args):
 
 
 def _folder_set(root, flag, computed, spatial, to_tensor, persistence, args, vectoriser, fallback_to_computed=False):
-    from util.datasets import DiagramDirLabels, FolderPH, MatrixLabels, find_label_matrix, load_label_matrix
+    from util.datasets import DiagramDirLabels, FolderPH, MatrixLabels
+    from util.labels import find_label_matrix, load_label_matrix
     fileio.require_dir(root, 'image folder', flag)
     rel = fileio.list_images(root)
     if not rel:

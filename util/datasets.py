@@ -228,34 +228,6 @@ class MatrixLabels:
         return np.array(self.matrix[self.rows[index]], dtype=np.float32)  # a writable copy of the row
 
 
-def find_label_matrix(ph_dir, label_type):
-    """Locate ``labels_<label_type>.npy`` (+ ``.txt``) in ``ph_dir``; return (npy, txt) or None."""
-    npy = os.path.join(ph_dir, f'labels_{label_type}.npy')
-    txt = os.path.join(ph_dir, f'labels_{label_type}.txt')
-    if os.path.isfile(npy) and os.path.isfile(txt):
-        return npy, txt
-    return None
-
-
-def load_label_matrix(npy, txt, expected_dim):
-    """Load and check a consolidated label matrix: float, 2-D, finite, D == expected_dim, one name per row."""
-    try:
-        matrix = np.load(npy, mmap_mode='r', allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read label matrix {npy}: {e}") from None
-    with open(txt, encoding='utf-8') as f:
-        names = [line.rstrip('\n') for line in f if line.strip()]
-    if matrix.ndim != 2 or matrix.shape[0] != len(names):
-        raise UserError(f"{npy} has shape {matrix.shape} but {txt} lists {len(names)} images; rerun PHdict.py")
-    if matrix.shape[1] != expected_dim:
-        raise UserError(f"labels in {npy} have dimension {matrix.shape[1]} but --numof_classes is {expected_dim}; "
-                        f"pass --numof_classes {matrix.shape[1]} or recompute the labels")
-    bad = np.flatnonzero(~np.isfinite(np.asarray(matrix)).all(axis=1))
-    if bad.size:
-        raise UserError(f"{npy} has non-finite values in {bad.size} rows (first: {names[bad[0]]}); recompute them")
-    return np.asarray(matrix, dtype=np.float32), names
-
-
 # ------------------------------------------------------------------------------------------ datasets
 class _PHBase(Dataset):
     """Shared __getitem__: load -> label (pre or post augmentation) -> tensor."""
