@@ -95,13 +95,8 @@ def class_names(args, num_outputs):
 def load_classifier(args):
     """(model in eval mode on args.device, class names) from -pw (a plain state dict or a checkpoint)."""
     import models
-    state, _ = models.read_state_dict(args.path2weight)
-    if any(k.startswith('ph_head.') for k in state):   # a two-head (simultaneous/alternating) checkpoint
-        state = {k[len('net.'):]: v for k, v in state.items() if k.startswith('net.')}
-    num_outputs = models.infer_num_classes(state, args.usenet)
-    names = class_names(args, num_outputs)
-    model = models.build_model(args.usenet, num_outputs)
-    models.load_pretrained(model, state, arch=args.usenet, verbose=False)
+    model, report = models.load_for(args.usenet, args.path2weight)   # also a two-head (simultaneous) file
+    names = class_names(args, report['num_classes'])
     return model.to(args.device).eval(), names
 
 

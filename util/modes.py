@@ -67,18 +67,17 @@ def build_finetune_model(args, init_state=None, quiet=False):
     pretraining phase's model), else from -pw (ours / imagenet), else at random."""
     pw = args.path2weight
     if init_state is not None:
-        model = models.build_model(args.usenet, args.numof_classes)
-        report = models.load_pretrained(model, init_state, arch=args.usenet, verbose=False)
+        model, report = models.load_for(args.usenet, init_state, args.numof_classes)
         if distributed.is_main(args):
             print(f"initialised from the pretraining phase: {report['loaded']} tensors loaded, head "
                   f"{'re-initialised' if report['head_reinitialised'] else 'kept'}", flush=True)
         return model
     if pw == 'imagenet':
-        model = models.build_model(args.usenet, args.numof_classes, weights='imagenet')
+        model, _ = models.load_for(args.usenet, 'imagenet', args.numof_classes)
         print(f"initialised from torchvision's ImageNet weights for {args.usenet}", flush=True)
         return model
-    model = models.build_model(args.usenet, args.numof_classes)
     if not pw:
+        model, _ = models.load_for(args.usenet, None, args.numof_classes)
         if not quiet:
             print("WARNING: no -pw given: training from scratch (random initialisation)", file=sys.stderr,
                   flush=True)
@@ -90,17 +89,15 @@ def build_finetune_model(args, init_state=None, quiet=False):
         raise UserError(f"-npc {args.numof_pretrained_classes} but {pw} has a head of {stored} outputs; "
                         f"drop -npc (it is read from the file)")
     args.numof_pretrained_classes = stored
-    report = models.load_pretrained(model, pw, arch=args.usenet, verbose=distributed.is_main(args))
+    model, report = models.load_for(args.usenet, pw, args.numof_classes, verbose=distributed.is_main(args))
     print(f"initialised from {pw}: {report['loaded']} tensors loaded, head "
           f"{'re-initialised' if report['head_reinitialised'] else 'kept'}", flush=True)
     return model
 
 
 def _pretraining_model(args):
-    model = models.build_model(args.usenet, args.numof_classes,
-                               weights='imagenet' if args.path2weight == 'imagenet' else None)
-    if args.path2weight and args.path2weight != 'imagenet':
-        models.load_pretrained(model, args.path2weight, arch=args.usenet, verbose=distributed.is_main(args))
+    model, _ = models.load_for(args.usenet, args.path2weight or None, args.numof_classes,
+                               verbose=distributed.is_main(args))
     return model
 
 
@@ -193,11 +190,10 @@ def run_evaluation(args):
     _, val_set, classes = build_sets(args, need_train=False)
     if not args.path2weight and not args.resume:
         raise UserError("--evaluate needs the fine-tuned weights: -pw FILE (or --resume checkpoint.pth)")
-    model = models.build_model(args.usenet, len(classes))
     source = runs.resolve_resume(args.resume) if args.resume else args.path2weight
-    report = models.load_pretrained(model, source, arch=args.usenet, verbose=False)
+    model, report = models.load_for(args.usenet, source, len(classes))
     if report['head_reinitialised']:
-        raise UserError(f"{source} has a head of {models.infer_num_classes(source, args.usenet)} outputs but "
+        raise UserError(f"{source} has a head of {report['stored_classes']} outputs but "
                         f"{args.val or 'the validation folder'} has {len(classes)} classes: these are not "
                         f"fine-tuned weights for this dataset")
     args.resume = ''
