@@ -28,6 +28,7 @@ import numpy as np
 from scipy.special import erfc
 
 from util.errors import UserError
+from util.ph import INFINITE_DEATH
 
 VECTORISERS = {}   # label type -> Vectoriser subclass, filled as the classes below are defined
 
@@ -38,8 +39,6 @@ DEFAULT_SIGMA = 100.0
 DEFAULT_POWER = 1.0
 DEFAULT_NUM_LANDSCAPES = 2
 
-# Deaths at or above this are "infinite": cripser writes DBL_MAX (~1.8e308) for essential classes.
-_INF_DEATH = 0.5 * np.finfo(np.float64).max
 _F32_MAX = float(np.finfo(np.float32).max)
 _SQRT_HALF = math.sqrt(0.5)
 # Upper bound on the number of float64 elements of one temporary array (memory of a batch chunk).
@@ -80,7 +79,7 @@ class _Pairs:
             pairs = np.zeros((0, 3))
         index = np.repeat(np.arange(self.count, dtype=np.intp), sizes)
         hom, birth, death = pairs[:, 0], pairs[:, 1], pairs[:, 2]
-        usable = (np.abs(birth) < _INF_DEATH) & (np.abs(death) < _INF_DEATH)  # also False for NaN
+        usable = (np.abs(birth) < INFINITE_DEATH) & (np.abs(death) < INFINITE_DEATH)  # also False for NaN
         self.by_dim = {}
         for h in (0, 1):
             m = usable & (hom == h)
