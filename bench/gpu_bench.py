@@ -116,12 +116,10 @@ def machine_info(device):
 
 
 def _train_args(device, batch_size, workers, amp, channels_last, seed=0):
-    """The Namespace the shared training helpers read (as pretraining.py builds it, single process)."""
-    return argparse.Namespace(device=str(device), batch_size=batch_size, num_workers=workers, world_size=1,
-                              distributed=False, rank=0, local_rank=0, seed=seed, amp=amp,
-                              channels_last=channels_last, log_interval=100, freeze_encoder=False,
-                              optimizer='sgd', momentum=0.9, weight_decay=1e-4, img_size=None, crop_size=None,
-                              affine=False)
+    """The training settings of the shared engine (as pretraining.py builds them, single process)."""
+    from util.config import TrainConfig
+    return TrainConfig(device=str(device), batch_size=batch_size, num_workers=workers, seed=seed, amp=amp,
+                       channels_last=channels_last)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -539,7 +537,7 @@ def stage_ceiling(cfg, clock, res):
                     f"{'bf16' if cfg.amp else 'fp32'}{' + channels_last' if cfg.channels_last else ''}, "
                     f"cudnn.benchmark)")
     arch = cfg.models[0]
-    if clock.left() > cfg.ceiling_seconds + 60:     # the same without cudnn.benchmark, which pretraining.py leaves off
+    if clock.left() > cfg.ceiling_seconds + 60:     # the same without cudnn.benchmark (pretraining.py turns it on)
         r = ceiling_rate(arch, cfg.batch_size, cfg.ceiling_size, cfg.ceiling_seconds, cfg.device, cfg.amp,
                          cfg.channels_last, warmup=cfg.warmup, cudnn_benchmark=False)
         res.set('ceiling', f'{arch}_no_cudnn_benchmark', r)
@@ -549,9 +547,10 @@ def stage_ceiling(cfg, clock, res):
 def stage_pipeline(cfg, clock, res, tmp):
     import torch
     from util.datasets import ComputedLabels, FolderPH, GeneratedPH, MatrixLabels, pretrain_transforms
+    from util.config import AugmentConfig
     from util.labels import find_label_matrix, label_names, load_label_matrix, write_label_matrix
     from util.random_image import GeneratorConfig
-    torch.backends.cudnn.benchmark = False          # as pretraining.py runs
+    torch.backends.cudnn.benchmark = True           # as pretraining.py runs (util.distributed turns it on)
     folder = os.path.join(tmp, 'jpegs')
     os.makedirs(folder)
     rel, gen_rate = make_jpegs(folder, cfg.n_jpegs, cfg.jpeg_size, cfg.workers)
@@ -575,8 +574,7 @@ def stage_pipeline(cfg, clock, res, tmp):
     reps = max(1, -(-cfg.epoch_images // len(rel)))
     long_rel = rel * reps                            # one long epoch; the timer stops it
     targs = _train_args(cfg.device, cfg.batch_size, cfg.workers, cfg.amp, cfg.channels_last)
-    targs.img_size, targs.crop_size = cfg.jpeg_size, cfg.crop_size
-    spatial, to_tensor = pretrain_transforms(targs)
+    spatial, to_tensor = pretrain_transforms(AugmentConfig(img_size=cfg.jpeg_size, crop_size=cfg.crop_size))
     from_labels = FolderPH(folder, long_rel, MatrixLabels(loaded, names, long_rel, 'labels_histogram.npy'),
                            spatial, to_tensor, 'pre')
     # the same image model as the JPEGs the floor was measured on (the README's -pb 0.5 -pc 0.5)

@@ -13,7 +13,7 @@ def build_pretraining_sets(args):
     from util.datasets import ComputedLabels, GeneratedPH, pretrain_transforms, pretrain_val_transforms
     from util.vectorise import vectoriser_from_args
     vectoriser = vectoriser_from_args(args, args.numof_classes)
-    computed = ComputedLabels(vectoriser, args.filtration, getattr(args, 'gradient', False))
+    computed = ComputedLabels(vectoriser, args.filtration, args.gradient)
     spatial, to_tensor = pretrain_transforms(args)
     val_spatial, val_to_tensor = pretrain_val_transforms(args)
 
@@ -123,7 +123,7 @@ def match_classes(args, train_set, val_set, val_root, strict=False):
     if args.numof_classes != len(classes):
         if args.numof_classes != DEFAULT_NUM_CLASSES or strict:
             raise UserError(f"-nc {args.numof_classes} but {val_root or args.train!r} has {len(classes)} classes")
-        if distributed.is_main(args):
+        if distributed.is_main_process():
             print(f"note: {len(classes)} classes found; using -nc {len(classes)}", flush=True)
         args.numof_classes = len(classes)
     return classes
@@ -162,3 +162,24 @@ def build_class_pretraining_sets(args):
     return train, val, match_classes(args, train, val, val_root)
 
 
+
+
+def build_simultaneous_sets(args):
+    """-lm simultaneous: (labelled training set with PH labels, validation ImageFolder, the same validation
+    images with PH labels, class names)."""
+    from torchvision import transforms
+    from util.datasets import (IMAGENET_MEAN, IMAGENET_STD, ComputedLabels, FolderPH, LabelledPH,
+                               finetune_train_parts, finetune_transforms)
+    from util.vectorise import vectoriser_from_args
+    computed = ComputedLabels(vectoriser_from_args(args, args.ph_dims), args.filtration, args.gradient)
+    spatial, to_tensor = finetune_train_parts(args)
+    check_class_layout(args.train, '-t')
+    train_set = LabelledPH(args.train, computed, spatial, to_tensor, args.persistence, args.bad_images)
+    val_root = resolve_val(args)
+    val_set = class_folder(val_root, finetune_transforms(args, False), 'skip', '-val')
+    classes = match_classes(args, train_set, val_set, val_root)
+    val_spatial = transforms.Compose([transforms.Resize(args.img_size), transforms.CenterCrop(args.crop_size)])
+    val_rel = [os.path.relpath(p, val_root).replace(os.sep, '/') for p, _ in val_set.samples]
+    val_ph = FolderPH(val_root, val_rel, computed, val_spatial, transforms.Compose(
+        [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]), 'pre', bad_images='skip')
+    return train_set, val_set, val_ph, classes

@@ -25,19 +25,19 @@ OPTIMIZERS = ('sgd', 'sgd_cos', 'sgd_nesterov', 'sgd_nesterov_cos', 'adam', 'ada
 
 
 # ----------------------------------------------------------------------------------------- optimisation
-def build_optimizer(params, args, lr):
-    name = args.optimizer
+def build_optimizer(params, cfg, lr):
+    name = cfg.optimizer
     if name.startswith('adam'):
-        return torch.optim.Adam(params, lr=lr, weight_decay=args.weight_decay)
-    return torch.optim.SGD(params, lr=lr, momentum=args.momentum, weight_decay=args.weight_decay,
+        return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                            nesterov='nesterov' in name)
 
 
-def build_scheduler(optimizer, args):
+def build_scheduler(optimizer, cfg):
     """Per-epoch schedule: cosine over all epochs for ``*_cos``, else x0.1 at 1/3 and 2/3 of the epochs."""
-    if args.optimizer.endswith('_cos'):
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, args.epochs))
-    milestones = sorted({max(1, args.epochs // 3), max(1, 2 * args.epochs // 3)})
+    if cfg.optimizer.endswith('_cos'):
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, cfg.epochs))
+    milestones = sorted({max(1, cfg.epochs // 3), max(1, 2 * cfg.epochs // 3)})
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
 
 
@@ -55,37 +55,37 @@ def collate_skip_bad(batch):
     return inputs, targets, dropped
 
 
-def autocast(args):
-    device_type = 'cuda' if str(args.device).startswith('cuda') else 'cpu'
-    return torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=bool(args.amp))
+def autocast(cfg):
+    device_type = 'cuda' if str(cfg.device).startswith('cuda') else 'cpu'
+    return torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=bool(cfg.amp))
 
 
-def to_device(x, args):
-    x = x.to(args.device, non_blocking=True)
-    if args.channels_last and x.dim() == 4:
+def to_device(x, cfg):
+    x = x.to(cfg.device, non_blocking=True)
+    if cfg.channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     return x
 
 
-def train_one_epoch(model, loader, criterion, optimizer, epoch, args, task='regression', desc='train'):
+def train_one_epoch(model, loader, criterion, optimizer, epoch, cfg, task='regression', desc='train'):
     """One pass over ``loader``; returns {'train_loss', ['train_acc1'], 'skipped_bad', 'images', 'seconds'}.
 
     ``task`` is 'regression' (MSE on label vectors) or 'classification' (cross-entropy, top-1).
     Losses are averaged over all images of all ranks.
     """
     model.train()
-    if getattr(args, 'freeze_encoder', False):
+    if cfg.freeze_encoder:
         _freeze_encoder_modes(model)
     sums = [0.0, 0.0, 0.0, 0.0]  # loss*n, correct, n, skipped
     start = time.time()
-    bar = tqdm(loader, desc=f'{desc} epoch {epoch}', disable=not is_main(args), leave=False, file=sys.stderr,
+    bar = tqdm(loader, desc=f'{desc} epoch {epoch}', disable=not is_main(cfg), leave=False, file=sys.stderr,
                dynamic_ncols=True)
     for it, (inputs, targets, dropped) in enumerate(bar):
         sums[3] += dropped
         if inputs is None:
             continue
-        inputs, targets = to_device(inputs, args), targets.to(args.device, non_blocking=True)
-        with autocast(args):
+        inputs, targets = to_device(inputs, cfg), targets.to(cfg.device, non_blocking=True)
+        with autocast(cfg):
             outputs = model(inputs)
             if isinstance(outputs, tuple):  # inception/googlenet auxiliary outputs in train mode
                 outputs = outputs[0]
@@ -96,10 +96,10 @@ def train_one_epoch(model, loader, criterion, optimizer, epoch, args, task='regr
         sums[2] += n
         if task == 'classification':
             sums[1] += (outputs.argmax(1) == targets).sum().item()
-        if is_main(args) and it % max(1, args.log_interval) == 0:
+        if is_main(cfg) and it % max(1, cfg.log_interval) == 0:
             bar.set_postfix(loss=f'{loss.item():.4g}', lr=f"{optimizer.param_groups[0]['lr']:.3g}")
     bar.close()
-    loss_sum, correct, n, skipped = all_reduce_sum(sums, args, device=args.device)
+    loss_sum, correct, n, skipped = all_reduce_sum(sums, cfg, device=cfg.device)
     metrics = {'train_loss': loss_sum / max(n, 1), 'images': int(n), 'skipped_bad': int(skipped),
                'seconds': time.time() - start}
     if task == 'classification':
@@ -127,7 +127,7 @@ def _freeze_encoder_modes(model):
 
 
 @torch.no_grad()
-def evaluate_regression(model, loader, criterion, args, prefix='val'):
+def evaluate_regression(model, loader, criterion, cfg, prefix='val'):
     """MSE and R^2 of label-vector predictions: {'val_loss', 'val_r2', 'val_images'}.
 
     R^2 = 1 - sum((y - y_hat)^2) / sum((y - mean_y)^2), the mean taken per output over the whole set.
@@ -141,8 +141,8 @@ def evaluate_regression(model, loader, criterion, args, prefix='val'):
     for inputs, targets, _ in loader:
         if inputs is None:
             continue
-        inputs, targets = to_device(inputs, args), targets.to(args.device).double()
-        with autocast(args):
+        inputs, targets = to_device(inputs, cfg), targets.to(cfg.device).double()
+        with autocast(cfg):
             outputs = model(inputs)
         outputs = outputs.double()
         loss_sum += criterion(outputs.float(), targets.float()).item() * inputs.shape[0]
@@ -158,7 +158,7 @@ def evaluate_regression(model, loader, criterion, args, prefix='val'):
 
 
 @torch.no_grad()
-def evaluate_classification(model, loader, criterion, args, num_classes, prefix='val'):
+def evaluate_classification(model, loader, criterion, cfg, num_classes, prefix='val'):
     """Loss, top-1 and top-k (k = min(5, classes)) accuracy, and the confusion matrix [K, K] (rows = truth)."""
     model.eval()
     k = min(5, num_classes)
@@ -168,8 +168,8 @@ def evaluate_classification(model, loader, criterion, args, num_classes, prefix=
         skipped += dropped
         if inputs is None:
             continue
-        inputs, targets = to_device(inputs, args), targets.to(args.device)
-        with autocast(args):
+        inputs, targets = to_device(inputs, cfg), targets.to(cfg.device)
+        with autocast(cfg):
             outputs = model(inputs)
         outputs = outputs.float()
         loss_sum += criterion(outputs, targets).item() * inputs.shape[0]
@@ -195,7 +195,7 @@ def format_metrics(record):
     return ' '.join(parts)
 
 
-def make_loader(dataset, args, epoch, shuffle=True, train=True):
+def make_loader(dataset, cfg, epoch, shuffle=True, train=True):
     """A DataLoader for one epoch, seeded from (seed, epoch, rank) so any epoch can be replayed exactly.
 
     Under DDP a DistributedSampler splits the data between ranks. Training drops the last incomplete
@@ -203,32 +203,32 @@ def make_loader(dataset, args, epoch, shuffle=True, train=True):
     """
     from torch.utils.data import DataLoader, DistributedSampler
     generator = torch.Generator()
-    generator.manual_seed(epoch_seed(args, epoch))
-    drop_last = train and len(dataset) >= args.batch_size * max(1, args.world_size)
+    generator.manual_seed(epoch_seed(cfg, epoch))
+    drop_last = train and len(dataset) >= cfg.batch_size * max(1, cfg.world_size)
     sampler = None
-    if getattr(args, 'distributed', False) and train:
-        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=args.seed, drop_last=drop_last)
+    if cfg.distributed and train:
+        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=cfg.seed, drop_last=drop_last)
         sampler.set_epoch(epoch)
-    return DataLoader(dataset, batch_size=args.batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-                      num_workers=args.num_workers, pin_memory=str(args.device).startswith('cuda'),
+    return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                      num_workers=cfg.num_workers, pin_memory=str(cfg.device).startswith('cuda'),
                       drop_last=drop_last, worker_init_fn=getattr(dataset, 'worker_init', worker_init_fn), generator=generator,
                       collate_fn=collate_skip_bad, persistent_workers=False,
-                      prefetch_factor=4 if args.num_workers > 0 else None)
+                      prefetch_factor=4 if cfg.num_workers > 0 else None)
 
 
-def prepare_model(model, args):
+def prepare_model(model, cfg):
     """Move to the device (channels-last when asked) and wrap in DDP when distributed."""
-    model = model.to(args.device)
-    if args.channels_last:
+    model = model.to(cfg.device)
+    if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if getattr(args, 'distributed', False):
-        ids = [torch.device(args.device).index] if str(args.device).startswith('cuda') else None
+    if cfg.distributed:
+        ids = [torch.device(cfg.device).index] if str(cfg.device).startswith('cuda') else None
         model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     return model
 
 
-def fit(model, criterion, train_set, args, *, lr, task, weights_name, evaluate=None, checkpoint=None,
-        params=None, on_epoch_end=None, train_epoch=None, tags=None, export=None):
+def fit(model, criterion, train_set, cfg, *, run_dir, lr, task, weights_name, evaluate=None, checkpoint=None,
+        params=None, train_epoch=None, tags=None, export=None, meta=None):
     """The epoch loop shared by both scripts; returns the list of per-epoch records.
 
     Per epoch: train, step the schedule, ``evaluate(model, epoch) -> dict`` on rank 0, append a record to
@@ -240,12 +240,10 @@ def fit(model, criterion, train_set, args, *, lr, task, weights_name, evaluate=N
     then be None); ``tags`` (e.g. ``{'mode': ..., 'phase': ...}``) are added to every log record and to the
     checkpoint; ``export(bare_model) -> nn.Module`` picks what the weights files hold (default: the model).
     """
-    run_dir = args.run_dir
     params = [p for p in model.parameters() if p.requires_grad] if params is None else params
-    optimizer = build_optimizer(params, args, lr)
-    scheduler = build_scheduler(optimizer, args)
-    scaler = None  # bfloat16 autocast needs no loss scaling
-    start = args.start_epoch
+    optimizer = build_optimizer(params, cfg, lr)
+    scheduler = build_scheduler(optimizer, cfg)
+    start = cfg.start_epoch
     if checkpoint is not None:
         unwrap(model).load_state_dict(checkpoint['model'])
         optimizer.load_state_dict(checkpoint['optimizer'])
@@ -256,35 +254,33 @@ def fit(model, criterion, train_set, args, *, lr, task, weights_name, evaluate=N
     elif start > 1:
         for _ in range(start - 1):
             scheduler.step()
-    logger = RunLogger(run_dir, enabled=is_main(args))
+    logger = RunLogger(run_dir, enabled=is_main(cfg))
     if checkpoint is not None:
         logger.truncate_after(start - 1)
     records = []
-    last = args.epochs if args.stop_after < 1 else min(args.epochs, start + args.stop_after - 1)
+    last = cfg.epochs if cfg.stop_after < 1 else min(cfg.epochs, start + cfg.stop_after - 1)
     for epoch in range(start, last + 1):
-        fix_random_seeds(epoch_seed(args, epoch))
+        fix_random_seeds(epoch_seed(cfg, epoch))
         record = {'epoch': epoch, 'lr': optimizer.param_groups[0]['lr'], **(tags or {})}
         if train_epoch is None:
             if hasattr(train_set, 'set_epoch'):
                 train_set.set_epoch(epoch - 1)
-            loader = make_loader(train_set, args, epoch, shuffle=True, train=True)
-            record.update(train_one_epoch(model, loader, criterion, optimizer, epoch, args, task=task))
+            loader = make_loader(train_set, cfg, epoch, shuffle=True, train=True)
+            record.update(train_one_epoch(model, loader, criterion, optimizer, epoch, cfg, task=task))
         else:
             record.update(train_epoch(model, optimizer, epoch))
         scheduler.step()
-        if evaluate is not None and is_main(args):
+        if evaluate is not None and is_main(cfg):
             record.update(evaluate(unwrap(model), epoch))
-        if getattr(args, 'distributed', False):
+        if cfg.distributed:
             dist.barrier()
-        if is_main(args):
+        if is_main(cfg):
             logger.log(record)
-            save_checkpoint(run_dir, model, optimizer, scheduler, scaler, epoch, args, extra=tags)
-            if epoch % args.save_interval == 0 or epoch == args.epochs:
+            save_checkpoint(run_dir, model, optimizer, scheduler, epoch, dict(meta or {}, **(tags or {})))
+            if epoch % cfg.save_interval == 0 or epoch == cfg.epochs:
                 save_weights(os.path.join(run_dir, weights_name.format(epoch=epoch)),
                              model if export is None else export(unwrap(model)))
             print(format_metrics(record), flush=True)
-            if on_epoch_end is not None:
-                on_epoch_end(record)
         records.append(record)
     logger.close()
     return records

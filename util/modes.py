@@ -21,17 +21,18 @@ Classifiers (modes other than pretraining) write ``ft_{usenet}_epoch{E}.pth`` (a
 classifier alone, which torchvision's constructor with ``num_classes=K`` loads) and ``classes.json`` next to it.
 """
 import argparse
+import dataclasses
 import os
 import sys
 
-import numpy as np
 from torch import nn
 
 import models
 from models.two_heads import PHOutput, TwoHeads
-from util import datasets, distributed, engine, fileio, runs
+from util import distributed, engine, fileio, runs
+from util.reports import pictures, write_evaluation
 from util.data_sources import (DEFAULT_NUM_CLASSES, build_class_pretraining_sets, build_pretraining_sets, build_sets,
-                               check_class_layout, class_folder, match_classes, resolve_val)
+                               build_simultaneous_sets, check_class_layout, resolve_val)
 from util.errors import UserError
 from util.two_task import train_alternating_epoch, train_simultaneous_epoch
 
@@ -39,17 +40,65 @@ MODES = ('pretraining', 'finetuning', 'combined', 'simultaneous', 'alternating',
 PHASES = ('pretraining', 'finetuning')          # the sub-folders of a combined run
 
 
-def run(args):
-    """Run the mode ``args.learning_mode`` in this process (the flags already checked by :mod:`util.cli`)."""
-    distributed.init_distributed(args)
+def run(args, cfg):
+    """Run the mode ``args.learning_mode`` in this process: the flags (checked by :mod:`util.cli`) name the
+    data and files, ``cfg`` (:class:`util.config.TrainConfig`, built from them by the CLI) says how to train."""
+    distributed.init_distributed(cfg)
     args.phase = args.learning_mode
-    RUNNERS[args.learning_mode](args)
-    distributed.cleanup_distributed(args)
+    RUNNERS[args.learning_mode](args, cfg)
+    distributed.cleanup_distributed(cfg)
     return 0
 
 
 def _tags(args, phase):
     return {'mode': args.learning_mode, 'phase': phase}
+
+
+def _settings(args, cfg):
+    """What args.json and checkpoints record: the flags and the device set-up found at start."""
+    return dict(vars(args), device=cfg.device, amp=cfg.amp, channels_last=cfg.channels_last, rank=cfg.rank,
+                world_size=cfg.world_size, local_rank=cfg.local_rank, distributed=cfg.distributed)
+
+
+def open_run(args, cfg, kind, run_dir=None):
+    """(run_dir, checkpoint or None): the folder ``--resume`` names (refusing a checkpoint of another mode),
+    else ``run_dir`` (created), else a fresh dated folder under -o; records the settings there."""
+    checkpoint = None
+    if args.resume:
+        run_dir, checkpoint = runs.open_checkpoint(args.resume, kind, args.usenet)
+        if checkpoint.get('mode') not in (None, args.learning_mode):
+            raise UserError(f"--resume {args.resume}: that run used -lm {checkpoint['mode']}, not -lm "
+                            f"{args.learning_mode}")
+    elif run_dir is None:
+        run_dir = runs.make_run_dir(args.output, cfg)
+    elif distributed.is_main(cfg):
+        fileio.ensure_dir(run_dir, 'run folder')
+    args.run_dir = run_dir
+    if distributed.is_main(cfg):
+        runs.write_settings(run_dir, _settings(args, cfg), checkpoint)
+    return run_dir, checkpoint
+
+
+def _start(args, cfg, kind, run_dir, train_set, classes, message=None, titles=None):
+    """Open the run folder, and on rank 0 write classes.json, say ``message`` and save the picture of the
+    first training samples (-oti) of a fresh run. Returns (run_dir, checkpoint or None)."""
+    run_dir, checkpoint = open_run(args, cfg, kind, run_dir)
+    if distributed.is_main(cfg):
+        if classes is not None:
+            fileio.write_json(os.path.join(run_dir, 'classes.json'), classes)
+        if message:
+            print(message, flush=True)
+        if args.output_training_images > 0 and checkpoint is None:
+            runs.save_sample_grid(train_set, args.output_training_images,
+                                  os.path.join(run_dir, 'training_samples.png'), titles=titles)
+    return run_dir, checkpoint
+
+
+def _fit(model, criterion, train_set, args, cfg, run_dir, phase, **kw):
+    """:func:`util.engine.fit` with this run's folder, tags and checkpoint record."""
+    tags = _tags(args, phase)
+    meta = {'args': runs.jsonable(_settings(args, cfg)), 'arch': args.usenet, 'num_outputs': args.numof_classes}
+    return engine.fit(model, criterion, train_set, cfg, run_dir=run_dir, tags=tags, meta=meta, **kw)
 
 
 def phase_args(args, phase, **changes):
@@ -68,7 +117,7 @@ def build_finetune_model(args, init_state=None, quiet=False):
     pw = args.path2weight
     if init_state is not None:
         model, report = models.load_for(args.usenet, init_state, args.numof_classes)
-        if distributed.is_main(args):
+        if distributed.is_main_process():
             print(f"initialised from the pretraining phase: {report['loaded']} tensors loaded, head "
                   f"{'re-initialised' if report['head_reinitialised'] else 'kept'}", flush=True)
         return model
@@ -89,7 +138,7 @@ def build_finetune_model(args, init_state=None, quiet=False):
         raise UserError(f"-npc {args.numof_pretrained_classes} but {pw} has a head of {stored} outputs; "
                         f"drop -npc (it is read from the file)")
     args.numof_pretrained_classes = stored
-    model, report = models.load_for(args.usenet, pw, args.numof_classes, verbose=distributed.is_main(args))
+    model, report = models.load_for(args.usenet, pw, args.numof_classes, verbose=distributed.is_main_process())
     print(f"initialised from {pw}: {report['loaded']} tensors loaded, head "
           f"{'re-initialised' if report['head_reinitialised'] else 'kept'}", flush=True)
     return model
@@ -97,12 +146,12 @@ def build_finetune_model(args, init_state=None, quiet=False):
 
 def _pretraining_model(args):
     model, _ = models.load_for(args.usenet, args.path2weight or None, args.numof_classes,
-                               verbose=distributed.is_main(args))
+                               verbose=distributed.is_main_process())
     return model
 
 
 # ---------------------------------------------------------------------------------------------- runners
-def run_pretraining(args, run_dir=None, phase='pretraining'):
+def run_pretraining(args, cfg, run_dir=None, phase='pretraining'):
     """Pretraining (PH regression, or classes with ``--label_type class``); returns (bare model, records)."""
     classes = None
     if args.label_type == 'class':
@@ -112,80 +161,72 @@ def run_pretraining(args, run_dir=None, phase='pretraining'):
         train_set, val_set = build_pretraining_sets(args)
         source = 'generated on the fly' if args.train is None else f'from {args.train}'
         what = f"{len(train_set)} training images {source}; labels: {args.label_type}, dimension {train_set.dim}"
-    if distributed.is_main(args):
+    if distributed.is_main(cfg):
         print(what + (f"; {len(val_set)} validation images" if val_set is not None else ''), flush=True)
 
     model = _pretraining_model(args)
-    run_dir, checkpoint = runs.setup_dir(args, 'pretraining', run_dir)
-    model = engine.prepare_model(model, args)
+    run_dir, checkpoint = _start(args, cfg, 'pretraining', run_dir, train_set, classes,
+                                 titles=(lambda target: classes[target]) if classes is not None else None)
+    model = engine.prepare_model(model, cfg)
     task = 'classification' if classes is not None else 'regression'
     criterion = nn.CrossEntropyLoss() if classes is not None else nn.MSELoss()
-    if classes is not None and distributed.is_main(args):
-        fileio.write_json(os.path.join(run_dir, 'classes.json'), classes)
-
-    if args.output_training_images > 0 and distributed.is_main(args) and checkpoint is None:
-        runs.save_sample_grid(train_set, args.output_training_images, os.path.join(run_dir, 'training_samples.png'),
-                           titles=(lambda target: classes[target]) if classes is not None else None)
 
     evaluate = None
     if val_set is not None:
         def evaluate(bare_model, epoch):
-            loader = engine.make_loader(val_set, args, epoch, shuffle=False, train=False)
+            loader = engine.make_loader(val_set, cfg, epoch, shuffle=False, train=False)
             if classes is not None:
-                return engine.evaluate_classification(bare_model, loader, criterion, args, len(classes))[0]
-            return engine.evaluate_regression(bare_model, loader, criterion, args)
+                return engine.evaluate_classification(bare_model, loader, criterion, cfg, len(classes))[0]
+            return engine.evaluate_regression(bare_model, loader, criterion, cfg)
 
     weights_name = f'{args.usenet}_epoch{{epoch}}.pth'
-    records = engine.fit(model, criterion, train_set, args, lr=args.lr_pre, task=task, weights_name=weights_name,
-                    evaluate=evaluate, checkpoint=checkpoint, tags=_tags(args, phase))
-    if distributed.is_main(args):
-        _pictures(model, run_dir, filters=True)
-        print(runs.final_message(args, records, weights_name), flush=True)
+    records = _fit(model, criterion, train_set, args, cfg, run_dir, phase, lr=args.lr_pre, task=task,
+                   weights_name=weights_name, evaluate=evaluate, checkpoint=checkpoint)
+    if distributed.is_main(cfg):
+        pictures(model, run_dir, filters=True)
+        print(runs.final_message(run_dir, records, weights_name, cfg.epochs, cfg.start_epoch), flush=True)
     return models.unwrap(model), records
 
 
-def run_finetuning(args, run_dir=None, phase='finetuning', init_state=None):
+def run_finetuning(args, cfg, run_dir=None, phase='finetuning', init_state=None):
     """Fine-tuning on the class folders of -t/-val; returns (bare model, records)."""
     train_set, val_set, classes = build_sets(args, need_train=True)
     model = build_finetune_model(args, init_state, quiet=bool(args.resume))
     params = None
-    if args.freeze_encoder:
+    if cfg.freeze_encoder:
         head_names = models.head_parameter_names(model)
         for name, p in model.named_parameters():
             p.requires_grad = name in head_names
         params = [p for p in model.parameters() if p.requires_grad]
-    run_dir, checkpoint = runs.setup_dir(args, 'fine-tuning', run_dir)
-    if distributed.is_main(args):
-        fileio.write_json(os.path.join(run_dir, 'classes.json'), classes)
-        print(f"{len(train_set)} training / {len(val_set)} validation images, {len(classes)} classes", flush=True)
-    model = engine.prepare_model(model, args)
-    if args.output_training_images > 0 and distributed.is_main(args) and checkpoint is None:
-        runs.save_sample_grid(train_set, args.output_training_images, os.path.join(run_dir, 'training_samples.png'),
-                           titles=lambda target: classes[target])
-    criterion = nn.CrossEntropyLoss()
-
-    def evaluate(bare_model, epoch):
-        loader = engine.make_loader(val_set, args, epoch, shuffle=False, train=False)
-        return engine.evaluate_classification(bare_model, loader, criterion, args, len(classes))[0]
-
-    weights_name = f'ft_{args.usenet}_epoch{{epoch}}.pth'
-    records = engine.fit(model, criterion, train_set, args, lr=args.lr_fine, task='classification',
-                    weights_name=weights_name, evaluate=evaluate, checkpoint=checkpoint, params=params,
-                    tags=_tags(args, phase))
-    _finish_classifier(args, models.unwrap(model), val_set, classes, run_dir, records, weights_name)
+    run_dir, checkpoint = _start(args, cfg, 'fine-tuning', run_dir, train_set, classes,
+                                 f"{len(train_set)} training / {len(val_set)} validation images, "
+                                 f"{len(classes)} classes", titles=lambda target: classes[target])
+    model = engine.prepare_model(model, cfg)
+    records = _fit_classifier(model, train_set, val_set, classes, args, cfg, run_dir, phase,
+                              _class_eval(val_set, classes, cfg, lambda m: m), checkpoint=checkpoint,
+                              params=params)
     return models.unwrap(model), records
 
 
-def _finish_classifier(args, classifier, val_set, classes, run_dir, records, weights_name):
-    """Rank 0: the final evaluation files, the curves and the closing line."""
-    if not distributed.is_main(args):
-        return
-    write_evaluation(classifier, val_set, classes, nn.CrossEntropyLoss(), args, run_dir)
-    _pictures(None, run_dir, filters=False)
-    print(runs.final_message(args, records, weights_name), flush=True)
+def _fit_classifier(model, train_set, val_set, classes, args, cfg, run_dir, phase, evaluate, classifier=None,
+                    **kw):
+    """Train a classifier (or a two-head model whose ``classifier(bare model)`` is it) with the fine-tuning
+    rate, writing ft_{usenet}_epoch{E}.pth; then, on rank 0, the final evaluation, the curves and the
+    closing line. Returns the records."""
+    weights_name = f'ft_{args.usenet}_epoch{{epoch}}.pth'
+    criterion = nn.CrossEntropyLoss() if train_set is not None else None
+    records = _fit(model, criterion, train_set, args, cfg, run_dir, phase, lr=args.lr_fine, task='classification',
+                   weights_name=weights_name, evaluate=evaluate, export=classifier, **kw)
+    if distributed.is_main(cfg):
+        bare = models.unwrap(model)
+        write_evaluation(bare if classifier is None else classifier(bare), val_set, classes, nn.CrossEntropyLoss(),
+                         cfg, run_dir, args.learning_mode)
+        pictures(None, run_dir, filters=False)
+        print(runs.final_message(run_dir, records, weights_name, cfg.epochs, cfg.start_epoch), flush=True)
+    return records
 
 
-def run_evaluation(args):
+def run_evaluation(args, cfg):
     """Evaluate fine-tuned weights (-pw or --resume) on -val: metrics.json, per_class.csv, confusion matrix."""
     _, val_set, classes = build_sets(args, need_train=False)
     if not args.path2weight and not args.resume:
@@ -197,50 +238,21 @@ def run_evaluation(args):
                         f"{args.val or 'the validation folder'} has {len(classes)} classes: these are not "
                         f"fine-tuned weights for this dataset")
     args.resume = ''
-    run_dir, _ = runs.setup_run(args, 'evaluation')
-    model = engine.prepare_model(model, args)
-    metrics = write_evaluation(model, val_set, classes, nn.CrossEntropyLoss(), args, run_dir)
+    run_dir, _ = open_run(args, cfg, 'evaluation')
+    model = engine.prepare_model(model, cfg)
+    metrics = write_evaluation(model, val_set, classes, nn.CrossEntropyLoss(), cfg, run_dir, args.learning_mode)
     print(engine.format_metrics(metrics), flush=True)
     return metrics
 
 
-def write_evaluation(model, val_set, classes, criterion, args, run_dir):
-    """metrics.json, per_class.csv, confusion_matrix.csv and .png in ``run_dir``; returns the metrics."""
-    loader = engine.make_loader(val_set, args, 0, shuffle=False, train=False)
-    metrics, cm = engine.evaluate_classification(model, loader, criterion, args, len(classes))
-    per_class = np.divide(np.diag(cm), cm.sum(1), out=np.full(len(classes), np.nan), where=cm.sum(1) > 0)
-    lines = ['class,images,correct,accuracy'] + [f'{c},{int(cm[i].sum())},{int(cm[i, i])},{100 * per_class[i]:.2f}'
-                                                 for i, c in enumerate(classes)]
-    fileio.write_text(os.path.join(run_dir, 'per_class.csv'), '\n'.join(lines) + '\n')
-    fileio.write_json(os.path.join(run_dir, 'metrics.json'), dict(metrics, mode=args.learning_mode))
-    try:
-        from util.plotting import confusion_matrix_csv, confusion_matrix_png
-        confusion_matrix_csv(cm, classes, os.path.join(run_dir, 'confusion_matrix.csv'))
-        confusion_matrix_png(cm, classes, os.path.join(run_dir, 'confusion_matrix.png'))
-    except Exception as e:  # pictures are a convenience; the CSV above already holds the numbers
-        print(f"warning: could not draw the confusion matrix: {e}", file=sys.stderr)
-    return metrics
-
-
-def _pictures(model, run_dir, filters):
-    """Loss curves (and first-layer filters); a plotting failure never fails the run."""
-    try:
-        from util.plotting import curves_from_log, filter_grid
-        curves_from_log(os.path.join(run_dir, runs.LOG_NAME), os.path.join(run_dir, 'curves.png'))
-        if filters:
-            filter_grid(models.unwrap(model), os.path.join(run_dir, 'filters.png'))
-    except Exception as e:  # pictures are a convenience
-        print(f"warning: could not draw pictures: {e}", file=sys.stderr)
-
-
 # ---------------------------------------------------------------------------------------------- combined
-def _combined_folders(args):
+def _combined_folders(args, cfg):
     """(top run folder, pretraining checkpoint or None, fine-tuning checkpoint or None) of a combined run:
     a fresh dated folder, or the one --resume names (the top folder, a phase folder or a checkpoint)."""
     if not args.resume:
-        top = runs.make_run_dir(args.output, args)
-        if distributed.is_main(args):
-            fileio.write_json(os.path.join(top, 'args.json'), runs.args_to_dict(args))
+        top = runs.make_run_dir(args.output, cfg)
+        if distributed.is_main(cfg):
+            runs.write_settings(top, _settings(args, cfg))
         return top, None, None
     top = os.path.abspath(args.resume)
     if os.path.isfile(top):
@@ -255,20 +267,21 @@ def _combined_folders(args):
     return top, found[0], found[1]
 
 
-def run_combined(args):
+def run_combined(args, cfg):
     """Pretraining phase, then fine-tuning from its weights, in ``<run>/pretraining`` and ``<run>/finetuning``."""
     if not args.train:   # the fine-tuning data are checked before the (long) first phase starts
         raise UserError("-lm combined fine-tunes on labelled images: give their class folders with -t DIR "
                         "(the pretraining images, if any, with -t2)")
     check_class_layout(args.train, '-t')
     check_class_layout(resolve_val(args), '-val')
-    top, pre_ckpt, ft_ckpt = _combined_folders(args)
-    if distributed.is_main(args):
+    top, pre_ckpt, ft_ckpt = _combined_folders(args, cfg)
+    if distributed.is_main(cfg):
         print(f"combined run in {top}: pretraining for {args.epochs_pre} epochs, then fine-tuning for "
               f"{args.epochs} epochs", flush=True)
     pre = phase_args(args, 'pretraining', epochs=args.epochs_pre, train=args.ph_train, val=args.ph_val,
                      freeze_encoder=False, resume='',
                      numof_classes=DEFAULT_NUM_CLASSES if args.label_type == 'class' else args.ph_dims)
+    pre_cfg = dataclasses.replace(cfg, epochs=args.epochs_pre, freeze_encoder=False)
     init_state, done = None, 0
     if ft_ckpt is None:
         state = runs.load_checkpoint(pre_ckpt) if pre_ckpt else None
@@ -277,23 +290,25 @@ def run_combined(args):
             print(f"pretraining phase already complete ({pre_ckpt}); fine-tuning from it", flush=True)
         else:
             pre.resume = pre_ckpt or ''
-            model, records = run_pretraining(pre, os.path.join(top, 'pretraining'), phase='pretraining')
+            model, records = run_pretraining(pre, pre_cfg, os.path.join(top, 'pretraining'),
+                                             phase='pretraining')
             done = len(records)
             if not records or records[-1]['epoch'] < args.epochs_pre:
-                return _stopped(args, top)
+                return _stopped(cfg, top)
             init_state = model.state_dict()
-            if args.stop_after > 0 and done >= args.stop_after:
-                return _stopped(args, top)
-    ft = phase_args(args, 'finetuning', resume=ft_ckpt or '', path2weight=None,
-                    stop_after=args.stop_after - done if args.stop_after > 0 else 0)
-    _, records = run_finetuning(ft, os.path.join(top, 'finetuning'), phase='finetuning', init_state=init_state)
+            if cfg.stop_after > 0 and done >= cfg.stop_after:
+                return _stopped(cfg, top)
+    stop_after = cfg.stop_after - done if cfg.stop_after > 0 else 0
+    ft = phase_args(args, 'finetuning', resume=ft_ckpt or '', path2weight=None, stop_after=stop_after)
+    _, records = run_finetuning(ft, dataclasses.replace(cfg, stop_after=stop_after),
+                                os.path.join(top, 'finetuning'), phase='finetuning', init_state=init_state)
     if records and records[-1]['epoch'] < args.epochs:
-        return _stopped(args, top)
+        return _stopped(cfg, top)
     return None
 
 
-def _stopped(args, top):
-    if distributed.is_main(args):
+def _stopped(cfg, top):
+    if distributed.is_main(cfg):
         print(f"combined run stopped early; continue with -lm combined --resume {top}", flush=True)
 
 
@@ -303,106 +318,83 @@ def _two_head_model(args):
     return TwoHeads(model, args.ph_dims)
 
 
-def _ph_eval(val_ph, criterion, args):
+def _ph_eval(val_ph, criterion, cfg):
     def evaluate(bare_model, epoch):
-        loader = engine.make_loader(val_ph, args, epoch, shuffle=False, train=False)
-        return engine.evaluate_regression(PHOutput(bare_model), loader, criterion, args, prefix='val_ph')
+        loader = engine.make_loader(val_ph, cfg, epoch, shuffle=False, train=False)
+        return engine.evaluate_regression(PHOutput(bare_model), loader, criterion, cfg, prefix='val_ph')
     return evaluate
 
 
-def _class_eval(val_set, classes, args):
+def _class_eval(val_set, classes, cfg, classifier):
     def evaluate(bare_model, epoch):
-        loader = engine.make_loader(val_set, args, epoch, shuffle=False, train=False)
-        return engine.evaluate_classification(bare_model.net, loader, nn.CrossEntropyLoss(), args, len(classes))[0]
+        loader = engine.make_loader(val_set, cfg, epoch, shuffle=False, train=False)
+        return engine.evaluate_classification(classifier(bare_model), loader, nn.CrossEntropyLoss(), cfg,
+                                              len(classes))[0]
     return evaluate
 
 
-def run_simultaneous(args):
+def _net(two_heads):
+    return two_heads.net
+
+
+def run_simultaneous(args, cfg):
     """One labelled folder, two heads: CE on the classes + ph_weight x MSE on PH labels of the same images."""
-    from torchvision import transforms
-    from util.datasets import ComputedLabels, FolderPH, LabelledPH, finetune_train_parts, finetune_transforms
-    from util.vectorise import vectoriser_from_args
     if not args.train:
         raise UserError("-lm simultaneous trains on labelled images: give their class folders with -t DIR")
-    computed = ComputedLabels(vectoriser_from_args(args, args.ph_dims), args.filtration, args.gradient)
-    spatial, to_tensor = finetune_train_parts(args)
-    check_class_layout(args.train, '-t')
-    train_set = LabelledPH(args.train, computed, spatial, to_tensor, args.persistence, args.bad_images)
-    val_root = resolve_val(args)
-    val_set = class_folder(val_root, finetune_transforms(args, False), 'skip', '-val')
-    classes = match_classes(args, train_set, val_set, val_root)
-    val_spatial = transforms.Compose([transforms.Resize(args.img_size), transforms.CenterCrop(args.crop_size)])
-    val_rel = [os.path.relpath(p, val_root).replace(os.sep, '/') for p, _ in val_set.samples]
-    val_ph = FolderPH(val_root, val_rel, computed, val_spatial, transforms.Compose(
-        [transforms.ToTensor(), transforms.Normalize(datasets.IMAGENET_MEAN, datasets.IMAGENET_STD)]), 'pre', bad_images='skip')
-
+    train_set, val_set, val_ph, classes = build_simultaneous_sets(args)
     model = _two_head_model(args)
-    run_dir, checkpoint = runs.setup_dir(args, 'simultaneous')
-    if distributed.is_main(args):
-        fileio.write_json(os.path.join(run_dir, 'classes.json'), classes)
-        print(f"{len(train_set)} training / {len(val_set)} validation images, {len(classes)} classes; PH labels "
-              f"{args.label_type} of dimension {args.ph_dims}, weight {args.ph_weight}", flush=True)
-    if args.output_training_images > 0 and distributed.is_main(args) and checkpoint is None:
-        runs.save_sample_grid(train_set, args.output_training_images, os.path.join(run_dir, 'training_samples.png'),
-                           titles=lambda target: classes[target[0]])
-    model = engine.prepare_model(model, args)
+    run_dir, checkpoint = _start(args, cfg, 'simultaneous', None, train_set, classes,
+                                 f"{len(train_set)} training / {len(val_set)} validation images, {len(classes)} "
+                                 f"classes; PH labels {args.label_type} of dimension {args.ph_dims}, weight "
+                                 f"{args.ph_weight}", titles=lambda target: classes[target[0]])
+    model = engine.prepare_model(model, cfg)
 
     def train_epoch(m, optimizer, epoch):
-        loader = engine.make_loader(train_set, args, epoch, shuffle=True, train=True)
-        return train_simultaneous_epoch(m, loader, optimizer, epoch, args)
+        loader = engine.make_loader(train_set, cfg, epoch, shuffle=True, train=True)
+        return train_simultaneous_epoch(m, loader, optimizer, epoch, cfg)
 
-    class_eval, ph_eval = _class_eval(val_set, classes, args), _ph_eval(val_ph, nn.MSELoss(), args)
-    weights_name = f'ft_{args.usenet}_epoch{{epoch}}.pth'
-    records = engine.fit(model, None, None, args, lr=args.lr_fine, task='classification', weights_name=weights_name,
-                    evaluate=lambda m, e: {**class_eval(m, e), **ph_eval(m, e)}, checkpoint=checkpoint,
-                    train_epoch=train_epoch, tags=_tags(args, 'simultaneous'), export=lambda m: m.net)
-    _finish_classifier(args, models.unwrap(model).net, val_set, classes, run_dir, records, weights_name)
+    class_eval, ph_eval = _class_eval(val_set, classes, cfg, _net), _ph_eval(val_ph, nn.MSELoss(), cfg)
+    _fit_classifier(model, None, val_set, classes, args, cfg, run_dir, 'simultaneous',
+                    lambda m, e: {**class_eval(m, e), **ph_eval(m, e)}, classifier=_net, checkpoint=checkpoint,
+                    train_epoch=train_epoch)
 
 
-def run_alternating(args):
+def run_alternating(args, cfg):
     """Batches alternate between the labelled folder -t (CE) and PH-labelled images (-t2 or generated; MSE)."""
     train_set, val_set, classes = build_sets(args, need_train=True)
     ph_args = phase_args(args, 'alternating', train=args.ph_train, val=args.ph_val, numof_classes=args.ph_dims)
     ph_train, ph_val = build_pretraining_sets(ph_args)
 
     model = _two_head_model(args)
-    run_dir, checkpoint = runs.setup_dir(args, 'alternating')
-    if distributed.is_main(args):
-        fileio.write_json(os.path.join(run_dir, 'classes.json'), classes)
-        source = 'generated on the fly' if args.ph_train is None else f'from {args.ph_train}'
-        print(f"{len(train_set)} labelled training / {len(val_set)} validation images, {len(classes)} classes; "
-              f"{len(ph_train)} PH images {source} (labels {args.label_type}, dimension {args.ph_dims}, "
-              f"weight {args.ph_weight})", flush=True)
-    if args.output_training_images > 0 and distributed.is_main(args) and checkpoint is None:
-        runs.save_sample_grid(train_set, args.output_training_images, os.path.join(run_dir, 'training_samples.png'),
-                           titles=lambda target: classes[target])
-    model = engine.prepare_model(model, args)
+    source = 'generated on the fly' if args.ph_train is None else f'from {args.ph_train}'
+    run_dir, checkpoint = _start(args, cfg, 'alternating', None, train_set, classes,
+                                 f"{len(train_set)} labelled training / {len(val_set)} validation images, "
+                                 f"{len(classes)} classes; {len(ph_train)} PH images {source} (labels "
+                                 f"{args.label_type}, dimension {args.ph_dims}, weight {args.ph_weight})",
+                                 titles=lambda target: classes[target])
+    model = engine.prepare_model(model, cfg)
 
     def train_epoch(m, optimizer, epoch):
         if hasattr(ph_train, 'set_epoch'):
             ph_train.set_epoch(epoch - 1)
-        class_loader = engine.make_loader(train_set, args, epoch, shuffle=True, train=True)
-        return train_alternating_epoch(m, class_loader, lambda: engine.make_loader(ph_train, args, epoch),
-                                       optimizer, epoch, args)
+        class_loader = engine.make_loader(train_set, cfg, epoch, shuffle=True, train=True)
+        return train_alternating_epoch(m, class_loader, lambda: engine.make_loader(ph_train, cfg, epoch),
+                                       optimizer, epoch, cfg)
 
-    class_eval = _class_eval(val_set, classes, args)
-    ph_eval = _ph_eval(ph_val, nn.MSELoss(), args) if ph_val is not None else (lambda m, e: {})
-    weights_name = f'ft_{args.usenet}_epoch{{epoch}}.pth'
-    records = engine.fit(model, None, None, args, lr=args.lr_fine, task='classification', weights_name=weights_name,
-                    evaluate=lambda m, e: {**class_eval(m, e), **ph_eval(m, e)}, checkpoint=checkpoint,
-                    train_epoch=train_epoch, tags=_tags(args, 'alternating'), export=lambda m: m.net)
-    _finish_classifier(args, models.unwrap(model).net, val_set, classes, run_dir, records, weights_name)
+    class_eval = _class_eval(val_set, classes, cfg, _net)
+    ph_eval = _ph_eval(ph_val, nn.MSELoss(), cfg) if ph_val is not None else (lambda m, e: {})
+    _fit_classifier(model, None, val_set, classes, args, cfg, run_dir, 'alternating',
+                    lambda m, e: {**class_eval(m, e), **ph_eval(m, e)}, classifier=_net, checkpoint=checkpoint,
+                    train_epoch=train_epoch)
 
 
-def _run_pretraining_mode(args):
-    run_pretraining(args)
+def _run_pretraining_mode(args, cfg):
+    run_pretraining(args, cfg)
 
 
-def _run_finetuning_mode(args):
-    run_finetuning(args)
+def _run_finetuning_mode(args, cfg):
+    run_finetuning(args, cfg)
 
 
 RUNNERS = {'pretraining': _run_pretraining_mode, 'finetuning': _run_finetuning_mode, 'combined': run_combined,
            'simultaneous': run_simultaneous, 'alternating': run_alternating, 'evaluation': run_evaluation}
-
-

@@ -18,13 +18,13 @@ CHECKPOINT_NAME = 'checkpoint.pth'
 LOG_NAME = 'log.jsonl'
 
 
-def make_run_dir(output, args):
+def make_run_dir(output, cfg):
     """Create a fresh dated folder under ``output`` (``YYYY_MMDD_HHMM``, suffixed ``_2``, ... when taken).
 
     Never reuses an existing folder. Rank 0 creates it; every rank gets its path.
     """
     path = None
-    if is_main(args):
+    if is_main(cfg):
         fileio.ensure_dir(output)
         stamp = datetime.datetime.now().strftime('%Y_%m%d_%H%M')
         for k in range(1, 10000):
@@ -37,7 +37,7 @@ def make_run_dir(output, args):
                 raise UserError(f"cannot create a run folder in {output!r}: {e.strerror}") from None
             path = candidate
             break
-    return broadcast_object(path, args)
+    return broadcast_object(path, cfg)
 
 
 def resolve_resume(path):
@@ -49,10 +49,11 @@ def resolve_resume(path):
     return path
 
 
-def args_to_dict(args):
-    """``vars(args)`` reduced to JSON-able builtins (what checkpoints and args.json store)."""
+def jsonable(settings):
+    """A dict of settings (e.g. ``vars(args)``) reduced to JSON-able builtins (what checkpoints and args.json
+    store)."""
     out = {}
-    for k, v in vars(args).items():
+    for k, v in dict(settings).items():
         if isinstance(v, (str, int, float, bool)) or v is None:
             out[k] = v
         elif isinstance(v, (list, tuple)):
@@ -149,14 +150,13 @@ def _list_to_tuple(x):
     return tuple(_list_to_tuple(v) for v in x) if isinstance(x, (tuple, list)) else x
 
 
-def save_checkpoint(run_dir, model, optimizer, scheduler, scaler, epoch, args, extra=None):
-    """Write ``checkpoint.pth`` (atomically): model, optimizer, lr_scheduler, scaler, epoch, RNG, args."""
+def save_checkpoint(run_dir, model, optimizer, scheduler, epoch, meta=None):
+    """Write ``checkpoint.pth`` (atomically): model, optimizer, lr_scheduler, epoch, RNG, and ``meta`` (builtins:
+    the run's ``args``, ``arch``, ``num_outputs``, ``mode``, ``phase``)."""
     state = {'model': unwrap(model).state_dict(), 'optimizer': optimizer.state_dict(),
-             'lr_scheduler': scheduler.state_dict(), 'scaler': scaler.state_dict() if scaler else {},
-             'epoch': epoch, 'rng': rng_state(), 'args': args_to_dict(args),
-             'arch': args.usenet, 'num_outputs': args.numof_classes}
-    if extra:
-        state.update(extra)
+             'lr_scheduler': scheduler.state_dict(), 'epoch': epoch, 'rng': rng_state()}
+    if meta:
+        state.update(meta)
     fileio.torch_save(state, os.path.join(run_dir, CHECKPOINT_NAME))
 
 
@@ -173,36 +173,31 @@ def save_weights(path, model):
     fileio.torch_save(unwrap(model).state_dict(), path)
 
 
-def setup_run(args, kind):
-    """The run folder: the resumed run's folder with ``--resume``, else a fresh dated one. Writes args.json.
-
-    Returns (run_dir, checkpoint dict or None).
-    """
-    checkpoint = None
-    if args.resume:
-        path = resolve_resume(args.resume)
-        checkpoint = load_checkpoint(path)
-        for key in ('model', 'optimizer', 'lr_scheduler', 'epoch'):
-            if key not in checkpoint:
-                raise UserError(f"{path} is not a {kind} checkpoint (no {key!r}); pass the run's {CHECKPOINT_NAME}")
-        if checkpoint.get('arch') not in (None, args.usenet):
-            raise UserError(f"{path} was trained with -u {checkpoint['arch']}, not -u {args.usenet}")
-        run_dir = os.path.dirname(os.path.abspath(path))
-    else:
-        run_dir = make_run_dir(args.output, args)
-    args.run_dir = run_dir
-    if is_main(args):
-        name = 'args.json' if checkpoint is None else f"args_resume_epoch{checkpoint['epoch'] + 1}.json"
-        fileio.write_json(os.path.join(run_dir, name), args_to_dict(args))
-    return run_dir, checkpoint
+def open_checkpoint(resume, kind, arch):
+    """``--resume``: (the run folder, its checkpoint dict), refusing a file that is not a ``kind`` checkpoint
+    of architecture ``arch``."""
+    path = resolve_resume(resume)
+    checkpoint = load_checkpoint(path)
+    for key in ('model', 'optimizer', 'lr_scheduler', 'epoch'):
+        if key not in checkpoint:
+            raise UserError(f"{path} is not a {kind} checkpoint (no {key!r}); pass the run's {CHECKPOINT_NAME}")
+    if checkpoint.get('arch') not in (None, arch):
+        raise UserError(f"{path} was trained with -u {checkpoint['arch']}, not -u {arch}")
+    return os.path.dirname(os.path.abspath(path)), checkpoint
 
 
-def final_message(args, records, weights_name):
+def write_settings(run_dir, settings, checkpoint=None):
+    """``args.json`` of a fresh run, or ``args_resume_epoch{E}.json`` when continuing ``checkpoint``."""
+    name = 'args.json' if checkpoint is None else f"args_resume_epoch{checkpoint['epoch'] + 1}.json"
+    fileio.write_json(os.path.join(run_dir, name), jsonable(settings))
+
+
+def final_message(run_dir, records, weights_name, epochs, start_epoch=1):
     """The closing line: where the final weights are, or how to continue a run stopped early."""
-    last = records[-1]['epoch'] if records else args.start_epoch - 1
-    if last >= args.epochs:
-        return f"weights: {os.path.join(args.run_dir, weights_name.format(epoch=args.epochs))}"
-    return f"stopped after epoch {last} of {args.epochs}; continue with --resume {args.run_dir}"
+    last = records[-1]['epoch'] if records else start_epoch - 1
+    if last >= epochs:
+        return f"weights: {os.path.join(run_dir, weights_name.format(epoch=epochs))}"
+    return f"stopped after epoch {last} of {epochs}; continue with --resume {run_dir}"
 
 
 def save_sample_grid(dataset, n, path, titles=None):
@@ -215,23 +210,6 @@ def save_sample_grid(dataset, n, path, titles=None):
     if items:
         sample_grid(torch.stack([it[0] for it in items]), path, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                     titles=[titles(it[1]) for it in items] if titles else None)
-
-
-def setup_dir(args, kind, run_dir=None):
-    """(run_dir, checkpoint or None): :func:`setup_run`, or the given folder (created) when
-    ``run_dir`` is set and this is not a resume. Refuses to resume a checkpoint of another mode."""
-    if run_dir is None or args.resume:
-        run_dir, checkpoint = setup_run(args, kind)
-        if checkpoint is not None and checkpoint.get('mode') not in (None, args.learning_mode):
-            raise UserError(f"--resume {args.resume}: that run used -lm {checkpoint['mode']}, not -lm "
-                            f"{args.learning_mode}")
-        return run_dir, checkpoint
-    if is_main(args):
-        fileio.ensure_dir(run_dir, 'run folder')
-    args.run_dir = run_dir
-    if is_main(args):
-        fileio.write_json(os.path.join(run_dir, 'args.json'), args_to_dict(args))
-    return run_dir, None
 
 
 def read_classes(path):

@@ -11,9 +11,9 @@ def fix_random_seeds(seed):
     torch.manual_seed(seed)
 
 
-def epoch_seed(args, epoch):
+def epoch_seed(cfg, epoch):
     """The seed of one epoch on one rank: depends on nothing but (seed, epoch, rank)."""
-    return (args.seed * 1_000_003 + epoch * 7919 + getattr(args, 'rank', 0)) % 2**63
+    return (cfg.seed * 1_000_003 + epoch * 7919 + cfg.rank) % 2**63
 
 
 def worker_init_fn(worker_id):

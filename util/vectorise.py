@@ -707,8 +707,10 @@ def add_label_args(parser, **short):
 
 
 def vectoriser_from_args(args, dim):
-    """The vectoriser described by the label flags of an argparse ``Namespace`` (missing ones take defaults)."""
-    get = lambda name: getattr(args, name, _LABEL_FLAGS[name]['default'])  # noqa: E731
+    """The vectoriser described by the label flags (:func:`add_label_args`) of an argparse ``Namespace``;
+    flags the parser did not define take their defaults."""
+    given = vars(args)
+    get = lambda name: given.get(name, _LABEL_FLAGS[name]['default'])  # noqa: E731
     return make_vectoriser(get('label_type'), dim, max_life=get('max_life'), max_birth=get('max_birth'),
                            min_birth=get('min_birth'), bandwidth=get('bandwidth'), sigma=get('sigma'),
                            power=get('power'), num_landscapes=get('num_landscapes'))
