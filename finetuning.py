@@ -8,8 +8,10 @@ pretraining.py; see util/modes.py and -h.
 """
 from util import cli
 from util.errors import run_cli
-from util.data_sources import build_sets, resolve_val  # noqa: F401  (part of this script's importable API)
-from util.modes import build_finetune_model, write_evaluation  # noqa: F401
+# part of this script's importable API:
+from util.data_sources import build_sets, resolve_val  # noqa: F401
+from util.modes import build_finetune_model  # noqa: F401
+from util.reports import write_evaluation  # noqa: F401
 
 EXAMPLES = """examples:
   python finetuning.py -t data/CIFAR100/train -val data/CIFAR100/val -pw weights/XX/resnet50_epoch90.pth -npc 200 -o result -nc 100 -e 90

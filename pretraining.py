@@ -27,9 +27,8 @@ Outputs go to a new dated folder under -o: args.json, log.jsonl (one line per ep
 
 
 def get_args_parser(default_mode='pretraining'):
-    return cli.get_args_parser(default_mode, description='Pretrain a CNN on persistent-homology labels (no real images or '
-                               'human labels needed).',
-                               epilog=EXAMPLES)
+    return cli.get_args_parser(default_mode, epilog=EXAMPLES, description='Pretrain a CNN on persistent-homology '
+                               'labels (no real images or human labels needed).')
 
 
 def main(args):

@@ -38,22 +38,27 @@ def add_common_args(parser):
     g = parser.add_argument_group('parallelism and devices')
     g.add_argument('--pidf', '-p', default=None, help="distributed backend ('nccl' or 'gloo'); default: nccl on "
                    "CUDA, gloo on CPU. Distributed training starts under torchrun, or with -ws N > 1")
-    g.add_argument('--world_size', '-ws', default=TrainConfig.world_size, type=int, help='number of processes to start on this '
+    g.add_argument('--world_size', '-ws', default=TrainConfig.world_size, type=int,
+                   help='number of processes to start on this '
                    'machine when not launched by torchrun (default: %(default)s)')
     g.add_argument('--device', default=None, help="'cuda', 'cpu', ... (default: cuda when available)")
-    g.add_argument('--amp', default=None, action=argparse.BooleanOptionalAction, help='bfloat16 autocast (default: on with CUDA, '
+    g.add_argument('--amp', default=None, action=argparse.BooleanOptionalAction,
+                   help='bfloat16 autocast (default: on with CUDA, '
                    'off on CPU)')
     g.add_argument('--channels_last', default=None, action=argparse.BooleanOptionalAction,
                    help='channels-last memory format (default: on with CUDA)')
-    g.add_argument('--num_workers', '-nw', default=TrainConfig.num_workers, type=int, help='data loader processes per training process '
+    g.add_argument('--num_workers', '-nw', default=TrainConfig.num_workers, type=int,
+                   help='data loader processes per training process '
                    '(default: %(default)s)')
-    g.add_argument('--seed', default=TrainConfig.seed, type=int, help='random seed; every worker and rank derives its own '
+    g.add_argument('--seed', default=TrainConfig.seed, type=int,
+                   help='random seed; every worker and rank derives its own '
                    '(default: %(default)s)')
 
     g = parser.add_argument_group('network')
     g.add_argument('--usenet', '-u', default='resnet50', help='any torchvision classification model '
                    '(default: %(default)s)')
-    g.add_argument('--epochs', '-e', default=TrainConfig.epochs, type=int, help='number of epochs (default: %(default)s)')
+    g.add_argument('--epochs', '-e', default=TrainConfig.epochs, type=int,
+                   help='number of epochs (default: %(default)s)')
     g.add_argument('--numof_pretrained_classes', '-npc', default=None, type=int,
                    help='output size of the pretrained weights given by -pw (the original assumed 200; now '
                    'read from the file when omitted)')
@@ -71,15 +76,21 @@ def add_common_args(parser):
     g.add_argument('--lr_fine', '-lrp', default=0.01, type=float, help='learning rate for fine-tuning '
                    '(default: %(default)s). Note: -lrp sets this one (swapped, as in the original)')
     g.add_argument('--momentum', default=TrainConfig.momentum, type=float, help='SGD momentum (default: %(default)s)')
-    g.add_argument('--weight_decay', '-wd', default=TrainConfig.weight_decay, type=float, help='weight decay (default: %(default)s)')
-    g.add_argument('--optimizer', '-op', default=TrainConfig.optimizer, choices=OPTIMIZERS, help='optimiser; a _cos suffix '
+    g.add_argument('--weight_decay', '-wd', default=TrainConfig.weight_decay, type=float,
+                   help='weight decay (default: %(default)s)')
+    g.add_argument('--optimizer', '-op', default=TrainConfig.optimizer, choices=OPTIMIZERS,
+                   help='optimiser; a _cos suffix '
                    'anneals the rate by a cosine over all epochs, otherwise it drops x0.1 at 1/3 and 2/3 of '
                    'the epochs (default: %(default)s)')
-    g.add_argument('--start-epoch', dest='start_epoch', default=TrainConfig.start_epoch, type=int, help='first epoch number '
+    g.add_argument('--start-epoch', dest='start_epoch', default=TrainConfig.start_epoch, type=int,
+                   help='first epoch number '
                    '(default: %(default)s; --resume sets it)')
-    g.add_argument('--batch_size', '-b', default=TrainConfig.batch_size, type=int, help='batch size per process (default: %(default)s)')
-    g.add_argument('--img_size', default=AugmentConfig.img_size, type=int, help='images are resized to this first (default: %(default)s)')
-    g.add_argument('--crop_size', default=AugmentConfig.crop_size, type=int, help='then cropped to this (default: %(default)s)')
+    g.add_argument('--batch_size', '-b', default=TrainConfig.batch_size, type=int,
+                   help='batch size per process (default: %(default)s)')
+    g.add_argument('--img_size', default=AugmentConfig.img_size, type=int,
+                   help='images are resized to this first (default: %(default)s)')
+    g.add_argument('--crop_size', default=AugmentConfig.crop_size, type=int,
+                   help='then cropped to this (default: %(default)s)')
     g.add_argument('--save-interval', '-si', dest='save_interval', default=TrainConfig.save_interval, type=int,
                    help='write the weights file every N epochs; the last epoch is always written '
                    '(default: %(default)s)')
@@ -87,7 +98,8 @@ def add_common_args(parser):
                    help='refresh the progress bar figures every N iterations (default: %(default)s)')
     g.add_argument('--output_training_images', '-oti', default=0, type=int,
                    help='save a picture of the first N training samples as the network sees them')
-    g.add_argument('--stop_after', default=TrainConfig.stop_after, type=int, help='stop after N epochs in this invocation (for '
+    g.add_argument('--stop_after', default=TrainConfig.stop_after, type=int,
+                   help='stop after N epochs in this invocation (for '
                    'time-limited cluster jobs); continue later with --resume (default: run to --epochs)')
 
     g = parser.add_argument_group(
@@ -100,11 +112,14 @@ def add_common_args(parser):
     g.add_argument('--aug_plus', action='store_true', help='MoCo v2 augmentation: RandomResizedCrop(crop, '
                    'scale 0.2-1), ColorJitter(0.4, 0.4, 0.4, 0.1) with p=0.8, RandomGrayscale p=0.2, '
                    'GaussianBlur (sigma 0.1-2) p=0.5, horizontal flip (default: off)')
-    g.add_argument('--random_scale', '-rs', default=AugmentConfig.random_scale, type=float, help='rescale each image by a random '
+    g.add_argument('--random_scale', '-rs', default=AugmentConfig.random_scale, type=float,
+                   help='rescale each image by a random '
                    'factor in [1-S, 1+S] before cropping (default: %(default)s = off)')
-    g.add_argument('--random_rotation', '-rr', default=AugmentConfig.random_rotation, type=float, help='rotate by a random angle in '
+    g.add_argument('--random_rotation', '-rr', default=AugmentConfig.random_rotation, type=float,
+                   help='rotate by a random angle in '
                    '[-DEG, DEG] degrees before cropping (default: %(default)s = off)')
-    g.add_argument('--crop_padding', '-cp', default=AugmentConfig.crop_padding, type=int, help='pad the image by P pixels (zeros) '
+    g.add_argument('--crop_padding', '-cp', default=AugmentConfig.crop_padding, type=int,
+                   help='pad the image by P pixels (zeros) '
                    'before the random crop (default: %(default)s)')
     g.add_argument('--affine', '-aff', action='store_true', help='random affine augmentation (rotation, scale, '
                    'shear) before cropping (default: off)')
@@ -158,7 +173,8 @@ def add_mode_args(parser, default_mode):
     g.add_argument('--ph_dims', '-nd', default=200, type=int, help='combined/simultaneous/alternating: '
                    'dimension of the PH label vector, while -nc is the number of classes (in pretraining '
                    'mode -nc is the label dimension) (default: %(default)s)')
-    g.add_argument('--ph_weight', default=TrainConfig.ph_weight, type=float, help='simultaneous/alternating: weight of the PH '
+    g.add_argument('--ph_weight', default=TrainConfig.ph_weight, type=float,
+                   help='simultaneous/alternating: weight of the PH '
                    'regression loss (MSE) against the cross-entropy (default: %(default)s)')
 
     g = parser.add_argument_group('persistent homology labels')
@@ -179,14 +195,19 @@ def add_mode_args(parser, default_mode):
                             "images as labels, cross-entropy instead of PH regression")
 
     g = parser.add_argument_group('on-the-fly image generation (when no image folder is given for the PH task)')
-    g.add_argument('--alpha_range', '-ar', default=list(GeneratorConfig.alpha_range), type=float, nargs=2, help='range of alpha '
+    g.add_argument('--alpha_range', '-ar', default=list(GeneratorConfig.alpha_range), type=float, nargs=2,
+                   help='range of alpha '
                    '(default: %(default)s)')
-    g.add_argument('--beta_range', '-br', default=list(GeneratorConfig.beta_range), type=float, nargs=2, help='range of beta '
+    g.add_argument('--beta_range', '-br', default=list(GeneratorConfig.beta_range), type=float, nargs=2,
+                   help='range of beta '
                    '(default: %(default)s)')
-    g.add_argument('--n_samples', '-n', default=ON_THE_FLY_IMAGES, type=int, help='images per epoch (default: %(default)s)')
-    g.add_argument('--prob_binary', '-pb', default=GeneratorConfig.prob_binary, type=float, help='probability that a channel is '
+    g.add_argument('--n_samples', '-n', default=ON_THE_FLY_IMAGES, type=int,
+                   help='images per epoch (default: %(default)s)')
+    g.add_argument('--prob_binary', '-pb', default=GeneratorConfig.prob_binary, type=float,
+                   help='probability that a channel is '
                    'binarised (default: %(default)s)')
-    g.add_argument('--prob_colour', default=ON_THE_FLY_PROB_COLOUR, type=float, help='probability that an image has three '
+    g.add_argument('--prob_colour', default=ON_THE_FLY_PROB_COLOUR, type=float,
+                   help='probability that an image has three '
                    'channels (default: %(default)s)')
     g.add_argument('--n_samples_val', '-nv', default=-1, type=int, help='generated validation images, from a '
                    'disjoint random stream (default: min(1000, n/10); 0 = none)')

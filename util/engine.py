@@ -76,12 +76,12 @@ def train_one_epoch(model, loader, criterion, optimizer, epoch, cfg, task='regre
     model.train()
     if cfg.freeze_encoder:
         _freeze_encoder_modes(model)
-    sums = [0.0, 0.0, 0.0, 0.0]  # loss*n, correct, n, skipped
+    loss_sum, correct, images, skipped = 0.0, 0.0, 0.0, 0.0   # loss x images, top-1 hits, images, dropped
     start = time.time()
     bar = tqdm(loader, desc=f'{desc} epoch {epoch}', disable=not is_main(cfg), leave=False, file=sys.stderr,
                dynamic_ncols=True)
     for it, (inputs, targets, dropped) in enumerate(bar):
-        sums[3] += dropped
+        skipped += dropped
         if inputs is None:
             continue
         inputs, targets = to_device(inputs, cfg), targets.to(cfg.device, non_blocking=True)
@@ -92,14 +92,14 @@ def train_one_epoch(model, loader, criterion, optimizer, epoch, cfg, task='regre
             loss = criterion(outputs.float(), targets)
         optimizer_step(loss, optimizer, epoch, it, 'the learning rate (--lr_pre/--lr_fine)')
         n = inputs.shape[0]
-        sums[0] += loss.item() * n
-        sums[2] += n
+        loss_sum += loss.item() * n
+        images += n
         if task == 'classification':
-            sums[1] += (outputs.argmax(1) == targets).sum().item()
+            correct += (outputs.argmax(1) == targets).sum().item()
         if is_main(cfg) and it % max(1, cfg.log_interval) == 0:
             bar.set_postfix(loss=f'{loss.item():.4g}', lr=f"{optimizer.param_groups[0]['lr']:.3g}")
     bar.close()
-    loss_sum, correct, n, skipped = all_reduce_sum(sums, cfg, device=cfg.device)
+    loss_sum, correct, n, skipped = all_reduce_sum([loss_sum, correct, images, skipped], cfg, device=cfg.device)
     metrics = {'train_loss': loss_sum / max(n, 1), 'images': int(n), 'skipped_bad': int(skipped),
                'seconds': time.time() - start}
     if task == 'classification':
