@@ -154,7 +154,8 @@ def save_checkpoint(run_dir, model, optimizer, scheduler, epoch, meta=None):
     """Write ``checkpoint.pth`` (atomically): model, optimizer, lr_scheduler, epoch, RNG, and ``meta`` (builtins:
     the run's ``args``, ``arch``, ``num_outputs``, ``mode``, ``phase``)."""
     state = {'model': unwrap(model).state_dict(), 'optimizer': optimizer.state_dict(),
-             'lr_scheduler': scheduler.state_dict(), 'epoch': epoch, 'rng': rng_state()}
+             'lr_scheduler': scheduler.state_dict(), 'epoch': epoch, 'rng': rng_state(),
+             'scaler': {}}   # no loss scaler (bfloat16 autocast needs none); the key keeps the format of old runs
     if meta:
         state.update(meta)
     fileio.torch_save(state, os.path.join(run_dir, CHECKPOINT_NAME))
