@@ -47,8 +47,10 @@ from tqdm import tqdm
 
 from util import ph
 from util.errors import UserError, run_cli
-from util.fileio import ensure_dir, list_images, require_dir, save_npy, write_json, write_text
-from util.vectorise import LABEL_TYPES, add_label_args, make_vectoriser, vectoriser_from_args
+from util.fileio import ensure_dir, list_images, require_dir, save_npy, write_json
+from util.labels import (label_file_re, label_matrix_complete, label_names, merge_label_shards, read_json,
+                         write_label_matrix)
+from util.vectorise import add_label_args, make_vectoriser, vectoriser_from_args
 
 HIST_SUFFIX = 'hist.npy'
 PERSIMG_SUFFIX = '_persImg.npy'
@@ -172,10 +174,6 @@ def _pi_dim(args):
 # ----------------------------------------------------------------------------------------------------
 # listing
 
-def _label_file_re():
-    return re.compile(r'labels_(%s)(\.shard-\d+-of-\d+)?\.npy' % '|'.join(LABEL_TYPES))
-
-
 def list_inputs(target_dir, imgtype, out_dir=None):
     """Sorted relative paths of the ``*.imgtype`` files below ``target_dir``.
 
@@ -191,7 +189,7 @@ def list_inputs(target_dir, imgtype, out_dir=None):
     if imgtype != 'npy':
         return found
     present = set(found)
-    labels = _label_file_re()
+    labels = label_file_re()
     keep = []
     for rel in found:
         if '/' not in rel and labels.fullmatch(rel):
@@ -209,79 +207,6 @@ def shard_of(files, k, n):
     """The files of shard ``k`` of ``n``: every ``n``-th of the sorted list starting at ``k``."""
     return files[k::n]
 
-
-# ----------------------------------------------------------------------------------------------------
-# consolidated label matrix
-
-def label_names(label_type, k=0, n=1):
-    """File names ``(npy, txt, json)`` of the label matrix (of shard ``k`` of ``n`` when ``n > 1``)."""
-    base = f'labels_{label_type}' + (f'.shard-{k}-of-{n}' if n > 1 else '')
-    return base + '.npy', base + '.txt', base + '.json'
-
-
-def _read_paths(path):
-    with open(path, encoding='utf-8') as f:
-        return f.read().splitlines()
-
-
-def _read_json(path):
-    try:
-        with open(path, encoding='utf-8') as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
-def label_matrix_complete(out_dir, names, paths, info):
-    """True if the label matrix ``names`` in ``out_dir`` exists for exactly ``paths`` and parameters ``info``."""
-    npy, txt, js = (os.path.join(out_dir, x) for x in names)
-    if not (os.path.exists(npy) and os.path.exists(txt) and os.path.exists(js)):
-        return False
-    old = _read_json(js)
-    return old is not None and _same_params(old, info) and _read_paths(txt) == list(paths)
-
-
-def _same_params(a, b):
-    keys = ('label_type', 'params', 'filtration', 'imgtype', 'gradient')
-    return all(json.dumps(a.get(k), sort_keys=True) == json.dumps(b.get(k), sort_keys=True) for k in keys)
-
-
-def write_label_matrix(out_dir, names, matrix, paths, info):
-    """Write ``matrix`` float32 ``[N, D]``, its ``N`` paths and ``info`` (json) atomically; json last."""
-    npy, txt, js = (os.path.join(out_dir, x) for x in names)
-    save_npy(npy, np.asarray(matrix, dtype=np.float32))
-    write_text(txt, ''.join(p + '\n' for p in paths))
-    write_json(js, dict(info, count=len(paths), dim=int(matrix.shape[1])))
-
-
-def merge_label_shards(out_dir, label_type, n, info, all_files=None):
-    """Merge ``labels_TYPE.shard-*-of-N`` into ``labels_TYPE.*`` if all N parts exist with equal parameters.
-
-    Rows are put in the sorted order of the union of the parts' paths.  When ``all_files`` is given the
-    union must be exactly those files.  Returns the merged count, or None if parts are missing/inconsistent.
-    """
-    parts = []
-    for k in range(n):
-        names = label_names(label_type, k, n)
-        npy, txt, js = (os.path.join(out_dir, x) for x in names)
-        if not (os.path.exists(npy) and os.path.exists(txt) and os.path.exists(js)):
-            return None
-        meta = _read_json(js)
-        if meta is None or not _same_params(meta, info):
-            return None
-        parts.append((np.load(npy), _read_paths(txt)))
-    paths = [p for _, ps in parts for p in ps]
-    matrix = np.concatenate([m for m, _ in parts], axis=0)
-    order = sorted(range(len(paths)), key=paths.__getitem__)
-    paths = [paths[i] for i in order]
-    if len(set(paths)) != len(paths) or (all_files is not None and paths != sorted(all_files)):
-        return None
-    write_label_matrix(out_dir, label_names(label_type), matrix[order], paths, dict(info, shards=n))
-    return len(paths)
-
-
-# ----------------------------------------------------------------------------------------------------
-# settings of the per-file outputs already in the output folder
 
 SETTINGS_FILE = 'settings.json'
 
@@ -306,7 +231,7 @@ def check_settings(out_dir, kinds):
     """Refuse to resume into ``out_dir`` when its ``settings.json`` records other settings for the same kind
     of output (existing files would be kept although they were made differently); else record ``kinds``."""
     path = os.path.join(out_dir, SETTINGS_FILE)
-    old = _read_json(path) or {}
+    old = read_json(path) or {}
     for kind, settings in kinds.items():
         before = old.get(kind)
         now = json.loads(json.dumps(settings))

@@ -6,12 +6,12 @@ the training path with ``train`` replaced by ``val`` (else ``test``).
 Other learning modes (-lm combined, simultaneous, alternating, pretraining, evaluation) are shared with
 pretraining.py; see util/modes.py and -h.
 """
-import argparse
-
-from util import modes
-from util import training as T
+from util import cli
 from util.errors import run_cli
-from util.modes import build_finetune_model, build_sets, resolve_val, write_evaluation  # noqa: F401  (API)
+# part of this script's importable API:
+from util.data_sources import build_sets, resolve_val  # noqa: F401
+from util.modes import build_finetune_model  # noqa: F401
+from util.reports import write_evaluation  # noqa: F401
 
 EXAMPLES = """examples:
   python finetuning.py -t data/CIFAR100/train -val data/CIFAR100/val -pw weights/XX/resnet50_epoch90.pth -npc 200 -o result -nc 100 -e 90
@@ -27,16 +27,13 @@ confusion_matrix.csv/.png). predict.py labels new images with ft_{usenet}_epoch{
 """
 
 
-def get_args_parser():
-    parser = argparse.ArgumentParser(description='Fine-tune a CNN on a labelled image folder (or evaluate it).',
-                                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    T.add_common_args(parser)
-    modes.add_mode_args(parser, default_mode='finetuning')
-    return parser
+def get_args_parser(default_mode='finetuning'):
+    return cli.get_args_parser(default_mode, description='Fine-tune a CNN on a labelled image folder (or evaluate it).',
+                               epilog=EXAMPLES)
 
 
 def main(args):
-    return modes.main(args)
+    return cli.main(args)
 
 
 if __name__ == "__main__":

@@ -75,7 +75,7 @@ def fill_defaults(args):
 
 def class_names(args, num_outputs):
     """The class names for a head of ``num_outputs``: --classes, classes.json next to -pw, or the indices."""
-    from util.modes import read_classes
+    from util.runs import read_classes
     path = args.classes
     if path is None:
         candidate = os.path.join(os.path.dirname(os.path.abspath(args.path2weight)), 'classes.json')
@@ -95,13 +95,8 @@ def class_names(args, num_outputs):
 def load_classifier(args):
     """(model in eval mode on args.device, class names) from -pw (a plain state dict or a checkpoint)."""
     import models
-    state, _ = models.read_state_dict(args.path2weight)
-    if any(k.startswith('ph_head.') for k in state):   # a two-head (simultaneous/alternating) checkpoint
-        state = {k[len('net.'):]: v for k, v in state.items() if k.startswith('net.')}
-    num_outputs = models.infer_num_classes(state, args.usenet)
-    names = class_names(args, num_outputs)
-    model = models.build_model(args.usenet, num_outputs)
-    models.load_pretrained(model, state, arch=args.usenet, verbose=False)
+    model, report = models.load_for(args.usenet, args.path2weight)   # also a two-head (simultaneous) file
+    names = class_names(args, report['num_classes'])
     return model.to(args.device).eval(), names
 
 
@@ -141,7 +136,7 @@ def predict(model, dataset, args, k):
     """{index: (top-k class indices, top-k probabilities)} for the decodable images of ``dataset``."""
     import torch
     from tqdm import tqdm
-    from util.training import collate_skip_bad
+    from util.engine import collate_skip_bad
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=False,
                                          num_workers=args.num_workers, collate_fn=collate_skip_bad)
     results = {}
@@ -167,7 +162,7 @@ def main(args):
     root, rel = list_inputs(args.images)       # input errors are reported before torch is imported (seconds)
     import torch
     from torchvision import transforms
-    from util.training import IMAGENET_MEAN, IMAGENET_STD
+    from util.datasets import IMAGENET_MEAN, IMAGENET_STD
     fill_defaults(args)
     if args.device is None:
         args.device = 'cuda' if torch.cuda.is_available() else 'cpu'

@@ -10,12 +10,9 @@ Data modes (chosen by the flags):
 Other learning modes (-lm combined, simultaneous, alternating, finetuning, evaluation) are shared with
 finetuning.py; see util/modes.py and -h.
 """
-import argparse
-
-from util import modes
-from util import training as T
+from util import cli
 from util.errors import run_cli
-from util.modes import build_pretraining_sets  # noqa: F401  (part of this script's importable API)
+from util.data_sources import build_pretraining_sets  # noqa: F401  (part of this script's importable API)
 
 EXAMPLES = """examples:
   python pretraining.py -o weights --numof_classes=200 -ph pre -t random -pd PH_random -u resnet50
@@ -29,17 +26,13 @@ Outputs go to a new dated folder under -o: args.json, log.jsonl (one line per ep
 """
 
 
-def get_args_parser():
-    parser = argparse.ArgumentParser(description='Pretrain a CNN on persistent-homology labels (no real images or '
-                                     'human labels needed).', epilog=EXAMPLES,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    T.add_common_args(parser)
-    modes.add_mode_args(parser, default_mode='pretraining')
-    return parser
+def get_args_parser(default_mode='pretraining'):
+    return cli.get_args_parser(default_mode, epilog=EXAMPLES, description='Pretrain a CNN on persistent-homology '
+                               'labels (no real images or human labels needed).')
 
 
 def main(args):
-    return modes.main(args)
+    return cli.main(args)
 
 
 if __name__ == "__main__":

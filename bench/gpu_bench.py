@@ -6,7 +6,7 @@ Stages (each prints its results as it finishes and rewrites the results JSON, so
 (a) ``ceiling``: training images/s of ResNet-50 and ResNet-18 at 224 px on synthetic tensors already on the
     GPU (bf16 autocast, channels-last, SGD, MSE on 200 outputs as in pretraining, cudnn.benchmark on, a few
     warm-up steps, timed with ``torch.cuda.synchronize``): the most any data pipeline can reach.
-(b) ``pipeline``: the real pretraining code path (``util.training.make_loader`` + ``train_one_epoch``) with
+(b) ``pipeline``: the real pretraining code path (``util.engine.make_loader`` + ``train_one_epoch``) with
     ``--workers`` loader processes, for each model:
       * from a consolidated label matrix: ``--n_jpegs`` 256 px JPEGs made by the generator in parallel,
         their PH histogram labels computed PHdict-style (``util.ph.iter_diagrams`` + ``util.vectorise``), then
@@ -116,12 +116,10 @@ def machine_info(device):
 
 
 def _train_args(device, batch_size, workers, amp, channels_last, seed=0):
-    """The Namespace the shared training helpers read (as pretraining.py builds it, single process)."""
-    return argparse.Namespace(device=str(device), batch_size=batch_size, num_workers=workers, world_size=1,
-                              distributed=False, rank=0, local_rank=0, seed=seed, amp=amp,
-                              channels_last=channels_last, log_interval=100, freeze_encoder=False,
-                              optimizer='sgd', momentum=0.9, weight_decay=1e-4, img_size=None, crop_size=None,
-                              affine=False)
+    """The training settings of the shared engine (as pretraining.py builds them, single process)."""
+    from util.config import TrainConfig
+    return TrainConfig(device=str(device), batch_size=batch_size, num_workers=workers, seed=seed, amp=amp,
+                       channels_last=channels_last)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -266,7 +264,7 @@ def train_rate(dataset, arch, targs, seconds, skip, out_dim=LABEL_DIM):
     """Images/s of the real training loop (make_loader + train_one_epoch) over ``dataset`` for ``seconds``."""
     import torch
     import models
-    from util import training as T
+    from util import engine as T
     torch.manual_seed(0)
     model = T.prepare_model(models.build_model(arch, out_dim), targs)
     opt = T.build_optimizer(model.parameters(), targs, lr=0.01)
@@ -282,7 +280,7 @@ def train_rate(dataset, arch, targs, seconds, skip, out_dim=LABEL_DIM):
 
 def loader_rate(dataset, targs, seconds, skip):
     """Images/s of the DataLoader alone (batches only collected, no model)."""
-    from util import training as T
+    from util import engine as T
     loader = TimedBatches(T.make_loader(dataset, targs, 1, shuffle=True, train=True), seconds, skip)
     for _ in loader:
         pass
@@ -340,7 +338,7 @@ class _Normalise:
 
     def __init__(self, device):
         import torch
-        from util.training import IMAGENET_MEAN, IMAGENET_STD
+        from util.datasets import IMAGENET_MEAN, IMAGENET_STD
         self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
 
@@ -539,7 +537,7 @@ def stage_ceiling(cfg, clock, res):
                     f"{'bf16' if cfg.amp else 'fp32'}{' + channels_last' if cfg.channels_last else ''}, "
                     f"cudnn.benchmark)")
     arch = cfg.models[0]
-    if clock.left() > cfg.ceiling_seconds + 60:     # the same without cudnn.benchmark, which pretraining.py leaves off
+    if clock.left() > cfg.ceiling_seconds + 60:     # the same without cudnn.benchmark (pretraining.py turns it on)
         r = ceiling_rate(arch, cfg.batch_size, cfg.ceiling_size, cfg.ceiling_seconds, cfg.device, cfg.amp,
                          cfg.channels_last, warmup=cfg.warmup, cudnn_benchmark=False)
         res.set('ceiling', f'{arch}_no_cudnn_benchmark', r)
@@ -548,11 +546,11 @@ def stage_ceiling(cfg, clock, res):
 
 def stage_pipeline(cfg, clock, res, tmp):
     import torch
-    from util.datasets import (ComputedLabels, FolderPH, GeneratedPH, MatrixLabels, load_label_matrix,
-                               pretrain_transforms)
-    from util.fileio import save_npy, write_text
+    from util.datasets import ComputedLabels, FolderPH, GeneratedPH, MatrixLabels, pretrain_transforms
+    from util.config import AugmentConfig
+    from util.labels import find_label_matrix, label_names, load_label_matrix, write_label_matrix
     from util.random_image import GeneratorConfig
-    torch.backends.cudnn.benchmark = False          # as pretraining.py runs
+    torch.backends.cudnn.benchmark = True           # as pretraining.py runs (util.distributed turns it on)
     folder = os.path.join(tmp, 'jpegs')
     os.makedirs(folder)
     rel, gen_rate = make_jpegs(folder, cfg.n_jpegs, cfg.jpeg_size, cfg.workers)
@@ -570,16 +568,13 @@ def stage_pipeline(cfg, clock, res, tmp):
     # the consolidated label matrix, as PHdict.py --label_type writes it, read back as pretraining.py -pc does
     ph_dir = os.path.join(tmp, 'PH')
     os.makedirs(ph_dir)
-    save_npy(os.path.join(ph_dir, 'labels_histogram.npy'), matrix)
-    write_text(os.path.join(ph_dir, 'labels_histogram.txt'), ''.join(r + '\n' for r in rel))
-    loaded, names = load_label_matrix(os.path.join(ph_dir, 'labels_histogram.npy'),
-                                      os.path.join(ph_dir, 'labels_histogram.txt'), LABEL_DIM)
+    write_label_matrix(ph_dir, label_names('histogram'), matrix, rel, {'label_type': 'histogram'})
+    loaded, names = load_label_matrix(*find_label_matrix(ph_dir, 'histogram'), expected_dim=LABEL_DIM)
     loaded = np.array(loaded)     # a writable copy: torch warns about read-only (memory-mapped) label rows
     reps = max(1, -(-cfg.epoch_images // len(rel)))
     long_rel = rel * reps                            # one long epoch; the timer stops it
     targs = _train_args(cfg.device, cfg.batch_size, cfg.workers, cfg.amp, cfg.channels_last)
-    targs.img_size, targs.crop_size = cfg.jpeg_size, cfg.crop_size
-    spatial, to_tensor = pretrain_transforms(targs)
+    spatial, to_tensor = pretrain_transforms(AugmentConfig(img_size=cfg.jpeg_size, crop_size=cfg.crop_size))
     from_labels = FolderPH(folder, long_rel, MatrixLabels(loaded, names, long_rel, 'labels_histogram.npy'),
                            spatial, to_tensor, 'pre')
     # the same image model as the JPEGs the floor was measured on (the README's -pb 0.5 -pc 0.5)

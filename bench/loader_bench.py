@@ -7,7 +7,7 @@ the pretraining augmentation (``util.datasets.pretrain_transforms``: resize, ran
 Normalize) -- images of ``img_size`` px cropped to ``crop_size`` px, labels of dimension ``label_dim``:
 
 * ours: ``util.datasets.GeneratedPH`` with ``ComputedLabels(histogram vectoriser, 'signed_distance')``
-  through ``util.training.make_loader`` -- exactly what ``pretraining.py`` without ``-t`` runs;
+  through ``util.engine.make_loader`` -- exactly what ``pretraining.py`` without ``-t`` runs;
 * original: :class:`OriginalStyleGenerated` below, the original on-the-fly dataset's per-image work
   written out plainly: ``np.random`` draws, float64 complex ``scipy.fft.fft2``/``ifft2`` filtering,
   skimage's ``threshold_otsu`` on float64, two ``distance_transform_edt`` calls for the signed distance,
@@ -166,24 +166,23 @@ class OriginalStyleGenerated(Dataset):
 def _ours_loader(n_images, workers, img_size, crop_size, batch_size, label_dim, prob_binary, seed):
     from util.datasets import ComputedLabels, GeneratedPH, pretrain_transforms
     from util.random_image import GeneratorConfig
-    from util.training import make_loader
+    from util.engine import make_loader
     from util.vectorise import make_vectoriser
-    args = argparse.Namespace(img_size=img_size, crop_size=crop_size, affine=False, batch_size=batch_size,
-                              num_workers=workers, world_size=1, distributed=False, device='cpu', seed=seed,
-                              rank=0)
+    from util.config import AugmentConfig, TrainConfig
+    train = TrainConfig(batch_size=batch_size, num_workers=workers, device='cpu', seed=seed)
     cfg = GeneratorConfig(img_size=img_size, prob_binary=prob_binary, prob_colour=0.0)
     cfg.validate()
-    spatial, to_tensor = pretrain_transforms(args)
+    spatial, to_tensor = pretrain_transforms(AugmentConfig(img_size=img_size, crop_size=crop_size))
     computed = ComputedLabels(make_vectoriser('histogram', label_dim, max_life=MAX_LIFE, max_birth=MAX_BIRTH,
                                               bandwidth=BANDWIDTH), 'signed_distance')
     dataset = GeneratedPH(cfg, seed, n_images, computed, spatial, to_tensor, 'pre')
-    return make_loader(dataset, args, epoch=1, shuffle=True, train=True)
+    return make_loader(dataset, train, epoch=1, shuffle=True, train=True)
 
 
 def _original_loader(n_images, workers, img_size, crop_size, batch_size, label_dim, prob_binary):
+    from util.config import AugmentConfig
     from util.datasets import pretrain_transforms
-    spatial, to_tensor = pretrain_transforms(argparse.Namespace(img_size=img_size, crop_size=crop_size,
-                                                                affine=False))
+    spatial, to_tensor = pretrain_transforms(AugmentConfig(img_size=img_size, crop_size=crop_size))
     q = label_dim // 4
     dataset = OriginalStyleGenerated(n_images, img_size, T.Compose([spatial, to_tensor]),
                                      (q, q, q, label_dim - 3 * q), prob_binary)

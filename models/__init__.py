@@ -14,17 +14,19 @@ checkpoint dict with it under ``'model'``; keys may start with ``module.`` if sa
     sd = {k: v for k, v in sd.get('model', sd).items() if not k.startswith('fc.')}   # drop the PH head
     model = torchvision.models.resnet50(num_classes=100); model.load_state_dict(sd, strict=False)
 
-Other entry points: :func:`list_architectures`; ``build_model(arch, n, weights='imagenet')`` for torchvision's
+The scripts build every model through :func:`load_for` (random, ImageNet, a file or checkpoint, a two-head
+file).  Other entry points: :func:`list_architectures`; ``build_model(arch, n, weights='imagenet')`` for torchvision's
 ImageNet weights (via the torch hub cache ``$TORCH_HOME/hub/checkpoints``); :func:`get_head`,
 :func:`replace_head`, :func:`head_parameter_names` (freeze everything else for a linear probe);
 :func:`read_state_dict`, :func:`infer_num_classes` (head size stored in a file).
 """
 from models.heads import get_head, head_in_features, head_out_features, head_parameter_names, replace_head, unwrap
-from models.registry import build_model, list_architectures, resolve_arch, skeleton
+from models.loading import build_model, load_for
+from models.registry import list_architectures, resolve_arch, skeleton
 from models.weights import architecture_hint, infer_num_classes, load_pretrained, read_state_dict, strip_prefixes
 
 __all__ = [
-    'list_architectures', 'resolve_arch', 'build_model', 'skeleton',
+    'load_for', 'list_architectures', 'resolve_arch', 'build_model', 'skeleton',
     'get_head', 'head_out_features', 'head_in_features', 'replace_head', 'head_parameter_names', 'unwrap',
     'read_state_dict', 'strip_prefixes', 'infer_num_classes', 'load_pretrained', 'architecture_hint',
 ]

@@ -32,7 +32,7 @@ def unwrap(model):
             return model
 
 
-def _is_aux_name(path):
+def is_aux_name(path):
     """True if any component of the dotted module/key path names an auxiliary classifier."""
     return any('aux' in part.lower() for part in path.split('.'))
 
@@ -54,7 +54,7 @@ def _last_layer(named_modules):
     return found
 
 
-def _head_paths(model):
+def head_paths(model):
     """``[(path, layer), ...]``: the main head first, then the last layer of each auxiliary classifier."""
     aux = aux_module_paths(model)
 
@@ -88,12 +88,12 @@ def get_head(model):
     ``getattr(parent, name)`` (or ``parent[index]``) is the head; e.g. ``(model, 'fc', Linear)`` for a resnet,
     ``(model.classifier, 6, Linear)`` for vgg.
     """
-    path, layer = _head_paths(model)[0]
+    path, layer = head_paths(model)[0]
     parent, name = _parent_and_name(model, path)
     return parent, name, layer
 
 
-def _out_size(layer):
+def out_size(layer):
     return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
 
 
@@ -103,7 +103,7 @@ def _in_size(layer):
 
 def head_out_features(model):
     """Number of outputs (classes) of the main head."""
-    return _out_size(get_head(model)[2])
+    return out_size(get_head(model)[2])
 
 
 def head_in_features(model):
@@ -128,7 +128,7 @@ def _fresh_like(layer, num_classes):
     return new
 
 
-def _check_num_classes(num_classes):
+def check_num_classes(num_classes):
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise UserError(f"number of classes must be a positive integer, got {num_classes!r}")
 
@@ -139,9 +139,9 @@ def replace_head(model, num_classes):
     The new layers keep the old ones' type, input width and bias setting; they get PyTorch's default
     initialisation.  Returns the new main head layer (the model itself is modified).
     """
-    _check_num_classes(num_classes)
+    check_num_classes(num_classes)
     new_main = None
-    for path, layer in _head_paths(model):
+    for path, layer in head_paths(model):
         parent, name = _parent_and_name(model, path)
         new = _fresh_like(layer, num_classes)
         setattr(parent, str(name), new)
@@ -157,11 +157,11 @@ def head_parameter_names(model):
     and ``model.named_parameters()`` -- handy for freezing the encoder (linear probing).
     """
     names = set()
-    for path, layer in _head_paths(model):
+    for path, layer in head_paths(model):
         names.update(f"{path}.{key}" for key in layer.state_dict())
     return names
 
 
 def main_head_weight_key(model):
     """``state_dict`` key of the main head's weight (``'fc.weight'``, ``'classifier.6.weight'``, ...)."""
-    return _head_paths(model)[0][0] + '.weight'
+    return head_paths(model)[0][0] + '.weight'

@@ -13,10 +13,12 @@ import os
 import re
 import warnings
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import torch
 
-from models.heads import _is_aux_name, _out_size, _head_paths, head_parameter_names, main_head_weight_key, unwrap
+from models.heads import head_parameter_names, head_paths, is_aux_name, main_head_weight_key, out_size, unwrap
+from models.registry import architectures_matching, resolve_arch, skeleton
 from util.errors import UserError
 
 STATE_DICT_KEYS = ('model', 'state_dict', 'model_state_dict')
@@ -112,13 +114,23 @@ def read_state_dict(path):
     return _split_checkpoint(obj, f"weights file {path!r}")
 
 
-def _as_state_dict(path_or_state_dict):
-    """``(state_dict, meta, description)`` for a path or an in-memory state dict / checkpoint dict."""
+class Weights(NamedTuple):
+    """A weights source read once: its state dict (prefixes stripped), checkpoint meta and a description for
+    messages.  :func:`infer_num_classes` and :func:`load_pretrained` accept it in place of a path."""
+    state_dict: dict
+    meta: dict
+    source: str
+
+
+def as_state_dict(path_or_state_dict):
+    """``Weights(state_dict, meta, description)`` for a path or an in-memory state dict / checkpoint dict."""
+    if isinstance(path_or_state_dict, Weights):
+        return path_or_state_dict
     if isinstance(path_or_state_dict, (str, os.PathLike)):
         sd, meta = read_state_dict(path_or_state_dict)
-        return sd, meta, repr(os.fspath(path_or_state_dict))
+        return Weights(sd, meta, repr(os.fspath(path_or_state_dict)))
     sd, meta = _split_checkpoint(path_or_state_dict, 'the given state dict')
-    return sd, meta, 'the given state dict'
+    return Weights(sd, meta, 'the given state dict')
 
 
 def architecture_hint(state_dict, meta):
@@ -133,7 +145,6 @@ def architecture_hint(state_dict, meta):
     for name in ('arch', 'usenet'):
         if isinstance(meta.get(name), str):
             return meta[name], f"according to its '{name}' entry"
-    from models.registry import architectures_matching
     found = architectures_matching(state_dict)
     if found:
         return ' or '.join(found), "judging by its tensor names and shapes"
@@ -142,9 +153,8 @@ def architecture_hint(state_dict, meta):
 
 def infer_num_classes(path_or_state_dict, arch):
     """Number of outputs of the ``arch`` head stored in a weights file (or state dict / checkpoint dict)."""
-    from models.registry import resolve_arch, skeleton
     arch = resolve_arch(arch)
-    sd, meta, source = _as_state_dict(path_or_state_dict)
+    sd, meta, source = as_state_dict(path_or_state_dict)
     key = main_head_weight_key(skeleton(arch))
     if key not in sd:
         guess, how = architecture_hint(sd, meta)
@@ -174,10 +184,10 @@ def load_pretrained(model, path_or_state_dict, *, arch=None, verbose=True, stric
     'head_reinitialised': bool, 'meta': {...}}`` (``mismatched``: keys present in both but of other shape).
     """
     target = unwrap(model)
-    sd, meta, source = _as_state_dict(path_or_state_dict)
+    sd, meta, source = as_state_dict(path_or_state_dict)
     own = target.state_dict()
     head_keys = head_parameter_names(target)
-    aux_keys = {k for k in own if _is_aux_name(k)}
+    aux_keys = {k for k in own if is_aux_name(k)}
 
     loadable = {k: v for k, v in sd.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
     missing = [k for k in own if k not in sd]
@@ -186,7 +196,7 @@ def load_pretrained(model, path_or_state_dict, *, arch=None, verbose=True, stric
     optional = head_keys | aux_keys
     bad_missing = [k for k in missing if k not in optional]
     bad_shapes = [k for k in mismatched if k not in optional]
-    bad_unexpected = [k for k in unexpected if not _is_aux_name(k)]
+    bad_unexpected = [k for k in unexpected if not is_aux_name(k)]
     name = arch or type(target).__name__
 
     if strict and (bad_missing or bad_shapes or bad_unexpected):
@@ -213,7 +223,7 @@ def load_pretrained(model, path_or_state_dict, *, arch=None, verbose=True, stric
         if head_reinitialised:
             main_key = main_head_weight_key(target)
             file_out = tuple(sd[main_key].shape)[0] if main_key in sd else None
-            model_out = _out_size(_head_paths(target)[0][1])
+            model_out = out_size(head_paths(target)[0][1])
             if file_out is None:
                 print(f"  head not in the file: kept the model's fresh head ({model_out} outputs)", flush=True)
             else:

@@ -10,7 +10,7 @@ from PIL import Image
 from scipy import ndimage as ndi
 from torchvision import transforms as TV
 
-from util import training as T
+from util import cli as T
 from util.errors import UserError
 
 

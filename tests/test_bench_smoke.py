@@ -103,8 +103,8 @@ def test_reflect_smooth_equals_our_smoothing_matrix():
 
 def test_original_style_dataset_item():
     from util.datasets import pretrain_transforms
-    import argparse
-    spatial, to_tensor = pretrain_transforms(argparse.Namespace(img_size=40, crop_size=32, affine=False))
+    from util.config import AugmentConfig
+    spatial, to_tensor = pretrain_transforms(AugmentConfig(img_size=40, crop_size=32))
     ds = loader_bench.OriginalStyleGenerated(3, 40, lambda im: to_tensor(spatial(im)), (5, 5, 5, 5))
     x, y = ds[0]
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32

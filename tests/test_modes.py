@@ -152,19 +152,19 @@ def test_combined_needs_class_folders(tmp_path, run_script):
 ])
 def test_bad_mode_flags(argv, message):
     import finetuning
-    from util import modes
+    from util import cli
     args = finetuning.get_args_parser().parse_args(argv)
     with pytest.raises(UserError, match=message):
-        modes.check_mode_args(args)
+        cli.check_mode_args(args)
 
 
 def test_evaluate_flag_is_evaluation_mode():
     import finetuning
     import pretraining
-    from util import modes
+    from util import cli
     assert pretraining.get_args_parser().parse_args([]).learning_mode == 'pretraining'
     args = finetuning.get_args_parser().parse_args(['--evaluate'])
-    assert args.learning_mode == 'finetuning' and modes.check_mode_args(args).learning_mode == 'evaluation'
+    assert args.learning_mode == 'finetuning' and cli.check_mode_args(args).learning_mode == 'evaluation'
     assert args.epochs_pre == args.epochs
 
 
@@ -172,7 +172,7 @@ def test_evaluate_flag_is_evaluation_mode():
 def test_two_heads_any_architecture(arch):
     """The PH head reads the features the classifier's own head receives; the classifier stays plain."""
     import models
-    from util.modes import TwoHeads
+    from models.two_heads import TwoHeads
     torch.manual_seed(0)
     net = models.build_model(arch, 3)
     two = TwoHeads(net, 7).eval()

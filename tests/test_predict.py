@@ -11,7 +11,7 @@ import torchvision
 from PIL import Image
 from torchvision import transforms as TV
 
-from util.training import IMAGENET_MEAN, IMAGENET_STD
+from util.datasets import IMAGENET_MEAN, IMAGENET_STD
 
 CLASSES = ['cat', 'dog', 'emu']
 

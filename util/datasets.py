@@ -10,7 +10,7 @@ Pretraining samples are ``(image tensor [3, crop, crop], label float32 [D])``. W
 the augmented crop, i.e. exactly what the network sees.
 
 An image that cannot be decoded is returned as ``None`` (dropped and counted by
-:func:`util.training.collate_skip_bad`) when ``bad_images='skip'``, or stops the run with its name otherwise.
+:func:`util.engine.collate_skip_bad`) when ``bad_images='skip'``, or stops the run with its name otherwise.
 """
 import os
 import sys
@@ -24,12 +24,14 @@ from torchvision import transforms as T
 
 from util import fileio
 from util.errors import BadImageError, UserError
-from util.training import IMAGENET_MEAN, IMAGENET_STD
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 NORMALIZE = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
 
 
 # ------------------------------------------------------------------------------------------ transforms
+# Every transform builder takes ``aug``: a :class:`util.config.AugmentConfig` (sizes and augmentation flags).
 class RandomRescale:
     """Resize a PIL image by a factor drawn uniformly from ``[1 - spread, 1 + spread]`` (torch's RNG, like
     torchvision's random transforms), keeping its aspect ratio; ``--random_scale``."""
@@ -52,43 +54,43 @@ def _blur_kernel(crop_size):
     return k if k % 2 else k + 1
 
 
-def photometric_transforms(args):
+def photometric_transforms(aug):
     """PIL->PIL colour steps of ``--aug_plus`` (MoCo v2): ColorJitter(0.4, 0.4, 0.4, 0.1) with p=0.8,
     RandomGrayscale p=0.2, GaussianBlur (sigma 0.1-2) p=0.5; empty without it.  They are applied after the
     PH label is computed (``-ph pre`` and ``post`` alike), so they never change a label."""
-    if not getattr(args, 'aug_plus', False):
+    if not aug.aug_plus:
         return []
     return [T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
             T.RandomGrayscale(p=0.2),
-            T.RandomApply([T.GaussianBlur(_blur_kernel(args.crop_size), sigma=(0.1, 2.0))], p=0.5)]
+            T.RandomApply([T.GaussianBlur(_blur_kernel(aug.crop_size), sigma=(0.1, 2.0))], p=0.5)]
 
 
-def _geometric(args):
+def _geometric(aug):
     """[RandomRescale] [RandomRotation], the optional steps before the crop."""
     steps = []
-    if getattr(args, 'random_scale', 0) > 0:
-        steps.append(RandomRescale(args.random_scale))
-    if getattr(args, 'random_rotation', 0) > 0:
-        steps.append(T.RandomRotation(args.random_rotation, interpolation=T.InterpolationMode.BILINEAR))
+    if aug.random_scale > 0:
+        steps.append(RandomRescale(aug.random_scale))
+    if aug.random_rotation > 0:
+        steps.append(T.RandomRotation(aug.random_rotation, interpolation=T.InterpolationMode.BILINEAR))
     return steps
 
 
-def _affine(args):
-    if getattr(args, 'affine', False):
+def _affine(aug):
+    if aug.affine:
         return [T.RandomAffine(degrees=(-180, 180), scale=(0.5, 2), shear=(-100, 100, -100, 100))]
     return []
 
 
-def _random_crop(args):
-    padding = getattr(args, 'crop_padding', 0) or None
-    return T.RandomCrop(args.crop_size, padding=padding, pad_if_needed=True)
+def _random_crop(aug):
+    padding = aug.crop_padding or None
+    return T.RandomCrop(aug.crop_size, padding=padding, pad_if_needed=True)
 
 
-def _to_tensor(args):
-    return T.Compose(photometric_transforms(args) + [T.ToTensor(), NORMALIZE])
+def _to_tensor(aug):
+    return T.Compose(photometric_transforms(aug) + [T.ToTensor(), NORMALIZE])
 
 
-def pretrain_transforms(args):
+def pretrain_transforms(aug):
     """(spatial PIL->PIL augmentation, PIL->normalised tensor); the split lets ``-ph post`` label the
     augmented crop, and keeps photometric augmentation after the label.
 
@@ -96,54 +98,54 @@ def pretrain_transforms(args):
     ``--crop_padding``); with ``--aug_plus``: [RandomAffine] [RandomRescale] [RandomRotation]
     RandomResizedCrop(crop, scale 0.2-1) and a horizontal flip.  Then the photometric steps
     (:func:`photometric_transforms`), ToTensor and Normalize."""
-    spatial = _affine(args)
-    if getattr(args, 'aug_plus', False):
-        spatial += _geometric(args)
-        spatial += [T.RandomResizedCrop(args.crop_size, scale=(0.2, 1.0)), T.RandomHorizontalFlip()]
+    spatial = _affine(aug)
+    if aug.aug_plus:
+        spatial += _geometric(aug)
+        spatial += [T.RandomResizedCrop(aug.crop_size, scale=(0.2, 1.0)), T.RandomHorizontalFlip()]
     else:
-        if args.img_size > args.crop_size:
-            spatial.append(T.Resize(args.img_size, interpolation=T.InterpolationMode.BILINEAR))
-        spatial += _geometric(args)
-        spatial.append(_random_crop(args))
-    return T.Compose(spatial), _to_tensor(args)
+        if aug.img_size > aug.crop_size:
+            spatial.append(T.Resize(aug.img_size, interpolation=T.InterpolationMode.BILINEAR))
+        spatial += _geometric(aug)
+        spatial.append(_random_crop(aug))
+    return T.Compose(spatial), _to_tensor(aug)
 
 
-def pretrain_val_transforms(args):
+def pretrain_val_transforms(aug):
     """Validation: resize to crop x crop (deterministic), then ToTensor + Normalize."""
-    return (T.Resize((args.crop_size, args.crop_size), interpolation=T.InterpolationMode.BILINEAR),
+    return (T.Resize((aug.crop_size, aug.crop_size), interpolation=T.InterpolationMode.BILINEAR),
             T.Compose([T.ToTensor(), NORMALIZE]))
 
 
-def finetune_train_parts(args):
+def finetune_train_parts(aug):
     """(spatial PIL->PIL, PIL->normalised tensor) of fine-tuning's training augmentation.
 
     Default: Resize(img_size), RandomResizedCrop(crop, scale 0.7-1), horizontal flip.  With
     ``--random_scale`` or ``--crop_padding`` the crop is a RandomCrop (with that padding) after the random
     rescale; ``--random_rotation`` and ``--affine`` come before the crop; ``--aug_plus`` replaces resize and
     crop by RandomResizedCrop(crop, scale 0.2-1) and adds the photometric steps."""
-    spatial = _affine(args)
-    if getattr(args, 'aug_plus', False):
-        spatial += _geometric(args)
-        spatial.append(T.RandomResizedCrop(args.crop_size, scale=(0.2, 1.0)))
+    spatial = _affine(aug)
+    if aug.aug_plus:
+        spatial += _geometric(aug)
+        spatial.append(T.RandomResizedCrop(aug.crop_size, scale=(0.2, 1.0)))
     else:
-        spatial.append(T.Resize(args.img_size, interpolation=T.InterpolationMode.BILINEAR))
-        spatial += _geometric(args)
-        if getattr(args, 'random_scale', 0) > 0 or getattr(args, 'crop_padding', 0) > 0:
-            spatial.append(_random_crop(args))
+        spatial.append(T.Resize(aug.img_size, interpolation=T.InterpolationMode.BILINEAR))
+        spatial += _geometric(aug)
+        if aug.random_scale > 0 or aug.crop_padding > 0:
+            spatial.append(_random_crop(aug))
         else:
-            spatial.append(T.RandomResizedCrop(args.crop_size, scale=(0.7, 1.0)))
+            spatial.append(T.RandomResizedCrop(aug.crop_size, scale=(0.7, 1.0)))
     spatial.append(T.RandomHorizontalFlip())
-    return T.Compose(spatial), _to_tensor(args)
+    return T.Compose(spatial), _to_tensor(aug)
 
 
-def finetune_transforms(args, train):
+def finetune_transforms(aug, train):
     """PIL->normalised tensor for fine-tuning: the training augmentation (:func:`finetune_train_parts`), or
     for validation Resize(img_size) and CenterCrop(crop)."""
     if train:
-        spatial, to_tensor = finetune_train_parts(args)
+        spatial, to_tensor = finetune_train_parts(aug)
         return T.Compose([spatial, to_tensor])
-    return T.Compose([T.Resize(args.img_size, interpolation=T.InterpolationMode.BILINEAR),
-                      T.CenterCrop(args.crop_size), T.ToTensor(), NORMALIZE])
+    return T.Compose([T.Resize(aug.img_size, interpolation=T.InterpolationMode.BILINEAR),
+                      T.CenterCrop(aug.crop_size), T.ToTensor(), NORMALIZE])
 
 
 # ------------------------------------------------------------------------------------------ label sources
@@ -225,34 +227,6 @@ class MatrixLabels:
 
     def label(self, index):
         return np.array(self.matrix[self.rows[index]], dtype=np.float32)  # a writable copy of the row
-
-
-def find_label_matrix(ph_dir, label_type):
-    """Locate ``labels_<label_type>.npy`` (+ ``.txt``) in ``ph_dir``; return (npy, txt) or None."""
-    npy = os.path.join(ph_dir, f'labels_{label_type}.npy')
-    txt = os.path.join(ph_dir, f'labels_{label_type}.txt')
-    if os.path.isfile(npy) and os.path.isfile(txt):
-        return npy, txt
-    return None
-
-
-def load_label_matrix(npy, txt, expected_dim):
-    """Load and check a consolidated label matrix: float, 2-D, finite, D == expected_dim, one name per row."""
-    try:
-        matrix = np.load(npy, mmap_mode='r', allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read label matrix {npy}: {e}") from None
-    with open(txt, encoding='utf-8') as f:
-        names = [line.rstrip('\n') for line in f if line.strip()]
-    if matrix.ndim != 2 or matrix.shape[0] != len(names):
-        raise UserError(f"{npy} has shape {matrix.shape} but {txt} lists {len(names)} images; rerun PHdict.py")
-    if matrix.shape[1] != expected_dim:
-        raise UserError(f"labels in {npy} have dimension {matrix.shape[1]} but --numof_classes is {expected_dim}; "
-                        f"pass --numof_classes {matrix.shape[1]} or recompute the labels")
-    bad = np.flatnonzero(~np.isfinite(np.asarray(matrix)).all(axis=1))
-    if bad.size:
-        raise UserError(f"{npy} has non-finite values in {bad.size} rows (first: {names[bad[0]]}); recompute them")
-    return np.asarray(matrix, dtype=np.float32), names
 
 
 # ------------------------------------------------------------------------------------------ datasets
@@ -346,7 +320,7 @@ class GeneratedPH(_PHBase):
     def worker_init(worker_id):
         """DataLoader worker start-up for generation: seeds as usual, and keeps freed buffers for reuse."""
         from util.random_image import reduce_allocator_churn
-        from util.training import worker_init_fn
+        from util.seeding import worker_init_fn
         worker_init_fn(worker_id)
         reduce_allocator_churn()
 

@@ -64,6 +64,8 @@ FILTRATIONS = ('signed_distance', 'distance', 'distance_inv', 'signed_distance_i
 DEFAULT_FILTRATION = 'signed_distance'
 LUMA = (0.2989, 0.5870, 0.1140)
 DIAGRAM_COLUMNS = ('dim', 'birth', 'death', 'x1', 'y1', 'z1', 'x2', 'y2', 'z2')
+# Deaths at or above this are "infinite": cripser writes DBL_MAX (~1.8e308) for essential classes.
+INFINITE_DEATH = 0.5 * np.finfo(np.float64).max
 OTSU_BINS = 256   # skimage.filters.threshold_otsu's default number of bins for float images
 
 try:  # optional, exact and about twice as fast as scipy for the signed distance
@@ -381,7 +383,7 @@ def plot_ph(path, image, filtration, diagram, vector=None, title=None, vector_la
 
         ax = axes[2]
         d = np.asarray(diagram, dtype=np.float64).reshape(-1, diagram.shape[1] if np.ndim(diagram) == 2 else 3)
-        finite = d[:, 2] < 0.5 * np.finfo(np.float64).max
+        finite = d[:, 2] < INFINITE_DEATH
         span = d[:, 1:3][finite] if finite.any() else d[:, 1:2]
         lo = float(span.min()) if span.size else 0.0
         hi = float(span.max()) if span.size else 1.0

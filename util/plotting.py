@@ -24,9 +24,9 @@ from matplotlib.ticker import MaxNLocator
 
 from util.errors import UserError
 from util.fileio import ensure_dir, load_image, write_bytes, write_text
+from util.ph import INFINITE_DEATH
 
 #: deaths at or above this value (``cripser`` writes DBL_MAX, float32 files hold inf) count as infinite
-INFINITE_DEATH = 1e38
 #: colours of homology dimensions H0, H1, H2 (matplotlib's tab10 blue, orange, green)
 DIM_COLOURS = ('#1f77b4', '#ff7f0e', '#2ca02c')
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.tif', '.tiff', '.webp')
@@ -441,7 +441,7 @@ def persistence_diagram_ax(ax, diagram, max_value=None):
 
     ``diagram``: array (n, >=3) of rows [dim, birth, death, ...] as ``cripser`` returns (extra columns
     ignored); n may be 0. Points are coloured by homology dimension (H0 blue, H1 orange, H2 green).
-    Deaths that are infinite (inf, or >= 1e38 such as cripser's DBL_MAX) are drawn as triangles on a
+    Deaths that are infinite (inf, or >= :data:`util.ph.INFINITE_DEATH`, such as cripser's DBL_MAX) are drawn as triangles on a
     dashed line at the top labelled 'inf'. ``max_value``: where that line (and the axes) end; default a
     little above the largest finite value. The diagonal birth = death is drawn dashed.
     """

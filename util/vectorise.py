@@ -6,27 +6,31 @@ homology dimension 0 and 1 are used.  Pairs whose death is infinite -- ``np.inf`
 (~1.8e308) that cripser writes for essential classes -- are excluded from every vectorisation, as are
 pairs with a NaN birth or death.
 
-Four label types are provided (see :data:`LABEL_TYPES`); each is a class that keeps its hyperparameters
-(fixed in ``__init__``, in the style of ``gudhi.representations``) and offers
+Four label types are provided (see :data:`LABEL_TYPES`; :data:`VECTORISERS` maps each to its class); each is
+a :class:`Vectoriser` that keeps its hyperparameters (fixed in ``__init__``, in the style of
+``gudhi.representations``) and offers
 
 * ``dim`` -- the output length ``D``;
 * ``transform(diagrams)`` -- a sequence of ``N`` diagrams to a float32 array ``[N, D]``, computed for the
   whole batch at once with numpy (no Python loop over pairs);
 * ``__call__(diagram)`` -- one diagram to a float32 vector ``[D]``;
-* ``get_params()`` -- the hyperparameters as a JSON-friendly dict.
+* ``get_params()`` -- the hyperparameters as a JSON-friendly dict; ``set_params(**changes)``;
+* ``fit`` / ``fit_transform`` -- the scikit-learn transformer protocol (a vectoriser is a ``Pipeline`` step).
 
 Outputs are always finite float32 (values beyond the float32 range, which need absurd filtration values,
 saturate).  Scripts build a vectoriser from command-line flags with :func:`add_label_args` and
 :func:`vectoriser_from_args`, or directly with :func:`make_vectoriser`.
 """
+import inspect
 import math
 
 import numpy as np
 from scipy.special import erfc
 
 from util.errors import UserError
+from util.ph import INFINITE_DEATH
 
-LABEL_TYPES = ('histogram', 'persistence_image', 'betti_curve', 'landscape')
+VECTORISERS = {}   # label type -> Vectoriser subclass, filled as the classes below are defined
 
 DEFAULT_MAX_LIFE = 50.0
 DEFAULT_MAX_BIRTH = 50.0
@@ -35,8 +39,6 @@ DEFAULT_SIGMA = 100.0
 DEFAULT_POWER = 1.0
 DEFAULT_NUM_LANDSCAPES = 2
 
-# Deaths at or above this are "infinite": cripser writes DBL_MAX (~1.8e308) for essential classes.
-_INF_DEATH = 0.5 * np.finfo(np.float64).max
 _F32_MAX = float(np.finfo(np.float32).max)
 _SQRT_HALF = math.sqrt(0.5)
 # Upper bound on the number of float64 elements of one temporary array (memory of a batch chunk).
@@ -77,7 +79,7 @@ class _Pairs:
             pairs = np.zeros((0, 3))
         index = np.repeat(np.arange(self.count, dtype=np.intp), sizes)
         hom, birth, death = pairs[:, 0], pairs[:, 1], pairs[:, 2]
-        usable = (np.abs(birth) < _INF_DEATH) & (np.abs(death) < _INF_DEATH)  # also False for NaN
+        usable = (np.abs(birth) < INFINITE_DEATH) & (np.abs(death) < INFINITE_DEATH)  # also False for NaN
         self.by_dim = {}
         for h in (0, 1):
             m = usable & (hom == h)
@@ -208,7 +210,74 @@ def smoothing_matrix(n, bandwidth):
     return s
 
 
-class HistogramVectoriser:
+class Vectoriser:
+    """Base of the label types: a fixed map from persistence diagrams to float32 vectors of length ``dim``.
+
+    Subclasses set ``label_type`` (registering themselves in :data:`VECTORISERS`), take their hyperparameters
+    as keyword arguments of ``__init__``, and implement ``transform(diagrams) -> [N, dim]`` and
+    ``get_params()``.  The scikit-learn transformer protocol comes with it, so a vectoriser is a step of a
+    ``sklearn.pipeline.Pipeline``: ``fit`` learns nothing unless ``learn_ranges`` is set
+    (``set_params(learn_ranges=True)``), in which case it sets the birth and lifetime ranges to those of the
+    finite pairs it is given.
+    """
+
+    label_type = None
+    learn_ranges = False
+    RANGE_PARAMS = ('max_life', 'max_birth', 'min_birth')
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.label_type is not None:
+            VECTORISERS[cls.label_type] = cls
+
+    def get_params(self, deep=True):
+        raise NotImplementedError
+
+    def _init_params(self):
+        """The current values of this vectoriser's ``__init__`` arguments."""
+        names = inspect.signature(type(self).__init__).parameters
+        return {k: v for k, v in self.get_params().items() if k in names}
+
+    def set_params(self, **params):
+        """Change hyperparameters (scikit-learn style; ``learn_ranges`` too); returns ``self``."""
+        if 'learn_ranges' in params:
+            self.learn_ranges = bool(params.pop('learn_ranges'))
+        unknown = set(params) - set(inspect.signature(type(self).__init__).parameters) - {'self'}
+        if unknown:
+            raise UserError(f"{type(self).__name__} has no parameter {', '.join(sorted(unknown))}")
+        if params:
+            learn = self.learn_ranges
+            type(self).__init__(self, **dict(self._init_params(), **params))
+            self.learn_ranges = learn
+        return self
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.get_params()})"
+
+    def __call__(self, diagram):
+        """One diagram ``(n, >=3)`` -> float32 vector ``[dim]``."""
+        return self.transform([_as_diagram(diagram)])[0]
+
+    def fit(self, diagrams, y=None):
+        """With ``learn_ranges``: births and lifetimes ranges from the finite H0/H1 pairs of ``diagrams``
+        (those this label type uses); otherwise nothing.  Returns ``self``."""
+        if not self.learn_ranges:
+            return self
+        pairs = _Pairs(diagrams)
+        births = np.concatenate([pairs.by_dim[h][1] for h in (0, 1)])
+        lives = np.concatenate([pairs.by_dim[h][2] - pairs.by_dim[h][1] for h in (0, 1)])
+        if births.size == 0:
+            return self
+        names = inspect.signature(type(self).__init__).parameters
+        learned = {'max_life': float(max(lives.max(), 1e-6)), 'max_birth': float(max(np.abs(births).max(), 1e-6)),
+                   'min_birth': float(min(births.min(), births.max() - 1e-6))}
+        return self.set_params(**{k: v for k, v in learned.items() if k in names})
+
+    def fit_transform(self, diagrams, y=None):
+        return self.fit(diagrams, y).transform(diagrams)
+
+
+class HistogramVectoriser(Vectoriser):
     """Lifetime and birth histograms of H0/H1 (the original project's default label).
 
     With ``nb = num_bins`` (four bin counts) and ``life = clip(death - birth, 0, max_life)``:
@@ -248,12 +317,9 @@ class HistogramVectoriser:
         self._smooth = [smoothing_matrix(n, self.bandwidth) for n in num_bins]
         self._life_factor = [1.0 + np.linspace(0.0, self.max_life, n) for n in num_bins[:2]]
 
-    def get_params(self):
+    def get_params(self, deep=True):
         return dict(label_type=self.label_type, dim=self.dim, num_bins=list(self.num_bins),
                     max_life=self.max_life, max_birth=self.max_birth, bandwidth=self.bandwidth)
-
-    def __repr__(self):
-        return f"{type(self).__name__}({self.get_params()})"
 
     def _hist(self, count, index, values, lo, hi, n, weights=None):
         """Per-diagram histograms ``[count, n]`` of ``values`` (``index`` = diagram of each value)."""
@@ -281,10 +347,6 @@ class HistogramVectoriser:
         out = np.concatenate([np.log1p(parts[0]), np.log1p(parts[1]),
                               np.log1p(parts[2]) / 100.0, np.log1p(parts[3])], axis=1)
         return _finite_float32(out)
-
-    def __call__(self, diagram):
-        """One diagram ``(n, >=3)`` -> float32 vector ``[dim]``."""
-        return self.transform([_as_diagram(diagram)])[0]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -357,7 +419,7 @@ def _aggregated_images(index, count, a_id, a_mass, b_id, b_mass, weight):
     return out
 
 
-class PersistenceImageVectoriser:
+class PersistenceImageVectoriser(Vectoriser):
     """Persistence images of H0 and H1 (Adams et al. 2017), square-rooted.
 
     Each pair becomes the point ``(birth, life)`` with ``life = clip(death - birth, 0, max_life)``, weighted by
@@ -392,13 +454,10 @@ class PersistenceImageVectoriser:
                             np.arange(nl + 1) * (self.max_life / nl) if nl else np.zeros(1))
                            for nb, nl in self.grids)
 
-    def get_params(self):
+    def get_params(self, deep=True):
         return dict(label_type=self.label_type, dim=self.dim, max_life=self.max_life,
                     min_birth=self.min_birth, max_birth=self.max_birth, sigma=self.sigma, power=self.power,
                     grids=[list(g) for g in self.grids])
-
-    def __repr__(self):
-        return f"{type(self).__name__}({self.get_params()})"
 
     def images(self, diagrams):
         """Raw persistence images, before the square root: ``[H0 [N, nb0, nl0], H1 [N, nb1, nl1]]`` (float64)."""
@@ -446,15 +505,11 @@ class PersistenceImageVectoriser:
         out = np.concatenate([np.sqrt(np.abs(i.reshape(n, i.shape[1] * i.shape[2]))) for i in imgs], axis=1)
         return _finite_float32(out)
 
-    def __call__(self, diagram):
-        """One diagram ``(n, >=3)`` -> float32 vector ``[dim]``."""
-        return self.transform([_as_diagram(diagram)])[0]
-
 
 # ----------------------------------------------------------------------------------------------------
 # Betti curve
 
-class BettiCurveVectoriser:
+class BettiCurveVectoriser(Vectoriser):
     """Lifetime-weighted Betti curves of H0 and H1, square-rooted.
 
     For H0 (``dim // 2`` thresholds) then H1 (the rest): at each threshold ``t`` of
@@ -470,12 +525,9 @@ class BettiCurveVectoriser:
         self.min_birth, self.max_birth = _birth_range(min_birth, max_birth)
         self.thresholds = tuple(np.linspace(self.min_birth, self.max_birth, n) for n in _split_half(self.dim))
 
-    def get_params(self):
+    def get_params(self, deep=True):
         return dict(label_type=self.label_type, dim=self.dim, max_life=self.max_life,
                     min_birth=self.min_birth, max_birth=self.max_birth)
-
-    def __repr__(self):
-        return f"{type(self).__name__}({self.get_params()})"
 
     def transform(self, diagrams):
         """Sequence of ``N`` diagrams -> float32 array ``[N, dim]``."""
@@ -503,15 +555,11 @@ class BettiCurveVectoriser:
             parts.append(np.sqrt(acc))
         return _finite_float32(np.concatenate(parts, axis=1))
 
-    def __call__(self, diagram):
-        """One diagram ``(n, >=3)`` -> float32 vector ``[dim]``."""
-        return self.transform([_as_diagram(diagram)])[0]
-
 
 # ----------------------------------------------------------------------------------------------------
 # persistence landscape
 
-class LandscapeVectoriser:
+class LandscapeVectoriser(Vectoriser):
     """The first ``num_landscapes`` persistence landscapes of H0 and H1, square-rooted.
 
     The ``k``-th landscape at ``t`` is the ``k``-th largest of ``max(0, min(t - birth, death - t))`` over the
@@ -538,12 +586,9 @@ class LandscapeVectoriser:
             self.layout.append((k, r, d - k * r))
         self.samples = tuple(np.linspace(self.min_birth, self.max_birth, r) for _, r, _ in self.layout)
 
-    def get_params(self):
+    def get_params(self, deep=True):
         return dict(label_type=self.label_type, dim=self.dim, min_birth=self.min_birth,
                     max_birth=self.max_birth, num_landscapes=self.num_landscapes)
-
-    def __repr__(self):
-        return f"{type(self).__name__}({self.get_params()})"
 
     def _landscapes(self, pairs, h, k, r):
         """Landscapes ``[N, k, r]`` of the H``h`` pairs at the sample points (before the square root).
@@ -594,13 +639,12 @@ class LandscapeVectoriser:
             parts.append(out)
         return _finite_float32(np.concatenate(parts, axis=1))
 
-    def __call__(self, diagram):
-        """One diagram ``(n, >=3)`` -> float32 vector ``[dim]``."""
-        return self.transform([_as_diagram(diagram)])[0]
-
 
 # ----------------------------------------------------------------------------------------------------
 # construction from parameters / command-line flags
+
+LABEL_TYPES = tuple(VECTORISERS)   # ('histogram', 'persistence_image', 'betti_curve', 'landscape')
+
 
 def make_vectoriser(label_type, dim, *, max_life=DEFAULT_MAX_LIFE, max_birth=DEFAULT_MAX_BIRTH, min_birth=None,
                     bandwidth=DEFAULT_BANDWIDTH, sigma=DEFAULT_SIGMA, power=DEFAULT_POWER,
@@ -610,16 +654,12 @@ def make_vectoriser(label_type, dim, *, max_life=DEFAULT_MAX_LIFE, max_birth=DEF
     Parameters a label type does not use are ignored (``num_bins`` is for the histogram only and, when
     given, must sum to ``dim``).  Raises :class:`UserError` for an unknown type or invalid values.
     """
-    if label_type == 'histogram':
-        return HistogramVectoriser(dim, max_life=max_life, max_birth=max_birth, bandwidth=bandwidth,
-                                   num_bins=num_bins)
-    if label_type == 'persistence_image':
-        return PersistenceImageVectoriser(dim, max_life=max_life, max_birth=max_birth, min_birth=min_birth,
-                                          sigma=sigma, power=power)
-    if label_type == 'betti_curve':
-        return BettiCurveVectoriser(dim, max_life=max_life, max_birth=max_birth, min_birth=min_birth)
-    if label_type == 'landscape':
-        return LandscapeVectoriser(dim, max_birth=max_birth, min_birth=min_birth, num_landscapes=num_landscapes)
+    cls = VECTORISERS.get(label_type)
+    if cls is not None:
+        options = dict(max_life=max_life, max_birth=max_birth, min_birth=min_birth, bandwidth=bandwidth, sigma=sigma,
+                       power=power, num_landscapes=num_landscapes, num_bins=num_bins)
+        accepted = inspect.signature(cls.__init__).parameters
+        return cls(dim, **{k: v for k, v in options.items() if k in accepted})
     raise UserError(f"unknown --label_type {label_type!r}; choose one of {', '.join(LABEL_TYPES)}")
 
 
@@ -667,8 +707,10 @@ def add_label_args(parser, **short):
 
 
 def vectoriser_from_args(args, dim):
-    """The vectoriser described by the label flags of an argparse ``Namespace`` (missing ones take defaults)."""
-    get = lambda name: getattr(args, name, _LABEL_FLAGS[name]['default'])  # noqa: E731
+    """The vectoriser described by the label flags (:func:`add_label_args`) of an argparse ``Namespace``;
+    flags the parser did not define take their defaults."""
+    given = vars(args)
+    get = lambda name: given.get(name, _LABEL_FLAGS[name]['default'])  # noqa: E731
     return make_vectoriser(get('label_type'), dim, max_life=get('max_life'), max_birth=get('max_birth'),
                            min_birth=get('min_birth'), bandwidth=get('bandwidth'), sigma=get('sigma'),
                            power=get('power'), num_landscapes=get('num_landscapes'))

@@ -1,0 +1,234 @@
+"""Run folders, the per-epoch log, checkpoints (save / restore by key) and weights files."""
+import datetime
+import errno
+import json
+import os
+import random
+
+import numpy as np
+import torch
+
+from models import unwrap
+from util import fileio
+from util.datasets import IMAGENET_MEAN, IMAGENET_STD
+from util.distributed import broadcast_object, is_main
+from util.errors import UserError
+
+CHECKPOINT_NAME = 'checkpoint.pth'
+LOG_NAME = 'log.jsonl'
+
+
+def make_run_dir(output, cfg):
+    """Create a fresh dated folder under ``output`` (``YYYY_MMDD_HHMM``, suffixed ``_2``, ... when taken).
+
+    Never reuses an existing folder. Rank 0 creates it; every rank gets its path.
+    """
+    path = None
+    if is_main(cfg):
+        fileio.ensure_dir(output)
+        stamp = datetime.datetime.now().strftime('%Y_%m%d_%H%M')
+        for k in range(1, 10000):
+            candidate = os.path.join(output, stamp if k == 1 else f'{stamp}_{k}')
+            try:
+                os.mkdir(candidate)
+            except FileExistsError:
+                continue
+            except OSError as e:
+                raise UserError(f"cannot create a run folder in {output!r}: {e.strerror}") from None
+            path = candidate
+            break
+    return broadcast_object(path, cfg)
+
+
+def resolve_resume(path):
+    """``--resume`` may name a checkpoint file or the run folder holding ``checkpoint.pth``."""
+    if os.path.isdir(path):
+        path = os.path.join(path, CHECKPOINT_NAME)
+    if not os.path.isfile(path):
+        raise UserError(f"--resume {path!r}: no such checkpoint file")
+    return path
+
+
+def jsonable(settings):
+    """A dict of settings (e.g. ``vars(args)``) reduced to JSON-able builtins (what checkpoints and args.json
+    store)."""
+    out = {}
+    for k, v in dict(settings).items():
+        if isinstance(v, (str, int, float, bool)) or v is None:
+            out[k] = v
+        elif isinstance(v, (list, tuple)):
+            out[k] = [x if isinstance(x, (str, int, float, bool)) or x is None else str(x) for x in v]
+        else:
+            out[k] = str(v)
+    return out
+
+
+class RunLogger:
+    """Per-epoch JSON-lines log (+ TensorBoard scalars when the package is installed), rank 0 only."""
+
+    def __init__(self, run_dir, enabled=True):
+        self.path = os.path.join(run_dir, LOG_NAME)
+        self.enabled = enabled
+        self.tb = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tb = SummaryWriter(log_dir=os.path.join(run_dir, 'tensorboard'))
+            except Exception:  # TensorBoard is optional
+                self.tb = None
+
+    def log(self, record):
+        if not self.enabled:
+            return
+        data = (json.dumps(record, sort_keys=True) + '\n').encode('utf-8')
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                start = os.lseek(fd, 0, os.SEEK_END)
+                try:
+                    if os.write(fd, data) != len(data):
+                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                except OSError:
+                    os.ftruncate(fd, start)  # never leave half a record for the next one to be glued to
+                    raise
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise UserError(f"cannot write {self.path}: {e.strerror}; make room, then continue with --resume "
+                            f"{os.path.dirname(self.path)}") from None
+        if self.tb is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k != 'epoch':
+                    self.tb.add_scalar(k, v, record.get('epoch', 0))
+            self.tb.flush()
+
+    def truncate_after(self, epoch):
+        """Drop records of epochs after ``epoch`` (a resumed run repeats them)."""
+        if not (self.enabled and os.path.exists(self.path)):
+            return
+        keep = []
+        with open(self.path, encoding='utf-8') as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                if rec.get('epoch', 0) <= epoch:
+                    keep.append(json.dumps(rec, sort_keys=True))
+        fileio.write_text(self.path, ''.join(k + '\n' for k in keep))
+
+    def close(self):
+        if self.tb is not None:
+            self.tb.close()
+
+
+def rng_state():
+    """Every RNG's state as tensors/builtins (loadable with weights_only=True)."""
+    np_state = np.random.get_state()
+    state = {'torch': torch.get_rng_state(),
+             'numpy': [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])],
+             'python': _tuple_to_list(random.getstate())}
+    if torch.cuda.is_available():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state['torch'])
+    name, keys, pos, has_gauss, cached = state['numpy']
+    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
+    random.setstate(_list_to_tuple(state['python']))
+    if 'cuda' in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
+
+
+def _tuple_to_list(x):
+    return [_tuple_to_list(v) for v in x] if isinstance(x, (tuple, list)) else x
+
+
+def _list_to_tuple(x):
+    return tuple(_list_to_tuple(v) for v in x) if isinstance(x, (tuple, list)) else x
+
+
+def save_checkpoint(run_dir, model, optimizer, scheduler, epoch, meta=None):
+    """Write ``checkpoint.pth`` (atomically): model, optimizer, lr_scheduler, epoch, RNG, and ``meta`` (builtins:
+    the run's ``args``, ``arch``, ``num_outputs``, ``mode``, ``phase``)."""
+    state = {'model': unwrap(model).state_dict(), 'optimizer': optimizer.state_dict(),
+             'lr_scheduler': scheduler.state_dict(), 'epoch': epoch, 'rng': rng_state(),
+             'scaler': {}}   # no loss scaler (bfloat16 autocast needs none); the key keeps the format of old runs
+    if meta:
+        state.update(meta)
+    fileio.torch_save(state, os.path.join(run_dir, CHECKPOINT_NAME))
+
+
+def load_checkpoint(path, map_location='cpu'):
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # weights_only refuses anything but tensors and builtins
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot load checkpoint {path!r} safely: {first}") from None
+
+
+def save_weights(path, model):
+    """A plain state_dict, loadable by ``torchvision.models.<arch>(num_classes=D).load_state_dict``."""
+    fileio.torch_save(unwrap(model).state_dict(), path)
+
+
+def open_checkpoint(resume, kind, arch):
+    """``--resume``: (the run folder, its checkpoint dict), refusing a file that is not a ``kind`` checkpoint
+    of architecture ``arch``."""
+    path = resolve_resume(resume)
+    checkpoint = load_checkpoint(path)
+    for key in ('model', 'optimizer', 'lr_scheduler', 'epoch'):
+        if key not in checkpoint:
+            raise UserError(f"{path} is not a {kind} checkpoint (no {key!r}); pass the run's {CHECKPOINT_NAME}")
+    if checkpoint.get('arch') not in (None, arch):
+        raise UserError(f"{path} was trained with -u {checkpoint['arch']}, not -u {arch}")
+    return os.path.dirname(os.path.abspath(path)), checkpoint
+
+
+def write_settings(run_dir, settings, checkpoint=None):
+    """``args.json`` of a fresh run, or ``args_resume_epoch{E}.json`` when continuing ``checkpoint``."""
+    name = 'args.json' if checkpoint is None else f"args_resume_epoch{checkpoint['epoch'] + 1}.json"
+    fileio.write_json(os.path.join(run_dir, name), jsonable(settings))
+
+
+def final_message(run_dir, records, weights_name, epochs, start_epoch=1):
+    """The closing line: where the final weights are, or how to continue a run stopped early."""
+    last = records[-1]['epoch'] if records else start_epoch - 1
+    if last >= epochs:
+        return f"weights: {os.path.join(run_dir, weights_name.format(epoch=epochs))}"
+    return f"stopped after epoch {last} of {epochs}; continue with --resume {run_dir}"
+
+
+def save_sample_grid(dataset, n, path, titles=None):
+    """A picture of the first ``n`` samples of ``dataset`` as the network sees them (undecodable ones skipped).
+
+    ``titles``: optional function of a sample's target giving its caption.
+    """
+    from util.plotting import sample_grid
+    items = [it for it in (dataset[i] for i in range(min(n, len(dataset)))) if it is not None]
+    if items:
+        sample_grid(torch.stack([it[0] for it in items]), path, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                    titles=[titles(it[1]) for it in items] if titles else None)
+
+
+def read_classes(path):
+    """Class names from ``classes.json`` (a JSON list, as fine-tuning writes it) or a text file with one name
+    per line."""
+    try:
+        with open(path, encoding='utf-8') as f:
+            text = f.read()
+    except OSError as e:
+        raise UserError(f"cannot read the class names {path!r}: {e.strerror}") from None
+    if path.endswith('.json'):
+        try:
+            names = json.loads(text)
+        except ValueError as e:
+            raise UserError(f"{path} is not valid JSON ({e}); expected a list of class names") from None
+        if not isinstance(names, list) or not all(isinstance(n, (str, int)) for n in names):
+            raise UserError(f"{path} must hold a JSON list of class names")
+        return [str(n) for n in names]
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
