@@ -49,31 +49,36 @@ ESSENTIAL_DEATH = sys.float_info.max   # cripser's death of an essential class
 CONSTRUCTIONS = ('V', 'T')
 
 
+def _writable_dir(path):
+    """True if files can be created in ``path`` (made if missing) -- the test numba's cache locators make."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+        return True
+    except OSError:
+        return False
+
+
 def _numba_cache_fallback():
     """Point numba at a writable cache dir when neither this folder nor numba's user cache dir is writable.
 
-    Numba caches beside the source (``__pycache__``) and otherwise in the user-wide cache dir; if neither is
-    writable (a read-only install and home), set ``NUMBA_CACHE_DIR`` to a per-user dir under the system
-    temporary dir.  Must run before numba is imported (numba reads the variable once).
+    Numba caches beside the source (``__pycache__``), else in the user-wide cache dir (``~/.cache/numba``);
+    if neither can be written (a read-only install and home), ``NUMBA_CACHE_DIR`` is set to a per-user dir
+    under the system temporary dir, if that one can.  Must run before numba is imported (numba reads the
+    variable once).  If nothing is writable, :func:`_jit` compiles in memory.
     """
     if os.environ.get('NUMBA_CACHE_DIR'):
         return
     here = os.path.dirname(os.path.abspath(__file__))
-    pycache = os.path.join(here, '__pycache__')
-    if os.access(pycache if os.path.isdir(pycache) else here, os.W_OK | os.X_OK):
+    if _writable_dir(os.path.join(here, '__pycache__')):
         return
     home_cache = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
-    probe = home_cache
-    while probe and not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    if probe and os.access(probe, os.W_OK | os.X_OK):
+    if _writable_dir(os.path.join(home_cache, 'numba')):
         return
-    tmp = os.path.join(tempfile.gettempdir(), f'numba-cache-{os.getuid() if hasattr(os, "getuid") else "u"}')
-    try:
-        os.makedirs(tmp, exist_ok=True)
-    except OSError:
-        return
-    if os.access(tmp, os.W_OK | os.X_OK):
+    uid = os.getuid() if hasattr(os, 'getuid') else 'user'
+    tmp = os.path.join(tempfile.gettempdir(), f'numba-cache-{uid}')
+    if _writable_dir(tmp):
         os.environ['NUMBA_CACHE_DIR'] = tmp
 
 
@@ -83,12 +88,19 @@ if 'numba' not in sys.modules:
 import numba  # noqa: E402
 
 
+_UNCACHED = []   # names of the kernels compiled in memory (no writable cache location)
+
+
 def _jit(fn):
-    """``numba.njit(cache=True)``, or in-memory compilation where numba finds no cache location."""
+    """``numba.njit(cache=True)``, or in-memory compilation where numba finds no cache location (one warning)."""
     try:
         return numba.njit(cache=True, nogil=True)(fn)
     except Exception as e:   # numba raises RuntimeError("cannot cache function ...") at decoration time
-        warnings.warn(f"numba cannot cache {fn.__name__} ({e}); compiling in memory", RuntimeWarning)
+        if not _UNCACHED:
+            warnings.warn(f"numba finds no writable cache dir ({e}); the union-find PH engine is compiled in "
+                          "memory in each process (set NUMBA_CACHE_DIR to a writable folder to keep it)",
+                          RuntimeWarning)
+        _UNCACHED.append(fn.__name__)
         return numba.njit(cache=False, nogil=True)(fn)
 
 
