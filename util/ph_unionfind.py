@@ -422,94 +422,83 @@ def _sqrt_keys(f, max_span):
 
 
 @_jit
-def _edt_1d_columns(src, h, w, inf):
-    """Squared distance along each column to the nearest pixel with ``src`` True (``inf`` if none)."""
-    g = np.empty((h, w), np.int64)
+def _signed_sqedt(bw):
+    """Exact signed squared EDT (see :func:`signed_sqedt`): a column pass giving each pixel the distance
+    along its column to the nearest pixel of the other class (rows in memory order), then per row the lower
+    envelope of parabolas (Felzenszwalb & Huttenlocher) for each class, evaluated at the other class."""
+    h, w = bw.shape
+    big = h + w + 2
+    # vertical distance to the nearest pixel of the other class in the same column
+    vd = np.empty((h, w), np.int64)
     for c in range(w):
-        d = inf
-        for r in range(h):
-            if src[r, c]:
-                d = 0
-            elif d < inf:
-                d += 1
-            g[r, c] = d
-        d = inf
-        for r in range(h - 1, -1, -1):
-            if src[r, c]:
-                d = 0
-            elif d < inf:
-                d += 1
-            if d < g[r, c]:
-                g[r, c] = d
-    for r in range(h):
+        vd[0, c] = big
+    for r in range(1, h):
         for c in range(w):
-            if g[r, c] < inf:
-                g[r, c] = g[r, c] * g[r, c]
-    return g
-
-
-@_jit
-def _edt_rows(g, want, out, sign, h, w, inf):
-    """Row pass (lower envelope of parabolas, Felzenszwalb-Huttenlocher in integers): ``out[r, c] =
-    sign * min_k g[r, k] + (c - k)^2`` at the pixels where ``want`` is True."""
+            if bw[r, c] != bw[r - 1, c]:
+                vd[r, c] = 1
+            else:
+                vd[r, c] = vd[r - 1, c] + 1 if vd[r - 1, c] < big else big
+    for r in range(h - 2, -1, -1):
+        for c in range(w):
+            if bw[r, c] != bw[r + 1, c]:
+                vd[r, c] = 1
+            elif vd[r + 1, c] + 1 < vd[r, c]:
+                vd[r, c] = vd[r + 1, c] + 1
+    out = np.empty((h, w), np.int64)
+    g = np.empty(w, np.int64)
     v = np.empty(w, np.int64)
     z = np.empty(w + 1, np.float64)
+    inf = big * big
     for r in range(h):
-        any_want = False
-        for c in range(w):
-            if want[r, c]:
-                any_want = True
-                break
-        if not any_want:
-            continue
-        k = -1
-        for q in range(w):
-            gq = g[r, q]
-            if gq >= inf:
-                continue
-            if k < 0:
-                k = 0
-                v[0] = q
-                z[0] = -np.inf
-                z[1] = np.inf
-                continue
-            while True:
-                p = v[k]
-                s = ((gq + q * q) - (g[r, p] + p * p)) / (2.0 * (q - p))
-                if s <= z[k]:
-                    k -= 1
-                    if k < 0:
-                        break
-                else:
+        for cls in range(2):
+            target = cls == 1          # evaluate at pixels of class `target`; features = the other class
+            any_target = False
+            for c in range(w):
+                if bw[r, c] == target:
+                    any_target = True
                     break
-            k += 1
-            v[k] = q
-            z[k] = s if k > 0 else -np.inf
-            z[k + 1] = np.inf
-        if k < 0:
-            continue
-        j = 0
-        for c in range(w):
-            while z[j + 1] < c:
-                j += 1
-            if want[r, c]:
-                p = v[j]
-                out[r, c] = sign * ((c - p) * (c - p) + g[r, p])
-
-
-@_jit
-def _signed_sqedt(bw):
-    h, w = bw.shape
-    inf = (h + w + 2) * (h + w + 2)
-    bg = np.empty((h, w), np.bool_)
-    for r in range(h):
-        for c in range(w):
-            bg[r, c] = not bw[r, c]
-    out = np.zeros((h, w), np.int64)
-    g = _edt_1d_columns(bg, h, w, inf)       # foreground pixels: distance to the background
-    _edt_rows(g, bw, out, 1, h, w, inf)
-    g = _edt_1d_columns(bw, h, w, inf)       # background pixels: distance to the foreground
-    _edt_rows(g, bg, out, -1, h, w, inf)
+            if not any_target:
+                continue
+            for c in range(w):          # squared vertical distance from (r, c) to the nearest feature
+                if bw[r, c] != target:
+                    g[c] = 0
+                elif vd[r, c] < big:
+                    g[c] = vd[r, c] * vd[r, c]
+                else:
+                    g[c] = inf
+            k = -1
+            for q in range(w):
+                gq = g[q]
+                if gq >= inf:
+                    continue
+                if k < 0:
+                    k = 0
+                    v[0] = q
+                    z[0] = -np.inf
+                    z[1] = np.inf
+                    continue
+                fq = gq + q * q
+                while True:
+                    p = v[k]
+                    s = (fq - (g[p] + p * p)) / (2.0 * (q - p))
+                    if s <= z[k]:
+                        k -= 1
+                        if k < 0:
+                            break
+                    else:
+                        break
+                k += 1
+                v[k] = q
+                z[k] = s if k > 0 else -np.inf
+                z[k + 1] = np.inf
+            j = 0
+            sign = 1 if target else -1
+            for c in range(w):
+                while z[j + 1] < c:
+                    j += 1
+                if bw[r, c] == target:
+                    p = v[j]
+                    out[r, c] = sign * ((c - p) * (c - p) + g[p])
     return out
 
 
