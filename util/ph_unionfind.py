@@ -390,6 +390,47 @@ def _diagram_keys(keys, reps0, count0, reps1, count1, essential):
 
 
 @_jit
+def _radix_order(f):
+    """Stable ascending order of the flat float64 array ``f`` (no NaN): LSD radix sort of the values' bits
+    mapped to order-preserving unsigned keys, 11 bits a pass, passes whose digit is the same everywhere
+    skipped (about 3x faster than a stable ``np.argsort``)."""
+    n = f.size
+    keys = np.empty(n, np.uint64)
+    bits = (f + 0.0).view(np.uint64)          # + 0.0 turns -0.0 into +0.0 (equal values, equal keys)
+    sign = np.uint64(1) << np.uint64(63)
+    for i in range(n):
+        b = bits[i]
+        keys[i] = ~b if b & sign else b | sign
+    nd = 6
+    counts = np.zeros((nd, 2049), np.int64)
+    for i in range(n):
+        k = keys[i]
+        for d in range(nd):
+            counts[d, ((k >> np.uint64(11 * d)) & np.uint64(2047)) + 1] += 1
+    order = np.arange(n).astype(np.int64)
+    tmp = np.empty(n, np.int64)
+    for d in range(nd):
+        trivial = False
+        for b in range(2048):
+            if counts[d, b + 1] == n:
+                trivial = True
+                break
+        if trivial:
+            continue
+        start = counts[d]
+        for b in range(2048):
+            start[b + 1] += start[b]
+        shift = np.uint64(11 * d)
+        for i in range(n):
+            o = order[i]
+            b = (keys[o] >> shift) & np.uint64(2047)
+            tmp[start[b]] = o
+            start[b] += 1
+        order, tmp = tmp, order
+    return order
+
+
+@_jit
 def _sqrt_keys(f, max_span):
     """``(True, k)`` if every value is ``sign(k) * sqrt(|k|)`` of an integer ``k`` (integers and square roots of
     integers, e.g. distances on the pixel grid) with keys spanning at most ``max_span``; else ``(False, _)``."""
@@ -533,7 +574,7 @@ def diagram(filtration, construction='V'):
     ok, keys = _sqrt_keys(f, 8 * f.size + 4096)
     if ok:      # integer or square-root-of-integer values: a counting sort orders them (same order)
         return _diagram_keys(keys, *tables, ESSENTIAL_DEATH)
-    order = np.argsort(f, axis=None, kind='stable')
+    order = _radix_order(f.ravel())
     return _diagram_float(f, order, *tables, ESSENTIAL_DEATH)
 
 
