@@ -25,8 +25,9 @@ the column of a pixel, ``z = 0``, as cripser writes them; H0 rows first, then H1
   destroyer = the pixel whose arrival joined the two components, value = death.
 * The essential H0 class: creator = the first pixel in the order (the row-major first global minimum),
   death = the largest double (``sys.float_info.max``, what cripser writes), destroyer ``(-1, -1, -1)``.
-* H1 pair: creator = the joining pixel (value = birth); destroyer = the last pixel in the order of the
-  younger complement component (the row-major last of its maxima; value = death).
+* H1 pair: creator = the pixel of the reverse pass that joined the complement components (value = birth;
+  among tied pixels the reverse pass takes the row-major last first); destroyer = the last pixel in the
+  order of the younger complement component (the row-major last of its maxima; value = death).
 
 Speed: a one-pixel padded grid (no bounds checks); a 256-entry table over the mask of already-added
 8-neighbours, which names one neighbour per locally connected run (most pixels touch one run and are linked
