@@ -3,8 +3,9 @@
     python PHdict.py random -o PH_random -it jpg
 
 reads every ``*.jpg`` below ``random`` (sorted, sub-folders included), computes its persistence diagram
-(Otsu binarisation, signed Euclidean distance transform, cubical PH of dimensions 0 and 1 with cripser; see
-``util/ph.py``) and writes it under ``PH_random``.
+(Otsu binarisation, signed Euclidean distance transform, cubical PH of dimensions 0 and 1 -- by the exact
+union-find engine for 2-D images, or cripser with ``--ph_engine cripser``; see ``util/ph.py``) and writes it
+under ``PH_random``.
 
 Output files (``<stem>`` = the input's path relative to TARGET_DIR without its extension, so the folder
 structure is mirrored: ``random/v00000001.jpg`` -> ``PH_random/v00000001.npy``, ``random/cat/x.jpg`` ->
@@ -112,6 +113,11 @@ def get_args_parser():
     p.add_argument('--gradient', '-g', action='store_true',
                    help="take the filtration of the Canny edge map of the denoised image instead of the Otsu "
                         "binarisation (thresholds from the median grey value; see util/ph.py) (default: off)")
+    p.add_argument('--ph_engine', choices=ph.ENGINES, default=ph.DEFAULT_ENGINE,
+                   help="PH engine: unionfind (exact, fast, 2-D images), cripser, or auto = unionfind for 2-D "
+                        "images; both give the same pairs (birth, death), so outputs of either are kept on a "
+                        "rerun with the other; only row order and the pixel named among tied ones may differ "
+                        "(default: %(default)s)")
     p.add_argument('--numof_dims', type=int, default=200,
                    help="length D of the --label_type vectors (default: %(default)s)")
     p.add_argument('--shard', default=None, metavar='K/N',
@@ -289,6 +295,7 @@ def _plan(args, files, outs, target_dir, need_all):
     """
     jobs, job_files, complete, earlier_hist = [], [], set(), []
     gradient = getattr(args, 'gradient', False)
+    engine = getattr(args, 'ph_engine', ph.DEFAULT_ENGINE)
     for i, rel in enumerate(files):
         missing = [p for p in outs.wanted(rel) if not os.path.exists(p)]
         if not missing:
@@ -298,10 +305,10 @@ def _plan(args, files, outs, target_dir, need_all):
         if missing or need_all:
             dgm = outs.diagram(rel)
             if dgm is not None and os.path.exists(dgm):
-                jobs.append((dgm, 'npy', args.filtration, gradient))      # resume: reuse the saved diagram
+                jobs.append((dgm, 'npy', args.filtration, gradient, engine))   # resume: the saved diagram
             else:
                 src = os.path.join(target_dir, *rel.split('/'))
-                jobs.append((src, 'npy' if outs.from_npy else 'image', args.filtration, gradient))
+                jobs.append((src, 'npy' if outs.from_npy else 'image', args.filtration, gradient, engine))
             job_files.append(i)
     return jobs, job_files, complete, earlier_hist
 
@@ -333,7 +340,8 @@ def main(args):
     label_info = None
     if label_vec is not None:
         label_info = dict(label_type=args.label_type, params=label_vec.get_params(), filtration=args.filtration,
-                          imgtype=args.imgtype, target_dir=os.path.abspath(target_dir))
+                          imgtype=args.imgtype, target_dir=os.path.abspath(target_dir),
+                          ph_engine=args.ph_engine)   # recorded, not compared: both engines give equal pairs
         if getattr(args, 'gradient', False):
             label_info['gradient'] = True
         names = label_names(args.label_type, k, n)
@@ -492,7 +500,8 @@ def _plots(args, files, ok, outs, target_dir, out_dir, fallback_vec):
             im = load_image(src, 'RGB')
             filtration = ph.compute_filtration(im, args.filtration, gradient=getattr(args, 'gradient', False))
             dgm_path = outs.diagram(rel)
-            dgm = np.load(dgm_path) if os.path.exists(dgm_path) else ph.diagram_of_filtration(filtration)
+            dgm = np.load(dgm_path) if os.path.exists(dgm_path) \
+                else ph.diagram_of_filtration(filtration, args.ph_engine)
             image, title = np.asarray(im), rel
         ph.plot_ph(path, image, filtration, dgm, vec(dgm), title=title,
                    vector_label=f'{vec.label_type} ({vec.dim})')

@@ -241,3 +241,19 @@ def test_r_squared():
     y = torch.randn(20, 3)
     assert gpu_bench.r_squared(y, y) == pytest.approx(1.0)
     assert gpu_bench.r_squared(y.mean(0, keepdim=True).expand_as(y), y) == pytest.approx(0.0, abs=1e-6)
+
+
+# ---------------------------------------------------------------------------------------- ph_engine_bench.py
+
+def test_ph_engine_bench_tiny():
+    from bench import ph_engine_bench
+    res = ph_engine_bench.run(n_images=3, workers=1, size=24, repeats=1, loader_images=0, stage_images=1)
+    assert set(res['ph']) == set(ph_engine_bench.ph.FILTRATIONS) | {'all'}
+    for r in res['ph'].values():
+        assert _positive(r['cripser_ms']) and _positive(r['unionfind_ms']) and _positive(r['ratio'])
+    for key in ('floor_img_s', 'phdict_img_s', 'ratio', 'cpu_ratio'):
+        assert _positive(res['phdict'][key]), key
+    assert [row['what'][:6] for row in res['table']] == ['PH alo', 'PHdict', 'PHdict']
+    stages = ph_engine_bench.loader_stages(2, 32, 28, 1)
+    assert set(stages['ours_ms']) == {'generate', 'filtration', 'ph', 'label', 'transforms', 'total'}
+    assert all(_positive(v) for v in stages['original_ms'].values())

@@ -24,6 +24,18 @@ def reference_signed_distance(grey_float):
     return distance_transform_edt(bw) - distance_transform_edt(~bw)
 
 
+def pairs(diagram):
+    """The diagram as a sorted multiset of (dim, birth, death) rows: what both engines must agree on."""
+    d = np.asarray(diagram, dtype=np.float64)[:, :3]
+    return d[np.lexsort((d[:, 2], d[:, 1], d[:, 0]))]
+
+
+def assert_same_diagram(out, ref):
+    """``out`` (default engine) holds exactly the pairs of the cripser diagram ``ref``."""
+    assert out.dtype == np.float64 and out.shape[1] == 9
+    np.testing.assert_array_equal(pairs(out), pairs(ref))
+
+
 def bars(diagram, dim, min_life=2.0):
     """Rows of homology dimension ``dim`` whose lifetime exceeds ``min_life`` (essential ones included)."""
     d = diagram[diagram[:, 0] == dim]
@@ -119,9 +131,11 @@ def test_compute_ph_equals_direct_cripser():
     for _ in range(5):
         u8 = smooth_noise(rng, (48, 40))
         ref = ph.cripser.computePH(reference_signed_distance(u8.astype(np.float64)))
-        out = ph.compute_ph(u8)
+        out = ph.compute_ph(u8, engine='cripser')
         assert out.dtype == np.float64 and out.shape[1] == 9
         np.testing.assert_array_equal(out, ref)
+        assert_same_diagram(ph.compute_ph(u8), ref)
+        assert_same_diagram(ph.compute_ph(u8, engine='unionfind'), ref)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -148,7 +162,9 @@ def test_colour_array_uses_luma_then_original_pipeline():
     rng = np.random.default_rng(7)
     rgb = np.stack([smooth_noise(rng, (36, 36)) for _ in range(3)], axis=-1)
     grey = np.dot(rgb[..., :3], [0.2989, 0.5870, 0.1140])
-    np.testing.assert_array_equal(ph.compute_ph(rgb), ph.cripser.computePH(reference_signed_distance(grey)))
+    ref = ph.cripser.computePH(reference_signed_distance(grey))
+    np.testing.assert_array_equal(ph.compute_ph(rgb, engine='cripser'), ref)
+    assert_same_diagram(ph.compute_ph(rgb), ref)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -244,7 +260,9 @@ def test_ph_of_file_equals_original_pipeline(tmp_path):
     rng = np.random.default_rng(9)
     (path,) = _write_jpegs(tmp_path, 1, rng)
     grey = np.array(Image.open(path).convert('L'), dtype=np.float64)
-    np.testing.assert_array_equal(ph.ph_of_file(path), ph.cripser.computePH(reference_signed_distance(grey)))
+    ref = ph.cripser.computePH(reference_signed_distance(grey))
+    np.testing.assert_array_equal(ph.ph_of_file(path, engine='cripser'), ref)
+    assert_same_diagram(ph.ph_of_file(path), ref)
 
 
 @pytest.mark.parametrize('workers', [1, 2])

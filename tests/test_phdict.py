@@ -38,6 +38,12 @@ def original_diagram(path):
     return cripser.computePH(filt)
 
 
+def pairs(diagram):
+    """Sorted (dim, birth, death) rows: what the union-find and cripser engines agree on exactly."""
+    d = np.asarray(diagram, dtype=np.float64)[:, :3]
+    return d[np.lexsort((d[:, 2], d[:, 1], d[:, 0]))]
+
+
 def outputs(folder):
     """Relative paths of the files below ``folder``."""
     found = set()
@@ -51,17 +57,24 @@ FLAT = [f'v{i:08d}.jpg' for i in range(7)]
 
 
 def test_readme_command_matches_original_bit_for_bit(tmp_path, run_script):
+    """The README command gives the original's pairs (union-find engine); --ph_engine cripser its files
+    bit for bit."""
     make_jpegs(tmp_path / 'random', FLAT)
     res = run_script('PHdict.py', 'random', '-o', 'PH_random', '-it', 'jpg', cwd=tmp_path, check=True)
     assert '7 done, 0 skipped, 0 failed' in res.stdout
+    run_script('PHdict.py', 'random', '-o', 'PH_cripser', '-it', 'jpg', '--ph_engine', 'cripser', cwd=tmp_path,
+               check=True)
     out = tmp_path / 'PH_random'
     assert outputs(out) == {n.replace('.jpg', '.npy') for n in FLAT} | {'args.json', 'settings.json'}
     for name in FLAT:
         got = np.load(out / name.replace('.jpg', '.npy'))
         ref = original_diagram(tmp_path / 'random' / name)
         assert got.dtype == np.float64 and got.shape[1] == 9
-        np.testing.assert_array_equal(got, ref)
+        np.testing.assert_array_equal(pairs(got), pairs(ref))
+        np.testing.assert_array_equal(np.load(tmp_path / 'PH_cripser' / name.replace('.jpg', '.npy')), ref)
+    assert json.loads((tmp_path / 'PH_cripser' / 'args.json').read_text())['ph_engine'] == 'cripser'
     args = json.loads((out / 'args.json').read_text())
+    assert args['ph_engine'] == 'auto'
     assert args['num_bins'] == [50, 50, 50, 50] and args['imgtype'] == 'jpg' and args['num_workers'] == 8
     assert args['max_life'] == 50 and args['max_birth'] == 50 and args['sigma'] == 100 and args['bandwidth'] == 1
 
@@ -74,7 +87,7 @@ def test_nested_folders_with_equal_names_do_not_collide(tmp_path, run_script):
     assert outputs(tmp_path / 'out') == expected | {'args.json', 'settings.json'}
     diagrams = [np.load(tmp_path / 'out' / n) for n in sorted(expected)]
     for n, d in zip(sorted(expected), diagrams):
-        np.testing.assert_array_equal(d, original_diagram(tmp_path / 'data' / n.replace('.npy', '.jpg')))
+        np.testing.assert_array_equal(pairs(d), pairs(original_diagram(tmp_path / 'data' / n.replace('.npy', '.jpg'))))
     assert not np.array_equal(diagrams[0], diagrams[1])      # different images, different diagrams
 
 
@@ -226,7 +239,7 @@ def test_usage_errors_and_plot(tmp_path, run_script):
         assert im.format == 'PNG'
     assert not (tmp_path / 'out' / 'plots' / 'b.png').exists()
     grey = np.array(Image.open(tmp_path / 'in' / 'a.jpg').convert('L'), dtype=np.float64)
-    np.testing.assert_array_equal(np.load(tmp_path / 'out' / 'a.npy'), cripser.computePH(grey, maxdim=1))
+    np.testing.assert_array_equal(pairs(np.load(tmp_path / 'out' / 'a.npy')), pairs(cripser.computePH(grey, maxdim=1)))
 
 
 def test_help_documents_output_files(run_script):

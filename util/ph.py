@@ -14,6 +14,12 @@ Pipeline (the original project's, made faster where it costs nothing in exactnes
 * Edges (``gradient=True``, the original's later ``--gradient``): instead of the Otsu mask, the binary image
   is the Canny edge map of the denoised grey image (see :func:`edge_map`); the chosen filtration is then
   taken of that edge map (``'none'``: the edge map as 0/255 values).
+* Engine (:data:`ENGINES`, every PH function's ``engine`` keyword): ``'unionfind'`` is the exact
+  union-find engine of :mod:`util.ph_unionfind` (2-D only, numba; the same birth/death multisets as
+  cripser, checked in ``tests/test_ph_unionfind.py``), ``'cripser'`` is ``cripser.computePH(f, maxdim=1)``,
+  and ``'auto'`` (the default) takes union-find for 2-D filtrations and cripser otherwise.  Diagrams of
+  both engines hold the same pairs, so label vectors made from either are interchangeable; only the row
+  order and which of several tied pixels is named in the location columns may differ.
 * Diagram: one row per persistence pair, columns ``dim, birth, death, x1, y1, z1, x2, y2, z2`` (homology
   dimension 0 or 1, birth/death filtration values, and the pixel locations of the birth and death cells as
   cripser reports them); essential classes have ``death`` = the largest double (~1.8e308).
@@ -63,6 +69,8 @@ FILTRATIONS = ('signed_distance', 'distance', 'distance_inv', 'signed_distance_i
                'radial', 'radial_inv', 'upward', 'downward', 'none')
 DEFAULT_FILTRATION = 'signed_distance'
 LUMA = (0.2989, 0.5870, 0.1140)
+ENGINES = ('auto', 'unionfind', 'cripser')
+DEFAULT_ENGINE = 'auto'
 DIAGRAM_COLUMNS = ('dim', 'birth', 'death', 'x1', 'y1', 'z1', 'x2', 'y2', 'z2')
 # Deaths at or above this are "infinite": cripser writes DBL_MAX (~1.8e308) for essential classes.
 INFINITE_DEATH = 0.5 * np.finfo(np.float64).max
@@ -225,6 +233,31 @@ def _signed_distance(bw):
     return d
 
 
+def _check_kind(kind):
+    if kind not in FILTRATIONS:
+        raise UserError(f"unknown --filtration {kind!r}; choose one of {', '.join(FILTRATIONS)}")
+
+
+def _binary(grey, kind, gradient):
+    """``(g, bw)``: the grey array and the binary image the filtration ``kind`` is taken of (Otsu mask, or
+    Canny edges with ``gradient``); ``bw`` is None when the filtration is all zeros (constant image, or no
+    edges), and for ``kind == 'none'`` without ``gradient`` (the grey values are the filtration)."""
+    counts = None
+    if _is_pil(grey):
+        im = convert_image(grey, 'L')
+        g, counts = np.asarray(im), im.histogram()     # PIL counts the 256 levels faster than numpy
+    else:
+        g = _grey(grey)
+    if gradient:
+        bw = edge_map(g)
+        if kind != 'none' and (bw.all() or not bw.any()):   # no edges: nothing to measure distances to
+            return g, None
+        return g, bw
+    if kind == 'none':
+        return g, None
+    return g, otsu_mask(g, counts)
+
+
 def compute_filtration(grey, kind=DEFAULT_FILTRATION, gradient=False):
     """The filtration ``(H, W)`` float64 of a grey image (``(H, W)``; a colour image is reduced to grey).
 
@@ -236,24 +269,16 @@ def compute_filtration(grey, kind=DEFAULT_FILTRATION, gradient=False):
     the top-left pixel on bw, ``upward`` / ``downward`` = row index (negated for upward) on bw.
     A constant image gives zeros (except for ``'none'``).
     """
-    if kind not in FILTRATIONS:
-        raise UserError(f"unknown --filtration {kind!r}; choose one of {', '.join(FILTRATIONS)}")
-    counts = None
-    if _is_pil(grey):
-        im = convert_image(grey, 'L')
-        g, counts = np.asarray(im), im.histogram()     # PIL counts the 256 levels faster than numpy
-    else:
-        g = _grey(grey)
-    if gradient:
-        bw = edge_map(g)
-        if kind == 'none':
+    _check_kind(kind)
+    g, bw = _binary(grey, kind, gradient)
+    return _filtration_of(g, bw, kind, gradient)
+
+
+def _filtration_of(g, bw, kind, gradient):
+    if kind == 'none':
+        if gradient:
             return bw.astype(np.float64) * 255.0
-        if bw.all() or not bw.any():   # no edges: nothing to measure distances to
-            return np.zeros(g.shape, dtype=np.float64)
-    elif kind == 'none':
         return np.ascontiguousarray(g, dtype=np.float64)
-    else:
-        bw = otsu_mask(g, counts)
     if bw is None:
         return np.zeros(g.shape, dtype=np.float64)
     if kind == 'signed_distance':
@@ -262,14 +287,37 @@ def compute_filtration(grey, kind=DEFAULT_FILTRATION, gradient=False):
     return np.ascontiguousarray(out, dtype=np.float64)
 
 
-def diagram_of_filtration(filtration):
-    """``cripser.computePH`` of a 2-D float64 filtration: an ``(n, 9)`` float64 diagram of H0 and H1.
+def resolve_engine(engine, ndim=2):
+    """The engine that computes a diagram of a filtration with ``ndim`` axes: ``'unionfind'`` or
+    ``'cripser'`` (``'auto'``: union-find for 2-D, cripser otherwise); an unknown name is a UserError, and
+    ``'unionfind'`` for anything but 2-D is refused by name."""
+    if engine not in ENGINES:
+        raise UserError(f"unknown --ph_engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    if engine == 'auto':
+        return 'unionfind' if ndim == 2 else 'cripser'
+    if engine == 'unionfind' and ndim != 2:
+        raise UserError(f"--ph_engine unionfind computes 2-D images only (got a {ndim}-D filtration); "
+                        "use --ph_engine cripser or auto")
+    return engine
 
-    cripser makes every pixel of a ``(1, n)`` or ``(n, 1)`` array an essential class of its own, so a
-    filtration one pixel thick is computed as that line doubled (a product with an interval, which has the
-    same persistent homology), and the coordinates along the doubled side are put back to 0.
+
+def _unionfind():
+    from util import ph_unionfind
+    return ph_unionfind
+
+
+def diagram_of_filtration(filtration, engine=DEFAULT_ENGINE):
+    """Persistence diagram ``(n, 9)`` float64 of H0 and H1 of a filtration (2-D; cripser also takes 3-D).
+
+    ``engine`` (:data:`ENGINES`): ``'auto'`` = union-find for 2-D, else cripser.  Both give the diagram of
+    ``cripser.computePH(f, maxdim=1)``.  cripser makes every pixel of a ``(1, n)`` or ``(n, 1)`` array an
+    essential class of its own, so with cripser a filtration one pixel thick is computed as that line
+    doubled (a product with an interval, which has the same persistent homology), and the coordinates along
+    the doubled side are put back to 0; union-find needs no such detour.
     """
     f = np.ascontiguousarray(filtration, dtype=np.float64)
+    if resolve_engine(engine, f.ndim) == 'unionfind':
+        return _unionfind().diagram(f)
     if f.ndim == 2 and 1 in f.shape and f.size > 1:
         axis = 0 if f.shape[0] == 1 else 1
         dgm = cripser.computePH(np.ascontiguousarray(np.concatenate([f, f], axis=axis)), maxdim=1)
@@ -279,19 +327,37 @@ def diagram_of_filtration(filtration):
     return cripser.computePH(f, maxdim=1)
 
 
-def compute_ph(img, filtration=DEFAULT_FILTRATION, gradient=False):
+def compute_ph(img, filtration=DEFAULT_FILTRATION, gradient=False, engine=DEFAULT_ENGINE):
     """Persistence diagram ``(n, 9)`` float64 of an image (uint8/float array ``(H, W)`` or ``(H, W, 3)``,
     PIL image, or file path), with the given filtration (see :func:`compute_filtration`), of the Canny edge
-    map instead of the Otsu mask when ``gradient``."""
+    map instead of the Otsu mask when ``gradient``; ``engine`` as in :func:`diagram_of_filtration`.
+
+    With union-find and the signed distance the float filtration is never formed: the exact signed squared
+    distances (:func:`util.ph_unionfind.signed_sqedt`) are counting-sorted and square roots are taken for
+    the output rows only -- the same diagram, bit for bit.
+    """
     if isinstance(img, (str, os.PathLike)):
         img = load_image(img, 'L')
-    return diagram_of_filtration(compute_filtration(img, filtration, gradient=gradient))
+    _check_kind(filtration)
+    g, bw = _binary(img, filtration, gradient)
+    if filtration == 'signed_distance' and bw is not None and resolve_engine(engine, g.ndim) == 'unionfind' \
+            and bw.any() and not bw.all():
+        uf = _unionfind()
+        return uf.diagram_of_sqkeys(uf.signed_sqedt(bw))
+    return diagram_of_filtration(_filtration_of(g, bw, filtration, gradient), engine)
 
 
-def ph_of_file(path, filtration=DEFAULT_FILTRATION, gradient=False):
+def ph_of_file(path, filtration=DEFAULT_FILTRATION, gradient=False, engine=DEFAULT_ENGINE):
     """Persistence diagram ``(n, 9)`` of an image file (read as 8-bit grey); raises
     :class:`util.errors.BadImageError` naming the file if it cannot be decoded."""
-    return diagram_of_filtration(compute_filtration(load_image(path, 'L'), filtration, gradient=gradient))
+    return compute_ph(load_image(path, 'L'), filtration, gradient=gradient, engine=engine)
+
+
+def warm_up(engine=DEFAULT_ENGINE):
+    """Load (or, the first time on a machine, compile) the union-find engine's numba code when ``engine``
+    uses it, so that worker processes forked afterwards start with it ready."""
+    if resolve_engine(engine, 2) == 'unionfind':
+        _unionfind().warm_up()
 
 
 def is_diagram(a):
@@ -304,15 +370,18 @@ def is_diagram(a):
 # a pool of workers computing diagrams
 
 def _diagram_job(job):
-    """Worker: ``(index, (path, source, filtration[, gradient]))`` -> ``(index, diagram or None, error or None)``.
+    """Worker: ``(index, (path, source, filtration[, gradient[, engine]]))`` -> ``(index, diagram or None,
+    error or None)``.
 
     ``source`` is ``'image'`` (compute the PH of the image file) or ``'npy'`` (load a saved diagram);
-    ``gradient`` (default False) takes the PH of the Canny edge map.
+    ``gradient`` (default False) takes the PH of the Canny edge map; ``engine`` (default ``'auto'``) as in
+    :func:`diagram_of_filtration`.
     Unreadable inputs are reported, not raised, so one bad file does not stop a pool.
     """
     from util.errors import BadImageError
     index, (path, source, filtration, *rest) = job
     gradient = bool(rest[0]) if rest else False
+    engine = rest[1] if len(rest) > 1 else DEFAULT_ENGINE
     try:
         if source == 'npy':
             try:
@@ -326,7 +395,7 @@ def _diagram_job(job):
                 raise BadImageError(f"{path} holds NaN in its dimension/birth/death columns; delete it and "
                                     f"compute it again from its image")
             return index, dgm.astype(np.float64, copy=False), None
-        return index, ph_of_file(path, filtration, gradient=gradient), None
+        return index, ph_of_file(path, filtration, gradient=gradient, engine=engine), None
     except BadImageError as e:
         return index, None, str(e)
 
@@ -334,10 +403,15 @@ def _diagram_job(job):
 def iter_diagrams(jobs, workers=1, chunksize=None):
     """Compute or load the diagrams of ``jobs`` and yield ``(index, diagram, error)`` as they finish.
 
-    ``jobs``: list of ``(path, source, filtration[, gradient])`` with ``source`` ``'image'`` or ``'npy'``.  Results come
-    in completion order (``index`` = position in ``jobs``); ``diagram`` is ``(n, 9)`` float64, or ``None``
-    with ``error`` a one-line message naming the file.  ``workers > 1`` uses a process pool (chunked).
+    ``jobs``: list of ``(path, source, filtration[, gradient[, engine]])`` with ``source`` ``'image'`` or
+    ``'npy'``.  Results come in completion order (``index`` = position in ``jobs``); ``diagram`` is ``(n, 9)``
+    float64, or ``None`` with ``error`` a one-line message naming the file.  ``workers > 1`` uses a process
+    pool (chunked); the union-find engine is loaded in this process first (:func:`warm_up`), so forked
+    workers inherit it and spawned ones load numba's on-disk cache instead of compiling.
     """
+    engines = {job[4] if len(job) > 4 else DEFAULT_ENGINE for job in jobs if job[1] == 'image'}
+    for engine in engines:
+        warm_up(engine)
     if workers <= 1 or len(jobs) <= 1:
         for item in enumerate(jobs):
             yield _diagram_job(item)
