@@ -47,6 +47,7 @@ from tqdm import tqdm
 
 from util import ph
 from util.errors import UserError, run_cli
+from util.strict_args import StrictArgumentParser, PHDICT_FLAGS
 from util.fileio import ensure_dir, list_images, require_dir, save_npy, write_json, write_text
 from util.vectorise import LABEL_TYPES, add_label_args, make_vectoriser, vectoriser_from_args
 
@@ -85,7 +86,7 @@ Exit status: 0, or 1 if some inputs could not be read (named on stderr) and --sk
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(
+    p = StrictArgumentParser(allow_abbrev=False, refuse=PHDICT_FLAGS, 
         description="Compute persistence diagrams of images (Otsu + signed distance + cubical PH by "
                     "cripser) and, optionally, histograms, persistence images or one label matrix.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)

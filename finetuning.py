@@ -11,6 +11,7 @@ import argparse
 from util import modes
 from util import training as T
 from util.errors import run_cli
+from util.strict_args import StrictArgumentParser, TRAINING_FLAGS
 from util.modes import build_finetune_model, build_sets, resolve_val, write_evaluation  # noqa: F401  (API)
 
 EXAMPLES = """examples:
@@ -28,7 +29,7 @@ confusion_matrix.csv/.png). predict.py labels new images with ft_{usenet}_epoch{
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser(description='Fine-tune a CNN on a labelled image folder (or evaluate it).',
+    parser = StrictArgumentParser(allow_abbrev=False, refuse=TRAINING_FLAGS, description='Fine-tune a CNN on a labelled image folder (or evaluate it).',
                                      epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     T.add_common_args(parser)
     modes.add_mode_args(parser, default_mode='finetuning')

@@ -17,12 +17,13 @@ import os
 import sys
 
 from util.errors import BadImageError, UserError, run_cli
+from util.strict_args import StrictArgumentParser, PREDICT_FLAGS
 
 DEFAULTS = {'usenet': 'resnet50', 'img_size': 256, 'crop_size': 224}
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(
+    p = StrictArgumentParser(allow_abbrev=False, refuse=PREDICT_FLAGS, 
         description='Predict the classes of images with weights fine-tuned by finetuning.py (a CSV of the '
                     'top-k classes and their probabilities per image).',
         epilog='examples:\n'

@@ -15,6 +15,7 @@ import argparse
 from util import modes
 from util import training as T
 from util.errors import run_cli
+from util.strict_args import StrictArgumentParser, TRAINING_FLAGS
 from util.modes import build_pretraining_sets  # noqa: F401  (part of this script's importable API)
 
 EXAMPLES = """examples:
@@ -30,7 +31,7 @@ Outputs go to a new dated folder under -o: args.json, log.jsonl (one line per ep
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser(description='Pretrain a CNN on persistent-homology labels (no real images or '
+    parser = StrictArgumentParser(allow_abbrev=False, refuse=TRAINING_FLAGS, description='Pretrain a CNN on persistent-homology labels (no real images or '
                                      'human labels needed).', epilog=EXAMPLES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     T.add_common_args(parser)

@@ -24,6 +24,7 @@ How faults are simulated (we may run as root, for whom permission bits mean noth
   any case ``RLIMIT_FSIZE`` (writes beyond the limit fail with EFBIG; Python ignores SIGXFSZ);
 * SIGKILL: ``Popen``, poll until outputs appear, ``kill -9``, check, rerun, compare with an uninterrupted run.
 """
+import argparse
 import ast
 import contextlib
 import datetime
@@ -1679,3 +1680,149 @@ def _concurrent_same(ctx, script):
         stdout, stderr = p.communicate(timeout=300)
         assert p.returncode == 0, stderr[-3000:]
     _compare_ph64(out, d.ph64_ref)
+
+
+# ====================================================================================================
+# issue 13: argument parsing -- nothing is ever silently misread
+# ====================================================================================================
+
+# The original scripts' option strings (first and later versions) with what each meant there, per script of
+# ours that takes over its role.  Where the original gave one string two meanings over time, the first
+# version's is kept (-lrf/-lrp, -pc, -p, -n) and the other is checked separately below.
+_ORIG_TRAINING = {
+    '-o': 'output', '-is': 'img_size', '-j': 'num_workers', '-t': 'train', '-val': 'val', '-t2': 'ph_train',
+    '-v2': 'ph_val', '-pd': 'path2PHdir', '-pw': 'path2weight', '-c': 'cachedir', '--cachedir': 'cachedir',
+    '-sf': 'suffix', '--suffix': 'suffix', '--resume': 'resume', '-ar': 'alpha_range', '-br': 'beta_range',
+    '-n': 'n_samples', '-nv': 'n_samples_val', '-pb': 'prob_binary', '--prob_colour': 'prob_colour',
+    '-ml': 'max_life', '-maxb': 'max_birth', '-minb': 'min_birth', '--max_birth': 'max_birth',
+    '--min_birth': 'min_birth', '-aff': 'affine', '-bd': 'bandwidth', '--bandwidth': 'bandwidth',
+    '-ps': 'sigma', '--persImg_sigma': 'sigma', '-pp': 'persImg_power', '--persImg_power': 'persImg_power',
+    '-pn': 'power', '--persImg_weight': 'power', '--num_landscapes': 'num_landscapes', '-lt': 'label_type',
+    '--label_type': 'label_type', '--label_type_pt': 'label_type', '-pat': 'persistence_after_transform',
+    '--persistence_after_transform': 'persistence_after_transform', '-f': 'filtration',
+    '--filtration': 'filtration', '-g': 'gradient', '-u': 'usenet', '-nd': 'ph_dims', '--numof_dims_pt': 'ph_dims',
+    '-lrf': 'lr_pre', '-lrp': 'lr_fine', '-lrd': 'lr_drop', '--lr_drop': 'lr_drop', '-m': 'momentum',
+    '--momentum': 'momentum', '-wd': 'weight_decay', '-op': 'optimizer', '-fe': 'freeze_encoder',
+    '-lm': 'learning_mode', '--dist-url': 'dist_url', '--dist-backend': 'pidf', '-p': 'pidf', '-ws': 'world_size',
+    '-e': 'epochs', '--start_epoch': 'start_epoch', '--start-epoch': 'start_epoch', '-b': 'batch_size',
+    '-is2': 'img_size_pt', '--img_size_pt': 'img_size_pt', '-cs': 'crop_size', '--crop_size': 'crop_size',
+    '--img_size': 'img_size', '-cp': 'crop_padding', '-rs': 'random_scale', '-rr': 'random_rotation',
+    '-ra': 'aug_plus', '--aug-plus': 'aug_plus', '--save_interval': 'save_interval', '-si': 'save_interval',
+    '--save-interval': 'save_interval', '--log_interval': 'log_interval', '--log-interval': 'log_interval',
+    '-s': 'seed', '--seed': 'seed', '-oti': 'output_training_images', '-nc': 'numof_classes',
+    '-nc2': 'ph_dims', '--numof_classes2': 'ph_dims', '--numof_classes_pt': 'ph_dims',
+    '-npc': 'numof_pretrained_classes', '--numof_fclayer': 'numof_fclayer', '-pc': 'precomputed',
+    '-ph': 'persistence', '-dt': 'filtration', '--distance_transform': 'filtration', '-gr': 'greyscale',
+    '--greyscale': 'greyscale', '--train2': 'ph_train', '--val2': 'ph_val', '-val2': 'ph_val',
+    '--train_pt': 'ph_train', '--val_pt': 'ph_val', '--num_bins': 'num_bins', '--usenet': 'usenet',
+}
+_ORIG_PHDICT = {
+    '-o': 'output', '-it': 'imgtype', '-ch': 'compute_hist', '-cpi': 'compute_persistence_image',
+    '-n': 'num_bins', '-nw': 'num_workers', '-j': 'num_workers', '-ml': 'max_life', '-mb': 'max_birth',
+    '-maxb': 'max_birth', '-minb': 'min_birth', '-b': 'bandwidth', '-bd': 'bandwidth', '-s': 'sigma',
+    '-ps': 'sigma', '--persImg_sigma': 'sigma', '-pp': 'persImg_power', '--persImg_power': 'persImg_power',
+    '-pn': 'power', '--persImg_weight': 'power', '-g': 'gradient', '-f': 'filtration', '-dt': 'filtration',
+    '--distance_transform': 'filtration', '-is': 'img_size', '--img_size': 'img_size', '-sf': 'plot',
+    '--save_fig': 'plot', '-t': 'label_type', '--type': 'label_type', '-lt': 'label_type',
+    '--label_type_pt': 'label_type',
+}
+_ORIG_RANDOM = {'-o': 'output', '-pf': 'prefix', '-ar': 'alpha_range', '-br': 'beta_range', '-n': 'n_samples',
+                '-nv': 'n_samples_val', '-pb': 'prob_binary', '-pc': 'prob_colour', '-is': 'img_size',
+                '-nw': 'num_workers'}
+_ORIG_DOWNLOADER = {'-o': 'data_file_path', '--data_file_path': 'data_file_path', '-d': 'dataset',
+                    '--dataset': 'dataset', '--raw_file_path': 'raw_file_path', '-r': 'validation_ratio',
+                    '--validation_ratio': 'validation_ratio'}
+_ORIG_PREDICT = {'-pw': 'path2weight', '-u': 'usenet', '-o': 'output', '-b': 'batch_size', '-is': 'img_size',
+                 '-cs': 'crop_size', '-j': 'num_workers', '-t': 'images', '-val': 'images', '-nc': 'numof_classes',
+                 '-s': 'seed'}
+_PARSERS = {'pretraining': ('pretraining', _ORIG_TRAINING), 'finetuning': ('finetuning', _ORIG_TRAINING),
+            'PHdict': ('PHdict', _ORIG_PHDICT), 'random_image': ('util.random_image', _ORIG_RANDOM),
+            'downloader': ('util.ImageDatasetsDownloader', _ORIG_DOWNLOADER), 'predict': ('predict', _ORIG_PREDICT)}
+
+
+def _parse(parser, argv):
+    """(namespace or None, exit status, stderr) of ``parser.parse_args(argv)``."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            return parser.parse_args(argv), 0, err.getvalue()
+        except SystemExit as e:
+            return None, e.code, err.getvalue()
+
+
+def _parser(name):
+    return importlib.import_module(_PARSERS[name][0]).get_args_parser()
+
+
+def _positional(name):
+    return ['images'] if name == 'predict' else ['folder'] if name == 'PHdict' else []
+
+
+@pytest.mark.parametrize('name', list(_PARSERS))
+def test_original_flags_never_misread(name):
+    """Every flag of the original is read with its meaning there, or refused with one line naming ours."""
+    table = _PARSERS[name][1]
+    for flag, meaning in table.items():
+        parser = _parser(name)
+        ours = parser._option_string_actions.get(flag)
+        if ours is not None and ours.help != argparse.SUPPRESS:
+            assert ours.dest == meaning, f"{name}: {flag} is our --{ours.dest}, the original's {meaning}"
+            continue
+        ns, rc, err = _parse(parser, _positional(name) + [flag, '1'])
+        lines = err.strip().splitlines()
+        assert rc == 2 and len(lines) == 1 and lines[0].startswith(f'error: {flag} '), (name, flag, err)
+        assert lines[0].split(': ', 2)[-1].strip(), lines[0]    # and what to use instead
+
+
+@pytest.mark.parametrize('name', list(_PARSERS))
+def test_no_abbreviation_is_accepted(name):
+    """A proper prefix of an option (``-m`` of ``-ml``, ``--max`` of ``--max_life``) never sets that option."""
+    parser = _parser(name)
+    options = [s for a in parser._actions for s in a.option_strings]
+    prefixes = {s[:k] for s in options for k in range(2, len(s)) if s[:k] not in options and s[:k] not in ('--',)}
+    assert prefixes
+    for p in sorted(prefixes):
+        ns, rc, err = _parse(_parser(name), _positional(name) + [p, '1'])
+        assert rc == 2 and 'Traceback' not in err, (name, p, ns)
+
+
+def test_conflicting_original_meanings_refused():
+    """Where the original's later versions gave our flag a value it does not take, the run stops (exit 2)."""
+    pt = _parser('pretraining')
+    ns, rc, err = _parse(pt, ['-pc', '0.5'])          # the later -pc PROB (--prob_colour): ours is a switch
+    assert rc == 2 and '0.5' in err
+    ns, rc, err = _parse(pt, ['-ml', '50', '50'])     # the later -ml L0 L1: ours takes one value
+    assert rc == 2 and '50' in err
+    ns, rc, err = _parse(_parser('PHdict'), ['folder', '-n', '50', '50', '50'])   # the first -n took 3 bins
+    assert rc == 2 and '-n' in err
+
+
+def test_every_parser_disallows_abbreviations():
+    """Each argparse parser in the project (scripts, util, bench) is a StrictArgumentParser(allow_abbrev=False)."""
+    missing, found = [], 0
+    for path, tree in _python_files(include_tests=False):
+        for name, call, _ in _calls(tree):
+            if name.split('.')[-1] in ('ArgumentParser', 'StrictArgumentParser') and path != 'util/strict_args.py':
+                found += 1
+                kw = _kw(call, 'allow_abbrev')
+                if not name.endswith('StrictArgumentParser') or not (isinstance(kw, ast.Constant)
+                                                                     and kw.value is False):
+                    missing.append(f"{path}:{call.lineno}")
+    assert found >= 14 and not missing, f"parsers without StrictArgumentParser(allow_abbrev=False): {missing}"
+
+
+@case(('random_image', 'PHdict', 'pretraining', 'finetuning', 'downloader'),
+      "original's flag we lack, or an abbreviation (-m 0.8, -s 0, -c X, -pat)",
+      'exit 2: one line naming the flag (and ours, for the original\'s flags); nothing created')
+def _original_flag(ctx, script):
+    out = ctx.tmp / 'out'
+    ctx.inputs(*base_inputs(script, ctx.data))
+    flags = {'pretraining': [['-m', '0.8'], ['-s', '0'], ['-c', 'X'], ['-pat']], 'finetuning': [['-m', '0.8']],
+             'PHdict': [['-maxb', '3'], ['-m', '3']], 'random_image': [['-p', '0.5']], 'downloader': [['-v', '0.1']]}
+    for extra in flags[script]:
+        res = run(script, *base_argv(script, ctx.data, out), *extra)
+        assert res.rc == 2 and 'Traceback' not in res.err and extra[0] in res.err, res
+        if script in ('pretraining', 'finetuning') or extra[0] == '-maxb':
+            line = expect_error(res, extra[0], 'original')
+            assert 'use -' in line or 'no equivalent' in line, line
+    assert not out.exists()
