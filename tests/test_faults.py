@@ -1826,3 +1826,135 @@ def _original_flag(ctx, script):
             line = expect_error(res, extra[0], 'original')
             assert 'use -' in line or 'no equivalent' in line, line
     assert not out.exists()
+
+
+# ====================================================================================================
+# issue 13: hangs and signals -- a dead worker is named, an interrupt is one line, 130/143, resumable
+# ====================================================================================================
+
+def _slow_ph_folder(root):
+    """8 small PNGs and one 1500 x 1500 PNG (about a second of PH: a worker is surely busy on it)."""
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(11)
+    for i in range(8):
+        Image.fromarray(smooth_noise(rng, 48, 48)).save(root / f'a{i}.png')
+    Image.fromarray(smooth_noise(rng, 1500, 1500, sigma=3)).save(root / 'zbig.png')
+    return root
+
+
+def _children(pid):
+    try:
+        with open(f'/proc/{pid}/task/{pid}/children') as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+
+
+def _popen_group(script, *argv):
+    cmd = [sys.executable, os.path.join(ROOT, SCRIPT_FILES.get(script, script)), *map(str, argv)]
+    return subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def _finish(proc, timeout=120):
+    """Result of ``proc``; a run that does not end within ``timeout`` s is killed and fails the row."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise AssertionError(f"{proc.args} hung (killed after {timeout} s)")
+    return Result(proc.returncode, out, err)
+
+
+def _wait_for(proc, ready, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if ready():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+@case('PHdict', 'a pool worker SIGKILLed (OOM killer) mid-image',
+      'exit 1 within a minute: one line naming the image and how to resume; finished diagrams kept; '
+      'rerun completes them byte-identical to an undisturbed run')
+def _dead_worker(ctx, script):
+    src = _slow_ph_folder(ctx.tmp / 'in')
+    ctx.inputs(src)
+    out, ref = ctx.tmp / 'out', ctx.tmp / 'ref'
+    ctx.outputs(out, ref)
+    argv = ['-it', 'png', '-nw', 2, '--label_type', 'histogram', '--numof_dims', 20]
+    p = _popen_group(script, src, '-o', out, *argv)
+    assert _wait_for(p, lambda: glob.glob(str(out / 'a*.npy')) and len(_children(p.pid)) == 2), 'no workers seen'
+    for child in _children(p.pid):
+        os.kill(child, signal.SIGKILL)
+    res = _finish(p, timeout=60)
+    line = expect_error(res, 'died', 'SIGKILL', 'resume', rc=1)
+    assert any(f'{n}.png' in line for n in ['zbig'] + [f'a{i}' for i in range(8)]), line
+    assert not (out / 'labels_histogram.npy').exists()
+    kept = tree_digests(out, only='.npy')
+    assert kept
+    expect_ok(run(script, src, '-o', out, *argv))
+    expect_ok(run(script, src, '-o', ref, *argv))
+    after = tree_digests(out, only='.npy')
+    assert after == tree_digests(ref, only='.npy') and all(after[k] == h for k, h in kept.items())
+
+
+def _interrupt_ph(ctx, script, sig, rc):
+    src = _slow_ph_folder(ctx.tmp / 'in')
+    ctx.inputs(src)
+    out = ctx.tmp / 'out'
+    ctx.outputs(out)
+    argv = ['-it', 'png', '-nw', 2]
+    p = _popen_group(script, src, '-o', out, *argv)
+    assert _wait_for(p, lambda: glob.glob(str(out / 'a*.npy'))), 'the run ended before any output'
+    os.killpg(p.pid, sig)                      # as a terminal sends Ctrl-C: to the whole process group
+    res = _finish(p, timeout=60)
+    assert res.rc == rc and 'Traceback' not in res.err, res
+    lines = [ln for ln in res.err.strip().splitlines() if ln.strip() and not ln.startswith('PH:')]
+    assert lines[-1].startswith(f'interrupted by {signal.Signals(sig).name}') and 'resume' in lines[-1], res
+    res = expect_ok(run(script, src, '-o', out, *argv))
+    assert '0 failed of 9 files' in res.out, res
+
+
+@case('PHdict', 'Ctrl-C (SIGINT to the process group) mid-run',
+      'exit 130: one line "interrupted ... to resume"; workers gone; rerun completes')
+def _sigint_ph(ctx, script):
+    _interrupt_ph(ctx, script, signal.SIGINT, 130)
+
+
+@case('PHdict', 'SIGTERM to the process group mid-run',
+      'exit 143: one line "interrupted ... to resume"; workers gone; rerun completes')
+def _sigterm_ph(ctx, script):
+    _interrupt_ph(ctx, script, signal.SIGTERM, 143)
+
+
+@case('pretraining', 'Ctrl-C as an epoch ends (DataLoader workers forking)',
+      'exit 130 (never 0): one line naming --resume; checkpoint intact; --resume finishes the run')
+def _sigint_training(ctx, script):
+    d = ctx.data
+    ctx.inputs(d.gen, d.gen_ph)
+    out = ctx.tmp / 'out'
+    ctx.outputs(out)
+    argv = base_argv(script, d, out)
+    argv[argv.index('-e') + 1] = 3
+    argv[argv.index('-nw') + 1] = 2
+    p = _popen_group(script, *argv)
+    logs = lambda: glob.glob(str(out / '*' / 'log.jsonl'))   # noqa: E731
+    assert _wait_for(p, lambda: logs() and os.path.getsize(logs()[0]) > 0, timeout=180), 'no epoch finished'
+    os.killpg(p.pid, signal.SIGINT)
+    res = _finish(p, timeout=120)
+    assert res.rc == 130 and 'Traceback' not in res.err, res
+    last = res.err.strip().splitlines()[-1]
+    assert last.startswith('interrupted by SIGINT') and '--resume' in last, res
+    run_dir = only_run_dir(out)
+    import torch
+    if os.path.exists(os.path.join(run_dir, 'checkpoint.pth')):   # written whole, or not at all
+        epoch = torch.load(os.path.join(run_dir, 'checkpoint.pth'), map_location='cpu', weights_only=True)['epoch']
+        assert epoch == len(read_log(run_dir)), (epoch, read_log(run_dir))
+        res = expect_ok(run(script, *argv, '--resume', run_dir))
+        assert len(read_log(run_dir)) == 3, res
+    else:
+        assert not read_log(run_dir)[1:], 'an epoch was logged but its checkpoint was lost'
+

@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from util.errors import BadImageError, UserError
+from util.errors import BadImageError, UserError, signals_deferred
 
 IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp')
 TMP_MARK = '.tmp-'
@@ -136,7 +136,7 @@ def save_image(path, image, fmt=None, **params):
 def torch_save(obj, path):
     """``torch.save`` atomically (a killed run never leaves a truncated ``.pth``)."""
     import torch
-    with atomic_open(path, 'wb', fsync=True) as f:
+    with signals_deferred(), atomic_open(path, 'wb', fsync=True) as f:   # Ctrl-C: finished first
         torch.save(obj, f)
 
 

@@ -340,11 +340,11 @@ def iter_diagrams(jobs, workers=1, chunksize=None):
         for item in enumerate(jobs):
             yield _diagram_job(item)
         return
-    import multiprocessing
+    from util import workpool
     if chunksize is None:
         chunksize = max(1, min(32, len(jobs) // (workers * 8)))
-    with multiprocessing.Pool(workers) as pool:
-        yield from pool.imap_unordered(_diagram_job, enumerate(jobs), chunksize=chunksize)
+    yield from workpool.imap_unordered(_diagram_job, list(enumerate(jobs)), workers, chunksize,
+                                       name_of=lambda item: item[1][0])   # a dead worker: WorkerDied
 
 
 # ----------------------------------------------------------------------------------------------------
