@@ -27,6 +27,7 @@ How faults are simulated (we may run as root, for whom permission bits mean noth
 import argparse
 import ast
 import contextlib
+import csv
 import datetime
 import functools
 import glob
@@ -59,7 +60,7 @@ from tests.conftest import ROOT
 TMP_MARK = '.tmp-'
 SCRIPT_FILES = {'random_image': 'util/random_image.py', 'PHdict': 'PHdict.py', 'pretraining': 'pretraining.py',
                 'finetuning': 'finetuning.py', 'evaluation': 'finetuning.py',
-                'downloader': 'util/ImageDatasetsDownloader.py'}
+                'downloader': 'util/ImageDatasetsDownloader.py', 'predict': 'predict.py'}
 IN_PROCESS = {'pretraining.py': 'pretraining', 'finetuning.py': 'finetuning'}
 SCRIPTS = ('random_image', 'PHdict', 'pretraining', 'finetuning', 'evaluation', 'downloader')
 TINY = ['-u', 'resnet18', '--img_size', '48', '--crop_size', '32', '-nw', '0']
@@ -1958,3 +1959,34 @@ def _sigint_training(ctx, script):
     else:
         assert not read_log(run_dir)[1:], 'an epoch was logged but its checkpoint was lost'
 
+
+
+# ====================================================================================================
+# issue 13: data loss -- predict.py -o
+# ====================================================================================================
+
+@case('predict', '-o is an input image, the -pw weights, a folder, or a file it did not write',
+      'exit 2: one line naming -o and what it is; nothing changed; an earlier prediction CSV is replaced')
+def _predict_output(ctx, script):
+    d = ctx.data
+    images = ctx.tmp / 'images'
+    shutil.copytree(d.task / 'val', images)
+    weights = ctx.tmp / 'w' / 'ft.pth'
+    weights.parent.mkdir()
+    shutil.copy(d.finetuned, weights)
+    notes = ctx.tmp / 'notes.txt'
+    notes.write_text('my notes\n')
+    ctx.inputs(images, weights, notes)
+    base = [images, '-pw', weights, '-u', 'resnet18', '--img_size', 40, '--crop_size', 32, '-nw', 0]
+    first = sorted(glob.glob(str(images / '*' / '*.png')))[0]
+    for target, words in ((first, ('input image',)), (weights, ('-pw',)), (images, ('folder',)),
+                          (notes, ('not a CSV', '--overwrite'))):
+        for extra in ([], ['--overwrite']) if target != notes else ([],):
+            expect_error(run(script, *base, '-o', target, *extra), '-o', *words)
+    previous = ctx.tmp / 'pred.csv'
+    previous.write_text('path,top1,top1_prob\nold.png,dark,1.0\n')
+    ctx.outputs(ctx.tmp / 'w')
+    expect_ok(run(script, *base, '-o', previous))
+    with open(previous, newline='') as f:
+        rows = list(csv.reader(f))
+    assert rows[0][:3] == ['path', 'top1', 'top1_prob'] and len(rows) == 1 + 4 and 'old.png' not in previous.read_text()
