@@ -48,7 +48,8 @@ from tqdm import tqdm
 from util import ph
 from util.errors import UserError, run_cli
 from util.strict_args import StrictArgumentParser, PHDICT_FLAGS
-from util.fileio import ensure_dir, list_images, require_dir, save_npy, write_json, write_text
+from util.fileio import add_max_pixels_arg, ensure_dir, list_images, require_dir, save_npy, set_max_pixels, \
+    write_json, write_text
 from util.vectorise import LABEL_TYPES, add_label_args, make_vectoriser, vectoriser_from_args
 
 HIST_SUFFIX = 'hist.npy'
@@ -118,6 +119,7 @@ def get_args_parser():
                         "the K-th); defaults to RANK/WORLD_SIZE when torchrun sets them (default: all files)")
     p.add_argument('--skip_bad', action='store_true',
                    help="exit with status 0 even if some inputs could not be read (default: off)")
+    add_max_pixels_arg(p)
     p.add_argument('--plot', type=int, default=0, metavar='N',
                    help="save plots/<stem>.png for the first N inputs (default: %(default)s)")
     group = p.add_argument_group(
@@ -384,6 +386,7 @@ def _plan(args, files, outs, target_dir, need_all):
 
 def main(args):
     _check_args(args)
+    set_max_pixels(args.max_pixels)
     target_dir = require_dir(args.target_dir, 'target folder', flag='TARGET_DIR')
     out_dir = ensure_dir(args.output, 'output folder')
     k, n = parse_shard(args.shard)

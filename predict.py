@@ -16,6 +16,7 @@ import json
 import os
 import sys
 
+from util import fileio
 from util.errors import BadImageError, UserError, run_cli
 from util.strict_args import StrictArgumentParser, PREDICT_FLAGS
 
@@ -51,6 +52,7 @@ def get_args_parser():
     p.add_argument('--batch_size', '-b', default=64, type=int, help='images per batch (default: %(default)s)')
     p.add_argument('--num_workers', '-nw', default=2, type=int, help='data loader processes (default: '
                    '%(default)s)')
+    fileio.add_max_pixels_arg(p)
     p.add_argument('--device', default=None, help="'cuda', 'cpu', ... (default: cuda when available)")
     return p
 
@@ -191,6 +193,7 @@ def main(args):
         raise UserError("--batch_size must be at least 1 and --num_workers at least 0")
     if not os.path.isfile(args.path2weight):
         raise UserError(f"-pw {args.path2weight!r}: no such weights file")
+    fileio.set_max_pixels(args.max_pixels)
     root, rel = list_inputs(args.images)       # input errors are reported before torch is imported (seconds)
     check_output(args, root, rel)
     import torch

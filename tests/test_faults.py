@@ -1990,3 +1990,79 @@ def _predict_output(ctx, script):
     with open(previous, newline='') as f:
         rows = list(csv.reader(f))
     assert rows[0][:3] == ['path', 'top1', 'top1_prob'] and len(rows) == 1 + 4 and 'old.png' not in previous.read_text()
+
+
+# ====================================================================================================
+# issue 13: huge images and decompression bombs -- a bad image, named, never decoded
+# ====================================================================================================
+
+def png_header(width, height):
+    """A PNG whose header claims ``width`` x ``height`` 8-bit grey pixels, with one tiny (truncated) IDAT:
+    a decoder that trusted it would allocate width x height bytes before failing."""
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
+    ihdr = struct.pack('>IIBBBBB', width, height, 8, 0, 0, 0, 0)
+    return (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', ihdr) + chunk(b'IDAT', zlib.compress(b'\0' * 64))
+            + chunk(b'IEND', b''))
+
+
+def _huge_folder(root, classes=None):
+    """Good 40-px PNGs and two huge ones: 9000 x 9000 (over --max_pixels) and 20000 x 20000 (a bomb to PIL)."""
+    rng = np.random.default_rng(21)
+    for cls in classes or ['']:
+        d = root / cls
+        d.mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(smooth_noise(rng, 40, 40)).save(d / f'good{i}.png')
+    first = root / (classes[0] if classes else '')
+    (first / 'huge.png').write_bytes(png_header(9000, 9000))
+    (first / 'bomb.png').write_bytes(png_header(20000, 20000))
+    return root
+
+
+HUGE_EXPECT = {'PHdict': 'exit 1: both named (pixel count), the rest done; --skip_bad: exit 0 with the label matrix',
+               'pretraining': 'skip: both warned by name, counted as skipped_bad', 'finetuning':
+               'skip: both warned by name, counted as skipped_bad', 'predict': 'exit 0: both named, left out'}
+
+
+@case(('PHdict', 'pretraining', 'finetuning', 'predict'), 'huge image / decompression bomb (header 9000² and 20000²)',
+      HUGE_EXPECT)
+def _huge_image(ctx, script):
+    d = ctx.data
+    out = ctx.tmp / 'out'
+    ctx.outputs(out)
+    if script == 'PHdict':
+        src = _huge_folder(ctx.tmp / 'in')
+        ctx.inputs(src)
+        argv = [src, '-o', out, '-it', 'png', '-nw', 1, '--label_type', 'histogram', '--numof_dims', 20]
+        res = run(script, *argv)
+        assert res.rc == 1 and 'Traceback' not in res.err, res
+        assert 'huge.png is 9000 x 9000' in res.err and 'bomb.png' in res.err and '--max_pixels' in res.err, res
+        assert '3 done, 0 skipped, 2 failed of 5 files' in res.out, res
+        res = run(script, *argv, '--skip_bad')
+        assert res.rc == 0 and 'Traceback' not in res.err, res
+        assert (out / 'labels_histogram.txt').read_text().split() == [f'good{i}.png' for i in range(3)]
+        res = run(script, *argv, '--skip_bad', '--max_pixels', 0)
+        expect_error(res, '--max_pixels')
+        return
+    if script == 'predict':
+        src = _huge_folder(ctx.tmp / 'in')
+        ctx.inputs(src, d.finetuned)
+        res = run(script, src, '-pw', d.finetuned, '-u', 'resnet18', '--img_size', 40, '--crop_size', 32, '-nw', 0,
+                  '-o', out / 'p.csv')
+        expect_ok(res)
+        assert 'huge.png' in res.err and 'bomb.png' in res.err and '3 images labelled' in res.out, res
+        return
+    if script == 'pretraining':
+        src = _huge_folder(ctx.tmp / 'in')
+        argv = ['-t', src, '-o', out, '-nc', PT_DIM, '-e', 1, '-b', 8, *TINY]
+    else:
+        src = _huge_folder(ctx.tmp / 'in', classes=['a', 'b'])
+        argv = ['-t', src, '-val', src, '-o', out, '-nc', 2, '-e', 1, '-b', 8, *TINY]
+    ctx.inputs(src)
+    res = expect_ok(run(script, *argv))
+    assert 'huge.png' in res.err and 'bomb.png' in res.err and 'max_pixels' in res.err, res
+    (record,) = read_log(only_run_dir(out))
+    assert record['skipped_bad'] == 2, record

@@ -185,18 +185,51 @@ def list_images(root, extensions=IMG_EXTENSIONS):
     return found
 
 
+DEFAULT_MAX_PIXELS = 8192 * 8192
+_MAX_PIXELS_ENV = 'PRETRAINCNN_MAX_PIXELS'   # the environment carries the limit to worker processes
+
+
+def add_max_pixels_arg(group):
+    """Add ``--max_pixels`` (the largest image, width x height, that is decoded) to a parser or group."""
+    group.add_argument('--max_pixels', type=int, default=DEFAULT_MAX_PIXELS, metavar='N',
+                       help="images with more pixels (width x height, read from the file's header) are bad "
+                            "images, never decoded (default: 8192 x 8192 = %(default)s)")
+
+
+def set_max_pixels(n):
+    """Set the limit of :func:`load_image` for this process and the worker processes it starts."""
+    if n is None or n < 1:
+        raise UserError(f"--max_pixels must be at least 1, got {n}")
+    os.environ[_MAX_PIXELS_ENV] = str(int(n))
+
+
+def max_pixels():
+    try:
+        return int(os.environ.get(_MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS))
+    except ValueError:
+        return DEFAULT_MAX_PIXELS
+
+
 def load_image(path, mode='RGB'):
     """Decode an image file into a PIL image of ``mode`` ('RGB' or 'L').
 
     Handles 16-bit, palette, RGBA (alpha dropped) and greyscale inputs.
-    Raises :class:`BadImageError` naming the file when it cannot be decoded.
+    Raises :class:`BadImageError` naming the file when it cannot be decoded, or when it has more pixels than
+    ``--max_pixels`` (checked from the header, before anything is decoded; decompression bombs included).
     """
+    limit = max_pixels()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
             with Image.open(path) as im:
+                w, h = im.size
+                if w * h > limit:
+                    raise BadImageError(f"image {path} is {w} x {h} = {w * h} pixels, more than --max_pixels "
+                                        f"{limit}; not decoded (raise --max_pixels if it is meant)")
                 im.load()
                 return convert_image(im, mode)
+    except Image.DecompressionBombError as e:
+        raise BadImageError(f"image {path} is too large to decode safely ({e}); not decoded") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise BadImageError(f"cannot read image {path}: {e}") from None
 

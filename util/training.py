@@ -50,6 +50,7 @@ def add_common_args(parser):
     g.add_argument('--bad_images', choices=('skip', 'fail'), default='skip',
                    help='what to do with an image that cannot be decoded during training: skip it (warned and '
                    'counted in the log) or stop (default: %(default)s)')
+    fileio.add_max_pixels_arg(g)
 
     g = parser.add_argument_group('parallelism and devices')
     g.add_argument('--pidf', '-p', default=None, help="distributed backend ('nccl' or 'gloo'); default: nccl on "
@@ -136,6 +137,9 @@ def check_common_args(args):
         raise UserError("--num_workers must be >= 0")
     if args.save_interval < 1:
         args.save_interval = args.epochs
+    if args.stop_after < 0:
+        raise UserError(f"--stop_after must be 0 (no stop) or a number of epochs, got {args.stop_after}")
+    fileio.set_max_pixels(args.max_pixels)
     if args.start_epoch < 1:
         raise UserError("--start-epoch must be at least 1")
     if not 0 <= getattr(args, 'random_scale', 0) < 1:
