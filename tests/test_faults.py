@@ -2066,3 +2066,59 @@ def _huge_image(ctx, script):
     assert 'huge.png' in res.err and 'bomb.png' in res.err and 'max_pixels' in res.err, res
     (record,) = read_log(only_run_dir(out))
     assert record['skipped_bad'] == 2, record
+
+
+# ====================================================================================================
+# issue 13: odd trees -- symbolic link loops and FIFOs/sockets
+# ====================================================================================================
+
+def _odd_tree(root, classes=('a', 'b')):
+    """Class folders of 3 PNGs each; in ``a``: a link to its parent (a loop), a link to itself, a FIFO and a
+    socket named like images."""
+    rng = np.random.default_rng(31)
+    for cls in classes:
+        (root / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(smooth_noise(rng, 40, 40)).save(root / cls / f'{i}.png')
+    a = root / classes[0]
+    os.symlink('..', a / 'up')
+    os.symlink('.', a / 'here')
+    os.mkfifo(a / 'pipe.png')
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind(str(a / 'sock.png'))
+    except OSError:
+        pass
+    finally:
+        sock.close()
+    return root
+
+
+def _sub(script, *argv, timeout=120):
+    """Run ``script`` in its own process (a hang fails the row after ``timeout`` s instead of the suite)."""
+    return _finish(_popen_group(script, *argv), timeout=timeout)
+
+
+@case(('PHdict', 'pretraining', 'finetuning', 'predict'), 'symbolic link loop and a FIFO/socket in the tree',
+      'exit 0 within the timeout: every image once, the loop and the FIFO/socket warned about by name, never opened')
+def _link_loop(ctx, script):
+    d = ctx.data
+    src = _odd_tree(ctx.tmp / 'in')
+    out = ctx.tmp / 'out'
+    ctx.outputs(out)
+    if script == 'PHdict':
+        res = expect_ok(_sub(script, src, '-o', out, '-it', 'png', '-nw', 2, timeout=60))
+        assert '6 done, 0 skipped, 0 failed of 6 files' in res.out, res
+    elif script == 'predict':
+        res = expect_ok(_sub(script, src, '-pw', d.finetuned, '-u', 'resnet18', '--img_size', 40, '--crop_size',
+                             32, '-nw', 0, '-o', out / 'p.csv'))
+        with open(out / 'p.csv', newline='') as f:
+            assert sorted(r[0] for r in list(csv.reader(f))[1:]) == [f'{c}/{i}.png' for c in 'ab' for i in range(3)]
+    else:
+        argv = (['-t', src, '-o', out, '-nc', PT_DIM] if script == 'pretraining'
+                else ['-t', src, '-val', src, '-o', out, '-nc', 2])
+        res = expect_ok(_sub(script, *argv, '-e', 1, '-b', 8, *TINY))
+        (record,) = read_log(only_run_dir(out))
+        assert record['images'] == 6, record
+    assert 'pipe.png' in res.err and 'not a regular file' in res.err, res
+    assert 'up' in res.err and 'already listed' in res.err, res

@@ -444,6 +444,10 @@ class SafeImageFolder(tv_datasets.ImageFolder):
             raise UserError(f"{root}: {e}; every class folder needs at least one image") from None
         self.bad_images = bad_images
 
+    @staticmethod
+    def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
+        return fileio.class_samples(directory, class_to_idx)   # symlink loops, FIFOs: skipped with a warning
+
     def __getitem__(self, index):
         try:
             return super().__getitem__(index)

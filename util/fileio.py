@@ -171,18 +171,73 @@ def require_dir(path, what='input directory', flag=None):
     return path
 
 
-def list_images(root, extensions=IMG_EXTENSIONS):
-    """Relative paths (POSIX separators) of all image files below ``root``, sorted, temp files skipped."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames.sort()
-        rel_dir = os.path.relpath(dirpath, root)
-        for name in filenames:
+def _warn(msg):
+    import sys
+    print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+
+def list_images(root, extensions=IMG_EXTENSIONS, warn=_warn, seen=None):
+    """Relative paths (POSIX separators) of all image files below ``root``, sorted, temp files skipped.
+
+    Symbolic links are followed, but each real folder is listed at most once: a link back into a folder
+    already listed (a loop, or a second link to it) is skipped with a warning.  FIFOs, sockets and devices are
+    skipped with a warning and never opened (reading one could block for ever).  ``seen``: a set of
+    ``(st_dev, st_ino)`` of folders not to enter (``root`` itself is always listed); it is updated.
+    """
+    import stat
+    found, seen = [], set() if seen is None else seen
+    stack = [(os.fspath(root), '')]
+    while stack:
+        path, rel_dir = stack.pop()
+        try:
+            st = os.stat(path)
+            entries = sorted(os.scandir(path), key=lambda e: e.name)
+        except OSError as e:
+            warn(f"skipped folder {path}: {e.strerror}")
+            continue
+        if (st.st_dev, st.st_ino) in seen and rel_dir:
+            warn(f"skipped {path}: it leads to the folder {os.path.realpath(path)}, already listed (symbolic "
+                 "link loop or a second link to it)")
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        subdirs = []
+        for entry in entries:
+            name = entry.name
+            rel = name if not rel_dir else rel_dir + '/' + name
+            try:
+                mode = os.stat(entry.path).st_mode
+            except OSError:
+                mode = None                    # a dangling link: reported when read, as before
+            if mode is not None and stat.S_ISDIR(mode):
+                subdirs.append((entry.path, rel))
+                continue
+            if mode is not None and not stat.S_ISREG(mode):
+                warn(f"skipped {entry.path}: not a regular file (FIFO, socket or device); never opened")
+                continue
             if name.lower().endswith(extensions) and not is_temp_file(name) and not name.startswith('.'):
-                rel = name if rel_dir == '.' else os.path.join(rel_dir, name)
-                found.append(rel.replace(os.sep, '/'))
+                found.append(rel)
+        stack.extend(reversed(subdirs))
     found.sort()
     return found
+
+
+def class_samples(directory, class_to_idx, extensions=IMG_EXTENSIONS):
+    """``[(path, class index)]`` of a class-folder tree (torchvision's ``make_dataset``) via :func:`list_images`;
+    a class folder without any image is refused by name."""
+    samples = []
+    seen = set()        # no link from one class folder into the root or another class (that label is not its)
+    for path in [directory] + [os.path.join(directory, c) for c in class_to_idx]:
+        with contextlib.suppress(OSError):
+            st = os.stat(path)
+            seen.add((st.st_dev, st.st_ino))
+    for cls in sorted(class_to_idx, key=class_to_idx.get):
+        folder = os.path.join(directory, cls)
+        rel = list_images(folder, extensions, seen=seen)
+        if not rel:
+            raise UserError(f"class folder {folder} holds no valid file (no image: "
+                            f"{', '.join(e[1:] for e in extensions)}); every class folder needs at least one image")
+        samples += [(os.path.join(folder, *r.split('/')), class_to_idx[cls]) for r in rel]
+    return samples
 
 
 DEFAULT_MAX_PIXELS = 8192 * 8192
