@@ -48,8 +48,8 @@ from tqdm import tqdm
 from util import ph
 from util.errors import UserError, run_cli
 from util.strict_args import StrictArgumentParser, PHDICT_FLAGS
-from util.fileio import add_max_pixels_arg, ensure_dir, list_images, require_dir, save_npy, set_max_pixels, \
-    write_json, write_text
+from util.fileio import add_max_pixels_arg, ensure_dir, list_images, refuse_output_inside, require_dir, save_npy, \
+    set_max_pixels, write_json, write_text
 from util.vectorise import LABEL_TYPES, add_label_args, make_vectoriser, vectoriser_from_args
 
 HIST_SUFFIX = 'hist.npy'
@@ -105,7 +105,7 @@ def get_args_parser():
                    help="-ch histogram bins: H0 lifetimes, H1 lifetimes, H0 births, H1 births "
                         "(default: 50 50 50 50)")
     p.add_argument('--num_workers', '-nw', type=int, default=8,
-                   help="worker processes computing diagrams (default: %(default)s)")
+                   help="worker processes computing diagrams; 0 or 1: this process only (default: %(default)s)")
     p.add_argument('--filtration', choices=ph.FILTRATIONS, default=ph.DEFAULT_FILTRATION,
                    help="filtration of the binarised image (see util/ph.py); 'none' = raw grey values "
                         "(default: %(default)s)")
@@ -154,8 +154,8 @@ def _check_args(args):
                                       or args.plot):
         raise UserError("-it npy reads saved diagrams, but nothing was asked of them: add -ch, -cpi or "
                         "--label_type, or give the image type (e.g. -it jpg) to compute diagrams")
-    if args.num_workers < 1:
-        raise UserError(f"--num_workers must be at least 1, got {args.num_workers}")
+    if args.num_workers < 0:
+        raise UserError(f"--num_workers must be 0 (this process only) or more, got {args.num_workers}")
     if args.numof_dims < 1:
         raise UserError(f"--numof_dims must be at least 1, got {args.numof_dims}")
     if args.plot < 0:
@@ -388,6 +388,8 @@ def main(args):
     _check_args(args)
     set_max_pixels(args.max_pixels)
     target_dir = require_dir(args.target_dir, 'target folder', flag='TARGET_DIR')
+    if args.imgtype != 'npy':   # (from saved diagrams, -o TARGET_DIR is the original's way to add -ch outputs)
+        refuse_output_inside(args.output, [('TARGET_DIR', target_dir)])
     out_dir = ensure_dir(args.output, 'output folder')
     k, n = parse_shard(args.shard)
     if args.compute_persistence_image and args.imgtype == 'npy' \

@@ -2122,3 +2122,103 @@ def _link_loop(ctx, script):
         assert record['images'] == 6, record
     assert 'pipe.png' in res.err and 'not a regular file' in res.err, res
     assert 'up' in res.err and 'already listed' in res.err, res
+
+
+# ====================================================================================================
+# issue 13: an output folder inside (or equal to) an input folder
+# ====================================================================================================
+
+@case(('PHdict', 'pretraining', 'finetuning'), '-o equal to or inside the input folder',
+      'exit 2: one line naming -o and the input flag; the input folder (its args.json) unchanged; nothing made')
+def _output_inside_input(ctx, script):
+    d = ctx.data
+    src = ctx.tmp / 'in'
+    if script == 'finetuning':
+        shutil.copytree(d.task, src)
+    else:
+        shutil.copytree(d.gen, src)
+    ctx.inputs(src)
+    before = sorted(files_under(src))
+    for out in (src, src / 'sub' / 'out'):
+        if script == 'PHdict':
+            res, flag = run(script, src, '-o', out, '-it', 'jpg', '-nw', 1), 'TARGET_DIR'
+        elif script == 'pretraining':
+            res, flag = run(script, '-t', src, '-pd', d.gen_ph, '-o', out, '-nc', PT_DIM, '-e', 1, *TINY), '-t'
+        else:
+            res, flag = run(script, '-t', src / 'train', '-val', src / 'val', '-o', src / 'val' / 'x', '-nc', 2,
+                            '-e', 1, *TINY), '-val'
+        expect_error(res, '-o', flag, 'outside')
+        assert sorted(files_under(src)) == before
+
+
+# ====================================================================================================
+# issue 13: the small ones
+# ====================================================================================================
+
+@case('pretraining', '--stop_after -3', 'exit 2: names --stop_after; nothing created')
+def _stop_after_negative(ctx, script):
+    out = ctx.tmp / 'out'
+    ctx.inputs(*base_inputs(script, ctx.data))
+    expect_error(run(script, *base_argv(script, ctx.data, out), '--stop_after', -3), '--stop_after')
+    assert not out.exists()
+
+
+@case('PHdict', '-nw 0 (as the other scripts)', 'exit 0: computed in this process')
+def _phdict_nw0(ctx, script):
+    out = ctx.tmp / 'out'
+    ctx.outputs(out)
+    ctx.inputs(ctx.data.gen)
+    res = expect_ok(run(script, ctx.data.gen, '-o', out, '-it', 'jpg', '-nw', 0))
+    assert '16 done, 0 skipped, 0 failed of 16 files' in res.out, res
+    assert tree_digests(out, only='.npy') == tree_digests(ctx.data.gen_ph, only='.npy')
+
+
+@case(('finetuning', 'evaluation', 'predict'), 'a text file as -pw', 'exit 2: "<file> is not a weights file"')
+def _text_weights(ctx, script):
+    d = ctx.data
+    weights = ctx.tmp / 'weights.pth'
+    weights.write_text('these are not weights\n')
+    ctx.inputs(weights, d.task)
+    out = ctx.tmp / 'out'
+    if script == 'predict':
+        res = run(script, d.task / 'val', '-pw', weights, '-u', 'resnet18', '-o', out / 'p.csv', '-nw', 0)
+    else:
+        argv = base_argv(script, d, out)
+        if '-pw' in argv:
+            argv[argv.index('-pw') + 1] = weights
+        else:
+            argv += ['-pw', weights]
+        res = run(script, *argv)
+    expect_error(res, str(weights), 'not a weights file')
+    assert not glob.glob(str(out / '**' / '*.pth'), recursive=True)
+
+
+@case('finetuning', '-val equal to -t', 'exit 0 with a warning naming -val and -t')
+def _val_is_train(ctx, script):
+    d = ctx.data
+    out = ctx.tmp / 'out'
+    ctx.outputs(out)
+    ctx.inputs(d.task)
+    res = expect_ok(run(script, '-t', d.task / 'train', '-val', d.task / 'train', '-o', out, '-nc', 2, '-e', 1,
+                        '-b', 8, *TINY))
+    assert 'warning: -val' in res.err and 'training folder -t' in res.err, res
+
+
+@case('evaluation', 'class names with a comma, a quote (CSV files)',
+      'exit 0: per_class.csv and confusion_matrix.csv read back by the csv module with the names intact')
+def _csv_names(ctx, script):
+    d = ctx.data
+    val = ctx.tmp / 'val'
+    names = ['bright, "very"', 'dark']
+    for src, name in zip(('bright', 'dark'), names):
+        shutil.copytree(d.task / 'val' / src, val / name)
+    ctx.inputs(val, d.finetuned)
+    out = ctx.tmp / 'out'
+    ctx.outputs(out)
+    expect_ok(run(script, '--evaluate', '-val', val, '-pw', d.finetuned, '-o', out, '-nc', 2, '-b', 8, *TINY))
+    run_dir = only_run_dir(out)
+    with open(os.path.join(run_dir, 'per_class.csv'), newline='') as f:
+        rows = list(csv.reader(f))
+    assert [r[0] for r in rows[1:]] == names and all(len(r) == 4 for r in rows), rows
+    with open(os.path.join(run_dir, 'confusion_matrix.csv'), newline='') as f:
+        assert next(csv.reader(f))[1:] == names

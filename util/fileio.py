@@ -122,6 +122,15 @@ def write_json(path, obj):
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + '\n')
 
 
+def write_csv(path, rows):
+    """Write ``rows`` (lists of cells) as CSV through the csv module (cells with commas, quotes or newlines are
+    quoted), atomically."""
+    import csv
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator='\n').writerows(rows)
+    write_text(path, buf.getvalue())
+
+
 def save_image(path, image, fmt=None, **params):
     """Save a PIL image or uint8 array atomically; ``fmt`` defaults to the file extension."""
     if isinstance(image, np.ndarray):
@@ -174,6 +183,20 @@ def require_dir(path, what='input directory', flag=None):
 def _warn(msg):
     import sys
     print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+
+def refuse_output_inside(output, inputs, flag='-o'):
+    """Raise :class:`UserError` if the folder ``output`` is, or is inside, one of ``inputs`` ``[(flag, folder)]``
+    (what it writes would be read back as input by the next run, or overwrite the input's own files)."""
+    out = os.path.realpath(output)
+    for in_flag, path in inputs:
+        if not path or not os.path.isdir(path):
+            continue
+        src = os.path.realpath(path)
+        if out == src or out.startswith(src.rstrip(os.sep) + os.sep):
+            where = 'the same folder as' if out == src else 'inside'
+            raise UserError(f"{flag} {output!r} is {where} the input folder {in_flag} {path!r}: its outputs would "
+                            f"be mixed with (and read back as) inputs; choose an output folder outside it")
 
 
 def list_images(root, extensions=IMG_EXTENSIONS, warn=_warn, seen=None):

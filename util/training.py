@@ -140,6 +140,11 @@ def check_common_args(args):
     if args.stop_after < 0:
         raise UserError(f"--stop_after must be 0 (no stop) or a number of epochs, got {args.stop_after}")
     fileio.set_max_pixels(args.max_pixels)
+    fileio.refuse_output_inside(args.output, [(f, getattr(args, d, None)) for f, d in (
+        ('-t', 'train'), ('-val', 'val'), ('-t2', 'ph_train'), ('-v2', 'ph_val'), ('-pd', 'path2PHdir'))])
+    if args.train and args.val and os.path.realpath(args.train) == os.path.realpath(args.val):
+        print(f"warning: -val {args.val!r} is the training folder -t: the validation scores measure memorisation, "
+              "not generalisation", file=sys.stderr, flush=True)
     if args.start_epoch < 1:
         raise UserError("--start-epoch must be at least 1")
     if not 0 <= getattr(args, 'random_scale', 0) < 1:
