@@ -50,7 +50,7 @@ from util.errors import UserError, run_cli
 from util.strict_args import StrictArgumentParser, PHDICT_FLAGS
 from util.fileio import add_max_pixels_arg, ensure_dir, list_images, refuse_output_inside, require_dir, save_npy, \
     set_max_pixels, write_json, write_text
-from util.vectorise import LABEL_TYPES, add_label_args, make_vectoriser, vectoriser_from_args
+from util.vectorise import LABEL_TYPES, add_label_args, check_label_dim, make_vectoriser, vectoriser_from_args
 
 HIST_SUFFIX = 'hist.npy'
 PERSIMG_SUFFIX = '_persImg.npy'
@@ -158,6 +158,8 @@ def _check_args(args):
         raise UserError(f"--num_workers must be 0 (this process only) or more, got {args.num_workers}")
     if args.numof_dims < 1:
         raise UserError(f"--numof_dims must be at least 1, got {args.numof_dims}")
+    if args.label_type:
+        check_label_dim(args.label_type, args.numof_dims, '--numof_dims', args.num_landscapes)
     if args.plot < 0:
         raise UserError(f"--plot must be 0 or more, got {args.plot}")
     if min(args.num_bins) < 0 or sum(args.num_bins) < 1:
@@ -410,7 +412,7 @@ def main(args):
     pi_vec = make_vectoriser('persistence_image', _pi_dim(args), max_life=args.max_life,
                              max_birth=args.max_birth, min_birth=args.min_birth, sigma=args.sigma,
                              power=args.power) if args.compute_persistence_image else None
-    label_vec = vectoriser_from_args(args, args.numof_dims) if args.label_type else None
+    label_vec = vectoriser_from_args(args, args.numof_dims, '--numof_dims') if args.label_type else None
     label_info = None
     if label_vec is not None:
         label_info = dict(label_type=args.label_type, params=label_vec.get_params(), filtration=args.filtration,

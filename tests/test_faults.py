@@ -2222,3 +2222,59 @@ def _csv_names(ctx, script):
     assert [r[0] for r in rows[1:]] == names and all(len(r) == 4 for r in rows), rows
     with open(os.path.join(run_dir, 'confusion_matrix.csv'), newline='') as f:
         assert next(csv.reader(f))[1:] == names
+
+
+# ====================================================================================================
+# issue 13: a diagram file of the wrong shape, columns or homology dimensions
+# ====================================================================================================
+
+@case(('pretraining', 'PHdict'), 'diagram file of wrong shape/columns/dims ((3, 4) zeros; dim 7)',
+      {'pretraining': 'exit 2: one line naming the file and its shape/dimension; no weights written',
+       'PHdict': 'exit 1 (-it npy -ch): the file named as a failed input, the rest done'})
+def _bad_diagram(ctx, script):
+    d = ctx.data
+    ph_dir = ctx.tmp / 'ph'
+    shutil.copytree(d.gen_ph, ph_dir, ignore=shutil.ignore_patterns('*.json'))
+    names = sorted(p.name for p in ph_dir.glob('v*.npy'))
+    bad_dim = np.load(ph_dir / names[1])
+    bad_dim[0, 0] = 7
+    for name, array, words in ((names[0], np.zeros((3, 4)), ('(3, 4)',)), (names[1], bad_dim, ('7',))):
+        fresh = ctx.tmp / f'ph_{len(words[0])}'
+        shutil.copytree(ph_dir, fresh)
+        np.save(fresh / name, array)
+        ctx.inputs(fresh, d.gen)
+        out = ctx.tmp / f'out_{len(words[0])}'
+        ctx.outputs(out)
+        if script == 'pretraining':
+            argv = base_argv(script, d, out)
+            argv[argv.index('-pd') + 1] = fresh
+            expect_error(run(script, *argv), name, 'not a persistence diagram', *words)
+            assert not glob.glob(str(out / '**' / '*.pth'), recursive=True)
+        else:
+            res = run(script, fresh, '-o', out, '-it', 'npy', '-ch', '-n', 5, 5, 5, 5, '-nw', 1)
+            assert res.rc == 1 and 'Traceback' not in res.err and name in res.err, res
+            assert f'{len(names) - 1} done' in res.out, res
+
+
+# ====================================================================================================
+# issue 13: a label length the label type cannot honour
+# ====================================================================================================
+
+@case(('PHdict', 'pretraining'), 'label length the label type cannot split (-nc 7 histogram, 9 betti_curve)',
+      'exit 2: one line naming the flag, the label type and the valid lengths; nothing written')
+def _uneven_dim(ctx, script):
+    d = ctx.data
+    ctx.inputs(d.gen, d.gen_ph)
+    out = ctx.tmp / 'out'
+    for label_type, dim, valid in (('histogram', 7, '4 or 8'), ('betti_curve', 9, '8 or 10')):
+        if script == 'PHdict':
+            res, flag = run(script, d.gen_ph, '-o', out, '--label_type', label_type, '--numof_dims', dim,
+                            '-nw', 1), '--numof_dims'
+        else:
+            argv = base_argv(script, d, out)
+            argv[argv.index('-nc') + 1] = dim
+            res, flag = run(script, *argv, '--label_type', label_type), '-nc'
+        expect_error(res, f'{flag} {dim}', label_type, valid)
+        assert not glob.glob(str(out / '**' / '*.np[yz]'), recursive=True)
+        assert script != 'PHdict' or not out.exists()
+        assert not glob.glob(str(out / '**' / '*.pth'), recursive=True)

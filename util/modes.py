@@ -191,7 +191,7 @@ def build_pretraining_sets(args):
     pretraining.py): -t with -pd (diagrams) / -pd -pc (label matrix) / nothing (computed), or generated."""
     from util.datasets import ComputedLabels, GeneratedPH, pretrain_transforms, pretrain_val_transforms
     from util.vectorise import vectoriser_from_args
-    vectoriser = vectoriser_from_args(args, args.numof_classes)
+    vectoriser = vectoriser_from_args(args, args.numof_classes, None if args.precomputed else '-nc')
     computed = ComputedLabels(vectoriser, args.filtration, getattr(args, 'gradient', False))
     spatial, to_tensor = pretrain_transforms(args)
     val_spatial, val_to_tensor = pretrain_val_transforms(args)
@@ -770,7 +770,7 @@ def run_simultaneous(args):
     from util.vectorise import vectoriser_from_args
     if not args.train:
         raise UserError("-lm simultaneous trains on labelled images: give their class folders with -t DIR")
-    computed = ComputedLabels(vectoriser_from_args(args, args.ph_dims), args.filtration, args.gradient)
+    computed = ComputedLabels(vectoriser_from_args(args, args.ph_dims, '-nd'), args.filtration, args.gradient)
     spatial, to_tensor = finetune_train_parts(args)
     check_class_layout(args.train, '-t')
     train_set = LabelledPH(args.train, computed, spatial, to_tensor, args.persistence, args.bad_images)

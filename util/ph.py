@@ -308,6 +308,7 @@ def _diagram_job(job):
     ``gradient`` (default False) takes the PH of the Canny edge map.
     Unreadable inputs are reported, not raised, so one bad file does not stop a pool.
     """
+    from util.dgmcheck import check_diagram
     from util.errors import BadImageError
     index, (path, source, filtration, *rest) = job
     gradient = bool(rest[0]) if rest else False
@@ -323,6 +324,7 @@ def _diagram_job(job):
             if np.isnan(dgm[:, :3]).any():
                 raise BadImageError(f"{path} holds NaN in its dimension/birth/death columns; delete it and "
                                     f"compute it again from its image")
+            dgm = check_diagram(dgm, path, error=BadImageError)    # homology dimensions 0..2 too
             return index, dgm.astype(np.float64, copy=False), None
         return index, ph_of_file(path, filtration, gradient=gradient), None
     except BadImageError as e:
