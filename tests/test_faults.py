@@ -2278,3 +2278,27 @@ def _uneven_dim(ctx, script):
         assert not glob.glob(str(out / '**' / '*.np[yz]'), recursive=True)
         assert script != 'PHdict' or not out.exists()
         assert not glob.glob(str(out / '**' / '*.pth'), recursive=True)
+
+
+# ====================================================================================================
+# issue 13: file names the label and prediction files cannot hold
+# ====================================================================================================
+
+@case(('PHdict', 'pretraining', 'predict'), 'image name with a newline / bytes that are not UTF-8',
+      'exit 2 before any work: one line naming the file (escaped) and "rename"; nothing written')
+def _odd_names(ctx, script):
+    d = ctx.data
+    for bad in ('new\nline.jpg', os.fsdecode(b'caf\xe9.jpg')):
+        src = ctx.tmp / f'in{len(bad)}'
+        shutil.copytree(d.gen, src, ignore=shutil.ignore_patterns('*.json'))
+        shutil.copy(src / 'v00000000.jpg', os.path.join(src, bad))
+        ctx.inputs(src)
+        out = ctx.tmp / f'out{len(bad)}'
+        if script == 'PHdict':
+            res = run(script, src, '-o', out, '-it', 'jpg', '-nw', 1)
+        elif script == 'predict':
+            res = run(script, src, '-pw', d.finetuned, '-u', 'resnet18', '-o', out / 'p.csv', '-nw', 0)
+        else:
+            res = run(script, '-t', src, '-o', out, '-nc', PT_DIM, '-e', 1, *TINY)
+        expect_error(res, ascii(bad)[1:-1], 'rename')
+        assert not glob.glob(str(out / '**' / '*.*'), recursive=True)

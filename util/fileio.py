@@ -240,8 +240,23 @@ def list_images(root, extensions=IMG_EXTENSIONS, warn=_warn, seen=None):
             if name.lower().endswith(extensions) and not is_temp_file(name) and not name.startswith('.'):
                 found.append(rel)
         stack.extend(reversed(subdirs))
+    odd = [r for r in found if not storable_name(r)]
+    if odd:
+        raise UserError(f"{len(odd)} file name(s) below {root} hold a line break or bytes that are not UTF-8, "
+                        f"which the label and prediction files cannot hold, first: {ascii(odd[0])}; rename them")
     found.sort()
     return found
+
+
+def storable_name(name):
+    """True if ``name`` can be one line of a UTF-8 text or CSV file (no line break, no undecodable bytes)."""
+    if any(c in name for c in '\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029'):   # str.splitlines() breaks
+        return False
+    try:
+        name.encode('utf-8')
+    except UnicodeEncodeError:      # os.fsdecode() of bytes that are not UTF-8 (surrogate escapes)
+        return False
+    return True
 
 
 def class_samples(directory, class_to_idx, extensions=IMG_EXTENSIONS):
