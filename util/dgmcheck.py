@@ -33,5 +33,5 @@ def check_diagram(dgm, path, error=UserError):
         raise error(f"{path} is not a persistence diagram (column 0, the homology dimension, holds "
                         f"{bad[0]!r}; expected 0, 1 or 2); {hint}")
     if np.isnan(dgm[:, 1:3]).any():
-        raise error(f"{path} holds NaN in its birth/death columns; {hint}")
+        raise error(f"{path} contains NaN in its birth/death columns; {hint}")
     return dgm
