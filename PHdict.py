@@ -48,10 +48,12 @@ from tqdm import tqdm
 
 from util import ph
 from util.errors import UserError, run_cli
-from util.fileio import ensure_dir, list_images, require_dir, save_npy, write_json
+from util.fileio import add_max_pixels_arg, ensure_dir, list_images, refuse_output_inside, require_dir, save_npy, \
+    set_max_pixels, write_json
 from util.labels import (label_file_re, label_matrix_complete, label_names, merge_label_shards, read_json,
                          write_label_matrix)
-from util.vectorise import add_label_args, make_vectoriser, vectoriser_from_args
+from util.strict_args import StrictArgumentParser, PHDICT_FLAGS
+from util.vectorise import add_label_args, check_label_dim, make_vectoriser, vectoriser_from_args
 
 HIST_SUFFIX = 'hist.npy'
 PERSIMG_SUFFIX = '_persImg.npy'
@@ -88,7 +90,7 @@ Exit status: 0, or 1 if some inputs could not be read (named on stderr) and --sk
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(
+    p = StrictArgumentParser(allow_abbrev=False, refuse=PHDICT_FLAGS, 
         description="Compute persistence diagrams of images (Otsu + signed distance + cubical PH by "
                     "cripser) and, optionally, histograms, persistence images or one label matrix.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -106,7 +108,7 @@ def get_args_parser():
                    help="-ch histogram bins: H0 lifetimes, H1 lifetimes, H0 births, H1 births "
                         "(default: 50 50 50 50)")
     p.add_argument('--num_workers', '-nw', type=int, default=8,
-                   help="worker processes computing diagrams (default: %(default)s)")
+                   help="worker processes computing diagrams; 0 or 1: this process only (default: %(default)s)")
     p.add_argument('--filtration', choices=ph.FILTRATIONS, default=ph.DEFAULT_FILTRATION,
                    help="filtration of the binarised image (see util/ph.py); 'none' = raw grey values "
                         "(default: %(default)s)")
@@ -125,6 +127,7 @@ def get_args_parser():
                         "the K-th); defaults to RANK/WORLD_SIZE when torchrun sets them (default: all files)")
     p.add_argument('--skip_bad', action='store_true',
                    help="exit with status 0 even if some inputs could not be read (default: off)")
+    add_max_pixels_arg(p)
     p.add_argument('--plot', type=int, default=0, metavar='N',
                    help="save plots/<stem>.png for the first N inputs (default: %(default)s)")
     group = p.add_argument_group(
@@ -159,10 +162,12 @@ def _check_args(args):
                                       or args.plot):
         raise UserError("-it npy reads saved diagrams, but nothing was asked of them: add -ch, -cpi or "
                         "--label_type, or give the image type (e.g. -it jpg) to compute diagrams")
-    if args.num_workers < 1:
-        raise UserError(f"--num_workers must be at least 1, got {args.num_workers}")
+    if args.num_workers < 0:
+        raise UserError(f"--num_workers must be 0 (this process only) or more, got {args.num_workers}")
     if args.numof_dims < 1:
         raise UserError(f"--numof_dims must be at least 1, got {args.numof_dims}")
+    if args.label_type:
+        check_label_dim(args.label_type, args.numof_dims, '--numof_dims', args.num_landscapes)
     if args.plot < 0:
         raise UserError(f"--plot must be 0 or more, got {args.plot}")
     if min(args.num_bins) < 0 or sum(args.num_bins) < 1:
@@ -315,7 +320,10 @@ def _plan(args, files, outs, target_dir, need_all):
 
 def main(args):
     _check_args(args)
+    set_max_pixels(args.max_pixels)
     target_dir = require_dir(args.target_dir, 'target folder', flag='TARGET_DIR')
+    if args.imgtype != 'npy':   # (from saved diagrams, -o TARGET_DIR is the original's way to add -ch outputs)
+        refuse_output_inside(args.output, [('TARGET_DIR', target_dir)])
     out_dir = ensure_dir(args.output, 'output folder')
     k, n = parse_shard(args.shard)
     if args.compute_persistence_image and args.imgtype == 'npy' \
@@ -336,7 +344,7 @@ def main(args):
     pi_vec = make_vectoriser('persistence_image', _pi_dim(args), max_life=args.max_life,
                              max_birth=args.max_birth, min_birth=args.min_birth, sigma=args.sigma,
                              power=args.power) if args.compute_persistence_image else None
-    label_vec = vectoriser_from_args(args, args.numof_dims) if args.label_type else None
+    label_vec = vectoriser_from_args(args, args.numof_dims, '--numof_dims') if args.label_type else None
     label_info = None
     if label_vec is not None:
         label_info = dict(label_type=args.label_type, params=label_vec.get_params(), filtration=args.filtration,

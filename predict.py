@@ -16,13 +16,15 @@ import json
 import os
 import sys
 
+from util import fileio
 from util.errors import BadImageError, UserError, run_cli
+from util.strict_args import StrictArgumentParser, PREDICT_FLAGS
 
 DEFAULTS = {'usenet': 'resnet50', 'img_size': 256, 'crop_size': 224}
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(
+    p = StrictArgumentParser(allow_abbrev=False, refuse=PREDICT_FLAGS, 
         description='Predict the classes of images with weights fine-tuned by finetuning.py (a CSV of the '
                     'top-k classes and their probabilities per image).',
         epilog='examples:\n'
@@ -37,6 +39,8 @@ def get_args_parser():
                    'one name per line, in the order of the outputs (default: classes.json next to -pw; '
                    'without one, the class indices)')
     p.add_argument('--output', '-o', default='predictions.csv', help='CSV file to write (default: %(default)s)')
+    p.add_argument('--overwrite', action='store_true', help='replace an existing -o file that is not a CSV of '
+                   'an earlier prediction (never an input image, the weights or the class names) (default: off)')
     p.add_argument('--topk', '-k', default=5, type=int, help='classes per image, at most the number of classes '
                    '(default: %(default)s)')
     p.add_argument('--usenet', '-u', default=None, help="architecture (default: the run's args.json next to "
@@ -48,6 +52,7 @@ def get_args_parser():
     p.add_argument('--batch_size', '-b', default=64, type=int, help='images per batch (default: %(default)s)')
     p.add_argument('--num_workers', '-nw', default=2, type=int, help='data loader processes (default: '
                    '%(default)s)')
+    fileio.add_max_pixels_arg(p)
     p.add_argument('--device', default=None, help="'cuda', 'cpu', ... (default: cuda when available)")
     return p
 
@@ -132,6 +137,30 @@ def list_inputs(target):
     return target, rel
 
 
+def check_output(args, root, rel):
+    """Refuse an -o that is a folder, an input (image, weights, class names) or a file we did not write."""
+    out = args.output
+    if os.path.isdir(out):
+        raise UserError(f"-o {out!r} is a folder; give the CSV file to write, e.g. "
+                        f"-o {os.path.join(out, 'predictions.csv')}")
+    if not os.path.exists(out):
+        return
+    real = os.path.realpath(out)
+    inputs = [(args.path2weight, '-pw weights'), (args.classes, '--classes file')]
+    inputs += [(os.path.join(root, r), 'input image') for r in rel]
+    for path, what in inputs:
+        if path is not None and os.path.exists(path) and os.path.realpath(path) == real:
+            raise UserError(f"-o {out!r} is the {what}; choose another output file")
+    try:
+        with open(out, encoding='utf-8', newline='') as f:
+            header = next(csv.reader(f), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        header = []
+    if header[:3] != ['path', 'top1', 'top1_prob'] and not args.overwrite:
+        raise UserError(f"-o {out!r} exists and is not a CSV of an earlier prediction; choose another file, or "
+                        "give --overwrite to replace it")
+
+
 def predict(model, dataset, args, k):
     """{index: (top-k class indices, top-k probabilities)} for the decodable images of ``dataset``."""
     import torch
@@ -159,7 +188,9 @@ def main(args):
         raise UserError("--batch_size must be at least 1 and --num_workers at least 0")
     if not os.path.isfile(args.path2weight):
         raise UserError(f"-pw {args.path2weight!r}: no such weights file")
+    fileio.set_max_pixels(args.max_pixels)
     root, rel = list_inputs(args.images)       # input errors are reported before torch is imported (seconds)
+    check_output(args, root, rel)
     import torch
     from torchvision import transforms
     from util.datasets import IMAGENET_MEAN, IMAGENET_STD

@@ -25,13 +25,13 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-import argparse  # noqa: E402
 import datetime  # noqa: E402
 import math  # noqa: E402
 import platform  # noqa: E402
 import time  # noqa: E402
 
 from util.errors import UserError, run_cli  # noqa: E402
+from util.strict_args import StrictArgumentParser  # noqa: E402
 
 # Sizes of each benchmark per preset (images / diagrams per round, rounds).
 PRESETS = {
@@ -192,7 +192,7 @@ def run(preset='default', workers=2, only=None, verbose=True):
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description="Run every CPU benchmark once, side by side on the same cores, and "
+    p = StrictArgumentParser(allow_abbrev=False, description="Run every CPU benchmark once, side by side on the same cores, and "
                                             "print a table of ratios against the targets.")
     size = p.add_mutually_exclusive_group()
     size.add_argument('--quick', action='store_true', help="smaller sizes: about 1-2 minutes on 2 cores")

@@ -35,6 +35,7 @@ from PIL import Image  # noqa: E402
 from skimage.filters import threshold_otsu  # noqa: E402
 
 from util.errors import UserError, run_cli  # noqa: E402
+from util.strict_args import StrictArgumentParser  # noqa: E402
 from util.random_image import GeneratorConfig, TRAIN_STREAM, image_name, write_images  # noqa: E402
 
 BENCH_PROB_BINARY = 0.5
@@ -147,7 +148,7 @@ def run(n_images=200, workers=2, img_size=256, repeats=1, original_fft='scipy'):
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description="Benchmark util/random_image.py against the original algorithm.",
+    p = StrictArgumentParser(allow_abbrev=False, description="Benchmark util/random_image.py against the original algorithm.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('--n_images', '-n', type=int, default=200, help="images per generator per round")
     p.add_argument('--num_workers', '-nw', type=int, default=2, help="worker processes for both generators")

@@ -54,6 +54,7 @@ import numpy as np  # noqa: E402
 
 from bench.cpu_bench import cpu_model  # noqa: E402
 from util.errors import UserError, run_cli  # noqa: E402
+from util.strict_args import StrictArgumentParser  # noqa: E402
 
 STAGES = ('ceiling', 'pipeline', 'accuracy')
 LABEL_DIM = 200
@@ -718,7 +719,7 @@ def format_summary(data):
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description="GPU benchmark: training ceilings, our pretraining pipelines against "
+    p = StrictArgumentParser(allow_abbrev=False, description="GPU benchmark: training ceilings, our pretraining pipelines against "
                                             "them and the cripser floor, and PH pretraining accuracy on digits.")
     p.add_argument('--tiny', action='store_true', help="tiny sizes on any device (seconds on a CPU): checks that "
                    "everything runs; the numbers mean nothing")

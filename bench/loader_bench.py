@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader, Dataset  # noqa: E402
 from torchvision import transforms as T  # noqa: E402
 
 from util.errors import UserError, run_cli  # noqa: E402
+from util.strict_args import StrictArgumentParser  # noqa: E402
 
 DEFAULT_PROB_BINARY = 0.5   # the original's default (-pb)
 DEFAULT_LABEL_DIM = 200     # the README's --numof_classes=200
@@ -285,7 +286,7 @@ def run(n_images=768, workers=2, img_size=256, crop_size=224, batch_size=32, rep
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description="On-the-fly pretraining loader (GeneratedPH) vs a plain "
+    p = StrictArgumentParser(allow_abbrev=False, description="On-the-fly pretraining loader (GeneratedPH) vs a plain "
                                             "re-implementation of the original one, images/s through a DataLoader.")
     p.add_argument('--n_images', '-n', type=int, default=768, help="images per loader per round (default: %(default)s)")
     p.add_argument('--workers', '-w', type=int, default=2, help="DataLoader worker processes (default: %(default)s)")

@@ -22,7 +22,6 @@ is included, with the ratios it predicts.
 
 ``run(...)`` returns the numbers as a dict (for bench/cpu_bench.py).
 """
-import argparse
 import multiprocessing
 import os
 import resource
@@ -38,6 +37,7 @@ from PIL import Image  # noqa: E402
 
 from util import ph  # noqa: E402
 from util.errors import UserError, run_cli  # noqa: E402
+from util.strict_args import StrictArgumentParser  # noqa: E402
 from util.fileio import load_image, save_npy  # noqa: E402
 
 
@@ -299,7 +299,7 @@ def run(n_images=200, workers=2, size=256, repeats=2, seed=0, profile_images=50,
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description="PHdict throughput vs the cripser-only floor and the original "
+    p = StrictArgumentParser(allow_abbrev=False, description="PHdict throughput vs the cripser-only floor and the original "
                                             "pipeline, on generated JPEGs.")
     p.add_argument('--n_images', '-n', type=int, default=200, help="number of images (default: %(default)s)")
     p.add_argument('--workers', '-w', type=int, default=2, help="worker processes (default: %(default)s)")

@@ -12,7 +12,6 @@ best of ``--repeats`` runs after a warm-up (imports excluded), so a busy machine
 
 ``run(...)`` returns the numbers as a dict (for bench/cpu_bench.py).
 """
-import argparse
 import os
 import sys
 import time
@@ -22,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from util.errors import UserError, run_cli  # noqa: E402
+from util.strict_args import StrictArgumentParser  # noqa: E402
 from util.vectorise import LABEL_TYPES, make_vectoriser  # noqa: E402
 
 
@@ -144,7 +144,7 @@ def run(n_diagrams=1000, persim_diagrams=100, dim=256, repeats=3, seed=0, verbos
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description="Benchmark the label vectorisations against persim.")
+    p = StrictArgumentParser(allow_abbrev=False, description="Benchmark the label vectorisations against persim.")
     p.add_argument('--n_diagrams', '-n', type=int, default=1000, help="diagrams to vectorise (default: %(default)s)")
     p.add_argument('--persim_diagrams', type=int, default=100,
                    help="how many of them persim transforms (it is slow) (default: %(default)s)")

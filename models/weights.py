@@ -109,8 +109,8 @@ def read_state_dict(path):
     except Exception as e:
         if str(e).startswith('Weights only load failed'):
             raise UserError(f"refusing to load weights file {path!r}: {_refusal_reason(e)}") from None
-        raise UserError(f"cannot read {path!r} as a PyTorch weights file ({type(e).__name__}: "
-                        f"{_first_line(e)})") from None
+        raise UserError(f"{path!r} is not a weights file: PyTorch cannot read it ({type(e).__name__}: "
+                        f"{_first_line(e)}); give a .pth written by torch.save") from None
     return _split_checkpoint(obj, f"weights file {path!r}")
 
 

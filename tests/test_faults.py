@@ -24,8 +24,10 @@ How faults are simulated (we may run as root, for whom permission bits mean noth
   any case ``RLIMIT_FSIZE`` (writes beyond the limit fail with EFBIG; Python ignores SIGXFSZ);
 * SIGKILL: ``Popen``, poll until outputs appear, ``kill -9``, check, rerun, compare with an uninterrupted run.
 """
+import argparse
 import ast
 import contextlib
+import csv
 import datetime
 import functools
 import glob
@@ -58,7 +60,7 @@ from tests.conftest import ROOT
 TMP_MARK = '.tmp-'
 SCRIPT_FILES = {'random_image': 'util/random_image.py', 'PHdict': 'PHdict.py', 'pretraining': 'pretraining.py',
                 'finetuning': 'finetuning.py', 'evaluation': 'finetuning.py',
-                'downloader': 'util/ImageDatasetsDownloader.py'}
+                'downloader': 'util/ImageDatasetsDownloader.py', 'predict': 'predict.py'}
 IN_PROCESS = {'pretraining.py': 'pretraining', 'finetuning.py': 'finetuning'}
 SCRIPTS = ('random_image', 'PHdict', 'pretraining', 'finetuning', 'evaluation', 'downloader')
 TINY = ['-u', 'resnet18', '--img_size', '48', '--crop_size', '32', '-nw', '0']
@@ -1681,3 +1683,624 @@ def _concurrent_same(ctx, script):
         stdout, stderr = p.communicate(timeout=300)
         assert p.returncode == 0, stderr[-3000:]
     _compare_ph64(out, d.ph64_ref)
+
+
+# ====================================================================================================
+# issue 13: argument parsing -- nothing is ever silently misread
+# ====================================================================================================
+
+# The original scripts' option strings (first and later versions) with what each meant there, per script of
+# ours that takes over its role.  Where the original gave one string two meanings over time, the first
+# version's is kept (-lrf/-lrp, -pc, -p, -n) and the other is checked separately below.
+_ORIG_TRAINING = {
+    '-o': 'output', '-is': 'img_size', '-j': 'num_workers', '-t': 'train', '-val': 'val', '-t2': 'ph_train',
+    '-v2': 'ph_val', '-pd': 'path2PHdir', '-pw': 'path2weight', '-c': 'cachedir', '--cachedir': 'cachedir',
+    '-sf': 'suffix', '--suffix': 'suffix', '--resume': 'resume', '-ar': 'alpha_range', '-br': 'beta_range',
+    '-n': 'n_samples', '-nv': 'n_samples_val', '-pb': 'prob_binary', '--prob_colour': 'prob_colour',
+    '-ml': 'max_life', '-maxb': 'max_birth', '-minb': 'min_birth', '--max_birth': 'max_birth',
+    '--min_birth': 'min_birth', '-aff': 'affine', '-bd': 'bandwidth', '--bandwidth': 'bandwidth',
+    '-ps': 'sigma', '--persImg_sigma': 'sigma', '-pp': 'persImg_power', '--persImg_power': 'persImg_power',
+    '-pn': 'power', '--persImg_weight': 'power', '--num_landscapes': 'num_landscapes', '-lt': 'label_type',
+    '--label_type': 'label_type', '--label_type_pt': 'label_type', '-pat': 'persistence_after_transform',
+    '--persistence_after_transform': 'persistence_after_transform', '-f': 'filtration',
+    '--filtration': 'filtration', '-g': 'gradient', '-u': 'usenet', '-nd': 'ph_dims', '--numof_dims_pt': 'ph_dims',
+    '-lrf': 'lr_pre', '-lrp': 'lr_fine', '-lrd': 'lr_drop', '--lr_drop': 'lr_drop', '-m': 'momentum',
+    '--momentum': 'momentum', '-wd': 'weight_decay', '-op': 'optimizer', '-fe': 'freeze_encoder',
+    '-lm': 'learning_mode', '--dist-url': 'dist_url', '--dist-backend': 'pidf', '-p': 'pidf', '-ws': 'world_size',
+    '-e': 'epochs', '--start_epoch': 'start_epoch', '--start-epoch': 'start_epoch', '-b': 'batch_size',
+    '-is2': 'img_size_pt', '--img_size_pt': 'img_size_pt', '-cs': 'crop_size', '--crop_size': 'crop_size',
+    '--img_size': 'img_size', '-cp': 'crop_padding', '-rs': 'random_scale', '-rr': 'random_rotation',
+    '-ra': 'aug_plus', '--aug-plus': 'aug_plus', '--save_interval': 'save_interval', '-si': 'save_interval',
+    '--save-interval': 'save_interval', '--log_interval': 'log_interval', '--log-interval': 'log_interval',
+    '-s': 'seed', '--seed': 'seed', '-oti': 'output_training_images', '-nc': 'numof_classes',
+    '-nc2': 'ph_dims', '--numof_classes2': 'ph_dims', '--numof_classes_pt': 'ph_dims',
+    '-npc': 'numof_pretrained_classes', '--numof_fclayer': 'numof_fclayer', '-pc': 'precomputed',
+    '-ph': 'persistence', '-dt': 'filtration', '--distance_transform': 'filtration', '-gr': 'greyscale',
+    '--greyscale': 'greyscale', '--train2': 'ph_train', '--val2': 'ph_val', '-val2': 'ph_val',
+    '--train_pt': 'ph_train', '--val_pt': 'ph_val', '--num_bins': 'num_bins', '--usenet': 'usenet',
+}
+_ORIG_PHDICT = {
+    '-o': 'output', '-it': 'imgtype', '-ch': 'compute_hist', '-cpi': 'compute_persistence_image',
+    '-n': 'num_bins', '-nw': 'num_workers', '-j': 'num_workers', '-ml': 'max_life', '-mb': 'max_birth',
+    '-maxb': 'max_birth', '-minb': 'min_birth', '-b': 'bandwidth', '-bd': 'bandwidth', '-s': 'sigma',
+    '-ps': 'sigma', '--persImg_sigma': 'sigma', '-pp': 'persImg_power', '--persImg_power': 'persImg_power',
+    '-pn': 'power', '--persImg_weight': 'power', '-g': 'gradient', '-f': 'filtration', '-dt': 'filtration',
+    '--distance_transform': 'filtration', '-is': 'img_size', '--img_size': 'img_size', '-sf': 'plot',
+    '--save_fig': 'plot', '-t': 'label_type', '--type': 'label_type', '-lt': 'label_type',
+    '--label_type_pt': 'label_type',
+}
+_ORIG_RANDOM = {'-o': 'output', '-pf': 'prefix', '-ar': 'alpha_range', '-br': 'beta_range', '-n': 'n_samples',
+                '-nv': 'n_samples_val', '-pb': 'prob_binary', '-pc': 'prob_colour', '-is': 'img_size',
+                '-nw': 'num_workers'}
+_ORIG_DOWNLOADER = {'-o': 'data_file_path', '--data_file_path': 'data_file_path', '-d': 'dataset',
+                    '--dataset': 'dataset', '--raw_file_path': 'raw_file_path', '-r': 'validation_ratio',
+                    '--validation_ratio': 'validation_ratio'}
+_ORIG_PREDICT = {'-pw': 'path2weight', '-u': 'usenet', '-o': 'output', '-b': 'batch_size', '-is': 'img_size',
+                 '-cs': 'crop_size', '-j': 'num_workers', '-t': 'images', '-val': 'images', '-nc': 'numof_classes',
+                 '-s': 'seed'}
+_PARSERS = {'pretraining': ('pretraining', _ORIG_TRAINING), 'finetuning': ('finetuning', _ORIG_TRAINING),
+            'PHdict': ('PHdict', _ORIG_PHDICT), 'random_image': ('util.random_image', _ORIG_RANDOM),
+            'downloader': ('util.ImageDatasetsDownloader', _ORIG_DOWNLOADER), 'predict': ('predict', _ORIG_PREDICT)}
+
+
+def _parse(parser, argv):
+    """(namespace or None, exit status, stderr) of ``parser.parse_args(argv)``."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            return parser.parse_args(argv), 0, err.getvalue()
+        except SystemExit as e:
+            return None, e.code, err.getvalue()
+
+
+def _parser(name):
+    return importlib.import_module(_PARSERS[name][0]).get_args_parser()
+
+
+def _positional(name):
+    return ['images'] if name == 'predict' else ['folder'] if name == 'PHdict' else []
+
+
+@pytest.mark.parametrize('name', list(_PARSERS))
+def test_original_flags_never_misread(name):
+    """Every flag of the original is read with its meaning there, or refused with one line naming ours."""
+    table = _PARSERS[name][1]
+    for flag, meaning in table.items():
+        parser = _parser(name)
+        ours = parser._option_string_actions.get(flag)
+        if ours is not None and ours.help != argparse.SUPPRESS:
+            assert ours.dest == meaning, f"{name}: {flag} is our --{ours.dest}, the original's {meaning}"
+            continue
+        ns, rc, err = _parse(parser, _positional(name) + [flag, '1'])
+        lines = err.strip().splitlines()
+        assert rc == 2 and len(lines) == 1 and lines[0].startswith(f'error: {flag} '), (name, flag, err)
+        assert lines[0].split(': ', 2)[-1].strip(), lines[0]    # and what to use instead
+
+
+@pytest.mark.parametrize('name', list(_PARSERS))
+def test_no_abbreviation_is_accepted(name):
+    """A proper prefix of an option (``-m`` of ``-ml``, ``--max`` of ``--max_life``) never sets that option."""
+    parser = _parser(name)
+    options = [s for a in parser._actions for s in a.option_strings]
+    prefixes = {s[:k] for s in options for k in range(2, len(s)) if s[:k] not in options and s[:k] not in ('--',)}
+    assert prefixes
+    for p in sorted(prefixes):
+        ns, rc, err = _parse(_parser(name), _positional(name) + [p, '1'])
+        assert rc == 2 and 'Traceback' not in err, (name, p, ns)
+
+
+def test_conflicting_original_meanings_refused():
+    """Where the original's later versions gave our flag a value it does not take, the run stops (exit 2)."""
+    pt = _parser('pretraining')
+    ns, rc, err = _parse(pt, ['-pc', '0.5'])          # the later -pc PROB (--prob_colour): ours is a switch
+    assert rc == 2 and '0.5' in err
+    ns, rc, err = _parse(pt, ['-ml', '50', '50'])     # the later -ml L0 L1: ours takes one value
+    assert rc == 2 and '50' in err
+    ns, rc, err = _parse(_parser('PHdict'), ['folder', '-n', '50', '50', '50'])   # the first -n took 3 bins
+    assert rc == 2 and '-n' in err
+
+
+def test_every_parser_disallows_abbreviations():
+    """Each argparse parser in the project (scripts, util, bench) is a StrictArgumentParser(allow_abbrev=False)."""
+    missing, found = [], 0
+    for path, tree in _python_files(include_tests=False):
+        for name, call, _ in _calls(tree):
+            if name.split('.')[-1] in ('ArgumentParser', 'StrictArgumentParser') and path != 'util/strict_args.py':
+                found += 1
+                kw = _kw(call, 'allow_abbrev')
+                if not name.endswith('StrictArgumentParser') or not (isinstance(kw, ast.Constant)
+                                                                     and kw.value is False):
+                    missing.append(f"{path}:{call.lineno}")
+    assert found >= 14 and not missing, f"parsers without StrictArgumentParser(allow_abbrev=False): {missing}"
+
+
+@case(('random_image', 'PHdict', 'pretraining', 'finetuning', 'downloader'),
+      "original's flag we lack, or an abbreviation (-m 0.8, -s 0, -c X, -pat)",
+      'exit 2: one line naming the flag (and ours, for the original\'s flags); nothing created')
+def _original_flag(ctx, script):
+    out = ctx.tmp / 'out'
+    ctx.inputs(*base_inputs(script, ctx.data))
+    flags = {'pretraining': [['-m', '0.8'], ['-s', '0'], ['-c', 'X'], ['-pat']], 'finetuning': [['-m', '0.8']],
+             'PHdict': [['-maxb', '3'], ['-m', '3']], 'random_image': [['-p', '0.5']], 'downloader': [['-v', '0.1']]}
+    for extra in flags[script]:
+        res = run(script, *base_argv(script, ctx.data, out), *extra)
+        assert res.rc == 2 and 'Traceback' not in res.err and extra[0] in res.err, res
+        if script in ('pretraining', 'finetuning') or extra[0] == '-maxb':
+            line = expect_error(res, extra[0], 'original')
+            assert 'use -' in line or 'no equivalent' in line, line
+    assert not out.exists()
+
+
+# ====================================================================================================
+# issue 13: hangs and signals -- a dead worker is named, an interrupt is one line, 130/143, resumable
+# ====================================================================================================
+
+def _slow_ph_folder(root):
+    """8 small PNGs and one 1500 x 1500 PNG (about a second of PH: a worker is surely busy on it)."""
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(11)
+    for i in range(8):
+        Image.fromarray(smooth_noise(rng, 48, 48)).save(root / f'a{i}.png')
+    Image.fromarray(smooth_noise(rng, 1500, 1500, sigma=3)).save(root / 'zbig.png')
+    return root
+
+
+def _children(pid):
+    try:
+        with open(f'/proc/{pid}/task/{pid}/children') as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+
+
+def _popen_group(script, *argv):
+    cmd = [sys.executable, os.path.join(ROOT, SCRIPT_FILES.get(script, script)), *map(str, argv)]
+    return subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def _finish(proc, timeout=120):
+    """Result of ``proc``; a run that does not end within ``timeout`` s is killed and fails the row."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise AssertionError(f"{proc.args} hung (killed after {timeout} s)")
+    return Result(proc.returncode, out, err)
+
+
+def _wait_for(proc, ready, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if ready():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+@case('PHdict', 'a pool worker SIGKILLed (OOM killer) mid-image',
+      'exit 1 within a minute: one line naming the image and how to resume; finished diagrams kept; '
+      'rerun completes them byte-identical to an undisturbed run')
+def _dead_worker(ctx, script):
+    src = _slow_ph_folder(ctx.tmp / 'in')
+    ctx.inputs(src)
+    out, ref = ctx.tmp / 'out', ctx.tmp / 'ref'
+    ctx.outputs(out, ref)
+    argv = ['-it', 'png', '-nw', 2, '--label_type', 'histogram', '--numof_dims', 20]
+    p = _popen_group(script, src, '-o', out, *argv)
+    assert _wait_for(p, lambda: glob.glob(str(out / 'a*.npy')) and len(_children(p.pid)) == 2), 'no workers seen'
+    for child in _children(p.pid):
+        os.kill(child, signal.SIGKILL)
+    res = _finish(p, timeout=60)
+    line = expect_error(res, 'died', 'SIGKILL', 'resume', rc=1)
+    assert any(f'{n}.png' in line for n in ['zbig'] + [f'a{i}' for i in range(8)]), line
+    assert not (out / 'labels_histogram.npy').exists()
+    kept = tree_digests(out, only='.npy')
+    assert kept
+    expect_ok(run(script, src, '-o', out, *argv))
+    expect_ok(run(script, src, '-o', ref, *argv))
+    after = tree_digests(out, only='.npy')
+    assert after == tree_digests(ref, only='.npy') and all(after[k] == h for k, h in kept.items())
+
+
+def _interrupt_ph(ctx, script, sig, rc):
+    src = _slow_ph_folder(ctx.tmp / 'in')
+    ctx.inputs(src)
+    out = ctx.tmp / 'out'
+    ctx.outputs(out)
+    argv = ['-it', 'png', '-nw', 2]
+    p = _popen_group(script, src, '-o', out, *argv)
+    assert _wait_for(p, lambda: glob.glob(str(out / 'a*.npy'))), 'the run ended before any output'
+    os.killpg(p.pid, sig)                      # as a terminal sends Ctrl-C: to the whole process group
+    res = _finish(p, timeout=60)
+    assert res.rc == rc and 'Traceback' not in res.err, res
+    lines = [ln for ln in res.err.strip().splitlines() if ln.strip() and not ln.startswith('PH:')]
+    assert lines[-1].startswith(f'interrupted by {signal.Signals(sig).name}') and 'resume' in lines[-1], res
+    res = expect_ok(run(script, src, '-o', out, *argv))
+    assert '0 failed of 9 files' in res.out, res
+
+
+@case('PHdict', 'Ctrl-C (SIGINT to the process group) mid-run',
+      'exit 130: one line "interrupted ... to resume"; workers gone; rerun completes')
+def _sigint_ph(ctx, script):
+    _interrupt_ph(ctx, script, signal.SIGINT, 130)
+
+
+@case('PHdict', 'SIGTERM to the process group mid-run',
+      'exit 143: one line "interrupted ... to resume"; workers gone; rerun completes')
+def _sigterm_ph(ctx, script):
+    _interrupt_ph(ctx, script, signal.SIGTERM, 143)
+
+
+@case('pretraining', 'Ctrl-C as an epoch ends (DataLoader workers forking)',
+      'exit 130 (never 0): one line naming --resume; checkpoint intact; --resume finishes the run')
+def _sigint_training(ctx, script):
+    d = ctx.data
+    ctx.inputs(d.gen, d.gen_ph)
+    out = ctx.tmp / 'out'
+    ctx.outputs(out)
+    argv = base_argv(script, d, out)
+    argv[argv.index('-e') + 1] = 3
+    argv[argv.index('-nw') + 1] = 2
+    p = _popen_group(script, *argv)
+    logs = lambda: glob.glob(str(out / '*' / 'log.jsonl'))   # noqa: E731
+    assert _wait_for(p, lambda: logs() and os.path.getsize(logs()[0]) > 0, timeout=180), 'no epoch finished'
+    os.killpg(p.pid, signal.SIGINT)
+    res = _finish(p, timeout=120)
+    assert res.rc == 130 and 'Traceback' not in res.err, res
+    last = res.err.strip().splitlines()[-1]
+    assert last.startswith('interrupted by SIGINT') and '--resume' in last, res
+    run_dir = only_run_dir(out)
+    import torch
+    if os.path.exists(os.path.join(run_dir, 'checkpoint.pth')):   # written whole, or not at all
+        epoch = torch.load(os.path.join(run_dir, 'checkpoint.pth'), map_location='cpu', weights_only=True)['epoch']
+        assert epoch == len(read_log(run_dir)), (epoch, read_log(run_dir))
+        res = expect_ok(run(script, *argv, '--resume', run_dir))
+        assert len(read_log(run_dir)) == 3, res
+    else:
+        assert not read_log(run_dir)[1:], 'an epoch was logged but its checkpoint was lost'
+
+
+
+# ====================================================================================================
+# issue 13: data loss -- predict.py -o
+# ====================================================================================================
+
+@case('predict', '-o is an input image, the -pw weights, a folder, or a file it did not write',
+      'exit 2: one line naming -o and what it is; nothing changed; an earlier prediction CSV is replaced')
+def _predict_output(ctx, script):
+    d = ctx.data
+    images = ctx.tmp / 'images'
+    shutil.copytree(d.task / 'val', images)
+    weights = ctx.tmp / 'w' / 'ft.pth'
+    weights.parent.mkdir()
+    shutil.copy(d.finetuned, weights)
+    notes = ctx.tmp / 'notes.txt'
+    notes.write_text('my notes\n')
+    ctx.inputs(images, weights, notes)
+    base = [images, '-pw', weights, '-u', 'resnet18', '--img_size', 40, '--crop_size', 32, '-nw', 0]
+    first = sorted(glob.glob(str(images / '*' / '*.png')))[0]
+    for target, words in ((first, ('input image',)), (weights, ('-pw',)), (images, ('folder',)),
+                          (notes, ('not a CSV', '--overwrite'))):
+        for extra in ([], ['--overwrite']) if target != notes else ([],):
+            expect_error(run(script, *base, '-o', target, *extra), '-o', *words)
+    previous = ctx.tmp / 'pred.csv'
+    previous.write_text('path,top1,top1_prob\nold.png,dark,1.0\n')
+    ctx.outputs(ctx.tmp / 'w')
+    expect_ok(run(script, *base, '-o', previous))
+    with open(previous, newline='') as f:
+        rows = list(csv.reader(f))
+    assert rows[0][:3] == ['path', 'top1', 'top1_prob'] and len(rows) == 1 + 4 and 'old.png' not in previous.read_text()
+
+
+# ====================================================================================================
+# issue 13: huge images and decompression bombs -- a bad image, named, never decoded
+# ====================================================================================================
+
+def png_header(width, height):
+    """A PNG whose header claims ``width`` x ``height`` 8-bit grey pixels, with one tiny (truncated) IDAT:
+    a decoder that trusted it would allocate width x height bytes before failing."""
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
+    ihdr = struct.pack('>IIBBBBB', width, height, 8, 0, 0, 0, 0)
+    return (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', ihdr) + chunk(b'IDAT', zlib.compress(b'\0' * 64))
+            + chunk(b'IEND', b''))
+
+
+def _huge_folder(root, classes=None):
+    """Good 40-px PNGs and two huge ones: 9000 x 9000 (over --max_pixels) and 20000 x 20000 (a bomb to PIL)."""
+    rng = np.random.default_rng(21)
+    for cls in classes or ['']:
+        d = root / cls
+        d.mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(smooth_noise(rng, 40, 40)).save(d / f'good{i}.png')
+    first = root / (classes[0] if classes else '')
+    (first / 'huge.png').write_bytes(png_header(9000, 9000))
+    (first / 'bomb.png').write_bytes(png_header(20000, 20000))
+    return root
+
+
+HUGE_EXPECT = {'PHdict': 'exit 1: both named (pixel count), the rest done; --skip_bad: exit 0 with the label matrix',
+               'pretraining': 'skip: both warned by name, counted as skipped_bad', 'finetuning':
+               'skip: both warned by name, counted as skipped_bad', 'predict': 'exit 0: both named, left out'}
+
+
+@case(('PHdict', 'pretraining', 'finetuning', 'predict'), 'huge image / decompression bomb (header 9000² and 20000²)',
+      HUGE_EXPECT)
+def _huge_image(ctx, script):
+    d = ctx.data
+    out = ctx.tmp / 'out'
+    ctx.outputs(out)
+    if script == 'PHdict':
+        src = _huge_folder(ctx.tmp / 'in')
+        ctx.inputs(src)
+        argv = [src, '-o', out, '-it', 'png', '-nw', 1, '--label_type', 'histogram', '--numof_dims', 20]
+        res = run(script, *argv)
+        assert res.rc == 1 and 'Traceback' not in res.err, res
+        assert 'huge.png is 9000 x 9000' in res.err and 'bomb.png' in res.err and '--max_pixels' in res.err, res
+        assert '3 done, 0 skipped, 2 failed of 5 files' in res.out, res
+        res = run(script, *argv, '--skip_bad')
+        assert res.rc == 0 and 'Traceback' not in res.err, res
+        assert (out / 'labels_histogram.txt').read_text().split() == [f'good{i}.png' for i in range(3)]
+        res = run(script, *argv, '--skip_bad', '--max_pixels', 0)
+        expect_error(res, '--max_pixels')
+        return
+    if script == 'predict':
+        src = _huge_folder(ctx.tmp / 'in')
+        ctx.inputs(src, d.finetuned)
+        res = run(script, src, '-pw', d.finetuned, '-u', 'resnet18', '--img_size', 40, '--crop_size', 32, '-nw', 0,
+                  '-o', out / 'p.csv')
+        expect_ok(res)
+        assert 'huge.png' in res.err and 'bomb.png' in res.err and '3 images labelled' in res.out, res
+        return
+    if script == 'pretraining':
+        src = _huge_folder(ctx.tmp / 'in')
+        argv = ['-t', src, '-o', out, '-nc', PT_DIM, '-e', 1, '-b', 8, *TINY]
+    else:
+        src = _huge_folder(ctx.tmp / 'in', classes=['a', 'b'])
+        argv = ['-t', src, '-val', src, '-o', out, '-nc', 2, '-e', 1, '-b', 8, *TINY]
+    ctx.inputs(src)
+    res = expect_ok(run(script, *argv))
+    assert 'huge.png' in res.err and 'bomb.png' in res.err and 'max_pixels' in res.err, res
+    (record,) = read_log(only_run_dir(out))
+    assert record['skipped_bad'] == 2, record
+
+
+# ====================================================================================================
+# issue 13: odd trees -- symbolic link loops and FIFOs/sockets
+# ====================================================================================================
+
+def _odd_tree(root, classes=('a', 'b')):
+    """Class folders of 3 PNGs each; in ``a``: a link to its parent (a loop), a link to itself, a FIFO and a
+    socket named like images."""
+    rng = np.random.default_rng(31)
+    for cls in classes:
+        (root / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(smooth_noise(rng, 40, 40)).save(root / cls / f'{i}.png')
+    a = root / classes[0]
+    os.symlink('..', a / 'up')
+    os.symlink('.', a / 'here')
+    os.mkfifo(a / 'pipe.png')
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind(str(a / 'sock.png'))
+    except OSError:
+        pass
+    finally:
+        sock.close()
+    return root
+
+
+def _sub(script, *argv, timeout=120):
+    """Run ``script`` in its own process (a hang fails the row after ``timeout`` s instead of the suite)."""
+    return _finish(_popen_group(script, *argv), timeout=timeout)
+
+
+@case(('PHdict', 'pretraining', 'finetuning', 'predict'), 'symbolic link loop and a FIFO/socket in the tree',
+      'exit 0 within the timeout: every image once, the loop and the FIFO/socket warned about by name, never opened')
+def _link_loop(ctx, script):
+    d = ctx.data
+    src = _odd_tree(ctx.tmp / 'in')
+    out = ctx.tmp / 'out'
+    ctx.outputs(out)
+    if script == 'PHdict':
+        res = expect_ok(_sub(script, src, '-o', out, '-it', 'png', '-nw', 2, timeout=60))
+        assert '6 done, 0 skipped, 0 failed of 6 files' in res.out, res
+    elif script == 'predict':
+        res = expect_ok(_sub(script, src, '-pw', d.finetuned, '-u', 'resnet18', '--img_size', 40, '--crop_size',
+                             32, '-nw', 0, '-o', out / 'p.csv'))
+        with open(out / 'p.csv', newline='') as f:
+            assert sorted(r[0] for r in list(csv.reader(f))[1:]) == [f'{c}/{i}.png' for c in 'ab' for i in range(3)]
+    else:
+        argv = (['-t', src, '-o', out, '-nc', PT_DIM] if script == 'pretraining'
+                else ['-t', src, '-val', src, '-o', out, '-nc', 2])
+        res = expect_ok(_sub(script, *argv, '-e', 1, '-b', 8, *TINY))
+        (record,) = read_log(only_run_dir(out))
+        assert record['images'] == 6, record
+    assert 'pipe.png' in res.err and 'not a regular file' in res.err, res
+    assert 'up' in res.err and 'already listed' in res.err, res
+
+
+# ====================================================================================================
+# issue 13: an output folder inside (or equal to) an input folder
+# ====================================================================================================
+
+@case(('PHdict', 'pretraining', 'finetuning'), '-o equal to or inside the input folder',
+      'exit 2: one line naming -o and the input flag; the input folder (its args.json) unchanged; nothing made')
+def _output_inside_input(ctx, script):
+    d = ctx.data
+    src = ctx.tmp / 'in'
+    if script == 'finetuning':
+        shutil.copytree(d.task, src)
+    else:
+        shutil.copytree(d.gen, src)
+    ctx.inputs(src)
+    before = sorted(files_under(src))
+    for out in (src, src / 'sub' / 'out'):
+        if script == 'PHdict':
+            res, flag = run(script, src, '-o', out, '-it', 'jpg', '-nw', 1), 'TARGET_DIR'
+        elif script == 'pretraining':
+            res, flag = run(script, '-t', src, '-pd', d.gen_ph, '-o', out, '-nc', PT_DIM, '-e', 1, *TINY), '-t'
+        else:
+            res, flag = run(script, '-t', src / 'train', '-val', src / 'val', '-o', src / 'val' / 'x', '-nc', 2,
+                            '-e', 1, *TINY), '-val'
+        expect_error(res, '-o', flag, 'outside')
+        assert sorted(files_under(src)) == before
+
+
+# ====================================================================================================
+# issue 13: the small ones
+# ====================================================================================================
+
+@case('pretraining', '--stop_after -3', 'exit 2: names --stop_after; nothing created')
+def _stop_after_negative(ctx, script):
+    out = ctx.tmp / 'out'
+    ctx.inputs(*base_inputs(script, ctx.data))
+    expect_error(run(script, *base_argv(script, ctx.data, out), '--stop_after', -3), '--stop_after')
+    assert not out.exists()
+
+
+@case('PHdict', '-nw 0 (as the other scripts)', 'exit 0: computed in this process')
+def _phdict_nw0(ctx, script):
+    out = ctx.tmp / 'out'
+    ctx.outputs(out)
+    ctx.inputs(ctx.data.gen)
+    res = expect_ok(run(script, ctx.data.gen, '-o', out, '-it', 'jpg', '-nw', 0))
+    assert '16 done, 0 skipped, 0 failed of 16 files' in res.out, res
+    assert tree_digests(out, only='.npy') == tree_digests(ctx.data.gen_ph, only='.npy')
+
+
+@case(('finetuning', 'evaluation', 'predict'), 'a text file as -pw', 'exit 2: "<file> is not a weights file"')
+def _text_weights(ctx, script):
+    d = ctx.data
+    weights = ctx.tmp / 'weights.pth'
+    weights.write_text('these are not weights\n')
+    ctx.inputs(weights, d.task)
+    out = ctx.tmp / 'out'
+    if script == 'predict':
+        res = run(script, d.task / 'val', '-pw', weights, '-u', 'resnet18', '-o', out / 'p.csv', '-nw', 0)
+    else:
+        argv = base_argv(script, d, out)
+        if '-pw' in argv:
+            argv[argv.index('-pw') + 1] = weights
+        else:
+            argv += ['-pw', weights]
+        res = run(script, *argv)
+    expect_error(res, str(weights), 'not a weights file')
+    assert not glob.glob(str(out / '**' / '*.pth'), recursive=True)
+
+
+@case('finetuning', '-val equal to -t', 'exit 0 with a warning naming -val and -t')
+def _val_is_train(ctx, script):
+    d = ctx.data
+    out = ctx.tmp / 'out'
+    ctx.outputs(out)
+    ctx.inputs(d.task)
+    res = expect_ok(run(script, '-t', d.task / 'train', '-val', d.task / 'train', '-o', out, '-nc', 2, '-e', 1,
+                        '-b', 8, *TINY))
+    assert 'warning: -val' in res.err and 'training folder -t' in res.err, res
+
+
+@case('evaluation', 'class names with a comma, a quote (CSV files)',
+      'exit 0: per_class.csv and confusion_matrix.csv read back by the csv module with the names intact')
+def _csv_names(ctx, script):
+    d = ctx.data
+    val = ctx.tmp / 'val'
+    names = ['bright, "very"', 'dark']
+    for src, name in zip(('bright', 'dark'), names):
+        shutil.copytree(d.task / 'val' / src, val / name)
+    ctx.inputs(val, d.finetuned)
+    out = ctx.tmp / 'out'
+    ctx.outputs(out)
+    expect_ok(run(script, '--evaluate', '-val', val, '-pw', d.finetuned, '-o', out, '-nc', 2, '-b', 8, *TINY))
+    run_dir = only_run_dir(out)
+    with open(os.path.join(run_dir, 'per_class.csv'), newline='') as f:
+        rows = list(csv.reader(f))
+    assert [r[0] for r in rows[1:]] == names and all(len(r) == 4 for r in rows), rows
+    with open(os.path.join(run_dir, 'confusion_matrix.csv'), newline='') as f:
+        assert next(csv.reader(f))[1:] == names
+
+
+# ====================================================================================================
+# issue 13: a diagram file of the wrong shape, columns or homology dimensions
+# ====================================================================================================
+
+@case(('pretraining', 'PHdict'), 'diagram file of wrong shape/columns/dims ((3, 4) zeros; dim 7)',
+      {'pretraining': 'exit 2: one line naming the file and its shape/dimension; no weights written',
+       'PHdict': 'exit 1 (-it npy -ch): the file named as a failed input, the rest done'})
+def _bad_diagram(ctx, script):
+    d = ctx.data
+    ph_dir = ctx.tmp / 'ph'
+    shutil.copytree(d.gen_ph, ph_dir, ignore=shutil.ignore_patterns('*.json'))
+    names = sorted(p.name for p in ph_dir.glob('v*.npy'))
+    bad_dim = np.load(ph_dir / names[1])
+    bad_dim[0, 0] = 7
+    for name, array, words in ((names[0], np.zeros((3, 4)), ('(3, 4)',)), (names[1], bad_dim, ('7',))):
+        fresh = ctx.tmp / f'ph_{len(words[0])}'
+        shutil.copytree(ph_dir, fresh)
+        np.save(fresh / name, array)
+        ctx.inputs(fresh, d.gen)
+        out = ctx.tmp / f'out_{len(words[0])}'
+        ctx.outputs(out)
+        if script == 'pretraining':
+            argv = base_argv(script, d, out)
+            argv[argv.index('-pd') + 1] = fresh
+            expect_error(run(script, *argv), name, 'not a persistence diagram', *words)
+            assert not glob.glob(str(out / '**' / '*.pth'), recursive=True)
+        else:
+            res = run(script, fresh, '-o', out, '-it', 'npy', '-ch', '-n', 5, 5, 5, 5, '-nw', 1)
+            assert res.rc == 1 and 'Traceback' not in res.err and name in res.err, res
+            assert f'{len(names) - 1} done' in res.out, res
+
+
+# ====================================================================================================
+# issue 13: a label length the label type cannot honour
+# ====================================================================================================
+
+@case(('PHdict', 'pretraining'), 'label length the label type cannot split (-nc 7 histogram, 9 betti_curve)',
+      'exit 2: one line naming the flag, the label type and the valid lengths; nothing written')
+def _uneven_dim(ctx, script):
+    d = ctx.data
+    ctx.inputs(d.gen, d.gen_ph)
+    out = ctx.tmp / 'out'
+    for label_type, dim, valid in (('histogram', 7, '4 or 8'), ('betti_curve', 9, '8 or 10')):
+        if script == 'PHdict':
+            res, flag = run(script, d.gen_ph, '-o', out, '--label_type', label_type, '--numof_dims', dim,
+                            '-nw', 1), '--numof_dims'
+        else:
+            argv = base_argv(script, d, out)
+            argv[argv.index('-nc') + 1] = dim
+            res, flag = run(script, *argv, '--label_type', label_type), '-nc'
+        expect_error(res, f'{flag} {dim}', label_type, valid)
+        assert not glob.glob(str(out / '**' / '*.np[yz]'), recursive=True)
+        assert script != 'PHdict' or not out.exists()
+        assert not glob.glob(str(out / '**' / '*.pth'), recursive=True)
+
+
+# ====================================================================================================
+# issue 13: file names the label and prediction files cannot hold
+# ====================================================================================================
+
+@case(('PHdict', 'pretraining', 'predict'), 'image name with a newline / bytes that are not UTF-8',
+      'exit 2 before any work: one line naming the file (escaped) and "rename"; nothing written')
+def _odd_names(ctx, script):
+    d = ctx.data
+    for bad in ('new\nline.jpg', os.fsdecode(b'caf\xe9.jpg')):
+        src = ctx.tmp / f'in{len(bad)}'
+        shutil.copytree(d.gen, src, ignore=shutil.ignore_patterns('*.json'))
+        shutil.copy(src / 'v00000000.jpg', os.path.join(src, bad))
+        ctx.inputs(src)
+        out = ctx.tmp / f'out{len(bad)}'
+        if script == 'PHdict':
+            res = run(script, src, '-o', out, '-it', 'jpg', '-nw', 1)
+        elif script == 'predict':
+            res = run(script, src, '-pw', d.finetuned, '-u', 'resnet18', '-o', out / 'p.csv', '-nw', 0)
+        else:
+            res = run(script, '-t', src, '-o', out, '-nc', PT_DIM, '-e', 1, *TINY)
+        expect_error(res, ascii(bad)[1:-1], 'rename')
+        assert not glob.glob(str(out / '**' / '*.*'), recursive=True)

@@ -8,7 +8,6 @@ Archives are kept in ``--raw_file_path`` and checked against their published md5
 opened; see :mod:`util.download` for the details (resume, safe unpacking, restricted unpickling,
 the deterministic train/val split of the datasets that have no official one).
 """
-import argparse
 import os
 import sys
 
@@ -16,10 +15,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from util.download import DATASET_NAMES, download_dataset, load_sources_file  # noqa: E402
 from util.errors import UserError, run_cli  # noqa: E402
+from util.strict_args import StrictArgumentParser  # noqa: E402
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser(
+    parser = StrictArgumentParser(allow_abbrev=False, 
         description='Download an image dataset, verify it against its published checksum and write '
                     '<data_file_path>/<dataset>/{train,val}/<class>/ image folders (val = official test split).')
     parser.add_argument('--dataset', '-d', required=True, choices=DATASET_NAMES, metavar='NAME',

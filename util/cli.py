@@ -2,12 +2,14 @@
 import argparse
 import functools
 import os
+import sys
 
-from util import distributed, modes
+from util import distributed, fileio, modes
 from util.config import AugmentConfig, TrainConfig, from_mapping
 from util.engine import OPTIMIZERS
 from util.random_image import GeneratorConfig
 from util.errors import UserError
+from util.strict_args import TRAINING_FLAGS, StrictArgumentParser
 
 # Defaults of the images generated on the fly (no -t), which differ from util/random_image.py's on purpose:
 # that script writes a dataset once (200000 images, all in colour as in the original's generator, seed 0),
@@ -34,6 +36,7 @@ def add_common_args(parser):
     g.add_argument('--bad_images', choices=('skip', 'fail'), default='skip',
                    help='what to do with an image that cannot be decoded during training: skip it (warned and '
                    'counted in the log) or stop (default: %(default)s)')
+    fileio.add_max_pixels_arg(g)
 
     g = parser.add_argument_group('parallelism and devices')
     g.add_argument('--pidf', '-p', default=None, help="distributed backend ('nccl' or 'gloo'); default: nccl on "
@@ -135,6 +138,14 @@ def check_common_args(args):
         raise UserError("--num_workers must be >= 0")
     if args.save_interval < 1:
         args.save_interval = args.epochs
+    if args.stop_after < 0:
+        raise UserError(f"--stop_after must be 0 (no stop) or a number of epochs, got {args.stop_after}")
+    fileio.set_max_pixels(args.max_pixels)
+    fileio.refuse_output_inside(args.output, [(f, getattr(args, d, None)) for f, d in (
+        ('-t', 'train'), ('-val', 'val'), ('-t2', 'ph_train'), ('-v2', 'ph_val'), ('-pd', 'path2PHdir'))])
+    if args.train and args.val and os.path.realpath(args.train) == os.path.realpath(args.val):
+        print(f"warning: -val {args.val!r} is the training folder -t: the validation scores measure memorisation, "
+              "not generalisation", file=sys.stderr, flush=True)
     if args.start_epoch < 1:
         raise UserError("--start-epoch must be at least 1")
     if not 0 <= args.random_scale < 1:
@@ -248,8 +259,8 @@ def check_mode_args(args):
 
 def get_args_parser(default_mode, description='', epilog=None):
     """The parser of pretraining.py / finetuning.py: every flag group, ``-lm`` defaulting to ``default_mode``."""
-    parser = argparse.ArgumentParser(description=description, epilog=epilog, allow_abbrev=False,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = StrictArgumentParser(description=description, epilog=epilog, allow_abbrev=False,
+                                  refuse=TRAINING_FLAGS, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser)
     add_mode_args(parser, default_mode=default_mode)
     return parser

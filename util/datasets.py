@@ -23,6 +23,7 @@ from torchvision import datasets as tv_datasets
 from torchvision import transforms as T
 
 from util import fileio
+from util.dgmcheck import check_diagram
 from util.errors import BadImageError, UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -195,10 +196,7 @@ class DiagramDirLabels:
             dgm = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as e:
             raise UserError(f"cannot read diagram file {path}: {e}; delete it and rerun PHdict.py") from None
-        if dgm.ndim != 2 or (dgm.size and dgm.shape[1] < 3):
-            raise UserError(f"{path} is not a persistence diagram (shape {dgm.shape}; expected [n, 9])")
-        if np.isnan(dgm[:, :3]).any():
-            raise UserError(f"{path} contains NaN; delete it and rerun PHdict.py")
+        dgm = check_diagram(dgm, path)          # shape, columns, homology dimensions, NaN
         return np.asarray(self.vectoriser(dgm), dtype=np.float32)
 
 
@@ -348,7 +346,7 @@ class GeneratedPH(_PHBase):
             return self.computed.from_image(image)
         path = os.path.join(self.cache_dir, 'PH', f'v{self._index(i):08d}.npy')
         if os.path.exists(path):
-            dgm = np.load(path, allow_pickle=False)
+            dgm = check_diagram(np.load(path, allow_pickle=False), path)
         else:
             dgm = self.computed.diagram(image)
             fileio.save_npy(path, dgm)
@@ -417,6 +415,10 @@ class SafeImageFolder(tv_datasets.ImageFolder):
         except FileNotFoundError as e:
             raise UserError(f"{root}: {e}; every class folder needs at least one image") from None
         self.bad_images = bad_images
+
+    @staticmethod
+    def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
+        return fileio.class_samples(directory, class_to_idx)   # symlink loops, FIFOs: skipped with a warning
 
     def __getitem__(self, index):
         try:

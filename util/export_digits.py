@@ -5,7 +5,6 @@ as an image folder ``<output>/{train,val}/<digit>/*.png`` for finetuning.py.
 the validation split is fixed by ``--val_fraction`` and ``--seed`` and never depends on K, so runs with
 different K are evaluated on the same images.
 """
-import argparse
 import os
 import sys
 
@@ -16,10 +15,11 @@ import numpy as np
 
 from util import fileio
 from util.errors import UserError, run_cli
+from util.strict_args import StrictArgumentParser
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description="Export scikit-learn's handwritten digits as an image folder.")
+    p = StrictArgumentParser(allow_abbrev=False, description="Export scikit-learn's handwritten digits as an image folder.")
     p.add_argument('--output', '-o', default='data/digits', help='output folder (default: %(default)s)')
     p.add_argument('--labels_per_class', '-k', default=0, type=int,
                    help='training images per class; 0 = all that are not in the validation split (default)')

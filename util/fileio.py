@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from util.errors import BadImageError, UserError
+from util.errors import BadImageError, UserError, signals_deferred
 
 IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp')
 TMP_MARK = '.tmp-'
@@ -122,6 +122,15 @@ def write_json(path, obj):
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + '\n')
 
 
+def write_csv(path, rows):
+    """Write ``rows`` (lists of cells) as CSV through the csv module (cells with commas, quotes or newlines are
+    quoted), atomically."""
+    import csv
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator='\n').writerows(rows)
+    write_text(path, buf.getvalue())
+
+
 def save_image(path, image, fmt=None, **params):
     """Save a PIL image or uint8 array atomically; ``fmt`` defaults to the file extension."""
     if isinstance(image, np.ndarray):
@@ -136,7 +145,7 @@ def save_image(path, image, fmt=None, **params):
 def torch_save(obj, path):
     """``torch.save`` atomically (a killed run never leaves a truncated ``.pth``)."""
     import torch
-    with atomic_open(path, 'wb', fsync=True) as f:
+    with signals_deferred(), atomic_open(path, 'wb', fsync=True) as f:   # Ctrl-C: finished first
         torch.save(obj, f)
 
 
@@ -171,32 +180,149 @@ def require_dir(path, what='input directory', flag=None):
     return path
 
 
-def list_images(root, extensions=IMG_EXTENSIONS):
-    """Relative paths (POSIX separators) of all image files below ``root``, sorted, temp files skipped."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames.sort()
-        rel_dir = os.path.relpath(dirpath, root)
-        for name in filenames:
+def _warn(msg):
+    import sys
+    print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+
+def refuse_output_inside(output, inputs, flag='-o'):
+    """Raise :class:`UserError` if the folder ``output`` is, or is inside, one of ``inputs`` ``[(flag, folder)]``
+    (what it writes would be read back as input by the next run, or overwrite the input's own files)."""
+    out = os.path.realpath(output)
+    for in_flag, path in inputs:
+        if not path or not os.path.isdir(path):
+            continue
+        src = os.path.realpath(path)
+        if out == src or out.startswith(src.rstrip(os.sep) + os.sep):
+            where = 'the same folder as' if out == src else 'inside'
+            raise UserError(f"{flag} {output!r} is {where} the input folder {in_flag} {path!r}: its outputs would "
+                            f"be mixed with (and read back as) inputs; choose an output folder outside it")
+
+
+def list_images(root, extensions=IMG_EXTENSIONS, warn=_warn, seen=None):
+    """Relative paths (POSIX separators) of all image files below ``root``, sorted, temp files skipped.
+
+    Symbolic links are followed, but each real folder is listed at most once: a link back into a folder
+    already listed (a loop, or a second link to it) is skipped with a warning.  FIFOs, sockets and devices are
+    skipped with a warning and never opened (reading one could block for ever).  ``seen``: a set of
+    ``(st_dev, st_ino)`` of folders not to enter (``root`` itself is always listed); it is updated.
+    """
+    import stat
+    found, seen = [], set() if seen is None else seen
+    stack = [(os.fspath(root), '')]
+    while stack:
+        path, rel_dir = stack.pop()
+        try:
+            st = os.stat(path)
+            entries = sorted(os.scandir(path), key=lambda e: e.name)
+        except OSError as e:
+            warn(f"skipped folder {path}: {e.strerror}")
+            continue
+        if (st.st_dev, st.st_ino) in seen and rel_dir:
+            warn(f"skipped {path}: it leads to the folder {os.path.realpath(path)}, already listed (symbolic "
+                 "link loop or a second link to it)")
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        subdirs = []
+        for entry in entries:
+            name = entry.name
+            rel = name if not rel_dir else rel_dir + '/' + name
+            try:
+                mode = os.stat(entry.path).st_mode
+            except OSError:
+                mode = None                    # a dangling link: reported when read, as before
+            if mode is not None and stat.S_ISDIR(mode):
+                subdirs.append((entry.path, rel))
+                continue
+            if mode is not None and not stat.S_ISREG(mode):
+                warn(f"skipped {entry.path}: not a regular file (FIFO, socket or device); never opened")
+                continue
             if name.lower().endswith(extensions) and not is_temp_file(name) and not name.startswith('.'):
-                rel = name if rel_dir == '.' else os.path.join(rel_dir, name)
-                found.append(rel.replace(os.sep, '/'))
+                found.append(rel)
+        stack.extend(reversed(subdirs))
+    odd = [r for r in found if not storable_name(r)]
+    if odd:
+        raise UserError(f"{len(odd)} file name(s) below {root} hold a line break or bytes that are not UTF-8, "
+                        f"which the label and prediction files cannot hold, first: {ascii(odd[0])}; rename them")
     found.sort()
     return found
+
+
+def storable_name(name):
+    """True if ``name`` can be one line of a UTF-8 text or CSV file (no line break, no undecodable bytes)."""
+    if any(c in name for c in '\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029'):   # str.splitlines() breaks
+        return False
+    try:
+        name.encode('utf-8')
+    except UnicodeEncodeError:      # os.fsdecode() of bytes that are not UTF-8 (surrogate escapes)
+        return False
+    return True
+
+
+def class_samples(directory, class_to_idx, extensions=IMG_EXTENSIONS):
+    """``[(path, class index)]`` of a class-folder tree (torchvision's ``make_dataset``) via :func:`list_images`;
+    a class folder without any image is refused by name."""
+    samples = []
+    seen = set()        # no link from one class folder into the root or another class (that label is not its)
+    for path in [directory] + [os.path.join(directory, c) for c in class_to_idx]:
+        with contextlib.suppress(OSError):
+            st = os.stat(path)
+            seen.add((st.st_dev, st.st_ino))
+    for cls in sorted(class_to_idx, key=class_to_idx.get):
+        folder = os.path.join(directory, cls)
+        rel = list_images(folder, extensions, seen=seen)
+        if not rel:
+            raise UserError(f"class folder {folder} holds no valid file (no image: "
+                            f"{', '.join(e[1:] for e in extensions)}); every class folder needs at least one image")
+        samples += [(os.path.join(folder, *r.split('/')), class_to_idx[cls]) for r in rel]
+    return samples
+
+
+DEFAULT_MAX_PIXELS = 8192 * 8192
+_MAX_PIXELS_ENV = 'PRETRAINCNN_MAX_PIXELS'   # the environment carries the limit to worker processes
+
+
+def add_max_pixels_arg(group):
+    """Add ``--max_pixels`` (the largest image, width x height, that is decoded) to a parser or group."""
+    group.add_argument('--max_pixels', type=int, default=DEFAULT_MAX_PIXELS, metavar='N',
+                       help="images with more pixels (width x height, read from the file's header) are bad "
+                            "images, never decoded (default: 8192 x 8192 = %(default)s)")
+
+
+def set_max_pixels(n):
+    """Set the limit of :func:`load_image` for this process and the worker processes it starts."""
+    if n is None or n < 1:
+        raise UserError(f"--max_pixels must be at least 1, got {n}")
+    os.environ[_MAX_PIXELS_ENV] = str(int(n))
+
+
+def max_pixels():
+    try:
+        return int(os.environ.get(_MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS))
+    except ValueError:
+        return DEFAULT_MAX_PIXELS
 
 
 def load_image(path, mode='RGB'):
     """Decode an image file into a PIL image of ``mode`` ('RGB' or 'L').
 
     Handles 16-bit, palette, RGBA (alpha dropped) and greyscale inputs.
-    Raises :class:`BadImageError` naming the file when it cannot be decoded.
+    Raises :class:`BadImageError` naming the file when it cannot be decoded, or when it has more pixels than
+    ``--max_pixels`` (checked from the header, before anything is decoded; decompression bombs included).
     """
+    limit = max_pixels()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
             with Image.open(path) as im:
+                w, h = im.size
+                if w * h > limit:
+                    raise BadImageError(f"image {path} is {w} x {h} = {w * h} pixels, more than --max_pixels "
+                                        f"{limit}; not decoded (raise --max_pixels if it is meant)")
                 im.load()
                 return convert_image(im, mode)
+    except Image.DecompressionBombError as e:
+        raise BadImageError(f"image {path} is too large to decode safely ({e}); not decoded") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise BadImageError(f"cannot read image {path}: {e}") from None
 

@@ -378,6 +378,7 @@ def _diagram_job(job):
     :func:`diagram_of_filtration`.
     Unreadable inputs are reported, not raised, so one bad file does not stop a pool.
     """
+    from util.dgmcheck import check_diagram
     from util.errors import BadImageError
     index, (path, source, filtration, *rest) = job
     gradient = bool(rest[0]) if rest else False
@@ -394,6 +395,7 @@ def _diagram_job(job):
             if np.isnan(dgm[:, :3]).any():
                 raise BadImageError(f"{path} holds NaN in its dimension/birth/death columns; delete it and "
                                     f"compute it again from its image")
+            dgm = check_diagram(dgm, path, error=BadImageError)    # homology dimensions 0..2 too
             return index, dgm.astype(np.float64, copy=False), None
         return index, ph_of_file(path, filtration, gradient=gradient, engine=engine), None
     except BadImageError as e:
@@ -416,11 +418,11 @@ def iter_diagrams(jobs, workers=1, chunksize=None):
         for item in enumerate(jobs):
             yield _diagram_job(item)
         return
-    import multiprocessing
+    from util import workpool
     if chunksize is None:
         chunksize = max(1, min(32, len(jobs) // (workers * 8)))
-    with multiprocessing.Pool(workers) as pool:
-        yield from pool.imap_unordered(_diagram_job, enumerate(jobs), chunksize=chunksize)
+    yield from workpool.imap_unordered(_diagram_job, list(enumerate(jobs)), workers, chunksize,
+                                       name_of=lambda item: item[1][0])   # a dead worker: WorkerDied
 
 
 # ----------------------------------------------------------------------------------------------------

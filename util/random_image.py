@@ -61,6 +61,7 @@ from skimage.filters import threshold_otsu  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from util.errors import UserError, run_cli  # noqa: E402
+from util.strict_args import StrictArgumentParser  # noqa: E402
 from util.fileio import TMP_MARK, ensure_dir, load_image, save_image, write_json  # noqa: E402
 
 TRAIN_STREAM = 0
@@ -432,7 +433,7 @@ def _remove_stale_temps(folder, prefix):
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(
+    p = StrictArgumentParser(allow_abbrev=False, 
         description="Generate synthetic training images (FFT-filtered power-law noise, optionally binarised). "
                     "Image i depends only on (--seed, split, i); re-running skips finished files.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -14,9 +14,10 @@ def write_evaluation(model, val_set, classes, criterion, cfg, run_dir, mode):
     loader = engine.make_loader(val_set, cfg, 0, shuffle=False, train=False)
     metrics, cm = engine.evaluate_classification(model, loader, criterion, cfg, len(classes))
     per_class = np.divide(np.diag(cm), cm.sum(1), out=np.full(len(classes), np.nan), where=cm.sum(1) > 0)
-    lines = ['class,images,correct,accuracy'] + [f'{c},{int(cm[i].sum())},{int(cm[i, i])},{100 * per_class[i]:.2f}'
-                                                 for i, c in enumerate(classes)]
-    fileio.write_text(os.path.join(run_dir, 'per_class.csv'), '\n'.join(lines) + '\n')
+    fileio.write_csv(os.path.join(run_dir, 'per_class.csv'), [['class', 'images', 'correct', 'accuracy']] + [
+        [c, int(cm[i].sum()), int(cm[i, i]), f'{100 * per_class[i]:.2f}'] for i, c in enumerate(classes)])
+    for c in (c for i, c in enumerate(classes) if cm[i].sum() == 0):
+        print(f"warning: class {c!r} has no usable validation image (accuracy nan)", file=sys.stderr, flush=True)
     fileio.write_json(os.path.join(run_dir, 'metrics.json'), dict(metrics, mode=mode))
     try:
         from util.plotting import confusion_matrix_csv, confusion_matrix_png

@@ -4,7 +4,6 @@ Reads ``<root>/random`` (images), ``<root>/PH_random`` (diagrams, plots), the ne
 ``<root>/weights``, ``<root>/finetune_pretrained`` and ``<root>/finetune_scratch``, and writes one PNG page
 plus the same numbers as ``summary.json``.
 """
-import argparse
 import glob
 import json
 import os
@@ -15,10 +14,11 @@ if __name__ == "__main__":  # run as `python util/summary.py`: make the reposito
 
 from util import fileio
 from util.errors import UserError, run_cli
+from util.strict_args import StrictArgumentParser
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description='Summarise a pipeline output folder on one PNG page.')
+    p = StrictArgumentParser(allow_abbrev=False, description='Summarise a pipeline output folder on one PNG page.')
     p.add_argument('root', help='the folder scripts/quickstart.sh wrote (OUT)')
     p.add_argument('--output', '-o', default=None, help='PNG to write (default: ROOT/summary.png)')
     return p

@@ -706,11 +706,35 @@ def add_label_args(parser, **short):
     return parser
 
 
-def vectoriser_from_args(args, dim):
+def vectoriser_from_args(args, dim, flag=None):
     """The vectoriser described by the label flags (:func:`add_label_args`) of an argparse ``Namespace``;
-    flags the parser did not define take their defaults."""
+    flags the parser did not define take their defaults.
+
+    ``flag``: the option that set ``dim`` (e.g. ``'-nc'``); when given, a length the label type cannot split
+    evenly is refused (:func:`check_label_dim`).
+    """
     given = vars(args)
     get = lambda name: given.get(name, _LABEL_FLAGS[name]['default'])  # noqa: E731
+    if flag is not None:
+        check_label_dim(get('label_type'), dim, flag, get('num_landscapes'))
     return make_vectoriser(get('label_type'), dim, max_life=get('max_life'), max_birth=get('max_birth'),
                            min_birth=get('min_birth'), bandwidth=get('bandwidth'), sigma=get('sigma'),
                            power=get('power'), num_landscapes=get('num_landscapes'))
+
+
+def check_label_dim(label_type, dim, flag, num_landscapes=DEFAULT_NUM_LANDSCAPES):
+    """Refuse a label length ``dim`` that ``label_type`` cannot split evenly, naming the valid ones.
+
+    The histogram is four equal histograms (H0/H1 lifetimes and births): a multiple of 4.  The persistence
+    image and Betti curve are H0 then H1 halves: even.  The landscape is ``num_landscapes`` landscapes per
+    half: a multiple of ``2 * num_landscapes``.  (Otherwise bins would be split unevenly, e.g. 7 as
+    1, 1, 1, 4, or padded with zeros.)
+    """
+    step = {'histogram': 4, 'persistence_image': 2, 'betti_curve': 2,
+            'landscape': 2 * max(1, int(num_landscapes))}.get(label_type)
+    if step is None or (isinstance(dim, int) and dim >= step and dim % step == 0):
+        return
+    lo = (int(dim) // step) * step if isinstance(dim, int) else 0
+    near = ' or '.join(str(x) for x in (lo, lo + step) if x >= step)
+    raise UserError(f"{flag} {dim} cannot be split evenly by --label_type {label_type}: it needs a multiple of "
+                    f"{step} (e.g. {near})")
