@@ -1,0 +1,141 @@
+"""bench/transfer.py: the tiny preset end to end (every table cell traced to a real fine-tuning run), and its two
+stand-ins for product flags: the random-target control and the per-component label standardisation."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from bench import transfer
+from util.datasets import load_label_matrix
+
+
+@pytest.fixture(scope='module')
+def tiny_run(tmp_path_factory):
+    """One tiny run of the whole evaluation (shared by the tests below): (result dict, stdout, work dir)."""
+    import subprocess
+    import sys
+    base = tmp_path_factory.mktemp('transfer')
+    work, out = base / 'work', base / 'out'
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    res = subprocess.run([sys.executable, os.path.join(transfer._ROOT, 'bench', 'transfer.py'), '--preset', 'tiny',
+                          '--work', str(work), '--out', str(out), '--name', 'test'],
+                         cwd=transfer._ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    with open(out / 'transfer_test.json', encoding='utf-8') as f:
+        result = json.load(f)
+    assert (out / 'transfer_test.png').stat().st_size > 0
+    assert (out / 'transfer_test.md').read_text(encoding='utf-8').count('\n') >= 6
+    return result, res.stdout, work
+
+
+def test_table_structure(tiny_run):
+    result, stdout, _ = tiny_run
+    labels = result['settings']['labels']
+    seeds = result['seeds']
+    assert labels == transfer.PRESETS['tiny']['labels'] and seeds == list(range(transfer.PRESETS['tiny']['seeds']))
+    assert set(result['table']) == set(labels)
+    for k in labels:
+        cell = result['table'][k]
+        assert set(cell['inits']) == {'scratch', 'ph', 'random'}
+        assert set(cell['margins']) == {'ph-scratch', 'ph-random', 'random-scratch'}
+        for init, stats in cell['inits'].items():
+            values = [r['top1'] for r in result['runs'] if r['labels'] == k and r['init'] == init]
+            assert stats['n'] == len(seeds) == len(values)
+            assert stats['mean'] == pytest.approx(np.mean(values))
+            assert stats['std'] == pytest.approx(np.std(values, ddof=1))
+        for name, m in cell['margins'].items():
+            a, b = name.split('-')
+            by = {(r['init'], r['seed']): r['top1'] for r in result['runs'] if r['labels'] == k}
+            diffs = [by[(a, s)] - by[(b, s)] for s in seeds]       # paired by seed
+            assert m['diffs'] == pytest.approx(diffs)
+            assert m['se'] == pytest.approx(np.std(diffs, ddof=1) / np.sqrt(len(diffs)))
+            assert m['beyond_2se'] == (m['mean'] > 2 * m['se'])
+    # the printed table: one row per init and per margin, a column per labels level
+    rows = [line for line in stdout.splitlines() if line.startswith('| ')]
+    assert len(rows) == 1 + 3 + 3 and all(line.count('|') == len(labels) + 2 for line in rows)
+
+
+def test_every_cell_is_a_real_finetuning_run(tiny_run):
+    result, _, work = tiny_run
+    pre = result['pretraining']
+    assert set(pre) == {'ph', 'random'}
+    for init, p in pre.items():
+        assert os.path.isfile(p['weights']) and p['weights'].startswith(str(work))
+        with open(os.path.join(p['run_dir'], 'args.json'), encoding='utf-8') as f:
+            pargs = json.load(f)
+        assert pargs['learning_mode'] == 'pretraining'
+        expected_pd = result['files']['ph_labels_used'] if init == 'ph' else result['files']['random_dir']
+        assert os.path.samefile(pargs['path2PHdir'], expected_pd) and pargs['precomputed']
+    seen_dirs = set()
+    for r in result['runs']:
+        assert r['run_dir'] not in seen_dirs      # one fine-tuning run per cell
+        seen_dirs.add(r['run_dir'])
+        with open(r['metrics_file'], encoding='utf-8') as f:
+            metrics = json.load(f)
+        assert os.path.dirname(r['metrics_file']) == r['run_dir']
+        assert metrics['mode'] == 'finetuning' and metrics['val_acc1'] == r['top1']
+        assert metrics['val_images'] == r['val_images'] > 0
+        with open(os.path.join(r['run_dir'], 'args.json'), encoding='utf-8') as f:
+            fargs = json.load(f)
+        assert fargs['seed'] == r['seed'] and fargs['epochs'] == r['epochs']
+        weights = fargs.get('path2weight') or None
+        if r['init'] == 'scratch':
+            assert weights is None
+        else:
+            assert os.path.samefile(weights, pre[r['init']]['weights'])
+        assert os.path.isfile(os.path.join(r['run_dir'], f"ft_{result['settings']['arch']}_epoch{r['epochs']}.pth"))
+        # the labelled subset has k images per class
+        train = fargs['train']
+        classes = sorted(os.listdir(train))
+        assert len(classes) == 10
+        assert all(len(os.listdir(os.path.join(train, c))) == int(r['labels']) for c in classes)
+    # same subset for every init of one (labels, seed): the pairing is real
+    for k in result['settings']['labels']:
+        for s in result['seeds']:
+            subsets = set()
+            for r in result['runs']:
+                if r['labels'] == k and r['seed'] == s:
+                    with open(os.path.join(r['run_dir'], 'args.json'), encoding='utf-8') as f:
+                        subsets.add(json.load(f)['train'])
+            assert len(subsets) == 1
+
+
+def test_random_target_matrix_written_in_phdict_format(tiny_run):
+    result, _, _ = tiny_run
+    lt, dims = result['settings']['label_type'], result['settings']['dims']
+    rand = result['files']['random_dir']
+    matrix, names = load_label_matrix(os.path.join(rand, f'labels_{lt}.npy'), os.path.join(rand, f'labels_{lt}.txt'),
+                                      expected_dim=dims)
+    ph, ph_names = load_label_matrix(os.path.join(result['files']['ph_dir'], f'labels_{lt}.npy'),
+                                     os.path.join(result['files']['ph_dir'], f'labels_{lt}.txt'), expected_dim=dims)
+    assert names == ph_names and matrix.shape == ph.shape == (result['settings']['n_images'], dims)
+    np.testing.assert_array_equal(matrix, transfer.random_target_matrix(names, dims, seed=0))
+    with open(os.path.join(rand, f'labels_{lt}.json'), encoding='utf-8') as f:
+        info = json.load(f)
+    assert info['count'] == len(names) and info['dim'] == dims and info['label_type'] == lt
+
+
+def test_random_targets_reproducible_and_independent_of_content():
+    names = [f'v{i:08d}.png' for i in range(300)]
+    a = transfer.random_target_matrix(names, 50, seed=3)
+    assert a.dtype == np.float32 and a.shape == (300, 50)
+    np.testing.assert_array_equal(a, transfer.random_target_matrix(names, 50, seed=3))
+    # a row depends on the image's name only: not on its position among the others, nor on any pixel
+    np.testing.assert_array_equal(transfer.random_target_matrix(names[::-1], 50, seed=3), a[::-1])
+    np.testing.assert_array_equal(transfer.random_target_matrix(names[7:8], 50, seed=3)[0], a[7])
+    assert not np.allclose(transfer.random_target_matrix(names, 50, seed=4), a)
+    assert len({row.tobytes() for row in a}) == len(names)
+    assert abs(a.mean()) < 0.05 and abs(a.std() - 1) < 0.05      # standard normal
+
+
+def test_standardise_matrix():
+    rng = np.random.default_rng(0)
+    m = np.c_[rng.normal(5, 3, (400, 3)), np.full(400, 2.0)].astype(np.float32)
+    z, mean, std = transfer.standardise_matrix(m)
+    assert z.dtype == np.float32 and z.shape == m.shape
+    np.testing.assert_allclose(z[:, :3].mean(0), 0, atol=1e-5)
+    np.testing.assert_allclose(z[:, :3].std(0), 1, atol=1e-4)
+    np.testing.assert_array_equal(z[:, 3], 0)        # a constant component is centred, not divided by zero
+    assert std[3] == 1.0
+    np.testing.assert_allclose(z * std + mean, m, rtol=1e-5, atol=1e-5)   # the statistics undo it
