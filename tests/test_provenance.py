@@ -72,9 +72,13 @@ def test_source_log_survives_torn_line_and_tells_sources_apart(tmp_path):
     assert not log.fresh('x', 'x.jpg', dict(fp, hash='cd'))
     assert not log.fresh('z', 'z.jpg', fp)
     assert log.source_of('x') == 'x.jpg' and log.source_of('q') is None
-    log.record('x', 'x.png', dict(fp, hash='ef'))  # a later record wins
+    log.record('x', 'x.png', dict(fp, hash='ef'), outputs=('diagram',))  # a later record wins
     log.close()
-    assert P.SourceLog(out).fresh('x', 'x.png', dict(fp, hash='ef'))
+    log = P.SourceLog(out)
+    assert log.fresh('x', 'x.png', dict(fp, hash='ef'), kinds=('diagram',))
+    assert not log.fresh('x', 'x.png', dict(fp, hash='ef'), kinds=('diagram', 'hist'))   # hist not from this
+    assert log.covered('x', 'x.png', dict(fp, hash='ef')) == {'diagram'}
+    assert log.covered('x', 'x.jpg', fp) == frozenset()
 
 
 def test_describe():

@@ -68,13 +68,15 @@ def describe(names, total, limit=3):
 class SourceLog:
     """The fingerprints of the sources of the per-file outputs in one output folder (``sources.jsonl``).
 
-    ``records[rel]`` = ``{'source': rel_of_source, 'size', 'mtime_ns', 'hash'}`` keyed by the *output* stem
-    relative to the output folder (``cat/x`` for ``cat/x.npy``), so that two sources writing the same output
-    (``x.jpg`` then ``x.png``) are told apart by ``source``.
+    ``records[stem]`` = ``{'stem', 'source', 'size', 'mtime_ns', 'hash', 'outputs'}``, keyed by the *output*
+    stem relative to the output folder (``cat/x`` for ``cat/x.npy``): ``source`` is the input it was computed
+    from (so ``x.jpg`` and ``x.png``, which write the same stem, are told apart) and ``outputs`` the kinds of
+    output (e.g. ``diagram``, ``hist``) written from that content.
     """
 
     def __init__(self, out_dir, name=SOURCES_FILE):
         self.path = os.path.join(out_dir, name)
+        self.exists = os.path.exists(self.path)
         self.records = self._read(self.path)
         self._fh = None
 
@@ -98,18 +100,29 @@ class SourceLog:
                 continue          # a torn last line of a killed run: that output is recomputed
         return records
 
-    def fresh(self, stem, source_rel, fp):
-        """True if the output ``stem`` was recorded as computed from ``source_rel`` with content ``fp``."""
+    def covered(self, stem, source_rel, fp):
+        """The kinds of output of ``stem`` recorded as computed from ``source_rel`` with content ``fp``
+        (empty when there is no such record, or the source changed since)."""
         rec = self.records.get(stem)
-        return rec is not None and rec.get('source') == source_rel and same_content(rec, fp)
+        if rec is None or rec.get('source') != source_rel or not same_content(rec, fp):
+            return frozenset()
+        return frozenset(rec.get('outputs') or ())
+
+    def fresh(self, stem, source_rel, fp, kinds=()):
+        """True if every kind in ``kinds`` of output ``stem`` was computed from ``source_rel`` as it is now
+        (with no ``kinds``: if any record of that content exists)."""
+        rec = self.records.get(stem)
+        if rec is None or rec.get('source') != source_rel or not same_content(rec, fp):
+            return False
+        return set(kinds) <= set(rec.get('outputs') or ())
 
     def source_of(self, stem):
         rec = self.records.get(stem)
         return None if rec is None else rec.get('source')
 
-    def record(self, stem, source_rel, fp):
+    def record(self, stem, source_rel, fp, outputs=()):
         """Append one record (flushed at once, so a kill loses at most the line being written)."""
-        rec = dict(fp, stem=stem, source=source_rel)
+        rec = dict(fp, stem=stem, source=source_rel, outputs=sorted(outputs))
         if self._fh is None:
             try:
                 self._fh = open(self.path, 'a', encoding='utf-8')
@@ -124,6 +137,7 @@ class SourceLog:
             raise UserError(f"cannot write {self.path}: {e.strerror}; make room on that disk, then run "
                             "again") from None
         self.records[stem] = rec
+        self.exists = True
 
     def _ends_with_newline(self):
         with open(self.path, 'rb') as f:
