@@ -34,7 +34,8 @@ structure is mirrored: ``random/v00000001.jpg`` -> ``PH_random/v00000001.npy``, 
   keeping outputs made differently.
 
 Runs resume: outputs are written atomically (temporary name, then rename), so an existing output is a
-complete one and is not recomputed.  Unreadable inputs are named on stderr and the rest are processed; the
+complete one; it is kept when ``sources.jsonl`` records it as computed from the input as it is now (path,
+size, content hash; see ``util/provenance.py``), and recomputed otherwise (the image changed since).  Unreadable inputs are named on stderr and the rest are processed; the
 exit status is 1 if any failed, unless ``--skip_bad``.
 """
 import argparse
@@ -76,6 +77,8 @@ outputs (under -o; <stem> = input path relative to TARGET_DIR, without extension
   args.json               the arguments of the run
   settings.json           the settings of the per-file outputs present (a run with other settings for
                           the same kind of output is refused rather than mixing them)
+  sources.jsonl           what each output was computed from (input path, size, content hash): outputs
+                          of inputs changed since are recomputed, and pretraining refuses stale labels
 
 examples:
   python PHdict.py random -o PH_random -it jpg                      # diagrams of random/*.jpg
@@ -289,9 +292,9 @@ class _Outputs:
         paths = {'diagram': self.diagram(rel), 'hist': self.hist(rel), 'persistence_image': self.pimg(rel)}
         return {k: p for k, p in paths.items() if p is not None}
 
-    def key(self, rel):
-        """The stem of ``rel``'s outputs relative to the output folder (the key of its sources.jsonl record)."""
-        return os.path.splitext(rel)[0]
+    def key(self, path):
+        """An output's path relative to the output folder (the key of its sources.jsonl record)."""
+        return os.path.relpath(path, self.out_dir).replace(os.sep, '/')
 
     def makedirs(self, path):
         d = os.path.dirname(path)
@@ -312,12 +315,16 @@ def _plan(args, files, outs, target_dir, need_all, fingerprints, log):
     whose valid -ch histogram already exists, ``todo[i]`` = the kinds of output to (re)write for index ``i``.
     """
     jobs, job_files, complete, earlier_hist, todo = [], [], set(), [], {}
+    diagram_log = SourceLog(target_dir) if outs.from_npy else None   # what the input diagrams came from
     gradient = getattr(args, 'gradient', False)
     engine = getattr(args, 'ph_engine', ph.DEFAULT_ENGINE)
     for i, rel in enumerate(files):
         kinds = outs.kinds(rel)
-        valid = {k for k in log.covered(outs.key(rel), rel, fingerprints[i]) if k in kinds
-                 and os.path.exists(kinds[k])}
+        # from saved diagrams: an output made beside the diagram from the same image content is as good
+        made_with = diagram_log.records.get(rel) if diagram_log is not None else None
+        valid = {k for k, path in kinds.items() if os.path.exists(path) and (
+            log.fresh(outs.key(path), rel, fingerprints[i])
+            or (made_with is not None and log.fresh(outs.key(path), made_with.get('source'), made_with)))}
         todo[i] = set(kinds) - valid
         if not todo[i]:
             complete.add(i)
@@ -426,16 +433,12 @@ def main(args):
                     path = path_of(files[idx[j]])
                     outs.makedirs(path)
                     save_npy(path, row)
+                    log.record(outs.key(path), files[idx[j]], fingerprints[idx[j]])   # after the rename
                     if vec is hist_vec:
                         hist_state[0] += row
                         hist_state[1] += 1
         if matrix is not None:
             matrix[idx] = label_vec.transform(dgms)
-        for i in idx:          # every output of i is written: only now is it recorded as made from this input
-            if todo[i]:
-                key = outs.key(files[i])
-                log.record(key, files[i], fingerprints[i],
-                           set(outs.kinds(files[i])) | log.covered(key, files[i], fingerprints[i]))
         pending.clear()
 
     with tqdm(total=len(jobs), desc='PH', unit='file', file=sys.stderr, disable=not jobs) as bar:
@@ -452,6 +455,7 @@ def main(args):
             if path is not None and 'diagram' in todo[i]:
                 outs.makedirs(path)
                 save_npy(path, dgm)
+                log.record(outs.key(path), files[i], fingerprints[i])   # only once the file is in place
             pending.append((i, dgm))
             if len(pending) >= FLUSH_EVERY:
                 flush()

@@ -229,14 +229,14 @@ class DiagramDirLabels:
             return None
         changed = []
         for rel, key in zip(self.rel_paths, self.keys):
-            source = log.source_of(key)
+            source = log.source_of(key + '.npy')
             try:
                 fp = fingerprint(os.path.join(root, *rel.split('/')))
             except OSError:
                 fp = None
             same_name = source == rel or (key != os.path.splitext(rel)[0] and source is not None
                                           and source.rsplit('/', 1)[-1] == rel.rsplit('/', 1)[-1])
-            if not (same_name and log.fresh(key, source, fp, ('diagram',))):
+            if not (same_name and log.fresh(key + '.npy', source, fp)):
                 changed.append(rel)
         return changed
 

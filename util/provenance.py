@@ -66,12 +66,11 @@ def describe(names, total, limit=3):
 
 
 class SourceLog:
-    """The fingerprints of the sources of the per-file outputs in one output folder (``sources.jsonl``).
+    """What each per-file output in one output folder was computed from (``sources.jsonl``).
 
-    ``records[stem]`` = ``{'stem', 'source', 'size', 'mtime_ns', 'hash', 'outputs'}``, keyed by the *output*
-    stem relative to the output folder (``cat/x`` for ``cat/x.npy``): ``source`` is the input it was computed
-    from (so ``x.jpg`` and ``x.png``, which write the same stem, are told apart) and ``outputs`` the kinds of
-    output (e.g. ``diagram``, ``hist``) written from that content.
+    ``records[output]`` = ``{'output', 'source', 'size', 'mtime_ns', 'hash'}``, keyed by the output file's path
+    relative to the output folder (``cat/x.npy``, ``cat/xhist.npy``); ``source`` is the input it was computed
+    from (so ``x.jpg`` and ``x.png``, which would write the same file, are told apart) with its fingerprint.
     """
 
     def __init__(self, out_dir, name=SOURCES_FILE):
@@ -95,34 +94,23 @@ class SourceLog:
                 continue
             try:
                 rec = json.loads(line)
-                records[rec['stem']] = rec
+                records[rec['output']] = rec
             except (ValueError, KeyError, TypeError):
                 continue          # a torn last line of a killed run: that output is recomputed
         return records
 
-    def covered(self, stem, source_rel, fp):
-        """The kinds of output of ``stem`` recorded as computed from ``source_rel`` with content ``fp``
-        (empty when there is no such record, or the source changed since)."""
-        rec = self.records.get(stem)
-        if rec is None or rec.get('source') != source_rel or not same_content(rec, fp):
-            return frozenset()
-        return frozenset(rec.get('outputs') or ())
+    def fresh(self, output, source_rel, fp):
+        """True if ``output`` was recorded as computed from ``source_rel`` with the content ``fp`` it has now."""
+        rec = self.records.get(output)
+        return rec is not None and rec.get('source') == source_rel and same_content(rec, fp)
 
-    def fresh(self, stem, source_rel, fp, kinds=()):
-        """True if every kind in ``kinds`` of output ``stem`` was computed from ``source_rel`` as it is now
-        (with no ``kinds``: if any record of that content exists)."""
-        rec = self.records.get(stem)
-        if rec is None or rec.get('source') != source_rel or not same_content(rec, fp):
-            return False
-        return set(kinds) <= set(rec.get('outputs') or ())
-
-    def source_of(self, stem):
-        rec = self.records.get(stem)
+    def source_of(self, output):
+        rec = self.records.get(output)
         return None if rec is None else rec.get('source')
 
-    def record(self, stem, source_rel, fp, outputs=()):
+    def record(self, output, source_rel, fp):
         """Append one record (flushed at once, so a kill loses at most the line being written)."""
-        rec = dict(fp, stem=stem, source=source_rel, outputs=sorted(outputs))
+        rec = dict(fp or {}, output=output, source=source_rel)
         if self._fh is None:
             try:
                 self._fh = open(self.path, 'a', encoding='utf-8')
@@ -136,7 +124,7 @@ class SourceLog:
         except OSError as e:
             raise UserError(f"cannot write {self.path}: {e.strerror}; make room on that disk, then run "
                             "again") from None
-        self.records[stem] = rec
+        self.records[output] = rec
         self.exists = True
 
     def _ends_with_newline(self):
