@@ -34,7 +34,8 @@ structure is mirrored: ``random/v00000001.jpg`` -> ``PH_random/v00000001.npy``, 
   keeping outputs made differently.
 
 Runs resume: outputs are written atomically (temporary name, then rename), so an existing output is a
-complete one and is not recomputed.  Unreadable inputs are named on stderr and the rest are processed; the
+complete one; it is kept when ``sources.jsonl`` records it as computed from the input as it is now (path,
+size, content hash; see ``util/provenance.py``), and recomputed otherwise (the image changed since).  Unreadable inputs are named on stderr and the rest are processed; the
 exit status is 1 if any failed, unless ``--skip_bad``.
 """
 import argparse
@@ -51,7 +52,8 @@ from util.errors import UserError, run_cli
 from util.fileio import add_max_pixels_arg, ensure_dir, list_images, refuse_output_inside, require_dir, save_npy, \
     set_max_pixels, write_json
 from util.labels import (label_file_re, label_matrix_complete, label_names, merge_label_shards, read_json,
-                         write_label_matrix)
+                         source_entries, write_label_matrix)
+from util.provenance import SOURCES_FILE, SourceLog, describe, fingerprint
 from util.strict_args import StrictArgumentParser, PHDICT_FLAGS
 from util.vectorise import add_label_args, check_label_dim, make_vectoriser, vectoriser_from_args
 
@@ -75,6 +77,8 @@ outputs (under -o; <stem> = input path relative to TARGET_DIR, without extension
   args.json               the arguments of the run
   settings.json           the settings of the per-file outputs present (a run with other settings for
                           the same kind of output is refused rather than mixing them)
+  sources.jsonl           what each output was computed from (input path, size, content hash): outputs
+                          of inputs changed since are recomputed, and pretraining refuses stale labels
 
 examples:
   python PHdict.py random -o PH_random -it jpg                      # diagrams of random/*.jpg
@@ -283,6 +287,15 @@ class _Outputs:
     def wanted(self, rel):
         return [p for p in (self.diagram(rel), self.hist(rel), self.pimg(rel)) if p is not None]
 
+    def kinds(self, rel):
+        """{kind: path} of the per-file outputs this run writes for ``rel`` (kinds as in sources.jsonl)."""
+        paths = {'diagram': self.diagram(rel), 'hist': self.hist(rel), 'persistence_image': self.pimg(rel)}
+        return {k: p for k, p in paths.items() if p is not None}
+
+    def key(self, path):
+        """An output's path relative to the output folder (the key of its sources.jsonl record)."""
+        return os.path.relpath(path, self.out_dir).replace(os.sep, '/')
+
     def makedirs(self, path):
         d = os.path.dirname(path)
         if d not in self._dirs:
@@ -290,32 +303,68 @@ class _Outputs:
             self._dirs.add(d)
 
 
-def _plan(args, files, outs, target_dir, need_all):
+def _plan(args, files, outs, target_dir, need_all, fingerprints, log):
     """Decide the work per input.
 
-    Returns ``(jobs, job_files, complete, earlier_hist)``: ``jobs`` for :func:`util.ph.iter_diagrams` (a saved
-    diagram is loaded instead of recomputed), ``job_files[j]`` = index into ``files`` of job ``j``,
-    ``complete`` = indices whose outputs all exist (jobs only if ``need_all``, i.e. their diagram is needed
-    for the label matrix), ``earlier_hist`` = indices whose -ch histogram already exists.
+    An existing output counts as done only when ``log`` (sources.jsonl) records it as computed from the input
+    as it is now (same path, size and content hash): an image changed, swapped or regenerated since has its
+    outputs recomputed.  Returns ``(jobs, job_files, complete, earlier_hist, todo)``: ``jobs`` for
+    :func:`util.ph.iter_diagrams` (a saved, still valid diagram is loaded instead of recomputed),
+    ``job_files[j]`` = index into ``files`` of job ``j``, ``complete`` = indices with nothing to (re)write
+    (jobs only if ``need_all``, i.e. their diagram is needed for the label matrix), ``earlier_hist`` = indices
+    whose valid -ch histogram already exists, ``todo[i]`` = the kinds of output to (re)write for index ``i``.
     """
-    jobs, job_files, complete, earlier_hist = [], [], set(), []
+    jobs, job_files, complete, earlier_hist, todo = [], [], set(), [], {}
+    diagram_log = SourceLog(target_dir) if outs.from_npy else None   # what the input diagrams came from
     gradient = getattr(args, 'gradient', False)
     engine = getattr(args, 'ph_engine', ph.DEFAULT_ENGINE)
     for i, rel in enumerate(files):
-        missing = [p for p in outs.wanted(rel) if not os.path.exists(p)]
-        if not missing:
+        kinds = outs.kinds(rel)
+        # from saved diagrams: an output made beside the diagram from the same image content is as good
+        made_with = diagram_log.records.get(rel) if diagram_log is not None else None
+        valid = {k for k, path in kinds.items() if os.path.exists(path) and (
+            log.fresh(outs.key(path), rel, fingerprints[i])
+            or (made_with is not None and log.fresh(outs.key(path), made_with.get('source'), made_with)))}
+        todo[i] = set(kinds) - valid
+        if not todo[i]:
             complete.add(i)
-        if args.compute_hist and os.path.exists(outs.hist(rel)):
+        if 'hist' in valid:
             earlier_hist.append(i)
-        if missing or need_all:
-            dgm = outs.diagram(rel)
-            if dgm is not None and os.path.exists(dgm):
-                jobs.append((dgm, 'npy', args.filtration, gradient, engine))   # resume: the saved diagram
+        if todo[i] or need_all:
+            if 'diagram' in valid:
+                jobs.append((kinds['diagram'], 'npy', args.filtration, gradient, engine))   # resume: saved one
             else:
                 src = os.path.join(target_dir, *rel.split('/'))
                 jobs.append((src, 'npy' if outs.from_npy else 'image', args.filtration, gradient, engine))
             job_files.append(i)
-    return jobs, job_files, complete, earlier_hist
+    changed = [rel for i, rel in enumerate(files) if any(os.path.exists(outs.kinds(rel)[k]) for k in todo[i])]
+    if changed:
+        tqdm.write(f"{describe(changed, len(files))} inputs have outputs that were not made from them as they are "
+                   f"now (changed, replaced or never recorded in {SOURCES_FILE}): recomputing those",
+                   file=sys.stderr)
+    return jobs, job_files, complete, earlier_hist, todo
+
+
+def _fingerprints(target_dir, files):
+    """The content fingerprint of each input (None for one that cannot be read: it fails as a bad input)."""
+    fps = []
+    for rel in tqdm(files, desc='checking inputs', unit='file', file=sys.stderr, disable=len(files) < 5000):
+        try:
+            fps.append(fingerprint(os.path.join(target_dir, *rel.split('/'))))
+        except OSError:
+            fps.append(None)
+    return fps
+
+
+def _refuse_shared_stems(files):
+    """Two inputs that differ only in their extension (``x.jpg``, ``x.JPG``, ``x.png``) would write one output."""
+    seen = {}
+    for rel in files:
+        stem = os.path.splitext(rel)[0]
+        if stem in seen:
+            raise UserError(f"{seen[stem]} and {rel} would write the same outputs ({stem}.npy); rename one, or "
+                            "choose the extension with -it")
+        seen[stem] = rel
 
 
 def main(args):
@@ -334,6 +383,7 @@ def main(args):
     if not all_files:
         raise UserError(f"no *.{args.imgtype} files under {target_dir}; set --imgtype/-it to the extension "
                         "of your images (e.g. -it jpg)")
+    _refuse_shared_stems(all_files)
     files = shard_of(all_files, k, n)
     check_settings(out_dir, output_settings(args))
     write_json(os.path.join(out_dir, 'args.json'), vars(args))
@@ -352,13 +402,16 @@ def main(args):
                           ph_engine=args.ph_engine)   # recorded, not compared: both engines give equal pairs
         if getattr(args, 'gradient', False):
             label_info['gradient'] = True
+    fingerprints = _fingerprints(target_dir, files)
+    if label_vec is not None:
         names = label_names(args.label_type, k, n)
-        if label_matrix_complete(out_dir, names, files, label_info):
-            label_vec = None   # already written for exactly these files: nothing to redo
+        if label_matrix_complete(out_dir, names, files, label_info, fingerprints):
+            label_vec = None   # already written for exactly these files as they are now: nothing to redo
 
     outs = _Outputs(args, target_dir, out_dir)
-    jobs, job_files, complete, earlier_hist = _plan(args, files, outs, target_dir,
-                                                     need_all=label_vec is not None)
+    log = SourceLog(out_dir)
+    jobs, job_files, complete, earlier_hist, todo = _plan(args, files, outs, target_dir, label_vec is not None,
+                                                           fingerprints, log)
     matrix = np.zeros((len(files), label_vec.dim), np.float32) if label_vec is not None else None
     hist_state = [np.zeros(hist_vec.dim), 0] if hist_vec is not None else None   # sum, count of new ones
     ok = np.zeros(len(files), dtype=bool)
@@ -371,15 +424,16 @@ def main(args):
             return
         idx = [i for i, _ in pending]
         dgms = [d for _, d in pending]
-        for vec, path_of in ((hist_vec, outs.hist), (pi_vec, outs.pimg)):
+        for vec, path_of, kind in ((hist_vec, outs.hist, 'hist'), (pi_vec, outs.pimg, 'persistence_image')):
             if vec is None:
                 continue
-            todo = [j for j, i in enumerate(idx) if not os.path.exists(path_of(files[i]))]
-            if todo:
-                for row, j in zip(vec.transform([dgms[j] for j in todo]), todo):
+            redo = [j for j, i in enumerate(idx) if kind in todo[i]]
+            if redo:
+                for row, j in zip(vec.transform([dgms[j] for j in redo]), redo):
                     path = path_of(files[idx[j]])
                     outs.makedirs(path)
                     save_npy(path, row)
+                    log.record(outs.key(path), files[idx[j]], fingerprints[idx[j]])   # after the rename
                     if vec is hist_vec:
                         hist_state[0] += row
                         hist_state[1] += 1
@@ -398,20 +452,22 @@ def main(args):
                 continue
             ok[i] = True
             path = outs.diagram(files[i])
-            if path is not None and jobs[j][1] == 'image':
+            if path is not None and 'diagram' in todo[i]:
                 outs.makedirs(path)
                 save_npy(path, dgm)
+                log.record(outs.key(path), files[i], fingerprints[i])   # only once the file is in place
             pending.append((i, dgm))
             if len(pending) >= FLUSH_EVERY:
                 flush()
         flush()
+    log.close()
 
     skipped = sum(1 for i in complete if ok[i])
     done = int(ok.sum()) - skipped
     if hist_vec is not None:
         _hist_summary(args, files, ok, outs, hist_state[0], hist_state[1], earlier_hist, out_dir, k, n)
     if matrix is not None:
-        _write_labels(args, files, all_files, ok, failures, matrix, label_info, out_dir, k, n)
+        _write_labels(args, files, all_files, ok, failures, matrix, label_info, out_dir, k, n, fingerprints)
     elif label_info is not None:
         print(f"label matrix {label_names(args.label_type, k, n)[0]} is complete; kept")
         if n > 1 and merge_label_shards(out_dir, args.label_type, n, label_info, all_files) is not None:
@@ -466,7 +522,7 @@ def _hist_summary(args, files, ok, outs, hist_sum, count, earlier, out_dir, k, n
     plt.close(fig)
 
 
-def _write_labels(args, files, all_files, ok, failures, matrix, label_info, out_dir, k, n):
+def _write_labels(args, files, all_files, ok, failures, matrix, label_info, out_dir, k, n, fingerprints):
     if failures and not args.skip_bad:
         print(f"label matrix not written: {len(failures)} inputs failed (rerun after fixing them, or give "
               "--skip_bad to leave them out)", file=sys.stderr)
@@ -474,7 +530,8 @@ def _write_labels(args, files, all_files, ok, failures, matrix, label_info, out_
     keep = np.flatnonzero(ok)
     paths = [files[i] for i in keep]
     names = label_names(args.label_type, k, n)
-    write_label_matrix(out_dir, names, matrix[keep], paths, label_info)
+    write_label_matrix(out_dir, names, matrix[keep], paths, label_info,
+                       source_entries([fingerprints[i] for i in keep]))
     print(f"label matrix {names[0]}: {len(paths)} x {matrix.shape[1]} float32 (paths in {names[1]})")
     if n > 1:
         merged = merge_label_shards(out_dir, args.label_type, n, label_info,

@@ -2304,3 +2304,108 @@ def _odd_names(ctx, script):
             res = run(script, '-t', src, '-o', out, '-nc', PT_DIM, '-e', 1, *TINY)
         expect_error(res, ascii(bad)[1:-1], 'rename')
         assert not glob.glob(str(out / '**' / '*.*'), recursive=True)
+
+
+# ====================================================================================================
+# issue 13: labels made from other images, looked up by another name, or resumed with other settings
+# ====================================================================================================
+
+def _regenerate(folder, seed):
+    """Overwrite the generated images in ``folder`` with those of another seed (what ``--overwrite`` does)."""
+    expect_ok(run('random_image', '-o', folder, '-n', 16, '-is', 48, '-pb', 0.5, '-pc', 0.5, '-nw', 1,
+                  '--preview', 0, '--seed', seed, '--overwrite'))
+
+
+@case(('PHdict', 'pretraining'), 'images replaced after PHdict ran (--overwrite, a swap, an edit)',
+      {'PHdict': 'exit 0: the changed images are named and recomputed; diagrams and labels equal a fresh run',
+       'pretraining': 'exit 2 (-pd and -pd -pc): the count and first names of the changed images, how to redo'})
+def _stale_labels(ctx, script):
+    d = ctx.data
+    imgs, ph_dir, fresh = ctx.tmp / 'imgs', ctx.tmp / 'ph', ctx.tmp / 'fresh'
+    shutil.copytree(d.gen, imgs)
+    ctx.outputs(ph_dir, fresh)
+    argv = ['-it', 'jpg', '-nw', 1, '--label_type', 'histogram', '--numof_dims', PT_DIM]
+    expect_ok(run('PHdict', imgs, '-o', ph_dir, *argv))
+    _regenerate(imgs, 7)                                                     # --overwrite with another seed
+    a, b = imgs / 'v00000001.jpg', imgs / 'v00000002.jpg'                   # a swap
+    tmp = imgs / 'swap'
+    os.rename(a, tmp), os.rename(b, a), os.rename(tmp, b)
+    with Image.open(imgs / 'v00000003.jpg') as im:                           # an edit
+        arr = np.asarray(im).copy()
+    arr[:8] = 255 - arr[:8]
+    Image.fromarray(arr).save(imgs / 'v00000003.jpg')
+    ctx.inputs(imgs)
+    if script == 'PHdict':
+        res = expect_ok(run('PHdict', imgs, '-o', ph_dir, *argv))
+        assert 'recomputing' in res.err and 'v00000001.jpg' in res.err, res
+        expect_ok(run('PHdict', imgs, '-o', fresh, *argv))
+        for name in ('v00000001.npy', 'v00000002.npy', 'v00000003.npy', 'labels_histogram.npy'):
+            assert np.array_equal(np.load(ph_dir / name), np.load(fresh / name)), name
+        assert (ph_dir / 'labels_histogram.txt').read_text() == (fresh / 'labels_histogram.txt').read_text()
+        return
+    base = ['-t', imgs, '-pd', ph_dir, '-nc', PT_DIM, '-e', 1, '-b', 8, *TINY]
+    for extra in ([], ['-pc', '--label_type', 'histogram']):
+        out = ctx.tmp / f'out{len(extra)}'
+        expect_error(run(script, *base, '-o', out, *extra), 'changed', '16 of 16', 'v00000000.jpg', 'PHdict.py')
+        assert not glob.glob(str(out / '*' / '*.pth'))
+
+
+@case('pretraining', 'label lookup by name (a.png/a.jpg, a/img.jpg/b/img.jpg, x.jpg/x.JPG)',
+      'exit 2 naming the images that would share a label; an unambiguous flat (original) naming is accepted')
+def _label_lookup(ctx, script):
+    d = ctx.data
+    ctx.inputs(d.gen, d.gen_ph)
+    names = sorted(os.listdir(d.gen))
+    jpgs = [n for n in names if n.endswith('.jpg')]
+    flat = ctx.tmp / 'flat_ph'                                  # the original's naming: <basename>.npy
+    flat.mkdir()
+    for n in jpgs:
+        shutil.copy(d.gen_ph / (n[:-4] + '.npy'), flat / (n[:-4] + '.npy'))
+    base = ['-nc', PT_DIM, '-e', 1, '-b', 8, *TINY]
+    nested = ctx.tmp / 'nested'                                # a/<img>.jpg only: flat naming is unambiguous
+    (nested / 'a').mkdir(parents=True)
+    for n in jpgs:
+        shutil.copy(d.gen / n, nested / 'a' / n)
+    ctx.outputs(ctx.tmp / 'ok')
+    res = expect_ok(run(script, '-t', nested, '-pd', flat, '-o', ctx.tmp / 'ok', *base))
+    assert 'cannot check' in res.err, res                     # the original's diagrams carry no record
+    shutil.copytree(nested / 'a', nested / 'b')                # b/<img>.jpg too: which diagram is whose?
+    expect_error(run(script, '-t', nested, '-pd', flat, '-o', ctx.tmp / 'o1', *base), 'a/v00000000.jpg',
+                 'b/v00000000.jpg', 'flat')
+    shutil.rmtree(nested / 'b')
+    shutil.copy(nested / 'a' / jpgs[0], nested / 'a' / (jpgs[0][:-4] + '.JPG'))
+    expect_error(run(script, '-t', nested, '-pd', flat, '-o', ctx.tmp / 'o2', *base), jpgs[0],
+                 jpgs[0][:-4] + '.JPG', 'share')
+    os.remove(nested / 'a' / (jpgs[0][:-4] + '.JPG'))
+    Image.open(nested / 'a' / jpgs[0]).save(nested / 'a' / (jpgs[0][:-4] + '.png'))
+    expect_error(run(script, '-t', nested, '-pd', flat, '-o', ctx.tmp / 'o3', *base), jpgs[0][:-4] + '.png',
+                 'share')
+    matrix = ctx.tmp / 'mat'                                    # a matrix is matched by relative path only
+    expect_ok(run('PHdict', d.gen, '-o', matrix, '-it', 'jpg', '-nw', 1, '--label_type', 'histogram',
+                  '--numof_dims', PT_DIM))
+    os.remove(nested / 'a' / (jpgs[0][:-4] + '.png'))
+    expect_error(run(script, '-t', nested, '-pd', matrix, '-pc', '--label_type', 'histogram',
+                     '-o', ctx.tmp / 'o4', *base), 'no row', 'a/v00000000.jpg', 'same folder')
+
+
+@case('pretraining', '--resume with other settings; resuming a finished run',
+      'exit 2 listing each changed setting, no args_resume_*.json left; workers/-e/--stop_after may change; '
+      'a finished run says so (exit 0)')
+def _resume_changes(ctx, script):
+    d = ctx.data
+    ctx.inputs(d.gen, d.gen_ph)
+    out = ctx.tmp / 'out'
+    ctx.outputs(out)
+    common = ['-t', d.gen, '-pd', d.gen_ph, '-o', out, '-b', 8, *TINY]
+    expect_ok(run(script, *common, '-nc', PT_DIM, '-e', 1))
+    run_dir = only_run_dir(out)
+    res = expect_ok(run(script, *common, '-nc', PT_DIM, '-e', 1, '--resume', run_dir))
+    assert 'already finished' in res.out and 'stopped after' not in res.out, res
+    before = sorted(os.listdir(run_dir))
+    for change, words in ((['-nc', 20], ('--numof_classes', '40 -> 20')),
+                          (['-nc', PT_DIM, '--seed', 5, '--lr_pre', 0.5], ('--seed: 1 -> 5', '--lr_pre')),
+                          (['-nc', PT_DIM, '--filtration', 'distance'], ('--filtration',))):
+        expect_error(run(script, *common, *change, '-e', 2, '--resume', run_dir), '--resume', *words)
+    assert sorted(os.listdir(run_dir)) == before                      # nothing written by a refused resume
+    res = expect_ok(run(script, *common, '-nc', PT_DIM, '-e', 2, '--stop_after', 1, '--resume', run_dir))
+    assert os.path.exists(os.path.join(run_dir, 'resnet18_epoch2.pth')), res

@@ -65,7 +65,7 @@ def test_readme_command_matches_original_bit_for_bit(tmp_path, run_script):
     run_script('PHdict.py', 'random', '-o', 'PH_cripser', '-it', 'jpg', '--ph_engine', 'cripser', cwd=tmp_path,
                check=True)
     out = tmp_path / 'PH_random'
-    assert outputs(out) == {n.replace('.jpg', '.npy') for n in FLAT} | {'args.json', 'settings.json'}
+    assert outputs(out) == {n.replace('.jpg', '.npy') for n in FLAT} | {'args.json', 'settings.json', 'sources.jsonl'}
     for name in FLAT:
         got = np.load(out / name.replace('.jpg', '.npy'))
         ref = original_diagram(tmp_path / 'random' / name)
@@ -84,7 +84,7 @@ def test_nested_folders_with_equal_names_do_not_collide(tmp_path, run_script):
     make_jpegs(tmp_path / 'data', names, seed=1)
     run_script('PHdict.py', tmp_path / 'data', '-o', tmp_path / 'out', '-it', 'jpg', '-nw', '2', check=True)
     expected = {n.replace('.jpg', '.npy') for n in names}
-    assert outputs(tmp_path / 'out') == expected | {'args.json', 'settings.json'}
+    assert outputs(tmp_path / 'out') == expected | {'args.json', 'settings.json', 'sources.jsonl'}
     diagrams = [np.load(tmp_path / 'out' / n) for n in sorted(expected)]
     for n, d in zip(sorted(expected), diagrams):
         np.testing.assert_array_equal(pairs(d), pairs(original_diagram(tmp_path / 'data' / n.replace('.npy', '.jpg'))))

@@ -61,20 +61,23 @@ def test_source_log_survives_torn_line_and_tells_sources_apart(tmp_path):
     os.makedirs(out)
     fp = {'size': 3, 'mtime_ns': 5, 'hash': 'ab'}
     with P.SourceLog(out) as log:
-        log.record('x', 'x.jpg', fp)
-        log.record('y', 'y.jpg', fp)
+        log.record('x.npy', 'x.jpg', fp)
+        log.record('y.npy', 'y.jpg', fp)
     with open(os.path.join(out, P.SOURCES_FILE), 'a', encoding='utf-8') as f:
-        f.write('{"stem": "z", "sou')               # a kill in the middle of a record
+        f.write('{"output": "z.npy", "sou')           # a kill in the middle of a record
     log = P.SourceLog(out)
-    assert set(log.records) == {'x', 'y'}
-    assert log.fresh('x', 'x.jpg', dict(fp, mtime_ns=9))
-    assert not log.fresh('x', 'x.png', fp)          # same stem, other source: x.png must not get x.jpg's output
-    assert not log.fresh('x', 'x.jpg', dict(fp, hash='cd'))
-    assert not log.fresh('z', 'z.jpg', fp)
-    assert log.source_of('x') == 'x.jpg' and log.source_of('q') is None
-    log.record('x', 'x.png', dict(fp, hash='ef'))  # a later record wins
+    assert set(log.records) == {'x.npy', 'y.npy'}
+    assert log.fresh('x.npy', 'x.jpg', dict(fp, mtime_ns=9))
+    assert not log.fresh('x.npy', 'x.png', fp)          # same output, other source: x.png must not get x.jpg's
+    assert not log.fresh('x.npy', 'x.jpg', dict(fp, hash='cd'))
+    assert not log.fresh('z.npy', 'z.jpg', fp)
+    assert log.source_of('x.npy') == 'x.jpg' and log.source_of('q.npy') is None
+    log.record('x.npy', 'x.png', dict(fp, hash='ef'))    # appended after the torn line; a later record wins
+    log.record('xhist.npy', 'x.npy', fp)                  # outputs of another kind of source in the same folder
     log.close()
-    assert P.SourceLog(out).fresh('x', 'x.png', dict(fp, hash='ef'))
+    log = P.SourceLog(out)
+    assert log.fresh('x.npy', 'x.png', dict(fp, hash='ef')) and log.fresh('xhist.npy', 'x.npy', fp)
+    assert set(log.records) == {'x.npy', 'y.npy', 'xhist.npy'}
 
 
 def test_describe():

@@ -1,8 +1,10 @@
 """The datasets each learning mode trains and validates on, assembled from the data flags."""
 import os
+import sys
 
 from util import distributed, fileio
 from util.errors import UserError
+from util.provenance import describe
 
 DEFAULT_NUM_CLASSES = 100   # -nc's default: when left there, the class count is read
 
@@ -52,7 +54,7 @@ def build_pretraining_sets(args):
 
 def _folder_set(root, flag, computed, spatial, to_tensor, persistence, args, vectoriser, fallback_to_computed=False):
     from util.datasets import DiagramDirLabels, FolderPH, MatrixLabels
-    from util.labels import find_label_matrix, load_label_matrix
+    from util.labels import find_label_matrix, load_label_matrix, read_json, stale_rows
     fileio.require_dir(root, 'image folder', flag)
     rel = fileio.list_images(root)
     if not rel:
@@ -69,14 +71,30 @@ def _folder_set(root, flag, computed, spatial, to_tensor, persistence, args, vec
                                     f"--numof_dims {args.numof_classes}")
                 matrix, names = load_label_matrix(*found, expected_dim=args.numof_classes)
                 labels = MatrixLabels(matrix, names, rel, found[0])
+                meta = read_json(os.path.splitext(found[0])[0] + '.json')
+                _refuse_stale(stale_rows(meta, root, names, rel), rel, found[0], root, args)
             else:
                 labels = DiagramDirLabels(args.path2PHdir, rel, vectoriser)
+                _refuse_stale(labels.changed(root), rel, args.path2PHdir, root, args)
     except UserError:
         if not fallback_to_computed:
             raise
         labels = computed
     return FolderPH(root, rel, labels, spatial, to_tensor, persistence, computed=computed,
                     bad_images=args.bad_images)
+
+
+def _refuse_stale(changed, rel, where, root, args):
+    """Refuse labels made from other versions of the images (None: ``where`` records no sources to check)."""
+    if changed is None:
+        print(f"warning: cannot check that the PH labels in {where} were computed from the images in {root} as "
+              "they are now (no record of their sources: made by an older version or the original); rerun "
+              "PHdict.py to make such a record", file=sys.stderr, flush=True)
+    elif changed:
+        flags = f"--label_type {args.label_type} --numof_dims {args.numof_classes}" if args.precomputed else "-it <image extension>"
+        raise UserError(f"{describe(changed, len(rel))} images changed since their PH labels in {where} were "
+                        f"computed (or were never recorded there): the labels would be wrong; rerun PHdict.py "
+                        f"{root} -o {args.path2PHdir} {flags} (it recomputes just those)")
 
 
 def resolve_val(args, required=True):

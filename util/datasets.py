@@ -170,25 +170,75 @@ class ComputedLabels:
 
 
 class DiagramDirLabels:
-    """Diagrams precomputed by PHdict.py, looked up by relative path, else by the original's basename rule."""
+    """Diagrams precomputed by PHdict.py, found by the image's relative path (``cat/x.jpg`` -> ``cat/x.npy``),
+    or by the original's flat naming (``x.npy`` for ``cat/x.jpg``) where that name stands for one image only.
+
+    Two images that would share a diagram (``x.jpg`` / ``x.png``, or ``a/x.jpg`` / ``b/x.jpg`` under flat
+    naming) are refused by name, never given one another's label.
+    """
 
     def __init__(self, ph_dir, rel_paths, vectoriser):
         self.ph_dir = ph_dir
         self.vectoriser = vectoriser
         self.dim = vectoriser.dim
-        self.paths = []
-        missing = []
+        by_stem, by_base = {}, {}
         for rel in rel_paths:
             stem = os.path.splitext(rel)[0]
-            candidates = (os.path.join(ph_dir, stem + '.npy'),
-                          os.path.join(ph_dir, os.path.basename(stem) + '.npy'))
-            found = next((c for c in candidates if os.path.isfile(c)), None)
-            if found is None:
+            by_stem.setdefault(stem, []).append(rel)
+            by_base.setdefault(stem.rsplit('/', 1)[-1], []).append(rel)
+        shared = next((names for names in by_stem.values() if len(names) > 1), None)
+        if shared:
+            raise UserError(f"{' and '.join(shared[:3])} would share the diagram {os.path.splitext(shared[0])[0]}.npy "
+                            f"in {ph_dir!r}; rename one of them (PHdict.py names diagrams by path without extension)")
+        self.paths, self.keys = [], []
+        missing, ambiguous = [], []
+        for rel in rel_paths:
+            stem = os.path.splitext(rel)[0]
+            key = stem
+            if not os.path.isfile(os.path.join(ph_dir, *stem.split('/')) + '.npy'):
+                base = stem.rsplit('/', 1)[-1]
+                key = None
+                if os.path.isfile(os.path.join(ph_dir, base + '.npy')):
+                    if len(by_base[base]) == 1:
+                        key = base              # the original's flat naming, unambiguous here
+                    else:
+                        ambiguous.append(rel)
+                        continue
+            if key is None:
                 missing.append(rel)
-            self.paths.append(found)
+            self.keys.append(key)
+            self.paths.append(None if key is None else os.path.join(ph_dir, *key.split('/')) + '.npy')
+        if ambiguous:
+            others = by_base[os.path.splitext(ambiguous[0])[0].rsplit('/', 1)[-1]]
+            raise UserError(f"{len(ambiguous)} images have no diagram under their own path in {ph_dir!r} and share "
+                            f"a flat diagram name with another image ({', '.join(others[:3])} -> "
+                            f"{os.path.basename(os.path.splitext(others[0])[0])}.npy); rerun PHdict.py on the image "
+                            f"folder with -o {ph_dir}, which names diagrams by relative path")
         if missing:
             raise UserError(f"{len(missing)} of {len(rel_paths)} images have no diagram in {ph_dir!r} (first: "
                             f"{', '.join(missing[:3])}); run PHdict.py on the image folder with -o {ph_dir}")
+        self.rel_paths = list(rel_paths)
+
+    def changed(self, root):
+        """The images (below ``root``) whose diagram was not recorded (PHdict's sources.jsonl) as computed from
+        them as they are now; None when the folder has no such record (made by the original or an older
+        version), so nothing can be checked."""
+        from util.provenance import SourceLog, fingerprint
+        log = SourceLog(self.ph_dir)
+        if not log.exists:
+            return None
+        changed = []
+        for rel, key in zip(self.rel_paths, self.keys):
+            source = log.source_of(key + '.npy')
+            try:
+                fp = fingerprint(os.path.join(root, *rel.split('/')))
+            except OSError:
+                fp = None
+            same_name = source == rel or (key != os.path.splitext(rel)[0] and source is not None
+                                          and source.rsplit('/', 1)[-1] == rel.rsplit('/', 1)[-1])
+            if not (same_name and log.fresh(key + '.npy', source, fp)):
+                changed.append(rel)
+        return changed
 
     def label(self, index):
         path = self.paths[index]
@@ -201,24 +251,26 @@ class DiagramDirLabels:
 
 
 class MatrixLabels:
-    """Rows of a consolidated label matrix ``[N, D]`` matched to images by relative path (else basename)."""
+    """Rows of a consolidated label matrix ``[N, D]`` matched to images by their path relative to the image folder,
+    exactly as PHdict.py wrote them (``labels_<type>.txt``); an image without its own row is refused, never given
+    the row of another file with a similar name."""
 
     def __init__(self, matrix, names, rel_paths, source):
         by_rel = {n: i for i, n in enumerate(names)}
-        by_base = {}
-        for i, n in enumerate(names):
-            by_base.setdefault(os.path.splitext(os.path.basename(n))[0], i)
         rows, missing = [], []
         for rel in rel_paths:
             r = by_rel.get(rel)
             if r is None:
-                r = by_base.get(os.path.splitext(os.path.basename(rel))[0])
-            if r is None:
                 missing.append(rel)
             rows.append(r)
         if missing:
+            hint = ''
+            base = {n.rsplit('/', 1)[-1] for n in names}
+            if any(m.rsplit('/', 1)[-1] in base for m in missing[:100]):
+                hint = (" (rows are named by the path relative to the folder PHdict.py read: give -t that same "
+                        "folder)")
             raise UserError(f"{len(missing)} of {len(rel_paths)} images have no row in {source} (first: "
-                            f"{', '.join(missing[:3])}); rerun PHdict.py with --label_type on this folder")
+                            f"{', '.join(missing[:3])}){hint}; rerun PHdict.py with --label_type on this folder")
         self.matrix = matrix
         self.rows = np.asarray(rows, dtype=np.int64)
         self.dim = matrix.shape[1]

@@ -13,6 +13,7 @@ import numpy as np
 
 from util.errors import UserError
 from util.fileio import save_npy, write_json, write_text
+from util.provenance import fingerprint
 from util.vectorise import LABEL_TYPES
 
 
@@ -40,13 +41,48 @@ def read_json(path):
         return None
 
 
-def label_matrix_complete(out_dir, names, paths, info):
-    """True if the label matrix ``names`` in ``out_dir`` exists for exactly ``paths`` and parameters ``info``."""
+def label_matrix_complete(out_dir, names, paths, info, fingerprints=None):
+    """True if the label matrix ``names`` in ``out_dir`` exists for exactly ``paths`` and parameters ``info``
+    (and, given ``fingerprints`` of the inputs in the order of ``paths``, was made from them as they are now)."""
     npy, txt, js = (os.path.join(out_dir, x) for x in names)
     if not (os.path.exists(npy) and os.path.exists(txt) and os.path.exists(js)):
         return False
     old = read_json(js)
-    return old is not None and same_params(old, info) and read_paths(txt) == list(paths)
+    if old is None or not same_params(old, info) or read_paths(txt) != list(paths):
+        return False
+    return fingerprints is None or _same_sources(old.get('sources'), fingerprints)
+
+
+def _source_entry(fp):
+    return None if fp is None else [fp['size'], fp['hash']]
+
+
+def _same_sources(recorded, fingerprints):
+    if not isinstance(recorded, list) or len(recorded) != len(fingerprints):
+        return False
+    return all(r is not None and _source_entry(fp) == list(r) for r, fp in zip(recorded, fingerprints))
+
+
+def stale_rows(meta, root, names, rel_paths):
+    """The images of ``rel_paths`` (below ``root``) whose content differs from what the label matrix described
+    by ``meta`` (its json; rows named ``names``) was computed from.  None when ``meta`` records no sources
+    (a matrix of an older version, or one computed from saved diagrams, ``-it npy``): then nothing can be checked."""
+    recorded = (meta or {}).get('sources')
+    if meta is None or meta.get('imgtype') == 'npy' or not isinstance(recorded, list) \
+            or len(recorded) != len(names):
+        return None
+    row = {n: i for i, n in enumerate(names)}
+    stale = []
+    for rel in rel_paths:
+        i = row.get(rel)
+        entry = recorded[i] if i is not None else None
+        try:
+            now = _source_entry(fingerprint(os.path.join(root, *rel.split('/'))))
+        except OSError:
+            now = None
+        if entry is None or now != list(entry):
+            stale.append(rel)
+    return stale
 
 
 def same_params(a, b):
@@ -54,12 +90,23 @@ def same_params(a, b):
     return all(json.dumps(a.get(k), sort_keys=True) == json.dumps(b.get(k), sort_keys=True) for k in keys)
 
 
-def write_label_matrix(out_dir, names, matrix, paths, info):
-    """Write ``matrix`` float32 ``[N, D]``, its ``N`` paths and ``info`` (json) atomically; json last."""
+def source_entries(fingerprints):
+    """What the json keeps of each input's fingerprint (:mod:`util.provenance`): ``[size, hash]`` (or None)."""
+    return [_source_entry(fp) for fp in fingerprints]
+
+
+def write_label_matrix(out_dir, names, matrix, paths, info, sources=None):
+    """Write ``matrix`` float32 ``[N, D]``, its ``N`` paths and ``info`` (json) atomically; json last.
+
+    ``sources`` (:func:`source_entries` of the inputs, in row order) are stored in the json, so that a reader
+    can tell when an image changed since."""
     npy, txt, js = (os.path.join(out_dir, x) for x in names)
     save_npy(npy, np.asarray(matrix, dtype=np.float32))
     write_text(txt, ''.join(p + '\n' for p in paths))
-    write_json(js, dict(info, count=len(paths), dim=int(matrix.shape[1])))
+    meta = dict(info, count=len(paths), dim=int(matrix.shape[1]))
+    if sources is not None:
+        meta['sources'] = list(sources)
+    write_json(js, meta)
 
 
 def merge_label_shards(out_dir, label_type, n, info, all_files=None):
@@ -77,14 +124,19 @@ def merge_label_shards(out_dir, label_type, n, info, all_files=None):
         meta = read_json(js)
         if meta is None or not same_params(meta, info):
             return None
-        parts.append((np.load(npy), read_paths(txt)))
-    paths = [p for _, ps in parts for p in ps]
-    matrix = np.concatenate([m for m, _ in parts], axis=0)
+        sources = meta.get('sources')
+        parts.append((np.load(npy), read_paths(txt), sources if isinstance(sources, list) else None))
+    paths = [p for _, ps, _ in parts for p in ps]
+    matrix = np.concatenate([m for m, _, _ in parts], axis=0)
+    sources = None
+    if all(src is not None and len(src) == len(ps) for _, ps, src in parts):
+        sources = [x for _, _, src in parts for x in src]
     order = sorted(range(len(paths)), key=paths.__getitem__)
     paths = [paths[i] for i in order]
     if len(set(paths)) != len(paths) or (all_files is not None and paths != sorted(all_files)):
         return None
-    write_label_matrix(out_dir, label_names(label_type), matrix[order], paths, dict(info, shards=n))
+    write_label_matrix(out_dir, label_names(label_type), matrix[order], paths, dict(info, shards=n),
+                       None if sources is None else [sources[i] for i in order])
     return len(paths)
 
 

@@ -69,6 +69,7 @@ def open_run(args, cfg, kind, run_dir=None):
         if checkpoint.get('mode') not in (None, args.learning_mode):
             raise UserError(f"--resume {args.resume}: that run used -lm {checkpoint['mode']}, not -lm "
                             f"{args.learning_mode}")
+        runs.check_resume(run_dir, checkpoint, _settings(args, cfg))
     elif run_dir is None:
         run_dir = runs.make_run_dir(args.output, cfg)
     elif distributed.is_main(cfg):
@@ -77,6 +78,10 @@ def open_run(args, cfg, kind, run_dir=None):
     if distributed.is_main(cfg):
         runs.write_settings(run_dir, _settings(args, cfg), checkpoint)
     return run_dir, checkpoint
+
+
+def _resumed_epoch(checkpoint):
+    return None if checkpoint is None else int(checkpoint['epoch'])
 
 
 def _start(args, cfg, kind, run_dir, train_set, classes, message=None, titles=None):
@@ -184,7 +189,8 @@ def run_pretraining(args, cfg, run_dir=None, phase='pretraining'):
                    weights_name=weights_name, evaluate=evaluate, checkpoint=checkpoint)
     if distributed.is_main(cfg):
         pictures(model, run_dir, filters=True)
-        print(runs.final_message(run_dir, records, weights_name, cfg.epochs, cfg.start_epoch), flush=True)
+        print(runs.final_message(run_dir, records, weights_name, cfg.epochs, cfg.start_epoch,
+                                 _resumed_epoch(checkpoint)), flush=True)
     return models.unwrap(model), records
 
 
@@ -222,7 +228,8 @@ def _fit_classifier(model, train_set, val_set, classes, args, cfg, run_dir, phas
         write_evaluation(bare if classifier is None else classifier(bare), val_set, classes, nn.CrossEntropyLoss(),
                          cfg, run_dir, args.learning_mode)
         pictures(None, run_dir, filters=False)
-        print(runs.final_message(run_dir, records, weights_name, cfg.epochs, cfg.start_epoch), flush=True)
+        print(runs.final_message(run_dir, records, weights_name, cfg.epochs, cfg.start_epoch,
+                                 _resumed_epoch(kw.get('checkpoint'))), flush=True)
     return records
 
 

@@ -66,15 +66,16 @@ def describe(names, total, limit=3):
 
 
 class SourceLog:
-    """The fingerprints of the sources of the per-file outputs in one output folder (``sources.jsonl``).
+    """What each per-file output in one output folder was computed from (``sources.jsonl``).
 
-    ``records[rel]`` = ``{'source': rel_of_source, 'size', 'mtime_ns', 'hash'}`` keyed by the *output* stem
-    relative to the output folder (``cat/x`` for ``cat/x.npy``), so that two sources writing the same output
-    (``x.jpg`` then ``x.png``) are told apart by ``source``.
+    ``records[output]`` = ``{'output', 'source', 'size', 'mtime_ns', 'hash'}``, keyed by the output file's path
+    relative to the output folder (``cat/x.npy``, ``cat/xhist.npy``); ``source`` is the input it was computed
+    from (so ``x.jpg`` and ``x.png``, which would write the same file, are told apart) with its fingerprint.
     """
 
     def __init__(self, out_dir, name=SOURCES_FILE):
         self.path = os.path.join(out_dir, name)
+        self.exists = os.path.exists(self.path)
         self.records = self._read(self.path)
         self._fh = None
 
@@ -93,23 +94,23 @@ class SourceLog:
                 continue
             try:
                 rec = json.loads(line)
-                records[rec['stem']] = rec
+                records[rec['output']] = rec
             except (ValueError, KeyError, TypeError):
                 continue          # a torn last line of a killed run: that output is recomputed
         return records
 
-    def fresh(self, stem, source_rel, fp):
-        """True if the output ``stem`` was recorded as computed from ``source_rel`` with content ``fp``."""
-        rec = self.records.get(stem)
+    def fresh(self, output, source_rel, fp):
+        """True if ``output`` was recorded as computed from ``source_rel`` with the content ``fp`` it has now."""
+        rec = self.records.get(output)
         return rec is not None and rec.get('source') == source_rel and same_content(rec, fp)
 
-    def source_of(self, stem):
-        rec = self.records.get(stem)
+    def source_of(self, output):
+        rec = self.records.get(output)
         return None if rec is None else rec.get('source')
 
-    def record(self, stem, source_rel, fp):
+    def record(self, output, source_rel, fp):
         """Append one record (flushed at once, so a kill loses at most the line being written)."""
-        rec = dict(fp, stem=stem, source=source_rel)
+        rec = dict(fp or {}, output=output, source=source_rel)
         if self._fh is None:
             try:
                 self._fh = open(self.path, 'a', encoding='utf-8')
@@ -123,7 +124,8 @@ class SourceLog:
         except OSError as e:
             raise UserError(f"cannot write {self.path}: {e.strerror}; make room on that disk, then run "
                             "again") from None
-        self.records[stem] = rec
+        self.records[output] = rec
+        self.exists = True
 
     def _ends_with_newline(self):
         with open(self.path, 'rb') as f:

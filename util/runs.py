@@ -187,15 +187,85 @@ def open_checkpoint(resume, kind, arch):
     return os.path.dirname(os.path.abspath(path)), checkpoint
 
 
+# Settings a resumed run may change: how it runs, not what it computes.  Everything else recorded in the run's
+# settings must be given as before (-e may only grow).
+RESUME_FREE = frozenset({
+    'resume', 'run_dir', 'output', 'num_workers', 'log_interval', 'stop_after', 'save_interval',
+    'output_training_images', 'bad_images', 'max_pixels', 'device', 'pidf', 'dist_url', 'rank', 'local_rank',
+    'path2weight',          # the initial weights: a resumed run continues from its checkpoint instead
+    'evaluate', 'phase',
+})
+
+
+def _same_setting(before, now):
+    if before == now:
+        return True
+    if isinstance(before, (list, tuple)) and isinstance(now, (list, tuple)):
+        return list(before) == list(now)
+    if isinstance(before, str) and isinstance(now, str) and before and now:   # the same folder, spelt otherwise
+        return os.path.realpath(before) == os.path.realpath(now)
+    return False
+
+
+def resume_changes(recorded, now, done_epoch):
+    """The changes ``now`` (settings of this invocation) makes to ``recorded`` (the run's settings) that would
+    alter the experiment, as ``['--key: old -> new', ...]``; ``epochs`` may change but not below ``done_epoch``,
+    ``epochs_pre`` may only grow; the keys of :data:`RESUME_FREE` may change freely."""
+    now = jsonable(now)
+    changes = []
+    for key in sorted(set(recorded) | set(now)):
+        if key in RESUME_FREE or key not in recorded or key not in now:
+            continue                  # a setting added by a later version, or one of this invocation alone
+        before, after = recorded[key], now[key]
+        if key == 'epochs':
+            if isinstance(after, int) and after < done_epoch:
+                changes.append(f"--epochs: {after} is below the {done_epoch} epochs already done")
+            continue
+        if key == 'epochs_pre':       # follows -e unless given; a combined run's first phase may only grow
+            if isinstance(after, int) and isinstance(before, int) and after < before:
+                changes.append(f"--epochs_pre: {before} -> {after} (it may only grow)")
+            continue
+        if not _same_setting(before, after):
+            changes.append(f"--{key}: {before!r} -> {after!r}")
+    return changes
+
+
+def check_resume(run_dir, checkpoint, now):
+    """Refuse (UserError listing them) changes that alter the experiment against the run's ``args.json`` (else
+    the settings in its checkpoint)."""
+    recorded = None
+    try:
+        with open(os.path.join(run_dir, 'args.json'), encoding='utf-8') as f:
+            recorded = json.load(f)
+    except (OSError, ValueError):
+        recorded = None
+    if not isinstance(recorded, dict):
+        recorded = checkpoint.get('args') if isinstance(checkpoint.get('args'), dict) else {}
+    changes = resume_changes(recorded, now, int(checkpoint['epoch']))
+    if changes:
+        shown = '; '.join(changes[:6]) + ('; ...' if len(changes) > 6 else '')
+        raise UserError(f"--resume {run_dir}: {len(changes)} setting(s) differ from that run's args.json: {shown}; "
+                        "give them as the run had them (only workers, intervals, --stop_after and a larger -e may "
+                        "change), or start a new run without --resume")
+
+
 def write_settings(run_dir, settings, checkpoint=None):
     """``args.json`` of a fresh run, or ``args_resume_epoch{E}.json`` when continuing ``checkpoint``."""
     name = 'args.json' if checkpoint is None else f"args_resume_epoch{checkpoint['epoch'] + 1}.json"
     fileio.write_json(os.path.join(run_dir, name), jsonable(settings))
 
 
-def final_message(run_dir, records, weights_name, epochs, start_epoch=1):
-    """The closing line: where the final weights are, or how to continue a run stopped early."""
-    last = records[-1]['epoch'] if records else start_epoch - 1
+def final_message(run_dir, records, weights_name, epochs, start_epoch=1, resumed_epoch=None):
+    """The closing line: where the final weights are, or how to continue a run stopped early.
+
+    ``resumed_epoch``: the last epoch of the checkpoint this invocation resumed (None for a fresh run)."""
+    if records:
+        last = records[-1]['epoch']
+    else:
+        last = start_epoch - 1 if resumed_epoch is None else resumed_epoch
+        if resumed_epoch is not None and last >= epochs:
+            return (f"nothing to do: {run_dir} had already finished all {epochs} epochs; weights: "
+                    f"{os.path.join(run_dir, weights_name.format(epoch=epochs))} (give a larger -e to train further)")
     if last >= epochs:
         return f"weights: {os.path.join(run_dir, weights_name.format(epoch=epochs))}"
     return f"stopped after epoch {last} of {epochs}; continue with --resume {run_dir}"
