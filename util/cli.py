@@ -4,7 +4,7 @@ import functools
 import os
 import sys
 
-from util import distributed, fileio, modes
+from util import compat, distributed, fileio, modes
 from util.config import AugmentConfig, TrainConfig, from_mapping
 from util.engine import OPTIMIZERS
 from util.random_image import GeneratorConfig
@@ -263,11 +263,13 @@ def get_args_parser(default_mode, description='', epilog=None):
                                   refuse=TRAINING_FLAGS, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser)
     add_mode_args(parser, default_mode=default_mode)
+    compat.training_compat(parser)   # the original's later names and value shapes (docs/compat.md)
     return parser
 
 
 def main(args):
     """Check the flags, then run the mode ``args.learning_mode`` (spawning ``-ws`` processes when asked)."""
+    compat.resolve_special_values(args)
     check_common_args(args)
     check_mode_args(args)
     job = functools.partial(modes.run, args, train_config(args))
