@@ -131,7 +131,7 @@ class PrecomputedOrColour(argparse.Action):
 
     def __init__(self, option_strings, dest, **kwargs):
         kwargs.update(nargs='?', default=argparse.SUPPRESS, metavar='P')
-        super().__init__(option_strings, dest=argparse.SUPPRESS, **kwargs)
+        super().__init__(option_strings, dest='precomputed', **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None):
         if values is None:
@@ -179,9 +179,25 @@ PHDICT_ALIASES = {
 }
 
 
+class _SwappedRate(argparse._StoreAction):
+    """``-lrf``/``-lrp`` keep the first version's meaning (``-lrf`` = --lr_pre); the later version swapped
+    them, so the short names are never taken silently: a line says which rate was set."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if option_string in ('-lrf', '-lrp'):
+            _log(f"note: {option_string} {values:g} sets --{self.dest} (the original's first meaning; its later "
+                 f"versions read {option_string} as --{'lr_fine' if self.dest == 'lr_pre' else 'lr_pre'}); "
+                 f"prefer the long names")
+        super().__call__(parser, namespace, values, option_string)
+
+
 def training_compat(parser):
     """The original's later flags on the parser of pretraining.py / finetuning.py."""
     add_aliases(parser, TRAINING_ALIASES)
+    for flag in ('-lrf', '-lrp'):
+        action = parser._option_string_actions.get(flag)
+        if action is not None and type(action) is argparse._StoreAction:
+            action.__class__ = _SwappedRate
     parser.add_argument('--persistence_after_transform', '-pat', dest='persistence', action='store_const',
                         const='post', help="the original's name for -ph post")
     allow_two_values(parser)
