@@ -1691,7 +1691,8 @@ def _concurrent_same(ctx, script):
 
 # The original scripts' option strings (first and later versions) with what each meant there, per script of
 # ours that takes over its role.  Where the original gave one string two meanings over time, the first
-# version's is kept (-lrf/-lrp, -pc, -p, -n) and the other is checked separately below.
+# version's is kept (-pc alone, -p, -n) and the other is checked separately below; -lrf/-lrp, whose two
+# versions swapped them, are refused (no entry here can be a field: the loop then expects a refusal).
 _ORIG_TRAINING = {
     '-o': 'output', '-is': 'img_size', '-j': 'num_workers', '-t': 'train', '-val': 'val', '-t2': 'ph_train',
     '-v2': 'ph_val', '-pd': 'path2PHdir', '-pw': 'path2weight', '-c': 'cache_dir', '--cachedir': 'cache_dir',
@@ -1704,7 +1705,7 @@ _ORIG_TRAINING = {
     '--label_type': 'label_type', '--label_type_pt': 'label_type', '-pat': 'persistence',
     '--persistence_after_transform': 'persistence', '-f': 'filtration',
     '--filtration': 'filtration', '-g': 'gradient', '-u': 'usenet', '-nd': 'ph_dims', '--numof_dims_pt': 'ph_dims',
-    '-lrf': 'lr_pre', '-lrp': 'lr_fine', '-lrd': 'lr_drop', '--lr_drop': 'lr_drop', '-m': 'momentum',
+    '-lrf': 'refused', '-lrp': 'refused', '-lrd': 'lr_drop', '--lr_drop': 'lr_drop', '-m': 'momentum',
     '--momentum': 'momentum', '-wd': 'weight_decay', '-op': 'optimizer', '-fe': 'freeze_encoder',
     '-lm': 'learning_mode', '--dist-url': 'dist_url', '--dist-backend': 'pidf', '-p': 'pidf', '-ws': 'world_size',
     '-e': 'epochs', '--start_epoch': 'start_epoch', '--start-epoch': 'start_epoch', '-b': 'batch_size',

@@ -179,25 +179,9 @@ PHDICT_ALIASES = {
 }
 
 
-class _SwappedRate(argparse._StoreAction):
-    """``-lrf``/``-lrp`` keep the first version's meaning (``-lrf`` = --lr_pre); the later version swapped
-    them, so the short names are never taken silently: a line says which rate was set."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        if option_string in ('-lrf', '-lrp'):
-            _log(f"note: {option_string} {values:g} sets --{self.dest} (the original's first meaning; its later "
-                 f"versions read {option_string} as --{'lr_fine' if self.dest == 'lr_pre' else 'lr_pre'}); "
-                 f"prefer the long names")
-        super().__call__(parser, namespace, values, option_string)
-
-
 def training_compat(parser):
     """The original's later flags on the parser of pretraining.py / finetuning.py."""
     add_aliases(parser, TRAINING_ALIASES)
-    for flag in ('-lrf', '-lrp'):
-        action = parser._option_string_actions.get(flag)
-        if action is not None and type(action) is argparse._StoreAction:
-            action.__class__ = _SwappedRate
     parser.add_argument('--persistence_after_transform', '-pat', dest='persistence', action='store_const',
                         const='post', help="the original's name for -ph post")
     allow_two_values(parser)
@@ -276,7 +260,8 @@ def check_ph_folder(folder, gradient, filtration):
 
 def resolve_special_values(args, log=_log):
     """Apply the original's special flag values to a training Namespace, in place; log each decision."""
-    if getattr(args, 'path2PHdir', '') == ON_THE_FLY:
+    explicit_on_the_fly = getattr(args, 'path2PHdir', '') == ON_THE_FLY
+    if explicit_on_the_fly:
         args.path2PHdir = ''
         log("-pd on_the_fly: PH labels are computed from the images during training")
     explicit_generate = False
@@ -297,7 +282,7 @@ def resolve_special_values(args, log=_log):
         args.path2weight = newest_weights(pw)
         log(f"-pw {pw}: using its newest weights file {args.path2weight}")
     if getattr(args, 'path2PHdir', None) == '' and getattr(args, 'persistence', 'pre') == 'pre' \
-            and not explicit_generate and getattr(args, 'label_type', None) != 'class':
+            and not (explicit_generate or explicit_on_the_fly) and getattr(args, 'label_type', None) != 'class':
         mode = getattr(args, 'learning_mode', 'pretraining')
         images = {'pretraining': getattr(args, 'train', None),
                   'combined': getattr(args, 'ph_train', None),

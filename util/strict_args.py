@@ -70,6 +70,10 @@ TRAINING_FLAGS = {
     '-pp': PP_HINT, '--persImg_power': PP_HINT,
     '-sf': "each run gets its own dated folder under -o; choose -o instead of a suffix",
     '--suffix': "each run gets its own dated folder under -o; choose -o instead of a suffix",
+    '-lrf': "it meant --lr_pre in the original's first version and --lr_fine in its later ones; give --lr_pre or "
+            "--lr_fine",
+    '-lrp': "it meant --lr_fine in the original's first version and --lr_pre in its later ones; give --lr_fine or "
+            "--lr_pre",
     '-lrd': "the learning-rate schedule is chosen by --optimizer (e.g. sgd_cos) here",
     '--lr_drop': "the learning-rate schedule is chosen by --optimizer (e.g. sgd_cos) here",
     '-nc2': "use -nd/--ph_dims", '--numof_classes2': "use -nd/--ph_dims", '--numof_classes_pt': "use -nd/--ph_dims",
@@ -123,7 +127,9 @@ def not_used_by(script, table=None):
 
 PREDICT_FLAGS = not_used_by('predict.py', {
     '-t': "give the image folder as the first argument (or -val DIR)",
+    '--train': "give the image folder as the first argument (or -val DIR)",
     '-nc': "the number of classes is read from the weights", '-s': "prediction is deterministic; no seed",
+    '--seed': "prediction is deterministic; no seed",
 })
 
 VISMAP_FLAGS = not_used_by('visMap.py')
