@@ -183,7 +183,7 @@ def training_compat(parser):
     """The original's later flags on the parser of pretraining.py / finetuning.py."""
     add_aliases(parser, TRAINING_ALIASES)
     parser.add_argument('--persistence_after_transform', '-pat', dest='persistence', action='store_const',
-                        const='post', help="the original's name for -ph post")
+                        const='post', default=argparse.SUPPRESS, help="the original's name for -ph post")
     allow_two_values(parser)
     accept_original_label_types(parser)
     split_pc(parser)
