@@ -23,7 +23,6 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-import argparse  # noqa: E402
 import platform  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
@@ -34,6 +33,7 @@ import numpy as np  # noqa: E402
 from util import ph  # noqa: E402
 from util.errors import UserError, run_cli  # noqa: E402
 from util.fileio import load_image  # noqa: E402
+from util.strict_args import StrictArgumentParser  # noqa: E402
 
 TARGETS = {'ph': 4.0, 'phdict': 3.5, 'loader': 4.0}
 
@@ -166,8 +166,8 @@ def _loader_stages(n, img_size, crop_size, repeats, label_dim, lb, pretrain_tran
                    generate_image, make_vectoriser, Image):
     cfg = GeneratorConfig(img_size=img_size, prob_binary=lb.DEFAULT_PROB_BINARY, prob_colour=0.0)
     cfg.validate()
-    spatial, to_tensor = pretrain_transforms(argparse.Namespace(img_size=img_size, crop_size=crop_size,
-                                                                affine=False))
+    from util.config import AugmentConfig
+    spatial, to_tensor = pretrain_transforms(AugmentConfig(img_size=img_size, crop_size=crop_size))
     vec = make_vectoriser('histogram', label_dim, max_life=lb.MAX_LIFE, max_birth=lb.MAX_BIRTH,
                           bandwidth=lb.BANDWIDTH)
     q = label_dim // 4
@@ -291,7 +291,6 @@ def run(n_images=100, workers=2, size=256, repeats=3, loader_images=384, stage_i
 
 
 def get_args_parser():
-    from util.strict_args import StrictArgumentParser
     p = StrictArgumentParser(description="Union-find PH engine vs cripser: PH alone, PHdict's whole chain, "
                                             "the on-the-fly loader.", allow_abbrev=False)
     p.add_argument('--n_images', '-n', type=int, default=100, help="images for (a) and (b) (default: %(default)s)")
