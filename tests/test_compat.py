@@ -323,3 +323,19 @@ def test_animal_from_local_files(tmp_path, capsys):
     out = tmp_path / 'data' / 'animal'
     counts = {s: {c: len(os.listdir(out / s / c)) for c in ('cat', 'dog')} for s in ('train', 'val')}
     assert counts == {'train': {'cat': 8, 'dog': 4}, 'val': {'cat': 2, 'dog': 1}}
+
+
+def test_training_main_applies_the_special_values(tmp_path, monkeypatch, capsys):
+    """pretraining.py/finetuning.py resolve them before anything runs (and log each one)."""
+    from util import cli
+    seen = {}
+    monkeypatch.setattr(cli.modes, 'run', lambda args, cfg: seen.setdefault('args', args) and 0)
+    (tmp_path / 'w').mkdir()
+    (tmp_path / 'w' / 'resnet18_epoch3.pth').write_bytes(b'x')
+    args = cli.get_args_parser('finetuning').parse_args(
+        ['-pw', str(tmp_path / 'w'), '-pd', 'on_the_fly', '-o', str(tmp_path / 'out'), '-lm', 'finetuning'])
+    cli.main(args)
+    assert seen['args'].path2weight == str(tmp_path / 'w' / 'resnet18_epoch3.pth')
+    assert seen['args'].path2PHdir == ''
+    err = capsys.readouterr().err
+    assert 'resnet18_epoch3.pth' in err and 'on_the_fly' in err

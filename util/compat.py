@@ -29,9 +29,9 @@ ORIGINAL_LABEL_TYPES = {
     'persistence_betticurve': 'betti_curve', 'persistence_landscape': 'landscape', 'class': 'class',
 }
 RAW_GRID_REASON = {
-    'raw': "a raw diagram (a variable number of (birth, death) pairs, in no fixed order) is no regression "
-           "target of fixed length and order; the original read it back as-is and could not batch it. "
-           "Use histogram, persistence_image, betti_curve or landscape",
+    'raw': "the original's target was the diagram itself, a variable number of (birth, death) pairs in no "
+           "fixed order, which cannot be batched or regressed as it is; the fixed-length summaries of a "
+           "diagram here are histogram, persistence_image, betti_curve and landscape",
     'grid': "the original lists 'grid' among its choices but never computes it (its loader stops with "
             "'Unknown label type'); there is nothing to reproduce",
 }
