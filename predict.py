@@ -226,6 +226,10 @@ def main(args):
         raise UserError(f"--topk must be at least 1 (got {args.topk})")
     if args.batch_size < 1 or args.num_workers < 0:
         raise UserError("--batch_size must be at least 1 and --num_workers at least 0")
+    if os.path.isdir(args.path2weight):     # the original's -pw FOLDER: its newest weights file
+        from util.compat import newest_weights
+        folder, args.path2weight = args.path2weight, newest_weights(args.path2weight)
+        print(f"-pw {folder}: using its newest weights file {args.path2weight}", file=sys.stderr, flush=True)
     if not os.path.isfile(args.path2weight):
         raise UserError(f"-pw {args.path2weight!r}: no such weights file")
     fileio.set_max_pixels(args.max_pixels)

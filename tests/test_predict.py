@@ -174,6 +174,7 @@ def test_report_on_a_labelled_folder_matches_scikit_learn(run, tmp_path, capsys)
     assert (tmp_path / 'pred_report.txt').read_text() in text
 
 
+@pytest.mark.filterwarnings('ignore:A single label was found')
 def test_metrics_match_scikit_learn_with_absent_classes():
     skm = pytest.importorskip('sklearn.metrics')
     from util import metrics
@@ -201,3 +202,9 @@ def test_positional_and_val_are_one_folder(run, images, tmp_path):
         predict_in_process(images, '-val', images, '-pw', run / 'ft_resnet18_epoch1.pth', '-o', tmp_path / 'p.csv')
     with pytest.raises(UserError, match='-val DIR'):
         predict_in_process('-pw', run / 'ft_resnet18_epoch1.pth', '-o', tmp_path / 'p.csv')
+
+
+def test_pw_folder_means_its_newest_weights(run, images, tmp_path, capsys):
+    out = tmp_path / 'p.csv'
+    assert predict_in_process(images / 'a.png', '-pw', run, '-o', out, '-nw', '0') == 0
+    assert 'ft_resnet18_epoch1.pth' in capsys.readouterr().err and read_csv(out)[1][0] == 'a.png'
