@@ -47,7 +47,7 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
-from util import ph
+from util import compat, ph
 from util.errors import UserError, run_cli
 from util.fileio import add_max_pixels_arg, ensure_dir, list_images, refuse_output_inside, require_dir, save_npy, \
     set_max_pixels, write_json
@@ -139,6 +139,7 @@ def get_args_parser():
                          "the other flags also set the -ch histogram and the -cpi persistence image")
     add_label_args(group, max_life='-ml', max_birth='-mb', bandwidth='-b', sigma='-s')
     p.set_defaults(label_type=None)
+    compat.phdict_compat(p)   # the original's later names and value shapes (docs/compat.md)
     return p
 
 

@@ -32,7 +32,11 @@ def get_args_parser():
                '  python predict.py photos -pw ft.pth --classes names.txt -u resnet18 --img_size 40 '
                '--crop_size 32 --topk 3 -o out.csv\n',
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('images', help='folder of images (searched recursively) or one image file')
+    p.add_argument('images', nargs='?', default=None,
+                   help='folder of images (searched recursively) or one image file; when the folder has '
+                        'sub-folders named after the classes, they are the ground truth and a report is written')
+    p.add_argument('--val', '-val', default=None, metavar='DIR', help="the same as the folder argument (the "
+                   "original's name)")
     p.add_argument('--path2weight', '-pw', required=True, help='fine-tuned weights (ft_{usenet}_epoch{E}.pth, or '
                    'the checkpoint.pth of a fine-tuning run)')
     p.add_argument('--classes', default=None, help='class names: a JSON list (classes.json) or a text file with '
@@ -54,6 +58,8 @@ def get_args_parser():
                    '%(default)s)')
     fileio.add_max_pixels_arg(p)
     p.add_argument('--device', default=None, help="'cuda', 'cpu', ... (default: cuda when available)")
+    from util.compat import add_aliases
+    add_aliases(p, {'-is': 'img_size', '-cs': 'crop_size', '-j': 'num_workers'})   # the original's names
     return p
 
 
@@ -180,15 +186,57 @@ def predict(model, dataset, args, k):
     return results
 
 
+def ground_truth(rel, names):
+    """{index: class index} when every image lies in a sub-folder named after a class, else None."""
+    where = {n: i for i, n in enumerate(names)}
+    top = [r.split('/', 1)[0] if '/' in r else None for r in rel]
+    if not rel or any(t not in where for t in top):
+        return None
+    return {i: where[t] for i, t in enumerate(top)}
+
+
+def report_paths(output):
+    """(report text, confusion matrix CSV, metrics JSON) paths written next to the predictions CSV."""
+    stem = os.path.splitext(output)[0]
+    return stem + '_report.txt', stem + '_confusion.csv', stem + '_metrics.json'
+
+
+def write_report(output, names, truth, ranked):
+    """Print and write the classification report of the labelled images (see :mod:`util.metrics`)."""
+    from util import fileio, metrics
+    report = metrics.classification_report(truth, ranked, names)
+    text = metrics.format_report(report)
+    txt, conf, js = report_paths(output)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator='\n')
+    writer.writerow(['truth \\ predicted'] + list(names))
+    for n, row in zip(names, report['confusion']):
+        writer.writerow([n] + row)
+    fileio.write_text(conf, buffer.getvalue())
+    fileio.write_text(txt, text)
+    fileio.write_text(js, json.dumps(report, indent=1) + '\n')
+    print(f"sub-folders named after the classes: top-1 accuracy {100.0 * report['accuracy']:.2f}% over "
+          f"{report['n']} images\n" + text + f"report: {txt}, {conf}, {js}", flush=True)
+    return report
+
+
 def main(args):
     from util import fileio
     if args.topk < 1:
         raise UserError(f"--topk must be at least 1 (got {args.topk})")
     if args.batch_size < 1 or args.num_workers < 0:
         raise UserError("--batch_size must be at least 1 and --num_workers at least 0")
+    if os.path.isdir(args.path2weight):     # the original's -pw FOLDER: its newest weights file
+        from util.compat import newest_weights
+        folder, args.path2weight = args.path2weight, newest_weights(args.path2weight)
+        print(f"-pw {folder}: using its newest weights file {args.path2weight}", file=sys.stderr, flush=True)
     if not os.path.isfile(args.path2weight):
         raise UserError(f"-pw {args.path2weight!r}: no such weights file")
     fileio.set_max_pixels(args.max_pixels)
+    if (args.images is None) == (args.val is None):
+        raise UserError("give the image folder once: as the first argument or as -val DIR" if args.images is None
+                        else f"two image folders given ({args.images!r} and -val {args.val!r}); give one")
+    args.images = args.images or args.val
     root, rel = list_inputs(args.images)       # input errors are reported before torch is imported (seconds)
     check_output(args, root, rel)
     import torch
@@ -205,24 +253,25 @@ def main(args):
                                     transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     results = predict(model, ImageList([os.path.join(root, r) for r in rel], transform), args, k)
 
+    truth = ground_truth(rel, names)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator='\n')
-    writer.writerow(['path'] + [c for j in range(1, k + 1) for c in (f'top{j}', f'top{j}_prob')])
+    writer.writerow(['path'] + [c for j in range(1, k + 1) for c in (f'top{j}', f'top{j}_prob')]
+                    + (['truth'] if truth else []))
     for i, path in enumerate(rel):
         if i in results:
             idx, p = results[i]
-            writer.writerow([path] + [v for c, q in zip(idx, p) for v in (names[c], f'{q:.6f}')])
+            writer.writerow([path] + [v for c, q in zip(idx, p) for v in (names[c], f'{q:.6f}')]
+                            + ([names[truth[i]]] if truth else []))
     out_dir = os.path.dirname(os.path.abspath(args.output))
     fileio.ensure_dir(out_dir, 'output folder')
     fileio.write_text(args.output, buffer.getvalue())
 
     bad = [rel[i] for i in range(len(rel)) if i not in results]
     print(f"{len(results)} images labelled with {len(names)} classes (top {k}) -> {args.output}", flush=True)
-    truth = [r.split('/', 1)[0] for r in rel if '/' in r]
-    if len(truth) == len(rel) and set(truth) <= set(names) and results:
-        correct = sum(names[results[i][0][0]] == truth[i] for i in results)
-        print(f"sub-folders named after the classes: top-1 accuracy {100.0 * correct / len(results):.2f}% "
-              f"over {len(results)} images", flush=True)
+    if truth and results:
+        write_report(args.output, names, [truth[i] for i in sorted(results)],
+                     [results[i][0] for i in sorted(results)])
     if bad:
         print(f"{len(bad)} image(s) could not be read and are not in the CSV: " + ', '.join(bad[:10])
               + (' ...' if len(bad) > 10 else ''), file=sys.stderr, flush=True)

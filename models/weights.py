@@ -7,7 +7,9 @@ arbitrary pickled objects is refused before anything in it can run):
 * a training checkpoint: a dict holding the state dict under ``'model'`` (or ``'state_dict'`` /
   ``'model_state_dict'``) next to ``'optimizer'``, ``'epoch'``, ``'args'`` (a plain dict), ...;
 * either of the above with keys prefixed by ``module.`` (DataParallel / DDP) and/or ``_orig_mod.``
-  (``torch.compile``), in any combination.
+  (``torch.compile``), in any combination;
+* a MoCo checkpoint (``module.encoder_q.*``, or MoCo v3's ``module.base_encoder.*``): its query encoder is
+  taken and its projection head dropped (see :func:`moco_encoder`).
 """
 import os
 import re
@@ -74,17 +76,44 @@ def strip_prefixes(state_dict):
     return {'.'.join(p for p in k.split('.') if p != '_orig_mod'): v for k, v in sd.items()}
 
 
+MOCO_QUERY_PREFIXES = ('encoder_q.', 'base_encoder.')
+MOCO_OTHER_PREFIXES = ('encoder_k.', 'momentum_encoder.', 'predictor.')
+MOCO_BUFFERS = ('queue', 'queue_ptr')
+PROJECTION_HEADS = ('fc', 'head', 'heads', 'classifier')
+
+
+def moco_encoder(state_dict):
+    """``(encoder state dict, note)`` of a MoCo state dict (prefixes already stripped), else
+    ``(state_dict, None)``.  The query encoder's keys lose their prefix; its projection head (``fc``/``head``...,
+    an MLP or a 128-d projection that is no classifier), the key encoder, the predictor and the queue are
+    dropped; ``note`` counts what was dropped."""
+    query = next((p for p in MOCO_QUERY_PREFIXES if any(k.startswith(p) for k in state_dict)), None)
+    if query is None or not all(k.startswith(MOCO_QUERY_PREFIXES + MOCO_OTHER_PREFIXES) or k in MOCO_BUFFERS
+                                for k in state_dict):
+        return state_dict, None
+    encoder = {k[len(query):]: v for k, v in state_dict.items() if k.startswith(query)}
+    head = [k for k in encoder if k.split('.', 1)[0] in PROJECTION_HEADS]
+    for k in head:
+        del encoder[k]
+    return encoder, {'format': 'moco', 'prefix': query, 'projection_head_dropped': len(head),
+                     'other_dropped': len(state_dict) - len(encoder) - len(head)}
+
+
 def _split_checkpoint(obj, source):
     """``(state_dict, meta)`` from a loaded object; raise :class:`UserError` if it holds no state dict."""
     if not isinstance(obj, Mapping):
         raise UserError(f"{source} holds a {type(obj).__name__}, not a state dict or checkpoint dict")
     candidate = {k: v for k, v in obj.items() if k != 'n_averaged'}
     if _is_tensor_dict(candidate):
-        return strip_prefixes(obj), {}
+        sd, note = moco_encoder(strip_prefixes(obj))
+        return sd, ({'moco': note} if note else {})
     for key in STATE_DICT_KEYS:
         if _is_tensor_dict(obj.get(key)):
             meta = {k: v for k, v in obj.items() if k != key and not _contains_tensor(v)}
-            return strip_prefixes(obj[key]), meta
+            sd, note = moco_encoder(strip_prefixes(obj[key]))
+            if note:
+                meta['moco'] = note
+            return sd, meta
     keys = ", ".join(map(repr, list(obj)[:8]))
     raise UserError(f"{source} is a dict (keys {keys}) but holds no model state dict; expected "
                     f"model.state_dict() or a checkpoint with the state dict under 'model'")
@@ -128,9 +157,14 @@ def as_state_dict(path_or_state_dict):
         return path_or_state_dict
     if isinstance(path_or_state_dict, (str, os.PathLike)):
         sd, meta = read_state_dict(path_or_state_dict)
-        return Weights(sd, meta, repr(os.fspath(path_or_state_dict)))
+        return Weights(sd, meta, repr(os.fspath(path_or_state_dict)) + _moco_suffix(meta))
     sd, meta = _split_checkpoint(path_or_state_dict, 'the given state dict')
-    return Weights(sd, meta, 'the given state dict')
+    return Weights(sd, meta, 'the given state dict' + _moco_suffix(meta))
+
+
+def _moco_suffix(meta):
+    note = meta.get('moco')
+    return (f" (MoCo query encoder {note['prefix'].rstrip('.')}; projection head dropped)" if note else '')
 
 
 def architecture_hint(state_dict, meta):
@@ -156,6 +190,9 @@ def infer_num_classes(path_or_state_dict, arch):
     arch = resolve_arch(arch)
     sd, meta, source = as_state_dict(path_or_state_dict)
     key = main_head_weight_key(skeleton(arch))
+    if key not in sd and meta.get('moco'):
+        raise UserError(f"{source} is a MoCo encoder: it has no classifier head, so the number of classes must "
+                        f"be given")
     if key not in sd:
         guess, how = architecture_hint(sd, meta)
         extra = f"; it looks like weights for {guess} ({how})" if guess else ''

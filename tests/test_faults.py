@@ -1691,20 +1691,21 @@ def _concurrent_same(ctx, script):
 
 # The original scripts' option strings (first and later versions) with what each meant there, per script of
 # ours that takes over its role.  Where the original gave one string two meanings over time, the first
-# version's is kept (-lrf/-lrp, -pc, -p, -n) and the other is checked separately below.
+# version's is kept (-pc alone, -p, -n) and the other is checked separately below; -lrf/-lrp, whose two
+# versions swapped them, are refused (no entry here can be a field: the loop then expects a refusal).
 _ORIG_TRAINING = {
     '-o': 'output', '-is': 'img_size', '-j': 'num_workers', '-t': 'train', '-val': 'val', '-t2': 'ph_train',
-    '-v2': 'ph_val', '-pd': 'path2PHdir', '-pw': 'path2weight', '-c': 'cachedir', '--cachedir': 'cachedir',
+    '-v2': 'ph_val', '-pd': 'path2PHdir', '-pw': 'path2weight', '-c': 'cache_dir', '--cachedir': 'cache_dir',
     '-sf': 'suffix', '--suffix': 'suffix', '--resume': 'resume', '-ar': 'alpha_range', '-br': 'beta_range',
     '-n': 'n_samples', '-nv': 'n_samples_val', '-pb': 'prob_binary', '--prob_colour': 'prob_colour',
     '-ml': 'max_life', '-maxb': 'max_birth', '-minb': 'min_birth', '--max_birth': 'max_birth',
     '--min_birth': 'min_birth', '-aff': 'affine', '-bd': 'bandwidth', '--bandwidth': 'bandwidth',
     '-ps': 'sigma', '--persImg_sigma': 'sigma', '-pp': 'persImg_power', '--persImg_power': 'persImg_power',
     '-pn': 'power', '--persImg_weight': 'power', '--num_landscapes': 'num_landscapes', '-lt': 'label_type',
-    '--label_type': 'label_type', '--label_type_pt': 'label_type', '-pat': 'persistence_after_transform',
-    '--persistence_after_transform': 'persistence_after_transform', '-f': 'filtration',
+    '--label_type': 'label_type', '--label_type_pt': 'label_type', '-pat': 'persistence',
+    '--persistence_after_transform': 'persistence', '-f': 'filtration',
     '--filtration': 'filtration', '-g': 'gradient', '-u': 'usenet', '-nd': 'ph_dims', '--numof_dims_pt': 'ph_dims',
-    '-lrf': 'lr_pre', '-lrp': 'lr_fine', '-lrd': 'lr_drop', '--lr_drop': 'lr_drop', '-m': 'momentum',
+    '-lrf': 'refused', '-lrp': 'refused', '-lrd': 'lr_drop', '--lr_drop': 'lr_drop', '-m': 'momentum',
     '--momentum': 'momentum', '-wd': 'weight_decay', '-op': 'optimizer', '-fe': 'freeze_encoder',
     '-lm': 'learning_mode', '--dist-url': 'dist_url', '--dist-backend': 'pidf', '-p': 'pidf', '-ws': 'world_size',
     '-e': 'epochs', '--start_epoch': 'start_epoch', '--start-epoch': 'start_epoch', '-b': 'batch_size',
@@ -1736,7 +1737,7 @@ _ORIG_DOWNLOADER = {'-o': 'data_file_path', '--data_file_path': 'data_file_path'
                     '--dataset': 'dataset', '--raw_file_path': 'raw_file_path', '-r': 'validation_ratio',
                     '--validation_ratio': 'validation_ratio'}
 _ORIG_PREDICT = {'-pw': 'path2weight', '-u': 'usenet', '-o': 'output', '-b': 'batch_size', '-is': 'img_size',
-                 '-cs': 'crop_size', '-j': 'num_workers', '-t': 'images', '-val': 'images', '-nc': 'numof_classes',
+                 '-cs': 'crop_size', '-j': 'num_workers', '-t': 'images', '-val': 'val', '-nc': 'numof_classes',
                  '-s': 'seed'}
 _PARSERS = {'pretraining': ('pretraining', _ORIG_TRAINING), 'finetuning': ('finetuning', _ORIG_TRAINING),
             'PHdict': ('PHdict', _ORIG_PHDICT), 'random_image': ('util.random_image', _ORIG_RANDOM),
@@ -1790,11 +1791,12 @@ def test_no_abbreviation_is_accepted(name):
 
 
 def test_conflicting_original_meanings_refused():
-    """Where the original's later versions gave our flag a value it does not take, the run stops (exit 2)."""
+    """Where the original's versions gave a flag two readings, the value shape decides (-pc alone: the
+    switch; -pc P: --prob_colour) and anything else stops the run (exit 2); see tests/test_compat.py."""
     pt = _parser('pretraining')
-    ns, rc, err = _parse(pt, ['-pc', '0.5'])          # the later -pc PROB (--prob_colour): ours is a switch
-    assert rc == 2 and '0.5' in err
-    ns, rc, err = _parse(pt, ['-ml', '50', '50'])     # the later -ml L0 L1: ours takes one value
+    ns, rc, err = _parse(pt, ['-pc', '0.5'])          # the later -pc PROB (--prob_colour)
+    assert rc == 0 and ns.prob_colour == 0.5 and ns.precomputed is False
+    ns, rc, err = _parse(_parser('pretraining'), ['-ml', '50', '40'])   # H0 != H1: one range serves both here
     assert rc == 2 and '50' in err
     ns, rc, err = _parse(_parser('PHdict'), ['folder', '-n', '50', '50', '50'])   # the first -n took 3 bins
     assert rc == 2 and '-n' in err
@@ -1815,17 +1817,18 @@ def test_every_parser_disallows_abbreviations():
 
 
 @case(('random_image', 'PHdict', 'pretraining', 'finetuning', 'downloader'),
-      "original's flag we lack, or an abbreviation (-m 0.8, -s 0, -c X, -pat)",
+      "original's flag we lack (-dt, -nc2, -pp, -val2), or an abbreviation (PHdict -m 3)",
       'exit 2: one line naming the flag (and ours, for the original\'s flags); nothing created')
 def _original_flag(ctx, script):
     out = ctx.tmp / 'out'
     ctx.inputs(*base_inputs(script, ctx.data))
-    flags = {'pretraining': [['-m', '0.8'], ['-s', '0'], ['-c', 'X'], ['-pat']], 'finetuning': [['-m', '0.8']],
-             'PHdict': [['-maxb', '3'], ['-m', '3']], 'random_image': [['-p', '0.5']], 'downloader': [['-v', '0.1']]}
+    # (-m, -s, -c, -pat, -maxb are the original's names of flags we have: tests/test_compat.py)
+    flags = {'pretraining': [['-dt', 'x'], ['-nc2', '5'], ['-pp', '1'], ['-val2', 'X']], 'finetuning': [['-nc2', '5']],
+             'PHdict': [['-pp', '3'], ['-m', '3']], 'random_image': [['-p', '0.5']], 'downloader': [['-v', '0.1']]}
     for extra in flags[script]:
         res = run(script, *base_argv(script, ctx.data, out), *extra)
         assert res.rc == 2 and 'Traceback' not in res.err and extra[0] in res.err, res
-        if script in ('pretraining', 'finetuning') or extra[0] == '-maxb':
+        if script in ('pretraining', 'finetuning') or extra[0] == '-pp':
             line = expect_error(res, extra[0], 'original')
             assert 'use -' in line or 'no equivalent' in line, line
     assert not out.exists()

@@ -130,3 +130,81 @@ def test_bad_input_is_one_line(run, run_script, tmp_path):
     res = run_script('predict.py', tmp_path / 'missing', '-pw', run / 'ft_resnet18_epoch1.pth', check=False)
     assert res.returncode == 2 and res.stderr.startswith('error:') and 'does not exist' in res.stderr
     assert 'Traceback' not in res.stderr
+
+
+def test_report_on_a_labelled_folder_matches_scikit_learn(run, tmp_path, capsys):
+    """-val DIR with class sub-folders: CSV gains the truth; confusion matrix, per-class precision/recall/F1,
+    top-1/top-k and MCC are printed and written, equal to scikit-learn's on the same predictions."""
+    skm = pytest.importorskip('sklearn.metrics')
+    rng = np.random.default_rng(7)
+    truth, probs = [], []
+    for c, cls in enumerate(CLASSES):
+        (tmp_path / 'val' / cls).mkdir(parents=True)
+        for i in range(3):
+            path = tmp_path / 'val' / cls / f'{i}.png'
+            Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(path)
+            truth.append(c)
+            probs.append(expected_probs(run, path))
+    out = tmp_path / 'pred.csv'
+    assert predict_in_process('-val', tmp_path / 'val', '-pw', run / 'ft_resnet18_epoch1.pth', '-o', out,
+                              '-nw', '0', '-k', '2') == 0
+    pred = [int(np.argmax(p)) for p in probs]
+    rows = read_csv(out)
+    assert rows[0] == ['path', 'top1', 'top1_prob', 'top2', 'top2_prob', 'truth']
+    assert [r[-1] for r in rows[1:]] == [CLASSES[t] for t in truth]
+    assert [r[1] for r in rows[1:]] == [CLASSES[p] for p in pred]
+    report = json.loads((tmp_path / 'pred_metrics.json').read_text())
+    labels = list(range(3))
+    assert report['confusion'] == skm.confusion_matrix(truth, pred, labels=labels).tolist()
+    p, r, f, s = skm.precision_recall_fscore_support(truth, pred, labels=labels, zero_division=0)
+    got = report['per_class']
+    assert np.allclose([g['precision'] for g in got], p) and np.allclose([g['recall'] for g in got], r)
+    assert np.allclose([g['f1'] for g in got], f) and [g['support'] for g in got] == s.tolist()
+    for avg in ('macro', 'weighted'):
+        ap, ar, af, _ = skm.precision_recall_fscore_support(truth, pred, average=avg, zero_division=0)
+        assert np.allclose([report[avg][k] for k in ('precision', 'recall', 'f1')], [ap, ar, af])
+    assert report['mcc'] == pytest.approx(skm.matthews_corrcoef(truth, pred), abs=1e-12)
+    assert report['accuracy'] == pytest.approx(skm.accuracy_score(truth, pred))
+    assert report['top5_k'] == 2
+    assert report['top5'] == pytest.approx(skm.top_k_accuracy_score(truth, np.array(probs), k=2, labels=labels))
+    text = capsys.readouterr().out
+    assert 'confusion matrix' in text and 'precision' in text and 'Matthews correlation' in text
+    conf = read_csv(tmp_path / 'pred_confusion.csv')
+    assert conf[0][1:] == CLASSES and [list(map(int, row[1:])) for row in conf[1:]] == report['confusion']
+    assert (tmp_path / 'pred_report.txt').read_text() in text
+
+
+@pytest.mark.filterwarnings('ignore:A single label was found')
+def test_metrics_match_scikit_learn_with_absent_classes():
+    skm = pytest.importorskip('sklearn.metrics')
+    from util import metrics
+    rng = np.random.default_rng(3)
+    for trial in range(20):
+        n, k = 5, int(rng.integers(1, 40))
+        truth = rng.integers(0, n - 1, k)               # class 4 never true; some never predicted
+        ranked = np.argsort(rng.random((k, n)), axis=1)
+        ranked[:, 0] = np.where(rng.random(k) < 0.5, truth, ranked[:, 0])
+        rep = metrics.classification_report(truth, ranked, [str(i) for i in range(n)])
+        pred = ranked[:, 0]
+        assert rep['confusion'] == skm.confusion_matrix(truth, pred, labels=list(range(n))).tolist()
+        assert rep['mcc'] == pytest.approx(skm.matthews_corrcoef(truth, pred), abs=1e-12)
+        p, r, f, _ = skm.precision_recall_fscore_support(truth, pred, labels=list(range(n)), zero_division=0)
+        assert np.allclose([c['f1'] for c in rep['per_class']], f)
+        assert np.allclose([c['precision'] for c in rep['per_class']], p)
+        ap, ar, af, _ = skm.precision_recall_fscore_support(truth, pred, average='macro', zero_division=0)
+        assert np.allclose([rep['macro'][m] for m in ('precision', 'recall', 'f1')], [ap, ar, af])
+        assert rep['top5'] == pytest.approx(np.mean([t in row[:5] for t, row in zip(truth, ranked)]))
+
+
+def test_positional_and_val_are_one_folder(run, images, tmp_path):
+    from util.errors import UserError
+    with pytest.raises(UserError, match='give one'):
+        predict_in_process(images, '-val', images, '-pw', run / 'ft_resnet18_epoch1.pth', '-o', tmp_path / 'p.csv')
+    with pytest.raises(UserError, match='-val DIR'):
+        predict_in_process('-pw', run / 'ft_resnet18_epoch1.pth', '-o', tmp_path / 'p.csv')
+
+
+def test_pw_folder_means_its_newest_weights(run, images, tmp_path, capsys):
+    out = tmp_path / 'p.csv'
+    assert predict_in_process(images / 'a.png', '-pw', run, '-o', out, '-nw', '0') == 0
+    assert 'ft_resnet18_epoch1.pth' in capsys.readouterr().err and read_csv(out)[1][0] == 'a.png'

@@ -13,7 +13,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from util.download import DATASET_NAMES, download_dataset, load_sources_file  # noqa: E402
+from util.download import DATASET_NAMES, LOCAL_ONLY, download_dataset, load_sources_file, \
+    setup_local_dataset  # noqa: E402
 from util.errors import UserError, run_cli  # noqa: E402
 from util.strict_args import StrictArgumentParser  # noqa: E402
 
@@ -22,8 +23,11 @@ def get_args_parser():
     parser = StrictArgumentParser(allow_abbrev=False, 
         description='Download an image dataset, verify it against its published checksum and write '
                     '<data_file_path>/<dataset>/{train,val}/<class>/ image folders (val = official test split).')
-    parser.add_argument('--dataset', '-d', required=True, choices=DATASET_NAMES, metavar='NAME',
-                        help='dataset to download (required): ' + ', '.join(DATASET_NAMES))
+    parser.add_argument('--dataset', '-d', required=True, choices=DATASET_NAMES + LOCAL_ONLY, metavar='NAME',
+                        help='dataset to download (required): ' + ', '.join(DATASET_NAMES) + '; animal '
+                             '(the original\'s non-rigid shapes) is not downloadable any more: put its unpacked '
+                             'non_rigid_shape_A/B class folders in --raw_file_path and it is split into '
+                             'train/ and val/')
     parser.add_argument('--raw_file_path', default='', metavar='DIR',
                         help='folder where the downloaded archives are kept (and unpacked); an archive you '
                              'place there yourself is used if its checksum matches; '
@@ -54,8 +58,12 @@ def main(args):
     data_dir = os.path.expanduser(args.data_file_path)
     raw_dir = os.path.expanduser(args.raw_file_path) if args.raw_file_path else \
         os.path.join(data_dir, 'raw', args.dataset)
-    result = download_dataset(args.dataset, raw_dir, data_dir, sources=sources,
-                              val_ratio=args.validation_ratio, progress=not args.no_progress)
+    if args.dataset in LOCAL_ONLY:
+        result = setup_local_dataset(args.dataset, raw_dir, data_dir, val_ratio=args.validation_ratio,
+                                     progress=not args.no_progress)
+    else:
+        result = download_dataset(args.dataset, raw_dir, data_dir, sources=sources,
+                                  val_ratio=args.validation_ratio, progress=not args.no_progress)
     for split in ('train', 'val'):
         counts = result[split]
         if counts is None:

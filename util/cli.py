@@ -4,7 +4,7 @@ import functools
 import os
 import sys
 
-from util import distributed, fileio, modes
+from util import compat, distributed, fileio, modes
 from util.config import AugmentConfig, TrainConfig, from_mapping
 from util.engine import OPTIMIZERS
 from util.random_image import GeneratorConfig
@@ -72,12 +72,12 @@ def add_common_args(parser):
     g.add_argument('--freeze_encoder', '-fe', action='store_true', help='train only the new head (linear probe)')
 
     g = parser.add_argument_group('optimisation')
-    # The original wired these two short flags the wrong way round; the long names keep their meaning.
-    g.add_argument('--lr_pre', '-lrf', default=0.1, type=float, help='learning rate for pretraining '
-                   '(default: %(default)s). Note: -lrf sets this one, as in the original, whose short names '
-                   'for the two rates are swapped; prefer the long names')
-    g.add_argument('--lr_fine', '-lrp', default=0.01, type=float, help='learning rate for fine-tuning '
-                   '(default: %(default)s). Note: -lrp sets this one (swapped, as in the original)')
+    # The original's -lrf/-lrp meant --lr_pre/--lr_fine in its first version and the reverse later: both are
+    # refused by name (util/strict_args.TRAINING_FLAGS); the long names mean what they say.
+    g.add_argument('--lr_pre', default=0.1, type=float, help='learning rate for pretraining '
+                   '(default: %(default)s)')
+    g.add_argument('--lr_fine', default=0.01, type=float, help='learning rate for fine-tuning '
+                   '(default: %(default)s)')
     g.add_argument('--momentum', default=TrainConfig.momentum, type=float, help='SGD momentum (default: %(default)s)')
     g.add_argument('--weight_decay', '-wd', default=TrainConfig.weight_decay, type=float,
                    help='weight decay (default: %(default)s)')
@@ -263,11 +263,13 @@ def get_args_parser(default_mode, description='', epilog=None):
                                   refuse=TRAINING_FLAGS, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser)
     add_mode_args(parser, default_mode=default_mode)
+    compat.training_compat(parser)   # the original's later names and value shapes (docs/compat.md)
     return parser
 
 
 def main(args):
     """Check the flags, then run the mode ``args.learning_mode`` (spawning ``-ws`` processes when asked)."""
+    compat.resolve_special_values(args)
     check_common_args(args)
     check_mode_args(args)
     job = functools.partial(modes.run, args, train_config(args))

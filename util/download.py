@@ -830,3 +830,45 @@ def download_dataset(name, raw_dir, data_dir, sources=None, val_ratio=0.2, progr
                                                 md5=src.checksum, progress=progress)
     result.update(_convert(name, raw_paths, raw_dir, out_root, val_ratio, progress))
     return result
+
+
+# ----------------------------------------------------------------------------------------------------
+# the original's 'animal' choice: its source (a Google Pages site) is gone, so the files must be local
+# ----------------------------------------------------------------------------------------------------
+
+LOCAL_ONLY = ('animal',)
+ANIMAL_SETS = ('non_rigid_shape_A', 'non_rigid_shape_B')
+
+
+def setup_local_dataset(name, raw_dir, data_dir, val_ratio=0.2, progress=True):
+    """``animal`` (the original's non-rigid shape dataset): split the class folders found in ``raw_dir``
+    (``non_rigid_shape_A/<class>/<image>`` and/or ``non_rigid_shape_B/<class>/<image>``, as the original
+    expected them unpacked) into ``<data_dir>/animal/{train,val}/<class>/``; returns as :func:`download_dataset`."""
+    roots = [os.path.join(raw_dir, s) for s in ANIMAL_SETS if os.path.isdir(os.path.join(raw_dir, s))]
+    if not roots:
+        raise UserError(f"{name} is not downloadable (the original's source, xiang.bai.googlepages.com, is gone): "
+                        f"put its unpacked folders {ANIMAL_SETS[0]}/<class>/<image> and/or "
+                        f"{ANIMAL_SETS[1]}/<class>/<image> in {raw_dir} (--raw_file_path) and run this again")
+    if not 0 <= val_ratio < 1:
+        raise UserError(f"--validation_ratio must be in [0, 1), got {val_ratio}")
+    classes = {}
+    for root in roots:
+        for c, files in caltech_classes(root).items():
+            classes.setdefault(c, []).extend(files)
+    for c, files in classes.items():
+        names = [os.path.basename(f) for f in files]
+        if len(set(names)) != len(names):
+            dup = sorted(n for n in set(names) if names.count(n) > 1)[0]
+            raise UserError(f"class {c!r} has two images named {dup!r} in {' and '.join(roots)}; rename one")
+    if not classes:
+        raise UserError(f"no images found in {' or '.join(roots)}")
+    out_root = os.path.join(data_dir, name)
+    result = {'path': out_root, 'train': None, 'val': None}
+    if all(split_done(out_root, s) for s in SPLITS):
+        print(f"{out_root}: already complete (remove its .train.done/.val.done to redo it)")
+        return result
+    _check_output(out_root)
+    ensure_dir(out_root, what='output folder (--data_file_path)')
+    for split, items in split_folder_classes(classes, val_ratio).items():
+        result[split] = write_folder_split(out_root, split, items, progress)
+    return result

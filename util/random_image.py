@@ -461,6 +461,8 @@ def get_args_parser():
     p.add_argument('--preview', default=64, type=int,
                    help=f"write a contact sheet {PREVIEW_FILE} (hidden file) of the first N images next to "
                         "them; 0 disables")
+    from util.compat import add_aliases
+    add_aliases(p, {'-j': 'num_workers'})   # the original's name (docs/compat.md)
     return p
 
 

@@ -63,54 +63,73 @@ def refuse_flags(parser, table):
 PP_HINT = "persistence images are not raised to a power afterwards here; there is no equivalent"
 
 # The original's flags (its first and later versions) that our training scripts do not have, and ours.
+# (Those we take under the original's name are aliases in util/compat.py; docs/compat.md is the table.)
 TRAINING_FLAGS = {
-    '-s': "use --seed", '-m': "use --momentum",
-    '-c': "use --cache_dir (it keeps generated images; PH of a folder is precomputed by PHdict.py, -pd)",
-    '--cachedir': "use --cache_dir (it keeps generated images; PH of a folder is precomputed by PHdict.py, -pd)",
-    '-pat': "PH is always computed before augmentation here; there is no equivalent",
-    '--persistence_after_transform': "PH is always computed before augmentation here; there is no equivalent",
-    '-j': "use -nw/--num_workers", '-is': "use --img_size", '-cs': "use --crop_size",
+    '-dt': "use --filtration", '--distance_transform': "use --filtration",
     '-is2': "one --img_size serves both tasks here", '--img_size_pt': "one --img_size serves both tasks here",
-    '-lt': "use --label_type", '--label_type_pt': "use --label_type",
-    '-f': "use --filtration", '-dt': "use --filtration", '--distance_transform': "use --filtration",
-    '-bd': "use --bandwidth", '-maxb': "use --max_birth", '-minb': "use --min_birth",
-    '-ps': "use --sigma", '--persImg_sigma': "use --sigma", '-pp': PP_HINT, '--persImg_power': PP_HINT,
-    '-pn': "use --power (the lifetime weight exponent of persistence images)",
-    '--persImg_weight': "use --power (the lifetime weight exponent of persistence images)",
+    '-pp': PP_HINT, '--persImg_power': PP_HINT,
     '-sf': "each run gets its own dated folder under -o; choose -o instead of a suffix",
     '--suffix': "each run gets its own dated folder under -o; choose -o instead of a suffix",
-    '-ra': "use --aug_plus", '--aug-plus': "use --aug_plus",
-    '--save_interval': "use -si/--save-interval", '--log_interval': "use --log-interval",
-    '--start_epoch': "use --start-epoch",
+    '-lrf': "it meant --lr_pre in the original's first version and --lr_fine in its later ones; give --lr_pre or "
+            "--lr_fine",
+    '-lrp': "it meant --lr_fine in the original's first version and --lr_pre in its later ones; give --lr_fine or "
+            "--lr_pre",
     '-lrd': "the learning-rate schedule is chosen by --optimizer (e.g. sgd_cos) here",
     '--lr_drop': "the learning-rate schedule is chosen by --optimizer (e.g. sgd_cos) here",
     '-nc2': "use -nd/--ph_dims", '--numof_classes2': "use -nd/--ph_dims", '--numof_classes_pt': "use -nd/--ph_dims",
-    '--numof_dims_pt': "use -nd/--ph_dims",
-    '--train_pt': "use -t2/--ph_train", '--train2': "use -t2/--ph_train",
-    '--val_pt': "use -v2/--ph_val", '--val2': "use -v2/--ph_val", '-val2': "use -v2/--ph_val",
-    '--dist-url': "launch several processes with torchrun instead (it sets the rendezvous)",
-    '--dist-backend': "use -p/--pidf", '-gr': "there is no greyscale option; convert the images first",
+    '--train2': "use -t2/--ph_train",
+    '--val2': "use -v2/--ph_val", '-val2': "use -v2/--ph_val",
+    '--dist-url': "launch several processes with torchrun instead (it sets the rendezvous), or use -ws N",
+    '-gr': "there is no greyscale option; convert the images first",
     '--greyscale': "there is no greyscale option; convert the images first",
     '--num_bins': "the histogram bins follow -nc/--numof_classes here (PHdict.py -n sets them for -ch)",
 }
 
 PHDICT_FLAGS = {
-    '-t': "use --label_type", '--type': "use --label_type", '-lt': "use --label_type",
-    '--label_type_pt': "use --label_type",
-    '-f': "use --filtration", '-dt': "use --filtration", '--distance_transform': "use --filtration",
+    '-t': "use --label_type", '--type': "use --label_type",
+    '-dt': "use --filtration", '--distance_transform': "use --filtration",
     '-is': "diagrams are computed at each image's own size here; resize the images first",
     '--img_size': "diagrams are computed at each image's own size here; resize the images first",
-    '-maxb': "use -mb/--max_birth", '-minb': "use --min_birth", '-bd': "use -b/--bandwidth",
-    '-ps': "use -s/--sigma", '--persImg_sigma': "use -s/--sigma",
     '-pp': PP_HINT, '--persImg_power': PP_HINT,
-    '-pn': "use --power (the lifetime weight exponent of persistence images)",
-    '--persImg_weight': "use --power (the lifetime weight exponent of persistence images)",
     '-sf': "use --plot N (plots of the first N inputs)", '--save_fig': "use --plot N (plots of the first N inputs)",
-    '-j': "use -nw/--num_workers",
+    '-aff': "PHdict.py computes the PH of the images as they are; use -aff of the training scripts",
+    '--affine': "PHdict.py computes the PH of the images as they are; use -aff of the training scripts",
+    '-pat': "PHdict.py computes the PH of whole images; PH after augmentation is -ph post of the training scripts",
+    '--persistence_after_transform': "PHdict.py computes the PH of whole images; PH after augmentation is "
+                                     "-ph post of the training scripts",
 }
 
-PREDICT_FLAGS = {
-    '-t': "give the image folder as the first argument", '-val': "give the image folder as the first argument",
-    '-is': "use --img_size", '-cs': "use --crop_size", '-j': "use -nw/--num_workers",
+# Every option string of the original's later arguments.py in its mode "all" (the parser that its
+# predict.py and visMap.py used too).
+ORIGINAL_TRAINING_OPTIONS = (
+    '--output', '-o', '--img_size', '-is', '--num_workers', '-j', '--train', '-t', '--val', '-val',
+    '--train_pt', '-t2', '--val_pt', '-v2', '--path2PHdir', '-pd', '--path2weight', '-pw', '--cachedir', '-c',
+    '--suffix', '-sf', '--resume', '--alpha_range', '-ar', '--beta_range', '-br', '--n_samples', '-n',
+    '--n_samples_val', '-nv', '--prob_binary', '-pb', '--prob_colour', '-pc', '--max_life', '-ml',
+    '--max_birth', '-maxb', '--min_birth', '-minb', '--affine', '-aff', '--bandwidth', '-bd',
+    '--persImg_sigma', '-ps', '--persImg_power', '-pp', '--persImg_weight', '-pn', '--num_landscapes',
+    '--label_type_pt', '-lt', '--persistence_after_transform', '-pat', '--filtration', '-f', '--gradient', '-g',
+    '--usenet', '-u', '--numof_dims_pt', '-nd', '--lr_fine', '-lrf', '--lr_pre', '-lrp', '--lr_drop', '-lrd',
+    '--momentum', '-m', '--weight_decay', '-wd', '--optimizer', '-op', '--freeze_encoder', '-fe',
+    '--learning_mode', '-lm', '--dist-url', '--dist-backend', '-p', '--world_size', '-ws', '--epochs', '-e',
+    '--start_epoch', '--batch_size', '-b', '--img_size_pt', '-is2', '--crop_size', '-cs', '--crop_padding',
+    '-cp', '--random_scale', '-rs', '--random_rotation', '-rr', '--aug-plus', '-ra', '--save_interval',
+    '--log_interval', '--seed', '-s', '--output_training_images', '-oti',
+)
+
+
+def not_used_by(script, table=None):
+    """{option: hint} refusing every original training option for ``script`` (predict.py, visMap.py), which
+    used the original's whole training parser; ``table`` entries (more specific hints) take precedence."""
+    hint = f"a training flag of the original; {script} does not use it (see {script} -h)"
+    return dict({flag: hint for flag in ORIGINAL_TRAINING_OPTIONS}, **(table or {}))
+
+
+PREDICT_FLAGS = not_used_by('predict.py', {
+    '-t': "give the image folder as the first argument (or -val DIR)",
+    '--train': "give the image folder as the first argument (or -val DIR)",
     '-nc': "the number of classes is read from the weights", '-s': "prediction is deterministic; no seed",
-}
+    '--seed': "prediction is deterministic; no seed",
+})
+
+VISMAP_FLAGS = not_used_by('visMap.py')
