@@ -19,7 +19,7 @@ a :class:`Vectoriser` that keeps its hyperparameters (fixed in ``__init__``, in 
 
 Outputs are always finite float32 (values beyond the float32 range, which need absurd filtration values,
 saturate).  Scripts build a vectoriser from command-line flags with :func:`add_label_args` and
-:func:`vectoriser_from_args`, or directly with :func:`make_vectoriser`.
+:func:`vectoriser_from_params` (or :func:`vectoriser_from_args`), or directly with :func:`make_vectoriser`.
 """
 import inspect
 import math
@@ -706,20 +706,25 @@ def add_label_args(parser, **short):
     return parser
 
 
-def vectoriser_from_args(args, dim, flag=None):
-    """The vectoriser described by the label flags (:func:`add_label_args`) of an argparse ``Namespace``;
-    flags the parser did not define take their defaults.
+def vectoriser_from_params(params, dim, flag=None):
+    """The vectoriser described by ``params``, a mapping of the label flags (:func:`add_label_args`) such as
+    ``dataclasses.asdict(util.config.LabelConfig(...))``; names it lacks take the flags' defaults, names that
+    are not label flags are ignored.
 
     ``flag``: the option that set ``dim`` (e.g. ``'-nc'``); when given, a length the label type cannot split
     evenly is refused (:func:`check_label_dim`).
     """
-    given = vars(args)
-    get = lambda name: given.get(name, _LABEL_FLAGS[name]['default'])  # noqa: E731
+    get = lambda name: params.get(name, _LABEL_FLAGS[name]['default'])  # noqa: E731
     if flag is not None:
         check_label_dim(get('label_type'), dim, flag, get('num_landscapes'))
     return make_vectoriser(get('label_type'), dim, max_life=get('max_life'), max_birth=get('max_birth'),
                            min_birth=get('min_birth'), bandwidth=get('bandwidth'), sigma=get('sigma'),
                            power=get('power'), num_landscapes=get('num_landscapes'))
+
+
+def vectoriser_from_args(args, dim, flag=None):
+    """For scripts: :func:`vectoriser_from_params` of the label flags their parser read into ``args``."""
+    return vectoriser_from_params(vars(args), dim, flag)
 
 
 def check_label_dim(label_type, dim, flag, num_landscapes=DEFAULT_NUM_LANDSCAPES):
