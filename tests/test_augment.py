@@ -23,7 +23,7 @@ def parse(*argv):
 
 def augment(*argv):
     """The AugmentConfig the training scripts build from these flags (what the transforms take)."""
-    from util.modes import data_config
+    from util.settings import data_config
     return data_config(parse(*argv)).augment
 
 

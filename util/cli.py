@@ -10,6 +10,7 @@ from util.config import (DEFAULT_NUM_OUTPUTS, ON_THE_FLY_IMAGES, ON_THE_FLY_PROB
 from util.engine import OPTIMIZERS
 from util.random_image import GeneratorConfig
 from util.errors import UserError
+from util.settings import train_config
 from util.strict_args import TRAINING_FLAGS, StrictArgumentParser
 
 
@@ -271,6 +272,3 @@ def main(args):
     if args.world_size > 1 and 'RANK' not in os.environ and args.learning_mode != 'evaluation':
         return distributed.spawn_or_run(job, args.world_size)
     return job()
-
-
-train_config = modes.train_config   # flags -> TrainConfig; with data_config, in the one place: util/modes.py

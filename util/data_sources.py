@@ -113,7 +113,7 @@ def class_folder(root, transform, bad_images, flag):
 
 def match_classes(train_set, val_set, val_root, train_root):
     """Check that train and val (either may be None) have the same classes; returns the class names.
-    (Whether -nc fits them is decided in one place: :func:`util.modes.resolve_num_classes`.)"""
+    (Whether -nc fits them is decided in one place: :func:`util.settings.resolve_num_classes`.)"""
     if train_set is not None and val_set is not None and val_set.classes != train_set.classes:
         extra = sorted(set(val_set.classes) - set(train_set.classes))
         missing = sorted(set(train_set.classes) - set(val_set.classes))

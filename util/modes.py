@@ -30,53 +30,14 @@ from torch import nn
 import models
 from models.two_heads import PHOutput, TwoHeads
 from util import data_sources, distributed, engine, fileio, runs
-from util.config import (DEFAULT_NUM_OUTPUTS, AugmentConfig, DataConfig, LabelConfig, TrainConfig,
-                         from_mapping)
-from util.random_image import GeneratorConfig
 from util.reports import pictures, write_evaluation
 from util.data_sources import build_sets, check_class_layout, resolve_val
 from util.errors import UserError
+from util.settings import data_config, resolve_num_classes
 from util.two_task import train_alternating_epoch, train_simultaneous_epoch
 
 MODES = ('pretraining', 'finetuning', 'combined', 'simultaneous', 'alternating', 'evaluation')
 PHASES = ('pretraining', 'finetuning')          # the sub-folders of a combined run
-
-
-# ------------------------------------------------------------------------- flags -> settings (the one place)
-def train_config(args):
-    """The :class:`util.config.TrainConfig` of the flags."""
-    return from_mapping(TrainConfig, vars(args), backend=args.pidf)
-
-
-def data_config(args):
-    """The :class:`util.config.DataConfig` of the flags (-t, -val, -pd, -pc, -ph, the label, augmentation and
-    generator flags)."""
-    flags = vars(args)
-    generator = GeneratorConfig(img_size=args.img_size, alpha_range=tuple(args.alpha_range),
-                                beta_range=tuple(args.beta_range), prob_binary=args.prob_binary,
-                                prob_colour=args.prob_colour)
-    return from_mapping(DataConfig, flags, ph_dir=args.path2PHdir, label=from_mapping(LabelConfig, flags),
-                        augment=from_mapping(AugmentConfig, flags), generator=generator)
-
-
-def resolve_num_classes(args, classes=None, where=None):
-    """Set and return ``args.numof_classes``, the one place where -nc "not given" (None) is resolved.
-
-    With ``classes`` (the class folders found in ``where``): their number, refusing an explicit -nc that
-    differs. Without (PH label vectors, or a model built by a direct call): -nc, else
-    :data:`util.config.DEFAULT_NUM_OUTPUTS`.
-    """
-    n = args.numof_classes
-    if classes is not None and n is None:
-        n = len(classes)
-        if distributed.is_main_process():
-            print(f"note: {n} classes found; using -nc {n}", flush=True)
-    elif classes is not None and n != len(classes):
-        raise UserError(f"-nc {n} but {where!r} has {len(classes)} classes")
-    elif n is None:
-        n = DEFAULT_NUM_OUTPUTS
-    args.numof_classes = n
-    return n
 
 
 def build_pretraining_sets(args):
@@ -167,7 +128,7 @@ def phase_args(args, phase, **changes):
 def build_finetune_model(args, init_state=None, quiet=False):
     """The model with a fresh head of -nc outputs, initialised from ``init_state`` (a state dict, e.g. the
     pretraining phase's model), else from -pw (ours / imagenet), else at random. -nc not given (None): see
-    :func:`resolve_num_classes`."""
+    :func:`util.settings.resolve_num_classes`."""
     resolve_num_classes(args)
     pw = args.path2weight
     if init_state is not None:
