@@ -23,7 +23,6 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-import argparse  # noqa: E402
 import platform  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
@@ -34,6 +33,7 @@ import numpy as np  # noqa: E402
 from util import ph  # noqa: E402
 from util.errors import UserError, run_cli  # noqa: E402
 from util.fileio import load_image  # noqa: E402
+from util.strict_args import StrictArgumentParser  # noqa: E402
 
 TARGETS = {'ph': 4.0, 'phdict': 3.5, 'loader': 4.0}
 
@@ -291,8 +291,8 @@ def run(n_images=100, workers=2, size=256, repeats=3, loader_images=384, stage_i
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description="Union-find PH engine vs cripser: PH alone, PHdict's whole chain, "
-                                            "the on-the-fly loader.", allow_abbrev=False)
+    p = StrictArgumentParser(description="Union-find PH engine vs cripser: PH alone, PHdict's whole chain, "
+                                         "the on-the-fly loader.", allow_abbrev=False)
     p.add_argument('--n_images', '-n', type=int, default=100, help="images for (a) and (b) (default: %(default)s)")
     p.add_argument('--workers', '-w', type=int, default=2, help="processes for (b) and (c) (default: %(default)s)")
     p.add_argument('--size', type=int, default=256, help="image side (default: %(default)s)")
