@@ -232,7 +232,7 @@ def output_settings(args):
     kinds = {}
     if args.imgtype != 'npy':
         kinds['diagram'] = dict(filtration=args.filtration)
-        if getattr(args, 'gradient', False):      # recorded only when on: older outputs stay compatible
+        if args.gradient:      # recorded only when on: older outputs stay compatible
             kinds['diagram']['gradient'] = True
     if args.compute_hist:
         kinds['hist'] = dict(num_bins=list(args.num_bins), max_life=args.max_life, max_birth=args.max_birth,
@@ -317,8 +317,8 @@ def _plan(args, files, outs, target_dir, need_all, fingerprints, log):
     """
     jobs, job_files, complete, earlier_hist, todo = [], [], set(), [], {}
     diagram_log = SourceLog(target_dir) if outs.from_npy else None   # what the input diagrams came from
-    gradient = getattr(args, 'gradient', False)
-    engine = getattr(args, 'ph_engine', ph.DEFAULT_ENGINE)
+    gradient = args.gradient
+    engine = args.ph_engine
     for i, rel in enumerate(files):
         kinds = outs.kinds(rel)
         # from saved diagrams: an output made beside the diagram from the same image content is as good
@@ -401,7 +401,7 @@ def main(args):
         label_info = dict(label_type=args.label_type, params=label_vec.get_params(), filtration=args.filtration,
                           imgtype=args.imgtype, target_dir=os.path.abspath(target_dir),
                           ph_engine=args.ph_engine)   # recorded, not compared: both engines give equal pairs
-        if getattr(args, 'gradient', False):
+        if args.gradient:
             label_info['gradient'] = True
     fingerprints = _fingerprints(target_dir, files)
     if label_vec is not None:
@@ -564,7 +564,7 @@ def _plots(args, files, ok, outs, target_dir, out_dir, fallback_vec):
         else:
             from util.fileio import load_image
             im = load_image(src, 'RGB')
-            filtration = ph.compute_filtration(im, args.filtration, gradient=getattr(args, 'gradient', False))
+            filtration = ph.compute_filtration(im, args.filtration, gradient=args.gradient)
             dgm_path = outs.diagram(rel)
             dgm = np.load(dgm_path) if os.path.exists(dgm_path) \
                 else ph.diagram_of_filtration(filtration, args.ph_engine)

@@ -12,7 +12,7 @@ finetuning.py; see util/modes.py and -h.
 """
 from util import cli
 from util.errors import run_cli
-from util.data_sources import build_pretraining_sets  # noqa: F401  (part of this script's importable API)
+from util.modes import build_pretraining_sets  # noqa: F401  (part of this script's importable API)
 
 EXAMPLES = """examples:
   python pretraining.py -o weights --numof_classes=200 -ph pre -t random -pd PH_random -u resnet50

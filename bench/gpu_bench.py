@@ -271,7 +271,8 @@ def train_rate(dataset, arch, targs, seconds, skip, out_dim=LABEL_DIM):
     opt = T.build_optimizer(model.parameters(), targs, lr=0.01)
     loader = TimedBatches(T.make_loader(dataset, targs, 1, shuffle=True, train=True), seconds, skip)
     with open(os.devnull, 'w') as null, contextlib.redirect_stderr(null):    # no progress bar in the log
-        metrics = T.train_one_epoch(model, loader, torch.nn.MSELoss(), opt, 1, targs)
+        sums, seconds = T.train_one_epoch(model, loader, T.supervised_step(torch.nn.MSELoss(), targs), opt, 1, targs)
+    metrics = T.supervised_metrics(sums, seconds)
     rate, counted, dt = loader.rate()
     del model, opt, loader
     if str(targs.device).startswith('cuda'):

@@ -292,7 +292,7 @@ def run(n_images=100, workers=2, size=256, repeats=3, loader_images=384, stage_i
 
 def get_args_parser():
     p = StrictArgumentParser(description="Union-find PH engine vs cripser: PH alone, PHdict's whole chain, "
-                                            "the on-the-fly loader.", allow_abbrev=False)
+                                         "the on-the-fly loader.", allow_abbrev=False)
     p.add_argument('--n_images', '-n', type=int, default=100, help="images for (a) and (b) (default: %(default)s)")
     p.add_argument('--workers', '-w', type=int, default=2, help="processes for (b) and (c) (default: %(default)s)")
     p.add_argument('--size', type=int, default=256, help="image side (default: %(default)s)")

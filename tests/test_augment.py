@@ -21,6 +21,12 @@ def parse(*argv):
     return args
 
 
+def augment(*argv):
+    """The AugmentConfig the training scripts build from these flags (what the transforms take)."""
+    from util.settings import data_config
+    return data_config(parse(*argv)).augment
+
+
 def noise_image(seed, size=(48, 40)):
     """A smooth random image with a few blobs (Otsu gives a non-trivial mask)."""
     rng = np.random.default_rng(seed)
@@ -39,7 +45,7 @@ def disk(size=64, radius=15):
                                    ['--aug_plus', '-rr', '20', '-rs', '0.2', '-cp', '2', '-aff']])
 def test_transforms_give_crops_of_the_right_shape(flags):
     from util.datasets import finetune_transforms, pretrain_transforms, pretrain_val_transforms
-    args = parse('--img_size', 48, '--crop_size', 32, *flags)
+    args = augment('--img_size', 48, '--crop_size', 32, *flags)
     torch.manual_seed(0)
     for seed in range(3):
         img = noise_image(seed)
@@ -52,10 +58,10 @@ def test_transforms_give_crops_of_the_right_shape(flags):
 
 def test_presets_are_in_the_pipelines():
     from util.datasets import RandomRescale, finetune_train_parts, pretrain_transforms
-    plain_spatial, plain_tensor = pretrain_transforms(parse('--img_size', 48, '--crop_size', 32))
+    plain_spatial, plain_tensor = pretrain_transforms(augment('--img_size', 48, '--crop_size', 32))
     assert [type(t) for t in plain_tensor.transforms] == [TV.ToTensor, TV.Normalize]
 
-    spatial, to_tensor = pretrain_transforms(parse('--img_size', 48, '--crop_size', 32, '--aug_plus'))
+    spatial, to_tensor = pretrain_transforms(augment('--img_size', 48, '--crop_size', 32, '--aug_plus'))
     crop = next(t for t in spatial.transforms if isinstance(t, TV.RandomResizedCrop))
     assert crop.scale == (0.2, 1.0) and any(isinstance(t, TV.RandomHorizontalFlip) for t in spatial.transforms)
     inner = [type(s) for t in to_tensor.transforms for s in getattr(t, 'transforms', [t])]
@@ -67,14 +73,14 @@ def test_presets_are_in_the_pipelines():
                 if isinstance(s, TV.GaussianBlur))
     assert tuple(blur.sigma) == (0.1, 2.0) and blur.kernel_size[0] % 2 == 1
 
-    spatial, _ = pretrain_transforms(parse('--img_size', 48, '--crop_size', 32, '-cp', 4, '-rs', 0.25, '-rr', 10))
+    spatial, _ = pretrain_transforms(augment('--img_size', 48, '--crop_size', 32, '-cp', 4, '-rs', 0.25, '-rr', 10))
     kinds = [type(t) for t in spatial.transforms]
     assert kinds == [TV.Resize, RandomRescale, TV.RandomRotation, TV.RandomCrop]
     assert spatial.transforms[-1].padding == 4 and list(spatial.transforms[2].degrees) == [-10.0, 10.0]
 
-    spatial, _ = finetune_train_parts(parse('--img_size', 48, '--crop_size', 32, '-cp', 3))
+    spatial, _ = finetune_train_parts(augment('--img_size', 48, '--crop_size', 32, '-cp', 3))
     assert [type(t) for t in spatial.transforms] == [TV.Resize, TV.RandomCrop, TV.RandomHorizontalFlip]
-    spatial, _ = finetune_train_parts(parse('--img_size', 48, '--crop_size', 32))
+    spatial, _ = finetune_train_parts(augment('--img_size', 48, '--crop_size', 32))
     assert [type(t) for t in spatial.transforms] == [TV.Resize, TV.RandomResizedCrop, TV.RandomHorizontalFlip]
 
 
@@ -107,7 +113,7 @@ def test_ph_pre_label_is_that_of_the_whole_image(folder):
     from util.datasets import ComputedLabels, FolderPH, pretrain_transforms
     from util.vectorise import make_vectoriser
     labels = ComputedLabels(make_vectoriser('histogram', 40))
-    spatial, to_tensor = pretrain_transforms(parse(*AUG))
+    spatial, to_tensor = pretrain_transforms(augment(*AUG))
     ds = FolderPH(str(folder), ['0.png', '1.png', '2.png'], labels, spatial, to_tensor, 'pre')
     torch.manual_seed(3)
     for i in range(3):
@@ -122,7 +128,7 @@ def test_ph_post_label_is_that_of_the_crop_before_colour_changes(folder):
     from util.datasets import ComputedLabels, FolderPH, NORMALIZE, pretrain_transforms
     from util.vectorise import make_vectoriser
     labels = ComputedLabels(make_vectoriser('histogram', 40))
-    spatial, to_tensor = pretrain_transforms(parse(*AUG))
+    spatial, to_tensor = pretrain_transforms(augment(*AUG))
     ds = FolderPH(str(folder), ['0.png', '1.png', '2.png'], labels, spatial, to_tensor, 'post')
     coloured = 0
     for seed in range(6):

@@ -931,7 +931,8 @@ def _odd_image_ok(ctx, script, name):
     from util.datasets import SafeImageFolder, finetune_transforms
     import finetuning
     args = finetuning.get_args_parser().parse_args([str(a) for a in TINY])
-    tf = finetune_transforms(args, train=False)
+    from util.settings import data_config
+    tf = finetune_transforms(data_config(args).augment, train=False)
     folder = SafeImageFolder(d.odd_task / ('train' if script == 'finetuning' else 'val'), tf)
     index = [os.path.basename(p) for p, _ in folder.samples].index(name)
     image, target = folder[index]

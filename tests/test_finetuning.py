@@ -54,6 +54,29 @@ def test_npc_mismatch_is_refused(pretrained):
         finetuning.build_finetune_model(parse('-pw', pretrained, '-u', 'resnet18', '-nc', '2', '-npc', '100'))
 
 
+def test_explicit_nc_must_match_the_class_folders(task, pretrained, run_script, tmp_path):
+    """-nc 100 given on a 2-class folder is refused (100 is no "not given" sentinel); without -nc the folder's
+    count is adopted, in fine-tuning and in evaluation alike."""
+    train, val = task
+    res = run_script('finetuning.py', '-t', train, '-pw', pretrained, '-o', tmp_path / 'nc100', '-nc', '100',
+                     '-e', '1', *TINY, check=False)
+    assert res.returncode == 2 and '-nc 100' in res.stderr and '2 classes' in res.stderr, res.stderr
+    assert not glob.glob(str(tmp_path / 'nc100' / '*' / '*.pth'))
+
+    res = run_script('finetuning.py', '-t', train, '-pw', pretrained, '-o', tmp_path / 'auto', '-e', '1', *TINY,
+                     check=True)
+    assert 'using -nc 2' in res.stdout
+    run = only_run_dir(tmp_path / 'auto')
+    tuned = torch.load(os.path.join(run, 'ft_resnet18_epoch1.pth'), weights_only=True)
+    assert tuned['fc.weight'].shape == (2, 512)
+    res = run_script('finetuning.py', '--evaluate', '-val', val, '-pw', os.path.join(run, 'ft_resnet18_epoch1.pth'),
+                     '-o', tmp_path / 'eval', *TINY, check=True)
+    assert os.path.exists(os.path.join(only_run_dir(tmp_path / 'eval'), 'metrics.json'))
+    res = run_script('finetuning.py', '--evaluate', '-val', val, '-pw', os.path.join(run, 'ft_resnet18_epoch1.pth'),
+                     '-o', tmp_path / 'eval100', '-nc', '100', *TINY, check=False)
+    assert res.returncode == 2 and '-nc 100' in res.stderr and '2 classes' in res.stderr, res.stderr
+
+
 def test_finetune_learns_easy_task_and_evaluates(task, pretrained, run_script, tmp_path):
     train, val = task
     run_script('finetuning.py', '-t', train, '-pw', pretrained, '-npc', '200', '-o', tmp_path, '-nc', '2',

@@ -351,12 +351,12 @@ def test_batched_equals_single(diagrams):
 
 
 def test_large_batch_is_chunked_consistently(monkeypatch):
-    import util.vectorise as vec
+    import util.vectorise_base as vec
     rng = np.random.default_rng(5)
     ds = [random_diagram(rng, int(n)) for n in rng.integers(0, 90, 40)]
     v_pi, v_ls = make_vectoriser('persistence_image', 60), make_vectoriser('landscape', 60)
     whole = v_pi.transform(ds), v_ls.transform(ds)
-    monkeypatch.setattr(vec, '_CHUNK_ELEMENTS', 500)  # forces one diagram per chunk
+    monkeypatch.setattr(vec, 'CHUNK_ELEMENTS', 500)  # forces one diagram per chunk
     np.testing.assert_allclose(v_pi.transform(ds), whole[0], rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(v_ls.transform(ds), whole[1], rtol=1e-6, atol=1e-7)
 

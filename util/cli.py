@@ -5,18 +5,14 @@ import os
 import sys
 
 from util import compat, distributed, fileio, modes
-from util.config import AugmentConfig, TrainConfig, from_mapping
+from util.config import (DEFAULT_NUM_OUTPUTS, ON_THE_FLY_IMAGES, ON_THE_FLY_PROB_COLOUR, AugmentConfig,
+                         TrainConfig)
 from util.engine import OPTIMIZERS
 from util.random_image import GeneratorConfig
 from util.errors import UserError
+from util.settings import train_config
 from util.strict_args import TRAINING_FLAGS, StrictArgumentParser
 
-# Defaults of the images generated on the fly (no -t), which differ from util/random_image.py's on purpose:
-# that script writes a dataset once (200000 images, all in colour as in the original's generator, seed 0),
-# while training draws a fresh set every epoch: 50000 images (the original README's dataset size), half of
-# them in colour (the README's "-pc 0.5" command), from the training seed (--seed, default 1).
-ON_THE_FLY_IMAGES = 50000
-ON_THE_FLY_PROB_COLOUR = 0.5
 
 
 def add_common_args(parser):
@@ -65,8 +61,10 @@ def add_common_args(parser):
     g.add_argument('--numof_pretrained_classes', '-npc', default=None, type=int,
                    help='output size of the pretrained weights given by -pw (the original assumed 200; now '
                    'read from the file when omitted)')
-    g.add_argument('--numof_classes', '-nc', default=100, type=int, help='output size: the label dimension when '
-                   'pretraining, the number of classes when fine-tuning (default: %(default)s)')
+    g.add_argument('--numof_classes', '-nc', default=None, type=int, help='output size: the number of classes '
+                   'when training on class folders (default: the number of class folders found; a different '
+                   f'-nc is refused), the label dimension when pretraining on PH labels (default: '
+                   f'{DEFAULT_NUM_OUTPUTS})')
     g.add_argument('--numof_fclayer', default=4096, type=int, help='accepted for compatibility; heads are '
                    "replaced generically, keeping each architecture's own hidden widths")
     g.add_argument('--freeze_encoder', '-fe', action='store_true', help='train only the new head (linear probe)')
@@ -132,7 +130,7 @@ def add_common_args(parser):
 def check_common_args(args):
     """Validate flags that argparse cannot; raise :class:`UserError` with the flag's name."""
     for name in ('epochs', 'batch_size', 'img_size', 'crop_size', 'numof_classes'):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UserError(f"--{name} must be at least 1 (got {getattr(args, name)})")
     if args.num_workers < 0:
         raise UserError("--num_workers must be >= 0")
@@ -276,8 +274,3 @@ def main(args):
     if args.world_size > 1 and 'RANK' not in os.environ and args.learning_mode != 'evaluation':
         return distributed.spawn_or_run(job, args.world_size)
     return job()
-
-
-def train_config(args):
-    """The :class:`util.config.TrainConfig` of the flags."""
-    return from_mapping(TrainConfig, vars(args), backend=args.pidf)

@@ -2,8 +2,24 @@
 
 Their field defaults are the single source of truth for the flags' defaults.
 """
-from dataclasses import dataclass, fields
+import dataclasses
+from dataclasses import dataclass, field, fields
 from typing import Optional
+
+from util.random_image import GeneratorConfig
+from util.vectorise import (DEFAULT_BANDWIDTH, DEFAULT_MAX_BIRTH, DEFAULT_MAX_LIFE, DEFAULT_NUM_LANDSCAPES,
+                            DEFAULT_POWER, DEFAULT_SIGMA, vectoriser_from_params)
+
+# Defaults of the images generated on the fly (no -t), which differ from util/random_image.py's on purpose:
+# that script writes a dataset once (200000 images, all in colour as in the original's generator, seed 0),
+# while training draws a fresh set every epoch: 50000 images (the original README's dataset size), half of
+# them in colour (the README's "-pc 0.5" command), from the training seed (--seed, default 1).
+ON_THE_FLY_IMAGES = 50000
+ON_THE_FLY_PROB_COLOUR = 0.5
+
+# -nc/--numof_classes when it is not given and there is no class folder to count: the PH label dimension of
+# pretraining, and the head size of a model built by a direct call without a dataset.
+DEFAULT_NUM_OUTPUTS = 100
 
 
 @dataclass
@@ -47,6 +63,56 @@ class AugmentConfig:
     random_rotation: float = 0.0
     crop_padding: int = 0
     affine: bool = False
+
+
+@dataclass
+class LabelConfig:
+    """How persistence diagrams become label vectors: the label flags of :func:`util.vectorise.add_label_args`
+    (``label_type`` may also be 'class', the class folders as labels, which has no vectoriser)."""
+    label_type: str = 'histogram'
+    max_life: float = DEFAULT_MAX_LIFE
+    max_birth: float = DEFAULT_MAX_BIRTH
+    min_birth: Optional[float] = None
+    bandwidth: int = DEFAULT_BANDWIDTH
+    sigma: float = DEFAULT_SIGMA
+    power: float = DEFAULT_POWER
+    num_landscapes: int = DEFAULT_NUM_LANDSCAPES
+
+    def vectoriser(self, dim, flag=None):
+        """The :class:`util.vectorise.Vectoriser` of these settings with output length ``dim``; ``flag`` (the
+        option that set ``dim``) makes a length the label type cannot split evenly an error naming it."""
+        return vectoriser_from_params(dataclasses.asdict(self), dim, flag)
+
+
+def _on_the_fly_generator():
+    return GeneratorConfig(img_size=AugmentConfig.img_size, prob_colour=ON_THE_FLY_PROB_COLOUR)
+
+
+@dataclass
+class DataConfig:
+    """Where training and validation images and their labels come from (see util.data_sources).
+
+    ``train``/``val``: image folders (None: none given); ``ph_dir``/``precomputed``: the -pd folder of
+    PHdict.py and whether it holds a label matrix; ``persistence``: 'pre' or 'post' (label before / after the
+    spatial augmentation); ``filtration``/``gradient``: how PH is computed in the loader; ``generator``,
+    ``n_samples``, ``n_samples_val`` (-1: min(1000, n/10)), ``seed``, ``cache_dir``: the images generated on
+    the fly when there is no ``train`` folder.
+    """
+    train: Optional[str] = None
+    val: Optional[str] = None
+    ph_dir: str = ''
+    precomputed: bool = False
+    persistence: str = 'pre'
+    filtration: str = 'signed_distance'
+    gradient: bool = False
+    bad_images: str = 'skip'
+    label: LabelConfig = field(default_factory=LabelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    generator: GeneratorConfig = field(default_factory=_on_the_fly_generator)
+    n_samples: int = ON_THE_FLY_IMAGES
+    n_samples_val: int = -1
+    seed: int = TrainConfig.seed
+    cache_dir: Optional[str] = None
 
 
 def from_mapping(cls, values, **overrides):

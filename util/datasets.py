@@ -23,6 +23,7 @@ from torchvision import datasets as tv_datasets
 from torchvision import transforms as T
 
 from util import fileio
+from util.config import AugmentConfig
 from util.dgmcheck import check_diagram
 from util.errors import BadImageError, UserError
 
@@ -33,6 +34,12 @@ NORMALIZE = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
 
 # ------------------------------------------------------------------------------------------ transforms
 # Every transform builder takes ``aug``: a :class:`util.config.AugmentConfig` (sizes and augmentation flags).
+def _augment_config(aug):
+    if not isinstance(aug, AugmentConfig):
+        raise TypeError(f"the transforms take a util.config.AugmentConfig, not {type(aug).__name__}")
+    return aug
+
+
 class RandomRescale:
     """Resize a PIL image by a factor drawn uniformly from ``[1 - spread, 1 + spread]`` (torch's RNG, like
     torchvision's random transforms), keeping its aspect ratio; ``--random_scale``."""
@@ -59,6 +66,7 @@ def photometric_transforms(aug):
     """PIL->PIL colour steps of ``--aug_plus`` (MoCo v2): ColorJitter(0.4, 0.4, 0.4, 0.1) with p=0.8,
     RandomGrayscale p=0.2, GaussianBlur (sigma 0.1-2) p=0.5; empty without it.  They are applied after the
     PH label is computed (``-ph pre`` and ``post`` alike), so they never change a label."""
+    aug = _augment_config(aug)
     if not aug.aug_plus:
         return []
     return [T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
@@ -99,6 +107,7 @@ def pretrain_transforms(aug):
     ``--crop_padding``); with ``--aug_plus``: [RandomAffine] [RandomRescale] [RandomRotation]
     RandomResizedCrop(crop, scale 0.2-1) and a horizontal flip.  Then the photometric steps
     (:func:`photometric_transforms`), ToTensor and Normalize."""
+    aug = _augment_config(aug)
     spatial = _affine(aug)
     if aug.aug_plus:
         spatial += _geometric(aug)
@@ -113,6 +122,7 @@ def pretrain_transforms(aug):
 
 def pretrain_val_transforms(aug):
     """Validation: resize to crop x crop (deterministic), then ToTensor + Normalize."""
+    aug = _augment_config(aug)
     return (T.Resize((aug.crop_size, aug.crop_size), interpolation=T.InterpolationMode.BILINEAR),
             T.Compose([T.ToTensor(), NORMALIZE]))
 
@@ -124,6 +134,7 @@ def finetune_train_parts(aug):
     ``--random_scale`` or ``--crop_padding`` the crop is a RandomCrop (with that padding) after the random
     rescale; ``--random_rotation`` and ``--affine`` come before the crop; ``--aug_plus`` replaces resize and
     crop by RandomResizedCrop(crop, scale 0.2-1) and adds the photometric steps."""
+    aug = _augment_config(aug)
     spatial = _affine(aug)
     if aug.aug_plus:
         spatial += _geometric(aug)
@@ -142,6 +153,7 @@ def finetune_train_parts(aug):
 def finetune_transforms(aug, train):
     """PIL->normalised tensor for fine-tuning: the training augmentation (:func:`finetune_train_parts`), or
     for validation Resize(img_size) and CenterCrop(crop)."""
+    aug = _augment_config(aug)
     if train:
         spatial, to_tensor = finetune_train_parts(aug)
         return T.Compose([spatial, to_tensor])

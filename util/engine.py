@@ -1,13 +1,16 @@
 """The training engine: optimiser and schedule, one epoch, evaluation, and ``fit`` (the epoch loop).
 
-Patterned on torchvision's reference classification recipe: ``train_one_epoch``/``evaluate`` return metric
-dicts, every epoch is seeded from (seed, epoch, rank) alone so a resumed run repeats an uninterrupted one
-exactly on the CPU, and ``fit`` logs and checkpoints each epoch through :mod:`util.runs`.
+Patterned on torchvision's reference classification recipe: ``train_one_epoch(model, loader, step_fn, ...)`` is
+the one training loop (a step function per kind of training: :func:`supervised_step` here, the two-task steps
+in :mod:`util.two_task`), ``evaluate_*`` return metric dicts, every epoch is seeded from (seed, epoch, rank)
+alone so a resumed run repeats an uninterrupted one exactly on the CPU, and ``fit`` logs and checkpoints each
+epoch through :mod:`util.runs`.
 """
 import math
 import os
 import sys
 import time
+from dataclasses import astuple, dataclass
 
 import torch
 import torch.distributed as dist
@@ -67,24 +70,67 @@ def to_device(x, cfg):
     return x
 
 
-def train_one_epoch(model, loader, criterion, optimizer, epoch, cfg, task='regression', desc='train'):
-    """One pass over ``loader``; returns {'train_loss', ['train_acc1'], 'skipped_bad', 'images', 'seconds'}.
+@dataclass
+class EpochSums:
+    """Running totals of one training epoch on this rank, which a step function adds to."""
+    loss: float = 0.0        # loss x images (the cross-entropy in the two-task modes)
+    correct: float = 0.0     # top-1 hits (classification)
+    images: float = 0.0      # images of that loss
+    ph_loss: float = 0.0     # two-task modes: PH MSE x PH images
+    ph_images: float = 0.0
+    skipped: float = 0.0     # undecodable images dropped
 
-    ``task`` is 'regression' (MSE on label vectors) or 'classification' (cross-entropy, top-1).
-    Losses are averaged over all images of all ranks.
+    def reduced(self, cfg):
+        """The totals summed over all ranks."""
+        return EpochSums(*all_reduce_sum(list(astuple(self)), cfg, device=cfg.device))
+
+
+def targets_to_device(targets, cfg):
+    """A target tensor, or a tuple of them (two-task samples), on the training device."""
+    if isinstance(targets, (list, tuple)):
+        return [t.to(cfg.device, non_blocking=True) for t in targets]
+    return targets.to(cfg.device, non_blocking=True)
+
+
+def train_one_epoch(model, loader, step_fn, optimizer, epoch, cfg, desc='train'):
+    """One pass over ``loader``: the loop every learning mode shares; returns (:class:`EpochSums` summed over
+    all ranks, seconds).
+
+    For each batch ``(inputs, targets, dropped)`` (moved to the device; ``inputs`` None for an all-bad batch)
+    it calls ``step_fn(model, inputs, targets, optimizer, sums, epoch, it)``, which takes its optimiser
+    step(s), adds to ``sums`` and returns the figures for the progress bar (or None). The bar also shows the
+    share of the epoch's time spent waiting for data (``data``) rather than in steps.
     """
     model.train()
     if cfg.freeze_encoder:
         _freeze_encoder_modes(model)
-    loss_sum, correct, images, skipped = 0.0, 0.0, 0.0, 0.0   # loss x images, top-1 hits, images, dropped
+    sums = EpochSums()
     start = time.time()
+    waiting = stepping = 0.0
     bar = tqdm(loader, desc=f'{desc} epoch {epoch}', disable=not is_main(cfg), leave=False, file=sys.stderr,
                dynamic_ncols=True)
+    ready = time.perf_counter()
     for it, (inputs, targets, dropped) in enumerate(bar):
-        skipped += dropped
+        got = time.perf_counter()
+        waiting += got - ready
+        sums.skipped += dropped
+        if inputs is not None:
+            inputs, targets = to_device(inputs, cfg), targets_to_device(targets, cfg)
+        shown = step_fn(model, inputs, targets, optimizer, sums, epoch, it)
+        ready = time.perf_counter()
+        stepping += ready - got
+        if shown and is_main(cfg) and it % max(1, cfg.log_interval) == 0:
+            bar.set_postfix(**shown, data=f'{waiting / max(waiting + stepping, 1e-9):.0%}')
+    bar.close()
+    return sums.reduced(cfg), time.time() - start
+
+
+def supervised_step(criterion, cfg, task='regression'):
+    """The step function of single-task training: ``criterion`` on the model's output; ``task`` is
+    'regression' (MSE on label vectors) or 'classification' (cross-entropy, top-1 hits counted)."""
+    def step(model, inputs, targets, optimizer, sums, epoch, it):
         if inputs is None:
-            continue
-        inputs, targets = to_device(inputs, cfg), targets.to(cfg.device, non_blocking=True)
+            return None
         with autocast(cfg):
             outputs = model(inputs)
             if isinstance(outputs, tuple):  # inception/googlenet auxiliary outputs in train mode
@@ -92,18 +138,22 @@ def train_one_epoch(model, loader, criterion, optimizer, epoch, cfg, task='regre
             loss = criterion(outputs.float(), targets)
         optimizer_step(loss, optimizer, epoch, it, 'the learning rate (--lr_pre/--lr_fine)')
         n = inputs.shape[0]
-        loss_sum += loss.item() * n
-        images += n
+        sums.loss += loss.item() * n
+        sums.images += n
         if task == 'classification':
-            correct += (outputs.argmax(1) == targets).sum().item()
-        if is_main(cfg) and it % max(1, cfg.log_interval) == 0:
-            bar.set_postfix(loss=f'{loss.item():.4g}', lr=f"{optimizer.param_groups[0]['lr']:.3g}")
-    bar.close()
-    loss_sum, correct, n, skipped = all_reduce_sum([loss_sum, correct, images, skipped], cfg, device=cfg.device)
-    metrics = {'train_loss': loss_sum / max(n, 1), 'images': int(n), 'skipped_bad': int(skipped),
-               'seconds': time.time() - start}
+            sums.correct += (outputs.argmax(1) == targets).sum().item()
+        return {'loss': f'{loss.item():.4g}', 'lr': f"{optimizer.param_groups[0]['lr']:.3g}"}
+    return step
+
+
+def supervised_metrics(sums, seconds, task='regression'):
+    """The log record part of a single-task epoch: {'train_loss', 'images', 'skipped_bad', 'seconds',
+    ['train_acc1']}; the loss is averaged over all images of all ranks."""
+    n = sums.images
+    metrics = {'train_loss': sums.loss / max(n, 1), 'images': int(n), 'skipped_bad': int(sums.skipped),
+               'seconds': seconds}
     if task == 'classification':
-        metrics['train_acc1'] = 100.0 * correct / max(n, 1)
+        metrics['train_acc1'] = 100.0 * sums.correct / max(n, 1)
     return metrics
 
 
@@ -266,7 +316,9 @@ def fit(model, criterion, train_set, cfg, *, run_dir, lr, task, weights_name, ev
             if hasattr(train_set, 'set_epoch'):
                 train_set.set_epoch(epoch - 1)
             loader = make_loader(train_set, cfg, epoch, shuffle=True, train=True)
-            record.update(train_one_epoch(model, loader, criterion, optimizer, epoch, cfg, task=task))
+            sums, seconds = train_one_epoch(model, loader, supervised_step(criterion, cfg, task), optimizer, epoch,
+                                            cfg)
+            record.update(supervised_metrics(sums, seconds, task))
         else:
             record.update(train_epoch(model, optimizer, epoch))
         scheduler.step()

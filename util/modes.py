@@ -29,15 +29,29 @@ from torch import nn
 
 import models
 from models.two_heads import PHOutput, TwoHeads
-from util import distributed, engine, fileio, runs
+from util import data_sources, distributed, engine, fileio, runs
 from util.reports import pictures, write_evaluation
-from util.data_sources import (DEFAULT_NUM_CLASSES, build_class_pretraining_sets, build_pretraining_sets, build_sets,
-                               build_simultaneous_sets, check_class_layout, resolve_val)
+from util.data_sources import build_sets, check_class_layout, resolve_val
 from util.errors import UserError
+from util.settings import data_config, resolve_num_classes
 from util.two_task import train_alternating_epoch, train_simultaneous_epoch
 
 MODES = ('pretraining', 'finetuning', 'combined', 'simultaneous', 'alternating', 'evaluation')
 PHASES = ('pretraining', 'finetuning')          # the sub-folders of a combined run
+
+
+def build_pretraining_sets(args):
+    """The PH-labelled (train, val or None) datasets the flags select (pretraining.py's data modes), the label
+    dimension -nc; see :func:`util.data_sources.build_pretraining_sets`."""
+    return data_sources.build_pretraining_sets(data_config(args), resolve_num_classes(args))
+
+
+def _class_sets(args, need_train):
+    """:func:`util.data_sources.build_sets` of the flags, -nc resolved; (train or None, val, classes)."""
+    data = data_config(args)
+    train_set, val_set, classes = build_sets(data, need_train)
+    resolve_num_classes(args, classes, resolve_val(data))
+    return train_set, val_set, classes
 
 
 def run(args, cfg):
@@ -118,7 +132,9 @@ def phase_args(args, phase, **changes):
 # --------------------------------------------------------------------------------------------- models
 def build_finetune_model(args, init_state=None, quiet=False):
     """The model with a fresh head of -nc outputs, initialised from ``init_state`` (a state dict, e.g. the
-    pretraining phase's model), else from -pw (ours / imagenet), else at random."""
+    pretraining phase's model), else from -pw (ours / imagenet), else at random. -nc not given (None): see
+    :func:`util.settings.resolve_num_classes`."""
+    resolve_num_classes(args)
     pw = args.path2weight
     if init_state is not None:
         model, report = models.load_for(args.usenet, init_state, args.numof_classes)
@@ -160,7 +176,9 @@ def run_pretraining(args, cfg, run_dir=None, phase='pretraining'):
     """Pretraining (PH regression, or classes with ``--label_type class``); returns (bare model, records)."""
     classes = None
     if args.label_type == 'class':
-        train_set, val_set, classes = build_class_pretraining_sets(args)
+        data = data_config(args)
+        train_set, val_set, classes = data_sources.build_class_pretraining_sets(data)
+        resolve_num_classes(args, classes, resolve_val(data, required=False) or data.train)
         what = f"{len(train_set)} training images in {len(classes)} classes from {args.train}"
     else:
         train_set, val_set = build_pretraining_sets(args)
@@ -196,7 +214,7 @@ def run_pretraining(args, cfg, run_dir=None, phase='pretraining'):
 
 def run_finetuning(args, cfg, run_dir=None, phase='finetuning', init_state=None):
     """Fine-tuning on the class folders of -t/-val; returns (bare model, records)."""
-    train_set, val_set, classes = build_sets(args, need_train=True)
+    train_set, val_set, classes = _class_sets(args, need_train=True)
     model = build_finetune_model(args, init_state, quiet=bool(args.resume))
     params = None
     if cfg.freeze_encoder:
@@ -235,7 +253,7 @@ def _fit_classifier(model, train_set, val_set, classes, args, cfg, run_dir, phas
 
 def run_evaluation(args, cfg):
     """Evaluate fine-tuned weights (-pw or --resume) on -val: metrics.json, per_class.csv, confusion matrix."""
-    _, val_set, classes = build_sets(args, need_train=False)
+    _, val_set, classes = _class_sets(args, need_train=False)
     if not args.path2weight and not args.resume:
         raise UserError("--evaluate needs the fine-tuned weights: -pw FILE (or --resume checkpoint.pth)")
     source = runs.resolve_resume(args.resume) if args.resume else args.path2weight
@@ -280,14 +298,14 @@ def run_combined(args, cfg):
         raise UserError("-lm combined fine-tunes on labelled images: give their class folders with -t DIR "
                         "(the pretraining images, if any, with -t2)")
     check_class_layout(args.train, '-t')
-    check_class_layout(resolve_val(args), '-val')
+    check_class_layout(resolve_val(data_config(args)), '-val')
     top, pre_ckpt, ft_ckpt = _combined_folders(args, cfg)
     if distributed.is_main(cfg):
         print(f"combined run in {top}: pretraining for {args.epochs_pre} epochs, then fine-tuning for "
               f"{args.epochs} epochs", flush=True)
     pre = phase_args(args, 'pretraining', epochs=args.epochs_pre, train=args.ph_train, val=args.ph_val,
                      freeze_encoder=False, resume='',
-                     numof_classes=DEFAULT_NUM_CLASSES if args.label_type == 'class' else args.ph_dims)
+                     numof_classes=None if args.label_type == 'class' else args.ph_dims)
     pre_cfg = dataclasses.replace(cfg, epochs=args.epochs_pre, freeze_encoder=False)
     init_state, done = None, 0
     if ft_ckpt is None:
@@ -348,7 +366,9 @@ def run_simultaneous(args, cfg):
     """One labelled folder, two heads: CE on the classes + ph_weight x MSE on PH labels of the same images."""
     if not args.train:
         raise UserError("-lm simultaneous trains on labelled images: give their class folders with -t DIR")
-    train_set, val_set, val_ph, classes = build_simultaneous_sets(args)
+    data = data_config(args)
+    train_set, val_set, val_ph, classes = data_sources.build_simultaneous_sets(data, args.ph_dims)
+    resolve_num_classes(args, classes, resolve_val(data))
     model = _two_head_model(args)
     run_dir, checkpoint = _start(args, cfg, 'simultaneous', None, train_set, classes,
                                  f"{len(train_set)} training / {len(val_set)} validation images, {len(classes)} "
@@ -368,9 +388,9 @@ def run_simultaneous(args, cfg):
 
 def run_alternating(args, cfg):
     """Batches alternate between the labelled folder -t (CE) and PH-labelled images (-t2 or generated; MSE)."""
-    train_set, val_set, classes = build_sets(args, need_train=True)
-    ph_args = phase_args(args, 'alternating', train=args.ph_train, val=args.ph_val, numof_classes=args.ph_dims)
-    ph_train, ph_val = build_pretraining_sets(ph_args)
+    train_set, val_set, classes = _class_sets(args, need_train=True)
+    ph_data = dataclasses.replace(data_config(args), train=args.ph_train, val=args.ph_val)
+    ph_train, ph_val = data_sources.build_pretraining_sets(ph_data, args.ph_dims, '-nd')
 
     model = _two_head_model(args)
     source = 'generated on the fly' if args.ph_train is None else f'from {args.ph_train}'
