@@ -13,7 +13,7 @@ def build_pretraining_sets(args):
     from util.datasets import ComputedLabels, GeneratedPH, pretrain_transforms, pretrain_val_transforms
     from util.vectorise import vectoriser_from_args
     vectoriser = vectoriser_from_args(args, args.numof_classes, None if args.precomputed else '-nc')
-    computed = ComputedLabels(vectoriser, args.filtration, args.gradient)
+    computed = ComputedLabels(vectoriser, args.filtration, args.gradient, args.ph_engine)
     spatial, to_tensor = pretrain_transforms(args)
     val_spatial, val_to_tensor = pretrain_val_transforms(args)
 
@@ -171,7 +171,8 @@ def build_simultaneous_sets(args):
     from util.datasets import (IMAGENET_MEAN, IMAGENET_STD, ComputedLabels, FolderPH, LabelledPH,
                                finetune_train_parts, finetune_transforms)
     from util.vectorise import vectoriser_from_args
-    computed = ComputedLabels(vectoriser_from_args(args, args.ph_dims, '-nd'), args.filtration, args.gradient)
+    computed = ComputedLabels(vectoriser_from_args(args, args.ph_dims, '-nd'), args.filtration, args.gradient,
+                              args.ph_engine)
     spatial, to_tensor = finetune_train_parts(args)
     check_class_layout(args.train, '-t')
     train_set = LabelledPH(args.train, computed, spatial, to_tensor, args.persistence, args.bad_images)
