@@ -166,8 +166,8 @@ def _loader_stages(n, img_size, crop_size, repeats, label_dim, lb, pretrain_tran
                    generate_image, make_vectoriser, Image):
     cfg = GeneratorConfig(img_size=img_size, prob_binary=lb.DEFAULT_PROB_BINARY, prob_colour=0.0)
     cfg.validate()
-    spatial, to_tensor = pretrain_transforms(argparse.Namespace(img_size=img_size, crop_size=crop_size,
-                                                                affine=False))
+    from util.config import AugmentConfig
+    spatial, to_tensor = pretrain_transforms(AugmentConfig(img_size=img_size, crop_size=crop_size))
     vec = make_vectoriser('histogram', label_dim, max_life=lb.MAX_LIFE, max_birth=lb.MAX_BIRTH,
                           bandwidth=lb.BANDWIDTH)
     q = label_dim // 4
