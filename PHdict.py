@@ -31,7 +31,9 @@ structure is mirrored: ``random/v00000001.jpg`` -> ``PH_random/v00000001.npy``, 
 * ``--plot N``: ``plots/<stem>.png`` for the first N images (image | filtration | diagram | label vector).
 * ``args.json``: the arguments of the last run; ``settings.json``: the settings (filtration, bins, ...) of
   each kind of per-file output present, so that a rerun with other settings is refused instead of silently
-  keeping outputs made differently.
+  keeping outputs made differently.  The PH engines that made the diagrams are recorded there too
+  (``ph_engines``) but not compared: both engines give the same pairs, so diagrams and label matrices made
+  by one are accepted by a rerun with the other.
 
 Runs resume: outputs are written atomically (temporary name, then rename), so an existing output is a
 complete one; it is kept when ``sources.jsonl`` records it as computed from the input as it is now (path,
@@ -121,9 +123,10 @@ def get_args_parser():
                         "binarisation (thresholds from the median grey value; see util/ph.py) (default: off)")
     p.add_argument('--ph_engine', choices=ph.ENGINES, default=ph.DEFAULT_ENGINE,
                    help="PH engine: unionfind (exact, fast, 2-D images), cripser, or auto = unionfind for 2-D "
-                        "images; both give the same pairs (birth, death), so outputs of either are kept on a "
-                        "rerun with the other; only row order and the pixel named among tied ones may differ "
-                        "(default: %(default)s)")
+                        "images; both give the same pairs (birth, death) -- tests/test_ph_unionfind.py checks "
+                        "it -- so diagrams and a label matrix made by one engine are accepted by a rerun with "
+                        "the other (the engines are recorded in settings.json and labels_TYPE.json); only row "
+                        "order and the pixel named among tied ones may differ (default: %(default)s)")
     p.add_argument('--numof_dims', type=int, default=200,
                    help="length D of the --label_type vectors (default: %(default)s)")
     p.add_argument('--shard', default=None, metavar='K/N',
@@ -234,6 +237,8 @@ def output_settings(args):
         kinds['diagram'] = dict(filtration=args.filtration)
         if args.gradient:      # recorded only when on: older outputs stay compatible
             kinds['diagram']['gradient'] = True
+        # recorded, never compared (RECORDED_ONLY): both engines give equal pairs, so a folder may mix them
+        kinds['diagram']['ph_engines'] = [ph.resolve_engine(getattr(args, 'ph_engine', ph.DEFAULT_ENGINE), 2)]
     if args.compute_hist:
         kinds['hist'] = dict(num_bins=list(args.num_bins), max_life=args.max_life, max_birth=args.max_birth,
                              bandwidth=args.bandwidth)
@@ -243,14 +248,26 @@ def output_settings(args):
     return kinds
 
 
+# Settings recorded in settings.json but not compared: the PH engines that made the diagrams there (lists,
+# merged over runs).  Diagrams (and so every vector made from them) of either engine hold the same pairs.
+RECORDED_ONLY = ('ph_engines',)
+
+
 def check_settings(out_dir, kinds):
     """Refuse to resume into ``out_dir`` when its ``settings.json`` records other settings for the same kind
-    of output (existing files would be kept although they were made differently); else record ``kinds``."""
+    of output (existing files would be kept although they were made differently); else record ``kinds``
+    (the lists in :data:`RECORDED_ONLY` are merged with the recorded ones, not compared)."""
     path = os.path.join(out_dir, SETTINGS_FILE)
     old = read_json(path) or {}
+    kinds = json.loads(json.dumps(kinds))
     for kind, settings in kinds.items():
-        before = old.get(kind)
-        now = json.loads(json.dumps(settings))
+        for key in RECORDED_ONLY:
+            if key in settings:
+                settings[key] = sorted(set(settings[key]) | set((old.get(kind) or {}).get(key) or ()))
+    for kind, settings in kinds.items():
+        before = {k: v for k, v in (old.get(kind) or {}).items() if k not in RECORDED_ONLY} \
+            if old.get(kind) is not None else None
+        now = {k: v for k, v in settings.items() if k not in RECORDED_ONLY}
         if before is not None and before != now:
             diff = ', '.join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(before) | set(now))
                              if before.get(k) != now.get(k))

@@ -152,7 +152,7 @@ def profile_stages(paths, out_dir, repeats=3):
     """Per-stage cost in one process: mean over ``paths`` of the best of ``repeats`` timings, in ms.
 
     Stages of PHdict's path (``decode``, ``otsu``, ``signed_distance`` with the active EDT route and
-    ``signed_distance_scipy`` without the optional ``edt`` package, ``computePH``, ``transfer`` = pickling the
+    ``signed_distance_scipy`` with ``util.ph.NUMBA_EDT`` off, ``computePH``, ``transfer`` = pickling the
     diagram to the parent, ``save_npy``) and of the original's (``otsu_skimage_float``,
     ``edt_scipy_twice``, ``np_save``).  Best-of timings are robust to other load on the machine; the
     ``model_*`` ratios are computePH / (sum of a pipeline's stages).
@@ -177,11 +177,11 @@ def profile_stages(paths, out_dir, repeats=3):
             filt = np.zeros(grey.shape)
         else:
             add('signed_distance', _min_ms(lambda: ph._signed_distance(bw), repeats))
-            saved, ph._edt_module = ph._edt_module, None
+            saved, ph.NUMBA_EDT = ph.NUMBA_EDT, False
             try:
                 add('signed_distance_scipy', _min_ms(lambda: ph._signed_distance(bw), repeats))
             finally:
-                ph._edt_module = saved
+                ph.NUMBA_EDT = saved
             add('edt_scipy_twice', _min_ms(lambda: distance_transform_edt(bw) - distance_transform_edt(~bw),
                                            repeats))
             filt = ph._signed_distance(bw)
@@ -226,7 +226,7 @@ def run(n_images=200, workers=2, size=256, repeats=2, seed=0, profile_images=50,
 
     Returns ``{'n_images', 'size', 'workers', 'images', 'edt_backend', 'mean_pairs', 'profile_ms',
     'phdict_vs_original'}`` plus, for each pipeline ``P`` in floor, phdict, original (and phdict_scipy when the
-    optional ``edt`` package is installed): ``P_img_s`` (wall-clock images/s), ``P_cpu_ms_per_img`` (CPU time
+    numba EDT is on, ``util.ph.NUMBA_EDT``): ``P_img_s`` (wall-clock images/s), ``P_cpu_ms_per_img`` (CPU time
     of parent + workers per image) and, but for the floor, ``P_vs_floor`` (ratio of wall rates) and
     ``P_vs_floor_cpu`` (ratio by CPU time, robust on a shared machine).  Best of ``repeats`` each.
     """
@@ -237,10 +237,10 @@ def run(n_images=200, workers=2, size=256, repeats=2, seed=0, profile_images=50,
         os.makedirs(img_dir)
         paths, source = make_images(img_dir, n_images, size, seed)
         say(f"{n_images} JPEGs {size}x{size} from {source}; {workers} workers; "
-            f"EDT: {'edt package' if ph._edt_module is not None else 'scipy (cripser.apply_transform)'}")
+            f"EDT: {'numba (util.ph_unionfind)' if ph.NUMBA_EDT else 'scipy'}")
         filtrations = [ph.compute_filtration(load_image(p, 'L')) for p in paths]
         pairs = float(np.mean([ph.diagram_of_filtration(f).shape[0] for f in filtrations[:20]]))
-        names = ['floor', 'phdict', 'original'] + (['phdict_scipy'] if ph._edt_module is not None else [])
+        names = ['floor', 'phdict', 'original'] + (['phdict_scipy'] if ph.NUMBA_EDT else [])
         best = {k: float('inf') for k in names}
         best_cpu = {k: float('inf') for k in names}
         for r in range(repeats):
@@ -251,12 +251,12 @@ def run(n_images=200, workers=2, size=256, repeats=2, seed=0, profile_images=50,
                     dt, cpu = _measure(time_floor, filtrations, workers)
                 elif name == 'phdict':
                     dt, cpu = _measure(time_phdict, paths, out, workers)
-                elif name == 'phdict_scipy':      # the same path without the optional edt package
-                    saved, ph._edt_module = ph._edt_module, None
+                elif name == 'phdict_scipy':      # the same path with scipy's EDT (util.ph.NUMBA_EDT off)
+                    saved, ph.NUMBA_EDT = ph.NUMBA_EDT, False
                     try:
                         dt, cpu = _measure(time_phdict, paths, out, workers)
                     finally:
-                        ph._edt_module = saved
+                        ph.NUMBA_EDT = saved
                 else:
                     dt, cpu = _measure(time_original, paths, out, workers)
                 best[name] = min(best[name], dt)
@@ -280,7 +280,7 @@ def run(n_images=200, workers=2, size=256, repeats=2, seed=0, profile_images=50,
     rate = {k: n_images / v for k, v in best.items()}
     cpu_ms = {k: 1000 * v / n_images for k, v in best_cpu.items()}
     result = dict(n_images=n_images, size=size, workers=workers, images=source, mean_pairs=round(pairs, 1),
-                  edt_backend='edt' if ph._edt_module is not None else 'scipy', profile_ms=prof)
+                  edt_backend='numba' if ph.NUMBA_EDT else 'scipy', profile_ms=prof)
     for k in names:
         result[f'{k}_img_s'] = round(rate[k], 2)
         result[f'{k}_cpu_ms_per_img'] = round(cpu_ms[k], 3)

@@ -193,7 +193,7 @@ def test_phdict_gradient(tmp_path, run_script):
         expected = compute_ph(load_image(src / f'{name}.png', 'L'), gradient=True)
         np.testing.assert_array_equal(np.load(tmp_path / 'out' / f'{name}.npy'), expected)
     with open(tmp_path / 'out' / 'settings.json') as f:
-        assert json.load(f)['diagram'] == {'filtration': 'signed_distance', 'gradient': True}
+        assert json.load(f)['diagram'] == {'filtration': 'signed_distance', 'gradient': True, 'ph_engines': ['unionfind']}
     res = run_script('PHdict.py', src, '-o', tmp_path / 'out', '-it', 'png', '-nw', '1', check=False)
     assert res.returncode == 2 and 'other settings' in res.stderr and 'gradient' in res.stderr
 

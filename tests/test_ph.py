@@ -99,17 +99,16 @@ def test_signed_distance_filtration_is_bit_identical_to_original():
         np.testing.assert_array_equal(ph.compute_filtration(Image.fromarray(u8)), ref)   # PIL-counted route
 
 
-def test_scipy_route_matches_when_edt_package_absent(monkeypatch):
-    """The library route (cripser.apply_transform) is used when the optional ``edt`` package is missing."""
-    monkeypatch.setattr(ph, '_edt_module', None)
+def test_scipy_route_matches_with_numba_edt_off(monkeypatch):
+    """The scipy route (two feature transforms) gives the same filtration when the numba EDT is switched off."""
+    monkeypatch.setattr(ph, 'NUMBA_EDT', False)
     rng = np.random.default_rng(2)
     for u8 in _varied_uint8_images(rng, 40):
         np.testing.assert_array_equal(ph.compute_filtration(u8), reference_signed_distance(u8.astype(np.float64)))
 
 
-def test_edt_package_route_equals_scipy():
-    edt = pytest.importorskip('edt')
-    assert ph._edt_module is edt
+def test_numba_edt_route_equals_scipy():
+    assert ph.NUMBA_EDT
     rng = np.random.default_rng(3)
     for u8 in _varied_uint8_images(rng, 100):
         bw = ph.otsu_mask(u8)

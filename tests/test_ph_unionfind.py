@@ -241,6 +241,16 @@ def test_phdict_labels_equal_with_either_engine(tmp_path, run_script):
     res = run_script('PHdict.py', tmp_path / 'in', '-o', u, '-it', 'png', '--ph_engine', 'cripser', '-ch',
                      check=True)
     assert '0 done, 6 skipped' in res.stdout
+    # ... and so does a label matrix: it is accepted as it is, not recomputed
+    st = (u / 'labels_persistence_image.npy').stat()
+    res = run_script('PHdict.py', tmp_path / 'in', '-o', u, '-it', 'png', '--ph_engine', 'cripser',
+                     '--label_type', 'persistence_image', '--numof_dims', '50', check=True)
+    assert '0 done, 6 skipped' in res.stdout
+    assert (u / 'labels_persistence_image.npy').stat().st_mtime_ns == st.st_mtime_ns
+    # settings.json records the engines that made the diagrams there, without refusing the mix
+    import json
+    assert json.loads((u / 'settings.json').read_text())['diagram']['ph_engines'] == ['cripser', 'unionfind']
+    assert json.loads((c / 'settings.json').read_text())['diagram']['ph_engines'] == ['cripser']
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -297,3 +307,100 @@ def test_read_only_install_does_not_crash(tmp_path, where):
         assert os.listdir(cache_line[0])                     # the machine code was cached there
     else:
         assert cache_line[1] != '0' and res.stderr.count('RuntimeWarning: numba finds no writable cache dir') == 1
+
+
+# ----------------------------------------------------------------------------------------------------
+# training: --ph_engine reaches every place PH is computed, and either engine gives the same labels
+
+def _training_args(script, argv):
+    import importlib
+    return importlib.import_module(script).get_args_parser().parse_args(argv)
+
+
+def _labels(dataset, n):
+    return [dataset[i][1] for i in range(n)]
+
+
+def test_training_on_the_fly_and_cache_labels_equal_with_either_engine(tmp_path):
+    """pretraining.py without -t (on the fly, and with --cache_dir): the flag reaches ComputedLabels, and the
+    histogram labels are the same, bit for bit, with either engine."""
+    from util.data_sources import build_pretraining_sets
+    got = {}
+    for engine in ('unionfind', 'cripser', 'auto'):
+        base = ['-n', '4', '-nv', '2', '--img_size', '40', '--crop_size', '32', '-pb', '0.5', '--seed', '3',
+                '--label_type', 'histogram', '-nc', '40']
+        args = _training_args('pretraining', base + ['--ph_engine', engine])
+        assert args.ph_engine == engine
+        train, val = build_pretraining_sets(args)
+        assert train.computed.engine == engine and val.computed.engine == engine
+        cached, _ = build_pretraining_sets(_training_args(
+            'pretraining', base + ['--ph_engine', engine, '--cache_dir', str(tmp_path / engine)]))
+        got[engine] = ([t.numpy() for t in _labels(train, 4)], [t.numpy() for t in _labels(val, 2)],
+                       [t.numpy() for t in _labels(cached, 4)])
+    assert sum(np.abs(x).sum() for x in got['cripser'][0]) > 0
+    for engine in ('unionfind', 'auto'):
+        for ours, ref in zip(got[engine], got['cripser']):
+            for a, b in zip(ours, ref):
+                np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(np.stack(got['cripser'][0]), np.stack(got['cripser'][2]))
+    # the diagrams cached by one engine are used by the other (same pairs): cache.json does not name it
+    cached, _ = build_pretraining_sets(_training_args(
+        'pretraining', base + ['--ph_engine', 'unionfind', '--cache_dir', str(tmp_path / 'cripser')]))
+    for a, b in zip(_labels(cached, 4), got['cripser'][2]):
+        np.testing.assert_array_equal(a.numpy(), b)
+
+
+def _class_folders(root, n=2):
+    from PIL import Image
+    cfg = GeneratorConfig(img_size=40, prob_binary=0.5, prob_colour=0.5)
+    for c in ('a', 'b'):
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(generate_image(cfg, 11 if c == 'a' else 12, i)).save(root / c / f'{i}.png')
+
+
+def test_training_post_and_folder_labels_equal_with_either_engine(tmp_path):
+    """-t without -pd, with -ph post (labels of the augmented crop) and -ph pre: same labels either way."""
+    import torch
+    from util.data_sources import build_pretraining_sets
+    _class_folders(tmp_path / 'img')
+    got = {}
+    for engine in ('unionfind', 'cripser'):
+        for mode in ('pre', 'post'):
+            args = _training_args('pretraining', ['-t', str(tmp_path / 'img'), '-ph', mode, '--img_size', '40',
+                                                  '--crop_size', '24', '--label_type', 'histogram', '-nc', '40',
+                                                  '--ph_engine', engine])
+            train, _ = build_pretraining_sets(args)
+            assert train.computed.engine == engine
+            torch.manual_seed(0)   # the same random crops for both engines
+            got[engine, mode] = [t.numpy() for t in _labels(train, 4)]
+    for mode in ('pre', 'post'):
+        for a, b in zip(got['unionfind', mode], got['cripser', mode]):
+            np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(got['cripser', 'pre'], got['cripser', 'post']))
+
+
+def test_two_task_mode_labels_equal_with_either_engine(tmp_path):
+    """-lm simultaneous: the flag reaches the PH labels of the training and validation folders."""
+    import torch
+    from util.data_sources import build_simultaneous_sets
+    _class_folders(tmp_path / 'img')
+    got = {}
+    for engine in ('unionfind', 'cripser'):
+        args = _training_args('finetuning', ['-lm', 'simultaneous', '-t', str(tmp_path / 'img'), '-val',
+                                             str(tmp_path / 'img'), '--img_size', '40', '--crop_size', '24',
+                                             '--label_type', 'histogram', '-nd', '40', '--ph_engine', engine])
+        train, _, val_ph, _ = build_simultaneous_sets(args)
+        assert train.computed.engine == engine and val_ph.computed.engine == engine
+        torch.manual_seed(0)
+        got[engine] = [train[i][1][1].numpy() for i in range(4)] + [t.numpy() for t in _labels(val_ph, 4)]
+    for a, b in zip(got['unionfind'], got['cripser']):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_training_flag_recorded_and_checked(tmp_path):
+    from util.cli import get_args_parser
+    with pytest.raises(SystemExit):
+        get_args_parser('pretraining').parse_args(['--ph_engine', 'fast'])
+    assert get_args_parser('pretraining').parse_args([]).ph_engine == 'auto'
+    assert '--ph_engine' in get_args_parser('finetuning').format_help()

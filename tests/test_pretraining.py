@@ -58,9 +58,11 @@ def test_consolidated_labels_mode(generated, run_script, tmp_path):
 
 def test_compute_in_loader_and_validation(generated, run_script, tmp_path):
     run_script('pretraining.py', '-o', tmp_path, '-t', 'random', '-val', 'random', '-nc', '40', '-ph', 'post',
-               *TINY, cwd=generated, check=True)
+               '--ph_engine', 'cripser', *TINY, cwd=generated, check=True)
     (record,) = read_log(only_run_dir(tmp_path))
     assert {'val_loss', 'val_r2'} <= set(record) and record['val_images'] == 32
+    with open(os.path.join(only_run_dir(tmp_path), 'args.json'), encoding='utf-8') as f:
+        assert __import__('json').load(f)['ph_engine'] == 'cripser'
 
 
 def test_on_the_fly_generation_with_cache(run_script, tmp_path):

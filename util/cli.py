@@ -166,7 +166,7 @@ evaluation: evaluate -pw on -val (= --evaluate). In combined, -pw initialises th
 
 def add_mode_args(parser, default_mode):
     """The mode flags, the PH label flags and the generator flags (both scripts take all of them)."""
-    from util.ph import FILTRATIONS
+    from util.ph import DEFAULT_ENGINE, ENGINES, FILTRATIONS
     from util.vectorise import LABEL_TYPES, add_label_args
     g = parser.add_argument_group('learning mode')
     g.add_argument('--learning_mode', '-lm', choices=modes.MODES, default=default_mode, help=MODE_HELP)
@@ -196,6 +196,10 @@ def add_mode_args(parser, default_mode):
                    help='filtration when PH is computed here (default: %(default)s, as PHdict.py)')
     g.add_argument('--gradient', '-g', action='store_true', help='when PH is computed here: PH of the Canny '
                    'edge map of the denoised image instead of its Otsu binarisation (as PHdict.py --gradient)')
+    g.add_argument('--ph_engine', default=DEFAULT_ENGINE, choices=ENGINES,
+                   help='PH engine when PH is computed here (-ph post, on the fly, -t without -pd, the '
+                   'two-task modes): unionfind (exact, fast, 2-D), cripser, or auto = unionfind for 2-D images; '
+                   'both give the same pairs, hence the same labels (default: %(default)s, as PHdict.py)')
     add_label_args(g, max_life='-ml')
     for action in g._group_actions:   # pretraining can also use class folders: the control experiment
         if action.dest == 'label_type':

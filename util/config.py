@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field, fields
 from typing import Optional
 
+from util.ph import DEFAULT_ENGINE
 from util.random_image import GeneratorConfig
 from util.vectorise import (DEFAULT_BANDWIDTH, DEFAULT_MAX_BIRTH, DEFAULT_MAX_LIFE, DEFAULT_NUM_LANDSCAPES,
                             DEFAULT_POWER, DEFAULT_SIGMA, vectoriser_from_params)
@@ -94,7 +95,7 @@ class DataConfig:
 
     ``train``/``val``: image folders (None: none given); ``ph_dir``/``precomputed``: the -pd folder of
     PHdict.py and whether it holds a label matrix; ``persistence``: 'pre' or 'post' (label before / after the
-    spatial augmentation); ``filtration``/``gradient``: how PH is computed in the loader; ``generator``,
+    spatial augmentation); ``filtration``/``gradient``/``ph_engine``: how PH is computed in the loader; ``generator``,
     ``n_samples``, ``n_samples_val`` (-1: min(1000, n/10)), ``seed``, ``cache_dir``: the images generated on
     the fly when there is no ``train`` folder.
     """
@@ -105,6 +106,7 @@ class DataConfig:
     persistence: str = 'pre'
     filtration: str = 'signed_distance'
     gradient: bool = False
+    ph_engine: str = DEFAULT_ENGINE
     bad_images: str = 'skip'
     label: LabelConfig = field(default_factory=LabelConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)

@@ -15,7 +15,7 @@ def build_pretraining_sets(data, dim, dim_flag='-nc'):
     (computed), or generated images."""
     from util.datasets import ComputedLabels, GeneratedPH, pretrain_transforms, pretrain_val_transforms
     vectoriser = data.label.vectoriser(dim, None if data.precomputed else dim_flag)
-    computed = ComputedLabels(vectoriser, data.filtration, data.gradient)
+    computed = ComputedLabels(vectoriser, data.filtration, data.gradient, data.ph_engine)
     spatial, to_tensor = pretrain_transforms(data.augment)
     val_spatial, val_to_tensor = pretrain_val_transforms(data.augment)
 
@@ -181,7 +181,8 @@ def build_simultaneous_sets(data, dim):
     from torchvision import transforms
     from util.datasets import (IMAGENET_MEAN, IMAGENET_STD, ComputedLabels, FolderPH, LabelledPH,
                                finetune_train_parts, finetune_transforms)
-    computed = ComputedLabels(data.label.vectoriser(dim, '-nd'), data.filtration, data.gradient)
+    computed = ComputedLabels(data.label.vectoriser(dim, '-nd'), data.filtration, data.gradient,
+                              data.ph_engine)
     spatial, to_tensor = finetune_train_parts(data.augment)
     check_class_layout(data.train, '-t')
     train_set = LabelledPH(data.train, computed, spatial, to_tensor, data.persistence, data.bad_images)

@@ -164,17 +164,22 @@ def finetune_transforms(aug, train):
 # ------------------------------------------------------------------------------------------ label sources
 class ComputedLabels:
     """Label = vectoriser(persistent homology of the image), computed when asked; ``gradient`` takes the PH
-    of the Canny edge map instead of the Otsu mask (see :func:`util.ph.edge_map`)."""
+    of the Canny edge map instead of the Otsu mask (see :func:`util.ph.edge_map`); ``engine`` is the PH
+    engine (:data:`util.ph.ENGINES`; both give the same diagrams, hence the same labels), loaded here once so
+    that DataLoader workers forked later inherit it instead of each loading or compiling it."""
 
-    def __init__(self, vectoriser, filtration='signed_distance', gradient=False):
+    def __init__(self, vectoriser, filtration='signed_distance', gradient=False, engine='auto'):
+        from util.ph import warm_up
         self.vectoriser = vectoriser
         self.filtration = filtration
         self.gradient = bool(gradient)
+        self.engine = engine
         self.dim = vectoriser.dim
+        warm_up(engine)
 
     def diagram(self, image):
         from util.ph import compute_ph
-        return compute_ph(image, filtration=self.filtration, gradient=self.gradient)
+        return compute_ph(image, filtration=self.filtration, gradient=self.gradient, engine=self.engine)
 
     def from_image(self, image):
         """image: PIL image (converted to grey as PHdict does) -> float32 [D]."""

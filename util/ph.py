@@ -27,9 +27,10 @@ Pipeline (the original project's, made faster where it costs nothing in exactnes
 Speed (see ``bench/ph_bench.py``): for 8-bit grey images Otsu's threshold is computed from a 256-bin count of
 the pixel values, binned exactly as ``skimage.filters.threshold_otsu`` bins the float image, so the mask is
 bit for bit the one the original computed, at a fifth of the cost.  The signed distance is taken from the
-``edt`` package when it is installed (an exact squared EDT, checked equal to scipy's in the tests; about
-2.5x faster than scipy), else from scipy's two feature transforms combined in integer arithmetic (about
-1.5x faster than two ``distance_transform_edt`` calls, the same values bit for bit).
+exact numba squared EDT of :mod:`util.ph_unionfind` (checked equal to scipy's in the tests; about 2.5x
+faster than scipy; the ``edt`` package is no longer used), or, with :data:`NUMBA_EDT` off, from scipy's two
+feature transforms combined in integer arithmetic (about 1.5x faster than two ``distance_transform_edt``
+calls, the same values bit for bit).
 """
 import math
 import os
@@ -76,12 +77,9 @@ DIAGRAM_COLUMNS = ('dim', 'birth', 'death', 'x1', 'y1', 'z1', 'x2', 'y2', 'z2')
 INFINITE_DEATH = 0.5 * np.finfo(np.float64).max
 OTSU_BINS = 256   # skimage.filters.threshold_otsu's default number of bins for float images
 
-try:  # optional, exact and about twice as fast as scipy for the signed distance
-    import edt as _edt_module
-    if not hasattr(_edt_module, 'edtsq'):
-        _edt_module = None
-except ImportError:
-    _edt_module = None
+# The signed distance comes from the union-find module's exact numba squared EDT (about 2.5x faster than
+# scipy); False = scipy's feature transforms (the reference route, kept for tests and the benchmarks).
+NUMBA_EDT = True
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -202,33 +200,34 @@ def edge_map(grey):
 def _signed_distance(bw):
     """``EDT(bw) - EDT(~bw)`` as float64 ``(H, W)``, bit for bit scipy's (both classes must be present).
 
-    With the ``edt`` package: its multi-label mode gives each pixel the squared distance to the nearest
-    pixel of the other label; squared distances are integers below 2**24, exact in its float32 output, so
-    the float64 square root equals scipy's.  Without it: scipy's two feature transforms (nearest background
-    pixel of each foreground pixel and vice versa), combined into one integer squared distance -- the values
-    ``distance_transform_edt`` computes, without its float64 temporaries for each of the two calls.
+    With :data:`NUMBA_EDT` (the default): :func:`util.ph_unionfind.signed_sqedt`, the exact signed squared
+    distances as integers, whose float64 square roots are those scipy takes of the same integers.  Else
+    scipy's two feature transforms (nearest background pixel of each foreground pixel and vice versa),
+    combined into one integer squared distance -- the values ``distance_transform_edt`` computes, without its
+    float64 temporaries for each of the two calls.
     """
-    if _edt_module is not None:
-        d2 = _edt_module.edtsq(bw.view(np.uint8) + np.uint8(1), black_border=False, parallel=1)
-        d = np.sqrt(d2, dtype=np.float64)
-    else:
-        from scipy.ndimage import distance_transform_edt
-        itype = np.int32 if max(bw.shape) < 30000 else np.int64      # squares must not overflow
-        ft = np.empty((2, bw.ndim) + bw.shape, np.int32)
-        distance_transform_edt(bw, return_distances=False, return_indices=True, indices=ft[0])
-        distance_transform_edt(~bw, return_distances=False, return_indices=True, indices=ft[1])
-        # each pixel is its own feature in one of the two transforms, so
-        # (feature of the other class) - (pixel) = ft[0] + ft[1] - 2 * (pixel), per axis
-        delta = ft[0].astype(itype, copy=False)
-        delta += ft[1]
-        for axis, n in enumerate(bw.shape):
-            shape = [1] * bw.ndim
-            shape[axis] = n
-            delta[axis] -= (2 * np.arange(n, dtype=itype)).reshape(shape)
-        delta *= delta
-        for axis in range(1, bw.ndim):
-            delta[0] += delta[axis]
-        d = np.sqrt(delta[0], dtype=np.float64)
+    if NUMBA_EDT and bw.ndim == 2:
+        k = _unionfind().signed_sqedt(bw)
+        d = np.sqrt(np.abs(k), dtype=np.float64)
+        np.negative(d, out=d, where=k < 0)
+        return d
+    from scipy.ndimage import distance_transform_edt
+    itype = np.int32 if max(bw.shape) < 30000 else np.int64      # squares must not overflow
+    ft = np.empty((2, bw.ndim) + bw.shape, np.int32)
+    distance_transform_edt(bw, return_distances=False, return_indices=True, indices=ft[0])
+    distance_transform_edt(~bw, return_distances=False, return_indices=True, indices=ft[1])
+    # each pixel is its own feature in one of the two transforms, so
+    # (feature of the other class) - (pixel) = ft[0] + ft[1] - 2 * (pixel), per axis
+    delta = ft[0].astype(itype, copy=False)
+    delta += ft[1]
+    for axis, n in enumerate(bw.shape):
+        shape = [1] * bw.ndim
+        shape[axis] = n
+        delta[axis] -= (2 * np.arange(n, dtype=itype)).reshape(shape)
+    delta *= delta
+    for axis in range(1, bw.ndim):
+        delta[0] += delta[axis]
+    d = np.sqrt(delta[0], dtype=np.float64)
     np.negative(d, out=d, where=~bw)
     return d
 
@@ -341,7 +340,7 @@ def compute_ph(img, filtration=DEFAULT_FILTRATION, gradient=False, engine=DEFAUL
     _check_kind(filtration)
     g, bw = _binary(img, filtration, gradient)
     if filtration == 'signed_distance' and bw is not None and resolve_engine(engine, g.ndim) == 'unionfind' \
-            and bw.any() and not bw.all():
+            and NUMBA_EDT and bw.any() and not bw.all():
         uf = _unionfind()
         return uf.diagram_of_sqkeys(uf.signed_sqedt(bw))
     return diagram_of_filtration(_filtration_of(g, bw, filtration, gradient), engine)

@@ -489,7 +489,10 @@ def _signed_sqedt(bw):
     out = np.empty((h, w), np.int64)
     g = np.empty(w, np.int64)
     v = np.empty(w, np.int64)
-    z = np.empty(w + 1, np.float64)
+    # the breakpoint between parabolas v[i-1] and v[i] of the envelope is the fraction zn[i] / zd[i] (zd > 0):
+    # integer comparisons, exact, and no division
+    zn = np.empty(w, np.int64)
+    zd = np.empty(w, np.int64)
     inf = big * big
     for r in range(h):
         for cls in range(2):
@@ -513,30 +516,27 @@ def _signed_sqedt(bw):
                 gq = g[q]
                 if gq >= inf:
                     continue
+                fq = gq + q * q
                 if k < 0:
                     k = 0
                     v[0] = q
-                    z[0] = -np.inf
-                    z[1] = np.inf
                     continue
-                fq = gq + q * q
-                while True:
+                while True:     # pop the parabolas that q's lies below from their breakpoint on
                     p = v[k]
-                    s = (fq - (g[p] + p * p)) / (2.0 * (q - p))
-                    if s <= z[k]:
+                    num = fq - (g[p] + p * p)
+                    den = 2 * (q - p)
+                    if k > 0 and num * zd[k] <= zn[k] * den:
                         k -= 1
-                        if k < 0:
-                            break
                     else:
                         break
                 k += 1
                 v[k] = q
-                z[k] = s if k > 0 else -np.inf
-                z[k + 1] = np.inf
+                zn[k] = num
+                zd[k] = den
             j = 0
             sign = 1 if target else -1
             for c in range(w):
-                while z[j + 1] < c:
+                while j < k and zn[j + 1] < c * zd[j + 1]:
                     j += 1
                 if bw[r, c] == target:
                     p = v[j]
