@@ -324,7 +324,7 @@ def _labels(dataset, n):
 def test_training_on_the_fly_and_cache_labels_equal_with_either_engine(tmp_path):
     """pretraining.py without -t (on the fly, and with --cache_dir): the flag reaches ComputedLabels, and the
     histogram labels are the same, bit for bit, with either engine."""
-    from util.data_sources import build_pretraining_sets
+    from util.modes import build_pretraining_sets   # the flags' data sets, as pretraining.py builds them
     got = {}
     for engine in ('unionfind', 'cripser', 'auto'):
         base = ['-n', '4', '-nv', '2', '--img_size', '40', '--crop_size', '32', '-pb', '0.5', '--seed', '3',
@@ -362,7 +362,7 @@ def _class_folders(root, n=2):
 def test_training_post_and_folder_labels_equal_with_either_engine(tmp_path):
     """-t without -pd, with -ph post (labels of the augmented crop) and -ph pre: same labels either way."""
     import torch
-    from util.data_sources import build_pretraining_sets
+    from util.modes import build_pretraining_sets   # the flags' data sets, as pretraining.py builds them
     _class_folders(tmp_path / 'img')
     got = {}
     for engine in ('unionfind', 'cripser'):
@@ -384,13 +384,14 @@ def test_two_task_mode_labels_equal_with_either_engine(tmp_path):
     """-lm simultaneous: the flag reaches the PH labels of the training and validation folders."""
     import torch
     from util.data_sources import build_simultaneous_sets
+    from util.settings import data_config
     _class_folders(tmp_path / 'img')
     got = {}
     for engine in ('unionfind', 'cripser'):
         args = _training_args('finetuning', ['-lm', 'simultaneous', '-t', str(tmp_path / 'img'), '-val',
                                              str(tmp_path / 'img'), '--img_size', '40', '--crop_size', '24',
                                              '--label_type', 'histogram', '-nd', '40', '--ph_engine', engine])
-        train, _, val_ph, _ = build_simultaneous_sets(args)
+        train, _, val_ph, _ = build_simultaneous_sets(data_config(args), args.ph_dims)
         assert train.computed.engine == engine and val_ph.computed.engine == engine
         torch.manual_seed(0)
         got[engine] = [train[i][1][1].numpy() for i in range(4)] + [t.numpy() for t in _labels(val_ph, 4)]
