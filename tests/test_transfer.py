@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from bench import transfer
-from util.datasets import load_label_matrix
+from util.labels import load_label_matrix
 
 
 @pytest.fixture(scope='module')
