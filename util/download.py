@@ -798,6 +798,18 @@ def _convert(name, raw_paths, raw_dir, out_root, val_ratio, progress):
     return counts
 
 
+def _output_of(data_dir, name):
+    """(``data_dir/name``, the result dict to fill) for a dataset still to be written, or (that folder, None)
+    when both splits are complete already (said on stdout); the folder is checked and created."""
+    out_root = os.path.join(data_dir, name)
+    if all(split_done(out_root, s) for s in SPLITS):
+        print(f"{out_root}: already complete (remove its .train.done/.val.done to redo it)")
+        return out_root, None
+    _check_output(out_root)
+    ensure_dir(out_root, what='output folder (--data_file_path)')
+    return out_root, {'path': out_root, 'train': None, 'val': None}
+
+
 def download_dataset(name, raw_dir, data_dir, sources=None, val_ratio=0.2, progress=True):
     """Download, verify and convert dataset ``name`` into ``<data_dir>/<name>/{train,val}/<class>/``.
 
@@ -816,13 +828,9 @@ def download_dataset(name, raw_dir, data_dir, sources=None, val_ratio=0.2, progr
     if name not in table:
         raise UserError(f"the source table has no entry for {name}")
     entries = normalize_sources(table[name], name)
-    out_root = os.path.join(data_dir, name)
-    result = {'path': out_root, 'train': None, 'val': None}
-    if all(split_done(out_root, s) for s in SPLITS):
-        print(f"{out_root}: already complete (remove its .train.done/.val.done to redo it)")
-        return result
-    _check_output(out_root)
-    ensure_dir(out_root, what='output folder (--data_file_path)')
+    out_root, result = _output_of(data_dir, name)
+    if result is None:
+        return {'path': out_root, 'train': None, 'val': None}
     ensure_dir(raw_dir, what='raw file folder (--raw_file_path)')
     raw_paths = {}
     for src in entries:
@@ -862,13 +870,9 @@ def setup_local_dataset(name, raw_dir, data_dir, val_ratio=0.2, progress=True):
             raise UserError(f"class {c!r} has two images named {dup!r} in {' and '.join(roots)}; rename one")
     if not classes:
         raise UserError(f"no images found in {' or '.join(roots)}")
-    out_root = os.path.join(data_dir, name)
-    result = {'path': out_root, 'train': None, 'val': None}
-    if all(split_done(out_root, s) for s in SPLITS):
-        print(f"{out_root}: already complete (remove its .train.done/.val.done to redo it)")
-        return result
-    _check_output(out_root)
-    ensure_dir(out_root, what='output folder (--data_file_path)')
+    out_root, result = _output_of(data_dir, name)
+    if result is None:
+        return {'path': out_root, 'train': None, 'val': None}
     for split, items in split_folder_classes(classes, val_ratio).items():
         result[split] = write_folder_split(out_root, split, items, progress)
     return result
