@@ -44,7 +44,7 @@ python util/export_digits.py -o "$DIGITS" --labels_per_class "$LABELS_PER_CLASS"
 
 step "5/6 fine-tune: from the PH-pretrained weights, and from scratch for comparison"
 FT=(-t "$DIGITS/train" -val "$DIGITS/val" -u "$ARCH" -nc 10 -e "$FT_EPOCHS" --img_size 32 --crop_size 32
-    -b 32 -nw 1 --lr_fine 0.02 -op sgd_cos --seed "$SEED")
+    -b 32 -nw 1 --lr_fine 0.02 -op sgd_cos --seed "$SEED" --no-hflip)   # no mirror images of digits (BENCHMARKS.md)
 python finetuning.py "${FT[@]}" -pw "$PRETRAINED" -o "$OUT/finetune_pretrained"
 python finetuning.py "${FT[@]}" -o "$OUT/finetune_scratch"
 
