@@ -49,7 +49,7 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
-from util import compat, ph
+from util import compat, label_norm, label_sources, ph
 from util.errors import UserError, run_cli
 from util.fileio import add_max_pixels_arg, ensure_dir, list_images, refuse_output_inside, require_dir, save_npy, \
     set_max_pixels, write_json
@@ -141,6 +141,16 @@ def get_args_parser():
         'label vectors', "--label_type writes one consolidated label matrix (labels_TYPE.npy/.txt/.json); "
                          "the other flags also set the -ch histogram and the -cpi persistence image")
     add_label_args(group, max_life='-ml', max_birth='-mb', bandwidth='-b', sigma='-s')
+    label_sources.allow_random_choice(group)
+    group.add_argument('--seed', type=int, default=1, help="--label_type random: the seed of the targets; "
+                       "pretraining.py --seed with the same value makes the same ones (default: %(default)s)")
+    group.add_argument('--label_norm', choices=('none', 'standard'), default='none',
+                       help="standard: also write the per-component mean and floored std of the label matrix "
+                            "into labels_TYPE.json, for pretraining.py --label_norm standard (the matrix "
+                            "stays raw) (default: %(default)s)")
+    group.add_argument('--label_norm_floor', type=float, default=label_norm.DEFAULT_FLOOR,
+                       help="std floor of --label_norm standard, relative to the RMS of the components' std "
+                            "(default: %(default)s)")
     p.set_defaults(label_type=None)
     compat.phdict_compat(p)   # the original's later names and value shapes (docs/compat.md)
     return p
@@ -403,6 +413,8 @@ def main(args):
                         "of your images (e.g. -it jpg)")
     _refuse_shared_stems(all_files)
     files = shard_of(all_files, k, n)
+    if args.label_type == label_sources.RANDOM:
+        return _random_labels(args, files, all_files, out_dir, k, n)
     check_settings(out_dir, output_settings(args))
     write_json(os.path.join(out_dir, 'args.json'), vars(args))
 
@@ -492,6 +504,7 @@ def main(args):
             print(f"merged {n} shards into {label_names(args.label_type)[0]}")
     if args.plot:
         _plots(args, files, ok, outs, target_dir, out_dir, hist_vec or pi_vec)
+    _label_stats(args, out_dir)
 
     shard_note = f" (shard {k}/{n} of {len(all_files)})" if n > 1 else ''
     print(f"PHdict: {done} done, {skipped} skipped, {len(failures)} failed of {len(files)} files{shard_note}"
@@ -538,6 +551,34 @@ def _hist_summary(args, files, ok, outs, hist_sum, count, earlier, out_dir, k, n
     with atomic_open(os.path.join(out_dir, name), 'wb') as f:
         fig.savefig(f, format='png', dpi=90)
     plt.close(fig)
+
+
+def _label_stats(args, out_dir):
+    """--label_norm standard: the statistics of the whole label matrix, into its json."""
+    if args.label_type and args.label_norm == 'standard':
+        if label_norm.add_stats_to_json(out_dir, args.label_type, args.label_norm_floor) is not None:
+            print(f"label statistics (--label_norm standard) in {label_names(args.label_type)[2]}")
+
+
+def _random_labels(args, files, all_files, out_dir, k, n):
+    """--label_type random: the random-target matrix of the listed files (no PH is computed)."""
+    if args.compute_hist or args.compute_persistence_image or args.plot:
+        raise UserError("--label_type random computes no persistent homology: drop -ch, -cpi and --plot (run "
+                        "PHdict.py separately for them)")
+    info = dict(label_type=label_sources.RANDOM, params={'seed': args.seed, 'distribution': 'standard normal',
+                                                        'key': 'relative path without extension'},
+                filtration=None, imgtype=args.imgtype, gradient=False)
+    names = label_names(label_sources.RANDOM, k, n)
+    if label_matrix_complete(out_dir, names, files, info):
+        print(f"label matrix {names[0]} is complete; kept")
+    else:
+        keys = [label_sources.image_key(f) for f in files]
+        write_label_matrix(out_dir, names, label_sources.random_matrix(args.seed, keys, args.numof_dims), files, info)
+        print(f"label matrix {names[0]}: {len(files)} x {args.numof_dims} random targets (seed {args.seed})")
+    if n > 1:
+        merge_label_shards(out_dir, label_sources.RANDOM, n, info, all_files)
+    _label_stats(args, out_dir)
+    return 0
 
 
 def _write_labels(args, files, all_files, ok, failures, matrix, label_info, out_dir, k, n, fingerprints):

@@ -23,10 +23,10 @@ lever re-runs only what it changes); ``--fresh`` ignores the cache.  One pretrai
 shared by all seeds (the seeds vary the labelled subset, the test split and the fine-tuning), so the margins'
 standard errors do not include the pretraining's own seed variation.
 
-Two steps stand in for product flags that do not exist yet, each in ONE function below, marked
-``STAND-IN``: the random-target control (``--label_type random``) and the per-component standardisation of
-the label matrix (``--label_norm standard``).  Both write label matrices in PHdict.py's consolidated format
-(``labels_<type>.npy/.txt/.json``) that ``pretraining.py -pd DIR -pc`` reads unchanged.
+The random-target control is the product's ``--label_type random`` (``PHdict.py --label_type random``
+writes its matrix, ``pretraining.py -pd DIR -pc --label_type random`` reads it: a fixed N(0,1) vector per
+image, from the seed and the image's name only); ``--label_norm standard`` is passed to both pretrainings
+(pretraining.py computes the statistics from the label matrix, with its variance floor, and stores them).
 """
 import os
 import sys
@@ -103,7 +103,8 @@ def get_args_parser():
     g.add_argument('--label_type', default='histogram', help='PHdict/pretraining --label_type (default: %(default)s)')
     g.add_argument('--dims', type=int, default=None, help='label dimension (--numof_dims / -nc)')
     g.add_argument('--label_norm', choices=('none', 'standard'), default='none',
-                   help='standard: z-score each PH label component over the pretraining images (default: none)')
+                   help="pretraining.py --label_norm for both pretrainings: 'standard' z-scores each label component "
+                   "(floored std; the random targets are N(0,1) already) (default: none)")
     g.add_argument('--ph', choices=('pre', 'post'), default='pre', help="pretraining -ph; 'post' computes the PH "
                    "of each crop in the loader (no -pd); the random control stays one vector per image")
     g.add_argument('--on_the_fly', action='store_true', help='PH pretraining on images generated on the fly '
@@ -201,51 +202,6 @@ def _finished_run(base, done_file):
     return os.path.join(base, dirs[-1]) if dirs else None
 
 
-# ------------------------------------------------------------------------------------------ label matrices
-def _read_matrix(ph_dir, label_type):
-    npy = os.path.join(ph_dir, f'labels_{label_type}.npy')
-    txt = os.path.join(ph_dir, f'labels_{label_type}.txt')
-    jsn = os.path.join(ph_dir, f'labels_{label_type}.json')
-    with open(txt, encoding='utf-8') as f:
-        names = f.read().splitlines()
-    with open(jsn, encoding='utf-8') as f:
-        info = json.load(f)
-    return np.load(npy), names, info
-
-
-def _write_matrix(out_dir, label_type, matrix, names, info):
-    """PHdict.py's consolidated format: labels_T.npy float32 [N, D], .txt (row order), .json (count, dim)."""
-    fileio.ensure_dir(out_dir)
-    base = os.path.join(out_dir, f'labels_{label_type}')
-    fileio.save_npy(base + '.npy', np.asarray(matrix, dtype=np.float32))
-    fileio.write_text(base + '.txt', ''.join(n + '\n' for n in names))
-    fileio.write_json(base + '.json', dict(info, count=len(names), dim=int(matrix.shape[1])))
-
-
-def random_target_matrix(names, dim, seed):
-    """STAND-IN for the product's future ``--label_type random``: a fixed N(0, 1) vector per image.
-
-    Row i depends only on ``seed`` and the image's name (its path relative to the image folder), never on
-    its pixels: ``default_rng([seed, *sha256(name) as four uint32 words]).standard_normal(dim)``.
-    Returns float32 [len(names), dim]."""
-    rows = []
-    for n in names:
-        words = np.frombuffer(hashlib.sha256(n.encode('utf-8')).digest()[:16], dtype='<u4')
-        rows.append(np.random.default_rng([int(seed)] + [int(w) for w in words]).standard_normal(dim))
-    return np.asarray(rows, dtype=np.float32).reshape(len(names), dim)
-
-
-def standardise_matrix(matrix):
-    """STAND-IN for the product's future ``--label_norm standard``: z-score each label component over the
-    training images.  Returns (standardised float32 matrix, mean, std); components with std < 1e-8 are only
-    centred (std recorded as 1)."""
-    m = np.asarray(matrix, dtype=np.float64)
-    mean = m.mean(axis=0)
-    std = m.std(axis=0)
-    std = np.where(std < 1e-8, 1.0, std)
-    return ((m - mean) / std).astype(np.float32), mean, std
-
-
 # ------------------------------------------------------------------------------------------ data sets
 def _link_or_copy(src, dst):
     os.makedirs(os.path.dirname(dst), exist_ok=True)
@@ -341,7 +297,7 @@ def _dev(cfg):
 
 
 def prepare_pretraining(runner, cfg, log):
-    """Generate images, compute PH labels (and their stand-in variants); returns {init: pretraining argv}."""
+    """Generate images, compute PH labels and the random targets; returns {init: pretraining argv}, files."""
     gen = ['-n', cfg['n_images'], '-is', cfg['gen_size'], '-pb', 0.5, '-pc', 0.5, '--seed', 0, '--format', 'png',
            '-nw', 2]
     images = os.path.join(runner.work, 'images', _hash(gen))
@@ -350,22 +306,15 @@ def prepare_pretraining(runner, cfg, log):
     ph_dir = os.path.join(runner.work, 'ph', _hash([images, lt, dims]))
     runner.run('PHdict.py', [images, '-o', ph_dir, '-it', 'png', '-nw', 2, '--label_type', lt,
                              '--numof_dims', dims], 'PHdict.py')
-    matrix, names, info = _read_matrix(ph_dir, lt)
-    pre_ph_dir = ph_dir
-    if cfg['label_norm'] == 'standard':
-        pre_ph_dir = os.path.join(runner.work, 'ph_std', _hash([ph_dir, lt, dims]))
-        z, mean, std = standardise_matrix(matrix)
-        _write_matrix(pre_ph_dir, lt, z, names, dict(info, label_norm='standard', mean=mean.tolist(),
-                                                     std=std.tolist(), source=ph_dir))
-    rand_dir = os.path.join(runner.work, 'random_targets', _hash([images, lt, dims, 'seed0']))
-    _write_matrix(rand_dir, lt, random_target_matrix(names, dims, seed=0), names,
-                  {'label_type': lt, 'params': {'random_targets': True, 'seed': 0,
-                                                'distribution': 'standard normal'},
-                   'filtration': None, 'imgtype': 'png', 'gradient': False,
-                   'note': 'stand-in for --label_type random: a fixed N(0,1) vector per image name'})
-    common = ['-u', cfg['arch'], '-nc', dims, '--label_type', lt, '--img_size', cfg['pre_img'],
-              '--crop_size', cfg['pre_crop'], '-e', cfg['pre_epochs'], '-b', cfg['pre_batch'],
-              '--lr_pre', cfg['lr_pre'], '-op', cfg['pre_opt'], '--seed', 0] + _dev(cfg)
+    # the random-target control: PHdict.py --label_type random (a fixed N(0,1) vector per image, seed 0 as
+    # the pretraining's --seed), read by pretraining.py -pd -pc --label_type random
+    rand_dir = os.path.join(runner.work, 'random_labels', _hash([images, dims, 'seed0']))
+    runner.run('PHdict.py', [images, '-o', rand_dir, '-it', 'png', '--label_type', 'random', '--numof_dims', dims,
+                             '--seed', 0], 'PHdict.py --label_type random')
+    sizes = ['--img_size', cfg['pre_img'], '--crop_size', cfg['pre_crop'], '-e', cfg['pre_epochs'],
+             '-b', cfg['pre_batch'], '--lr_pre', cfg['lr_pre'], '-op', cfg['pre_opt'], '--seed', 0] + _dev(cfg)
+    norm = ['--label_norm', 'standard'] if cfg['label_norm'] == 'standard' else []
+    common = ['-u', cfg['arch'], '-nc', dims, '--label_type', lt] + sizes + norm
     extra = cfg['pre_extra'].split()
     if cfg['on_the_fly']:
         ph = common + ['-n', cfg['n_images'], '-pb', 0.5, '--prob_colour', 0.5, '-nv', 0, '-nw', 2,
@@ -373,10 +322,11 @@ def prepare_pretraining(runner, cfg, log):
     elif cfg['ph'] == 'post':
         ph = common + ['-t', images, '-ph', 'post', '-nw', 2]
     else:
-        ph = common + ['-t', images, '-pd', pre_ph_dir, '-pc', '-nw', 1]
-    rnd = common + ['-t', images, '-pd', rand_dir, '-pc', '-nw', 1]
+        ph = common + ['-t', images, '-pd', ph_dir, '-pc', '-nw', 1]
+    rnd = (['-u', cfg['arch'], '-nc', dims, '--label_type', 'random'] + sizes + norm
+           + ['-t', images, '-pd', rand_dir, '-pc', '-nw', 1])
     return {'ph': ph + extra, 'random': rnd + extra}, {'images': images, 'ph_dir': ph_dir,
-                                                      'ph_labels_used': pre_ph_dir, 'random_dir': rand_dir}
+                                                      'ph_labels_used': ph_dir, 'random_dir': rand_dir}
 
 
 def pretrain(runner, cfg, argv_by_init, log):

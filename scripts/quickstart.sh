@@ -13,7 +13,7 @@ N_IMAGES="${N_IMAGES:-2000}"          # synthetic pretraining images
 IMG_SIZE="${IMG_SIZE:-48}"            # side of the generated images
 CROP="${CROP:-40}"                    # pretraining crop (the network input)
 ARCH="${ARCH:-resnet18}"              # any torchvision classification model
-LABEL="${LABEL:-histogram}"           # histogram | persistence_image | betti_curve | landscape
+LABEL="${LABEL:-persistence_image}"   # persistence_image (best in bench/transfer.py, BENCHMARKS.md) | histogram | betti_curve | landscape
 DIMS="${DIMS:-200}"                   # length of the PH label vector
 PRE_EPOCHS="${PRE_EPOCHS:-5}"         # pretraining epochs
 FT_EPOCHS="${FT_EPOCHS:-10}"          # fine-tuning epochs
@@ -44,7 +44,7 @@ python util/export_digits.py -o "$DIGITS" --labels_per_class "$LABELS_PER_CLASS"
 
 step "5/6 fine-tune: from the PH-pretrained weights, and from scratch for comparison"
 FT=(-t "$DIGITS/train" -val "$DIGITS/val" -u "$ARCH" -nc 10 -e "$FT_EPOCHS" --img_size 32 --crop_size 32
-    -b 32 -nw 1 --lr_fine 0.02 -op sgd_cos --seed "$SEED")
+    -b 32 -nw 1 --lr_fine 0.02 -op sgd_cos --seed "$SEED" --no-hflip)   # no mirror images of digits (BENCHMARKS.md)
 python finetuning.py "${FT[@]}" -pw "$PRETRAINED" -o "$OUT/finetune_pretrained"
 python finetuning.py "${FT[@]}" -o "$OUT/finetune_scratch"
 

@@ -1,5 +1,5 @@
-"""bench/transfer.py: the tiny preset end to end (every table cell traced to a real fine-tuning run), and its two
-stand-ins for product flags: the random-target control and the per-component label standardisation."""
+"""bench/transfer.py: the tiny preset end to end (every table cell traced to a real fine-tuning run), and the
+random-target control through the product's --label_type random."""
 import json
 import os
 
@@ -101,41 +101,17 @@ def test_every_cell_is_a_real_finetuning_run(tiny_run):
             assert len(subsets) == 1
 
 
-def test_random_target_matrix_written_in_phdict_format(tiny_run):
+def test_random_targets_come_from_the_product_flag(tiny_run):
+    """The control is PHdict.py --label_type random, read by pretraining.py --label_type random."""
+    from util import label_sources
     result, _, _ = tiny_run
-    lt, dims = result['settings']['label_type'], result['settings']['dims']
+    dims = result['settings']['dims']
     rand = result['files']['random_dir']
-    matrix, names = load_label_matrix(os.path.join(rand, f'labels_{lt}.npy'), os.path.join(rand, f'labels_{lt}.txt'),
+    matrix, names = load_label_matrix(os.path.join(rand, 'labels_random.npy'), os.path.join(rand, 'labels_random.txt'),
                                       expected_dim=dims)
-    ph, ph_names = load_label_matrix(os.path.join(result['files']['ph_dir'], f'labels_{lt}.npy'),
-                                     os.path.join(result['files']['ph_dir'], f'labels_{lt}.txt'), expected_dim=dims)
-    assert names == ph_names and matrix.shape == ph.shape == (result['settings']['n_images'], dims)
-    np.testing.assert_array_equal(matrix, transfer.random_target_matrix(names, dims, seed=0))
-    with open(os.path.join(rand, f'labels_{lt}.json'), encoding='utf-8') as f:
-        info = json.load(f)
-    assert info['count'] == len(names) and info['dim'] == dims and info['label_type'] == lt
-
-
-def test_random_targets_reproducible_and_independent_of_content():
-    names = [f'v{i:08d}.png' for i in range(300)]
-    a = transfer.random_target_matrix(names, 50, seed=3)
-    assert a.dtype == np.float32 and a.shape == (300, 50)
-    np.testing.assert_array_equal(a, transfer.random_target_matrix(names, 50, seed=3))
-    # a row depends on the image's name only: not on its position among the others, nor on any pixel
-    np.testing.assert_array_equal(transfer.random_target_matrix(names[::-1], 50, seed=3), a[::-1])
-    np.testing.assert_array_equal(transfer.random_target_matrix(names[7:8], 50, seed=3)[0], a[7])
-    assert not np.allclose(transfer.random_target_matrix(names, 50, seed=4), a)
-    assert len({row.tobytes() for row in a}) == len(names)
-    assert abs(a.mean()) < 0.05 and abs(a.std() - 1) < 0.05      # standard normal
-
-
-def test_standardise_matrix():
-    rng = np.random.default_rng(0)
-    m = np.c_[rng.normal(5, 3, (400, 3)), np.full(400, 2.0)].astype(np.float32)
-    z, mean, std = transfer.standardise_matrix(m)
-    assert z.dtype == np.float32 and z.shape == m.shape
-    np.testing.assert_allclose(z[:, :3].mean(0), 0, atol=1e-5)
-    np.testing.assert_allclose(z[:, :3].std(0), 1, atol=1e-4)
-    np.testing.assert_array_equal(z[:, 3], 0)        # a constant component is centred, not divided by zero
-    assert std[3] == 1.0
-    np.testing.assert_allclose(z * std + mean, m, rtol=1e-5, atol=1e-5)   # the statistics undo it
+    assert matrix.shape == (result['settings']['n_images'], dims)
+    np.testing.assert_array_equal(matrix, label_sources.random_matrix(0, [label_sources.image_key(n) for n in names],
+                                                                       dims))
+    with open(os.path.join(result['pretraining']['random']['run_dir'], 'args.json'), encoding='utf-8') as f:
+        pargs = json.load(f)
+    assert pargs['label_type'] == 'random' and pargs['numof_classes'] == dims and pargs['seed'] == 0

@@ -4,7 +4,7 @@ import functools
 import os
 import sys
 
-from util import compat, distributed, fileio, modes
+from util import compat, distributed, fileio, label_sources, modes
 from util.config import (DEFAULT_NUM_OUTPUTS, ON_THE_FLY_IMAGES, ON_THE_FLY_PROB_COLOUR, AugmentConfig,
                          TrainConfig)
 from util.engine import OPTIMIZERS
@@ -124,6 +124,9 @@ def add_common_args(parser):
                    'before the random crop (default: %(default)s)')
     g.add_argument('--affine', '-aff', action='store_true', help='random affine augmentation (rotation, scale, '
                    'shear) before cropping (default: off)')
+    g.add_argument('--hflip', default=AugmentConfig.hflip, action=argparse.BooleanOptionalAction,
+                   help='random horizontal flips of training images (default: on when fine-tuning, off when '
+                   'pretraining unless --aug_plus; a flip never changes a PH label; --no-hflip for digits, text)')
     return parser
 
 
@@ -206,6 +209,8 @@ def add_mode_args(parser, default_mode):
             action.choices = tuple(LABEL_TYPES) + ('class',)
             action.help += ("; 'class' (pretraining/combined only): the class folders of the pretraining "
                             "images as labels, cross-entropy instead of PH regression")
+    label_sources.allow_random_choice(g)
+    label_sources.add_norm_args(g)
 
     g = parser.add_argument_group('on-the-fly image generation (when no image folder is given for the PH task)')
     g.add_argument('--alpha_range', '-ar', default=list(GeneratorConfig.alpha_range), type=float, nargs=2,
@@ -248,6 +253,11 @@ def check_mode_args(args):
     if args.label_type == 'class' and mode in ('simultaneous', 'alternating'):
         raise UserError(f"--label_type class has no PH task; -lm {mode} needs a PH label type "
                         f"(histogram, persistence_image, betti_curve or landscape)")
+    if mode in ('simultaneous', 'alternating') and (args.label_type == 'random' or args.label_norm != 'none'):
+        raise UserError(f"-lm {mode} computes PH labels as they are: --label_type random and --label_norm "
+                        f"apply to -lm pretraining and combined only")
+    if args.label_norm_floor < 0:
+        raise UserError(f"--label_norm_floor must be >= 0 (got {args.label_norm_floor})")
     if args.freeze_encoder and mode in ('simultaneous', 'alternating'):
         raise UserError(f"--freeze_encoder would leave the PH task of -lm {mode} without effect on the "
                         f"classifier; drop it")

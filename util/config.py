@@ -64,6 +64,7 @@ class AugmentConfig:
     random_rotation: float = 0.0
     crop_padding: int = 0
     affine: bool = False
+    hflip: Optional[bool] = None           # None: the script's default (fine-tuning on; pretraining off, on with aug_plus)
 
 
 @dataclass

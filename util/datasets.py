@@ -105,18 +105,22 @@ def pretrain_transforms(aug):
 
     Spatial, as the original: [RandomAffine] [Resize] [RandomRescale] [RandomRotation] RandomCrop (padding
     ``--crop_padding``); with ``--aug_plus``: [RandomAffine] [RandomRescale] [RandomRotation]
-    RandomResizedCrop(crop, scale 0.2-1) and a horizontal flip.  Then the photometric steps
+    RandomResizedCrop(crop, scale 0.2-1) and a horizontal flip; ``--hflip`` / ``--no-hflip`` add / drop the
+    flip (a flip leaves every PH label unchanged).  Then the photometric steps
     (:func:`photometric_transforms`), ToTensor and Normalize."""
     aug = _augment_config(aug)
     spatial = _affine(aug)
     if aug.aug_plus:
         spatial += _geometric(aug)
-        spatial += [T.RandomResizedCrop(aug.crop_size, scale=(0.2, 1.0)), T.RandomHorizontalFlip()]
+        spatial.append(T.RandomResizedCrop(aug.crop_size, scale=(0.2, 1.0)))
     else:
         if aug.img_size > aug.crop_size:
             spatial.append(T.Resize(aug.img_size, interpolation=T.InterpolationMode.BILINEAR))
         spatial += _geometric(aug)
         spatial.append(_random_crop(aug))
+    hflip = getattr(aug, 'hflip', None)
+    if hflip or (hflip is None and aug.aug_plus):
+        spatial.append(T.RandomHorizontalFlip())   # --hflip: off by default, on with --aug_plus
     return T.Compose(spatial), _to_tensor(aug)
 
 
@@ -130,7 +134,7 @@ def pretrain_val_transforms(aug):
 def finetune_train_parts(aug):
     """(spatial PIL->PIL, PIL->normalised tensor) of fine-tuning's training augmentation.
 
-    Default: Resize(img_size), RandomResizedCrop(crop, scale 0.7-1), horizontal flip.  With
+    Default: Resize(img_size), RandomResizedCrop(crop, scale 0.7-1), horizontal flip (``--no-hflip``: none).  With
     ``--random_scale`` or ``--crop_padding`` the crop is a RandomCrop (with that padding) after the random
     rescale; ``--random_rotation`` and ``--affine`` come before the crop; ``--aug_plus`` replaces resize and
     crop by RandomResizedCrop(crop, scale 0.2-1) and adds the photometric steps."""
@@ -146,7 +150,8 @@ def finetune_train_parts(aug):
             spatial.append(_random_crop(aug))
         else:
             spatial.append(T.RandomResizedCrop(aug.crop_size, scale=(0.7, 1.0)))
-    spatial.append(T.RandomHorizontalFlip())
+    if getattr(aug, 'hflip', None) is not False:   # --no-hflip turns it off (e.g. digits, text)
+        spatial.append(T.RandomHorizontalFlip())
     return T.Compose(spatial), _to_tensor(aug)
 
 
@@ -369,11 +374,12 @@ class GeneratedPH(_PHBase):
     """
 
     def __init__(self, cfg, seed, n_samples, computed, spatial, to_tensor, persistence='pre', stream=0,
-                 cache_dir=None, fresh_each_epoch=True):
+                 cache_dir=None, fresh_each_epoch=True, index_labels=None):
         super().__init__(spatial, to_tensor, persistence, 'fail')
         self.cfg, self.seed, self.n, self.stream = cfg, seed, n_samples, stream
         self.computed = computed
-        self.dim = computed.dim
+        self.index_labels = index_labels   # label(generated index) instead of PH (util/label_sources.py)
+        self.dim = (index_labels if index_labels is not None else computed).dim
         self.cache_dir = cache_dir
         self.fresh_each_epoch = fresh_each_epoch and cache_dir is None
         self.epoch = 0
@@ -411,6 +417,8 @@ class GeneratedPH(_PHBase):
         return Image.fromarray(arr).convert('RGB')
 
     def _label_pre(self, i, image):
+        if self.index_labels is not None:
+            return self.index_labels.label(self._index(i))
         if not self.cache_dir:
             return self.computed.from_image(image)
         path = os.path.join(self.cache_dir, 'PH', f'v{self._index(i):08d}.npy')

@@ -19,7 +19,7 @@ from util.vectorise import LABEL_TYPES
 
 def label_file_re():
     """The names of label-matrix files (whole or shard), which PHdict.py never takes as inputs."""
-    return re.compile(r'labels_(%s)(\.shard-\d+-of-\d+)?\.npy' % '|'.join(LABEL_TYPES))
+    return re.compile(r'labels_(%s)(\.shard-\d+-of-\d+)?\.npy' % '|'.join(LABEL_TYPES + ('random',)))
 
 
 def label_names(label_type, k=0, n=1):

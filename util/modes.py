@@ -29,7 +29,7 @@ from torch import nn
 
 import models
 from models.two_heads import PHOutput, TwoHeads
-from util import data_sources, distributed, engine, fileio, runs
+from util import data_sources, distributed, engine, fileio, label_sources, runs
 from util.reports import pictures, write_evaluation
 from util.data_sources import build_sets, check_class_layout, resolve_val
 from util.errors import UserError
@@ -181,7 +181,7 @@ def run_pretraining(args, cfg, run_dir=None, phase='pretraining'):
         resolve_num_classes(args, classes, resolve_val(data, required=False) or data.train)
         what = f"{len(train_set)} training images in {len(classes)} classes from {args.train}"
     else:
-        train_set, val_set = build_pretraining_sets(args)
+        train_set, val_set = label_sources.pretraining_sets(args)   # PH labels or random targets, --label_norm
         source = 'generated on the fly' if args.train is None else f'from {args.train}'
         what = f"{len(train_set)} training images {source}; labels: {args.label_type}, dimension {train_set.dim}"
     if distributed.is_main(cfg):
