@@ -50,6 +50,7 @@ import numpy as np  # noqa: E402
 
 from util import fileio  # noqa: E402
 from util.errors import UserError, run_cli  # noqa: E402
+from util.strict_args import StrictArgumentParser  # noqa: E402
 
 INITS = ('scratch', 'ph', 'random')
 INIT_NAMES = {'scratch': 'scratch', 'ph': 'PH labels', 'random': 'random targets'}
@@ -71,7 +72,7 @@ PRESETS = {
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], allow_abbrev=False,
+    p = StrictArgumentParser(description=__doc__.split('\n\n')[0], allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog='Flags left unset take the preset\'s value (printed at the start).')
     p.add_argument('--preset', choices=sorted(PRESETS), default='cpu', help='sizes (default: %(default)s)')
