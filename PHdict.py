@@ -55,7 +55,7 @@ from util.fileio import add_max_pixels_arg, ensure_dir, list_images, refuse_outp
     set_max_pixels, write_json
 from util.labels import (label_file_re, label_matrix_complete, label_names, merge_label_shards, read_json,
                          source_entries, write_label_matrix)
-from util.provenance import SOURCES_FILE, SourceLog, describe, fingerprint
+from util.provenance import SOURCES_FILE, SourceLog, describe, fingerprint_below
 from util.strict_args import StrictArgumentParser, PHDICT_FLAGS
 from util.vectorise import add_label_args, check_label_dim, make_vectoriser, vectoriser_from_args
 
@@ -375,13 +375,8 @@ def _plan(args, files, outs, target_dir, need_all, fingerprints, log):
 
 def _fingerprints(target_dir, files):
     """The content fingerprint of each input (None for one that cannot be read: it fails as a bad input)."""
-    fps = []
-    for rel in tqdm(files, desc='checking inputs', unit='file', file=sys.stderr, disable=len(files) < 5000):
-        try:
-            fps.append(fingerprint(os.path.join(target_dir, *rel.split('/'))))
-        except OSError:
-            fps.append(None)
-    return fps
+    return [fingerprint_below(target_dir, rel)
+            for rel in tqdm(files, desc='checking inputs', unit='file', file=sys.stderr, disable=len(files) < 5000)]
 
 
 def _refuse_shared_stems(files):

@@ -245,17 +245,14 @@ class DiagramDirLabels:
         """The images (below ``root``) whose diagram was not recorded (PHdict's sources.jsonl) as computed from
         them as they are now; None when the folder has no such record (made by the original or an older
         version), so nothing can be checked."""
-        from util.provenance import SourceLog, fingerprint
+        from util.provenance import SourceLog, fingerprint_below
         log = SourceLog(self.ph_dir)
         if not log.exists:
             return None
         changed = []
         for rel, key in zip(self.rel_paths, self.keys):
             source = log.source_of(key + '.npy')
-            try:
-                fp = fingerprint(os.path.join(root, *rel.split('/')))
-            except OSError:
-                fp = None
+            fp = fingerprint_below(root, rel)
             same_name = source == rel or (key != os.path.splitext(rel)[0] and source is not None
                                           and source.rsplit('/', 1)[-1] == rel.rsplit('/', 1)[-1])
             if not (same_name and log.fresh(key + '.npy', source, fp)):

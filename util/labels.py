@@ -13,7 +13,7 @@ import numpy as np
 
 from util.errors import UserError
 from util.fileio import save_npy, write_json, write_text
-from util.provenance import fingerprint
+from util.provenance import changed_sources
 from util.vectorise import LABEL_TYPES
 
 
@@ -72,17 +72,9 @@ def stale_rows(meta, root, names, rel_paths):
             or len(recorded) != len(names):
         return None
     row = {n: i for i, n in enumerate(names)}
-    stale = []
-    for rel in rel_paths:
-        i = row.get(rel)
-        entry = recorded[i] if i is not None else None
-        try:
-            now = _source_entry(fingerprint(os.path.join(root, *rel.split('/'))))
-        except OSError:
-            now = None
-        if entry is None or now != list(entry):
-            stale.append(rel)
-    return stale
+    entries = [recorded[row[rel]] if rel in row else None for rel in rel_paths]
+    return changed_sources([None if e is None else {'size': e[0], 'hash': e[1]} for e in entries], root,
+                           rel_paths)
 
 
 def same_params(a, b):

@@ -37,6 +37,14 @@ def fingerprint(path):
     return {'size': int(st.st_size), 'mtime_ns': int(st.st_mtime_ns), 'hash': h.hexdigest()}
 
 
+def fingerprint_below(root, rel):
+    """:func:`fingerprint` of the file ``rel`` (POSIX-relative) below ``root``, or None if it cannot be read."""
+    try:
+        return fingerprint(os.path.join(root, *rel.split('/')))
+    except OSError:
+        return None
+
+
 def same_content(recorded, current):
     """True when two fingerprints (dicts as :func:`fingerprint` returns, or None) describe the same bytes."""
     if not recorded or not current:
@@ -50,11 +58,7 @@ def changed_sources(records, root, rel_paths):
     changed = []
     for i, rel in enumerate(rel_paths):
         old = records[i] if isinstance(records, list) else records.get(rel)
-        try:
-            now = fingerprint(os.path.join(root, *rel.split('/')))
-        except OSError:
-            now = None
-        if not same_content(old, now):
+        if not same_content(old, fingerprint_below(root, rel)):
             changed.append(rel)
     return changed
 
