@@ -4,7 +4,7 @@
 
 reads every ``*.jpg`` below ``random`` (sorted, sub-folders included), computes its persistence diagram
 (Otsu binarisation, signed Euclidean distance transform, cubical PH of dimensions 0 and 1 -- by the exact
-union-find engine for 2-D images, or cripser with ``--ph_engine cripser``; see ``util/ph.py``) and writes it
+union-find engine for 2-D images, or cripser with ``--ph_engine cripser``; see ``util/ph/cubical.py``) and writes it
 under ``PH_random``.
 
 Output files (``<stem>`` = the input's path relative to TARGET_DIR without its extension, so the folder
@@ -14,7 +14,7 @@ structure is mirrored: ``random/v00000001.jpg`` -> ``PH_random/v00000001.npy``, 
 * ``<stem>.npy`` -- the diagram, float64 ``(n, 9)`` rows ``dim, birth, death, x1, y1, z1, x2, y2, z2``
   (written for every image input).
 * ``-ch``: ``<stem>hist.npy`` -- float32 histogram vector of length ``sum(--num_bins)`` (lifetime and birth
-  histograms of H0/H1, see ``util/vectorise.py``), and ``hist_mean.png``, the mean of the four curves.
+  histograms of H0/H1, see ``util/ph/vectorise.py``), and ``hist_mean.png``, the mean of the four curves.
   With ``-it npy`` the diagrams are read from TARGET_DIR (as saved by an earlier run) instead of computed.
 * ``-cpi``: persistence images, float32, H0 then H1, about 10 birth pixels and square pixels per homology
   dimension (100 values each by default), Gaussian of variance ``--sigma``.  Read from saved diagrams
@@ -37,9 +37,11 @@ structure is mirrored: ``random/v00000001.jpg`` -> ``PH_random/v00000001.npy``, 
 
 Runs resume: outputs are written atomically (temporary name, then rename), so an existing output is a
 complete one; it is kept when ``sources.jsonl`` records it as computed from the input as it is now (path,
-size, content hash; see ``util/provenance.py``), and recomputed otherwise (the image changed since).  Unreadable inputs are named on stderr and the rest are processed; the
-exit status is 1 if any failed, unless ``--skip_bad``.
+size, content hash; see ``util/io/provenance.py``), and recomputed otherwise (the image changed since).
+Unreadable inputs are named on stderr and the rest are processed; the exit status is 1 if any failed, unless
+``--skip_bad``.
 """
+
 import argparse
 import json
 import os
@@ -49,20 +51,37 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
-from util import compat, label_norm, label_sources, ph
+from util.cli import compat
+from util.cli.strict_args import PHDICT_FLAGS, StrictArgumentParser
 from util.errors import UserError, run_cli
-from util.fileio import add_max_pixels_arg, ensure_dir, list_images, refuse_output_inside, require_dir, save_npy, \
-    set_max_pixels, write_json
-from util.labels import (label_file_re, label_matrix_complete, label_names, merge_label_shards, read_json,
-                         source_entries, write_label_matrix)
-from util.provenance import SOURCES_FILE, SourceLog, describe, fingerprint_below
-from util.strict_args import StrictArgumentParser, PHDICT_FLAGS
-from util.vectorise import add_label_args, check_label_dim, make_vectoriser, vectoriser_from_args
+from util.io.fileio import (
+    add_max_pixels_arg,
+    ensure_dir,
+    list_images,
+    refuse_output_inside,
+    require_dir,
+    save_npy,
+    set_max_pixels,
+    write_json,
+)
+from util.io.provenance import SOURCES_FILE, SourceLog, describe, fingerprint_below
+from util.ph import cubical as ph
+from util.ph.labels import (
+    label_file_re,
+    label_matrix_complete,
+    label_names,
+    merge_label_shards,
+    read_json,
+    source_entries,
+    write_label_matrix,
+)
+from util.ph.vectorise import add_label_args, check_label_dim, make_vectoriser, vectoriser_from_args
+from util.train import label_norm, label_sources
 
 HIST_SUFFIX = 'hist.npy'
 PERSIMG_SUFFIX = '_persImg.npy'
-PI_BIRTH_PIXELS = 10   # the original's persistence image: pixel size = (birth range) / 10
-FLUSH_EVERY = 64       # diagrams vectorised together
+PI_BIRTH_PIXELS = 10  # the original's persistence image: pixel size = (birth range) / 10
+FLUSH_EVERY = 64  # diagrams vectorised together
 
 EPILOG = """\
 outputs (under -o; <stem> = input path relative to TARGET_DIR, without extension):
@@ -96,68 +115,134 @@ Exit status: 0, or 1 if some inputs could not be read (named on stderr) and --sk
 
 
 def get_args_parser():
-    p = StrictArgumentParser(allow_abbrev=False, refuse=PHDICT_FLAGS, 
+    p = StrictArgumentParser(
+        allow_abbrev=False,
+        refuse=PHDICT_FLAGS,
         description="Compute persistence diagrams of images (Otsu + signed distance + cubical PH by "
-                    "cripser) and, optionally, histograms, persistence images or one label matrix.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "cripser) and, optionally, histograms, persistence images or one label matrix.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument('target_dir', help="folder of input files (searched recursively)")
     p.add_argument('--output', '-o', default='output', help="output folder (default: %(default)s)")
-    p.add_argument('--imgtype', '-it', default='npy',
-                   help="extension of the input files: an image type (jpg, png, ...) to compute diagrams, or "
-                        "npy to read diagrams saved by an earlier run (default: %(default)s)")
-    p.add_argument('--compute_hist', '-ch', action='store_true',
-                   help="write a histogram vector <stem>hist.npy per input and hist_mean.png (default: off)")
-    p.add_argument('--compute_persistence_image', '-cpi', action='store_true',
-                   help="write a persistence image per input (default: off)")
-    p.add_argument('--num_bins', '-n', type=int, nargs=4, default=[50, 50, 50, 50],
-                   metavar=('LIFE0', 'LIFE1', 'BIRTH0', 'BIRTH1'),
-                   help="-ch histogram bins: H0 lifetimes, H1 lifetimes, H0 births, H1 births "
-                        "(default: 50 50 50 50)")
-    p.add_argument('--num_workers', '-nw', type=int, default=8,
-                   help="worker processes computing diagrams; 0 or 1: this process only (default: %(default)s)")
-    p.add_argument('--filtration', choices=ph.FILTRATIONS, default=ph.DEFAULT_FILTRATION,
-                   help="filtration of the binarised image (see util/ph.py); 'none' = raw grey values "
-                        "(default: %(default)s)")
-    p.add_argument('--gradient', '-g', action='store_true',
-                   help="take the filtration of the Canny edge map of the denoised image instead of the Otsu "
-                        "binarisation (thresholds from the median grey value; see util/ph.py) (default: off)")
-    p.add_argument('--ph_engine', choices=ph.ENGINES, default=ph.DEFAULT_ENGINE,
-                   help="PH engine: unionfind (exact, fast, 2-D images), cripser, or auto = unionfind for 2-D "
-                        "images; both give the same pairs (birth, death) -- tests/test_ph_unionfind.py checks "
-                        "it -- so diagrams and a label matrix made by one engine are accepted by a rerun with "
-                        "the other (the engines are recorded in settings.json and labels_TYPE.json); only row "
-                        "order and the pixel named among tied ones may differ (default: %(default)s)")
-    p.add_argument('--numof_dims', type=int, default=200,
-                   help="length D of the --label_type vectors (default: %(default)s)")
-    p.add_argument('--shard', default=None, metavar='K/N',
-                   help="process only shard K of N (0 <= K < N) of the sorted file list (every N-th file from "
-                        "the K-th); defaults to RANK/WORLD_SIZE when torchrun sets them (default: all files)")
-    p.add_argument('--skip_bad', action='store_true',
-                   help="exit with status 0 even if some inputs could not be read (default: off)")
+    p.add_argument(
+        '--imgtype',
+        '-it',
+        default='npy',
+        help="extension of the input files: an image type (jpg, png, ...) to compute diagrams, or "
+        "npy to read diagrams saved by an earlier run (default: %(default)s)",
+    )
+    p.add_argument(
+        '--compute_hist',
+        '-ch',
+        action='store_true',
+        help="write a histogram vector <stem>hist.npy per input and hist_mean.png (default: off)",
+    )
+    p.add_argument(
+        '--compute_persistence_image',
+        '-cpi',
+        action='store_true',
+        help="write a persistence image per input (default: off)",
+    )
+    p.add_argument(
+        '--num_bins',
+        '-n',
+        type=int,
+        nargs=4,
+        default=[50, 50, 50, 50],
+        metavar=('LIFE0', 'LIFE1', 'BIRTH0', 'BIRTH1'),
+        help="-ch histogram bins: H0 lifetimes, H1 lifetimes, H0 births, H1 births (default: 50 50 50 50)",
+    )
+    p.add_argument(
+        '--num_workers',
+        '-nw',
+        type=int,
+        default=8,
+        help="worker processes computing diagrams; 0 or 1: this process only (default: %(default)s)",
+    )
+    p.add_argument(
+        '--filtration',
+        choices=ph.FILTRATIONS,
+        default=ph.DEFAULT_FILTRATION,
+        help="filtration of the binarised image (see util/ph/cubical.py); 'none' = raw grey values "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        '--gradient',
+        '-g',
+        action='store_true',
+        help="take the filtration of the Canny edge map of the denoised image instead of the Otsu "
+        "binarisation (thresholds from the median grey value; see util/ph/cubical.py) (default: off)",
+    )
+    p.add_argument(
+        '--ph_engine',
+        choices=ph.ENGINES,
+        default=ph.DEFAULT_ENGINE,
+        help="PH engine: unionfind (exact, fast, 2-D images), cripser, or auto = unionfind for 2-D "
+        "images; both give the same pairs (birth, death) -- tests/test_ph_unionfind.py checks "
+        "it -- so diagrams and a label matrix made by one engine are accepted by a rerun with "
+        "the other (the engines are recorded in settings.json and labels_TYPE.json); only row "
+        "order and the pixel named among tied ones may differ (default: %(default)s)",
+    )
+    p.add_argument(
+        '--numof_dims', type=int, default=200, help="length D of the --label_type vectors (default: %(default)s)"
+    )
+    p.add_argument(
+        '--shard',
+        default=None,
+        metavar='K/N',
+        help="process only shard K of N (0 <= K < N) of the sorted file list (every N-th file from "
+        "the K-th); defaults to RANK/WORLD_SIZE when torchrun sets them (default: all files)",
+    )
+    p.add_argument(
+        '--skip_bad',
+        action='store_true',
+        help="exit with status 0 even if some inputs could not be read (default: off)",
+    )
     add_max_pixels_arg(p)
-    p.add_argument('--plot', type=int, default=0, metavar='N',
-                   help="save plots/<stem>.png for the first N inputs (default: %(default)s)")
+    p.add_argument(
+        '--plot',
+        type=int,
+        default=0,
+        metavar='N',
+        help="save plots/<stem>.png for the first N inputs (default: %(default)s)",
+    )
     group = p.add_argument_group(
-        'label vectors', "--label_type writes one consolidated label matrix (labels_TYPE.npy/.txt/.json); "
-                         "the other flags also set the -ch histogram and the -cpi persistence image")
+        'label vectors',
+        "--label_type writes one consolidated label matrix (labels_TYPE.npy/.txt/.json); "
+        "the other flags also set the -ch histogram and the -cpi persistence image",
+    )
     add_label_args(group, max_life='-ml', max_birth='-mb', bandwidth='-b', sigma='-s')
     label_sources.allow_random_choice(group)
-    group.add_argument('--seed', type=int, default=1, help="--label_type random: the seed of the targets; "
-                       "pretraining.py --seed with the same value makes the same ones (default: %(default)s)")
-    group.add_argument('--label_norm', choices=('none', 'standard'), default='none',
-                       help="standard: also write the per-component mean and floored std of the label matrix "
-                            "into labels_TYPE.json, for pretraining.py --label_norm standard (the matrix "
-                            "stays raw) (default: %(default)s)")
-    group.add_argument('--label_norm_floor', type=float, default=label_norm.DEFAULT_FLOOR,
-                       help="std floor of --label_norm standard, relative to the RMS of the components' std "
-                            "(default: %(default)s)")
+    group.add_argument(
+        '--seed',
+        type=int,
+        default=1,
+        help="--label_type random: the seed of the targets; "
+        "pretraining.py --seed with the same value makes the same ones (default: %(default)s)",
+    )
+    group.add_argument(
+        '--label_norm',
+        choices=('none', 'standard'),
+        default='none',
+        help="standard: also write the per-component mean and floored std of the label matrix "
+        "into labels_TYPE.json, for pretraining.py --label_norm standard (the matrix "
+        "stays raw) (default: %(default)s)",
+    )
+    group.add_argument(
+        '--label_norm_floor',
+        type=float,
+        default=label_norm.DEFAULT_FLOOR,
+        help="std floor of --label_norm standard, relative to the RMS of the components' std (default: %(default)s)",
+    )
     p.set_defaults(label_type=None)
-    compat.phdict_compat(p)   # the original's later names and value shapes (docs/compat.md)
+    compat.phdict_compat(p)  # the original's later names and value shapes (docs/compat.md)
     return p
 
 
 # ----------------------------------------------------------------------------------------------------
 # arguments
+
 
 def parse_shard(spec, environ=os.environ):
     """``(K, N)`` from ``'K/N'``, or from torchrun's RANK / WORLD_SIZE, or ``(0, 1)``."""
@@ -176,10 +261,13 @@ def _check_args(args):
     args.imgtype = args.imgtype.lower().lstrip('.')
     if not args.imgtype:
         raise UserError("--imgtype is empty; give an extension such as jpg, png or npy")
-    if args.imgtype == 'npy' and not (args.compute_hist or args.compute_persistence_image or args.label_type
-                                      or args.plot):
-        raise UserError("-it npy reads saved diagrams, but nothing was asked of them: add -ch, -cpi or "
-                        "--label_type, or give the image type (e.g. -it jpg) to compute diagrams")
+    if args.imgtype == 'npy' and not (
+        args.compute_hist or args.compute_persistence_image or args.label_type or args.plot
+    ):
+        raise UserError(
+            "-it npy reads saved diagrams, but nothing was asked of them: add -ch, -cpi or "
+            "--label_type, or give the image type (e.g. -it jpg) to compute diagrams"
+        )
     if args.num_workers < 0:
         raise UserError(f"--num_workers must be 0 (this process only) or more, got {args.num_workers}")
     if args.numof_dims < 1:
@@ -203,6 +291,7 @@ def _pi_dim(args):
 # ----------------------------------------------------------------------------------------------------
 # listing
 
+
 def list_inputs(target_dir, imgtype, out_dir=None):
     """Sorted relative paths of the ``*.imgtype`` files below ``target_dir``.
 
@@ -225,7 +314,7 @@ def list_inputs(target_dir, imgtype, out_dir=None):
             continue
         derived = False
         for suffix in (HIST_SUFFIX, PERSIMG_SUFFIX):
-            if rel.endswith(suffix) and rel[:-len(suffix)] + '.npy' in present:
+            if rel.endswith(suffix) and rel[: -len(suffix)] + '.npy' in present:
                 derived = True
         if not derived:
             keep.append(rel)
@@ -245,16 +334,22 @@ def output_settings(args):
     kinds = {}
     if args.imgtype != 'npy':
         kinds['diagram'] = dict(filtration=args.filtration)
-        if args.gradient:      # recorded only when on: older outputs stay compatible
+        if args.gradient:  # recorded only when on: older outputs stay compatible
             kinds['diagram']['gradient'] = True
         # recorded, never compared (RECORDED_ONLY): both engines give equal pairs, so a folder may mix them
         kinds['diagram']['ph_engines'] = [ph.resolve_engine(getattr(args, 'ph_engine', ph.DEFAULT_ENGINE), 2)]
     if args.compute_hist:
-        kinds['hist'] = dict(num_bins=list(args.num_bins), max_life=args.max_life, max_birth=args.max_birth,
-                             bandwidth=args.bandwidth)
+        kinds['hist'] = dict(
+            num_bins=list(args.num_bins), max_life=args.max_life, max_birth=args.max_birth, bandwidth=args.bandwidth
+        )
     if args.compute_persistence_image:
-        kinds['persistence_image'] = dict(max_life=args.max_life, max_birth=args.max_birth,
-                                          min_birth=args.min_birth, sigma=args.sigma, power=args.power)
+        kinds['persistence_image'] = dict(
+            max_life=args.max_life,
+            max_birth=args.max_birth,
+            min_birth=args.min_birth,
+            sigma=args.sigma,
+            power=args.power,
+        )
     return kinds
 
 
@@ -275,20 +370,29 @@ def check_settings(out_dir, kinds):
             if key in settings:
                 settings[key] = sorted(set(settings[key]) | set((old.get(kind) or {}).get(key) or ()))
     for kind, settings in kinds.items():
-        before = {k: v for k, v in (old.get(kind) or {}).items() if k not in RECORDED_ONLY} \
-            if old.get(kind) is not None else None
+        before = (
+            {k: v for k, v in (old.get(kind) or {}).items() if k not in RECORDED_ONLY}
+            if old.get(kind) is not None
+            else None
+        )
         now = {k: v for k, v in settings.items() if k not in RECORDED_ONLY}
         if before is not None and before != now:
-            diff = ', '.join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(before) | set(now))
-                             if before.get(k) != now.get(k))
-            raise UserError(f"{out_dir} holds {kind} outputs made with other settings ({diff}; see {path}); "
-                            "choose another output folder with -o, or delete those outputs")
+            diff = ', '.join(
+                f"{k}: {before.get(k)!r} -> {now.get(k)!r}"
+                for k in sorted(set(before) | set(now))
+                if before.get(k) != now.get(k)
+            )
+            raise UserError(
+                f"{out_dir} holds {kind} outputs made with other settings ({diff}; see {path}); "
+                "choose another output folder with -o, or delete those outputs"
+            )
     if any(old.get(k) != json.loads(json.dumps(v)) for k, v in kinds.items()):
         write_json(path, dict(old, **kinds))
 
 
 # ----------------------------------------------------------------------------------------------------
 # main
+
 
 class _Outputs:
     """Where each input's outputs go, and which of them are still missing."""
@@ -337,22 +441,28 @@ def _plan(args, files, outs, target_dir, need_all, fingerprints, log):
     An existing output counts as done only when ``log`` (sources.jsonl) records it as computed from the input
     as it is now (same path, size and content hash): an image changed, swapped or regenerated since has its
     outputs recomputed.  Returns ``(jobs, job_files, complete, earlier_hist, todo)``: ``jobs`` for
-    :func:`util.ph.iter_diagrams` (a saved, still valid diagram is loaded instead of recomputed),
+    :func:`util.ph.cubical.iter_diagrams` (a saved, still valid diagram is loaded instead of recomputed),
     ``job_files[j]`` = index into ``files`` of job ``j``, ``complete`` = indices with nothing to (re)write
     (jobs only if ``need_all``, i.e. their diagram is needed for the label matrix), ``earlier_hist`` = indices
     whose valid -ch histogram already exists, ``todo[i]`` = the kinds of output to (re)write for index ``i``.
     """
     jobs, job_files, complete, earlier_hist, todo = [], [], set(), [], {}
-    diagram_log = SourceLog(target_dir) if outs.from_npy else None   # what the input diagrams came from
+    diagram_log = SourceLog(target_dir) if outs.from_npy else None  # what the input diagrams came from
     gradient = args.gradient
     engine = args.ph_engine
     for i, rel in enumerate(files):
         kinds = outs.kinds(rel)
         # from saved diagrams: an output made beside the diagram from the same image content is as good
         made_with = diagram_log.records.get(rel) if diagram_log is not None else None
-        valid = {k for k, path in kinds.items() if os.path.exists(path) and (
-            log.fresh(outs.key(path), rel, fingerprints[i])
-            or (made_with is not None and log.fresh(outs.key(path), made_with.get('source'), made_with)))}
+        valid = {
+            k
+            for k, path in kinds.items()
+            if os.path.exists(path)
+            and (
+                log.fresh(outs.key(path), rel, fingerprints[i])
+                or (made_with is not None and log.fresh(outs.key(path), made_with.get('source'), made_with))
+            )
+        }
         todo[i] = set(kinds) - valid
         if not todo[i]:
             complete.add(i)
@@ -360,23 +470,27 @@ def _plan(args, files, outs, target_dir, need_all, fingerprints, log):
             earlier_hist.append(i)
         if todo[i] or need_all:
             if 'diagram' in valid:
-                jobs.append((kinds['diagram'], 'npy', args.filtration, gradient, engine))   # resume: saved one
+                jobs.append((kinds['diagram'], 'npy', args.filtration, gradient, engine))  # resume: saved one
             else:
                 src = os.path.join(target_dir, *rel.split('/'))
                 jobs.append((src, 'npy' if outs.from_npy else 'image', args.filtration, gradient, engine))
             job_files.append(i)
     changed = [rel for i, rel in enumerate(files) if any(os.path.exists(outs.kinds(rel)[k]) for k in todo[i])]
     if changed:
-        tqdm.write(f"{describe(changed, len(files))} inputs have outputs that were not made from them as they are "
-                   f"now (changed, replaced or never recorded in {SOURCES_FILE}): recomputing those",
-                   file=sys.stderr)
+        tqdm.write(
+            f"{describe(changed, len(files))} inputs have outputs that were not made from them as they are "
+            f"now (changed, replaced or never recorded in {SOURCES_FILE}): recomputing those",
+            file=sys.stderr,
+        )
     return jobs, job_files, complete, earlier_hist, todo
 
 
 def _fingerprints(target_dir, files):
     """The content fingerprint of each input (None for one that cannot be read: it fails as a bad input)."""
-    return [fingerprint_below(target_dir, rel)
-            for rel in tqdm(files, desc='checking inputs', unit='file', file=sys.stderr, disable=len(files) < 5000)]
+    return [
+        fingerprint_below(target_dir, rel)
+        for rel in tqdm(files, desc='checking inputs', unit='file', file=sys.stderr, disable=len(files) < 5000)
+    ]
 
 
 def _refuse_shared_stems(files):
@@ -385,8 +499,10 @@ def _refuse_shared_stems(files):
     for rel in files:
         stem = os.path.splitext(rel)[0]
         if stem in seen:
-            raise UserError(f"{seen[stem]} and {rel} would write the same outputs ({stem}.npy); rename one, or "
-                            "choose the extension with -it")
+            raise UserError(
+                f"{seen[stem]} and {rel} would write the same outputs ({stem}.npy); rename one, or "
+                "choose the extension with -it"
+            )
         seen[stem] = rel
 
 
@@ -394,18 +510,25 @@ def main(args):
     _check_args(args)
     set_max_pixels(args.max_pixels)
     target_dir = require_dir(args.target_dir, 'target folder', flag='TARGET_DIR')
-    if args.imgtype != 'npy':   # (from saved diagrams, -o TARGET_DIR is the original's way to add -ch outputs)
+    if args.imgtype != 'npy':  # (from saved diagrams, -o TARGET_DIR is the original's way to add -ch outputs)
         refuse_output_inside(args.output, [('TARGET_DIR', target_dir)])
     out_dir = ensure_dir(args.output, 'output folder')
     k, n = parse_shard(args.shard)
-    if args.compute_persistence_image and args.imgtype == 'npy' \
-            and os.path.realpath(out_dir) == os.path.realpath(target_dir):
-        raise UserError("-cpi with -it npy writes persistence images as <stem>.npy, which would overwrite the "
-                        f"diagrams in {target_dir}; choose another output folder with -o")
+    if (
+        args.compute_persistence_image
+        and args.imgtype == 'npy'
+        and os.path.realpath(out_dir) == os.path.realpath(target_dir)
+    ):
+        raise UserError(
+            "-cpi with -it npy writes persistence images as <stem>.npy, which would overwrite the "
+            f"diagrams in {target_dir}; choose another output folder with -o"
+        )
     all_files = list_inputs(target_dir, args.imgtype, out_dir)
     if not all_files:
-        raise UserError(f"no *.{args.imgtype} files under {target_dir}; set --imgtype/-it to the extension "
-                        "of your images (e.g. -it jpg)")
+        raise UserError(
+            f"no *.{args.imgtype} files under {target_dir}; set --imgtype/-it to the extension "
+            "of your images (e.g. -it jpg)"
+        )
     _refuse_shared_stems(all_files)
     files = shard_of(all_files, k, n)
     if args.label_type == label_sources.RANDOM:
@@ -413,36 +536,61 @@ def main(args):
     check_settings(out_dir, output_settings(args))
     write_json(os.path.join(out_dir, 'args.json'), vars(args))
 
-    hist_vec = make_vectoriser('histogram', sum(args.num_bins), max_life=args.max_life,
-                               max_birth=args.max_birth, bandwidth=args.bandwidth,
-                               num_bins=args.num_bins) if args.compute_hist else None
-    pi_vec = make_vectoriser('persistence_image', _pi_dim(args), max_life=args.max_life,
-                             max_birth=args.max_birth, min_birth=args.min_birth, sigma=args.sigma,
-                             power=args.power) if args.compute_persistence_image else None
+    hist_vec = (
+        make_vectoriser(
+            'histogram',
+            sum(args.num_bins),
+            max_life=args.max_life,
+            max_birth=args.max_birth,
+            bandwidth=args.bandwidth,
+            num_bins=args.num_bins,
+        )
+        if args.compute_hist
+        else None
+    )
+    pi_vec = (
+        make_vectoriser(
+            'persistence_image',
+            _pi_dim(args),
+            max_life=args.max_life,
+            max_birth=args.max_birth,
+            min_birth=args.min_birth,
+            sigma=args.sigma,
+            power=args.power,
+        )
+        if args.compute_persistence_image
+        else None
+    )
     label_vec = vectoriser_from_args(args, args.numof_dims, '--numof_dims') if args.label_type else None
     label_info = None
     if label_vec is not None:
-        label_info = dict(label_type=args.label_type, params=label_vec.get_params(), filtration=args.filtration,
-                          imgtype=args.imgtype, target_dir=os.path.abspath(target_dir),
-                          ph_engine=args.ph_engine)   # recorded, not compared: both engines give equal pairs
+        label_info = dict(
+            label_type=args.label_type,
+            params=label_vec.get_params(),
+            filtration=args.filtration,
+            imgtype=args.imgtype,
+            target_dir=os.path.abspath(target_dir),
+            ph_engine=args.ph_engine,
+        )  # recorded, not compared: both engines give equal pairs
         if args.gradient:
             label_info['gradient'] = True
     fingerprints = _fingerprints(target_dir, files)
     if label_vec is not None:
         names = label_names(args.label_type, k, n)
         if label_matrix_complete(out_dir, names, files, label_info, fingerprints):
-            label_vec = None   # already written for exactly these files as they are now: nothing to redo
+            label_vec = None  # already written for exactly these files as they are now: nothing to redo
 
     outs = _Outputs(args, target_dir, out_dir)
     log = SourceLog(out_dir)
-    jobs, job_files, complete, earlier_hist, todo = _plan(args, files, outs, target_dir, label_vec is not None,
-                                                           fingerprints, log)
+    jobs, job_files, complete, earlier_hist, todo = _plan(
+        args, files, outs, target_dir, label_vec is not None, fingerprints, log
+    )
     matrix = np.zeros((len(files), label_vec.dim), np.float32) if label_vec is not None else None
-    hist_state = [np.zeros(hist_vec.dim), 0] if hist_vec is not None else None   # sum, count of new ones
+    hist_state = [np.zeros(hist_vec.dim), 0] if hist_vec is not None else None  # sum, count of new ones
     ok = np.zeros(len(files), dtype=bool)
     ok[list(complete)] = True
     failures = []
-    pending = []   # (file index, diagram) waiting to be vectorised
+    pending = []  # (file index, diagram) waiting to be vectorised
 
     def flush():
         if not pending:
@@ -458,7 +606,7 @@ def main(args):
                     path = path_of(files[idx[j]])
                     outs.makedirs(path)
                     save_npy(path, row)
-                    log.record(outs.key(path), files[idx[j]], fingerprints[idx[j]])   # after the rename
+                    log.record(outs.key(path), files[idx[j]], fingerprints[idx[j]])  # after the rename
                     if vec is hist_vec:
                         hist_state[0] += row
                         hist_state[1] += 1
@@ -480,7 +628,7 @@ def main(args):
             if path is not None and 'diagram' in todo[i]:
                 outs.makedirs(path)
                 save_npy(path, dgm)
-                log.record(outs.key(path), files[i], fingerprints[i])   # only once the file is in place
+                log.record(outs.key(path), files[i], fingerprints[i])  # only once the file is in place
             pending.append((i, dgm))
             if len(pending) >= FLUSH_EVERY:
                 flush()
@@ -502,11 +650,16 @@ def main(args):
     _label_stats(args, out_dir)
 
     shard_note = f" (shard {k}/{n} of {len(all_files)})" if n > 1 else ''
-    print(f"PHdict: {done} done, {skipped} skipped, {len(failures)} failed of {len(files)} files{shard_note}"
-          f" -> {out_dir}", flush=True)
+    print(
+        f"PHdict: {done} done, {skipped} skipped, {len(failures)} failed of {len(files)} files{shard_note}"
+        f" -> {out_dir}",
+        flush=True,
+    )
     if failures:
-        print(f"failed inputs ({len(failures)}): " + ', '.join(failures[:20])
-              + (' ...' if len(failures) > 20 else ''), file=sys.stderr)
+        print(
+            f"failed inputs ({len(failures)}): " + ', '.join(failures[:20]) + (' ...' if len(failures) > 20 else ''),
+            file=sys.stderr,
+        )
         if not args.skip_bad:
             return 1
     return 0
@@ -527,16 +680,20 @@ def _hist_summary(args, files, ok, outs, hist_sum, count, earlier, out_dir, k, n
         return
     mean = total / count
     nb = np.cumsum([0] + list(args.num_bins))
-    curves = [mean[nb[j]:nb[j + 1]] for j in range(4)]
-    print("mean histogram maxima (H0 life, H1 life, H0 birth, H1 birth): "
-          + ', '.join(f'{c.max():.4g}' if c.size else '-' for c in curves))
+    curves = [mean[nb[j] : nb[j + 1]] for j in range(4)]
+    print(
+        "mean histogram maxima (H0 life, H1 life, H0 birth, H1 birth): "
+        + ', '.join(f'{c.max():.4g}' if c.size else '-' for c in curves)
+    )
     import matplotlib
+
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    from util.fileio import atomic_open
+
+    from util.io.fileio import atomic_open
+
     fig, ax = plt.subplots(figsize=(7, 4))
-    for c, label, style in zip(curves, ('H0 lifetime', 'H1 lifetime', 'H0 birth', 'H1 birth'),
-                               ('-', '--', '-', '--')):
+    for c, label, style in zip(curves, ('H0 lifetime', 'H1 lifetime', 'H0 birth', 'H1 birth'), ('-', '--', '-', '--')):
         ax.plot(np.arange(c.size), c, style, label=label, lw=1.2)
     ax.set_xlabel('bin')
     ax.set_title(f'mean histogram over {count} inputs')
@@ -558,11 +715,17 @@ def _label_stats(args, out_dir):
 def _random_labels(args, files, all_files, out_dir, k, n):
     """--label_type random: the random-target matrix of the listed files (no PH is computed)."""
     if args.compute_hist or args.compute_persistence_image or args.plot:
-        raise UserError("--label_type random computes no persistent homology: drop -ch, -cpi and --plot (run "
-                        "PHdict.py separately for them)")
-    info = dict(label_type=label_sources.RANDOM, params={'seed': args.seed, 'distribution': 'standard normal',
-                                                        'key': 'relative path without extension'},
-                filtration=None, imgtype=args.imgtype, gradient=False)
+        raise UserError(
+            "--label_type random computes no persistent homology: drop -ch, -cpi and --plot (run "
+            "PHdict.py separately for them)"
+        )
+    info = dict(
+        label_type=label_sources.RANDOM,
+        params={'seed': args.seed, 'distribution': 'standard normal', 'key': 'relative path without extension'},
+        filtration=None,
+        imgtype=args.imgtype,
+        gradient=False,
+    )
     names = label_names(label_sources.RANDOM, k, n)
     if label_matrix_complete(out_dir, names, files, info):
         print(f"label matrix {names[0]} is complete; kept")
@@ -578,33 +741,42 @@ def _random_labels(args, files, all_files, out_dir, k, n):
 
 def _write_labels(args, files, all_files, ok, failures, matrix, label_info, out_dir, k, n, fingerprints):
     if failures and not args.skip_bad:
-        print(f"label matrix not written: {len(failures)} inputs failed (rerun after fixing them, or give "
-              "--skip_bad to leave them out)", file=sys.stderr)
+        print(
+            f"label matrix not written: {len(failures)} inputs failed (rerun after fixing them, or give "
+            "--skip_bad to leave them out)",
+            file=sys.stderr,
+        )
         return
     keep = np.flatnonzero(ok)
     paths = [files[i] for i in keep]
     names = label_names(args.label_type, k, n)
-    write_label_matrix(out_dir, names, matrix[keep], paths, label_info,
-                       source_entries([fingerprints[i] for i in keep]))
+    write_label_matrix(out_dir, names, matrix[keep], paths, label_info, source_entries([fingerprints[i] for i in keep]))
     print(f"label matrix {names[0]}: {len(paths)} x {matrix.shape[1]} float32 (paths in {names[1]})")
     if n > 1:
-        merged = merge_label_shards(out_dir, args.label_type, n, label_info,
-                                    None if args.skip_bad else all_files)
+        merged = merge_label_shards(out_dir, args.label_type, n, label_info, None if args.skip_bad else all_files)
         if merged is not None:
             print(f"merged {n} shards into {label_names(args.label_type)[0]} ({merged} rows)")
         else:
-            print(f"other shards not finished yet: {label_names(args.label_type)[0]} is written by the shard "
-                  "that finds all parts present")
+            print(
+                f"other shards not finished yet: {label_names(args.label_type)[0]} is written by the shard "
+                "that finds all parts present"
+            )
 
 
 def _plots(args, files, ok, outs, target_dir, out_dir, fallback_vec):
     """``plots/<stem>.png`` for the first ``--plot`` inputs that were read successfully."""
     vec = vectoriser_from_args(args, args.numof_dims) if args.label_type else fallback_vec
     if vec is None:
-        vec = make_vectoriser('histogram', sum(args.num_bins), max_life=args.max_life, max_birth=args.max_birth,
-                              bandwidth=args.bandwidth, num_bins=args.num_bins)
+        vec = make_vectoriser(
+            'histogram',
+            sum(args.num_bins),
+            max_life=args.max_life,
+            max_birth=args.max_birth,
+            bandwidth=args.bandwidth,
+            num_bins=args.num_bins,
+        )
     plot_dir = os.path.join(out_dir, 'plots')
-    for i, rel in enumerate(files[:args.plot]):
+    for i, rel in enumerate(files[: args.plot]):
         if not ok[i]:
             continue
         src = os.path.join(target_dir, *rel.split('/'))
@@ -615,15 +787,16 @@ def _plots(args, files, ok, outs, target_dir, out_dir, fallback_vec):
             image = filtration = np.zeros((2, 2))
             title = rel + ' (diagram only)'
         else:
-            from util.fileio import load_image
+            from util.io.fileio import load_image
+
             im = load_image(src, 'RGB')
             filtration = ph.compute_filtration(im, args.filtration, gradient=args.gradient)
             dgm_path = outs.diagram(rel)
-            dgm = np.load(dgm_path) if os.path.exists(dgm_path) \
-                else ph.diagram_of_filtration(filtration, args.ph_engine)
+            dgm = (
+                np.load(dgm_path) if os.path.exists(dgm_path) else ph.diagram_of_filtration(filtration, args.ph_engine)
+            )
             image, title = np.asarray(im), rel
-        ph.plot_ph(path, image, filtration, dgm, vec(dgm), title=title,
-                   vector_label=f'{vec.label_type} ({vec.dim})')
+        ph.plot_ph(path, image, filtration, dgm, vec(dgm), title=title, vector_label=f'{vec.label_type} ({vec.dim})')
     print(f"plots of the first {min(args.plot, len(files))} inputs in {plot_dir}")
 
 

@@ -4,14 +4,16 @@ Folders are torchvision ImageFolder layouts: ``train/<class>/*.png``. Without -v
 the training path with ``train`` replaced by ``val`` (else ``test``).
 
 Other learning modes (-lm combined, simultaneous, alternating, pretraining, evaluation) are shared with
-pretraining.py; see util/modes.py and -h.
+pretraining.py; see util/train/modes.py and -h.
 """
-from util import cli
+
+from util.cli import flags as cli
 from util.errors import run_cli
+
 # part of this script's importable API:
-from util.data_sources import build_sets, resolve_val  # noqa: F401
-from util.modes import build_finetune_model  # noqa: F401
-from util.reports import write_evaluation  # noqa: F401
+from util.train.data_sources import build_sets, resolve_val  # noqa: F401
+from util.train.modes import build_finetune_model  # noqa: F401
+from util.train.reports import write_evaluation  # noqa: F401
 
 EXAMPLES = """examples:
   python finetuning.py -t data/CIFAR100/train -val data/CIFAR100/val -pw weights/XX/resnet50_epoch90.pth -npc 200 -o result -nc 100 -e 90
@@ -28,8 +30,9 @@ confusion_matrix.csv/.png). predict.py labels new images with ft_{usenet}_epoch{
 
 
 def get_args_parser(default_mode='finetuning'):
-    return cli.get_args_parser(default_mode, description='Fine-tune a CNN on a labelled image folder (or evaluate it).',
-                               epilog=EXAMPLES)
+    return cli.get_args_parser(
+        default_mode, description='Fine-tune a CNN on a labelled image folder (or evaluate it).', epilog=EXAMPLES
+    )
 
 
 def main(args):

@@ -9,6 +9,7 @@ Class names come from ``classes.json``, which finetuning.py writes next to the w
 the architecture and image sizes default to those in the ``args.json`` of the same run.
 Images that cannot be decoded are named on stderr and left out of the CSV.
 """
+
 import argparse
 import csv
 import io
@@ -16,50 +17,84 @@ import json
 import os
 import sys
 
-from util import fileio
+from util.cli.strict_args import PREDICT_FLAGS, StrictArgumentParser
 from util.errors import BadImageError, UserError, run_cli
-from util.strict_args import StrictArgumentParser, PREDICT_FLAGS
+from util.io import fileio
 
 DEFAULTS = {'usenet': 'resnet50', 'img_size': 256, 'crop_size': 224}
 
 
 def get_args_parser():
-    p = StrictArgumentParser(allow_abbrev=False, refuse=PREDICT_FLAGS, 
+    p = StrictArgumentParser(
+        allow_abbrev=False,
+        refuse=PREDICT_FLAGS,
         description='Predict the classes of images with weights fine-tuned by finetuning.py (a CSV of the '
-                    'top-k classes and their probabilities per image).',
+        'top-k classes and their probabilities per image).',
         epilog='examples:\n'
-               '  python predict.py photos -pw result/XX/ft_resnet50_epoch90.pth\n'
-               '  python predict.py photos -pw ft.pth --classes names.txt -u resnet18 --img_size 40 '
-               '--crop_size 32 --topk 3 -o out.csv\n',
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('images', nargs='?', default=None,
-                   help='folder of images (searched recursively) or one image file; when the folder has '
-                        'sub-folders named after the classes, they are the ground truth and a report is written')
-    p.add_argument('--val', '-val', default=None, metavar='DIR', help="the same as the folder argument (the "
-                   "original's name)")
-    p.add_argument('--path2weight', '-pw', required=True, help='fine-tuned weights (ft_{usenet}_epoch{E}.pth, or '
-                   'the checkpoint.pth of a fine-tuning run)')
-    p.add_argument('--classes', default=None, help='class names: a JSON list (classes.json) or a text file with '
-                   'one name per line, in the order of the outputs (default: classes.json next to -pw; '
-                   'without one, the class indices)')
+        '  python predict.py photos -pw result/XX/ft_resnet50_epoch90.pth\n'
+        '  python predict.py photos -pw ft.pth --classes names.txt -u resnet18 --img_size 40 '
+        '--crop_size 32 --topk 3 -o out.csv\n',
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        'images',
+        nargs='?',
+        default=None,
+        help='folder of images (searched recursively) or one image file; when the folder has '
+        'sub-folders named after the classes, they are the ground truth and a report is written',
+    )
+    p.add_argument(
+        '--val', '-val', default=None, metavar='DIR', help="the same as the folder argument (the original's name)"
+    )
+    p.add_argument(
+        '--path2weight',
+        '-pw',
+        required=True,
+        help='fine-tuned weights (ft_{usenet}_epoch{E}.pth, or the checkpoint.pth of a fine-tuning run)',
+    )
+    p.add_argument(
+        '--classes',
+        default=None,
+        help='class names: a JSON list (classes.json) or a text file with '
+        'one name per line, in the order of the outputs (default: classes.json next to -pw; '
+        'without one, the class indices)',
+    )
     p.add_argument('--output', '-o', default='predictions.csv', help='CSV file to write (default: %(default)s)')
-    p.add_argument('--overwrite', action='store_true', help='replace an existing -o file that is not a CSV of '
-                   'an earlier prediction (never an input image, the weights or the class names) (default: off)')
-    p.add_argument('--topk', '-k', default=5, type=int, help='classes per image, at most the number of classes '
-                   '(default: %(default)s)')
-    p.add_argument('--usenet', '-u', default=None, help="architecture (default: the run's args.json next to "
-                   "-pw, else resnet50)")
-    p.add_argument('--img_size', default=None, type=int, help="images are resized to this first (default: the "
-                   "run's args.json, else 256)")
-    p.add_argument('--crop_size', default=None, type=int, help="then centre-cropped to this (default: the run's "
-                   "args.json, else 224)")
+    p.add_argument(
+        '--overwrite',
+        action='store_true',
+        help='replace an existing -o file that is not a CSV of '
+        'an earlier prediction (never an input image, the weights or the class names) (default: off)',
+    )
+    p.add_argument(
+        '--topk',
+        '-k',
+        default=5,
+        type=int,
+        help='classes per image, at most the number of classes (default: %(default)s)',
+    )
+    p.add_argument(
+        '--usenet', '-u', default=None, help="architecture (default: the run's args.json next to -pw, else resnet50)"
+    )
+    p.add_argument(
+        '--img_size',
+        default=None,
+        type=int,
+        help="images are resized to this first (default: the run's args.json, else 256)",
+    )
+    p.add_argument(
+        '--crop_size',
+        default=None,
+        type=int,
+        help="then centre-cropped to this (default: the run's args.json, else 224)",
+    )
     p.add_argument('--batch_size', '-b', default=64, type=int, help='images per batch (default: %(default)s)')
-    p.add_argument('--num_workers', '-nw', default=2, type=int, help='data loader processes (default: '
-                   '%(default)s)')
+    p.add_argument('--num_workers', '-nw', default=2, type=int, help='data loader processes (default: %(default)s)')
     fileio.add_max_pixels_arg(p)
     p.add_argument('--device', default=None, help="'cuda', 'cpu', ... (default: cuda when available)")
-    from util.compat import add_aliases
-    add_aliases(p, {'-is': 'img_size', '-cs': 'crop_size', '-j': 'num_workers'})   # the original's names
+    from util.cli.compat import add_aliases
+
+    add_aliases(p, {'-is': 'img_size', '-cs': 'crop_size', '-j': 'num_workers'})  # the original's names
     return p
 
 
@@ -86,27 +121,34 @@ def fill_defaults(args):
 
 def class_names(args, num_outputs):
     """The class names for a head of ``num_outputs``: --classes, classes.json next to -pw, or the indices."""
-    from util.runs import read_classes
+    from util.train.runs import read_classes
+
     path = args.classes
     if path is None:
         candidate = os.path.join(os.path.dirname(os.path.abspath(args.path2weight)), 'classes.json')
         if os.path.isfile(candidate):
             path = candidate
     if path is None:
-        print(f"warning: no classes.json next to {args.path2weight} and no --classes: writing class indices",
-              file=sys.stderr, flush=True)
+        print(
+            f"warning: no classes.json next to {args.path2weight} and no --classes: writing class indices",
+            file=sys.stderr,
+            flush=True,
+        )
         return [str(i) for i in range(num_outputs)]
     names = read_classes(path)
     if len(names) != num_outputs:
-        raise UserError(f"{path} names {len(names)} classes but the weights {args.path2weight} have "
-                        f"{num_outputs} outputs; give the class names of that run with --classes")
+        raise UserError(
+            f"{path} names {len(names)} classes but the weights {args.path2weight} have "
+            f"{num_outputs} outputs; give the class names of that run with --classes"
+        )
     return names
 
 
 def load_classifier(args):
     """(model in eval mode on args.device, class names) from -pw (a plain state dict or a checkpoint)."""
     import models
-    model, report = models.load_for(args.usenet, args.path2weight)   # also a two-head (simultaneous) file
+
+    model, report = models.load_for(args.usenet, args.path2weight)  # also a two-head (simultaneous) file
     names = class_names(args, report['num_classes'])
     return model.to(args.device).eval(), names
 
@@ -122,7 +164,8 @@ class ImageList:
         return len(self.paths)
 
     def __getitem__(self, index):
-        from util.fileio import load_image
+        from util.io.fileio import load_image
+
         try:
             image = load_image(self.paths[index], 'RGB')
         except BadImageError as e:
@@ -133,7 +176,8 @@ class ImageList:
 
 def list_inputs(target):
     """(root, relative paths) of the images to label: the folder's images (recursive) or the one file."""
-    from util import fileio
+    from util.io import fileio
+
     if os.path.isfile(target):
         return os.path.dirname(target) or '.', [os.path.basename(target)]
     fileio.require_dir(target, 'image folder', 'IMAGES')
@@ -147,8 +191,9 @@ def check_output(args, root, rel):
     """Refuse an -o that is a folder, an input (image, weights, class names) or a file we did not write."""
     out = args.output
     if os.path.isdir(out):
-        raise UserError(f"-o {out!r} is a folder; give the CSV file to write, e.g. "
-                        f"-o {os.path.join(out, 'predictions.csv')}")
+        raise UserError(
+            f"-o {out!r} is a folder; give the CSV file to write, e.g. -o {os.path.join(out, 'predictions.csv')}"
+        )
     if not os.path.exists(out):
         return
     real = os.path.realpath(out)
@@ -163,17 +208,22 @@ def check_output(args, root, rel):
     except (OSError, UnicodeDecodeError, csv.Error):
         header = []
     if header[:3] != ['path', 'top1', 'top1_prob'] and not args.overwrite:
-        raise UserError(f"-o {out!r} exists and is not a CSV of an earlier prediction; choose another file, or "
-                        "give --overwrite to replace it")
+        raise UserError(
+            f"-o {out!r} exists and is not a CSV of an earlier prediction; choose another file, or "
+            "give --overwrite to replace it"
+        )
 
 
 def predict(model, dataset, args, k):
     """{index: (top-k class indices, top-k probabilities)} for the decodable images of ``dataset``."""
     import torch
     from tqdm import tqdm
-    from util.engine import collate_skip_bad
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=False,
-                                         num_workers=args.num_workers, collate_fn=collate_skip_bad)
+
+    from util.train.engine import collate_skip_bad
+
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.num_workers, collate_fn=collate_skip_bad
+    )
     results = {}
     with torch.no_grad():
         for inputs, indices, _ in tqdm(loader, desc='predict', unit='batch', file=sys.stderr, dynamic_ncols=True):
@@ -202,8 +252,10 @@ def report_paths(output):
 
 
 def write_report(output, names, truth, ranked):
-    """Print and write the classification report of the labelled images (see :mod:`util.metrics`)."""
-    from util import fileio, metrics
+    """Print and write the classification report of the labelled images (see :mod:`util.train.metrics`)."""
+    from util.io import fileio
+    from util.train import metrics
+
     report = metrics.classification_report(truth, ranked, names)
     text = metrics.format_report(report)
     txt, conf, js = report_paths(output)
@@ -215,54 +267,73 @@ def write_report(output, names, truth, ranked):
     fileio.write_text(conf, buffer.getvalue())
     fileio.write_text(txt, text)
     fileio.write_text(js, json.dumps(report, indent=1) + '\n')
-    print(f"sub-folders named after the classes: top-1 accuracy {100.0 * report['accuracy']:.2f}% over "
-          f"{report['n']} images\n" + text + f"report: {txt}, {conf}, {js}", flush=True)
+    print(
+        f"sub-folders named after the classes: top-1 accuracy {100.0 * report['accuracy']:.2f}% over "
+        f"{report['n']} images\n" + text + f"report: {txt}, {conf}, {js}",
+        flush=True,
+    )
     return report
 
 
 def main(args):
-    from util import fileio
+    from util.io import fileio
+
     if args.topk < 1:
         raise UserError(f"--topk must be at least 1 (got {args.topk})")
     if args.batch_size < 1 or args.num_workers < 0:
         raise UserError("--batch_size must be at least 1 and --num_workers at least 0")
-    if os.path.isdir(args.path2weight):     # the original's -pw FOLDER: its newest weights file
-        from util.compat import newest_weights
+    if os.path.isdir(args.path2weight):  # the original's -pw FOLDER: its newest weights file
+        from util.cli.compat import newest_weights
+
         folder, args.path2weight = args.path2weight, newest_weights(args.path2weight)
         print(f"-pw {folder}: using its newest weights file {args.path2weight}", file=sys.stderr, flush=True)
     if not os.path.isfile(args.path2weight):
         raise UserError(f"-pw {args.path2weight!r}: no such weights file")
     fileio.set_max_pixels(args.max_pixels)
     if (args.images is None) == (args.val is None):
-        raise UserError("give the image folder once: as the first argument or as -val DIR" if args.images is None
-                        else f"two image folders given ({args.images!r} and -val {args.val!r}); give one")
+        raise UserError(
+            "give the image folder once: as the first argument or as -val DIR"
+            if args.images is None
+            else f"two image folders given ({args.images!r} and -val {args.val!r}); give one"
+        )
     args.images = args.images or args.val
-    root, rel = list_inputs(args.images)       # input errors are reported before torch is imported (seconds)
+    root, rel = list_inputs(args.images)  # input errors are reported before torch is imported (seconds)
     check_output(args, root, rel)
     import torch
     from torchvision import transforms
-    from util.datasets import IMAGENET_MEAN, IMAGENET_STD
+
+    from util.train.datasets import IMAGENET_MEAN, IMAGENET_STD
+
     fill_defaults(args)
     if args.device is None:
         args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
     model, names = load_classifier(args)
     k = min(args.topk, len(names))
     bilinear = transforms.InterpolationMode.BILINEAR
-    transform = transforms.Compose([transforms.Resize(args.img_size, interpolation=bilinear),
-                                    transforms.CenterCrop(args.crop_size), transforms.ToTensor(),
-                                    transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    transform = transforms.Compose(
+        [
+            transforms.Resize(args.img_size, interpolation=bilinear),
+            transforms.CenterCrop(args.crop_size),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
     results = predict(model, ImageList([os.path.join(root, r) for r in rel], transform), args, k)
 
     truth = ground_truth(rel, names)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator='\n')
-    writer.writerow(['path'] + [c for j in range(1, k + 1) for c in (f'top{j}', f'top{j}_prob')]
-                    + (['truth'] if truth else []))
+    writer.writerow(
+        ['path'] + [c for j in range(1, k + 1) for c in (f'top{j}', f'top{j}_prob')] + (['truth'] if truth else [])
+    )
     for i, path in enumerate(rel):
         if i in results:
             idx, p = results[i]
-            writer.writerow([path] + [v for c, q in zip(idx, p) for v in (names[c], f'{q:.6f}')]
-                            + ([names[truth[i]]] if truth else []))
+            writer.writerow(
+                [path]
+                + [v for c, q in zip(idx, p) for v in (names[c], f'{q:.6f}')]
+                + ([names[truth[i]]] if truth else [])
+            )
     out_dir = os.path.dirname(os.path.abspath(args.output))
     fileio.ensure_dir(out_dir, 'output folder')
     fileio.write_text(args.output, buffer.getvalue())
@@ -270,11 +341,15 @@ def main(args):
     bad = [rel[i] for i in range(len(rel)) if i not in results]
     print(f"{len(results)} images labelled with {len(names)} classes (top {k}) -> {args.output}", flush=True)
     if truth and results:
-        write_report(args.output, names, [truth[i] for i in sorted(results)],
-                     [results[i][0] for i in sorted(results)])
+        write_report(args.output, names, [truth[i] for i in sorted(results)], [results[i][0] for i in sorted(results)])
     if bad:
-        print(f"{len(bad)} image(s) could not be read and are not in the CSV: " + ', '.join(bad[:10])
-              + (' ...' if len(bad) > 10 else ''), file=sys.stderr, flush=True)
+        print(
+            f"{len(bad)} image(s) could not be read and are not in the CSV: "
+            + ', '.join(bad[:10])
+            + (' ...' if len(bad) > 10 else ''),
+            file=sys.stderr,
+            flush=True,
+        )
     return 0
 
 

@@ -8,11 +8,12 @@ Data modes (chosen by the flags):
   -t DIR --label_type class   the class folders of DIR as labels, cross-entropy (the labelled control)
 
 Other learning modes (-lm combined, simultaneous, alternating, finetuning, evaluation) are shared with
-finetuning.py; see util/modes.py and -h.
+finetuning.py; see util/train/modes.py and -h.
 """
-from util import cli
+
+from util.cli import flags as cli
 from util.errors import run_cli
-from util.modes import build_pretraining_sets  # noqa: F401  (part of this script's importable API)
+from util.train.modes import build_pretraining_sets  # noqa: F401  (part of this script's importable API)
 
 EXAMPLES = """examples:
   python pretraining.py -o weights --numof_classes=200 -ph pre -t random -pd PH_random -u resnet50
@@ -27,8 +28,11 @@ Outputs go to a new dated folder under -o: args.json, log.jsonl (one line per ep
 
 
 def get_args_parser(default_mode='pretraining'):
-    return cli.get_args_parser(default_mode, epilog=EXAMPLES, description='Pretrain a CNN on persistent-homology '
-                               'labels (no real images or human labels needed).')
+    return cli.get_args_parser(
+        default_mode,
+        epilog=EXAMPLES,
+        description='Pretrain a CNN on persistent-homology labels (no real images or human labels needed).',
+    )
 
 
 def main(args):

@@ -8,31 +8,46 @@ checkpoints (the query encoder), or ``imagenet`` (torchvision's weights of ``-u`
 ``-u`` is optional for a file: the architecture it tells (its recorded arguments or its tensor shapes) is
 printed; given, the file must fit it.  A folder given to -pw stands for its newest .pth file.
 """
+
 import argparse
 import os
 import sys
 
+from util.cli.strict_args import VISMAP_FLAGS, StrictArgumentParser
 from util.errors import UserError, run_cli
-from util.strict_args import VISMAP_FLAGS, StrictArgumentParser
 
 
 def get_args_parser():
-    p = StrictArgumentParser(allow_abbrev=False, refuse=VISMAP_FLAGS, description=__doc__.split('\n\n')[0],
-                             epilog='examples:\n  python visMap.py -pw weights/XX/resnet50_epoch90.pth\n'
-                                    '  python visMap.py -pw imagenet -u resnet18 -o imagenet_conv1.png\n',
-                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--path2weight', '-pw', required=True, help="weights file, checkpoint, MoCo checkpoint, a "
-                   "folder (its newest .pth), or 'imagenet'")
-    p.add_argument('--usenet', '-u', default=None, help="architecture (default: what the file tells; resnet50 "
-                   "for imagenet)")
+    p = StrictArgumentParser(
+        allow_abbrev=False,
+        refuse=VISMAP_FLAGS,
+        description=__doc__.split('\n\n')[0],
+        epilog='examples:\n  python visMap.py -pw weights/XX/resnet50_epoch90.pth\n'
+        '  python visMap.py -pw imagenet -u resnet18 -o imagenet_conv1.png\n',
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        '--path2weight',
+        '-pw',
+        required=True,
+        help="weights file, checkpoint, MoCo checkpoint, a folder (its newest .pth), or 'imagenet'",
+    )
+    p.add_argument(
+        '--usenet', '-u', default=None, help="architecture (default: what the file tells; resnet50 for imagenet)"
+    )
     p.add_argument('--output', '-o', default='conv1_filters.png', help='PNG file to write (default: %(default)s)')
-    p.add_argument('--max_filters', default=64, type=int, help='draw at most this many filters, the first ones '
-                   '(default: %(default)s)')
+    p.add_argument(
+        '--max_filters',
+        default=64,
+        type=int,
+        help='draw at most this many filters, the first ones (default: %(default)s)',
+    )
     return p
 
 
 def main(args):
-    from util.compat import newest_weights
+    from util.cli.compat import newest_weights
+
     if args.max_filters < 1:
         raise UserError(f"--max_filters must be at least 1 (got {args.max_filters})")
     if os.path.isdir(args.output):
@@ -41,7 +56,8 @@ def main(args):
         folder, args.path2weight = args.path2weight, newest_weights(args.path2weight)
         print(f"-pw {folder}: using its newest weights file {args.path2weight}", file=sys.stderr, flush=True)
     from models.filters import first_conv_filters
-    from util.plotting import filter_grid
+    from util.plot.plotting import filter_grid
+
     weight, info = first_conv_filters(args.path2weight, args.usenet)
     arch = f"{info['arch']} ({info['how']})" if info['arch'] else 'an architecture it does not tell'
     print(f"{info['source']}: {arch}; layer {info['layer']}, filters {tuple(weight.shape)}", flush=True)

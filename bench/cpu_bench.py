@@ -18,35 +18,38 @@ library versions -- to ``$OUT/cpu_bench.json`` when ``OUT`` is set, and to ``--j
     python bench/cpu_bench.py --quick         # about 1-2 minutes
     python bench/cpu_bench.py --tiny          # seconds; checks that everything runs (numbers meaningless)
 """
+
+import datetime
+import math
 import os
-import sys
+import platform
+import time
+
+from util.cli.strict_args import StrictArgumentParser
+from util.errors import UserError, run_cli
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-import datetime  # noqa: E402
-import math  # noqa: E402
-import platform  # noqa: E402
-import time  # noqa: E402
-
-from util.errors import UserError, run_cli  # noqa: E402
-from util.strict_args import StrictArgumentParser  # noqa: E402
 
 # Sizes of each benchmark per preset (images / diagrams per round, rounds).
 PRESETS = {
-    'tiny': dict(generator=dict(n_images=8, img_size=64, repeats=1),
-                 ph=dict(n_images=8, size=64, repeats=1, profile_images=2),
-                 vectorise=dict(n_diagrams=16, persim_diagrams=4, repeats=1),
-                 loader=dict(n_images=48, img_size=64, crop_size=56, batch_size=8, repeats=1)),
-    'quick': dict(generator=dict(n_images=100, img_size=256, repeats=1),
-                  ph=dict(n_images=100, size=256, repeats=1, profile_images=20),
-                  vectorise=dict(n_diagrams=300, persim_diagrams=40, repeats=2),
-                  loader=dict(n_images=256, img_size=256, crop_size=224, batch_size=32, repeats=1)),
-    'default': dict(generator=dict(n_images=200, img_size=256, repeats=2),
-                    ph=dict(n_images=200, size=256, repeats=2, profile_images=50),
-                    vectorise=dict(n_diagrams=1000, persim_diagrams=100, repeats=3),
-                    loader=dict(n_images=768, img_size=256, crop_size=224, batch_size=32, repeats=2)),
+    'tiny': dict(
+        generator=dict(n_images=8, img_size=64, repeats=1),
+        ph=dict(n_images=8, size=64, repeats=1, profile_images=2),
+        vectorise=dict(n_diagrams=16, persim_diagrams=4, repeats=1),
+        loader=dict(n_images=48, img_size=64, crop_size=56, batch_size=8, repeats=1),
+    ),
+    'quick': dict(
+        generator=dict(n_images=100, img_size=256, repeats=1),
+        ph=dict(n_images=100, size=256, repeats=1, profile_images=20),
+        vectorise=dict(n_diagrams=300, persim_diagrams=40, repeats=2),
+        loader=dict(n_images=256, img_size=256, crop_size=224, batch_size=32, repeats=1),
+    ),
+    'default': dict(
+        generator=dict(n_images=200, img_size=256, repeats=2),
+        ph=dict(n_images=200, size=256, repeats=2, profile_images=50),
+        vectorise=dict(n_diagrams=1000, persim_diagrams=100, repeats=3),
+        loader=dict(n_images=768, img_size=256, crop_size=224, batch_size=32, repeats=2),
+    ),
 }
 
 TARGETS = {'generator': 3.0, 'phdict': 0.75, 'vectorise': 100.0, 'loader': 2.0}
@@ -75,17 +78,27 @@ def machine_info():
     """Date, host facts and library versions, for the JSON of any benchmark."""
     import numpy
     import torch
-    info = dict(date=datetime.datetime.now().astimezone().isoformat(timespec='seconds'), cpu_model=cpu_model(),
-                cores=os.cpu_count(), usable_cores=usable_cores(), python=platform.python_version(),
-                numpy=numpy.__version__, torch=torch.__version__, platform=platform.platform(),
-                omp_num_threads=os.environ.get('OMP_NUM_THREADS'))
+
+    info = dict(
+        date=datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
+        cpu_model=cpu_model(),
+        cores=os.cpu_count(),
+        usable_cores=usable_cores(),
+        python=platform.python_version(),
+        numpy=numpy.__version__,
+        torch=torch.__version__,
+        platform=platform.platform(),
+        omp_num_threads=os.environ.get('OMP_NUM_THREADS'),
+    )
     try:
         import torchvision
+
         info['torchvision'] = torchvision.__version__
     except ImportError:
         pass
     try:
         from importlib.metadata import version
+
         info['cripser'] = version('cripser')
     except Exception:  # not installed as a distribution
         pass
@@ -104,29 +117,80 @@ def table_rows(results):
     rows = []
     g = results.get('generator')
     if g:
-        rows.append(('generator, img per CPU-second (per core)', g['ours_img_cpu_s'], g['original_img_cpu_s'],
-                     g['cpu_ratio'], TARGETS['generator']))
+        rows.append(
+            (
+                'generator, img per CPU-second (per core)',
+                g['ours_img_cpu_s'],
+                g['original_img_cpu_s'],
+                g['cpu_ratio'],
+                TARGETS['generator'],
+            )
+        )
         rows.append(('generator, img/s wall', g['ours_img_s'], g['original_img_s'], g['ratio'], None))
     p = results.get('ph')
     if p:
-        rows.append(('PHdict vs cripser-only floor, img/s wall', p['phdict_img_s'], p['floor_img_s'],
-                     p['phdict_vs_floor'], TARGETS['phdict']))
-        rows.append(('PHdict vs cripser floor, img per CPU-second', 1000 / p['phdict_cpu_ms_per_img'],
-                     1000 / p['floor_cpu_ms_per_img'], p['phdict_vs_floor_cpu'], TARGETS['phdict']))
-        rows.append(('PHdict vs original PH pipeline, img/s', p['phdict_img_s'], p['original_img_s'],
-                     p['phdict_vs_original'], None))
+        rows.append(
+            (
+                'PHdict vs cripser-only floor, img/s wall',
+                p['phdict_img_s'],
+                p['floor_img_s'],
+                p['phdict_vs_floor'],
+                TARGETS['phdict'],
+            )
+        )
+        rows.append(
+            (
+                'PHdict vs cripser floor, img per CPU-second',
+                1000 / p['phdict_cpu_ms_per_img'],
+                1000 / p['floor_cpu_ms_per_img'],
+                p['phdict_vs_floor_cpu'],
+                TARGETS['phdict'],
+            )
+        )
+        rows.append(
+            (
+                'PHdict vs original PH pipeline, img/s',
+                p['phdict_img_s'],
+                p['original_img_s'],
+                p['phdict_vs_original'],
+                None,
+            )
+        )
     v = results.get('vectorise')
     if v:
-        rows.append(('persistence image vs persim, diagrams/s', v['label_types']['persistence_image'],
-                     v['persim_diagrams_per_s'], v['persim_speedup'], TARGETS['vectorise']))
+        rows.append(
+            (
+                'persistence image vs persim, diagrams/s',
+                v['label_types']['persistence_image'],
+                v['persim_diagrams_per_s'],
+                v['persim_speedup'],
+                TARGETS['vectorise'],
+            )
+        )
     lo = results.get('loader')
     if lo:
-        rows.append(('on-the-fly loader vs original-style, img/s wall', lo['ours_img_s'], lo['original_img_s'],
-                     lo['ratio'], TARGETS['loader']))
-        rows.append(('on-the-fly loader, img per CPU-second', lo['ours_img_cpu_s'], lo['original_img_cpu_s'],
-                     lo['cpu_ratio'], TARGETS['loader']))
-    return [dict(what=w, ours=o, reference=r, ratio=q, target=t, met=None if t is None else bool(q >= t))
-            for w, o, r, q, t in rows]
+        rows.append(
+            (
+                'on-the-fly loader vs original-style, img/s wall',
+                lo['ours_img_s'],
+                lo['original_img_s'],
+                lo['ratio'],
+                TARGETS['loader'],
+            )
+        )
+        rows.append(
+            (
+                'on-the-fly loader, img per CPU-second',
+                lo['ours_img_cpu_s'],
+                lo['original_img_cpu_s'],
+                lo['cpu_ratio'],
+                TARGETS['loader'],
+            )
+        )
+    return [
+        dict(what=w, ours=o, reference=r, ratio=q, target=t, met=None if t is None else bool(q >= t))
+        for w, o, r, q, t in rows
+    ]
 
 
 def format_table(rows):
@@ -155,12 +219,16 @@ def run(preset='default', workers=2, only=None, verbose=True):
     if unknown:
         raise UserError(f"--only: unknown benchmark(s) {sorted(unknown)}; choose from {', '.join(names)}")
     from bench import generator_bench, loader_bench, ph_bench, vectorise_bench
+
     say = print if verbose else (lambda *a, **k: None)
     sizes = PRESETS[preset]
     out = machine_info()
     out.update(preset=preset, workers=workers, load_average={'start': _load()}, seconds={}, results={})
-    say(f"{out['date']}  {out['cpu_model']}, {out['cores']} cores ({out['usable_cores']} usable), "
-        f"load average {out['load_average']['start']}; preset {preset}, {workers} worker(s)", flush=True)
+    say(
+        f"{out['date']}  {out['cpu_model']}, {out['cores']} cores ({out['usable_cores']} usable), "
+        f"load average {out['load_average']['start']}; preset {preset}, {workers} worker(s)",
+        flush=True,
+    )
     for name in only:
         out['load_average'][f'{name}_before'] = _load()
         say(f"--- {name}", flush=True)
@@ -168,18 +236,25 @@ def run(preset='default', workers=2, only=None, verbose=True):
         s = sizes[name]
         if name == 'generator':
             res = generator_bench.run(s['n_images'], workers, s['img_size'], s['repeats'])
-            say(f"  ours {res['ours_img_cpu_s']:.1f} vs original {res['original_img_cpu_s']:.1f} img per "
-                f"CPU-second ({res['cpu_ratio']:.2f}x); wall {res['ratio']:.2f}x", flush=True)
+            say(
+                f"  ours {res['ours_img_cpu_s']:.1f} vs original {res['original_img_cpu_s']:.1f} img per "
+                f"CPU-second ({res['cpu_ratio']:.2f}x); wall {res['ratio']:.2f}x",
+                flush=True,
+            )
         elif name == 'ph':
-            res = ph_bench.run(s['n_images'], workers, s['size'], s['repeats'], profile_images=s['profile_images'],
-                               verbose=verbose)
+            res = ph_bench.run(
+                s['n_images'], workers, s['size'], s['repeats'], profile_images=s['profile_images'], verbose=verbose
+            )
         elif name == 'vectorise':
             res = vectorise_bench.run(s['n_diagrams'], s['persim_diagrams'], repeats=s['repeats'], verbose=verbose)
         else:
-            res = loader_bench.run(s['n_images'], workers, s['img_size'], s['crop_size'], s['batch_size'],
-                                   s['repeats'], verbose=verbose)
-            say(f"  ours {res['ours_img_s']:.1f} vs original {res['original_img_s']:.1f} img/s "
-                f"({res['ratio']:.2f}x)", flush=True)
+            res = loader_bench.run(
+                s['n_images'], workers, s['img_size'], s['crop_size'], s['batch_size'], s['repeats'], verbose=verbose
+            )
+            say(
+                f"  ours {res['ours_img_s']:.1f} vs original {res['original_img_s']:.1f} img/s ({res['ratio']:.2f}x)",
+                flush=True,
+            )
         out['seconds'][name] = round(time.perf_counter() - t, 1)
         out['results'][name] = res
     out['load_average']['end'] = _load()
@@ -192,23 +267,39 @@ def run(preset='default', workers=2, only=None, verbose=True):
 
 
 def get_args_parser():
-    p = StrictArgumentParser(allow_abbrev=False, description="Run every CPU benchmark once, side by side on the same cores, and "
-                                            "print a table of ratios against the targets.")
+    p = StrictArgumentParser(
+        allow_abbrev=False,
+        description="Run every CPU benchmark once, side by side on the same cores, and "
+        "print a table of ratios against the targets.",
+    )
     size = p.add_mutually_exclusive_group()
     size.add_argument('--quick', action='store_true', help="smaller sizes: about 1-2 minutes on 2 cores")
-    size.add_argument('--tiny', action='store_true', help="tiny sizes (seconds): checks that everything runs; "
-                      "the numbers mean nothing")
-    p.add_argument('--workers', '-w', type=int, default=2,
-                   help="worker processes of every benchmark (default: %(default)s)")
-    p.add_argument('--only', nargs='+', default=None, metavar='BENCH',
-                   help="run only these of: generator ph vectorise loader (default: all)")
-    p.add_argument('--json', default=None, help="write the results here too (default: only $OUT/cpu_bench.json "
-                   "when the OUT variable is set)")
+    size.add_argument(
+        '--tiny',
+        action='store_true',
+        help="tiny sizes (seconds): checks that everything runs; the numbers mean nothing",
+    )
+    p.add_argument(
+        '--workers', '-w', type=int, default=2, help="worker processes of every benchmark (default: %(default)s)"
+    )
+    p.add_argument(
+        '--only',
+        nargs='+',
+        default=None,
+        metavar='BENCH',
+        help="run only these of: generator ph vectorise loader (default: all)",
+    )
+    p.add_argument(
+        '--json',
+        default=None,
+        help="write the results here too (default: only $OUT/cpu_bench.json when the OUT variable is set)",
+    )
     return p
 
 
 def main(args):
-    from util.fileio import write_json
+    from util.io.fileio import write_json
+
     preset = 'tiny' if args.tiny else 'quick' if args.quick else 'default'
     res = run(preset, args.workers, args.only)
     paths = []
@@ -219,8 +310,10 @@ def main(args):
     for path in paths:
         write_json(path, res)
     print()
-    print(f"{res['date']}  {res['cpu_model']}, {res['cores']} cores, {args.workers} worker(s), preset {preset}; "
-          f"load average {res['load_average']['start']} at start, {res['load_average']['end']} at end")
+    print(
+        f"{res['date']}  {res['cpu_model']}, {res['cores']} cores, {args.workers} worker(s), preset {preset}; "
+        f"load average {res['load_average']['start']} at start, {res['load_average']['end']} at end"
+    )
     print(format_table(res['table']))
     if paths:
         print(f"results: {', '.join(paths)}")

@@ -14,29 +14,26 @@ use the same number of worker processes on the same cores, and JPEG-encode and w
 Usage: ``python bench/generator_bench.py -n 200 -nw 2 -is 256 --repeats 2``. ``run()`` returns a dict
 (ours_img_s, original_img_s, ratio, ...) for bench/cpu_bench.py.
 """
+
+import argparse
+import functools
+import multiprocessing
 import os
-import sys
+import resource
+import shutil
+import tempfile
+import time
+
+import numpy as np
+import scipy.fft
+from PIL import Image
+from skimage.filters import threshold_otsu
+
+from util.cli.strict_args import StrictArgumentParser
+from util.errors import UserError, run_cli
+from util.ph.generator import TRAIN_STREAM, GeneratorConfig, image_name, write_images
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-import argparse  # noqa: E402
-import functools  # noqa: E402
-import multiprocessing  # noqa: E402
-import resource  # noqa: E402
-import shutil  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-
-import numpy as np  # noqa: E402
-import scipy.fft  # noqa: E402
-from PIL import Image  # noqa: E402
-from skimage.filters import threshold_otsu  # noqa: E402
-
-from util.errors import UserError, run_cli  # noqa: E402
-from util.strict_args import StrictArgumentParser  # noqa: E402
-from util.random_image import GeneratorConfig, TRAIN_STREAM, image_name, write_images  # noqa: E402
 
 BENCH_PROB_BINARY = 0.5
 BENCH_PROB_COLOUR = 0.5
@@ -61,7 +58,7 @@ def original_image(cfg, seed, index, fft_module='scipy'):
             x = np.linspace(1, np.exp(alpha) * size, size)
             X, Y = np.meshgrid(x, x)
             noise = rng.uniform(0, 1, (size, size))
-            spectrum = fft.fft2(noise) / (X ** 2 + Y ** 2) ** beta
+            spectrum = fft.fft2(noise) / (X**2 + Y**2) ** beta
             layers.append(fft.ifft2(spectrum).real)
         sample = np.array(layers)
     for i in range(channels):
@@ -102,7 +99,7 @@ def _run_original(cfg, n_images, workers, folder, fft_module, seed=0):
         for _ in pool.imap_unordered(task, range(n_images)):
             pass
         pool.close()
-        pool.join()   # workers exit and are reaped, so their CPU time is counted
+        pool.join()  # workers exit and are reaped, so their CPU time is counted
     else:
         for i in range(n_images):
             task(i)
@@ -142,30 +139,50 @@ def run(n_images=200, workers=2, img_size=256, repeats=1, original_fft='scipy'):
         shutil.rmtree(root, ignore_errors=True)
     ours, orig = n_images / best['ours'][0], n_images / best['original'][0]
     ours_cpu, orig_cpu = n_images / best['ours'][1], n_images / best['original'][1]
-    return dict(ours_img_s=ours, original_img_s=orig, ratio=ours / orig,
-                ours_img_cpu_s=ours_cpu, original_img_cpu_s=orig_cpu, cpu_ratio=ours_cpu / orig_cpu,
-                n_images=n_images, workers=workers, img_size=img_size, original_fft=original_fft)
+    return dict(
+        ours_img_s=ours,
+        original_img_s=orig,
+        ratio=ours / orig,
+        ours_img_cpu_s=ours_cpu,
+        original_img_cpu_s=orig_cpu,
+        cpu_ratio=ours_cpu / orig_cpu,
+        n_images=n_images,
+        workers=workers,
+        img_size=img_size,
+        original_fft=original_fft,
+    )
 
 
 def get_args_parser():
-    p = StrictArgumentParser(allow_abbrev=False, description="Benchmark util/random_image.py against the original algorithm.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = StrictArgumentParser(
+        allow_abbrev=False,
+        description="Benchmark util/random_image.py against the original algorithm.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument('--n_images', '-n', type=int, default=200, help="images per generator per round")
     p.add_argument('--num_workers', '-nw', type=int, default=2, help="worker processes for both generators")
     p.add_argument('--img_size', '-is', type=int, default=256, help="image side in pixels")
     p.add_argument('--repeats', '-r', type=int, default=2, help="alternating rounds; the best of each is kept")
-    p.add_argument('--original_fft', choices=('scipy', 'numpy'), default='scipy',
-                   help="FFT module of the original re-implementation (the original imports scipy.fft)")
+    p.add_argument(
+        '--original_fft',
+        choices=('scipy', 'numpy'),
+        default='scipy',
+        help="FFT module of the original re-implementation (the original imports scipy.fft)",
+    )
     return p
 
 
 def main(args):
     res = run(args.n_images, args.num_workers, args.img_size, args.repeats, args.original_fft)
-    print(f"{res['n_images']} images of {res['img_size']} px, {res['workers']} worker(s), -pb "
-          f"{BENCH_PROB_BINARY} -pc {BENCH_PROB_COLOUR}, jpg, {os.cpu_count()} cores")
+    print(
+        f"{res['n_images']} images of {res['img_size']} px, {res['workers']} worker(s), -pb "
+        f"{BENCH_PROB_BINARY} -pc {BENCH_PROB_COLOUR}, jpg, {os.cpu_count()} cores"
+    )
     print(f"ours:     {res['ours_img_s']:8.1f} img/s wall  {res['ours_img_cpu_s']:8.1f} img per CPU-second")
-    print(f"original: {res['original_img_s']:8.1f} img/s wall  {res['original_img_cpu_s']:8.1f} img per CPU-second"
-          f"  ({res['original_fft']}.fft, float64)")
+    print(
+        f"original: {res['original_img_s']:8.1f} img/s wall  {res['original_img_cpu_s']:8.1f} img per CPU-second"
+        f"  ({res['original_fft']}.fft, float64)"
+    )
     print(f"ratio:    {res['ratio']:8.2f}x wall       {res['cpu_ratio']:8.2f}x per CPU-second")
     return 0
 

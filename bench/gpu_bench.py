@@ -6,12 +6,13 @@ Stages (each prints its results as it finishes and rewrites the results JSON, so
 (a) ``ceiling``: training images/s of ResNet-50 and ResNet-18 at 224 px on synthetic tensors already on the
     GPU (bf16 autocast, channels-last, SGD, MSE on 200 outputs as in pretraining, cudnn.benchmark on, a few
     warm-up steps, timed with ``torch.cuda.synchronize``): the most any data pipeline can reach.
-(b) ``pipeline``: the real pretraining code path (``util.engine.make_loader`` + ``train_one_epoch``) with
+(b) ``pipeline``: the real pretraining code path (``util.train.engine.make_loader`` + ``train_one_epoch``) with
     ``--workers`` loader processes, for each model:
       * from a consolidated label matrix: ``--n_jpegs`` 256 px JPEGs made by the generator in parallel,
-        their PH histogram labels computed PHdict-style (``util.ph.iter_diagrams`` + ``util.vectorise``), then
-        ``util.datasets.FolderPH`` + ``MatrixLabels`` (what ``pretraining.py -t DIR -pd PH -pc`` runs);
-      * on the fly: ``util.datasets.GeneratedPH`` (what ``pretraining.py`` without ``-t`` runs);
+        their PH histogram labels computed PHdict-style
+        (``util.ph.cubical.iter_diagrams`` + ``util.ph.vectorise``), then
+        ``util.train.datasets.FolderPH`` + ``MatrixLabels`` (what ``pretraining.py -t DIR -pd PH -pc`` runs);
+      * on the fly: ``util.train.datasets.GeneratedPH`` (what ``pretraining.py`` without ``-t`` runs);
     each as a ratio of (a) for the same model.  Also measured there: the cripser-only floor of this machine
     (cores / single-core ``cripser.computePH`` time per 256 px image), the on-the-fly rate as a ratio of it,
     the label precompute rate (target >= 0.75 x floor) and the loader alone (no model) from the label matrix.
@@ -33,44 +34,62 @@ Stages (each prints its results as it finishes and rewrites the results JSON, so
 
 The JSON goes to ``$OUT/gpu_bench.json`` when OUT is set, and to ``--json`` when given.
 """
+
+import argparse
+import contextlib
+import datetime
+import math
+import multiprocessing
 import os
-import sys
+import platform
+import shutil
+import tempfile
+import time
+
+import numpy as np
+
+from bench.cpu_bench import cpu_model
+from util.cli.strict_args import StrictArgumentParser
+from util.errors import UserError, run_cli
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import datetime  # noqa: E402
-import math  # noqa: E402
-import multiprocessing  # noqa: E402
-import platform  # noqa: E402
-import shutil  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-from bench.cpu_bench import cpu_model  # noqa: E402
-from util.errors import UserError, run_cli  # noqa: E402
-from util.strict_args import StrictArgumentParser  # noqa: E402
 
 STAGES = ('ceiling', 'pipeline', 'accuracy')
 LABEL_DIM = 200
-TARGET_FROM_LABELS = 0.9     # x ceiling (ResNet-50 @ 224)
-TARGET_ON_THE_FLY = 0.8      # x cripser-only floor
-TARGET_PRECOMPUTE = 0.75     # x cripser-only floor
+TARGET_FROM_LABELS = 0.9  # x ceiling (ResNet-50 @ 224)
+TARGET_ON_THE_FLY = 0.8  # x cripser-only floor
+TARGET_PRECOMPUTE = 0.75  # x cripser-only floor
 
 # --tiny: everything at toy size, so that the whole script runs in well under a minute on 2 CPU cores
-TINY = dict(models=['resnet18'], ceiling_size=32, ceiling_seconds=0.5, warmup=2, batch_size=4, n_jpegs=24,
-            jpeg_size=64, crop_size=56, pipeline_seconds=1.5, floor_images=4, pre_images=160, pre_size=16,
-            pre_batch=16, pre_seconds=1.0, min_pre_steps=3, ft_steps=2, ft_batch=8, ft_size=16, max_val=40,
-            seeds=[0, 1], workers=2, deadline=120)
+TINY = dict(
+    models=['resnet18'],
+    ceiling_size=32,
+    ceiling_seconds=0.5,
+    warmup=2,
+    batch_size=4,
+    n_jpegs=24,
+    jpeg_size=64,
+    crop_size=56,
+    pipeline_seconds=1.5,
+    floor_images=4,
+    pre_images=160,
+    pre_size=16,
+    pre_batch=16,
+    pre_seconds=1.0,
+    min_pre_steps=3,
+    ft_steps=2,
+    ft_batch=8,
+    ft_size=16,
+    max_val=40,
+    seeds=[0, 1],
+    workers=2,
+    deadline=120,
+)
 
 
 # ----------------------------------------------------------------------------------------------------
 # small helpers
+
 
 class Clock:
     """Seconds since the start of the run, and what is left before ``deadline``."""
@@ -88,6 +107,7 @@ class Clock:
 
 def _sync(device):
     import torch
+
     if str(device).startswith('cuda'):
         torch.cuda.synchronize()
 
@@ -96,9 +116,17 @@ def machine_info(device):
     import numpy
     import torch
     import torchvision
-    info = dict(date=datetime.datetime.now().astimezone().isoformat(timespec='seconds'), cpu_model=cpu_model(),
-                cores=os.cpu_count(), python=platform.python_version(), torch=torch.__version__,
-                torchvision=torchvision.__version__, numpy=numpy.__version__, device=str(device))
+
+    info = dict(
+        date=datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
+        cpu_model=cpu_model(),
+        cores=os.cpu_count(),
+        python=platform.python_version(),
+        torch=torch.__version__,
+        torchvision=torchvision.__version__,
+        numpy=numpy.__version__,
+        device=str(device),
+    )
     if str(device).startswith('cuda'):
         info['device_name'] = torch.cuda.get_device_name(torch.device(device))
         info['cuda'] = torch.version.cuda
@@ -106,6 +134,7 @@ def machine_info(device):
         info['device_name'] = f"CPU: {info['cpu_model']}"
     try:
         from importlib.metadata import version
+
         info['cripser'] = version('cripser')
     except Exception:  # not installed as a distribution (e.g. unpacked wheel on PYTHONPATH without metadata)
         pass
@@ -119,22 +148,28 @@ def machine_info(device):
 def _train_args(device, batch_size, workers, amp, channels_last, seed=0):
     """The training settings of the shared engine (as pretraining.py builds them, single process)."""
     from util.config import TrainConfig
-    return TrainConfig(device=str(device), batch_size=batch_size, num_workers=workers, seed=seed, amp=amp,
-                       channels_last=channels_last)
+
+    return TrainConfig(
+        device=str(device), batch_size=batch_size, num_workers=workers, seed=seed, amp=amp, channels_last=channels_last
+    )
 
 
 # ----------------------------------------------------------------------------------------------------
 # (a) ceilings
 
-def ceiling_rate(arch, batch_size, size, seconds, device, amp, channels_last, out_dim=LABEL_DIM, warmup=10,
-                 cudnn_benchmark=True):
+
+def ceiling_rate(
+    arch, batch_size, size, seconds, device, amp, channels_last, out_dim=LABEL_DIM, warmup=10, cudnn_benchmark=True
+):
     """Training images/s of ``arch`` on synthetic inputs ``[B, 3, size, size]`` already on ``device``.
 
     SGD (momentum 0.9), MSE on ``out_dim`` outputs, bf16 autocast when ``amp``.  ``warmup`` untimed steps,
     then steps in blocks of 5 until ``seconds`` have passed.  Returns {'img_s', 'steps', 'seconds'}.
     """
     import torch
+
     import models
+
     torch.backends.cudnn.benchmark = cudnn_benchmark
     model = models.build_model(arch, out_dim).to(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -173,6 +208,7 @@ def ceiling_rate(arch, batch_size, size, seconds, device, amp, channels_last, ou
 # ----------------------------------------------------------------------------------------------------
 # (b) our pipelines
 
+
 class TimedBatches:
     """Iterate a DataLoader of ``(inputs, targets, dropped)``, stamping each batch; stop after ``seconds``.
 
@@ -202,7 +238,7 @@ class TimedBatches:
     def rate(self):
         """(images/s in steady state, images counted, seconds); falls back to the whole pass if too short."""
         if len(self.stamps) > self.skip:
-            counted = sum(self.sizes[self.skip:])
+            counted = sum(self.sizes[self.skip :])
             dt = self.stamps[-1] - self.stamps[self.skip - 1]
         else:
             counted, dt = sum(self.sizes), (self.stamps[-1] - self.stamps[0]) if len(self.stamps) > 1 else float('nan')
@@ -211,7 +247,8 @@ class TimedBatches:
 
 def make_jpegs(folder, n, size, workers, seed=0):
     """``n`` generated JPEGs (``-pb 0.5 -pc 0.5``) of ``size`` px in ``folder``: (relative paths, img/s)."""
-    from util.random_image import GeneratorConfig, image_name, write_images
+    from util.ph.generator import GeneratorConfig, image_name, write_images
+
     cfg = GeneratorConfig(img_size=size, prob_binary=0.5, prob_colour=0.5)
     cfg.validate()
     t = time.perf_counter()
@@ -222,13 +259,15 @@ def make_jpegs(folder, n, size, workers, seed=0):
 
 def histogram_vectoriser(dim=LABEL_DIM, scale=1.0):
     """The histogram label (the original's default) with its ranges scaled by ``scale`` (= image side / 256)."""
-    from util.vectorise import DEFAULT_MAX_BIRTH, DEFAULT_MAX_LIFE, make_vectoriser
+    from util.ph.vectorise import DEFAULT_MAX_BIRTH, DEFAULT_MAX_LIFE, make_vectoriser
+
     return make_vectoriser('histogram', dim, max_life=DEFAULT_MAX_LIFE * scale, max_birth=DEFAULT_MAX_BIRTH * scale)
 
 
 def label_matrix(folder, rel, workers, dim=LABEL_DIM):
     """PHdict-style labels of the images: (float32 matrix [N, dim], img/s of diagrams + vectorisation)."""
-    from util import ph
+    from util.ph import cubical as ph
+
     vec = histogram_vectoriser(dim)
     jobs = [(os.path.join(folder, r), 'image', ph.DEFAULT_FILTRATION) for r in rel]
     diagrams = [None] * len(rel)
@@ -243,8 +282,9 @@ def label_matrix(folder, rel, workers, dim=LABEL_DIM):
 
 def cripser_floor(folder, rel, m, cores):
     """Single-core ms per image of cripser alone and of grey+Otsu+signed distance; floor = cores / cripser."""
-    from util import ph
-    from util.fileio import load_image
+    from util.io.fileio import load_image
+    from util.ph import cubical as ph
+
     paths = [os.path.join(folder, r) for r in rel[:m]]
     t_filt = t_ph = 0.0
     for p in paths:
@@ -257,20 +297,27 @@ def cripser_floor(folder, rel, m, cores):
         t_filt += t1 - t0
         t_ph += t2 - t1
     ms_ph, ms_filt = 1000 * t_ph / len(paths), 1000 * t_filt / len(paths)
-    return dict(cripser_ms=ms_ph, otsu_signed_distance_ms=ms_filt, cores=cores, floor_img_s=cores * 1000 / ms_ph,
-                images=len(paths))
+    return dict(
+        cripser_ms=ms_ph,
+        otsu_signed_distance_ms=ms_filt,
+        cores=cores,
+        floor_img_s=cores * 1000 / ms_ph,
+        images=len(paths),
+    )
 
 
 def train_rate(dataset, arch, targs, seconds, skip, out_dim=LABEL_DIM):
     """Images/s of the real training loop (make_loader + train_one_epoch) over ``dataset`` for ``seconds``."""
     import torch
+
     import models
-    from util import engine as T
+    from util.train import engine as T
+
     torch.manual_seed(0)
     model = T.prepare_model(models.build_model(arch, out_dim), targs)
     opt = T.build_optimizer(model.parameters(), targs, lr=0.01)
     loader = TimedBatches(T.make_loader(dataset, targs, 1, shuffle=True, train=True), seconds, skip)
-    with open(os.devnull, 'w') as null, contextlib.redirect_stderr(null):    # no progress bar in the log
+    with open(os.devnull, 'w') as null, contextlib.redirect_stderr(null):  # no progress bar in the log
         sums, seconds = T.train_one_epoch(model, loader, T.supervised_step(torch.nn.MSELoss(), targs), opt, 1, targs)
     metrics = T.supervised_metrics(sums, seconds)
     rate, counted, dt = loader.rate()
@@ -282,7 +329,8 @@ def train_rate(dataset, arch, targs, seconds, skip, out_dim=LABEL_DIM):
 
 def loader_rate(dataset, targs, seconds, skip):
     """Images/s of the DataLoader alone (batches only collected, no model)."""
-    from util import engine as T
+    from util.train import engine as T
+
     loader = TimedBatches(T.make_loader(dataset, targs, 1, shuffle=True, train=True), seconds, skip)
     for _ in loader:
         pass
@@ -293,14 +341,17 @@ def loader_rate(dataset, targs, seconds, skip):
 # ----------------------------------------------------------------------------------------------------
 # (c) accuracy
 
+
 def _pretrain_chunk(job):
     """Worker: images ``start..stop`` of the generator and their PH histogram labels.
 
     Returns (uint8 images [k, S, S, 3], float32 labels [k, dim]).
     """
     from PIL import Image
-    from util.ph import compute_ph
-    from util.random_image import GeneratorConfig, generate_image
+
+    from util.ph.cubical import compute_ph
+    from util.ph.generator import GeneratorConfig, generate_image
+
     start, stop, size, dim, seed = job
     cfg = GeneratorConfig(img_size=size, prob_binary=0.5, prob_colour=0.5)
     vec = histogram_vectoriser(dim, size / 256)
@@ -340,7 +391,9 @@ class _Normalise:
 
     def __init__(self, device):
         import torch
-        from util.datasets import IMAGENET_MEAN, IMAGENET_STD
+
+        from util.train.datasets import IMAGENET_MEAN, IMAGENET_STD
+
         self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
 
@@ -353,6 +406,7 @@ def _random_symmetry(x, gen):
 
     ``gen``: a torch.Generator on ``x``'s device (random numbers drawn there: no host-device copy)."""
     import torch
+
     b = x.shape[0]
     masks = torch.rand(3, b, 1, 1, 1, generator=gen, device=x.device).lt(0.5)
     x = torch.where(masks[0], x.flip(-1), x)
@@ -366,6 +420,7 @@ def _random_shift(x, pad, gen):
     ``gen``: a torch.Generator on ``x``'s device."""
     import torch
     import torch.nn.functional as F
+
     b, _, h, w = x.shape
     xp = F.pad(x, (pad, pad, pad, pad))
     oy = torch.randint(0, 2 * pad + 1, (b,), generator=gen, device=x.device)
@@ -388,7 +443,9 @@ def pretrain(images, targets, arch, steps, batch_size, device, amp, channels_las
     MSE.  Returns (the model, {'final_loss': mean loss of the last 10% of steps, 'seconds'}).
     """
     import torch
+
     import models
+
     torch.manual_seed(seed)
     gen = torch.Generator(device=device).manual_seed(seed)
     normalise = _Normalise(device)
@@ -420,6 +477,7 @@ def pretrain(images, targets, arch, steps, batch_size, device, amp, channels_las
 def predict(model, images, device, amp, channels_last, batch_size=512):
     """Model outputs (float32, on the CPU) for uint8 images [N, 3, S, S] on ``device``, in eval mode."""
     import torch
+
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     device_type = 'cuda' if str(device).startswith('cuda') else 'cpu'
     normalise = _Normalise(device)
@@ -427,7 +485,7 @@ def predict(model, images, device, amp, channels_last, batch_size=512):
     outs = []
     with torch.no_grad():
         for s in range(0, images.shape[0], batch_size):
-            x = normalise(images[s:s + batch_size]).contiguous(memory_format=fmt)
+            x = normalise(images[s : s + batch_size]).contiguous(memory_format=fmt)
             with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=amp):
                 outs.append(model(x).float().cpu())
     return torch.cat(outs)
@@ -441,20 +499,36 @@ def r_squared(pred, target):
 
 def digits(size):
     """scikit-learn's digits as uint8 [1797, 3, size, size] (8x8 upscaled without smoothing) and int64 targets."""
-    from util.export_digits import load_digit_images
+    from util.io.digits import load_digit_images
+
     img, targets = load_digit_images(size)
     return np.repeat(img[:, None], 3, axis=1), targets
 
 
 def split(targets, val_fraction, labels_per_class, seed):
     """Per-class split fixed by ``seed``: (train indices, val indices), K training images per class if K > 0
-    (the same split util/export_digits.py writes to disk)."""
-    from util.export_digits import split_indices
+    (the same split scripts/export_digits.py writes to disk)."""
+    from util.io.digits import split_indices
+
     return split_indices(targets, val_fraction, labels_per_class, seed)
 
 
-def finetune(backbone_state, arch, train_x, train_y, val_x, val_y, steps, batch_size, device, amp, channels_last,
-             lr=0.05, seed=0, num_classes=10):
+def finetune(
+    backbone_state,
+    arch,
+    train_x,
+    train_y,
+    val_x,
+    val_y,
+    steps,
+    batch_size,
+    device,
+    amp,
+    channels_last,
+    lr=0.05,
+    seed=0,
+    num_classes=10,
+):
     """Top-1 validation accuracy (%) after ``steps`` SGD steps of fine-tuning on (train_x uint8 [N,3,S,S], train_y).
 
     The model is built with a fresh ``num_classes`` head under ``seed`` (so every initialisation gets the same
@@ -463,7 +537,9 @@ def finetune(backbone_state, arch, train_x, train_y, val_x, val_y, steps, batch_
     decay 5e-4), linear warm-up then cosine, cross-entropy.
     """
     import torch
+
     import models
+
     torch.manual_seed(seed)
     model = models.build_model(arch, num_classes)
     if backbone_state is not None:
@@ -489,7 +565,7 @@ def finetune(backbone_state, arch, train_x, train_y, val_x, val_y, steps, batch_
     for s in range(steps):
         if pos + batch_size > n:
             order, pos = torch.randperm(n, generator=gen, device=device), 0
-        idx = order[pos:pos + batch_size]
+        idx = order[pos : pos + batch_size]
         pos += batch_size
         for g in opt.param_groups:
             g['lr'] = _cosine_lr(lr, s, steps, max(1, steps // 20))
@@ -506,6 +582,7 @@ def finetune(backbone_state, arch, train_x, train_y, val_x, val_y, steps, batch_
 # ----------------------------------------------------------------------------------------------------
 # the stages
 
+
 class Results:
     """The results dict, rewritten to every output path after each update (so a timeout keeps them)."""
 
@@ -518,7 +595,8 @@ class Results:
         self.save()
 
     def save(self):
-        from util.fileio import write_json
+        from util.io.fileio import write_json
+
         for p in self.paths:
             write_json(p, self.data)
 
@@ -532,27 +610,49 @@ def stage_ceiling(cfg, clock, res):
         if clock.left() < cfg.ceiling_seconds + 10:
             res.data['notes'].append(f"ceiling {arch} skipped: deadline")
             break
-        r = ceiling_rate(arch, cfg.batch_size, cfg.ceiling_size, cfg.ceiling_seconds, cfg.device, cfg.amp,
-                         cfg.channels_last, warmup=cfg.warmup)
+        r = ceiling_rate(
+            arch,
+            cfg.batch_size,
+            cfg.ceiling_size,
+            cfg.ceiling_seconds,
+            cfg.device,
+            cfg.amp,
+            cfg.channels_last,
+            warmup=cfg.warmup,
+        )
         res.set('ceiling', arch, r)
-        _say(clock, f"ceiling {arch}@{cfg.ceiling_size}: {r['img_s']:.0f} img/s (batch {cfg.batch_size}, "
-                    f"{'bf16' if cfg.amp else 'fp32'}{' + channels_last' if cfg.channels_last else ''}, "
-                    f"cudnn.benchmark)")
+        _say(
+            clock,
+            f"ceiling {arch}@{cfg.ceiling_size}: {r['img_s']:.0f} img/s (batch {cfg.batch_size}, "
+            f"{'bf16' if cfg.amp else 'fp32'}{' + channels_last' if cfg.channels_last else ''}, "
+            f"cudnn.benchmark)",
+        )
     arch = cfg.models[0]
-    if clock.left() > cfg.ceiling_seconds + 60:     # the same without cudnn.benchmark (pretraining.py turns it on)
-        r = ceiling_rate(arch, cfg.batch_size, cfg.ceiling_size, cfg.ceiling_seconds, cfg.device, cfg.amp,
-                         cfg.channels_last, warmup=cfg.warmup, cudnn_benchmark=False)
+    if clock.left() > cfg.ceiling_seconds + 60:  # the same without cudnn.benchmark (pretraining.py turns it on)
+        r = ceiling_rate(
+            arch,
+            cfg.batch_size,
+            cfg.ceiling_size,
+            cfg.ceiling_seconds,
+            cfg.device,
+            cfg.amp,
+            cfg.channels_last,
+            warmup=cfg.warmup,
+            cudnn_benchmark=False,
+        )
         res.set('ceiling', f'{arch}_no_cudnn_benchmark', r)
         _say(clock, f"ceiling {arch}@{cfg.ceiling_size} without cudnn.benchmark: {r['img_s']:.0f} img/s")
 
 
 def stage_pipeline(cfg, clock, res, tmp):
     import torch
-    from util.datasets import ComputedLabels, FolderPH, GeneratedPH, MatrixLabels, pretrain_transforms
+
     from util.config import AugmentConfig
-    from util.labels import find_label_matrix, label_names, load_label_matrix, write_label_matrix
-    from util.random_image import GeneratorConfig
-    torch.backends.cudnn.benchmark = True           # as pretraining.py runs (util.distributed turns it on)
+    from util.ph.generator import GeneratorConfig
+    from util.ph.labels import find_label_matrix, label_names, load_label_matrix, write_label_matrix
+    from util.train.datasets import ComputedLabels, FolderPH, GeneratedPH, MatrixLabels, pretrain_transforms
+
+    torch.backends.cudnn.benchmark = True  # as pretraining.py runs (util.train.distributed turns it on)
     folder = os.path.join(tmp, 'jpegs')
     os.makedirs(folder)
     rel, gen_rate = make_jpegs(folder, cfg.n_jpegs, cfg.jpeg_size, cfg.workers)
@@ -563,28 +663,33 @@ def stage_pipeline(cfg, clock, res, tmp):
     res.set('pipeline', 'label_precompute_img_s', lab_rate)
     res.set('pipeline', 'cripser_floor', floor)
     res.set('pipeline', 'label_precompute_vs_floor', lab_rate / floor['floor_img_s'])
-    _say(clock, f"PH labels (diagrams + histogram): {lab_rate:.0f} img/s with {cfg.workers} processes; cripser-only "
-                f"floor {floor['floor_img_s']:.0f} img/s ({floor['cores']} cores / {floor['cripser_ms']:.1f} ms; "
-                f"Otsu + signed distance {floor['otsu_signed_distance_ms']:.1f} ms) -> "
-                f"{lab_rate / floor['floor_img_s']:.2f}x floor")
+    _say(
+        clock,
+        f"PH labels (diagrams + histogram): {lab_rate:.0f} img/s with {cfg.workers} processes; cripser-only "
+        f"floor {floor['floor_img_s']:.0f} img/s ({floor['cores']} cores / {floor['cripser_ms']:.1f} ms; "
+        f"Otsu + signed distance {floor['otsu_signed_distance_ms']:.1f} ms) -> "
+        f"{lab_rate / floor['floor_img_s']:.2f}x floor",
+    )
     # the consolidated label matrix, as PHdict.py --label_type writes it, read back as pretraining.py -pc does
     ph_dir = os.path.join(tmp, 'PH')
     os.makedirs(ph_dir)
     write_label_matrix(ph_dir, label_names('histogram'), matrix, rel, {'label_type': 'histogram'})
     loaded, names = load_label_matrix(*find_label_matrix(ph_dir, 'histogram'), expected_dim=LABEL_DIM)
-    loaded = np.array(loaded)     # a writable copy: torch warns about read-only (memory-mapped) label rows
+    loaded = np.array(loaded)  # a writable copy: torch warns about read-only (memory-mapped) label rows
     reps = max(1, -(-cfg.epoch_images // len(rel)))
-    long_rel = rel * reps                            # one long epoch; the timer stops it
+    long_rel = rel * reps  # one long epoch; the timer stops it
     targs = _train_args(cfg.device, cfg.batch_size, cfg.workers, cfg.amp, cfg.channels_last)
     spatial, to_tensor = pretrain_transforms(AugmentConfig(img_size=cfg.jpeg_size, crop_size=cfg.crop_size))
-    from_labels = FolderPH(folder, long_rel, MatrixLabels(loaded, names, long_rel, 'labels_histogram.npy'),
-                           spatial, to_tensor, 'pre')
+    from_labels = FolderPH(
+        folder, long_rel, MatrixLabels(loaded, names, long_rel, 'labels_histogram.npy'), spatial, to_tensor, 'pre'
+    )
     # the same image model as the JPEGs the floor was measured on (the README's -pb 0.5 -pc 0.5)
     gcfg = GeneratorConfig(img_size=cfg.jpeg_size, prob_binary=0.5, prob_colour=0.5)
-    on_the_fly = GeneratedPH(gcfg, 1, cfg.epoch_images, ComputedLabels(histogram_vectoriser(), 'signed_distance'),
-                             spatial, to_tensor, 'pre')
+    on_the_fly = GeneratedPH(
+        gcfg, 1, cfg.epoch_images, ComputedLabels(histogram_vectoriser(), 'signed_distance'), spatial, to_tensor, 'pre'
+    )
     skip = cfg.workers + 2
-    need = cfg.pipeline_seconds + 30 + cfg.reserve_after_pipeline    # leave the accuracy stage its time
+    need = cfg.pipeline_seconds + 30 + cfg.reserve_after_pipeline  # leave the accuracy stage its time
     if clock.left() > need:
         r = loader_rate(from_labels, targs, cfg.pipeline_seconds / 2, skip)
         res.set('pipeline', 'from_labels_loader_only', r)
@@ -609,45 +714,72 @@ def stage_pipeline(cfg, clock, res, tmp):
 
 def stage_accuracy(cfg, clock, res):
     import torch
+
     torch.backends.cudnn.benchmark = True
     arch = 'resnet18'
     t = time.perf_counter()
     images, labels = make_pretrain_data(cfg.pre_images, cfg.pre_size, cfg.workers, seed=0)
     z, const = standardise(labels)
     n_hold = max(1, cfg.pre_images // 10)
-    res.set('accuracy', 'pretrain_data', dict(images=cfg.pre_images, size=cfg.pre_size, label='histogram',
-                                              label_dim=LABEL_DIM, constant_outputs=const, held_out=n_hold,
-                                              seconds=time.perf_counter() - t))
-    _say(clock, f"{cfg.pre_images} images of {cfg.pre_size} px with PH histogram labels in "
-                f"{time.perf_counter() - t:.1f} s ({const} of {LABEL_DIM} outputs constant)")
+    res.set(
+        'accuracy',
+        'pretrain_data',
+        dict(
+            images=cfg.pre_images,
+            size=cfg.pre_size,
+            label='histogram',
+            label_dim=LABEL_DIM,
+            constant_outputs=const,
+            held_out=n_hold,
+            seconds=time.perf_counter() - t,
+        ),
+    )
+    _say(
+        clock,
+        f"{cfg.pre_images} images of {cfg.pre_size} px with PH histogram labels in "
+        f"{time.perf_counter() - t:.1f} s ({const} of {LABEL_DIM} outputs constant)",
+    )
     dev = cfg.device
     x_all = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(dev)
     x_train, x_hold = x_all[:-n_hold], x_all[-n_hold:]
-    targets = {'ph': torch.from_numpy(z).to(dev),
-               'random': torch.randn(z.shape, generator=torch.Generator().manual_seed(12345)).to(dev)}
+    targets = {
+        'ph': torch.from_numpy(z).to(dev),
+        'random': torch.randn(z.shape, generator=torch.Generator().manual_seed(12345)).to(dev),
+    }
     # steps from the time budget, measured on a throwaway run; both pretrainings get the same steps
     probe_steps = 2 if cfg.tiny else 20
-    _, probe = pretrain(x_train, targets['ph'][:-n_hold], arch, probe_steps, cfg.pre_batch, dev, cfg.amp,
-                        cfg.channels_last)
+    _, probe = pretrain(
+        x_train, targets['ph'][:-n_hold], arch, probe_steps, cfg.pre_batch, dev, cfg.amp, cfg.channels_last
+    )
     step_s = probe['seconds'] / probe_steps
     ft_reserve = cfg.ft_reserve
     budget = min(cfg.pre_seconds, max(step_s * 10, (clock.left() - ft_reserve) / 2))
     steps = max(cfg.min_pre_steps, int(budget / step_s))
-    res.set('accuracy', 'pretrain_steps', dict(steps=steps, batch=cfg.pre_batch, step_seconds=step_s,
-                                               epochs=steps * cfg.pre_batch / x_train.shape[0]))
-    _say(clock, f"pretraining: {steps} steps of {cfg.pre_batch} ({steps * cfg.pre_batch / x_train.shape[0]:.1f} "
-                f"epochs) per label kind, {step_s * 1000:.1f} ms/step")
+    res.set(
+        'accuracy',
+        'pretrain_steps',
+        dict(steps=steps, batch=cfg.pre_batch, step_seconds=step_s, epochs=steps * cfg.pre_batch / x_train.shape[0]),
+    )
+    _say(
+        clock,
+        f"pretraining: {steps} steps of {cfg.pre_batch} ({steps * cfg.pre_batch / x_train.shape[0]:.1f} "
+        f"epochs) per label kind, {step_s * 1000:.1f} ms/step",
+    )
     backbones = {}
     for kind in ('ph', 'random'):
-        model, stats = pretrain(x_train, targets[kind][:-n_hold], arch, steps, cfg.pre_batch, dev, cfg.amp,
-                                cfg.channels_last)
+        model, stats = pretrain(
+            x_train, targets[kind][:-n_hold], arch, steps, cfg.pre_batch, dev, cfg.amp, cfg.channels_last
+        )
         pred = predict(model, x_hold, dev, cfg.amp, cfg.channels_last)
         stats['held_out_r2'] = r_squared(pred, targets[kind][-n_hold:].cpu())
         backbones[kind] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         del model
         res.set('accuracy', f'pretrain_{kind}', stats)
-        _say(clock, f"pretrained on {kind} targets: final loss {stats['final_loss']:.3f}, held-out R^2 "
-                    f"{stats['held_out_r2']:.3f}, {stats['seconds']:.0f} s")
+        _say(
+            clock,
+            f"pretrained on {kind} targets: final loss {stats['final_loss']:.3f}, held-out R^2 "
+            f"{stats['held_out_r2']:.3f}, {stats['seconds']:.0f} s",
+        )
     del x_all, x_train, x_hold, targets
     if str(dev).startswith('cuda'):
         torch.cuda.empty_cache()
@@ -666,22 +798,57 @@ def stage_accuracy(cfg, clock, res):
         for k in cfg.labels_per_class:
             tr, va = split(dy, 0.3, k, seed)
             if cfg.max_val:
-                va = np.random.default_rng(seed).permutation(va)[:cfg.max_val]
+                va = np.random.default_rng(seed).permutation(va)[: cfg.max_val]
             tr_t, va_t = torch.from_numpy(tr).to(dev), torch.from_numpy(va).to(dev)
             for name, state in inits.items():
-                acc = finetune(state, arch, dx_t[tr_t], dy_t[tr_t], dx_t[va_t], dy_t[va_t], cfg.ft_steps,
-                               cfg.ft_batch, dev, cfg.amp, cfg.channels_last, seed=seed)
+                acc = finetune(
+                    state,
+                    arch,
+                    dx_t[tr_t],
+                    dy_t[tr_t],
+                    dx_t[va_t],
+                    dy_t[va_t],
+                    cfg.ft_steps,
+                    cfg.ft_batch,
+                    dev,
+                    cfg.amp,
+                    cfg.channels_last,
+                    seed=seed,
+                )
                 table.setdefault(f"{'all' if k <= 0 else k}", {}).setdefault(name, []).append(acc)
         per_seed_s = time.perf_counter() - t_seed
         res.set('accuracy', 'finetune_top1', table)
-        res.set('accuracy', 'finetune_setup', dict(steps=cfg.ft_steps, batch=cfg.ft_batch, size=cfg.ft_size,
-                                                   seeds_done=len(next(iter(next(iter(table.values())).values()))),
-                                                   val_fraction=0.3, lr=0.05, arch=arch))
-        _say(clock, f"fine-tuning seed {seed} done in {per_seed_s:.0f} s: " + '; '.join(
-            f"K={k}: " + ', '.join(f"{n} {v[-1]:.1f}" for n, v in row.items()) for k, row in table.items()))
-    summary = {k: {n: dict(mean=float(np.mean(v)), std=float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
-                           min=float(np.min(v)), max=float(np.max(v)), n=len(v)) for n, v in row.items()}
-               for k, row in table.items()}
+        res.set(
+            'accuracy',
+            'finetune_setup',
+            dict(
+                steps=cfg.ft_steps,
+                batch=cfg.ft_batch,
+                size=cfg.ft_size,
+                seeds_done=len(next(iter(next(iter(table.values())).values()))),
+                val_fraction=0.3,
+                lr=0.05,
+                arch=arch,
+            ),
+        )
+        _say(
+            clock,
+            f"fine-tuning seed {seed} done in {per_seed_s:.0f} s: "
+            + '; '.join(f"K={k}: " + ', '.join(f"{n} {v[-1]:.1f}" for n, v in row.items()) for k, row in table.items()),
+        )
+    summary = {
+        k: {
+            n: dict(
+                mean=float(np.mean(v)),
+                std=float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
+                min=float(np.min(v)),
+                max=float(np.max(v)),
+                n=len(v),
+            )
+            for n, v in row.items()
+        }
+        for k, row in table.items()
+    }
     res.set('accuracy', 'summary', summary)
 
 
@@ -696,12 +863,14 @@ def format_summary(data):
     if 'cripser_floor' in pipe:
         fl = pipe['cripser_floor']
         lines.append(f"  cripser-only floor {'':23s} {fl['floor_img_s']:8.0f} img/s")
-        lines.append(f"  PH label precompute {'':22s} {pipe['label_precompute_img_s']:8.0f} img/s = "
-                     f"{pipe['label_precompute_vs_floor']:.2f}x floor (target >= {TARGET_PRECOMPUTE})")
+        lines.append(
+            f"  PH label precompute {'':22s} {pipe['label_precompute_img_s']:8.0f} img/s = "
+            f"{pipe['label_precompute_vs_floor']:.2f}x floor (target >= {TARGET_PRECOMPUTE})"
+        )
     if 'from_labels_loader_only' in pipe:
         lines.append(f"  loader alone, from labels {'':15s} {pipe['from_labels_loader_only']['img_s']:8.0f} img/s")
     for key, r in pipe.items():
-        if isinstance(r, dict) and 'vs_ceiling' in r:          # the training runs
+        if isinstance(r, dict) and 'vs_ceiling' in r:  # the training runs
             s = f"  {key:41s} {r['img_s']:8.0f} img/s"
             if r.get('vs_ceiling'):
                 target = f" (target >= {TARGET_FROM_LABELS})" if key == 'from_labels_resnet50' else ''
@@ -713,54 +882,97 @@ def format_summary(data):
     if 'summary' in acc:
         lines.append("  digits top-1 % (mean +- sd over seeds): labels/class | scratch | PH-pretrained | random-target")
         for k, row in acc['summary'].items():
-            cells = ' | '.join(f"{row[n]['mean']:5.1f} +- {row[n]['std']:4.1f}" for n in ('scratch', 'ph', 'random')
-                               if n in row)
+            cells = ' | '.join(
+                f"{row[n]['mean']:5.1f} +- {row[n]['std']:4.1f}" for n in ('scratch', 'ph', 'random') if n in row
+            )
             lines.append(f"    {k:>4s} | {cells}")
     return '\n'.join(lines)
 
 
 def get_args_parser():
-    p = StrictArgumentParser(allow_abbrev=False, description="GPU benchmark: training ceilings, our pretraining pipelines against "
-                                            "them and the cripser floor, and PH pretraining accuracy on digits.")
-    p.add_argument('--tiny', action='store_true', help="tiny sizes on any device (seconds on a CPU): checks that "
-                   "everything runs; the numbers mean nothing")
+    p = StrictArgumentParser(
+        allow_abbrev=False,
+        description="GPU benchmark: training ceilings, our pretraining pipelines against "
+        "them and the cripser floor, and PH pretraining accuracy on digits.",
+    )
+    p.add_argument(
+        '--tiny',
+        action='store_true',
+        help="tiny sizes on any device (seconds on a CPU): checks that everything runs; the numbers mean nothing",
+    )
     p.add_argument('--stages', nargs='+', choices=STAGES, default=list(STAGES), help="stages to run (default: all)")
     p.add_argument('--device', default=None, help="'cuda' or 'cpu' (default: cuda when available)")
-    p.add_argument('--deadline', type=float, default=540, help="seconds for the whole run; stages shrink or skip to "
-                   "fit (default: %(default)s)")
-    p.add_argument('--workers', '-w', type=int, default=None, help="CPU processes for loaders, generation and PH "
-                   "(default: all cores)")
-    p.add_argument('--models', nargs='+', default=['resnet50', 'resnet18'],
-                   help="models of the ceiling and pipeline stages (default: %(default)s)")
-    p.add_argument('--batch_size', '-b', type=int, default=128, help="batch size of ceiling and pipeline runs "
-                   "(default: %(default)s)")
+    p.add_argument(
+        '--deadline',
+        type=float,
+        default=540,
+        help="seconds for the whole run; stages shrink or skip to fit (default: %(default)s)",
+    )
+    p.add_argument(
+        '--workers',
+        '-w',
+        type=int,
+        default=None,
+        help="CPU processes for loaders, generation and PH (default: all cores)",
+    )
+    p.add_argument(
+        '--models',
+        nargs='+',
+        default=['resnet50', 'resnet18'],
+        help="models of the ceiling and pipeline stages (default: %(default)s)",
+    )
+    p.add_argument(
+        '--batch_size',
+        '-b',
+        type=int,
+        default=128,
+        help="batch size of ceiling and pipeline runs (default: %(default)s)",
+    )
     p.add_argument('--ceiling_seconds', type=float, default=8, help="timed seconds per ceiling (default: %(default)s)")
-    p.add_argument('--n_jpegs', type=int, default=4000, help="JPEGs generated for the label-matrix pipeline "
-                   "(default: %(default)s)")
-    p.add_argument('--pipeline_seconds', type=float, default=20, help="timed seconds per pipeline run "
-                   "(default: %(default)s)")
-    p.add_argument('--floor_images', type=int, default=64, help="images timed for the cripser floor "
-                   "(default: %(default)s)")
-    p.add_argument('--pre_images', type=int, default=40000, help="generated images for the accuracy pretraining "
-                   "(default: %(default)s)")
+    p.add_argument(
+        '--n_jpegs', type=int, default=4000, help="JPEGs generated for the label-matrix pipeline (default: %(default)s)"
+    )
+    p.add_argument(
+        '--pipeline_seconds', type=float, default=20, help="timed seconds per pipeline run (default: %(default)s)"
+    )
+    p.add_argument(
+        '--floor_images', type=int, default=64, help="images timed for the cripser floor (default: %(default)s)"
+    )
+    p.add_argument(
+        '--pre_images',
+        type=int,
+        default=40000,
+        help="generated images for the accuracy pretraining (default: %(default)s)",
+    )
     p.add_argument('--pre_size', type=int, default=64, help="their side in pixels (default: %(default)s)")
     p.add_argument('--pre_batch', type=int, default=256, help="pretraining batch size (default: %(default)s)")
-    p.add_argument('--pre_seconds', type=float, default=75, help="time budget per pretraining (PH, random), turned "
-                   "into a step count shared by both (default: %(default)s)")
+    p.add_argument(
+        '--pre_seconds',
+        type=float,
+        default=75,
+        help="time budget per pretraining (PH, random), turned into a step count shared by both (default: %(default)s)",
+    )
     p.add_argument('--ft_steps', type=int, default=300, help="fine-tuning steps per run (default: %(default)s)")
     p.add_argument('--ft_batch', type=int, default=64, help="fine-tuning batch size (default: %(default)s)")
     p.add_argument('--ft_size', type=int, default=None, help="digit image side (default: --pre_size)")
-    p.add_argument('--labels_per_class', type=int, nargs='+', default=[10, 50, 0],
-                   help="labelled training images per class; 0 = all (default: %(default)s)")
+    p.add_argument(
+        '--labels_per_class',
+        type=int,
+        nargs='+',
+        default=[10, 50, 0],
+        help="labelled training images per class; 0 = all (default: %(default)s)",
+    )
     p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2], help="fine-tuning seeds (default: %(default)s)")
-    p.add_argument('--json', default=None, help="write the results here too (default: only $OUT/gpu_bench.json "
-                   "when OUT is set)")
+    p.add_argument(
+        '--json', default=None, help="write the results here too (default: only $OUT/gpu_bench.json when OUT is set)"
+    )
     return p
 
 
 def _config(args):
     """The effective settings (flags, or the tiny preset) as a Namespace; checks them."""
     import torch
+
     cfg = argparse.Namespace(**vars(args))
     if args.tiny:
         for k, v in TINY.items():
@@ -778,8 +990,17 @@ def _config(args):
     on_gpu = cfg.device.startswith('cuda')
     cfg.amp = on_gpu
     cfg.channels_last = on_gpu
-    for name in ('batch_size', 'n_jpegs', 'floor_images', 'pre_images', 'pre_size', 'pre_batch', 'ft_steps',
-                 'ft_batch', 'workers'):
+    for name in (
+        'batch_size',
+        'n_jpegs',
+        'floor_images',
+        'pre_images',
+        'pre_size',
+        'pre_batch',
+        'ft_steps',
+        'ft_batch',
+        'workers',
+    ):
         if getattr(cfg, name) < 1:
             raise UserError(f"--{name} must be at least 1")
     if cfg.pre_size < 16 or cfg.ft_size < 16:
@@ -787,11 +1008,12 @@ def _config(args):
     if cfg.pre_images < 20:
         raise UserError("--pre_images must be at least 20")
     import models
+
     for m in cfg.models:
         models.resolve_arch(m)
     if not args.tiny:
         cfg.min_pre_steps, cfg.max_val, cfg.warmup = 10, 0, 10
-    cfg.epoch_images = 2000 if cfg.tiny else 400000    # one long epoch per pipeline run; the timer stops it
+    cfg.epoch_images = 2000 if cfg.tiny else 400000  # one long epoch per pipeline run; the timer stops it
     cfg.ft_reserve = 20 if cfg.tiny else 100
     cfg.reserve_after_pipeline = 0 if 'accuracy' not in cfg.stages else (10 if cfg.tiny else 200)
     return cfg
@@ -809,8 +1031,11 @@ def main(args):
     info['settings'] = {k: v for k, v in vars(cfg).items() if isinstance(v, (int, float, str, bool, list))}
     res = Results(paths, info)
     res.save()
-    _say(clock, f"{info['device_name']}; {info['cores']} cores ({info['cpu_model']}); torch {info['torch']}; "
-                f"stages {' '.join(cfg.stages)}; deadline {cfg.deadline:.0f} s")
+    _say(
+        clock,
+        f"{info['device_name']}; {info['cores']} cores ({info['cpu_model']}); torch {info['torch']}; "
+        f"stages {' '.join(cfg.stages)}; deadline {cfg.deadline:.0f} s",
+    )
     tmp = tempfile.mkdtemp(prefix='gpu_bench-')
     try:
         for stage in STAGES:

@@ -3,11 +3,11 @@
 
 Both sides feed a torch ``DataLoader`` with the same number of worker processes and batch size, and each
 sample is a freshly generated greyscale image (repeated to 3 channels), its persistent homology label and
-the pretraining augmentation (``util.datasets.pretrain_transforms``: resize, random crop, ToTensor,
+the pretraining augmentation (``util.train.datasets.pretrain_transforms``: resize, random crop, ToTensor,
 Normalize) -- images of ``img_size`` px cropped to ``crop_size`` px, labels of dimension ``label_dim``:
 
-* ours: ``util.datasets.GeneratedPH`` with ``ComputedLabels(histogram vectoriser, 'signed_distance')``
-  through ``util.engine.make_loader`` -- exactly what ``pretraining.py`` without ``-t`` runs;
+* ours: ``util.train.datasets.GeneratedPH`` with ``ComputedLabels(histogram vectoriser, 'signed_distance')``
+  through ``util.train.engine.make_loader`` -- exactly what ``pretraining.py`` without ``-t`` runs;
 * original: :class:`OriginalStyleGenerated` below, the original on-the-fly dataset's per-image work
   written out plainly: ``np.random`` draws, float64 complex ``scipy.fft.fft2``/``ifft2`` filtering,
   skimage's ``threshold_otsu`` on float64, two ``distance_transform_edt`` calls for the signed distance,
@@ -24,35 +24,32 @@ and the best rate of each is kept (the machine may be shared).
 ``run(n_images, workers, img_size, crop_size, ...)`` returns a dict (ours_img_s, original_img_s, ratio, ...)
 for bench/cpu_bench.py.
 """
+
 import os
-import sys
+import resource
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T
+
+from util.cli.strict_args import StrictArgumentParser
+from util.errors import UserError, run_cli
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
 
-import argparse  # noqa: E402
-import resource  # noqa: E402
-import time  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-from torch.utils.data import DataLoader, Dataset  # noqa: E402
-from torchvision import transforms as T  # noqa: E402
-
-from util.errors import UserError, run_cli  # noqa: E402
-from util.strict_args import StrictArgumentParser  # noqa: E402
-
-DEFAULT_PROB_BINARY = 0.5   # the original's default (-pb)
-DEFAULT_LABEL_DIM = 200     # the README's --numof_classes=200
-MAX_LIFE = 50.0             # label parameters shared by both sides (util.vectorise defaults)
+DEFAULT_PROB_BINARY = 0.5  # the original's default (-pb)
+DEFAULT_LABEL_DIM = 200  # the README's --numof_classes=200
+MAX_LIFE = 50.0  # label parameters shared by both sides (util.ph.vectorise defaults)
 MAX_BIRTH = 50.0
 BANDWIDTH = 1
 
 
 # ----------------------------------------------------------------------------------------------------
 # the original on-the-fly loader, written plainly
+
 
 def original_random_image(img_size, alpha_range, beta_range, prob_binary):
     """One greyscale image as the original on-the-fly generator made it: PIL 'L' image (S, S).
@@ -61,6 +58,7 @@ def original_random_image(img_size, alpha_range, beta_range, prob_binary):
     """
     from scipy.fft import fft2, ifft2
     from skimage.filters import threshold_otsu
+
     np.random.seed()
     sample = np.zeros(1)
     while sample.max() - sample.min() < 1e-10:
@@ -69,7 +67,7 @@ def original_random_image(img_size, alpha_range, beta_range, prob_binary):
         axis = np.linspace(1, np.exp(alpha) * img_size, img_size)
         X, Y = np.meshgrid(axis, axis)
         noise = np.random.uniform(0, 1, (img_size, img_size))
-        sample = ifft2(fft2(noise) / (X ** 2 + Y ** 2) ** beta).real
+        sample = ifft2(fft2(noise) / (X**2 + Y**2) ** beta).real
     q = np.random.uniform(0, 1)
     if q < prob_binary / 2:
         sample = (sample >= threshold_otsu(sample)).astype(np.float64)
@@ -88,6 +86,7 @@ def original_diagram(image):
     import cripser
     from scipy.ndimage import distance_transform_edt
     from skimage.filters import threshold_otsu
+
     im = np.asarray(image, dtype=np.float64)
     if im.ndim > 2:
         im = np.dot(im[..., :3], [0.2989, 0.5870, 0.1140])
@@ -106,12 +105,12 @@ def reflect_smooth(y, bandwidth):
         return y
     b = int(bandwidth)
     w = np.hanning(b)
-    if w.sum() <= 0:      # hanning(2) is all zeros
+    if w.sum() <= 0:  # hanning(2) is all zeros
         return y
-    padded = np.concatenate([y[b - 1:0:-1], y, y[-2:-b - 1:-1]])
+    padded = np.concatenate([y[b - 1 : 0 : -1], y, y[-2 : -b - 1 : -1]])
     res = np.convolve(w / w.sum(), padded, mode='valid')
     c = (len(res) - len(y)) // 2
-    return res[c:c + len(y)]
+    return res[c : c + len(y)]
 
 
 def original_histogram(dgm, num_bins, max_life=MAX_LIFE, max_birth=MAX_BIRTH, bandwidth=BANDWIDTH):
@@ -129,13 +128,13 @@ def original_histogram(dgm, num_bins, max_life=MAX_LIFE, max_birth=MAX_BIRTH, ba
         h, _ = np.histogram(life, bins=num_bins[d], range=(0, max_life))
         hist.append(h * (1.0 + np.linspace(0, max_life, num_bins[d])))
     for d in (0, 1):
-        h, _ = np.histogram(pairs[d][:, 0], bins=num_bins[2 + d], range=(-max_birth, max_birth),
-                            weights=pairs[d][:, 1] - pairs[d][:, 0])
+        h, _ = np.histogram(
+            pairs[d][:, 0], bins=num_bins[2 + d], range=(-max_birth, max_birth), weights=pairs[d][:, 1] - pairs[d][:, 0]
+        )
         hist.append(h)
     hist = [reflect_smooth(h, bandwidth) for h in hist]
-    with np.errstate(over='ignore', invalid='ignore'):   # the essential H0 class weighs ~1.8e308
-        out = np.concatenate([np.log(hist[0] + 1), np.log(hist[1] + 1), np.log(hist[2] + 1) / 100,
-                              np.log(hist[3] + 1)])
+    with np.errstate(over='ignore', invalid='ignore'):  # the essential H0 class weighs ~1.8e308
+        out = np.concatenate([np.log(hist[0] + 1), np.log(hist[1] + 1), np.log(hist[2] + 1) / 100, np.log(hist[3] + 1)])
     return out.astype(np.float32)
 
 
@@ -145,8 +144,16 @@ class OriginalStyleGenerated(Dataset):
     Item: ``(image tensor [3, crop, crop], label float32 [sum(num_bins)])``.
     """
 
-    def __init__(self, n, img_size, transform, num_bins, prob_binary=DEFAULT_PROB_BINARY,
-                 alpha_range=(0.01, 1.0), beta_range=(0.5, 2.0)):
+    def __init__(
+        self,
+        n,
+        img_size,
+        transform,
+        num_bins,
+        prob_binary=DEFAULT_PROB_BINARY,
+        alpha_range=(0.01, 1.0),
+        beta_range=(0.5, 2.0),
+    ):
         self.n, self.img_size, self.transform = n, img_size, transform
         self.num_bins, self.prob_binary = num_bins, prob_binary
         self.alpha_range, self.beta_range = alpha_range, beta_range
@@ -155,8 +162,7 @@ class OriginalStyleGenerated(Dataset):
         return self.n
 
     def __getitem__(self, index):
-        image = original_random_image(self.img_size, self.alpha_range, self.beta_range,
-                                      self.prob_binary).convert('RGB')
+        image = original_random_image(self.img_size, self.alpha_range, self.beta_range, self.prob_binary).convert('RGB')
         label = original_histogram(original_diagram(np.array(image)), self.num_bins)
         return self.transform(image), label
 
@@ -164,31 +170,38 @@ class OriginalStyleGenerated(Dataset):
 # ----------------------------------------------------------------------------------------------------
 # the two loaders
 
+
 def _ours_loader(n_images, workers, img_size, crop_size, batch_size, label_dim, prob_binary, seed):
-    from util.datasets import ComputedLabels, GeneratedPH, pretrain_transforms
-    from util.random_image import GeneratorConfig
-    from util.engine import make_loader
-    from util.vectorise import make_vectoriser
     from util.config import AugmentConfig, TrainConfig
+    from util.ph.generator import GeneratorConfig
+    from util.ph.vectorise import make_vectoriser
+    from util.train.datasets import ComputedLabels, GeneratedPH, pretrain_transforms
+    from util.train.engine import make_loader
+
     train = TrainConfig(batch_size=batch_size, num_workers=workers, device='cpu', seed=seed)
     cfg = GeneratorConfig(img_size=img_size, prob_binary=prob_binary, prob_colour=0.0)
     cfg.validate()
     spatial, to_tensor = pretrain_transforms(AugmentConfig(img_size=img_size, crop_size=crop_size))
-    computed = ComputedLabels(make_vectoriser('histogram', label_dim, max_life=MAX_LIFE, max_birth=MAX_BIRTH,
-                                              bandwidth=BANDWIDTH), 'signed_distance')
+    computed = ComputedLabels(
+        make_vectoriser('histogram', label_dim, max_life=MAX_LIFE, max_birth=MAX_BIRTH, bandwidth=BANDWIDTH),
+        'signed_distance',
+    )
     dataset = GeneratedPH(cfg, seed, n_images, computed, spatial, to_tensor, 'pre')
     return make_loader(dataset, train, epoch=1, shuffle=True, train=True)
 
 
 def _original_loader(n_images, workers, img_size, crop_size, batch_size, label_dim, prob_binary):
     from util.config import AugmentConfig
-    from util.datasets import pretrain_transforms
+    from util.train.datasets import pretrain_transforms
+
     spatial, to_tensor = pretrain_transforms(AugmentConfig(img_size=img_size, crop_size=crop_size))
     q = label_dim // 4
-    dataset = OriginalStyleGenerated(n_images, img_size, T.Compose([spatial, to_tensor]),
-                                     (q, q, q, label_dim - 3 * q), prob_binary)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
-                      drop_last=len(dataset) >= batch_size)
+    dataset = OriginalStyleGenerated(
+        n_images, img_size, T.Compose([spatial, to_tensor]), (q, q, q, label_dim - 3 * q), prob_binary
+    )
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=len(dataset) >= batch_size
+    )
 
 
 def _cpu_seconds():
@@ -232,13 +245,31 @@ def time_loader(loader, workers):
         steady = True
     else:
         seconds, counted, steady = total, images, False
-    return dict(img_s=counted / seconds, images=images, counted=counted, seconds=seconds, total_seconds=total,
-                steady=steady, cpu_img_s=images / cpu if cpu > 0 else float('nan'), image_shape=list(shape[0]),
-                label_shape=list(shape[1]))
+    return dict(
+        img_s=counted / seconds,
+        images=images,
+        counted=counted,
+        seconds=seconds,
+        total_seconds=total,
+        steady=steady,
+        cpu_img_s=images / cpu if cpu > 0 else float('nan'),
+        image_shape=list(shape[0]),
+        label_shape=list(shape[1]),
+    )
 
 
-def run(n_images=768, workers=2, img_size=256, crop_size=224, batch_size=32, repeats=2,
-        label_dim=DEFAULT_LABEL_DIM, prob_binary=DEFAULT_PROB_BINARY, seed=0, verbose=False):
+def run(
+    n_images=768,
+    workers=2,
+    img_size=256,
+    crop_size=224,
+    batch_size=32,
+    repeats=2,
+    label_dim=DEFAULT_LABEL_DIM,
+    prob_binary=DEFAULT_PROB_BINARY,
+    seed=0,
+    verbose=False,
+):
     """Time both loaders on ``n_images`` images each (alternating, ``repeats`` rounds, best kept).
 
     Returns ``{'ours_img_s', 'original_img_s', 'ratio', 'ours_img_cpu_s', 'original_img_cpu_s', 'cpu_ratio',
@@ -247,8 +278,7 @@ def run(n_images=768, workers=2, img_size=256, crop_size=224, batch_size=32, rep
     (ratio = ours / original), ``*_img_cpu_s`` images per CPU-second of the parent and its workers.
     """
     if min(n_images, img_size, crop_size, batch_size, repeats, label_dim) < 1 or workers < 0:
-        raise UserError("n_images, img_size, crop_size, batch_size, repeats and label_dim must be >= 1, "
-                        "workers >= 0")
+        raise UserError("n_images, img_size, crop_size, batch_size, repeats and label_dim must be >= 1, workers >= 0")
     if img_size < 8:
         raise UserError(f"--img_size must be at least 8 (got {img_size})")
     say = print if verbose else (lambda *a, **k: None)
@@ -260,61 +290,107 @@ def run(n_images=768, workers=2, img_size=256, crop_size=224, batch_size=32, rep
     for r in range(repeats):
         for name in ('ours', 'original'):
             if name == 'ours':
-                loader = _ours_loader(n_images, workers, img_size, crop_size, batch_size, label_dim,
-                                      prob_binary, seed + r)
+                loader = _ours_loader(
+                    n_images, workers, img_size, crop_size, batch_size, label_dim, prob_binary, seed + r
+                )
             else:
-                loader = _original_loader(n_images, workers, img_size, crop_size, batch_size, label_dim,
-                                          prob_binary)
+                loader = _original_loader(n_images, workers, img_size, crop_size, batch_size, label_dim, prob_binary)
             res = time_loader(loader, workers)
             del loader
             shapes[name] = (res['image_shape'], res['label_shape'])
             steady = steady and res['steady']
             best[name] = max(best[name], res['img_s'])
             best_cpu[name] = max(best_cpu[name], res['cpu_img_s'])
-            rounds.append(dict(round=r + 1, loader=name, img_s=res['img_s'], img_cpu_s=res['cpu_img_s'],
-                               images=res['images'], total_seconds=res['total_seconds']))
-            say(f"  round {r + 1}: {name:8s} {res['img_s']:8.1f} img/s, {res['cpu_img_s']:6.1f} img per CPU-second "
-                f"({res['images']} images, {res['total_seconds']:.1f} s with start-up)")
+            rounds.append(
+                dict(
+                    round=r + 1,
+                    loader=name,
+                    img_s=res['img_s'],
+                    img_cpu_s=res['cpu_img_s'],
+                    images=res['images'],
+                    total_seconds=res['total_seconds'],
+                )
+            )
+            say(
+                f"  round {r + 1}: {name:8s} {res['img_s']:8.1f} img/s, {res['cpu_img_s']:6.1f} img per CPU-second "
+                f"({res['images']} images, {res['total_seconds']:.1f} s with start-up)"
+            )
     if shapes['ours'] != shapes['original']:
         raise AssertionError(f"the two loaders disagree on shapes: {shapes}")
-    return dict(ours_img_s=best['ours'], original_img_s=best['original'], ratio=best['ours'] / best['original'],
-                ours_img_cpu_s=best_cpu['ours'], original_img_cpu_s=best_cpu['original'],
-                cpu_ratio=best_cpu['ours'] / best_cpu['original'],
-                n_images=n_images, workers=workers, img_size=img_size, crop_size=crop_size, batch_size=batch_size,
-                label_dim=label_dim, prob_binary=prob_binary, steady=steady, image_shape=shapes['ours'][0],
-                label_shape=shapes['ours'][1], rounds=rounds)
+    return dict(
+        ours_img_s=best['ours'],
+        original_img_s=best['original'],
+        ratio=best['ours'] / best['original'],
+        ours_img_cpu_s=best_cpu['ours'],
+        original_img_cpu_s=best_cpu['original'],
+        cpu_ratio=best_cpu['ours'] / best_cpu['original'],
+        n_images=n_images,
+        workers=workers,
+        img_size=img_size,
+        crop_size=crop_size,
+        batch_size=batch_size,
+        label_dim=label_dim,
+        prob_binary=prob_binary,
+        steady=steady,
+        image_shape=shapes['ours'][0],
+        label_shape=shapes['ours'][1],
+        rounds=rounds,
+    )
 
 
 def get_args_parser():
-    p = StrictArgumentParser(allow_abbrev=False, description="On-the-fly pretraining loader (GeneratedPH) vs a plain "
-                                            "re-implementation of the original one, images/s through a DataLoader.")
+    p = StrictArgumentParser(
+        allow_abbrev=False,
+        description="On-the-fly pretraining loader (GeneratedPH) vs a plain "
+        "re-implementation of the original one, images/s through a DataLoader.",
+    )
     p.add_argument('--n_images', '-n', type=int, default=768, help="images per loader per round (default: %(default)s)")
     p.add_argument('--workers', '-w', type=int, default=2, help="DataLoader worker processes (default: %(default)s)")
     p.add_argument('--img_size', '-is', type=int, default=256, help="generated image side (default: %(default)s)")
     p.add_argument('--crop_size', '-cs', type=int, default=224, help="random crop side (default: %(default)s)")
     p.add_argument('--batch_size', '-b', type=int, default=32, help="batch size (default: %(default)s)")
-    p.add_argument('--repeats', type=int, default=2, help="alternating rounds; the best of each is kept "
-                   "(default: %(default)s)")
-    p.add_argument('--label_dim', type=int, default=DEFAULT_LABEL_DIM,
-                   help="histogram label dimension (default: %(default)s)")
-    p.add_argument('--prob_binary', '-pb', type=float, default=DEFAULT_PROB_BINARY,
-                   help="probability that an image is binarised, both sides (default: %(default)s)")
+    p.add_argument(
+        '--repeats', type=int, default=2, help="alternating rounds; the best of each is kept (default: %(default)s)"
+    )
+    p.add_argument(
+        '--label_dim', type=int, default=DEFAULT_LABEL_DIM, help="histogram label dimension (default: %(default)s)"
+    )
+    p.add_argument(
+        '--prob_binary',
+        '-pb',
+        type=float,
+        default=DEFAULT_PROB_BINARY,
+        help="probability that an image is binarised, both sides (default: %(default)s)",
+    )
     p.add_argument('--seed', type=int, default=0, help="seed of our generator (default: %(default)s)")
     p.add_argument('--json', default=None, help="also write the result dict here (default: none)")
     return p
 
 
 def main(args):
-    res = run(args.n_images, args.workers, args.img_size, args.crop_size, args.batch_size, args.repeats,
-              args.label_dim, args.prob_binary, args.seed, verbose=True)
-    print(f"{res['n_images']} images of {res['img_size']} px cropped to {res['crop_size']}, batch "
-          f"{res['batch_size']}, {res['workers']} worker(s), histogram labels of {res['label_dim']}, "
-          f"{os.cpu_count()} cores" + ('' if res['steady'] else ' (too few batches: rates include start-up)'))
+    res = run(
+        args.n_images,
+        args.workers,
+        args.img_size,
+        args.crop_size,
+        args.batch_size,
+        args.repeats,
+        args.label_dim,
+        args.prob_binary,
+        args.seed,
+        verbose=True,
+    )
+    print(
+        f"{res['n_images']} images of {res['img_size']} px cropped to {res['crop_size']}, batch "
+        f"{res['batch_size']}, {res['workers']} worker(s), histogram labels of {res['label_dim']}, "
+        f"{os.cpu_count()} cores" + ('' if res['steady'] else ' (too few batches: rates include start-up)')
+    )
     print(f"ours:     {res['ours_img_s']:8.1f} img/s  {res['ours_img_cpu_s']:8.1f} img per CPU-second")
     print(f"original: {res['original_img_s']:8.1f} img/s  {res['original_img_cpu_s']:8.1f} img per CPU-second")
     print(f"ratio:    {res['ratio']:8.2f}x       {res['cpu_ratio']:8.2f}x")
     if args.json:
-        from util.fileio import write_json
+        from util.io.fileio import write_json
+
         write_json(args.json, res)
     return 0
 

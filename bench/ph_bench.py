@@ -5,7 +5,7 @@ else power-law FFT noise), with the same number of worker processes, it times
 
 * ``floor``: ``cripser.computePH`` alone (``engine='cripser'``) on filtrations computed beforehand (held by
   the workers, so no transfer is timed): the most any pipeline around cripser can reach;
-* ``phdict``: PHdict.py's code path -- :func:`util.ph.iter_diagrams` (read JPEG + grey + Otsu + signed
+* ``phdict``: PHdict.py's code path -- :func:`util.ph.cubical.iter_diagrams` (read JPEG + grey + Otsu + signed
   distance + PH with the default engine, union-find, in the workers) and the parent writing each diagram
   atomically with ``save_npy``;
 * ``original``: a plain re-implementation of the original script's per-image pipeline (PIL grey as float64,
@@ -22,27 +22,25 @@ is included, with the ratios it predicts.
 
 ``run(...)`` returns the numbers as a dict (for bench/cpu_bench.py).
 """
+
 import multiprocessing
 import os
 import resource
 import shutil
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
+from PIL import Image
 
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from util import ph  # noqa: E402
-from util.errors import UserError, run_cli  # noqa: E402
-from util.strict_args import StrictArgumentParser  # noqa: E402
-from util.fileio import load_image, save_npy  # noqa: E402
-
+from util.cli.strict_args import StrictArgumentParser
+from util.errors import UserError, run_cli
+from util.io.fileio import load_image, save_npy
+from util.ph import cubical as ph
 
 # ----------------------------------------------------------------------------------------------------
 # images
+
 
 def _fft_noise(rng, size):
     f = np.fft.fftfreq(size)
@@ -55,7 +53,8 @@ def _fft_noise(rng, size):
 def make_images(folder, n, size=256, seed=0):
     """Write ``n`` JPEGs ``folder/b#####.jpg`` of ``size`` px; return their paths and the generator used."""
     try:
-        from util.random_image import GeneratorConfig, generate_image
+        from util.ph.generator import GeneratorConfig, generate_image
+
         cfg = GeneratorConfig(img_size=size, prob_binary=0.5, prob_colour=0.5)
         make, source = (lambda i: generate_image(cfg, seed, i)), 'util.random_image (-pb 0.5 -pc 0.5)'
     except ImportError:
@@ -72,7 +71,7 @@ def make_images(folder, n, size=256, seed=0):
 # ----------------------------------------------------------------------------------------------------
 # the three pipelines
 
-_worker_filtrations = None   # set in each floor worker by _init_floor (inherited through fork)
+_worker_filtrations = None  # set in each floor worker by _init_floor (inherited through fork)
 
 
 def _init_floor(filtrations):
@@ -93,7 +92,7 @@ def time_floor(filtrations, workers):
     ctx = multiprocessing.get_context('fork')
     chunk = max(1, min(32, len(filtrations) // (workers * 8)))
     with ctx.Pool(workers, initializer=_init_floor, initargs=(filtrations,)) as pool:
-        pool.map(_noop, range(workers * 4))              # workers up and running
+        pool.map(_noop, range(workers * 4))  # workers up and running
         t = time.perf_counter()
         pool.map(_floor_task, range(len(filtrations)), chunksize=chunk)
         return time.perf_counter() - t
@@ -114,6 +113,7 @@ def _original_task(job):
     """The original per-image pipeline, written out plainly."""
     from scipy.ndimage import distance_transform_edt
     from skimage.filters import threshold_otsu
+
     path, out_dir = job
     im = np.array(Image.open(path).convert('L'), dtype=np.float64)
     if im.max() == im.min():
@@ -152,14 +152,16 @@ def profile_stages(paths, out_dir, repeats=3):
     """Per-stage cost in one process: mean over ``paths`` of the best of ``repeats`` timings, in ms.
 
     Stages of PHdict's path (``decode``, ``otsu``, ``signed_distance`` with the active EDT route and
-    ``signed_distance_scipy`` with ``util.ph.NUMBA_EDT`` off, ``computePH``, ``transfer`` = pickling the
+    ``signed_distance_scipy`` with ``util.ph.cubical.NUMBA_EDT`` off, ``computePH``, ``transfer`` = pickling the
     diagram to the parent, ``save_npy``) and of the original's (``otsu_skimage_float``,
     ``edt_scipy_twice``, ``np_save``).  Best-of timings are robust to other load on the machine; the
     ``model_*`` ratios are computePH / (sum of a pipeline's stages).
     """
     import pickle
+
     from scipy.ndimage import distance_transform_edt
     from skimage.filters import threshold_otsu
+
     stages = {}
 
     def add(name, ms):
@@ -182,8 +184,7 @@ def profile_stages(paths, out_dir, repeats=3):
                 add('signed_distance_scipy', _min_ms(lambda: ph._signed_distance(bw), repeats))
             finally:
                 ph.NUMBA_EDT = saved
-            add('edt_scipy_twice', _min_ms(lambda: distance_transform_edt(bw) - distance_transform_edt(~bw),
-                                           repeats))
+            add('edt_scipy_twice', _min_ms(lambda: distance_transform_edt(bw) - distance_transform_edt(~bw), repeats))
             filt = ph._signed_distance(bw)
         add('computePH', _min_ms(lambda: ph.diagram_of_filtration(filt, engine='cripser'), repeats))
         add('unionfind', _min_ms(lambda: ph.diagram_of_filtration(filt, engine='unionfind'), repeats))
@@ -194,10 +195,11 @@ def profile_stages(paths, out_dir, repeats=3):
     out = {k: round(v, 3) for k, v in stages.items()}
     common = stages['decode'] + stages['computePH']
     ours = stages['decode'] + stages['unionfind'] + stages['otsu'] + stages['transfer'] + stages['save_npy']
-    cost = dict(phdict=ours + stages.get('signed_distance', 0.0),
-                phdict_scipy=ours + stages.get('signed_distance_scipy', 0.0),
-                original=common + stages['otsu_skimage_float'] + stages.get('edt_scipy_twice', 0.0)
-                + stages['np_save'])
+    cost = dict(
+        phdict=ours + stages.get('signed_distance', 0.0),
+        phdict_scipy=ours + stages.get('signed_distance_scipy', 0.0),
+        original=common + stages['otsu_skimage_float'] + stages.get('edt_scipy_twice', 0.0) + stages['np_save'],
+    )
     for k, v in cost.items():
         out[f'model_{k}_vs_floor'] = round(stages['computePH'] / v, 3)
     return out
@@ -221,12 +223,13 @@ def _measure(fn, *args):
 
 # ----------------------------------------------------------------------------------------------------
 
+
 def run(n_images=200, workers=2, size=256, repeats=2, seed=0, profile_images=50, verbose=False):
     """Benchmark on ``n_images`` generated JPEGs of ``size`` px with ``workers`` processes.
 
     Returns ``{'n_images', 'size', 'workers', 'images', 'edt_backend', 'mean_pairs', 'profile_ms',
     'phdict_vs_original'}`` plus, for each pipeline ``P`` in floor, phdict, original (and phdict_scipy when the
-    numba EDT is on, ``util.ph.NUMBA_EDT``): ``P_img_s`` (wall-clock images/s), ``P_cpu_ms_per_img`` (CPU time
+    numba EDT is on, ``util.ph.cubical.NUMBA_EDT``): ``P_img_s`` (wall-clock images/s), ``P_cpu_ms_per_img`` (CPU time
     of parent + workers per image) and, but for the floor, ``P_vs_floor`` (ratio of wall rates) and
     ``P_vs_floor_cpu`` (ratio by CPU time, robust on a shared machine).  Best of ``repeats`` each.
     """
@@ -236,8 +239,10 @@ def run(n_images=200, workers=2, size=256, repeats=2, seed=0, profile_images=50,
         img_dir = os.path.join(tmp, 'img')
         os.makedirs(img_dir)
         paths, source = make_images(img_dir, n_images, size, seed)
-        say(f"{n_images} JPEGs {size}x{size} from {source}; {workers} workers; "
-            f"EDT: {'numba (util.ph_unionfind)' if ph.NUMBA_EDT else 'scipy'}")
+        say(
+            f"{n_images} JPEGs {size}x{size} from {source}; {workers} workers; "
+            f"EDT: {'numba (util.ph.unionfind)' if ph.NUMBA_EDT else 'scipy'}"
+        )
         filtrations = [ph.compute_filtration(load_image(p, 'L')) for p in paths]
         pairs = float(np.mean([ph.diagram_of_filtration(f).shape[0] for f in filtrations[:20]]))
         names = ['floor', 'phdict', 'original'] + (['phdict_scipy'] if ph.NUMBA_EDT else [])
@@ -251,7 +256,7 @@ def run(n_images=200, workers=2, size=256, repeats=2, seed=0, profile_images=50,
                     dt, cpu = _measure(time_floor, filtrations, workers)
                 elif name == 'phdict':
                     dt, cpu = _measure(time_phdict, paths, out, workers)
-                elif name == 'phdict_scipy':      # the same path with scipy's EDT (util.ph.NUMBA_EDT off)
+                elif name == 'phdict_scipy':  # the same path with scipy's EDT (util.ph.cubical.NUMBA_EDT off)
                     saved, ph.NUMBA_EDT = ph.NUMBA_EDT, False
                     try:
                         dt, cpu = _measure(time_phdict, paths, out, workers)
@@ -261,8 +266,10 @@ def run(n_images=200, workers=2, size=256, repeats=2, seed=0, profile_images=50,
                     dt, cpu = _measure(time_original, paths, out, workers)
                 best[name] = min(best[name], dt)
                 best_cpu[name] = min(best_cpu[name], cpu)
-                say(f"  round {r + 1}: {name:12s} {n_images / dt:8.1f} img/s wall, "
-                    f"{1000 * cpu / n_images:6.1f} CPU ms/img")
+                say(
+                    f"  round {r + 1}: {name:12s} {n_images / dt:8.1f} img/s wall, "
+                    f"{1000 * cpu / n_images:6.1f} CPU ms/img"
+                )
                 shutil.rmtree(out)
         # the two real pipelines wrote the same pairs (checked on a few)
         check = os.path.join(tmp, 'check')
@@ -279,8 +286,15 @@ def run(n_images=200, workers=2, size=256, repeats=2, seed=0, profile_images=50,
         shutil.rmtree(tmp, ignore_errors=True)
     rate = {k: n_images / v for k, v in best.items()}
     cpu_ms = {k: 1000 * v / n_images for k, v in best_cpu.items()}
-    result = dict(n_images=n_images, size=size, workers=workers, images=source, mean_pairs=round(pairs, 1),
-                  edt_backend='numba' if ph.NUMBA_EDT else 'scipy', profile_ms=prof)
+    result = dict(
+        n_images=n_images,
+        size=size,
+        workers=workers,
+        images=source,
+        mean_pairs=round(pairs, 1),
+        edt_backend='numba' if ph.NUMBA_EDT else 'scipy',
+        profile_ms=prof,
+    )
     for k in names:
         result[f'{k}_img_s'] = round(rate[k], 2)
         result[f'{k}_cpu_ms_per_img'] = round(cpu_ms[k], 3)
@@ -289,23 +303,32 @@ def run(n_images=200, workers=2, size=256, repeats=2, seed=0, profile_images=50,
             result[f'{k}_vs_floor_cpu'] = round(cpu_ms['floor'] / cpu_ms[k], 3)
     result['phdict_vs_original'] = round(rate['phdict'] / rate['original'], 3)
     for k in names[1:]:
-        say(f"{k:12s} {result[k + '_img_s']:8.1f} img/s = {result[k + '_vs_floor']:.2f} x floor "
-            f"({result['floor_img_s']} img/s); by CPU time {result[k + '_vs_floor_cpu']:.2f} x floor")
-    say("one process, best-of ms per image: " + ', '.join(f"{k} {v}" for k, v in prof.items()
-                                                           if not k.startswith('model_')))
-    say("ratios predicted from the stages: " + ', '.join(f"{k[6:-9]} {v:.2f}" for k, v in prof.items()
-                                                         if k.startswith('model_')))
+        say(
+            f"{k:12s} {result[k + '_img_s']:8.1f} img/s = {result[k + '_vs_floor']:.2f} x floor "
+            f"({result['floor_img_s']} img/s); by CPU time {result[k + '_vs_floor_cpu']:.2f} x floor"
+        )
+    say(
+        "one process, best-of ms per image: "
+        + ', '.join(f"{k} {v}" for k, v in prof.items() if not k.startswith('model_'))
+    )
+    say(
+        "ratios predicted from the stages: "
+        + ', '.join(f"{k[6:-9]} {v:.2f}" for k, v in prof.items() if k.startswith('model_'))
+    )
     return result
 
 
 def get_args_parser():
-    p = StrictArgumentParser(allow_abbrev=False, description="PHdict throughput vs the cripser-only floor and the original "
-                                            "pipeline, on generated JPEGs.")
+    p = StrictArgumentParser(
+        allow_abbrev=False,
+        description="PHdict throughput vs the cripser-only floor and the original pipeline, on generated JPEGs.",
+    )
     p.add_argument('--n_images', '-n', type=int, default=200, help="number of images (default: %(default)s)")
     p.add_argument('--workers', '-w', type=int, default=2, help="worker processes (default: %(default)s)")
     p.add_argument('--size', type=int, default=256, help="image side in pixels (default: %(default)s)")
-    p.add_argument('--repeats', type=int, default=2,
-                   help="interleaved rounds; the best of each is kept (default: %(default)s)")
+    p.add_argument(
+        '--repeats', type=int, default=2, help="interleaved rounds; the best of each is kept (default: %(default)s)"
+    )
     p.add_argument('--seed', type=int, default=0, help="image seed (default: %(default)s)")
     p.add_argument('--json', default=None, help="also write the result dict here (default: none)")
     return p
@@ -316,7 +339,8 @@ def main(args):
         raise UserError("--n_images, --workers, --size and --repeats must be at least 1")
     result = run(args.n_images, args.workers, args.size, args.repeats, args.seed, verbose=True)
     if args.json:
-        from util.fileio import write_json
+        from util.io.fileio import write_json
+
         write_json(args.json, result)
     return 0
 

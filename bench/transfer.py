@@ -5,7 +5,7 @@
                                                      -> pretraining.py -t IMAGES -pd RAND -pc (random targets)
     finetuning.py -pw <each pretrained weight>, and finetuning.py without -pw (scratch)  -> metrics.json
 
-on scikit-learn's digits (exported per seed by util/export_digits.py: each seed its own labelled subset of K
+on scikit-learn's digits (exported per seed by scripts/export_digits.py: each seed its own labelled subset of K
 labels per class and its own held-out test split) or on any ImageFolder given by ``--data``, at several
 labels-per-class levels (default 10, 50 and all) over several seeds (default 5).  Prints a table (mean +- std
 of the final top-1 of each initialisation, and the margins of PH over scratch and over random targets, paired
@@ -28,29 +28,27 @@ writes its matrix, ``pretraining.py -pd DIR -pc --label_type random`` reads it: 
 image, from the seed and the image's name only); ``--label_norm standard`` is passed to both pretrainings
 (pretraining.py computes the statistics from the label matrix, with its variance floor, and stores them).
 """
+
+import argparse
+import datetime
+import hashlib
+import json
+import math
 import os
+import platform
+import shutil
+import subprocess
 import sys
+import tempfile
+import time
+
+import numpy as np
+
+from util.cli.strict_args import StrictArgumentParser
+from util.errors import UserError, run_cli
+from util.io import fileio
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-import argparse  # noqa: E402
-import datetime  # noqa: E402
-import hashlib  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import platform  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-from util import fileio  # noqa: E402
-from util.errors import UserError, run_cli  # noqa: E402
-from util.strict_args import StrictArgumentParser  # noqa: E402
 
 INITS = ('scratch', 'ph', 'random')
 INIT_NAMES = {'scratch': 'scratch', 'ph': 'PH labels', 'random': 'random targets'}
@@ -58,35 +56,109 @@ INIT_NAMES = {'scratch': 'scratch', 'ph': 'PH labels', 'random': 'random targets
 # Sizes per preset.  ft_samples: each fine-tuning run sees about this many training images (epochs =
 # ft_samples / training images, clipped to [ft_min_epochs, ft_max_epochs]), so small subsets get more epochs.
 PRESETS = {
-    'tiny': dict(n_images=48, gen_size=24, pre_img=24, pre_crop=20, pre_epochs=1, pre_batch=16, lr_pre=0.05,
-                 arch='resnet18', ft_img=16, ft_batch=32, lr_fine=0.02, ft_samples=64, ft_min_epochs=1,
-                 ft_max_epochs=1, labels=['3'], seeds=2, dims=40, val_fraction=0.1, max_test=60, jobs=2),
-    'cpu': dict(n_images=4000, gen_size=48, pre_img=48, pre_crop=40, pre_epochs=8, pre_batch=64, lr_pre=0.05,
-                arch='resnet18', ft_img=32, ft_batch=32, lr_fine=0.02, ft_samples=3000, ft_min_epochs=8,
-                ft_max_epochs=30, labels=['10', '50', 'all'], seeds=5, dims=200, val_fraction=0.3, max_test=0, jobs=2),
-    'gpu': dict(n_images=50000, gen_size=128, pre_img=128, pre_crop=112, pre_epochs=20, pre_batch=256,
-                lr_pre=0.1, arch='resnet18', ft_img=64, ft_batch=64, lr_fine=0.02, ft_samples=6000,
-                ft_min_epochs=10, ft_max_epochs=40, labels=['10', '50', 'all'], seeds=5, dims=200,
-                val_fraction=0.3, max_test=0, jobs=1),
+    'tiny': dict(
+        n_images=48,
+        gen_size=24,
+        pre_img=24,
+        pre_crop=20,
+        pre_epochs=1,
+        pre_batch=16,
+        lr_pre=0.05,
+        arch='resnet18',
+        ft_img=16,
+        ft_batch=32,
+        lr_fine=0.02,
+        ft_samples=64,
+        ft_min_epochs=1,
+        ft_max_epochs=1,
+        labels=['3'],
+        seeds=2,
+        dims=40,
+        val_fraction=0.1,
+        max_test=60,
+        jobs=2,
+    ),
+    'cpu': dict(
+        n_images=4000,
+        gen_size=48,
+        pre_img=48,
+        pre_crop=40,
+        pre_epochs=8,
+        pre_batch=64,
+        lr_pre=0.05,
+        arch='resnet18',
+        ft_img=32,
+        ft_batch=32,
+        lr_fine=0.02,
+        ft_samples=3000,
+        ft_min_epochs=8,
+        ft_max_epochs=30,
+        labels=['10', '50', 'all'],
+        seeds=5,
+        dims=200,
+        val_fraction=0.3,
+        max_test=0,
+        jobs=2,
+    ),
+    'gpu': dict(
+        n_images=50000,
+        gen_size=128,
+        pre_img=128,
+        pre_crop=112,
+        pre_epochs=20,
+        pre_batch=256,
+        lr_pre=0.1,
+        arch='resnet18',
+        ft_img=64,
+        ft_batch=64,
+        lr_fine=0.02,
+        ft_samples=6000,
+        ft_min_epochs=10,
+        ft_max_epochs=40,
+        labels=['10', '50', 'all'],
+        seeds=5,
+        dims=200,
+        val_fraction=0.3,
+        max_test=0,
+        jobs=1,
+    ),
 }
 
 
 def get_args_parser():
-    p = StrictArgumentParser(description=__doc__.split('\n\n')[0], allow_abbrev=False,
-                             formatter_class=argparse.RawDescriptionHelpFormatter,
-                             epilog='Flags left unset take the preset\'s value (printed at the start).')
+    p = StrictArgumentParser(
+        description=__doc__.split('\n\n')[0],
+        allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog='Flags left unset take the preset\'s value (printed at the start).',
+    )
     p.add_argument('--preset', choices=sorted(PRESETS), default='cpu', help='sizes (default: %(default)s)')
-    p.add_argument('--data', default=None, help='an ImageFolder (<class>/<image>) to use instead of digits; '
-                   'with train/ and val/ sub-folders, subsets come from train/ and val/ is the test set')
-    p.add_argument('--labels', nargs='+', default=None, metavar='K',
-                   help="labels per class: integers and/or 'all' (preset: 10 50 all)")
+    p.add_argument(
+        '--data',
+        default=None,
+        help='an ImageFolder (<class>/<image>) to use instead of digits; '
+        'with train/ and val/ sub-folders, subsets come from train/ and val/ is the test set',
+    )
+    p.add_argument(
+        '--labels',
+        nargs='+',
+        default=None,
+        metavar='K',
+        help="labels per class: integers and/or 'all' (preset: 10 50 all)",
+    )
     p.add_argument('--seeds', type=int, default=None, help='number of seeds 0..N-1 (preset: 5)')
     p.add_argument('--inits', nargs='+', choices=INITS, default=list(INITS), help='initialisations to run')
-    p.add_argument('--name', default=None, help='name of this experiment in the result files (default: preset '
-                   'and the changed levers)')
+    p.add_argument(
+        '--name',
+        default=None,
+        help='name of this experiment in the result files (default: preset and the changed levers)',
+    )
     p.add_argument('--out', default=os.path.join(_ROOT, 'bench', 'results'), help='results folder')
-    p.add_argument('--work', default=os.path.join(tempfile.gettempdir(), 'topo_transfer_work'),
-                   help='cache of images, labels and runs (default: %(default)s)')
+    p.add_argument(
+        '--work',
+        default=os.path.join(tempfile.gettempdir(), 'topo_transfer_work'),
+        help='cache of images, labels and runs (default: %(default)s)',
+    )
     p.add_argument('--fresh', action='store_true', help='rerun everything (ignore cached runs)')
     p.add_argument('--jobs', type=int, default=None, help='training runs at a time (preset: 2 on the CPU presets)')
     p.add_argument('--threads', type=int, default=None, help='OMP/torch threads per run (default: 2 / --jobs)')
@@ -102,13 +174,26 @@ def get_args_parser():
     g.add_argument('--pre_opt', default='sgd_cos', help='pretraining -op (default: %(default)s)')
     g.add_argument('--label_type', default='histogram', help='PHdict/pretraining --label_type (default: %(default)s)')
     g.add_argument('--dims', type=int, default=None, help='label dimension (--numof_dims / -nc)')
-    g.add_argument('--label_norm', choices=('none', 'standard'), default='none',
-                   help="pretraining.py --label_norm for both pretrainings: 'standard' z-scores each label component "
-                   "(floored std; the random targets are N(0,1) already) (default: none)")
-    g.add_argument('--ph', choices=('pre', 'post'), default='pre', help="pretraining -ph; 'post' computes the PH "
-                   "of each crop in the loader (no -pd); the random control stays one vector per image")
-    g.add_argument('--on_the_fly', action='store_true', help='PH pretraining on images generated on the fly '
-                   '(no -t; --n_images fresh images per epoch); the random control keeps the fixed set')
+    g.add_argument(
+        '--label_norm',
+        choices=('none', 'standard'),
+        default='none',
+        help="pretraining.py --label_norm for both pretrainings: 'standard' z-scores each label component "
+        "(floored std; the random targets are N(0,1) already) (default: none)",
+    )
+    g.add_argument(
+        '--ph',
+        choices=('pre', 'post'),
+        default='pre',
+        help="pretraining -ph; 'post' computes the PH "
+        "of each crop in the loader (no -pd); the random control stays one vector per image",
+    )
+    g.add_argument(
+        '--on_the_fly',
+        action='store_true',
+        help='PH pretraining on images generated on the fly '
+        '(no -t; --n_images fresh images per epoch); the random control keeps the fixed set',
+    )
     g.add_argument('--pre_extra', default='', help='extra flags for pretraining.py (one string, split on spaces)')
     g = p.add_argument_group('fine-tuning recipe')
     g.add_argument('--arch', default=None, help='-u for both scripts (preset: resnet18)')
@@ -134,8 +219,20 @@ def resolve(args):
             cfg[key] = v
     if args.seeds is not None:
         cfg['seeds'] = args.seeds
-    for key in ('pre_opt', 'label_type', 'label_norm', 'ph', 'on_the_fly', 'pre_extra', 'ft_opt', 'ft_extra',
-                'inits', 'data', 'threads', 'device'):
+    for key in (
+        'pre_opt',
+        'label_type',
+        'label_norm',
+        'ph',
+        'on_the_fly',
+        'pre_extra',
+        'ft_opt',
+        'ft_extra',
+        'inits',
+        'data',
+        'threads',
+        'device',
+    ):
         cfg[key] = getattr(args, key)
     cfg['labels'] = [str(x).lower() for x in cfg['labels']]
     for k in cfg['labels']:
@@ -164,14 +261,12 @@ class Runner:
         self.work = work
         self.fresh = fresh
         self.log = log
-        self.env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-                        PYTHONUNBUFFERED='1')
+        self.env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED='1')
 
     def run(self, script, argv, what):
         cmd = [sys.executable, os.path.join(_ROOT, script)] + [str(a) for a in argv]
         t0 = time.time()
-        proc = subprocess.run(cmd, cwd=_ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True)
+        proc = subprocess.run(cmd, cwd=_ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         if proc.returncode != 0:
             tail = '\n'.join(proc.stdout.strip().splitlines()[-15:])
             raise UserError(f"{what} failed (exit {proc.returncode}): {' '.join(cmd[1:])}\n{tail}")
@@ -247,10 +342,10 @@ def make_split(runner, cfg, seed, k):
         if not os.path.isfile(os.path.join(out, 'export.json')):
             if os.path.isdir(out):
                 shutil.rmtree(out)
-            # util/export_digits.py's own entry point, called in this process (saves a Python start per split)
-            from util import export_digits
-            export_digits.main(argparse.Namespace(output=out, labels_per_class=kk, seed=seed, size=32,
-                                                  val_fraction=cfg['val_fraction']))
+            # what scripts/export_digits.py does, in this process (saves a Python start per split)
+            from util.io.digits import export_digits
+
+            export_digits(out, labels_per_class=kk, val_fraction=cfg['val_fraction'], size=32, seed=seed)
             _cap_test(os.path.join(out, 'val'), cfg['max_test'], seed)
         return out
     data = os.path.abspath(cfg['data'])
@@ -298,35 +393,76 @@ def _dev(cfg):
 
 def prepare_pretraining(runner, cfg, log):
     """Generate images, compute PH labels and the random targets; returns {init: pretraining argv}, files."""
-    gen = ['-n', cfg['n_images'], '-is', cfg['gen_size'], '-pb', 0.5, '-pc', 0.5, '--seed', 0, '--format', 'png',
-           '-nw', 2]
+    gen = [
+        '-n',
+        cfg['n_images'],
+        '-is',
+        cfg['gen_size'],
+        '-pb',
+        0.5,
+        '-pc',
+        0.5,
+        '--seed',
+        0,
+        '--format',
+        'png',
+        '-nw',
+        2,
+    ]
     images = os.path.join(runner.work, 'images', _hash(gen))
     runner.run('util/random_image.py', ['-o', images] + gen, 'random_image.py')
     lt, dims = cfg['label_type'], cfg['dims']
     ph_dir = os.path.join(runner.work, 'ph', _hash([images, lt, dims]))
-    runner.run('PHdict.py', [images, '-o', ph_dir, '-it', 'png', '-nw', 2, '--label_type', lt,
-                             '--numof_dims', dims], 'PHdict.py')
+    runner.run(
+        'PHdict.py',
+        [images, '-o', ph_dir, '-it', 'png', '-nw', 2, '--label_type', lt, '--numof_dims', dims],
+        'PHdict.py',
+    )
     # the random-target control: PHdict.py --label_type random (a fixed N(0,1) vector per image, seed 0 as
     # the pretraining's --seed), read by pretraining.py -pd -pc --label_type random
     rand_dir = os.path.join(runner.work, 'random_labels', _hash([images, dims, 'seed0']))
-    runner.run('PHdict.py', [images, '-o', rand_dir, '-it', 'png', '--label_type', 'random', '--numof_dims', dims,
-                             '--seed', 0], 'PHdict.py --label_type random')
-    sizes = ['--img_size', cfg['pre_img'], '--crop_size', cfg['pre_crop'], '-e', cfg['pre_epochs'],
-             '-b', cfg['pre_batch'], '--lr_pre', cfg['lr_pre'], '-op', cfg['pre_opt'], '--seed', 0] + _dev(cfg)
+    runner.run(
+        'PHdict.py',
+        [images, '-o', rand_dir, '-it', 'png', '--label_type', 'random', '--numof_dims', dims, '--seed', 0],
+        'PHdict.py --label_type random',
+    )
+    sizes = [
+        '--img_size',
+        cfg['pre_img'],
+        '--crop_size',
+        cfg['pre_crop'],
+        '-e',
+        cfg['pre_epochs'],
+        '-b',
+        cfg['pre_batch'],
+        '--lr_pre',
+        cfg['lr_pre'],
+        '-op',
+        cfg['pre_opt'],
+        '--seed',
+        0,
+    ] + _dev(cfg)
     norm = ['--label_norm', 'standard'] if cfg['label_norm'] == 'standard' else []
     common = ['-u', cfg['arch'], '-nc', dims, '--label_type', lt] + sizes + norm
     extra = cfg['pre_extra'].split()
     if cfg['on_the_fly']:
-        ph = common + ['-n', cfg['n_images'], '-pb', 0.5, '--prob_colour', 0.5, '-nv', 0, '-nw', 2,
-                       '-ph', cfg['ph']]
+        ph = common + ['-n', cfg['n_images'], '-pb', 0.5, '--prob_colour', 0.5, '-nv', 0, '-nw', 2, '-ph', cfg['ph']]
     elif cfg['ph'] == 'post':
         ph = common + ['-t', images, '-ph', 'post', '-nw', 2]
     else:
         ph = common + ['-t', images, '-pd', ph_dir, '-pc', '-nw', 1]
-    rnd = (['-u', cfg['arch'], '-nc', dims, '--label_type', 'random'] + sizes + norm
-           + ['-t', images, '-pd', rand_dir, '-pc', '-nw', 1])
-    return {'ph': ph + extra, 'random': rnd + extra}, {'images': images, 'ph_dir': ph_dir,
-                                                      'ph_labels_used': ph_dir, 'random_dir': rand_dir}
+    rnd = (
+        ['-u', cfg['arch'], '-nc', dims, '--label_type', 'random']
+        + sizes
+        + norm
+        + ['-t', images, '-pd', rand_dir, '-pc', '-nw', 1]
+    )
+    return {'ph': ph + extra, 'random': rnd + extra}, {
+        'images': images,
+        'ph_dir': ph_dir,
+        'ph_labels_used': ph_dir,
+        'random_dir': rand_dir,
+    }
 
 
 def pretrain(runner, cfg, argv_by_init, log):
@@ -334,8 +470,9 @@ def pretrain(runner, cfg, argv_by_init, log):
 
     def one(init):
         argv = argv_by_init[init]
-        run_dir, secs = runner.training_run('pretraining.py', argv, f"pre_{init}_{_hash(argv)}",
-                                            f'pretraining ({init})', name)
+        run_dir, secs = runner.training_run(
+            'pretraining.py', argv, f"pre_{init}_{_hash(argv)}", f'pretraining ({init})', name
+        )
         log(f"pretrained ({INIT_NAMES[init]}) -> {run_dir}" + (' (cached)' if secs is None else f' ({secs:.0f} s)'))
         return {'weights': os.path.join(run_dir, name), 'run_dir': run_dir, 'seconds': secs, 'argv': argv}
 
@@ -348,6 +485,7 @@ def parallel(fn, items, jobs):
     if jobs <= 1:
         return [fn(x) for x in items]
     from concurrent.futures import ThreadPoolExecutor
+
     with ThreadPoolExecutor(jobs) as pool:
         return list(pool.map(fn, items))
 
@@ -360,20 +498,56 @@ def finetune(runner, cfg, split, seed, init, pre, log):
     train = os.path.join(split, 'train')
     n_train = len(fileio.list_images(train))
     epochs = ft_epochs(cfg, n_train)
-    argv = ['-t', train, '-val', os.path.join(split, 'val'), '-u', cfg['arch'], '-e', epochs,
-            '--img_size', cfg['ft_img'], '--crop_size', cfg['ft_img'], '-b', cfg['ft_batch'], '-nw', 0,
-            '--lr_fine', cfg['lr_fine'], '-op', cfg['ft_opt'], '--seed', seed] + _dev(cfg) + cfg['ft_extra'].split()
+    argv = (
+        [
+            '-t',
+            train,
+            '-val',
+            os.path.join(split, 'val'),
+            '-u',
+            cfg['arch'],
+            '-e',
+            epochs,
+            '--img_size',
+            cfg['ft_img'],
+            '--crop_size',
+            cfg['ft_img'],
+            '-b',
+            cfg['ft_batch'],
+            '-nw',
+            0,
+            '--lr_fine',
+            cfg['lr_fine'],
+            '-op',
+            cfg['ft_opt'],
+            '--seed',
+            seed,
+        ]
+        + _dev(cfg)
+        + cfg['ft_extra'].split()
+    )
     if init != 'scratch':
         argv += ['-pw', pre[init]['weights']]
     key = f"ft_{init}_{_hash(argv)}"
-    run_dir, secs = runner.training_run('finetuning.py', argv, key, f'fine-tuning ({init}, seed {seed})',
-                                        'metrics.json')
+    run_dir, secs = runner.training_run(
+        'finetuning.py', argv, key, f'fine-tuning ({init}, seed {seed})', 'metrics.json'
+    )
     metrics_file = os.path.join(run_dir, 'metrics.json')
     with open(metrics_file, encoding='utf-8') as f:
         metrics = json.load(f)
-    return {'init': init, 'seed': seed, 'top1': float(metrics['val_acc1']), 'val_images': metrics['val_images'],
-            'train_images': n_train, 'epochs': epochs, 'run_dir': run_dir, 'metrics_file': metrics_file,
-            'seconds': secs, 'cached': secs is None, 'argv': argv}
+    return {
+        'init': init,
+        'seed': seed,
+        'top1': float(metrics['val_acc1']),
+        'val_images': metrics['val_images'],
+        'train_images': n_train,
+        'epochs': epochs,
+        'run_dir': run_dir,
+        'metrics_file': metrics_file,
+        'seconds': secs,
+        'cached': secs is None,
+        'argv': argv,
+    }
 
 
 # ------------------------------------------------------------------------------------------ statistics
@@ -385,15 +559,24 @@ def summarise(runs, labels, inits, seeds):
         cell = {'inits': {}, 'margins': {}}
         for init in inits:
             vals = [by[(init, s)] for s in seeds if (init, s) in by]
-            cell['inits'][init] = {'mean': float(np.mean(vals)), 'std': float(np.std(vals, ddof=1)) if len(vals) > 1
-                                   else 0.0, 'n': len(vals), 'values': vals}
+            cell['inits'][init] = {
+                'mean': float(np.mean(vals)),
+                'std': float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0,
+                'n': len(vals),
+                'values': vals,
+            }
         for a, b in (('ph', 'scratch'), ('ph', 'random'), ('random', 'scratch')):
             if a in inits and b in inits:
                 d = [by[(a, s)] - by[(b, s)] for s in seeds if (a, s) in by and (b, s) in by]
                 se = float(np.std(d, ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float('nan')
                 m = float(np.mean(d))
-                cell['margins'][f'{a}-{b}'] = {'mean': m, 'se': se, 'n': len(d), 'diffs': d,
-                                               'beyond_2se': bool(len(d) > 1 and m > 2 * se)}
+                cell['margins'][f'{a}-{b}'] = {
+                    'mean': m,
+                    'se': se,
+                    'n': len(d),
+                    'diffs': d,
+                    'beyond_2se': bool(len(d) > 1 and m > 2 * se),
+                }
         table[k] = cell
     return table
 
@@ -402,10 +585,18 @@ def format_table(table, labels, inits):
     head = '| init | ' + ' | '.join(f'{k} labels/class' for k in labels) + ' |'
     lines = [head, '|---|' + '---|' * len(labels)]
     for init in inits:
-        lines.append(f'| {INIT_NAMES[init]} | ' + ' | '.join(
-            f"{table[k]['inits'][init]['mean']:.1f} ± {table[k]['inits'][init]['std']:.1f}" for k in labels) + ' |')
-    names = {'ph-scratch': 'PH − scratch, paired', 'ph-random': 'PH − random targets, paired',
-             'random-scratch': 'random − scratch, paired'}
+        lines.append(
+            f'| {INIT_NAMES[init]} | '
+            + ' | '.join(
+                f"{table[k]['inits'][init]['mean']:.1f} ± {table[k]['inits'][init]['std']:.1f}" for k in labels
+            )
+            + ' |'
+        )
+    names = {
+        'ph-scratch': 'PH − scratch, paired',
+        'ph-random': 'PH − random targets, paired',
+        'random-scratch': 'random − scratch, paired',
+    }
     for m, title in names.items():
         if all(m in table[k]['margins'] for k in labels):
             cells = []
@@ -419,8 +610,10 @@ def format_table(table, labels, inits):
 
 def plot(table, labels, inits, path, title):
     import matplotlib
+
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(6, 4))
     xs = list(range(len(labels)))
     for j, init in enumerate(inits):
@@ -480,28 +673,43 @@ def main(args):
     if any(i != 'scratch' for i in inits):
         argv_by_init, files = prepare_pretraining(runner, cfg, log)
         pre = pretrain(runner, cfg, argv_by_init, log)
-    tasks = [(k, seed, make_split(runner, cfg, seed, k), init) for k in cfg['labels'] for seed in seeds
-             for init in inits]
+    tasks = [
+        (k, seed, make_split(runner, cfg, seed, k), init) for k in cfg['labels'] for seed in seeds for init in inits
+    ]
 
     def one(task):
         k, seed, split, init = task
         r = dict(labels=k, **finetune(runner, cfg, split, seed, init, pre, log))
-        log(f"k={k:>4} seed={seed} {INIT_NAMES[init]:>14}: top-1 {r['top1']:.2f}  "
-            f"({r['train_images']} train, {r['epochs']} epochs{', cached' if r['cached'] else ''})")
+        log(
+            f"k={k:>4} seed={seed} {INIT_NAMES[init]:>14}: top-1 {r['top1']:.2f}  "
+            f"({r['train_images']} train, {r['epochs']} epochs{', cached' if r['cached'] else ''})"
+        )
         return r
 
     runs = parallel(one, tasks, cfg['jobs'])
     table = summarise(runs, cfg['labels'], inits, seeds)
     text = format_table(table, cfg['labels'], inits)
     wall = time.time() - t0
-    header = (f"{name}: {len(seeds)} seeds, top-1 (%) on held-out test, mean ± std; margins paired by seed "
-              f"(✓: mean > 2 s.e.); wall {wall / 60:.1f} min, load {load_before} -> {_load()}")
+    header = (
+        f"{name}: {len(seeds)} seeds, top-1 (%) on held-out test, mean ± std; margins paired by seed "
+        f"(✓: mean > 2 s.e.); wall {wall / 60:.1f} min, load {load_before} -> {_load()}"
+    )
     print('\n' + header + '\n' + text, flush=True)
     stem = os.path.join(args.out, f'transfer_{name}')
-    result = {'name': name, 'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-              'settings': cfg, 'seeds': seeds, 'wall_seconds': wall, 'load_before': load_before,
-              'load_after': _load(), 'machine': {'cpus': os.cpu_count(), 'platform': platform.platform()},
-              'files': files, 'pretraining': pre, 'table': table, 'runs': runs}
+    result = {
+        'name': name,
+        'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+        'settings': cfg,
+        'seeds': seeds,
+        'wall_seconds': wall,
+        'load_before': load_before,
+        'load_after': _load(),
+        'machine': {'cpus': os.cpu_count(), 'platform': platform.platform()},
+        'files': files,
+        'pretraining': pre,
+        'table': table,
+        'runs': runs,
+    }
     fileio.write_json(stem + '.json', result)
     fileio.write_text(stem + '.md', header + '\n\n' + text + '\n')
     plot(table, cfg['labels'], inits, stem + '.png', header[:110])

@@ -20,13 +20,27 @@ ImageNet weights (via the torch hub cache ``$TORCH_HOME/hub/checkpoints``); :fun
 :func:`replace_head`, :func:`head_parameter_names` (freeze everything else for a linear probe);
 :func:`read_state_dict`, :func:`infer_num_classes` (head size stored in a file).
 """
+
 from models.heads import get_head, head_in_features, head_out_features, head_parameter_names, replace_head, unwrap
 from models.loading import build_model, load_for
 from models.registry import list_architectures, resolve_arch, skeleton
 from models.weights import architecture_hint, infer_num_classes, load_pretrained, read_state_dict, strip_prefixes
 
 __all__ = [
-    'load_for', 'list_architectures', 'resolve_arch', 'build_model', 'skeleton',
-    'get_head', 'head_out_features', 'head_in_features', 'replace_head', 'head_parameter_names', 'unwrap',
-    'read_state_dict', 'strip_prefixes', 'infer_num_classes', 'load_pretrained', 'architecture_hint',
+    'load_for',
+    'list_architectures',
+    'resolve_arch',
+    'build_model',
+    'skeleton',
+    'get_head',
+    'head_out_features',
+    'head_in_features',
+    'replace_head',
+    'head_parameter_names',
+    'unwrap',
+    'read_state_dict',
+    'strip_prefixes',
+    'infer_num_classes',
+    'load_pretrained',
+    'architecture_hint',
 ]

@@ -1,5 +1,6 @@
 """The first convolution's filters of any weights source (visMap.py): our files and checkpoints, plain
 torchvision state dicts, MoCo checkpoints, or torchvision's ImageNet weights."""
+
 import torch
 
 from models.loading import IMAGENET_ALIASES, build_model, load_for
@@ -30,8 +31,7 @@ def first_conv_filters(source, arch=None):
         how = 'given' if arch else 'the default for imagenet'
         arch = resolve_arch(arch or DEFAULT_IMAGENET_ARCH)
         layer, weight = _first_conv_of_model(build_model(arch, 1000, weights=source))
-        return weight, {'arch': arch, 'how': how, 'layer': layer,
-                        'source': f"torchvision's ImageNet weights of {arch}"}
+        return weight, {'arch': arch, 'how': how, 'layer': layer, 'source': f"torchvision's ImageNet weights of {arch}"}
     weights = as_state_dict(source)
     if arch is not None:
         model, _ = load_for(arch, weights, num_classes=None if _has_head(weights, arch) else 1)
@@ -40,12 +40,17 @@ def first_conv_filters(source, arch=None):
     guess, how = architecture_hint(weights.state_dict, weights.meta)
     for key, value in weights.state_dict.items():
         if value.dim() == 4:
-            return value.detach().clone().float(), {'arch': guess, 'how': how, 'layer': key.rsplit('.', 1)[0],
-                                                    'source': weights.source}
+            return value.detach().clone().float(), {
+                'arch': guess,
+                'how': how,
+                'layer': key.rsplit('.', 1)[0],
+                'source': weights.source,
+            }
     raise UserError(f"{weights.source} holds no 4-D (convolution) tensor to draw")
 
 
 def _has_head(weights, arch):
     from models.heads import main_head_weight_key
     from models.registry import skeleton
+
     return main_head_weight_key(skeleton(resolve_arch(arch))) in weights.state_dict

@@ -13,6 +13,7 @@ Auxiliary classifiers (googlenet ``aux1``/``aux2``, inception ``AuxLogits``: any
 ``aux``) have their own last layer, which is treated as part of the head: :func:`replace_head` resizes it too,
 and :func:`head_parameter_names` includes it.  Widths are always read from the existing layer.
 """
+
 import torch.nn as nn
 
 from util.errors import UserError
@@ -121,9 +122,17 @@ def _fresh_like(layer, num_classes):
     else:
         if layer.groups != 1:
             raise UserError(f"cannot replace a grouped convolution head ({layer}) generically")
-        new = nn.Conv2d(layer.in_channels, num_classes, kernel_size=layer.kernel_size, stride=layer.stride,
-                        padding=layer.padding, dilation=layer.dilation, bias=bias, padding_mode=layer.padding_mode,
-                        **factory)
+        new = nn.Conv2d(
+            layer.in_channels,
+            num_classes,
+            kernel_size=layer.kernel_size,
+            stride=layer.stride,
+            padding=layer.padding,
+            dilation=layer.dilation,
+            bias=bias,
+            padding_mode=layer.padding_mode,
+            **factory,
+        )
     new.train(layer.training)
     return new
 

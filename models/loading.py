@@ -3,6 +3,7 @@
 :func:`load_for` is the entry the scripts use (random, ImageNet, a weights file or checkpoint of ours, a state
 dict in memory, the classifier of a two-head file); :func:`build_model` is the lower-level constructor.
 """
+
 import os
 import urllib.error
 from urllib.parse import urlparse
@@ -29,8 +30,9 @@ def _resolve_weights(arch, weights):
         if member.name.lower() == key.lower():
             return member
     choices = ", ".join(["imagenet"] + [m.name for m in enum])
-    raise UserError(f"unknown weights {weights!r} for {arch}: use None (random init), a weights file, "
-                    f"or one of {choices}")
+    raise UserError(
+        f"unknown weights {weights!r} for {arch}: use None (random init), a weights file, or one of {choices}"
+    )
 
 
 def hub_cache_path(weights_enum):
@@ -45,18 +47,22 @@ def _fetch_torchvision_weights(arch, w):
     the hash in its name) and that it loads with ``weights_only=True``; raise :class:`UserError` otherwise."""
     cached = hub_cache_path(w)
     try:
-        torch.hub.load_state_dict_from_url(w.url, map_location='cpu', progress=True, check_hash=True,
-                                           weights_only=True)
+        torch.hub.load_state_dict_from_url(w.url, map_location='cpu', progress=True, check_hash=True, weights_only=True)
     except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
-        raise UserError(f"cannot download the ImageNet weights of {arch} from {w.url} ({e}); "
-                        f"without network access, put that file at {cached}") from None
+        raise UserError(
+            f"cannot download the ImageNet weights of {arch} from {w.url} ({e}); "
+            f"without network access, put that file at {cached}"
+        ) from None
     except Exception as e:  # a corrupt or unsafe file in the cache: never fall back to a full unpickle
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if not os.path.exists(cached):
-            raise UserError(f"cannot fetch the ImageNet weights of {arch} from {w.url} ({first}); "
-                            f"without network access, put that file at {cached}") from None
-        raise UserError(f"cached ImageNet weights {cached} for {arch} cannot be loaded safely ({first}); "
-                        f"delete the file and retry") from None
+            raise UserError(
+                f"cannot fetch the ImageNet weights of {arch} from {w.url} ({first}); "
+                f"without network access, put that file at {cached}"
+            ) from None
+        raise UserError(
+            f"cached ImageNet weights {cached} for {arch} cannot be loaded safely ({first}); delete the file and retry"
+        ) from None
     return cached
 
 
@@ -123,7 +129,7 @@ def classifier_state(state_dict):
     """The classifier's tensors of a state dict: those under ``net.`` when it is a two-head model's
     (:class:`models.two_heads.TwoHeads`, which also holds ``ph_head.*``), else the dict itself."""
     if any(k.startswith('ph_head.') for k in state_dict):
-        return {k[len('net.'):]: v for k, v in state_dict.items() if k.startswith('net.')}
+        return {k[len('net.') :]: v for k, v in state_dict.items() if k.startswith('net.')}
     return state_dict
 
 
@@ -143,8 +149,16 @@ def load_for(arch, source=None, num_classes=None, *, verbose=False):
         if num_classes is None:
             raise UserError(f"building {arch} without a weights file needs the number of classes")
         model = build_model(arch, num_classes, weights=source)
-        return model, {'loaded': 0, 'missing': [], 'unexpected': [], 'mismatched': [], 'head_reinitialised': False,
-                       'meta': {}, 'num_classes': num_classes, 'stored_classes': None}
+        return model, {
+            'loaded': 0,
+            'missing': [],
+            'unexpected': [],
+            'mismatched': [],
+            'head_reinitialised': False,
+            'meta': {},
+            'num_classes': num_classes,
+            'stored_classes': None,
+        }
     weights = as_state_dict(source)
     classifier = classifier_state(weights.state_dict)
     if classifier is not weights.state_dict:
@@ -154,7 +168,7 @@ def load_for(arch, source=None, num_classes=None, *, verbose=False):
     except UserError:
         if num_classes is None:
             raise
-        stored = None   # no head of arch in there: load_pretrained says what the file looks like instead
+        stored = None  # no head of arch in there: load_pretrained says what the file looks like instead
     num_classes = stored if num_classes is None else num_classes
     model = build_model(arch, num_classes)
     report = load_pretrained(model, weights, arch=arch, verbose=verbose)

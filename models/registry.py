@@ -1,5 +1,6 @@
 """torchvision classification architectures by name: listing, resolving, and cheap weight-free "skeletons"
 used to inspect an architecture's ``state_dict`` keys and shapes (building one: :mod:`models.loading`)."""
+
 import difflib
 import re
 import warnings
@@ -33,8 +34,10 @@ def resolve_arch(arch):
         if key in names:
             return key
     if isinstance(arch, str) and arch.strip().lower() in torchvision.models.list_models():
-        raise UserError(f"{arch!r} is not an image classification model; choose a classifier such as "
-                        f"resnet50 (all: models.list_architectures())")
+        raise UserError(
+            f"{arch!r} is not an image classification model; choose a classifier such as "
+            f"resnet50 (all: models.list_architectures())"
+        )
     close = difflib.get_close_matches(str(arch).lower(), names, n=5, cutoff=0.6)
     if close:
         hint = "did you mean " + ", ".join(close) + "?"
@@ -48,18 +51,41 @@ class _MetaFactories(TorchFunctionMode):
     on the ``meta`` device, so building even a huge model allocates no memory, and skip in-place initialisation
     of meta tensors (there is nothing to initialise; decomposing it is slow).  Other ops (e.g. regnet's width
     computation with ``arange``/``pow``/``tolist``) still run on the CPU, unlike ``with torch.device('meta')``."""
+
     _FACTORIES = {torch.empty, torch.zeros, torch.ones, torch.full, torch.rand, torch.randn}
     # Value-only in-place ops used to initialise parameters (shape-changing ones such as resize_ still run).
-    _INIT_OPS = {'normal_', 'uniform_', 'zero_', 'fill_', 'copy_', 'clamp_', 'clamp_min_', 'clamp_max_', 'mul_',
-                 'add_', 'sub_', 'div_', 'erfinv_', 'exp_', 'bernoulli_', 'random_'}
+    _INIT_OPS = {
+        'normal_',
+        'uniform_',
+        'zero_',
+        'fill_',
+        'copy_',
+        'clamp_',
+        'clamp_min_',
+        'clamp_max_',
+        'mul_',
+        'add_',
+        'sub_',
+        'div_',
+        'erfinv_',
+        'exp_',
+        'bernoulli_',
+        'random_',
+    }
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = dict(kwargs or {})
         if func in self._FACTORIES and kwargs.get('device') is None:
             kwargs['device'] = 'meta'
-        elif args and isinstance(args[0], torch.Tensor) and args[0].is_meta and (
+        elif (
+            args
+            and isinstance(args[0], torch.Tensor)
+            and args[0].is_meta
+            and (
                 getattr(func, '__module__', None) == 'torch.nn.init'
-                or getattr(func, '__name__', None) in self._INIT_OPS):
+                or getattr(func, '__name__', None) in self._INIT_OPS
+            )
+        ):
             return args[0]  # initialising a meta tensor: there is no data, and decomposing the op is slow
         return func(*args, **kwargs)
 

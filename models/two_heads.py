@@ -1,4 +1,5 @@
 """The two-head model of -lm simultaneous / alternating: a classifier plus a PH regression head."""
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,7 +29,7 @@ class TwoHeads(nn.Module):
 
     def forward(self, x):
         out = self.net(x)
-        if isinstance(out, tuple):   # inception/googlenet auxiliary outputs in train mode
+        if isinstance(out, tuple):  # inception/googlenet auxiliary outputs in train mode
             out = out[0]
         features, self._features = self._features, None
         if features.dim() > 2:
@@ -37,7 +38,7 @@ class TwoHeads(nn.Module):
 
 
 class PHOutput(nn.Module):
-    """The PH prediction of a :class:`TwoHeads` alone (for :func:`util.engine.evaluate_regression`)."""
+    """The PH prediction of a :class:`TwoHeads` alone (for :func:`util.train.engine.evaluate_regression`)."""
 
     def __init__(self, two_heads):
         super().__init__()
@@ -45,5 +46,3 @@ class PHOutput(nn.Module):
 
     def forward(self, x):
         return self.two_heads(x)[1]
-
-

@@ -11,6 +11,7 @@ arbitrary pickled objects is refused before anything in it can run):
 * a MoCo checkpoint (``module.encoder_q.*``, or MoCo v3's ``module.base_encoder.*``): its query encoder is
   taken and its projection head dropped (see :func:`moco_encoder`).
 """
+
 import os
 import re
 import warnings
@@ -40,14 +41,16 @@ def _refusal_reason(e):
         return "it contains pickled data other than tensors and plain containers"
     name = m.group(1)
     if name.startswith('torch.nn.modules') or name.startswith('torchvision.models'):
-        return (f"it holds a whole pickled model ({name}), not a state dict; "
-                f"save model.state_dict() instead")
+        return f"it holds a whole pickled model ({name}), not a state dict; save model.state_dict() instead"
     return f"it contains a pickled Python object ({name}), not only tensors"
 
 
 def _is_tensor_dict(obj):
-    return isinstance(obj, Mapping) and len(obj) > 0 and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    return (
+        isinstance(obj, Mapping)
+        and len(obj) > 0
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    )
 
 
 def _contains_tensor(obj):
@@ -71,7 +74,7 @@ def strip_prefixes(state_dict):
         changed = False
         for prefix in WRAPPER_PREFIXES:
             if all(k.startswith(prefix) for k in sd):
-                sd = {k[len(prefix):]: v for k, v in sd.items()}
+                sd = {k[len(prefix) :]: v for k, v in sd.items()}
                 changed = True
     return {'.'.join(p for p in k.split('.') if p != '_orig_mod'): v for k, v in sd.items()}
 
@@ -88,15 +91,20 @@ def moco_encoder(state_dict):
     an MLP or a 128-d projection that is no classifier), the key encoder, the predictor and the queue are
     dropped; ``note`` counts what was dropped."""
     query = next((p for p in MOCO_QUERY_PREFIXES if any(k.startswith(p) for k in state_dict)), None)
-    if query is None or not all(k.startswith(MOCO_QUERY_PREFIXES + MOCO_OTHER_PREFIXES) or k in MOCO_BUFFERS
-                                for k in state_dict):
+    if query is None or not all(
+        k.startswith(MOCO_QUERY_PREFIXES + MOCO_OTHER_PREFIXES) or k in MOCO_BUFFERS for k in state_dict
+    ):
         return state_dict, None
-    encoder = {k[len(query):]: v for k, v in state_dict.items() if k.startswith(query)}
+    encoder = {k[len(query) :]: v for k, v in state_dict.items() if k.startswith(query)}
     head = [k for k in encoder if k.split('.', 1)[0] in PROJECTION_HEADS]
     for k in head:
         del encoder[k]
-    return encoder, {'format': 'moco', 'prefix': query, 'projection_head_dropped': len(head),
-                     'other_dropped': len(state_dict) - len(encoder) - len(head)}
+    return encoder, {
+        'format': 'moco',
+        'prefix': query,
+        'projection_head_dropped': len(head),
+        'other_dropped': len(state_dict) - len(encoder) - len(head),
+    }
 
 
 def _split_checkpoint(obj, source):
@@ -115,8 +123,10 @@ def _split_checkpoint(obj, source):
                 meta['moco'] = note
             return sd, meta
     keys = ", ".join(map(repr, list(obj)[:8]))
-    raise UserError(f"{source} is a dict (keys {keys}) but holds no model state dict; expected "
-                    f"model.state_dict() or a checkpoint with the state dict under 'model'")
+    raise UserError(
+        f"{source} is a dict (keys {keys}) but holds no model state dict; expected "
+        f"model.state_dict() or a checkpoint with the state dict under 'model'"
+    )
 
 
 def read_state_dict(path):
@@ -129,8 +139,11 @@ def read_state_dict(path):
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise UserError(f"weights file {path!r} does not exist" if not os.path.exists(path)
-                        else f"weights file {path!r} is not a file")
+        raise UserError(
+            f"weights file {path!r} does not exist"
+            if not os.path.exists(path)
+            else f"weights file {path!r} is not a file"
+        )
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings('ignore', message='Detected pickle protocol')
@@ -138,14 +151,17 @@ def read_state_dict(path):
     except Exception as e:
         if str(e).startswith('Weights only load failed'):
             raise UserError(f"refusing to load weights file {path!r}: {_refusal_reason(e)}") from None
-        raise UserError(f"{path!r} is not a weights file: PyTorch cannot read it ({type(e).__name__}: "
-                        f"{_first_line(e)}); give a .pth written by torch.save") from None
+        raise UserError(
+            f"{path!r} is not a weights file: PyTorch cannot read it ({type(e).__name__}: "
+            f"{_first_line(e)}); give a .pth written by torch.save"
+        ) from None
     return _split_checkpoint(obj, f"weights file {path!r}")
 
 
 class Weights(NamedTuple):
     """A weights source read once: its state dict (prefixes stripped), checkpoint meta and a description for
     messages.  :func:`infer_num_classes` and :func:`load_pretrained` accept it in place of a path."""
+
     state_dict: dict
     meta: dict
     source: str
@@ -164,7 +180,7 @@ def as_state_dict(path_or_state_dict):
 
 def _moco_suffix(meta):
     note = meta.get('moco')
-    return (f" (MoCo query encoder {note['prefix'].rstrip('.')}; projection head dropped)" if note else '')
+    return f" (MoCo query encoder {note['prefix'].rstrip('.')}; projection head dropped)" if note else ''
 
 
 def architecture_hint(state_dict, meta):
@@ -191,8 +207,9 @@ def infer_num_classes(path_or_state_dict, arch):
     sd, meta, source = as_state_dict(path_or_state_dict)
     key = main_head_weight_key(skeleton(arch))
     if key not in sd and meta.get('moco'):
-        raise UserError(f"{source} is a MoCo encoder: it has no classifier head, so the number of classes must "
-                        f"be given")
+        raise UserError(
+            f"{source} is a MoCo encoder: it has no classifier head, so the number of classes must be given"
+        )
     if key not in sd:
         guess, how = architecture_hint(sd, meta)
         extra = f"; it looks like weights for {guess} ({how})" if guess else ''
@@ -239,18 +256,25 @@ def load_pretrained(model, path_or_state_dict, *, arch=None, verbose=True, stric
     if strict and (bad_missing or bad_shapes or bad_unexpected):
         problems = []
         if bad_missing:
-            problems.append(f"{len(bad_missing)} of the model's {len(own)} tensors are missing "
-                            f"(e.g. {_fmt_keys(bad_missing, 2)})")
+            problems.append(
+                f"{len(bad_missing)} of the model's {len(own)} tensors are missing (e.g. {_fmt_keys(bad_missing, 2)})"
+            )
         if bad_shapes:
             k = bad_shapes[0]
-            problems.append(f"{len(bad_shapes)} have another shape (e.g. {k}: file {tuple(sd[k].shape)}, "
-                            f"model {tuple(own[k].shape)})")
+            problems.append(
+                f"{len(bad_shapes)} have another shape (e.g. {k}: file {tuple(sd[k].shape)}, "
+                f"model {tuple(own[k].shape)})"
+            )
         if bad_unexpected:
-            problems.append(f"{len(bad_unexpected)} tensors in the file are not in the model "
-                            f"(e.g. {_fmt_keys(bad_unexpected, 2)})")
+            problems.append(
+                f"{len(bad_unexpected)} tensors in the file are not in the model (e.g. {_fmt_keys(bad_unexpected, 2)})"
+            )
         guess, how = architecture_hint(sd, meta)
-        hint = (f"; the file looks like it is for {guess} ({how})" if guess
-                else "; it was probably made for another architecture")
+        hint = (
+            f"; the file looks like it is for {guess} ({how})"
+            if guess
+            else "; it was probably made for another architecture"
+        )
         raise UserError(f"weights {source} do not fit {name}: " + "; ".join(problems) + hint)
 
     target.load_state_dict(loadable, strict=False)
@@ -264,8 +288,10 @@ def load_pretrained(model, path_or_state_dict, *, arch=None, verbose=True, stric
             if file_out is None:
                 print(f"  head not in the file: kept the model's fresh head ({model_out} outputs)", flush=True)
             else:
-                print(f"  head re-initialised: the file's head has {file_out} outputs, the model's "
-                      f"{model_out}", flush=True)
+                print(
+                    f"  head re-initialised: the file's head has {file_out} outputs, the model's {model_out}",
+                    flush=True,
+                )
         others = [k for k in missing if k not in head_keys]
         if others:
             print(f"  missing from the file (kept as initialised): {_fmt_keys(others)}", flush=True)
@@ -274,5 +300,11 @@ def load_pretrained(model, path_or_state_dict, *, arch=None, verbose=True, stric
         other_shapes = [k for k in mismatched if k not in head_keys]
         if other_shapes:
             print(f"  shape differs (kept as initialised): {_fmt_keys(other_shapes)}", flush=True)
-    return {'loaded': len(loadable), 'missing': missing, 'unexpected': unexpected, 'mismatched': mismatched,
-            'head_reinitialised': head_reinitialised, 'meta': meta}
+    return {
+        'loaded': len(loadable),
+        'missing': missing,
+        'unexpected': unexpected,
+        'mismatched': mismatched,
+        'head_reinitialised': head_reinitialised,
+        'meta': meta,
+    }

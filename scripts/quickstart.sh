@@ -40,7 +40,7 @@ PRETRAINED="$(ls -td "$OUT"/weights/*/ | head -n 1)${ARCH}_epoch${PRE_EPOCHS}.pt
 
 step "4/6 a small real dataset: scikit-learn's handwritten digits, $LABELS_PER_CLASS labels per class"
 DIGITS="$OUT/data/digits_k$LABELS_PER_CLASS"
-python util/export_digits.py -o "$DIGITS" --labels_per_class "$LABELS_PER_CLASS" --seed "$SEED"
+python scripts/export_digits.py -o "$DIGITS" --labels_per_class "$LABELS_PER_CLASS" --seed "$SEED"
 
 step "5/6 fine-tune: from the PH-pretrained weights, and from scratch for comparison"
 FT=(-t "$DIGITS/train" -val "$DIGITS/val" -u "$ARCH" -nc 10 -e "$FT_EPOCHS" --img_size 32 --crop_size 32
@@ -49,6 +49,6 @@ python finetuning.py "${FT[@]}" -pw "$PRETRAINED" -o "$OUT/finetune_pretrained"
 python finetuning.py "${FT[@]}" -o "$OUT/finetune_scratch"
 
 step "6/6 summary page"
-python util/summary.py "$OUT" -o "$OUT/summary.png"
+python scripts/summary.py "$OUT" -o "$OUT/summary.png"
 echo
 echo "done: open $OUT/summary.png (pictures and numbers of every step)"

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# The project's test command: installs what is needed into .venv, then runs the whole test suite.
-# Extra arguments go to pytest, e.g. `bash scripts/test.sh -k random_image`.
+# The project's test command: installs what is needed into .venv, checks lint and format (ruff), then runs the
+# whole test suite. Extra arguments go to pytest, e.g. `bash scripts/test.sh -k random_image`, or
+# `bash scripts/test.sh -m "not slow"` for the fast loop (no end-to-end script runs).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/setup_env.sh"
 cd "$ROOT"
+echo "ruff: lint and format check"
+ruff check --quiet .
+ruff format --check --quiet .
 # pytest exits 5 when it collects no test: that is a failure here, as any other non-zero status.
-exec python -m pytest -q -p no:cacheprovider tests "$@"
+exec python -m pytest -q -p no:cacheprovider --durations=15 tests "$@"

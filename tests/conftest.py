@@ -8,9 +8,24 @@ import pytest
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 os.environ.setdefault('OMP_NUM_THREADS', '1')
+# Scripts run in subprocesses import this checkout's packages, even where the environment's editable install
+# (`pip install -e .`) points at another checkout of the project.
+os.environ['PYTHONPATH'] = os.pathsep.join(p for p in (ROOT, os.environ.get('PYTHONPATH')) if p)
+
+
+# Modules whose tests run the scripts end to end (subprocesses, training runs): all of them are `slow`.
+SLOW_MODULES = {'test_faults', 'test_transfer', 'test_bench_smoke', 'test_label_controls'}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark as `slow` every test that runs a script (the run_script fixture) or lives in an end-to-end module, so
+    that `bash scripts/test.sh -m "not slow"` is the fast loop."""
+    for item in items:
+        module = getattr(item, 'module', None)
+        name = module.__name__.rsplit('.', 1)[-1] if module else ''
+        if 'run_script' in getattr(item, 'fixturenames', ()) or name in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture
@@ -26,6 +41,7 @@ def _run_script(script, *args, cwd=None, env=None, timeout=600, check=None):
     ``check``: None = don't check, True = assert exit 0, False = assert non-zero exit.
     """
     import subprocess
+
     full_env = dict(os.environ)
     full_env.setdefault('PYTHONHASHSEED', '0')
     # one thread per process: on 2 shared cores, OpenMP threads spinning against each other make small

@@ -1,6 +1,7 @@
 """Smoke tests of the benchmark drivers (bench/cpu_bench.py, bench/gpu_bench.py, bench/loader_bench.py) at toy
 size, plus the pieces whose correctness the benchmarks' numbers rest on (the original-style label, the
 steady-state timers, the GPU bench's splits and augmentations)."""
+
 import json
 import math
 import os
@@ -18,12 +19,14 @@ def _positive(x):
 
 # ---------------------------------------------------------------------------------------- cpu_bench.py
 
+
 def test_cpu_bench_tiny_writes_json_and_table(run_script, tmp_path):
     out_dir = tmp_path / 'out'
     out_dir.mkdir()
     extra = tmp_path / 'cpu.json'
-    res = run_script('bench/cpu_bench.py', '--tiny', '--json', extra, env={'OUT': str(out_dir)}, check=True,
-                     timeout=300)
+    res = run_script(
+        'bench/cpu_bench.py', '--tiny', '--json', extra, env={'OUT': str(out_dir)}, check=True, timeout=300
+    )
     data = json.loads((out_dir / 'cpu_bench.json').read_text())
     assert json.loads(extra.read_text()) == data
     for key in ('date', 'cpu_model', 'cores', 'torch', 'numpy', 'load_average', 'results', 'table', 'seconds'):
@@ -52,13 +55,14 @@ def test_cpu_bench_tiny_writes_json_and_table(run_script, tmp_path):
     header = next(i for i, line in enumerate(lines) if line.startswith('what'))
     for col in ('ours', 'reference', 'ratio', 'target', 'met?'):
         assert col in lines[header]
-    for row, line in zip(data['table'], lines[header + 1:header + 9]):
+    for row, line in zip(data['table'], lines[header + 1 : header + 9]):
         assert line.startswith(row['what']) and f"{row['ratio']:.2f}x" in line
 
 
 def test_bad_sizes_are_user_errors():
     from bench import cpu_bench
     from util.errors import UserError
+
     with pytest.raises(UserError, match='nonsense'):
         cpu_bench.run('tiny', 2, ['nonsense'])
     with pytest.raises(UserError, match='preset'):
@@ -73,8 +77,10 @@ def test_bad_sizes_are_user_errors():
 
 # ---------------------------------------------------------------------------------------- loader_bench.py
 
+
 def _toy_diagram(size=64, index=0):
-    from util.random_image import GeneratorConfig, generate_image
+    from util.ph.generator import GeneratorConfig, generate_image
+
     img = generate_image(GeneratorConfig(img_size=size, prob_binary=0.5, prob_colour=0.0), 0, index)
     return loader_bench.original_diagram(np.repeat(img[:, :, None], 3, axis=2))
 
@@ -83,7 +89,8 @@ def _toy_diagram(size=64, index=0):
 def test_original_histogram_matches_our_vectoriser_where_the_definitions_agree(bandwidth):
     """Lifetime histograms and the H1 birth histogram are defined alike; the H0 birth range differs on purpose
     (ours [-max_birth, 0] without the essential class, the original's [-max_birth, max_birth] with it)."""
-    from util.vectorise import make_vectoriser
+    from util.ph.vectorise import make_vectoriser
+
     for i in range(3):
         dgm = _toy_diagram(index=i)
         orig = loader_bench.original_histogram(dgm, (50, 50, 50, 50), bandwidth=bandwidth)
@@ -95,15 +102,17 @@ def test_original_histogram_matches_our_vectoriser_where_the_definitions_agree(b
 
 
 def test_reflect_smooth_equals_our_smoothing_matrix():
-    from util.vectorise import smoothing_matrix
+    from util.ph.vectorise import smoothing_matrix
+
     y = np.random.default_rng(0).random(30)
     for b in (1, 3, 4, 7):
         np.testing.assert_allclose(loader_bench.reflect_smooth(y, b), smoothing_matrix(30, b) @ y, atol=1e-12)
 
 
 def test_original_style_dataset_item():
-    from util.datasets import pretrain_transforms
     from util.config import AugmentConfig
+    from util.train.datasets import pretrain_transforms
+
     spatial, to_tensor = pretrain_transforms(AugmentConfig(img_size=40, crop_size=32))
     ds = loader_bench.OriginalStyleGenerated(3, 40, lambda im: to_tensor(spatial(im)), (5, 5, 5, 5))
     x, y = ds[0]
@@ -117,7 +126,7 @@ def test_time_loader_steady_state_and_fallback():
     batches = [(torch.zeros(4, 3, 8, 8), torch.zeros(4, 5))] * 6
     res = loader_bench.time_loader(batches, workers=2)
     assert res['steady'] and res['images'] == 24 and res['counted'] == 16 and _positive(res['img_s'])
-    assert res['cpu_img_s'] > 0 or math.isnan(res['cpu_img_s'])     # nan if too quick for the CPU clock
+    assert res['cpu_img_s'] > 0 or math.isnan(res['cpu_img_s'])  # nan if too quick for the CPU clock
     assert res['image_shape'] == [3, 8, 8] and res['label_shape'] == [5]
     short = loader_bench.time_loader(batches[:2], workers=2)
     assert not short['steady'] and short['counted'] == 8
@@ -127,8 +136,27 @@ def test_time_loader_steady_state_and_fallback():
 
 def test_loader_bench_script(run_script, tmp_path):
     out = tmp_path / 'loader.json'
-    res = run_script('bench/loader_bench.py', '-n', 24, '-w', 1, '-is', 48, '-cs', 40, '-b', 4, '--repeats', 1,
-                     '--label_dim', 40, '--json', out, check=True, timeout=300)
+    res = run_script(
+        'bench/loader_bench.py',
+        '-n',
+        24,
+        '-w',
+        1,
+        '-is',
+        48,
+        '-cs',
+        40,
+        '-b',
+        4,
+        '--repeats',
+        1,
+        '--label_dim',
+        40,
+        '--json',
+        out,
+        check=True,
+        timeout=300,
+    )
     data = json.loads(out.read_text())
     assert _positive(data['ours_img_s']) and _positive(data['original_img_s'])
     assert data['ratio'] == pytest.approx(data['ours_img_s'] / data['original_img_s'])
@@ -139,11 +167,13 @@ def test_loader_bench_script(run_script, tmp_path):
 
 # ---------------------------------------------------------------------------------------- gpu_bench.py
 
+
 def test_gpu_bench_tiny_runs_every_stage(run_script, tmp_path):
     out_dir = tmp_path / 'out'
     out_dir.mkdir()
-    res = run_script('bench/gpu_bench.py', '--tiny', '--device', 'cpu', env={'OUT': str(out_dir)}, check=True,
-                     timeout=300)
+    res = run_script(
+        'bench/gpu_bench.py', '--tiny', '--device', 'cpu', env={'OUT': str(out_dir)}, check=True, timeout=300
+    )
     data = json.loads((out_dir / 'gpu_bench.json').read_text())
     assert data['device_name'].startswith('CPU') and data['cores'] == os.cpu_count()
     assert set(data['stage_seconds']) == {'ceiling', 'pipeline', 'accuracy'} and not data['notes']
@@ -152,7 +182,8 @@ def test_gpu_bench_tiny_runs_every_stage(run_script, tmp_path):
     pipe = st['pipeline']
     floor = pipe['cripser_floor']
     assert _positive(floor['cripser_ms']) and floor['floor_img_s'] == pytest.approx(
-        floor['cores'] * 1000 / floor['cripser_ms'])
+        floor['cores'] * 1000 / floor['cripser_ms']
+    )
     for key in ('generator_img_s', 'label_precompute_img_s', 'label_precompute_vs_floor'):
         assert _positive(pipe[key]), key
     for key in ('from_labels_resnet18', 'on_the_fly_resnet18', 'from_labels_loader_only'):
@@ -161,7 +192,8 @@ def test_gpu_bench_tiny_runs_every_stage(run_script, tmp_path):
         assert pipe[key]['vs_ceiling'] == pytest.approx(pipe[key]['img_s'] / st['ceiling']['resnet18']['img_s'])
         assert math.isfinite(pipe[key]['train_loss'])
     assert pipe['on_the_fly_resnet18']['vs_floor'] == pytest.approx(
-        pipe['on_the_fly_resnet18']['img_s'] / floor['floor_img_s'])
+        pipe['on_the_fly_resnet18']['img_s'] / floor['floor_img_s']
+    )
     acc = st['accuracy']
     assert acc['pretrain_ph']['steps'] == acc['pretrain_random']['steps'] >= 3
     assert set(acc['summary']) == {'10', '50', 'all'}
@@ -179,6 +211,7 @@ def test_gpu_bench_tiny_runs_every_stage(run_script, tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown when no GPU is visible")
 def test_gpu_bench_without_cuda_says_so():
     from util.errors import UserError
+
     args = gpu_bench.get_args_parser().parse_args(['--device', 'cuda'])
     with pytest.raises(UserError, match='no CUDA device'):
         gpu_bench._config(args)
@@ -186,6 +219,7 @@ def test_gpu_bench_without_cuda_says_so():
 
 def test_gpu_bench_checks_sizes():
     from util.errors import UserError
+
     parser = gpu_bench.get_args_parser()
     with pytest.raises(UserError, match='ft_steps'):
         gpu_bench._config(parser.parse_args(['--device', 'cpu', '--ft_steps', '0']))
@@ -218,10 +252,10 @@ def test_augmentations_keep_content():
     x[:, :, 5, 6] = 200
     shifted = gpu_bench._random_shift(x, 2, gen)
     assert shifted.shape == x.shape and shifted.dtype == x.dtype
-    assert (shifted == 200).sum().item() == 16 * 3                     # the pixel moved, never lost
+    assert (shifted == 200).sum().item() == 16 * 3  # the pixel moved, never lost
     ys, xs = torch.nonzero(shifted[:, 0] == 200, as_tuple=True)[1:]
     assert ys.min() >= 3 and ys.max() <= 7 and xs.min() >= 4 and xs.max() <= 8
-    assert len(set(zip(ys.tolist(), xs.tolist()))) > 1                   # per-sample shifts
+    assert len(set(zip(ys.tolist(), xs.tolist()))) > 1  # per-sample shifts
     sym = gpu_bench._random_symmetry(x, gen)
     assert sym.shape == x.shape and (sym == 200).sum().item() == 16 * 3
     assert len({tuple(torch.nonzero(s[0] == 200)[0].tolist()) for s in sym}) > 1
@@ -234,7 +268,7 @@ def test_timed_batches_counts_after_warmup():
     rate, counted, dt = timed.rate()
     assert counted == 15 and dt >= 0 and (rate > 0 or dt == 0)
     stopped = gpu_bench.TimedBatches(batches, seconds=0.0, skip=2)
-    assert len(list(stopped)) == 1                                     # the clock ran out at the 2nd batch
+    assert len(list(stopped)) == 1  # the clock ran out at the 2nd batch
 
 
 def test_r_squared():
@@ -245,8 +279,10 @@ def test_r_squared():
 
 # ---------------------------------------------------------------------------------------- ph_engine_bench.py
 
+
 def test_ph_engine_bench_tiny():
     from bench import ph_engine_bench
+
     res = ph_engine_bench.run(n_images=3, workers=1, size=24, repeats=1, loader_images=0, stage_images=1)
     assert set(res['ph']) == set(ph_engine_bench.ph.FILTRATIONS) | {'all'}
     for r in res['ph'].values():

@@ -1,5 +1,6 @@
 """The original's later command line (issue 15): every one of its flags is read into the field with its meaning
 there, or refused with one line naming ours -- never silently read as another field; its special values."""
+
 import contextlib
 import importlib
 import io
@@ -14,111 +15,222 @@ import pytest
 # the shape the original took).  arguments.py's mode "all" (main.py, and also predict.py and visMap.py,
 # which parsed the same flags): 57 flags.
 ORIG_ALL = [
-    (('--output', '-o'), ['X']), (('--img_size', '-is'), ['64']), (('--num_workers', '-j'), ['3']),
-    (('--train', '-t'), ['X']), (('--val', '-val'), ['X']), (('--train_pt', '-t2'), ['X']),
-    (('--val_pt', '-v2'), ['X']), (('--path2PHdir', '-pd'), ['X']), (('--path2weight', '-pw'), ['X']),
-    (('--cachedir', '-c'), ['X']), (('--suffix', '-sf'), ['X']), (('--resume',), ['X']),
-    (('--alpha_range', '-ar'), ['0.5', '1']), (('--beta_range', '-br'), ['1', '2']),
-    (('--n_samples', '-n'), ['1000']), (('--n_samples_val', '-nv'), ['10']), (('--prob_binary', '-pb'), ['0.3']),
+    (('--output', '-o'), ['X']),
+    (('--img_size', '-is'), ['64']),
+    (('--num_workers', '-j'), ['3']),
+    (('--train', '-t'), ['X']),
+    (('--val', '-val'), ['X']),
+    (('--train_pt', '-t2'), ['X']),
+    (('--val_pt', '-v2'), ['X']),
+    (('--path2PHdir', '-pd'), ['X']),
+    (('--path2weight', '-pw'), ['X']),
+    (('--cachedir', '-c'), ['X']),
+    (('--suffix', '-sf'), ['X']),
+    (('--resume',), ['X']),
+    (('--alpha_range', '-ar'), ['0.5', '1']),
+    (('--beta_range', '-br'), ['1', '2']),
+    (('--n_samples', '-n'), ['1000']),
+    (('--n_samples_val', '-nv'), ['10']),
+    (('--prob_binary', '-pb'), ['0.3']),
     (('--prob_colour', '-pc'), ['0.3']),
-    (('--max_life', '-ml'), ['40', '40']), (('--max_birth', '-maxb'), ['30', '30']),
-    (('--min_birth', '-minb'), ['-30', '-30']), (('--affine', '-aff'), []), (('--bandwidth', '-bd'), ['3']),
-    (('--persImg_sigma', '-ps'), ['2']), (('--persImg_power', '-pp'), ['0.5']),
-    (('--persImg_weight', '-pn'), ['1.5']), (('--num_landscapes',), ['3']),
-    (('--label_type_pt', '-lt'), ['persistence_betticurve']), (('--persistence_after_transform', '-pat'), []),
-    (('--filtration', '-f'), ['radial']), (('--gradient', '-g'), []),
-    (('--usenet', '-u'), ['resnet18']), (('--numof_dims_pt', '-nd'), ['120']),
-    (('--lr_fine', '-lrf'), ['0.02']), (('--lr_pre', '-lrp'), ['0.2']), (('--lr_drop', '-lrd'), ['3']),
-    (('--momentum', '-m'), ['0.8']), (('--weight_decay', '-wd'), ['0.001']), (('--optimizer', '-op'), ['adam']),
-    (('--freeze_encoder', '-fe'), []), (('--learning_mode', '-lm'), ['finetuning']),
-    (('--dist-url',), ['tcp://h:1']), (('--dist-backend', '-p'), ['gloo']), (('--world_size', '-ws'), ['2']),
-    (('--epochs', '-e'), ['7']), (('--start_epoch',), ['2']), (('--batch_size', '-b'), ['16']),
-    (('--img_size_pt', '-is2'), ['100']), (('--crop_size', '-cs'), ['32']), (('--crop_padding', '-cp'), ['2']),
-    (('--random_scale', '-rs'), ['0.2']), (('--random_rotation', '-rr'), ['10']), (('--aug-plus', '-ra'), []),
-    (('--save_interval',), ['5']), (('--log_interval',), ['50']), (('--seed', '-s'), ['3']),
+    (('--max_life', '-ml'), ['40', '40']),
+    (('--max_birth', '-maxb'), ['30', '30']),
+    (('--min_birth', '-minb'), ['-30', '-30']),
+    (('--affine', '-aff'), []),
+    (('--bandwidth', '-bd'), ['3']),
+    (('--persImg_sigma', '-ps'), ['2']),
+    (('--persImg_power', '-pp'), ['0.5']),
+    (('--persImg_weight', '-pn'), ['1.5']),
+    (('--num_landscapes',), ['3']),
+    (('--label_type_pt', '-lt'), ['persistence_betticurve']),
+    (('--persistence_after_transform', '-pat'), []),
+    (('--filtration', '-f'), ['radial']),
+    (('--gradient', '-g'), []),
+    (('--usenet', '-u'), ['resnet18']),
+    (('--numof_dims_pt', '-nd'), ['120']),
+    (('--lr_fine', '-lrf'), ['0.02']),
+    (('--lr_pre', '-lrp'), ['0.2']),
+    (('--lr_drop', '-lrd'), ['3']),
+    (('--momentum', '-m'), ['0.8']),
+    (('--weight_decay', '-wd'), ['0.001']),
+    (('--optimizer', '-op'), ['adam']),
+    (('--freeze_encoder', '-fe'), []),
+    (('--learning_mode', '-lm'), ['finetuning']),
+    (('--dist-url',), ['tcp://h:1']),
+    (('--dist-backend', '-p'), ['gloo']),
+    (('--world_size', '-ws'), ['2']),
+    (('--epochs', '-e'), ['7']),
+    (('--start_epoch',), ['2']),
+    (('--batch_size', '-b'), ['16']),
+    (('--img_size_pt', '-is2'), ['100']),
+    (('--crop_size', '-cs'), ['32']),
+    (('--crop_padding', '-cp'), ['2']),
+    (('--random_scale', '-rs'), ['0.2']),
+    (('--random_rotation', '-rr'), ['10']),
+    (('--aug-plus', '-ra'), []),
+    (('--save_interval',), ['5']),
+    (('--log_interval',), ['50']),
+    (('--seed', '-s'), ['3']),
     (('--output_training_images', '-oti'), ['4']),
 ]
 # random_image.py: arguments.py's mode "random_image" (9 flags).
 ORIG_RANDOM = [
-    (('--output', '-o'), ['X']), (('--img_size', '-is'), ['64']), (('--num_workers', '-j'), ['3']),
-    (('--alpha_range', '-ar'), ['0.5', '1']), (('--beta_range', '-br'), ['1', '2']), (('--n_samples', '-n'), ['100']),
-    (('--n_samples_val', '-nv'), ['10']), (('--prob_binary', '-pb'), ['0.3']), (('--prob_colour', '-pc'), ['0.3']),
+    (('--output', '-o'), ['X']),
+    (('--img_size', '-is'), ['64']),
+    (('--num_workers', '-j'), ['3']),
+    (('--alpha_range', '-ar'), ['0.5', '1']),
+    (('--beta_range', '-br'), ['1', '2']),
+    (('--n_samples', '-n'), ['100']),
+    (('--n_samples_val', '-nv'), ['10']),
+    (('--prob_binary', '-pb'), ['0.3']),
+    (('--prob_colour', '-pc'), ['0.3']),
 ]
 # PHdict.py: arguments.py's mode "PHdict" (19, with the positional target_dir).
 ORIG_PHDICT = [
-    (('--output', '-o'), ['X']), (('--img_size', '-is'), ['64']), (('--num_workers', '-j'), ['3']),
-    (('--max_life', '-ml'), ['40', '40']), (('--max_birth', '-maxb'), ['30', '30']),
-    (('--min_birth', '-minb'), ['-30', '-30']), (('--affine', '-aff'), []), (('--bandwidth', '-bd'), ['3']),
-    (('--persImg_sigma', '-ps'), ['2']), (('--persImg_power', '-pp'), ['0.5']),
-    (('--persImg_weight', '-pn'), ['1.5']), (('--num_landscapes',), ['3']),
-    (('--label_type_pt', '-lt'), ['persistence_betticurve']), (('--persistence_after_transform', '-pat'), []),
-    (('--filtration', '-f'), ['radial']), (('--gradient', '-g'), []),
-    (('--num_bins', '-n'), ['30', '30', '20', '20']), (('--save_fig', '-sf'), []),
+    (('--output', '-o'), ['X']),
+    (('--img_size', '-is'), ['64']),
+    (('--num_workers', '-j'), ['3']),
+    (('--max_life', '-ml'), ['40', '40']),
+    (('--max_birth', '-maxb'), ['30', '30']),
+    (('--min_birth', '-minb'), ['-30', '-30']),
+    (('--affine', '-aff'), []),
+    (('--bandwidth', '-bd'), ['3']),
+    (('--persImg_sigma', '-ps'), ['2']),
+    (('--persImg_power', '-pp'), ['0.5']),
+    (('--persImg_weight', '-pn'), ['1.5']),
+    (('--num_landscapes',), ['3']),
+    (('--label_type_pt', '-lt'), ['persistence_betticurve']),
+    (('--persistence_after_transform', '-pat'), []),
+    (('--filtration', '-f'), ['radial']),
+    (('--gradient', '-g'), []),
+    (('--num_bins', '-n'), ['30', '30', '20', '20']),
+    (('--save_fig', '-sf'), []),
 ]
 ORIG_PHDICT_POSITIONAL = 'target_dir'
 # util/ImageDatasetsDownloader.py (4 flags).
 ORIG_DOWNLOADER = [
-    (('--dataset', '-d'), ['CIFAR10']), (('--raw_file_path',), ['X']), (('--data_file_path', '-o'), ['X']),
+    (('--dataset', '-d'), ['CIFAR10']),
+    (('--raw_file_path',), ['X']),
+    (('--data_file_path', '-o'), ['X']),
     (('--validation_ratio', '-r'), ['0.3']),
 ]
 
 # What each means here: (dest, value) for a flag we take with the original's meaning, or the text of the
 # refusal line (it names what to use instead).
 TRAINING_EXPECT = {
-    '--output': ('output', 'X'), '--img_size': ('img_size', 64), '--num_workers': ('num_workers', 3),
-    '--train': ('train', 'X'), '--val': ('val', 'X'), '--train_pt': ('ph_train', 'X'), '--val_pt': ('ph_val', 'X'),
-    '--path2PHdir': ('path2PHdir', 'X'), '--path2weight': ('path2weight', 'X'), '--cachedir': ('cache_dir', 'X'),
-    '--suffix': 'choose -o', '--resume': ('resume', 'X'), '--alpha_range': ('alpha_range', [0.5, 1.0]),
-    '--beta_range': ('beta_range', [1.0, 2.0]), '--n_samples': ('n_samples', 1000),
-    '--n_samples_val': ('n_samples_val', 10), '--prob_binary': ('prob_binary', 0.3),
-    '--prob_colour': ('prob_colour', 0.3), '--max_life': ('max_life', 40.0), '--max_birth': ('max_birth', 30.0),
-    '--min_birth': ('min_birth', -30.0), '--affine': ('affine', True), '--bandwidth': ('bandwidth', 3),
-    '--persImg_sigma': ('sigma', 2.0), '--persImg_power': 'no equivalent', '--persImg_weight': ('power', 1.5),
-    '--num_landscapes': ('num_landscapes', 3), '--label_type_pt': ('label_type', 'betti_curve'),
-    '--persistence_after_transform': ('persistence', 'post'), '--filtration': ('filtration', 'radial'),
-    '--gradient': ('gradient', True), '--usenet': ('usenet', 'resnet18'), '--numof_dims_pt': ('ph_dims', 120),
-    '--lr_fine': ('lr_fine', 0.02), '--lr_pre': ('lr_pre', 0.2), '--lr_drop': '--optimizer',
-    '--momentum': ('momentum', 0.8), '--weight_decay': ('weight_decay', 0.001), '--optimizer': ('optimizer', 'adam'),
-    '--freeze_encoder': ('freeze_encoder', True), '--learning_mode': ('learning_mode', 'finetuning'),
-    '--dist-url': 'torchrun', '--dist-backend': ('pidf', 'gloo'), '--world_size': ('world_size', 2),
-    '--epochs': ('epochs', 7), '--start_epoch': ('start_epoch', 2), '--batch_size': ('batch_size', 16),
-    '--img_size_pt': '--img_size', '--crop_size': ('crop_size', 32), '--crop_padding': ('crop_padding', 2),
-    '--random_scale': ('random_scale', 0.2), '--random_rotation': ('random_rotation', 10.0),
-    '--aug-plus': ('aug_plus', True), '--save_interval': ('save_interval', 5), '--log_interval': ('log_interval', 50),
-    '--seed': ('seed', 3), '--output_training_images': ('output_training_images', 4),
+    '--output': ('output', 'X'),
+    '--img_size': ('img_size', 64),
+    '--num_workers': ('num_workers', 3),
+    '--train': ('train', 'X'),
+    '--val': ('val', 'X'),
+    '--train_pt': ('ph_train', 'X'),
+    '--val_pt': ('ph_val', 'X'),
+    '--path2PHdir': ('path2PHdir', 'X'),
+    '--path2weight': ('path2weight', 'X'),
+    '--cachedir': ('cache_dir', 'X'),
+    '--suffix': 'choose -o',
+    '--resume': ('resume', 'X'),
+    '--alpha_range': ('alpha_range', [0.5, 1.0]),
+    '--beta_range': ('beta_range', [1.0, 2.0]),
+    '--n_samples': ('n_samples', 1000),
+    '--n_samples_val': ('n_samples_val', 10),
+    '--prob_binary': ('prob_binary', 0.3),
+    '--prob_colour': ('prob_colour', 0.3),
+    '--max_life': ('max_life', 40.0),
+    '--max_birth': ('max_birth', 30.0),
+    '--min_birth': ('min_birth', -30.0),
+    '--affine': ('affine', True),
+    '--bandwidth': ('bandwidth', 3),
+    '--persImg_sigma': ('sigma', 2.0),
+    '--persImg_power': 'no equivalent',
+    '--persImg_weight': ('power', 1.5),
+    '--num_landscapes': ('num_landscapes', 3),
+    '--label_type_pt': ('label_type', 'betti_curve'),
+    '--persistence_after_transform': ('persistence', 'post'),
+    '--filtration': ('filtration', 'radial'),
+    '--gradient': ('gradient', True),
+    '--usenet': ('usenet', 'resnet18'),
+    '--numof_dims_pt': ('ph_dims', 120),
+    '--lr_fine': ('lr_fine', 0.02),
+    '--lr_pre': ('lr_pre', 0.2),
+    '--lr_drop': '--optimizer',
+    '--momentum': ('momentum', 0.8),
+    '--weight_decay': ('weight_decay', 0.001),
+    '--optimizer': ('optimizer', 'adam'),
+    '--freeze_encoder': ('freeze_encoder', True),
+    '--learning_mode': ('learning_mode', 'finetuning'),
+    '--dist-url': 'torchrun',
+    '--dist-backend': ('pidf', 'gloo'),
+    '--world_size': ('world_size', 2),
+    '--epochs': ('epochs', 7),
+    '--start_epoch': ('start_epoch', 2),
+    '--batch_size': ('batch_size', 16),
+    '--img_size_pt': '--img_size',
+    '--crop_size': ('crop_size', 32),
+    '--crop_padding': ('crop_padding', 2),
+    '--random_scale': ('random_scale', 0.2),
+    '--random_rotation': ('random_rotation', 10.0),
+    '--aug-plus': ('aug_plus', True),
+    '--save_interval': ('save_interval', 5),
+    '--log_interval': ('log_interval', 50),
+    '--seed': ('seed', 3),
+    '--output_training_images': ('output_training_images', 4),
 }
 # The short names whose meaning changed between the original's versions (refused: see docs/compat.md).
 TRAINING_SHORT_EXPECT = {'-lrf': '--lr_fine', '-lrp': '--lr_pre'}
 RANDOM_EXPECT = {
-    '--output': ('output', 'X'), '--img_size': ('img_size', 64), '--num_workers': ('num_workers', 3),
-    '--alpha_range': ('alpha_range', [0.5, 1.0]), '--beta_range': ('beta_range', [1.0, 2.0]),
-    '--n_samples': ('n_samples', 100), '--n_samples_val': ('n_samples_val', 10),
-    '--prob_binary': ('prob_binary', 0.3), '--prob_colour': ('prob_colour', 0.3),
+    '--output': ('output', 'X'),
+    '--img_size': ('img_size', 64),
+    '--num_workers': ('num_workers', 3),
+    '--alpha_range': ('alpha_range', [0.5, 1.0]),
+    '--beta_range': ('beta_range', [1.0, 2.0]),
+    '--n_samples': ('n_samples', 100),
+    '--n_samples_val': ('n_samples_val', 10),
+    '--prob_binary': ('prob_binary', 0.3),
+    '--prob_colour': ('prob_colour', 0.3),
 }
 PHDICT_EXPECT = {
-    '--output': ('output', 'X'), '--img_size': 'resize the images first', '--num_workers': ('num_workers', 3),
-    '--max_life': ('max_life', 40.0), '--max_birth': ('max_birth', 30.0), '--min_birth': ('min_birth', -30.0),
-    '--affine': '-aff of the training scripts', '--bandwidth': ('bandwidth', 3), '--persImg_sigma': ('sigma', 2.0),
-    '--persImg_power': 'no equivalent', '--persImg_weight': ('power', 1.5), '--num_landscapes': ('num_landscapes', 3),
-    '--label_type_pt': ('label_type', 'betti_curve'), '--persistence_after_transform': '-ph post',
-    '--filtration': ('filtration', 'radial'), '--gradient': ('gradient', True),
-    '--num_bins': ('num_bins', [30, 30, 20, 20]), '--save_fig': '--plot',
+    '--output': ('output', 'X'),
+    '--img_size': 'resize the images first',
+    '--num_workers': ('num_workers', 3),
+    '--max_life': ('max_life', 40.0),
+    '--max_birth': ('max_birth', 30.0),
+    '--min_birth': ('min_birth', -30.0),
+    '--affine': '-aff of the training scripts',
+    '--bandwidth': ('bandwidth', 3),
+    '--persImg_sigma': ('sigma', 2.0),
+    '--persImg_power': 'no equivalent',
+    '--persImg_weight': ('power', 1.5),
+    '--num_landscapes': ('num_landscapes', 3),
+    '--label_type_pt': ('label_type', 'betti_curve'),
+    '--persistence_after_transform': '-ph post',
+    '--filtration': ('filtration', 'radial'),
+    '--gradient': ('gradient', True),
+    '--num_bins': ('num_bins', [30, 30, 20, 20]),
+    '--save_fig': '--plot',
 }
 DOWNLOADER_EXPECT = {
-    '--dataset': ('dataset', 'CIFAR10'), '--raw_file_path': ('raw_file_path', 'X'),
-    '--data_file_path': ('data_file_path', 'X'), '--validation_ratio': ('validation_ratio', 0.3),
+    '--dataset': ('dataset', 'CIFAR10'),
+    '--raw_file_path': ('raw_file_path', 'X'),
+    '--data_file_path': ('data_file_path', 'X'),
+    '--validation_ratio': ('validation_ratio', 0.3),
 }
 # predict.py and visMap.py parsed all of ORIG_ALL; these are the ones they used, the rest are refused.
 PREDICT_EXPECT = {
-    '--output': ('output', 'X'), '--img_size': ('img_size', 64), '--num_workers': ('num_workers', 3),
-    '--val': ('val', 'X'), '--path2weight': ('path2weight', 'X'), '--usenet': ('usenet', 'resnet18'),
-    '--batch_size': ('batch_size', 16), '--crop_size': ('crop_size', 32), '--train': 'first argument',
+    '--output': ('output', 'X'),
+    '--img_size': ('img_size', 64),
+    '--num_workers': ('num_workers', 3),
+    '--val': ('val', 'X'),
+    '--path2weight': ('path2weight', 'X'),
+    '--usenet': ('usenet', 'resnet18'),
+    '--batch_size': ('batch_size', 16),
+    '--crop_size': ('crop_size', 32),
+    '--train': 'first argument',
     '--seed': 'deterministic',
 }
-VISMAP_EXPECT = {'--output': ('output', 'X'), '--path2weight': ('path2weight', 'X'),
-                 '--usenet': ('usenet', 'resnet18')}
+VISMAP_EXPECT = {'--output': ('output', 'X'), '--path2weight': ('path2weight', 'X'), '--usenet': ('usenet', 'resnet18')}
 
-SCRIPTS = {   # name: (module, original flags, expectations, fallback refusal text, argv needed around)
+SCRIPTS = {  # name: (module, original flags, expectations, fallback refusal text, argv needed around)
     'pretraining': ('pretraining', ORIG_ALL, TRAINING_EXPECT, None, []),
     'finetuning': ('finetuning', ORIG_ALL, TRAINING_EXPECT, None, []),
     'random_image': ('util.random_image', ORIG_RANDOM, RANDOM_EXPECT, None, []),
@@ -146,8 +258,12 @@ def parse(name, argv):
 def test_the_lists_are_the_originals_parsers():
     """The counts of the original's parsers (57 training, 9 generator, 19 PHdict, 4 downloader flags)."""
     assert len(ORIG_ALL) == 57 and len(ORIG_RANDOM) == 9 and len(ORIG_PHDICT) + 1 == 19 and len(ORIG_DOWNLOADER) == 4
-    for flags, expect in ((ORIG_ALL, TRAINING_EXPECT), (ORIG_RANDOM, RANDOM_EXPECT), (ORIG_PHDICT, PHDICT_EXPECT),
-                          (ORIG_DOWNLOADER, DOWNLOADER_EXPECT)):
+    for flags, expect in (
+        (ORIG_ALL, TRAINING_EXPECT),
+        (ORIG_RANDOM, RANDOM_EXPECT),
+        (ORIG_PHDICT, PHDICT_EXPECT),
+        (ORIG_DOWNLOADER, DOWNLOADER_EXPECT),
+    ):
         assert [f[0][0] for f in flags] == list(expect)
 
 
@@ -159,8 +275,7 @@ def _cases():
                 yield name, flag, value, want or expect.get(strings[0], fallback)
 
 
-@pytest.mark.parametrize('name,flag,value,want', list(_cases()),
-                         ids=lambda v: v if isinstance(v, str) else None)
+@pytest.mark.parametrize('name,flag,value,want', list(_cases()), ids=lambda v: v if isinstance(v, str) else None)
 def test_every_original_flag(name, flag, value, want):
     """Read into the field with the original's meaning, or refused with one line naming ours."""
     assert want is not None, f"{name}: no expectation for the original's {flag}"
@@ -171,7 +286,7 @@ def test_every_original_flag(name, flag, value, want):
         assert rc == 0, (flag, err)
         assert getattr(ns, dest) == (pytest.approx(expected) if isinstance(expected, (float, list)) else expected)
         action = parser_of(name)._option_string_actions[flag]
-        assert action.dest == dest or flag == '-pc', (flag, action.dest)   # no other field takes it
+        assert action.dest == dest or flag == '-pc', (flag, action.dest)  # no other field takes it
     else:
         lines = err.strip().splitlines()
         assert rc == 2 and len(lines) == 1, (flag, err)
@@ -184,6 +299,7 @@ def test_positional_target_dir_of_phdict():
 
 
 # -------------------------------------------------------------------------------- value shapes and -pc
+
 
 @pytest.mark.parametrize('flag,dest', [('-ml', 'max_life'), ('--max_birth', 'max_birth'), ('-minb', 'min_birth')])
 def test_one_value_means_both_two_different_are_refused(flag, dest):
@@ -222,8 +338,10 @@ def test_phdict_one_bin_count_for_all_four():
 
 # ----------------------------------------------------------------------------------------- special values
 
+
 def _resolve(argv, tmp_path=None):
-    from util.compat import resolve_special_values
+    from util.cli.compat import resolve_special_values
+
     ns, rc, err = parse('pretraining', argv)
     assert rc == 0, err
     logged = []
@@ -245,6 +363,7 @@ def test_pw_folder_is_its_newest_weights_file(tmp_path):
     ns, logged = _resolve(['-pw', str(tmp_path)])
     assert ns.path2weight == str(tmp_path / 'c.pth') and 'c.pth' in logged[-1]
     from util.errors import UserError
+
     (tmp_path / 'empty').mkdir()
     with pytest.raises(UserError, match='without any .pth'):
         _resolve(['-pw', str(tmp_path / 'empty')])
@@ -261,24 +380,26 @@ def _ph_folder(path, filtration='signed_distance', gradient=False):
 
 def test_pd_omitted_finds_the_originals_ph_folder(tmp_path):
     from util.errors import UserError
+
     images = tmp_path / 'random'
     images.mkdir()
     ns, logged = _resolve(['-t', str(images)])
-    assert ns.path2PHdir == '' and not logged                     # none there: PH on the fly, as before
+    assert ns.path2PHdir == '' and not logged  # none there: PH on the fly, as before
     found = _ph_folder(tmp_path / 'PH_signed_distance_random')
     ns, logged = _resolve(['-t', str(images)])
     assert ns.path2PHdir == str(found) and str(found) in logged[-1]
-    ns, logged = _resolve(['-t', str(images), '-g'])                # another setting: another name, not found
+    ns, logged = _resolve(['-t', str(images), '-g'])  # another setting: another name, not found
     assert ns.path2PHdir == ''
     ns, logged = _resolve(['-t', str(images), '-pd', 'on_the_fly'])
     assert ns.path2PHdir == ''
-    _ph_folder(tmp_path / 'PHgrad_signed_distance_random', filtration='distance')   # that name, made otherwise
+    _ph_folder(tmp_path / 'PHgrad_signed_distance_random', filtration='distance')  # that name, made otherwise
     with pytest.raises(UserError, match='filtration distance'):
         _resolve(['-t', str(images), '-g'])
 
 
 def test_pd_omitted_main_py_rule_and_ambiguity(tmp_path):
     from util.errors import UserError
+
     train = tmp_path / 'data' / 'C10' / 'train'
     train.mkdir(parents=True)
     found = _ph_folder(tmp_path / 'data' / 'PH_radial_C10', filtration='radial')
@@ -288,7 +409,7 @@ def test_pd_omitted_main_py_rule_and_ambiguity(tmp_path):
     with pytest.raises(UserError, match='two PH folders'):
         _resolve(['-t', str(train), '--filtration', 'radial'])
     (tmp_path / 'x').mkdir()
-    (tmp_path / 'PH_signed_distance_x').mkdir()                     # no settings.json: cannot be checked
+    (tmp_path / 'PH_signed_distance_x').mkdir()  # no settings.json: cannot be checked
     with pytest.raises(UserError, match='settings'):
         _resolve(['-t', str(tmp_path / 'x')])
 
@@ -304,14 +425,18 @@ def test_val_test_folder_of_the_original_downloader(tmp_path):
 
 # ------------------------------------------------------------------------------------------ downloader
 
+
 def test_animal_from_local_files(tmp_path, capsys):
     import numpy as np
     from PIL import Image
-    from util.ImageDatasetsDownloader import get_args_parser, main
+
     from util.errors import UserError
+    from util.ImageDatasetsDownloader import get_args_parser, main
+
     raw = tmp_path / 'raw'
-    args = get_args_parser().parse_args(['-d', 'animal', '--raw_file_path', str(raw), '-o', str(tmp_path / 'data'),
-                                         '--no_progress'])
+    args = get_args_parser().parse_args(
+        ['-d', 'animal', '--raw_file_path', str(raw), '-o', str(tmp_path / 'data'), '--no_progress']
+    )
     with pytest.raises(UserError, match='not downloadable.*non_rigid_shape_A'):
         main(args)
     rng = np.random.default_rng(0)
@@ -327,13 +452,15 @@ def test_animal_from_local_files(tmp_path, capsys):
 
 def test_training_main_applies_the_special_values(tmp_path, monkeypatch, capsys):
     """pretraining.py/finetuning.py resolve them before anything runs (and log each one)."""
-    from util import cli
+    from util.cli import flags as cli
+
     seen = {}
     monkeypatch.setattr(cli.modes, 'run', lambda args, cfg: seen.setdefault('args', args) and 0)
     (tmp_path / 'w').mkdir()
     (tmp_path / 'w' / 'resnet18_epoch3.pth').write_bytes(b'x')
     args = cli.get_args_parser('finetuning').parse_args(
-        ['-pw', str(tmp_path / 'w'), '-pd', 'on_the_fly', '-o', str(tmp_path / 'out'), '-lm', 'finetuning'])
+        ['-pw', str(tmp_path / 'w'), '-pd', 'on_the_fly', '-o', str(tmp_path / 'out'), '-lm', 'finetuning']
+    )
     cli.main(args)
     assert seen['args'].path2weight == str(tmp_path / 'w' / 'resnet18_epoch3.pth')
     assert seen['args'].path2PHdir == ''

@@ -1,8 +1,9 @@
-"""Tests of util/download.py and util/ImageDatasetsDownloader.py.
+"""Tests of util/io/download.py and util/ImageDatasetsDownloader.py.
 
 Small archives in the published formats are built in tmp_path and served by a loopback HTTP server
 (with Range support, or ignoring it); nothing goes to the internet.
 """
+
 import gzip
 import hashlib
 import http.server
@@ -22,8 +23,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from util import download as dl
 from util.errors import UserError
+from util.io import download as dl
 
 SCRIPT = 'util/ImageDatasetsDownloader.py'
 
@@ -35,6 +36,7 @@ def md5(data):
 # ----------------------------------------------------------------------------------------------------
 # loopback server
 # ----------------------------------------------------------------------------------------------------
+
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
@@ -66,7 +68,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         if self.path in srv.cut_once:  # announce everything, send half, hang up
             srv.cut_once.discard(self.path)
-            self.wfile.write(body[:len(body) // 2])
+            self.wfile.write(body[: len(body) // 2])
             self.wfile.flush()
             self.close_connection = True
             return
@@ -114,6 +116,7 @@ _RECONSTRUCT = np.zeros(1, np.uint8).__reduce__()[0]
 
 class _Py2Pickler(pickle._Pickler):
     """Writes pickles like CIFAR's python-2 cPickle files: bytes as BINSTRING, numpy.core globals."""
+
     dispatch = dict(pickle._Pickler.dispatch)
 
     def save_py2_str(self, obj):
@@ -122,6 +125,7 @@ class _Py2Pickler(pickle._Pickler):
         else:
             self.write(pickle.BINSTRING + struct.pack('<i', len(obj)) + obj)
         self.memoize(obj)
+
     dispatch[bytes] = save_py2_str
 
     def save_global(self, obj, name=None):
@@ -169,8 +173,12 @@ def make_cifar(variant, rng, n_train=8, n_test=4):
     def batch(n, offset):
         data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
         labels = [(i + offset) % len(names) for i in range(n)]
-        d = {b'batch_label': b'batch', b'data': data, label_key: labels,
-             b'filenames': [b'img_%d.png' % i for i in range(n)]}
+        d = {
+            b'batch_label': b'batch',
+            b'data': data,
+            label_key: labels,
+            b'filenames': [b'img_%d.png' % i for i in range(n)],
+        }
         if variant == 'CIFAR100':
             d[b'coarse_labels'] = [0] * n
         return d
@@ -178,8 +186,7 @@ def make_cifar(variant, rng, n_train=8, n_test=4):
     if variant == 'CIFAR100':
         folder = 'cifar-100-python'
         train = [batch(n_train, 0)]
-        files = [('meta', {b'fine_label_names': names, b'coarse_label_names': [b'fruit']}),
-                 ('train', train[0])]
+        files = [('meta', {b'fine_label_names': names, b'coarse_label_names': [b'fruit']}), ('train', train[0])]
     else:
         folder = 'cifar-10-batches-py'
         train = [batch(2, i) for i in range(5)]
@@ -200,8 +207,10 @@ def idx_gz(arr):
 
 
 def make_mnist(rng, n_train=12, n_test=10):
-    images = {'train': rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
-              'val': rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8)}
+    images = {
+        'train': rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        'val': rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+    }
     labels = {'train': np.arange(n_train, dtype=np.uint8) % 10, 'val': (np.arange(n_test, dtype=np.uint8) + 3) % 10}
     files = {}
     for split, prefix in (('train', 'train'), ('val', 't10k')):
@@ -230,6 +239,7 @@ def count_tree(root):
 # ----------------------------------------------------------------------------------------------------
 # download: resume, ranges, failures
 # ----------------------------------------------------------------------------------------------------
+
 
 def test_resume_partial_file_with_range(server, tmp_path):
     data = os.urandom(200_000)
@@ -312,8 +322,7 @@ def test_checksum_mismatch_keeps_bad_file(server, tmp_path):
     assert (tmp_path / 'f.bin.bad').read_bytes() == b'tampered'
     # sha256 checksums are accepted too
     server.files['/g.bin'] = b'good'
-    dl.download_file(server.url('/g.bin'), str(tmp_path / 'g.bin'), hashlib.sha256(b'good').hexdigest(),
-                     progress=False)
+    dl.download_file(server.url('/g.bin'), str(tmp_path / 'g.bin'), hashlib.sha256(b'good').hexdigest(), progress=False)
     assert dl.verify_checksum(str(tmp_path / 'g.bin'), md5(b'good'))
 
 
@@ -333,6 +342,7 @@ def test_sources_validation():
 # safe extraction
 # ----------------------------------------------------------------------------------------------------
 
+
 def _evil_tar(kind, tmp_path):
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode='w:gz') as tf:
@@ -346,8 +356,12 @@ def _evil_tar(kind, tmp_path):
             tf.addfile(info, io.BytesIO(b'evil'))
         else:
             info = tarfile.TarInfo('top/evil')
-            info.type = {'symlink': tarfile.SYMTYPE, 'hardlink': tarfile.LNKTYPE,
-                         'fifo': tarfile.FIFOTYPE, 'device': tarfile.CHRTYPE}[kind]
+            info.type = {
+                'symlink': tarfile.SYMTYPE,
+                'hardlink': tarfile.LNKTYPE,
+                'fifo': tarfile.FIFOTYPE,
+                'device': tarfile.CHRTYPE,
+            }[kind]
             info.linkname = str(tmp_path / 'outside' / 'target.txt') if kind in ('symlink', 'hardlink') else ''
             tf.addfile(info)
     return buf.getvalue()
@@ -368,9 +382,20 @@ def _evil_zip(kind, tmp_path):
     return buf.getvalue()
 
 
-@pytest.mark.parametrize('fmt,kind', [('tar', 'dotdot'), ('tar', 'absolute'), ('tar', 'symlink'),
-                                      ('tar', 'hardlink'), ('tar', 'fifo'), ('tar', 'device'),
-                                      ('zip', 'dotdot'), ('zip', 'absolute'), ('zip', 'symlink')])
+@pytest.mark.parametrize(
+    'fmt,kind',
+    [
+        ('tar', 'dotdot'),
+        ('tar', 'absolute'),
+        ('tar', 'symlink'),
+        ('tar', 'hardlink'),
+        ('tar', 'fifo'),
+        ('tar', 'device'),
+        ('zip', 'dotdot'),
+        ('zip', 'absolute'),
+        ('zip', 'symlink'),
+    ],
+)
 def test_malicious_archive_refused_and_nothing_written(tmp_path, fmt, kind):
     (tmp_path / 'outside').mkdir()
     (tmp_path / 'outside' / 'target.txt').write_text('secret')
@@ -402,6 +427,7 @@ def test_safe_extract_writes_plain_files(tmp_path):
 # ----------------------------------------------------------------------------------------------------
 # CIFAR pickles
 # ----------------------------------------------------------------------------------------------------
+
 
 class _Evil:
     def __init__(self, path):
@@ -468,8 +494,7 @@ def test_checksum_mismatch_refused_before_unpickling(server, tmp_path, monkeypat
     monkeypatch.setattr(dl, 'RestrictedUnpickler', lambda *a, **k: calls.append('unpickler'))
     monkeypatch.setattr(dl, '_open_archive', lambda *a, **k: calls.append('open'))
     server.files['/d/cifar-100-python.tar.gz'] = archive
-    sources = {'CIFAR100': [(server.url('/d/cifar-100-python.tar.gz'), 'cifar-100-python.tar.gz',
-                             md5(archive + b'x'))]}
+    sources = {'CIFAR100': [(server.url('/d/cifar-100-python.tar.gz'), 'cifar-100-python.tar.gz', md5(archive + b'x'))]}
     raw, data = tmp_path / 'raw', tmp_path / 'data'
     with pytest.raises(UserError, match='not the published') as err:
         dl.download_dataset('CIFAR100', str(raw), str(data), sources, progress=False)
@@ -505,6 +530,7 @@ def test_interrupted_split_is_redone(server, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         written.append(path)
         real_save(path, image)
+
     monkeypatch.setattr(dl, 'save_image', failing_save)
     raw, data = str(tmp_path / 'raw'), str(tmp_path / 'data')
     with pytest.raises(KeyboardInterrupt):
@@ -531,14 +557,27 @@ def test_foreign_output_folder_refused_before_download(server, tmp_path):
 # MNIST (through the script) and Fashion-MNIST
 # ----------------------------------------------------------------------------------------------------
 
+
 def test_mnist_script_end_to_end(server, tmp_path, run_script):
     files, images, labels = make_mnist(np.random.default_rng(5))
     sources = tmp_path / 'sources.json'
-    sources.write_text(json.dumps({'MNIST': [[[closed_port_url('/m/' + f), u], f, h]
-                                             for u, f, h in serve(server, files)]}))
+    sources.write_text(
+        json.dumps({'MNIST': [[[closed_port_url('/m/' + f), u], f, h] for u, f, h in serve(server, files)]})
+    )
     data = tmp_path / 'data'
-    res = run_script(SCRIPT, '--dataset', 'MNIST', '--sources', sources, '--raw_file_path', tmp_path / 'raw',
-                     '--data_file_path', data, '--no_progress', check=True)
+    res = run_script(
+        SCRIPT,
+        '--dataset',
+        'MNIST',
+        '--sources',
+        sources,
+        '--raw_file_path',
+        tmp_path / 'raw',
+        '--data_file_path',
+        data,
+        '--no_progress',
+        check=True,
+    )
     assert 'MNIST/train: 12 images in 10 classes' in res.stdout
     for split in ('train', 'val'):
         tree = count_tree(data / 'MNIST' / split)
@@ -547,18 +586,44 @@ def test_mnist_script_end_to_end(server, tmp_path, run_script):
         for i, lab in enumerate(labels[split]):
             with Image.open(data / 'MNIST' / split / str(lab) / f'{i:05d}.png') as im:
                 assert im.mode == 'L' and np.array_equal(np.asarray(im), images[split][i])
-    res = run_script(SCRIPT, '--dataset', 'MNIST', '--sources', sources, '--raw_file_path', tmp_path / 'raw',
-                     '--data_file_path', data, '--no_progress', check=True)
+    res = run_script(
+        SCRIPT,
+        '--dataset',
+        'MNIST',
+        '--sources',
+        sources,
+        '--raw_file_path',
+        tmp_path / 'raw',
+        '--data_file_path',
+        data,
+        '--no_progress',
+        check=True,
+    )
     assert 'already' in res.stdout
 
 
 def test_fashion_mnist_class_names(server, tmp_path):
     files, _, labels = make_mnist(np.random.default_rng(6), n_train=10, n_test=10)
-    dl.download_dataset('fashionMNIST', str(tmp_path / 'raw'), str(tmp_path / 'data'),
-                        {'fashionMNIST': serve(server, files)}, progress=False)
+    dl.download_dataset(
+        'fashionMNIST',
+        str(tmp_path / 'raw'),
+        str(tmp_path / 'data'),
+        {'fashionMNIST': serve(server, files)},
+        progress=False,
+    )
     tree = count_tree(tmp_path / 'data' / 'fashionMNIST' / 'train')
-    assert sorted(tree) == ['0_T-shirt_top', '1_Trouser', '2_Pullover', '3_Dress', '4_Coat', '5_Sandal',
-                            '6_Shirt', '7_Sneaker', '8_Bag', '9_Ankle_boot']
+    assert sorted(tree) == [
+        '0_T-shirt_top',
+        '1_Trouser',
+        '2_Pullover',
+        '3_Dress',
+        '4_Coat',
+        '5_Sandal',
+        '6_Shirt',
+        '7_Sneaker',
+        '8_Bag',
+        '9_Ankle_boot',
+    ]
     assert tree['9_Ankle_boot'] == ['00009.png']
 
 
@@ -566,8 +631,19 @@ def test_unreachable_url_script_fails_with_one_line(tmp_path, run_script):
     url = closed_port_url('/mnist/train-images-idx3-ubyte.gz')
     sources = tmp_path / 'sources.json'
     sources.write_text(json.dumps({'MNIST': [[url, 'train-images-idx3-ubyte.gz', md5(b'')]]}))
-    res = run_script(SCRIPT, '-d', 'MNIST', '--sources', sources, '--raw_file_path', tmp_path / 'raw',
-                     '-o', tmp_path / 'data', '--no_progress', check=False)
+    res = run_script(
+        SCRIPT,
+        '-d',
+        'MNIST',
+        '--sources',
+        sources,
+        '--raw_file_path',
+        tmp_path / 'raw',
+        '-o',
+        tmp_path / 'data',
+        '--no_progress',
+        check=False,
+    )
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith('error: cannot download') and url in lines[0]
@@ -577,6 +653,7 @@ def test_unreachable_url_script_fails_with_one_line(tmp_path, run_script):
 # ----------------------------------------------------------------------------------------------------
 # folder datasets
 # ----------------------------------------------------------------------------------------------------
+
 
 def test_caltech101_nested_archive_split(server, tmp_path):
     rng = np.random.default_rng(7)
@@ -588,14 +665,19 @@ def test_caltech101_nested_archive_split(server, tmp_path):
             members.append((f'101_ObjectCategories/{c}/image_{k + 1:04d}.jpg', data))
     members.append(('101_ObjectCategories/accordion/Thumbs.db', b'junk'))
     inner = tar_bytes(members)
-    outer = zip_bytes([('caltech-101/101_ObjectCategories.tar.gz', inner),
-                       ('caltech-101/Annotations.tar', b'not used'),
-                       ('__MACOSX/caltech-101/._101_ObjectCategories.tar.gz', b'mac')])
+    outer = zip_bytes(
+        [
+            ('caltech-101/101_ObjectCategories.tar.gz', inner),
+            ('caltech-101/Annotations.tar', b'not used'),
+            ('__MACOSX/caltech-101/._101_ObjectCategories.tar.gz', b'mac'),
+        ]
+    )
     sources = {'caltech101': serve(server, {'caltech-101.zip': outer})}
     runs = []
     for out in ('data1', 'data2'):
-        res = dl.download_dataset('caltech101', str(tmp_path / 'raw'), str(tmp_path / out), sources,
-                                  val_ratio=0.2, progress=False)
+        res = dl.download_dataset(
+            'caltech101', str(tmp_path / 'raw'), str(tmp_path / out), sources, val_ratio=0.2, progress=False
+        )
         runs.append({s: count_tree(tmp_path / out / 'caltech101' / s) for s in ('train', 'val')})
         assert res['train'] == {'accordion': 4, 'camera': 1} and res['val'] == {'accordion': 1, 'camera': 1}
     assert runs[0] == runs[1]  # deterministic split
@@ -612,22 +694,35 @@ def test_caltech101_nested_archive_split(server, tmp_path):
 def test_caltech256_tar_and_omniglot_zip(server, tmp_path):
     rng = np.random.default_rng(8)
     members = [('256_ObjectCategories/001.ak47/001_%04d.jpg' % k, jpeg(rng)) for k in range(1, 6)]
-    members += [('256_ObjectCategories/257.clutter/257_0001.jpg', jpeg(rng)),
-                ('256_ObjectCategories/056.dog/056_0001.jpg', jpeg(rng)),
-                ('256_ObjectCategories/056.dog/056_0002.jpg', jpeg(rng)),
-                ('256_ObjectCategories/056.dog/greg', b'not an image')]
+    members += [
+        ('256_ObjectCategories/257.clutter/257_0001.jpg', jpeg(rng)),
+        ('256_ObjectCategories/056.dog/056_0001.jpg', jpeg(rng)),
+        ('256_ObjectCategories/056.dog/056_0002.jpg', jpeg(rng)),
+        ('256_ObjectCategories/056.dog/greg', b'not an image'),
+    ]
     sources = {'caltech256': serve(server, {'256_ObjectCategories.tar': tar_bytes(members, mode='w')})}
-    res = dl.download_dataset('caltech256', str(tmp_path / 'raw'), str(tmp_path / 'data'), sources,
-                              val_ratio=0.4, progress=False)
+    res = dl.download_dataset(
+        'caltech256', str(tmp_path / 'raw'), str(tmp_path / 'data'), sources, val_ratio=0.4, progress=False
+    )
     assert res['train'] == {'001.ak47': 3, '056.dog': 1} and res['val'] == {'001.ak47': 2, '056.dog': 1}
 
     zips = {}
     for set_name, alphabet in (('images_background', 'Latin'), ('images_evaluation', 'Glagolitic')):
         zips[set_name + '.zip'] = zip_bytes(
-            [(f'{set_name}/{alphabet}/character{c:02d}/{c:04d}_{d:02d}.png', png(rng))
-             for c in (1, 2) for d in range(1, 11)])
-    res = dl.download_dataset('omniglot', str(tmp_path / 'raw_o'), str(tmp_path / 'data'),
-                              {'omniglot': serve(server, zips)}, val_ratio=0.2, progress=False)
+            [
+                (f'{set_name}/{alphabet}/character{c:02d}/{c:04d}_{d:02d}.png', png(rng))
+                for c in (1, 2)
+                for d in range(1, 11)
+            ]
+        )
+    res = dl.download_dataset(
+        'omniglot',
+        str(tmp_path / 'raw_o'),
+        str(tmp_path / 'data'),
+        {'omniglot': serve(server, zips)},
+        val_ratio=0.2,
+        progress=False,
+    )
     classes = ['Glagolitic_character01', 'Glagolitic_character02', 'Latin_character01', 'Latin_character02']
     assert res['train'] == dict.fromkeys(classes, 8) and res['val'] == dict.fromkeys(classes, 2)
     assert sorted(os.listdir(tmp_path / 'data' / 'omniglot' / 'val')) == classes

@@ -24,6 +24,7 @@ How faults are simulated (we may run as root, for whom permission bits mean noth
   any case ``RLIMIT_FSIZE`` (writes beyond the limit fail with EFBIG; Python ignores SIGXFSZ);
 * SIGKILL: ``Popen``, poll until outputs appear, ``kill -9``, check, rerun, compare with an uninterrupted run.
 """
+
 import argparse
 import ast
 import contextlib
@@ -58,18 +59,25 @@ from PIL import Image
 from tests.conftest import ROOT
 
 TMP_MARK = '.tmp-'
-SCRIPT_FILES = {'random_image': 'util/random_image.py', 'PHdict': 'PHdict.py', 'pretraining': 'pretraining.py',
-                'finetuning': 'finetuning.py', 'evaluation': 'finetuning.py',
-                'downloader': 'util/ImageDatasetsDownloader.py', 'predict': 'predict.py'}
+SCRIPT_FILES = {
+    'random_image': 'util/random_image.py',
+    'PHdict': 'PHdict.py',
+    'pretraining': 'pretraining.py',
+    'finetuning': 'finetuning.py',
+    'evaluation': 'finetuning.py',
+    'downloader': 'util/ImageDatasetsDownloader.py',
+    'predict': 'predict.py',
+}
 IN_PROCESS = {'pretraining.py': 'pretraining', 'finetuning.py': 'finetuning'}
 SCRIPTS = ('random_image', 'PHdict', 'pretraining', 'finetuning', 'evaluation', 'downloader')
 TINY = ['-u', 'resnet18', '--img_size', '48', '--crop_size', '32', '-nw', '0']
-PT_DIM = 40            # label dimension of the pretraining rows (histogram: 4 x 10 bins)
+PT_DIM = 40  # label dimension of the pretraining rows (histogram: 4 x 10 bins)
 
 
 # ====================================================================================================
 # running scripts
 # ====================================================================================================
+
 
 class Result:
     def __init__(self, rc, out, err):
@@ -89,7 +97,8 @@ def _env():
 def _fsize_limiter(limit):
     def apply():
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # the write fails with EFBIG instead of a signal
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of a signal
+
     return apply
 
 
@@ -118,8 +127,15 @@ def run(script, *argv, fsize=None, timeout=300):
         with limit:
             return _run_in_process(IN_PROCESS[path], argv)
     cmd = [sys.executable, os.path.join(ROOT, path), *argv]
-    res = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout,
-                         preexec_fn=_fsize_limiter(fsize) if fsize else None)
+    res = subprocess.run(
+        cmd,
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=_fsize_limiter(fsize) if fsize else None,
+    )
     return Result(res.returncode, res.stdout, res.stderr)
 
 
@@ -135,7 +151,7 @@ def _run_in_process(module_name, argv):
                 mod.run_cli(mod.main, mod.get_args_parser().parse_args(argv))
             except SystemExit as e:
                 rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-            except Exception:   # what the interpreter would print for an uncaught exception
+            except Exception:  # what the interpreter would print for an uncaught exception
                 traceback.print_exc(file=err)
                 rc = 1
     finally:
@@ -169,6 +185,7 @@ def kill_when(proc, ready, timeout=180, poll=0.01):
 # ====================================================================================================
 # expected outcomes
 # ====================================================================================================
+
 
 def expect_error(res, *words, rc=2):
     """Exit ``rc``; the last stderr line is ``error: ...`` holding every word of ``words``; no traceback."""
@@ -213,13 +230,17 @@ def digest(path):
 
 def tree_digests(root, skip_tmp=True, only=None):
     """{relative path: sha1} of the files below ``root`` (temp files left out)."""
-    return {os.path.relpath(p, root): digest(p) for p in files_under(root)
-            if not (skip_tmp and TMP_MARK in os.path.basename(p)) and (only is None or p.endswith(only))}
+    return {
+        os.path.relpath(p, root): digest(p)
+        for p in files_under(root)
+        if not (skip_tmp and TMP_MARK in os.path.basename(p)) and (only is None or p.endswith(only))
+    }
 
 
 def half_written(root):
     """Files under ``root`` that do not decode completely under their final name (temp files are skipped)."""
     import torch
+
     bad = []
     for p in files_under(root):
         name = os.path.basename(p)
@@ -257,7 +278,7 @@ def temp_files(root):
 # the matrix
 # ====================================================================================================
 
-CASES = {}      # (script, fault) -> (function, expected outcome, xfail reason or None)
+CASES = {}  # (script, fault) -> (function, expected outcome, xfail reason or None)
 
 
 def case(scripts, fault, expect, xfail=None):
@@ -267,9 +288,13 @@ def case(scripts, fault, expect, xfail=None):
     def deco(fn):
         for s in scripts:
             reason = xfail.get(s) if isinstance(xfail, dict) else xfail
-            CASES[(s, fault)] = (functools.partial(fn, script=s), expect if isinstance(expect, str) else expect[s],
-                                 reason)
+            CASES[(s, fault)] = (
+                functools.partial(fn, script=s),
+                expect if isinstance(expect, str) else expect[s],
+                reason,
+            )
         return fn
+
     return deco
 
 
@@ -315,8 +340,12 @@ def ledger(request):
     yield _LEDGER
     if not _LEDGER.status:
         return
-    text = 'fault matrix (rows: faults, columns: scripts; blank = not applicable)\n' + _LEDGER.grid() \
-        + '\n' + _LEDGER.summary()
+    text = (
+        'fault matrix (rows: faults, columns: scripts; blank = not applicable)\n'
+        + _LEDGER.grid()
+        + '\n'
+        + _LEDGER.summary()
+    )
     capture = request.config.pluginmanager.get_plugin('capturemanager')
     with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
         print('\n' + text, flush=True)
@@ -378,8 +407,10 @@ def _matrix_params():
 # shared data (built once per module, lazily)
 # ====================================================================================================
 
+
 def smooth_noise(rng, h, w, sigma=2.0):
     from scipy.ndimage import gaussian_filter
+
     a = gaussian_filter(rng.random((h, w)), sigma)
     a = (a - a.min()) / (a.max() - a.min())
     return (a * 255).astype(np.uint8)
@@ -419,29 +450,36 @@ class Data:
     @property
     def gen(self):
         """16 generated 48-px JPEGs."""
+
         def make():
             out = self.root / 'gen'
-            expect_ok(run('random_image', '-o', out, '-n', 16, '-is', 48, '-pb', 0.5, '-pc', 0.5, '-nw', 1,
-                          '--preview', 0))
+            expect_ok(
+                run('random_image', '-o', out, '-n', 16, '-is', 48, '-pb', 0.5, '-pc', 0.5, '-nw', 1, '--preview', 0)
+            )
             return out
+
         return self.once('gen', make)
 
     @property
     def gen_ph(self):
         """Diagrams of ``gen`` written by PHdict (the -pd folder of pretraining)."""
+
         def make():
             out = self.root / 'gen_ph'
             expect_ok(run('PHdict', self.gen, '-o', out, '-it', 'jpg', '-nw', 1))
             return out
+
         return self.once('gen_ph', make)
 
     @property
     def gen64(self):
         """64 generated 48-px JPEGs (the long PHdict runs: kill, shards)."""
+
         def make():
             out = self.root / 'gen64'
             expect_ok(run('random_image', '-o', out, '-n', 64, '-is', 48, '-pb', 0.5, '-nw', 1, '--preview', 0))
             return out
+
         return self.once('gen64', make)
 
     PH64_ARGS = ('-it', 'jpg', '-nw', '1', '--label_type', 'histogram', '--numof_dims', '20')
@@ -449,10 +487,12 @@ class Data:
     @property
     def ph64_ref(self):
         """An uninterrupted single-process PHdict run over ``gen64`` (with a label matrix)."""
+
         def make():
             out = self.root / 'ph64_ref'
             expect_ok(run('PHdict', self.gen64, '-o', out, *self.PH64_ARGS))
             return out
+
         return self.once('ph64_ref', make)
 
     # --- odd images
@@ -472,19 +512,20 @@ class Data:
         good = np.dstack([smooth_noise(rng, 48, 48) for _ in range(3)])
         (d / 'good.jpg').write_bytes(jpeg_bytes(good))
         broken = jpeg_bytes(np.dstack([smooth_noise(rng, 48, 48) for _ in range(3)]))
-        (d / 'truncated.jpg').write_bytes(broken[:len(broken) // 2])
+        (d / 'truncated.jpg').write_bytes(broken[: len(broken) // 2])
         (d / 'zero.jpg').write_bytes(b'')
         src['sixteen'] = smooth_noise(rng, 48, 48)
-        Image.fromarray(src['sixteen'].astype(np.uint16) * 257).save(d / 'sixteen.png')   # mode I;16
+        Image.fromarray(src['sixteen'].astype(np.uint16) * 257).save(d / 'sixteen.png')  # mode I;16
         src['rgba'] = np.dstack([smooth_noise(rng, 48, 48) for _ in range(3)])
         Image.fromarray(np.dstack([src['rgba'], np.full((48, 48), 100, np.uint8)]), 'RGBA').save(d / 'rgba.png')
         Image.fromarray(np.dstack([smooth_noise(rng, 48, 48) for _ in range(3)])).convert(
-            'P', palette=Image.ADAPTIVE, colors=16).save(d / 'palette.png')
+            'P', palette=Image.ADAPTIVE, colors=16
+        ).save(d / 'palette.png')
         Image.fromarray(np.full((48, 48, 3), 77, np.uint8)).save(d / 'constant.png')
         src['wide'] = smooth_noise(rng, 1, 4096, sigma=(0, 8))
         src['tall'] = smooth_noise(rng, 4096, 1, sigma=(8, 0))
-        Image.fromarray(src['wide']).save(d / 'wide.png')       # 4096 wide, 1 high
-        Image.fromarray(src['tall']).save(d / 'tall.png')       # 1 wide, 4096 high
+        Image.fromarray(src['wide']).save(d / 'wide.png')  # 4096 wide, 1 high
+        Image.fromarray(src['tall']).save(d / 'tall.png')  # 1 wide, 4096 high
         self._cache.setdefault('odd_src', src)
         return d
 
@@ -496,6 +537,7 @@ class Data:
     @property
     def odd_task(self):
         """Class folders train/{a,b}, val/{a,b}: the odd files in class a (train and val), good images elsewhere."""
+
         def make():
             root = self.root / 'odd_task'
             for split in ('train', 'val'):
@@ -506,11 +548,13 @@ class Data:
                 for i in range(3):
                     Image.fromarray(smooth_noise(rng, 40, 40)).save(b / f'{i}.png')
             return root
+
         return self.once('odd_task', make)
 
     @property
     def task(self):
         """An easy two-class folder task: train/{dark,bright} x 4, val/{dark,bright} x 2, 40 px PNGs."""
+
         def make():
             root = self.root / 'task'
             rng = np.random.default_rng(3)
@@ -521,6 +565,7 @@ class Data:
                     for i in range(n):
                         Image.fromarray(rng.integers(lo, hi, (40, 40, 3), dtype=np.uint8)).save(folder / f'{i}.png')
             return root
+
         return self.once('task', make)
 
     # --- weights
@@ -528,11 +573,13 @@ class Data:
         def make():
             import torch
             import torchvision
+
             path = self.root / 'weights' / name
             path.parent.mkdir(exist_ok=True)
             torch.manual_seed(0)
             torch.save(torchvision.models.resnet18(num_classes=classes).state_dict(), path)
             return path
+
         return self.once(name, make)
 
     @property
@@ -549,31 +596,49 @@ class Data:
     @property
     def mnist(self):
         """(raw folder holding the four MNIST files, sources.json) for offline downloader runs."""
+
         def make():
             rng = np.random.default_rng(5)
             raw = self.root / 'mnist_raw'
             raw.mkdir()
             table = []
             for split, prefix, n in (('train', 'train', 12), ('val', 't10k', 10)):
-                files = {f'{prefix}-images-idx3-ubyte.gz': idx_gz(rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)),
-                         f'{prefix}-labels-idx1-ubyte.gz': idx_gz(np.arange(n, dtype=np.uint8) % 10)}
+                files = {
+                    f'{prefix}-images-idx3-ubyte.gz': idx_gz(rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)),
+                    f'{prefix}-labels-idx1-ubyte.gz': idx_gz(np.arange(n, dtype=np.uint8) % 10),
+                }
                 for name, blob in files.items():
                     (raw / name).write_bytes(blob)
                     table.append([closed_port_url('/mnist/' + name), name, hashlib.md5(blob).hexdigest()])
             sources = self.root / 'mnist_sources.json'
             sources.write_text(json.dumps({'MNIST': table}))
             return raw, sources
+
         return self.once('mnist', make)
 
     @property
     def mnist_ref(self):
         """An undisturbed downloader run (the reference for reruns)."""
+
         def make():
             raw, sources = self.mnist
             out = self.root / 'mnist_ref'
-            expect_ok(run('downloader', '-d', 'MNIST', '--sources', sources, '--raw_file_path', raw, '-o', out,
-                          '--no_progress'))
+            expect_ok(
+                run(
+                    'downloader',
+                    '-d',
+                    'MNIST',
+                    '--sources',
+                    sources,
+                    '--raw_file_path',
+                    raw,
+                    '-o',
+                    out,
+                    '--no_progress',
+                )
+            )
             return out
+
         return self.once('mnist_ref', make)
 
     def cached_run(self, key, make):
@@ -589,6 +654,7 @@ def data(tmp_path_factory):
 # the command of each script, writing into ``out`` (the baseline every generic fault modifies)
 # ====================================================================================================
 
+
 def base_argv(script, data, out):
     if script == 'random_image':
         return ['-o', out, '-n', 8, '-is', 48, '-nw', 1, '--preview', 0]
@@ -597,11 +663,9 @@ def base_argv(script, data, out):
     if script == 'pretraining':
         return ['-t', data.gen, '-pd', data.gen_ph, '-o', out, '-nc', PT_DIM, '-e', 1, '-b', 8, *TINY]
     if script == 'finetuning':
-        return ['-t', data.task / 'train', '-val', data.task / 'val', '-o', out, '-nc', 2, '-e', 1, '-b', 8,
-                *TINY]
+        return ['-t', data.task / 'train', '-val', data.task / 'val', '-o', out, '-nc', 2, '-e', 1, '-b', 8, *TINY]
     if script == 'evaluation':
-        return ['--evaluate', '-val', data.task / 'val', '-pw', data.finetuned, '-o', out, '-nc', 2, '-b', 8,
-                *TINY]
+        return ['--evaluate', '-val', data.task / 'val', '-pw', data.finetuned, '-o', out, '-nc', 2, '-b', 8, *TINY]
     if script == 'downloader':
         raw, sources = data.mnist
         return ['-d', 'MNIST', '--sources', sources, '--raw_file_path', raw, '-o', out, '--no_progress']
@@ -609,17 +673,23 @@ def base_argv(script, data, out):
 
 
 def base_inputs(script, data):
-    return {'random_image': [], 'PHdict': [data.gen], 'pretraining': [data.gen, data.gen_ph],
-            'finetuning': [data.task], 'evaluation': [data.task, data.finetuned],
-            'downloader': list(data.mnist)}[script]
+    return {
+        'random_image': [],
+        'PHdict': [data.gen],
+        'pretraining': [data.gen, data.gen_ph],
+        'finetuning': [data.task],
+        'evaluation': [data.task, data.finetuned],
+        'downloader': list(data.mnist),
+    }[script]
 
 
 # ====================================================================================================
 # the test
 # ====================================================================================================
 
+
 def pytest_generate_tests(metafunc):
-    if metafunc.function.__name__ == 'test_fault':   # after the whole module, so every row is registered
+    if metafunc.function.__name__ == 'test_fault':  # after the whole module, so every row is registered
         metafunc.parametrize('script,fault', _matrix_params())
 
 
@@ -648,8 +718,12 @@ def test_fault(script, fault, tmp_path, data, ledger):
 # input faults
 # ====================================================================================================
 
-@case(('PHdict', 'pretraining', 'finetuning', 'evaluation', 'downloader'), 'missing input dir',
-      'exit 2: names the missing folder/file; nothing created')
+
+@case(
+    ('PHdict', 'pretraining', 'finetuning', 'evaluation', 'downloader'),
+    'missing input dir',
+    'exit 2: names the missing folder/file; nothing created',
+)
 def _missing_input(ctx, script):
     out = ctx.tmp / 'out'
     missing = ctx.tmp / 'no_such_dir'
@@ -693,7 +767,7 @@ def _nothing_usable(ctx, script, non_images):
     if script == 'downloader':
         raw = ctx.tmp / 'raw'
         raw.mkdir()
-        if non_images:   # a text file where the archive should be: checksum refused, file kept as .bad
+        if non_images:  # a text file where the archive should be: checksum refused, file kept as .bad
             for name in ('train-images-idx3-ubyte.gz',):
                 (raw / name).write_text('not an archive\n')
         argv[argv.index('--raw_file_path') + 1] = raw
@@ -721,30 +795,45 @@ def _nothing_usable(ctx, script, non_images):
     assert not glob.glob(str(out / '**' / '*.*'), recursive=True)
 
 
-@case(('PHdict', 'pretraining', 'finetuning', 'evaluation', 'downloader'), 'empty dir',
-      {'PHdict': 'exit 2: no *.jpg files under DIR; set -it', 'pretraining': 'exit 2: no images under DIR (-t)',
-       'finetuning': 'exit 2: no class folder in DIR', 'evaluation': 'exit 2: no class folder in DIR',
-       'downloader': 'exit 2 (offline, empty raw dir): cannot download X; place it at --raw_file_path'})
+@case(
+    ('PHdict', 'pretraining', 'finetuning', 'evaluation', 'downloader'),
+    'empty dir',
+    {
+        'PHdict': 'exit 2: no *.jpg files under DIR; set -it',
+        'pretraining': 'exit 2: no images under DIR (-t)',
+        'finetuning': 'exit 2: no class folder in DIR',
+        'evaluation': 'exit 2: no class folder in DIR',
+        'downloader': 'exit 2 (offline, empty raw dir): cannot download X; place it at --raw_file_path',
+    },
+)
 def _empty_dir(ctx, script):
     _nothing_usable(ctx, script, non_images=False)
 
 
-@case(('PHdict', 'pretraining', 'finetuning', 'evaluation', 'downloader'), 'only non-images',
-      {'PHdict': 'exit 2: no *.jpg files under DIR', 'pretraining': 'exit 2: no images under DIR (-t)',
-       'finetuning': 'exit 2: no valid file in the class folders of DIR',
-       'evaluation': 'exit 2: no valid file in the class folders of DIR',
-       'downloader': 'exit 2: non-archive under the archive name: checksum refused, kept as .bad, not opened'})
+@case(
+    ('PHdict', 'pretraining', 'finetuning', 'evaluation', 'downloader'),
+    'only non-images',
+    {
+        'PHdict': 'exit 2: no *.jpg files under DIR',
+        'pretraining': 'exit 2: no images under DIR (-t)',
+        'finetuning': 'exit 2: no valid file in the class folders of DIR',
+        'evaluation': 'exit 2: no valid file in the class folders of DIR',
+        'downloader': 'exit 2: non-archive under the archive name: checksum refused, kept as .bad, not opened',
+    },
+)
 def _only_non_images(ctx, script):
     _nothing_usable(ctx, script, non_images=True)
 
 
 # --- the odd folder, run once per script and shared by the rows below
 
+
 def _ph_odd(data, ext, skip_bad=False):
     def make():
         out = data.root / f'ph_odd_{ext}{"_skip" if skip_bad else ""}'
         res = run('PHdict', data.odd, '-o', out, '-it', ext, '-nw', 1, '-ch', *(['--skip_bad'] if skip_bad else []))
         return res, out
+
     return data.cached_run(('ph_odd', ext, skip_bad), make)
 
 
@@ -756,6 +845,7 @@ def _pt_odd(data):
     def make():
         out = data.root / 'pt_odd'
         return run('pretraining', *_pt_odd_argv(data, out)), out
+
     return data.cached_run('pt_odd', make)
 
 
@@ -763,16 +853,32 @@ def _ft_odd(data):
     def make():
         out = data.root / 'ft_odd'
         t = data.odd_task
-        return run('finetuning', '-t', t / 'train', '-val', t / 'val', '-o', out, '-nc', 2, '-e', 1, '-b', 14,
-                   *TINY), out
+        return run(
+            'finetuning', '-t', t / 'train', '-val', t / 'val', '-o', out, '-nc', 2, '-e', 1, '-b', 14, *TINY
+        ), out
+
     return data.cached_run('ft_odd', make)
 
 
 def _ev_odd(data):
     def make():
         out = data.root / 'ev_odd'
-        return run('evaluation', '--evaluate', '-val', data.odd_task / 'val', '-pw', data.finetuned, '-o', out,
-                   '-nc', 2, '-b', 4, *TINY), out
+        return run(
+            'evaluation',
+            '--evaluate',
+            '-val',
+            data.odd_task / 'val',
+            '-pw',
+            data.finetuned,
+            '-o',
+            out,
+            '-nc',
+            2,
+            '-b',
+            4,
+            *TINY,
+        ), out
+
     return data.cached_run('ev_odd', make)
 
 
@@ -808,18 +914,28 @@ def _bad_file(ctx, script, name):
         shutil.copytree(raw, mine)
         target = mine / 't10k-images-idx3-ubyte.gz'
         blob = target.read_bytes()
-        blob = blob[:len(blob) // 2] if name == 'truncated.jpg' else b''
+        blob = blob[: len(blob) // 2] if name == 'truncated.jpg' else b''
         target.write_bytes(blob)
         table = json.loads(sources.read_text())
-        for entry in table['MNIST']:          # a source table whose checksum matches the damaged file
+        for entry in table['MNIST']:  # a source table whose checksum matches the damaged file
             if entry[1] == target.name:
                 entry[2] = hashlib.md5(blob).hexdigest()
         (ctx.tmp / 'sources.json').write_text(json.dumps(table))
         ctx.inputs(mine)
         out = ctx.tmp / 'out'
         ctx.outputs(out)
-        res = run('downloader', '-d', 'MNIST', '--sources', ctx.tmp / 'sources.json', '--raw_file_path', mine,
-                  '-o', out, '--no_progress')
+        res = run(
+            'downloader',
+            '-d',
+            'MNIST',
+            '--sources',
+            ctx.tmp / 'sources.json',
+            '--raw_file_path',
+            mine,
+            '-o',
+            out,
+            '--no_progress',
+        )
         expect_error(res, target, 'cannot read' if blob else 'not an IDX file')
         return
     res, out = _odd_run(ctx, script)
@@ -837,11 +953,13 @@ def _bad_file(ctx, script, name):
         assert np.isfinite(record['train_loss'])
 
 
-BAD_FILE_EXPECT = {'PHdict': 'exit 1: file named, others processed, no .npy for it; --skip_bad: exit 0',
-                   'pretraining': 'skip: warned by name, counted as skipped_bad in log.jsonl',
-                   'finetuning': 'skip: warned by name, counted as skipped_bad in log.jsonl',
-                   'evaluation': 'skip: warned by name, counted as val_skipped_bad in metrics.json',
-                   'downloader': 'exit 2: damaged archive whose checksum matches (--sources): named, no traceback'}
+BAD_FILE_EXPECT = {
+    'PHdict': 'exit 1: file named, others processed, no .npy for it; --skip_bad: exit 0',
+    'pretraining': 'skip: warned by name, counted as skipped_bad in log.jsonl',
+    'finetuning': 'skip: warned by name, counted as skipped_bad in log.jsonl',
+    'evaluation': 'skip: warned by name, counted as val_skipped_bad in metrics.json',
+    'downloader': 'exit 2: damaged archive whose checksum matches (--sources): named, no traceback',
+}
 
 
 @case(('PHdict', 'pretraining', 'finetuning', 'evaluation', 'downloader'), 'truncated JPEG', BAD_FILE_EXPECT)
@@ -854,8 +972,11 @@ def _zero_byte(ctx, script):
     _bad_file(ctx, script, 'zero.jpg')
 
 
-@case(('pretraining', 'finetuning'), 'bad image with --bad_images fail',
-      'exit 2: names the file and says --bad_images skip; no weights written')
+@case(
+    ('pretraining', 'finetuning'),
+    'bad image with --bad_images fail',
+    'exit 2: names the file and says --bad_images skip; no weights written',
+)
 def _bad_images_fail(ctx, script):
     d = ctx.data
     out = ctx.tmp / 'out'
@@ -875,8 +996,9 @@ def _bad_images_fail(ctx, script):
 
 def _expected_pt_label(data, image):
     import pretraining
-    from util.datasets import ComputedLabels
-    from util.vectorise import vectoriser_from_args
+    from util.ph.vectorise import vectoriser_from_args
+    from util.train.datasets import ComputedLabels
+
     args = pretraining.get_args_parser().parse_args([str(a) for a in _pt_odd_argv(data, 'unused')])
     return ComputedLabels(vectoriser_from_args(args, PT_DIM), args.filtration).from_image(image)
 
@@ -885,14 +1007,17 @@ def _odd_image_ok(ctx, script, name):
     """Rows for 16-bit, RGBA, palette, constant and 1 x 4096 images: converted and used, not skipped."""
     d = ctx.data
     src = d.odd_src
-    reference = {'sixteen.png': lambda: Image.fromarray(src['sixteen']).convert('RGB'),
-                 'rgba.png': lambda: Image.fromarray(src['rgba']),
-                 'palette.png': lambda: Image.open(d.odd / 'palette.png').convert('RGB'),
-                 'constant.png': lambda: Image.fromarray(np.full((48, 48, 3), 77, np.uint8)),
-                 'wide.png': lambda: Image.fromarray(src['wide']).convert('RGB'),
-                 'tall.png': lambda: Image.fromarray(src['tall']).convert('RGB')}[name]()
+    reference = {
+        'sixteen.png': lambda: Image.fromarray(src['sixteen']).convert('RGB'),
+        'rgba.png': lambda: Image.fromarray(src['rgba']),
+        'palette.png': lambda: Image.open(d.odd / 'palette.png').convert('RGB'),
+        'constant.png': lambda: Image.fromarray(np.full((48, 48, 3), 77, np.uint8)),
+        'wide.png': lambda: Image.fromarray(src['wide']).convert('RGB'),
+        'tall.png': lambda: Image.fromarray(src['tall']).convert('RGB'),
+    }[name]()
     if script == 'PHdict':
-        from util.ph import compute_ph
+        from util.ph.cubical import compute_ph
+
         ctx.inputs(d.odd)
         res, out = _ph_odd(d, 'png')
         ctx.outputs(out)
@@ -901,26 +1026,29 @@ def _odd_image_ok(ctx, script, name):
         dgm = np.load(out / name.replace('.png', '.npy'))
         assert dgm.ndim == 2 and dgm.shape[1] == 9 and len(dgm) >= 1 and not np.isnan(dgm).any()
         np.testing.assert_array_equal(dgm, compute_ph(reference))
-        if name == 'constant.png':   # one class, born at 0, never dies
+        if name == 'constant.png':  # one class, born at 0, never dies
             assert len(dgm) == 1 and dgm[0, 0] == 0 and dgm[0, 1] == 0
         if name in ('wide.png', 'tall.png'):
             # a 1-pixel-thick image has the homology of the same row doubled (a product with an interval)
             line = np.asarray(reference.convert('L'))
             doubled = compute_ph(np.concatenate([line, line], axis=0 if name == 'wide.png' else 1))
-            assert np.array_equal(dgm[:, :3], doubled[:, :3]), \
-                f"{name}: {len(dgm)} pairs, {int((dgm[:, 2] > 1e300).sum())} essential; the doubled line " \
+            assert np.array_equal(dgm[:, :3], doubled[:, :3]), (
+                f"{name}: {len(dgm)} pairs, {int((dgm[:, 2] > 1e300).sum())} essential; the doubled line "
                 f"has {len(doubled)} pairs, {int((doubled[:, 2] > 1e300).sum())} essential"
-            assert int((dgm[:, 2] > 1e300).sum()) == 1 and len(dgm) < 1000   # one component, few local minima
+            )
+            assert int((dgm[:, 2] > 1e300).sum()) == 1 and len(dgm) < 1000  # one component, few local minima
             assert (dgm[:, 3:5] <= [0, 4095] if name == 'wide.png' else dgm[:, 3:5] <= [4095, 0]).all()
         hist = np.load(out / name.replace('.png', 'hist.npy'))
         assert np.isfinite(hist).all()
         return
     import torch
+
     res, out = _odd_run(ctx, script)
     expect_ok(res)
     assert name not in res.err, res
     if script == 'pretraining':
         import pretraining
+
         args = pretraining.get_args_parser().parse_args([str(a) for a in _pt_odd_argv(d, ctx.tmp / 'x')])
         train, _ = pretraining.build_pretraining_sets(args)
         image, label = train[train.rel_paths.index(name)]
@@ -928,10 +1056,12 @@ def _odd_image_ok(ctx, script, name):
         np.testing.assert_allclose(label.numpy(), _expected_pt_label(d, reference), rtol=0, atol=0)
         assert torch.isfinite(label).all()
         return
-    from util.datasets import SafeImageFolder, finetune_transforms
     import finetuning
+    from util.train.datasets import SafeImageFolder, finetune_transforms
+
     args = finetuning.get_args_parser().parse_args([str(a) for a in TINY])
-    from util.settings import data_config
+    from util.cli.build import data_config
+
     tf = finetune_transforms(data_config(args).augment, train=False)
     folder = SafeImageFolder(d.odd_task / ('train' if script == 'finetuning' else 'val'), tf)
     index = [os.path.basename(p) for p, _ in folder.samples].index(name)
@@ -941,10 +1071,12 @@ def _odd_image_ok(ctx, script, name):
     torch.testing.assert_close(image, tf(reference), rtol=0, atol=0)
 
 
-ODD_EXPECT = {'PHdict': 'ok: converted like the 8-bit source; diagram and -ch histogram finite',
-              'pretraining': 'ok: trained on, label = PH of the converted image',
-              'finetuning': 'ok: trained on, tensor = that of the converted image',
-              'evaluation': 'ok: evaluated, tensor = that of the converted image'}
+ODD_EXPECT = {
+    'PHdict': 'ok: converted like the 8-bit source; diagram and -ch histogram finite',
+    'pretraining': 'ok: trained on, label = PH of the converted image',
+    'finetuning': 'ok: trained on, tensor = that of the converted image',
+    'evaluation': 'ok: evaluated, tensor = that of the converted image',
+}
 ODD_SCRIPTS = ('PHdict', 'pretraining', 'finetuning', 'evaluation')
 
 
@@ -982,13 +1114,17 @@ def _tall(ctx, script):
 # output faults (every script)
 # ====================================================================================================
 
+
 def _run_base(ctx, script, out, *extra, fsize=None):
     ctx.inputs(*base_inputs(script, ctx.data))
     return run(script, *base_argv(script, ctx.data, out), *extra, fsize=fsize)
 
 
-@case(SCRIPTS, 'read-only output (path below a file)',
-      'exit 2: cannot create the output folder (names it): Not a directory; nothing written')
+@case(
+    SCRIPTS,
+    'read-only output (path below a file)',
+    'exit 2: cannot create the output folder (names it): Not a directory; nothing written',
+)
 def _below_a_file(ctx, script):
     blocker = ctx.tmp / 'a_file'
     blocker.write_text('x\n')
@@ -997,8 +1133,11 @@ def _below_a_file(ctx, script):
     expect_error(_run_base(ctx, script, out), out, 'cannot create', 'Not a directory')
 
 
-@case(SCRIPTS, 'read-only output (read-only mount)',
-      'exit 2: cannot create/write to the output folder (names it): Read-only file system')
+@case(
+    SCRIPTS,
+    'read-only output (read-only mount)',
+    'exit 2: cannot create/write to the output folder (names it): Read-only file system',
+)
 def _read_only_mount(ctx, script):
     out = ctx.tmp / 'ro'
     if ctx.mount_tmpfs(out, '64k', ro=True):
@@ -1018,6 +1157,7 @@ def _read_only_mount(ctx, script):
 def _fake_earlier_runs(output):
     """Folders named like the run folders of this minute and the next, holding an earlier run's files."""
     import torch
+
     now = datetime.datetime.now()
     made = []
     for t in (now, now + datetime.timedelta(minutes=1)):
@@ -1030,22 +1170,29 @@ def _fake_earlier_runs(output):
     return made
 
 
-@case(SCRIPTS, 'output dir already holds a run',
-      {'random_image': 'ok: same settings -> everything skipped, bytes unchanged; other settings -> exit 2',
-       'PHdict': 'ok: same settings -> all skipped, bytes unchanged; other settings -> exit 2',
-       'pretraining': 'ok: a new dated run folder; the earlier runs untouched',
-       'finetuning': 'ok: a new dated run folder; the earlier runs untouched',
-       'evaluation': 'ok: a new dated run folder; the earlier runs untouched',
-       'downloader': 'ok: already complete -> nothing redone; a folder it did not write -> exit 2'})
+@case(
+    SCRIPTS,
+    'output dir already holds a run',
+    {
+        'random_image': 'ok: same settings -> everything skipped, bytes unchanged; other settings -> exit 2',
+        'PHdict': 'ok: same settings -> all skipped, bytes unchanged; other settings -> exit 2',
+        'pretraining': 'ok: a new dated run folder; the earlier runs untouched',
+        'finetuning': 'ok: a new dated run folder; the earlier runs untouched',
+        'evaluation': 'ok: a new dated run folder; the earlier runs untouched',
+        'downloader': 'ok: already complete -> nothing redone; a folder it did not write -> exit 2',
+    },
+)
 def _holds_a_run(ctx, script):
     out = ctx.tmp / 'out'
     ctx.outputs(out)
     if script in ('random_image', 'PHdict', 'downloader'):
         expect_ok(_run_base(ctx, script, out))
-        def data_mtimes():   # images and arrays are not rewritten (args.json is, with the same bytes)
+
+        def data_mtimes():  # images and arrays are not rewritten (args.json is, with the same bytes)
             return {p: os.stat(p).st_mtime_ns for p in files_under(out) if p.endswith(('.jpg', '.png', '.npy'))}
+
         before = data_mtimes()
-        ctx.inputs(out)              # nothing in it may change from now on
+        ctx.inputs(out)  # nothing in it may change from now on
         res = expect_ok(_run_base(ctx, script, out))
         assert data_mtimes() == before and before
         if script == 'random_image':
@@ -1060,8 +1207,12 @@ def _holds_a_run(ctx, script):
             (foreign / 'MNIST' / 'train' / 'mine').mkdir(parents=True)
             (foreign / 'MNIST' / 'train' / 'mine' / 'keep.png').write_bytes(b'not ours')
             ctx.inputs(foreign)
-            expect_error(_run_base(ctx, script, foreign), foreign / 'MNIST' / 'train', 'not written by this',
-                         'remove it or choose another --data_file_path')
+            expect_error(
+                _run_base(ctx, script, foreign),
+                foreign / 'MNIST' / 'train',
+                'not written by this',
+                'remove it or choose another --data_file_path',
+            )
         return
     earlier = _fake_earlier_runs(out)
     ctx.inputs(*earlier)
@@ -1069,22 +1220,32 @@ def _holds_a_run(ctx, script):
     new = os.path.basename(only_run_dir(out, exclude=earlier))
     stamp = new.rsplit('_', 1)[0] if new.count('_') == 3 else new
     assert re.fullmatch(r'\d{4}_\d{4}_\d{4}(_\d+)?', new), new
-    assert (stamp in map(os.path.basename, earlier)) == (new.count('_') == 3), new   # taken names get _2, ...
-    produced = {'pretraining': 'resnet18_epoch1.pth', 'finetuning': 'ft_resnet18_epoch1.pth',
-                'evaluation': 'metrics.json'}[script]
+    assert (stamp in map(os.path.basename, earlier)) == (new.count('_') == 3), new  # taken names get _2, ...
+    produced = {
+        'pretraining': 'resnet18_epoch1.pth',
+        'finetuning': 'ft_resnet18_epoch1.pth',
+        'evaluation': 'metrics.json',
+    }[script]
     assert os.path.exists(out / new / produced)
 
 
 DISK_FULL_EXPECT = {
     'random_image': 'exit 2: cannot write <image>: No space left on device; nothing half-written; after making '
-                    'room the rerun completes byte-identical to an undisturbed run',
+    'room the rerun completes byte-identical to an undisturbed run',
     'PHdict': 'exit 2: cannot write <diagram>.npy: No space left on device; the rerun completes byte-identical',
     'pretraining': 'exit 2: cannot write <run>/checkpoint.pth: No space left on device; no .pth half-written',
     'finetuning': 'exit 2: cannot write <run>/checkpoint.pth: No space left on device; no .pth half-written',
     'evaluation': 'exit 2: cannot write <run>/metrics.json: No space left on device',
-    'downloader': 'exit 2: cannot write <png>: No space left on device; the rerun redoes the split, identical'}
-TMPFS_SIZE = {'random_image': '12k', 'PHdict': '16k', 'pretraining': '1m', 'finetuning': '1m',
-              'evaluation': '8k', 'downloader': '16k'}
+    'downloader': 'exit 2: cannot write <png>: No space left on device; the rerun redoes the split, identical',
+}
+TMPFS_SIZE = {
+    'random_image': '12k',
+    'PHdict': '16k',
+    'pretraining': '1m',
+    'finetuning': '1m',
+    'evaluation': '8k',
+    'downloader': '16k',
+}
 
 
 def _compare_with_reference(ctx, script, out):
@@ -1136,15 +1297,30 @@ def _check_disk_error_line(script, line):
     assert not os.path.exists(written) or script == 'evaluation'
 
 
-FSIZE = {'random_image': 1024, 'PHdict': 1000, 'pretraining': 2 ** 20, 'finetuning': 2 ** 20, 'evaluation': 4096,
-         'downloader': 500}
+FSIZE = {
+    'random_image': 1024,
+    'PHdict': 1000,
+    'pretraining': 2**20,
+    'finetuning': 2**20,
+    'evaluation': 4096,
+    'downloader': 500,
+}
 
 
-@case(SCRIPTS, 'disk full (RLIMIT_FSIZE, EFBIG)',
-      dict(DISK_FULL_EXPECT, evaluation='ok: metrics.json/per_class.csv written; the confusion-matrix picture '
-                                        'that does not fit is skipped with a warning naming it',
-           **{k: v.replace('No space left on device', 'File too large') for k, v in DISK_FULL_EXPECT.items()
-              if k != 'evaluation'}))
+@case(
+    SCRIPTS,
+    'disk full (RLIMIT_FSIZE, EFBIG)',
+    dict(
+        DISK_FULL_EXPECT,
+        evaluation='ok: metrics.json/per_class.csv written; the confusion-matrix picture '
+        'that does not fit is skipped with a warning naming it',
+        **{
+            k: v.replace('No space left on device', 'File too large')
+            for k, v in DISK_FULL_EXPECT.items()
+            if k != 'evaluation'
+        },
+    ),
+)
 def _disk_full_fsize(ctx, script):
     out = ctx.tmp / 'out'
     ctx.outputs(out)
@@ -1165,9 +1341,11 @@ def _disk_full_fsize(ctx, script):
 # labels and diagrams
 # ====================================================================================================
 
+
 def _label_dir(ctx, data, matrix, name='labels_histogram', write_txt=True):
     """A -pd folder holding a consolidated label matrix for ``data.gen`` (rows in file order)."""
-    from util.fileio import list_images
+    from util.io.fileio import list_images
+
     d = ctx.tmp / 'labels'
     d.mkdir()
     np.save(d / f'{name}.npy', matrix)
@@ -1176,11 +1354,16 @@ def _label_dir(ctx, data, matrix, name='labels_histogram', write_txt=True):
     return d
 
 
-@case(('PHdict', 'pretraining', 'finetuning', 'evaluation'), 'label dimension mismatch',
-      {'PHdict': 'ok: an output folder with a label matrix of another --numof_dims is recomputed, not mixed',
-       'pretraining': 'exit 2: labels in FILE have dimension D but --numof_classes is N; pass --numof_classes D',
-       'finetuning': 'exit 2: -npc N but FILE has a head of M outputs; drop -npc',
-       'evaluation': 'exit 2: FILE has a head of M outputs but the folder has K classes: not fine-tuned weights'})
+@case(
+    ('PHdict', 'pretraining', 'finetuning', 'evaluation'),
+    'label dimension mismatch',
+    {
+        'PHdict': 'ok: an output folder with a label matrix of another --numof_dims is recomputed, not mixed',
+        'pretraining': 'exit 2: labels in FILE have dimension D but --numof_classes is N; pass --numof_classes D',
+        'finetuning': 'exit 2: -npc N but FILE has a head of M outputs; drop -npc',
+        'evaluation': 'exit 2: FILE has a head of M outputs but the folder has K classes: not fine-tuned weights',
+    },
+)
 def _label_dim(ctx, script):
     d = ctx.data
     out = ctx.tmp / 'out'
@@ -1188,8 +1371,22 @@ def _label_dim(ctx, script):
     if script == 'PHdict':
         ctx.inputs(d.gen)
         for dims in (20, 12):
-            expect_ok(run('PHdict', d.gen, '-o', out, '-it', 'jpg', '-nw', 1, '--label_type', 'histogram',
-                          '--numof_dims', dims))
+            expect_ok(
+                run(
+                    'PHdict',
+                    d.gen,
+                    '-o',
+                    out,
+                    '-it',
+                    'jpg',
+                    '-nw',
+                    1,
+                    '--label_type',
+                    'histogram',
+                    '--numof_dims',
+                    dims,
+                )
+            )
             matrix = np.load(out / 'labels_histogram.npy')
             assert matrix.shape == (16, dims)
             with open(out / 'labels_histogram.json') as f:
@@ -1212,11 +1409,16 @@ def _label_dim(ctx, script):
     assert not glob.glob(str(out / '*' / '*.pth'))
 
 
-@case(('PHdict', 'pretraining'), 'NaN/inf in a label file',
-      {'PHdict': 'exit 1: a saved diagram holding NaN is named as a bad input (an infinite death is a valid '
-                 'essential class and is kept)',
-       'pretraining': 'exit 2: label matrix with NaN or inf rows -> non-finite values in N rows (first: NAME); '
-                      'diagram with NaN -> FILE contains NaN; delete it and rerun PHdict.py'})
+@case(
+    ('PHdict', 'pretraining'),
+    'NaN/inf in a label file',
+    {
+        'PHdict': 'exit 1: a saved diagram holding NaN is named as a bad input (an infinite death is a valid '
+        'essential class and is kept)',
+        'pretraining': 'exit 2: label matrix with NaN or inf rows -> non-finite values in N rows (first: NAME); '
+        'diagram with NaN -> FILE contains NaN; delete it and rerun PHdict.py',
+    },
+)
 def _nan_labels(ctx, script):
     d = ctx.data
     out = ctx.tmp / 'out'
@@ -1246,8 +1448,9 @@ def _nan_labels(ctx, script):
         matrix[5, 3] = bad
         labels = _label_dir(ctx, d, matrix)
         argv = ['-t', d.gen, '-pd', labels, '-pc', '-o', out, '-nc', PT_DIM, '-e', 1, '-b', 8, *TINY]
-        expect_error(run(script, *argv), labels / 'labels_histogram.npy', 'non-finite values in 1 rows',
-                     'v00000005.jpg')
+        expect_error(
+            run(script, *argv), labels / 'labels_histogram.npy', 'non-finite values in 1 rows', 'v00000005.jpg'
+        )
         shutil.rmtree(labels)
     ph = ctx.tmp / 'ph_nan'
     shutil.copytree(d.gen_ph, ph)
@@ -1259,9 +1462,12 @@ def _nan_labels(ctx, script):
     assert not glob.glob(str(out / '*' / '*.pth'))
 
 
-@case('pretraining', 'missing diagram file',
-      'exit 2: N of M images have no diagram in DIR (first: NAME); run PHdict.py -- before any training; '
-      'a missing labels_TYPE.txt: no labels_TYPE.npy/.txt in DIR; run PHdict.py ... --label_type TYPE')
+@case(
+    'pretraining',
+    'missing diagram file',
+    'exit 2: N of M images have no diagram in DIR (first: NAME); run PHdict.py -- before any training; '
+    'a missing labels_TYPE.txt: no labels_TYPE.npy/.txt in DIR; run PHdict.py ... --label_type TYPE',
+)
 def _missing_diagram(ctx, script):
     d = ctx.data
     out = ctx.tmp / 'out'
@@ -1281,9 +1487,12 @@ def _missing_diagram(ctx, script):
 # SIGKILL in the middle of each long stage, then a rerun
 # ====================================================================================================
 
-@case('random_image', 'SIGKILL mid-run, rerun',
-      'only complete images under final names; the rerun skips them and ends byte-identical to an '
-      'uninterrupted run')
+
+@case(
+    'random_image',
+    'SIGKILL mid-run, rerun',
+    'only complete images under final names; the rerun skips them and ends byte-identical to an uninterrupted run',
+)
 def _kill_generation(ctx, script):
     ref, killed = ctx.tmp / 'ref', ctx.tmp / 'killed'
     argv = ['-n', 96, '-is', 48, '-nw', 1, '--preview', 0]
@@ -1298,12 +1507,15 @@ def _kill_generation(ctx, script):
     res = expect_ok(run(script, '-o', killed, *argv))
     assert f'skipped {done} already present' in res.out, res
     assert tree_digests(killed, only='.jpg') == tree_digests(ref, only='.jpg')
-    assert len(tree_digests(ref, only='.jpg')) == 96 and not temp_files(killed)   # its own temp files removed
+    assert len(tree_digests(ref, only='.jpg')) == 96 and not temp_files(killed)  # its own temp files removed
 
 
-@case('PHdict', 'SIGKILL mid-run, rerun',
-      'only complete .npy under final names; the rerun computes the rest; diagrams and label matrix '
-      'byte-identical to an uninterrupted run')
+@case(
+    'PHdict',
+    'SIGKILL mid-run, rerun',
+    'only complete .npy under final names; the rerun computes the rest; diagrams and label matrix '
+    'byte-identical to an uninterrupted run',
+)
 def _kill_ph(ctx, script):
     d = ctx.data
     ctx.inputs(d.gen64)
@@ -1322,7 +1534,7 @@ def _kill_ph(ctx, script):
         try:
             recorded.add(json.loads(line)['output'])
         except ValueError:
-            pass                                   # the line the kill tore
+            pass  # the line the kill tore
     done = len(present & recorded)
     assert len(present) - done <= 1, (sorted(present - recorded), len(present))
     res = expect_ok(run(script, d.gen64, '-o', killed, *d.PH64_ARGS))
@@ -1334,6 +1546,7 @@ def _kill_ph(ctx, script):
 def _same_tensors(a, b, where=''):
     """Nested dicts/lists of tensors and numbers equal element for element (tensors bit for bit)."""
     import torch
+
     if isinstance(a, dict):
         assert isinstance(b, dict) and a.keys() == b.keys(), where
         for k in a:
@@ -1351,6 +1564,7 @@ def _same_tensors(a, b, where=''):
 def _same_weights(a, b, keys=None):
     """The weights files (or the ``keys`` entries of the checkpoints) ``a`` and ``b`` hold equal tensors."""
     import torch
+
     sa = torch.load(a, map_location='cpu', weights_only=True)
     sb = torch.load(b, map_location='cpu', weights_only=True)
     if keys:
@@ -1358,11 +1572,15 @@ def _same_weights(a, b, keys=None):
     _same_tensors(sa, sb)
 
 
-@case('pretraining', 'SIGKILL mid-run, --resume',
-      'checkpoint.pth under its final name always loads; --resume RUN_DIR finishes with weights equal tensor '
-      'by tensor (and the same per-epoch losses) to an uninterrupted run')
+@case(
+    'pretraining',
+    'SIGKILL mid-run, --resume',
+    'checkpoint.pth under its final name always loads; --resume RUN_DIR finishes with weights equal tensor '
+    'by tensor (and the same per-epoch losses) to an uninterrupted run',
+)
 def _kill_training(ctx, script):
     import torch
+
     d = ctx.data
     ctx.inputs(d.gen, d.gen_ph)
     common = ['-t', d.gen, '-pd', d.gen_ph, '-nc', PT_DIM, '-e', 2, '-b', 8, '-si', 1, *TINY]
@@ -1370,20 +1588,24 @@ def _kill_training(ctx, script):
     ctx.outputs(ref_out, out)
     p_ref = popen(script, '-o', ref_out, *common)
     p = popen(script, '-o', out, *common)
-    assert kill_when(p, lambda: glob.glob(str(out / '*' / 'checkpoint.pth')), timeout=400), \
+    assert kill_when(p, lambda: glob.glob(str(out / '*' / 'checkpoint.pth')), timeout=400), (
         "the run ended before it could be killed"
+    )
     ref_res = p_ref.communicate(timeout=400)
     assert p_ref.returncode == 0, ref_res[1][-3000:]
     run_dir = only_run_dir(out)
     assert not half_written(run_dir)
     epoch = torch.load(os.path.join(run_dir, 'checkpoint.pth'), weights_only=True)['epoch']
-    assert epoch == 1           # killed after the first epoch's checkpoint, before the end of the second
+    assert epoch == 1  # killed after the first epoch's checkpoint, before the end of the second
     assert not os.path.exists(os.path.join(run_dir, 'resnet18_epoch2.pth'))
     expect_ok(run(script, *common, '--resume', run_dir))
     ref_dir = only_run_dir(ref_out)
     _same_weights(os.path.join(run_dir, 'resnet18_epoch2.pth'), os.path.join(ref_dir, 'resnet18_epoch2.pth'))
-    _same_weights(os.path.join(run_dir, 'checkpoint.pth'), os.path.join(ref_dir, 'checkpoint.pth'),
-                  keys=('model', 'optimizer', 'lr_scheduler', 'epoch', 'rng'))
+    _same_weights(
+        os.path.join(run_dir, 'checkpoint.pth'),
+        os.path.join(ref_dir, 'checkpoint.pth'),
+        keys=('model', 'optimizer', 'lr_scheduler', 'epoch', 'rng'),
+    )
     log, ref_log = read_log(run_dir), read_log(ref_dir)
     assert [r['epoch'] for r in log] == [1, 2]
     assert [r['train_loss'] for r in log] == [r['train_loss'] for r in ref_log]
@@ -1392,6 +1614,7 @@ def _kill_training(ctx, script):
 # ====================================================================================================
 # security
 # ====================================================================================================
+
 
 class _Payload:
     """Pickles as a call of ``open(marker, 'w')``: loading it with a full unpickler creates ``marker``."""
@@ -1405,6 +1628,7 @@ class _Payload:
 
 def _payload_row(ctx, script, flag):
     import torch
+
     d = ctx.data
     out = ctx.tmp / 'out'
     marker = ctx.tmp / 'PAYLOAD_RAN'
@@ -1414,13 +1638,23 @@ def _payload_row(ctx, script, flag):
     torch.load(live, weights_only=False)
     assert (ctx.tmp / 'live_marker').exists()
     evil = ctx.tmp / ('evil_checkpoint.pth' if flag == '--resume' else 'evil_weights.pth')
-    torch.save({'model': {'conv1.weight': torch.zeros(1)}, 'optimizer': {}, 'lr_scheduler': {}, 'epoch': 1,
-                'arch': 'resnet18', 'payload': _Payload(marker)} if flag == '--resume'
-               else {'conv1.weight': torch.zeros(1), 'fc.weight': _Payload(marker)},
-               evil, _use_new_zipfile_serialization=flag != '--resume')   # the legacy format too
+    torch.save(
+        {
+            'model': {'conv1.weight': torch.zeros(1)},
+            'optimizer': {},
+            'lr_scheduler': {},
+            'epoch': 1,
+            'arch': 'resnet18',
+            'payload': _Payload(marker),
+        }
+        if flag == '--resume'
+        else {'conv1.weight': torch.zeros(1), 'fc.weight': _Payload(marker)},
+        evil,
+        _use_new_zipfile_serialization=flag != '--resume',
+    )  # the legacy format too
     ctx.inputs(evil)
     argv = base_argv(script, d, out)
-    if flag in argv:          # evaluation: -pw is part of its command
+    if flag in argv:  # evaluation: -pw is part of its command
         argv[argv.index(flag) + 1] = evil
     else:
         argv += [flag, evil]
@@ -1430,15 +1664,21 @@ def _payload_row(ctx, script, flag):
     assert not glob.glob(str(out / '*' / '*.pth'))
 
 
-@case(('pretraining', 'finetuning', 'evaluation'), 'pickle payload as -pw weights',
-      'exit 2: refusing to load weights file FILE: it contains a pickled Python object (builtins.open); '
-      'the payload never runs (weights_only=True)')
+@case(
+    ('pretraining', 'finetuning', 'evaluation'),
+    'pickle payload as -pw weights',
+    'exit 2: refusing to load weights file FILE: it contains a pickled Python object (builtins.open); '
+    'the payload never runs (weights_only=True)',
+)
 def _payload_pw(ctx, script):
     _payload_row(ctx, script, '-pw')
 
 
-@case(('pretraining', 'finetuning'), 'pickle payload as --resume checkpoint',
-      'exit 2: cannot load checkpoint FILE safely: ...; the payload never runs (weights_only=True)')
+@case(
+    ('pretraining', 'finetuning'),
+    'pickle payload as --resume checkpoint',
+    'exit 2: cannot load checkpoint FILE safely: ...; the payload never runs (weights_only=True)',
+)
 def _payload_resume(ctx, script):
     _payload_row(ctx, script, '--resume')
 
@@ -1456,8 +1696,7 @@ def _evil_archive(path, fmt, kind, outside):
                 tf.addfile(info, io.BytesIO(b'evil'))
             else:
                 info = tarfile.TarInfo('top/evil')
-                info.type = {'symlink': tarfile.SYMTYPE, 'hardlink': tarfile.LNKTYPE,
-                             'device': tarfile.CHRTYPE}[kind]
+                info.type = {'symlink': tarfile.SYMTYPE, 'hardlink': tarfile.LNKTYPE, 'device': tarfile.CHRTYPE}[kind]
                 info.linkname = target if kind != 'device' else ''
                 tf.addfile(info)
     else:
@@ -1469,17 +1708,27 @@ def _evil_archive(path, fmt, kind, outside):
                 info.external_attr = (stat.S_IFLNK | 0o777) << 16
                 zf.writestr(info, target)
             else:
-                zf.writestr(zipfile.ZipInfo('top/../../escaped.txt' if kind == 'dotdot'
-                                            else str(outside / 'abs.txt')), b'evil')
+                zf.writestr(
+                    zipfile.ZipInfo('top/../../escaped.txt' if kind == 'dotdot' else str(outside / 'abs.txt')), b'evil'
+                )
 
 
-ARCHIVE_ROWS = [('tar', 'dotdot'), ('tar', 'absolute'), ('tar', 'symlink'), ('tar', 'hardlink'), ('tar', 'device'),
-                ('zip', 'dotdot'), ('zip', 'absolute'), ('zip', 'symlink')]
+ARCHIVE_ROWS = [
+    ('tar', 'dotdot'),
+    ('tar', 'absolute'),
+    ('tar', 'symlink'),
+    ('tar', 'hardlink'),
+    ('tar', 'device'),
+    ('zip', 'dotdot'),
+    ('zip', 'absolute'),
+    ('zip', 'symlink'),
+]
 
 
 def _archive_row(ctx, script, fmt, kind):
-    from util import download
     from util.errors import UserError
+    from util.io import download
+
     outside = ctx.tmp / 'outside'
     outside.mkdir()
     (outside / 'target.txt').write_text('secret')
@@ -1491,14 +1740,16 @@ def _archive_row(ctx, script, fmt, kind):
     with pytest.raises(UserError) as err:
         download.safe_extract(str(archive), str(raw / 'evil'), progress=False)
     assert str(err.value).startswith(f'refusing {archive}: member ') and '\n' not in str(err.value)
-    assert sorted(os.listdir(raw)) == [archive.name]           # nothing unpacked, not even a temp folder
+    assert sorted(os.listdir(raw)) == [archive.name]  # nothing unpacked, not even a temp folder
     assert sorted(os.listdir(outside)) == ['target.txt'] and not (ctx.tmp / 'escaped.txt').exists()
 
 
 for _fmt, _kind in ARCHIVE_ROWS:
-    case('downloader', f'archive member: {_kind} ({_fmt})',
-         'refused before anything is written: UserError "refusing ARCHIVE: member NAME ..."; nothing outside '
-         'touched')(functools.partial(_archive_row, fmt=_fmt, kind=_kind))
+    case(
+        'downloader',
+        f'archive member: {_kind} ({_fmt})',
+        'refused before anything is written: UserError "refusing ARCHIVE: member NAME ..."; nothing outside touched',
+    )(functools.partial(_archive_row, fmt=_fmt, kind=_kind))
 
 
 def _python_files(include_tests):
@@ -1533,6 +1784,7 @@ def _calls(tree):
             if isinstance(child, ast.Call):
                 out.append((name_of(child.func) or '', child, func))
             visit(child, f)
+
     visit(tree, '<module>')
     return out
 
@@ -1544,9 +1796,12 @@ def _kw(call, name):
     return None
 
 
-@case('repo', 'torch.load without weights_only=True',
-      'none: every torch.load / torch.hub.load_state_dict_from_url call passes weights_only=True (tests may pass '
-      'an explicit weights_only=False only to prove that a payload file is live)')
+@case(
+    'repo',
+    'torch.load without weights_only=True',
+    'none: every torch.load / torch.hub.load_state_dict_from_url call passes weights_only=True (tests may pass '
+    'an explicit weights_only=False only to prove that a payload file is live)',
+)
 def _grep_torch_load(ctx, script):
     found, bad = 0, []
     for rel, tree in _python_files(include_tests=True):
@@ -1554,30 +1809,49 @@ def _grep_torch_load(ctx, script):
             if name == 'torch.load' or name.endswith('load_state_dict_from_url'):
                 found += 1
                 v = _kw(call, 'weights_only')
-                ok = isinstance(v, ast.Constant) and (v.value is True or (
-                    v.value is False and rel.startswith('tests/')))   # a test proving a payload is live
+                ok = isinstance(v, ast.Constant) and (
+                    v.value is True or (v.value is False and rel.startswith('tests/'))
+                )  # a test proving a payload is live
                 if not ok:
                     bad.append(f'{rel}:{call.lineno} {name}')
     assert found >= 3, found
     assert not bad, bad
 
 
-ALLOWED_UNPICKLERS = {('util/download.py', 'restricted_loads', 'RestrictedUnpickler')}
+ALLOWED_UNPICKLERS = {('util/io/download.py', 'restricted_loads', 'RestrictedUnpickler')}
 # (file, function, call): pickle use on the program's own in-memory objects, never on a file
-ALLOWED_PICKLE = {('bench/ph_bench.py', 'profile_stages', 'pickle.loads'):
-                  'times pickle.loads(pickle.dumps(diagram)) of its own array (the cost of a pool transfer)'}
+ALLOWED_PICKLE = {
+    (
+        'bench/ph_bench.py',
+        'profile_stages',
+        'pickle.loads',
+    ): 'times pickle.loads(pickle.dumps(diagram)) of its own array (the cost of a pool transfer)'
+}
 
 
-@case('repo', 'unpickling of unverified downloads',
-      'none: no pickle.load(s)/Unpickler, np.load(allow_pickle=True), torch.load(weights_only=False) outside '
-      'the restricted CIFAR unpickler (util/download.py)')
+@case(
+    'repo',
+    'unpickling of unverified downloads',
+    'none: no pickle.load(s)/Unpickler, np.load(allow_pickle=True), torch.load(weights_only=False) outside '
+    'the restricted CIFAR unpickler (util/io/download.py)',
+)
 def _grep_pickle(ctx, script):
     bad = []
     for rel, tree in _python_files(include_tests=False):
         for name, call, func in _calls(tree):
             short = name.split('.')[-1]
-            if name in ('pickle.load', 'pickle.loads', 'pickle.Unpickler', 'cPickle.load', 'dill.load',
-                        'joblib.load', 'marshal.load', 'marshal.loads', 'shelve.open', 'yaml.load'):
+            if name in (
+                'pickle.load',
+                'pickle.loads',
+                'pickle.Unpickler',
+                'cPickle.load',
+                'dill.load',
+                'joblib.load',
+                'marshal.load',
+                'marshal.loads',
+                'shelve.open',
+                'yaml.load',
+            ):
                 if (rel, func, name) not in ALLOWED_PICKLE:
                     bad.append(f'{rel}:{call.lineno} {name}')
             elif short == 'RestrictedUnpickler' and (rel, func, short) not in ALLOWED_UNPICKLERS:
@@ -1586,61 +1860,100 @@ def _grep_pickle(ctx, script):
                 v = _kw(call, 'allow_pickle')
                 if v is not None and not (isinstance(v, ast.Constant) and v.value is False):
                     bad.append(f'{rel}:{call.lineno} {name}(allow_pickle=...)')
-            elif name == 'torch.load' and not (isinstance(_kw(call, 'weights_only'), ast.Constant)
-                                               and _kw(call, 'weights_only').value is True):
+            elif name == 'torch.load' and not (
+                isinstance(_kw(call, 'weights_only'), ast.Constant) and _kw(call, 'weights_only').value is True
+            ):
                 bad.append(f'{rel}:{call.lineno} {name}')
-        for node in ast.walk(tree):   # a class deriving from pickle.Unpickler must be the restricted one
+        for node in ast.walk(tree):  # a class deriving from pickle.Unpickler must be the restricted one
             if isinstance(node, ast.ClassDef) and any('Unpickler' in ast.unparse(b) for b in node.bases):
-                if (rel, node.name) != ('util/download.py', 'RestrictedUnpickler'):
+                if (rel, node.name) != ('util/io/download.py', 'RestrictedUnpickler'):
                     bad.append(f'{rel}:{node.lineno} class {node.name}')
     assert not bad, bad
 
 
-@case('repo', 'eval/exec of user input',
-      'none: no eval, exec, compile, __import__, os.system/popen or shell=True in non-test code')
+@case(
+    'repo',
+    'eval/exec of user input',
+    'none: no eval, exec, compile, __import__, os.system/popen or shell=True in non-test code',
+)
 def _grep_eval(ctx, script):
     bad = []
     for rel, tree in _python_files(include_tests=False):
         for name, call, func in _calls(tree):
-            if name in ('eval', 'exec', 'compile', '__import__', 'os.system', 'os.popen', 'builtins.eval',
-                        'builtins.exec'):
+            if name in (
+                'eval',
+                'exec',
+                'compile',
+                '__import__',
+                'os.system',
+                'os.popen',
+                'builtins.eval',
+                'builtins.exec',
+            ):
                 bad.append(f'{rel}:{call.lineno} {name}')
             shell = _kw(call, 'shell')
-            if name.startswith('subprocess.') and shell is not None and not (
-                    isinstance(shell, ast.Constant) and shell.value is False):
+            if (
+                name.startswith('subprocess.')
+                and shell is not None
+                and not (isinstance(shell, ast.Constant) and shell.value is False)
+            ):
                 bad.append(f'{rel}:{call.lineno} {name}(shell=...)')
     assert not bad, bad
 
 
 # Every deletion in non-test code, with why it only removes what the program itself created.
 ALLOWED_DELETIONS = {
-    ('util/fileio.py', 'atomic_open', 'os.unlink'): 'its own temporary file, when the write failed',
-    ('util/fileio.py', 'ensure_dir', 'os.unlink'): 'the probe file it has just created to test writability',
-    ('util/random_image.py', '_remove_stale_temps', 'os.unlink'):
-        'temp files <prefix>NNNNNNNN.<fmt>.tmp-* that a killed run of this script left',
-    ('util/download.py', 'safe_extract', 'shutil.rmtree'):
-        'its own temporary unpacking folder <dest>.tmp-<pid>-<id> (also one left by an interrupted unpack)',
-    ('util/download.py', '_begin_split', 'shutil.rmtree'):
-        'a split folder of an interrupted run of its own (only with its .<split>.partial marker; a folder '
-        'without markers is refused)',
-    ('util/download.py', '_finish_split', 'os.unlink'): 'its own .<split>.partial marker',
+    ('util/io/fileio.py', 'atomic_open', 'os.unlink'): 'its own temporary file, when the write failed',
+    ('util/io/fileio.py', 'ensure_dir', 'os.unlink'): 'the probe file it has just created to test writability',
+    (
+        'util/ph/generator.py',
+        'remove_stale_temps',
+        'os.unlink',
+    ): 'temp files <prefix>NNNNNNNN.<fmt>.tmp-* that a killed run of this script left',
+    (
+        'util/io/download.py',
+        'safe_extract',
+        'shutil.rmtree',
+    ): 'its own temporary unpacking folder <dest>.tmp-<pid>-<id> (also one left by an interrupted unpack)',
+    (
+        'util/io/download.py',
+        '_begin_split',
+        'shutil.rmtree',
+    ): 'a split folder of an interrupted run of its own (only with its .<split>.partial marker; a folder '
+    'without markers is refused)',
+    ('util/io/download.py', '_finish_split', 'os.unlink'): 'its own .<split>.partial marker',
     ('bench/generator_bench.py', 'run', 'shutil.rmtree'): 'folders it made in its own temporary folder',
     ('bench/ph_bench.py', 'run', 'shutil.rmtree'): 'folders it made in its own temporary folder',
-    ('bench/ph_engine_bench.py', 'bench_phdict', 'shutil.rmtree'):
-        'its own tempfile.mkdtemp folder and the output folders PHdict wrote in it',
+    (
+        'bench/ph_engine_bench.py',
+        'bench_phdict',
+        'shutil.rmtree',
+    ): 'its own tempfile.mkdtemp folder and the output folders PHdict wrote in it',
     ('bench/gpu_bench.py', 'main', 'shutil.rmtree'): 'its own tempfile.mkdtemp folder',
-    ('bench/transfer.py', 'training_run', 'shutil.rmtree'):
-        'an unfinished run folder of its own work folder (no done file: left by a killed earlier call)',
-    ('bench/transfer.py', 'make_split', 'shutil.rmtree'):
-        'an unfinished split folder of its own work folder (no export.json/split.json: a killed earlier call)',
-    ('bench/transfer.py', '_cap_test', 'os.remove'):
-        'test images beyond the cap in the split folder it has just exported into its own work folder',
+    (
+        'bench/transfer.py',
+        'training_run',
+        'shutil.rmtree',
+    ): 'an unfinished run folder of its own work folder (no done file: left by a killed earlier call)',
+    (
+        'bench/transfer.py',
+        'make_split',
+        'shutil.rmtree',
+    ): 'an unfinished split folder of its own work folder (no export.json/split.json: a killed earlier call)',
+    (
+        'bench/transfer.py',
+        '_cap_test',
+        'os.remove',
+    ): 'test images beyond the cap in the split folder it has just exported into its own work folder',
 }
 DELETERS = ('shutil.rmtree', 'os.rmdir', 'os.removedirs', 'os.remove', 'os.unlink')
 
 
-@case('repo', 'deletes what it did not create',
-      'none: every rmtree/rmdir/remove/unlink in non-test code is in ALLOWED_DELETIONS with its justification')
+@case(
+    'repo',
+    'deletes what it did not create',
+    'none: every rmtree/rmdir/remove/unlink in non-test code is in ALLOWED_DELETIONS with its justification',
+)
 def _grep_deletions(ctx, script):
     found, bad = set(), []
     for rel, tree in _python_files(include_tests=False):
@@ -1658,6 +1971,7 @@ def _grep_deletions(ctx, script):
 # concurrency
 # ====================================================================================================
 
+
 def _compare_ph64(out, ref):
     assert tree_digests(out, only='.npy', skip_tmp=True).keys() >= tree_digests(ref, only='.npy').keys()
     for rel, h in tree_digests(ref, only='.npy').items():
@@ -1671,8 +1985,11 @@ def _compare_ph64(out, ref):
     assert len(names) == 64 == len(set(names))
 
 
-@case('PHdict', 'two processes, shards 0/2 and 1/2 at once',
-      'both exit 0; every image exactly once; diagrams and merged label matrix byte-identical to one process')
+@case(
+    'PHdict',
+    'two processes, shards 0/2 and 1/2 at once',
+    'both exit 0; every image exactly once; diagrams and merged label matrix byte-identical to one process',
+)
 def _concurrent_shards(ctx, script):
     d = ctx.data
     ctx.inputs(d.gen64)
@@ -1688,8 +2005,11 @@ def _concurrent_shards(ctx, script):
     _compare_ph64(out, ref)
 
 
-@case('PHdict', 'two processes on the same shard at once',
-      'both exit 0; no file corrupted; outputs byte-identical to one process')
+@case(
+    'PHdict',
+    'two processes on the same shard at once',
+    'both exit 0; no file corrupted; outputs byte-identical to one process',
+)
 def _concurrent_same(ctx, script):
     d = ctx.data
     ctx.inputs(d.gen64)
@@ -1711,54 +2031,184 @@ def _concurrent_same(ctx, script):
 # version's is kept (-pc alone, -p, -n) and the other is checked separately below; -lrf/-lrp, whose two
 # versions swapped them, are refused (no entry here can be a field: the loop then expects a refusal).
 _ORIG_TRAINING = {
-    '-o': 'output', '-is': 'img_size', '-j': 'num_workers', '-t': 'train', '-val': 'val', '-t2': 'ph_train',
-    '-v2': 'ph_val', '-pd': 'path2PHdir', '-pw': 'path2weight', '-c': 'cache_dir', '--cachedir': 'cache_dir',
-    '-sf': 'suffix', '--suffix': 'suffix', '--resume': 'resume', '-ar': 'alpha_range', '-br': 'beta_range',
-    '-n': 'n_samples', '-nv': 'n_samples_val', '-pb': 'prob_binary', '--prob_colour': 'prob_colour',
-    '-ml': 'max_life', '-maxb': 'max_birth', '-minb': 'min_birth', '--max_birth': 'max_birth',
-    '--min_birth': 'min_birth', '-aff': 'affine', '-bd': 'bandwidth', '--bandwidth': 'bandwidth',
-    '-ps': 'sigma', '--persImg_sigma': 'sigma', '-pp': 'persImg_power', '--persImg_power': 'persImg_power',
-    '-pn': 'power', '--persImg_weight': 'power', '--num_landscapes': 'num_landscapes', '-lt': 'label_type',
-    '--label_type': 'label_type', '--label_type_pt': 'label_type', '-pat': 'persistence',
-    '--persistence_after_transform': 'persistence', '-f': 'filtration',
-    '--filtration': 'filtration', '-g': 'gradient', '-u': 'usenet', '-nd': 'ph_dims', '--numof_dims_pt': 'ph_dims',
-    '-lrf': 'refused', '-lrp': 'refused', '-lrd': 'lr_drop', '--lr_drop': 'lr_drop', '-m': 'momentum',
-    '--momentum': 'momentum', '-wd': 'weight_decay', '-op': 'optimizer', '-fe': 'freeze_encoder',
-    '-lm': 'learning_mode', '--dist-url': 'dist_url', '--dist-backend': 'pidf', '-p': 'pidf', '-ws': 'world_size',
-    '-e': 'epochs', '--start_epoch': 'start_epoch', '--start-epoch': 'start_epoch', '-b': 'batch_size',
-    '-is2': 'img_size_pt', '--img_size_pt': 'img_size_pt', '-cs': 'crop_size', '--crop_size': 'crop_size',
-    '--img_size': 'img_size', '-cp': 'crop_padding', '-rs': 'random_scale', '-rr': 'random_rotation',
-    '-ra': 'aug_plus', '--aug-plus': 'aug_plus', '--save_interval': 'save_interval', '-si': 'save_interval',
-    '--save-interval': 'save_interval', '--log_interval': 'log_interval', '--log-interval': 'log_interval',
-    '-s': 'seed', '--seed': 'seed', '-oti': 'output_training_images', '-nc': 'numof_classes',
-    '-nc2': 'ph_dims', '--numof_classes2': 'ph_dims', '--numof_classes_pt': 'ph_dims',
-    '-npc': 'numof_pretrained_classes', '--numof_fclayer': 'numof_fclayer', '-pc': 'precomputed',
-    '-ph': 'persistence', '-dt': 'filtration', '--distance_transform': 'filtration', '-gr': 'greyscale',
-    '--greyscale': 'greyscale', '--train2': 'ph_train', '--val2': 'ph_val', '-val2': 'ph_val',
-    '--train_pt': 'ph_train', '--val_pt': 'ph_val', '--num_bins': 'num_bins', '--usenet': 'usenet',
+    '-o': 'output',
+    '-is': 'img_size',
+    '-j': 'num_workers',
+    '-t': 'train',
+    '-val': 'val',
+    '-t2': 'ph_train',
+    '-v2': 'ph_val',
+    '-pd': 'path2PHdir',
+    '-pw': 'path2weight',
+    '-c': 'cache_dir',
+    '--cachedir': 'cache_dir',
+    '-sf': 'suffix',
+    '--suffix': 'suffix',
+    '--resume': 'resume',
+    '-ar': 'alpha_range',
+    '-br': 'beta_range',
+    '-n': 'n_samples',
+    '-nv': 'n_samples_val',
+    '-pb': 'prob_binary',
+    '--prob_colour': 'prob_colour',
+    '-ml': 'max_life',
+    '-maxb': 'max_birth',
+    '-minb': 'min_birth',
+    '--max_birth': 'max_birth',
+    '--min_birth': 'min_birth',
+    '-aff': 'affine',
+    '-bd': 'bandwidth',
+    '--bandwidth': 'bandwidth',
+    '-ps': 'sigma',
+    '--persImg_sigma': 'sigma',
+    '-pp': 'persImg_power',
+    '--persImg_power': 'persImg_power',
+    '-pn': 'power',
+    '--persImg_weight': 'power',
+    '--num_landscapes': 'num_landscapes',
+    '-lt': 'label_type',
+    '--label_type': 'label_type',
+    '--label_type_pt': 'label_type',
+    '-pat': 'persistence',
+    '--persistence_after_transform': 'persistence',
+    '-f': 'filtration',
+    '--filtration': 'filtration',
+    '-g': 'gradient',
+    '-u': 'usenet',
+    '-nd': 'ph_dims',
+    '--numof_dims_pt': 'ph_dims',
+    '-lrf': 'refused',
+    '-lrp': 'refused',
+    '-lrd': 'lr_drop',
+    '--lr_drop': 'lr_drop',
+    '-m': 'momentum',
+    '--momentum': 'momentum',
+    '-wd': 'weight_decay',
+    '-op': 'optimizer',
+    '-fe': 'freeze_encoder',
+    '-lm': 'learning_mode',
+    '--dist-url': 'dist_url',
+    '--dist-backend': 'pidf',
+    '-p': 'pidf',
+    '-ws': 'world_size',
+    '-e': 'epochs',
+    '--start_epoch': 'start_epoch',
+    '--start-epoch': 'start_epoch',
+    '-b': 'batch_size',
+    '-is2': 'img_size_pt',
+    '--img_size_pt': 'img_size_pt',
+    '-cs': 'crop_size',
+    '--crop_size': 'crop_size',
+    '--img_size': 'img_size',
+    '-cp': 'crop_padding',
+    '-rs': 'random_scale',
+    '-rr': 'random_rotation',
+    '-ra': 'aug_plus',
+    '--aug-plus': 'aug_plus',
+    '--save_interval': 'save_interval',
+    '-si': 'save_interval',
+    '--save-interval': 'save_interval',
+    '--log_interval': 'log_interval',
+    '--log-interval': 'log_interval',
+    '-s': 'seed',
+    '--seed': 'seed',
+    '-oti': 'output_training_images',
+    '-nc': 'numof_classes',
+    '-nc2': 'ph_dims',
+    '--numof_classes2': 'ph_dims',
+    '--numof_classes_pt': 'ph_dims',
+    '-npc': 'numof_pretrained_classes',
+    '--numof_fclayer': 'numof_fclayer',
+    '-pc': 'precomputed',
+    '-ph': 'persistence',
+    '-dt': 'filtration',
+    '--distance_transform': 'filtration',
+    '-gr': 'greyscale',
+    '--greyscale': 'greyscale',
+    '--train2': 'ph_train',
+    '--val2': 'ph_val',
+    '-val2': 'ph_val',
+    '--train_pt': 'ph_train',
+    '--val_pt': 'ph_val',
+    '--num_bins': 'num_bins',
+    '--usenet': 'usenet',
 }
 _ORIG_PHDICT = {
-    '-o': 'output', '-it': 'imgtype', '-ch': 'compute_hist', '-cpi': 'compute_persistence_image',
-    '-n': 'num_bins', '-nw': 'num_workers', '-j': 'num_workers', '-ml': 'max_life', '-mb': 'max_birth',
-    '-maxb': 'max_birth', '-minb': 'min_birth', '-b': 'bandwidth', '-bd': 'bandwidth', '-s': 'sigma',
-    '-ps': 'sigma', '--persImg_sigma': 'sigma', '-pp': 'persImg_power', '--persImg_power': 'persImg_power',
-    '-pn': 'power', '--persImg_weight': 'power', '-g': 'gradient', '-f': 'filtration', '-dt': 'filtration',
-    '--distance_transform': 'filtration', '-is': 'img_size', '--img_size': 'img_size', '-sf': 'plot',
-    '--save_fig': 'plot', '-t': 'label_type', '--type': 'label_type', '-lt': 'label_type',
+    '-o': 'output',
+    '-it': 'imgtype',
+    '-ch': 'compute_hist',
+    '-cpi': 'compute_persistence_image',
+    '-n': 'num_bins',
+    '-nw': 'num_workers',
+    '-j': 'num_workers',
+    '-ml': 'max_life',
+    '-mb': 'max_birth',
+    '-maxb': 'max_birth',
+    '-minb': 'min_birth',
+    '-b': 'bandwidth',
+    '-bd': 'bandwidth',
+    '-s': 'sigma',
+    '-ps': 'sigma',
+    '--persImg_sigma': 'sigma',
+    '-pp': 'persImg_power',
+    '--persImg_power': 'persImg_power',
+    '-pn': 'power',
+    '--persImg_weight': 'power',
+    '-g': 'gradient',
+    '-f': 'filtration',
+    '-dt': 'filtration',
+    '--distance_transform': 'filtration',
+    '-is': 'img_size',
+    '--img_size': 'img_size',
+    '-sf': 'plot',
+    '--save_fig': 'plot',
+    '-t': 'label_type',
+    '--type': 'label_type',
+    '-lt': 'label_type',
     '--label_type_pt': 'label_type',
 }
-_ORIG_RANDOM = {'-o': 'output', '-pf': 'prefix', '-ar': 'alpha_range', '-br': 'beta_range', '-n': 'n_samples',
-                '-nv': 'n_samples_val', '-pb': 'prob_binary', '-pc': 'prob_colour', '-is': 'img_size',
-                '-nw': 'num_workers'}
-_ORIG_DOWNLOADER = {'-o': 'data_file_path', '--data_file_path': 'data_file_path', '-d': 'dataset',
-                    '--dataset': 'dataset', '--raw_file_path': 'raw_file_path', '-r': 'validation_ratio',
-                    '--validation_ratio': 'validation_ratio'}
-_ORIG_PREDICT = {'-pw': 'path2weight', '-u': 'usenet', '-o': 'output', '-b': 'batch_size', '-is': 'img_size',
-                 '-cs': 'crop_size', '-j': 'num_workers', '-t': 'images', '-val': 'val', '-nc': 'numof_classes',
-                 '-s': 'seed'}
-_PARSERS = {'pretraining': ('pretraining', _ORIG_TRAINING), 'finetuning': ('finetuning', _ORIG_TRAINING),
-            'PHdict': ('PHdict', _ORIG_PHDICT), 'random_image': ('util.random_image', _ORIG_RANDOM),
-            'downloader': ('util.ImageDatasetsDownloader', _ORIG_DOWNLOADER), 'predict': ('predict', _ORIG_PREDICT)}
+_ORIG_RANDOM = {
+    '-o': 'output',
+    '-pf': 'prefix',
+    '-ar': 'alpha_range',
+    '-br': 'beta_range',
+    '-n': 'n_samples',
+    '-nv': 'n_samples_val',
+    '-pb': 'prob_binary',
+    '-pc': 'prob_colour',
+    '-is': 'img_size',
+    '-nw': 'num_workers',
+}
+_ORIG_DOWNLOADER = {
+    '-o': 'data_file_path',
+    '--data_file_path': 'data_file_path',
+    '-d': 'dataset',
+    '--dataset': 'dataset',
+    '--raw_file_path': 'raw_file_path',
+    '-r': 'validation_ratio',
+    '--validation_ratio': 'validation_ratio',
+}
+_ORIG_PREDICT = {
+    '-pw': 'path2weight',
+    '-u': 'usenet',
+    '-o': 'output',
+    '-b': 'batch_size',
+    '-is': 'img_size',
+    '-cs': 'crop_size',
+    '-j': 'num_workers',
+    '-t': 'images',
+    '-val': 'val',
+    '-nc': 'numof_classes',
+    '-s': 'seed',
+}
+_PARSERS = {
+    'pretraining': ('pretraining', _ORIG_TRAINING),
+    'finetuning': ('finetuning', _ORIG_TRAINING),
+    'PHdict': ('PHdict', _ORIG_PHDICT),
+    'random_image': ('util.random_image', _ORIG_RANDOM),
+    'downloader': ('util.ImageDatasetsDownloader', _ORIG_DOWNLOADER),
+    'predict': ('predict', _ORIG_PREDICT),
+}
 
 
 def _parse(parser, argv):
@@ -1792,7 +2242,7 @@ def test_original_flags_never_misread(name):
         ns, rc, err = _parse(parser, _positional(name) + [flag, '1'])
         lines = err.strip().splitlines()
         assert rc == 2 and len(lines) == 1 and lines[0].startswith(f'error: {flag} '), (name, flag, err)
-        assert lines[0].split(': ', 2)[-1].strip(), lines[0]    # and what to use instead
+        assert lines[0].split(': ', 2)[-1].strip(), lines[0]  # and what to use instead
 
 
 @pytest.mark.parametrize('name', list(_PARSERS))
@@ -1811,11 +2261,11 @@ def test_conflicting_original_meanings_refused():
     """Where the original's versions gave a flag two readings, the value shape decides (-pc alone: the
     switch; -pc P: --prob_colour) and anything else stops the run (exit 2); see tests/test_compat.py."""
     pt = _parser('pretraining')
-    ns, rc, err = _parse(pt, ['-pc', '0.5'])          # the later -pc PROB (--prob_colour)
+    ns, rc, err = _parse(pt, ['-pc', '0.5'])  # the later -pc PROB (--prob_colour)
     assert rc == 0 and ns.prob_colour == 0.5 and ns.precomputed is False
-    ns, rc, err = _parse(_parser('pretraining'), ['-ml', '50', '40'])   # H0 != H1: one range serves both here
+    ns, rc, err = _parse(_parser('pretraining'), ['-ml', '50', '40'])  # H0 != H1: one range serves both here
     assert rc == 2 and '50' in err
-    ns, rc, err = _parse(_parser('PHdict'), ['folder', '-n', '50', '50', '50'])   # the first -n took 3 bins
+    ns, rc, err = _parse(_parser('PHdict'), ['folder', '-n', '50', '50', '50'])  # the first -n took 3 bins
     assert rc == 2 and '-n' in err
 
 
@@ -1824,24 +2274,32 @@ def test_every_parser_disallows_abbreviations():
     missing, found = [], 0
     for path, tree in _python_files(include_tests=False):
         for name, call, _ in _calls(tree):
-            if name.split('.')[-1] in ('ArgumentParser', 'StrictArgumentParser') and path != 'util/strict_args.py':
+            if name.split('.')[-1] in ('ArgumentParser', 'StrictArgumentParser') and path != 'util/cli/strict_args.py':
                 found += 1
                 kw = _kw(call, 'allow_abbrev')
-                if not name.endswith('StrictArgumentParser') or not (isinstance(kw, ast.Constant)
-                                                                     and kw.value is False):
+                if not name.endswith('StrictArgumentParser') or not (
+                    isinstance(kw, ast.Constant) and kw.value is False
+                ):
                     missing.append(f"{path}:{call.lineno}")
     assert found >= 14 and not missing, f"parsers without StrictArgumentParser(allow_abbrev=False): {missing}"
 
 
-@case(('random_image', 'PHdict', 'pretraining', 'finetuning', 'downloader'),
-      "original's flag we lack (-dt, -nc2, -pp, -val2), or an abbreviation (PHdict -m 3)",
-      'exit 2: one line naming the flag (and ours, for the original\'s flags); nothing created')
+@case(
+    ('random_image', 'PHdict', 'pretraining', 'finetuning', 'downloader'),
+    "original's flag we lack (-dt, -nc2, -pp, -val2), or an abbreviation (PHdict -m 3)",
+    'exit 2: one line naming the flag (and ours, for the original\'s flags); nothing created',
+)
 def _original_flag(ctx, script):
     out = ctx.tmp / 'out'
     ctx.inputs(*base_inputs(script, ctx.data))
     # (-m, -s, -c, -pat, -maxb are the original's names of flags we have: tests/test_compat.py)
-    flags = {'pretraining': [['-dt', 'x'], ['-nc2', '5'], ['-pp', '1'], ['-val2', 'X']], 'finetuning': [['-nc2', '5']],
-             'PHdict': [['-pp', '3'], ['-m', '3']], 'random_image': [['-p', '0.5']], 'downloader': [['-v', '0.1']]}
+    flags = {
+        'pretraining': [['-dt', 'x'], ['-nc2', '5'], ['-pp', '1'], ['-val2', 'X']],
+        'finetuning': [['-nc2', '5']],
+        'PHdict': [['-pp', '3'], ['-m', '3']],
+        'random_image': [['-p', '0.5']],
+        'downloader': [['-v', '0.1']],
+    }
     for extra in flags[script]:
         res = run(script, *base_argv(script, ctx.data, out), *extra)
         assert res.rc == 2 and 'Traceback' not in res.err and extra[0] in res.err, res
@@ -1854,6 +2312,7 @@ def _original_flag(ctx, script):
 # ====================================================================================================
 # issue 13: hangs and signals -- a dead worker is named, an interrupt is one line, 130/143, resumable
 # ====================================================================================================
+
 
 def _slow_ph_folder(root):
     """8 small PNGs and one 1500 x 1500 PNG (about a second of PH: a worker is surely busy on it)."""
@@ -1875,8 +2334,9 @@ def _children(pid):
 
 def _popen_group(script, *argv):
     cmd = [sys.executable, os.path.join(ROOT, SCRIPT_FILES.get(script, script)), *map(str, argv)]
-    return subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    return subprocess.Popen(
+        cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
 
 
 def _finish(proc, timeout=120):
@@ -1899,9 +2359,12 @@ def _wait_for(proc, ready, timeout=120):
     return False
 
 
-@case('PHdict', 'a pool worker SIGKILLed (OOM killer) mid-image',
-      'exit 1 within a minute: one line naming the image and how to resume; finished diagrams kept; '
-      'rerun completes them byte-identical to an undisturbed run')
+@case(
+    'PHdict',
+    'a pool worker SIGKILLed (OOM killer) mid-image',
+    'exit 1 within a minute: one line naming the image and how to resume; finished diagrams kept; '
+    'rerun completes them byte-identical to an undisturbed run',
+)
 def _dead_worker(ctx, script):
     src = _slow_ph_folder(ctx.tmp / 'in')
     ctx.inputs(src)
@@ -1932,7 +2395,7 @@ def _interrupt_ph(ctx, script, sig, rc):
     argv = ['-it', 'png', '-nw', 2]
     p = _popen_group(script, src, '-o', out, *argv)
     assert _wait_for(p, lambda: glob.glob(str(out / 'a*.npy'))), 'the run ended before any output'
-    os.killpg(p.pid, sig)                      # as a terminal sends Ctrl-C: to the whole process group
+    os.killpg(p.pid, sig)  # as a terminal sends Ctrl-C: to the whole process group
     res = _finish(p, timeout=60)
     assert res.rc == rc and 'Traceback' not in res.err, res
     lines = [ln for ln in res.err.strip().splitlines() if ln.strip() and not ln.startswith('PH:')]
@@ -1941,20 +2404,29 @@ def _interrupt_ph(ctx, script, sig, rc):
     assert '0 failed of 9 files' in res.out, res
 
 
-@case('PHdict', 'Ctrl-C (SIGINT to the process group) mid-run',
-      'exit 130: one line "interrupted ... to resume"; workers gone; rerun completes')
+@case(
+    'PHdict',
+    'Ctrl-C (SIGINT to the process group) mid-run',
+    'exit 130: one line "interrupted ... to resume"; workers gone; rerun completes',
+)
 def _sigint_ph(ctx, script):
     _interrupt_ph(ctx, script, signal.SIGINT, 130)
 
 
-@case('PHdict', 'SIGTERM to the process group mid-run',
-      'exit 143: one line "interrupted ... to resume"; workers gone; rerun completes')
+@case(
+    'PHdict',
+    'SIGTERM to the process group mid-run',
+    'exit 143: one line "interrupted ... to resume"; workers gone; rerun completes',
+)
 def _sigterm_ph(ctx, script):
     _interrupt_ph(ctx, script, signal.SIGTERM, 143)
 
 
-@case('pretraining', 'Ctrl-C as an epoch ends (DataLoader workers forking)',
-      'exit 130 (never 0): one line naming --resume; checkpoint intact; --resume finishes the run')
+@case(
+    'pretraining',
+    'Ctrl-C as an epoch ends (DataLoader workers forking)',
+    'exit 130 (never 0): one line naming --resume; checkpoint intact; --resume finishes the run',
+)
 def _sigint_training(ctx, script):
     d = ctx.data
     ctx.inputs(d.gen, d.gen_ph)
@@ -1964,7 +2436,7 @@ def _sigint_training(ctx, script):
     argv[argv.index('-e') + 1] = 3
     argv[argv.index('-nw') + 1] = 2
     p = _popen_group(script, *argv)
-    logs = lambda: glob.glob(str(out / '*' / 'log.jsonl'))   # noqa: E731
+    logs = lambda: glob.glob(str(out / '*' / 'log.jsonl'))  # noqa: E731
     assert _wait_for(p, lambda: logs() and os.path.getsize(logs()[0]) > 0, timeout=180), 'no epoch finished'
     os.killpg(p.pid, signal.SIGINT)
     res = _finish(p, timeout=120)
@@ -1973,7 +2445,8 @@ def _sigint_training(ctx, script):
     assert last.startswith('interrupted by SIGINT') and '--resume' in last, res
     run_dir = only_run_dir(out)
     import torch
-    if os.path.exists(os.path.join(run_dir, 'checkpoint.pth')):   # written whole, or not at all
+
+    if os.path.exists(os.path.join(run_dir, 'checkpoint.pth')):  # written whole, or not at all
         epoch = torch.load(os.path.join(run_dir, 'checkpoint.pth'), map_location='cpu', weights_only=True)['epoch']
         assert epoch == len(read_log(run_dir)), (epoch, read_log(run_dir))
         res = expect_ok(run(script, *argv, '--resume', run_dir))
@@ -1982,13 +2455,16 @@ def _sigint_training(ctx, script):
         assert not read_log(run_dir)[1:], 'an epoch was logged but its checkpoint was lost'
 
 
-
 # ====================================================================================================
 # issue 13: data loss -- predict.py -o
 # ====================================================================================================
 
-@case('predict', '-o is an input image, the -pw weights, a folder, or a file it did not write',
-      'exit 2: one line naming -o and what it is; nothing changed; an earlier prediction CSV is replaced')
+
+@case(
+    'predict',
+    '-o is an input image, the -pw weights, a folder, or a file it did not write',
+    'exit 2: one line naming -o and what it is; nothing changed; an earlier prediction CSV is replaced',
+)
 def _predict_output(ctx, script):
     d = ctx.data
     images = ctx.tmp / 'images'
@@ -2001,8 +2477,12 @@ def _predict_output(ctx, script):
     ctx.inputs(images, weights, notes)
     base = [images, '-pw', weights, '-u', 'resnet18', '--img_size', 40, '--crop_size', 32, '-nw', 0]
     first = sorted(glob.glob(str(images / '*' / '*.png')))[0]
-    for target, words in ((first, ('input image',)), (weights, ('-pw',)), (images, ('folder',)),
-                          (notes, ('not a CSV', '--overwrite'))):
+    for target, words in (
+        (first, ('input image',)),
+        (weights, ('-pw',)),
+        (images, ('folder',)),
+        (notes, ('not a CSV', '--overwrite')),
+    ):
         for extra in ([], ['--overwrite']) if target != notes else ([],):
             expect_error(run(script, *base, '-o', target, *extra), '-o', *words)
     previous = ctx.tmp / 'pred.csv'
@@ -2018,6 +2498,7 @@ def _predict_output(ctx, script):
 # issue 13: huge images and decompression bombs -- a bad image, named, never decoded
 # ====================================================================================================
 
+
 def png_header(width, height):
     """A PNG whose header claims ``width`` x ``height`` 8-bit grey pixels, with one tiny (truncated) IDAT:
     a decoder that trusted it would allocate width x height bytes before failing."""
@@ -2025,9 +2506,9 @@ def png_header(width, height):
 
     def chunk(kind, data):
         return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
+
     ihdr = struct.pack('>IIBBBBB', width, height, 8, 0, 0, 0, 0)
-    return (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', ihdr) + chunk(b'IDAT', zlib.compress(b'\0' * 64))
-            + chunk(b'IEND', b''))
+    return b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', ihdr) + chunk(b'IDAT', zlib.compress(b'\0' * 64)) + chunk(b'IEND', b'')
 
 
 def _huge_folder(root, classes=None):
@@ -2044,13 +2525,19 @@ def _huge_folder(root, classes=None):
     return root
 
 
-HUGE_EXPECT = {'PHdict': 'exit 1: both named (pixel count), the rest done; --skip_bad: exit 0 with the label matrix',
-               'pretraining': 'skip: both warned by name, counted as skipped_bad', 'finetuning':
-               'skip: both warned by name, counted as skipped_bad', 'predict': 'exit 0: both named, left out'}
+HUGE_EXPECT = {
+    'PHdict': 'exit 1: both named (pixel count), the rest done; --skip_bad: exit 0 with the label matrix',
+    'pretraining': 'skip: both warned by name, counted as skipped_bad',
+    'finetuning': 'skip: both warned by name, counted as skipped_bad',
+    'predict': 'exit 0: both named, left out',
+}
 
 
-@case(('PHdict', 'pretraining', 'finetuning', 'predict'), 'huge image / decompression bomb (header 9000² and 20000²)',
-      HUGE_EXPECT)
+@case(
+    ('PHdict', 'pretraining', 'finetuning', 'predict'),
+    'huge image / decompression bomb (header 9000² and 20000²)',
+    HUGE_EXPECT,
+)
 def _huge_image(ctx, script):
     d = ctx.data
     out = ctx.tmp / 'out'
@@ -2072,8 +2559,22 @@ def _huge_image(ctx, script):
     if script == 'predict':
         src = _huge_folder(ctx.tmp / 'in')
         ctx.inputs(src, d.finetuned)
-        res = run(script, src, '-pw', d.finetuned, '-u', 'resnet18', '--img_size', 40, '--crop_size', 32, '-nw', 0,
-                  '-o', out / 'p.csv')
+        res = run(
+            script,
+            src,
+            '-pw',
+            d.finetuned,
+            '-u',
+            'resnet18',
+            '--img_size',
+            40,
+            '--crop_size',
+            32,
+            '-nw',
+            0,
+            '-o',
+            out / 'p.csv',
+        )
         expect_ok(res)
         assert 'huge.png' in res.err and 'bomb.png' in res.err and '3 images labelled' in res.out, res
         return
@@ -2093,6 +2594,7 @@ def _huge_image(ctx, script):
 # ====================================================================================================
 # issue 13: odd trees -- symbolic link loops and FIFOs/sockets
 # ====================================================================================================
+
 
 def _odd_tree(root, classes=('a', 'b')):
     """Class folders of 3 PNGs each; in ``a``: a link to its parent (a loop), a link to itself, a FIFO and a
@@ -2121,8 +2623,11 @@ def _sub(script, *argv, timeout=120):
     return _finish(_popen_group(script, *argv), timeout=timeout)
 
 
-@case(('PHdict', 'pretraining', 'finetuning', 'predict'), 'symbolic link loop and a FIFO/socket in the tree',
-      'exit 0 within the timeout: every image once, the loop and the FIFO/socket warned about by name, never opened')
+@case(
+    ('PHdict', 'pretraining', 'finetuning', 'predict'),
+    'symbolic link loop and a FIFO/socket in the tree',
+    'exit 0 within the timeout: every image once, the loop and the FIFO/socket warned about by name, never opened',
+)
 def _link_loop(ctx, script):
     d = ctx.data
     src = _odd_tree(ctx.tmp / 'in')
@@ -2132,13 +2637,32 @@ def _link_loop(ctx, script):
         res = expect_ok(_sub(script, src, '-o', out, '-it', 'png', '-nw', 2, timeout=60))
         assert '6 done, 0 skipped, 0 failed of 6 files' in res.out, res
     elif script == 'predict':
-        res = expect_ok(_sub(script, src, '-pw', d.finetuned, '-u', 'resnet18', '--img_size', 40, '--crop_size',
-                             32, '-nw', 0, '-o', out / 'p.csv'))
+        res = expect_ok(
+            _sub(
+                script,
+                src,
+                '-pw',
+                d.finetuned,
+                '-u',
+                'resnet18',
+                '--img_size',
+                40,
+                '--crop_size',
+                32,
+                '-nw',
+                0,
+                '-o',
+                out / 'p.csv',
+            )
+        )
         with open(out / 'p.csv', newline='') as f:
             assert sorted(r[0] for r in list(csv.reader(f))[1:]) == [f'{c}/{i}.png' for c in 'ab' for i in range(3)]
     else:
-        argv = (['-t', src, '-o', out, '-nc', PT_DIM] if script == 'pretraining'
-                else ['-t', src, '-val', src, '-o', out, '-nc', 2])
+        argv = (
+            ['-t', src, '-o', out, '-nc', PT_DIM]
+            if script == 'pretraining'
+            else ['-t', src, '-val', src, '-o', out, '-nc', 2]
+        )
         res = expect_ok(_sub(script, *argv, '-e', 1, '-b', 8, *TINY))
         (record,) = read_log(only_run_dir(out))
         assert record['images'] == 6, record
@@ -2150,8 +2674,12 @@ def _link_loop(ctx, script):
 # issue 13: an output folder inside (or equal to) an input folder
 # ====================================================================================================
 
-@case(('PHdict', 'pretraining', 'finetuning'), '-o equal to or inside the input folder',
-      'exit 2: one line naming -o and the input flag; the input folder (its args.json) unchanged; nothing made')
+
+@case(
+    ('PHdict', 'pretraining', 'finetuning'),
+    '-o equal to or inside the input folder',
+    'exit 2: one line naming -o and the input flag; the input folder (its args.json) unchanged; nothing made',
+)
 def _output_inside_input(ctx, script):
     d = ctx.data
     src = ctx.tmp / 'in'
@@ -2167,8 +2695,12 @@ def _output_inside_input(ctx, script):
         elif script == 'pretraining':
             res, flag = run(script, '-t', src, '-pd', d.gen_ph, '-o', out, '-nc', PT_DIM, '-e', 1, *TINY), '-t'
         else:
-            res, flag = run(script, '-t', src / 'train', '-val', src / 'val', '-o', src / 'val' / 'x', '-nc', 2,
-                            '-e', 1, *TINY), '-val'
+            res, flag = (
+                run(
+                    script, '-t', src / 'train', '-val', src / 'val', '-o', src / 'val' / 'x', '-nc', 2, '-e', 1, *TINY
+                ),
+                '-val',
+            )
         expect_error(res, '-o', flag, 'outside')
         assert sorted(files_under(src)) == before
 
@@ -2176,6 +2708,7 @@ def _output_inside_input(ctx, script):
 # ====================================================================================================
 # issue 13: the small ones
 # ====================================================================================================
+
 
 @case('pretraining', '--stop_after -3', 'exit 2: names --stop_after; nothing created')
 def _stop_after_negative(ctx, script):
@@ -2221,13 +2754,17 @@ def _val_is_train(ctx, script):
     out = ctx.tmp / 'out'
     ctx.outputs(out)
     ctx.inputs(d.task)
-    res = expect_ok(run(script, '-t', d.task / 'train', '-val', d.task / 'train', '-o', out, '-nc', 2, '-e', 1,
-                        '-b', 8, *TINY))
+    res = expect_ok(
+        run(script, '-t', d.task / 'train', '-val', d.task / 'train', '-o', out, '-nc', 2, '-e', 1, '-b', 8, *TINY)
+    )
     assert 'warning: -val' in res.err and 'training folder -t' in res.err, res
 
 
-@case('evaluation', 'class names with a comma, a quote (CSV files)',
-      'exit 0: per_class.csv and confusion_matrix.csv read back by the csv module with the names intact')
+@case(
+    'evaluation',
+    'class names with a comma, a quote (CSV files)',
+    'exit 0: per_class.csv and confusion_matrix.csv read back by the csv module with the names intact',
+)
 def _csv_names(ctx, script):
     d = ctx.data
     val = ctx.tmp / 'val'
@@ -2250,9 +2787,15 @@ def _csv_names(ctx, script):
 # issue 13: a diagram file of the wrong shape, columns or homology dimensions
 # ====================================================================================================
 
-@case(('pretraining', 'PHdict'), 'diagram file of wrong shape/columns/dims ((3, 4) zeros; dim 7)',
-      {'pretraining': 'exit 2: one line naming the file and its shape/dimension; no weights written',
-       'PHdict': 'exit 1 (-it npy -ch): the file named as a failed input, the rest done'})
+
+@case(
+    ('pretraining', 'PHdict'),
+    'diagram file of wrong shape/columns/dims ((3, 4) zeros; dim 7)',
+    {
+        'pretraining': 'exit 2: one line naming the file and its shape/dimension; no weights written',
+        'PHdict': 'exit 1 (-it npy -ch): the file named as a failed input, the rest done',
+    },
+)
 def _bad_diagram(ctx, script):
     d = ctx.data
     ph_dir = ctx.tmp / 'ph'
@@ -2282,16 +2825,22 @@ def _bad_diagram(ctx, script):
 # issue 13: a label length the label type cannot honour
 # ====================================================================================================
 
-@case(('PHdict', 'pretraining'), 'label length the label type cannot split (-nc 7 histogram, 9 betti_curve)',
-      'exit 2: one line naming the flag, the label type and the valid lengths; nothing written')
+
+@case(
+    ('PHdict', 'pretraining'),
+    'label length the label type cannot split (-nc 7 histogram, 9 betti_curve)',
+    'exit 2: one line naming the flag, the label type and the valid lengths; nothing written',
+)
 def _uneven_dim(ctx, script):
     d = ctx.data
     ctx.inputs(d.gen, d.gen_ph)
     out = ctx.tmp / 'out'
     for label_type, dim, valid in (('histogram', 7, '4 or 8'), ('betti_curve', 9, '8 or 10')):
         if script == 'PHdict':
-            res, flag = run(script, d.gen_ph, '-o', out, '--label_type', label_type, '--numof_dims', dim,
-                            '-nw', 1), '--numof_dims'
+            res, flag = (
+                run(script, d.gen_ph, '-o', out, '--label_type', label_type, '--numof_dims', dim, '-nw', 1),
+                '--numof_dims',
+            )
         else:
             argv = base_argv(script, d, out)
             argv[argv.index('-nc') + 1] = dim
@@ -2306,8 +2855,12 @@ def _uneven_dim(ctx, script):
 # issue 13: file names the label and prediction files cannot hold
 # ====================================================================================================
 
-@case(('PHdict', 'pretraining', 'predict'), 'image name with a newline / bytes that are not UTF-8',
-      'exit 2 before any work: one line naming the file (escaped) and "rename"; nothing written')
+
+@case(
+    ('PHdict', 'pretraining', 'predict'),
+    'image name with a newline / bytes that are not UTF-8',
+    'exit 2 before any work: one line naming the file (escaped) and "rename"; nothing written',
+)
 def _odd_names(ctx, script):
     d = ctx.data
     for bad in ('new\nline.jpg', os.fsdecode(b'caf\xe9.jpg')):
@@ -2330,15 +2883,41 @@ def _odd_names(ctx, script):
 # issue 13: labels made from other images, looked up by another name, or resumed with other settings
 # ====================================================================================================
 
+
 def _regenerate(folder, seed):
     """Overwrite the generated images in ``folder`` with those of another seed (what ``--overwrite`` does)."""
-    expect_ok(run('random_image', '-o', folder, '-n', 16, '-is', 48, '-pb', 0.5, '-pc', 0.5, '-nw', 1,
-                  '--preview', 0, '--seed', seed, '--overwrite'))
+    expect_ok(
+        run(
+            'random_image',
+            '-o',
+            folder,
+            '-n',
+            16,
+            '-is',
+            48,
+            '-pb',
+            0.5,
+            '-pc',
+            0.5,
+            '-nw',
+            1,
+            '--preview',
+            0,
+            '--seed',
+            seed,
+            '--overwrite',
+        )
+    )
 
 
-@case(('PHdict', 'pretraining'), 'images replaced after PHdict ran (--overwrite, a swap, an edit)',
-      {'PHdict': 'exit 0: the changed images are named and recomputed; diagrams and labels equal a fresh run',
-       'pretraining': 'exit 2 (-pd and -pd -pc): the count and first names of the changed images, how to redo'})
+@case(
+    ('PHdict', 'pretraining'),
+    'images replaced after PHdict ran (--overwrite, a swap, an edit)',
+    {
+        'PHdict': 'exit 0: the changed images are named and recomputed; diagrams and labels equal a fresh run',
+        'pretraining': 'exit 2 (-pd and -pd -pc): the count and first names of the changed images, how to redo',
+    },
+)
 def _stale_labels(ctx, script):
     d = ctx.data
     imgs, ph_dir, fresh = ctx.tmp / 'imgs', ctx.tmp / 'ph', ctx.tmp / 'fresh'
@@ -2346,11 +2925,11 @@ def _stale_labels(ctx, script):
     ctx.outputs(ph_dir, fresh)
     argv = ['-it', 'jpg', '-nw', 1, '--label_type', 'histogram', '--numof_dims', PT_DIM]
     expect_ok(run('PHdict', imgs, '-o', ph_dir, *argv))
-    _regenerate(imgs, 7)                                                     # --overwrite with another seed
-    a, b = imgs / 'v00000001.jpg', imgs / 'v00000002.jpg'                   # a swap
+    _regenerate(imgs, 7)  # --overwrite with another seed
+    a, b = imgs / 'v00000001.jpg', imgs / 'v00000002.jpg'  # a swap
     tmp = imgs / 'swap'
     os.rename(a, tmp), os.rename(b, a), os.rename(tmp, b)
-    with Image.open(imgs / 'v00000003.jpg') as im:                           # an edit
+    with Image.open(imgs / 'v00000003.jpg') as im:  # an edit
         arr = np.asarray(im).copy()
     arr[:8] = 255 - arr[:8]
     Image.fromarray(arr).save(imgs / 'v00000003.jpg')
@@ -2370,47 +2949,62 @@ def _stale_labels(ctx, script):
         assert not glob.glob(str(out / '*' / '*.pth'))
 
 
-@case('pretraining', 'label lookup by name (a.png/a.jpg, a/img.jpg/b/img.jpg, x.jpg/x.JPG)',
-      'exit 2 naming the images that would share a label; an unambiguous flat (original) naming is accepted')
+@case(
+    'pretraining',
+    'label lookup by name (a.png/a.jpg, a/img.jpg/b/img.jpg, x.jpg/x.JPG)',
+    'exit 2 naming the images that would share a label; an unambiguous flat (original) naming is accepted',
+)
 def _label_lookup(ctx, script):
     d = ctx.data
     ctx.inputs(d.gen, d.gen_ph)
     names = sorted(os.listdir(d.gen))
     jpgs = [n for n in names if n.endswith('.jpg')]
-    flat = ctx.tmp / 'flat_ph'                                  # the original's naming: <basename>.npy
+    flat = ctx.tmp / 'flat_ph'  # the original's naming: <basename>.npy
     flat.mkdir()
     for n in jpgs:
         shutil.copy(d.gen_ph / (n[:-4] + '.npy'), flat / (n[:-4] + '.npy'))
     base = ['-nc', PT_DIM, '-e', 1, '-b', 8, *TINY]
-    nested = ctx.tmp / 'nested'                                # a/<img>.jpg only: flat naming is unambiguous
+    nested = ctx.tmp / 'nested'  # a/<img>.jpg only: flat naming is unambiguous
     (nested / 'a').mkdir(parents=True)
     for n in jpgs:
         shutil.copy(d.gen / n, nested / 'a' / n)
     ctx.outputs(ctx.tmp / 'ok')
     res = expect_ok(run(script, '-t', nested, '-pd', flat, '-o', ctx.tmp / 'ok', *base))
-    assert 'cannot check' in res.err, res                     # the original's diagrams carry no record
-    shutil.copytree(nested / 'a', nested / 'b')                # b/<img>.jpg too: which diagram is whose?
-    expect_error(run(script, '-t', nested, '-pd', flat, '-o', ctx.tmp / 'o1', *base), 'a/v00000000.jpg',
-                 'b/v00000000.jpg', 'flat')
+    assert 'cannot check' in res.err, res  # the original's diagrams carry no record
+    shutil.copytree(nested / 'a', nested / 'b')  # b/<img>.jpg too: which diagram is whose?
+    expect_error(
+        run(script, '-t', nested, '-pd', flat, '-o', ctx.tmp / 'o1', *base),
+        'a/v00000000.jpg',
+        'b/v00000000.jpg',
+        'flat',
+    )
     shutil.rmtree(nested / 'b')
     shutil.copy(nested / 'a' / jpgs[0], nested / 'a' / (jpgs[0][:-4] + '.JPG'))
-    expect_error(run(script, '-t', nested, '-pd', flat, '-o', ctx.tmp / 'o2', *base), jpgs[0],
-                 jpgs[0][:-4] + '.JPG', 'share')
+    expect_error(
+        run(script, '-t', nested, '-pd', flat, '-o', ctx.tmp / 'o2', *base), jpgs[0], jpgs[0][:-4] + '.JPG', 'share'
+    )
     os.remove(nested / 'a' / (jpgs[0][:-4] + '.JPG'))
     Image.open(nested / 'a' / jpgs[0]).save(nested / 'a' / (jpgs[0][:-4] + '.png'))
-    expect_error(run(script, '-t', nested, '-pd', flat, '-o', ctx.tmp / 'o3', *base), jpgs[0][:-4] + '.png',
-                 'share')
-    matrix = ctx.tmp / 'mat'                                    # a matrix is matched by relative path only
-    expect_ok(run('PHdict', d.gen, '-o', matrix, '-it', 'jpg', '-nw', 1, '--label_type', 'histogram',
-                  '--numof_dims', PT_DIM))
+    expect_error(run(script, '-t', nested, '-pd', flat, '-o', ctx.tmp / 'o3', *base), jpgs[0][:-4] + '.png', 'share')
+    matrix = ctx.tmp / 'mat'  # a matrix is matched by relative path only
+    expect_ok(
+        run('PHdict', d.gen, '-o', matrix, '-it', 'jpg', '-nw', 1, '--label_type', 'histogram', '--numof_dims', PT_DIM)
+    )
     os.remove(nested / 'a' / (jpgs[0][:-4] + '.png'))
-    expect_error(run(script, '-t', nested, '-pd', matrix, '-pc', '--label_type', 'histogram',
-                     '-o', ctx.tmp / 'o4', *base), 'no row', 'a/v00000000.jpg', 'same folder')
+    expect_error(
+        run(script, '-t', nested, '-pd', matrix, '-pc', '--label_type', 'histogram', '-o', ctx.tmp / 'o4', *base),
+        'no row',
+        'a/v00000000.jpg',
+        'same folder',
+    )
 
 
-@case('pretraining', '--resume with other settings; resuming a finished run',
-      'exit 2 listing each changed setting, no args_resume_*.json left; workers/-e/--stop_after may change; '
-      'a finished run says so (exit 0)')
+@case(
+    'pretraining',
+    '--resume with other settings; resuming a finished run',
+    'exit 2 listing each changed setting, no args_resume_*.json left; workers/-e/--stop_after may change; '
+    'a finished run says so (exit 0)',
+)
 def _resume_changes(ctx, script):
     d = ctx.data
     ctx.inputs(d.gen, d.gen_ph)
@@ -2422,10 +3016,12 @@ def _resume_changes(ctx, script):
     res = expect_ok(run(script, *common, '-nc', PT_DIM, '-e', 1, '--resume', run_dir))
     assert 'already finished' in res.out and 'stopped after' not in res.out, res
     before = sorted(os.listdir(run_dir))
-    for change, words in ((['-nc', 20], ('--numof_classes', '40 -> 20')),
-                          (['-nc', PT_DIM, '--seed', 5, '--lr_pre', 0.5], ('--seed: 1 -> 5', '--lr_pre')),
-                          (['-nc', PT_DIM, '--filtration', 'distance'], ('--filtration',))):
+    for change, words in (
+        (['-nc', 20], ('--numof_classes', '40 -> 20')),
+        (['-nc', PT_DIM, '--seed', 5, '--lr_pre', 0.5], ('--seed: 1 -> 5', '--lr_pre')),
+        (['-nc', PT_DIM, '--filtration', 'distance'], ('--filtration',)),
+    ):
         expect_error(run(script, *common, *change, '-e', 2, '--resume', run_dir), '--resume', *words)
-    assert sorted(os.listdir(run_dir)) == before                      # nothing written by a refused resume
+    assert sorted(os.listdir(run_dir)) == before  # nothing written by a refused resume
     res = expect_ok(run(script, *common, '-nc', PT_DIM, '-e', 2, '--stop_after', 1, '--resume', run_dir))
     assert os.path.exists(os.path.join(run_dir, 'resnet18_epoch2.pth')), res

@@ -1,5 +1,6 @@
 """--label_type random (the random-target control), --label_norm standard (statistics stored and reused) and
 the --hflip switch, at tiny sizes."""
+
 import json
 import os
 
@@ -9,10 +10,9 @@ import torch
 from PIL import Image
 
 from tests.conftest import only_run_dir
-from util import label_norm, label_sources
+from util.train import label_norm, label_sources
 
-TINY = ['-u', 'resnet18', '-e', '1', '--img_size', '24', '--crop_size', '20', '-b', '4', '-nw', '0',
-        '--device', 'cpu']
+TINY = ['-u', 'resnet18', '-e', '1', '--img_size', '24', '--crop_size', '20', '-b', '4', '-nw', '0', '--device', 'cpu']
 
 
 def _images(folder, n=6, seed=0, size=24):
@@ -36,10 +36,11 @@ def folder(tmp_path_factory):
 
 # ------------------------------------------------------------------------------------------ random targets
 def test_random_targets_reproducible_and_independent_of_content(tmp_path):
-    from util.datasets import FolderPH, pretrain_transforms, pretrain_val_transforms
     from util.config import AugmentConfig
-    from util.fileio import list_images
-    a, b = _images(tmp_path / 'a', seed=1), _images(tmp_path / 'b', seed=2)   # same names, other pixels
+    from util.io.fileio import list_images
+    from util.train.datasets import FolderPH, pretrain_transforms
+
+    a, b = _images(tmp_path / 'a', seed=1), _images(tmp_path / 'b', seed=2)  # same names, other pixels
     rel = list_images(a)
     assert rel == list_images(b)
     sp, tt = pretrain_transforms(AugmentConfig(img_size=24, crop_size=20))
@@ -49,10 +50,10 @@ def test_random_targets_reproducible_and_independent_of_content(tmp_path):
         return np.stack([ds[i][1].numpy() for i in range(len(ds))])
 
     la = labels(a, 3)
-    np.testing.assert_array_equal(la, labels(b, 3))            # content does not matter
-    np.testing.assert_array_equal(la, labels(a, 3))            # reproducible
-    assert not np.allclose(la, labels(a, 4))                   # the seed does
-    assert len({row.tobytes() for row in la}) == len(rel)      # one vector per image
+    np.testing.assert_array_equal(la, labels(b, 3))  # content does not matter
+    np.testing.assert_array_equal(la, labels(a, 3))  # reproducible
+    assert not np.allclose(la, labels(a, 4))  # the seed does
+    assert len({row.tobytes() for row in la}) == len(rel)  # one vector per image
     # a row depends on the image's identity only, not on its position among the others
     np.testing.assert_array_equal(label_sources.RandomLabels(rel[::-1], 16, 3).label(0), la[-1])
     big = label_sources.random_matrix(0, [f'k{i}' for i in range(400)], 50)
@@ -63,21 +64,63 @@ def test_random_targets_reproducible_and_independent_of_content(tmp_path):
 
 
 def test_phdict_random_matrix_matches_the_loader_and_pretrains(folder, tmp_path, run_script):
-    run_script('PHdict.py', folder, '-o', tmp_path / 'rnd', '-it', 'png', '--label_type', 'random',
-               '--numof_dims', '16', '--seed', '5', check=True)
-    from util.labels import load_label_matrix
-    m, names = load_label_matrix(str(tmp_path / 'rnd' / 'labels_random.npy'),
-                                 str(tmp_path / 'rnd' / 'labels_random.txt'), 16)
+    run_script(
+        'PHdict.py',
+        folder,
+        '-o',
+        tmp_path / 'rnd',
+        '-it',
+        'png',
+        '--label_type',
+        'random',
+        '--numof_dims',
+        '16',
+        '--seed',
+        '5',
+        check=True,
+    )
+    from util.ph.labels import load_label_matrix
+
+    m, names = load_label_matrix(
+        str(tmp_path / 'rnd' / 'labels_random.npy'), str(tmp_path / 'rnd' / 'labels_random.txt'), 16
+    )
     loader = label_sources.RandomLabels(names, 16, 5)
     np.testing.assert_array_equal(m, np.stack([loader.label(i) for i in range(len(names))]))
-    assert not (tmp_path / 'rnd' / 'sub').exists()      # no PH computed
-    for extra in (['-pd', tmp_path / 'rnd', '-pc'], []):   # from the matrix, and made in the loader
+    assert not (tmp_path / 'rnd' / 'sub').exists()  # no PH computed
+    for extra in (['-pd', tmp_path / 'rnd', '-pc'], []):  # from the matrix, and made in the loader
         out = tmp_path / f'run{len(extra)}'
-        run_script('pretraining.py', '-t', folder, '--label_type', 'random', '-nc', '16', '--seed', '5',
-                   '-o', out, *extra, *TINY, check=True)
+        run_script(
+            'pretraining.py',
+            '-t',
+            folder,
+            '--label_type',
+            'random',
+            '-nc',
+            '16',
+            '--seed',
+            '5',
+            '-o',
+            out,
+            *extra,
+            *TINY,
+            check=True,
+        )
         assert _args(only_run_dir(out))['label_type'] == 'random'
-    res = run_script('pretraining.py', '-t', folder, '--label_type', 'random', '-nc', '16', '-ph', 'post',
-                     '-o', tmp_path / 'bad', *TINY, check=False)
+    res = run_script(
+        'pretraining.py',
+        '-t',
+        folder,
+        '--label_type',
+        'random',
+        '-nc',
+        '16',
+        '-ph',
+        'post',
+        '-o',
+        tmp_path / 'bad',
+        *TINY,
+        check=False,
+    )
     assert '-ph pre' in res.stderr and 'Traceback' not in res.stderr
 
 
@@ -89,7 +132,7 @@ def test_compute_stats_floor():
     np.testing.assert_allclose(mean, m.mean(0))
     np.testing.assert_allclose(std[:3], m.std(0)[:3])
     rms = np.sqrt(np.mean(m.std(0) ** 2))
-    assert std[3] == std[4] == pytest.approx(0.1 * rms)       # floored: not blown up into unit noise
+    assert std[3] == std[4] == pytest.approx(0.1 * rms)  # floored: not blown up into unit noise
     z = (m - mean) / std
     assert np.abs(z[:, 3]).max() < 1e-3 and np.all(z[:, 4] == 0)
     _, raw = label_norm.compute_stats(m, floor=0)
@@ -97,10 +140,24 @@ def test_compute_stats_floor():
 
 
 def test_label_norm_stored_reused_on_resume_and_fresh_run(folder, tmp_path, run_script):
-    from util.labels import load_label_matrix
+    from util.ph.labels import load_label_matrix
+
     ph = tmp_path / 'ph'
-    run_script('PHdict.py', folder, '-o', ph, '-it', 'png', '-nw', '1', '--label_type', 'histogram',
-               '--numof_dims', '16', check=True)
+    run_script(
+        'PHdict.py',
+        folder,
+        '-o',
+        ph,
+        '-it',
+        'png',
+        '-nw',
+        '1',
+        '--label_type',
+        'histogram',
+        '--numof_dims',
+        '16',
+        check=True,
+    )
     flags = ['-t', folder, '-pd', ph, '-pc', '--label_type', 'histogram', '-nc', '16', '--label_norm', 'standard']
     run_script('pretraining.py', *flags, '-o', tmp_path / 'a', *TINY, '-e', '2', '--stop_after', '1', check=True)
     run_a = only_run_dir(tmp_path / 'a')
@@ -121,8 +178,25 @@ def test_label_norm_stored_reused_on_resume_and_fresh_run(folder, tmp_path, run_
     assert resumed['label_norm_mean'] == stored['label_norm_mean']
     assert resumed['label_norm_std'] == stored['label_norm_std']
     # PHdict.py --label_norm standard stores them in the label json, and pretraining takes them from there
-    run_script('PHdict.py', folder, '-o', ph, '-it', 'png', '-nw', '1', '--label_type', 'histogram',
-               '--numof_dims', '16', '--label_norm', 'standard', '--label_norm_floor', '0.5', check=True)
+    run_script(
+        'PHdict.py',
+        folder,
+        '-o',
+        ph,
+        '-it',
+        'png',
+        '-nw',
+        '1',
+        '--label_type',
+        'histogram',
+        '--numof_dims',
+        '16',
+        '--label_norm',
+        'standard',
+        '--label_norm_floor',
+        '0.5',
+        check=True,
+    )
     with open(ph / 'labels_histogram.json', encoding='utf-8') as f:
         rec = json.load(f)['label_norm']
     run_script('pretraining.py', *flags, '-o', tmp_path / 'c', *TINY, check=True)
@@ -131,30 +205,44 @@ def test_label_norm_stored_reused_on_resume_and_fresh_run(folder, tmp_path, run_
 
 def test_label_norm_on_the_fly_and_finetuning_from_it(tmp_path, run_script):
     out = tmp_path / 'otf'
-    run_script('pretraining.py', '-n', '10', '-nv', '4', '-nc', '16', '--label_norm', 'standard', '-o', out,
-               *TINY, check=True)
+    run_script(
+        'pretraining.py', '-n', '10', '-nv', '4', '-nc', '16', '--label_norm', 'standard', '-o', out, *TINY, check=True
+    )
     run = only_run_dir(out)
     a = _args(run)
     assert a['label_norm_count'] == 10 and len(a['label_norm_std']) == 16 and min(a['label_norm_std']) > 0
     assert 'first 10' in a['label_norm_source']
     from tests.conftest import make_two_class_task
+
     train, val = make_two_class_task(tmp_path / 'task', n_train=4, n_val=2, size=24)
-    run_script('finetuning.py', '-t', train, '-val', val, '-pw', os.path.join(run, 'resnet18_epoch1.pth'),
-               '-o', tmp_path / 'ft', *TINY, check=True)
+    run_script(
+        'finetuning.py',
+        '-t',
+        train,
+        '-val',
+        val,
+        '-pw',
+        os.path.join(run, 'resnet18_epoch1.pth'),
+        '-o',
+        tmp_path / 'ft',
+        *TINY,
+        check=True,
+    )
     assert os.path.isfile(os.path.join(only_run_dir(tmp_path / 'ft'), 'metrics.json'))
 
 
 # ------------------------------------------------------------------------------------------ flips
 def test_hflip_switch():
     from torchvision import transforms as T
-    from util.cli import get_args_parser
+
+    from util.cli.flags import get_args_parser
     from util.config import AugmentConfig
-    from util.datasets import finetune_train_parts, pretrain_transforms
+    from util.train.datasets import finetune_train_parts, pretrain_transforms
 
     def flips(spatial):
         return sum(isinstance(t, T.RandomHorizontalFlip) for t in spatial.transforms)
 
-    assert flips(finetune_train_parts(AugmentConfig())[0]) == 1          # today's default kept
+    assert flips(finetune_train_parts(AugmentConfig())[0]) == 1  # today's default kept
     assert flips(finetune_train_parts(AugmentConfig(hflip=False))[0]) == 0
     assert flips(pretrain_transforms(AugmentConfig())[0]) == 0
     assert flips(pretrain_transforms(AugmentConfig(hflip=True))[0]) == 1

@@ -1,4 +1,5 @@
 """models.load_for: the one model-loading entry, from every weights layout the scripts write or accept."""
+
 import pytest
 import torch
 

@@ -1,4 +1,5 @@
 """Tests for the models/ package: building by name, generic head replacement, safe weight loading."""
+
 import builtins
 import os
 import pickle
@@ -10,17 +11,40 @@ import torch.nn as nn
 import torchvision
 
 import models
-from models import (build_model, get_head, head_in_features, head_out_features, head_parameter_names,
-                    infer_num_classes, list_architectures, load_pretrained, read_state_dict, replace_head)
+from models import (
+    build_model,
+    get_head,
+    head_in_features,
+    head_out_features,
+    head_parameter_names,
+    infer_num_classes,
+    list_architectures,
+    load_pretrained,
+    read_state_dict,
+    replace_head,
+)
 from models.registry import skeleton
 from util.errors import UserError
 
 # One small member of every torchvision classification family, with an input size it accepts.
 FAMILIES = [
-    ('resnet18', 64), ('densenet121', 64), ('vgg11', 64), ('alexnet', 64), ('squeezenet1_0', 64),
-    ('mobilenet_v2', 64), ('mobilenet_v3_small', 64), ('efficientnet_b0', 64), ('regnet_y_400mf', 64),
-    ('shufflenet_v2_x0_5', 64), ('mnasnet0_5', 64), ('convnext_tiny', 64), ('googlenet', 64),
-    ('inception_v3', 80), ('vit_b_16', 64), ('swin_t', 64), ('maxvit_t', None),
+    ('resnet18', 64),
+    ('densenet121', 64),
+    ('vgg11', 64),
+    ('alexnet', 64),
+    ('squeezenet1_0', 64),
+    ('mobilenet_v2', 64),
+    ('mobilenet_v3_small', 64),
+    ('efficientnet_b0', 64),
+    ('regnet_y_400mf', 64),
+    ('shufflenet_v2_x0_5', 64),
+    ('mnasnet0_5', 64),
+    ('convnext_tiny', 64),
+    ('googlenet', 64),
+    ('inception_v3', 80),
+    ('vit_b_16', 64),
+    ('swin_t', 64),
+    ('maxvit_t', None),
 ]
 # Constructor options for the test (vit's input size is fixed at build time; 64 px keeps it fast).
 FAMILY_KWARGS = {'vit_b_16': {'image_size': 64}}
@@ -62,6 +86,7 @@ def r18_file(tmp_path_factory):
 
 
 # ----------------------------------------------------------------------------------------- names / build
+
 
 def test_list_architectures_is_classification_only():
     names = list_architectures()
@@ -151,6 +176,7 @@ def test_linear_probe_freezing_with_head_names():
 
 # --------------------------------------------------------------------------------------- loading weights
 
+
 def _assert_same(model, sd, skip=()):
     own = model.state_dict()
     for k, v in sd.items():
@@ -175,8 +201,12 @@ def test_load_checkpoint_dict(tmp_path, r18_file):
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     model(torch.randn(2, 3, 32, 32)).sum().backward()
     opt.step()  # optimizer state now holds momentum tensors
-    ckpt = {'model': sd, 'optimizer': opt.state_dict(), 'epoch': 90,
-            'args': {'usenet': 'resnet18', 'numof_classes': 200}}
+    ckpt = {
+        'model': sd,
+        'optimizer': opt.state_dict(),
+        'epoch': 90,
+        'args': {'usenet': 'resnet18', 'numof_classes': 200},
+    }
     path = _save(ckpt, tmp_path / 'checkpoint.pth')
     state, meta = read_state_dict(path)
     assert set(state) == set(sd)
@@ -282,6 +312,7 @@ def test_non_strict_loads_matching_subset(r18_file):
 
 # ----------------------------------------------------------------------------------------- unsafe files
 
+
 @pytest.mark.parametrize('container', ['torch_zip', 'raw_pickle'])
 def test_pickle_payload_is_refused_and_never_runs(tmp_path, container):
     marker = tmp_path / 'payload_ran'
@@ -331,6 +362,7 @@ def test_files_that_are_not_weights(tmp_path):
 
 # ------------------------------------------------------------------------------ torchvision ImageNet path
 
+
 @pytest.fixture
 def hub(tmp_path, monkeypatch):
     """An empty $TORCH_HOME and no way to download: only the pre-populated cache can serve weights."""
@@ -342,6 +374,7 @@ def hub(tmp_path, monkeypatch):
     def no_download(url, dst, *args, **kwargs):
         downloads.append(url)
         raise ConnectionError(f"network disabled in tests: {url}")
+
     monkeypatch.setattr(torch.hub, 'download_url_to_file', no_download)
     return home, downloads
 

@@ -1,5 +1,6 @@
 """Learning modes (-lm): combined (with resume), simultaneous, alternating, evaluation; --label_type class;
 the two-head wrapper; mode and phase recorded in logs and checkpoints; bad mode flags."""
+
 import json
 import os
 
@@ -13,7 +14,7 @@ from tests.conftest import make_two_class_task, only_run_dir, read_log
 from util.errors import UserError
 
 TINY = ['-u', 'resnet18', '--img_size', '40', '--crop_size', '32', '-b', '8', '-nw', '0']
-PH = ['-nd', '20', '-n', '16', '-nv', '8']      # PH label dimension; generated PH images per epoch / for val
+PH = ['-nd', '20', '-n', '16', '-nv', '8']  # PH label dimension; generated PH images per epoch / for val
 
 
 @pytest.fixture(scope='module')
@@ -34,9 +35,24 @@ def assert_plain_classifier(path, num_classes):
 @pytest.fixture(scope='module')
 def simultaneous_run(task, tmp_path_factory):
     from tests.conftest import _run_script
+
     out = tmp_path_factory.mktemp('sim')
-    res = _run_script('finetuning.py', '-lm', 'simultaneous', '-t', task[0], '-o', out, '-e', '3', '--ph_weight',
-                      '0.5', *TINY, *PH, check=True)
+    res = _run_script(
+        'finetuning.py',
+        '-lm',
+        'simultaneous',
+        '-t',
+        task[0],
+        '-o',
+        out,
+        '-e',
+        '3',
+        '--ph_weight',
+        '0.5',
+        *TINY,
+        *PH,
+        check=True,
+    )
     return only_run_dir(out), res
 
 
@@ -52,7 +68,7 @@ def test_simultaneous(simultaneous_run):
     assert {'val_acc1', 'val_ph_r2', 'train_acc1'} <= set(log[-1]) and log[-1]['images'] == 24
     ck = checkpoint(run)
     assert ck['mode'] == 'simultaneous' and ck['args']['learning_mode'] == 'simultaneous'
-    assert ck['model']['ph_head.weight'].shape == (20, 512)           # the second head, in_features -> D
+    assert ck['model']['ph_head.weight'].shape == (20, 512)  # the second head, in_features -> D
     assert_plain_classifier(os.path.join(run, 'ft_resnet18_epoch3.pth'), 2)
     with open(os.path.join(run, 'classes.json')) as f:
         assert json.load(f) == ['bright', 'dark']
@@ -62,8 +78,21 @@ def test_simultaneous(simultaneous_run):
 def test_evaluation_mode_from_pretraining_script(simultaneous_run, task, run_script, tmp_path):
     """-lm evaluation (= finetuning.py --evaluate) reproduces the run's final validation accuracy."""
     run, _ = simultaneous_run
-    run_script('pretraining.py', '-lm', 'evaluation', '-val', task[1], '-pw',
-               os.path.join(run, 'ft_resnet18_epoch3.pth'), '-nc', '2', '-o', tmp_path, *TINY, check=True)
+    run_script(
+        'pretraining.py',
+        '-lm',
+        'evaluation',
+        '-val',
+        task[1],
+        '-pw',
+        os.path.join(run, 'ft_resnet18_epoch3.pth'),
+        '-nc',
+        '2',
+        '-o',
+        tmp_path,
+        *TINY,
+        check=True,
+    )
     with open(os.path.join(only_run_dir(tmp_path), 'metrics.json')) as f:
         metrics = json.load(f)
     assert metrics['mode'] == 'evaluation'
@@ -71,8 +100,7 @@ def test_evaluation_mode_from_pretraining_script(simultaneous_run, task, run_scr
 
 
 def test_alternating(task, run_script, tmp_path):
-    run_script('finetuning.py', '-lm', 'alternating', '-t', task[0], '-o', tmp_path, '-e', '2', *TINY, *PH,
-               check=True)
+    run_script('finetuning.py', '-lm', 'alternating', '-t', task[0], '-o', tmp_path, '-e', '2', *TINY, *PH, check=True)
     run = only_run_dir(tmp_path)
     log = read_log(run)
     assert all(r['mode'] == 'alternating' for r in log)
@@ -96,7 +124,7 @@ def test_combined_stops_between_phases_and_resumes(task, run_script, tmp_path):
     assert record['mode'] == 'combined' and record['phase'] == 'pretraining' and np.isfinite(record['train_loss'])
     assert checkpoint(pre)['phase'] == 'pretraining'
     pretrained = torch.load(os.path.join(pre, 'resnet18_epoch1.pth'), weights_only=True)
-    assert pretrained['fc.weight'].shape == (20, 512)                 # the PH head: -nd outputs
+    assert pretrained['fc.weight'].shape == (20, 512)  # the PH head: -nd outputs
     stamp = os.stat(os.path.join(pre, 'resnet18_epoch1.pth')).st_mtime_ns
 
     run_script('pretraining.py', *args, '--resume', top, check=True)
@@ -107,15 +135,28 @@ def test_combined_stops_between_phases_and_resumes(task, run_script, tmp_path):
     assert ck['args']['phase'] == 'finetuning' and ck['args']['learning_mode'] == 'combined'
     tuned = torch.load(os.path.join(ft, 'ft_resnet18_epoch1.pth'), weights_only=True)
     assert tuned['fc.weight'].shape == (2, 512)
-    for k, v in tuned.items():   # the frozen encoder is exactly the pretraining phase's
+    for k, v in tuned.items():  # the frozen encoder is exactly the pretraining phase's
         if not k.startswith('fc.'):
             assert torch.equal(v, pretrained[k]), k
     assert len(read_log(pre)) == 1 and os.stat(os.path.join(pre, 'resnet18_epoch1.pth')).st_mtime_ns == stamp
 
 
 def test_label_type_class_then_finetune(task, run_script, tmp_path):
-    run_script('pretraining.py', '--label_type', 'class', '-t', task[0], '-o', tmp_path / 'pt', '-e', '2',
-               '--lr_pre', '0.01', *TINY, check=True)
+    run_script(
+        'pretraining.py',
+        '--label_type',
+        'class',
+        '-t',
+        task[0],
+        '-o',
+        tmp_path / 'pt',
+        '-e',
+        '2',
+        '--lr_pre',
+        '0.01',
+        *TINY,
+        check=True,
+    )
     run = only_run_dir(tmp_path / 'pt')
     log = read_log(run)
     assert log[0]['mode'] == 'pretraining' and 'val_acc1' in log[0] and log[0]['images'] == 24
@@ -124,7 +165,8 @@ def test_label_type_class_then_finetune(task, run_script, tmp_path):
     assert_plain_classifier(weights, 2)
     with open(os.path.join(run, 'classes.json')) as f:
         assert json.load(f) == ['bright', 'dark']
-    import finetuning   # what finetuning.py -pw does with them: every tensor loaded (same class count)
+    import finetuning  # what finetuning.py -pw does with them: every tensor loaded (same class count)
+
     args = finetuning.get_args_parser().parse_args(['-pw', weights, '-u', 'resnet18', '-nc', '5'])
     model = finetuning.build_finetune_model(args)
     source = torch.load(weights, weights_only=True)
@@ -136,23 +178,28 @@ def test_combined_needs_class_folders(tmp_path, run_script):
     flat = tmp_path / 'flat'
     flat.mkdir()
     Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(flat / 'a.png')
-    res = run_script('pretraining.py', '-lm', 'combined', '-t', flat, '-o', tmp_path / 'out', '-e', '1', *TINY, *PH,
-                     check=False)
+    res = run_script(
+        'pretraining.py', '-lm', 'combined', '-t', flat, '-o', tmp_path / 'out', '-e', '1', *TINY, *PH, check=False
+    )
     assert res.returncode == 2 and 'class sub-folders' in res.stderr and '-t2' in res.stderr
     assert 'Traceback' not in res.stderr and not os.path.exists(tmp_path / 'out')
 
 
-@pytest.mark.parametrize('argv, message', [
-    (['--evaluate', '-lm', 'combined'], 'contradicts'),
-    (['-lm', 'simultaneous', '--label_type', 'class'], 'PH label type'),
-    (['-lm', 'alternating', '--ph_weight', '-1'], '--ph_weight'),
-    (['-lm', 'simultaneous', '--freeze_encoder'], '--freeze_encoder'),
-    (['-lm', 'combined', '-pd', 'x'], '-t2'),
-    (['--epochs_pre', '0'], '--epochs_pre'),
-])
+@pytest.mark.parametrize(
+    'argv, message',
+    [
+        (['--evaluate', '-lm', 'combined'], 'contradicts'),
+        (['-lm', 'simultaneous', '--label_type', 'class'], 'PH label type'),
+        (['-lm', 'alternating', '--ph_weight', '-1'], '--ph_weight'),
+        (['-lm', 'simultaneous', '--freeze_encoder'], '--freeze_encoder'),
+        (['-lm', 'combined', '-pd', 'x'], '-t2'),
+        (['--epochs_pre', '0'], '--epochs_pre'),
+    ],
+)
 def test_bad_mode_flags(argv, message):
     import finetuning
-    from util import cli
+    from util.cli import flags as cli
+
     args = finetuning.get_args_parser().parse_args(argv)
     with pytest.raises(UserError, match=message):
         cli.check_mode_args(args)
@@ -161,7 +208,8 @@ def test_bad_mode_flags(argv, message):
 def test_evaluate_flag_is_evaluation_mode():
     import finetuning
     import pretraining
-    from util import cli
+    from util.cli import flags as cli
+
     assert pretraining.get_args_parser().parse_args([]).learning_mode == 'pretraining'
     args = finetuning.get_args_parser().parse_args(['--evaluate'])
     assert args.learning_mode == 'finetuning' and cli.check_mode_args(args).learning_mode == 'evaluation'
@@ -173,6 +221,7 @@ def test_two_heads_any_architecture(arch):
     """The PH head reads the features the classifier's own head receives; the classifier stays plain."""
     import models
     from models.two_heads import TwoHeads
+
     torch.manual_seed(0)
     net = models.build_model(arch, 3)
     two = TwoHeads(net, 7).eval()
@@ -180,7 +229,7 @@ def test_two_heads_any_architecture(arch):
     with torch.no_grad():
         scores, ph = two(x)
         assert scores.shape == (2, 3) and ph.shape == (2, 7)
-        torch.testing.assert_close(scores, net(x))                 # the class head is the model's own
+        torch.testing.assert_close(scores, net(x))  # the class head is the model's own
     assert two.ph_head.in_features == models.head_in_features(net)
     plain = getattr(torchvision.models, arch)(num_classes=3)
-    plain.load_state_dict(two.net.state_dict())                     # what the weights files hold
+    plain.load_state_dict(two.net.state_dict())  # what the weights files hold

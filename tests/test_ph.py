@@ -1,12 +1,13 @@
-"""util/ph.py: grey conversion, the fast exact Otsu mask, filtrations, diagrams of known shapes, worker pool."""
+"""util/ph/cubical.py: grey conversion, the fast exact Otsu mask, filtrations, diagrams of known shapes, worker pool."""
+
 import numpy as np
 import pytest
 from PIL import Image
 from scipy.ndimage import distance_transform_edt, gaussian_filter
 from skimage.filters import threshold_otsu
 
-from util import ph
 from util.errors import UserError
+from util.ph import cubical as ph
 
 INF_DEATH = 0.5 * np.finfo(np.float64).max
 
@@ -50,6 +51,7 @@ def canvas(n=48):
 # ----------------------------------------------------------------------------------------------------
 # Otsu and the signed distance are bit for bit the original's
 
+
 def _varied_uint8_images(rng, count):
     for t in range(count):
         n, m = rng.integers(4, 60), rng.integers(4, 60)
@@ -58,9 +60,9 @@ def _varied_uint8_images(rng, count):
             yield rng.integers(0, 256, (n, m)).astype(np.uint8)
         elif kind == 1:
             lo = rng.integers(0, 255)
-            yield rng.integers(lo, 256, (n, m)).astype(np.uint8)          # narrow value range
+            yield rng.integers(lo, 256, (n, m)).astype(np.uint8)  # narrow value range
         elif kind == 2:
-            yield ((rng.random((n, m)) < 0.3) * rng.integers(1, 256)).astype(np.uint8)   # two values
+            yield ((rng.random((n, m)) < 0.3) * rng.integers(1, 256)).astype(np.uint8)  # two values
         elif kind == 3:
             yield np.clip(rng.normal(128, rng.uniform(0.5, 60), (n, m)), 0, 255).astype(np.uint8)
         else:
@@ -76,7 +78,7 @@ def test_fast_otsu_mask_equals_skimage_on_float_image():
             assert mask is None
         else:
             np.testing.assert_array_equal(mask, g >= threshold_otsu(g))
-            np.testing.assert_array_equal(ph.otsu_mask(g), mask)   # float route agrees
+            np.testing.assert_array_equal(ph.otsu_mask(g), mask)  # float route agrees
 
 
 def test_threshold_from_counts_equals_skimage_value():
@@ -96,7 +98,7 @@ def test_signed_distance_filtration_is_bit_identical_to_original():
         out = ph.compute_filtration(u8)
         assert out.dtype == np.float64 and out.shape == u8.shape
         np.testing.assert_array_equal(out, ref)
-        np.testing.assert_array_equal(ph.compute_filtration(Image.fromarray(u8)), ref)   # PIL-counted route
+        np.testing.assert_array_equal(ph.compute_filtration(Image.fromarray(u8)), ref)  # PIL-counted route
 
 
 def test_scipy_route_matches_with_numba_edt_off(monkeypatch):
@@ -114,8 +116,7 @@ def test_numba_edt_route_equals_scipy():
         bw = ph.otsu_mask(u8)
         if bw is None:
             continue
-        np.testing.assert_array_equal(ph._signed_distance(bw),
-                                      distance_transform_edt(bw) - distance_transform_edt(~bw))
+        np.testing.assert_array_equal(ph._signed_distance(bw), distance_transform_edt(bw) - distance_transform_edt(~bw))
 
 
 def test_signed_distance_equals_cripser_library_transform():
@@ -139,6 +140,7 @@ def test_compute_ph_equals_direct_cripser():
 
 # ----------------------------------------------------------------------------------------------------
 # grey conversion
+
 
 def test_to_grey_pil_array_and_file(tmp_path):
     rng = np.random.default_rng(6)
@@ -169,6 +171,7 @@ def test_colour_array_uses_luma_then_original_pipeline():
 # ----------------------------------------------------------------------------------------------------
 # filtrations
 
+
 def test_constant_image_gives_zero_filtration():
     for value in (0, 128, 255):
         img = np.full((32, 32), value, np.uint8)
@@ -180,9 +183,9 @@ def test_constant_image_gives_zero_filtration():
             else:
                 assert np.all(f == 0), kind
         dgm = ph.compute_ph(img)
-        assert bars(dgm, 0, min_life=-1).shape[0] == 1     # a single class, born at 0, essential
+        assert bars(dgm, 0, min_life=-1).shape[0] == 1  # a single class, born at 0, essential
         assert dgm[0, 1] == 0 and dgm[0, 2] >= INF_DEATH
-    assert np.all(ph.compute_filtration(np.full((8, 8), 3.5)) == 0)    # float constant, Otsu not called
+    assert np.all(ph.compute_filtration(np.full((8, 8), 3.5)) == 0)  # float constant, Otsu not called
 
 
 def test_every_filtration_matches_cripser_transform_of_otsu_mask():
@@ -206,45 +209,47 @@ def test_every_filtration_matches_cripser_transform_of_otsu_mask():
 # ----------------------------------------------------------------------------------------------------
 # known topology (dark shapes on a bright background: the shapes enter the sublevel filtration first)
 
+
 def test_one_disk_has_one_long_h0_bar():
     yy, xx, img = canvas()
-    img[(yy - 24) ** 2 + (xx - 24) ** 2 <= 10 ** 2] = 20
+    img[(yy - 24) ** 2 + (xx - 24) ** 2 <= 10**2] = 20
     dgm = ph.compute_ph(img)
     h0 = bars(dgm, 0)
-    assert h0.shape[0] == 1 and h0[0, 2] >= INF_DEATH        # the essential class
-    assert h0[0, 1] == pytest.approx(-10, abs=1)             # born at the disk's centre, depth = radius
+    assert h0.shape[0] == 1 and h0[0, 2] >= INF_DEATH  # the essential class
+    assert h0[0, 1] == pytest.approx(-10, abs=1)  # born at the disk's centre, depth = radius
     assert bars(dgm, 1).shape[0] == 0
 
 
 def test_two_disks_have_two_long_h0_bars():
     yy, xx, img = canvas()
-    img[(yy - 24) ** 2 + (xx - 12) ** 2 <= 7 ** 2] = 20
-    img[(yy - 24) ** 2 + (xx - 36) ** 2 <= 7 ** 2] = 20
+    img[(yy - 24) ** 2 + (xx - 12) ** 2 <= 7**2] = 20
+    img[(yy - 24) ** 2 + (xx - 36) ** 2 <= 7**2] = 20
     dgm = ph.compute_ph(img)
     h0 = bars(dgm, 0)
     assert h0.shape[0] == 2
     assert (h0[:, 2] >= INF_DEATH).sum() == 1
     finite = h0[h0[:, 2] < INF_DEATH][0]
-    assert finite[1] == pytest.approx(-7, abs=1)             # born at the other disk's centre
-    assert 0 < finite[2] < 12                                # dies when the grown disks meet in the gap
+    assert finite[1] == pytest.approx(-7, abs=1)  # born at the other disk's centre
+    assert 0 < finite[2] < 12  # dies when the grown disks meet in the gap
     assert bars(dgm, 1).shape[0] == 0
 
 
 def test_annulus_has_one_h1_bar():
     yy, xx, img = canvas()
     r2 = (yy - 24) ** 2 + (xx - 24) ** 2
-    img[(r2 <= 16 ** 2) & (r2 >= 9 ** 2)] = 20
+    img[(r2 <= 16**2) & (r2 >= 9**2)] = 20
     dgm = ph.compute_ph(img)
     h1 = bars(dgm, 1)
     assert h1.shape[0] == 1
     birth, death = h1[0, 1], h1[0, 2]
-    assert birth < 0 < death                     # the ring closes below 0, the hole fills above
-    assert death == pytest.approx(9, abs=1.5)    # the hole's centre is ~9 pixels from the ring
+    assert birth < 0 < death  # the ring closes below 0, the hole fills above
+    assert death == pytest.approx(9, abs=1.5)  # the hole's centre is ~9 pixels from the ring
     assert bars(dgm, 0).shape[0] == 1
 
 
 # ----------------------------------------------------------------------------------------------------
 # files, pool, plot
+
 
 def _write_jpegs(folder, count, rng):
     paths = []
@@ -272,9 +277,11 @@ def test_iter_diagrams_reports_bad_files_and_loads_saved(tmp_path, workers):
     np.save(tmp_path / 'saved.npy', ph.ph_of_file(paths[0]))
     np.save(tmp_path / 'vector.npy', np.zeros(5))
     jobs = [(p, 'image', 'signed_distance') for p in paths]
-    jobs += [(str(tmp_path / 'empty.jpg'), 'image', 'signed_distance'),
-             (str(tmp_path / 'saved.npy'), 'npy', 'signed_distance'),
-             (str(tmp_path / 'vector.npy'), 'npy', 'signed_distance')]
+    jobs += [
+        (str(tmp_path / 'empty.jpg'), 'image', 'signed_distance'),
+        (str(tmp_path / 'saved.npy'), 'npy', 'signed_distance'),
+        (str(tmp_path / 'vector.npy'), 'npy', 'signed_distance'),
+    ]
     results = {i: (d, e) for i, d, e in ph.iter_diagrams(jobs, workers=workers, chunksize=1)}
     assert sorted(results) == list(range(len(jobs)))
     for i, p in enumerate(paths):
@@ -295,5 +302,5 @@ def test_plot_ph_writes_png(tmp_path):
     ph.plot_ph(str(out), img, f, dgm, np.linspace(0, 1, 20), title='x')
     with Image.open(out) as im:
         assert im.format == 'PNG' and im.size[0] > 3 * im.size[1]
-    ph.plot_ph(str(tmp_path / 'q.png'), img, f, np.zeros((0, 9)))        # empty diagram, no vector
+    ph.plot_ph(str(tmp_path / 'q.png'), img, f, np.zeros((0, 9)))  # empty diagram, no vector
     assert (tmp_path / 'q.png').stat().st_size > 0

@@ -1,15 +1,15 @@
 """PHdict.py as a user runs it: outputs, exactness, resume, shards, label matrix, bad inputs."""
+
 import json
 import os
 
+import cripser
 import numpy as np
 from PIL import Image
 from scipy.ndimage import distance_transform_edt, gaussian_filter
 from skimage.filters import threshold_otsu
 
-from util.vectorise import make_vectoriser
-
-import cripser
+from util.ph.vectorise import make_vectoriser
 
 
 def smooth_noise(rng, n=40, sigma=2.0):
@@ -62,8 +62,9 @@ def test_readme_command_matches_original_bit_for_bit(tmp_path, run_script):
     make_jpegs(tmp_path / 'random', FLAT)
     res = run_script('PHdict.py', 'random', '-o', 'PH_random', '-it', 'jpg', cwd=tmp_path, check=True)
     assert '7 done, 0 skipped, 0 failed' in res.stdout
-    run_script('PHdict.py', 'random', '-o', 'PH_cripser', '-it', 'jpg', '--ph_engine', 'cripser', cwd=tmp_path,
-               check=True)
+    run_script(
+        'PHdict.py', 'random', '-o', 'PH_cripser', '-it', 'jpg', '--ph_engine', 'cripser', cwd=tmp_path, check=True
+    )
     out = tmp_path / 'PH_random'
     assert outputs(out) == {n.replace('.jpg', '.npy') for n in FLAT} | {'args.json', 'settings.json', 'sources.jsonl'}
     for name in FLAT:
@@ -88,7 +89,7 @@ def test_nested_folders_with_equal_names_do_not_collide(tmp_path, run_script):
     diagrams = [np.load(tmp_path / 'out' / n) for n in sorted(expected)]
     for n, d in zip(sorted(expected), diagrams):
         np.testing.assert_array_equal(pairs(d), pairs(original_diagram(tmp_path / 'data' / n.replace('.npy', '.jpg'))))
-    assert not np.array_equal(diagrams[0], diagrams[1])      # different images, different diagrams
+    assert not np.array_equal(diagrams[0], diagrams[1])  # different images, different diagrams
 
 
 def test_interrupted_run_resumes_without_recomputing(tmp_path, run_script):
@@ -100,15 +101,15 @@ def test_interrupted_run_resumes_without_recomputing(tmp_path, run_script):
     deleted = ['v00000002.npy', 'v00000005.npy']
     for n in deleted:
         (out / n).unlink()
-    (out / ('v00000003.npy.tmp-leftover')).write_bytes(b'half')     # what a killed writer may leave
+    (out / ('v00000003.npy.tmp-leftover')).write_bytes(b'half')  # what a killed writer may leave
     res = run_script('PHdict.py', tmp_path / 'in', '-o', out, '-it', 'jpg', '-nw', '2', check=True)
     assert '2 done, 5 skipped, 0 failed' in res.stdout
     for n, st in before.items():
         now = (out / n).stat()
         if n in deleted:
-            assert (out / n).read_bytes() == content[n]          # recreated identical
+            assert (out / n).read_bytes() == content[n]  # recreated identical
         else:
-            assert (now.st_ino, now.st_mtime_ns) == (st.st_ino, st.st_mtime_ns), n   # untouched
+            assert (now.st_ino, now.st_mtime_ns) == (st.st_ino, st.st_mtime_ns), n  # untouched
 
 
 def test_shards_cover_the_folder_exactly_once(tmp_path, run_script):
@@ -116,14 +117,35 @@ def test_shards_cover_the_folder_exactly_once(tmp_path, run_script):
     make_jpegs(tmp_path / 'in', names, seed=3, colour=False)
     seen = []
     for k in range(3):
-        run_script('PHdict.py', tmp_path / 'in', '-o', tmp_path / f'out{k}', '-it', 'jpg', '--shard', f'{k}/3',
-                   '-nw', '1', check=True)
+        run_script(
+            'PHdict.py',
+            tmp_path / 'in',
+            '-o',
+            tmp_path / f'out{k}',
+            '-it',
+            'jpg',
+            '--shard',
+            f'{k}/3',
+            '-nw',
+            '1',
+            check=True,
+        )
         seen.append({n for n in outputs(tmp_path / f'out{k}') if n.endswith('.npy')})
     assert sum(len(s) for s in seen) == len(names)
     assert set().union(*seen) == {n.replace('.jpg', '.npy') for n in names}
     # torchrun's variables select the same shard
-    run_script('PHdict.py', tmp_path / 'in', '-o', tmp_path / 'env1', '-it', 'jpg', '-nw', '1',
-               env={'RANK': '1', 'WORLD_SIZE': '3'}, check=True)
+    run_script(
+        'PHdict.py',
+        tmp_path / 'in',
+        '-o',
+        tmp_path / 'env1',
+        '-it',
+        'jpg',
+        '-nw',
+        '1',
+        env={'RANK': '1', 'WORLD_SIZE': '3'},
+        check=True,
+    )
     assert {n for n in outputs(tmp_path / 'env1') if n.endswith('.npy')} == seen[1]
     res = run_script('PHdict.py', tmp_path / 'in', '-o', tmp_path / 'x', '-it', 'jpg', '--shard', '3/3', check=False)
     assert res.returncode == 2 and '--shard' in res.stderr
@@ -133,8 +155,23 @@ def test_label_matrix_rows_follow_paths_file_and_equal_vectoriser(tmp_path, run_
     names = ['b/one.jpg', 'a/two.jpg', 'a/three.png', 'c.jpg', 'd.jpg']
     make_jpegs(tmp_path / 'in', names, seed=4)
     out = tmp_path / 'out'
-    run_script('PHdict.py', tmp_path / 'in', '-o', out, '-it', 'jpg', '--label_type', 'persistence_image',
-               '--numof_dims', '72', '-s', '4', '-nw', '2', check=True)
+    run_script(
+        'PHdict.py',
+        tmp_path / 'in',
+        '-o',
+        out,
+        '-it',
+        'jpg',
+        '--label_type',
+        'persistence_image',
+        '--numof_dims',
+        '72',
+        '-s',
+        '4',
+        '-nw',
+        '2',
+        check=True,
+    )
     matrix = np.load(out / 'labels_persistence_image.npy')
     paths = (out / 'labels_persistence_image.txt').read_text().splitlines()
     info = json.loads((out / 'labels_persistence_image.json').read_text())
@@ -150,20 +187,48 @@ def test_label_matrix_rows_follow_paths_file_and_equal_vectoriser(tmp_path, run_
     assert np.abs(matrix).sum() > 0
     # sharded parts merge into the same matrix
     for k in range(2):
-        res = run_script('PHdict.py', tmp_path / 'in', '-o', tmp_path / 'sh', '-it', 'jpg', '--label_type',
-                         'persistence_image', '--numof_dims', '72', '-s', '4', '--shard', f'{k}/2', '-nw', '1',
-                         check=True)
+        res = run_script(
+            'PHdict.py',
+            tmp_path / 'in',
+            '-o',
+            tmp_path / 'sh',
+            '-it',
+            'jpg',
+            '--label_type',
+            'persistence_image',
+            '--numof_dims',
+            '72',
+            '-s',
+            '4',
+            '--shard',
+            f'{k}/2',
+            '-nw',
+            '1',
+            check=True,
+        )
     assert 'merged 2 shards' in res.stdout
     assert (tmp_path / 'sh' / 'labels_persistence_image.txt').read_text().splitlines() == paths
-    np.testing.assert_allclose(np.load(tmp_path / 'sh' / 'labels_persistence_image.npy'), matrix, rtol=1e-6,
-                               atol=1e-7)
+    np.testing.assert_allclose(np.load(tmp_path / 'sh' / 'labels_persistence_image.npy'), matrix, rtol=1e-6, atol=1e-7)
     for k in range(2):
         part = (tmp_path / 'sh' / f'labels_persistence_image.shard-{k}-of-2.txt').read_text().splitlines()
         assert part == jpgs[k::2]
     # a complete matrix is kept as it is on a rerun
     st = (out / 'labels_persistence_image.npy').stat()
-    res = run_script('PHdict.py', tmp_path / 'in', '-o', out, '-it', 'jpg', '--label_type', 'persistence_image',
-                     '--numof_dims', '72', '-s', '4', check=True)
+    res = run_script(
+        'PHdict.py',
+        tmp_path / 'in',
+        '-o',
+        out,
+        '-it',
+        'jpg',
+        '--label_type',
+        'persistence_image',
+        '--numof_dims',
+        '72',
+        '-s',
+        '4',
+        check=True,
+    )
     assert '0 done, 4 skipped' in res.stdout
     assert (out / 'labels_persistence_image.npy').stat().st_mtime_ns == st.st_mtime_ns
 
@@ -173,15 +238,27 @@ def test_corrupt_images_are_named_and_others_processed(tmp_path, run_script):
     (tmp_path / 'in' / 'zero.jpg').write_bytes(b'')
     (tmp_path / 'in' / 'text.jpg').write_text('this is not an image')
     good = (tmp_path / 'in' / 'a.jpg').read_bytes()
-    (tmp_path / 'in' / 'trunc.jpg').write_bytes(good[:len(good) // 3])
+    (tmp_path / 'in' / 'trunc.jpg').write_bytes(good[: len(good) // 3])
     res = run_script('PHdict.py', tmp_path / 'in', '-o', tmp_path / 'out', '-it', 'jpg', '-nw', '2', check=False)
     assert res.returncode == 1
     for bad in ('zero.jpg', 'text.jpg', 'trunc.jpg'):
         assert bad in res.stderr
     assert '3 done, 0 skipped, 3 failed' in res.stdout
     assert {n for n in outputs(tmp_path / 'out') if n.endswith('.npy')} == {'a.npy', 'b.npy', 'c.npy'}
-    res = run_script('PHdict.py', tmp_path / 'in', '-o', tmp_path / 'out', '-it', 'jpg', '--skip_bad',
-                     '--label_type', 'betti_curve', '--numof_dims', '20', check=True)
+    res = run_script(
+        'PHdict.py',
+        tmp_path / 'in',
+        '-o',
+        tmp_path / 'out',
+        '-it',
+        'jpg',
+        '--skip_bad',
+        '--label_type',
+        'betti_curve',
+        '--numof_dims',
+        '20',
+        check=True,
+    )
     assert '0 done, 3 skipped, 3 failed' in res.stdout
     assert (tmp_path / 'out' / 'labels_betti_curve.txt').read_text().splitlines() == ['a.jpg', 'b.jpg', 'c.jpg']
 
@@ -190,8 +267,22 @@ def test_hist_and_persistence_image_modes(tmp_path, run_script):
     make_jpegs(tmp_path / 'random', FLAT[:4], seed=6)
     ph_dir = tmp_path / 'PH_random'
     # -ch on images: diagram and <name>hist.npy; histogram = the vectoriser with --num_bins
-    run_script('PHdict.py', 'random', '-o', 'PH_random', '-it', 'jpg', '-ch', '-n', '10', '20', '30', '40',
-               cwd=tmp_path, check=True)
+    run_script(
+        'PHdict.py',
+        'random',
+        '-o',
+        'PH_random',
+        '-it',
+        'jpg',
+        '-ch',
+        '-n',
+        '10',
+        '20',
+        '30',
+        '40',
+        cwd=tmp_path,
+        check=True,
+    )
     vec = make_vectoriser('histogram', 100, num_bins=(10, 20, 30, 40))
     for n in FLAT[:4]:
         stem = n[:-4]
@@ -203,14 +294,16 @@ def test_hist_and_persistence_image_modes(tmp_path, run_script):
     res = run_script('PHdict.py', 'random', '-o', 'PH_random', '-it', 'jpg', '-ch', cwd=tmp_path, check=False)
     assert res.returncode == 2 and 'num_bins' in res.stderr and 'settings' in res.stderr
     # -ch / -cpi from saved diagrams (-it npy, the original's default)
-    res = run_script('PHdict.py', 'PH_random', '-o', 'PH_random', '-ch', '-n', '10', '20', '30', '40',
-                     cwd=tmp_path, check=True)
-    assert '0 done, 4 skipped, 0 failed of 4 files' in res.stdout    # hist files are not taken for diagrams
+    res = run_script(
+        'PHdict.py', 'PH_random', '-o', 'PH_random', '-ch', '-n', '10', '20', '30', '40', cwd=tmp_path, check=True
+    )
+    assert '0 done, 4 skipped, 0 failed of 4 files' in res.stdout  # hist files are not taken for diagrams
     res = run_script('PHdict.py', 'PH_random', '-o', 'H2', '-ch', '-b', '5', cwd=tmp_path, check=True)
     assert '4 done' in res.stdout
     vec5 = make_vectoriser('histogram', 200, bandwidth=5)
-    np.testing.assert_allclose(np.load(tmp_path / 'H2' / 'v00000000hist.npy'),
-                               vec5(np.load(ph_dir / 'v00000000.npy')), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.load(tmp_path / 'H2' / 'v00000000hist.npy'), vec5(np.load(ph_dir / 'v00000000.npy')), rtol=1e-6
+    )
     run_script('PHdict.py', 'PH_random', '-o', 'PI', '-cpi', cwd=tmp_path, check=True)
     pi = make_vectoriser('persistence_image', 100, sigma=100.0)
     for n in FLAT[:4]:
@@ -227,14 +320,25 @@ def test_hist_and_persistence_image_modes(tmp_path, run_script):
 
 def test_usage_errors_and_plot(tmp_path, run_script):
     make_jpegs(tmp_path / 'in', ['a.jpg', 'b.jpg'], seed=7)
-    res = run_script('PHdict.py', tmp_path / 'in', '-o', tmp_path / 'out', check=False)   # -it npy, nothing asked
+    res = run_script('PHdict.py', tmp_path / 'in', '-o', tmp_path / 'out', check=False)  # -it npy, nothing asked
     assert res.returncode == 2 and '-it' in res.stderr
     res = run_script('PHdict.py', tmp_path / 'in', '-o', tmp_path / 'out', '-it', 'png', check=False)
     assert res.returncode == 2 and 'no *.png files' in res.stderr
     res = run_script('PHdict.py', tmp_path / 'missing', '-o', tmp_path / 'out', '-it', 'jpg', check=False)
     assert res.returncode == 2 and 'does not exist' in res.stderr
-    run_script('PHdict.py', tmp_path / 'in', '-o', tmp_path / 'out', '-it', 'jpg', '--plot', '1',
-               '--filtration', 'none', check=True)
+    run_script(
+        'PHdict.py',
+        tmp_path / 'in',
+        '-o',
+        tmp_path / 'out',
+        '-it',
+        'jpg',
+        '--plot',
+        '1',
+        '--filtration',
+        'none',
+        check=True,
+    )
     with Image.open(tmp_path / 'out' / 'plots' / 'a.png') as im:
         assert im.format == 'PNG'
     assert not (tmp_path / 'out' / 'plots' / 'b.png').exists()
@@ -244,6 +348,17 @@ def test_usage_errors_and_plot(tmp_path, run_script):
 
 def test_help_documents_output_files(run_script):
     res = run_script('PHdict.py', '-h', check=True)
-    for text in ('labels_TYPE.npy', 'labels_TYPE.txt', 'labels_TYPE.json', 'shard-K-of-N', '--label_type',
-                 '-ml', '-mb', '-cpi', '-ch', '-nw', '--skip_bad'):
+    for text in (
+        'labels_TYPE.npy',
+        'labels_TYPE.txt',
+        'labels_TYPE.json',
+        'shard-K-of-N',
+        '--label_type',
+        '-ml',
+        '-mb',
+        '-cpi',
+        '-ch',
+        '-nw',
+        '--skip_bad',
+    ):
         assert text in res.stdout, text

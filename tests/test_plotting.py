@@ -1,4 +1,5 @@
-"""Tests for util/plotting.py: every picture is a real, non-blank PNG, and the arrays behind them are right."""
+"""Tests for util/plot/plotting.py: every picture is a real, non-blank PNG, and the arrays behind them are right."""
+
 import csv
 import json
 import os
@@ -11,8 +12,8 @@ import torchvision
 from matplotlib.figure import Figure
 from PIL import Image
 
-from util import plotting
 from util.errors import UserError
+from util.plot import plotting
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -35,6 +36,7 @@ def assert_png(path, min_size=(100, 100)):
 
 # --------------------------------------------------------------------------- filter_grid
 
+
 def test_filter_grid_resnet18(tmp_path):
     model = torchvision.models.resnet18(weights=None)
     tiles = plotting.filter_tiles(model, max_filters=64)
@@ -55,8 +57,9 @@ def test_filter_grid_nested_first_conv(tmp_path):
     model = torchvision.models.mobilenet_v3_small(weights=None)
     tiles = plotting.filter_tiles(model, max_filters=64)
     assert tiles.shape == (min(16, 64), 3, 3, 3)
-    np.testing.assert_array_equal(plotting.first_conv_weight(model),
-                                  model.features[0][0].weight.detach().numpy().astype(np.float64))
+    np.testing.assert_array_equal(
+        plotting.first_conv_weight(model), model.features[0][0].weight.detach().numpy().astype(np.float64)
+    )
     assert_png(plotting.filter_grid(model, str(tmp_path / 'sub' / 'mnv3.png')))
 
 
@@ -65,7 +68,7 @@ def test_filter_grid_greyscale_state_dict_and_weight(tmp_path):
     model.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
     tiles = plotting.filter_tiles(model, max_filters=8)
     assert tiles.shape == (8, 7, 7, 3)
-    np.testing.assert_array_equal(tiles[..., 0], tiles[..., 2])        # grey: R = G = B
+    np.testing.assert_array_equal(tiles[..., 0], tiles[..., 2])  # grey: R = G = B
     # a state dict (as saved by training) and the bare weight give the same tiles
     np.testing.assert_allclose(plotting.filter_tiles(model.state_dict(), 8), tiles)
     np.testing.assert_allclose(plotting.filter_tiles({'epoch': 2, 'state_dict': model.state_dict()}, 8), tiles)
@@ -86,6 +89,7 @@ def test_filter_grid_model_without_input_conv(tmp_path):
 
 # --------------------------------------------------------------------------- sample_grid
 
+
 def test_sample_images_array_unnormalises():
     torch.manual_seed(0)
     original = torch.rand(5, 3, 8, 8)
@@ -102,7 +106,7 @@ def test_sample_images_array_unnormalises():
 
 
 def test_sample_images_array_greyscale_single_and_uint8():
-    grey = torch.tensor([[[[0.0, 0.5], [1.0, 2.0]]]])               # [1, 1, 2, 2], normalised by 0.5/0.25
+    grey = torch.tensor([[[[0.0, 0.5], [1.0, 2.0]]]])  # [1, 1, 2, 2], normalised by 0.5/0.25
     out = plotting.sample_images_array(grey, mean=0.5, std=0.25)
     assert out.shape == (1, 2, 2, 3)
     np.testing.assert_allclose(out[0, :, :, 1], [[0.5, 0.625], [0.75, 1.0]])
@@ -128,16 +132,23 @@ def test_sample_grid_png_with_titles(tmp_path):
 
 # --------------------------------------------------------------------------- curves_from_log
 
+
 def write_log(path, n_epochs, truncated_tail=True):
     with open(path, 'w') as f:
         for e in range(n_epochs):
-            rec = {'epoch': e, 'train_loss': 2.0 / (e + 1), 'train_acc1': 10.0 + 8 * e, 'lr': 0.1 * 0.8 ** e,
-                   'model': 'resnet18', 'flag': True}
+            rec = {
+                'epoch': e,
+                'train_loss': 2.0 / (e + 1),
+                'train_acc1': 10.0 + 8 * e,
+                'lr': 0.1 * 0.8**e,
+                'model': 'resnet18',
+                'flag': True,
+            }
             if e % 2 == 1:
                 rec.update(val_loss=2.5 / (e + 1), val_acc1=5.0 + 8 * e, val_r2=None)
             f.write(json.dumps(rec) + '\n')
         if truncated_tail:
-            f.write('{"epoch": %d, "train_loss": 0.1' % n_epochs)     # run killed mid-write
+            f.write('{"epoch": %d, "train_loss": 0.1' % n_epochs)  # run killed mid-write
 
 
 def test_curves_from_log_truncated_last_line(tmp_path):
@@ -146,7 +157,7 @@ def test_curves_from_log_truncated_last_line(tmp_path):
     records = plotting.read_log(log)
     assert [r['epoch'] for r in records] == list(range(6))
     series = plotting.log_series(records)
-    assert set(series) == {'train_loss', 'train_acc1', 'lr', 'val_loss', 'val_acc1'}   # no str/bool/None
+    assert set(series) == {'train_loss', 'train_acc1', 'lr', 'val_loss', 'val_acc1'}  # no str/bool/None
     np.testing.assert_array_equal(series['val_loss'][0], [1, 3, 5])
     out = plotting.curves_from_log(str(log), str(tmp_path / 'curves.png'))
     assert_png(out, min_size=(400, 400))
@@ -157,7 +168,7 @@ def test_curves_from_log_truncated_last_line(tmp_path):
 def test_curves_from_log_resumed_and_empty(tmp_path):
     log = tmp_path / 'log.jsonl'
     write_log(log, 4, truncated_tail=False)
-    with open(log, 'a') as f:                                   # a resumed run re-logs epoch 3
+    with open(log, 'a') as f:  # a resumed run re-logs epoch 3
         f.write(json.dumps({'epoch': 3, 'train_loss': 0.01}) + '\n')
     records = plotting.read_log(log)
     assert len(records) == 4 and records[-1]['train_loss'] == 0.01
@@ -170,10 +181,11 @@ def test_curves_from_log_resumed_and_empty(tmp_path):
 
 # --------------------------------------------------------------------------- confusion matrices
 
+
 def test_confusion_matrix_png_and_csv_round_trip(tmp_path):
     rng = np.random.default_rng(0)
     cm = rng.integers(0, 9, size=(4, 4)) + 20 * np.eye(4, dtype=int)
-    cm[2] = 0                                                    # a class with no samples
+    cm[2] = 0  # a class with no samples
     names = ['cat', 'dog, big', 'bird "x"', 'fish']
     assert_png(plotting.confusion_matrix_png(cm, names, str(tmp_path / 'cm.png')), min_size=(300, 300))
     assert_png(plotting.confusion_matrix_png(cm, names, str(tmp_path / 'cm_raw.png'), normalise=False))
@@ -192,6 +204,7 @@ def test_confusion_matrix_png_and_csv_round_trip(tmp_path):
 
 # --------------------------------------------------------------------------- axes helpers
 
+
 def render(fig, tmp_path, name):
     out = str(tmp_path / name)
     fig.savefig(out)
@@ -199,15 +212,19 @@ def render(fig, tmp_path, name):
 
 
 def test_persistence_diagram_ax_infinite_and_empty(tmp_path):
-    diagram = np.array([[0, 0.1, 0.5, 1, 2, 0, 3, 4, 0],
-                        [0, 0.0, np.finfo(np.float64).max, 0, 0, 0, 0, 0, 0],   # cripser's essential H0
-                        [1, 0.3, 0.9, 5, 5, 0, 6, 6, 0],
-                        [1, 0.4, np.inf, 5, 5, 0, 6, 6, 0]])
+    diagram = np.array(
+        [
+            [0, 0.1, 0.5, 1, 2, 0, 3, 4, 0],
+            [0, 0.0, np.finfo(np.float64).max, 0, 0, 0, 0, 0, 0],  # cripser's essential H0
+            [1, 0.3, 0.9, 5, 5, 0, 6, 6, 0],
+            [1, 0.4, np.inf, 5, 5, 0, 6, 6, 0],
+        ]
+    )
     fig = Figure(figsize=(8, 4))
     ax1, ax2 = fig.subplots(1, 2)
     plotting.persistence_diagram_ax(ax1, diagram)
     top = ax1.get_ylim()[1]
-    assert 0.9 < top < 2.0                                       # infinite deaths did not blow up the axes
+    assert 0.9 < top < 2.0  # infinite deaths did not blow up the axes
     drawn = np.concatenate([c.get_offsets() for c in ax1.collections])
     assert len(drawn) == 4 and np.all(np.isfinite(drawn))
     assert {t.get_text() for t in ax1.get_legend().get_texts()} == {'H0 (2)', 'H1 (2)'}
@@ -225,7 +242,7 @@ def test_label_vector_ax_parts(tmp_path):
     v = np.linspace(-1, 1, 30)
     plotting.label_vector_ax(ax1, v, parts=[('H0', 10), ('H1', 15)])
     assert [t.get_text() for t in ax1.get_legend().get_texts()] == ['H0', 'H1', 'rest']
-    plotting.label_vector_ax(ax2, torch.randn(1, 500), parts={'a': 250, 'b': 250})   # long: drawn as lines
+    plotting.label_vector_ax(ax2, torch.randn(1, 500), parts={'a': 250, 'b': 250})  # long: drawn as lines
     assert len(ax2.get_lines()) >= 2
     render(fig, tmp_path, 'labels.png')
     with pytest.raises(ValueError):
@@ -234,24 +251,30 @@ def test_label_vector_ax_parts(tmp_path):
 
 # --------------------------------------------------------------------------- summary page
 
+
 def test_summary_page(tmp_path):
     curves = tmp_path / 'log.jsonl'
     write_log(curves, 5)
     curves_png = plotting.curves_from_log(curves, str(tmp_path / 'curves.png'))
     rgb = np.asarray(Image.open(curves_png).convert('RGB'))
-    out = plotting.summary_page(str(tmp_path / 'summary.png'), 'quickstart', [
-        ('pretraining', 'final loss 0.12 after 5 epochs\n' + 'a long line of text ' * 20),
-        ('curves', curves_png),
-        ('array', rgb[::4, ::4]),
-        ('missing picture', str(tmp_path / 'not_there.png')),
-    ])
+    out = plotting.summary_page(
+        str(tmp_path / 'summary.png'),
+        'quickstart',
+        [
+            ('pretraining', 'final loss 0.12 after 5 epochs\n' + 'a long line of text ' * 20),
+            ('curves', curves_png),
+            ('array', rgb[::4, ::4]),
+            ('missing picture', str(tmp_path / 'not_there.png')),
+        ],
+    )
     page = assert_png(out, min_size=(800, 800))
-    assert page.shape[0] > page.shape[1]                         # sections stacked vertically
+    assert page.shape[0] > page.shape[1]  # sections stacked vertically
 
 
 def test_no_figures_left_behind(tmp_path):
     """Nothing is registered with pyplot, however many pictures are made."""
     import matplotlib.pyplot as plt
+
     before = plt.get_fignums()
     for i in range(3):
         plotting.confusion_matrix_png(np.eye(3, dtype=int), None, str(tmp_path / f'{i}.png'))

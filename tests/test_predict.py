@@ -1,5 +1,6 @@
 """predict.py: CSV of top-k classes and probabilities, equal to the model's own softmax; class names, defaults
 from the run's args.json, recursion, bad images, and refused mismatches."""
+
 import csv
 import json
 import os
@@ -11,7 +12,7 @@ import torchvision
 from PIL import Image
 from torchvision import transforms as TV
 
-from util.datasets import IMAGENET_MEAN, IMAGENET_STD
+from util.train.datasets import IMAGENET_MEAN, IMAGENET_STD
 
 CLASSES = ['cat', 'dog', 'emu']
 
@@ -57,8 +58,7 @@ def expected_probs(run, path):
 
 def test_csv_is_the_models_own_softmax(run, images, run_script, tmp_path):
     out = tmp_path / 'out' / 'pred.csv'
-    res = run_script('predict.py', images, '-pw', run / 'ft_resnet18_epoch1.pth', '-o', out, '-nw', '0',
-                     check=True)
+    res = run_script('predict.py', images, '-pw', run / 'ft_resnet18_epoch1.pth', '-o', out, '-nw', '0', check=True)
     rows = read_csv(out)
     assert rows[0] == ['path', 'top1', 'top1_prob', 'top2', 'top2_prob', 'top3', 'top3_prob']  # k capped at 3
     assert [r[0] for r in rows[1:]] == ['a.png', 'b.jpg', 'f.png', 'sub/c.png', 'sub/deeper/d.png', 'sub/e.png']
@@ -73,6 +73,7 @@ def test_csv_is_the_models_own_softmax(run, images, run_script, tmp_path):
 
 def predict_in_process(*argv):
     import predict
+
     return predict.main(predict.get_args_parser().parse_args([str(a) for a in argv]))
 
 
@@ -80,8 +81,22 @@ def test_topk_class_file_and_single_image(run, images, tmp_path):
     names = tmp_path / 'names.txt'
     names.write_text('x\ny\nz\n')
     out = tmp_path / 'p.csv'
-    assert predict_in_process(images / 'a.png', '-pw', run / 'ft_resnet18_epoch1.pth', '--classes', names, '-k', '1',
-                              '-o', out, '-nw', '0') == 0
+    assert (
+        predict_in_process(
+            images / 'a.png',
+            '-pw',
+            run / 'ft_resnet18_epoch1.pth',
+            '--classes',
+            names,
+            '-k',
+            '1',
+            '-o',
+            out,
+            '-nw',
+            '0',
+        )
+        == 0
+    )
     rows = read_csv(out)
     probs = expected_probs(run, images / 'a.png')
     assert rows == [['path', 'top1', 'top1_prob'], ['a.png', 'xyz'[int(np.argmax(probs))], f'{probs.max():.6f}']]
@@ -97,8 +112,12 @@ def test_accuracy_from_class_named_folders(run, tmp_path, capsys):
             path = tmp_path / 'eval' / cls / f'{i}.png'
             Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(path)
             probs_of[f'{cls}/{i}.png'] = expected_probs(run, path)
-    assert predict_in_process(tmp_path / 'eval', '-pw', run / 'ft_resnet18_epoch1.pth', '-o', tmp_path / 'p.csv',
-                              '-nw', '0') == 0
+    assert (
+        predict_in_process(
+            tmp_path / 'eval', '-pw', run / 'ft_resnet18_epoch1.pth', '-o', tmp_path / 'p.csv', '-nw', '0'
+        )
+        == 0
+    )
     correct = sum(CLASSES[int(np.argmax(p))] == rel.split('/')[0] for rel, p in probs_of.items())
     assert f'top-1 accuracy {100 * correct / 6:.2f}% over 6 images' in capsys.readouterr().out
 
@@ -106,6 +125,7 @@ def test_accuracy_from_class_named_folders(run, tmp_path, capsys):
 @pytest.mark.parametrize('case', ['class_count', 'no_weights', 'other_arch', 'no_images'])
 def test_refused(case, run, images, tmp_path):
     from util.errors import UserError
+
     args = [images, '-pw', run / 'ft_resnet18_epoch1.pth', '-o', tmp_path / 'p.csv', '-nw', '0']
     if case == 'class_count':
         (tmp_path / 'two.json').write_text('["a", "b"]')
@@ -146,8 +166,12 @@ def test_report_on_a_labelled_folder_matches_scikit_learn(run, tmp_path, capsys)
             truth.append(c)
             probs.append(expected_probs(run, path))
     out = tmp_path / 'pred.csv'
-    assert predict_in_process('-val', tmp_path / 'val', '-pw', run / 'ft_resnet18_epoch1.pth', '-o', out,
-                              '-nw', '0', '-k', '2') == 0
+    assert (
+        predict_in_process(
+            '-val', tmp_path / 'val', '-pw', run / 'ft_resnet18_epoch1.pth', '-o', out, '-nw', '0', '-k', '2'
+        )
+        == 0
+    )
     pred = [int(np.argmax(p)) for p in probs]
     rows = read_csv(out)
     assert rows[0] == ['path', 'top1', 'top1_prob', 'top2', 'top2_prob', 'truth']
@@ -177,11 +201,12 @@ def test_report_on_a_labelled_folder_matches_scikit_learn(run, tmp_path, capsys)
 @pytest.mark.filterwarnings('ignore:A single label was found')
 def test_metrics_match_scikit_learn_with_absent_classes():
     skm = pytest.importorskip('sklearn.metrics')
-    from util import metrics
+    from util.train import metrics
+
     rng = np.random.default_rng(3)
     for trial in range(20):
         n, k = 5, int(rng.integers(1, 40))
-        truth = rng.integers(0, n - 1, k)               # class 4 never true; some never predicted
+        truth = rng.integers(0, n - 1, k)  # class 4 never true; some never predicted
         ranked = np.argsort(rng.random((k, n)), axis=1)
         ranked[:, 0] = np.where(rng.random(k) < 0.5, truth, ranked[:, 0])
         rep = metrics.classification_report(truth, ranked, [str(i) for i in range(n)])
@@ -198,6 +223,7 @@ def test_metrics_match_scikit_learn_with_absent_classes():
 
 def test_positional_and_val_are_one_folder(run, images, tmp_path):
     from util.errors import UserError
+
     with pytest.raises(UserError, match='give one'):
         predict_in_process(images, '-val', images, '-pw', run / 'ft_resnet18_epoch1.pth', '-o', tmp_path / 'p.csv')
     with pytest.raises(UserError, match='-val DIR'):

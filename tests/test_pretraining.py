@@ -1,4 +1,5 @@
 """pretraining.py: the README command, every data mode, -ph pre/post, resume, torchrun, bad input."""
+
 import glob
 import os
 import subprocess
@@ -18,16 +19,47 @@ TINY = ['-u', 'resnet18', '-e', '1', '--img_size', '48', '--crop_size', '32', '-
 def generated(tmp_path_factory):
     """32 generated 64-px JPEGs in random/ and their diagrams in PH_random/ (the README's first two steps)."""
     from tests.conftest import _run_script
+
     base = tmp_path_factory.mktemp('pipeline')
-    _run_script('util/random_image.py', '-pb', '0.5', '-pc', '0.5', '-o', 'random', '-n', '32', '-is', '64',
-                '-nw', '1', cwd=base, check=True)
+    _run_script(
+        'util/random_image.py',
+        '-pb',
+        '0.5',
+        '-pc',
+        '0.5',
+        '-o',
+        'random',
+        '-n',
+        '32',
+        '-is',
+        '64',
+        '-nw',
+        '1',
+        cwd=base,
+        check=True,
+    )
     _run_script('PHdict.py', 'random', '-o', 'PH_random', '-it', 'jpg', '-nw', '1', cwd=base, check=True)
     return base
 
 
 def test_readme_command(generated, run_script):
-    res = run_script('pretraining.py', '-o', 'weights', '--numof_classes=200', '-ph', 'pre', '-t', 'random',
-                     '-pd', 'PH_random', *TINY, '-oti', '4', cwd=generated, check=True)
+    res = run_script(
+        'pretraining.py',
+        '-o',
+        'weights',
+        '--numof_classes=200',
+        '-ph',
+        'pre',
+        '-t',
+        'random',
+        '-pd',
+        'PH_random',
+        *TINY,
+        '-oti',
+        '4',
+        cwd=generated,
+        check=True,
+    )
     run = only_run_dir(generated / 'weights')
     weights = os.path.join(run, 'resnet18_epoch1.pth')
     # a plain state_dict that torchvision's constructor accepts as it is
@@ -44,21 +76,81 @@ def test_readme_command(generated, run_script):
 
 
 def test_consolidated_labels_mode(generated, run_script, tmp_path):
-    run_script('PHdict.py', 'random', '-o', 'PH_random', '-it', 'jpg', '-nw', '1', '--label_type', 'betti_curve',
-               '--numof_dims', '24', cwd=generated, check=True)
-    run_script('pretraining.py', '-o', tmp_path, '-t', 'random', '-pd', 'PH_random', '-pc', '--label_type',
-               'betti_curve', '-nc', '24', *TINY, cwd=generated, check=True)
+    run_script(
+        'PHdict.py',
+        'random',
+        '-o',
+        'PH_random',
+        '-it',
+        'jpg',
+        '-nw',
+        '1',
+        '--label_type',
+        'betti_curve',
+        '--numof_dims',
+        '24',
+        cwd=generated,
+        check=True,
+    )
+    run_script(
+        'pretraining.py',
+        '-o',
+        tmp_path,
+        '-t',
+        'random',
+        '-pd',
+        'PH_random',
+        '-pc',
+        '--label_type',
+        'betti_curve',
+        '-nc',
+        '24',
+        *TINY,
+        cwd=generated,
+        check=True,
+    )
     assert os.path.exists(os.path.join(only_run_dir(tmp_path), 'resnet18_epoch1.pth'))
     # the label dimension must agree with -nc
-    res = run_script('pretraining.py', '-o', tmp_path / 'x', '-t', 'random', '-pd', 'PH_random', '-pc',
-                     '--label_type', 'betti_curve', '-nc', '30', *TINY, cwd=generated, check=False)
+    res = run_script(
+        'pretraining.py',
+        '-o',
+        tmp_path / 'x',
+        '-t',
+        'random',
+        '-pd',
+        'PH_random',
+        '-pc',
+        '--label_type',
+        'betti_curve',
+        '-nc',
+        '30',
+        *TINY,
+        cwd=generated,
+        check=False,
+    )
     assert 'dimension 24' in res.stderr and '--numof_classes' in res.stderr
     assert 'Traceback' not in res.stderr
 
 
 def test_compute_in_loader_and_validation(generated, run_script, tmp_path):
-    run_script('pretraining.py', '-o', tmp_path, '-t', 'random', '-val', 'random', '-nc', '40', '-ph', 'post',
-               '--ph_engine', 'cripser', *TINY, cwd=generated, check=True)
+    run_script(
+        'pretraining.py',
+        '-o',
+        tmp_path,
+        '-t',
+        'random',
+        '-val',
+        'random',
+        '-nc',
+        '40',
+        '-ph',
+        'post',
+        '--ph_engine',
+        'cripser',
+        *TINY,
+        cwd=generated,
+        check=True,
+    )
     (record,) = read_log(only_run_dir(tmp_path))
     assert {'val_loss', 'val_r2'} <= set(record) and record['val_images'] == 32
     with open(os.path.join(only_run_dir(tmp_path), 'args.json'), encoding='utf-8') as f:
@@ -81,11 +173,30 @@ def test_on_the_fly_generation_with_cache(run_script, tmp_path):
 
 def test_on_the_fly_matches_generator_and_phdict(tmp_path, run_script):
     """Epoch 0 of on-the-fly generation is the image random_image.py writes, labelled as PHdict labels it."""
-    from util.datasets import ComputedLabels, GeneratedPH
-    from util.random_image import GeneratorConfig
-    from util.vectorise import make_vectoriser
-    run_script('util/random_image.py', '-o', tmp_path / 'img', '-n', '3', '-is', '48', '--format', 'png',
-               '--seed', '5', '-nw', '1', '-pc', '0.5', '-pb', '0.5', check=True)
+    from util.ph.generator import GeneratorConfig
+    from util.ph.vectorise import make_vectoriser
+    from util.train.datasets import ComputedLabels, GeneratedPH
+
+    run_script(
+        'util/random_image.py',
+        '-o',
+        tmp_path / 'img',
+        '-n',
+        '3',
+        '-is',
+        '48',
+        '--format',
+        'png',
+        '--seed',
+        '5',
+        '-nw',
+        '1',
+        '-pc',
+        '0.5',
+        '-pb',
+        '0.5',
+        check=True,
+    )
     run_script('PHdict.py', tmp_path / 'img', '-o', tmp_path / 'ph', '-it', 'png', '-nw', '1', check=True)
     vec = make_vectoriser('histogram', 40)
     cfg = GeneratorConfig(img_size=48, prob_binary=0.5, prob_colour=0.5)
@@ -97,17 +208,21 @@ def test_on_the_fly_matches_generator_and_phdict(tmp_path, run_script):
         expected = vec(np.load(tmp_path / 'ph' / f'v{i:08d}.npy'))
         np.testing.assert_array_equal(label.numpy(), expected)
     ds.set_epoch(1)  # fresh images in the next epoch
-    assert not np.array_equal(np.asarray(ds[0][0]), np.asarray(GeneratedPH(
-        cfg, 5, 3, ComputedLabels(vec), spatial=lambda im: im, to_tensor=lambda im: im)[0][0]))
+    assert not np.array_equal(
+        np.asarray(ds[0][0]),
+        np.asarray(GeneratedPH(cfg, 5, 3, ComputedLabels(vec), spatial=lambda im: im, to_tensor=lambda im: im)[0][0]),
+    )
 
 
 def test_pre_and_post_labels(generated):
     """-ph pre labels the whole image; -ph post labels the crop the network sees."""
     from PIL import Image
     from torchvision import transforms
-    from util.datasets import ComputedLabels, FolderPH
-    from util.fileio import list_images
-    from util.vectorise import make_vectoriser
+
+    from util.io.fileio import list_images
+    from util.ph.vectorise import make_vectoriser
+    from util.train.datasets import ComputedLabels, FolderPH
+
     root = str(generated / 'random')
     rel = list_images(root)[:6]
     labels = ComputedLabels(make_vectoriser('histogram', 40))
@@ -129,8 +244,27 @@ def test_pre_and_post_labels(generated):
 
 
 def test_resume_is_exact(generated, run_script, tmp_path):
-    common = ['-t', 'random', '-pd', 'PH_random', '-nc', '40', '-u', 'resnet18', '--img_size', '48',
-              '--crop_size', '32', '-b', '8', '-nw', '1', '-e', '2', '-aff']
+    common = [
+        '-t',
+        'random',
+        '-pd',
+        'PH_random',
+        '-nc',
+        '40',
+        '-u',
+        'resnet18',
+        '--img_size',
+        '48',
+        '--crop_size',
+        '32',
+        '-b',
+        '8',
+        '-nw',
+        '1',
+        '-e',
+        '2',
+        '-aff',
+    ]
     run_script('pretraining.py', '-o', tmp_path / 'full', *common, cwd=generated, check=True)
     run_script('pretraining.py', '-o', tmp_path / 'split', *common, '--stop_after', '1', cwd=generated, check=True)
     split = only_run_dir(tmp_path / 'split')
@@ -146,9 +280,26 @@ def test_resume_is_exact(generated, run_script, tmp_path):
 
 
 def test_torchrun_two_processes(generated, tmp_path):
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
-           os.path.join(ROOT, 'pretraining.py'), '-o', str(tmp_path), '-t', 'random', '-pd', 'PH_random',
-           '-nc', '40', *TINY, '-b', '4']
+    cmd = [
+        sys.executable,
+        '-m',
+        'torch.distributed.run',
+        '--standalone',
+        '--nproc_per_node',
+        '2',
+        os.path.join(ROOT, 'pretraining.py'),
+        '-o',
+        str(tmp_path),
+        '-t',
+        'random',
+        '-pd',
+        'PH_random',
+        '-nc',
+        '40',
+        *TINY,
+        '-b',
+        '4',
+    ]
     env = {k: v for k, v in os.environ.items() if k not in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK')}
     res = subprocess.run(cmd, cwd=generated, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -160,8 +311,9 @@ def test_torchrun_two_processes(generated, tmp_path):
     assert record['images'] == 32  # both ranks' images counted once
 
 
-@pytest.mark.parametrize('case', ['missing_train', 'empty_train', 'missing_diagrams', 'nan_labels',
-                                  'unknown_arch', 'unwritable_output'])
+@pytest.mark.parametrize(
+    'case', ['missing_train', 'empty_train', 'missing_diagrams', 'nan_labels', 'unknown_arch', 'unwritable_output']
+)
 def test_bad_input(case, generated, run_script, tmp_path):
     args = ['-t', 'random', '-pd', 'PH_random', '-o', tmp_path / 'out', '-nc', '40', *TINY]
     expect = None

@@ -11,6 +11,7 @@ What "equal to the formula" means here (test_images_match_direct_formula), per i
   255 * (value - min) / ptp is within 1e-3 of an integer (a truncation boundary);
 * over the whole sample, at most 1e-4 of the pixels differ (observed: ~2e-5, all in normalised channels).
 """
+
 import hashlib
 import json
 import os
@@ -25,9 +26,18 @@ from PIL import Image
 from skimage.filters import threshold_otsu
 
 from util.errors import UserError
-from util.fileio import list_images
-from util.random_image import (PREVIEW_FILE, TRAIN_STREAM, VAL_STREAM, GeneratorConfig, _filtered_channels,
-                               generate_image, get_args_parser, image_rng, main, otsu_threshold)
+from util.io.fileio import list_images
+from util.ph.generator import (
+    PREVIEW_FILE,
+    TRAIN_STREAM,
+    VAL_STREAM,
+    GeneratorConfig,
+    _filtered_channels,
+    generate_image,
+    image_rng,
+    otsu_threshold,
+)
+from util.random_image import get_args_parser, main
 
 SCRIPT = 'util/random_image.py'
 
@@ -53,7 +63,7 @@ def direct_image(cfg, seed, index, stream=TRAIN_STREAM):
             x = np.linspace(1, np.exp(alpha) * size, size)
             X, Y = np.meshgrid(x, x)
             noise = rng.uniform(0, 1, (size, size))
-            layers.append(np.real(np.fft.ifft2(np.fft.fft2(noise) / (X ** 2 + Y ** 2) ** beta)))
+            layers.append(np.real(np.fft.ifft2(np.fft.fft2(noise) / (X**2 + Y**2) ** beta)))
         sample = np.array(layers)
     state_after_float = rng.bit_generator.state
     floats = sample.copy()
@@ -127,7 +137,7 @@ def test_otsu_threshold_equals_skimage():
     for index in range(60):
         for chan in _filtered_channels(image_rng(0, index), cfg):
             assert otsu_threshold(chan) == threshold_otsu(chan)
-            for offset in (0.01, 0.3):       # far from zero relative to the range: other code paths
+            for offset in (0.01, 0.3):  # far from zero relative to the range: other code paths
                 shifted = chan + np.float32(offset)
                 assert otsu_threshold(shifted) == threshold_otsu(shifted)
             wide = chan.astype(np.float64) * 1e3
@@ -135,13 +145,14 @@ def test_otsu_threshold_equals_skimage():
     for k in range(100):
         a = rng.normal(size=(37, 29)).astype(np.float32)
         if k % 2:
-            a = np.round(a * 8) / 8          # many values exactly on bin edges
+            a = np.round(a * 8) / 8  # many values exactly on bin edges
         assert otsu_threshold(a) == threshold_otsu(a)
-    for k in range(40):                     # values exactly on, and one ulp either side of, every bin edge
+    for k in range(40):  # values exactly on, and one ulp either side of, every bin edge
         low, high = np.sort(rng.normal(size=2)).astype(np.float32)
         edges = np.linspace(low, high, 257, dtype=np.float32)
-        vals = np.concatenate([edges, np.nextafter(edges, np.float32(-np.inf)),
-                               np.nextafter(edges, np.float32(np.inf))])
+        vals = np.concatenate(
+            [edges, np.nextafter(edges, np.float32(-np.inf)), np.nextafter(edges, np.float32(np.inf))]
+        )
         vals = np.clip(vals, low, high)
         a = rng.permutation(np.concatenate([vals, rng.uniform(low, high, 1024 - vals.size)]))
         a = a.astype(np.float32).reshape(32, 32)
@@ -155,8 +166,14 @@ def test_otsu_threshold_equals_skimage():
 def test_config_validation():
     GeneratorConfig().validate()
     GeneratorConfig(img_size=8, alpha_range=(1, 1), prob_binary=0, prob_colour=1).validate()
-    bad = [dict(img_size=7), dict(alpha_range=(1.0, 0.5)), dict(beta_range=(2, 1)), dict(prob_binary=1.01),
-           dict(prob_colour=-0.1), dict(alpha_range=(0, float('nan')))]
+    bad = [
+        dict(img_size=7),
+        dict(alpha_range=(1.0, 0.5)),
+        dict(beta_range=(2, 1)),
+        dict(prob_binary=1.01),
+        dict(prob_colour=-0.1),
+        dict(alpha_range=(0, float('nan'))),
+    ]
     for kwargs in bad:
         with pytest.raises(UserError):
             GeneratorConfig(**kwargs).validate()
@@ -186,7 +203,7 @@ def test_fractions_follow_probabilities():
         for c in img.reshape(32, 32, -1).transpose(2, 0, 1):
             channels += 1
             binary += bool(np.all((c == 0) | (c == 255)))
-            assert c.min() == 0 and c.max() == 255          # both binarised and normalised channels span 0..255
+            assert c.min() == 0 and c.max() == 255  # both binarised and normalised channels span 0..255
     assert abs(colour / n - 0.3) <= 4 * np.sqrt(0.3 * 0.7 / n)
     assert abs(binary / channels - 0.6) <= 4 * np.sqrt(0.6 * 0.4 / channels)
     grey_binary = GeneratorConfig(img_size=32, prob_binary=1.0, prob_colour=0.0)
@@ -202,8 +219,11 @@ def test_fractions_follow_probabilities():
 
 
 def _digests(folder, ext='.jpg'):
-    return {name: hashlib.sha256(open(os.path.join(folder, name), 'rb').read()).hexdigest()
-            for name in sorted(os.listdir(folder)) if name.endswith(ext)}
+    return {
+        name: hashlib.sha256(open(os.path.join(folder, name), 'rb').read()).hexdigest()
+        for name in sorted(os.listdir(folder))
+        if name.endswith(ext)
+    }
 
 
 def test_script_worker_count_does_not_change_bytes_and_no_duplicates(run_script, tmp_path):
@@ -218,8 +238,28 @@ def test_script_worker_count_does_not_change_bytes_and_no_duplicates(run_script,
 
 
 def test_script_writes_what_the_api_generates(run_script, tmp_path):
-    run_script(SCRIPT, '-o', tmp_path, '-n', '12', '-is', '40', '-pb', '0.5', '-pc', '0.5', '--seed', '4',
-               '--format', 'png', '-pf', 'img', '-nw', '2', check=True)
+    run_script(
+        SCRIPT,
+        '-o',
+        tmp_path,
+        '-n',
+        '12',
+        '-is',
+        '40',
+        '-pb',
+        '0.5',
+        '-pc',
+        '0.5',
+        '--seed',
+        '4',
+        '--format',
+        'png',
+        '-pf',
+        'img',
+        '-nw',
+        '2',
+        check=True,
+    )
     cfg = GeneratorConfig(img_size=40, prob_binary=0.5, prob_colour=0.5)
     for i in range(12):
         with Image.open(tmp_path / f"img{i:08d}.png") as im:
@@ -234,7 +274,7 @@ def test_resume_regenerates_exactly_the_missing_files(run_script, tmp_path):
     deleted = ['v00000000.jpg', 'v00000007.jpg', 'v00000029.jpg']
     for name in deleted:
         os.remove(tmp_path / name)
-    stale = tmp_path / 'v00000007.jpg.tmp-abc123'          # what a killed run may leave behind
+    stale = tmp_path / 'v00000007.jpg.tmp-abc123'  # what a killed run may leave behind
     stale.write_bytes(b'half an image')
     time.sleep(0.01)
     res = run_script(SCRIPT, *args, check=True)
@@ -253,17 +293,34 @@ def test_resume_regenerates_exactly_the_missing_files(run_script, tmp_path):
 
 def test_killed_run_resumes_to_identical_output(root, tmp_path):
     killed, clean = tmp_path / 'killed', tmp_path / 'clean'
-    args = [sys.executable, os.path.join(root, SCRIPT), '-n', '600', '-is', '32', '--preview', '0',
-            '-pb', '0.5', '-pc', '0.5']
-    proc = subprocess.Popen(args + ['-o', str(killed), '-nw', '2'], cwd=root, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = [
+        sys.executable,
+        os.path.join(root, SCRIPT),
+        '-n',
+        '600',
+        '-is',
+        '32',
+        '--preview',
+        '0',
+        '-pb',
+        '0.5',
+        '-pc',
+        '0.5',
+    ]
+    proc = subprocess.Popen(
+        args + ['-o', str(killed), '-nw', '2'],
+        cwd=root,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 60
     while time.time() < deadline and proc.poll() is None:
         if killed.is_dir() and len(os.listdir(killed)) > 40:
             break
         time.sleep(0.02)
     if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)                  # the script and its pool workers
+        os.killpg(proc.pid, signal.SIGKILL)  # the script and its pool workers
     proc.wait()
     subprocess.run(args + ['-o', str(killed), '-nw', '2'], cwd=root, check=True, capture_output=True)
     subprocess.run(args + ['-o', str(clean), '-nw', '1'], cwd=root, check=True, capture_output=True)
@@ -285,8 +342,7 @@ def test_validation_split(run_script, tmp_path, layout):
 
 
 def test_preview_and_args_json(run_script, tmp_path):
-    res = run_script(SCRIPT, '-o', tmp_path / 'a', '-n', '6', '-is', '32', '--preview', '4', '--seed', '9',
-                     check=True)
+    res = run_script(SCRIPT, '-o', tmp_path / 'a', '-n', '6', '-is', '32', '--preview', '4', '--seed', '9', check=True)
     assert PREVIEW_FILE in res.stdout
     # the preview sits next to the images but is not listed as one (pretraining lists the folder)
     assert list_images(tmp_path / 'a') == [f"v{i:08d}.jpg" for i in range(6)]
@@ -306,11 +362,14 @@ def test_other_settings_are_not_mixed_into_a_folder(run_script, tmp_path):
     run_script(SCRIPT, '-o', tmp_path, '-n', '4', '-is', '32', '--seed', '1', '--overwrite', check=True)
 
 
-@pytest.mark.parametrize('flags, words', [
-    (['-ar', '2', '1'], '--alpha_range'),
-    (['-pb', '1.5'], '--prob_binary'),
-    (['-is', '4'], '--img_size'),
-])
+@pytest.mark.parametrize(
+    'flags, words',
+    [
+        (['-ar', '2', '1'], '--alpha_range'),
+        (['-pb', '1.5'], '--prob_binary'),
+        (['-is', '4'], '--img_size'),
+    ],
+)
 def test_bad_flags_exit_with_one_line(run_script, tmp_path, flags, words):
     res = run_script(SCRIPT, '-o', tmp_path, '-n', '2', *flags, check=False)
     assert res.returncode == 2
@@ -326,8 +385,9 @@ def test_unwritable_output_is_a_clear_error(run_script, tmp_path):
     assert res.returncode == 2 and res.stderr.startswith('error: ') and 'out' in res.stderr
 
 
-@pytest.mark.parametrize('flags', [['-br', '3', '1'], ['-pc', '-0.1'], ['-n', '-1'], ['--seed', '-2'],
-                                   ['-nw', '-1'], ['-pf', 'a/b']])
+@pytest.mark.parametrize(
+    'flags', [['-br', '3', '1'], ['-pc', '-0.1'], ['-n', '-1'], ['--seed', '-2'], ['-nw', '-1'], ['-pf', 'a/b']]
+)
 def test_bad_flags_raise_user_error(tmp_path, flags):
     args = get_args_parser().parse_args(['-o', str(tmp_path), '-n', '2', *flags])
     with pytest.raises(UserError):

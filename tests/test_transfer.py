@@ -1,5 +1,6 @@
 """bench/transfer.py: the tiny preset end to end (every table cell traced to a real fine-tuning run), and the
 random-target control through the product's --label_type random."""
+
 import json
 import os
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 
 from bench import transfer
-from util.labels import load_label_matrix
+from util.ph.labels import load_label_matrix
 
 
 @pytest.fixture(scope='module')
@@ -15,12 +16,29 @@ def tiny_run(tmp_path_factory):
     """One tiny run of the whole evaluation (shared by the tests below): (result dict, stdout, work dir)."""
     import subprocess
     import sys
+
     base = tmp_path_factory.mktemp('transfer')
     work, out = base / 'work', base / 'out'
     env = dict(os.environ, OMP_NUM_THREADS='1')
-    res = subprocess.run([sys.executable, os.path.join(transfer._ROOT, 'bench', 'transfer.py'), '--preset', 'tiny',
-                          '--work', str(work), '--out', str(out), '--name', 'test'],
-                         cwd=transfer._ROOT, env=env, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(transfer._ROOT, 'bench', 'transfer.py'),
+            '--preset',
+            'tiny',
+            '--work',
+            str(work),
+            '--out',
+            str(out),
+            '--name',
+            'test',
+        ],
+        cwd=transfer._ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     with open(out / 'transfer_test.json', encoding='utf-8') as f:
         result = json.load(f)
@@ -47,7 +65,7 @@ def test_table_structure(tiny_run):
         for name, m in cell['margins'].items():
             a, b = name.split('-')
             by = {(r['init'], r['seed']): r['top1'] for r in result['runs'] if r['labels'] == k}
-            diffs = [by[(a, s)] - by[(b, s)] for s in seeds]       # paired by seed
+            diffs = [by[(a, s)] - by[(b, s)] for s in seeds]  # paired by seed
             assert m['diffs'] == pytest.approx(diffs)
             assert m['se'] == pytest.approx(np.std(diffs, ddof=1) / np.sqrt(len(diffs)))
             assert m['beyond_2se'] == (m['mean'] > 2 * m['se'])
@@ -69,7 +87,7 @@ def test_every_cell_is_a_real_finetuning_run(tiny_run):
         assert os.path.samefile(pargs['path2PHdir'], expected_pd) and pargs['precomputed']
     seen_dirs = set()
     for r in result['runs']:
-        assert r['run_dir'] not in seen_dirs      # one fine-tuning run per cell
+        assert r['run_dir'] not in seen_dirs  # one fine-tuning run per cell
         seen_dirs.add(r['run_dir'])
         with open(r['metrics_file'], encoding='utf-8') as f:
             metrics = json.load(f)
@@ -103,15 +121,18 @@ def test_every_cell_is_a_real_finetuning_run(tiny_run):
 
 def test_random_targets_come_from_the_product_flag(tiny_run):
     """The control is PHdict.py --label_type random, read by pretraining.py --label_type random."""
-    from util import label_sources
+    from util.train import label_sources
+
     result, _, _ = tiny_run
     dims = result['settings']['dims']
     rand = result['files']['random_dir']
-    matrix, names = load_label_matrix(os.path.join(rand, 'labels_random.npy'), os.path.join(rand, 'labels_random.txt'),
-                                      expected_dim=dims)
+    matrix, names = load_label_matrix(
+        os.path.join(rand, 'labels_random.npy'), os.path.join(rand, 'labels_random.txt'), expected_dim=dims
+    )
     assert matrix.shape == (result['settings']['n_images'], dims)
-    np.testing.assert_array_equal(matrix, label_sources.random_matrix(0, [label_sources.image_key(n) for n in names],
-                                                                       dims))
+    np.testing.assert_array_equal(
+        matrix, label_sources.random_matrix(0, [label_sources.image_key(n) for n in names], dims)
+    )
     with open(os.path.join(result['pretraining']['random']['run_dir'], 'args.json'), encoding='utf-8') as f:
         pargs = json.load(f)
     assert pargs['label_type'] == 'random' and pargs['numof_classes'] == dims and pargs['seed'] == 0

@@ -1,4 +1,5 @@
-"""Label vectorisations (util/vectorise.py) against brute-force loop implementations and persim."""
+"""Label vectorisations (util/ph/vectorise.py) against brute-force loop implementations and persim."""
+
 import argparse
 import math
 
@@ -6,9 +7,19 @@ import numpy as np
 import pytest
 
 from util.errors import UserError
-from util.vectorise import (LABEL_TYPES, BettiCurveVectoriser, HistogramVectoriser, LandscapeVectoriser,
-                            PersistenceImageVectoriser, add_label_args, make_vectoriser, pixel_grid, pixel_masses,
-                            smoothing_matrix, vectoriser_from_args)
+from util.ph.vectorise import (
+    LABEL_TYPES,
+    BettiCurveVectoriser,
+    HistogramVectoriser,
+    LandscapeVectoriser,
+    PersistenceImageVectoriser,
+    add_label_args,
+    make_vectoriser,
+    pixel_grid,
+    pixel_masses,
+    smoothing_matrix,
+    vectoriser_from_args,
+)
 
 DBL_MAX = np.finfo(np.float64).max
 
@@ -41,6 +52,7 @@ def finite_pairs(diagram, h):
 
 # ---------------------------------------------------------------- brute-force references (plain loops)
 
+
 def bf_bin(x, lo, hi, n):
     if n == 0 or x < lo or x > hi:
         return None
@@ -63,12 +75,12 @@ def bf_smooth(y, b):
     w = bf_hanning(b)
     s = sum(w)
     w = [v / s for v in w]
-    padded = y[b - 1:0:-1] + y + y[-2:-b - 1:-1]
+    padded = y[b - 1 : 0 : -1] + y + y[-2 : -b - 1 : -1]
     res = []
     for k in range(len(padded) - b + 1):
         res.append(sum(w[m] * padded[k + b - 1 - m] for m in range(b)))
     c = (len(res) - len(y)) // 2
-    return res[c:c + len(y)]
+    return res[c : c + len(y)]
 
 
 def bf_histogram(diagram, nb, max_life, max_birth, bandwidth):
@@ -104,7 +116,7 @@ def bf_image(diagram, h, grid, min_birth, max_birth, max_life, sigma, power):
     img = np.zeros((nb, nl))
     for b, d in finite_pairs(diagram, h):
         life = min(max(d - b, 0.0), max_life)
-        w = life ** power
+        w = life**power
         for i in range(nb):
             x0, x1 = min_birth + i * pw, min_birth + (i + 1) * pw
             mx = bf_phi((x1 - b) / sd) - bf_phi((x0 - b) / sd)
@@ -146,6 +158,7 @@ def bf_landscape(diagram, dim, min_birth, max_birth, num):
 
 # ---------------------------------------------------------------- tests against the references
 
+
 @pytest.fixture
 def diagrams():
     rng = np.random.default_rng(1234)
@@ -181,14 +194,18 @@ def test_histogram_num_bins_override(diagrams):
         make_vectoriser('histogram', 31, num_bins=(5, 10, 7, 8))
 
 
-@pytest.mark.parametrize('dim,min_birth,max_birth,max_life,sigma,power', [
-    (100, None, 50.0, 50.0, 100.0, 1.0),
-    (24, -30.0, 30.0, 20.0, 30.0, 2.0),
-    (37, -10.0, 70.0, 35.0, 7.0, 0.5),
-])
+@pytest.mark.parametrize(
+    'dim,min_birth,max_birth,max_life,sigma,power',
+    [
+        (100, None, 50.0, 50.0, 100.0, 1.0),
+        (24, -30.0, 30.0, 20.0, 30.0, 2.0),
+        (37, -10.0, 70.0, 35.0, 7.0, 0.5),
+    ],
+)
 def test_persistence_image_matches_brute_force(diagrams, dim, min_birth, max_birth, max_life, sigma, power):
-    v = PersistenceImageVectoriser(dim, max_life=max_life, max_birth=max_birth, min_birth=min_birth,
-                                   sigma=sigma, power=power)
+    v = PersistenceImageVectoriser(
+        dim, max_life=max_life, max_birth=max_birth, min_birth=min_birth, sigma=sigma, power=power
+    )
     lo = -max_birth if min_birth is None else min_birth
     assert [a * b for a, b in v.grids] == [dim // 2, dim - dim // 2]
     imgs = v.images(diagrams)
@@ -202,12 +219,15 @@ def test_persistence_image_matches_brute_force(diagrams, dim, min_birth, max_bir
         np.testing.assert_allclose(got[n], flat, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize('dim,min_birth,max_birth,max_life,sigma,power,discrete', [
-    (100, -50.0, 50.0, 50.0, 100.0, 1.0, False),   # the defaults: 10 x 5 pixels of 10 x 10
-    (100, -50.0, 50.0, 50.0, 100.0, 1.0, True),    # same, values on a lattice (as image filtrations are)
-    (24, -30.0, 30.0, 20.0, 30.0, 2.0, True),      # 6 x 2 pixels of 10 x 10
-    (2 * 32, 0.0, 8.0, 4.0, 0.7, 1.5, False),      # 8 x 4 pixels of 1 x 1
-])
+@pytest.mark.parametrize(
+    'dim,min_birth,max_birth,max_life,sigma,power,discrete',
+    [
+        (100, -50.0, 50.0, 50.0, 100.0, 1.0, False),  # the defaults: 10 x 5 pixels of 10 x 10
+        (100, -50.0, 50.0, 50.0, 100.0, 1.0, True),  # same, values on a lattice (as image filtrations are)
+        (24, -30.0, 30.0, 20.0, 30.0, 2.0, True),  # 6 x 2 pixels of 10 x 10
+        (2 * 32, 0.0, 8.0, 4.0, 0.7, 1.5, False),  # 8 x 4 pixels of 1 x 1
+    ],
+)
 def test_persistence_image_matches_persim(dim, min_birth, max_birth, max_life, sigma, power, discrete):
     persim = pytest.importorskip('persim')
     rng = np.random.default_rng(7)
@@ -217,16 +237,21 @@ def test_persistence_image_matches_persim(dim, min_birth, max_birth, max_life, s
         if discrete:  # few distinct values: exercises the per-(diagram, value) aggregation
             d[:, 1:3] = np.round(d[:, 1:3] / 4.0) * 4.0
         d[:, 1:3] = (d[:, 1:3] + 60.0) * scale + min_birth
-    v = make_vectoriser('persistence_image', dim, max_life=max_life, max_birth=max_birth, min_birth=min_birth,
-                        sigma=sigma, power=power)
+    v = make_vectoriser(
+        'persistence_image', dim, max_life=max_life, max_birth=max_birth, min_birth=min_birth, sigma=sigma, power=power
+    )
     pixel = (max_birth - min_birth) / v.grids[0][0]
     assert all(math.isclose((max_birth - min_birth) / nb, max_life / nl) for nb, nl in v.grids)
     imgs = v.images(ds)
     got = v.transform(ds)
     for h in (0, 1):
-        imager = persim.PersistenceImager(birth_range=(min_birth, max_birth), pers_range=(0.0, max_life),
-                                          pixel_size=pixel, weight_params={'n': power},
-                                          kernel_params={'sigma': [[sigma, 0.0], [0.0, sigma]]})
+        imager = persim.PersistenceImager(
+            birth_range=(min_birth, max_birth),
+            pers_range=(0.0, max_life),
+            pixel_size=pixel,
+            weight_params={'n': power},
+            kernel_params={'sigma': [[sigma, 0.0], [0.0, sigma]]},
+        )
         assert tuple(imager.resolution) == v.grids[h]
         for n, d in enumerate(ds):
             p = d[d[:, 0] == h, 1:3].copy()
@@ -235,7 +260,7 @@ def test_persistence_image_matches_persim(dim, min_birth, max_birth, max_life, s
             # relative agreement; persim's inclusion-exclusion of CDFs leaves ~1e-16 absolute noise in far tails
             np.testing.assert_allclose(imgs[h][n], want, rtol=1e-6, atol=1e-12 * want.max())
             off = 0 if h == 0 else dim // 2
-            np.testing.assert_allclose(got[n, off:off + want.size], np.sqrt(want.ravel()), rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(got[n, off : off + want.size], np.sqrt(want.ravel()), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize('dim,min_birth,max_birth,max_life', [(200, None, 50.0, 50.0), (31, -20.0, 35.0, 12.0)])
@@ -279,8 +304,11 @@ def test_values_exactly_on_bin_edges_and_thresholds():
                 want = bf_image(dd, k, v.grids[k], -50.0, 50.0, 50.0, 40.0, 1.0)
                 np.testing.assert_allclose(imgs[k][n], want, rtol=1e-6, atol=1e-10 * max(want.max(), 1e-300))
     for n, dd in enumerate(batch):
-        np.testing.assert_allclose(LandscapeVectoriser(30, num_landscapes=4).transform(batch)[n],
-                                   bf_landscape(dd, 30, -50.0, 50.0, 4), atol=1e-6)
+        np.testing.assert_allclose(
+            LandscapeVectoriser(30, num_landscapes=4).transform(batch)[n],
+            bf_landscape(dd, 30, -50.0, 50.0, 4),
+            atol=1e-6,
+        )
 
 
 def test_cripser_diagrams_match_brute_force():
@@ -299,6 +327,7 @@ def test_cripser_diagrams_match_brute_force():
 
 # ---------------------------------------------------------------- robustness and consistency
 
+
 def all_vectorisers(dim):
     return [make_vectoriser(t, dim) for t in LABEL_TYPES]
 
@@ -313,8 +342,12 @@ def test_dimension_is_respected(dim, diagrams):
 
 
 def test_empty_and_infinite_only_diagrams():
-    empties = [np.zeros((0, 9)), np.zeros((0, 3)), np.array([]),
-               np.array([[0, -3.0, DBL_MAX, 0, 0, 0, 0, 0, 0], [0, 1.0, np.inf, 0, 0, 0, 0, 0, 0]])]
+    empties = [
+        np.zeros((0, 9)),
+        np.zeros((0, 3)),
+        np.array([]),
+        np.array([[0, -3.0, DBL_MAX, 0, 0, 0, 0, 0, 0], [0, 1.0, np.inf, 0, 0, 0, 0, 0, 0]]),
+    ]
     for v in all_vectorisers(64):
         out = v.transform(empties)
         assert out.shape == (4, 64) and out.dtype == np.float32
@@ -336,8 +369,14 @@ def test_infinite_deaths_are_ignored():
 
 
 def test_extreme_values_stay_finite():
-    d = np.array([[0, -1e200, 1e200, 0, 0, 0, 0, 0, 0], [1, -1e300, 1e300, 0, 0, 0, 0, 0, 0],
-                  [1, 3.0, 2.0, 0, 0, 0, 0, 0, 0], [0, np.nan, 1.0, 0, 0, 0, 0, 0, 0]])
+    d = np.array(
+        [
+            [0, -1e200, 1e200, 0, 0, 0, 0, 0, 0],
+            [1, -1e300, 1e300, 0, 0, 0, 0, 0, 0],
+            [1, 3.0, 2.0, 0, 0, 0, 0, 0, 0],
+            [0, np.nan, 1.0, 0, 0, 0, 0, 0, 0],
+        ]
+    )
     for v in all_vectorisers(40):
         out = v(d)
         assert out.dtype == np.float32 and np.isfinite(out).all()
@@ -351,7 +390,8 @@ def test_batched_equals_single(diagrams):
 
 
 def test_large_batch_is_chunked_consistently(monkeypatch):
-    import util.vectorise_base as vec
+    import util.ph.vectorise_base as vec
+
     rng = np.random.default_rng(5)
     ds = [random_diagram(rng, int(n)) for n in rng.integers(0, 90, 40)]
     v_pi, v_ls = make_vectoriser('persistence_image', 60), make_vectoriser('landscape', 60)
@@ -364,10 +404,9 @@ def test_large_batch_is_chunked_consistently(monkeypatch):
 def test_pixel_masses_accurate_in_both_tails():
     edges = np.array([-12.0, -9.0, -8.0, -1.0, 0.0, 0.5, 8.0, 9.0, 12.0])
     got = pixel_masses(edges * 3.0, np.array([0.0]), 3.0)[0]
-    upper = [0.5 * math.erfc(e / math.sqrt(2)) for e in edges]    # P(X > e), accurate for e > 0
-    lower = [0.5 * math.erfc(-e / math.sqrt(2)) for e in edges]   # P(X < e), accurate for e < 0
-    want = [lower[i + 1] - lower[i] if edges[i + 1] <= 0 else upper[i] - upper[i + 1]
-            for i in range(len(edges) - 1)]
+    upper = [0.5 * math.erfc(e / math.sqrt(2)) for e in edges]  # P(X > e), accurate for e > 0
+    lower = [0.5 * math.erfc(-e / math.sqrt(2)) for e in edges]  # P(X < e), accurate for e < 0
+    want = [lower[i + 1] - lower[i] if edges[i + 1] <= 0 else upper[i] - upper[i + 1] for i in range(len(edges) - 1)]
     np.testing.assert_allclose(got, want, rtol=1e-12)
     assert got[-1] > 0 and math.isclose(got[0], got[-1], rel_tol=1e-12)  # symmetric tails, both resolved
     np.testing.assert_allclose(pixel_masses(np.linspace(-60, 60, 7), np.array([-3.0, 0.0, 7.5]), 2.0).sum(1), 1.0)
@@ -402,20 +441,34 @@ def test_invalid_parameters_raise_user_error():
 
 # ---------------------------------------------------------------- command-line flags
 
+
 def test_label_args_round_trip(diagrams):
     p = argparse.ArgumentParser()
     add_label_args(p, max_life='-ml', max_birth='-mb', bandwidth='-b', sigma='-s')
     help_text = p.format_help()
-    for flag in ('--label_type', '--max_life', '--max_birth', '--min_birth', '--bandwidth', '--sigma',
-                 '--power', '--num_landscapes', '-ml', '-mb', '-b', '-s'):
+    for flag in (
+        '--label_type',
+        '--max_life',
+        '--max_birth',
+        '--min_birth',
+        '--bandwidth',
+        '--sigma',
+        '--power',
+        '--num_landscapes',
+        '-ml',
+        '-mb',
+        '-b',
+        '-s',
+    ):
         assert flag in help_text
     defaults = p.parse_args([])
     assert defaults.label_type == 'histogram' and defaults.max_life == 50.0 and defaults.bandwidth == 1
     v = vectoriser_from_args(defaults, 40)
     assert isinstance(v, HistogramVectoriser) and v.get_params()['bandwidth'] == 1
 
-    args = p.parse_args(['--label_type', 'persistence_image', '-ml', '30', '-mb', '40', '--min_birth', '-20',
-                         '-s', '9', '--power', '2'])
+    args = p.parse_args(
+        ['--label_type', 'persistence_image', '-ml', '30', '-mb', '40', '--min_birth', '-20', '-s', '9', '--power', '2']
+    )
     v = vectoriser_from_args(args, 50)
     assert isinstance(v, PersistenceImageVectoriser) and v.dim == 50
     assert (v.max_life, v.min_birth, v.max_birth, v.sigma, v.power) == (30.0, -20.0, 40.0, 9.0, 2.0)
@@ -441,14 +494,17 @@ def test_label_args_add_no_short_names_unless_asked():
 
 # ---------------------------------------------------------------- benchmark script
 
+
 def test_bench_script_runs(run_script, tmp_path):
     pytest.importorskip('persim')
     pytest.importorskip('cripser')
     out = tmp_path / 'bench.json'
-    res = run_script('bench/vectorise_bench.py', '-n', 12, '--persim_diagrams', 3, '--repeats', 1,
-                     '--json', out, check=True)
+    res = run_script(
+        'bench/vectorise_bench.py', '-n', 12, '--persim_diagrams', 3, '--repeats', 1, '--json', out, check=True
+    )
     assert 'speed-up' in res.stdout
     import json
+
     result = json.loads(out.read_text())
     assert set(result['label_types']) == set(LABEL_TYPES)
     assert result['n_diagrams'] == 12 and result['mean_pairs'] > 20

@@ -1,9 +1,10 @@
 """The Vectoriser protocol: the registry of label types, get/set_params, and scikit-learn Pipelines."""
+
 import numpy as np
 import pytest
 
 from util.errors import UserError
-from util.vectorise import LABEL_TYPES, VECTORISERS, Vectoriser, make_vectoriser
+from util.ph.vectorise import LABEL_TYPES, VECTORISERS, Vectoriser, make_vectoriser
 
 
 def _diagrams(n=6, seed=0):
@@ -15,7 +16,7 @@ def _diagrams(n=6, seed=0):
         birth = rng.uniform(-40, 30, k)
         death = birth + rng.uniform(0, 45, k)
         out.append(np.stack([dim, birth, death], axis=1) if k else np.zeros((0, 3)))
-    out[0] = np.vstack([out[0], [[0, -5.0, np.finfo(np.float64).max]]])   # an essential class is ignored
+    out[0] = np.vstack([out[0], [[0, -5.0, np.finfo(np.float64).max]]])  # an essential class is ignored
     return out
 
 
@@ -32,13 +33,14 @@ def test_registry_holds_every_label_type():
 @pytest.mark.parametrize('label_type', LABEL_TYPES)
 def test_pipeline_equals_direct_call(label_type):
     from sklearn.pipeline import Pipeline
+
     diagrams = _diagrams()
     v = make_vectoriser(label_type, 36)
     direct = np.stack([v(d) for d in diagrams])
     piped = Pipeline([('label', make_vectoriser(label_type, 36))]).fit_transform(diagrams)
     assert piped.dtype == np.float32 and piped.shape == (len(diagrams), 36)
     np.testing.assert_array_equal(piped, direct)
-    np.testing.assert_array_equal(v.fit_transform(diagrams), direct)   # fit learns nothing by default
+    np.testing.assert_array_equal(v.fit_transform(diagrams), direct)  # fit learns nothing by default
 
 
 @pytest.mark.parametrize('label_type', LABEL_TYPES)

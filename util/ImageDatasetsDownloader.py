@@ -5,47 +5,75 @@
 writes ``data/CIFAR100/train/<class>/00000.png ...`` and ``data/CIFAR100/val/<class>/...`` (the official
 test split), ready for ``python finetuning.py -t data/CIFAR100/train -val data/CIFAR100/val ...``.
 Archives are kept in ``--raw_file_path`` and checked against their published md5 before they are
-opened; see :mod:`util.download` for the details (resume, safe unpacking, restricted unpickling,
+opened; see :mod:`util.io.download` for the details (resume, safe unpacking, restricted unpickling,
 the deterministic train/val split of the datasets that have no official one).
 """
+
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from util.download import DATASET_NAMES, LOCAL_ONLY, download_dataset, load_sources_file, \
-    setup_local_dataset  # noqa: E402
-from util.errors import UserError, run_cli  # noqa: E402
-from util.strict_args import StrictArgumentParser  # noqa: E402
+from util.cli.strict_args import StrictArgumentParser
+from util.errors import UserError, run_cli
+from util.io.download import (
+    DATASET_NAMES,
+    LOCAL_ONLY,
+    download_dataset,
+    load_sources_file,
+    setup_local_dataset,
+)
 
 
 def get_args_parser():
-    parser = StrictArgumentParser(allow_abbrev=False, 
+    parser = StrictArgumentParser(
+        allow_abbrev=False,
         description='Download an image dataset, verify it against its published checksum and write '
-                    '<data_file_path>/<dataset>/{train,val}/<class>/ image folders (val = official test split).')
-    parser.add_argument('--dataset', '-d', required=True, choices=DATASET_NAMES + LOCAL_ONLY, metavar='NAME',
-                        help='dataset to download (required): ' + ', '.join(DATASET_NAMES) + '; animal '
-                             '(the original\'s non-rigid shapes) is not downloadable any more: put its unpacked '
-                             'non_rigid_shape_A/B class folders in --raw_file_path and it is split into '
-                             'train/ and val/')
-    parser.add_argument('--raw_file_path', default='', metavar='DIR',
-                        help='folder where the downloaded archives are kept (and unpacked); an archive you '
-                             'place there yourself is used if its checksum matches; '
-                             'default: <data_file_path>/raw/<dataset>')
-    parser.add_argument('--data_file_path', '-o', default='data', metavar='DIR',
-                        help='output root: images go to <data_file_path>/<dataset>/{train,val}/<class>/ '
-                             '(default: data)')
-    parser.add_argument('--validation_ratio', '-r', default=0.2, type=float, metavar='R',
-                        help='fraction of each class put in val/ for the datasets without an official test '
-                             'split (caltech101, caltech256, omniglot); deterministic, by file-name hash '
-                             '(default: 0.2)')
-    parser.add_argument('--sources', default=None, metavar='JSON',
-                        help='advanced: JSON file {"<dataset>": [[url or [mirror urls], filename, md5 or '
-                             'sha256], ...]} replacing the built-in URL/checksum table (mirrors, offline '
-                             'copies, tests); a checksum is still required for every file '
-                             '(default: built-in)')
-    parser.add_argument('--no_progress', action='store_true',
-                        help='do not show progress bars (default: show them)')
+        '<data_file_path>/<dataset>/{train,val}/<class>/ image folders (val = official test split).',
+    )
+    parser.add_argument(
+        '--dataset',
+        '-d',
+        required=True,
+        choices=DATASET_NAMES + LOCAL_ONLY,
+        metavar='NAME',
+        help='dataset to download (required): ' + ', '.join(DATASET_NAMES) + '; animal '
+        '(the original\'s non-rigid shapes) is not downloadable any more: put its unpacked '
+        'non_rigid_shape_A/B class folders in --raw_file_path and it is split into '
+        'train/ and val/',
+    )
+    parser.add_argument(
+        '--raw_file_path',
+        default='',
+        metavar='DIR',
+        help='folder where the downloaded archives are kept (and unpacked); an archive you '
+        'place there yourself is used if its checksum matches; '
+        'default: <data_file_path>/raw/<dataset>',
+    )
+    parser.add_argument(
+        '--data_file_path',
+        '-o',
+        default='data',
+        metavar='DIR',
+        help='output root: images go to <data_file_path>/<dataset>/{train,val}/<class>/ (default: data)',
+    )
+    parser.add_argument(
+        '--validation_ratio',
+        '-r',
+        default=0.2,
+        type=float,
+        metavar='R',
+        help='fraction of each class put in val/ for the datasets without an official test '
+        'split (caltech101, caltech256, omniglot); deterministic, by file-name hash '
+        '(default: 0.2)',
+    )
+    parser.add_argument(
+        '--sources',
+        default=None,
+        metavar='JSON',
+        help='advanced: JSON file {"<dataset>": [[url or [mirror urls], filename, md5 or '
+        'sha256], ...]} replacing the built-in URL/checksum table (mirrors, offline '
+        'copies, tests); a checksum is still required for every file '
+        '(default: built-in)',
+    )
+    parser.add_argument('--no_progress', action='store_true', help='do not show progress bars (default: show them)')
     return parser
 
 
@@ -56,14 +84,22 @@ def main(args):
         if args.dataset not in sources:
             raise UserError(f"sources file {args.sources!r} (--sources) has no entry for {args.dataset}")
     data_dir = os.path.expanduser(args.data_file_path)
-    raw_dir = os.path.expanduser(args.raw_file_path) if args.raw_file_path else \
-        os.path.join(data_dir, 'raw', args.dataset)
+    raw_dir = (
+        os.path.expanduser(args.raw_file_path) if args.raw_file_path else os.path.join(data_dir, 'raw', args.dataset)
+    )
     if args.dataset in LOCAL_ONLY:
-        result = setup_local_dataset(args.dataset, raw_dir, data_dir, val_ratio=args.validation_ratio,
-                                     progress=not args.no_progress)
+        result = setup_local_dataset(
+            args.dataset, raw_dir, data_dir, val_ratio=args.validation_ratio, progress=not args.no_progress
+        )
     else:
-        result = download_dataset(args.dataset, raw_dir, data_dir, sources=sources,
-                                  val_ratio=args.validation_ratio, progress=not args.no_progress)
+        result = download_dataset(
+            args.dataset,
+            raw_dir,
+            data_dir,
+            sources=sources,
+            val_ratio=args.validation_ratio,
+            progress=not args.no_progress,
+        )
     for split in ('train', 'val'):
         counts = result[split]
         if counts is None:

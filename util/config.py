@@ -1,15 +1,23 @@
-"""The settings library code takes, as small dataclasses; :mod:`util.cli` builds them from the flags.
+"""The settings library code takes, as small dataclasses; :mod:`util.cli.flags` builds them from the flags.
 
 Their field defaults are the single source of truth for the flags' defaults.
 """
+
 import dataclasses
 from dataclasses import dataclass, field, fields
 from typing import Optional
 
-from util.ph import DEFAULT_ENGINE
-from util.random_image import GeneratorConfig
-from util.vectorise import (DEFAULT_BANDWIDTH, DEFAULT_MAX_BIRTH, DEFAULT_MAX_LIFE, DEFAULT_NUM_LANDSCAPES,
-                            DEFAULT_POWER, DEFAULT_SIGMA, vectoriser_from_params)
+from util.ph.cubical import DEFAULT_ENGINE
+from util.ph.generator import GeneratorConfig
+from util.ph.vectorise import (
+    DEFAULT_BANDWIDTH,
+    DEFAULT_MAX_BIRTH,
+    DEFAULT_MAX_LIFE,
+    DEFAULT_NUM_LANDSCAPES,
+    DEFAULT_POWER,
+    DEFAULT_SIGMA,
+    vectoriser_from_params,
+)
 
 # Defaults of the images generated on the fly (no -t), which differ from util/random_image.py's on purpose:
 # that script writes a dataset once (200000 images, all in colour as in the original's generator, seed 0),
@@ -28,13 +36,14 @@ class TrainConfig:
     """What the training engine, the distributed start-up and the run folders need.
 
     ``device``/``amp``/``channels_last`` None mean "decide at start-up" (CUDA when available, and then
-    bfloat16 autocast and channels-last); :func:`util.distributed.init_distributed` fills them in, and
+    bfloat16 autocast and channels-last); :func:`util.train.distributed.init_distributed` fills them in, and
     ``rank``/``world_size``/``local_rank``/``distributed`` from torchrun's environment.
     """
+
     device: Optional[str] = None
     amp: Optional[bool] = None
     channels_last: Optional[bool] = None
-    backend: Optional[str] = None          # -p/--pidf: 'nccl' or 'gloo' (default by device)
+    backend: Optional[str] = None  # -p/--pidf: 'nccl' or 'gloo' (default by device)
     world_size: int = 1
     rank: int = 0
     local_rank: int = 0
@@ -51,12 +60,13 @@ class TrainConfig:
     stop_after: int = 0
     save_interval: int = 90
     freeze_encoder: bool = False
-    ph_weight: float = 1.0                 # two-task modes: weight of the PH regression loss
+    ph_weight: float = 1.0  # two-task modes: weight of the PH regression loss
 
 
 @dataclass
 class AugmentConfig:
-    """Sizes and augmentation of training images (see util.datasets' transforms)."""
+    """Sizes and augmentation of training images (see util.train.datasets' transforms)."""
+
     img_size: int = 256
     crop_size: int = 224
     aug_plus: bool = False
@@ -64,13 +74,14 @@ class AugmentConfig:
     random_rotation: float = 0.0
     crop_padding: int = 0
     affine: bool = False
-    hflip: Optional[bool] = None           # None: the script's default (fine-tuning on; pretraining off, on with aug_plus)
+    hflip: Optional[bool] = None  # None: the script's default (fine-tuning on; pretraining off, on with aug_plus)
 
 
 @dataclass
 class LabelConfig:
-    """How persistence diagrams become label vectors: the label flags of :func:`util.vectorise.add_label_args`
+    """How persistence diagrams become label vectors: the label flags of :func:`util.ph.vectorise.add_label_args`
     (``label_type`` may also be 'class', the class folders as labels, which has no vectoriser)."""
+
     label_type: str = 'histogram'
     max_life: float = DEFAULT_MAX_LIFE
     max_birth: float = DEFAULT_MAX_BIRTH
@@ -81,7 +92,7 @@ class LabelConfig:
     num_landscapes: int = DEFAULT_NUM_LANDSCAPES
 
     def vectoriser(self, dim, flag=None):
-        """The :class:`util.vectorise.Vectoriser` of these settings with output length ``dim``; ``flag`` (the
+        """The :class:`util.ph.vectorise.Vectoriser` of these settings with output length ``dim``; ``flag`` (the
         option that set ``dim``) makes a length the label type cannot split evenly an error naming it."""
         return vectoriser_from_params(dataclasses.asdict(self), dim, flag)
 
@@ -92,7 +103,7 @@ def _on_the_fly_generator():
 
 @dataclass
 class DataConfig:
-    """Where training and validation images and their labels come from (see util.data_sources).
+    """Where training and validation images and their labels come from (see util.train.data_sources).
 
     ``train``/``val``: image folders (None: none given); ``ph_dir``/``precomputed``: the -pd folder of
     PHdict.py and whether it holds a label matrix; ``persistence``: 'pre' or 'post' (label before / after the
@@ -100,6 +111,7 @@ class DataConfig:
     ``n_samples``, ``n_samples_val`` (-1: min(1000, n/10)), ``seed``, ``cache_dir``: the images generated on
     the fly when there is no ``train`` folder.
     """
+
     train: Optional[str] = None
     val: Optional[str] = None
     ph_dir: str = ''

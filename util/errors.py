@@ -5,10 +5,11 @@ Library code raises :class:`UserError` (never calls ``exit``); each script wraps
 
 :func:`run_cli` is also the one place that handles SIGINT (Ctrl-C) and SIGTERM: the first one raises
 ``KeyboardInterrupt`` in the main process (a temporary file being written is dropped, see
-:func:`util.fileio.atomic_open`; completed files stay), later ones are ignored while it winds down, and the run
+:func:`util.io.fileio.atomic_open`; completed files stay), later ones are ignored while it winds down, and the run
 ends with one line saying how to resume and exit status 130 (SIGINT) or 143 (SIGTERM) -- also when a library
 swallowed or wrapped the interrupt (a DataLoader worker forking, ``torch.save``).
 """
+
 import contextlib
 import errno
 import os
@@ -29,9 +30,9 @@ class BadImageError(UserError):
     """An image file that cannot be decoded (truncated, zero bytes, not an image)."""
 
 
-_SIGNALLED = []      # signals received by the process that called run_cli (in order)
+_SIGNALLED = []  # signals received by the process that called run_cli (in order)
 _MAIN_PID = [None]
-_DEFER = [0]         # > 0 inside signals_deferred()
+_DEFER = [0]  # > 0 inside signals_deferred()
 
 
 @contextlib.contextmanager
@@ -47,11 +48,11 @@ def signals_deferred():
 
 
 def _on_signal(signum, frame):
-    if os.getpid() != _MAIN_PID[0]:   # a child forked before it set its own handlers
+    if os.getpid() != _MAIN_PID[0]:  # a child forked before it set its own handlers
         if signum == signal.SIGINT:
-            return                       # Ctrl-C reaches the parent too, which winds the child down
+            return  # Ctrl-C reaches the parent too, which winds the child down
         signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)     # SIGTERM (the parent stopping its pool): end as by default
+        os.kill(os.getpid(), signum)  # SIGTERM (the parent stopping its pool): end as by default
         return
     _SIGNALLED.append(signum)
     if len(_SIGNALLED) == 1 and not _DEFER[0]:
@@ -65,17 +66,24 @@ def _install_signal_handlers():
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
             old[sig] = signal.signal(sig, _on_signal)
-        except (ValueError, OSError):    # not the main thread
+        except (ValueError, OSError):  # not the main thread
             pass
     return old
 
 
 def _interrupted(args):
     sig = _SIGNALLED[0] if _SIGNALLED else signal.SIGINT
-    how = ("add --resume <run folder> to the same command (it continues after the last finished epoch)"
-           if hasattr(args, 'resume') else "run the same command again")
-    print(f"interrupted by {signal.Signals(sig).name}: completed outputs are kept and nothing is half-written; "
-          f"to resume, {how}", file=sys.stderr, flush=True)
+    how = (
+        "add --resume <run folder> to the same command (it continues after the last finished epoch)"
+        if hasattr(args, 'resume')
+        else "run the same command again"
+    )
+    print(
+        f"interrupted by {signal.Signals(sig).name}: completed outputs are kept and nothing is half-written; "
+        f"to resume, {how}",
+        file=sys.stderr,
+        flush=True,
+    )
     sys.exit(128 + sig)
 
 
@@ -101,27 +109,35 @@ def _run(main, args):
         print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
         sys.exit(2)
     except WorkerDied as e:
-        if _SIGNALLED:        # the workers got the same signal
+        if _SIGNALLED:  # the workers got the same signal
             _interrupted(args)
-        print(f"error: {one_line(e)}; the finished outputs are kept: run the same command again to resume "
-              f"(with fewer workers, -nw, if memory ran out)", file=sys.stderr, flush=True)
+        print(
+            f"error: {one_line(e)}; the finished outputs are kept: run the same command again to resume "
+            f"(with fewer workers, -nw, if memory ran out)",
+            file=sys.stderr,
+            flush=True,
+        )
         sys.exit(1)
     except KeyboardInterrupt:
         _interrupted(args)
-    except OSError as e:  # the file system refused (disk full, read-only, ...) outside util.fileio's writers
+    except OSError as e:  # the file system refused (disk full, read-only, ...) outside util.io.fileio's writers
         if _SIGNALLED:
             _interrupted(args)
         if e.errno not in _FS_ERRNOS:
             raise
         where = f" {e.filename}" if e.filename else ''
-        print(f"error: file system error{where}: {e.strerror}; make room on that disk or choose other "
-              f"folders, then run again", file=sys.stderr, flush=True)
+        print(
+            f"error: file system error{where}: {e.strerror}; make room on that disk or choose other "
+            f"folders, then run again",
+            file=sys.stderr,
+            flush=True,
+        )
         sys.exit(2)
     except Exception:
-        if _SIGNALLED:        # the interrupt came back wrapped (e.g. RuntimeError from torch.save, a worker)
+        if _SIGNALLED:  # the interrupt came back wrapped (e.g. RuntimeError from torch.save, a worker)
             _interrupted(args)
         raise
-    if _SIGNALLED:            # the interrupt was swallowed on the way (e.g. while a DataLoader worker forked)
+    if _SIGNALLED:  # the interrupt was swallowed on the way (e.g. while a DataLoader worker forked)
         _interrupted(args)
     if isinstance(result, int) and result != 0:
         sys.exit(result)

@@ -1,478 +1,125 @@
 #!/usr/bin/env python
-"""Synthetic training images: FFT-filtered uniform noise with a power-law spectrum, optionally binarised.
+"""Write a folder of synthetic training images (the generator is :mod:`util.ph.generator`).
 
-Used as a script (``python util/random_image.py -pb 0.5 -pc 0.5 -o random -n 50000``) and as a library
-(pretraining generates images on the fly with :func:`generate_image`).
-
-The image model (per image, in this order of random draws)::
-
-    u ~ U(0,1); C = 3 if u < prob_colour else 1
-    repeat:                                    # redrawn while the whole image is flat (max-min < 1e-10)
-        for each of the C channels:
-            alpha ~ U(alpha_range); beta ~ U(beta_range)
-            x = linspace(1, e^alpha * S, S); X, Y = meshgrid(x, x)       # S = img_size
-            noise ~ U(0,1)^(S x S)
-            channel = Re(ifft2(fft2(noise) / (X^2 + Y^2)^beta))
-    for each channel: q ~ U(0,1)
-        q < pb/2 -> channel >= otsu(channel);  q < pb -> channel < otsu(channel);  else (channel-min)/ptp
-    image = uint8(255 * channels)  (truncation), shape (S,S) grey or (S,S,3) colour
-
-Image ``i`` of a split depends only on ``(seed, stream, i)``: its random numbers come from
-``np.random.default_rng([seed, stream, i])`` (stream 0 = train, 1 = val), so outputs do not depend on the
-number of worker processes, their order, or interruptions.
-
-How the fast path computes the same thing (see :func:`_draw_and_filter`, :func:`otsu_threshold`):
-
-* For real ``noise``, ``Re(ifft2(fft2(noise) * H)) == irfft2(rfft2(noise) * H_sym)`` with
-  ``H_sym(k) = (H(k) + H(-k mod S)) / 2``, which is real and Hermitian-symmetric, so half spectra suffice.
-* The DC coefficient is dropped (``H_sym(0) = 0``): it only adds a constant to a channel, and everything
-  that follows (the flatness test, Otsu's threshold, min-max normalisation) is invariant under adding a
-  constant. Dropping it keeps single precision accurate: the constant (~0.3) is typically hundreds of
-  times larger than the channel's own range.
-* FFTs and the filter (``exp(-beta log r2)``) run in float32; the uniform draws stay float64, exactly
-  those of the formula, and are then rounded. Against the plain float64 formula the channels agree to
-  ~1e-6 of their range; a few pixels in 1e5 of min-max-normalised channels move by one grey level, and
-  binarised channels agree (tests/test_random_image.py states and checks the exact bounds).
-* Otsu's threshold is skimage's ``threshold_otsu`` given a histogram binned bin-for-bin as
-  ``np.histogram`` bins it, but faster.
-* Scratch arrays are reused per thread, and script workers call :func:`reduce_allocator_churn`, to avoid
-  page faults on each image's temporaries.
+python util/random_image.py -pb 0.5 -pc 0.5 -o random -n 50000
 """
+
+import argparse
 import os
-import sys
+from dataclasses import asdict
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
+from tqdm import tqdm
 
-import argparse  # noqa: E402
-import functools  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import multiprocessing  # noqa: E402
-import signal  # noqa: E402
-import threading  # noqa: E402
-from dataclasses import asdict, dataclass  # noqa: E402
-
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-from scipy import fft as sp_fft  # noqa: E402
-from skimage.filters import threshold_otsu  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from util.errors import UserError, run_cli  # noqa: E402
-from util.strict_args import StrictArgumentParser  # noqa: E402
-from util.fileio import TMP_MARK, ensure_dir, load_image, save_image, write_json  # noqa: E402
-
-TRAIN_STREAM = 0
-VAL_STREAM = 1
-FLAT_TOLERANCE = 1e-10   # an image whose values span less than this is redrawn
-OTSU_BINS = 256          # skimage.filters.threshold_otsu's default
-FORMATS = ('jpg', 'png')
-ARGS_FILE = 'args.json'
-# Hidden (leading dot), so that image listings (util.fileio.list_images) never take it for a training image.
-PREVIEW_FILE = '.preview.png'
-# Settings that change the images; a folder generated with other values is not silently extended.
-_IMAGE_SETTINGS = ('seed', 'stream', 'img_size', 'alpha_range', 'beta_range', 'prob_binary', 'prob_colour',
-                   'prefix', 'format')
-
-
-@dataclass(frozen=True)
-class GeneratorConfig:
-    """Parameters of the image model (see the module docstring).
-
-    img_size: side ``S`` of the square images; alpha_range / beta_range: (low, high) of the uniform
-    draws of alpha (frequency-axis stretch) and beta (spectral decay exponent); prob_binary: probability
-    that a channel is binarised at its Otsu threshold; prob_colour: probability that an image has 3 channels.
-    """
-    img_size: int = 256
-    alpha_range: tuple = (0.01, 1.0)
-    beta_range: tuple = (0.5, 2.0)
-    prob_binary: float = 1.0
-    prob_colour: float = 1.0
-
-    def validate(self) -> None:
-        """Raise :class:`UserError` (naming the flag) for parameters the model cannot use."""
-        if not isinstance(self.img_size, (int, np.integer)) or isinstance(self.img_size, bool) \
-                or self.img_size < 8:
-            raise UserError(f"--img_size/-is must be an integer >= 8, got {self.img_size!r}")
-        for name, flag, rng in (('alpha_range', '--alpha_range/-ar', self.alpha_range),
-                                ('beta_range', '--beta_range/-br', self.beta_range)):
-            try:
-                low, high = (float(v) for v in rng)
-            except (TypeError, ValueError):
-                raise UserError(f"{flag} must be two numbers LOW HIGH, got {rng!r}") from None
-            if not (math.isfinite(low) and math.isfinite(high)):
-                raise UserError(f"{flag} must be finite, got {low} {high}")
-            if low > high:
-                raise UserError(f"{flag} has low > high ({low} > {high}); give LOW HIGH")
-        for flag, p in (('--prob_binary/-pb', self.prob_binary), ('--prob_colour/-pc', self.prob_colour)):
-            try:
-                p = float(p)
-            except (TypeError, ValueError):
-                raise UserError(f"{flag} must be a probability in [0, 1], got {p!r}") from None
-            if not 0.0 <= p <= 1.0:
-                raise UserError(f"{flag} must be a probability in [0, 1], got {p}")
-
-
-def image_rng(seed: int, index: int, stream: int = TRAIN_STREAM) -> np.random.Generator:
-    """The random generator of image ``index`` of ``stream`` (0 train, 1 val): seeded by [seed, stream, index]."""
-    for name, v in (('seed', seed), ('index', index), ('stream', stream)):
-        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 0:
-            raise UserError(f"{name} must be a non-negative integer, got {v!r}")
-    return np.random.default_rng([int(seed), int(stream), int(index)])
-
-
-class _Workspace:
-    """Scratch arrays for one image side ``S``, reused from call to call by one thread.
-
-    Reusing them (instead of allocating ~5 MB of temporaries per image) removes most of the page-fault
-    (system) time of the generator. Nothing returned to a caller ever aliases these arrays.
-    """
-
-    def __init__(self, size):
-        half = size // 2 + 1
-        self.size, self.half = size, half
-        self.ramp = np.arange(size, dtype=np.float64)       # (S,) 0..S-1
-        self.noise64 = np.empty((size, size), np.float64)   # one channel's uniform draws
-        self.noise = np.empty((3, size, size), np.float32)  # (C,S,S) draws, rounded to float32
-        self.filt = np.empty((3, size, half), np.float32)   # (C,S,S//2+1) half-spectrum filters
-        self.full = np.empty((size, size), np.float32)      # (S,S) full filter H of one channel
-        self.values = np.empty(size * size, np.float32)     # Otsu: positions in bin units
-        self.floors = np.empty(size * size, np.float32)     # Otsu: their integer parts
-        self.bins = np.empty(size * size, np.intp)          # Otsu: bin index of each pixel
-        self.flag = np.empty(size * size, bool)             # Otsu: near a bin edge; binary masks
-        self.flag2 = np.empty(size * size, bool)
-
-
-_THREAD_LOCAL = threading.local()
-
-
-def _workspace(size):
-    """This thread's :class:`_Workspace` for side ``size`` (a few sizes kept)."""
-    cache = getattr(_THREAD_LOCAL, 'workspaces', None)
-    if cache is None:
-        cache = _THREAD_LOCAL.workspaces = {}
-    ws = cache.get(size)
-    if ws is None:
-        if len(cache) >= 4:
-            cache.clear()
-        ws = cache[size] = _Workspace(size)
-    return ws
-
-
-def reduce_allocator_churn() -> bool:
-    """Optional, process-wide speed-up for processes that generate many images (workers).
-
-    Asks glibc's allocator to keep freed memory for reuse (mmap threshold 32 MiB, trim threshold
-    256 MiB) instead of handing each large temporary back to the OS, which otherwise costs page faults on
-    every image (about a fifth of the generator's time). The process keeps its peak heap size. Returns
-    True if applied, False where there is no glibc ``mallopt`` (then nothing changes).
-    """
-    import ctypes
-    import ctypes.util
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6').mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 256 << 20))
-
-
-def _symmetric_filter(ws, alpha, beta, out):
-    """Write the half-spectrum filter ``H_sym`` (S, S//2+1) float32 of one channel into ``out``; DC = 0.
-
-    ``H(k1,k2) = (x[k1]^2 + x[k2]^2)^-beta`` with ``x = linspace(1, e^alpha S, S)`` (raw FFT indices, as in
-    the original), ``H_sym(k) = (H(k) + H(-k mod S)) / 2``.
-    """
-    size, half, h = ws.size, ws.half, ws.full
-    step = (math.exp(alpha) * size - 1.0) / (size - 1)
-    x2 = np.square(1.0 + ws.ramp * step).astype(np.float32)
-    np.add(x2[:, None], x2[None, :], out=h)                  # X^2 + Y^2
-    np.log(h, out=h)
-    h *= np.float32(-beta)
-    np.exp(h, out=h)                                         # H
-    tail = size - half                                       # columns -1 .. -(half-1) are S-1 .. S-half+1
-    out[...] = h[:, :half]
-    out[0, 1:] += h[0, :tail:-1]                             # H(-k): row 0 -> 0, columns reversed
-    out[1:, 0] += h[:0:-1, 0]                                # rows 1.. -> S-1..
-    out[1:, 1:] += h[:0:-1, :tail:-1]
-    out *= np.float32(0.5)
-    out[0, 0] = 0.0
-
-
-def _draw_and_filter(rng, cfg):
-    """Consume the draws of the model up to the flatness test and filter the noise.
-
-    Returns (channels, lows, highs): float32 (C,S,S), C in {1,3}, the filtered channels minus their
-    (constant) DC term, freshly allocated; and their per-channel minima and maxima, (C,) float32.
-    """
-    size = cfg.img_size
-    ws = _workspace(size)
-    channels = 3 if rng.uniform(0.0, 1.0) < cfg.prob_colour else 1
-    noise, filt = ws.noise[:channels], ws.filt[:channels]
-    while True:
-        for c in range(channels):
-            alpha = rng.uniform(*cfg.alpha_range)
-            beta = rng.uniform(*cfg.beta_range)
-            rng.random(out=ws.noise64)            # bitwise the same draws as rng.uniform(0, 1, (S, S))
-            noise[c] = ws.noise64
-            _symmetric_filter(ws, alpha, beta, filt[c])
-        spec = sp_fft.rfft2(noise, axes=(-2, -1), workers=1)
-        spec *= filt
-        out = sp_fft.irfft2(spec, s=(size, size), axes=(-2, -1), overwrite_x=True, workers=1)
-        lows = out.min(axis=(1, 2))
-        highs = out.max(axis=(1, 2))
-        if float(highs.max()) - float(lows.min()) >= FLAT_TOLERANCE:
-            return out, lows, highs
-
-
-def _filtered_channels(rng, cfg):
-    """Float stage of the model: (C,S,S) float32 channels (DC removed) — for tests and diagnostics."""
-    return _draw_and_filter(rng, cfg)[0]
-
-
-def otsu_threshold(channel, low=None, high=None):
-    """``skimage.filters.threshold_otsu(channel)`` for a float array, computed faster.
-
-    The histogram is binned exactly as ``np.histogram(channel, 256)`` bins it (edges
-    ``linspace(min, max, 257)``; value ``v`` is in bin ``i`` iff ``edge[i] <= v < edge[i+1]``, the last bin
-    closed), then handed to skimage's ``threshold_otsu(hist=...)``. Bins are estimated arithmetically and
-    only pixels within rounding distance of a bin edge are checked against the edges. ``low``/``high``:
-    the channel's min/max (numpy scalars of its dtype) if already known. Arrays that are not float, or
-    whose values sit far from zero relative to their range, simply go to ``threshold_otsu``.
-    """
-    flat = channel.reshape(-1)
-    if not np.issubdtype(flat.dtype, np.floating):
-        return threshold_otsu(channel)
-    low = flat.min() if low is None else low
-    high = flat.max() if high is None else high
-    if not low < high:
-        return low
-    dtype = np.result_type(low, high, flat)
-    # Rounding (of the offset from `low`, of the scale, of the edges) moves a position, in bin units, by far
-    # less than `tol`; so an estimate farther than `tol` from an integer is the exact bin.
-    eps = float(np.finfo(dtype).eps)
-    tol = 64 * OTSU_BINS * eps * (1.0 + max(abs(float(low)), abs(float(high))) / float(high - low))
-    if tol >= 0.25:
-        return threshold_otsu(channel)
-    edges = np.linspace(low, high, OTSU_BINS + 1, endpoint=True, dtype=dtype)
-    values, floors, bins, near, near2 = _otsu_scratch(flat.size, dtype)
-    np.subtract(flat, low, out=values)                           # position in bin units ...
-    values *= dtype.type(OTSU_BINS / (high - low))
-    np.minimum(values, OTSU_BINS - 1, out=values)                # ... the last bin is closed
-    np.floor(values, out=floors)
-    np.copyto(bins, floors, casting='unsafe')
-    values -= floors
-    np.less(values, tol, out=near)
-    np.greater(values, 1.0 - tol, out=near2)
-    near |= near2
-    check = np.flatnonzero(near)
-    if check.size:                                               # the edge rule, on the few close calls
-        v, b = flat[check], bins[check]
-        b -= v < edges[b]
-        b += (v >= edges[b + 1]) & (b != OTSU_BINS - 1)
-        bins[check] = b
-    counts = np.bincount(bins, minlength=OTSU_BINS)
-    centers = (edges[:-1] + edges[1:]) / 2
-    return threshold_otsu(hist=(counts, centers))
-
-
-def _otsu_scratch(n, dtype):
-    """Scratch for :func:`otsu_threshold`: 2 arrays of ``dtype``, 1 intp, 2 bool, all of length ``n``;
-    this thread's workspace when it fits, else new arrays."""
-    side = math.isqrt(n)
-    if dtype == np.float32 and side * side == n:
-        ws = _workspace(side)
-        return ws.values, ws.floors, ws.bins, ws.flag, ws.flag2
-    return (np.empty(n, dtype), np.empty(n, dtype), np.empty(n, np.intp), np.empty(n, bool),
-            np.empty(n, bool))
-
-
-def generate_image(cfg: GeneratorConfig, seed: int, index: int, stream: int = TRAIN_STREAM) -> np.ndarray:
-    """Image ``index`` of ``stream`` for ``seed``: uint8 (S,S) greyscale or (S,S,3) colour. No disk access.
-
-    Deterministic in (cfg, seed, stream, index); thread-safe. ``cfg`` is not re-validated here (hot
-    path): call ``cfg.validate()`` once beforehand.
-    """
-    rng = image_rng(seed, index, stream)
-    out, lows, highs = _draw_and_filter(rng, cfg)
-    channels, size = out.shape[0], cfg.img_size
-    image = np.empty((size, size, channels), np.uint8)
-    pb = cfg.prob_binary
-    for c in range(channels):
-        q = rng.uniform(0.0, 1.0)
-        chan, low, high = out[c], lows[c], highs[c]
-        if q < pb:
-            t = otsu_threshold(chan, low, high)
-            mask = _workspace(size).flag.reshape(size, size)
-            (np.greater_equal if q < pb / 2 else np.less)(chan, t, out=mask)
-            np.multiply(mask, np.uint8(255), out=image[:, :, c])
-        elif high > low:
-            chan -= low
-            chan /= high - low
-            chan *= np.float32(255.0)
-            image[:, :, c] = chan     # truncation towards zero, like astype(np.uint8)
-        else:
-            image[:, :, c] = 0
-    return image[:, :, 0] if channels == 1 else image
-
-
-# ----------------------------------------------------------------------------------------------- script
-
-
-def image_name(prefix, index, fmt):
-    return f"{prefix}{index:08d}.{fmt}"
-
-
-def _write_one(job, cfg, seed, prefix, fmt):
-    """Worker task: generate and atomically save one image. ``job`` = (folder, stream, index)."""
-    folder, stream, index = job
-    image = generate_image(cfg, seed, index, stream)
-    path = os.path.join(folder, image_name(prefix, index, fmt))
-    try:
-        save_image(path, image, fmt=fmt)
-    except OSError as e:
-        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
-    return 1
-
-
-def split_folders(output, n_val):
-    """[(folder, stream, split name)]: ``output`` alone, or train/val folders when ``n_val > 0``.
-
-    With validation images: if ``output``'s basename is ``train`` the val folder is its sibling ``val``,
-    otherwise the images go to ``output/train`` and ``output/val``.
-    """
-    if n_val <= 0:
-        return [(output, TRAIN_STREAM, 'train')]
-    norm = os.path.normpath(output)
-    if os.path.basename(norm) == 'train':
-        train, val = norm, os.path.join(os.path.dirname(norm), 'val')
-    else:
-        train, val = os.path.join(output, 'train'), os.path.join(output, 'val')
-    return [(train, TRAIN_STREAM, 'train'), (val, VAL_STREAM, 'val')]
-
-
-def write_images(cfg, seed, jobs, prefix='v', fmt='jpg', num_workers=1, progress=None):
-    """Generate and save the images of ``jobs`` = [(folder, stream, index)], in a process pool if
-    ``num_workers > 1``. ``progress``: optional callable(n) told about each finished image. Returns the count.
-
-    The processes that generate (this one when ``num_workers <= 1``) call :func:`reduce_allocator_churn`.
-    """
-    task = functools.partial(_write_one, cfg=cfg, seed=seed, prefix=prefix, fmt=fmt)
-    done = 0
-    if num_workers <= 1 or len(jobs) <= 1:
-        reduce_allocator_churn()
-        for job in jobs:
-            done += task(job)
-            if progress:
-                progress(1)
-        return done
-    chunk = max(1, min(32, len(jobs) // (4 * num_workers)))
-    pool = multiprocessing.Pool(min(num_workers, len(jobs)), initializer=_init_worker)
-    try:
-        for n in pool.imap_unordered(task, jobs, chunksize=chunk):
-            done += n
-            if progress:
-                progress(n)
-        pool.close()
-    except BaseException:
-        pool.terminate()   # Ctrl-C / error: a killed worker leaves at most a temp file, removed next run
-        raise
-    finally:
-        pool.join()
-    return done
-
-
-def _init_worker():
-    """Pool initializer: Ctrl-C is handled once, by the parent (which then stops the workers)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    reduce_allocator_churn()
-
-
-def _check_settings(folder, settings, overwrite):
-    """Refuse to extend a folder whose args.json records other image settings (unless --overwrite)."""
-    path = os.path.join(folder, ARGS_FILE)
-    if overwrite or not os.path.exists(path):
-        return
-    try:
-        with open(path, encoding='utf-8') as f:
-            old = json.load(f)
-    except (OSError, ValueError):
-        return
-    diff = [k for k in _IMAGE_SETTINGS if k in old and json.loads(json.dumps(settings[k])) != old[k]]
-    if diff:
-        raise UserError(f"{folder!r} holds images made with different settings ({', '.join(diff)} differ, "
-                        f"see {path}); use --overwrite to regenerate them or choose another --output/-o")
-
-
-def make_preview(folder, names, path, tile=128):
-    """Contact sheet (PNG at ``path``) of the images ``names`` in ``folder``, as RGB tiles of ``tile`` px."""
-    cols = math.ceil(math.sqrt(len(names)))
-    rows = math.ceil(len(names) / cols)
-    sheet = Image.new('RGB', (cols * tile, rows * tile), (0, 0, 0))
-    for i, name in enumerate(names):
-        im = load_image(os.path.join(folder, name), 'RGB')
-        if im.size != (tile, tile):
-            im = im.resize((tile, tile), Image.BILINEAR)
-        sheet.paste(im, ((i % cols) * tile, (i // cols) * tile))
-    save_image(path, sheet, fmt='png')
-
-
-def _remove_stale_temps(folder, prefix):
-    """Delete temporary files left by a killed run of this script (``<prefix>NNNNNNNN.<fmt>.tmp-*``)."""
-    removed = 0
-    for name in os.listdir(folder):
-        if name.startswith(prefix) and TMP_MARK in name and name.split(TMP_MARK)[0].endswith(FORMATS):
-            try:
-                os.unlink(os.path.join(folder, name))
-                removed += 1
-            except OSError:
-                pass
-    return removed
+from util.cli.strict_args import StrictArgumentParser
+from util.errors import UserError, run_cli
+from util.io.fileio import ensure_dir, write_json
+from util.ph.generator import (
+    ARGS_FILE,
+    FORMATS,
+    PREVIEW_FILE,
+    TRAIN_STREAM,
+    VAL_STREAM,
+    GeneratorConfig,
+    check_settings,
+    image_name,
+    make_preview,
+    remove_stale_temps,
+    split_folders,
+    write_images,
+)
 
 
 def get_args_parser():
-    p = StrictArgumentParser(allow_abbrev=False, 
+    p = StrictArgumentParser(
+        allow_abbrev=False,
         description="Generate synthetic training images (FFT-filtered power-law noise, optionally binarised). "
-                    "Image i depends only on (--seed, split, i); re-running skips finished files.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument('--output', '-o', default='random/train', type=str,
-                   help="output folder for the images (with -nv > 0, see --n_samples_val)")
+        "Image i depends only on (--seed, split, i); re-running skips finished files.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        '--output',
+        '-o',
+        default='random/train',
+        type=str,
+        help="output folder for the images (with -nv > 0, see --n_samples_val)",
+    )
     p.add_argument('--prefix', '-pf', default='v', type=str, help="file name prefix: {prefix}{index:08d}.{format}")
-    p.add_argument('--alpha_range', '-ar', default=[0.01, 1.0], type=float, nargs=2, metavar=('LOW', 'HIGH'),
-                   help="range of alpha: frequencies run over linspace(1, e^alpha * img_size)")
-    p.add_argument('--beta_range', '-br', default=[0.5, 2.0], type=float, nargs=2, metavar=('LOW', 'HIGH'),
-                   help="range of beta: the spectrum decays like (frequency^2)^-beta")
+    p.add_argument(
+        '--alpha_range',
+        '-ar',
+        default=[0.01, 1.0],
+        type=float,
+        nargs=2,
+        metavar=('LOW', 'HIGH'),
+        help="range of alpha: frequencies run over linspace(1, e^alpha * img_size)",
+    )
+    p.add_argument(
+        '--beta_range',
+        '-br',
+        default=[0.5, 2.0],
+        type=float,
+        nargs=2,
+        metavar=('LOW', 'HIGH'),
+        help="range of beta: the spectrum decays like (frequency^2)^-beta",
+    )
     p.add_argument('--n_samples', '-n', default=200000, type=int, help="number of (training) images")
-    p.add_argument('--n_samples_val', '-nv', default=0, type=int,
-                   help="number of validation images from a disjoint random stream; when > 0, images go to "
-                        "OUTPUT and its sibling 'val' if OUTPUT ends in 'train', else to OUTPUT/train and OUTPUT/val")
-    p.add_argument('--prob_binary', '-pb', default=1.0, type=float,
-                   help="probability that a channel is binarised at its Otsu threshold")
-    p.add_argument('--prob_colour', '-pc', default=1.0, type=float,
-                   help="probability that an image is colour (3 channels) rather than greyscale")
+    p.add_argument(
+        '--n_samples_val',
+        '-nv',
+        default=0,
+        type=int,
+        help="number of validation images from a disjoint random stream; when > 0, images go to "
+        "OUTPUT and its sibling 'val' if OUTPUT ends in 'train', else to OUTPUT/train and OUTPUT/val",
+    )
+    p.add_argument(
+        '--prob_binary',
+        '-pb',
+        default=1.0,
+        type=float,
+        help="probability that a channel is binarised at its Otsu threshold",
+    )
+    p.add_argument(
+        '--prob_colour',
+        '-pc',
+        default=1.0,
+        type=float,
+        help="probability that an image is colour (3 channels) rather than greyscale",
+    )
     p.add_argument('--img_size', '-is', default=256, type=int, help="image side in pixels (>= 8)")
-    p.add_argument('--num_workers', '-nw', default=8, type=int,
-                   help="worker processes; 0 or 1 generates in this process")
+    p.add_argument(
+        '--num_workers', '-nw', default=8, type=int, help="worker processes; 0 or 1 generates in this process"
+    )
     p.add_argument('--seed', default=0, type=int, help="random seed (non-negative); same seed, same images")
     p.add_argument('--format', default='jpg', choices=FORMATS, help="image file format")
     p.add_argument('--overwrite', action='store_true', help="regenerate images that already exist")
-    p.add_argument('--preview', default=64, type=int,
-                   help=f"write a contact sheet {PREVIEW_FILE} (hidden file) of the first N images next to "
-                        "them; 0 disables")
-    from util.compat import add_aliases
-    add_aliases(p, {'-j': 'num_workers'})   # the original's name (docs/compat.md)
+    p.add_argument(
+        '--preview',
+        default=64,
+        type=int,
+        help=f"write a contact sheet {PREVIEW_FILE} (hidden file) of the first N images next to them; 0 disables",
+    )
+    from util.cli.compat import add_aliases
+
+    add_aliases(p, {'-j': 'num_workers'})  # the original's name (docs/compat.md)
     return p
 
 
 def _validate_args(args):
-    cfg = GeneratorConfig(img_size=args.img_size, alpha_range=tuple(args.alpha_range),
-                          beta_range=tuple(args.beta_range), prob_binary=args.prob_binary,
-                          prob_colour=args.prob_colour)
+    cfg = GeneratorConfig(
+        img_size=args.img_size,
+        alpha_range=tuple(args.alpha_range),
+        beta_range=tuple(args.beta_range),
+        prob_binary=args.prob_binary,
+        prob_colour=args.prob_colour,
+    )
     cfg.validate()
-    for flag, v in (('--n_samples/-n', args.n_samples), ('--n_samples_val/-nv', args.n_samples_val),
-                    ('--num_workers/-nw', args.num_workers), ('--seed', args.seed), ('--preview', args.preview)):
+    for flag, v in (
+        ('--n_samples/-n', args.n_samples),
+        ('--n_samples_val/-nv', args.n_samples_val),
+        ('--num_workers/-nw', args.num_workers),
+        ('--seed', args.seed),
+        ('--preview', args.preview),
+    ):
         if v < 0:
             raise UserError(f"{flag} must be >= 0, got {v}")
     if not args.prefix or os.sep in args.prefix or (os.altsep and os.altsep in args.prefix):
@@ -487,10 +134,17 @@ def main(args):
     jobs, skipped, plan = [], 0, []
     for folder, stream, split in splits:
         ensure_dir(folder)
-        settings = dict(seed=args.seed, stream=stream, split=split, n_images=counts[stream],
-                        prefix=args.prefix, format=args.format, **asdict(cfg))
-        _check_settings(folder, settings, args.overwrite)
-        _remove_stale_temps(folder, args.prefix)
+        settings = dict(
+            seed=args.seed,
+            stream=stream,
+            split=split,
+            n_images=counts[stream],
+            prefix=args.prefix,
+            format=args.format,
+            **asdict(cfg),
+        )
+        check_settings(folder, settings, args.overwrite)
+        remove_stale_temps(folder, args.prefix)
         write_json(os.path.join(folder, ARGS_FILE), dict(vars(args), **settings))
         existing = set() if args.overwrite else set(os.listdir(folder))
         names = [image_name(args.prefix, i, args.format) for i in range(counts[stream])]
@@ -505,10 +159,12 @@ def main(args):
     for folder, names in plan:
         if args.preview > 0 and names:
             previews.append(os.path.join(folder, PREVIEW_FILE))
-            make_preview(folder, names[:args.preview], previews[-1])
+            make_preview(folder, names[: args.preview], previews[-1])
     where = ' and '.join(folder for folder, _ in plan)
-    print(f"wrote {written} images, skipped {skipped} already present, in {where}"
-          + (f"; preview: {', '.join(previews)}" if previews else ''))
+    print(
+        f"wrote {written} images, skipped {skipped} already present, in {where}"
+        + (f"; preview: {', '.join(previews)}" if previews else '')
+    )
     return 0
 
 

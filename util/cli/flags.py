@@ -1,0 +1,523 @@
+"""Command-line flags of pretraining.py and finetuning.py, and the checks argparse cannot make."""
+
+import argparse
+import functools
+import os
+import sys
+
+from util.cli import compat
+from util.cli.build import train_config
+from util.cli.strict_args import TRAINING_FLAGS, StrictArgumentParser
+from util.config import DEFAULT_NUM_OUTPUTS, ON_THE_FLY_IMAGES, ON_THE_FLY_PROB_COLOUR, AugmentConfig, TrainConfig
+from util.errors import UserError
+from util.io import fileio
+from util.ph.generator import GeneratorConfig
+from util.train import distributed, label_sources, modes
+from util.train.engine import OPTIMIZERS
+
+
+def add_common_args(parser):
+    """The flag set shared by pretraining.py and finetuning.py (the original's names, short names, defaults)."""
+    g = parser.add_argument_group('data and files')
+    g.add_argument(
+        '--train',
+        '-t',
+        default=None,
+        help='folder of training images, searched recursively (pretraining without it generates images on the fly)',
+    )
+    g.add_argument('--val', '-val', default=None, help='folder of validation images')
+    g.add_argument(
+        '--path2PHdir',
+        '-pd',
+        default='',
+        help='folder written by PHdict.py: raw diagrams '
+        '(<relative path>.npy) or, with -pc, a consolidated label matrix',
+    )
+    g.add_argument(
+        '--path2weight',
+        '-pw',
+        default=None,
+        help="initial weights: a .pth or checkpoint file of "
+        "ours, 'imagenet' for torchvision's default weights, or nothing (random initialisation)",
+    )
+    g.add_argument(
+        '--output', '-o', default='result', help='a new dated run folder is made under this one (default: %(default)s)'
+    )
+    g.add_argument(
+        '--resume',
+        default='',
+        help='checkpoint.pth (or its run folder) to continue from; the run continues in that folder',
+    )
+    g.add_argument(
+        '--bad_images',
+        choices=('skip', 'fail'),
+        default='skip',
+        help='what to do with an image that cannot be decoded during training: skip it (warned and '
+        'counted in the log) or stop (default: %(default)s)',
+    )
+    fileio.add_max_pixels_arg(g)
+
+    g = parser.add_argument_group('parallelism and devices')
+    g.add_argument(
+        '--pidf',
+        '-p',
+        default=None,
+        help="distributed backend ('nccl' or 'gloo'); default: nccl on "
+        "CUDA, gloo on CPU. Distributed training starts under torchrun, or with -ws N > 1",
+    )
+    g.add_argument(
+        '--world_size',
+        '-ws',
+        default=TrainConfig.world_size,
+        type=int,
+        help='number of processes to start on this machine when not launched by torchrun (default: %(default)s)',
+    )
+    g.add_argument('--device', default=None, help="'cuda', 'cpu', ... (default: cuda when available)")
+    g.add_argument(
+        '--amp',
+        default=None,
+        action=argparse.BooleanOptionalAction,
+        help='bfloat16 autocast (default: on with CUDA, off on CPU)',
+    )
+    g.add_argument(
+        '--channels_last',
+        default=None,
+        action=argparse.BooleanOptionalAction,
+        help='channels-last memory format (default: on with CUDA)',
+    )
+    g.add_argument(
+        '--num_workers',
+        '-nw',
+        default=TrainConfig.num_workers,
+        type=int,
+        help='data loader processes per training process (default: %(default)s)',
+    )
+    g.add_argument(
+        '--seed',
+        default=TrainConfig.seed,
+        type=int,
+        help='random seed; every worker and rank derives its own (default: %(default)s)',
+    )
+
+    g = parser.add_argument_group('network')
+    g.add_argument(
+        '--usenet', '-u', default='resnet50', help='any torchvision classification model (default: %(default)s)'
+    )
+    g.add_argument(
+        '--epochs', '-e', default=TrainConfig.epochs, type=int, help='number of epochs (default: %(default)s)'
+    )
+    g.add_argument(
+        '--numof_pretrained_classes',
+        '-npc',
+        default=None,
+        type=int,
+        help='output size of the pretrained weights given by -pw (the original assumed 200; now '
+        'read from the file when omitted)',
+    )
+    g.add_argument(
+        '--numof_classes',
+        '-nc',
+        default=None,
+        type=int,
+        help='output size: the number of classes '
+        'when training on class folders (default: the number of class folders found; a different '
+        f'-nc is refused), the label dimension when pretraining on PH labels (default: '
+        f'{DEFAULT_NUM_OUTPUTS})',
+    )
+    g.add_argument(
+        '--numof_fclayer',
+        default=4096,
+        type=int,
+        help='accepted for compatibility; heads are '
+        "replaced generically, keeping each architecture's own hidden widths",
+    )
+    g.add_argument('--freeze_encoder', '-fe', action='store_true', help='train only the new head (linear probe)')
+
+    g = parser.add_argument_group('optimisation')
+    # The original's -lrf/-lrp meant --lr_pre/--lr_fine in its first version and the reverse later: both are
+    # refused by name (util/strict_args.TRAINING_FLAGS); the long names mean what they say.
+    g.add_argument('--lr_pre', default=0.1, type=float, help='learning rate for pretraining (default: %(default)s)')
+    g.add_argument('--lr_fine', default=0.01, type=float, help='learning rate for fine-tuning (default: %(default)s)')
+    g.add_argument('--momentum', default=TrainConfig.momentum, type=float, help='SGD momentum (default: %(default)s)')
+    g.add_argument(
+        '--weight_decay',
+        '-wd',
+        default=TrainConfig.weight_decay,
+        type=float,
+        help='weight decay (default: %(default)s)',
+    )
+    g.add_argument(
+        '--optimizer',
+        '-op',
+        default=TrainConfig.optimizer,
+        choices=OPTIMIZERS,
+        help='optimiser; a _cos suffix '
+        'anneals the rate by a cosine over all epochs, otherwise it drops x0.1 at 1/3 and 2/3 of '
+        'the epochs (default: %(default)s)',
+    )
+    g.add_argument(
+        '--start-epoch',
+        dest='start_epoch',
+        default=TrainConfig.start_epoch,
+        type=int,
+        help='first epoch number (default: %(default)s; --resume sets it)',
+    )
+    g.add_argument(
+        '--batch_size',
+        '-b',
+        default=TrainConfig.batch_size,
+        type=int,
+        help='batch size per process (default: %(default)s)',
+    )
+    g.add_argument(
+        '--img_size',
+        default=AugmentConfig.img_size,
+        type=int,
+        help='images are resized to this first (default: %(default)s)',
+    )
+    g.add_argument(
+        '--crop_size', default=AugmentConfig.crop_size, type=int, help='then cropped to this (default: %(default)s)'
+    )
+    g.add_argument(
+        '--save-interval',
+        '-si',
+        dest='save_interval',
+        default=TrainConfig.save_interval,
+        type=int,
+        help='write the weights file every N epochs; the last epoch is always written (default: %(default)s)',
+    )
+    g.add_argument(
+        '--log-interval',
+        dest='log_interval',
+        default=TrainConfig.log_interval,
+        type=int,
+        help='refresh the progress bar figures every N iterations (default: %(default)s)',
+    )
+    g.add_argument(
+        '--output_training_images',
+        '-oti',
+        default=0,
+        type=int,
+        help='save a picture of the first N training samples as the network sees them',
+    )
+    g.add_argument(
+        '--stop_after',
+        default=TrainConfig.stop_after,
+        type=int,
+        help='stop after N epochs in this invocation (for '
+        'time-limited cluster jobs); continue later with --resume (default: run to --epochs)',
+    )
+
+    g = parser.add_argument_group(
+        'augmentation of training images',
+        'Spatial steps (affine, rescale, rotation, crop, flip) come before a "-ph post" label is computed,\n'
+        'so that label describes what the network sees; the photometric steps of --aug_plus (colour jitter,\n'
+        'greyscale, blur) always come after the label is computed, so they never change a PH label.\n'
+        'With "-ph pre" the label is that of the whole image, untouched by any augmentation.\n'
+        'Validation images are only resized and cropped.',
+    )
+    g.add_argument(
+        '--aug_plus',
+        action='store_true',
+        help='MoCo v2 augmentation: RandomResizedCrop(crop, '
+        'scale 0.2-1), ColorJitter(0.4, 0.4, 0.4, 0.1) with p=0.8, RandomGrayscale p=0.2, '
+        'GaussianBlur (sigma 0.1-2) p=0.5, horizontal flip (default: off)',
+    )
+    g.add_argument(
+        '--random_scale',
+        '-rs',
+        default=AugmentConfig.random_scale,
+        type=float,
+        help='rescale each image by a random factor in [1-S, 1+S] before cropping (default: %(default)s = off)',
+    )
+    g.add_argument(
+        '--random_rotation',
+        '-rr',
+        default=AugmentConfig.random_rotation,
+        type=float,
+        help='rotate by a random angle in [-DEG, DEG] degrees before cropping (default: %(default)s = off)',
+    )
+    g.add_argument(
+        '--crop_padding',
+        '-cp',
+        default=AugmentConfig.crop_padding,
+        type=int,
+        help='pad the image by P pixels (zeros) before the random crop (default: %(default)s)',
+    )
+    g.add_argument(
+        '--affine',
+        '-aff',
+        action='store_true',
+        help='random affine augmentation (rotation, scale, shear) before cropping (default: off)',
+    )
+    g.add_argument(
+        '--hflip',
+        default=AugmentConfig.hflip,
+        action=argparse.BooleanOptionalAction,
+        help='random horizontal flips of training images (default: on when fine-tuning, off when '
+        'pretraining unless --aug_plus; a flip never changes a PH label; --no-hflip for digits, text)',
+    )
+    return parser
+
+
+def check_common_args(args):
+    """Validate flags that argparse cannot; raise :class:`UserError` with the flag's name."""
+    for name in ('epochs', 'batch_size', 'img_size', 'crop_size', 'numof_classes'):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise UserError(f"--{name} must be at least 1 (got {getattr(args, name)})")
+    if args.num_workers < 0:
+        raise UserError("--num_workers must be >= 0")
+    if args.save_interval < 1:
+        args.save_interval = args.epochs
+    if args.stop_after < 0:
+        raise UserError(f"--stop_after must be 0 (no stop) or a number of epochs, got {args.stop_after}")
+    fileio.set_max_pixels(args.max_pixels)
+    fileio.refuse_output_inside(
+        args.output,
+        [
+            (f, getattr(args, d, None))
+            for f, d in (
+                ('-t', 'train'),
+                ('-val', 'val'),
+                ('-t2', 'ph_train'),
+                ('-v2', 'ph_val'),
+                ('-pd', 'path2PHdir'),
+            )
+        ],
+    )
+    if args.train and args.val and os.path.realpath(args.train) == os.path.realpath(args.val):
+        print(
+            f"warning: -val {args.val!r} is the training folder -t: the validation scores measure memorisation, "
+            "not generalisation",
+            file=sys.stderr,
+            flush=True,
+        )
+    if args.start_epoch < 1:
+        raise UserError("--start-epoch must be at least 1")
+    if not 0 <= args.random_scale < 1:
+        raise UserError(f"--random_scale must be in [0, 1) (a factor in [1-S, 1+S]); got {args.random_scale}")
+    if not 0 <= args.random_rotation <= 180:
+        raise UserError(f"--random_rotation must be in [0, 180] degrees; got {args.random_rotation}")
+    if args.crop_padding < 0:
+        raise UserError(f"--crop_padding must be >= 0; got {args.crop_padding}")
+
+
+MODE_HELP = """How the tasks and datasets are used (default: %(default)s):
+pretraining: PH regression on -t (or on the fly); finetuning: classes of -t/-val from -pw;
+combined: pretraining on -t2/-v2 (on the fly without -t2) for --epochs_pre epochs, then fine-tuning on -t/-val
+for -e epochs from those weights (sub-folders pretraining/ and finetuning/ of one run folder);
+simultaneous: classes of -t with a second, PH head on the same images (loss CE + --ph_weight x MSE);
+alternating: batches alternate between classes of -t (CE) and PH labels of -t2 or generated images (MSE);
+evaluation: evaluate -pw on -val (= --evaluate). In combined, -pw initialises the pretraining phase and
+--freeze_encoder applies to the fine-tuning phase only"""
+
+
+def add_mode_args(parser, default_mode):
+    """The mode flags, the PH label flags and the generator flags (both scripts take all of them)."""
+    from util.ph.cubical import DEFAULT_ENGINE, ENGINES, FILTRATIONS
+    from util.ph.vectorise import LABEL_TYPES, add_label_args
+
+    g = parser.add_argument_group('learning mode')
+    g.add_argument('--learning_mode', '-lm', choices=modes.MODES, default=default_mode, help=MODE_HELP)
+    g.add_argument(
+        '--evaluate',
+        action='store_true',
+        help='the same as -lm evaluation: no training; evaluate '
+        'the weights given by -pw (or --resume) on -val and write the metrics, per-class accuracy '
+        'and confusion matrix',
+    )
+    g.add_argument(
+        '--ph_train',
+        '-t2',
+        default=None,
+        help='combined/alternating: folder of images for the PH '
+        'task (-pd/-pc apply to it; default: images generated on the fly)',
+    )
+    g.add_argument(
+        '--ph_val',
+        '-v2',
+        default=None,
+        help='combined/alternating: validation images for the PH task (default: generated, see -nv)',
+    )
+    g.add_argument(
+        '--epochs_pre', default=None, type=int, help='combined: epochs of the pretraining phase (default: -e)'
+    )
+    g.add_argument(
+        '--ph_dims',
+        '-nd',
+        default=200,
+        type=int,
+        help='combined/simultaneous/alternating: '
+        'dimension of the PH label vector, while -nc is the number of classes (in pretraining '
+        'mode -nc is the label dimension) (default: %(default)s)',
+    )
+    g.add_argument(
+        '--ph_weight',
+        default=TrainConfig.ph_weight,
+        type=float,
+        help='simultaneous/alternating: weight of the PH '
+        'regression loss (MSE) against the cross-entropy (default: %(default)s)',
+    )
+
+    g = parser.add_argument_group('persistent homology labels')
+    g.add_argument(
+        '--persistence',
+        '-ph',
+        choices=('pre', 'post'),
+        default='pre',
+        help='pre: label the whole image before augmentation (fixed per image); post: label the '
+        'spatially augmented crop, i.e. what the network sees (default: %(default)s)',
+    )
+    g.add_argument(
+        '--precomputed',
+        '-pc',
+        action='store_true',
+        help='read labels from the consolidated matrix that PHdict.py --label_type wrote in -pd',
+    )
+    g.add_argument(
+        '--filtration',
+        default='signed_distance',
+        choices=FILTRATIONS,
+        help='filtration when PH is computed here (default: %(default)s, as PHdict.py)',
+    )
+    g.add_argument(
+        '--gradient',
+        '-g',
+        action='store_true',
+        help='when PH is computed here: PH of the Canny '
+        'edge map of the denoised image instead of its Otsu binarisation (as PHdict.py --gradient)',
+    )
+    g.add_argument(
+        '--ph_engine',
+        default=DEFAULT_ENGINE,
+        choices=ENGINES,
+        help='PH engine when PH is computed here (-ph post, on the fly, -t without -pd, the '
+        'two-task modes): unionfind (exact, fast, 2-D), cripser, or auto = unionfind for 2-D images; '
+        'both give the same pairs, hence the same labels (default: %(default)s, as PHdict.py)',
+    )
+    add_label_args(g, max_life='-ml')
+    for action in g._group_actions:  # pretraining can also use class folders: the control experiment
+        if action.dest == 'label_type':
+            action.choices = tuple(LABEL_TYPES) + ('class',)
+            action.help += (
+                "; 'class' (pretraining/combined only): the class folders of the pretraining "
+                "images as labels, cross-entropy instead of PH regression"
+            )
+    label_sources.allow_random_choice(g)
+    label_sources.add_norm_args(g)
+
+    g = parser.add_argument_group('on-the-fly image generation (when no image folder is given for the PH task)')
+    g.add_argument(
+        '--alpha_range',
+        '-ar',
+        default=list(GeneratorConfig.alpha_range),
+        type=float,
+        nargs=2,
+        help='range of alpha (default: %(default)s)',
+    )
+    g.add_argument(
+        '--beta_range',
+        '-br',
+        default=list(GeneratorConfig.beta_range),
+        type=float,
+        nargs=2,
+        help='range of beta (default: %(default)s)',
+    )
+    g.add_argument(
+        '--n_samples', '-n', default=ON_THE_FLY_IMAGES, type=int, help='images per epoch (default: %(default)s)'
+    )
+    g.add_argument(
+        '--prob_binary',
+        '-pb',
+        default=GeneratorConfig.prob_binary,
+        type=float,
+        help='probability that a channel is binarised (default: %(default)s)',
+    )
+    g.add_argument(
+        '--prob_colour',
+        default=ON_THE_FLY_PROB_COLOUR,
+        type=float,
+        help='probability that an image has three channels (default: %(default)s)',
+    )
+    g.add_argument(
+        '--n_samples_val',
+        '-nv',
+        default=-1,
+        type=int,
+        help='generated validation images, from a disjoint random stream (default: min(1000, n/10); 0 = none)',
+    )
+    g.add_argument(
+        '--cache_dir',
+        default=None,
+        help='keep generated images and diagrams here and reuse the '
+        'same images every epoch (nothing there is ever deleted)',
+    )
+    return parser
+
+
+def check_mode_args(args):
+    """Validate the mode flags (after :func:`check_common_args`); sets ``args.learning_mode``
+    to 'evaluation' for --evaluate and ``args.epochs_pre`` to -e when not given."""
+    mode = args.learning_mode
+    if args.evaluate:
+        if mode not in ('pretraining', 'finetuning', 'evaluation'):
+            raise UserError(f"--evaluate contradicts -lm {mode}; give one of them")
+        args.learning_mode = mode = 'evaluation'
+    if args.epochs_pre is None:
+        args.epochs_pre = args.epochs
+    if args.epochs_pre < 1:
+        raise UserError(f"--epochs_pre must be at least 1 (got {args.epochs_pre})")
+    if args.ph_dims < 1:
+        raise UserError(f"--ph_dims must be at least 1 (got {args.ph_dims})")
+    if not args.ph_weight >= 0:
+        raise UserError(f"--ph_weight must be >= 0 (got {args.ph_weight})")
+    if args.label_type == 'class' and mode in ('simultaneous', 'alternating'):
+        raise UserError(
+            f"--label_type class has no PH task; -lm {mode} needs a PH label type "
+            f"(histogram, persistence_image, betti_curve or landscape)"
+        )
+    if mode in ('simultaneous', 'alternating') and (args.label_type == 'random' or args.label_norm != 'none'):
+        raise UserError(
+            f"-lm {mode} computes PH labels as they are: --label_type random and --label_norm "
+            f"apply to -lm pretraining and combined only"
+        )
+    if args.label_norm_floor < 0:
+        raise UserError(f"--label_norm_floor must be >= 0 (got {args.label_norm_floor})")
+    if args.freeze_encoder and mode in ('simultaneous', 'alternating'):
+        raise UserError(
+            f"--freeze_encoder would leave the PH task of -lm {mode} without effect on the classifier; drop it"
+        )
+    if mode == 'simultaneous' and (args.precomputed or args.path2PHdir):
+        raise UserError("-lm simultaneous computes the PH labels of the labelled images in the loader; drop -pd/-pc")
+    if mode in ('combined', 'alternating') and args.path2PHdir and not args.ph_train:
+        raise UserError(
+            f"-lm {mode}: -pd/-pc hold the PH of the images given by -t2 (--ph_train); give -t2, or "
+            f"drop -pd/-pc to generate images on the fly"
+        )
+    return args
+
+
+def get_args_parser(default_mode, description='', epilog=None):
+    """The parser of pretraining.py / finetuning.py: every flag group, ``-lm`` defaulting to ``default_mode``."""
+    parser = StrictArgumentParser(
+        description=description,
+        epilog=epilog,
+        allow_abbrev=False,
+        refuse=TRAINING_FLAGS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_common_args(parser)
+    add_mode_args(parser, default_mode=default_mode)
+    compat.training_compat(parser)  # the original's later names and value shapes (docs/compat.md)
+    return parser
+
+
+def main(args):
+    """Check the flags, then run the mode ``args.learning_mode`` (spawning ``-ws`` processes when asked)."""
+    compat.resolve_special_values(args)
+    check_common_args(args)
+    check_mode_args(args)
+    job = functools.partial(modes.run, args, train_config(args))
+    if args.world_size > 1 and 'RANK' not in os.environ and args.learning_mode != 'evaluation':
+        return distributed.spawn_or_run(job, args.world_size)
+    return job()

@@ -1,0 +1,542 @@
+"""Persistent homology of images: grey conversion, filtration, and cubical PH with ``cripser``.
+
+Pipeline (the original project's, made faster where it costs nothing in exactness)::
+
+    image -> grey (H, W) -> filtration (H, W) float64 -> cripser.computePH -> diagram (n, 9) float64
+
+* Grey: PIL images and files are converted with ``convert('L')`` (8-bit, via :func:`util.io.fileio.load_image`
+  for files, which also handles 16-bit, RGBA and palette images); ``(H, W, 3)`` arrays are reduced with the
+  luma weights 0.2989 / 0.5870 / 0.1140; ``(H, W)`` arrays are used as they are.
+* Filtration (:data:`FILTRATIONS`, default ``'signed_distance'``): the image is binarised at Otsu's threshold
+  (``bw = grey >= t``) and transformed by ``cripser.apply_transform``; ``'signed_distance'`` is
+  ``EDT(bw) - EDT(~bw)``, the original's filtration.  ``'none'`` uses the raw grey values.  A constant image
+  (no threshold exists) gives an all-zero filtration for every kind but ``'none'``.
+* Edges (``gradient=True``, the original's later ``--gradient``): instead of the Otsu mask, the binary image
+  is the Canny edge map of the denoised grey image (see :func:`edge_map`); the chosen filtration is then
+  taken of that edge map (``'none'``: the edge map as 0/255 values).
+* Engine (:data:`ENGINES`, every PH function's ``engine`` keyword): ``'unionfind'`` is the exact
+  union-find engine of :mod:`util.ph.unionfind` (2-D only, numba; the same birth/death multisets as
+  cripser, checked in ``tests/test_ph_unionfind.py``), ``'cripser'`` is ``cripser.computePH(f, maxdim=1)``,
+  and ``'auto'`` (the default) takes union-find for 2-D filtrations and cripser otherwise.  Diagrams of
+  both engines hold the same pairs, so label vectors made from either are interchangeable; only the row
+  order and which of several tied pixels is named in the location columns may differ.
+* Diagram: one row per persistence pair, columns ``dim, birth, death, x1, y1, z1, x2, y2, z2`` (homology
+  dimension 0 or 1, birth/death filtration values, and the pixel locations of the birth and death cells as
+  cripser reports them); essential classes have ``death`` = the largest double (~1.8e308).
+
+Speed (see ``bench/ph_bench.py``): for 8-bit grey images Otsu's threshold is computed from a 256-bin count of
+the pixel values, binned exactly as ``skimage.filters.threshold_otsu`` bins the float image, so the mask is
+bit for bit the one the original computed, at a fifth of the cost.  The signed distance is taken from the
+exact numba squared EDT of :mod:`util.ph.unionfind` (checked equal to scipy's in the tests; about 2.5x
+faster than scipy; the ``edt`` package is no longer used), or, with :data:`NUMBA_EDT` off, from scipy's two
+feature transforms combined in integer arithmetic (about 1.5x faster than two ``distance_transform_edt``
+calls, the same values bit for bit).
+"""
+
+import math
+import os
+import sys
+
+import numpy as np
+from skimage.filters import threshold_otsu
+
+from util.errors import UserError
+from util.io.fileio import convert_image, load_image
+
+
+def _import_cripser():
+    """``import cripser`` without its optional PyTorch helpers when torch is not loaded yet.
+
+    cripser's package ``__init__`` imports torch (about 3 s) for ``compute_ph_torch`` and friends, which this
+    module does not use; every guard there catches ``ModuleNotFoundError``, so while torch is absent from
+    ``sys.modules`` we hide it for the duration of the import.  In a process that imported torch first, this is
+    a plain ``import cripser``.  (Consequence: in a process that imports this module before torch,
+    ``cripser.compute_ph_torch`` is cripser's "PyTorch is required" stub.)
+    """
+    if 'cripser' in sys.modules or 'torch' in sys.modules:
+        import cripser
+
+        return cripser
+    sys.modules['torch'] = None
+    try:
+        import cripser
+    finally:
+        if 'torch' in sys.modules and sys.modules['torch'] is None:
+            del sys.modules['torch']
+    return cripser
+
+
+cripser = _import_cripser()
+
+FILTRATIONS = (
+    'signed_distance',
+    'distance',
+    'distance_inv',
+    'signed_distance_inv',
+    'binarisation',
+    'radial',
+    'radial_inv',
+    'upward',
+    'downward',
+    'none',
+)
+DEFAULT_FILTRATION = 'signed_distance'
+LUMA = (0.2989, 0.5870, 0.1140)
+ENGINES = ('auto', 'unionfind', 'cripser')
+DEFAULT_ENGINE = 'auto'
+DIAGRAM_COLUMNS = ('dim', 'birth', 'death', 'x1', 'y1', 'z1', 'x2', 'y2', 'z2')
+# Deaths at or above this are "infinite": cripser writes DBL_MAX (~1.8e308) for essential classes.
+INFINITE_DEATH = 0.5 * np.finfo(np.float64).max
+OTSU_BINS = 256  # skimage.filters.threshold_otsu's default number of bins for float images
+
+# The signed distance comes from the union-find module's exact numba squared EDT (about 2.5x faster than
+# scipy); False = scipy's feature transforms (the reference route, kept for tests and the benchmarks).
+NUMBA_EDT = True
+
+
+# ----------------------------------------------------------------------------------------------------
+# grey conversion
+
+
+def _is_pil(img):
+    return hasattr(img, 'mode') and hasattr(img, 'convert') and hasattr(img, 'histogram')
+
+
+def _grey(img):
+    """``img`` as a 2-D array ``(H, W)``: uint8 for PIL images and uint8 arrays, float64 otherwise."""
+    if _is_pil(img):
+        return np.asarray(convert_image(img, 'L'))
+    a = np.asarray(img)
+    if a.ndim == 3 and a.shape[-1] in (3, 4):
+        return np.dot(a[..., :3].astype(np.float64, copy=False), LUMA)
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if a.ndim != 2:
+        raise UserError(f"image of shape {a.shape} is not an (H, W) grey or (H, W, 3) colour image")
+    if a.dtype == np.uint8:
+        return a
+    if a.dtype == bool or not np.issubdtype(a.dtype, np.number):
+        a = a.astype(np.float64)
+    return a.astype(np.float64, copy=False)
+
+
+def to_grey(img):
+    """Grey values of an image as float64 ``(H, W)``.
+
+    ``img``: a PIL image (converted with ``convert('L')``; 16-bit and palette images handled), a file path, or
+    an array ``(H, W)`` (used as is) / ``(H, W, 3|4)`` (luma 0.2989 R + 0.5870 G + 0.1140 B; alpha dropped).
+    """
+    if isinstance(img, (str, os.PathLike)):
+        img = load_image(img, 'L')
+    return _grey(img).astype(np.float64, copy=False)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Otsu threshold
+
+
+def otsu_threshold_from_counts(counts):
+    """Otsu's threshold of an 8-bit image given its 256 pixel counts (``counts[v]`` = pixels of value ``v``).
+
+    Equal to ``skimage.filters.threshold_otsu`` of the image as float64 (which is what the original
+    thresholded): skimage lays 256 equal bins on ``[min, max]`` with ``np.histogram``, whose bins are
+    ``edges[i] <= v < edges[i+1]`` (the last one closed); each grey level falls in one bin, so the bin counts
+    follow from the 256 level counts without touching the pixels again.  Returns None for a constant image.
+    """
+    counts = np.asarray(counts)
+    levels = np.flatnonzero(counts)
+    if levels.size < 2:
+        return None
+    edges = np.linspace(float(levels[0]), float(levels[-1]), OTSU_BINS + 1)
+    index = np.minimum(np.searchsorted(edges, levels, side='right') - 1, OTSU_BINS - 1)
+    hist = np.bincount(index, weights=counts[levels], minlength=OTSU_BINS)
+    centers = (edges[:-1] + edges[1:]) / 2.0
+    return float(threshold_otsu(hist=(hist, centers)))
+
+
+def otsu_mask(grey, counts=None):
+    """Foreground mask ``grey >= t`` at Otsu's threshold ``t`` (as skimage computes it on the float image).
+
+    ``grey``: ``(H, W)`` array.  uint8 input takes the fast route: the threshold from the 256 level counts
+    (``counts``, e.g. PIL's ``Image.histogram()``, else counted here) and one comparison with ``ceil(t)``.
+    Returns a bool array ``(H, W)``, or ``None`` for a constant image (no threshold separates anything).
+    """
+    if grey.dtype == np.uint8:
+        if counts is None:
+            counts = np.bincount(grey.ravel(), minlength=256)
+        t = otsu_threshold_from_counts(counts)
+        if t is None:
+            return None
+        return grey >= np.uint8(math.ceil(t))  # integer grey: v >= t  <=>  v >= ceil(t); t < 255
+    grey = np.asarray(grey, dtype=np.float64)
+    lo, hi = grey.min(), grey.max()
+    if not lo < hi:
+        return None
+    return grey >= threshold_otsu(grey)
+
+
+# ----------------------------------------------------------------------------------------------------
+# edges
+
+CANNY_SPREAD = 0.33  # Canny thresholds (1 -/+ 0.33) x median grey value, as the original's later versions
+TV_WEIGHT = 0.1  # strength of the total-variation denoising before edge detection (grey scaled to [0, 1])
+
+
+def edge_map(grey):
+    """Binary edge map ``(H, W)`` bool of a grey image ``(H, W)`` (uint8, or float on the 0..255 scale).
+
+    The image is denoised (total-variation, :func:`skimage.restoration.denoise_tv_chambolle` with weight
+    :data:`TV_WEIGHT` on the image scaled to [0, 1]) and passed, as floats on the 0..255 scale (not rounded:
+    rounding would turn the smooth residue of denoising into one-level steps that Canny reports as edges),
+    to :func:`skimage.feature.canny` (Gaussian sigma 1) with hysteresis thresholds from the median grey value
+    ``m`` of the denoised image: ``low = max(0, (1 - 0.33) m)``, ``high = min(255, (1 + 0.33) m)``, in
+    grey-level units of the Sobel gradient magnitude (the units of OpenCV's Canny on an 8-bit image; skimage
+    rescales neither a float image nor thresholds given for it).  A constant image has no edges (all False).
+    """
+    from skimage.feature import canny
+    from skimage.restoration import denoise_tv_chambolle
+
+    g = np.asarray(grey)
+    if g.dtype != np.uint8:
+        g = np.clip(np.rint(np.asarray(g, dtype=np.float64)), 0, 255).astype(np.uint8)
+    if g.min() == g.max():
+        return np.zeros(g.shape, dtype=bool)
+    smooth = denoise_tv_chambolle(g.astype(np.float64) / 255.0, weight=TV_WEIGHT) * 255.0
+    m = float(np.median(smooth))
+    low = max(0.0, (1.0 - CANNY_SPREAD) * m)
+    high = min(255.0, (1.0 + CANNY_SPREAD) * m)
+    # a float image is not rescaled by canny, so thresholds on the 0..255 scale apply as they are
+    return canny(smooth, sigma=1.0, low_threshold=low, high_threshold=high)
+
+
+# ----------------------------------------------------------------------------------------------------
+# filtrations
+
+
+def _signed_distance(bw):
+    """``EDT(bw) - EDT(~bw)`` as float64 ``(H, W)``, bit for bit scipy's (both classes must be present).
+
+    With :data:`NUMBA_EDT` (the default): :func:`util.ph.unionfind.signed_sqedt`, the exact signed squared
+    distances as integers, whose float64 square roots are those scipy takes of the same integers.  Else
+    scipy's two feature transforms (nearest background pixel of each foreground pixel and vice versa),
+    combined into one integer squared distance -- the values ``distance_transform_edt`` computes, without its
+    float64 temporaries for each of the two calls.
+    """
+    if NUMBA_EDT and bw.ndim == 2:
+        k = _unionfind().signed_sqedt(bw)
+        d = np.sqrt(np.abs(k), dtype=np.float64)
+        np.negative(d, out=d, where=k < 0)
+        return d
+    from scipy.ndimage import distance_transform_edt
+
+    itype = np.int32 if max(bw.shape) < 30000 else np.int64  # squares must not overflow
+    ft = np.empty((2, bw.ndim) + bw.shape, np.int32)
+    distance_transform_edt(bw, return_distances=False, return_indices=True, indices=ft[0])
+    distance_transform_edt(~bw, return_distances=False, return_indices=True, indices=ft[1])
+    # each pixel is its own feature in one of the two transforms, so
+    # (feature of the other class) - (pixel) = ft[0] + ft[1] - 2 * (pixel), per axis
+    delta = ft[0].astype(itype, copy=False)
+    delta += ft[1]
+    for axis, n in enumerate(bw.shape):
+        shape = [1] * bw.ndim
+        shape[axis] = n
+        delta[axis] -= (2 * np.arange(n, dtype=itype)).reshape(shape)
+    delta *= delta
+    for axis in range(1, bw.ndim):
+        delta[0] += delta[axis]
+    d = np.sqrt(delta[0], dtype=np.float64)
+    np.negative(d, out=d, where=~bw)
+    return d
+
+
+def _check_kind(kind):
+    if kind not in FILTRATIONS:
+        raise UserError(f"unknown --filtration {kind!r}; choose one of {', '.join(FILTRATIONS)}")
+
+
+def _binary(grey, kind, gradient):
+    """``(g, bw)``: the grey array and the binary image the filtration ``kind`` is taken of (Otsu mask, or
+    Canny edges with ``gradient``); ``bw`` is None when the filtration is all zeros (constant image, or no
+    edges), and for ``kind == 'none'`` without ``gradient`` (the grey values are the filtration)."""
+    counts = None
+    if _is_pil(grey):
+        im = convert_image(grey, 'L')
+        g, counts = np.asarray(im), im.histogram()  # PIL counts the 256 levels faster than numpy
+    else:
+        g = _grey(grey)
+    if gradient:
+        bw = edge_map(g)
+        if kind != 'none' and (bw.all() or not bw.any()):  # no edges: nothing to measure distances to
+            return g, None
+        return g, bw
+    if kind == 'none':
+        return g, None
+    return g, otsu_mask(g, counts)
+
+
+def compute_filtration(grey, kind=DEFAULT_FILTRATION, gradient=False):
+    """The filtration ``(H, W)`` float64 of a grey image (``(H, W)``; a colour image is reduced to grey).
+
+    ``kind`` (one of :data:`FILTRATIONS`): ``'none'`` = the grey values themselves; any other is
+    ``cripser.apply_transform(bw, kind)`` of the Otsu mask ``bw`` (see :func:`otsu_mask`), or with
+    ``gradient=True`` of the Canny edge map (see :func:`edge_map`; ``'none'`` then gives the edge map as 0/255):
+    ``signed_distance`` = EDT(bw) - EDT(~bw) (the default, as in the original), ``distance`` = EDT(bw),
+    ``*_inv`` the same for ``~bw``, ``binarisation`` = bw as 0/1, ``radial`` / ``radial_inv`` = distance to
+    the top-left pixel on bw, ``upward`` / ``downward`` = row index (negated for upward) on bw.
+    A constant image gives zeros (except for ``'none'``).
+    """
+    _check_kind(kind)
+    g, bw = _binary(grey, kind, gradient)
+    return _filtration_of(g, bw, kind, gradient)
+
+
+def _filtration_of(g, bw, kind, gradient):
+    if kind == 'none':
+        if gradient:
+            return bw.astype(np.float64) * 255.0
+        return np.ascontiguousarray(g, dtype=np.float64)
+    if bw is None:
+        return np.zeros(g.shape, dtype=np.float64)
+    if kind == 'signed_distance':
+        return _signed_distance(bw)
+    out = cripser.apply_transform(bw.view(np.uint8), kind, threshold=1)
+    return np.ascontiguousarray(out, dtype=np.float64)
+
+
+def resolve_engine(engine, ndim=2):
+    """The engine that computes a diagram of a filtration with ``ndim`` axes: ``'unionfind'`` or
+    ``'cripser'`` (``'auto'``: union-find for 2-D, cripser otherwise); an unknown name is a UserError, and
+    ``'unionfind'`` for anything but 2-D is refused by name."""
+    if engine not in ENGINES:
+        raise UserError(f"unknown --ph_engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    if engine == 'auto':
+        return 'unionfind' if ndim == 2 else 'cripser'
+    if engine == 'unionfind' and ndim != 2:
+        raise UserError(
+            f"--ph_engine unionfind computes 2-D images only (got a {ndim}-D filtration); "
+            "use --ph_engine cripser or auto"
+        )
+    return engine
+
+
+def _unionfind():
+    from util.ph import unionfind as ph_unionfind
+
+    return ph_unionfind
+
+
+def diagram_of_filtration(filtration, engine=DEFAULT_ENGINE):
+    """Persistence diagram ``(n, 9)`` float64 of H0 and H1 of a filtration (2-D; cripser also takes 3-D).
+
+    ``engine`` (:data:`ENGINES`): ``'auto'`` = union-find for 2-D, else cripser.  Both give the diagram of
+    ``cripser.computePH(f, maxdim=1)``.  cripser makes every pixel of a ``(1, n)`` or ``(n, 1)`` array an
+    essential class of its own, so with cripser a filtration one pixel thick is computed as that line
+    doubled (a product with an interval, which has the same persistent homology), and the coordinates along
+    the doubled side are put back to 0; union-find needs no such detour.
+    """
+    f = np.ascontiguousarray(filtration, dtype=np.float64)
+    if resolve_engine(engine, f.ndim) == 'unionfind':
+        return _unionfind().diagram(f)
+    if f.ndim == 2 and 1 in f.shape and f.size > 1:
+        axis = 0 if f.shape[0] == 1 else 1
+        dgm = cripser.computePH(np.ascontiguousarray(np.concatenate([f, f], axis=axis)), maxdim=1)
+        for col in (3 + axis, 6 + axis):  # x1/y1 and x2/y2 along the doubled side: 0 (or -1 = none)
+            np.minimum(dgm[:, col], 0, out=dgm[:, col])
+        return dgm
+    return cripser.computePH(f, maxdim=1)
+
+
+def compute_ph(img, filtration=DEFAULT_FILTRATION, gradient=False, engine=DEFAULT_ENGINE):
+    """Persistence diagram ``(n, 9)`` float64 of an image (uint8/float array ``(H, W)`` or ``(H, W, 3)``,
+    PIL image, or file path), with the given filtration (see :func:`compute_filtration`), of the Canny edge
+    map instead of the Otsu mask when ``gradient``; ``engine`` as in :func:`diagram_of_filtration`.
+
+    With union-find and the signed distance the float filtration is never formed: the exact signed squared
+    distances (:func:`util.ph.unionfind.signed_sqedt`) are counting-sorted and square roots are taken for
+    the output rows only -- the same diagram, bit for bit.
+    """
+    if isinstance(img, (str, os.PathLike)):
+        img = load_image(img, 'L')
+    _check_kind(filtration)
+    g, bw = _binary(img, filtration, gradient)
+    if (
+        filtration == 'signed_distance'
+        and bw is not None
+        and resolve_engine(engine, g.ndim) == 'unionfind'
+        and NUMBA_EDT
+        and bw.any()
+        and not bw.all()
+    ):
+        uf = _unionfind()
+        return uf.diagram_of_sqkeys(uf.signed_sqedt(bw))
+    return diagram_of_filtration(_filtration_of(g, bw, filtration, gradient), engine)
+
+
+def ph_of_file(path, filtration=DEFAULT_FILTRATION, gradient=False, engine=DEFAULT_ENGINE):
+    """Persistence diagram ``(n, 9)`` of an image file (read as 8-bit grey); raises
+    :class:`util.errors.BadImageError` naming the file if it cannot be decoded."""
+    return compute_ph(load_image(path, 'L'), filtration, gradient=gradient, engine=engine)
+
+
+def warm_up(engine=DEFAULT_ENGINE):
+    """Load (or, the first time on a machine, compile) the union-find engine's numba code when ``engine``
+    uses it, so that worker processes forked afterwards start with it ready."""
+    if resolve_engine(engine, 2) == 'unionfind':
+        _unionfind().warm_up()
+
+
+def is_diagram(a):
+    """True if ``a`` looks like a cripser diagram: a float array ``(n, 9)`` (``n`` may be 0)."""
+    return (
+        isinstance(a, np.ndarray)
+        and a.ndim == 2
+        and a.shape[1] == len(DIAGRAM_COLUMNS)
+        and np.issubdtype(a.dtype, np.floating)
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# a pool of workers computing diagrams
+
+
+def _diagram_job(job):
+    """Worker: ``(index, (path, source, filtration[, gradient[, engine]]))`` -> ``(index, diagram or None,
+    error or None)``.
+
+    ``source`` is ``'image'`` (compute the PH of the image file) or ``'npy'`` (load a saved diagram);
+    ``gradient`` (default False) takes the PH of the Canny edge map; ``engine`` (default ``'auto'``) as in
+    :func:`diagram_of_filtration`.
+    Unreadable inputs are reported, not raised, so one bad file does not stop a pool.
+    """
+    from util.errors import BadImageError
+    from util.ph.dgmcheck import check_diagram
+
+    index, (path, source, filtration, *rest) = job
+    gradient = bool(rest[0]) if rest else False
+    engine = rest[1] if len(rest) > 1 else DEFAULT_ENGINE
+    try:
+        if source == 'npy':
+            try:
+                dgm = np.load(path, allow_pickle=False)
+            except (OSError, ValueError, EOFError) as e:
+                raise BadImageError(f"cannot read diagram {path}: {e}") from None
+            if not is_diagram(dgm):
+                raise BadImageError(
+                    f"{path} is not a persistence diagram (shape {getattr(dgm, 'shape', '?')}, "
+                    f"expected (n, 9) float rows as written by PHdict.py)"
+                )
+            if np.isnan(dgm[:, :3]).any():
+                raise BadImageError(
+                    f"{path} holds NaN in its dimension/birth/death columns; delete it and "
+                    f"compute it again from its image"
+                )
+            dgm = check_diagram(dgm, path, error=BadImageError)  # homology dimensions 0..2 too
+            return index, dgm.astype(np.float64, copy=False), None
+        return index, ph_of_file(path, filtration, gradient=gradient, engine=engine), None
+    except BadImageError as e:
+        return index, None, str(e)
+
+
+def iter_diagrams(jobs, workers=1, chunksize=None):
+    """Compute or load the diagrams of ``jobs`` and yield ``(index, diagram, error)`` as they finish.
+
+    ``jobs``: list of ``(path, source, filtration[, gradient[, engine]])`` with ``source`` ``'image'`` or
+    ``'npy'``.  Results come in completion order (``index`` = position in ``jobs``); ``diagram`` is ``(n, 9)``
+    float64, or ``None`` with ``error`` a one-line message naming the file.  ``workers > 1`` uses a process
+    pool (chunked); the union-find engine is loaded in this process first (:func:`warm_up`), so forked
+    workers inherit it and spawned ones load numba's on-disk cache instead of compiling.
+    """
+    engines = {job[4] if len(job) > 4 else DEFAULT_ENGINE for job in jobs if job[1] == 'image'}
+    for engine in engines:
+        warm_up(engine)
+    if workers <= 1 or len(jobs) <= 1:
+        for item in enumerate(jobs):
+            yield _diagram_job(item)
+        return
+    from util.io import workpool
+
+    if chunksize is None:
+        chunksize = max(1, min(32, len(jobs) // (workers * 8)))
+    yield from workpool.imap_unordered(
+        _diagram_job, list(enumerate(jobs)), workers, chunksize, name_of=lambda item: item[1][0]
+    )  # a dead worker: WorkerDied
+
+
+# ----------------------------------------------------------------------------------------------------
+# picture
+
+
+def plot_ph(path, image, filtration, diagram, vector=None, title=None, vector_label=None):
+    """Save a PNG at ``path``: image | filtration | persistence diagram | label vector, side by side.
+
+    ``image``: ``(H, W)`` or ``(H, W, 3)`` array or PIL image; ``filtration``: ``(H, W)``; ``diagram``:
+    ``(n, >=3)``; ``vector``: 1-D label vector or None (panel left out).  Uses matplotlib's Agg backend.
+    """
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    from util.io.fileio import atomic_open
+
+    image = np.asarray(image)
+    panels = 4 if vector is not None else 3
+    fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 4.0))
+    try:
+        ax = axes[0]
+        ax.imshow(image, cmap='gray' if image.ndim == 2 else None)
+        ax.set_title(title or 'image', fontsize=9)
+        ax.axis('off')
+
+        ax = axes[1]
+        lim = float(np.abs(filtration).max()) or 1.0
+        signed = float(filtration.min()) < 0
+        im = ax.imshow(
+            filtration,
+            cmap='coolwarm' if signed else 'viridis',
+            vmin=-lim if signed else None,
+            vmax=lim if signed else None,
+        )
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        ax.set_title('filtration', fontsize=9)
+        ax.axis('off')
+
+        ax = axes[2]
+        d = np.asarray(diagram, dtype=np.float64).reshape(-1, diagram.shape[1] if np.ndim(diagram) == 2 else 3)
+        finite = d[:, 2] < INFINITE_DEATH
+        span = d[:, 1:3][finite] if finite.any() else d[:, 1:2]
+        lo = float(span.min()) if span.size else 0.0
+        hi = float(span.max()) if span.size else 1.0
+        pad = 0.05 * (hi - lo or 1.0)
+        top = hi + 2 * pad
+        for h, colour, marker in ((0, 'tab:blue', 'o'), (1, 'tab:orange', '^')):
+            sel = d[:, 0] == h
+            ax.scatter(d[sel & finite, 1], d[sel & finite, 2], s=8, c=colour, marker=marker, label=f'H{h}')
+            if (sel & ~finite).any():
+                ax.scatter(
+                    d[sel & ~finite, 1],
+                    np.full((sel & ~finite).sum(), top),
+                    s=30,
+                    c=colour,
+                    marker='*',
+                    label=f'H{h} essential',
+                )
+        ax.plot([lo - pad, top], [lo - pad, top], 'k-', lw=0.6)
+        ax.axhline(top, color='grey', lw=0.5, ls=':')
+        ax.set_xlabel('birth')
+        ax.set_ylabel('death')
+        ax.set_title(f'persistence diagram ({len(d)} pairs)', fontsize=9)
+        ax.legend(fontsize=7, loc='lower right')
+
+        if vector is not None:
+            ax = axes[3]
+            v = np.asarray(vector).ravel()
+            ax.plot(np.arange(v.size), v, lw=1)
+            ax.axvline(v.size // 2 - 0.5, color='grey', lw=0.5, ls=':')
+            ax.set_title(vector_label or f'label vector ({v.size})', fontsize=9)
+            ax.set_xlabel('component')
+        fig.tight_layout()
+        with atomic_open(path, 'wb') as f:
+            fig.savefig(f, format='png', dpi=80)
+    finally:
+        plt.close(fig)

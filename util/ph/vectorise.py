@@ -1,0 +1,225 @@
+"""Fixed-length label vectors computed from persistence diagrams (the pretraining targets).
+
+A *diagram* is a float array of shape ``(n, >=3)`` whose columns 0, 1, 2 are (homology dimension, birth,
+death); further columns (cripser's birth/death locations) are ignored and ``n`` may be 0.  Pairs of
+homology dimension 0 and 1 are used.  Pairs whose death is infinite -- ``np.inf``, or the largest double
+(~1.8e308) that cripser writes for essential classes -- are excluded from every vectorisation, as are
+pairs with a NaN birth or death.
+
+The public face of the label vectors (the names below are re-exported from :mod:`util.ph.vectorise_base`, the
+base class and shared helpers, and :mod:`util.ph.vectorise_types`, the four label types' numerics).
+
+Four label types are provided (see :data:`LABEL_TYPES`; :data:`VECTORISERS` maps each to its class); each is
+a :class:`Vectoriser` that keeps its hyperparameters (fixed in ``__init__``, in the style of
+``gudhi.representations``) and offers
+
+* ``dim`` -- the output length ``D``;
+* ``transform(diagrams)`` -- a sequence of ``N`` diagrams to a float32 array ``[N, D]``, computed for the
+  whole batch at once with numpy (no Python loop over pairs);
+* ``__call__(diagram)`` -- one diagram to a float32 vector ``[D]``;
+* ``get_params()`` -- the hyperparameters as a JSON-friendly dict; ``set_params(**changes)``;
+* ``fit`` / ``fit_transform`` -- the scikit-learn transformer protocol (a vectoriser is a ``Pipeline`` step).
+
+Outputs are always finite float32 (values beyond the float32 range, which need absurd filtration values,
+saturate).  Scripts build a vectoriser from command-line flags with :func:`add_label_args` and
+:func:`vectoriser_from_params` (or :func:`vectoriser_from_args`), or directly with :func:`make_vectoriser`.
+"""
+
+import inspect
+
+from util.errors import UserError
+from util.ph.vectorise_base import (  # noqa: F401 (re-exported)
+    DEFAULT_BANDWIDTH,
+    DEFAULT_MAX_BIRTH,
+    DEFAULT_MAX_LIFE,
+    DEFAULT_NUM_LANDSCAPES,
+    DEFAULT_POWER,
+    DEFAULT_SIGMA,
+    VECTORISERS,
+    Vectoriser,
+)
+from util.ph.vectorise_types import (  # noqa: F401 (re-exported)
+    BettiCurveVectoriser,
+    HistogramVectoriser,
+    LandscapeVectoriser,
+    PersistenceImageVectoriser,
+    pixel_grid,
+    pixel_masses,
+    smoothing_matrix,
+)
+
+__all__ = [
+    'VECTORISERS',
+    'LABEL_TYPES',
+    'Vectoriser',
+    'HistogramVectoriser',
+    'PersistenceImageVectoriser',
+    'BettiCurveVectoriser',
+    'LandscapeVectoriser',
+    'make_vectoriser',
+    'add_label_args',
+    'vectoriser_from_params',
+    'vectoriser_from_args',
+    'check_label_dim',
+    'smoothing_matrix',
+    'pixel_grid',
+    'pixel_masses',
+    'DEFAULT_MAX_LIFE',
+    'DEFAULT_MAX_BIRTH',
+    'DEFAULT_BANDWIDTH',
+    'DEFAULT_SIGMA',
+    'DEFAULT_POWER',
+    'DEFAULT_NUM_LANDSCAPES',
+]
+# ----------------------------------------------------------------------------------------------------
+# construction from parameters / command-line flags
+
+LABEL_TYPES = tuple(VECTORISERS)  # ('histogram', 'persistence_image', 'betti_curve', 'landscape')
+
+
+def make_vectoriser(
+    label_type,
+    dim,
+    *,
+    max_life=DEFAULT_MAX_LIFE,
+    max_birth=DEFAULT_MAX_BIRTH,
+    min_birth=None,
+    bandwidth=DEFAULT_BANDWIDTH,
+    sigma=DEFAULT_SIGMA,
+    power=DEFAULT_POWER,
+    num_landscapes=DEFAULT_NUM_LANDSCAPES,
+    num_bins=None,
+):
+    """The vectoriser of ``label_type`` (one of :data:`LABEL_TYPES`) with output length ``dim``.
+
+    Parameters a label type does not use are ignored (``num_bins`` is for the histogram only and, when
+    given, must sum to ``dim``).  Raises :class:`UserError` for an unknown type or invalid values.
+    """
+    cls = VECTORISERS.get(label_type)
+    if cls is not None:
+        options = dict(
+            max_life=max_life,
+            max_birth=max_birth,
+            min_birth=min_birth,
+            bandwidth=bandwidth,
+            sigma=sigma,
+            power=power,
+            num_landscapes=num_landscapes,
+            num_bins=num_bins,
+        )
+        accepted = inspect.signature(cls.__init__).parameters
+        return cls(dim, **{k: v for k, v in options.items() if k in accepted})
+    raise UserError(f"unknown --label_type {label_type!r}; choose one of {', '.join(LABEL_TYPES)}")
+
+
+_LABEL_FLAGS = {
+    'label_type': dict(
+        choices=LABEL_TYPES,
+        default='histogram',
+        help="vectorisation of the persistence diagrams used as the label (default: %(default)s)",
+    ),
+    'max_life': dict(
+        type=float,
+        default=DEFAULT_MAX_LIFE,
+        help="lifetimes are clipped to [0, MAX_LIFE] (histogram, persistence image and Betti "
+        "curve) (default: %(default)s)",
+    ),
+    'max_birth': dict(
+        type=float,
+        default=DEFAULT_MAX_BIRTH,
+        help="upper end of the birth range; the histogram bins H0 births on [-MAX_BIRTH, 0] and "
+        "H1 births on [-MAX_BIRTH, MAX_BIRTH] (default: %(default)s)",
+    ),
+    'min_birth': dict(
+        type=float,
+        default=None,
+        help="lower end of the birth range of the persistence image, Betti curve and landscape (default: -MAX_BIRTH)",
+    ),
+    'bandwidth': dict(
+        type=int,
+        default=DEFAULT_BANDWIDTH,
+        help="width of the Hanning window smoothing the histogram label; below 4 means no "
+        "smoothing (default: %(default)s)",
+    ),
+    'sigma': dict(
+        type=float,
+        default=DEFAULT_SIGMA,
+        help="variance of the Gaussian kernel of the persistence image, in squared filtration "
+        "units (default: %(default)s, i.e. standard deviation 10)",
+    ),
+    'power': dict(
+        type=float,
+        default=DEFAULT_POWER,
+        help="persistence image weight: each pair counts lifetime**POWER (default: %(default)s)",
+    ),
+    'num_landscapes': dict(
+        type=int,
+        default=DEFAULT_NUM_LANDSCAPES,
+        help="number of persistence landscapes per homology dimension for the landscape label (default: %(default)s)",
+    ),
+}
+
+
+def add_label_args(parser, **short):
+    """Add the label flags (``--label_type``, ``--max_life``, ``--max_birth``, ``--min_birth``, ``--bandwidth``,
+    ``--sigma``, ``--power``, ``--num_landscapes``) to an argparse parser (or argument group).
+
+    Only long options are added unless the caller names short aliases, e.g.
+    ``add_label_args(p, max_life='-ml', bandwidth='-b')``.  Returns ``parser``.
+    """
+    unknown = set(short) - set(_LABEL_FLAGS)
+    if unknown:
+        raise TypeError(f"add_label_args: no label flag named {sorted(unknown)}; known: {list(_LABEL_FLAGS)}")
+    for name, spec in _LABEL_FLAGS.items():
+        names = [f'--{name}'] + ([short[name]] if name in short else [])
+        parser.add_argument(*names, dest=name, **spec)
+    return parser
+
+
+def vectoriser_from_params(params, dim, flag=None):
+    """The vectoriser described by ``params``, a mapping of the label flags (:func:`add_label_args`) such as
+    ``dataclasses.asdict(util.config.LabelConfig(...))``; names it lacks take the flags' defaults, names that
+    are not label flags are ignored.
+
+    ``flag``: the option that set ``dim`` (e.g. ``'-nc'``); when given, a length the label type cannot split
+    evenly is refused (:func:`check_label_dim`).
+    """
+    get = lambda name: params.get(name, _LABEL_FLAGS[name]['default'])  # noqa: E731
+    if flag is not None:
+        check_label_dim(get('label_type'), dim, flag, get('num_landscapes'))
+    return make_vectoriser(
+        get('label_type'),
+        dim,
+        max_life=get('max_life'),
+        max_birth=get('max_birth'),
+        min_birth=get('min_birth'),
+        bandwidth=get('bandwidth'),
+        sigma=get('sigma'),
+        power=get('power'),
+        num_landscapes=get('num_landscapes'),
+    )
+
+
+def vectoriser_from_args(args, dim, flag=None):
+    """For scripts: :func:`vectoriser_from_params` of the label flags their parser read into ``args``."""
+    return vectoriser_from_params(vars(args), dim, flag)
+
+
+def check_label_dim(label_type, dim, flag, num_landscapes=DEFAULT_NUM_LANDSCAPES):
+    """Refuse a label length ``dim`` that ``label_type`` cannot split evenly, naming the valid ones.
+
+    The histogram is four equal histograms (H0/H1 lifetimes and births): a multiple of 4.  The persistence
+    image and Betti curve are H0 then H1 halves: even.  The landscape is ``num_landscapes`` landscapes per
+    half: a multiple of ``2 * num_landscapes``.  (Otherwise bins would be split unevenly, e.g. 7 as
+    1, 1, 1, 4, or padded with zeros.)
+    """
+    step = {'histogram': 4, 'persistence_image': 2, 'betti_curve': 2, 'landscape': 2 * max(1, int(num_landscapes))}.get(
+        label_type
+    )
+    if step is None or (isinstance(dim, int) and dim >= step and dim % step == 0):
+        return
+    lo = (int(dim) // step) * step if isinstance(dim, int) else 0
+    near = ' or '.join(str(x) for x in (lo, lo + step) if x >= step)
+    raise UserError(
+        f"{flag} {dim} cannot be split evenly by --label_type {label_type}: it needs a multiple of {step} (e.g. {near})"
+    )

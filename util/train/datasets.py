@@ -1,0 +1,551 @@
+"""Datasets for pretraining (images + PH label vectors) and fine-tuning (class folders).
+
+Pretraining samples are ``(image tensor [3, crop, crop], label float32 [D])``. Where the label comes from:
+
+* ``DiagramDirLabels``  - raw diagrams written by PHdict.py (``<relative path>.npy``), vectorised at load time;
+* ``MatrixLabels``      - a consolidated label matrix written by ``PHdict.py --label_type`` (nothing computed);
+* ``ComputedLabels``    - persistent homology computed in the loader from the image itself.
+
+``-ph pre`` labels the full image before augmentation (the label is fixed per image); ``-ph post`` labels
+the augmented crop, i.e. exactly what the network sees.
+
+An image that cannot be decoded is returned as ``None`` (dropped and counted by
+:func:`util.train.engine.collate_skip_bad`) when ``bad_images='skip'``, or stops the run with its name otherwise.
+"""
+
+import os
+import sys
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import datasets as tv_datasets
+from torchvision import transforms as T
+
+from util.config import AugmentConfig
+from util.errors import BadImageError, UserError
+from util.io import fileio
+from util.ph.dgmcheck import check_diagram
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+NORMALIZE = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+
+
+# ------------------------------------------------------------------------------------------ transforms
+# Every transform builder takes ``aug``: a :class:`util.config.AugmentConfig` (sizes and augmentation flags).
+def _augment_config(aug):
+    if not isinstance(aug, AugmentConfig):
+        raise TypeError(f"the transforms take a util.config.AugmentConfig, not {type(aug).__name__}")
+    return aug
+
+
+class RandomRescale:
+    """Resize a PIL image by a factor drawn uniformly from ``[1 - spread, 1 + spread]`` (torch's RNG, like
+    torchvision's random transforms), keeping its aspect ratio; ``--random_scale``."""
+
+    def __init__(self, spread):
+        self.spread = float(spread)
+
+    def __call__(self, img):
+        factor = 1.0 + self.spread * (2.0 * torch.rand(()).item() - 1.0)
+        w, h = img.size
+        return img.resize((max(1, round(w * factor)), max(1, round(h * factor))), Image.BILINEAR)
+
+    def __repr__(self):
+        return f'{type(self).__name__}(factor in [{1 - self.spread:g}, {1 + self.spread:g}])'
+
+
+def _blur_kernel(crop_size):
+    """Odd Gaussian-blur kernel of about a tenth of the crop (MoCo v2: 23 px at 224), at least 3."""
+    k = max(3, int(0.1 * crop_size))
+    return k if k % 2 else k + 1
+
+
+def photometric_transforms(aug):
+    """PIL->PIL colour steps of ``--aug_plus`` (MoCo v2): ColorJitter(0.4, 0.4, 0.4, 0.1) with p=0.8,
+    RandomGrayscale p=0.2, GaussianBlur (sigma 0.1-2) p=0.5; empty without it.  They are applied after the
+    PH label is computed (``-ph pre`` and ``post`` alike), so they never change a label."""
+    aug = _augment_config(aug)
+    if not aug.aug_plus:
+        return []
+    return [
+        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+        T.RandomGrayscale(p=0.2),
+        T.RandomApply([T.GaussianBlur(_blur_kernel(aug.crop_size), sigma=(0.1, 2.0))], p=0.5),
+    ]
+
+
+def _geometric(aug):
+    """[RandomRescale] [RandomRotation], the optional steps before the crop."""
+    steps = []
+    if aug.random_scale > 0:
+        steps.append(RandomRescale(aug.random_scale))
+    if aug.random_rotation > 0:
+        steps.append(T.RandomRotation(aug.random_rotation, interpolation=T.InterpolationMode.BILINEAR))
+    return steps
+
+
+def _affine(aug):
+    if aug.affine:
+        return [T.RandomAffine(degrees=(-180, 180), scale=(0.5, 2), shear=(-100, 100, -100, 100))]
+    return []
+
+
+def _random_crop(aug):
+    padding = aug.crop_padding or None
+    return T.RandomCrop(aug.crop_size, padding=padding, pad_if_needed=True)
+
+
+def _to_tensor(aug):
+    return T.Compose(photometric_transforms(aug) + [T.ToTensor(), NORMALIZE])
+
+
+def pretrain_transforms(aug):
+    """(spatial PIL->PIL augmentation, PIL->normalised tensor); the split lets ``-ph post`` label the
+    augmented crop, and keeps photometric augmentation after the label.
+
+    Spatial, as the original: [RandomAffine] [Resize] [RandomRescale] [RandomRotation] RandomCrop (padding
+    ``--crop_padding``); with ``--aug_plus``: [RandomAffine] [RandomRescale] [RandomRotation]
+    RandomResizedCrop(crop, scale 0.2-1) and a horizontal flip; ``--hflip`` / ``--no-hflip`` add / drop the
+    flip (a flip leaves every PH label unchanged).  Then the photometric steps
+    (:func:`photometric_transforms`), ToTensor and Normalize."""
+    aug = _augment_config(aug)
+    spatial = _affine(aug)
+    if aug.aug_plus:
+        spatial += _geometric(aug)
+        spatial.append(T.RandomResizedCrop(aug.crop_size, scale=(0.2, 1.0)))
+    else:
+        if aug.img_size > aug.crop_size:
+            spatial.append(T.Resize(aug.img_size, interpolation=T.InterpolationMode.BILINEAR))
+        spatial += _geometric(aug)
+        spatial.append(_random_crop(aug))
+    hflip = getattr(aug, 'hflip', None)
+    if hflip or (hflip is None and aug.aug_plus):
+        spatial.append(T.RandomHorizontalFlip())  # --hflip: off by default, on with --aug_plus
+    return T.Compose(spatial), _to_tensor(aug)
+
+
+def pretrain_val_transforms(aug):
+    """Validation: resize to crop x crop (deterministic), then ToTensor + Normalize."""
+    aug = _augment_config(aug)
+    return (
+        T.Resize((aug.crop_size, aug.crop_size), interpolation=T.InterpolationMode.BILINEAR),
+        T.Compose([T.ToTensor(), NORMALIZE]),
+    )
+
+
+def finetune_train_parts(aug):
+    """(spatial PIL->PIL, PIL->normalised tensor) of fine-tuning's training augmentation.
+
+    Default: Resize(img_size), RandomResizedCrop(crop, scale 0.7-1), horizontal flip (``--no-hflip``: none).  With
+    ``--random_scale`` or ``--crop_padding`` the crop is a RandomCrop (with that padding) after the random
+    rescale; ``--random_rotation`` and ``--affine`` come before the crop; ``--aug_plus`` replaces resize and
+    crop by RandomResizedCrop(crop, scale 0.2-1) and adds the photometric steps."""
+    aug = _augment_config(aug)
+    spatial = _affine(aug)
+    if aug.aug_plus:
+        spatial += _geometric(aug)
+        spatial.append(T.RandomResizedCrop(aug.crop_size, scale=(0.2, 1.0)))
+    else:
+        spatial.append(T.Resize(aug.img_size, interpolation=T.InterpolationMode.BILINEAR))
+        spatial += _geometric(aug)
+        if aug.random_scale > 0 or aug.crop_padding > 0:
+            spatial.append(_random_crop(aug))
+        else:
+            spatial.append(T.RandomResizedCrop(aug.crop_size, scale=(0.7, 1.0)))
+    if getattr(aug, 'hflip', None) is not False:  # --no-hflip turns it off (e.g. digits, text)
+        spatial.append(T.RandomHorizontalFlip())
+    return T.Compose(spatial), _to_tensor(aug)
+
+
+def finetune_transforms(aug, train):
+    """PIL->normalised tensor for fine-tuning: the training augmentation (:func:`finetune_train_parts`), or
+    for validation Resize(img_size) and CenterCrop(crop)."""
+    aug = _augment_config(aug)
+    if train:
+        spatial, to_tensor = finetune_train_parts(aug)
+        return T.Compose([spatial, to_tensor])
+    return T.Compose(
+        [
+            T.Resize(aug.img_size, interpolation=T.InterpolationMode.BILINEAR),
+            T.CenterCrop(aug.crop_size),
+            T.ToTensor(),
+            NORMALIZE,
+        ]
+    )
+
+
+# ------------------------------------------------------------------------------------------ label sources
+class ComputedLabels:
+    """Label = vectoriser(persistent homology of the image), computed when asked; ``gradient`` takes the PH
+    of the Canny edge map instead of the Otsu mask (see :func:`util.ph.cubical.edge_map`); ``engine`` is the PH
+    engine (:data:`util.ph.cubical.ENGINES`; both give the same diagrams, hence the same labels), loaded here once so
+    that DataLoader workers forked later inherit it instead of each loading or compiling it."""
+
+    def __init__(self, vectoriser, filtration='signed_distance', gradient=False, engine='auto'):
+        from util.ph.cubical import warm_up
+
+        self.vectoriser = vectoriser
+        self.filtration = filtration
+        self.gradient = bool(gradient)
+        self.engine = engine
+        self.dim = vectoriser.dim
+        warm_up(engine)
+
+    def diagram(self, image):
+        from util.ph.cubical import compute_ph
+
+        return compute_ph(image, filtration=self.filtration, gradient=self.gradient, engine=self.engine)
+
+    def from_image(self, image):
+        """image: PIL image (converted to grey as PHdict does) -> float32 [D]."""
+        return np.asarray(self.vectoriser(self.diagram(image)), dtype=np.float32)
+
+
+class DiagramDirLabels:
+    """Diagrams precomputed by PHdict.py, found by the image's relative path (``cat/x.jpg`` -> ``cat/x.npy``),
+    or by the original's flat naming (``x.npy`` for ``cat/x.jpg``) where that name stands for one image only.
+
+    Two images that would share a diagram (``x.jpg`` / ``x.png``, or ``a/x.jpg`` / ``b/x.jpg`` under flat
+    naming) are refused by name, never given one another's label.
+    """
+
+    def __init__(self, ph_dir, rel_paths, vectoriser):
+        self.ph_dir = ph_dir
+        self.vectoriser = vectoriser
+        self.dim = vectoriser.dim
+        by_stem, by_base = {}, {}
+        for rel in rel_paths:
+            stem = os.path.splitext(rel)[0]
+            by_stem.setdefault(stem, []).append(rel)
+            by_base.setdefault(stem.rsplit('/', 1)[-1], []).append(rel)
+        shared = next((names for names in by_stem.values() if len(names) > 1), None)
+        if shared:
+            raise UserError(
+                f"{' and '.join(shared[:3])} would share the diagram {os.path.splitext(shared[0])[0]}.npy "
+                f"in {ph_dir!r}; rename one of them (PHdict.py names diagrams by path without extension)"
+            )
+        self.paths, self.keys = [], []
+        missing, ambiguous = [], []
+        for rel in rel_paths:
+            stem = os.path.splitext(rel)[0]
+            key = stem
+            if not os.path.isfile(os.path.join(ph_dir, *stem.split('/')) + '.npy'):
+                base = stem.rsplit('/', 1)[-1]
+                key = None
+                if os.path.isfile(os.path.join(ph_dir, base + '.npy')):
+                    if len(by_base[base]) == 1:
+                        key = base  # the original's flat naming, unambiguous here
+                    else:
+                        ambiguous.append(rel)
+                        continue
+            if key is None:
+                missing.append(rel)
+            self.keys.append(key)
+            self.paths.append(None if key is None else os.path.join(ph_dir, *key.split('/')) + '.npy')
+        if ambiguous:
+            others = by_base[os.path.splitext(ambiguous[0])[0].rsplit('/', 1)[-1]]
+            raise UserError(
+                f"{len(ambiguous)} images have no diagram under their own path in {ph_dir!r} and share "
+                f"a flat diagram name with another image ({', '.join(others[:3])} -> "
+                f"{os.path.basename(os.path.splitext(others[0])[0])}.npy); rerun PHdict.py on the image "
+                f"folder with -o {ph_dir}, which names diagrams by relative path"
+            )
+        if missing:
+            raise UserError(
+                f"{len(missing)} of {len(rel_paths)} images have no diagram in {ph_dir!r} (first: "
+                f"{', '.join(missing[:3])}); run PHdict.py on the image folder with -o {ph_dir}"
+            )
+        self.rel_paths = list(rel_paths)
+
+    def changed(self, root):
+        """The images (below ``root``) whose diagram was not recorded (PHdict's sources.jsonl) as computed from
+        them as they are now; None when the folder has no such record (made by the original or an older
+        version), so nothing can be checked."""
+        from util.io.provenance import SourceLog, fingerprint_below
+
+        log = SourceLog(self.ph_dir)
+        if not log.exists:
+            return None
+        changed = []
+        for rel, key in zip(self.rel_paths, self.keys):
+            source = log.source_of(key + '.npy')
+            fp = fingerprint_below(root, rel)
+            same_name = source == rel or (
+                key != os.path.splitext(rel)[0]
+                and source is not None
+                and source.rsplit('/', 1)[-1] == rel.rsplit('/', 1)[-1]
+            )
+            if not (same_name and log.fresh(key + '.npy', source, fp)):
+                changed.append(rel)
+        return changed
+
+    def label(self, index):
+        path = self.paths[index]
+        try:
+            dgm = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot read diagram file {path}: {e}; delete it and rerun PHdict.py") from None
+        dgm = check_diagram(dgm, path)  # shape, columns, homology dimensions, NaN
+        return np.asarray(self.vectoriser(dgm), dtype=np.float32)
+
+
+class MatrixLabels:
+    """Rows of a consolidated label matrix ``[N, D]`` matched to images by their path relative to the image folder,
+    exactly as PHdict.py wrote them (``labels_<type>.txt``); an image without its own row is refused, never given
+    the row of another file with a similar name."""
+
+    def __init__(self, matrix, names, rel_paths, source):
+        by_rel = {n: i for i, n in enumerate(names)}
+        rows, missing = [], []
+        for rel in rel_paths:
+            r = by_rel.get(rel)
+            if r is None:
+                missing.append(rel)
+            rows.append(r)
+        if missing:
+            hint = ''
+            base = {n.rsplit('/', 1)[-1] for n in names}
+            if any(m.rsplit('/', 1)[-1] in base for m in missing[:100]):
+                hint = " (rows are named by the path relative to the folder PHdict.py read: give -t that same folder)"
+            raise UserError(
+                f"{len(missing)} of {len(rel_paths)} images have no row in {source} (first: "
+                f"{', '.join(missing[:3])}){hint}; rerun PHdict.py with --label_type on this folder"
+            )
+        self.matrix = matrix
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.dim = matrix.shape[1]
+
+    def label(self, index):
+        return np.array(self.matrix[self.rows[index]], dtype=np.float32)  # a writable copy of the row
+
+
+# ------------------------------------------------------------------------------------------ datasets
+class _PHBase(Dataset):
+    """Shared __getitem__: load -> label (pre or post augmentation) -> tensor."""
+
+    def __init__(self, spatial, to_tensor, persistence='pre', bad_images='skip'):
+        self.spatial = spatial
+        self.to_tensor = to_tensor
+        self.persistence = persistence
+        self.bad_images = bad_images
+
+    def _image(self, index):
+        raise NotImplementedError
+
+    def _label_pre(self, index, image):
+        raise NotImplementedError
+
+    def _label_post(self, image):
+        return self.computed.from_image(image)
+
+    def __getitem__(self, index):
+        try:
+            image = self._image(index)
+        except BadImageError as e:
+            if self.bad_images == 'skip':
+                print(f"warning: skipped {e}", file=sys.stderr, flush=True)
+                return None
+            raise UserError(f"{e} (use --bad_images skip to skip such files)") from None
+        if self.persistence == 'pre':
+            label = self._label_pre(index, image)
+            image = self.spatial(image)
+        else:
+            image = self.spatial(image)
+            label = self._label_post(image)
+        return self.to_tensor(image), torch.from_numpy(np.ascontiguousarray(label, dtype=np.float32))
+
+
+class FolderPH(_PHBase):
+    """Images below ``root`` (recursive) with labels from ``labels`` (Diagram/Matrix/ComputedLabels)."""
+
+    def __init__(
+        self, root, rel_paths, labels, spatial, to_tensor, persistence='pre', computed=None, bad_images='skip'
+    ):
+        super().__init__(spatial, to_tensor, persistence, bad_images)
+        self.root = root
+        self.rel_paths = rel_paths
+        self.labels = labels
+        self.computed = computed if computed is not None else (labels if isinstance(labels, ComputedLabels) else None)
+        if persistence == 'post' and self.computed is None:
+            raise UserError(
+                "-ph post labels the augmented crop, so it needs PH computed in the loader; drop -pd/-pc or use -ph pre"
+            )
+        self.dim = labels.dim
+
+    def __len__(self):
+        return len(self.rel_paths)
+
+    def _image(self, index):
+        return fileio.load_image(os.path.join(self.root, self.rel_paths[index]), 'RGB')
+
+    def _label_pre(self, index, image):
+        if isinstance(self.labels, ComputedLabels):
+            return self.labels.from_image(image)
+        return self.labels.label(index)
+
+
+class GeneratedPH(_PHBase):
+    """Images generated on the fly (util.ph.generator) with PH computed in the loader.
+
+    Image ``i`` of epoch ``e`` is ``generate_image(cfg, seed, e * n + i, stream)``: fresh images every epoch,
+    reproducible from (seed, epoch, index); epoch 0 equals ``random_image.py --seed seed`` output. With
+    ``cache_dir`` the same ``n`` images (indices 0..n-1) are reused every epoch and kept on disk
+    (``images/v%08d.png`` + ``PH/v%08d.npy``) for later runs; nothing there is ever deleted.
+    """
+
+    def __init__(
+        self,
+        cfg,
+        seed,
+        n_samples,
+        computed,
+        spatial,
+        to_tensor,
+        persistence='pre',
+        stream=0,
+        cache_dir=None,
+        fresh_each_epoch=True,
+        index_labels=None,
+    ):
+        super().__init__(spatial, to_tensor, persistence, 'fail')
+        self.cfg, self.seed, self.n, self.stream = cfg, seed, n_samples, stream
+        self.computed = computed
+        self.index_labels = index_labels  # label(generated index) instead of PH (util/train/label_sources.py)
+        self.dim = (index_labels if index_labels is not None else computed).dim
+        self.cache_dir = cache_dir
+        self.fresh_each_epoch = fresh_each_epoch and cache_dir is None
+        self.epoch = 0
+        if cache_dir:
+            prepare_cache(cache_dir, cfg, seed, stream, computed.filtration, getattr(computed, 'gradient', False))
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    @staticmethod
+    def worker_init(worker_id):
+        """DataLoader worker start-up for generation: seeds as usual, and keeps freed buffers for reuse."""
+        from util.ph.generator import reduce_allocator_churn
+        from util.train.seeding import worker_init_fn
+
+        worker_init_fn(worker_id)
+        reduce_allocator_churn()
+
+    def __len__(self):
+        return self.n
+
+    def _index(self, i):
+        return self.epoch * self.n + i if self.fresh_each_epoch else i
+
+    def _image(self, i):
+        from util.ph.generator import generate_image
+
+        idx = self._index(i)
+        if self.cache_dir:
+            path = os.path.join(self.cache_dir, 'images', f'v{idx:08d}.png')
+            if os.path.exists(path):
+                return fileio.load_image(path, 'RGB')
+            arr = generate_image(self.cfg, self.seed, idx, self.stream)
+            fileio.save_image(path, arr, 'png')
+        else:
+            arr = generate_image(self.cfg, self.seed, idx, self.stream)
+        return Image.fromarray(arr).convert('RGB')
+
+    def _label_pre(self, i, image):
+        if self.index_labels is not None:
+            return self.index_labels.label(self._index(i))
+        if not self.cache_dir:
+            return self.computed.from_image(image)
+        path = os.path.join(self.cache_dir, 'PH', f'v{self._index(i):08d}.npy')
+        if os.path.exists(path):
+            dgm = check_diagram(np.load(path, allow_pickle=False), path)
+        else:
+            dgm = self.computed.diagram(image)
+            fileio.save_npy(path, dgm)
+        return np.asarray(self.computed.vectoriser(dgm), dtype=np.float32)
+
+
+def prepare_cache(cache_dir, cfg, seed, stream, filtration, gradient=False):
+    """Create the cache layout, or check that an existing cache was made with the same settings."""
+    import dataclasses
+
+    meta = {
+        'generator': {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()},
+        'seed': seed,
+        'stream': stream,
+        'filtration': filtration,
+    }
+    if gradient:  # recorded only when on, so caches made before the option existed stay valid
+        meta['gradient'] = True
+    for sub in ('images', 'PH'):
+        fileio.ensure_dir(os.path.join(cache_dir, sub), 'cache directory')
+    meta_path = os.path.join(cache_dir, 'cache.json')
+    if os.path.exists(meta_path):
+        import json
+
+        with open(meta_path, encoding='utf-8') as f:
+            old = json.load(f)
+        if old != meta:
+            raise UserError(
+                f"--cache_dir {cache_dir!r} holds images made with other settings ({meta_path}); use another folder"
+            )
+    else:
+        fileio.write_json(meta_path, meta)
+
+
+class LabelledPH(_PHBase):
+    """A class-folder dataset (ImageFolder layout) whose samples carry both targets:
+    ``(image tensor [3, crop, crop], (class index, PH label float32 [D]))``, the label computed from the same
+    image by ``computed`` (a :class:`ComputedLabels`), before (``'pre'``) or after (``'post'``) the spatial
+    augmentation.  Used by ``--learning_mode simultaneous``.  Undecodable images: None / stop, as above."""
+
+    def __init__(self, root, computed, spatial, to_tensor, persistence='pre', bad_images='skip'):
+        super().__init__(spatial, to_tensor, persistence, bad_images)
+        self.folder = SafeImageFolder(root, None, bad_images)
+        self.root = root
+        self.classes = self.folder.classes
+        self.samples = self.folder.samples
+        self.computed = computed
+        self.dim = computed.dim
+
+    def __len__(self):
+        return len(self.samples)
+
+    def _image(self, index):
+        return fileio.load_image(self.samples[index][0], 'RGB')
+
+    def _label_pre(self, index, image):
+        return self.computed.from_image(image)
+
+    def __getitem__(self, index):
+        item = super().__getitem__(index)
+        if item is None:
+            return None
+        return item[0], (self.samples[index][1], item[1])
+
+
+class SafeImageFolder(tv_datasets.ImageFolder):
+    """torchvision ImageFolder that converts any image kind to RGB and returns None for undecodable files."""
+
+    def __init__(self, root, transform=None, bad_images='skip'):
+        fileio.require_dir(root, 'image folder')
+        try:
+            super().__init__(root, transform=transform, loader=lambda p: fileio.load_image(p, 'RGB'))
+        except FileNotFoundError as e:
+            raise UserError(f"{root}: {e}; every class folder needs at least one image") from None
+        self.bad_images = bad_images
+
+    @staticmethod
+    def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
+        return fileio.class_samples(directory, class_to_idx)  # symlink loops, FIFOs: skipped with a warning
+
+    def __getitem__(self, index):
+        try:
+            return super().__getitem__(index)
+        except BadImageError as e:
+            if self.bad_images == 'skip':
+                print(f"warning: skipped {e}", file=sys.stderr, flush=True)
+                return None
+            raise UserError(f"{e} (use --bad_images skip to skip such files)") from None

@@ -1,0 +1,128 @@
+"""``--label_norm standard``: per-component z-score of the pretraining labels, with a variance floor.
+
+``z = (y - mean) / max(std, floor)`` with ``floor = FLOOR x RMS(std)`` (``--label_norm_floor``, default 0.1,
+relative to the root-mean-square of all components' standard deviations).  Without the floor, components
+that hardly vary (persistence-image pixels far from any pair have std ~5e-5 while others have ~1e-2) would be
+blown up into unit-variance noise that the MSE then weighs like the informative components; with it, no
+component is amplified more than 1 / FLOOR times the typical one.
+
+The statistics are computed once and travel with the run: from the ``label_norm`` entry PHdict.py writes in
+``labels_<type>.json`` (``PHdict.py --label_norm standard``), else from the rows of the label matrix the run
+uses, else from the labels of a first sample of the training images (generated images: indices 0..n-1 of
+epoch 0).  They are recorded in ``args.json`` and the checkpoint (``label_norm_mean`` / ``label_norm_std``)
+and reused by ``--resume``.  Numpy only (PHdict.py imports this module).
+"""
+
+import os
+
+import numpy as np
+
+from util.errors import UserError
+
+DEFAULT_FLOOR = 0.1
+SAMPLE_IMAGES = 512  # labels computed to estimate the statistics when there is no label matrix
+JSON_KEY = 'label_norm'
+
+
+def compute_stats(matrix, floor=DEFAULT_FLOOR):
+    """(mean, std used for division) float64 of a label matrix ``[N, D]``; ``std`` is floored (see above)."""
+    m = np.asarray(matrix, dtype=np.float64)
+    if m.ndim != 2 or m.shape[0] < 2:
+        raise UserError(f"--label_norm standard needs at least 2 labels to estimate the statistics (got {m.shape[0]})")
+    if not floor >= 0:
+        raise UserError(f"--label_norm_floor must be >= 0 (got {floor})")
+    mean = m.mean(axis=0)
+    std = m.std(axis=0)
+    rms = float(np.sqrt(np.mean(std**2)))
+    low = max(floor * rms, 1e-12)  # a constant label matrix stays finite: only centred
+    return mean, np.maximum(std, low)
+
+
+def stats_record(mean, std, floor, source, n):
+    """What the label json, args.json and the checkpoint store (JSON builtins)."""
+    return {
+        'mean': [float(x) for x in mean],
+        'std': [float(x) for x in std],
+        'floor': float(floor),
+        'source': str(source),
+        'count': int(n),
+    }
+
+
+def from_record(rec, dim, where):
+    """(mean, std) float32 of a stored record, checked against the label dimension."""
+    mean = np.asarray(rec.get('mean', []), dtype=np.float32)
+    std = np.asarray(rec.get('std', []), dtype=np.float32)
+    if mean.shape != (dim,) or std.shape != (dim,) or not np.all(std > 0) or not np.all(np.isfinite(mean)):
+        raise UserError(
+            f"the label statistics stored in {where} do not fit labels of dimension {dim}; "
+            f"recompute them (rerun PHdict.py --label_norm standard, or start a fresh run)"
+        )
+    return mean, std
+
+
+class Standardised:
+    """A pretraining dataset whose labels are z-scored; every other attribute is the wrapped dataset's."""
+
+    def __init__(self, base, mean, std):
+        self.base = base
+        self.mean = np.asarray(mean, dtype=np.float32)
+        self.std = np.asarray(std, dtype=np.float32)
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, index):
+        item = self.base[index]
+        if item is None:  # a skipped bad image
+            return None
+        x, y = item
+        import torch
+
+        return x, (y - torch.from_numpy(self.mean)) / torch.from_numpy(self.std)
+
+    def __getattr__(self, name):
+        if name.startswith('__') or name == 'base':
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
+
+def sample_labels(dataset, n=SAMPLE_IMAGES):
+    """Labels ``[<=n, D]`` of the first ``n`` items of a pretraining dataset (bad images skipped)."""
+    rows = []
+    for i in range(min(n, len(dataset))):
+        item = dataset[i]
+        if item is not None:
+            rows.append(np.asarray(item[1], dtype=np.float64))
+    if not rows:
+        raise UserError("--label_norm standard: no readable training image to estimate the label statistics")
+    return np.stack(rows)
+
+
+def json_stats(matrix_json):
+    """The ``label_norm`` record of a label json written by PHdict.py, or None."""
+    from util.ph.labels import read_json
+
+    meta = read_json(matrix_json) if matrix_json and os.path.isfile(matrix_json) else None
+    return (meta or {}).get(JSON_KEY)
+
+
+def add_stats_to_json(out_dir, label_type, floor=DEFAULT_FLOOR):
+    """PHdict.py --label_norm standard: write the statistics of ``labels_<type>.npy`` into its json (kept as
+    they are when the json already holds them for this floor and row count). Returns the record or None
+    when the whole matrix is not there (e.g. a shard still missing)."""
+    from util.io.fileio import write_json
+    from util.ph.labels import label_names, read_json
+
+    npy, _, js = (os.path.join(out_dir, x) for x in label_names(label_type))
+    meta = read_json(js)
+    if meta is None or not os.path.isfile(npy):
+        return None
+    matrix = np.load(npy, allow_pickle=False)
+    old = meta.get(JSON_KEY)
+    if old and old.get('floor') == float(floor) and old.get('count') == matrix.shape[0]:
+        return old
+    mean, std = compute_stats(matrix, floor)
+    meta[JSON_KEY] = stats_record(mean, std, floor, os.path.basename(npy), matrix.shape[0])
+    write_json(js, meta)
+    return meta[JSON_KEY]

@@ -1,0 +1,101 @@
+"""Classification metrics in numpy: confusion matrix, per-class precision/recall/F1, top-k accuracy and the
+Matthews correlation coefficient (multi-class, Gorodkin's R_K), with scikit-learn's conventions (a ratio
+whose denominator is 0 counts as 0)."""
+
+import numpy as np
+
+
+def confusion_matrix(truth, pred, n_classes):
+    """``[n, n]`` counts: row = true class, column = predicted class."""
+    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(cm, (np.asarray(truth, dtype=np.int64), np.asarray(pred, dtype=np.int64)), 1)
+    return cm
+
+
+def _ratio(num, den):
+    num, den = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
+    return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+
+
+def per_class(cm):
+    """{'precision', 'recall', 'f1', 'support'}: arrays over the classes of the confusion matrix ``cm``."""
+    tp = np.diag(cm).astype(float)
+    precision = _ratio(tp, cm.sum(axis=0))
+    recall = _ratio(tp, cm.sum(axis=1))
+    f1 = _ratio(2 * precision * recall, precision + recall)
+    return {'precision': precision, 'recall': recall, 'f1': f1, 'support': cm.sum(axis=1)}
+
+
+def matthews_corrcoef(cm):
+    """Multi-class Matthews correlation of a confusion matrix (0 when undefined)."""
+    cm = np.asarray(cm, dtype=float)
+    t, p, c, s = cm.sum(axis=1), cm.sum(axis=0), np.trace(cm), cm.sum()
+    den = np.sqrt(s * s - p @ p) * np.sqrt(s * s - t @ t)
+    return float((c * s - t @ p) / den) if den > 0 else 0.0
+
+
+def topk_accuracy(truth, ranked, k):
+    """Fraction of rows whose true class is among the first ``k`` of ``ranked`` ([N, >= k] class indices)."""
+    ranked = np.asarray(ranked)[:, :k]
+    return float(np.mean(np.any(ranked == np.asarray(truth)[:, None], axis=1))) if len(ranked) else 0.0
+
+
+def classification_report(truth, ranked, names):
+    """Everything above as a dict: ``confusion`` (list of rows), ``per_class`` (rows of name, precision,
+    recall, f1, support), ``macro``/``weighted`` averages over the classes present in ``truth`` or the
+    predictions, ``accuracy`` (top-1), ``top5`` (top-min(5, k)), ``mcc``."""
+    truth = np.asarray(truth, dtype=np.int64)
+    ranked = np.asarray(ranked, dtype=np.int64).reshape(len(truth), -1)
+    cm = confusion_matrix(truth, ranked[:, 0], len(names))
+    pc = per_class(cm)
+    present = (cm.sum(axis=0) + cm.sum(axis=1)) > 0
+    support = pc['support']
+    avg = {}
+    for kind, w in (('macro', present.astype(float)), ('weighted', support.astype(float))):
+        avg[kind] = {m: float(np.sum(pc[m] * w) / w.sum()) if w.sum() else 0.0 for m in ('precision', 'recall', 'f1')}
+    k5 = min(5, ranked.shape[1])
+    return {
+        'confusion': cm.tolist(),
+        'per_class': [
+            {
+                'class': n,
+                'precision': float(pc['precision'][i]),
+                'recall': float(pc['recall'][i]),
+                'f1': float(pc['f1'][i]),
+                'support': int(support[i]),
+            }
+            for i, n in enumerate(names)
+        ],
+        'macro': avg['macro'],
+        'weighted': avg['weighted'],
+        'accuracy': topk_accuracy(truth, ranked, 1),
+        'top5': topk_accuracy(truth, ranked, k5),
+        'top5_k': k5,
+        'mcc': matthews_corrcoef(cm),
+        'n': int(len(truth)),
+    }
+
+
+def format_report(report):
+    """The report as text: confusion matrix, per-class table, averages, top-1/top-5 and MCC."""
+    names = [r['class'] for r in report['per_class']]
+    width = max([len(n) for n in names] + [8])
+    cm = report['confusion']
+    cw = max([len(str(v)) for row in cm for v in row] + [3])
+    lines = ['confusion matrix (rows: true class, columns: predicted, in the order of the rows)']
+    for n, row in zip(names, cm):
+        lines.append(f"{n:>{width}} " + ' '.join(f"{v:>{cw}}" for v in row))
+    lines += ['', f"{'':>{width}} precision    recall        f1   support"]
+    for r in report['per_class']:
+        lines.append(f"{r['class']:>{width}} {r['precision']:9.3f} {r['recall']:9.3f} {r['f1']:9.3f} {r['support']:9d}")
+    for kind in ('macro', 'weighted'):
+        a = report[kind]
+        lines.append(
+            f"{kind + ' avg':>{width}} {a['precision']:9.3f} {a['recall']:9.3f} {a['f1']:9.3f} {report['n']:9d}"
+        )
+    lines += [
+        '',
+        f"top-1 accuracy {100 * report['accuracy']:.2f}%, top-{report['top5_k']} accuracy "
+        f"{100 * report['top5']:.2f}%, Matthews correlation {report['mcc']:.4f} ({report['n']} images)",
+    ]
+    return '\n'.join(lines) + '\n'

@@ -1,0 +1,46 @@
+"""What a finished run leaves besides its weights: the evaluation files and the pictures of the run."""
+
+import os
+import sys
+
+import numpy as np
+
+from models import unwrap
+from util.io import fileio
+from util.train import engine
+from util.train.runs import LOG_NAME
+
+
+def write_evaluation(model, val_set, classes, criterion, cfg, run_dir, mode):
+    """metrics.json, per_class.csv, confusion_matrix.csv and .png in ``run_dir``; returns the metrics."""
+    loader = engine.make_loader(val_set, cfg, 0, shuffle=False, train=False)
+    metrics, cm = engine.evaluate_classification(model, loader, criterion, cfg, len(classes))
+    per_class = np.divide(np.diag(cm), cm.sum(1), out=np.full(len(classes), np.nan), where=cm.sum(1) > 0)
+    fileio.write_csv(
+        os.path.join(run_dir, 'per_class.csv'),
+        [['class', 'images', 'correct', 'accuracy']]
+        + [[c, int(cm[i].sum()), int(cm[i, i]), f'{100 * per_class[i]:.2f}'] for i, c in enumerate(classes)],
+    )
+    for c in (c for i, c in enumerate(classes) if cm[i].sum() == 0):
+        print(f"warning: class {c!r} has no usable validation image (accuracy nan)", file=sys.stderr, flush=True)
+    fileio.write_json(os.path.join(run_dir, 'metrics.json'), dict(metrics, mode=mode))
+    try:
+        from util.plot.plotting import confusion_matrix_csv, confusion_matrix_png
+
+        confusion_matrix_csv(cm, classes, os.path.join(run_dir, 'confusion_matrix.csv'))
+        confusion_matrix_png(cm, classes, os.path.join(run_dir, 'confusion_matrix.png'))
+    except Exception as e:  # pictures are a convenience; the CSV above already holds the numbers
+        print(f"warning: could not draw the confusion matrix: {e}", file=sys.stderr)
+    return metrics
+
+
+def pictures(model, run_dir, filters):
+    """Loss curves (and first-layer filters); a plotting failure never fails the run."""
+    try:
+        from util.plot.plotting import curves_from_log, filter_grid
+
+        curves_from_log(os.path.join(run_dir, LOG_NAME), os.path.join(run_dir, 'curves.png'))
+        if filters:
+            filter_grid(unwrap(model), os.path.join(run_dir, 'filters.png'))
+    except Exception as e:  # pictures are a convenience
+        print(f"warning: could not draw pictures: {e}", file=sys.stderr)

@@ -1,0 +1,339 @@
+"""Run folders, the per-epoch log, checkpoints (save / restore by key) and weights files."""
+
+import datetime
+import errno
+import json
+import os
+import random
+
+import numpy as np
+import torch
+
+from models import unwrap
+from util.errors import UserError
+from util.io import fileio
+from util.train.datasets import IMAGENET_MEAN, IMAGENET_STD
+from util.train.distributed import broadcast_object, is_main
+
+CHECKPOINT_NAME = 'checkpoint.pth'
+LOG_NAME = 'log.jsonl'
+
+
+def make_run_dir(output, cfg):
+    """Create a fresh dated folder under ``output`` (``YYYY_MMDD_HHMM``, suffixed ``_2``, ... when taken).
+
+    Never reuses an existing folder. Rank 0 creates it; every rank gets its path.
+    """
+    path = None
+    if is_main(cfg):
+        fileio.ensure_dir(output)
+        stamp = datetime.datetime.now().strftime('%Y_%m%d_%H%M')
+        for k in range(1, 10000):
+            candidate = os.path.join(output, stamp if k == 1 else f'{stamp}_{k}')
+            try:
+                os.mkdir(candidate)
+            except FileExistsError:
+                continue
+            except OSError as e:
+                raise UserError(f"cannot create a run folder in {output!r}: {e.strerror}") from None
+            path = candidate
+            break
+    return broadcast_object(path, cfg)
+
+
+def resolve_resume(path):
+    """``--resume`` may name a checkpoint file or the run folder holding ``checkpoint.pth``."""
+    if os.path.isdir(path):
+        path = os.path.join(path, CHECKPOINT_NAME)
+    if not os.path.isfile(path):
+        raise UserError(f"--resume {path!r}: no such checkpoint file")
+    return path
+
+
+def jsonable(settings):
+    """A dict of settings (e.g. ``vars(args)``) reduced to JSON-able builtins (what checkpoints and args.json
+    store)."""
+    out = {}
+    for k, v in dict(settings).items():
+        if isinstance(v, (str, int, float, bool)) or v is None:
+            out[k] = v
+        elif isinstance(v, (list, tuple)):
+            out[k] = [x if isinstance(x, (str, int, float, bool)) or x is None else str(x) for x in v]
+        else:
+            out[k] = str(v)
+    return out
+
+
+class RunLogger:
+    """Per-epoch JSON-lines log (+ TensorBoard scalars when the package is installed), rank 0 only."""
+
+    def __init__(self, run_dir, enabled=True):
+        self.path = os.path.join(run_dir, LOG_NAME)
+        self.enabled = enabled
+        self.tb = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(log_dir=os.path.join(run_dir, 'tensorboard'))
+            except Exception:  # TensorBoard is optional
+                self.tb = None
+
+    def log(self, record):
+        if not self.enabled:
+            return
+        data = (json.dumps(record, sort_keys=True) + '\n').encode('utf-8')
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                start = os.lseek(fd, 0, os.SEEK_END)
+                try:
+                    if os.write(fd, data) != len(data):
+                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                except OSError:
+                    os.ftruncate(fd, start)  # never leave half a record for the next one to be glued to
+                    raise
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise UserError(
+                f"cannot write {self.path}: {e.strerror}; make room, then continue with --resume "
+                f"{os.path.dirname(self.path)}"
+            ) from None
+        if self.tb is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k != 'epoch':
+                    self.tb.add_scalar(k, v, record.get('epoch', 0))
+            self.tb.flush()
+
+    def truncate_after(self, epoch):
+        """Drop records of epochs after ``epoch`` (a resumed run repeats them)."""
+        if not (self.enabled and os.path.exists(self.path)):
+            return
+        keep = []
+        with open(self.path, encoding='utf-8') as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                if rec.get('epoch', 0) <= epoch:
+                    keep.append(json.dumps(rec, sort_keys=True))
+        fileio.write_text(self.path, ''.join(k + '\n' for k in keep))
+
+    def close(self):
+        if self.tb is not None:
+            self.tb.close()
+
+
+def rng_state():
+    """Every RNG's state as tensors/builtins (loadable with weights_only=True)."""
+    np_state = np.random.get_state()
+    state = {
+        'torch': torch.get_rng_state(),
+        'numpy': [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])],
+        'python': _tuple_to_list(random.getstate()),
+    }
+    if torch.cuda.is_available():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state['torch'])
+    name, keys, pos, has_gauss, cached = state['numpy']
+    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
+    random.setstate(_list_to_tuple(state['python']))
+    if 'cuda' in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
+
+
+def _tuple_to_list(x):
+    return [_tuple_to_list(v) for v in x] if isinstance(x, (tuple, list)) else x
+
+
+def _list_to_tuple(x):
+    return tuple(_list_to_tuple(v) for v in x) if isinstance(x, (tuple, list)) else x
+
+
+def save_checkpoint(run_dir, model, optimizer, scheduler, epoch, meta=None):
+    """Write ``checkpoint.pth`` (atomically): model, optimizer, lr_scheduler, epoch, RNG, and ``meta`` (builtins:
+    the run's ``args``, ``arch``, ``num_outputs``, ``mode``, ``phase``)."""
+    state = {
+        'model': unwrap(model).state_dict(),
+        'optimizer': optimizer.state_dict(),
+        'lr_scheduler': scheduler.state_dict(),
+        'epoch': epoch,
+        'rng': rng_state(),
+        'scaler': {},
+    }  # no loss scaler (bfloat16 autocast needs none); the key keeps the format of old runs
+    if meta:
+        state.update(meta)
+    fileio.torch_save(state, os.path.join(run_dir, CHECKPOINT_NAME))
+
+
+def load_checkpoint(path, map_location='cpu'):
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # weights_only refuses anything but tensors and builtins
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot load checkpoint {path!r} safely: {first}") from None
+
+
+def save_weights(path, model):
+    """A plain state_dict, loadable by ``torchvision.models.<arch>(num_classes=D).load_state_dict``."""
+    fileio.torch_save(unwrap(model).state_dict(), path)
+
+
+def open_checkpoint(resume, kind, arch):
+    """``--resume``: (the run folder, its checkpoint dict), refusing a file that is not a ``kind`` checkpoint
+    of architecture ``arch``."""
+    path = resolve_resume(resume)
+    checkpoint = load_checkpoint(path)
+    for key in ('model', 'optimizer', 'lr_scheduler', 'epoch'):
+        if key not in checkpoint:
+            raise UserError(f"{path} is not a {kind} checkpoint (no {key!r}); pass the run's {CHECKPOINT_NAME}")
+    if checkpoint.get('arch') not in (None, arch):
+        raise UserError(f"{path} was trained with -u {checkpoint['arch']}, not -u {arch}")
+    return os.path.dirname(os.path.abspath(path)), checkpoint
+
+
+# Settings a resumed run may change: how it runs, not what it computes.  Everything else recorded in the run's
+# settings must be given as before (-e may only grow).
+RESUME_FREE = frozenset(
+    {
+        'resume',
+        'run_dir',
+        'output',
+        'num_workers',
+        'log_interval',
+        'stop_after',
+        'save_interval',
+        'output_training_images',
+        'bad_images',
+        'max_pixels',
+        'device',
+        'pidf',
+        'dist_url',
+        'rank',
+        'local_rank',
+        'path2weight',  # the initial weights: a resumed run continues from its checkpoint instead
+        'evaluate',
+        'phase',
+    }
+)
+
+
+def _same_setting(before, now):
+    if before == now:
+        return True
+    if isinstance(before, (list, tuple)) and isinstance(now, (list, tuple)):
+        return list(before) == list(now)
+    if isinstance(before, str) and isinstance(now, str) and before and now:  # the same folder, spelt otherwise
+        return os.path.realpath(before) == os.path.realpath(now)
+    return False
+
+
+def resume_changes(recorded, now, done_epoch):
+    """The changes ``now`` (settings of this invocation) makes to ``recorded`` (the run's settings) that would
+    alter the experiment, as ``['--key: old -> new', ...]``; ``epochs`` may change but not below ``done_epoch``,
+    ``epochs_pre`` may only grow; the keys of :data:`RESUME_FREE` may change freely."""
+    now = jsonable(now)
+    changes = []
+    for key in sorted(set(recorded) | set(now)):
+        if key in RESUME_FREE or key not in recorded or key not in now:
+            continue  # a setting added by a later version, or one of this invocation alone
+        before, after = recorded[key], now[key]
+        if key == 'epochs':
+            if isinstance(after, int) and after < done_epoch:
+                changes.append(f"--epochs: {after} is below the {done_epoch} epochs already done")
+            continue
+        if key == 'epochs_pre':  # follows -e unless given; a combined run's first phase may only grow
+            if isinstance(after, int) and isinstance(before, int) and after < before:
+                changes.append(f"--epochs_pre: {before} -> {after} (it may only grow)")
+            continue
+        if not _same_setting(before, after):
+            changes.append(f"--{key}: {before!r} -> {after!r}")
+    return changes
+
+
+def check_resume(run_dir, checkpoint, now):
+    """Refuse (UserError listing them) changes that alter the experiment against the run's ``args.json`` (else
+    the settings in its checkpoint)."""
+    recorded = None
+    try:
+        with open(os.path.join(run_dir, 'args.json'), encoding='utf-8') as f:
+            recorded = json.load(f)
+    except (OSError, ValueError):
+        recorded = None
+    if not isinstance(recorded, dict):
+        recorded = checkpoint.get('args') if isinstance(checkpoint.get('args'), dict) else {}
+    changes = resume_changes(recorded, now, int(checkpoint['epoch']))
+    if changes:
+        shown = '; '.join(changes[:6]) + ('; ...' if len(changes) > 6 else '')
+        raise UserError(
+            f"--resume {run_dir}: {len(changes)} setting(s) differ from that run's args.json: {shown}; "
+            "give them as the run had them (only workers, intervals, --stop_after and a larger -e may "
+            "change), or start a new run without --resume"
+        )
+
+
+def write_settings(run_dir, settings, checkpoint=None):
+    """``args.json`` of a fresh run, or ``args_resume_epoch{E}.json`` when continuing ``checkpoint``."""
+    name = 'args.json' if checkpoint is None else f"args_resume_epoch{checkpoint['epoch'] + 1}.json"
+    fileio.write_json(os.path.join(run_dir, name), jsonable(settings))
+
+
+def final_message(run_dir, records, weights_name, epochs, start_epoch=1, resumed_epoch=None):
+    """The closing line: where the final weights are, or how to continue a run stopped early.
+
+    ``resumed_epoch``: the last epoch of the checkpoint this invocation resumed (None for a fresh run)."""
+    if records:
+        last = records[-1]['epoch']
+    else:
+        last = start_epoch - 1 if resumed_epoch is None else resumed_epoch
+        if resumed_epoch is not None and last >= epochs:
+            return (
+                f"nothing to do: {run_dir} had already finished all {epochs} epochs; weights: "
+                f"{os.path.join(run_dir, weights_name.format(epoch=epochs))} (give a larger -e to train further)"
+            )
+    if last >= epochs:
+        return f"weights: {os.path.join(run_dir, weights_name.format(epoch=epochs))}"
+    return f"stopped after epoch {last} of {epochs}; continue with --resume {run_dir}"
+
+
+def save_sample_grid(dataset, n, path, titles=None):
+    """A picture of the first ``n`` samples of ``dataset`` as the network sees them (undecodable ones skipped).
+
+    ``titles``: optional function of a sample's target giving its caption.
+    """
+    from util.plot.plotting import sample_grid
+
+    items = [it for it in (dataset[i] for i in range(min(n, len(dataset)))) if it is not None]
+    if items:
+        sample_grid(
+            torch.stack([it[0] for it in items]),
+            path,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            titles=[titles(it[1]) for it in items] if titles else None,
+        )
+
+
+def read_classes(path):
+    """Class names from ``classes.json`` (a JSON list, as fine-tuning writes it) or a text file with one name
+    per line."""
+    try:
+        with open(path, encoding='utf-8') as f:
+            text = f.read()
+    except OSError as e:
+        raise UserError(f"cannot read the class names {path!r}: {e.strerror}") from None
+    if path.endswith('.json'):
+        try:
+            names = json.loads(text)
+        except ValueError as e:
+            raise UserError(f"{path} is not valid JSON ({e}); expected a list of class names") from None
+        if not isinstance(names, list) or not all(isinstance(n, (str, int)) for n in names):
+            raise UserError(f"{path} must hold a JSON list of class names")
+        return [str(n) for n in names]
+    return [line.strip() for line in text.splitlines() if line.strip()]
