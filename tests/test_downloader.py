@@ -1,4 +1,4 @@
-"""Tests of util/io/download.py and util/ImageDatasetsDownloader.py.
+"""Tests of util/io/download/ and util/ImageDatasetsDownloader.py.
 
 Small archives in the published formats are built in tmp_path and served by a loopback HTTP server
 (with Range support, or ignoring it); nothing goes to the internet.
@@ -25,7 +25,7 @@ from PIL import Image
 
 from util.errors import UserError
 from util.io import download as dl
-from util.io.download import converters
+from util.io.download import archives, converters
 
 SCRIPT = 'util/ImageDatasetsDownloader.py'
 
@@ -490,10 +490,11 @@ def test_cifar_end_to_end(server, tmp_path, variant):
 def test_checksum_mismatch_refused_before_unpickling(server, tmp_path, monkeypatch):
     archive, *_ = make_cifar('CIFAR100', np.random.default_rng(1))
     calls = []
-    monkeypatch.setattr(converters, 'restricted_loads', lambda *a, **k: calls.append('unpickle'))
+    # each replaced where it is looked up: converters reads CIFAR through archives.open_archive/restricted_loads
+    monkeypatch.setattr(archives, 'restricted_loads', lambda *a, **k: calls.append('unpickle'))
     monkeypatch.setattr(converters, 'read_cifar', lambda *a, **k: calls.append('convert'))
-    monkeypatch.setattr(converters, 'RestrictedUnpickler', lambda *a, **k: calls.append('unpickler'))
-    monkeypatch.setattr(converters, '_open_archive', lambda *a, **k: calls.append('open'))
+    monkeypatch.setattr(archives, 'RestrictedUnpickler', lambda *a, **k: calls.append('unpickler'))
+    monkeypatch.setattr(archives, 'open_archive', lambda *a, **k: calls.append('open'))
     server.files['/d/cifar-100-python.tar.gz'] = archive
     sources = {'CIFAR100': [(server.url('/d/cifar-100-python.tar.gz'), 'cifar-100-python.tar.gz', md5(archive + b'x'))]}
     raw, data = tmp_path / 'raw', tmp_path / 'data'

@@ -1,146 +1,48 @@
-"""Download, verify, safely unpack and convert the public image datasets used for fine-tuning.
+"""Converting verified downloads into ``<data_dir>/<name>/{train,val}/<class>/<image>`` folders.
 
-Pipeline of :func:`download_dataset` (one dataset, e.g. ``'CIFAR100'``):
+* CIFAR (python version): the pickled batches are read straight from the ``.tar.gz`` with the restricted
+  unpickler of :mod:`util.io.download.archives`.  Images are written as ``00000.png``, ``00001.png``, ...
+  (index within the split) into folders named after the label names of the meta file.
+* MNIST / Fashion-MNIST: the gzipped IDX files are parsed with numpy (:func:`read_idx`).  Class folders: MNIST
+  ``'0'``..``'9'``; Fashion-MNIST ``'0_T-shirt_top'``..``'9_Ankle_boot'`` (the digit prefix keeps the
+  alphabetical folder order equal to the official label order).
+* Caltech-101 / Caltech-256 / Omniglot: the archives are unpacked with ``archives.safe_extract`` and the image
+  files are copied byte for byte (JPEG/PNG as published).
 
-1. every archive of the dataset is fetched with :func:`download_file` into the raw folder
-   (urllib, tqdm progress bar, resume of a ``<file>.part`` with an HTTP ``Range`` request);
-2. it is checked against its published checksum (:func:`verify_checksum`) *before anything reads it*;
-   a mismatching file is kept as ``<file>.bad`` (so it can be inspected; the next run downloads again)
-   and a one-line :class:`~util.errors.UserError` is raised;
-3. the verified archive is converted into ``<data_dir>/<name>/{train,val}/<class>/<image>``:
-
-   * CIFAR (python version): the pickled batches are read straight from the ``.tar.gz`` with a
-     *restricted* unpickler (:class:`RestrictedUnpickler`) that can build nothing but the numpy
-     arrays, lists, dicts and strings these files contain; no code from the file can run, even if
-     a checksum were ever wrong.  Images are written as ``00000.png``, ``00001.png``, ... (index
-     within the split) into folders named after the label names of the meta file.
-   * MNIST / Fashion-MNIST: the gzipped IDX files are parsed with numpy (:func:`read_idx`).
-     Class folders: MNIST ``'0'``..``'9'``; Fashion-MNIST ``'0_T-shirt_top'``..``'9_Ankle_boot'``
-     (the digit prefix keeps the alphabetical folder order equal to the official label order).
-   * Caltech-101 / Caltech-256 / Omniglot: the archives are unpacked with :func:`safe_extract`
-     (all members validated first, then written into a temporary folder that is renamed at the end)
-     and the image files are copied byte for byte (JPEG/PNG as published).
-
-The official test split becomes ``val/`` (what ``finetuning.py -val`` reads).  Datasets without an
-official split (Caltech-101, Caltech-256, Omniglot with both its background and evaluation sets,
-alphabets being disjoint) are split per class and deterministically: the files of a class are ordered
-by the md5 of ``"<class>/<file name>"`` and the first ``round(val_ratio * n)`` of them (at least one
-and at most ``n - 1`` when the class has two or more images) go to ``val/``.  Caltech's clutter classes
-(``BACKGROUND_Google``, ``257.clutter``) are left out, as are non-image files.
+The official test split becomes ``val/`` (what ``finetuning.py -val`` reads).  Datasets without an official
+split (Caltech-101, Caltech-256, Omniglot with both its background and evaluation sets, alphabets being
+disjoint) are split per class and deterministically: the files of a class are ordered by the md5 of
+``"<class>/<file name>"`` and the first ``round(val_ratio * n)`` of them (at least one and at most ``n - 1``
+when the class has two or more images) go to ``val/``.  Caltech's clutter classes (``BACKGROUND_Google``,
+``257.clutter``) are left out, as are non-image files.
 
 Every image goes through the atomic helpers of :mod:`util.io.fileio`.  A split is marked by
-``<data_dir>/<name>/.<split>.partial`` while it is written and by ``.<split>.done`` (JSON with counts)
-when it is complete; a rerun skips done splits, rewrites an interrupted one, and refuses to write into
-a ``train``/``val`` folder it did not create (e.g. the output of another tool), so that images are
-never mixed or duplicated.
-
-The URL/checksum table :data:`SOURCES` maps a dataset name to a list of ``(url, filename, checksum)``;
-``url`` may also be a list of mirrors tried in order, ``checksum`` is a hex md5 (32 digits) or sha256
-(64 digits).  Every function that uses it accepts a replacement table (``sources=``), which is how
-the tests serve small archives from a loopback server.
+``<data_dir>/<name>/.<split>.partial`` while it is written and by ``.<split>.done`` (JSON with counts) when it
+is complete; a rerun skips done splits, rewrites an interrupted one, and refuses to write into a split folder
+it did not create (e.g. the output of another tool), so that images are never mixed or duplicated.
 """
 
 import gzip
 import hashlib
-import http.client
-import io
-import json
 import os
-import pickle
-import re
 import shutil
-import stat
 import sys
-import tarfile
-import urllib.error
-import urllib.request
-import uuid
-import zipfile
-from collections import namedtuple
 
 import numpy as np
 from tqdm import tqdm
 
 from util.errors import UserError
-from util.io.fileio import IMG_EXTENSIONS, TMP_MARK, atomic_open, ensure_dir, save_image, write_json
+from util.io.download import archives
+from util.io.download.network import CHUNK
+from util.io.fileio import IMG_EXTENSIONS, atomic_open, ensure_dir, save_image, write_json
 
 SPLITS = ('train', 'val')
-CHUNK = 1 << 20
-TIMEOUT_S = 60
-USER_AGENT = 'PretrainCNNwithNoData-ImageDatasetsDownloader/1.0 (python urllib)'
-
-_MNIST_FILES = (
+MNIST_FILES = (
     'train-images-idx3-ubyte.gz',
     'train-labels-idx1-ubyte.gz',
     't10k-images-idx3-ubyte.gz',
     't10k-labels-idx1-ubyte.gz',
 )
-_MNIST_MIRRORS = ('https://ossci-datasets.s3.amazonaws.com/mnist/', 'http://yann.lecun.com/exdb/mnist/')
-_FASHION_BASE = 'http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/'
-_OMNIGLOT_BASE = 'https://raw.githubusercontent.com/brendenlake/omniglot/master/python/'
-
-#: dataset name -> list of (url or list of mirror urls, file name in the raw folder, published checksum).
-#: md5 values are those published with the datasets and used by torchvision's dataset classes.
-SOURCES = {
-    'CIFAR10': [
-        (
-            'https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz',
-            'cifar-10-python.tar.gz',
-            'c58f30108f718f92721af3b95e74349a',
-        )
-    ],
-    'CIFAR100': [
-        (
-            'https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz',
-            'cifar-100-python.tar.gz',
-            'eb9058c3a382ffc7106e4002c42a8d85',
-        )
-    ],
-    'MNIST': [
-        ([m + f for m in _MNIST_MIRRORS], f, md5)
-        for f, md5 in zip(
-            _MNIST_FILES,
-            (
-                'f68b3c2dcbeaaa9fbdd348bbdeb94873',
-                'd53e105ee54ea40749a09fcbcd1e9432',
-                '9fb629c4189551a2d022fa330f9573f3',
-                'ec29112dd5afa0611ce80d1b7f02629c',
-            ),
-        )
-    ],
-    'fashionMNIST': [
-        (_FASHION_BASE + f, f, md5)
-        for f, md5 in zip(
-            _MNIST_FILES,
-            (
-                '8d4fb7e6c68d591d4c3dfef9ec88bf0d',
-                '25c81989df183df01b3e8a0aad5dffbe',
-                'bef4ecab320f06d8554ea6380940ec79',
-                'bb300cfdad3c16e7a12a480ee83cd310',
-            ),
-        )
-    ],
-    'omniglot': [
-        (_OMNIGLOT_BASE + 'images_background.zip', 'images_background.zip', '68d2efa1b9178cc56df9314c21c6e718'),
-        (_OMNIGLOT_BASE + 'images_evaluation.zip', 'images_evaluation.zip', '6b91aef0f799c5bb55b94e3f2daec811'),
-    ],
-    'caltech101': [
-        (
-            'https://data.caltech.edu/records/mzrjq-6wc02/files/caltech-101.zip',
-            'caltech-101.zip',
-            '3138e1922a9193bfa496528edbbc45d0',
-        )
-    ],
-    'caltech256': [
-        (
-            'https://data.caltech.edu/records/nyy15-4j048/files/256_ObjectCategories.tar',
-            '256_ObjectCategories.tar',
-            '67b4f42ca05d46448c6bb8ecd2220f6d',
-        )
-    ],
-}
-
-DATASET_NAMES = tuple(SOURCES)
 FASHION_MNIST_CLASSES = (
     'T-shirt/top',
     'Trouser',
@@ -156,406 +58,8 @@ FASHION_MNIST_CLASSES = (
 #: classes of the folder datasets that are not object categories and are left out
 SKIPPED_CLASSES = {'caltech101': ('BACKGROUND_Google',), 'caltech256': ('257.clutter',)}
 
-Source = namedtuple('Source', 'urls filename checksum')
 
-
-# ----------------------------------------------------------------------------------------------------
-# source tables
-# ----------------------------------------------------------------------------------------------------
-
-
-def _checksum_algorithm(checksum):
-    """'md5' or 'sha256' from the length of a hex digest; None if it is not one."""
-    if isinstance(checksum, str) and re.fullmatch(r'[0-9a-fA-F]+', checksum or ''):
-        return {32: 'md5', 64: 'sha256'}.get(len(checksum))
-    return None
-
-
-def normalize_sources(entries, name='dataset'):
-    """Check a list of ``(url or [urls], filename, checksum)`` and return it as :class:`Source` tuples.
-
-    File names must be plain names (they are joined to the raw folder); every entry needs a hex
-    md5 or sha256 checksum.  Raises :class:`UserError` naming the bad entry.
-    """
-    if not isinstance(entries, (list, tuple)) or not entries:
-        raise UserError(f"sources for {name} must be a non-empty list of [url, filename, checksum]")
-    out = []
-    for entry in entries:
-        if not isinstance(entry, (list, tuple)) or len(entry) != 3:
-            raise UserError(f"source entry {entry!r} for {name} is not [url, filename, checksum]")
-        urls, filename, checksum = entry
-        urls = (urls,) if isinstance(urls, str) else tuple(urls)
-        if not urls or not all(isinstance(u, str) and u for u in urls):
-            raise UserError(f"source entry {entry!r} for {name} has no url")
-        if (
-            not isinstance(filename, str)
-            or filename in ('', '.', '..')
-            or '/' in filename
-            or '\\' in filename
-            or '\x00' in filename
-        ):
-            raise UserError(f"source file name {filename!r} for {name} must be a plain file name")
-        if _checksum_algorithm(checksum) is None:
-            raise UserError(
-                f"source {filename!r} for {name} needs a hex md5 (32 digits) or sha256 (64 digits) "
-                f"checksum, got {checksum!r}"
-            )
-        out.append(Source(urls, filename, checksum.lower()))
-    return out
-
-
-def load_sources_file(path):
-    """Read a JSON source table ``{"CIFAR100": [[url, filename, md5], ...], ...}`` (for ``--sources``)."""
-    try:
-        with open(path, encoding='utf-8') as f:
-            table = json.load(f)
-    except OSError as e:
-        raise UserError(f"cannot read sources file {path!r} (--sources): {e.strerror}") from None
-    except ValueError as e:
-        raise UserError(f"sources file {path!r} (--sources) is not valid JSON: {e}") from None
-    if not isinstance(table, dict):
-        raise UserError(f"sources file {path!r} (--sources) must hold an object mapping dataset names to lists")
-    for key, entries in table.items():
-        normalize_sources(entries, key)
-    return table
-
-
-# ----------------------------------------------------------------------------------------------------
-# download and verification
-# ----------------------------------------------------------------------------------------------------
-
-
-def file_digest(path, algorithm='md5'):
-    """Hex digest of a file, read in 1 MiB chunks."""
-    h = hashlib.new(algorithm, usedforsecurity=False)
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(CHUNK), b''):
-            h.update(block)
-    return h.hexdigest()
-
-
-def verify_checksum(path, checksum):
-    """True when the file's md5 (32 hex digits) or sha256 (64 hex digits) equals ``checksum``."""
-    algorithm = _checksum_algorithm(checksum)
-    if algorithm is None:
-        raise UserError(f"checksum {checksum!r} for {path} is neither a hex md5 nor a sha256")
-    return file_digest(path, algorithm) == checksum.lower()
-
-
-def _refuse(path, dest, checksum, what):
-    """Keep a file that failed verification as ``<dest>.bad`` and raise a one-line UserError."""
-    algorithm = _checksum_algorithm(checksum)
-    actual = file_digest(path, algorithm)
-    bad = dest + '.bad'
-    os.replace(path, bad)
-    raise UserError(
-        f"{what} {dest} has {algorithm} {actual}, not the published {checksum}; "
-        f"it was not opened and is kept as {bad}; rerun to download it again "
-        f"(or put a correct copy at {dest})"
-    )
-
-
-class _NetError(Exception):
-    """A failed transfer (network, HTTP status, connection closed early); turned into a UserError."""
-
-
-def _content_range_start(header):
-    m = re.match(r'\s*bytes\s+(\d+)-', header or '')
-    return int(m.group(1)) if m else None
-
-
-def _fetch(url, part, progress=True, resume=True):
-    """Transfer ``url`` into ``part``, continuing an existing partial file when the server allows it.
-
-    Sends ``Range: bytes=<size>-`` for a non-empty ``part``; a ``206`` answer starting at that offset
-    is appended, any other success answer (server ignores ranges) rewrites the file from the start.
-    Returns True when bytes from an earlier attempt were kept (the caller retries from scratch if the
-    result then fails verification).  Raises :class:`_NetError` on any transfer problem.
-    """
-    offset = os.path.getsize(part) if resume and os.path.exists(part) else 0
-    headers = {'User-Agent': USER_AGENT}
-    if offset:
-        headers['Range'] = f'bytes={offset}-'
-    try:
-        resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=TIMEOUT_S)
-    except urllib.error.HTTPError as e:
-        e.close()
-        if e.code == 416 and offset:  # nothing after our offset: the partial file may already be complete
-            return True
-        raise _NetError(f"HTTP {e.code} {e.reason}") from None
-    except urllib.error.URLError as e:
-        raise _NetError(str(e.reason)) from None
-    except (OSError, http.client.HTTPException, ValueError) as e:
-        raise _NetError(str(e) or type(e).__name__) from None
-    with resp:
-        status = getattr(resp, 'status', None)
-        if offset and status == 206:
-            if _content_range_start(resp.headers.get('Content-Range')) != offset:
-                resp.close()
-                return _fetch(url, part, progress, resume=False)
-            mode = 'ab'
-        else:
-            offset, mode = 0, 'wb'
-        length = resp.headers.get('Content-Length')
-        length = int(length) if length and length.isdigit() else None
-        received = 0
-        try:
-            f = open(part, mode)
-        except OSError as e:
-            raise UserError(f"cannot write {part}: {e.strerror}; check --raw_file_path") from None
-        with (
-            f,
-            tqdm(
-                total=None if length is None else offset + length,
-                initial=offset,
-                unit='B',
-                unit_scale=True,
-                unit_divisor=1024,
-                desc=os.path.basename(part)[: -len('.part')],
-                disable=not progress,
-                file=sys.stderr,
-            ) as bar,
-        ):
-            while True:
-                try:
-                    chunk = resp.read(CHUNK)
-                except (OSError, http.client.HTTPException) as e:
-                    raise _NetError(
-                        f"transfer broken after {offset + received} bytes ({e or type(e).__name__}); rerun to resume"
-                    ) from None
-                if not chunk:
-                    break
-                try:
-                    f.write(chunk)
-                except OSError as e:
-                    raise UserError(f"cannot write {part}: {e.strerror}; check --raw_file_path") from None
-                received += len(chunk)
-                bar.update(len(chunk))
-        if length is not None and received < length:
-            raise _NetError(f"connection closed after {offset + received} of {offset + length} bytes; rerun to resume")
-    return offset > 0
-
-
-def download_file(url, dest, md5=None, progress=True):
-    """Download ``url`` to the file ``dest`` and verify it; return ``dest``.
-
-    ``url``: one URL or a list of mirrors tried in order.  ``md5``: the published checksum (hex md5,
-    or a 64-digit sha256), or None to skip verification.  An existing ``dest`` is only verified.
-    Bytes arrive in ``dest + '.part'``; an interrupted download is resumed with an HTTP ``Range``
-    request on the next call (a server that ignores ranges makes it start over).  ``dest`` appears only
-    once the whole file is there and verified.  On a checksum mismatch a resumed file is downloaded
-    once more from scratch; if it still does not match it is kept as ``dest + '.bad'`` and a
-    :class:`UserError` is raised.  Network/HTTP failures raise a :class:`UserError` naming the URLs.
-    """
-    dest = os.fspath(dest)
-    urls = (url,) if isinstance(url, str) else tuple(url)
-    if os.path.exists(dest):
-        if md5 is not None and not verify_checksum(dest, md5):
-            _refuse(dest, dest, md5, 'existing file')
-        return dest
-    ensure_dir(os.path.dirname(dest) or '.', what='raw file folder (--raw_file_path)')
-    part = dest + '.part'
-    failures = []
-    for u in urls:
-        try:
-            resumed = _fetch(u, part, progress)
-            if md5 is not None and resumed and not verify_checksum(part, md5):
-                print(
-                    f"{os.path.basename(dest)}: resumed download does not verify; downloading it again", file=sys.stderr
-                )
-                _fetch(u, part, progress, resume=False)
-            break
-        except _NetError as e:
-            failures.append(f"{u} ({e})")
-    else:
-        raise UserError(
-            f"cannot download {os.path.basename(dest)} from "
-            + ', '.join(failures)
-            + f"; check the network, or place the file yourself at {dest} (--raw_file_path)"
-            + (f" (md5 {md5})" if md5 else '')
-        )
-    if md5 is not None and not verify_checksum(part, md5):
-        _refuse(part, dest, md5, 'downloaded file')
-    os.replace(part, dest)
-    return dest
-
-
-# ----------------------------------------------------------------------------------------------------
-# safe extraction
-# ----------------------------------------------------------------------------------------------------
-
-
-def _member_parts(name, archive):
-    """Path components of an archive member name; UserError for absolute paths, '..' or odd names."""
-    if '\x00' in name:
-        raise UserError(f"refusing {archive}: member {name!r} has a NUL byte in its name")
-    norm = name.replace('\\', '/')
-    if norm.startswith('/') or re.match(r'[A-Za-z]:', norm):
-        raise UserError(f"refusing {archive}: member {name!r} has an absolute path")
-    parts = [p for p in norm.split('/') if p not in ('', '.')]
-    if '..' in parts:
-        raise UserError(f"refusing {archive}: member {name!r} points outside the archive folder ('..')")
-    return parts
-
-
-def _tar_plan(tf, archive):
-    """[(parts, is_dir, member)] for every member; UserError on links, devices, fifos, unsafe names."""
-    plan = []
-    for m in tf.getmembers():
-        parts = _member_parts(m.name, archive)
-        if m.issym() or m.islnk():
-            kind = 'a symbolic link' if m.issym() else 'a hard link'
-            raise UserError(f"refusing {archive}: member {m.name!r} is {kind} (to {m.linkname!r})")
-        if m.ischr() or m.isblk() or m.isfifo():
-            raise UserError(f"refusing {archive}: member {m.name!r} is a device or fifo")
-        if not (m.isreg() or m.isdir()):
-            raise UserError(f"refusing {archive}: member {m.name!r} has unsupported type {m.type!r}")
-        if parts or m.isreg():
-            if not parts:
-                raise UserError(f"refusing {archive}: member {m.name!r} is a file without a name")
-            plan.append((parts, m.isdir(), m))
-    return plan
-
-
-def _zip_plan(zf, archive):
-    """Same as :func:`_tar_plan` for a zip file (symlinks are recognised from the unix mode bits)."""
-    plan = []
-    for info in zf.infolist():
-        parts = _member_parts(info.filename, archive)
-        mode = info.external_attr >> 16
-        ftype = stat.S_IFMT(mode) if info.create_system == 3 else 0
-        if ftype == stat.S_IFLNK:
-            raise UserError(f"refusing {archive}: member {info.filename!r} is a symbolic link")
-        if ftype not in (0, stat.S_IFREG, stat.S_IFDIR):
-            raise UserError(f"refusing {archive}: member {info.filename!r} is a device, fifo or socket")
-        if info.flag_bits & 0x1:
-            raise UserError(f"refusing {archive}: member {info.filename!r} is encrypted")
-        is_dir = info.is_dir() or ftype == stat.S_IFDIR
-        if parts:
-            plan.append((parts, is_dir, info))
-        elif not is_dir:
-            raise UserError(f"refusing {archive}: member {info.filename!r} is a file without a name")
-    return plan
-
-
-def _open_archive(archive):
-    """('tar', TarFile) or ('zip', ZipFile); UserError for anything else."""
-    try:
-        if zipfile.is_zipfile(archive):
-            return 'zip', zipfile.ZipFile(archive)
-        return 'tar', tarfile.open(archive, 'r:*')
-    except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as e:
-        raise UserError(f"cannot open archive {archive}: {e}") from None
-
-
-def safe_extract(archive, dest, progress=True):
-    """Unpack a tar (plain, .gz, .bz2, .xz) or zip archive into the new folder ``dest``; return ``dest``.
-
-    Every member is checked before anything is written: absolute names, ``..`` components, symbolic
-    and hard links, devices and fifos make it raise :class:`UserError` naming the member, and then
-    nothing at all has been written.  Accepted members are written (regular files and folders only,
-    no permission bits or owners taken from the archive) into a temporary sibling folder that is
-    renamed to ``dest`` when complete, so ``dest`` exists only for a fully unpacked archive.
-    ``dest`` must not exist yet.
-    """
-    archive, dest = os.fspath(archive), os.fspath(dest)
-    if os.path.lexists(dest):
-        raise UserError(f"cannot unpack {archive}: {dest} already exists; remove it first")
-    kind, handle = _open_archive(archive)
-    with handle:
-        try:
-            plan = _tar_plan(handle, archive) if kind == 'tar' else _zip_plan(handle, archive)
-        except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as e:
-            raise UserError(f"cannot read archive {archive}: {e}") from None
-        parent = os.path.dirname(os.path.abspath(dest))
-        base = os.path.basename(os.path.abspath(dest))
-        os.makedirs(parent, exist_ok=True)
-        for leftover in os.listdir(parent):  # temporary folders of an interrupted earlier extraction
-            if leftover.startswith(base + TMP_MARK):
-                shutil.rmtree(os.path.join(parent, leftover), ignore_errors=True)
-        tmp = os.path.join(parent, f'{base}{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}')
-        os.mkdir(tmp)  # (not mkdtemp: the unpacked folder gets the usual permissions, not 0700)
-        try:
-            for parts, is_dir, member in tqdm(
-                plan, desc=f"unpack {os.path.basename(archive)}", unit='file', disable=not progress, file=sys.stderr
-            ):
-                target = os.path.join(tmp, *parts)
-                if is_dir:
-                    os.makedirs(target, exist_ok=True)
-                    continue
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                src = handle.extractfile(member) if kind == 'tar' else handle.open(member)
-                with src, open(target, 'wb') as out:
-                    shutil.copyfileobj(src, out, CHUNK)
-            os.rename(tmp, dest)
-        except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as e:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise UserError(f"cannot unpack {archive} into {dest}: {e}") from None
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return dest
-
-
-def _archive_stem(filename):
-    for ext in ('.tar.gz', '.tar.bz2', '.tar.xz', '.tgz', '.tar', '.zip'):
-        if filename.lower().endswith(ext):
-            return filename[: -len(ext)]
-    return filename + '.d'
-
-
-def extract_once(archive, raw_dir, progress=True):
-    """Unpack ``archive`` into ``<raw_dir>/<archive name without extension>`` unless that exists; return it."""
-    dest = os.path.join(raw_dir, _archive_stem(os.path.basename(archive)))
-    if os.path.isdir(dest):
-        return dest
-    return safe_extract(archive, dest, progress=progress)
-
-
-# ----------------------------------------------------------------------------------------------------
-# readers of the published formats
-# ----------------------------------------------------------------------------------------------------
-
-
-def _numpy_reconstruct():
-    """The array-rebuilding function numpy puts in its pickles (found without importing private modules)."""
-    return np.zeros(1, np.uint8).__reduce__()[0]
-
-
-class RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler for the CIFAR python batches: resolves only the numpy names an array pickle needs.
-
-    A CIFAR batch is a dict of lists, strings and one ``uint8`` array.  Rebuilding the array calls
-    ``numpy.core.multiarray._reconstruct`` (``numpy._core`` for pickles written by numpy 2),
-    ``numpy.ndarray`` and ``numpy.dtype``; any other global (``os.system``, ``builtins.eval``, ...) makes
-    :meth:`find_class` raise ``pickle.UnpicklingError``, so a hostile file cannot run code.
-    """
-
-    def find_class(self, module, name):
-        allowed = {
-            ('numpy.core.multiarray', '_reconstruct'): _numpy_reconstruct(),
-            ('numpy._core.multiarray', '_reconstruct'): _numpy_reconstruct(),
-            ('numpy', 'ndarray'): np.ndarray,
-            ('numpy', 'dtype'): np.dtype,
-        }
-        if (module, name) not in allowed:
-            raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed")
-        return allowed[(module, name)]
-
-
-def restricted_loads(data, what='pickle'):
-    """Unpickle ``data`` (bytes of a python-2 CIFAR pickle) with :class:`RestrictedUnpickler`.
-
-    Strings are decoded as latin-1 (how numpy's python-2 pickles must be read).  Raises
-    :class:`UserError` naming ``what`` if the pickle is malformed or asks for anything else.
-    """
-    try:
-        return RestrictedUnpickler(io.BytesIO(data), encoding='latin1').load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
-        raise UserError(f"refusing to read {what}: not a plain CIFAR pickle ({e})") from None
-
-
-def _safe_class_name(name, what):
+def safe_class_name(name, what):
     """A class label usable as one folder name (path separators replaced); UserError if empty/'..'."""
     if isinstance(name, bytes):
         name = name.decode('latin1')
@@ -587,7 +91,7 @@ def read_cifar(archive, name='CIFAR100'):
     set.  CIFAR-100 uses the 100 fine labels.  Pickles are read with :func:`restricted_loads`.
     """
     folder, meta_file, label_key, names_key, train_files, test_files = _cifar_layout(name)
-    kind, handle = _open_archive(archive)
+    kind, handle = archives.open_archive(archive)
     if kind != 'tar':
         handle.close()
         raise UserError(f"{archive} is not the tar.gz archive of the {name} python version")
@@ -601,7 +105,7 @@ def read_cifar(archive, name='CIFAR100'):
         if not member.isreg():
             raise UserError(f"refusing {archive}: member {path!r} is not a regular file")
         with handle.extractfile(member) as f:
-            obj = restricted_loads(f.read(), f'{archive}:{path}')
+            obj = archives.restricted_loads(f.read(), f'{archive}:{path}')
         if not isinstance(obj, dict):
             raise UserError(f"{archive}:{path} does not hold a dict")
         return obj, f'{archive}:{path}'
@@ -611,7 +115,7 @@ def read_cifar(archive, name='CIFAR100'):
         names = meta.get(names_key)
         if not isinstance(names, list) or not names:
             raise UserError(f"{where} has no list {names_key!r}")
-        class_names = [_safe_class_name(n, where) for n in names]
+        class_names = [safe_class_name(n, where) for n in names]
         if len(set(class_names)) != len(class_names):
             raise UserError(f"{where} has repeated class names")
         splits = {}
@@ -830,7 +334,7 @@ def caltech_classes(root, skip=()):
             continue
         files = _image_files(os.path.join(root, c))
         if files:
-            classes[_safe_class_name(c, root)] = files
+            classes[safe_class_name(c, root)] = files
     return classes
 
 
@@ -848,13 +352,8 @@ def omniglot_classes(set_roots):
                     continue
                 files = _image_files(c_dir)
                 if files:
-                    classes.setdefault(_safe_class_name(f'{alphabet}_{char}', c_dir), []).extend(files)
+                    classes.setdefault(safe_class_name(f'{alphabet}_{char}', c_dir), []).extend(files)
     return classes
-
-
-# ----------------------------------------------------------------------------------------------------
-# the whole pipeline
-# ----------------------------------------------------------------------------------------------------
 
 
 def _need(raw_paths, filename, name):
@@ -863,7 +362,7 @@ def _need(raw_paths, filename, name):
     return raw_paths[filename]
 
 
-def _convert(name, raw_paths, raw_dir, out_root, val_ratio, progress):
+def convert_dataset(name, raw_paths, raw_dir, out_root, val_ratio, progress):
     """Turn the verified files of dataset ``name`` into split folders; returns {split: counts}."""
     counts = {}
     if name in ('CIFAR10', 'CIFAR100'):
@@ -872,12 +371,12 @@ def _convert(name, raw_paths, raw_dir, out_root, val_ratio, progress):
         for split, (images, labels) in splits.items():
             counts[split] = write_array_split(out_root, split, images, labels, class_names, progress)
     elif name in ('MNIST', 'fashionMNIST'):
-        splits = read_mnist({f: _need(raw_paths, f, name) for f in _MNIST_FILES})
+        splits = read_mnist({f: _need(raw_paths, f, name) for f in MNIST_FILES})
         if name == 'MNIST':
             class_names = [str(i) for i in range(10)]
         else:
             class_names = [
-                f'{i}_' + _safe_class_name(c.replace(' ', '_'), name) for i, c in enumerate(FASHION_MNIST_CLASSES)
+                f'{i}_' + safe_class_name(c.replace(' ', '_'), name) for i, c in enumerate(FASHION_MNIST_CLASSES)
             ]
         for split, (images, labels) in splits.items():
             if len(labels) and labels.max() >= len(class_names):
@@ -885,19 +384,19 @@ def _convert(name, raw_paths, raw_dir, out_root, val_ratio, progress):
             counts[split] = write_array_split(out_root, split, images, labels, class_names, progress)
     else:
         if name == 'caltech101':
-            outer = extract_once(_need(raw_paths, 'caltech-101.zip', name), raw_dir, progress)
+            outer = archives.extract_once(_need(raw_paths, 'caltech-101.zip', name), raw_dir, progress)
             inner_archive = os.path.join(_find_dir(outer, 'caltech-101', outer), '101_ObjectCategories.tar.gz')
             if not os.path.isfile(inner_archive):
                 raise UserError(f"{outer} does not contain caltech-101/101_ObjectCategories.tar.gz")
-            inner = extract_once(inner_archive, raw_dir, progress)
+            inner = archives.extract_once(inner_archive, raw_dir, progress)
             classes = caltech_classes(_find_dir(inner, '101_ObjectCategories', inner), SKIPPED_CLASSES[name])
         elif name == 'caltech256':
-            inner = extract_once(_need(raw_paths, '256_ObjectCategories.tar', name), raw_dir, progress)
+            inner = archives.extract_once(_need(raw_paths, '256_ObjectCategories.tar', name), raw_dir, progress)
             classes = caltech_classes(_find_dir(inner, '256_ObjectCategories', inner), SKIPPED_CLASSES[name])
         else:  # omniglot
             roots = []
             for set_name in ('images_background', 'images_evaluation'):
-                unpacked = extract_once(_need(raw_paths, set_name + '.zip', name), raw_dir, progress)
+                unpacked = archives.extract_once(_need(raw_paths, set_name + '.zip', name), raw_dir, progress)
                 roots.append(_find_dir(unpacked, set_name, unpacked))
             classes = omniglot_classes(roots)
         if not classes:
@@ -907,7 +406,7 @@ def _convert(name, raw_paths, raw_dir, out_root, val_ratio, progress):
     return counts
 
 
-def _output_of(data_dir, name):
+def open_output(data_dir, name):
     """(``data_dir/name``, the result dict to fill) for a dataset still to be written, or (that folder, None)
     when both splits are complete already (said on stdout); the folder is checked and created."""
     out_root = os.path.join(data_dir, name)
@@ -917,74 +416,3 @@ def _output_of(data_dir, name):
     _check_output(out_root)
     ensure_dir(out_root, what='output folder (--data_file_path)')
     return out_root, {'path': out_root, 'train': None, 'val': None}
-
-
-def download_dataset(name, raw_dir, data_dir, sources=None, val_ratio=0.2, progress=True):
-    """Download, verify and convert dataset ``name`` into ``<data_dir>/<name>/{train,val}/<class>/``.
-
-    ``raw_dir``: where the archives are kept (and unpacked, for the folder datasets).
-    ``sources``: a table like :data:`SOURCES` (only the entry for ``name`` is used); default SOURCES.
-    ``val_ratio``: fraction of each class put in ``val/`` for datasets without an official test split
-    (caltech101, caltech256, omniglot); ignored for the others.
-    Returns ``{'path': <data_dir>/<name>, 'train': {class: count} or None, 'val': ...}`` where None
-    means the split had already been written by an earlier run.
-    """
-    if name not in DATASET_NAMES:
-        raise UserError(f"unknown dataset {name!r} (--dataset); choose one of {', '.join(DATASET_NAMES)}")
-    if not 0 <= val_ratio < 1:
-        raise UserError(f"--validation_ratio must be in [0, 1), got {val_ratio}")
-    table = SOURCES if sources is None else sources
-    if name not in table:
-        raise UserError(f"the source table has no entry for {name}")
-    entries = normalize_sources(table[name], name)
-    out_root, result = _output_of(data_dir, name)
-    if result is None:
-        return {'path': out_root, 'train': None, 'val': None}
-    ensure_dir(raw_dir, what='raw file folder (--raw_file_path)')
-    raw_paths = {}
-    for src in entries:
-        raw_paths[src.filename] = download_file(
-            src.urls, os.path.join(raw_dir, src.filename), md5=src.checksum, progress=progress
-        )
-    result.update(_convert(name, raw_paths, raw_dir, out_root, val_ratio, progress))
-    return result
-
-
-# ----------------------------------------------------------------------------------------------------
-# the original's 'animal' choice: its source (a Google Pages site) is gone, so the files must be local
-# ----------------------------------------------------------------------------------------------------
-
-LOCAL_ONLY = ('animal',)
-ANIMAL_SETS = ('non_rigid_shape_A', 'non_rigid_shape_B')
-
-
-def setup_local_dataset(name, raw_dir, data_dir, val_ratio=0.2, progress=True):
-    """``animal`` (the original's non-rigid shape dataset): split the class folders found in ``raw_dir``
-    (``non_rigid_shape_A/<class>/<image>`` and/or ``non_rigid_shape_B/<class>/<image>``, as the original
-    expected them unpacked) into ``<data_dir>/animal/{train,val}/<class>/``; returns as :func:`download_dataset`."""
-    roots = [os.path.join(raw_dir, s) for s in ANIMAL_SETS if os.path.isdir(os.path.join(raw_dir, s))]
-    if not roots:
-        raise UserError(
-            f"{name} is not downloadable (the original's source, xiang.bai.googlepages.com, is gone): "
-            f"put its unpacked folders {ANIMAL_SETS[0]}/<class>/<image> and/or "
-            f"{ANIMAL_SETS[1]}/<class>/<image> in {raw_dir} (--raw_file_path) and run this again"
-        )
-    if not 0 <= val_ratio < 1:
-        raise UserError(f"--validation_ratio must be in [0, 1), got {val_ratio}")
-    classes = {}
-    for root in roots:
-        for c, files in caltech_classes(root).items():
-            classes.setdefault(c, []).extend(files)
-    for c, files in classes.items():
-        names = [os.path.basename(f) for f in files]
-        if len(set(names)) != len(names):
-            dup = sorted(n for n in set(names) if names.count(n) > 1)[0]
-            raise UserError(f"class {c!r} has two images named {dup!r} in {' and '.join(roots)}; rename one")
-    if not classes:
-        raise UserError(f"no images found in {' or '.join(roots)}")
-    out_root, result = _output_of(data_dir, name)
-    if result is None:
-        return {'path': out_root, 'train': None, 'val': None}
-    for split, items in split_folder_classes(classes, val_ratio).items():
-        result[split] = write_folder_split(out_root, split, items, progress)
-    return result
