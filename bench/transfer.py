@@ -14,19 +14,39 @@ by seed, with their standard error), and writes JSON, the table (Markdown) and a
 ``metrics.json`` and the exact command.
 
     python bench/transfer.py --preset tiny            # seconds: checks that everything runs (numbers meaningless)
-    python bench/transfer.py --preset cpu             # <= 30 min on 2 cores
+    python bench/transfer.py --preset cpu             # fine-tuning and probes, 3 pretraining seeds per init
+    python bench/transfer.py --preset screen --inits scratch ph random shuffled genparams   # probe one recipe
     python bench/transfer.py --preset gpu             # larger images, more pretraining (run on a GPU machine)
     python bench/transfer.py --preset cpu --label_norm standard --seeds 3 --labels 10 50   # a lever, screened
 
 Runs are cached in ``--work`` by the hash of their command (an unchanged run is reused, so screening one
-lever re-runs only what it changes); ``--fresh`` ignores the cache.  One pretraining per initialisation is
-shared by all seeds (the seeds vary the labelled subset, the test split and the fine-tuning), so the margins'
-standard errors do not include the pretraining's own seed variation.
+lever re-runs only what it changes); ``--fresh`` ignores the cache.
 
-The random-target control is the product's ``--label_type random`` (``PHdict.py --label_type random``
-writes its matrix, ``pretraining.py -pd DIR -pc --label_type random`` reads it: a fixed N(0,1) vector per
-image, from the seed and the image's name only); ``--label_norm standard`` is passed to both pretrainings
-(pretraining.py computes the statistics from the label matrix, with its variance floor, and stores them).
+Pretraining seeds (``--pre_seeds P``): each initialisation is pretrained P times (pretraining.py --seed p;
+the random targets and the shuffled labels of seed p are drawn with seed p too).  Fine-tuning seed s starts
+from pretraining seed s mod P and its margins' standard errors are taken over the P pretraining seeds, so
+they include the pretraining's own variation (with P = 1 they cover subset, test split and fine-tuning only).
+
+``--probe``: frozen-feature probes (bench/probe.py).  Each network (the untrained one with torch seed p as the
+baseline of ``scratch``, and every pretraining seed of every init) is run once over the whole labelled pool;
+the pooled outputs of its last two stages (ResNets: layer3 and layer4, global-average pooled, concatenated)
+feed a logistic regression and a kNN (k = 10, cosine) fitted on ``--subsets`` J labelled subsets per
+pretraining seed and level (seconds each), scored on the subset's own held-out test split.  Margins are paired
+(same subsets for every init) and their s.e. is sd_p(d_p) / sqrt(P), d_p the mean difference over the J
+subsets of pretraining seed p (printed with every table).
+
+Controls (``--inits``): ``random`` is the product's ``--label_type random`` (``PHdict.py --label_type random
+--seed p`` writes its matrix, ``pretraining.py -pd DIR -pc --label_type random`` reads it: a fixed N(0,1)
+vector per image, from the seed and the image's name only); ``shuffled`` is the PH label matrix with its rows
+permuted across images (same marginals, no image-label link; a copy with its own ``shuffled`` record, read
+with the PH pretraining's own flags); ``genparams`` regresses the generator's own draws per image (colour; per
+channel alpha, beta and its binarisation; z-scored): the texture-statistic null.  The two matrix controls are
+standardised by construction and get no ``--label_norm``; ``--label_norm standard`` is passed to the PH and
+shuffled pretrainings (pretraining.py computes the statistics, with its variance floor, and stores them).
+
+``--r2_images N``: the pretraining's held-out R^2 on N fresh generated images (util/random_image.py --seed 1,
+the same settings; their PH labels from the same PHdict.py flags), in the space the network was trained in,
+overall and beyond the first principal component of its training labels.
 """
 
 import argparse
@@ -272,8 +292,9 @@ def get_args_parser():
         '--label_norm',
         choices=('none', 'standard'),
         default='none',
-        help="pretraining.py --label_norm for both pretrainings: 'standard' z-scores each label component "
-        "(floored std; the random targets are N(0,1) already) (default: none)",
+        help="pretraining.py --label_norm for the PH and shuffled pretrainings: 'standard' z-scores each label "
+        "component (floored std; the random targets and generator parameters are standardised already) "
+        "(default: none)",
     )
     g.add_argument(
         '--ph',
@@ -1044,11 +1065,13 @@ def format_r2(rec):
     return '\n'.join(lines)
 
 
-# Measured on this project's 2-core machine (BENCHMARKS.md, the probe screens): seconds per 1000 image-epochs of
-# one ResNet-18 pretraining at 40-px crops while a second one runs beside it; PHdict.py seconds per 1000 48-px
-# images; the probe seconds per network (features of 1797 digits + 2 classifiers x levels x subsets).
-RATE_PRETRAIN_S_PER_K = 3.9
-RATE_PHDICT_S_PER_K = 30.0
+# Rates behind the screen estimate, measured on this project's shared 2-core VM: a cpu-preset pretraining
+# (4000 images x 8 epochs at 40-px crops) took 128 s and 130 s side by side with a second one at load 1.7-2.4
+# (bench/results/transfer_screen_pi.json) -> 4.0 s per 1000 image-epochs; PHdict.py on 4000 48-px images took
+# 37 s at load 8.7 (2026-12-03) -> 10 s per 1000 images (an upper bound); the probe's seconds per network per
+# (level x 10 subsets) are those recorded in bench/results/transfer_screen_probe_*.json ('probe' -> 'seconds').
+RATE_PRETRAIN_S_PER_K = 4.0
+RATE_PHDICT_S_PER_K = 10.0
 RATE_PROBE_S_PER_NET = 6.0
 
 
