@@ -204,20 +204,26 @@ def _symmetric_filter(ws, alpha, beta, out):
     out[0, 0] = 0.0
 
 
-def _draw_and_filter(rng, cfg):
+def _draw_and_filter(rng, cfg, drawn=None):
     """Consume the draws of the model up to the flatness test and filter the noise.
 
     Returns (channels, lows, highs): float32 (C,S,S), C in {1,3}, the filtered channels minus their
     (constant) DC term, freshly allocated; and their per-channel minima and maxima, (C,) float32.
+    ``drawn``: a list that receives the ``(alpha, beta)`` of each channel of the image returned (those of
+    the last attempt when a flat image was redrawn).
     """
     size = cfg.img_size
     ws = _workspace(size)
     channels = 3 if rng.uniform(0.0, 1.0) < cfg.prob_colour else 1
     noise, filt = ws.noise[:channels], ws.filt[:channels]
     while True:
+        if drawn is not None:
+            drawn.clear()
         for c in range(channels):
             alpha = rng.uniform(*cfg.alpha_range)
             beta = rng.uniform(*cfg.beta_range)
+            if drawn is not None:
+                drawn.append((alpha, beta))
             rng.random(out=ws.noise64)  # bitwise the same draws as rng.uniform(0, 1, (S, S))
             noise[c] = ws.noise64
             _symmetric_filter(ws, alpha, beta, filt[c])
@@ -318,6 +324,74 @@ def generate_image(cfg: GeneratorConfig, seed: int, index: int, stream: int = TR
         else:
             image[:, :, c] = 0
     return image[:, :, 0] if channels == 1 else image
+
+
+PARAM_NAMES = ('alpha', 'beta', 'binarised', 'inverted', 'colour')
+
+
+def image_params(cfg: GeneratorConfig, seed: int, index: int, stream: int = TRAIN_STREAM) -> dict:
+    """The parameters image ``index`` of ``stream`` was made with by :func:`generate_image`, from the same draws.
+
+    Returns ``{'alpha': [C], 'beta': [C], 'binarised': [C], 'inverted': [C], 'colour': bool}`` (lists over
+    the C = 1 or 3 channels; ``binarised``: the channel was thresholded at Otsu's value, ``inverted``: it was
+    binarised as ``channel < threshold``).  The random numbers are consumed as :func:`generate_image` does;
+    the noise is filtered too (the flatness test that may redraw an image needs it) but neither thresholded
+    nor quantised, so this costs about the FFTs of one image.
+    """
+    rng = image_rng(seed, index, stream)
+    drawn = []
+    out, _, _ = _draw_and_filter(rng, cfg, drawn)
+    binarised, inverted = [], []
+    for _ in range(out.shape[0]):  # the same draws as generate_image's channel loop
+        q = rng.uniform(0.0, 1.0)
+        binarised.append(bool(q < cfg.prob_binary))
+        inverted.append(bool(q < cfg.prob_binary and not q < cfg.prob_binary / 2))
+    return {
+        'alpha': [float(a) for a, _ in drawn],
+        'beta': [float(b) for _, b in drawn],
+        'binarised': binarised,
+        'inverted': inverted,
+        'colour': out.shape[0] == 3,
+    }
+
+
+def params_features(params: dict) -> np.ndarray:
+    """A fixed-length float vector of :func:`image_params` for regressions (grey images repeat their one
+    channel): colour, then per channel alpha, beta, beta**2, binarised, inverted (16 values)."""
+    c = len(params['alpha'])
+    pick = [0, 0, 0] if c == 1 else [0, 1, 2]
+    feats = [float(params['colour'])]
+    for k in pick:
+        b = params['beta'][k]
+        feats += [params['alpha'][k], b, b * b, float(params['binarised'][k]), float(params['inverted'][k])]
+    return np.asarray(feats, dtype=np.float64)
+
+
+def generated_image_index(name: str, prefix: str, fmt: str):
+    """The index of a file named as this generator names its images (``v00000012.jpg`` -> 12), else None."""
+    stem, dot, ext = name.rpartition('.')
+    if not dot or ext != fmt or not stem.startswith(prefix):
+        return None
+    digits = stem[len(prefix) :]
+    return int(digits) if len(digits) == 8 and digits.isdigit() else None
+
+
+def folder_generator(folder: str):
+    """``(cfg, seed, stream, prefix, format)`` of a folder written by ``util/random_image.py`` (its args.json),
+    or None when the folder has no such record."""
+    try:
+        with open(os.path.join(folder, ARGS_FILE), encoding='utf-8') as f:
+            rec = json.load(f)
+        cfg = GeneratorConfig(
+            img_size=int(rec['img_size']),
+            alpha_range=tuple(float(v) for v in rec['alpha_range']),
+            beta_range=tuple(float(v) for v in rec['beta_range']),
+            prob_binary=float(rec['prob_binary']),
+            prob_colour=float(rec['prob_colour']),
+        )
+        return cfg, int(rec['seed']), int(rec['stream']), str(rec['prefix']), str(rec['format'])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 # ----------------------------------------------------------------------------------------------- script
