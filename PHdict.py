@@ -178,6 +178,13 @@ def get_args_parser():
         "binarisation (thresholds from the median grey value; see util/ph/cubical.py) (default: off)",
     )
     p.add_argument(
+        '--size_normalise',
+        action='store_true',
+        help=f"multiply the filtration values (births, deaths) by {ph.SIZE_REFERENCE}/SIZE, SIZE = the image's "
+        "longer side, as the original's later version does to distances: a shape gives the same diagram at "
+        "every image size (filtrations in pixel units only; not with -it npy) (default: off)",
+    )
+    p.add_argument(
         '--ph_engine',
         choices=ph.ENGINES,
         default=ph.DEFAULT_ENGINE,
@@ -277,10 +284,27 @@ def _check_args(args):
         raise UserError(f"--numof_dims must be at least 1, got {args.numof_dims}")
     if args.label_type:
         check_label_dim(args.label_type, args.numof_dims, '--numof_dims', args.num_landscapes)
+    if args.size_normalise and (args.imgtype == 'npy' or args.filtration not in ph.SIZE_FILTRATIONS):
+        raise UserError(
+            "--size_normalise scales filtration values in pixels of images: it needs image inputs (-it jpg ...) "
+            f"and a filtration among {', '.join(ph.SIZE_FILTRATIONS)}"
+        )
+    autos = [n for n in ('max_life', 'max_birth', 'min_birth', 'sigma') if 'auto' in _values(getattr(args, n))]
+    if 'sigma' in autos and args.label_type != 'persistence_image':
+        raise UserError("--sigma auto applies to --label_type persistence_image (the only label with a kernel)")
+    if autos and (args.compute_hist or args.compute_persistence_image or not args.label_type):
+        raise UserError(
+            f"--{autos[0]} auto is fitted for the --label_type matrix only; give -ch / -cpi numbers "
+            "(run them separately), or add --label_type"
+        )
     if args.plot < 0:
         raise UserError(f"--plot must be 0 or more, got {args.plot}")
     if min(args.num_bins) < 0 or sum(args.num_bins) < 1:
         raise UserError(f"--num_bins {args.num_bins} must be four non-negative counts, not all zero")
+
+
+def _values(v):
+    return v if isinstance(v, list) else [v]
 
 
 def _pi_dim(args):
@@ -339,6 +363,8 @@ def output_settings(args):
         kinds['diagram'] = dict(filtration=args.filtration)
         if args.gradient:  # recorded only when on: older outputs stay compatible
             kinds['diagram']['gradient'] = True
+        if args.size_normalise:  # recorded only when on, like gradient
+            kinds['diagram']['size_normalise'] = ph.SIZE_REFERENCE
         # recorded, never compared (RECORDED_ONLY): both engines give equal pairs, so a folder may mix them
         kinds['diagram']['ph_engines'] = [ph.resolve_engine(getattr(args, 'ph_engine', ph.DEFAULT_ENGINE), 2)]
     if args.compute_hist:
@@ -476,7 +502,8 @@ def _plan(args, files, outs, target_dir, need_all, fingerprints, log):
                 jobs.append((kinds['diagram'], 'npy', args.filtration, gradient, engine))  # resume: saved one
             else:
                 src = os.path.join(target_dir, *rel.split('/'))
-                jobs.append((src, 'npy' if outs.from_npy else 'image', args.filtration, gradient, engine))
+                source = 'npy' if outs.from_npy else 'image'
+                jobs.append((src, source, args.filtration, gradient, engine, args.size_normalise))
             job_files.append(i)
     changed = [rel for i, rel in enumerate(files) if any(os.path.exists(outs.kinds(rel)[k]) for k in todo[i])]
     if changed:
@@ -559,8 +586,8 @@ def main(args):
     if args.label_type == label_sources.RANDOM:
         return _random_labels(run)
     check_settings(run.out_dir, output_settings(args))
-    write_json(os.path.join(run.out_dir, 'args.json'), vars(args))
     vecs = _vectorisers(run)
+    write_json(os.path.join(run.out_dir, 'args.json'), vars(args))
     run.fingerprints = _fingerprints(run.target_dir, run.files)
     if vecs.label is not None and label_matrix_complete(
         run.out_dir, label_names(args.label_type, run.k, run.n), run.files, vecs.label_info, run.fingerprints
@@ -626,6 +653,8 @@ def _vectorisers(run):
         )
     if args.label_type:
         vecs.label = vectoriser_from_args(args, args.numof_dims, '--numof_dims')
+        if vecs.label.auto:
+            _fit_auto(run, vecs.label)
         vecs.label_info = dict(
             label_type=args.label_type,
             params=vecs.label.get_params(),
@@ -634,9 +663,57 @@ def _vectorisers(run):
             target_dir=os.path.abspath(run.target_dir),
             ph_engine=args.ph_engine,
         )  # the engine is recorded, not compared: both engines give equal pairs
+        if getattr(args, 'auto_fitted', None):
+            vecs.label_info['auto'] = dict(fitted=args.auto_fitted, sample=FIT_SAMPLE)
         if args.gradient:
             vecs.label_info['gradient'] = True
+        if args.size_normalise:
+            vecs.label_info['size_normalise'] = ph.SIZE_REFERENCE
     return vecs
+
+
+FIT_SAMPLE = 256  # diagrams --max_life/--sigma ... auto are fitted on (evenly spaced over all inputs)
+
+
+def _fit_auto(run, vec):
+    """Fit the ``auto`` parameters of ``vec`` on the diagrams of a sample of the inputs -- the same sample
+    for every shard (it is taken from all of them), so the shards' matrices agree; the fitted values go to
+    labels_TYPE.json (``params``, ``auto``) and args.json."""
+    args = run.args
+    sample = [run.all_files[i] for i in diagnostics.sample_rows(len(run.all_files), FIT_SAMPLE)]
+    source = 'npy' if args.imgtype == 'npy' else 'image'
+    jobs = [
+        (
+            os.path.join(run.target_dir, *rel.split('/')),
+            source,
+            args.filtration,
+            args.gradient,
+            args.ph_engine,
+            args.size_normalise,
+        )
+        for rel in sample
+    ]
+    diagrams = []
+    for _, dgm, _err in tqdm(
+        ph.iter_diagrams(jobs, workers=min(args.num_workers, len(jobs))),
+        total=len(jobs),
+        desc='fitting auto',
+        unit='file',
+        file=sys.stderr,
+    ):
+        if dgm is not None:  # a bad input is reported by the main pass
+            diagrams.append(dgm)
+    fitted = vec.auto
+    vec.fit(diagrams)
+    params = vec.get_params()
+    for name in fitted:
+        if hasattr(args, name) and name in params:
+            setattr(args, name, params[name])  # args.json records the fitted values
+    args.auto_fitted = list(fitted)
+    print(
+        f"fitted on {len(diagrams)} diagrams: "
+        + ', '.join(f"{n} {params[n]}" for n in ('max_life', 'min_birth', 'max_birth', 'sigma') if n in params)
+    )
 
 
 def _compute(run, vecs):

@@ -302,11 +302,16 @@ def test_positional_target_dir_of_phdict():
 
 
 @pytest.mark.parametrize('flag,dest', [('-ml', 'max_life'), ('--max_birth', 'max_birth'), ('-minb', 'min_birth')])
-def test_one_value_means_both_two_different_are_refused(flag, dest):
+def test_one_value_means_both_two_are_h0_then_h1(flag, dest):
     ns, rc, _ = parse('pretraining', [flag, '25'])
     assert rc == 0 and getattr(ns, dest) == 25.0
+    ns, rc, _ = parse('pretraining', [flag, '25', '25'])
+    assert rc == 0 and getattr(ns, dest) == 25.0
+    # issue 20: the original's later README runs --max_life 80 60 (H0 then H1); it was refused before
     ns, rc, err = parse('pretraining', [flag, '25', '30'])
-    assert rc == 2 and len(err.strip().splitlines()) == 1 and flag in err and 'give one value' in err
+    assert rc == 0 and getattr(ns, dest) == [25.0, 30.0]
+    ns, rc, err = parse('PHdict', ['folder', flag, 'auto'])
+    assert rc == 0 and getattr(ns, dest) == 'auto'
     ns, rc, err = parse('PHdict', ['folder', flag, '25', '25', '25'])
     assert rc == 2 and 'two (H0 then H1)' in err
 

@@ -7,7 +7,7 @@ downloader scripts) is either accepted here with the original's meaning or refus
 * :func:`add_aliases` -- the original's option strings for flags we have under another name (``-s`` for
   ``--seed``, ``--start_epoch`` for ``--start-epoch`` ...), added to the very same argparse action;
 * :func:`allow_two_values` -- ``--max_life/--max_birth/--min_birth`` take one value or two (H0 then H1) as
-  in the original; two different values are refused by name (our vectorisers use one range for both);
+  in the original (``--max_life 80 60``);
 * :class:`LabelTypeAction` -- the original's label type names (``persistence_histogram``...) for ours;
 * :class:`PrecomputedOrColour` -- the training scripts' ``-pc``: alone it is ``--precomputed`` (the seed
   README's meaning), with a number it is ``--prob_colour`` (the original's later ``main.py``);
@@ -73,19 +73,13 @@ def add_aliases(parser, aliases):
 
 
 class _OneOrTwo(argparse.Action):
-    """One value, or two (H0 then H1, the original's shape); two equal values are one; two different ones
-    are refused naming the flag (our label vectorisers take one range for both dimensions)."""
+    """One value, or two (H0 then H1, the original's shape); two equal values are one, two different ones are
+    stored as the list [H0, H1] (the vectorisers take per-dimension ranges)."""
 
     def __call__(self, parser, namespace, values, option_string=None):
         if len(values) > 2:
             _fail(parser, f"{option_string} takes one value, or two (H0 then H1); got {len(values)}")
-        if len(values) == 2 and values[0] != values[1]:
-            _fail(
-                parser,
-                f"{option_string} {values[0]:g} {values[1]:g}: different H0 and H1 ranges are not "
-                f"supported here (one range serves both dimensions); give one value",
-            )
-        setattr(namespace, self.dest, values[0])
+        setattr(namespace, self.dest, values[0] if len(values) == 1 or values[0] == values[1] else list(values))
 
 
 def allow_two_values(parser, dests=('max_life', 'max_birth', 'min_birth')):

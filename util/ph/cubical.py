@@ -372,10 +372,28 @@ def compute_ph(img, filtration=DEFAULT_FILTRATION, gradient=False, engine=DEFAUL
     return diagram_of_filtration(_filtration_of(g, bw, filtration, gradient), engine)
 
 
-def ph_of_file(path, filtration=DEFAULT_FILTRATION, gradient=False, engine=DEFAULT_ENGINE):
+def ph_of_file(path, filtration=DEFAULT_FILTRATION, gradient=False, engine=DEFAULT_ENGINE, size_normalise=False):
     """Persistence diagram ``(n, 9)`` of an image file (read as 8-bit grey); raises
-    :class:`util.errors.BadImageError` naming the file if it cannot be decoded."""
-    return compute_ph(load_image(path, 'L'), filtration, gradient=gradient, engine=engine)
+    :class:`util.errors.BadImageError` naming the file if it cannot be decoded.  ``size_normalise``: see
+    :func:`normalise_size`."""
+    image = load_image(path, 'L')
+    dgm = compute_ph(image, filtration, gradient=gradient, engine=engine)
+    return normalise_size(dgm, max(image.size)) if size_normalise else dgm
+
+
+SIZE_REFERENCE = 256  # --size_normalise: filtration values in pixels of a 256-px image
+SIZE_FILTRATIONS = tuple(k for k in FILTRATIONS if k not in ('binarisation', 'none'))  # in pixel units
+
+
+def normalise_size(diagram, size, reference=SIZE_REFERENCE):
+    """``--size_normalise``: births and deaths of a diagram of a filtration in pixel units (distances, radial,
+    row index) times ``reference / size`` (the original's later version multiplies the distance by 256/size),
+    so that a shape gives the same values at every image size.  Infinite deaths stay infinite; a copy."""
+    d = np.array(diagram, dtype=np.float64, copy=True)
+    values = d[:, 1:3]
+    finite = np.abs(values) < INFINITE_DEATH
+    values[finite] *= float(reference) / float(size)
+    return d
 
 
 def warm_up(engine=DEFAULT_ENGINE):
@@ -400,8 +418,8 @@ def is_diagram(a):
 
 
 def _diagram_job(job):
-    """Worker: ``(index, (path, source, filtration[, gradient[, engine]]))`` -> ``(index, diagram or None,
-    error or None)``.
+    """Worker: ``(index, (path, source, filtration[, gradient[, engine[, size_normalise]]]))`` -> ``(index,
+    diagram or None, error or None)``.
 
     ``source`` is ``'image'`` (compute the PH of the image file) or ``'npy'`` (load a saved diagram);
     ``gradient`` (default False) takes the PH of the Canny edge map; ``engine`` (default ``'auto'``) as in
@@ -414,6 +432,7 @@ def _diagram_job(job):
     index, (path, source, filtration, *rest) = job
     gradient = bool(rest[0]) if rest else False
     engine = rest[1] if len(rest) > 1 else DEFAULT_ENGINE
+    size_normalise = bool(rest[2]) if len(rest) > 2 else False
     try:
         if source == 'npy':
             try:
@@ -432,7 +451,7 @@ def _diagram_job(job):
                 )
             dgm = check_diagram(dgm, path, error=BadImageError)  # homology dimensions 0..2 too
             return index, dgm.astype(np.float64, copy=False), None
-        return index, ph_of_file(path, filtration, gradient=gradient, engine=engine), None
+        return index, ph_of_file(path, filtration, gradient, engine, size_normalise), None
     except BadImageError as e:
         return index, None, str(e)
 

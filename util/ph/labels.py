@@ -77,7 +77,7 @@ def stale_rows(meta, root, names, rel_paths):
 
 
 def same_params(a, b):
-    keys = ('label_type', 'params', 'filtration', 'imgtype', 'gradient')
+    keys = ('label_type', 'params', 'filtration', 'imgtype', 'gradient', 'size_normalise')
     return all(json.dumps(a.get(k), sort_keys=True) == json.dumps(b.get(k), sort_keys=True) for k in keys)
 
 

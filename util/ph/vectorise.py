@@ -25,10 +25,13 @@ saturate).  Scripts build a vectoriser from command-line flags with :func:`add_l
 :func:`vectoriser_from_params` (or :func:`vectoriser_from_args`), or directly with :func:`make_vectoriser`.
 """
 
+import argparse
 import inspect
 
 from util.errors import UserError
 from util.ph.vectorise_base import (  # noqa: F401 (re-exported)
+    AUTO,
+    AUTO_PARAMS,
     DEFAULT_BANDWIDTH,
     DEFAULT_MAX_BIRTH,
     DEFAULT_MAX_LIFE,
@@ -112,6 +115,18 @@ def make_vectoriser(
     raise UserError(f"unknown --label_type {label_type!r}; choose one of {', '.join(LABEL_TYPES)}")
 
 
+def range_value(text):
+    """argparse type of the range and sigma flags: a number, or ``auto`` (fitted from a sample of diagrams)."""
+    if str(text).strip().lower() == AUTO:
+        return AUTO
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
+
+
+_AUTO_HELP = "; 'auto': fitted per homology dimension from a sample of the diagrams (PHdict.py)"
+
 _LABEL_FLAGS = {
     'label_type': dict(
         choices=LABEL_TYPES,
@@ -119,21 +134,22 @@ _LABEL_FLAGS = {
         help="vectorisation of the persistence diagrams used as the label (default: %(default)s)",
     ),
     'max_life': dict(
-        type=float,
+        type=range_value,
         default=DEFAULT_MAX_LIFE,
         help="lifetimes are clipped to [0, MAX_LIFE] (histogram, persistence image and Betti "
-        "curve) (default: %(default)s)",
+        "curve); two values: H0 then H1" + _AUTO_HELP + " (default: %(default)s)",
     ),
     'max_birth': dict(
-        type=float,
+        type=range_value,
         default=DEFAULT_MAX_BIRTH,
         help="upper end of the birth range; the histogram bins H0 births on [-MAX_BIRTH, 0] and "
-        "H1 births on [-MAX_BIRTH, MAX_BIRTH] (default: %(default)s)",
+        "H1 births on [-MAX_BIRTH, MAX_BIRTH]; two values: H0 then H1" + _AUTO_HELP + " (default: %(default)s)",
     ),
     'min_birth': dict(
-        type=float,
+        type=range_value,
         default=None,
-        help="lower end of the birth range of the persistence image, Betti curve and landscape (default: -MAX_BIRTH)",
+        help="lower end of the birth range of the persistence image, Betti curve and landscape; two "
+        "values: H0 then H1" + _AUTO_HELP + " (default: -MAX_BIRTH)",
     ),
     'bandwidth': dict(
         type=int,
@@ -142,10 +158,11 @@ _LABEL_FLAGS = {
         "smoothing (default: %(default)s)",
     ),
     'sigma': dict(
-        type=float,
+        type=range_value,
         default=DEFAULT_SIGMA,
         help="variance of the Gaussian kernel of the persistence image, in squared filtration "
-        "units (default: %(default)s, i.e. standard deviation 10)",
+        "units; 'auto': a standard deviation of half a pixel, after the ranges (default: %(default)s, "
+        "i.e. standard deviation 10)",
     ),
     'power': dict(
         type=float,
@@ -187,17 +204,24 @@ def vectoriser_from_params(params, dim, flag=None):
     get = lambda name: params.get(name, _LABEL_FLAGS[name]['default'])  # noqa: E731
     if flag is not None:
         check_label_dim(get('label_type'), dim, flag, get('num_landscapes'))
-    return make_vectoriser(
+    values = {name: get(name) for name in AUTO_PARAMS}
+    auto = []
+    for name, value in values.items():
+        parts = value if isinstance(value, (list, tuple)) else [value]
+        if any(v == AUTO for v in parts):
+            if len(parts) > 1 and not all(v == AUTO for v in parts):
+                raise UserError(f"--{name} {' '.join(map(str, parts))}: give 'auto' alone (it fits both dimensions)")
+            auto.append(name)
+            values[name] = _LABEL_FLAGS[name]['default']
+    vec = make_vectoriser(
         get('label_type'),
         dim,
-        max_life=get('max_life'),
-        max_birth=get('max_birth'),
-        min_birth=get('min_birth'),
         bandwidth=get('bandwidth'),
-        sigma=get('sigma'),
         power=get('power'),
         num_landscapes=get('num_landscapes'),
+        **values,
     )
+    return vec.set_params(auto=auto) if auto else vec
 
 
 def vectoriser_from_args(args, dim, flag=None):
