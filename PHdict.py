@@ -233,11 +233,19 @@ def get_args_parser():
     )
     group.add_argument(
         '--label_norm',
-        choices=('none', 'standard'),
+        choices=('none', 'standard', 'whiten'),
         default='none',
         help="standard: also write the per-component mean and floored std of the label matrix "
-        "into labels_TYPE.json, for pretraining.py --label_norm standard (the matrix "
-        "stays raw) (default: %(default)s)",
+        "into labels_TYPE.json, for pretraining.py --label_norm standard; whiten: its top "
+        "--label_norm_components principal directions and their floored std (label_whiten), for "
+        "pretraining.py --label_norm whiten (the matrix stays raw) (default: %(default)s)",
+    )
+    group.add_argument(
+        '--label_norm_components',
+        type=int,
+        default=label_norm.DEFAULT_COMPONENTS,
+        metavar='K',
+        help="--label_norm whiten: the number K of principal directions kept (default: %(default)s)",
     )
     group.add_argument(
         '--label_norm_floor',
@@ -290,8 +298,8 @@ def _check_args(args):
             f"and a filtration among {', '.join(ph.SIZE_FILTRATIONS)}"
         )
     autos = [n for n in ('max_life', 'max_birth', 'min_birth', 'sigma') if 'auto' in _values(getattr(args, n))]
-    if 'sigma' in autos and args.label_type != 'persistence_image':
-        raise UserError("--sigma auto applies to --label_type persistence_image (the only label with a kernel)")
+    if 'sigma' in autos and args.label_type not in ('persistence_image', 'split_image'):
+        raise UserError("--sigma auto applies to the labels with a kernel: persistence_image, split_image")
     if autos and (args.compute_hist or args.compute_persistence_image or not args.label_type):
         raise UserError(
             f"--{autos[0]} auto is fitted for the --label_type matrix only; give -ch / -cpi numbers "
@@ -860,6 +868,10 @@ def _label_stats(args, out_dir):
     if args.label_type and args.label_norm == 'standard':
         if label_norm.add_stats_to_json(out_dir, args.label_type, args.label_norm_floor) is not None:
             print(f"label statistics (--label_norm standard) in {label_names(args.label_type)[2]}")
+    if args.label_type and args.label_norm == 'whiten':
+        k = args.label_norm_components
+        if label_norm.add_whiten_to_json(out_dir, args.label_type, k, args.label_norm_floor) is not None:
+            print(f"label whitening (--label_norm whiten, {k} directions) in {label_names(args.label_type)[2]}")
 
 
 def _random_labels(run):

@@ -46,6 +46,7 @@ from util.ph.vectorise_types import (  # noqa: F401 (re-exported)
     HistogramVectoriser,
     LandscapeVectoriser,
     PersistenceImageVectoriser,
+    SplitImageVectoriser,
     pixel_grid,
     pixel_masses,
     smoothing_matrix,
@@ -59,6 +60,7 @@ __all__ = [
     'PersistenceImageVectoriser',
     'BettiCurveVectoriser',
     'LandscapeVectoriser',
+    'SplitImageVectoriser',
     'make_vectoriser',
     'add_label_args',
     'vectoriser_from_params',
@@ -77,7 +79,7 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------------
 # construction from parameters / command-line flags
 
-LABEL_TYPES = tuple(VECTORISERS)  # ('histogram', 'persistence_image', 'betti_curve', 'landscape')
+LABEL_TYPES = tuple(VECTORISERS)  # ('histogram', 'persistence_image', 'betti_curve', 'landscape', 'split_image')
 
 
 def make_vectoriser(
@@ -237,9 +239,13 @@ def check_label_dim(label_type, dim, flag, num_landscapes=DEFAULT_NUM_LANDSCAPES
     half: a multiple of ``2 * num_landscapes``.  (Otherwise bins would be split unevenly, e.g. 7 as
     1, 1, 1, 4, or padded with zeros.)
     """
-    step = {'histogram': 4, 'persistence_image': 2, 'betti_curve': 2, 'landscape': 2 * max(1, int(num_landscapes))}.get(
-        label_type
-    )
+    step = {
+        'histogram': 4,
+        'persistence_image': 2,
+        'betti_curve': 2,
+        'landscape': 2 * max(1, int(num_landscapes)),
+        'split_image': 2,  # 2 counts, then H0 and H1 halves
+    }.get(label_type)
     if step is None or (isinstance(dim, int) and dim >= step and dim % step == 0):
         return
     lo = (int(dim) // step) * step if isinstance(dim, int) else 0

@@ -403,7 +403,7 @@ class BettiCurveVectoriser(Vectoriser):
             # the running sum may leave rounding residue where no pair is alive; those values are exactly 0
             acc = np.where(active > 0.5, np.maximum(acc, 0.0), 0.0)
             parts.append(np.sqrt(acc))
-        return finite_float32(np.concatenate(parts, axis=1))
+        return finite_float32(np.concatenate(parts, axis=1)[:, : self.dim])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -493,4 +493,56 @@ class LandscapeVectoriser(Vectoriser):
             if k:
                 out[:, : k * r] = np.sqrt(self._landscapes(pairs, h, k, r)).reshape(count, k * r)
             parts.append(out)
-        return finite_float32(np.concatenate(parts, axis=1))
+        return finite_float32(np.concatenate(parts, axis=1)[:, : self.dim])
+
+
+# ----------------------------------------------------------------------------------------------------
+# counts apart from shape
+
+
+class SplitImageVectoriser(PersistenceImageVectoriser):
+    """Counts separated from the shape of the diagram: ``log(1 + n0), log(1 + n1)`` (the numbers of finite H0
+    and H1 pairs), then per homology dimension the square root of the *mass-normalised* persistence image
+    (the image divided by its total, so it sums to 1: where the pairs are, not how many there are).
+
+    The square root of a distribution is a unit vector (the Hellinger embedding), so each shape half has
+    norm 1 whatever the number of pairs, and the counts cannot dominate it the way they dominate the plain
+    persistence image (whose first principal component tracks the count).  A dimension without pairs gives
+    zeros.  The image is :class:`PersistenceImageVectoriser`'s with its parameters, over ``dim - 2`` values
+    (H0 then H1 halves).
+    """
+
+    label_type = 'split_image'
+    COUNTS = 2
+
+    def __init__(
+        self,
+        dim=200,
+        *,
+        max_life=DEFAULT_MAX_LIFE,
+        max_birth=DEFAULT_MAX_BIRTH,
+        min_birth=None,
+        sigma=DEFAULT_SIGMA,
+        power=DEFAULT_POWER,
+    ):
+        dim = check_dim(dim)
+        image_dim = max(dim - self.COUNTS, 2)  # below 4 values the vector is cut to ``dim``
+        super().__init__(
+            image_dim, max_life=max_life, max_birth=max_birth, min_birth=min_birth, sigma=sigma, power=power
+        )
+        self.dim = dim
+
+    def get_params(self, deep=True):
+        return dict(super().get_params(), label_type=self.label_type, dim=self.dim, counts=self.COUNTS)
+
+    def transform(self, diagrams):
+        """Sequence of ``N`` diagrams -> float32 array ``[N, dim]``."""
+        diagrams = list(diagrams)
+        pairs = Pairs(diagrams)
+        counts = [np.bincount(pairs.by_dim[h][0], minlength=pairs.count) for h in (0, 1)]
+        parts = [np.log1p(np.stack(counts, axis=1).astype(np.float64))]
+        for img in self.images(diagrams):
+            flat = np.abs(img.reshape(img.shape[0], img.shape[1] * img.shape[2]))
+            total = flat.sum(axis=1, keepdims=True)
+            parts.append(np.sqrt(np.divide(flat, total, out=np.zeros_like(flat), where=total > 0)))
+        return finite_float32(np.concatenate(parts, axis=1)[:, : self.dim])

@@ -75,15 +75,23 @@ def allow_random_choice(group):
 
 
 def add_norm_args(group):
-    from util.train.label_norm import DEFAULT_FLOOR
+    from util.train.label_norm import DEFAULT_COMPONENTS, DEFAULT_FLOOR
 
     group.add_argument(
         '--label_norm',
-        choices=('none', 'standard'),
+        choices=('none', 'standard', 'whiten'),
         default='none',
         help='standard: z-score each label component by the mean and std of the training labels '
-        '(std floored at --label_norm_floor x their RMS), computed once and stored in the run '
-        '(default: %(default)s)',
+        '(std floored at --label_norm_floor x their RMS), computed once and stored in the run; '
+        'whiten: PCA-whiten the top --label_norm_components directions of the labels (the rest dropped), '
+        'so the first component no longer dominates the loss (default: %(default)s)',
+    )
+    group.add_argument(
+        '--label_norm_components',
+        type=int,
+        default=DEFAULT_COMPONENTS,
+        metavar='K',
+        help='--label_norm whiten: the number K of principal directions kept (default: %(default)s)',
     )
     group.add_argument(
         '--label_norm_floor',
@@ -242,6 +250,8 @@ def pretraining_sets(args):
         from util.train.data_sources import build_pretraining_sets
 
         train, val = build_pretraining_sets(data_config(args), resolve_num_classes(args))
+    if getattr(args, 'label_norm', 'none') == 'whiten':
+        return _whitened(args, train, val)
     if getattr(args, 'label_norm', 'none') != 'standard':
         return train, val
     from util.train.label_norm import Standardised
@@ -252,3 +262,56 @@ def pretraining_sets(args):
     args.label_norm_floor = rec['floor'] if rec.get('floor') is not None else args.label_norm_floor
     print(f"labels standardised per component ({rec['source']}; std floor {args.label_norm_floor} x RMS)", flush=True)
     return Standardised(train, mean, std), (Standardised(val, mean, std) if val is not None else None)
+
+
+def _whitened(args, train, val):
+    """--label_norm whiten: the statistics of the resumed run, else of the label json (PHdict.py --label_norm
+    whiten, same K), else of the rows the run uses, else of a first sample; recorded on ``args`` (label_whiten_*)."""
+    from util.train import label_norm
+
+    dim, k, rec, where = train.dim, args.label_norm_components, None, None
+    if args.resume:
+        from util.train import runs
+
+        where = runs.resolve_resume(args.resume)
+        stored = runs.load_checkpoint(where).get('args', {})
+        if stored.get('label_norm') != 'whiten' or not stored.get('label_whiten_mean'):
+            raise UserError(f"--resume {args.resume}: that run did not use --label_norm whiten; resume it as it ran")
+        flat, n = stored['label_whiten_components'], len(stored['label_whiten_mean'])
+        rec = {
+            'mean': stored['label_whiten_mean'],
+            'components': [flat[i : i + n] for i in range(0, len(flat), n)],
+            'scales': stored['label_whiten_scales'],
+            'floor': stored.get('label_norm_floor'),
+            'source': stored.get('label_whiten_source', where),
+            'count': stored.get('label_whiten_count', 0),
+            'k': stored.get('label_norm_components'),
+        }
+    labels = getattr(train, 'labels', None)
+    matrix = getattr(labels, 'matrix', None)
+    if rec is None and matrix is not None and args.path2PHdir:
+        where = os.path.join(args.path2PHdir, f'labels_{args.label_type}.json')
+        from util.ph.labels import read_json
+
+        rec = (read_json(where) or {}).get(label_norm.WHITEN_KEY)
+        if rec is not None and (rec.get('k') != k or rec.get('floor') != args.label_norm_floor):
+            rec = None  # other K or floor: computed here from the rows
+    if rec is None:
+        if matrix is not None:
+            rows, source = np.asarray(matrix)[labels.rows], 'rows of the label matrix used by this run'
+        else:
+            rows = label_norm.sample_labels(train)
+            source = f'labels of the first {len(rows)} training images'
+        mean, comp, scales = label_norm.compute_whiten(rows, k, args.label_norm_floor)
+        rec = dict(label_norm.whiten_record(mean, comp, scales, args.label_norm_floor, source, len(rows)), k=k)
+        where = source
+    mean, mapping = label_norm.whiten_from_record(rec, dim, where)
+    # args.json / the checkpoint keep flat lists of numbers (components row-major, K x D)
+    args.label_whiten_mean, args.label_whiten_scales = rec['mean'], rec['scales']
+    args.label_whiten_components = [x for row in rec['components'] for x in row]
+    args.label_whiten_source, args.label_whiten_count = rec['source'], rec['count']
+    print(f"labels whitened: top {len(rec['scales'])} principal directions ({rec['source']})", flush=True)
+    ones = np.ones(dim, np.float32)
+    return label_norm.Standardised(train, mean, ones, mapping), (
+        label_norm.Standardised(val, mean, ones, mapping) if val is not None else None
+    )
