@@ -798,11 +798,11 @@ def _finish(run, vecs, res):
         print(f"label matrix {label_names(args.label_type, run.k, run.n)[0]} is complete; kept")
         if run.n > 1 and merge_label_shards(run.out_dir, args.label_type, run.n, vecs.label_info, run.all_files):
             print(f"merged {run.n} shards into {label_names(args.label_type)[0]}")
+    _label_stats(args, run.out_dir)
     if args.label_type:
         _diagnose(run)
     if args.plot:
         _plots(run, res.ok, vecs.hist or vecs.pimg)
-    _label_stats(args, run.out_dir)
 
 
 def _report(run, res):
@@ -995,15 +995,28 @@ def _diagnose(run):
         if meta is None or not os.path.isfile(npy):
             continue
         diag = meta.get(diagnostics.JSON_KEY)
-        if not diag or diag.get('rows') != meta.get('count'):
-            diag = _label_diagnostics(run, npy, txt)
+        if not diag or diag.get('rows') != meta.get('count') or diag.get('label_norm') != run.args.label_norm:
+            diag = _label_diagnostics(run, npy, txt, meta)
             write_json(js, dict(meta, **{diagnostics.JSON_KEY: diag}))
         print(f"{names[0]}: {diagnostics.summary_line(diag)}")
-        for warning in diagnostics.degeneracy_warnings(diag):
+        if diag.get('after_label_norm'):
+            print(f"  after --label_norm {run.args.label_norm}: {diagnostics.summary_line(diag['after_label_norm'])}")
+        for warning in diagnostics.degeneracy_warnings(diag.get('after_label_norm') or diag):  # what is regressed
             print(f"warning: {warning}", file=sys.stderr)
 
 
-def _label_diagnostics(run, npy, txt):
+def _normalised(run, meta, rows):
+    """The label rows as pretraining --label_norm sees them (the statistics in ``meta``), or None."""
+    if run.args.label_norm == 'standard' and meta.get(label_norm.JSON_KEY):
+        rec = meta[label_norm.JSON_KEY]
+        return (rows - np.asarray(rec['mean'])) / np.asarray(rec['std'])
+    if run.args.label_norm == 'whiten' and meta.get(label_norm.WHITEN_KEY):
+        mean, mapping = label_norm.whiten_from_record(meta[label_norm.WHITEN_KEY], rows.shape[1], 'label json')
+        return (rows - mean) @ mapping
+    return None
+
+
+def _label_diagnostics(run, npy, txt, meta):
     matrix = np.load(npy, mmap_mode='r', allow_pickle=False)
     names = read_paths(txt)
     rows = diagnostics.sample_rows(len(names))
@@ -1013,8 +1026,13 @@ def _label_diagnostics(run, npy, txt):
     except (OSError, ValueError):
         counts = None  # a diagram gone since: the count fit is left out
     params = diagnostics.generator_features(picked, run.target_dir) if run.args.imgtype != 'npy' else None
-    diag = diagnostics.compute(np.asarray(matrix[rows], dtype=np.float64), counts, params)
+    labels = np.asarray(matrix[rows], dtype=np.float64)
+    diag = diagnostics.compute(labels, counts, params)
     diag['rows'] = len(names)
+    diag['label_norm'] = run.args.label_norm
+    normalised = _normalised(run, meta, labels)
+    if normalised is not None:  # what the network regresses under --label_norm
+        diag['after_label_norm'] = diagnostics.compute(normalised, counts, params)
     return diag
 
 

@@ -40,7 +40,7 @@ def test_diagram_counts_count_finite_pairs_per_dimension():
 
 def test_degenerate_label_gets_advice():
     warn = diagnostics.degeneracy_warnings({'first_component_share': 0.9, 'counts_r2': 0.85})
-    assert len(warn) == 2 and '--layout split' in warn[1] and '--max_life' in warn[0]
+    assert len(warn) == 2 and 'split_image' in warn[1] and '--max_life' in warn[0]
     assert diagnostics.degeneracy_warnings({'first_component_share': 0.3, 'counts_r2': 0.2}) == []
 
 
@@ -108,3 +108,32 @@ def test_phdict_records_diagnostics_and_warns(tmp_path, run_script):
     lines = label_diagnostics(tmp_path / 'P', numbers)
     assert lines[0].startswith('labels_persistence_image: participation ratio')
     assert numbers['label_diagnostics']['labels_persistence_image']['counts_r2'] == diag['counts_r2']
+
+
+def test_pretraining_on_generated_images_records_diagnostics_and_fits_auto(tmp_path, run_script):
+    from tests.conftest import only_run_dir
+
+    tiny = ['-u', 'resnet18', '-e', '1', '--img_size', '24', '--crop_size', '20', '-b', '4', '-nw', '0']
+    res = run_script(
+        'pretraining.py',
+        '-n',
+        '12',
+        '-nv',
+        '4',
+        '-nc',
+        '20',
+        '--label_type',
+        'persistence_image',
+        '--max_life',
+        'auto',
+        '-o',
+        tmp_path / 'w',
+        *tiny,
+        '--device',
+        'cpu',
+        check=True,
+    )
+    assert 'label diagnostics (12 labels): participation ratio' in res.stdout and 'fitted on 12 diagrams' in res.stdout
+    args = json.loads((tmp_path / 'w' / only_run_dir(tmp_path / 'w') / 'args.json').read_text())
+    assert 0 < args['label_diagnostics_first_component_share'] <= 1 and args['label_diagnostics_count'] == 12
+    assert args['max_life'] != 'auto' and all(v > 0 for v in np.atleast_1d(args['max_life']))

@@ -120,17 +120,18 @@ def degeneracy_warnings(diag):
         out.append(
             f"the label is nearly one number: its first principal component holds {100 * share:.0f}% of the "
             "variance; match the vectoriser's ranges to the diagrams (--max_life/--max_birth/--min_birth auto, "
-            "--sigma auto, or --size_normalise), try --layout split, or pretrain with --label_norm standard/whiten"
+            "--sigma auto, or --size_normalise), try --label_type split_image, or pretrain with "
+            "--label_norm standard/whiten"
         )
     if counts is not None and counts > MAX_COUNTS_R2:
         out.append(
             f"the H0/H1 feature counts explain {100 * counts:.0f}% of the label: it mostly counts features; "
-            "separate counts from shape (--layout split) or narrow the ranges to where the pairs are"
+            "separate counts from shape (--label_type split_image) or narrow the ranges to where the pairs are"
         )
     if params is not None and params > MAX_PARAMS_R2:
         out.append(
             f"the generator's parameters explain {100 * params:.0f}% of the label: a texture statistic; "
-            "narrow --beta_range (e.g. 1 2) or change the label (--layout split, other --filtration)"
+            "narrow --beta_range (e.g. 1 2) or change the label (--label_type split_image, other --filtration)"
         )
     return out
 

@@ -250,6 +250,9 @@ def pretraining_sets(args):
         from util.train.data_sources import build_pretraining_sets
 
         train, val = build_pretraining_sets(data_config(args), resolve_num_classes(args))
+        from util.train.label_diagnostics import check_first_labels
+
+        check_first_labels(args, train)  # labels computed in the loader: diagnostics, --max_life ... auto
     if getattr(args, 'label_norm', 'none') == 'whiten':
         return _whitened(args, train, val)
     if getattr(args, 'label_norm', 'none') != 'standard':
