@@ -75,6 +75,7 @@ from util.ph.labels import (
     merge_label_shards,
     read_json,
     read_paths,
+    same_params,
     source_entries,
     write_label_matrix,
 )
@@ -115,6 +116,13 @@ Existing outputs are complete (atomic writes) and are skipped, so an interrupted
 Exit status: 0, or 1 if some inputs could not be read (named on stderr) and --skip_bad is not given;
 2 for a usage error.
 """
+
+
+class _OneOrMore(argparse.Action):
+    """One value stored as it is (the original's flag), several as a list."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values[0] if len(values) == 1 else list(dict.fromkeys(values)))
 
 
 def get_args_parser():
@@ -167,8 +175,12 @@ def get_args_parser():
         '--filtration',
         choices=ph.FILTRATIONS,
         default=ph.DEFAULT_FILTRATION,
+        nargs='+',
+        action=_OneOrMore,
         help="filtration of the binarised image (see util/ph/cubical.py); 'none' = raw grey values "
-        "(default: %(default)s)",
+        "(sublevel sets), 'none_inv' = their superlevel sets.  Several (e.g. signed_distance none none_inv) "
+        "with --label_type: each is computed into -o/filtration_NAME/ and the label matrices are concatenated "
+        "into -o/labels_TYPE.* (length = their number x --numof_dims) (default: %(default)s)",
     )
     p.add_argument(
         '--gradient',
@@ -558,6 +570,7 @@ class Run:
     fingerprints: list = None
     outs: '_Outputs' = None
     log: SourceLog = None
+    diagram_dir: str = None  # where the diagrams are when not in out_dir (the first part of concatenated labels)
 
     @property
     def shard_note(self):
@@ -588,6 +601,8 @@ class Results:
 
 
 def main(args):
+    if isinstance(args.filtration, list):
+        return _several_filtrations(args)
     _check_args(args)
     set_max_pixels(args.max_pixels)
     run = _open_run(args)
@@ -604,6 +619,75 @@ def main(args):
     results = _compute(run, vecs)
     _finish(run, vecs, results)
     return _report(run, results)
+
+
+def _several_filtrations(args):
+    """--filtration A B ...: one run per filtration into -o/filtration_NAME, then their label matrices
+    concatenated (columns: A's, then B's ...) into -o/labels_TYPE.* once every part is complete."""
+    import copy
+
+    if not args.label_type or args.label_type == label_sources.RANDOM:
+        raise UserError("several --filtration values make one concatenated PH label matrix: add --label_type TYPE")
+    if args.imgtype == 'npy' or args.compute_hist or args.compute_persistence_image:
+        raise UserError("several --filtration values need image inputs (-it jpg ...) and no -ch/-cpi")
+    out_dir = ensure_dir(args.output, 'output folder')
+    status, parts = 0, []
+    for name in args.filtration:
+        part = copy.copy(args)
+        part.filtration, part.output = name, os.path.join(out_dir, f'filtration_{name}')
+        print(f"--- filtration {name} -> {part.output}", flush=True)
+        status = max(status, main(part))
+        parts.append(part.output)
+    _check_args(args)
+    k, n = parse_shard(args.shard)
+    joined = join_label_matrices(out_dir, parts, args.label_type)
+    if joined is None:
+        print("not all parts are complete yet (other shards?): labels not concatenated", flush=True)
+        return status
+    print(
+        f"label matrix {label_names(args.label_type)[0]}: {joined[0]} x {joined[1]} float32, the columns of "
+        f"{len(parts)} filtrations ({', '.join(args.filtration)}); pretrain with -nc {joined[1]}"
+    )
+    write_json(os.path.join(out_dir, 'args.json'), vars(args))
+    target_dir = require_dir(args.target_dir, 'target folder', flag='TARGET_DIR')
+    run = Run(args, target_dir, out_dir, 0, 1, [], [], diagram_dir=parts[0])
+    _label_stats(args, out_dir)
+    _diagnose(run)
+    return status
+
+
+def join_label_matrices(out_dir, parts, label_type):
+    """Concatenate the columns of ``labels_TYPE`` of the folders ``parts`` (same rows, same images as they are
+    now) into ``out_dir``; returns ``(rows, columns)``, or None while a part is missing.  Kept when already
+    made from these parts."""
+    names = label_names(label_type)
+    metas, paths = [], None
+    for part in parts:
+        npy, txt, js = (os.path.join(part, x) for x in names)
+        meta = read_json(js)
+        if meta is None or not os.path.isfile(npy):
+            return None
+        rows = read_paths(txt)
+        if paths is not None and (rows != paths or meta.get('sources') != metas[0].get('sources')):
+            raise UserError(f"{part} holds labels of other images than {parts[0]}; recompute them together")
+        paths = rows
+        metas.append(meta)
+    info = dict(
+        label_type=label_type,
+        params=[m['params'] for m in metas],
+        filtration=[m['filtration'] for m in metas],
+        imgtype=metas[0].get('imgtype'),
+        gradient=metas[0].get('gradient'),
+        size_normalise=metas[0].get('size_normalise'),
+        parts=[os.path.basename(p) for p in parts],
+        target_dir=metas[0].get('target_dir'),
+    )
+    old = read_json(os.path.join(out_dir, names[2]))
+    if old is not None and same_params(old, info) and old.get('sources') == metas[0].get('sources'):
+        return old['count'], old['dim']
+    matrix = np.concatenate([np.load(os.path.join(p, names[0])) for p in parts], axis=1)
+    write_label_matrix(out_dir, names, matrix, paths, info, metas[0].get('sources'))
+    return matrix.shape
 
 
 def _open_run(args):
@@ -981,7 +1065,7 @@ def _diagram_path(run, rel):
     """Where the diagram of input ``rel`` is: the input itself (-it npy) or the one this script saved."""
     if run.args.imgtype == 'npy':
         return os.path.join(run.target_dir, *rel.split('/'))
-    return os.path.join(run.out_dir, *os.path.splitext(rel)[0].split('/')) + '.npy'
+    return os.path.join(run.diagram_dir or run.out_dir, *os.path.splitext(rel)[0].split('/')) + '.npy'
 
 
 def _diagnose(run):

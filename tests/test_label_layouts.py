@@ -78,3 +78,25 @@ def test_whiten_stored_by_phdict_and_used_by_pretraining(tmp_path, run_script):
     with open(os.path.join(run_a, 'args_resume_epoch2.json'), encoding='utf-8') as f:
         resumed = json.load(f)
     assert resumed['label_whiten_scales'] == stored['label_whiten_scales']
+
+
+def test_several_filtrations_concatenate_label_matrices(tmp_path, run_script):
+    run_script('util/random_image.py', '-o', tmp_path / 'g', '-n', '8', '-is', '32', '-pb', '0', '-nw', '1', check=True)
+    out = tmp_path / 'M'
+    flags = ['-it', 'jpg', '-nw', '1', '--label_type', 'betti_curve', '--numof_dims', '20']
+    res = run_script(
+        'PHdict.py', tmp_path / 'g', '-o', out, *flags, '--filtration', 'signed_distance', 'none', 'none_inv'
+    )
+    assert res.returncode == 0, res.stderr
+    joined = np.load(out / 'labels_betti_curve.npy')
+    parts = [
+        np.load(out / f'filtration_{f}' / 'labels_betti_curve.npy') for f in ('signed_distance', 'none', 'none_inv')
+    ]
+    np.testing.assert_array_equal(joined, np.concatenate(parts, axis=1))
+    assert joined.shape == (8, 60) and 'pretrain with -nc 60' in res.stdout
+    meta = json.loads((out / 'labels_betti_curve.json').read_text())
+    assert meta['filtration'] == ['signed_distance', 'none', 'none_inv'] and 'diagnostics' in meta
+    # the superlevel sets of grey are the sublevel sets of its negation: not the same label as 'none'
+    assert not np.array_equal(parts[1], parts[2])
+    run_script('PHdict.py', tmp_path / 'g', '-o', tmp_path / 'one', *flags, '--filtration', 'none_inv')
+    np.testing.assert_array_equal(np.load(tmp_path / 'one' / 'labels_betti_curve.npy'), parts[2])

@@ -180,6 +180,8 @@ def test_constant_image_gives_zero_filtration():
             assert f.shape == (32, 32) and f.dtype == np.float64
             if kind == 'none':
                 assert np.all(f == value)
+            elif kind == 'none_inv':  # superlevel sets of grey (issue 20)
+                assert np.all(f == -value)
             else:
                 assert np.all(f == 0), kind
         dgm = ph.compute_ph(img)
@@ -198,6 +200,8 @@ def test_every_filtration_matches_cripser_transform_of_otsu_mask():
         assert f.dtype == np.float64 and f.shape == u8.shape and f.flags.c_contiguous
         if kind == 'none':
             np.testing.assert_array_equal(f, g)
+        elif kind == 'none_inv':  # superlevel sets of grey (issue 20)
+            np.testing.assert_array_equal(f, -g)
         else:
             lib = ph.cripser.apply_transform(bw.astype(np.float64), kind, threshold=0.5)
             np.testing.assert_array_equal(f, lib.astype(np.float64), kind)

@@ -9,8 +9,9 @@ Pipeline (the original project's, made faster where it costs nothing in exactnes
   luma weights 0.2989 / 0.5870 / 0.1140; ``(H, W)`` arrays are used as they are.
 * Filtration (:data:`FILTRATIONS`, default ``'signed_distance'``): the image is binarised at Otsu's threshold
   (``bw = grey >= t``) and transformed by ``cripser.apply_transform``; ``'signed_distance'`` is
-  ``EDT(bw) - EDT(~bw)``, the original's filtration.  ``'none'`` uses the raw grey values.  A constant image
-  (no threshold exists) gives an all-zero filtration for every kind but ``'none'``.
+  ``EDT(bw) - EDT(~bw)``, the original's filtration.  ``'none'`` uses the raw grey values (sublevel sets),
+  ``'none_inv'`` their negation (superlevel sets).  A constant image (no threshold exists) gives an all-zero
+  filtration for every kind but these two.
 * Edges (``gradient=True``, the original's later ``--gradient``): instead of the Otsu mask, the binary image
   is the Canny edge map of the denoised grey image (see :func:`edge_map`); the chosen filtration is then
   taken of that edge map (``'none'``: the edge map as 0/255 values).
@@ -79,7 +80,9 @@ FILTRATIONS = (
     'upward',
     'downward',
     'none',
+    'none_inv',
 )
+GREY_FILTRATIONS = ('none', 'none_inv')  # grey values: sublevel sets ('none') and superlevel sets ('none_inv')
 DEFAULT_FILTRATION = 'signed_distance'
 LUMA = (0.2989, 0.5870, 0.1140)
 ENGINES = ('auto', 'unionfind', 'cripser')
@@ -266,10 +269,10 @@ def _binary(grey, kind, gradient):
         g = _grey(grey)
     if gradient:
         bw = edge_map(g)
-        if kind != 'none' and (bw.all() or not bw.any()):  # no edges: nothing to measure distances to
+        if kind not in GREY_FILTRATIONS and (bw.all() or not bw.any()):  # no edges: nothing to measure distances to
             return g, None
         return g, bw
-    if kind == 'none':
+    if kind in GREY_FILTRATIONS:
         return g, None
     return g, otsu_mask(g, counts)
 
@@ -291,10 +294,11 @@ def compute_filtration(grey, kind=DEFAULT_FILTRATION, gradient=False):
 
 
 def _filtration_of(g, bw, kind, gradient):
-    if kind == 'none':
+    if kind in GREY_FILTRATIONS:  # 'none_inv': negated, so the sublevel sets are the superlevel sets of grey
+        sign = -1.0 if kind == 'none_inv' else 1.0
         if gradient:
-            return bw.astype(np.float64) * 255.0
-        return np.ascontiguousarray(g, dtype=np.float64)
+            return bw.astype(np.float64) * (255.0 * sign)
+        return np.ascontiguousarray(g, dtype=np.float64) * sign
     if bw is None:
         return np.zeros(g.shape, dtype=np.float64)
     if kind == 'signed_distance':
@@ -382,7 +386,7 @@ def ph_of_file(path, filtration=DEFAULT_FILTRATION, gradient=False, engine=DEFAU
 
 
 SIZE_REFERENCE = 256  # --size_normalise: filtration values in pixels of a 256-px image
-SIZE_FILTRATIONS = tuple(k for k in FILTRATIONS if k not in ('binarisation', 'none'))  # in pixel units
+SIZE_FILTRATIONS = tuple(k for k in FILTRATIONS if k not in ('binarisation',) + GREY_FILTRATIONS)  # in pixel units
 
 
 def normalise_size(diagram, size, reference=SIZE_REFERENCE):
