@@ -49,6 +49,13 @@ RECIPES = {
         '--label_type', 'split_image', '--max_life', 'auto', '--max_birth', 'auto', '--sigma', 'auto',
         '--label_norm', 'whiten',
     ],
+    '3 filtrations (signed distance + grey sub/superlevel), persistence_image auto, --label_norm standard': [
+        '--label_type', 'persistence_image', '--filtration', 'signed_distance', 'none', 'none_inv',
+        '--label_norm', 'standard',
+    ] + AUTO,
+    '3 filtrations, split_image auto, --label_norm whiten': [
+        '--label_type', 'split_image', '--filtration', 'signed_distance', 'none', 'none_inv', '--label_norm', 'whiten',
+    ] + AUTO,
 }  # fmt: skip
 
 
