@@ -484,10 +484,10 @@ class _Outputs:
             self._dirs.add(d)
 
 
-def _plan(args, files, outs, target_dir, need_all, fingerprints, log):
-    """Decide the work per input.
+def _plan(run, need_all):
+    """Decide the work per input of ``run`` (its ``outs`` and ``log`` set).
 
-    An existing output counts as done only when ``log`` (sources.jsonl) records it as computed from the input
+    An existing output counts as done only when ``run.log`` (sources.jsonl) records it as computed from the input
     as it is now (same path, size and content hash): an image changed, swapped or regenerated since has its
     outputs recomputed.  Returns ``(jobs, job_files, complete, earlier_hist, todo)``: ``jobs`` for
     :func:`util.ph.cubical.iter_diagrams` (a saved, still valid diagram is loaded instead of recomputed),
@@ -495,6 +495,14 @@ def _plan(args, files, outs, target_dir, need_all, fingerprints, log):
     (jobs only if ``need_all``, i.e. their diagram is needed for the label matrix), ``earlier_hist`` = indices
     whose valid -ch histogram already exists, ``todo[i]`` = the kinds of output to (re)write for index ``i``.
     """
+    args, files, outs, target_dir, fingerprints, log = (
+        run.args,
+        run.files,
+        run.outs,
+        run.target_dir,
+        run.fingerprints,
+        run.log,
+    )
     jobs, job_files, complete, earlier_hist, todo = [], [], set(), [], {}
     diagram_log = SourceLog(target_dir) if outs.from_npy else None  # what the input diagrams came from
     gradient = args.gradient
@@ -813,9 +821,7 @@ def _compute(run, vecs):
     args, files = run.args, run.files
     run.outs = _Outputs(args, run.target_dir, run.out_dir)
     run.log = SourceLog(run.out_dir)
-    jobs, job_files, complete, earlier_hist, todo = _plan(
-        args, files, run.outs, run.target_dir, vecs.label is not None, run.fingerprints, run.log
-    )
+    jobs, job_files, complete, earlier_hist, todo = _plan(run, vecs.label is not None)
     res = Results(ok=np.zeros(len(files), dtype=bool), complete=complete, earlier_hist=earlier_hist)
     res.ok[list(complete)] = True
     if vecs.label is not None:
