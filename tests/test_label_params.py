@@ -117,3 +117,19 @@ def test_phdict_takes_two_ranges_auto_and_size_normalise(tmp_path, run_script):
     assert res.returncode != 0  # diagrams there were made --size_normalise: refused, not mixed
     res = run_script('PHdict.py', *common, '-o', tmp_path / 'c', '-ch', '--max_life', 'auto', check=False)
     assert res.returncode != 0 and '-ch' in res.stderr
+
+
+def test_auto_shards_fit_the_same_sample_and_merge(tmp_path, run_script):
+    run_script('util/random_image.py', '-o', tmp_path / 'g', '-n', '10', '-is', '32', '-nw', '1', check=True)
+    flags = [tmp_path / 'g', '-it', 'jpg', '--label_type', 'landscape', '--max_birth', 'auto', '-nw', '1']
+    for k in range(2):
+        res = run_script('PHdict.py', *flags, '-o', tmp_path / 'sh', '--shard', f'{k}/2', check=True)
+    assert 'merged 2 shards' in res.stdout  # equal fitted parameters in both parts
+    whole = run_script('PHdict.py', *flags, '-o', tmp_path / 'one', check=True)
+    assert whole.returncode == 0
+    a = json.loads((tmp_path / 'sh' / 'labels_landscape.json').read_text())
+    b = json.loads((tmp_path / 'one' / 'labels_landscape.json').read_text())
+    assert a['params'] == b['params'] and isinstance(a['params']['max_birth'], list)
+    np.testing.assert_array_equal(
+        np.load(tmp_path / 'sh' / 'labels_landscape.npy'), np.load(tmp_path / 'one' / 'labels_landscape.npy')
+    )
