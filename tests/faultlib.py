@@ -65,8 +65,10 @@ SCRIPT_FILES = {
     'evaluation': 'finetuning.py',
     'downloader': 'util/ImageDatasetsDownloader.py',
     'predict': 'predict.py',
+    'visMap': 'visMap.py',
+    'transfer': 'bench/transfer.py',
 }
-IN_PROCESS = {'pretraining.py': 'pretraining', 'finetuning.py': 'finetuning'}
+IN_PROCESS = {'pretraining.py': 'pretraining', 'finetuning.py': 'finetuning', 'visMap.py': 'visMap'}
 SCRIPTS = ('random_image', 'PHdict', 'pretraining', 'finetuning', 'evaluation', 'downloader')
 TINY = ['-u', 'resnet18', '--img_size', '48', '--crop_size', '32', '-nw', '0']
 PT_DIM = 40  # label dimension of the pretraining rows (histogram: 4 x 10 bins)
