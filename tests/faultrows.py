@@ -1258,3 +1258,23 @@ def _stale_labels(ctx, script):
         out = ctx.tmp / f'out{len(extra)}'
         expect_error(run(script, *base, '-o', out, *extra), 'changed', '16 of 16', 'v00000000.jpg', 'PHdict.py')
         assert not glob.glob(str(out / '*' / '*.pth'))
+
+
+@case(
+    ('evaluation', 'predict'),
+    'pretraining (PH regression) weights used as a classifier',
+    'exit 2: one line naming the weights and "pretraining" (told by the checkpoint or the run\'s args.json); '
+    'nothing written',
+)
+def _regression_as_classifier(ctx, script):
+    d = ctx.data
+    run_dir = d.pt_run
+    ctx.inputs(d.task, run_dir)
+    out = ctx.tmp / 'out'
+    for weights in (os.path.join(run_dir, 'resnet18_epoch1.pth'), os.path.join(run_dir, 'checkpoint.pth')):
+        if script == 'predict':
+            argv = [d.task / 'val', '-pw', weights, '-o', out / 'pred.csv', '-nw', 0]
+        else:
+            argv = ['--evaluate', '-val', d.task / 'val', '-pw', weights, '-o', out, '-nc', 2, '-b', 8, *TINY]
+        expect_error(run(script, *argv), weights, 'pretraining', 'not a classifier')
+        assert not out.exists()

@@ -340,6 +340,9 @@ def run_evaluation(args, cfg):
         raise UserError("--evaluate needs the fine-tuned weights: -pw FILE (or --resume checkpoint.pth)")
     source = runs.resolve_resume(args.resume) if args.resume else args.path2weight
     model, report = models.load_for(args.usenet, source, len(classes))
+    regression = runs.regression_weights(source, report['meta'])
+    if regression:
+        raise UserError(f"{source} holds {regression}, not a classifier; fine-tune them first, then evaluate")
     if report['head_reinitialised']:
         raise UserError(
             f"{source} has a head of {report['stored_classes']} outputs but "

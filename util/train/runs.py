@@ -337,3 +337,35 @@ def read_classes(path):
             raise UserError(f"{path} must hold a JSON list of class names")
         return [str(n) for n in names]
     return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _run_args(folder):
+    """The ``args.json`` of a run folder as a dict, or None."""
+    try:
+        with open(os.path.join(folder, 'args.json'), encoding='utf-8') as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def regression_weights(path, meta=None):
+    """Why the weights file ``path`` is a pretraining (PH regression) model and no classifier, or None when
+    nothing says so.  Told by the checkpoint's own ``mode``/``phase`` (``meta``: its entries other than tensors),
+    else by the ``args.json`` of the run that wrote it (its folder; a combined run's ``pretraining/`` phase
+    folder: the run's top folder).  ``--label_type class`` pretraining trains a classifier: not refused."""
+    meta = meta or {}
+    if meta.get('mode') or meta.get('phase'):
+        args = meta.get('args') if isinstance(meta.get('args'), dict) else {}
+        if (meta.get('phase') or meta.get('mode')) == 'pretraining' and args.get('label_type') != 'class':
+            return "pretraining weights (PH label regression; its checkpoint's mode says so)"
+        return None
+    folder = os.path.dirname(os.path.abspath(path))
+    args = _run_args(folder)
+    if args is None and os.path.basename(folder) == 'pretraining':
+        top = _run_args(os.path.dirname(folder))
+        if top is not None and top.get('learning_mode') == 'combined':
+            return f"the pretraining phase's weights of the combined run {os.path.dirname(folder)} (PH regression)"
+    if args is not None and args.get('learning_mode') == 'pretraining' and args.get('label_type') != 'class':
+        return f"pretraining weights (PH label regression; {os.path.join(folder, 'args.json')} says -lm pretraining)"
+    return None
