@@ -1278,3 +1278,41 @@ def _regression_as_classifier(ctx, script):
             argv = ['--evaluate', '-val', d.task / 'val', '-pw', weights, '-o', out, '-nc', 2, '-b', 8, *TINY]
         expect_error(run(script, *argv), weights, 'pretraining', 'not a classifier')
         assert not out.exists()
+
+
+@case(
+    ('PHdict', 'predict'),
+    'float TIFF in [0, 1] and a 12-bit scan in a 16-bit PNG',
+    'ok: scaled by their own range (a note names the first and says so): diagrams and predictions equal those '
+    'of the same picture in 8 bits',
+)
+def _high_depth(ctx, script):
+    rng = np.random.default_rng(21)
+    folder = ctx.tmp / 'deep'
+    folder.mkdir()
+    ref = smooth_noise(rng, 40, 40)  # 0 .. 255
+    Image.fromarray(ref).save(folder / 'ref.png')
+    Image.fromarray(ref.astype(np.uint16) * 16).save(folder / 'twelve.png')  # 0 .. 4080 in a 16-bit PNG
+    Image.fromarray(ref.astype(np.float32) / 255).save(folder / 'float.tif')  # mode F, 0 .. 1
+    with Image.open(folder / 'twelve.png') as a, Image.open(folder / 'float.tif') as b:
+        assert (a.mode, b.mode) == ('I;16', 'F')
+    ctx.inputs(folder)
+    if script == 'PHdict':
+        dgm = {}
+        for it in ('png', 'tif'):
+            out = ctx.tmp / f'ph_{it}'
+            ctx.outputs(out)
+            res = expect_ok(run(script, folder, '-o', out, '-it', it, '-nw', 1))
+            assert 'scaled by its own range' in res.err, res
+            dgm.update({p.stem: np.load(p) for p in out.glob('*.npy')})
+        assert set(dgm) >= {'ref', 'twelve', 'float'}, sorted(dgm)
+        np.testing.assert_array_equal(dgm['twelve'], dgm['ref'])
+        np.testing.assert_array_equal(dgm['float'], dgm['ref'])
+        return
+    out = ctx.tmp / 'pred.csv'
+    argv = [folder, '-pw', ctx.data.finetuned, '-u', 'resnet18', '--img_size', 40, '--crop_size', 32, '-nw', 0]
+    res = expect_ok(run(script, *argv, '-o', out))
+    assert 'scaled by its own range' in res.err, res
+    with open(out, newline='') as f:
+        rows = {r['path']: (r['top1'], r['top1_prob']) for r in csv.DictReader(f)}
+    assert rows['twelve.png'] == rows['ref.png'] and rows['float.tif'] == rows['ref.png'], rows
