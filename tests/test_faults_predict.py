@@ -8,8 +8,8 @@ import csv
 import glob
 import shutil
 
-from tests import faultrows  # noqa: F401 (registers the rows run on several scripts)
-from tests.faultlib import case, data, expect_error, expect_ok, matrix, run, test_fault  # noqa: F401 (the fixtures and the test of the matrix)
+from tests import faultlib, faultrows  # noqa: F401 (faultrows registers the rows run on several scripts)
+from tests.faultlib import case, expect_error, expect_ok, run
 
 # ====================================================================================================
 # issue 13: data loss -- predict.py -o
@@ -76,4 +76,5 @@ def _classes_order(ctx, script):
     assert len(rows) == 4 and all(r['truth'] in ('bright', 'dark') for r in rows)
 
 
-pytest_generate_tests, ledger = matrix('predict')
+data, test_fault = faultlib.data, faultlib.test_fault  # the matrix's fixture and test
+pytest_generate_tests, ledger = faultlib.matrix('predict')

@@ -12,8 +12,8 @@ import signal
 import numpy as np
 from PIL import Image
 
-from tests import faultrows  # noqa: F401 (registers the rows run on several scripts)
-from tests.faultlib import (  # noqa: F401 (the fixtures and the test of the matrix)
+from tests import faultlib, faultrows  # noqa: F401 (faultrows registers the rows run on several scripts)
+from tests.faultlib import (
     PT_DIM,
     TINY,
     _finish,
@@ -23,17 +23,14 @@ from tests.faultlib import (  # noqa: F401 (the fixtures and the test of the mat
     base_argv,
     base_inputs,
     case,
-    data,
     expect_error,
     expect_ok,
     half_written,
     kill_when,
-    matrix,
     only_run_dir,
     popen,
     read_log,
     run,
-    test_fault,
 )
 
 
@@ -250,4 +247,5 @@ def _resume_changes(ctx, script):
     assert os.path.exists(os.path.join(run_dir, 'resnet18_epoch2.pth')), res
 
 
-pytest_generate_tests, ledger = matrix('pretraining')
+data, test_fault = faultlib.data, faultlib.test_fault  # the matrix's fixture and test
+pytest_generate_tests, ledger = faultlib.matrix('pretraining')

@@ -9,8 +9,8 @@ import shutil
 import numpy as np
 from PIL import Image
 
-from tests import faultrows  # noqa: F401 (registers the rows run on several scripts)
-from tests.faultlib import case, data, digest, expect_error, expect_ok, matrix, run, test_fault  # noqa: F401
+from tests import faultlib, faultrows  # noqa: F401 (faultrows registers the rows run on several scripts)
+from tests.faultlib import case, digest, expect_error, expect_ok, run
 
 
 @case(
@@ -43,4 +43,5 @@ def _vismap_output(ctx, script):
         assert im.info.get('Software') == 'visMap.py'
 
 
-pytest_generate_tests, ledger = matrix('visMap')
+data, test_fault = faultlib.data, faultlib.test_fault  # the matrix's fixture and test
+pytest_generate_tests, ledger = faultlib.matrix('visMap')

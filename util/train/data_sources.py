@@ -191,7 +191,14 @@ def match_classes(train_set, val_set, val_root, train_root):
             f"the classes of {val_root!r} differ from those of {train_root!r}: "
             f"only in val: {extra[:5]}, only in train: {missing[:5]}"
         )
-    return (val_set if val_set is not None else train_set).classes
+    classes = (val_set if val_set is not None else train_set).classes
+    if len(classes) < 2:  # one class: every prediction right, a report of 100%
+        root, flag = (train_root, '-t') if train_set is not None else (val_root, '-val')
+        raise UserError(
+            f"{flag} {root!r} has {len(classes)} class folder(s) {classes}: classifying needs at least 2 classes "
+            "(one sub-folder of images per class)"
+        )
+    return classes
 
 
 def build_sets(data, need_train):
