@@ -1316,3 +1316,26 @@ def _high_depth(ctx, script):
     with open(out, newline='') as f:
         rows = {r['path']: (r['top1'], r['top1_prob']) for r in csv.DictReader(f)}
     assert rows['twelve.png'] == rows['ref.png'] and rows['float.tif'] == rows['ref.png'], rows
+
+
+@case(
+    SCRIPTS,
+    'inf / nan as the value of a float flag',
+    'exit 2: names the flag and "not a finite number"; nothing created (no Infinity in an args.json)',
+)
+def _non_finite_float(ctx, script):
+    out = ctx.tmp / 'out'
+    ctx.inputs(*base_inputs(script, ctx.data))
+    flag = {
+        'random_image': '-pb',
+        'PHdict': '--max_life',
+        'pretraining': '--label_norm_floor',
+        'finetuning': '--lr_fine',
+        'evaluation': '--momentum',
+        'downloader': '--validation_ratio',
+    }[script]
+    for value in ('inf', '-inf', 'nan', 'Infinity'):
+        res = run(script, *base_argv(script, ctx.data, out), f'{flag}={value}')  # '=': -inf is no option
+        assert res.rc == 2 and 'Traceback' not in res.err, res
+        assert flag in res.err and 'not a finite number' in res.err, res
+    assert not out.exists()
