@@ -31,6 +31,7 @@ from tests.faultlib import (
     popen,
     read_log,
     run,
+    tree_digests,
 )
 
 
@@ -245,6 +246,33 @@ def _resume_changes(ctx, script):
     assert sorted(os.listdir(run_dir)) == before  # nothing written by a refused resume
     res = expect_ok(run(script, *common, '-nc', PT_DIM, '-e', 2, '--stop_after', 1, '--resume', run_dir))
     assert os.path.exists(os.path.join(run_dir, 'resnet18_epoch2.pth')), res
+
+
+@case(
+    'pretraining',
+    '--cache_dir whose cache.json is missing or corrupt',
+    'exit 2: one line naming --cache_dir and cache.json; nothing in the cache changed, no run folder',
+)
+def _cache_record(ctx, script):
+    cache = ctx.tmp / 'cache'
+    out = ctx.tmp / 'out'
+    argv = ['-o', out, '-nc', PT_DIM, '-n', 8, '-nv', 4, '-e', 1, '-b', 8, '--cache_dir', cache, *TINY]
+    ctx.outputs(cache, out)
+    expect_ok(run(script, *argv))
+    shutil.rmtree(out)
+    meta = cache / 'cache.json'
+    recorded = meta.read_text()
+    for damage in ('missing', 'corrupt'):
+        if damage == 'missing':
+            meta.unlink()
+        else:
+            meta.write_text(recorded[: len(recorded) // 2])  # torn: not JSON
+        before = tree_digests(cache)
+        line = expect_error(run(script, *argv, '--filtration', 'distance'), '--cache_dir', 'cache.json')
+        assert ('no record' in line) if damage == 'missing' else ('cannot be read' in line), line
+        assert tree_digests(cache) == before and not out.exists()
+    meta.write_text(recorded)  # the record back: the cache is used again
+    expect_ok(run(script, *argv))
 
 
 data, test_fault = faultlib.data, faultlib.test_fault  # the matrix's fixture and test
