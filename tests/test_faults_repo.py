@@ -32,7 +32,7 @@ def _grep_torch_load(ctx, script):
     assert not bad, bad
 
 
-ALLOWED_UNPICKLERS = {('util/io/download.py', 'restricted_loads', 'RestrictedUnpickler')}
+ALLOWED_UNPICKLERS = {('util/io/download/archives.py', 'restricted_loads', 'RestrictedUnpickler')}
 # (file, function, call): pickle use on the program's own in-memory objects, never on a file
 ALLOWED_PICKLE = {
     (
@@ -47,7 +47,7 @@ ALLOWED_PICKLE = {
     'repo',
     'unpickling of unverified downloads',
     'none: no pickle.load(s)/Unpickler, np.load(allow_pickle=True), torch.load(weights_only=False) outside '
-    'the restricted CIFAR unpickler (util/io/download.py)',
+    'the restricted CIFAR unpickler (util/io/download/archives.py)',
 )
 def _grep_pickle(ctx, script):
     bad = []
@@ -80,7 +80,7 @@ def _grep_pickle(ctx, script):
                 bad.append(f'{rel}:{call.lineno} {name}')
         for node in ast.walk(tree):  # a class deriving from pickle.Unpickler must be the restricted one
             if isinstance(node, ast.ClassDef) and any('Unpickler' in ast.unparse(b) for b in node.bases):
-                if (rel, node.name) != ('util/io/download.py', 'RestrictedUnpickler'):
+                if (rel, node.name) != ('util/io/download/archives.py', 'RestrictedUnpickler'):
                     bad.append(f'{rel}:{node.lineno} class {node.name}')
     assert not bad, bad
 
@@ -125,17 +125,17 @@ ALLOWED_DELETIONS = {
         'os.unlink',
     ): 'temp files <prefix>NNNNNNNN.<fmt>.tmp-* that a killed run of this script left',
     (
-        'util/io/download.py',
+        'util/io/download/archives.py',
         'safe_extract',
         'shutil.rmtree',
     ): 'its own temporary unpacking folder <dest>.tmp-<pid>-<id> (also one left by an interrupted unpack)',
     (
-        'util/io/download.py',
+        'util/io/download/converters.py',
         '_begin_split',
         'shutil.rmtree',
     ): 'a split folder of an interrupted run of its own (only with its .<split>.partial marker; a folder '
     'without markers is refused)',
-    ('util/io/download.py', '_finish_split', 'os.unlink'): 'its own .<split>.partial marker',
+    ('util/io/download/converters.py', '_finish_split', 'os.unlink'): 'its own .<split>.partial marker',
     ('bench/generator_bench.py', 'run', 'shutil.rmtree'): 'folders it made in its own temporary folder',
     ('bench/ph_bench.py', 'run', 'shutil.rmtree'): 'folders it made in its own temporary folder',
     (
