@@ -275,5 +275,44 @@ def _cache_record(ctx, script):
     expect_ok(run(script, *argv))
 
 
+@case(
+    'pretraining',
+    '--resume with a checkpoint.pth of another run copied in (same head; another head; no settings inside)',
+    'exit 2: one line naming its checkpoint and the differing settings (or the head sizes); no args_resume_*.json '
+    'left; the run folder unchanged',
+)
+def _foreign_checkpoint(ctx, script):
+    import torch
+
+    d = ctx.data
+    ctx.inputs(d.gen, d.gen_ph)
+    common = ['-t', d.gen, '-pd', d.gen_ph, '-b', 8, *TINY]
+    dirs = {}
+    for name, extra in (('mine', []), ('other_seed', ['--seed', 7]), ('other_head', ['-nc', 20])):
+        argv = ['-nc', PT_DIM, *extra] if '-nc' not in extra else extra
+        expect_ok(run(script, *common, '-o', ctx.tmp / name, *argv, '-e', 2, '--stop_after', 1))
+        dirs[name] = only_run_dir(ctx.tmp / name)
+    mine = dirs['mine']
+    ctx.outputs(ctx.tmp)
+    resume = [*common, '-o', ctx.tmp / 'mine', '-nc', PT_DIM, '-e', 2, '--resume', mine]
+    checkpoint = os.path.join(mine, 'checkpoint.pth')
+    shutil.copy(checkpoint, ctx.tmp / 'own.pth')
+    headless = torch.load(os.path.join(dirs['other_head'], 'checkpoint.pth'), weights_only=True)
+    del headless['args']  # a checkpoint that records no settings: only its tensors tell
+    torch.save(headless, ctx.tmp / 'headless.pth')
+    for source, words in (
+        (os.path.join(dirs['other_seed'], 'checkpoint.pth'), ('its checkpoint', '--seed: 7 -> 1')),
+        (os.path.join(dirs['other_head'], 'checkpoint.pth'), ('its checkpoint', '--numof_classes: 20 -> 40')),
+        (ctx.tmp / 'headless.pth', ('head of 20 outputs', '40 (-nc)')),
+    ):
+        shutil.copy(source, checkpoint)
+        before = tree_digests(mine)
+        expect_error(run(script, *resume), '--resume', *words)
+        assert tree_digests(mine) == before and not glob.glob(os.path.join(mine, 'args_resume_*'))
+    shutil.copy(ctx.tmp / 'own.pth', checkpoint)  # its own checkpoint back: the run resumes
+    expect_ok(run(script, *resume))
+    assert os.path.exists(os.path.join(mine, 'resnet18_epoch2.pth'))
+
+
 data, test_fault = faultlib.data, faultlib.test_fault  # the matrix's fixture and test
 pytest_generate_tests, ledger = faultlib.matrix('pretraining')

@@ -257,24 +257,42 @@ def resume_changes(recorded, now, done_epoch):
     return changes
 
 
-def check_resume(run_dir, checkpoint, now):
-    """Refuse (UserError listing them) changes that alter the experiment against the run's ``args.json`` (else
-    the settings in its checkpoint)."""
-    recorded = None
+def _stored_outputs(checkpoint, arch):
+    """The head size of the model in ``checkpoint`` (a two-head model's classifier), or None if it cannot tell."""
+    import models
+    from models.loading import classifier_state
+
+    state = checkpoint.get('model')
+    if not isinstance(state, dict) or not arch:
+        return None
     try:
-        with open(os.path.join(run_dir, 'args.json'), encoding='utf-8') as f:
-            recorded = json.load(f)
-    except (OSError, ValueError):
-        recorded = None
-    if not isinstance(recorded, dict):
-        recorded = checkpoint.get('args') if isinstance(checkpoint.get('args'), dict) else {}
-    changes = resume_changes(recorded, now, int(checkpoint['epoch']))
-    if changes:
-        shown = '; '.join(changes[:6]) + ('; ...' if len(changes) > 6 else '')
+        return models.infer_num_classes(classifier_state(state), arch)
+    except (UserError, ValueError, KeyError):
+        return None
+
+
+def check_resume(run_dir, checkpoint, now):
+    """Refuse (UserError listing them) changes that alter the experiment against the run's ``args.json`` and
+    against the settings the checkpoint itself records (a checkpoint of another run, copied in, is refused by
+    its own settings); refuse a checkpoint whose model head is not of the size this run builds (-nc)."""
+    recorded = _run_args(run_dir)
+    own = checkpoint.get('args') if isinstance(checkpoint.get('args'), dict) else None
+    done = int(checkpoint['epoch'])
+    for what, settings in (("that run's args.json", recorded), ('its checkpoint', own)):
+        changes = resume_changes(settings, now, done) if settings is not None else []
+        if changes:
+            shown = '; '.join(changes[:6]) + ('; ...' if len(changes) > 6 else '')
+            raise UserError(
+                f"--resume {run_dir}: {len(changes)} setting(s) differ from {what}: {shown}; "
+                "give them as the run had them (only workers, intervals, --stop_after and a larger -e may "
+                "change), or start a new run without --resume"
+            )
+    stored, wanted = _stored_outputs(checkpoint, jsonable(now).get('usenet')), jsonable(now).get('numof_classes')
+    if stored is not None and isinstance(wanted, int) and stored != wanted:
         raise UserError(
-            f"--resume {run_dir}: {len(changes)} setting(s) differ from that run's args.json: {shown}; "
-            "give them as the run had them (only workers, intervals, --stop_after and a larger -e may "
-            "change), or start a new run without --resume"
+            f"--resume {run_dir}: the model in its {CHECKPOINT_NAME} has a head of {stored} outputs, this run "
+            f"builds {wanted} (-nc): that checkpoint is not this run's; resume the run it belongs to, or start a "
+            "new run without --resume"
         )
 
 
