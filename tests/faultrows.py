@@ -1339,3 +1339,40 @@ def _non_finite_float(ctx, script):
         assert res.rc == 2 and 'Traceback' not in res.err, res
         assert flag in res.err and 'not a finite number' in res.err, res
     assert not out.exists()
+
+
+@case(
+    ('pretraining', 'finetuning'),
+    'a training set of one image; a batch of one (-b 1, or one survivor of undecodable images)',
+    'exit 2 before any run folder: one line naming the lone image, or -b 1; a batch left with one image after '
+    'skipped ones is dropped with a warning (exit 0), never a BatchNorm traceback',
+)
+def _batch_of_one(ctx, script):
+    d = ctx.data
+    out = ctx.tmp / 'out'
+    ctx.outputs(out)
+    if script == 'pretraining':
+        one = ctx.tmp / 'one'
+        one.mkdir()
+        shutil.copy(sorted(d.gen.glob('*.jpg'))[0], one / 'only.jpg')
+        ctx.inputs(one, d.gen)
+        common = ['-o', out, '-nc', PT_DIM, '-e', 1, '-ph', 'post', *TINY]
+        expect_error(run(script, '-t', one, '-b', 8, *common), 'holds 1 image', 'only.jpg')
+        expect_error(run(script, '-t', d.gen, '-b', 1, *common), '-b 1', 'BatchNorm')
+        assert not out.exists() or not os.listdir(out)
+        return
+    rng = np.random.default_rng(4)
+    train = ctx.tmp / 'task' / 'train'
+    for cls, names in (('bright', ('0.png', '1.png')), ('dark', ('0.png',))):
+        (train / cls).mkdir(parents=True)
+        for name in names:
+            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(train / cls / name)
+    (train / 'dark' / 'broken.png').write_bytes(b'\x89PNG\r\n\x1a\n' + b'\0' * 20)
+    ctx.inputs(ctx.tmp / 'task', d.task)
+    argv = ['-t', train, '-val', d.task / 'val', '-o', out, '-nc', 2, '-e', 1, *TINY]
+    expect_error(run(script, *argv, '-b', 1), '-b 1', 'BatchNorm')
+    assert not out.exists() or not os.listdir(out)
+    res = expect_ok(run(script, *argv, '-b', 2))  # 4 files, 2 per batch: the broken one leaves one survivor
+    assert 'batch of one image was dropped' in res.err and 'broken.png' in res.err, res
+    (record,) = read_log(only_run_dir(out))
+    assert record['skipped_bad'] == 1 and record['images'] == 2, record

@@ -112,6 +112,7 @@ def _resumed_epoch(checkpoint):
 def _start(args, cfg, kind, run_dir, train_set, classes, message=None, titles=None):
     """Open the run folder, and on rank 0 write classes.json, say ``message`` and save the picture of the
     first training samples (-oti) of a fresh run. Returns (run_dir, checkpoint or None)."""
+    engine.check_trainable(train_set, cfg, args.usenet)  # before the run folder: a lone image, -b 1 with BatchNorm
     run_dir, checkpoint = open_run(args, cfg, kind, run_dir)
     if distributed.is_main(cfg):
         if classes is not None:
