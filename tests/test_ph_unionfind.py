@@ -375,7 +375,7 @@ def _labels(dataset, n):
 def test_training_on_the_fly_and_cache_labels_equal_with_either_engine(tmp_path):
     """pretraining.py without -t (on the fly, and with --cache_dir): the flag reaches ComputedLabels, and the
     histogram labels are the same, bit for bit, with either engine."""
-    from util.train.modes import build_pretraining_sets  # the flags' data sets, as pretraining.py builds them
+    from util.cli.build import build_pretraining_sets  # the flags' data sets, as pretraining.py builds them
 
     got = {}
     for engine in ('unionfind', 'cripser', 'auto'):
@@ -437,7 +437,7 @@ def test_training_post_and_folder_labels_equal_with_either_engine(tmp_path):
     """-t without -pd, with -ph post (labels of the augmented crop) and -ph pre: same labels either way."""
     import torch
 
-    from util.train.modes import build_pretraining_sets  # the flags' data sets, as pretraining.py builds them
+    from util.cli.build import build_pretraining_sets  # the flags' data sets, as pretraining.py builds them
 
     _class_folders(tmp_path / 'img')
     got = {}
@@ -477,7 +477,7 @@ def test_two_task_mode_labels_equal_with_either_engine(tmp_path):
     import torch
 
     from util.cli.build import data_config
-    from util.train.data_sources import build_simultaneous_sets
+    from util.train.sources import build_simultaneous_sets
 
     _class_folders(tmp_path / 'img')
     got = {}

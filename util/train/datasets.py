@@ -413,7 +413,7 @@ class GeneratedPH(_PHBase):
         super().__init__(spatial, to_tensor, persistence, 'fail')
         self.cfg, self.seed, self.n, self.stream = cfg, seed, n_samples, stream
         self.computed = computed
-        self.index_labels = index_labels  # label(generated index) instead of PH (util/train/label_sources.py)
+        self.index_labels = index_labels  # label(generated index) instead of PH (util/train/sources.py)
         self.dim = (index_labels if index_labels is not None else computed).dim
         self.cache_dir = cache_dir
         self.fresh_each_epoch = fresh_each_epoch and cache_dir is None

@@ -1,27 +1,106 @@
 """The datasets each learning mode trains and validates on, assembled from a :class:`util.config.DataConfig`
-(which util/train/modes.py builds from the data flags)."""
+(built from the data flags by :mod:`util.cli.build`): PH labels (computed, diagrams of -pd, a label matrix),
+the random-target control, class folders, and ``--label_norm standard`` around the pretraining sets.
 
+Random targets (``--label_type random``): image ``key`` gets
+``default_rng([seed, *sha256(key)[:16] as 4 uint32]).standard_normal(D)``, a fixed N(0, 1) vector that depends
+only on ``--seed`` and the image's identity, never on its pixels:
+
+* an image of a folder: ``key`` = its path relative to the folder without the extension, '/'-separated
+  (so ``PHdict.py --label_type random`` on the images or on their diagrams, and pretraining without a label
+  matrix, give the same vectors);
+* a generated image: ``key`` = ``generated/<stream>/<index>`` (index ``epoch x n + i`` when images are
+  fresh each epoch).
+
+Scale: each component has mean 0 and variance 1, the scale of ``--label_norm standard`` PH labels (raw PH
+labels have their own, much smaller scale; the control matches the dimension, and the scale of the
+standardised labels).  Only ``-ph pre`` makes sense (a random target describes a whole image).
+
+Numpy only at import (PHdict.py imports the random targets); torch comes with the datasets when sets are built.
+"""
+
+import hashlib
 import os
 import sys
+
+import numpy as np
 
 from util.errors import UserError
 from util.io import fileio
 from util.io.provenance import describe
 
+RANDOM = 'random'
+
+
+# ----------------------------------------------------------------------------------------- random targets
+def image_key(rel_path):
+    """The identity of a folder image: its relative path without extension, '/'-separated."""
+    return os.path.splitext(str(rel_path).replace(os.sep, '/'))[0]
+
+
+def random_target(seed, key, dim):
+    """The fixed N(0, 1) vector (float32 [dim]) of image ``key`` under ``seed``."""
+    words = np.frombuffer(hashlib.sha256(str(key).encode('utf-8')).digest()[:16], dtype='<u4')
+    rng = np.random.default_rng([int(seed)] + [int(w) for w in words])
+    return rng.standard_normal(int(dim)).astype(np.float32)
+
+
+def random_matrix(seed, keys, dim):
+    return np.asarray([random_target(seed, k, dim) for k in keys], dtype=np.float32).reshape(len(keys), int(dim))
+
+
+class RandomLabels:
+    """Label source of a folder (``label(index)`` like :class:`util.train.datasets.MatrixLabels`)."""
+
+    def __init__(self, rel_paths, dim, seed):
+        self.keys = [image_key(r) for r in rel_paths]
+        self.dim = int(dim)
+        self.seed = int(seed)
+
+    def label(self, index):
+        return random_target(self.seed, self.keys[index], self.dim)
+
+
+class GeneratedRandomLabels:
+    """Label source of generated images: ``label(index)`` of image ``index`` of one stream."""
+
+    def __init__(self, dim, seed, stream):
+        self.dim, self.seed, self.stream = int(dim), int(seed), int(stream)
+
+    def label(self, index):
+        return random_target(self.seed, f'generated/{self.stream}/{int(index)}', self.dim)
+
+
+# ------------------------------------------------------------------------------------------ pretraining
+
 
 def build_pretraining_sets(data, dim, dim_flag='-nc'):
-    """(train dataset, val dataset or None) of PH label vectors of length ``dim`` (set by the option
-    ``dim_flag``) for the data mode ``data`` (a :class:`util.config.DataConfig`) selects (see pretraining.py):
-    a ``train`` folder with ``ph_dir`` (diagrams) / ``ph_dir`` + ``precomputed`` (label matrix) / nothing
-    (computed), or generated images."""
+    """(train dataset, val dataset or None) of label vectors of length ``dim`` (set by the option ``dim_flag``)
+    for the data mode ``data`` (a :class:`util.config.DataConfig`) selects (see pretraining.py): a ``train``
+    folder with ``ph_dir`` (diagrams) / ``ph_dir`` + ``precomputed`` (label matrix) / nothing (computed), or
+    generated images. With ``--label_type random`` the labels are random targets (made in the loader, or
+    read from the ``labels_random`` matrix with ``precomputed``)."""
     from util.train.datasets import ComputedLabels, GeneratedPH, pretrain_transforms, pretrain_val_transforms
 
-    vectoriser = data.label.vectoriser(dim, None if data.precomputed else dim_flag)
-    computed = ComputedLabels(vectoriser, data.filtration, data.gradient, data.ph_engine)
+    random = data.label.label_type == RANDOM
+    if random:
+        if data.persistence == 'post':
+            raise UserError("--label_type random gives one fixed vector per image; use -ph pre")
+        vectoriser = computed = None
+    else:
+        vectoriser = data.label.vectoriser(dim, None if data.precomputed else dim_flag)
+        computed = ComputedLabels(vectoriser, data.filtration, data.gradient, data.ph_engine)
     spatial, to_tensor = pretrain_transforms(data.augment)
     val_spatial, val_to_tensor = pretrain_val_transforms(data.augment)
 
+    def random_labels(stream):
+        return {'index_labels': GeneratedRandomLabels(dim, data.seed, stream)} if random else {}
+
     if data.train is None:
+        if random and data.cache_dir:
+            raise UserError(
+                "--cache_dir keeps PH diagrams of generated images; --label_type random needs none: drop --cache_dir"
+            )
         cfg = data.generator
         cfg.validate()
         if data.n_samples < 1:
@@ -36,6 +115,7 @@ def build_pretraining_sets(data, dim, dim_flag='-nc'):
             data.persistence,
             stream=0,
             cache_dir=data.cache_dir,
+            **random_labels(0),
         )
         n_val = min(1000, max(1, data.n_samples // 10)) if data.n_samples_val < 0 else data.n_samples_val
         val = None
@@ -52,11 +132,26 @@ def build_pretraining_sets(data, dim, dim_flag='-nc'):
                 stream=1,
                 cache_dir=val_cache,
                 fresh_each_epoch=False,
+                **random_labels(1),
             )
+        elif data.val is not None and random:
+            val = _random_folder_set(data.val, '-val', val_spatial, val_to_tensor, data, dim, matrix_ok=False)
         elif data.val is not None:
             val = _folder_set(data.val, '-val', computed, val_spatial, val_to_tensor, 'pre', data, dim, vectoriser)
         return train, val
 
+    if random:
+        if data.ph_dir and not data.precomputed:
+            print(
+                f"note: --label_type random makes its targets in the loader; the diagrams in -pd "
+                f"{data.ph_dir} are not used",
+                flush=True,
+            )
+        train = _random_folder_set(data.train, '-t', spatial, to_tensor, data, dim, matrix_ok=True)
+        val = None
+        if data.val is not None:
+            val = _random_folder_set(data.val, '-val', val_spatial, val_to_tensor, data, dim, matrix_ok=False)
+        return train, val
     if data.precomputed and not data.ph_dir:
         raise UserError("-pc reads precomputed labels from -pd; give -pd PHDIR")
     if data.ph_dir and data.persistence == 'post':
@@ -82,16 +177,42 @@ def build_pretraining_sets(data, dim, dim_flag='-nc'):
     return train, val
 
 
+def _list_folder(root, flag):
+    fileio.require_dir(root, 'image folder', flag)
+    rel = fileio.list_images(root)
+    if not rel:
+        raise UserError(f"no images (png, jpg, ...) found under {root!r} (given by {flag})")
+    return rel
+
+
+def _random_folder_set(root, flag, spatial, to_tensor, data, dim, matrix_ok):
+    """A folder with random targets (made here, or with ``matrix_ok`` and -pc read from labels_random)."""
+    from util.ph.labels import find_label_matrix, load_label_matrix
+    from util.train.datasets import FolderPH, MatrixLabels
+
+    rel = _list_folder(root, flag)
+    labels = RandomLabels(rel, dim, data.seed)
+    if matrix_ok and data.precomputed:
+        if not data.ph_dir:
+            raise UserError("-pc reads precomputed labels from -pd; give -pd PHDIR")
+        found = find_label_matrix(data.ph_dir, RANDOM)
+        if found is None:
+            raise UserError(
+                f"no labels_random.npy/.txt in {data.ph_dir!r}; run PHdict.py {root} -o "
+                f"{data.ph_dir} --label_type random --numof_dims {dim} --seed {data.seed}, "
+                f"or drop -pc (random targets are made in the loader)"
+            )
+        labels = MatrixLabels(*load_label_matrix(*found, expected_dim=dim), rel, found[0])
+    return FolderPH(root, rel, labels, spatial, to_tensor, 'pre', bad_images=data.bad_images)
+
+
 def _folder_set(
     root, flag, computed, spatial, to_tensor, persistence, data, dim, vectoriser, fallback_to_computed=False
 ):
     from util.ph.labels import find_label_matrix, load_label_matrix, read_json, stale_rows
     from util.train.datasets import DiagramDirLabels, FolderPH, MatrixLabels
 
-    fileio.require_dir(root, 'image folder', flag)
-    rel = fileio.list_images(root)
-    if not rel:
-        raise UserError(f"no images (png, jpg, ...) found under {root!r} (given by {flag})")
+    rel = _list_folder(root, flag)
     labels = computed
     try:
         if data.ph_dir:
@@ -183,7 +304,7 @@ def class_folder(root, transform, bad_images, flag):
 
 def match_classes(train_set, val_set, val_root, train_root):
     """Check that train and val (either may be None) have the same classes; returns the class names.
-    (Whether -nc fits them is decided in one place: :func:`util.cli.build.resolve_num_classes`.)"""
+    (Whether -nc fits them is decided in one place: :func:`util.config.resolve_num_classes`.)"""
     if train_set is not None and val_set is not None and val_set.classes != train_set.classes:
         extra = sorted(set(val_set.classes) - set(train_set.classes))
         missing = sorted(set(train_set.classes) - set(val_set.classes))
@@ -272,3 +393,76 @@ def build_simultaneous_sets(data, dim):
         bad_images='skip',
     )
     return train_set, val_set, val_ph, classes
+
+
+# ------------------------------------------------------------------------------------------ --label_norm
+def _norm_stats(data, resume, train):
+    """(mean, std, record) for --label_norm standard: the resumed run's (``resume``: --resume), else the label
+    json's (PHdict.py), else the label matrix's, else a first sample's."""
+    from util.train import label_norm
+
+    dim = train.dim
+    if resume:
+        from util.train import runs
+
+        path = runs.resolve_resume(resume)
+        stored = runs.load_checkpoint(path).get('args', {})
+        if stored.get('label_norm') != 'standard' or not stored.get('label_norm_mean'):
+            raise UserError(
+                f"--resume {resume}: that run did not use --label_norm standard; resume it "
+                f"with --label_norm {stored.get('label_norm', 'none')}"
+            )
+        rec = {
+            'mean': stored['label_norm_mean'],
+            'std': stored['label_norm_std'],
+            'floor': stored.get('label_norm_floor'),
+            'source': stored.get('label_norm_source', path),
+            'count': stored.get('label_norm_count', 0),
+        }
+        return (*label_norm.from_record(rec, dim, path), rec)
+    labels = getattr(train, 'labels', None)
+    matrix = getattr(labels, 'matrix', None)
+    floor = data.norm.floor
+    if matrix is not None and data.ph_dir:
+        js = os.path.join(data.ph_dir, f'labels_{data.label.label_type}.json')
+        rec = label_norm.json_stats(js)
+        if rec is not None:
+            if rec.get('floor') != floor:
+                print(
+                    f"note: {js} holds label statistics with floor {rec.get('floor')}; using them "
+                    f"(--label_norm_floor {floor} applies when they are computed here)",
+                    flush=True,
+                )
+            return (*label_norm.from_record(rec, dim, js), rec)
+        rows = np.asarray(matrix)[labels.rows]
+        source = f'rows of {js[:-5]}.npy used by this run'
+    else:
+        rows = label_norm.sample_labels(train)
+        source = f'labels of the first {len(rows)} training images'
+    mean, std = label_norm.compute_stats(rows, floor)
+    return mean, std, label_norm.stats_record(mean, std, floor, source, len(rows))
+
+
+def pretraining_sets(run, dim):
+    """(train, val or None, facts) of the pretraining mode of ``run`` (a :class:`util.config.RunConfig`):
+    :func:`build_pretraining_sets` with labels of length ``dim`` (-nc), and ``--label_norm standard`` applied.
+
+    ``facts``: what the run records in args.json and its checkpoint (``label_norm_mean``, ``label_norm_std``,
+    ``label_norm_source``, ``label_norm_count``, ``label_norm_floor``; empty without --label_norm)."""
+    data = run.data
+    train, val = build_pretraining_sets(data, dim)
+    if data.norm.mode != 'standard':
+        return train, val, {}
+    from util.train.label_norm import Standardised
+
+    mean, std, rec = _norm_stats(data, run.resume, train)
+    floor = rec['floor'] if rec.get('floor') is not None else data.norm.floor
+    facts = {
+        'label_norm_mean': rec['mean'],
+        'label_norm_std': rec['std'],
+        'label_norm_source': rec['source'],
+        'label_norm_count': rec['count'],
+        'label_norm_floor': floor,
+    }
+    print(f"labels standardised per component ({rec['source']}; std floor {floor} x RMS)", flush=True)
+    return Standardised(train, mean, std), (Standardised(val, mean, std) if val is not None else None), facts
