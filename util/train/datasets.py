@@ -315,6 +315,7 @@ class MatrixLabels:
                 f"{', '.join(missing[:3])}){hint}; rerun PHdict.py with --label_type on this folder"
             )
         self.matrix = matrix
+        self.source = source  # the matrix file (util/train/sources.py records its digest in the run)
         self.rows = np.asarray(rows, dtype=np.int64)
         self.dim = matrix.shape[1]
 

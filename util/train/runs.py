@@ -252,6 +252,10 @@ def resume_changes(recorded, now, done_epoch):
             if isinstance(after, int) and isinstance(before, int) and after < before:
                 changes.append(f"--epochs_pre: {before} -> {after} (it may only grow)")
             continue
+        if key == 'label_matrix':  # not a flag: the labels the run trained on (util.train.sources.label_record)
+            if before != after:
+                changes.append(f"the label matrix was recomputed since (now {after!r}, the run had {before!r})")
+            continue
         if not _same_setting(before, after):
             changes.append(f"--{key}: {before!r} -> {after!r}")
     return changes
