@@ -111,6 +111,7 @@ def _resumed_epoch(checkpoint):
 def _start(run, facts, kind, run_dir, train_set, classes, message=None, titles=None):
     """Open the run folder, and on rank 0 write classes.json, say ``message`` and save the picture of the
     first training samples (-oti) of a fresh run. Returns (run_dir, checkpoint or None, facts)."""
+    engine.check_trainable(train_set, run.train, run.model.usenet)  # before the run folder: a lone image, -b 1
     run_dir, checkpoint, facts = open_run(run, kind, facts, run_dir)
     if distributed.is_main(run.train):
         if classes is not None:
@@ -351,6 +352,9 @@ def run_evaluation(run):
         raise UserError("--evaluate needs the fine-tuned weights: -pw FILE (or --resume checkpoint.pth)")
     source = runs.resolve_resume(run.resume) if run.resume else run.model.path2weight
     model, report = models.load_for(run.model.usenet, source, len(classes))
+    regression = runs.regression_weights(source, report['meta'])
+    if regression:
+        raise UserError(f"{source} holds {regression}, not a classifier; fine-tune them first, then evaluate")
     if report['head_reinitialised']:
         raise UserError(
             f"{source} has a head of {report['stored_classes']} outputs but "
