@@ -23,17 +23,27 @@ def init_distributed(cfg):
     else:
         cfg.rank, cfg.world_size, cfg.local_rank = 0, 1, 0
     cfg.distributed = cfg.world_size > 1
+    backend = cfg.backend if cfg.backend in ('nccl', 'gloo') else ('nccl' if cfg.device.startswith('cuda') else 'gloo')
     if cfg.device.startswith('cuda'):
         if not torch.cuda.is_available():
             raise UserError("--device cuda was asked for but no CUDA device is visible")
+        count = torch.cuda.device_count()
+        if cfg.distributed and backend == 'nccl':
+            local = local_world_size(cfg)
+            if local > count:
+                raise UserError(
+                    f"{local} training processes on this machine but {count} visible GPU(s): NCCL cannot run two "
+                    "ranks on one GPU; start at most one process per GPU, or use -p gloo"
+                )
         if cfg.device == 'cuda':
-            cfg.device = f'cuda:{cfg.local_rank % torch.cuda.device_count()}'
+            cfg.device = f'cuda:{cfg.local_rank % count}'
         torch.cuda.set_device(torch.device(cfg.device))
-        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
+        # Every batch has the same shape (fixed crops), so cuDNN's benchmark mode picks the fastest convolution
+        # kernels once, in the first iterations: on for every CUDA run, as the README and ARCHITECTURE.md say.
+        torch.backends.cudnn.benchmark = True
+    if cfg.num_workers is None:
+        cfg.num_workers = default_workers(local_world_size(cfg))
     if cfg.distributed:
-        backend = (
-            cfg.backend if cfg.backend in ('nccl', 'gloo') else ('nccl' if cfg.device.startswith('cuda') else 'gloo')
-        )
         dist.init_process_group(backend=backend, init_method='env://')
         dist.barrier()
     fix_random_seeds(cfg.seed + cfg.rank)  # model initialisation; DDP then copies rank 0's weights
@@ -42,6 +52,28 @@ def init_distributed(cfg):
     if cfg.channels_last is None:
         cfg.channels_last = cfg.device.startswith('cuda')
     return cfg
+
+
+def local_world_size(cfg):
+    """Training processes on this machine: torchrun's LOCAL_WORLD_SIZE, else the world size (``-ws`` spawns
+    all ranks here)."""
+    return max(1, int(os.environ.get('LOCAL_WORLD_SIZE', cfg.world_size if cfg.distributed else 1)))
+
+
+def usable_cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def default_workers(processes=None):
+    """DataLoader workers per training process when ``--num_workers`` is not given: the usable cores shared
+    by the training processes of this machine, minus two per process (the process itself and its pin-memory
+    thread), at least 0.  16 cores, one GPU: 14; 2 cores: 0 (loading in the training process)."""
+    if processes is None:
+        processes = max(1, int(os.environ.get('LOCAL_WORLD_SIZE', '1')))
+    return max(0, usable_cores() // max(1, processes) - 2)
 
 
 def spawn_or_run(job, world_size):

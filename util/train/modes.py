@@ -350,7 +350,8 @@ def run_evaluation(args, cfg):
     run_dir, _ = open_run(args, cfg, 'evaluation')
     model = engine.prepare_model(model, cfg)
     metrics = write_evaluation(model, val_set, classes, nn.CrossEntropyLoss(), cfg, run_dir, args.learning_mode)
-    print(engine.format_metrics(metrics), flush=True)
+    if distributed.is_main(cfg):  # rank 0 alone evaluated
+        print(engine.format_metrics(metrics), flush=True)
     return metrics
 
 
