@@ -469,3 +469,32 @@ def test_amp_channels_last_pretraining_on_the_cpu(run_script, tmp_path):
     assert json.load(open(os.path.join(run, 'args.json')))['amp'] is True
     weights = glob.glob(os.path.join(run, '*.pth'))
     assert weights and all(torch.load(w, weights_only=True) for w in weights)
+
+
+# ---------------------------------------------------------------------------------------- 12: transfer --preset gpu
+def test_transfer_gpu_preset_takes_workers_from_the_cores(monkeypatch):
+    from bench import transfer
+    from util.train import distributed
+
+    monkeypatch.setattr(distributed, 'usable_cores', lambda: 16)
+    cfg = transfer.resolve(transfer.get_args_parser().parse_args(['--preset', 'gpu', '--device', 'cuda']))
+    assert cfg['workers'] == 16 and cfg['jobs'] > 1
+    assert transfer._nw(cfg, 2) == 16 and transfer._nw(cfg, 1, loader=True) == 6  # two pretrainings side by side
+    runs = len(cfg['labels']) * cfg['seeds'] * len(transfer.INITS)
+    assert runs <= 30 and cfg['n_images'] * cfg['pre_epochs'] <= 300_000  # the size the 10-minute estimate is for
+    cpu = transfer.resolve(transfer.get_args_parser().parse_args(['--preset', 'cpu']))
+    assert cpu['workers'] is None and transfer._nw(cpu, 2) == 2  # the CPU presets' commands (and caches) unchanged
+    argv, _ = transfer.prepare_pretraining(_Recorder(), cfg, lambda m: None)
+    assert argv['ph'][argv['ph'].index('-nw') + 1] == 6
+
+
+class _Recorder:
+    """A stand-in for transfer.Runner that records the commands instead of running them."""
+
+    work = '/nonexistent'
+
+    def __init__(self):
+        self.commands = []
+
+    def run(self, script, argv, what):
+        self.commands.append((script, argv))

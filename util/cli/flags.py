@@ -518,7 +518,8 @@ def main(args):
     compat.resolve_special_values(args)
     check_common_args(args)
     check_mode_args(args)
-    job = functools.partial(modes.run, args, train_config(args))
+    cfg = train_config(args)
+    job = functools.partial(modes.run, args, cfg)
     if args.world_size > 1 and 'RANK' not in os.environ and args.learning_mode != 'evaluation':
-        return distributed.spawn_or_run(job, args.world_size)
+        return distributed.spawn_or_run(job, args.world_size, cfg)
     return job()
