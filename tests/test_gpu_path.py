@@ -396,6 +396,28 @@ def test_uint8_batches_are_normalised_on_the_device_as_the_per_image_transforms_
     assert torch.equal(on_device[0], reference)
 
 
+@pytest.mark.parametrize('post', [False, True])
+def test_what_the_loader_ships_is_what_the_dataset_gives(post):
+    """The loader's copy of a generated set (uint8, grey kept in one channel until the tensor) gives, once
+    normalised on the device, exactly the float image and the label the dataset itself gives."""
+    from util.train import engine
+
+    ds = _generated()
+    if post:
+        ds.persistence = 'post'
+    shipped = engine._shipped(ds)
+    assert shipped is not ds and shipped.keep_grey and not ds.keep_grey
+    grey = 0
+    for i in range(6):
+        key = (i, 0, 11)
+        x, y = engine.KeyedSamples(ds)[key]
+        xs, ys = engine.KeyedSamples(shipped)[key]
+        assert xs.dtype == torch.uint8 and x.dtype == torch.float32
+        assert torch.equal(engine.to_device(xs[None], TrainConfig(device='cpu'))[0], x) and torch.equal(ys, y)
+        grey += bool((xs[0] == xs[1]).all() and (xs[1] == xs[2]).all())
+    assert 0 < grey < 6  # both kinds of generated images were seen
+
+
 def test_default_workers_are_the_cores_per_process_minus_two(monkeypatch):
     from util.train import distributed
 

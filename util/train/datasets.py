@@ -282,6 +282,10 @@ class GeneratedPH(_PHBase):
         self.cache_dir = cache_dir
         self.fresh_each_epoch = fresh_each_epoch and cache_dir is None
         self.epoch = 0
+        # True in the loader's copy (util.train.engine.make_loader): a grey image stays one 'L' channel through
+        # labelling and the spatial transforms (a third of the bytes), the uint8 tensor is made 3-channel at the
+        # end (util.train.transforms.ToImageTensor): the same values as converting to RGB first
+        self.keep_grey = False
         if cache_dir:
             prepare_cache(cache_dir, cfg, seed, stream, computed.filtration, getattr(computed, 'gradient', False))
 
@@ -315,7 +319,8 @@ class GeneratedPH(_PHBase):
             fileio.save_image(path, arr, 'png')
         else:
             arr = generate_image(self.cfg, self.seed, idx, self.stream)
-        return Image.fromarray(arr).convert('RGB')
+        image = Image.fromarray(arr)
+        return image if self.keep_grey and image.mode == 'L' else image.convert('RGB')
 
     def _label_pre(self, i, image):
         if self.index_labels is not None:

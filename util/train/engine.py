@@ -461,6 +461,8 @@ def _shipped(dataset):
                 return dataset
             twin = copy.copy(dataset)
             setattr(twin, attr, form)
+            if hasattr(twin, 'keep_grey'):
+                twin.keep_grey = True  # grey stays one channel until the uint8 tensor (the same values)
             return twin
     return dataset
 

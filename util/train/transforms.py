@@ -44,9 +44,14 @@ class ToImageTensor:
         self.uint8 = bool(uint8)
 
     def __call__(self, img):
+        if self.photometric and img.mode != 'RGB':
+            img = img.convert('RGB')  # colour steps act on RGB, as they always did
         for step in self.photometric:
             img = step(img)
-        x = T.functional.pil_to_tensor(img.convert('RGB') if img.mode != 'RGB' else img)
+        if img.mode == 'L':  # a grey image kept in one channel (GeneratedPH in a loader): R = G = B
+            x = T.functional.pil_to_tensor(img).expand(3, -1, -1)
+        else:
+            x = T.functional.pil_to_tensor(img.convert('RGB') if img.mode != 'RGB' else img)
         return x if self.uint8 else normalize_batch(x[None])[0]
 
     def shipped(self):
