@@ -1,4 +1,4 @@
-"""Tests of util/io/download.py and util/ImageDatasetsDownloader.py.
+"""Tests of util/io/download/ and util/ImageDatasetsDownloader.py.
 
 Small archives in the published formats are built in tmp_path and served by a loopback HTTP server
 (with Range support, or ignoring it); nothing goes to the internet.
@@ -25,6 +25,7 @@ from PIL import Image
 
 from util.errors import UserError
 from util.io import download as dl
+from util.io.download import archives, converters
 
 SCRIPT = 'util/ImageDatasetsDownloader.py'
 
@@ -489,10 +490,11 @@ def test_cifar_end_to_end(server, tmp_path, variant):
 def test_checksum_mismatch_refused_before_unpickling(server, tmp_path, monkeypatch):
     archive, *_ = make_cifar('CIFAR100', np.random.default_rng(1))
     calls = []
-    monkeypatch.setattr(dl, 'restricted_loads', lambda *a, **k: calls.append('unpickle'))
-    monkeypatch.setattr(dl, 'read_cifar', lambda *a, **k: calls.append('convert'))
-    monkeypatch.setattr(dl, 'RestrictedUnpickler', lambda *a, **k: calls.append('unpickler'))
-    monkeypatch.setattr(dl, '_open_archive', lambda *a, **k: calls.append('open'))
+    # each replaced where it is looked up: converters reads CIFAR through archives.open_archive/restricted_loads
+    monkeypatch.setattr(archives, 'restricted_loads', lambda *a, **k: calls.append('unpickle'))
+    monkeypatch.setattr(converters, 'read_cifar', lambda *a, **k: calls.append('convert'))
+    monkeypatch.setattr(archives, 'RestrictedUnpickler', lambda *a, **k: calls.append('unpickler'))
+    monkeypatch.setattr(archives, 'open_archive', lambda *a, **k: calls.append('open'))
     server.files['/d/cifar-100-python.tar.gz'] = archive
     sources = {'CIFAR100': [(server.url('/d/cifar-100-python.tar.gz'), 'cifar-100-python.tar.gz', md5(archive + b'x'))]}
     raw, data = tmp_path / 'raw', tmp_path / 'data'
@@ -522,7 +524,7 @@ def test_archive_placed_by_hand_used_offline(tmp_path):
 def test_interrupted_split_is_redone(server, tmp_path, monkeypatch):
     archive, names, _, labels = make_cifar('CIFAR100', np.random.default_rng(3))
     sources = {'CIFAR100': serve(server, {'cifar-100-python.tar.gz': archive})}
-    real_save = dl.save_image
+    real_save = converters.save_image
     written = []
 
     def failing_save(path, image):
@@ -531,13 +533,13 @@ def test_interrupted_split_is_redone(server, tmp_path, monkeypatch):
         written.append(path)
         real_save(path, image)
 
-    monkeypatch.setattr(dl, 'save_image', failing_save)
+    monkeypatch.setattr(converters, 'save_image', failing_save)
     raw, data = str(tmp_path / 'raw'), str(tmp_path / 'data')
     with pytest.raises(KeyboardInterrupt):
         dl.download_dataset('CIFAR100', raw, data, sources, progress=False)
     root = tmp_path / 'data' / 'CIFAR100'
     assert (root / '.train.partial').exists() and not (root / '.train.done').exists()
-    monkeypatch.setattr(dl, 'save_image', real_save)
+    monkeypatch.setattr(converters, 'save_image', real_save)
     result = dl.download_dataset('CIFAR100', raw, data, sources, progress=False)
     assert sum(result['train'].values()) == len(labels['train'])
     assert sum(len(v) for v in count_tree(root / 'train').values()) == len(labels['train'])
