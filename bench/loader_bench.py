@@ -211,6 +211,17 @@ def _original_loader(n_images, workers, img_size, crop_size, batch_size, label_d
     )
 
 
+def _ours_epochs(loader, train, epochs):
+    """The batches of ``epochs`` epochs through the product's persistent loader (epoch e: set_epoch(e - 1), as
+    the training loop does; ``make_loader`` returns the same loader, its workers kept)."""
+    from util.train.engine import make_loader
+
+    dataset = loader.source
+    for e in range(1, epochs + 1):
+        dataset.set_epoch(e - 1)
+        yield from make_loader(dataset, train, epoch=e, shuffle=True, train=True)
+
+
 def _cpu_seconds():
     """CPU seconds (user + system) of this process and of its finished, waited-for children (loader workers)."""
     own = resource.getrusage(resource.RUSAGE_SELF)
@@ -286,16 +297,23 @@ def run(
     prob_binary=DEFAULT_PROB_BINARY,
     seed=0,
     verbose=False,
+    epochs=1,
 ):
     """Time both loaders on ``n_images`` images each (alternating, ``repeats`` rounds, best kept).
+
+    ``epochs`` > 1 draws that many epochs per round, each loader as its training script would: ours through
+    the same persistent loader (workers forked once, ``make_loader`` called per epoch), the original's
+    DataLoader iterated anew each epoch (workers forked every epoch, as it had them).
 
     Returns ``{'ours_img_s', 'original_img_s', 'ratio', 'ours_img_cpu_s', 'original_img_cpu_s', 'cpu_ratio',
     'n_images', 'workers', 'img_size', 'crop_size', 'batch_size', 'label_dim', 'prob_binary', 'steady',
     'image_shape', 'label_shape', 'rounds': [...]}``: rates are images per second through the DataLoader
     (ratio = ours / original), ``*_img_cpu_s`` images per CPU-second of the parent and its workers.
     """
-    if min(n_images, img_size, crop_size, batch_size, repeats, label_dim) < 1 or workers < 0:
-        raise UserError("n_images, img_size, crop_size, batch_size, repeats and label_dim must be >= 1, workers >= 0")
+    if min(n_images, img_size, crop_size, batch_size, repeats, label_dim, epochs) < 1 or workers < 0:
+        raise UserError(
+            "n_images, img_size, crop_size, batch_size, repeats, label_dim, epochs must be >= 1, workers >= 0"
+        )
     if img_size < 8:
         raise UserError(f"--img_size must be at least 8 (got {img_size})")
     say = print if verbose else (lambda *a, **k: None)
@@ -313,9 +331,11 @@ def run(
                     n_images, workers, img_size, crop_size, batch_size, label_dim, prob_binary, seed + r
                 )
                 finish = functools.partial(release_loaders, train)
+                passes = _ours_epochs(loader, train, epochs)
             else:
                 loader = _original_loader(n_images, workers, img_size, crop_size, batch_size, label_dim, prob_binary)
-            res = time_loader(loader, workers, finish, normalise=name == 'ours_normalised')
+                passes = (batch for _ in range(epochs) for batch in loader)
+            res = time_loader(passes, workers, finish, normalise=name == 'ours_normalised')
             del loader
             shapes[name] = (res['image_shape'], res['label_shape'])
             steady = steady and res['steady']
@@ -348,6 +368,7 @@ def run(
         ours_normalised_img_cpu_s=best_cpu['ours_normalised'],
         cpu_ratio_normalised=best_cpu['ours_normalised'] / best_cpu['original'],
         n_images=n_images,
+        epochs=epochs,
         workers=workers,
         img_size=img_size,
         crop_size=crop_size,
@@ -386,6 +407,13 @@ def get_args_parser():
         help="probability that an image is binarised, both sides (default: %(default)s)",
     )
     p.add_argument('--seed', type=int, default=0, help="seed of our generator (default: %(default)s)")
+    p.add_argument(
+        '--epochs',
+        type=int,
+        default=1,
+        help="epochs per round, each loader as its script runs them: ours keeps its workers, the original's "
+        "forks them anew (default: %(default)s)",
+    )
     p.add_argument('--json', default=None, help="also write the result dict here (default: none)")
     return p
 
@@ -402,10 +430,12 @@ def main(args):
         args.prob_binary,
         args.seed,
         verbose=True,
+        epochs=args.epochs,
     )
     print(
         f"{res['n_images']} images of {res['img_size']} px cropped to {res['crop_size']}, batch "
-        f"{res['batch_size']}, {res['workers']} worker(s), histogram labels of {res['label_dim']}, "
+        f"{res['batch_size']}, {res['workers']} worker(s), {res['epochs']} epoch(s) per round, histogram labels of "
+        f"{res['label_dim']}, "
         f"{os.cpu_count()} cores" + ('' if res['steady'] else ' (too few batches: rates include start-up)')
     )
     print(f"ours:     {res['ours_img_s']:8.1f} img/s  {res['ours_img_cpu_s']:8.1f} img per CPU-second")

@@ -520,3 +520,32 @@ class _Recorder:
 
     def run(self, script, argv, what):
         self.commands.append((script, argv))
+
+
+# ---------------------------------------------------------------------------------------- the device script
+@pytest.mark.slow
+def test_gpu_check_tiny_runs_every_step_and_writes_the_figures(tmp_path):
+    import subprocess
+
+    out = tmp_path / 'out'
+    env = dict(os.environ, OUT=str(out), OMP_NUM_THREADS='1', PYTHON=sys.executable)
+    for k in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE'):
+        env.pop(k, None)
+    res = subprocess.run(
+        ['bash', os.path.join(ROOT, 'bench', 'gpu_check.sh'), '--tiny'],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
+    summary = (out / 'summary.txt').read_text()
+    assert res.returncode == 0, res.stdout + res.stderr + summary
+    for step in ('info', 'smoke', 'ddp', 'weights', 'bench'):
+        assert f'{step}: ok' in summary, summary
+    info = json.loads((out / 'info.json').read_text())
+    assert info['cores'] == os.cpu_count() and info['torch'] == torch.__version__ and 'dev_shm_gib' in info
+    bench = json.loads((out / 'gpu_bench.json').read_text())
+    assert 'ceiling' in bench['stages'] and 'pipeline' in bench['stages']
+    assert 'loaded on the CPU with weights_only=True' in (out / 'weights.log').read_text()
+    assert summary.strip().splitlines()[-1].startswith('total:')
