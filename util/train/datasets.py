@@ -284,7 +284,7 @@ class GeneratedPH(_PHBase):
         self.epoch = 0
         # True in the loader's copy (util.train.engine.make_loader): a grey image stays one 'L' channel through
         # labelling and the spatial transforms (a third of the bytes), the uint8 tensor is made 3-channel at the
-        # end (util.train.transforms.ToImageTensor): the same values as converting to RGB first
+        # end (util.train.transforms.ToUint8Tensor): the same values as converting to RGB first
         self.keep_grey = False
         if cache_dir:
             prepare_cache(cache_dir, cfg, seed, stream, computed.filtration, getattr(computed, 'gradient', False))

@@ -1,10 +1,10 @@
 """Image transforms of training and evaluation: PIL -> PIL spatial augmentation, then PIL -> tensor.
 
-Every builder takes ``aug``, a :class:`util.config.AugmentConfig` (sizes and augmentation flags).  The tensor a
-dataset returns is **uint8** ``[3, H, W]`` (``T.PILToTensor``): a quarter of the bytes of float32 through the
-loader workers' shared memory and the pin-memory thread.  Conversion to float and the ImageNet normalisation
-happen on the training device, batched, in :func:`util.train.engine.to_device` (:func:`normalize_batch`), so
-the network sees exactly what ``ToTensor`` + ``Normalize`` per image gave before.
+Every builder takes ``aug``, a :class:`util.config.AugmentConfig` (sizes and augmentation flags) and ends in
+``ToTensor`` + ImageNet ``Normalize``, as the original did.  A training loader (``util.train.engine.make_loader``)
+applies their :func:`shipping_form` instead: **uint8** ``[3, H, W]`` out of the workers (a quarter of the bytes of
+float32 through shared memory and the pin-memory thread), converted and normalised on the training device,
+batched, by :func:`util.train.engine.to_device` (:func:`normalize_batch`): the same values.
 """
 
 import torch
@@ -34,48 +34,53 @@ def normalize_batch(x):
     return x.float().div_(255).sub_(mean).div_(std)
 
 
-class ToImageTensor:
-    """PIL image -> ``[3, H, W]`` tensor after the photometric steps: float32 normalised (``ToTensor`` +
-    ``Normalize``), or with ``uint8=True`` the raw bytes, as the datasets ship them to the device
-    (:func:`shipping_form`; the engine normalises there with :func:`normalize_batch`)."""
-
-    def __init__(self, photometric=(), uint8=False):
-        self.photometric = list(photometric)
-        self.uint8 = bool(uint8)
+class ToUint8Tensor:
+    """PIL image -> uint8 ``[3, H, W]``: what ``ToTensor`` + ``Normalize`` become in a loader
+    (:func:`shipping_form`); a grey 'L' image gives its channel three times (R = G = B, as converting to RGB
+    first would)."""
 
     def __call__(self, img):
-        if self.photometric and img.mode != 'RGB':
-            img = img.convert('RGB')  # colour steps act on RGB, as they always did
-        for step in self.photometric:
-            img = step(img)
-        if img.mode == 'L':  # a grey image kept in one channel (GeneratedPH in a loader): R = G = B
-            x = T.functional.pil_to_tensor(img).expand(3, -1, -1)
-        else:
-            x = T.functional.pil_to_tensor(img.convert('RGB') if img.mode != 'RGB' else img)
-        return x if self.uint8 else normalize_batch(x[None])[0]
-
-    def shipped(self):
-        return ToImageTensor(self.photometric, uint8=True)
+        if img.mode == 'L':
+            return T.functional.pil_to_tensor(img).expand(3, -1, -1)
+        return T.functional.pil_to_tensor(img if img.mode == 'RGB' else img.convert('RGB'))
 
     def __repr__(self):
-        steps = ', '.join(repr(t) for t in self.photometric)
-        return f"{type(self).__name__}([{steps}], {'uint8' if self.uint8 else 'float32 normalised'})"
+        return f'{type(self).__name__}()'
+
+
+class ToRGB:
+    """PIL image -> RGB (no-op for RGB): before colour steps that a grey image kept in one channel meets."""
+
+    def __call__(self, img):
+        return img if img.mode == 'RGB' else img.convert('RGB')
+
+    def __repr__(self):
+        return f'{type(self).__name__}()'
+
+
+def _is_normalize(t):
+    return (
+        isinstance(t, T.Normalize)
+        and tuple(float(m) for m in t.mean) == IMAGENET_MEAN
+        and tuple(float(s) for s in t.std) == IMAGENET_STD
+    )
 
 
 def shipping_form(transform):
-    """The form of ``transform`` a dataset applies in the loader workers: a trailing :class:`ToImageTensor` made
-    to give uint8 (4x fewer bytes through shared memory and pinning than float32); anything else unchanged
-    (a float tensor passes the engine as it is)."""
-    if isinstance(transform, ToImageTensor):
-        return transform.shipped()
-    if isinstance(transform, T.Compose) and transform.transforms:
-        *head, last = transform.transforms
-        shipped = shipping_form(last)
-        return transform if shipped is last else T.Compose([*head, shipped])
-    return transform
+    """The form of ``transform`` a training loader applies in its workers: a trailing ``ToTensor`` + ImageNet
+    ``Normalize`` replaced by :class:`ToUint8Tensor` (4x fewer bytes through shared memory and pinning; the
+    engine normalises on the device with :func:`normalize_batch`, to the same values), colour steps before it
+    given RGB; anything else unchanged (a float tensor passes the engine as it is)."""
+    if not isinstance(transform, T.Compose) or not transform.transforms:
+        return transform
+    steps = list(transform.transforms)
+    if len(steps) >= 2 and isinstance(steps[-2], T.ToTensor) and _is_normalize(steps[-1]):
+        head = steps[:-2]
+        return T.Compose(([ToRGB()] if head else []) + head + [ToUint8Tensor()])
+    shipped = shipping_form(steps[-1])
+    return transform if shipped is steps[-1] else T.Compose(steps[:-1] + [shipped])
 
 
-# ------------------------------------------------------------------------------------------ transforms
 # Every transform builder takes ``aug``: a :class:`util.config.AugmentConfig` (sizes and augmentation flags).
 def _augment_config(aug):
     if not isinstance(aug, AugmentConfig):
@@ -141,11 +146,11 @@ def _random_crop(aug):
 
 
 def _to_tensor(aug):
-    return ToImageTensor(photometric_transforms(aug))
+    return T.Compose(photometric_transforms(aug) + [T.ToTensor(), NORMALIZE])
 
 
 def pretrain_transforms(aug):
-    """(spatial PIL->PIL augmentation, PIL->normalised tensor: a :class:`ToImageTensor`); the split lets ``-ph
+    """(spatial PIL->PIL augmentation, PIL->normalised tensor); the split lets ``-ph
     post`` label the augmented crop, and keeps photometric augmentation after the label.
 
     Spatial, as the original: [RandomAffine] [Resize] [RandomRescale] [RandomRotation] RandomCrop (padding
@@ -174,7 +179,7 @@ def pretrain_val_transforms(aug):
     aug = _augment_config(aug)
     return (
         T.Resize((aug.crop_size, aug.crop_size), interpolation=T.InterpolationMode.BILINEAR),
-        ToImageTensor(),
+        T.Compose([T.ToTensor(), NORMALIZE]),
     )
 
 
@@ -213,6 +218,7 @@ def finetune_transforms(aug, train):
         [
             T.Resize(aug.img_size, interpolation=T.InterpolationMode.BILINEAR),
             T.CenterCrop(aug.crop_size),
-            ToImageTensor(),
+            T.ToTensor(),
+            NORMALIZE,
         ]
     )
