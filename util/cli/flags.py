@@ -96,7 +96,8 @@ def add_common_args(parser):
         '-nw',
         default=TrainConfig.num_workers,
         type=int,
-        help='data loader processes per training process (default: %(default)s)',
+        help='data loader processes per training process (default: the usable cores divided by the training '
+        'processes of this machine, minus two; 14 on 16 cores with one GPU)',
     )
     g.add_argument(
         '--seed',
@@ -283,7 +284,7 @@ def check_common_args(args):
     for name in ('epochs', 'batch_size', 'img_size', 'crop_size', 'numof_classes'):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UserError(f"--{name} must be at least 1 (got {getattr(args, name)})")
-    if args.num_workers < 0:
+    if args.num_workers is not None and args.num_workers < 0:
         raise UserError("--num_workers must be >= 0")
     if args.save_interval < 1:
         args.save_interval = args.epochs
@@ -541,7 +542,7 @@ def launch(args, run):
     when asked."""
     job = functools.partial(modes.run, run)
     if run.train.world_size > 1 and 'RANK' not in os.environ and run.learning_mode != 'evaluation':
-        return distributed.spawn_or_run(job, run.train.world_size)
+        return distributed.spawn_or_run(job, run.train.world_size, run.train)
     return job()
 
 

@@ -364,7 +364,8 @@ def run_evaluation(run):
     run_dir, _, _ = open_run(replace(run, resume=''), 'evaluation', {})
     model = engine.prepare_model(model, cfg)
     metrics = write_evaluation(model, val_set, classes, nn.CrossEntropyLoss(), cfg, run_dir, run.learning_mode)
-    print(engine.format_metrics(metrics), flush=True)
+    if distributed.is_main(cfg):  # rank 0 alone evaluated
+        print(engine.format_metrics(metrics), flush=True)
     return metrics
 
 

@@ -12,8 +12,8 @@ import torch
 from models import unwrap
 from util.errors import UserError
 from util.io import fileio
-from util.train.datasets import IMAGENET_MEAN, IMAGENET_STD
 from util.train.distributed import broadcast_object, is_main
+from util.train.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 CHECKPOINT_NAME = 'checkpoint.pth'
 LOG_NAME = 'log.jsonl'
@@ -145,7 +145,9 @@ def set_rng_state(state):
     np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
     random.setstate(_list_to_tuple(state['python']))
     if 'cuda' in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state['cuda'])
+        # the checkpoint may come from a machine with more (or fewer) GPUs: restore the devices both have
+        for i, s in enumerate(list(state['cuda'])[: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(s, i)
 
 
 def _tuple_to_list(x):
