@@ -74,7 +74,10 @@ def get_args_parser():
         help='classes per image, at most the number of classes (default: %(default)s)',
     )
     p.add_argument(
-        '--usenet', '-u', default=None, help="architecture (default: the run's args.json next to -pw, else resnet50)"
+        '--usenet',
+        '-u',
+        default=None,
+        help="architecture, torchvision's or timm:NAME (default: the run's args.json next to -pw, else resnet50)",
     )
     p.add_argument(
         '--img_size',
@@ -148,7 +151,8 @@ def load_classifier(args):
     """(model in eval mode on args.device, class names) from -pw (a plain state dict or a checkpoint)."""
     import models
 
-    model, report = models.load_for(args.usenet, args.path2weight)  # also a two-head (simultaneous) file
+    # also a two-head (simultaneous) file; a ViT is built for the --crop_size images it gets
+    model, report = models.load_for(args.usenet, args.path2weight, input_size=args.crop_size)
     names = class_names(args, report['num_classes'])
     return model.to(args.device).eval(), names
 

@@ -101,7 +101,11 @@ def add_common_args(parser):
 
     g = parser.add_argument_group('network')
     g.add_argument(
-        '--usenet', '-u', default='resnet50', help='any torchvision classification model (default: %(default)s)'
+        '--usenet',
+        '-u',
+        default='resnet50',
+        help='any torchvision classification model, or timm:NAME for a timm model (optional package: '
+        'pip install -r requirements-extra.txt; a ViT is built for --crop_size images) (default: %(default)s)',
     )
     g.add_argument(
         '--epochs', '-e', default=TrainConfig.epochs, type=int, help='number of epochs (default: %(default)s)'

@@ -149,7 +149,7 @@ def build_finetune_model(args, init_state=None, quiet=False):
     resolve_num_classes(args)
     pw = args.path2weight
     if init_state is not None:
-        model, report = models.load_for(args.usenet, init_state, args.numof_classes)
+        model, report = models.load_for(args.usenet, init_state, args.numof_classes, input_size=args.crop_size)
         if distributed.is_main_process():
             print(
                 f"initialised from the pretraining phase: {report['loaded']} tensors loaded, head "
@@ -158,11 +158,11 @@ def build_finetune_model(args, init_state=None, quiet=False):
             )
         return model
     if pw == 'imagenet':
-        model, _ = models.load_for(args.usenet, 'imagenet', args.numof_classes)
+        model, _ = models.load_for(args.usenet, 'imagenet', args.numof_classes, input_size=args.crop_size)
         print(f"initialised from torchvision's ImageNet weights for {args.usenet}", flush=True)
         return model
     if not pw:
-        model, _ = models.load_for(args.usenet, None, args.numof_classes)
+        model, _ = models.load_for(args.usenet, None, args.numof_classes, input_size=args.crop_size)
         if not quiet:
             print("WARNING: no -pw given: training from scratch (random initialisation)", file=sys.stderr, flush=True)
         return model
@@ -175,7 +175,9 @@ def build_finetune_model(args, init_state=None, quiet=False):
             f"drop -npc (it is read from the file)"
         )
     args.numof_pretrained_classes = stored
-    model, report = models.load_for(args.usenet, pw, args.numof_classes, verbose=distributed.is_main_process())
+    model, report = models.load_for(
+        args.usenet, pw, args.numof_classes, verbose=distributed.is_main_process(), input_size=args.crop_size
+    )
     print(
         f"initialised from {pw}: {report['loaded']} tensors loaded, head "
         f"{'re-initialised' if report['head_reinitialised'] else 'kept'}",
@@ -186,7 +188,11 @@ def build_finetune_model(args, init_state=None, quiet=False):
 
 def _pretraining_model(args):
     model, _ = models.load_for(
-        args.usenet, args.path2weight or None, args.numof_classes, verbose=distributed.is_main_process()
+        args.usenet,
+        args.path2weight or None,
+        args.numof_classes,
+        verbose=distributed.is_main_process(),
+        input_size=args.crop_size,
     )
     return model
 
@@ -230,7 +236,7 @@ def run_pretraining(args, cfg, run_dir=None, phase='pretraining'):
                 return engine.evaluate_classification(bare_model, loader, criterion, cfg, len(classes))[0]
             return engine.evaluate_regression(bare_model, loader, criterion, cfg)
 
-    weights_name = f'{args.usenet}_epoch{{epoch}}.pth'
+    weights_name = f'{models.file_stem(args.usenet)}_epoch{{epoch}}.pth'
     records = _fit(
         model,
         criterion,
@@ -295,7 +301,7 @@ def _fit_classifier(model, train_set, val_set, classes, args, cfg, run_dir, phas
     """Train a classifier (or a two-head model whose ``classifier(bare model)`` is it) with the fine-tuning
     rate, writing ft_{usenet}_epoch{E}.pth; then, on rank 0, the final evaluation, the curves and the
     closing line. Returns the records."""
-    weights_name = f'ft_{args.usenet}_epoch{{epoch}}.pth'
+    weights_name = f'ft_{models.file_stem(args.usenet)}_epoch{{epoch}}.pth'
     criterion = nn.CrossEntropyLoss() if train_set is not None else None
     records = _fit(
         model,
@@ -339,7 +345,7 @@ def run_evaluation(args, cfg):
     if not args.path2weight and not args.resume:
         raise UserError("--evaluate needs the fine-tuned weights: -pw FILE (or --resume checkpoint.pth)")
     source = runs.resolve_resume(args.resume) if args.resume else args.path2weight
-    model, report = models.load_for(args.usenet, source, len(classes))
+    model, report = models.load_for(args.usenet, source, len(classes), input_size=args.crop_size)
     if report['head_reinitialised']:
         raise UserError(
             f"{source} has a head of {report['stored_classes']} outputs but "
