@@ -15,7 +15,7 @@ os.environ['PYTHONPATH'] = os.pathsep.join(p for p in (ROOT, os.environ.get('PYT
 
 
 # Modules whose tests run the scripts end to end (subprocesses, training runs): all of them are `slow`.
-SLOW_MODULES = {'test_faults', 'test_transfer', 'test_bench_smoke', 'test_label_controls'}
+SLOW_MODULES = {'test_transfer', 'test_bench_smoke', 'test_label_controls'}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -24,7 +24,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         module = getattr(item, 'module', None)
         name = module.__name__.rsplit('.', 1)[-1] if module else ''
-        if 'run_script' in getattr(item, 'fixturenames', ()) or name in SLOW_MODULES:
+        slow_module = name in SLOW_MODULES or name.startswith('test_faults')  # the fault matrix's files
+        if 'run_script' in getattr(item, 'fixturenames', ()) or slow_module:
             item.add_marker(pytest.mark.slow)
 
 

@@ -1,0 +1,220 @@
+"""The fault matrix of PHdict.py.
+
+Its own rows are here; rows run on several scripts are in tests/faultrows.py, the machinery
+in tests/faultlib.py.
+"""
+
+import glob
+import json
+import os
+import signal
+
+import numpy as np
+from PIL import Image
+
+from tests import faultrows  # noqa: F401 (registers the rows run on several scripts)
+from tests.faultlib import (  # noqa: F401 (the fixtures and the test of the matrix)
+    _finish,
+    _popen_group,
+    _wait_for,
+    case,
+    data,
+    digest,
+    expect_error,
+    expect_ok,
+    half_written,
+    kill_when,
+    matrix,
+    popen,
+    run,
+    smooth_noise,
+    test_fault,
+    tree_digests,
+)
+
+
+@case(
+    'PHdict',
+    'SIGKILL mid-run, rerun',
+    'only complete .npy under final names; the rerun computes the rest; diagrams and label matrix '
+    'byte-identical to an uninterrupted run',
+)
+def _kill_ph(ctx, script):
+    d = ctx.data
+    ctx.inputs(d.gen64)
+    ref = d.ph64_ref
+    killed = ctx.tmp / 'killed'
+    ctx.outputs(killed)
+    p = popen(script, d.gen64, '-o', killed, *d.PH64_ARGS)
+    assert kill_when(p, lambda: len(glob.glob(str(killed / 'v*.npy'))) >= 16)
+    present = {os.path.basename(p) for p in glob.glob(str(killed / 'v*.npy'))}
+    assert 16 <= len(present) < 64 and not (killed / 'labels_histogram.npy').exists()
+    assert not half_written(killed)
+    # a diagram counts as done once sources.jsonl records what it was made from (appended right after the
+    # rename): a kill between the two leaves at most the one diagram being recorded, which is recomputed
+    recorded = set()
+    for line in (killed / 'sources.jsonl').read_text().splitlines():
+        try:
+            recorded.add(json.loads(line)['output'])
+        except ValueError:
+            pass  # the line the kill tore
+    done = len(present & recorded)
+    assert len(present) - done <= 1, (sorted(present - recorded), len(present))
+    res = expect_ok(run(script, d.gen64, '-o', killed, *d.PH64_ARGS))
+    assert f'{64 - done} done, {done} skipped' in res.out, res
+    assert tree_digests(killed, only='.npy') == tree_digests(ref, only='.npy')
+    assert digest(killed / 'labels_histogram.txt') == digest(ref / 'labels_histogram.txt')
+
+
+# ====================================================================================================
+# concurrency
+# ====================================================================================================
+
+
+def _compare_ph64(out, ref):
+    assert tree_digests(out, only='.npy', skip_tmp=True).keys() >= tree_digests(ref, only='.npy').keys()
+    for rel, h in tree_digests(ref, only='.npy').items():
+        assert tree_digests(out, only=rel)[rel] == h, rel
+    assert digest(out / 'labels_histogram.txt') == digest(ref / 'labels_histogram.txt')
+    with open(out / 'labels_histogram.json') as f, open(ref / 'labels_histogram.json') as g:
+        a, b = json.load(f), json.load(g)
+    a.pop('shards', None)
+    assert a == b
+    names = (ref / 'labels_histogram.txt').read_text().splitlines()
+    assert len(names) == 64 == len(set(names))
+
+
+@case(
+    'PHdict',
+    'two processes, shards 0/2 and 1/2 at once',
+    'both exit 0; every image exactly once; diagrams and merged label matrix byte-identical to one process',
+)
+def _concurrent_shards(ctx, script):
+    d = ctx.data
+    ctx.inputs(d.gen64)
+    ref = d.ph64_ref
+    out = ctx.tmp / 'out'
+    ctx.outputs(out)
+    procs = [popen(script, d.gen64, '-o', out, '--shard', f'{k}/2', *d.PH64_ARGS) for k in (0, 1)]
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=300)
+        assert p.returncode == 0, stderr[-3000:]
+    parts = [(out / f'labels_histogram.shard-{k}-of-2.txt').read_text().splitlines() for k in (0, 1)]
+    assert not set(parts[0]) & set(parts[1]) and len(parts[0]) + len(parts[1]) == 64
+    _compare_ph64(out, ref)
+
+
+@case(
+    'PHdict',
+    'two processes on the same shard at once',
+    'both exit 0; no file corrupted; outputs byte-identical to one process',
+)
+def _concurrent_same(ctx, script):
+    d = ctx.data
+    ctx.inputs(d.gen64)
+    out = ctx.tmp / 'out'
+    ctx.outputs(out)
+    procs = [popen(script, d.gen64, '-o', out, *d.PH64_ARGS) for _ in range(2)]
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=300)
+        assert p.returncode == 0, stderr[-3000:]
+    _compare_ph64(out, d.ph64_ref)
+
+
+# ====================================================================================================
+# issue 13: hangs and signals -- a dead worker is named, an interrupt is one line, 130/143, resumable
+# ====================================================================================================
+
+
+def _slow_ph_folder(root):
+    """8 small PNGs and one 1500 x 1500 PNG (about a second of PH: a worker is surely busy on it)."""
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(11)
+    for i in range(8):
+        Image.fromarray(smooth_noise(rng, 48, 48)).save(root / f'a{i}.png')
+    Image.fromarray(smooth_noise(rng, 1500, 1500, sigma=3)).save(root / 'zbig.png')
+    return root
+
+
+def _children(pid):
+    try:
+        with open(f'/proc/{pid}/task/{pid}/children') as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+
+
+@case(
+    'PHdict',
+    'a pool worker SIGKILLed (OOM killer) mid-image',
+    'exit 1 within a minute: one line naming the image and how to resume; finished diagrams kept; '
+    'rerun completes them byte-identical to an undisturbed run',
+)
+def _dead_worker(ctx, script):
+    src = _slow_ph_folder(ctx.tmp / 'in')
+    ctx.inputs(src)
+    out, ref = ctx.tmp / 'out', ctx.tmp / 'ref'
+    ctx.outputs(out, ref)
+    argv = ['-it', 'png', '-nw', 2, '--label_type', 'histogram', '--numof_dims', 20]
+    p = _popen_group(script, src, '-o', out, *argv)
+    assert _wait_for(p, lambda: glob.glob(str(out / 'a*.npy')) and len(_children(p.pid)) == 2), 'no workers seen'
+    for child in _children(p.pid):
+        os.kill(child, signal.SIGKILL)
+    res = _finish(p, timeout=60)
+    line = expect_error(res, 'died', 'SIGKILL', 'resume', rc=1)
+    assert any(f'{n}.png' in line for n in ['zbig'] + [f'a{i}' for i in range(8)]), line
+    assert not (out / 'labels_histogram.npy').exists()
+    kept = tree_digests(out, only='.npy')
+    assert kept
+    expect_ok(run(script, src, '-o', out, *argv))
+    expect_ok(run(script, src, '-o', ref, *argv))
+    after = tree_digests(out, only='.npy')
+    assert after == tree_digests(ref, only='.npy') and all(after[k] == h for k, h in kept.items())
+
+
+def _interrupt_ph(ctx, script, sig, rc):
+    src = _slow_ph_folder(ctx.tmp / 'in')
+    ctx.inputs(src)
+    out = ctx.tmp / 'out'
+    ctx.outputs(out)
+    argv = ['-it', 'png', '-nw', 2]
+    p = _popen_group(script, src, '-o', out, *argv)
+    assert _wait_for(p, lambda: glob.glob(str(out / 'a*.npy'))), 'the run ended before any output'
+    os.killpg(p.pid, sig)  # as a terminal sends Ctrl-C: to the whole process group
+    res = _finish(p, timeout=60)
+    assert res.rc == rc and 'Traceback' not in res.err, res
+    lines = [ln for ln in res.err.strip().splitlines() if ln.strip() and not ln.startswith('PH:')]
+    assert lines[-1].startswith(f'interrupted by {signal.Signals(sig).name}') and 'resume' in lines[-1], res
+    res = expect_ok(run(script, src, '-o', out, *argv))
+    assert '0 failed of 9 files' in res.out, res
+
+
+@case(
+    'PHdict',
+    'Ctrl-C (SIGINT to the process group) mid-run',
+    'exit 130: one line "interrupted ... to resume"; workers gone; rerun completes',
+)
+def _sigint_ph(ctx, script):
+    _interrupt_ph(ctx, script, signal.SIGINT, 130)
+
+
+@case(
+    'PHdict',
+    'SIGTERM to the process group mid-run',
+    'exit 143: one line "interrupted ... to resume"; workers gone; rerun completes',
+)
+def _sigterm_ph(ctx, script):
+    _interrupt_ph(ctx, script, signal.SIGTERM, 143)
+
+
+@case('PHdict', '-nw 0 (as the other scripts)', 'exit 0: computed in this process')
+def _phdict_nw0(ctx, script):
+    out = ctx.tmp / 'out'
+    ctx.outputs(out)
+    ctx.inputs(ctx.data.gen)
+    res = expect_ok(run(script, ctx.data.gen, '-o', out, '-it', 'jpg', '-nw', 0))
+    assert '16 done, 0 skipped, 0 failed of 16 files' in res.out, res
+    assert tree_digests(out, only='.npy') == tree_digests(ctx.data.gen_ph, only='.npy')
+
+
+pytest_generate_tests, ledger = matrix('PHdict')

@@ -1,0 +1,51 @@
+"""The fault matrix of util/random_image.py.
+
+Its own rows are here; rows run on several scripts are in tests/faultrows.py, the machinery
+in tests/faultlib.py.
+"""
+
+import glob
+
+from tests import faultrows  # noqa: F401 (registers the rows run on several scripts)
+from tests.faultlib import (  # noqa: F401 (the fixtures and the test of the matrix)
+    case,
+    data,
+    expect_ok,
+    half_written,
+    kill_when,
+    matrix,
+    popen,
+    run,
+    temp_files,
+    test_fault,
+    tree_digests,
+)
+
+# ====================================================================================================
+# SIGKILL in the middle of each long stage, then a rerun
+# ====================================================================================================
+
+
+@case(
+    'random_image',
+    'SIGKILL mid-run, rerun',
+    'only complete images under final names; the rerun skips them and ends byte-identical to an uninterrupted run',
+)
+def _kill_generation(ctx, script):
+    ref, killed = ctx.tmp / 'ref', ctx.tmp / 'killed'
+    argv = ['-n', 96, '-is', 48, '-nw', 1, '--preview', 0]
+    p_ref = popen(script, '-o', ref, *argv)
+    p = popen(script, '-o', killed, *argv)
+    ctx.outputs(killed)
+    assert kill_when(p, lambda: len(glob.glob(str(killed / '*.jpg'))) >= 24)
+    assert p_ref.wait(timeout=300) == 0
+    done = len(glob.glob(str(killed / '*.jpg')))
+    assert 24 <= done < 96
+    assert not half_written(killed)
+    res = expect_ok(run(script, '-o', killed, *argv))
+    assert f'skipped {done} already present' in res.out, res
+    assert tree_digests(killed, only='.jpg') == tree_digests(ref, only='.jpg')
+    assert len(tree_digests(ref, only='.jpg')) == 96 and not temp_files(killed)  # its own temp files removed
+
+
+pytest_generate_tests, ledger = matrix('random_image')
