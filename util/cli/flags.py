@@ -12,7 +12,7 @@ from util.config import DEFAULT_NUM_OUTPUTS, ON_THE_FLY_IMAGES, ON_THE_FLY_PROB_
 from util.errors import UserError
 from util.io import fileio
 from util.ph.generator import GeneratorConfig
-from util.train import distributed, label_sources, modes
+from util.train import distributed, label_sources, modes, tensorboard_log
 from util.train.engine import OPTIMIZERS
 
 
@@ -47,6 +47,13 @@ def add_common_args(parser):
         '--resume',
         default='',
         help='checkpoint.pth (or its run folder) to continue from; the run continues in that folder',
+    )
+    g.add_argument(
+        '--tensorboard',
+        action='store_true',
+        help='also write the per-epoch figures of log.jsonl (losses, accuracies, R2, learning rate, images/s, '
+        'data-wait share) and the first layer\'s filters to <run folder>/tensorboard/ for TensorBoard '
+        '(optional package: pip install tensorboard) (default: off)',
     )
     g.add_argument(
         '--bad_images',
@@ -276,6 +283,7 @@ def check_common_args(args):
     if args.stop_after < 0:
         raise UserError(f"--stop_after must be 0 (no stop) or a number of epochs, got {args.stop_after}")
     fileio.set_max_pixels(args.max_pixels)
+    tensorboard_log.check_available(args.tensorboard)
     fileio.refuse_output_inside(
         args.output,
         [
