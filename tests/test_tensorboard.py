@@ -16,7 +16,7 @@ def _events(run_dir):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     files = glob.glob(os.path.join(run_dir, 'tensorboard', 'events.out.tfevents.*'))
-    assert files, os.listdir(run_dir)
+    assert len(files) == 1, files  # one writer: ours
     acc = EventAccumulator(os.path.join(run_dir, 'tensorboard'), size_guidance={'scalars': 0, 'images': 0})
     acc.Reload()
     return acc
@@ -65,6 +65,17 @@ def test_pretraining_r2_scalars(tmp_path, run_script):
     acc = _events(run_dir)
     assert _scalar(acc, 'r2/val_r2')[1] == pytest.approx(record['val_r2'], rel=1e-5, abs=1e-6)
     assert _scalar(acc, 'loss/val_loss')[1] == pytest.approx(record['val_loss'], rel=1e-5)
+
+
+def test_nothing_for_tensorboard_unless_asked(tmp_path):
+    """With the package installed, a run without --tensorboard writes log.jsonl only (no tensorboard/ folder)."""
+    pytest.importorskip('tensorboard')
+    from util.train.runs import RunLogger
+
+    logger = RunLogger(str(tmp_path))
+    logger.log({'epoch': 1, 'train_loss': 0.5, 'lr': 0.1})
+    logger.close()
+    assert os.listdir(tmp_path) == ['log.jsonl']
 
 
 def test_scalars_of_a_record():

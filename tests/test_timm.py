@@ -108,6 +108,8 @@ def test_unknown_timm_name_suggests_close_matches():
 
     with pytest.raises(UserError, match="did you mean .*timm:resnet18d"):
         models.resolve_arch('timm:resnet18dd')
+    with pytest.raises(UserError, match="nothing is downloaded for timm models"):
+        models.load_for('timm:resnet18d', 'imagenet', 10)
 
 
 def test_without_timm_one_line_says_how_to_install(run_script, tmp_path):
