@@ -126,3 +126,4 @@ def test_without_timm_one_line_says_how_to_install(run_script, tmp_path):
         lines = [line for line in res.stderr.splitlines() if line.strip()]
         assert lines and lines[-1].startswith('error: -u timm:resnet18d needs the optional package timm'), res.stderr
         assert 'pip install timm' in lines[-1] and 'Traceback' not in res.stderr, res.stderr
+    assert not (tmp_path / 'w').exists()  # refused at flag checking, before any run folder or data

@@ -5,6 +5,7 @@ import functools
 import os
 import sys
 
+from models import timm_backend
 from util.cli import compat
 from util.cli.build import train_config
 from util.cli.strict_args import TRAINING_FLAGS, StrictArgumentParser
@@ -284,6 +285,8 @@ def check_common_args(args):
         raise UserError(f"--stop_after must be 0 (no stop) or a number of epochs, got {args.stop_after}")
     fileio.set_max_pixels(args.max_pixels)
     tensorboard_log.check_available(args.tensorboard)
+    if timm_backend.is_timm(args.usenet):  # the install hint or a misspelt name before any data is read
+        timm_backend.resolve(args.usenet)
     fileio.refuse_output_inside(
         args.output,
         [
