@@ -3,10 +3,10 @@
 Each set is one ``.npz`` per image size (28, 64, 128 or 224 pixels) published on Zenodo with an md5, holding
 ``{train,val,test}_images`` (N, S, S) or (N, S, S, 3) uint8 and ``{train,val,test}_labels`` (N, 1).  The
 archive is verified like every other download before it is opened; it is then read with numpy's ``.npy``
-header functions member by member, a few hundred images at a time (never ``allow_pickle``; the 224-pixel files
-are gigabytes and are not loaded whole), and written as PNGs by :func:`util.io.download.converters.
-write_array_split`, which makes each split resumable.  The official validation split becomes ``val/`` and
-the official test split ``test/``.
+header functions member by member, a few hundred images at a time (never ``allow_pickle``; the large sizes
+hold gigabytes of pixels and are not loaded whole), and written as PNGs by
+:func:`~util.io.download.converters.write_array_split`, which makes each split resumable.  The official
+validation split becomes ``val/`` and the official test split ``test/``.
 
 Class folders are named from the set's own label table (:data:`MEDMNIST`, as MedMNIST's ``INFO`` gives it),
 prefixed by the zero-padded label index so that the alphabetical folder order (what ``ImageFolder`` uses) is
@@ -26,7 +26,7 @@ from util.io.download import converters
 
 SIZES = (28, 64, 128, 224)
 SPLITS = ('train', 'val', 'test')
-#: the Zenodo record of MedMNIST v3 (the same file names as v2's record, re-published with these md5s)
+#: MedMNIST v3's Zenodo record: the URLs and md5s below are those of the INFO table of the medmnist package 3.0.2
 ZENODO = 'https://zenodo.org/records/10519652/files/'
 #: images read from the .npz at a time
 BATCH = 256
@@ -300,13 +300,17 @@ class NpyImages:
     """
 
     def __init__(self, archive, member, what):
-        self.zf, self.what = archive, what
+        self.what = what
         self.f = archive.open(member)
-        version = npy_format.read_magic(self.f)
         readers = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0}
-        if version not in readers:
-            raise UserError(f"{what}: unsupported .npy version {version}")
-        shape, fortran, dtype = readers[version](self.f)
+        try:
+            version = npy_format.read_magic(self.f)
+            if version not in readers:
+                raise UserError(f"{what}: unsupported .npy version {version}")
+            shape, fortran, dtype = readers[version](self.f)
+        except ValueError as e:  # not an .npy header
+            self.f.close()
+            raise UserError(f"{what}: {e}") from None
         if dtype != np.uint8 or fortran or len(shape) not in (3, 4) or (len(shape) == 4 and shape[3] != 3):
             raise UserError(f"{what}: expected uint8 images (N, H, W) or (N, H, W, 3), got {dtype} {shape}")
         self.shape, self.item = shape, int(np.prod(shape[1:]))
