@@ -521,7 +521,7 @@ def prepare_pretraining(runner, cfg, log):
 
 
 def pretrain(runner, cfg, argv_by_init, log):
-    name = f"{cfg['arch']}_epoch{cfg['pre_epochs']}.pth"
+    name = f"{cfg['arch'].replace(':', '-')}_epoch{cfg['pre_epochs']}.pth"  # timm:NAME -> timm-NAME (models.file_stem)
 
     def one(init):
         argv = argv_by_init[init]

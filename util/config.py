@@ -71,6 +71,7 @@ class TrainConfig:
     save_interval: int = 90
     freeze_encoder: bool = False
     ph_weight: float = 1.0  # two-task modes: weight of the PH regression loss
+    tensorboard: bool = False  # --tensorboard: log.jsonl's figures also written for TensorBoard
 
 
 @dataclass(frozen=True)

@@ -5,13 +5,14 @@ import functools
 import os
 import sys
 
+from models import timm_backend
 from util.cli import compat, label_flags
 from util.cli.build import run_config
 from util.cli.strict_args import TRAINING_FLAGS, StrictArgumentParser
 from util.config import DEFAULT_NUM_OUTPUTS, AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
 from util.errors import UserError
 from util.io import fileio
-from util.train import distributed, modes
+from util.train import distributed, modes, tensorboard_log
 from util.train.engine import OPTIMIZERS
 
 # Every default below is a field default of util.config's dataclasses (the images generated on the fly:
@@ -53,6 +54,13 @@ def add_common_args(parser):
         '--resume',
         default=RunConfig.resume,
         help='checkpoint.pth (or its run folder) to continue from; the run continues in that folder',
+    )
+    g.add_argument(
+        '--tensorboard',
+        action='store_true',
+        help='also write the per-epoch figures of log.jsonl (losses, accuracies, R2, learning rate, images/s, '
+        'data-wait share) and the first layer\'s filters to <run folder>/tensorboard/ for TensorBoard '
+        '(optional package: pip install tensorboard) (default: off)',
     )
     g.add_argument(
         '--bad_images',
@@ -108,7 +116,11 @@ def add_common_args(parser):
 
     g = parser.add_argument_group('network')
     g.add_argument(
-        '--usenet', '-u', default=ModelConfig.usenet, help='any torchvision classification model (default: %(default)s)'
+        '--usenet',
+        '-u',
+        default=ModelConfig.usenet,
+        help='any torchvision classification model, or timm:NAME for a timm model (optional package: '
+        'pip install -r requirements-extra.txt; a ViT is built for --crop_size images) (default: %(default)s)',
     )
     g.add_argument(
         '--epochs', '-e', default=TrainConfig.epochs, type=int, help='number of epochs (default: %(default)s)'
@@ -291,6 +303,9 @@ def check_common_args(args):
     if args.stop_after < 0:
         raise UserError(f"--stop_after must be 0 (no stop) or a number of epochs, got {args.stop_after}")
     fileio.set_max_pixels(args.max_pixels)
+    tensorboard_log.check_available(args.tensorboard)
+    if timm_backend.is_timm(args.usenet):  # the install hint or a misspelt name before any data is read
+        timm_backend.resolve(args.usenet)
     fileio.refuse_output_inside(
         args.output,
         [

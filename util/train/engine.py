@@ -26,6 +26,7 @@ from tqdm import tqdm
 import models
 from models import unwrap
 from util.errors import UserError
+from util.train import tensorboard_log
 from util.train.distributed import all_reduce_sum, default_workers, is_main
 from util.train.runs import RunLogger, save_checkpoint, save_weights, set_rng_state
 from util.train.seeding import epoch_seed, fix_random_seeds, worker_init_fn
@@ -627,6 +628,7 @@ def fit(
     logger = RunLogger(run_dir, enabled=is_main(cfg))
     if checkpoint is not None:
         logger.truncate_after(start - 1)
+    board = tensorboard_log.open_log(cfg.tensorboard and is_main(cfg), run_dir, first_epoch=start)
     records = []
     last = cfg.epochs if cfg.stop_after < 1 else min(cfg.epochs, start + cfg.stop_after - 1)
     try:
@@ -649,6 +651,8 @@ def fit(
                 dist.barrier()
             if is_main(cfg):
                 logger.log(record)
+                if board is not None:
+                    board.log(record, unwrap(model))
                 save_checkpoint(run_dir, model, optimizer, scheduler, epoch, dict(meta or {}, **(tags or {})))
                 if epoch % cfg.save_interval == 0 or epoch == cfg.epochs:
                     save_weights(
@@ -662,5 +666,7 @@ def fit(
             records.append(record)
     finally:
         release_loaders(cfg)
+        if board is not None:
+            board.close()
     logger.close()
     return records
