@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from util.cli import compat
+from util.cli import compat, label_flags
 from util.cli.strict_args import PHDICT_FLAGS, StrictArgumentParser
 from util.errors import UserError, run_cli
 from util.io.fileio import (
@@ -80,7 +80,7 @@ from util.ph.labels import (
     write_label_matrix,
 )
 from util.ph.vectorise import add_label_args, check_label_dim, make_vectoriser, vectoriser_from_args
-from util.train import label_norm, label_sources
+from util.train import label_norm, sources
 
 HIST_SUFFIX = 'hist.npy'
 PERSIMG_SUFFIX = '_persImg.npy'
@@ -235,7 +235,7 @@ def get_args_parser():
         "the other flags also set the -ch histogram and the -cpi persistence image",
     )
     add_label_args(group, max_life='-ml', max_birth='-mb', bandwidth='-b', sigma='-s')
-    label_sources.allow_random_choice(group)
+    label_flags.allow_random_choice(group)
     group.add_argument(
         '--seed',
         type=int,
@@ -614,7 +614,7 @@ def main(args):
     _check_args(args)
     set_max_pixels(args.max_pixels)
     run = _open_run(args)
-    if args.label_type == label_sources.RANDOM:
+    if args.label_type == sources.RANDOM:
         return _random_labels(run)
     check_settings(run.out_dir, output_settings(args))
     vecs = _vectorisers(run)
@@ -634,7 +634,7 @@ def _several_filtrations(args):
     concatenated (columns: A's, then B's ...) into -o/labels_TYPE.* once every part is complete."""
     import copy
 
-    if not args.label_type or args.label_type == label_sources.RANDOM:
+    if not args.label_type or args.label_type == sources.RANDOM:
         raise UserError("several --filtration values make one concatenated PH label matrix: add --label_type TYPE")
     if args.imgtype == 'npy' or args.compute_hist or args.compute_persistence_image:
         raise UserError("several --filtration values need image inputs (-it jpg ...) and no -ch/-cpi")
@@ -973,21 +973,21 @@ def _random_labels(run):
             "PHdict.py separately for them)"
         )
     info = dict(
-        label_type=label_sources.RANDOM,
+        label_type=sources.RANDOM,
         params={'seed': args.seed, 'distribution': 'standard normal', 'key': 'relative path without extension'},
         filtration=None,
         imgtype=args.imgtype,
         gradient=False,
     )
-    names = label_names(label_sources.RANDOM, k, n)
+    names = label_names(sources.RANDOM, k, n)
     if label_matrix_complete(out_dir, names, files, info):
         print(f"label matrix {names[0]} is complete; kept")
     else:
-        keys = [label_sources.image_key(f) for f in files]
-        write_label_matrix(out_dir, names, label_sources.random_matrix(args.seed, keys, args.numof_dims), files, info)
+        keys = [sources.image_key(f) for f in files]
+        write_label_matrix(out_dir, names, sources.random_matrix(args.seed, keys, args.numof_dims), files, info)
         print(f"label matrix {names[0]}: {len(files)} x {args.numof_dims} random targets (seed {args.seed})")
     if n > 1:
-        merge_label_shards(out_dir, label_sources.RANDOM, n, info, run.all_files)
+        merge_label_shards(out_dir, sources.RANDOM, n, info, run.all_files)
     _label_stats(args, out_dir)
     return 0
 
@@ -1005,8 +1005,8 @@ def _write_labels(run, label_info, res):
     keep = np.flatnonzero(res.ok)
     paths = [run.files[i] for i in keep]
     names = label_names(args.label_type, run.k, n)
-    sources = source_entries([run.fingerprints[i] for i in keep])
-    write_label_matrix(out_dir, names, res.matrix[keep], paths, label_info, sources)
+    entries = source_entries([run.fingerprints[i] for i in keep])
+    write_label_matrix(out_dir, names, res.matrix[keep], paths, label_info, entries)
     print(f"label matrix {names[0]}: {len(paths)} x {res.matrix.shape[1]} float32 (paths in {names[1]})")
     if n > 1:
         merged = merge_label_shards(out_dir, args.label_type, n, label_info, None if args.skip_bad else run.all_files)

@@ -136,4 +136,4 @@ def test_pretraining_on_generated_images_records_diagnostics_and_fits_auto(tmp_p
     assert 'label diagnostics (12 labels): participation ratio' in res.stdout and 'fitted on 12 diagrams' in res.stdout
     args = json.loads((tmp_path / 'w' / only_run_dir(tmp_path / 'w') / 'args.json').read_text())
     assert 0 < args['label_diagnostics_first_component_share'] <= 1 and args['label_diagnostics_count'] == 12
-    assert args['max_life'] != 'auto' and all(v > 0 for v in np.atleast_1d(args['max_life']))
+    assert args['max_life'] == 'auto' and all(v > 0 for v in np.atleast_1d(args['fitted_max_life']))

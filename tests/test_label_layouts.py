@@ -71,9 +71,10 @@ def test_whiten_stored_by_phdict_and_used_by_pretraining(tmp_path, run_script):
         stored = json.load(f)
     assert stored['label_whiten_components'] == [x for row in rec['components'] for x in row]
     assert stored['label_whiten_mean'] == rec['mean'] and stored['label_norm'] == 'whiten'
-    # resume: the stored whitening, even though the matrix changed since
+    # resume: the whitening stored in the run, even though the label json's changed since
     run_a = only_run_dir(tmp_path / 'a')
-    np.save(ph / 'labels_split_image.npy', np.load(ph / 'labels_split_image.npy') * 3 + 1)
+    meta['label_whiten']['scales'] = [3 * x for x in rec['scales']]
+    (ph / 'labels_split_image.json').write_text(json.dumps(meta))
     run_script('pretraining.py', *flags, '--resume', run_a, *TINY, '-e', '2', check=True)
     with open(os.path.join(run_a, 'args_resume_epoch2.json'), encoding='utf-8') as f:
         resumed = json.load(f)

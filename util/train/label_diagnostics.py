@@ -1,8 +1,8 @@
 """Pretraining on labels computed in the loader (generated images): before the first batch, the label
 diagnostics of :mod:`util.ph.diagnostics` on the labels of the first ``SAMPLE`` training images, printed and
-recorded on ``args`` (``label_diagnostics_<name>``, so args.json and the checkpoint hold them), and the
-fit of ``--max_life/--max_birth/--min_birth/--sigma auto`` on the same images' diagrams (the fitted values
-replace ``auto`` on ``args``; a resumed or repeated run fits the same images, hence the same values).
+returned as facts the run records (``label_diagnostics_<name>`` in args.json and the checkpoint), and the fit
+of ``--max_life/--max_birth/--min_birth/--sigma auto`` on the same images' diagrams (the fitted values are
+recorded as ``fitted_<flag>``; a resumed or repeated run fits the same images, hence the same values).
 
 PHdict.py does the same for label matrices; this covers the runs that never write one.
 """
@@ -29,15 +29,16 @@ def _first_diagrams(train, n):
     return diagrams, np.stack(features)
 
 
-def check_first_labels(args, train, n=SAMPLE):
+def check_first_labels(train, n=SAMPLE):
     """For a generated training set whose labels are computed in the loader (else nothing): fit ``auto``
-    parameters, then print and record the diagnostics of the first ``n`` labels.  Returns the diagnostics
-    dict or None."""
+    parameters, then print the diagnostics of the first ``n`` labels.  Returns the facts to record (a dict,
+    empty when nothing applies)."""
     from util.ph import diagnostics
 
     computed = getattr(train, 'computed', None)
     if computed is None or getattr(train, 'index_labels', None) is not None or not hasattr(train, 'cfg'):
-        return None
+        return {}
+    facts = {}
     print(f"label diagnostics: computing the labels of the first {min(n, len(train))} images", flush=True)
     diagrams, features = _first_diagrams(train, n)
     vec = computed.vectoriser
@@ -47,13 +48,13 @@ def check_first_labels(args, train, n=SAMPLE):
         params = vec.get_params()
         for name in fitted:
             if name in params:
-                setattr(args, name, params[name])
+                facts[f'fitted_{name}'] = params[name]
         print(f"fitted on {len(diagrams)} diagrams: " + ', '.join(f"{k} {params[k]}" for k in fitted), flush=True)
     labels = vec.transform(diagrams)
     diag = diagnostics.compute(labels, diagnostics.diagram_counts(diagrams), features)
     for name, value in diag.items():
-        setattr(args, f'label_diagnostics_{name}', value)
+        facts[f'label_diagnostics_{name}'] = value
     print(diagnostics.summary_line(diag), flush=True)
     for warning in diagnostics.degeneracy_warnings(diag):
         print(f"warning: {warning}", file=sys.stderr, flush=True)
-    return diag
+    return facts
