@@ -366,8 +366,8 @@ def regression_weights(path, meta=None):
     folder: the run's top folder).  ``--label_type class`` pretraining trains a classifier: not refused."""
     meta = meta or {}
     if meta.get('mode') or meta.get('phase'):
-        args = meta.get('args') if isinstance(meta.get('args'), dict) else {}
-        if (meta.get('phase') or meta.get('mode')) == 'pretraining' and args.get('label_type') != 'class':
+        recorded = meta.get('args') if isinstance(meta.get('args'), dict) else {}
+        if (meta.get('phase') or meta.get('mode')) == 'pretraining' and recorded.get('label_type') != 'class':
             return "pretraining weights (PH label regression; its checkpoint's mode says so)"
         return None
     folder = os.path.dirname(os.path.abspath(path))
