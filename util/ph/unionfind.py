@@ -35,6 +35,8 @@ without a find); integer keys and a counting sort when the values are (signed sq
 (:func:`diagram_of_sqkeys`, used for the distance filtrations via :func:`util.ph.distance.signed_sqedt`).
 """
 
+from __future__ import annotations
+
 import sys
 
 import numpy as np
@@ -421,7 +423,7 @@ def _check_2d(a, what):
         raise ValueError(f"{what} must be a non-empty 2-D array, got shape {a.shape}")
 
 
-def diagram(filtration, construction='V'):
+def diagram(filtration: np.ndarray, construction: str = 'V') -> np.ndarray:
     """Persistence diagram ``(n, 9)`` float64 of H0 and H1 of a 2-D filtration ``(H, W)`` (any real values).
 
     ``construction``: ``'V'`` = ``cripser.computePH(f, maxdim=1)``, ``'T'`` = ``cripser.computePH_T(f,
@@ -440,7 +442,7 @@ def diagram(filtration, construction='V'):
     return _diagram_float(f, order, *tables, ESSENTIAL_DEATH)
 
 
-def diagram_of_sqkeys(keys, construction='V'):
+def diagram_of_sqkeys(keys: np.ndarray, construction: str = 'V') -> np.ndarray:
     """Diagram of the filtration ``sign(k) * sqrt(|k|)`` of integer keys ``k`` ``(H, W)`` -- e.g. the signed
     squared distances of :func:`signed_sqedt`; equal to :func:`diagram` of that float filtration (the square
     root is monotone, so the keys order the pixels as their values do), without a comparison sort."""
@@ -449,7 +451,7 @@ def diagram_of_sqkeys(keys, construction='V'):
     return _diagram_keys(k, *_tables(construction), ESSENTIAL_DEATH)
 
 
-def warm_up():
+def warm_up() -> None:
     """Compile (first process) or load from numba's cache every kernel, so that later calls cost no start-up;
     call it in a parent process before starting workers."""
     for construction in CONSTRUCTIONS:
