@@ -74,7 +74,28 @@ def _import_cripser():
     return cripser
 
 
-cripser = _import_cripser()
+def _cripser():
+    """The cripser module, imported on first use: the default engine (union-find) and filtrations
+    (signed distance, none) never need it, so a machine without cripser runs everything else; what does need it
+    (``--ph_engine cripser``, 3-D filtrations, the other filtrations) stops with a one-line error saying so."""
+    mod = globals().get('cripser')
+    if mod is None:
+        try:
+            mod = _import_cripser()
+        except ImportError as e:
+            raise UserError(
+                f"this needs the cripser package, which cannot be imported here ({e}): install it (pip install "
+                "cripser), or keep --ph_engine auto/unionfind with the signed_distance or none filtration"
+            ) from None
+        globals()['cripser'] = mod
+    return mod
+
+
+def __getattr__(name):  # ``cubical.cripser``: the module, imported when first asked for
+    if name == 'cripser':
+        return _cripser()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 FILTRATIONS = (
     'signed_distance',
@@ -289,7 +310,7 @@ def _filtration_of(g, bw, kind, gradient):
         return np.zeros(g.shape, dtype=np.float64)
     if kind == 'signed_distance':
         return _signed_distance(bw)
-    out = cripser.apply_transform(bw.view(np.uint8), kind, threshold=1)
+    out = _cripser().apply_transform(bw.view(np.uint8), kind, threshold=1)
     return np.ascontiguousarray(out, dtype=np.float64)
 
 
@@ -335,11 +356,11 @@ def diagram_of_filtration(filtration: np.ndarray, engine: str = DEFAULT_ENGINE) 
         return _unionfind().diagram(f)
     if f.ndim == 2 and 1 in f.shape and f.size > 1:
         axis = 0 if f.shape[0] == 1 else 1
-        dgm = cripser.computePH(np.ascontiguousarray(np.concatenate([f, f], axis=axis)), maxdim=1)
+        dgm = _cripser().computePH(np.ascontiguousarray(np.concatenate([f, f], axis=axis)), maxdim=1)
         for col in (3 + axis, 6 + axis):  # x1/y1 and x2/y2 along the doubled side: 0 (or -1 = none)
             np.minimum(dgm[:, col], 0, out=dgm[:, col])
         return dgm
-    return cripser.computePH(f, maxdim=1)
+    return _cripser().computePH(f, maxdim=1)
 
 
 def compute_ph(

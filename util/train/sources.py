@@ -20,6 +20,7 @@ Numpy only at import (PHdict.py imports the random targets); torch comes with th
 """
 
 import hashlib
+import json
 import os
 import sys
 
@@ -159,6 +160,8 @@ def build_pretraining_sets(data, dim, dim_flag='-nc'):
             "-pd holds PH of whole images, which cannot describe augmented crops: use -ph pre, or "
             "drop -pd to compute PH of each crop"
         )
+    if data.ph_dir:
+        check_ph_dir(data, vectoriser)  # what -pd was made with is what this run says (and args.json records)
     train = _folder_set(data.train, '-t', computed, spatial, to_tensor, data.persistence, data, dim, vectoriser)
     val = None
     if data.val is not None:
@@ -175,6 +178,53 @@ def build_pretraining_sets(data, dim, dim_flag='-nc'):
             fallback_to_computed=True,
         )
     return train, val
+
+
+def _flag_of(key):
+    return {'dim': '-nc', 'num_bins': '-nc (its bins)', 'gradient': '--gradient'}.get(key, f'--{key}')
+
+
+def check_ph_dir(data, vectoriser):
+    """Refuse an explicit -pd made with other settings than this run's flags: the label matrix's json (-pc:
+    filtration, gradient and every label parameter) or PHdict.py's settings.json (diagrams: filtration,
+    gradient), as the automatically found folder is refused.  A folder that records nothing (the original's,
+    older versions') is used as it is."""
+    from util.ph.labels import find_label_matrix, read_json
+
+    if data.precomputed:
+        found = find_label_matrix(data.ph_dir, data.label.label_type)
+        meta = read_json(os.path.splitext(found[0])[0] + '.json') if found else None
+        if not isinstance(meta, dict):
+            return
+        made = dict(meta.get('params') or {}, filtration=meta.get('filtration'), gradient=bool(meta.get('gradient')))
+        ours = dict(vectoriser.get_params(), filtration=data.filtration, gradient=bool(data.gradient))
+        what, fix = f"label matrix {found[0]}", f"or rerun PHdict.py --label_type {data.label.label_type} with them"
+    else:
+        settings = read_json(os.path.join(data.ph_dir, 'settings.json'))
+        diagram = settings.get('diagram') if isinstance(settings, dict) else None
+        if not isinstance(diagram, dict):
+            return
+        made = {'filtration': diagram.get('filtration'), 'gradient': bool(diagram.get('gradient', False))}
+        ours = {'filtration': data.filtration, 'gradient': bool(data.gradient)}
+        what, fix = 'diagrams', 'or give -pd a folder of diagrams made with them'
+    differ = [k for k in made if k in ours and made[k] is not None and json.dumps(made[k]) != json.dumps(ours[k])]
+    if differ:
+        shown = ', '.join(f"{_flag_of(k)} {made[k]!r} (this run: {ours[k]!r})" for k in differ)
+        raise UserError(
+            f"-pd {data.ph_dir}: its {what} were made with {shown}; give the same flags (args.json then records "
+            f"what the labels are) {fix}"
+        )
+
+
+def label_record(train):
+    """What pins a run's PH labels, for args.json and its checkpoints (a --resume after the labels were
+    recomputed differs): the label matrix (its file name and BLAKE2b digest) the training set reads, else {}."""
+    from util.io.provenance import fingerprint
+
+    source = getattr(getattr(train, 'labels', None), 'source', None)
+    if not source or not os.path.isfile(source):
+        return {}
+    return {'label_matrix': f"{os.path.basename(source)} blake2b {fingerprint(source)['hash']}"}
 
 
 def _list_folder(root, flag):
@@ -240,10 +290,15 @@ def _folder_set(
             else:
                 labels = DiagramDirLabels(data.ph_dir, rel, vectoriser)
                 _refuse_stale(labels.changed(root), rel, data.ph_dir, root, data, "-it <image extension>")
-    except UserError:
+    except UserError as e:
         if not fallback_to_computed:
             raise
-        labels = computed
+        labels = computed  # the parameters are -pd's (check_ph_dir): only these images' labels are made here
+        print(
+            f"note: the PH labels of the {len(rel)} images of {flag} {root} are computed in the loader with the "
+            f"settings of -pd {data.ph_dir} (its labels do not serve them: {str(e).split(';')[0]})",
+            flush=True,
+        )
     return FolderPH(root, rel, labels, spatial, to_tensor, persistence, computed=computed, bad_images=data.bad_images)
 
 
@@ -312,7 +367,14 @@ def match_classes(train_set, val_set, val_root, train_root):
             f"the classes of {val_root!r} differ from those of {train_root!r}: "
             f"only in val: {extra[:5]}, only in train: {missing[:5]}"
         )
-    return (val_set if val_set is not None else train_set).classes
+    classes = (val_set if val_set is not None else train_set).classes
+    if len(classes) < 2:  # one class: every prediction right, a report of 100%
+        root, flag = (train_root, '-t') if train_set is not None else (val_root, '-val')
+        raise UserError(
+            f"{flag} {root!r} has {len(classes)} class folder(s) {classes}: classifying needs at least 2 classes "
+            "(one sub-folder of images per class)"
+        )
+    return classes
 
 
 def build_sets(data, need_train):
@@ -389,9 +451,10 @@ def build_simultaneous_sets(data, dim):
 
 
 # ------------------------------------------------------------------------------------------ --label_norm
-def _norm_stats(data, resume, train):
-    """(mean, std, record) for --label_norm standard: the resumed run's (``resume``: --resume), else the label
-    json's (PHdict.py), else the label matrix's, else a first sample's."""
+def _norm_stats(data, resume, train, mode=None):
+    """(mean, std, record) for --label_norm standard: the resumed run's (``resume``: --resume, a checkpoint of
+    the learning mode ``mode``), else the label json's (PHdict.py), else the label matrix's, else a first
+    sample's."""
     from util.train import label_norm
 
     dim = train.dim
@@ -399,7 +462,10 @@ def _norm_stats(data, resume, train):
         from util.train import runs
 
         path = runs.resolve_resume(resume)
-        stored = runs.load_checkpoint(path).get('args', {})
+        checkpoint = runs.load_checkpoint(path)
+        if mode is not None and checkpoint.get('mode') not in (None, mode):  # the mode first: it decides the rest
+            raise UserError(f"--resume {resume}: that run used -lm {checkpoint['mode']}, not -lm {mode}")
+        stored = checkpoint.get('args', {})
         if stored.get('label_norm') != 'standard' or not stored.get('label_norm_mean'):
             raise UserError(
                 f"--resume {resume}: that run did not use --label_norm standard; resume it "
@@ -440,17 +506,20 @@ def pretraining_sets(run, dim):
     """(train, val or None, facts) of the pretraining mode of ``run`` (a :class:`util.config.RunConfig`):
     :func:`build_pretraining_sets` with labels of length ``dim`` (-nc), and ``--label_norm standard`` applied.
 
-    ``facts``: what the run records in args.json and its checkpoint (``label_norm_mean``, ``label_norm_std``,
-    ``label_norm_source``, ``label_norm_count``, ``label_norm_floor``; empty without --label_norm)."""
+    ``facts``: what the run records in args.json and its checkpoint (:func:`label_record`, and
+    ``label_norm_mean``, ``label_norm_std``, ``label_norm_source``, ``label_norm_count``, ``label_norm_floor``
+    with --label_norm standard)."""
     data = run.data
     train, val = build_pretraining_sets(data, dim)
+    pinned = label_record(train)
     if data.norm.mode != 'standard':
-        return train, val, {}
+        return train, val, pinned
     from util.train.label_norm import Standardised
 
-    mean, std, rec = _norm_stats(data, run.resume, train)
+    mean, std, rec = _norm_stats(data, run.resume, train, run.learning_mode)
     floor = rec['floor'] if rec.get('floor') is not None else data.norm.floor
     facts = {
+        **pinned,
         'label_norm_mean': rec['mean'],
         'label_norm_std': rec['std'],
         'label_norm_source': rec['source'],
