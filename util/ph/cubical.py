@@ -24,13 +24,12 @@ Pipeline (the original project's, made faster where it costs nothing in exactnes
   dimension 0 or 1, birth/death filtration values, and the pixel locations of the birth and death cells as
   cripser reports them); essential classes have ``death`` = the largest double (~1.8e308).
 
-Speed (see ``bench/ph_bench.py``): for 8-bit grey images Otsu's threshold is computed from a 256-bin count of
-the pixel values, binned exactly as ``skimage.filters.threshold_otsu`` bins the float image, so the mask is
-bit for bit the one the original computed, at a fifth of the cost.  The signed distance is taken from the
-exact numba squared EDT of :mod:`util.ph.distance` (checked equal to scipy's in the tests; about 2.5x
-faster than scipy; the ``edt`` package is no longer used), or, with :data:`NUMBA_EDT` off, from scipy's two
-feature transforms combined in integer arithmetic (about 1.5x faster than two ``distance_transform_edt``
-calls, the same values bit for bit).
+Exactness: for 8-bit grey images Otsu's threshold is computed from the 256 level counts
+(:func:`util.ph.otsu.otsu_threshold_from_counts`), binned exactly as ``skimage.filters.threshold_otsu`` bins
+the float image, so the mask is bit for bit the one the original computed.  The signed distance is taken
+from the exact squared EDT of :mod:`util.ph.distance`, or, with :data:`NUMBA_EDT` off, from scipy's two
+feature transforms combined in integer arithmetic: either way the values of two ``distance_transform_edt``
+calls, bit for bit (speed: BENCHMARKS.md, "Module notes").
 """
 
 from __future__ import annotations
@@ -55,7 +54,7 @@ if TYPE_CHECKING:
 def _import_cripser():
     """``import cripser`` without its optional PyTorch helpers when torch is not loaded yet.
 
-    cripser's package ``__init__`` imports torch (about 3 s) for ``compute_ph_torch`` and friends, which this
+    cripser's package ``__init__`` imports torch (seconds) for ``compute_ph_torch`` and friends, which this
     module does not use; every guard there catches ``ModuleNotFoundError``, so while torch is absent from
     ``sys.modules`` we hide it for the duration of the import.  In a process that imported torch first, this is
     a plain ``import cripser``.  (Consequence: in a process that imports this module before torch,
@@ -117,8 +116,8 @@ DIAGRAM_COLUMNS = ('dim', 'birth', 'death', 'x1', 'y1', 'z1', 'x2', 'y2', 'z2')
 # Deaths at or above this are "infinite": cripser writes DBL_MAX (~1.8e308) for essential classes.
 INFINITE_DEATH = 0.5 * np.finfo(np.float64).max
 
-# The signed distance comes from util.ph.distance's exact numba squared EDT (about 2.5x faster than
-# scipy); False = scipy's feature transforms (the reference route, kept for tests and the benchmarks).
+# The signed distance comes from util.ph.distance's exact numba squared EDT; False = scipy's feature
+# transforms (the reference route, kept for tests and the benchmarks).
 NUMBA_EDT = True
 
 

@@ -33,7 +33,7 @@ How the fast path computes the same thing (see :func:`_draw_and_filter`, :func:`
   ~1e-6 of their range; a few pixels in 1e5 of min-max-normalised channels move by one grey level, and
   binarised channels agree (tests/test_random_image.py states and checks the exact bounds).
 * Otsu's threshold is skimage's ``threshold_otsu`` given a histogram binned bin-for-bin as
-  ``np.histogram`` bins it, but faster.
+  ``np.histogram`` bins it (:mod:`util.ph.otsu`), the same threshold.
 * Scratch arrays are reused per thread, and script workers call :func:`reduce_allocator_churn`, to avoid
   page faults on each image's temporaries.
 """
@@ -169,11 +169,11 @@ def _workspace(size):
 
 
 def reduce_allocator_churn() -> bool:
-    """Optional, process-wide speed-up for processes that generate many images (workers).
+    """Optional, process-wide setting for processes that generate many images (workers); images unchanged.
 
     Asks glibc's allocator to keep freed memory for reuse (mmap threshold 32 MiB, trim threshold
     256 MiB) instead of handing each large temporary back to the OS, which otherwise costs page faults on
-    every image (about a fifth of the generator's time). The process keeps its peak heap size. Returns
+    every image. The process keeps its peak heap size. Returns
     True if applied, False where there is no glibc ``mallopt`` (then nothing changes).
     """
     import ctypes

@@ -29,9 +29,10 @@ the column of a pixel, ``z = 0``, as cripser writes them; H0 rows first, then H1
   among tied pixels the reverse pass takes the row-major last first); destroyer = the last pixel in the
   order of the younger complement component (the row-major last of its maxima; value = death).
 
-Speed: a one-pixel padded grid (no bounds checks); a 256-entry table over the mask of already-added
-8-neighbours, which names one neighbour per locally connected run (most pixels touch one run and are linked
-without a find); integer keys and a counting sort when the values are (signed square roots of) integers
+Implementation (speed: BENCHMARKS.md): a one-pixel padded grid (no bounds checks); a 256-entry table over
+the mask of already-added 8-neighbours, which names one neighbour per locally connected run (most pixels touch
+one run and are linked without a find); integer keys and a counting sort when the values are (signed square
+roots of) integers
 (:func:`diagram_of_sqkeys`, used for the distance filtrations via :func:`util.ph.distance.signed_sqedt`).
 """
 
@@ -337,7 +338,7 @@ def _diagram_keys(keys, reps0, count0, reps1, count1, essential):
 def _radix_order(f):
     """Stable ascending order of the flat float64 array ``f`` (no NaN): LSD radix sort of the values' bits
     mapped to order-preserving unsigned keys, 11 bits a pass, passes whose digit is the same everywhere
-    skipped (about 3x faster than a stable ``np.argsort``)."""
+    skipped; the order of a stable ``np.argsort``."""
     n = f.size
     keys = np.empty(n, np.uint64)
     bits = (f + 0.0).view(np.uint64)  # + 0.0 turns -0.0 into +0.0 (equal values, equal keys)
