@@ -74,7 +74,10 @@ def get_args_parser():
         help='classes per image, at most the number of classes (default: %(default)s)',
     )
     p.add_argument(
-        '--usenet', '-u', default=None, help="architecture (default: the run's args.json next to -pw, else resnet50)"
+        '--usenet',
+        '-u',
+        default=None,
+        help="architecture, torchvision's or timm:NAME (default: the run's args.json next to -pw, else resnet50)",
     )
     p.add_argument(
         '--img_size',
@@ -159,7 +162,8 @@ def load_classifier(args):
     import models
     from util.train.runs import regression_weights
 
-    model, report = models.load_for(args.usenet, args.path2weight)  # also a two-head (simultaneous) file
+    # also a two-head (simultaneous) file; a ViT is built for the --crop_size images it gets
+    model, report = models.load_for(args.usenet, args.path2weight, input_size=args.crop_size)
     regression = regression_weights(args.path2weight, report['meta'])
     if regression:
         raise UserError(

@@ -36,7 +36,10 @@ def get_args_parser():
         help="weights file, checkpoint, MoCo checkpoint, a folder (its newest .pth), or 'imagenet'",
     )
     p.add_argument(
-        '--usenet', '-u', default=None, help="architecture (default: what the file tells; resnet50 for imagenet)"
+        '--usenet',
+        '-u',
+        default=None,
+        help="architecture, torchvision's or timm:NAME (default: what the file tells; resnet50 for imagenet)",
     )
     p.add_argument('--output', '-o', default='conv1_filters.png', help='PNG file to write (default: %(default)s)')
     p.add_argument(

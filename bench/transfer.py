@@ -15,7 +15,7 @@ by seed, with their standard error), and writes JSON, the table (Markdown) and a
 
     python bench/transfer.py --preset tiny            # seconds: checks that everything runs (numbers meaningless)
     python bench/transfer.py --preset cpu             # <= 30 min on 2 cores
-    python bench/transfer.py --preset gpu             # larger images, more pretraining (run on a GPU machine)
+    python bench/transfer.py --preset gpu --device cuda   # on the GPU machine: results in $OUT/transfer (or --out)
     python bench/transfer.py --preset cpu --label_norm standard --seeds 3 --labels 10 50   # a lever, screened
 
 Runs are cached in ``--work`` by the hash of their command (an unchanged run is reused, so screening one
@@ -101,12 +101,17 @@ PRESETS = {
         max_test=0,
         jobs=2,
     ),
+    # One device command of <= 10 minutes on an H200 with 16 cores (never measured; estimated from the CPU runs and
+    # the bench/gpu_bench.py design figures): images + PH labels of 20000 images of 128 px with every core ~0.5
+    # min, two pretrainings (ResNet-18, 112 px crops, 12 epochs = 240k images each, the loader-bound rate of
+    # ~5000 img/s) run side by side ~1.5 min, 27 fine-tunings (3 levels x 3 seeds x 3 inits, each mostly
+    # start-up: ~10 s) 4 at a time ~1.5 min; about 4 minutes in all, twice that still fits.
     'gpu': dict(
-        n_images=50000,
+        n_images=20000,
         gen_size=128,
         pre_img=128,
         pre_crop=112,
-        pre_epochs=20,
+        pre_epochs=12,
         pre_batch=256,
         lr_pre=0.1,
         arch='resnet18',
@@ -117,11 +122,12 @@ PRESETS = {
         ft_min_epochs=10,
         ft_max_epochs=40,
         labels=['10', '50', 'all'],
-        seeds=5,
+        seeds=3,
         dims=200,
         val_fraction=0.3,
         max_test=0,
-        jobs=1,
+        jobs=4,
+        workers='cores',
     ),
 }
 
@@ -154,7 +160,11 @@ def get_args_parser():
         default=None,
         help='name of this experiment in the result files (default: preset and the changed levers)',
     )
-    p.add_argument('--out', default=os.path.join(_ROOT, 'bench', 'results'), help='results folder')
+    p.add_argument(
+        '--out',
+        default=None,
+        help="results folder (default: $OUT/transfer when OUT is set, as on the device machine, else bench/results)",
+    )
     p.add_argument(
         '--work',
         default=os.path.join(tempfile.gettempdir(), 'topo_transfer_work'),
@@ -163,6 +173,14 @@ def get_args_parser():
     p.add_argument('--fresh', action='store_true', help='rerun everything (ignore cached runs)')
     p.add_argument('--jobs', type=int, default=None, help='training runs at a time (preset: 2 on the CPU presets)')
     p.add_argument('--threads', type=int, default=None, help='OMP/torch threads per run (default: 2 / --jobs)')
+    p.add_argument(
+        '--workers',
+        type=int,
+        default=None,
+        help="processes for generation and PH labels, and loader workers per pretraining (preset gpu: from the "
+        "usable cores: all of them for generation and labels, cores / jobs - 2 per pretraining; the CPU presets: "
+        "their fixed 0-2)",
+    )
     p.add_argument('--device', default=None, help="passed to the training scripts (default: theirs)")
     g = p.add_argument_group('pretraining recipe (the levers)')
     g.add_argument('--n_images', type=int, default=None, help='generated pretraining images')
@@ -243,6 +261,13 @@ def resolve(args):
         raise UserError("--jobs must be at least 1")
     if cfg['threads'] is None:
         cfg['threads'] = max(1, 2 // cfg['jobs'])
+    cfg['workers'] = args.workers if args.workers is not None else cfg.get('workers')
+    if cfg['workers'] == 'cores':
+        from util.train.distributed import usable_cores
+
+        cfg['workers'] = usable_cores()
+    if cfg['workers'] is not None and cfg['workers'] < 0:
+        raise UserError("--workers must be >= 0")
     if cfg['seeds'] < 1:
         raise UserError("--seeds must be at least 1")
     if cfg['label_type'] == 'class':
@@ -406,6 +431,16 @@ def make_split(runner, cfg, seed, k):
 
 
 # ------------------------------------------------------------------------------------------ the pipeline
+def _nw(cfg, fixed, loader=False):
+    """-nw of a subprocess: the preset's ``fixed`` number, or from ``cfg['workers']`` (a loader's per pretraining
+    run: the cores shared by the runs at a time, minus two for the training process and its pinning thread)."""
+    if cfg.get('workers') is None:
+        return fixed
+    if loader:
+        return max(0, cfg['workers'] // max(1, min(cfg['jobs'], 2)) - 2)
+    return max(1, cfg['workers'])
+
+
 def _dev(cfg):
     return ['--device', cfg['device']] if cfg['device'] else []
 
@@ -426,7 +461,7 @@ def prepare_pretraining(runner, cfg, log):
         '--format',
         'png',
         '-nw',
-        2,
+        _nw(cfg, 2),
     ]
     images = os.path.join(runner.work, 'images', _hash(gen))
     runner.run('util/random_image.py', ['-o', images] + gen, 'random_image.py')
@@ -434,7 +469,7 @@ def prepare_pretraining(runner, cfg, log):
     ph_dir = os.path.join(runner.work, 'ph', _hash([images, lt, dims]))
     runner.run(
         'PHdict.py',
-        [images, '-o', ph_dir, '-it', 'png', '-nw', 2, '--label_type', lt, '--numof_dims', dims],
+        [images, '-o', ph_dir, '-it', 'png', '-nw', _nw(cfg, 2), '--label_type', lt, '--numof_dims', dims],
         'PHdict.py',
     )
     # the random-target control: PHdict.py --label_type random (a fixed N(0,1) vector per image, seed 0 as
@@ -465,16 +500,17 @@ def prepare_pretraining(runner, cfg, log):
     common = ['-u', cfg['arch'], '-nc', dims, '--label_type', lt] + sizes + norm
     extra = cfg['pre_extra'].split()
     if cfg['on_the_fly']:
-        ph = common + ['-n', cfg['n_images'], '-pb', 0.5, '--prob_colour', 0.5, '-nv', 0, '-nw', 2, '-ph', cfg['ph']]
+        nw = _nw(cfg, 2, loader=True)
+        ph = common + ['-n', cfg['n_images'], '-pb', 0.5, '--prob_colour', 0.5, '-nv', 0, '-nw', nw, '-ph', cfg['ph']]
     elif cfg['ph'] == 'post':
-        ph = common + ['-t', images, '-ph', 'post', '-nw', 2]
+        ph = common + ['-t', images, '-ph', 'post', '-nw', _nw(cfg, 2, loader=True)]
     else:
-        ph = common + ['-t', images, '-pd', ph_dir, '-pc', '-nw', 1]
+        ph = common + ['-t', images, '-pd', ph_dir, '-pc', '-nw', _nw(cfg, 1, loader=True)]
     rnd = (
         ['-u', cfg['arch'], '-nc', dims, '--label_type', 'random']
         + sizes
         + norm
-        + ['-t', images, '-pd', rand_dir, '-pc', '-nw', 1]
+        + ['-t', images, '-pd', rand_dir, '-pc', '-nw', _nw(cfg, 1, loader=True)]
     )
     return {'ph': ph + extra, 'random': rnd + extra}, {
         'images': images,
@@ -485,7 +521,7 @@ def prepare_pretraining(runner, cfg, log):
 
 
 def pretrain(runner, cfg, argv_by_init, log):
-    name = f"{cfg['arch']}_epoch{cfg['pre_epochs']}.pth"
+    name = f"{cfg['arch'].replace(':', '-')}_epoch{cfg['pre_epochs']}.pth"  # timm:NAME -> timm-NAME (models.file_stem)
 
     def one(init):
         argv = argv_by_init[init]
@@ -656,7 +692,19 @@ def _default_name(args, cfg):
     base = PRESETS[args.preset]
     changed = []
     for key, value in sorted(vars(args).items()):
-        if key in ('preset', 'name', 'out', 'work', 'fresh', 'threads', 'labels', 'seeds', 'inits', 'device'):
+        if key in (
+            'preset',
+            'name',
+            'out',
+            'work',
+            'fresh',
+            'threads',
+            'labels',
+            'seeds',
+            'inits',
+            'device',
+            'workers',
+        ):
             continue
         default = get_args_parser().get_default(key)
         if value is not None and value != default and value != base.get(key):
@@ -676,6 +724,9 @@ def main(args):
     name = args.name or _default_name(args, cfg)
     work = os.path.abspath(args.work)
     fileio.ensure_dir(work)
+    if args.out is None:
+        default_out = os.path.join(os.environ['OUT'], 'transfer') if os.environ.get('OUT') else None
+        args.out = default_out or os.path.join(_ROOT, 'bench', 'results')
     fileio.ensure_dir(args.out)
     t0 = time.time()
     load_before = _load()

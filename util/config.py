@@ -60,7 +60,7 @@ class TrainConfig:
     distributed: bool = False
     seed: int = 1
     batch_size: int = 96
-    num_workers: int = 8
+    num_workers: Optional[int] = None  # None: the cores per training process minus two (util.train.distributed)
     log_interval: int = 100
     optimizer: str = 'sgd'
     momentum: float = 0.9
@@ -71,6 +71,7 @@ class TrainConfig:
     save_interval: int = 90
     freeze_encoder: bool = False
     ph_weight: float = 1.0  # two-task modes: weight of the PH regression loss
+    tensorboard: bool = False  # --tensorboard: log.jsonl's figures also written for TensorBoard
 
 
 @dataclass(frozen=True)

@@ -158,11 +158,30 @@ def save_image(path, image, fmt=None, **params):
 
 
 def torch_save(obj, path):
-    """``torch.save`` atomically (a killed run never leaves a truncated ``.pth``)."""
+    """``torch.save`` atomically (a killed run never leaves a truncated ``.pth``), every tensor as a CPU copy.
+
+    torch.save records each storage's device: a state dict saved as it is from a GPU would need that GPU (or a
+    ``map_location``) to load, so the README's plain ``torch.load(path, weights_only=True)`` would fail on a
+    machine without CUDA.  Tensors are copied to fresh CPU memory (nested dicts, lists and tuples followed, a
+    state dict's ``_metadata`` kept), whatever device they are on."""
     import torch
 
+    obj = _cpu_copy(obj, torch)
     with signals_deferred(), atomic_open(path, 'wb', fsync=True) as f:  # Ctrl-C: finished first
         torch.save(obj, f)
+
+
+def _cpu_copy(obj, torch):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to('cpu', copy=True)
+    if isinstance(obj, dict):
+        out = type(obj)((k, _cpu_copy(v, torch)) for k, v in obj.items())
+        if hasattr(obj, '_metadata'):
+            out._metadata = obj._metadata
+        return out
+    if isinstance(obj, (list, tuple)) and not hasattr(obj, '_fields'):
+        return type(obj)(_cpu_copy(v, torch) for v in obj)
+    return obj
 
 
 def is_temp_file(name):

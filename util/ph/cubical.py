@@ -27,7 +27,7 @@ Pipeline (the original project's, made faster where it costs nothing in exactnes
 Speed (see ``bench/ph_bench.py``): for 8-bit grey images Otsu's threshold is computed from a 256-bin count of
 the pixel values, binned exactly as ``skimage.filters.threshold_otsu`` bins the float image, so the mask is
 bit for bit the one the original computed, at a fifth of the cost.  The signed distance is taken from the
-exact numba squared EDT of :mod:`util.ph.unionfind` (checked equal to scipy's in the tests; about 2.5x
+exact numba squared EDT of :mod:`util.ph.distance` (checked equal to scipy's in the tests; about 2.5x
 faster than scipy; the ``edt`` package is no longer used), or, with :data:`NUMBA_EDT` off, from scipy's two
 feature transforms combined in integer arithmetic (about 1.5x faster than two ``distance_transform_edt``
 calls, the same values bit for bit).
@@ -38,10 +38,10 @@ import os
 import sys
 
 import numpy as np
-from skimage.filters import threshold_otsu
 
 from util.errors import UserError
 from util.io.fileio import convert_image, load_image
+from util.ph.otsu import otsu_threshold, otsu_threshold_from_counts
 
 
 def _import_cripser():
@@ -66,7 +66,28 @@ def _import_cripser():
     return cripser
 
 
-cripser = _import_cripser()
+def _cripser():
+    """The cripser module, imported on first use: the default engine (union-find) and filtrations
+    (signed distance, none) never need it, so a machine without cripser runs everything else; what does need it
+    (``--ph_engine cripser``, 3-D filtrations, the other filtrations) stops with a one-line error saying so."""
+    mod = globals().get('cripser')
+    if mod is None:
+        try:
+            mod = _import_cripser()
+        except ImportError as e:
+            raise UserError(
+                f"this needs the cripser package, which cannot be imported here ({e}): install it (pip install "
+                "cripser), or keep --ph_engine auto/unionfind with the signed_distance or none filtration"
+            ) from None
+        globals()['cripser'] = mod
+    return mod
+
+
+def __getattr__(name):  # ``cubical.cripser``: the module, imported when first asked for
+    if name == 'cripser':
+        return _cripser()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 FILTRATIONS = (
     'signed_distance',
@@ -87,9 +108,8 @@ DEFAULT_ENGINE = 'auto'
 DIAGRAM_COLUMNS = ('dim', 'birth', 'death', 'x1', 'y1', 'z1', 'x2', 'y2', 'z2')
 # Deaths at or above this are "infinite": cripser writes DBL_MAX (~1.8e308) for essential classes.
 INFINITE_DEATH = 0.5 * np.finfo(np.float64).max
-OTSU_BINS = 256  # skimage.filters.threshold_otsu's default number of bins for float images
 
-# The signed distance comes from the union-find module's exact numba squared EDT (about 2.5x faster than
+# The signed distance comes from util.ph.distance's exact numba squared EDT (about 2.5x faster than
 # scipy); False = scipy's feature transforms (the reference route, kept for tests and the benchmarks).
 NUMBA_EDT = True
 
@@ -135,25 +155,6 @@ def to_grey(img):
 # Otsu threshold
 
 
-def otsu_threshold_from_counts(counts):
-    """Otsu's threshold of an 8-bit image given its 256 pixel counts (``counts[v]`` = pixels of value ``v``).
-
-    Equal to ``skimage.filters.threshold_otsu`` of the image as float64 (which is what the original
-    thresholded): skimage lays 256 equal bins on ``[min, max]`` with ``np.histogram``, whose bins are
-    ``edges[i] <= v < edges[i+1]`` (the last one closed); each grey level falls in one bin, so the bin counts
-    follow from the 256 level counts without touching the pixels again.  Returns None for a constant image.
-    """
-    counts = np.asarray(counts)
-    levels = np.flatnonzero(counts)
-    if levels.size < 2:
-        return None
-    edges = np.linspace(float(levels[0]), float(levels[-1]), OTSU_BINS + 1)
-    index = np.minimum(np.searchsorted(edges, levels, side='right') - 1, OTSU_BINS - 1)
-    hist = np.bincount(index, weights=counts[levels], minlength=OTSU_BINS)
-    centers = (edges[:-1] + edges[1:]) / 2.0
-    return float(threshold_otsu(hist=(hist, centers)))
-
-
 def otsu_mask(grey, counts=None):
     """Foreground mask ``grey >= t`` at Otsu's threshold ``t`` (as skimage computes it on the float image).
 
@@ -172,7 +173,7 @@ def otsu_mask(grey, counts=None):
     lo, hi = grey.min(), grey.max()
     if not lo < hi:
         return None
-    return grey >= threshold_otsu(grey)
+    return grey >= otsu_threshold(grey, lo, hi)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -216,14 +217,14 @@ def edge_map(grey):
 def _signed_distance(bw):
     """``EDT(bw) - EDT(~bw)`` as float64 ``(H, W)``, bit for bit scipy's (both classes must be present).
 
-    With :data:`NUMBA_EDT` (the default): :func:`util.ph.unionfind.signed_sqedt`, the exact signed squared
+    With :data:`NUMBA_EDT` (the default): :func:`util.ph.distance.signed_sqedt`, the exact signed squared
     distances as integers, whose float64 square roots are those scipy takes of the same integers.  Else
     scipy's two feature transforms (nearest background pixel of each foreground pixel and vice versa),
     combined into one integer squared distance -- the values ``distance_transform_edt`` computes, without its
     float64 temporaries for each of the two calls.
     """
     if NUMBA_EDT and bw.ndim == 2:
-        k = _unionfind().signed_sqedt(bw)
+        k = _distance().signed_sqedt(bw)
         d = np.sqrt(np.abs(k), dtype=np.float64)
         np.negative(d, out=d, where=k < 0)
         return d
@@ -299,7 +300,7 @@ def _filtration_of(g, bw, kind, gradient):
         return np.zeros(g.shape, dtype=np.float64)
     if kind == 'signed_distance':
         return _signed_distance(bw)
-    out = cripser.apply_transform(bw.view(np.uint8), kind, threshold=1)
+    out = _cripser().apply_transform(bw.view(np.uint8), kind, threshold=1)
     return np.ascontiguousarray(out, dtype=np.float64)
 
 
@@ -325,6 +326,12 @@ def _unionfind():
     return ph_unionfind
 
 
+def _distance():
+    from util.ph import distance
+
+    return distance
+
+
 def diagram_of_filtration(filtration, engine=DEFAULT_ENGINE):
     """Persistence diagram ``(n, 9)`` float64 of H0 and H1 of a filtration (2-D; cripser also takes 3-D).
 
@@ -339,11 +346,11 @@ def diagram_of_filtration(filtration, engine=DEFAULT_ENGINE):
         return _unionfind().diagram(f)
     if f.ndim == 2 and 1 in f.shape and f.size > 1:
         axis = 0 if f.shape[0] == 1 else 1
-        dgm = cripser.computePH(np.ascontiguousarray(np.concatenate([f, f], axis=axis)), maxdim=1)
+        dgm = _cripser().computePH(np.ascontiguousarray(np.concatenate([f, f], axis=axis)), maxdim=1)
         for col in (3 + axis, 6 + axis):  # x1/y1 and x2/y2 along the doubled side: 0 (or -1 = none)
             np.minimum(dgm[:, col], 0, out=dgm[:, col])
         return dgm
-    return cripser.computePH(f, maxdim=1)
+    return _cripser().computePH(f, maxdim=1)
 
 
 def compute_ph(img, filtration=DEFAULT_FILTRATION, gradient=False, engine=DEFAULT_ENGINE):
@@ -352,7 +359,7 @@ def compute_ph(img, filtration=DEFAULT_FILTRATION, gradient=False, engine=DEFAUL
     map instead of the Otsu mask when ``gradient``; ``engine`` as in :func:`diagram_of_filtration`.
 
     With union-find and the signed distance the float filtration is never formed: the exact signed squared
-    distances (:func:`util.ph.unionfind.signed_sqedt`) are counting-sorted and square roots are taken for
+    distances (:func:`util.ph.distance.signed_sqedt`) are counting-sorted and square roots are taken for
     the output rows only -- the same diagram, bit for bit.
     """
     if isinstance(img, (str, os.PathLike)):
@@ -367,8 +374,7 @@ def compute_ph(img, filtration=DEFAULT_FILTRATION, gradient=False, engine=DEFAUL
         and bw.any()
         and not bw.all()
     ):
-        uf = _unionfind()
-        return uf.diagram_of_sqkeys(uf.signed_sqedt(bw))
+        return _unionfind().diagram_of_sqkeys(_distance().signed_sqedt(bw))
     return diagram_of_filtration(_filtration_of(g, bw, filtration, gradient), engine)
 
 
@@ -383,6 +389,7 @@ def warm_up(engine=DEFAULT_ENGINE):
     uses it, so that worker processes forked afterwards start with it ready."""
     if resolve_engine(engine, 2) == 'unionfind':
         _unionfind().warm_up()
+        _distance().warm_up()
 
 
 def is_diagram(a):

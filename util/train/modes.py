@@ -145,7 +145,7 @@ def build_finetune_model(run, init_state=None, quiet=False):
     num_classes = resolve_num_classes(m.numof_classes)
     pw = m.path2weight
     if init_state is not None:
-        model, report = models.load_for(m.usenet, init_state, num_classes)
+        model, report = models.load_for(m.usenet, init_state, num_classes, input_size=run.data.augment.crop_size)
         if distributed.is_main_process():
             print(
                 f"initialised from the pretraining phase: {report['loaded']} tensors loaded, head "
@@ -154,11 +154,11 @@ def build_finetune_model(run, init_state=None, quiet=False):
             )
         return model, None
     if pw == 'imagenet':
-        model, _ = models.load_for(m.usenet, 'imagenet', num_classes)
+        model, _ = models.load_for(m.usenet, 'imagenet', num_classes, input_size=run.data.augment.crop_size)
         print(f"initialised from torchvision's ImageNet weights for {m.usenet}", flush=True)
         return model, None
     if not pw:
-        model, _ = models.load_for(m.usenet, None, num_classes)
+        model, _ = models.load_for(m.usenet, None, num_classes, input_size=run.data.augment.crop_size)
         if not quiet:
             print("WARNING: no -pw given: training from scratch (random initialisation)", file=sys.stderr, flush=True)
         return model, None
@@ -170,7 +170,9 @@ def build_finetune_model(run, init_state=None, quiet=False):
             f"-npc {m.numof_pretrained_classes} but {pw} has a head of {stored} outputs; "
             f"drop -npc (it is read from the file)"
         )
-    model, report = models.load_for(m.usenet, pw, num_classes, verbose=distributed.is_main_process())
+    model, report = models.load_for(
+        m.usenet, pw, num_classes, verbose=distributed.is_main_process(), input_size=run.data.augment.crop_size
+    )
     print(
         f"initialised from {pw}: {report['loaded']} tensors loaded, head "
         f"{'re-initialised' if report['head_reinitialised'] else 'kept'}",
@@ -193,6 +195,7 @@ def _pretraining_model(run):
         run.model.path2weight or None,
         run.model.numof_classes,
         verbose=distributed.is_main_process(),
+        input_size=run.data.augment.crop_size,
     )
     return model
 
@@ -239,7 +242,7 @@ def run_pretraining(run, run_dir=None, phase='pretraining'):
                 return engine.evaluate_classification(bare_model, loader, criterion, cfg, len(classes))[0]
             return engine.evaluate_regression(bare_model, loader, criterion, cfg)
 
-    weights_name = f'{run.model.usenet}_epoch{{epoch}}.pth'
+    weights_name = f'{models.file_stem(run.model.usenet)}_epoch{{epoch}}.pth'
     records = _fit(
         model,
         criterion,
@@ -306,7 +309,7 @@ def _fit_classifier(model, train_set, val_set, classes, run, facts, run_dir, pha
     rate, writing ft_{usenet}_epoch{E}.pth; then, on rank 0, the final evaluation, the curves and the
     closing line. Returns the records."""
     cfg = run.train
-    weights_name = f'ft_{run.model.usenet}_epoch{{epoch}}.pth'
+    weights_name = f'ft_{models.file_stem(run.model.usenet)}_epoch{{epoch}}.pth'
     criterion = nn.CrossEntropyLoss() if train_set is not None else None
     records = _fit(
         model,
@@ -351,7 +354,7 @@ def run_evaluation(run):
     if not run.model.path2weight and not run.resume:
         raise UserError("--evaluate needs the fine-tuned weights: -pw FILE (or --resume checkpoint.pth)")
     source = runs.resolve_resume(run.resume) if run.resume else run.model.path2weight
-    model, report = models.load_for(run.model.usenet, source, len(classes))
+    model, report = models.load_for(run.model.usenet, source, len(classes), input_size=run.data.augment.crop_size)
     regression = runs.regression_weights(source, report['meta'])
     if regression:
         raise UserError(f"{source} holds {regression}, not a classifier; fine-tune them first, then evaluate")
@@ -364,7 +367,8 @@ def run_evaluation(run):
     run_dir, _, _ = open_run(replace(run, resume=''), 'evaluation', {})
     model = engine.prepare_model(model, cfg)
     metrics = write_evaluation(model, val_set, classes, nn.CrossEntropyLoss(), cfg, run_dir, run.learning_mode)
-    print(engine.format_metrics(metrics), flush=True)
+    if distributed.is_main(cfg):  # rank 0 alone evaluated
+        print(engine.format_metrics(metrics), flush=True)
     return metrics
 
 

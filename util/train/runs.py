@@ -12,8 +12,8 @@ import torch
 from models import unwrap
 from util.errors import UserError
 from util.io import fileio
-from util.train.datasets import IMAGENET_MEAN, IMAGENET_STD
 from util.train.distributed import broadcast_object, is_main
+from util.train.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 CHECKPOINT_NAME = 'checkpoint.pth'
 LOG_NAME = 'log.jsonl'
@@ -65,19 +65,11 @@ def jsonable(settings):
 
 
 class RunLogger:
-    """Per-epoch JSON-lines log (+ TensorBoard scalars when the package is installed), rank 0 only."""
+    """Per-epoch JSON-lines log, rank 0 only (TensorBoard, when asked: :mod:`util.train.tensorboard_log`)."""
 
     def __init__(self, run_dir, enabled=True):
         self.path = os.path.join(run_dir, LOG_NAME)
         self.enabled = enabled
-        self.tb = None
-        if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(log_dir=os.path.join(run_dir, 'tensorboard'))
-            except Exception:  # TensorBoard is optional
-                self.tb = None
 
     def log(self, record):
         if not self.enabled:
@@ -100,11 +92,6 @@ class RunLogger:
                 f"cannot write {self.path}: {e.strerror}; make room, then continue with --resume "
                 f"{os.path.dirname(self.path)}"
             ) from None
-        if self.tb is not None:
-            for k, v in record.items():
-                if isinstance(v, (int, float)) and k != 'epoch':
-                    self.tb.add_scalar(k, v, record.get('epoch', 0))
-            self.tb.flush()
 
     def truncate_after(self, epoch):
         """Drop records of epochs after ``epoch`` (a resumed run repeats them)."""
@@ -122,8 +109,7 @@ class RunLogger:
         fileio.write_text(self.path, ''.join(k + '\n' for k in keep))
 
     def close(self):
-        if self.tb is not None:
-            self.tb.close()
+        pass
 
 
 def rng_state():
@@ -145,7 +131,9 @@ def set_rng_state(state):
     np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
     random.setstate(_list_to_tuple(state['python']))
     if 'cuda' in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state['cuda'])
+        # the checkpoint may come from a machine with more (or fewer) GPUs: restore the devices both have
+        for i, s in enumerate(list(state['cuda'])[: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(s, i)
 
 
 def _tuple_to_list(x):
