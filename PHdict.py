@@ -51,7 +51,7 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
-from util.cli import compat
+from util.cli import compat, label_flags
 from util.cli.strict_args import PHDICT_FLAGS, StrictArgumentParser
 from util.errors import UserError, run_cli
 from util.io.fileio import (
@@ -76,7 +76,7 @@ from util.ph.labels import (
     write_label_matrix,
 )
 from util.ph.vectorise import add_label_args, check_label_dim, make_vectoriser, vectoriser_from_args
-from util.train import label_norm, label_sources
+from util.train import label_norm, sources
 
 HIST_SUFFIX = 'hist.npy'
 PERSIMG_SUFFIX = '_persImg.npy'
@@ -213,7 +213,7 @@ def get_args_parser():
         "the other flags also set the -ch histogram and the -cpi persistence image",
     )
     add_label_args(group, max_life='-ml', max_birth='-mb', bandwidth='-b', sigma='-s')
-    label_sources.allow_random_choice(group)
+    label_flags.allow_random_choice(group)
     group.add_argument(
         '--seed',
         type=int,
@@ -531,7 +531,7 @@ def main(args):
         )
     _refuse_shared_stems(all_files)
     files = shard_of(all_files, k, n)
-    if args.label_type == label_sources.RANDOM:
+    if args.label_type == sources.RANDOM:
         return _random_labels(args, files, all_files, out_dir, k, n)
     check_settings(out_dir, output_settings(args))
     write_json(os.path.join(out_dir, 'args.json'), vars(args))
@@ -720,21 +720,21 @@ def _random_labels(args, files, all_files, out_dir, k, n):
             "PHdict.py separately for them)"
         )
     info = dict(
-        label_type=label_sources.RANDOM,
+        label_type=sources.RANDOM,
         params={'seed': args.seed, 'distribution': 'standard normal', 'key': 'relative path without extension'},
         filtration=None,
         imgtype=args.imgtype,
         gradient=False,
     )
-    names = label_names(label_sources.RANDOM, k, n)
+    names = label_names(sources.RANDOM, k, n)
     if label_matrix_complete(out_dir, names, files, info):
         print(f"label matrix {names[0]} is complete; kept")
     else:
-        keys = [label_sources.image_key(f) for f in files]
-        write_label_matrix(out_dir, names, label_sources.random_matrix(args.seed, keys, args.numof_dims), files, info)
+        keys = [sources.image_key(f) for f in files]
+        write_label_matrix(out_dir, names, sources.random_matrix(args.seed, keys, args.numof_dims), files, info)
         print(f"label matrix {names[0]}: {len(files)} x {args.numof_dims} random targets (seed {args.seed})")
     if n > 1:
-        merge_label_shards(out_dir, label_sources.RANDOM, n, info, all_files)
+        merge_label_shards(out_dir, sources.RANDOM, n, info, all_files)
     _label_stats(args, out_dir)
     return 0
 

@@ -235,6 +235,7 @@ def _loader_stages(
     from skimage.filters import threshold_otsu
 
     from util.ph import unionfind as uf
+    from util.ph.distance import signed_sqedt
 
     for i in range(n):
         ours['generate'] += _best(lambda: Image.fromarray(generate_image(cfg, 0, i)).convert('RGB'), repeats)
@@ -242,7 +243,7 @@ def _loader_stages(
 
         def filt():
             g, bw = ph._binary(pil, 'signed_distance', False)
-            return None if bw is None else uf.signed_sqedt(bw)
+            return None if bw is None else signed_sqedt(bw)
 
         ours['filtration'] += _best(filt, repeats)
         keys = filt()

@@ -31,6 +31,7 @@ image, from the seed and the image's name only); ``--label_norm standard`` is pa
 
 import argparse
 import datetime
+import functools
 import hashlib
 import json
 import math
@@ -333,8 +334,11 @@ def _link_or_copy(src, dst):
 
 def _list_folder(root):
     classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
-    if not classes:
-        raise UserError(f"--data {root!r} has no class sub-folders (<class>/<image>)")
+    if len(classes) < 2:  # one class: every prediction right, a top-1 of 100%
+        raise UserError(
+            f"--data {root!r} has {len(classes)} class sub-folder(s) {classes}: a transfer task needs at least 2 "
+            "classes (<class>/<image>)"
+        )
     files, targets = [], []
     for ci, c in enumerate(classes):
         for rel in fileio.list_images(os.path.join(root, c)):
@@ -358,6 +362,15 @@ def _cap_test(folder, max_test, seed):
             os.remove(os.path.join(folder, rel))
 
 
+@functools.lru_cache(maxsize=None)
+def _content_key(data):
+    """A hash of every image below ``data`` (relative path, size and BLAKE2b digest: util.io.provenance), so
+    that the splits cached in the work folder follow the folder's content, not its path."""
+    from util.io.provenance import fingerprint_below
+
+    return _hash([[rel, (fingerprint_below(data, rel) or {}).get('hash')] for rel in fileio.list_images(data)])
+
+
 def make_split(runner, cfg, seed, k):
     """An ImageFolder train/val pair for (seed, k labels per class); k = 0 means all. Returns its folder."""
     kk = 0 if k == 'all' else int(k)
@@ -374,7 +387,7 @@ def make_split(runner, cfg, seed, k):
             _cap_test(os.path.join(out, 'val'), cfg['max_test'], seed)
         return out
     data = os.path.abspath(cfg['data'])
-    key = _hash([data, seed, kk, cfg['val_fraction'], cfg['max_test']])
+    key = _hash([_content_key(data), seed, kk, cfg['val_fraction'], cfg['max_test']])  # the content, not the path
     out = os.path.join(runner.work, 'data', f'{os.path.basename(data)}_s{seed}_k{k}_{key}')
     done = os.path.join(out, 'split.json')
     if os.path.isfile(done):
@@ -390,6 +403,12 @@ def make_split(runner, cfg, seed, k):
         idx = rng.permutation(np.flatnonzero(targets == c))
         if not has_split:
             n_test = int(round(len(idx) * cfg['val_fraction']))
+            if n_test < 1 or n_test >= len(idx):
+                raise UserError(
+                    f"--data: class {os.path.dirname(files[idx[0]])!r} of {pool_root} has {len(idx)} image(s): "
+                    f"--val_fraction {cfg['val_fraction']} holds out {n_test} for testing, leaving "
+                    f"{len(idx) - n_test} to train; give each class enough images for both (or train/ and val/)"
+                )
             test.extend(idx[:n_test])
             idx = idx[n_test:]
         if kk:
@@ -502,7 +521,7 @@ def prepare_pretraining(runner, cfg, log):
 
 
 def pretrain(runner, cfg, argv_by_init, log):
-    name = f"{cfg['arch']}_epoch{cfg['pre_epochs']}.pth"
+    name = f"{cfg['arch'].replace(':', '-')}_epoch{cfg['pre_epochs']}.pth"  # timm:NAME -> timm-NAME (models.file_stem)
 
     def one(init):
         argv = argv_by_init[init]
@@ -721,12 +740,12 @@ def main(args):
     inits = [i for i in INITS if i in cfg['inits']]
     files = {}
     pre = {}
+    tasks = [  # the splits first: a --data the task cannot use is refused before any pretraining
+        (k, seed, make_split(runner, cfg, seed, k), init) for k in cfg['labels'] for seed in seeds for init in inits
+    ]
     if any(i != 'scratch' for i in inits):
         argv_by_init, files = prepare_pretraining(runner, cfg, log)
         pre = pretrain(runner, cfg, argv_by_init, log)
-    tasks = [
-        (k, seed, make_split(runner, cfg, seed, k), init) for k in cfg['labels'] for seed in seeds for init in inits
-    ]
 
     def one(task):
         k, seed, split, init = task

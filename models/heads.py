@@ -9,6 +9,9 @@ in the model (outside auxiliary classifiers).  For the torchvision families this
 * ``classifier[1]``      -- squeezenet's final 1x1 ``Conv2d`` (its output channels are the classes)
 * ``heads.head`` / ``head`` -- vision transformer / swin transformer
 
+timm models (``-u timm:NAME``) name their head themselves: ``get_classifier()`` gives it and
+:func:`replace_head` goes through their ``reset_classifier``.
+
 Auxiliary classifiers (googlenet ``aux1``/``aux2``, inception ``AuxLogits``: any submodule whose name contains
 ``aux``) have their own last layer, which is treated as part of the head: :func:`replace_head` resizes it too,
 and :func:`head_parameter_names` includes it.  Widths are always read from the existing layer.
@@ -55,8 +58,25 @@ def _last_layer(named_modules):
     return found
 
 
+def timm_head(model):
+    """``(path, layer)`` of the head a timm model reports (``get_classifier``), or None for other models."""
+    inner = unwrap(model)
+    if not (callable(getattr(inner, 'get_classifier', None)) and callable(getattr(inner, 'reset_classifier', None))):
+        return None
+    head = inner.get_classifier()
+    if not isinstance(head, HEAD_TYPES):
+        return None
+    for path, module in model.named_modules():
+        if module is head:
+            return path, module
+    return None
+
+
 def head_paths(model):
     """``[(path, layer), ...]``: the main head first, then the last layer of each auxiliary classifier."""
+    timm = timm_head(model)
+    if timm is not None:
+        return [timm]
     aux = aux_module_paths(model)
 
     def outside_aux(item):
@@ -146,9 +166,18 @@ def replace_head(model, num_classes):
     """Replace the head (and any auxiliary heads) by fresh layers with ``num_classes`` outputs, in place.
 
     The new layers keep the old ones' type, input width and bias setting; they get PyTorch's default
-    initialisation.  Returns the new main head layer (the model itself is modified).
+    initialisation.  Returns the new main head layer (the model itself is modified).  A timm model's head is
+    replaced by its own ``reset_classifier`` (then moved to the old head's device, dtype and mode).
     """
     check_num_classes(num_classes)
+    timm = timm_head(model)
+    if timm is not None:
+        old = timm[1]
+        inner = unwrap(model)
+        inner.reset_classifier(num_classes)
+        new = inner.get_classifier()
+        new.to(device=old.weight.device, dtype=old.weight.dtype).train(old.training)
+        return new
     new_main = None
     for path, layer in head_paths(model):
         parent, name = _parent_and_name(model, path)

@@ -10,6 +10,7 @@ import torch
 import torchvision
 from torch.overrides import TorchFunctionMode
 
+from models import timm_backend
 from models.heads import head_parameter_names, is_aux_name
 from util.errors import UserError
 
@@ -27,7 +28,11 @@ def list_architectures():
 
 
 def resolve_arch(arch):
-    """Return the canonical architecture name, or raise :class:`UserError` listing close matches."""
+    """Return the canonical architecture name, or raise :class:`UserError` listing close matches.
+
+    ``timm:NAME`` names a timm model (:mod:`models.timm_backend`; needs the optional package timm)."""
+    if timm_backend.is_timm(arch):
+        return timm_backend.resolve(arch)
     names = list_architectures()
     if isinstance(arch, str):
         key = arch.strip().lower().replace('-', '_')
@@ -94,11 +99,18 @@ def skeleton(arch, **kwargs):
     """A weight-free instance of ``arch`` (parameters on the ``meta`` device) for inspecting its structure,
     ``state_dict`` keys and shapes.  It cannot run a forward pass."""
     arch = resolve_arch(arch)
+    if timm_backend.is_timm(arch):
+        return timm_backend.skeleton(arch)
     kwargs = {**ARCH_DEFAULTS.get(arch, {}), **kwargs}
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         with _MetaFactories():
             return torchvision.models.get_model(arch, weights=None, **kwargs)
+
+
+def file_stem(arch):
+    """``arch`` as it appears in file names: ``timm:resnet18d`` -> ``timm-resnet18d`` (no colon)."""
+    return arch.replace(':', '-')
 
 
 def _shapes(model):

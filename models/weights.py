@@ -187,11 +187,11 @@ def architecture_hint(state_dict, meta):
     """``(arch, how)`` the weights look made for, or ``(None, None)``: the checkpoint's recorded
     architecture (``args['usenet']``/``args['arch']``...) if present, else the torchvision architecture whose
     keys and shapes match exactly."""
-    args = meta.get('args') if isinstance(meta, Mapping) else None
-    if isinstance(args, Mapping):
+    recorded = meta.get('args') if isinstance(meta, Mapping) else None
+    if isinstance(recorded, Mapping):
         for name in ARCH_ARG_NAMES:
-            if isinstance(args.get(name), str):
-                return args[name], f"according to its args['{name}']"
+            if isinstance(recorded.get(name), str):
+                return recorded[name], f"according to its args['{name}']"
     for name in ('arch', 'usenet'):
         if isinstance(meta.get(name), str):
             return meta[name], f"according to its '{name}' entry"

@@ -65,8 +65,10 @@ SCRIPT_FILES = {
     'evaluation': 'finetuning.py',
     'downloader': 'util/ImageDatasetsDownloader.py',
     'predict': 'predict.py',
+    'visMap': 'visMap.py',
+    'transfer': 'bench/transfer.py',
 }
-IN_PROCESS = {'pretraining.py': 'pretraining', 'finetuning.py': 'finetuning'}
+IN_PROCESS = {'pretraining.py': 'pretraining', 'finetuning.py': 'finetuning', 'visMap.py': 'visMap'}
 SCRIPTS = ('random_image', 'PHdict', 'pretraining', 'finetuning', 'evaluation', 'downloader')
 TINY = ['-u', 'resnet18', '--img_size', '48', '--crop_size', '32', '-nw', '0']
 PT_DIM = 40  # label dimension of the pretraining rows (histogram: 4 x 10 bins)
@@ -608,6 +610,19 @@ class Data:
     def finetuned(self):
         """Weights for the two-class tasks (resnet18, 2 outputs), as finetuning.py writes them."""
         return self._weights('ft_resnet18_epoch1.pth', 2)
+
+    @property
+    def pt_run(self):
+        """A finished 1-epoch pretraining run whose head has 2 outputs (Betti curves), as many as a classifier
+        of ``task`` has."""
+
+        def make():
+            out = self.root / 'pt_run'
+            argv = ['-t', self.gen, '-pd', self.gen_ph, '-o', out, '-nc', 2, '--label_type', 'betti_curve']
+            expect_ok(run('pretraining', *argv, '-e', 1, '-b', 8, *TINY))
+            return only_run_dir(out)
+
+        return self.once('pt_run', make)
 
     # --- the downloader, offline: MNIST files placed by hand, a source table pointing at a closed port
     @property

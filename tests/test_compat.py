@@ -455,7 +455,7 @@ def test_training_main_applies_the_special_values(tmp_path, monkeypatch, capsys)
     from util.cli import flags as cli
 
     seen = {}
-    monkeypatch.setattr(cli.modes, 'run', lambda args, cfg: seen.setdefault('args', args) and 0)
+    monkeypatch.setattr(cli, 'launch', lambda args, cfg: seen.setdefault('args', args) and 0)
     (tmp_path / 'w').mkdir()
     (tmp_path / 'w' / 'resnet18_epoch3.pth').write_bytes(b'x')
     args = cli.get_args_parser('finetuning').parse_args(

@@ -8,6 +8,7 @@ from skimage.filters import threshold_otsu
 
 from util.errors import UserError
 from util.ph import cubical as ph
+from util.ph.otsu import otsu_threshold_from_counts
 
 INF_DEATH = 0.5 * np.finfo(np.float64).max
 
@@ -85,7 +86,7 @@ def test_threshold_from_counts_equals_skimage_value():
     rng = np.random.default_rng(12)
     for u8 in _varied_uint8_images(rng, 200):
         g = u8.astype(np.float64)
-        t = ph.otsu_threshold_from_counts(np.bincount(u8.ravel(), minlength=256))
+        t = otsu_threshold_from_counts(np.bincount(u8.ravel(), minlength=256))
         assert (t is None) == (g.min() == g.max())
         if t is not None:
             assert t == threshold_otsu(g)

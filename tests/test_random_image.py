@@ -35,8 +35,8 @@ from util.ph.generator import (
     _filtered_channels,
     generate_image,
     image_rng,
-    otsu_threshold,
 )
+from util.ph.otsu import otsu_threshold
 from util.random_image import get_args_parser, main
 
 SCRIPT = 'util/random_image.py'

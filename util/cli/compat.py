@@ -19,6 +19,7 @@ No torch here.
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -146,6 +147,8 @@ class PrecomputedOrColour(argparse.Action):
             return
         try:
             p = float(values)
+            if not math.isfinite(p):
+                raise ValueError(values)
         except ValueError:
             _fail(
                 parser,

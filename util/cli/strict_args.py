@@ -8,11 +8,26 @@ have, each answered with one line naming what to use here (exit status 2).
 """
 
 import argparse
+import math
 import sys
 
 
+def finite_float(text):
+    """``type=float`` of a :class:`StrictArgumentParser`: a number, never ``inf`` or ``nan`` (no flag of ours
+    means anything by them: ``--label_norm_floor inf`` would zero every target and write ``Infinity``, which is
+    not JSON, into args.json)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
 class StrictArgumentParser(argparse.ArgumentParser):
-    """``argparse.ArgumentParser`` without any abbreviation, of ``--long`` or of ``-multi`` letter options.
+    """``argparse.ArgumentParser`` without any abbreviation, of ``--long`` or of ``-multi`` letter options, whose
+    ``type=float`` options refuse ``inf`` and ``nan`` (:func:`finite_float`).
 
     ``refuse``: {option string: hint} of flags to answer with one line (see :func:`refuse_flags`).
     """
@@ -20,6 +35,7 @@ class StrictArgumentParser(argparse.ArgumentParser):
     def __init__(self, *args, refuse=None, **kwargs):
         kwargs.setdefault('allow_abbrev', False)
         super().__init__(*args, **kwargs)
+        self.register('type', float, finite_float)  # the argument groups share the parser's registry
         self._refuse = dict(refuse or {})
 
     def parse_known_args(self, args=None, namespace=None):

@@ -27,7 +27,7 @@ Pipeline (the original project's, made faster where it costs nothing in exactnes
 Speed (see ``bench/ph_bench.py``): for 8-bit grey images Otsu's threshold is computed from a 256-bin count of
 the pixel values, binned exactly as ``skimage.filters.threshold_otsu`` bins the float image, so the mask is
 bit for bit the one the original computed, at a fifth of the cost.  The signed distance is taken from the
-exact numba squared EDT of :mod:`util.ph.unionfind` (checked equal to scipy's in the tests; about 2.5x
+exact numba squared EDT of :mod:`util.ph.distance` (checked equal to scipy's in the tests; about 2.5x
 faster than scipy; the ``edt`` package is no longer used), or, with :data:`NUMBA_EDT` off, from scipy's two
 feature transforms combined in integer arithmetic (about 1.5x faster than two ``distance_transform_edt``
 calls, the same values bit for bit).
@@ -38,10 +38,10 @@ import os
 import sys
 
 import numpy as np
-from skimage.filters import threshold_otsu
 
 from util.errors import UserError
 from util.io.fileio import convert_image, load_image
+from util.ph.otsu import otsu_threshold, otsu_threshold_from_counts
 
 
 def _import_cripser():
@@ -108,9 +108,8 @@ DEFAULT_ENGINE = 'auto'
 DIAGRAM_COLUMNS = ('dim', 'birth', 'death', 'x1', 'y1', 'z1', 'x2', 'y2', 'z2')
 # Deaths at or above this are "infinite": cripser writes DBL_MAX (~1.8e308) for essential classes.
 INFINITE_DEATH = 0.5 * np.finfo(np.float64).max
-OTSU_BINS = 256  # skimage.filters.threshold_otsu's default number of bins for float images
 
-# The signed distance comes from the union-find module's exact numba squared EDT (about 2.5x faster than
+# The signed distance comes from util.ph.distance's exact numba squared EDT (about 2.5x faster than
 # scipy); False = scipy's feature transforms (the reference route, kept for tests and the benchmarks).
 NUMBA_EDT = True
 
@@ -156,25 +155,6 @@ def to_grey(img):
 # Otsu threshold
 
 
-def otsu_threshold_from_counts(counts):
-    """Otsu's threshold of an 8-bit image given its 256 pixel counts (``counts[v]`` = pixels of value ``v``).
-
-    Equal to ``skimage.filters.threshold_otsu`` of the image as float64 (which is what the original
-    thresholded): skimage lays 256 equal bins on ``[min, max]`` with ``np.histogram``, whose bins are
-    ``edges[i] <= v < edges[i+1]`` (the last one closed); each grey level falls in one bin, so the bin counts
-    follow from the 256 level counts without touching the pixels again.  Returns None for a constant image.
-    """
-    counts = np.asarray(counts)
-    levels = np.flatnonzero(counts)
-    if levels.size < 2:
-        return None
-    edges = np.linspace(float(levels[0]), float(levels[-1]), OTSU_BINS + 1)
-    index = np.minimum(np.searchsorted(edges, levels, side='right') - 1, OTSU_BINS - 1)
-    hist = np.bincount(index, weights=counts[levels], minlength=OTSU_BINS)
-    centers = (edges[:-1] + edges[1:]) / 2.0
-    return float(threshold_otsu(hist=(hist, centers)))
-
-
 def otsu_mask(grey, counts=None):
     """Foreground mask ``grey >= t`` at Otsu's threshold ``t`` (as skimage computes it on the float image).
 
@@ -193,7 +173,7 @@ def otsu_mask(grey, counts=None):
     lo, hi = grey.min(), grey.max()
     if not lo < hi:
         return None
-    return grey >= threshold_otsu(grey)
+    return grey >= otsu_threshold(grey, lo, hi)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -237,14 +217,14 @@ def edge_map(grey):
 def _signed_distance(bw):
     """``EDT(bw) - EDT(~bw)`` as float64 ``(H, W)``, bit for bit scipy's (both classes must be present).
 
-    With :data:`NUMBA_EDT` (the default): :func:`util.ph.unionfind.signed_sqedt`, the exact signed squared
+    With :data:`NUMBA_EDT` (the default): :func:`util.ph.distance.signed_sqedt`, the exact signed squared
     distances as integers, whose float64 square roots are those scipy takes of the same integers.  Else
     scipy's two feature transforms (nearest background pixel of each foreground pixel and vice versa),
     combined into one integer squared distance -- the values ``distance_transform_edt`` computes, without its
     float64 temporaries for each of the two calls.
     """
     if NUMBA_EDT and bw.ndim == 2:
-        k = _unionfind().signed_sqedt(bw)
+        k = _distance().signed_sqedt(bw)
         d = np.sqrt(np.abs(k), dtype=np.float64)
         np.negative(d, out=d, where=k < 0)
         return d
@@ -346,6 +326,12 @@ def _unionfind():
     return ph_unionfind
 
 
+def _distance():
+    from util.ph import distance
+
+    return distance
+
+
 def diagram_of_filtration(filtration, engine=DEFAULT_ENGINE):
     """Persistence diagram ``(n, 9)`` float64 of H0 and H1 of a filtration (2-D; cripser also takes 3-D).
 
@@ -373,7 +359,7 @@ def compute_ph(img, filtration=DEFAULT_FILTRATION, gradient=False, engine=DEFAUL
     map instead of the Otsu mask when ``gradient``; ``engine`` as in :func:`diagram_of_filtration`.
 
     With union-find and the signed distance the float filtration is never formed: the exact signed squared
-    distances (:func:`util.ph.unionfind.signed_sqedt`) are counting-sorted and square roots are taken for
+    distances (:func:`util.ph.distance.signed_sqedt`) are counting-sorted and square roots are taken for
     the output rows only -- the same diagram, bit for bit.
     """
     if isinstance(img, (str, os.PathLike)):
@@ -388,8 +374,7 @@ def compute_ph(img, filtration=DEFAULT_FILTRATION, gradient=False, engine=DEFAUL
         and bw.any()
         and not bw.all()
     ):
-        uf = _unionfind()
-        return uf.diagram_of_sqkeys(uf.signed_sqedt(bw))
+        return _unionfind().diagram_of_sqkeys(_distance().signed_sqedt(bw))
     return diagram_of_filtration(_filtration_of(g, bw, filtration, gradient), engine)
 
 
@@ -404,6 +389,7 @@ def warm_up(engine=DEFAULT_ENGINE):
     uses it, so that worker processes forked afterwards start with it ready."""
     if resolve_engine(engine, 2) == 'unionfind':
         _unionfind().warm_up()
+        _distance().warm_up()
 
 
 def is_diagram(a):

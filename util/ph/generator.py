@@ -20,7 +20,7 @@ Image ``i`` of a split depends only on ``(seed, stream, i)``: its random numbers
 ``np.random.default_rng([seed, stream, i])`` (stream 0 = train, 1 = val), so outputs do not depend on the
 number of worker processes, their order, or interruptions.
 
-How the fast path computes the same thing (see :func:`_draw_and_filter`, :func:`otsu_threshold`):
+How the fast path computes the same thing (see :func:`_draw_and_filter`, :func:`util.ph.otsu.otsu_threshold`):
 
 * For real ``noise``, ``Re(ifft2(fft2(noise) * H)) == irfft2(rfft2(noise) * H_sym)`` with
   ``H_sym(k) = (H(k) + H(-k mod S)) / 2``, which is real and Hermitian-symmetric, so half spectra suffice.
@@ -50,15 +50,14 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 from scipy import fft as sp_fft
-from skimage.filters import threshold_otsu
 
 from util.errors import UserError
 from util.io.fileio import TMP_MARK, load_image, save_image
+from util.ph.otsu import otsu_threshold
 
 TRAIN_STREAM = 0
 VAL_STREAM = 1
 FLAT_TOLERANCE = 1e-10  # an image whose values span less than this is redrawn
-OTSU_BINS = 256  # skimage.filters.threshold_otsu's default
 FORMATS = ('jpg', 'png')
 ARGS_FILE = 'args.json'
 # Hidden (leading dot), so that image listings (util.io.fileio.list_images) never take it for a training image.
@@ -235,54 +234,8 @@ def _filtered_channels(rng, cfg):
     return _draw_and_filter(rng, cfg)[0]
 
 
-def otsu_threshold(channel, low=None, high=None):
-    """``skimage.filters.threshold_otsu(channel)`` for a float array, computed faster.
-
-    The histogram is binned exactly as ``np.histogram(channel, 256)`` bins it (edges
-    ``linspace(min, max, 257)``; value ``v`` is in bin ``i`` iff ``edge[i] <= v < edge[i+1]``, the last bin
-    closed), then handed to skimage's ``threshold_otsu(hist=...)``. Bins are estimated arithmetically and
-    only pixels within rounding distance of a bin edge are checked against the edges. ``low``/``high``:
-    the channel's min/max (numpy scalars of its dtype) if already known. Arrays that are not float, or
-    whose values sit far from zero relative to their range, simply go to ``threshold_otsu``.
-    """
-    flat = channel.reshape(-1)
-    if not np.issubdtype(flat.dtype, np.floating):
-        return threshold_otsu(channel)
-    low = flat.min() if low is None else low
-    high = flat.max() if high is None else high
-    if not low < high:
-        return low
-    dtype = np.result_type(low, high, flat)
-    # Rounding (of the offset from `low`, of the scale, of the edges) moves a position, in bin units, by far
-    # less than `tol`; so an estimate farther than `tol` from an integer is the exact bin.
-    eps = float(np.finfo(dtype).eps)
-    tol = 64 * OTSU_BINS * eps * (1.0 + max(abs(float(low)), abs(float(high))) / float(high - low))
-    if tol >= 0.25:
-        return threshold_otsu(channel)
-    edges = np.linspace(low, high, OTSU_BINS + 1, endpoint=True, dtype=dtype)
-    values, floors, bins, near, near2 = _otsu_scratch(flat.size, dtype)
-    np.subtract(flat, low, out=values)  # position in bin units ...
-    values *= dtype.type(OTSU_BINS / (high - low))
-    np.minimum(values, OTSU_BINS - 1, out=values)  # ... the last bin is closed
-    np.floor(values, out=floors)
-    np.copyto(bins, floors, casting='unsafe')
-    values -= floors
-    np.less(values, tol, out=near)
-    np.greater(values, 1.0 - tol, out=near2)
-    near |= near2
-    check = np.flatnonzero(near)
-    if check.size:  # the edge rule, on the few close calls
-        v, b = flat[check], bins[check]
-        b -= v < edges[b]
-        b += (v >= edges[b + 1]) & (b != OTSU_BINS - 1)
-        bins[check] = b
-    counts = np.bincount(bins, minlength=OTSU_BINS)
-    centers = (edges[:-1] + edges[1:]) / 2
-    return threshold_otsu(hist=(counts, centers))
-
-
 def _otsu_scratch(n, dtype):
-    """Scratch for :func:`otsu_threshold`: 2 arrays of ``dtype``, 1 intp, 2 bool, all of length ``n``;
+    """Scratch for :func:`util.ph.otsu.otsu_threshold`: 2 arrays of ``dtype``, 1 intp, 2 bool, all of length ``n``;
     this thread's workspace when it fits, else new arrays."""
     side = math.isqrt(n)
     if dtype == np.float32 and side * side == n:
@@ -306,7 +259,7 @@ def generate_image(cfg: GeneratorConfig, seed: int, index: int, stream: int = TR
         q = rng.uniform(0.0, 1.0)
         chan, low, high = out[c], lows[c], highs[c]
         if q < pb:
-            t = otsu_threshold(chan, low, high)
+            t = otsu_threshold(chan, low, high, scratch=_otsu_scratch)
             mask = _workspace(size).flag.reshape(size, size)
             (np.greater_equal if q < pb / 2 else np.less)(chan, t, out=mask)
             np.multiply(mask, np.uint8(255), out=image[:, :, c])

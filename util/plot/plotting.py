@@ -43,15 +43,16 @@ def _new_figure(width, height):
     return fig
 
 
-def _save_figure(fig, path, dpi=100):
-    """Render ``fig`` to PNG bytes in memory, write them atomically to ``path``, release the figure."""
+def _save_figure(fig, path, dpi=100, metadata=None):
+    """Render ``fig`` to PNG bytes in memory, write them atomically to ``path``, release the figure.
+    ``metadata``: PNG text entries (e.g. ``{'Software': 'visMap.py'}``)."""
     path = os.fspath(path)
     directory = os.path.dirname(path)
     if directory:
         ensure_dir(directory, 'plot directory')
     buf = io.BytesIO()
     try:
-        fig.savefig(buf, format='png', dpi=dpi)
+        fig.savefig(buf, format='png', dpi=dpi, metadata=metadata)
     finally:
         fig.clear()
     write_bytes(path, buf.getvalue())
@@ -158,12 +159,12 @@ def filter_tiles(model_or_weight, max_filters=64):
     return tiles
 
 
-def filter_grid(model_or_weight, path, max_filters=64):
+def filter_grid(model_or_weight, path, max_filters=64, metadata=None):
     """PNG grid of the first-layer convolution filters of a model (see :func:`filter_tiles`).
 
     ``model_or_weight``: ``nn.Module``, state dict, or weight [O, I, kH, kW]. At most ``max_filters``
     tiles (the first ones), 8 per row (more when there are many), drawn with nearest-neighbour pixels.
-    Returns ``path``.
+    ``metadata``: PNG text entries.  Returns ``path``.
     """
     tiles = filter_tiles(model_or_weight, max_filters)
     n = len(tiles)
@@ -179,7 +180,7 @@ def filter_grid(model_or_weight, path, max_filters=64):
     ax.set_axis_off()
     k = tiles.shape[1:3]
     fig.suptitle(f"first-layer filters: {n} of size {k[0]}x{k[1]} (each min-max scaled)", fontsize=10)
-    return _save_figure(fig, path, dpi=120)
+    return _save_figure(fig, path, dpi=120, metadata=metadata)
 
 
 # --------------------------------------------------------------------------- input samples

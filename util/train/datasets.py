@@ -179,6 +179,7 @@ class MatrixLabels:
                 f"{', '.join(missing[:3])}){hint}; rerun PHdict.py with --label_type on this folder"
             )
         self.matrix = matrix
+        self.source = source  # the matrix file (util/train/sources.py records its digest in the run)
         self.rows = np.asarray(rows, dtype=np.int64)
         self.dim = matrix.shape[1]
 
@@ -277,7 +278,7 @@ class GeneratedPH(_PHBase):
         super().__init__(spatial, to_tensor, persistence, 'fail')
         self.cfg, self.seed, self.n, self.stream = cfg, seed, n_samples, stream
         self.computed = computed
-        self.index_labels = index_labels  # label(generated index) instead of PH (util/train/label_sources.py)
+        self.index_labels = index_labels  # label(generated index) instead of PH (util/train/sources.py)
         self.dim = (index_labels if index_labels is not None else computed).dim
         self.cache_dir = cache_dir
         self.fresh_each_epoch = fresh_each_epoch and cache_dir is None
@@ -354,14 +355,30 @@ def prepare_cache(cache_dir, cfg, seed, stream, filtration, gradient=False):
     if os.path.exists(meta_path):
         import json
 
-        with open(meta_path, encoding='utf-8') as f:
-            old = json.load(f)
+        try:
+            with open(meta_path, encoding='utf-8') as f:
+                old = json.load(f)
+        except (OSError, ValueError) as e:
+            raise UserError(
+                f"--cache_dir {cache_dir!r}: its record {meta_path} cannot be read ({e}), so the settings its images "
+                "and diagrams were made with are unknown; use another folder (or delete this one)"
+            ) from None
         if old != meta:
             raise UserError(
                 f"--cache_dir {cache_dir!r} holds images made with other settings ({meta_path}); use another folder"
             )
-    else:
-        fileio.write_json(meta_path, meta)
+        return
+    cached = [
+        n for sub in ('images', 'PH') for n in os.listdir(os.path.join(cache_dir, sub)) if not fileio.is_temp_file(n)
+    ]
+    if cached and os.path.exists(meta_path):  # another process recorded it and began meanwhile
+        return prepare_cache(cache_dir, cfg, seed, stream, filtration, gradient)
+    if cached:  # made with settings nobody recorded: mixing them in could pair other diagrams with the images
+        raise UserError(
+            f"--cache_dir {cache_dir!r} holds {len(cached)} cached images/diagrams but no record of their settings "
+            f"({meta_path} is missing); use another folder (or delete this one)"
+        )
+    fileio.write_json(meta_path, meta)
 
 
 class LabelledPH(_PHBase):

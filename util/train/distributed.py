@@ -1,6 +1,8 @@
 """Distributed start-up (torchrun environment or -ws local processes) and the collective helpers."""
 
 import os
+from dataclasses import fields, replace
+from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
@@ -9,11 +11,13 @@ from util.errors import UserError, run_cli
 from util.train.seeding import fix_random_seeds
 
 
-def init_distributed(cfg):
-    """Set ``cfg.rank/world_size/local_rank/distributed/device`` from torchrun's environment.
+def init_distributed(config):
+    """A copy of ``config`` (a frozen :class:`util.config.TrainConfig`) with ``rank/world_size/local_rank/
+    distributed/device/amp/channels_last`` decided from torchrun's environment and the devices found.
 
     Without RANK/WORLD_SIZE in the environment this is a quiet single process on one device.
     """
+    cfg = SimpleNamespace(**{f.name: getattr(config, f.name) for f in fields(config)})  # the draft decided below
     if cfg.device is None:
         cfg.device = 'cuda' if torch.cuda.is_available() else 'cpu'
     if 'RANK' in os.environ and 'WORLD_SIZE' in os.environ:
@@ -46,7 +50,7 @@ def init_distributed(cfg):
         cfg.amp = cfg.device.startswith('cuda')
     if cfg.channels_last is None:
         cfg.channels_last = cfg.device.startswith('cuda')
-    return cfg
+    return replace(config, **vars(cfg))
 
 
 def _backend(cfg):

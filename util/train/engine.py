@@ -26,6 +26,7 @@ from tqdm import tqdm
 import models
 from models import unwrap
 from util.errors import UserError
+from util.train import tensorboard_log
 from util.train.distributed import all_reduce_sum, default_workers, is_main
 from util.train.runs import RunLogger, save_checkpoint, save_weights, set_rng_state
 from util.train.seeding import epoch_seed, fix_random_seeds, worker_init_fn
@@ -162,6 +163,7 @@ def train_one_epoch(model, loader, step_fn, optimizer, epoch, cfg, desc='train')
     model.train()
     if cfg.freeze_encoder:
         _freeze_encoder_modes(model)
+    norms = batch_norm_in_training(model)
     sums = EpochSums()
     watch = NonFiniteWatch()
     start = time.time()
@@ -177,6 +179,14 @@ def train_one_epoch(model, loader, step_fn, optimizer, epoch, cfg, desc='train')
             got = time.perf_counter()
             waiting += got - ready
             sums.skipped += dropped
+            if inputs is not None and norms and inputs.shape[0] == 1:  # e.g. one survivor of undecodable images
+                print(
+                    "warning: a batch of one image was dropped (BatchNorm needs 2 or more per batch)"
+                    + (f"; the batch's other {dropped} image(s) could not be read" if dropped else ''),
+                    file=sys.stderr,
+                    flush=True,
+                )
+                inputs = targets = None
             if inputs is not None:
                 inputs, targets = to_device(inputs, cfg), targets_to_device(targets, cfg)
             shown = step_fn(model, inputs, targets, optimizer, sums, epoch, it)
@@ -269,6 +279,40 @@ def optimizer_step(loss, optimizer, epoch, it, what_to_lower):
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
+
+
+def batch_norm_in_training(model):
+    """The BatchNorm layers of ``model`` that train mode makes normalise over the batch (none of them can take a
+    batch of one image)."""
+    return [m for m in unwrap(model).modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+
+
+def _first_image(dataset):
+    """The path of a data set's first image, where it tells (ImageFolder samples, our folders' rel_paths)."""
+    items = getattr(dataset, 'samples', None)
+    if items:
+        return items[0][0]
+    rel = getattr(dataset, 'rel_paths', None)
+    return os.path.join(getattr(dataset, 'root', ''), rel[0]) if rel else None
+
+
+def check_trainable(train_set, cfg, arch=None, flag='-t'):
+    """Refuse, before a run folder is made, a training set of fewer than 2 images (named) and ``-b 1`` with an
+    architecture whose BatchNorm layers train (a batch of one image: "Expected more than 1 value per channel")."""
+    n = len(train_set) if train_set is not None else None
+    if n is not None and n < 2:
+        first = _first_image(train_set)
+        raise UserError(
+            f"the training set ({flag}) holds {n} image{'' if n == 1 else 's'}"
+            + (f" ({first})" if first else '')
+            + "; training needs at least 2 (BatchNorm normalises over the images of a batch): add images"
+        )
+    if arch and cfg.batch_size < 2:
+        model = models.skeleton(arch).train()
+        if cfg.freeze_encoder:
+            _freeze_encoder_modes(model)
+        if batch_norm_in_training(model):
+            raise UserError(f"-b 1: the BatchNorm layers of {arch} need at least 2 images per batch; use -b 2 or more")
 
 
 def _freeze_encoder_modes(model):
@@ -584,6 +628,7 @@ def fit(
     logger = RunLogger(run_dir, enabled=is_main(cfg))
     if checkpoint is not None:
         logger.truncate_after(start - 1)
+    board = tensorboard_log.open_log(cfg.tensorboard and is_main(cfg), run_dir, first_epoch=start)
     records = []
     last = cfg.epochs if cfg.stop_after < 1 else min(cfg.epochs, start + cfg.stop_after - 1)
     try:
@@ -606,6 +651,8 @@ def fit(
                 dist.barrier()
             if is_main(cfg):
                 logger.log(record)
+                if board is not None:
+                    board.log(record, unwrap(model))
                 save_checkpoint(run_dir, model, optimizer, scheduler, epoch, dict(meta or {}, **(tags or {})))
                 if epoch % cfg.save_interval == 0 or epoch == cfg.epochs:
                     save_weights(
@@ -619,5 +666,7 @@ def fit(
             records.append(record)
     finally:
         release_loaders(cfg)
+        if board is not None:
+            board.close()
     logger.close()
     return records

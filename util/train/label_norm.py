@@ -17,9 +17,10 @@ import os
 
 import numpy as np
 
+from util.config import NormConfig
 from util.errors import UserError
 
-DEFAULT_FLOOR = 0.1
+DEFAULT_FLOOR = NormConfig.floor  # --label_norm_floor
 SAMPLE_IMAGES = 512  # labels computed to estimate the statistics when there is no label matrix
 JSON_KEY = 'label_norm'
 
