@@ -8,12 +8,12 @@ pretraining.py; see util/train/modes.py and -h.
 """
 
 from util.cli import flags as cli
-from util.errors import run_cli
 
 # part of this script's importable API:
-from util.train.data_sources import build_sets, resolve_val  # noqa: F401
-from util.train.modes import build_finetune_model  # noqa: F401
+from util.cli.build import build_finetune_model  # noqa: F401
+from util.errors import run_cli
 from util.train.reports import write_evaluation  # noqa: F401
+from util.train.sources import build_sets, resolve_val  # noqa: F401
 
 EXAMPLES = """examples:
   python finetuning.py -t data/CIFAR100/train -val data/CIFAR100/val -pw weights/XX/resnet50_epoch90.pth -npc 200 -o result -nc 100 -e 90

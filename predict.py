@@ -74,7 +74,10 @@ def get_args_parser():
         help='classes per image, at most the number of classes (default: %(default)s)',
     )
     p.add_argument(
-        '--usenet', '-u', default=None, help="architecture (default: the run's args.json next to -pw, else resnet50)"
+        '--usenet',
+        '-u',
+        default=None,
+        help="architecture, torchvision's or timm:NAME (default: the run's args.json next to -pw, else resnet50)",
     )
     p.add_argument(
         '--img_size',
@@ -141,14 +144,32 @@ def class_names(args, num_outputs):
             f"{path} names {len(names)} classes but the weights {args.path2weight} have "
             f"{num_outputs} outputs; give the class names of that run with --classes"
         )
+    beside = os.path.join(os.path.dirname(os.path.abspath(args.path2weight)), 'classes.json')
+    if args.classes is not None and os.path.isfile(beside) and os.path.realpath(beside) != os.path.realpath(path):
+        recorded = {n: i for i, n in enumerate(read_classes(beside))}
+        moved = [(n, i, recorded[n]) for i, n in enumerate(names) if n in recorded and recorded[n] != i]
+        if moved:  # the run's own class names in another order would relabel the predictions (other names: a renaming)
+            name, ours, theirs = moved[0]
+            raise UserError(
+                f"--classes {path} names {name!r} as output {ours} but {beside} of the run that wrote the weights as "
+                f"output {theirs}; the outputs follow classes.json: drop --classes, or list the names in its order"
+            )
     return names
 
 
 def load_classifier(args):
     """(model in eval mode on args.device, class names) from -pw (a plain state dict or a checkpoint)."""
     import models
+    from util.train.runs import regression_weights
 
-    model, report = models.load_for(args.usenet, args.path2weight)  # also a two-head (simultaneous) file
+    # also a two-head (simultaneous) file; a ViT is built for the --crop_size images it gets
+    model, report = models.load_for(args.usenet, args.path2weight, input_size=args.crop_size)
+    regression = regression_weights(args.path2weight, report['meta'])
+    if regression:
+        raise UserError(
+            f"-pw {args.path2weight} holds {regression}, not a classifier; fine-tune them first "
+            "(finetuning.py -pw FILE ...) and predict with the ft_*.pth weights that writes"
+        )
     names = class_names(args, report['num_classes'])
     return model.to(args.device).eval(), names
 

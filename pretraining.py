@@ -12,8 +12,8 @@ finetuning.py; see util/train/modes.py and -h.
 """
 
 from util.cli import flags as cli
+from util.cli.build import build_pretraining_sets  # noqa: F401  (part of this script's importable API)
 from util.errors import run_cli
-from util.train.modes import build_pretraining_sets  # noqa: F401  (part of this script's importable API)
 
 EXAMPLES = """examples:
   python pretraining.py -o weights --numof_classes=200 -ph pre -t random -pd PH_random -u resnet50

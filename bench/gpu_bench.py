@@ -14,23 +14,29 @@ Stages (each prints its results as it finishes and rewrites the results JSON, so
         ``util.train.datasets.FolderPH`` + ``MatrixLabels`` (what ``pretraining.py -t DIR -pd PH -pc`` runs);
       * on the fly: ``util.train.datasets.GeneratedPH`` (what ``pretraining.py`` without ``-t`` runs);
     each as a ratio of (a) for the same model.  Also measured there: the cripser-only floor of this machine
-    (cores / single-core ``cripser.computePH`` time per 256 px image), the on-the-fly rate as a ratio of it,
+    (cores / single-core ``cripser.computePH`` time per 256 px image: cripser alone, on filtrations made
+    beforehand; skipped with a note where cripser is not installed), the on-the-fly rate as a ratio of it,
     the label precompute rate (target >= 0.75 x floor) and the loader alone (no model) from the label matrix.
-    Rates are steady state: the clock starts once every worker has delivered a batch.  cudnn.benchmark is
-    left off there, as pretraining.py leaves it (the ceiling of the first model is also measured without it).
+    Rates are steady state: the clock starts once the loader's whole prefetch (workers x prefetch batches,
+    which pile up while the model starts) has been consumed (:func:`steady_skip`).  cudnn.benchmark is on
+    everywhere, as every CUDA run of pretraining.py / finetuning.py has it (``util.train.distributed``).
 (c) ``accuracy``: ResNet-18 pretrained at ``--pre_size`` px for a fixed number of steps (from a time budget)
     on ``--pre_images`` generated images held on the GPU (random flips/transpositions, which leave PH
     unchanged), (i) with PH histogram labels (ranges scaled by pre_size / 256), (ii) with random
-    targets (a fixed standard-normal vector per image, same dimension; the PH labels are standardised per
-    output so both targets have the same scale), then fine-tuned on scikit-learn's handwritten digits (1797
-    real 8x8 scans, upscaled without smoothing) with 10 and 50 labels per class and with all training
-    images, for ``--ft_steps`` steps, against training from scratch; ``--seeds`` fine-tuning seeds (each seed
-    draws its own train/val split and labelled subset, shared by the three initialisations); the table
-    gives mean +- standard deviation of the top-1 validation accuracy.
+    targets (a fixed standard-normal vector per image, same dimension; the PH labels are standardised by the
+    product's ``--label_norm standard`` with its floor, so both targets have the same scale), then fine-tuned
+    on scikit-learn's handwritten digits (1797 real 8x8 scans, upscaled without smoothing) with 10 and 50
+    labels per class and with all training images, for ``--ft_steps`` steps, against training from scratch;
+    ``--seeds`` fine-tuning seeds (each seed draws its own train/val split and labelled subset, shared by the
+    three initialisations); the table gives mean +- standard deviation of the top-1 validation accuracy.
 
-    python bench/gpu_bench.py                       # on the GPU machine, ~6-8 minutes
+    python bench/gpu_bench.py --device cuda         # on the GPU machine, ~6-8 minutes (stops if no GPU is seen)
     python bench/gpu_bench.py --tiny                # any device, ~30 s on 2 CPU cores: checks that all runs
-    python bench/gpu_bench.py --stages ceiling pipeline --deadline 300
+    python bench/gpu_bench.py --device cuda --stages ceiling pipeline --deadline 300
+
+Every training step of (b) and (c) is the product's engine (``util.train.engine``: ``make_loader`` /
+``train_one_epoch`` / ``supervised_step`` / ``evaluate_*``, optimiser and schedule builders); no second
+training loop lives here.
 
 The JSON goes to ``$OUT/gpu_bench.json`` when OUT is set, and to ``--json`` when given.
 """
@@ -38,7 +44,6 @@ The JSON goes to ``$OUT/gpu_bench.json`` when OUT is set, and to ``--json`` when
 import argparse
 import contextlib
 import datetime
-import math
 import multiprocessing
 import os
 import platform
@@ -161,52 +166,63 @@ def _train_args(device, batch_size, workers, amp, channels_last, seed=0):
 def ceiling_rate(
     arch, batch_size, size, seconds, device, amp, channels_last, out_dim=LABEL_DIM, warmup=10, cudnn_benchmark=True
 ):
-    """Training images/s of ``arch`` on synthetic inputs ``[B, 3, size, size]`` already on ``device``.
-
-    SGD (momentum 0.9), MSE on ``out_dim`` outputs, bf16 autocast when ``amp``.  ``warmup`` untimed steps,
-    then steps in blocks of 5 until ``seconds`` have passed.  Returns {'img_s', 'steps', 'seconds'}.
+    """Training images/s of ``arch`` on synthetic inputs ``[B, 3, size, size]`` already on ``device``, through the
+    product's engine (``train_one_epoch`` + ``supervised_step``: SGD momentum 0.9, MSE on ``out_dim`` outputs,
+    bf16 autocast when ``amp``, channels-last when asked).  ``warmup`` untimed steps, then steps in blocks of
+    5 (the device synchronised after each block) until ``seconds`` have passed.  Returns {'img_s', 'steps',
+    'seconds'}.
     """
     import torch
 
     import models
+    from util.config import TrainConfig
+    from util.train import engine
 
     torch.backends.cudnn.benchmark = cudnn_benchmark
-    model = models.build_model(arch, out_dim).to(device)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(memory_format=fmt)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    cfg = TrainConfig(
+        device=str(device), batch_size=batch_size, num_workers=0, amp=amp, channels_last=channels_last,
+        log_interval=10**9, weight_decay=1e-4,
+    )  # fmt: skip
+    model = engine.prepare_model(models.build_model(arch, out_dim), cfg)
+    opt = engine.build_optimizer(model.parameters(), cfg, lr=0.01)
     gen = torch.Generator(device='cpu').manual_seed(0)
-    x = torch.randn(batch_size, 3, size, size, generator=gen).to(device).contiguous(memory_format=fmt)
+    x = torch.randn(batch_size, 3, size, size, generator=gen).to(device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randn(batch_size, out_dim, generator=gen).to(device)
-    loss_fn = torch.nn.MSELoss()
-    device_type = 'cuda' if str(device).startswith('cuda') else 'cpu'
+    timed = {}
 
-    def step():
-        with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=amp):
-            loss = loss_fn(model(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    model.train()
-    for _ in range(warmup):
-        step()
-    _sync(device)
-    t0 = time.perf_counter()
-    steps = 0
-    while True:
-        for _ in range(5):
-            step()
-        steps += 5
+    def batches():
+        for _ in range(warmup):
+            yield x, y, 0
         _sync(device)
-        dt = time.perf_counter() - t0
-        if dt >= seconds:
-            break
-    return dict(img_s=steps * batch_size / dt, steps=steps, seconds=dt)
+        t0 = time.perf_counter()
+        steps = 0
+        while True:
+            for _ in range(5):
+                yield x, y, 0
+            steps += 5  # the engine has launched the 5th step when it asks for the next batch
+            _sync(device)
+            timed.update(steps=steps, seconds=time.perf_counter() - t0)
+            if timed['seconds'] >= seconds:
+                return
+
+    with open(os.devnull, 'w') as null, contextlib.redirect_stderr(null):  # no progress bar in the log
+        engine.train_one_epoch(model, batches(), engine.supervised_step(torch.nn.MSELoss(), cfg), opt, 1, cfg)
+    return dict(img_s=timed['steps'] * batch_size / timed['seconds'], steps=timed['steps'], seconds=timed['seconds'])
 
 
 # ----------------------------------------------------------------------------------------------------
 # (b) our pipelines
+
+
+def steady_skip(workers):
+    """Batches to let pass before the clock starts: every batch the loader may have prepared ahead
+    (``workers x PREFETCH``, piled up while the model was starting), plus one.  Timing any earlier counts that
+    backlog as throughput (about 10% too high at 14 workers)."""
+    from util.train.engine import PREFETCH
+
+    return max(1, workers * PREFETCH + 1) if workers > 0 else 2
 
 
 class TimedBatches:
@@ -281,7 +297,15 @@ def label_matrix(folder, rel, workers, dim=LABEL_DIM):
 
 
 def cripser_floor(folder, rel, m, cores):
-    """Single-core ms per image of cripser alone and of grey+Otsu+signed distance; floor = cores / cripser."""
+    """Single-core ms per image of ``cripser.computePH(f, maxdim=1)`` alone (on filtrations made beforehand)
+    and of grey + Otsu + signed distance; floor = cores / cripser.  None when cripser cannot be imported.
+
+    cripser is called directly: ``diagram_of_filtration`` would take the union-find engine (the default),
+    several times faster than cripser, and give a floor 4-9x too high."""
+    try:
+        import cripser
+    except ImportError:
+        return None
     from util.io.fileio import load_image
     from util.ph import cubical as ph
 
@@ -290,9 +314,9 @@ def cripser_floor(folder, rel, m, cores):
     for p in paths:
         grey = load_image(p, 'L')
         t0 = time.perf_counter()
-        f = ph.compute_filtration(grey)
+        f = np.ascontiguousarray(ph.compute_filtration(grey), dtype=np.float64)
         t1 = time.perf_counter()
-        ph.diagram_of_filtration(f)
+        cripser.computePH(f, maxdim=1)
         t2 = time.perf_counter()
         t_filt += t1 - t0
         t_ph += t2 - t1
@@ -377,28 +401,14 @@ def make_pretrain_data(n, size, workers, dim=LABEL_DIM, seed=0):
 
 
 def standardise(labels):
-    """Per-output z-scores (outputs that never vary become 0): float32 [N, D], and the count of such outputs."""
-    mean = labels.mean(0, keepdims=True)
-    std = labels.std(0, keepdims=True)
-    const = std[0] < 1e-6
-    out = np.where(const, 0.0, (labels - mean) / np.where(const, 1.0, std))
-    return out.astype(np.float32), int(const.sum())
+    """The product's ``--label_norm standard`` (:mod:`util.train.label_norm`: per-output z-scores, the std floored
+    at 0.1 x its RMS over outputs, so an output that never varies becomes 0 instead of amplified noise):
+    float32 [N, D], and the count of outputs that never vary."""
+    from util.train.label_norm import DEFAULT_FLOOR, compute_stats
 
-
-class _Normalise:
-    """uint8 [B, 3, H, W] -> float [B, 3, H, W] normalised with the ImageNet mean/std (constants made once on
-    ``device``, so that a training step copies nothing from the host)."""
-
-    def __init__(self, device):
-        import torch
-
-        from util.train.datasets import IMAGENET_MEAN, IMAGENET_STD
-
-        self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
-
-    def __call__(self, x_uint8):
-        return (x_uint8.float() - self.mean) / self.std
+    mean, std = compute_stats(labels, DEFAULT_FLOOR)
+    const = int((np.asarray(labels, np.float64).std(0) < 1e-6).sum())
+    return ((labels - mean) / std).astype(np.float32), const
 
 
 def _random_symmetry(x, gen):
@@ -430,65 +440,115 @@ def _random_shift(x, pad, gen):
     return xp[torch.arange(b, device=x.device)[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
 
 
-def _cosine_lr(base, step, total, warmup):
-    if step < warmup:
-        return base * (step + 1) / warmup
-    return 0.5 * base * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+class DeviceBatches:
+    """Batches ``(uint8 images [B, 3, S, S], targets, 0)`` drawn from tensors already on the device, augmented
+    there by ``augment(x, gen)``: what :func:`util.train.engine.train_one_epoch` iterates (its ``to_device``
+    then normalises the uint8 batch on the device, as for every product loader).  ``steps`` batches per pass;
+    shuffled epochs over the data (``shuffle``), or one pass in order (evaluation)."""
+
+    def __init__(self, images, targets, batch_size, steps=None, gen=None, augment=None, shuffle=True):
+        self.images, self.targets, self.batch_size = images, targets, min(batch_size, images.shape[0])
+        self.gen, self.augment, self.shuffle = gen, augment, shuffle
+        n = images.shape[0]
+        self.steps = steps if steps is not None else -(-n // self.batch_size)
+        self.order, self.pos = None, n
+
+    def __len__(self):
+        return self.steps
+
+    def __iter__(self):
+        import torch
+
+        n = self.images.shape[0]
+        for s in range(self.steps):
+            if not self.shuffle:
+                idx = torch.arange(s * self.batch_size, min(n, (s + 1) * self.batch_size), device=self.images.device)
+            else:
+                if self.pos + self.batch_size > n:
+                    self.order = torch.randperm(n, generator=self.gen, device=self.images.device)
+                    self.pos = 0
+                idx = self.order[self.pos : self.pos + self.batch_size]
+                self.pos += self.batch_size
+            x = self.images[idx]
+            if self.augment is not None:
+                x = self.augment(x, self.gen)
+            yield x, self.targets[idx], 0
+
+
+def _engine_config(device, batch_size, amp, channels_last, epochs, weight_decay, seed=0):
+    """The product's training settings for the accuracy runs: SGD with Nesterov momentum 0.9 and the cosine
+    schedule over ``epochs`` (``-o sgd_nesterov_cos``), no loader workers (the data is on the device)."""
+    from util.config import TrainConfig
+
+    return TrainConfig(
+        device=str(device),
+        batch_size=batch_size,
+        num_workers=0,
+        seed=seed,
+        amp=amp,
+        channels_last=channels_last,
+        optimizer='sgd_nesterov_cos',
+        momentum=0.9,
+        weight_decay=weight_decay,
+        epochs=epochs,
+        log_interval=10**9,
+    )
+
+
+def _epochs_of(steps, most=20):
+    """(epochs, steps per epoch) for ``steps`` optimiser steps: the schedule steps once per epoch."""
+    epochs = max(1, min(most, steps))
+    return epochs, max(1, steps // epochs)
+
+
+def _run_engine(model, batches, criterion, cfg, lr, task):
+    """Train ``model`` with the product's engine (build_optimizer, build_scheduler, train_one_epoch with
+    supervised_step) for ``cfg.epochs`` passes of ``batches``; returns the last epoch's metrics."""
+    from util.train import engine
+
+    optimizer = engine.build_optimizer([p for p in model.parameters() if p.requires_grad], cfg, lr)
+    scheduler = engine.build_scheduler(optimizer, cfg)
+    step = engine.supervised_step(criterion, cfg, task)
+    metrics = {}
+    with open(os.devnull, 'w') as null, contextlib.redirect_stderr(null):  # no progress bar in the log
+        for epoch in range(1, cfg.epochs + 1):
+            sums, seconds = engine.train_one_epoch(model, batches, step, optimizer, epoch, cfg)
+            metrics = engine.supervised_metrics(sums, seconds, task)
+            scheduler.step()
+    return metrics
 
 
 def pretrain(images, targets, arch, steps, batch_size, device, amp, channels_last, lr=0.1, seed=0):
-    """Regress ``targets`` [N, D] from ``images`` uint8 [N, 3, S, S] (both on ``device``) for ``steps`` steps.
-
-    SGD (momentum 0.9, nesterov, weight decay 1e-4), linear warm-up then cosine, random flips/transposition,
-    MSE.  Returns (the model, {'final_loss': mean loss of the last 10% of steps, 'seconds'}).
-    """
+    """Regress ``targets`` [N, D] from ``images`` uint8 [N, 3, S, S] (both on ``device``) for about ``steps``
+    steps with the product's engine (:func:`_run_engine`: SGD, Nesterov, weight decay 1e-4, cosine over the
+    epochs, MSE), random flips/transposition on the device.  Returns (the model, {'final_loss': the last
+    epoch's mean loss, 'seconds', 'steps'})."""
     import torch
 
     import models
+    from util.train import engine
 
+    epochs, per_epoch = _epochs_of(steps)
+    cfg = _engine_config(device, batch_size, amp, channels_last, epochs, 1e-4, seed)
     torch.manual_seed(seed)
     gen = torch.Generator(device=device).manual_seed(seed)
-    normalise = _Normalise(device)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = models.build_model(arch, targets.shape[1]).to(device).to(memory_format=fmt)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=1e-4)
-    device_type = 'cuda' if str(device).startswith('cuda') else 'cpu'
-    n = images.shape[0]
-    losses = []
+    model = engine.prepare_model(models.build_model(arch, targets.shape[1]), cfg)
+    batches = DeviceBatches(images, targets, batch_size, per_epoch, gen, _random_symmetry)
     t = time.perf_counter()
-    model.train()
-    for s in range(steps):
-        for g in opt.param_groups:
-            g['lr'] = _cosine_lr(lr, s, steps, max(1, steps // 20))
-        idx = torch.randint(0, n, (batch_size,), generator=gen, device=device)
-        x = normalise(_random_symmetry(images[idx], gen)).contiguous(memory_format=fmt)
-        with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=amp):
-            loss = torch.nn.functional.mse_loss(model(x).float(), targets[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if s >= steps - max(1, steps // 10):
-            losses.append(loss.detach())
+    metrics = _run_engine(model, batches, torch.nn.MSELoss(), cfg, lr, 'regression')
     _sync(device)
-    final = float(torch.stack(losses).mean()) if losses else float('nan')
-    return model, dict(final_loss=final, seconds=time.perf_counter() - t, steps=steps)
+    return model, dict(final_loss=metrics['train_loss'], seconds=time.perf_counter() - t, steps=epochs * per_epoch)
 
 
-def predict(model, images, device, amp, channels_last, batch_size=512):
-    """Model outputs (float32, on the CPU) for uint8 images [N, 3, S, S] on ``device``, in eval mode."""
+def held_out_r2(model, images, targets, device, amp, channels_last, batch_size=512):
+    """R^2 of the model's outputs on held-out images, by the product's ``evaluate_regression``."""
     import torch
 
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    device_type = 'cuda' if str(device).startswith('cuda') else 'cpu'
-    normalise = _Normalise(device)
-    model.eval()
-    outs = []
-    with torch.no_grad():
-        for s in range(0, images.shape[0], batch_size):
-            x = normalise(images[s : s + batch_size]).contiguous(memory_format=fmt)
-            with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=amp):
-                outs.append(model(x).float().cpu())
-    return torch.cat(outs)
+    from util.train import engine
+
+    cfg = _engine_config(device, batch_size, amp, channels_last, 1, 0.0)
+    batches = DeviceBatches(images, targets, batch_size, shuffle=False)
+    return engine.evaluate_regression(model, batches, torch.nn.MSELoss(), cfg)['val_r2']
 
 
 def r_squared(pred, target):
@@ -529,16 +589,19 @@ def finetune(
     seed=0,
     num_classes=10,
 ):
-    """Top-1 validation accuracy (%) after ``steps`` SGD steps of fine-tuning on (train_x uint8 [N,3,S,S], train_y).
+    """Top-1 validation accuracy (%) after about ``steps`` steps of fine-tuning on (train_x uint8 [N,3,S,S],
+    train_y), with the product's engine.
 
     The model is built with a fresh ``num_classes`` head under ``seed`` (so every initialisation gets the same
     head); ``backbone_state`` (a pretrained state_dict, or None for scratch) replaces everything but the head.
-    Epochs of shuffled mini-batches, random shifts of up to S/16 pixels, SGD (momentum 0.9, nesterov, weight
-    decay 5e-4), linear warm-up then cosine, cross-entropy.
+    Shuffled epochs of mini-batches, random shifts of up to S/16 pixels on the device, SGD (Nesterov momentum 0.9,
+    weight decay 5e-4, cosine over the epochs), cross-entropy (``train_one_epoch`` + ``supervised_step``);
+    the accuracy is ``evaluate_classification``'s top-1.
     """
     import torch
 
     import models
+    from util.train import engine
 
     torch.manual_seed(seed)
     model = models.build_model(arch, num_classes)
@@ -550,33 +613,16 @@ def finetune(
         if missing:
             raise AssertionError(f"pretrained weights lack {missing[:3]}")
         model.load_state_dict(keep, strict=False)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(device).to(memory_format=fmt)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    epochs, per_epoch = _epochs_of(steps)
+    cfg = _engine_config(device, batch_size, amp, channels_last, epochs, 5e-4, seed)
+    model = engine.prepare_model(model, cfg)
     gen = torch.Generator(device=device).manual_seed(seed)
-    normalise = _Normalise(device)
-    device_type = 'cuda' if str(device).startswith('cuda') else 'cpu'
-    n = train_x.shape[0]
-    batch_size = min(batch_size, n)
     pad = max(1, train_x.shape[-1] // 16)
-    order = torch.randperm(n, generator=gen, device=device)
-    pos = 0
-    model.train()
-    for s in range(steps):
-        if pos + batch_size > n:
-            order, pos = torch.randperm(n, generator=gen, device=device), 0
-        idx = order[pos : pos + batch_size]
-        pos += batch_size
-        for g in opt.param_groups:
-            g['lr'] = _cosine_lr(lr, s, steps, max(1, steps // 20))
-        x = normalise(_random_shift(train_x[idx], pad, gen)).contiguous(memory_format=fmt)
-        with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=amp):
-            loss = torch.nn.functional.cross_entropy(model(x).float(), train_y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    pred = predict(model, val_x, device, amp, channels_last).argmax(1)
-    return 100.0 * float((pred == val_y.cpu()).float().mean())
+    batches = DeviceBatches(train_x, train_y, batch_size, per_epoch, gen, lambda x, g: _random_shift(x, pad, g))
+    criterion = torch.nn.CrossEntropyLoss()
+    _run_engine(model, batches, criterion, cfg, lr, 'classification')
+    val = DeviceBatches(val_x, val_y, 512, shuffle=False)
+    return engine.evaluate_classification(model, val, criterion, cfg, num_classes)[0]['val_acc1']
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -627,21 +673,6 @@ def stage_ceiling(cfg, clock, res):
             f"{'bf16' if cfg.amp else 'fp32'}{' + channels_last' if cfg.channels_last else ''}, "
             f"cudnn.benchmark)",
         )
-    arch = cfg.models[0]
-    if clock.left() > cfg.ceiling_seconds + 60:  # the same without cudnn.benchmark (pretraining.py turns it on)
-        r = ceiling_rate(
-            arch,
-            cfg.batch_size,
-            cfg.ceiling_size,
-            cfg.ceiling_seconds,
-            cfg.device,
-            cfg.amp,
-            cfg.channels_last,
-            warmup=cfg.warmup,
-            cudnn_benchmark=False,
-        )
-        res.set('ceiling', f'{arch}_no_cudnn_benchmark', r)
-        _say(clock, f"ceiling {arch}@{cfg.ceiling_size} without cudnn.benchmark: {r['img_s']:.0f} img/s")
 
 
 def stage_pipeline(cfg, clock, res, tmp):
@@ -661,15 +692,19 @@ def stage_pipeline(cfg, clock, res, tmp):
     matrix, lab_rate = label_matrix(folder, rel, cfg.workers)
     floor = cripser_floor(folder, rel, cfg.floor_images, os.cpu_count())
     res.set('pipeline', 'label_precompute_img_s', lab_rate)
-    res.set('pipeline', 'cripser_floor', floor)
-    res.set('pipeline', 'label_precompute_vs_floor', lab_rate / floor['floor_img_s'])
-    _say(
-        clock,
-        f"PH labels (diagrams + histogram): {lab_rate:.0f} img/s with {cfg.workers} processes; cripser-only "
-        f"floor {floor['floor_img_s']:.0f} img/s ({floor['cores']} cores / {floor['cripser_ms']:.1f} ms; "
-        f"Otsu + signed distance {floor['otsu_signed_distance_ms']:.1f} ms) -> "
-        f"{lab_rate / floor['floor_img_s']:.2f}x floor",
-    )
+    if floor is None:
+        res.data['notes'].append("cripser floor skipped: cripser is not installed (no ratios to it)")
+        _say(clock, f"PH labels (diagrams + histogram): {lab_rate:.0f} img/s; cripser floor skipped (not installed)")
+    else:
+        res.set('pipeline', 'cripser_floor', floor)
+        res.set('pipeline', 'label_precompute_vs_floor', lab_rate / floor['floor_img_s'])
+        _say(
+            clock,
+            f"PH labels (diagrams + histogram): {lab_rate:.0f} img/s with {cfg.workers} processes; cripser-only "
+            f"floor {floor['floor_img_s']:.0f} img/s ({floor['cores']} cores / {floor['cripser_ms']:.1f} ms; "
+            f"Otsu + signed distance {floor['otsu_signed_distance_ms']:.1f} ms) -> "
+            f"{lab_rate / floor['floor_img_s']:.2f}x floor",
+        )
     # the consolidated label matrix, as PHdict.py --label_type writes it, read back as pretraining.py -pc does
     ph_dir = os.path.join(tmp, 'PH')
     os.makedirs(ph_dir)
@@ -688,7 +723,7 @@ def stage_pipeline(cfg, clock, res, tmp):
     on_the_fly = GeneratedPH(
         gcfg, 1, cfg.epoch_images, ComputedLabels(histogram_vectoriser(), 'signed_distance'), spatial, to_tensor, 'pre'
     )
-    skip = cfg.workers + 2
+    skip = steady_skip(cfg.workers)
     need = cfg.pipeline_seconds + 30 + cfg.reserve_after_pipeline  # leave the accuracy stage its time
     if clock.left() > need:
         r = loader_rate(from_labels, targs, cfg.pipeline_seconds / 2, skip)
@@ -703,11 +738,11 @@ def stage_pipeline(cfg, clock, res, tmp):
             r = train_rate(ds, arch, targs, cfg.pipeline_seconds, skip)
             ceil = ceilings.get(arch, {}).get('img_s')
             r['vs_ceiling'] = r['img_s'] / ceil if ceil else None
-            if name == 'on_the_fly':
+            if name == 'on_the_fly' and floor is not None:
                 r['vs_floor'] = r['img_s'] / floor['floor_img_s']
             res.set('pipeline', f'{name}_{arch}', r)
             extra = f", {r['vs_ceiling']:.2f}x ceiling" if ceil else ''
-            if name == 'on_the_fly':
+            if 'vs_floor' in r:
                 extra += f", {r['vs_floor']:.2f}x cripser floor"
             _say(clock, f"pretraining {name.replace('_', ' ')} {arch}@{cfg.crop_size}: {r['img_s']:.0f} img/s{extra}")
 
@@ -770,8 +805,7 @@ def stage_accuracy(cfg, clock, res):
         model, stats = pretrain(
             x_train, targets[kind][:-n_hold], arch, steps, cfg.pre_batch, dev, cfg.amp, cfg.channels_last
         )
-        pred = predict(model, x_hold, dev, cfg.amp, cfg.channels_last)
-        stats['held_out_r2'] = r_squared(pred, targets[kind][-n_hold:].cpu())
+        stats['held_out_r2'] = held_out_r2(model, x_hold, targets[kind][-n_hold:], dev, cfg.amp, cfg.channels_last)
         backbones[kind] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         del model
         res.set('accuracy', f'pretrain_{kind}', stats)
@@ -860,7 +894,7 @@ def format_summary(data):
     for arch, r in ceil.items():
         lines.append(f"  ceiling {arch:34s} {r['img_s']:8.0f} img/s")
     pipe = st.get('pipeline', {})
-    if 'cripser_floor' in pipe:
+    if 'cripser_floor' in pipe and 'label_precompute_vs_floor' in pipe:
         fl = pipe['cripser_floor']
         lines.append(f"  cripser-only floor {'':23s} {fl['floor_img_s']:8.0f} img/s")
         lines.append(
@@ -901,7 +935,11 @@ def get_args_parser():
         help="tiny sizes on any device (seconds on a CPU): checks that everything runs; the numbers mean nothing",
     )
     p.add_argument('--stages', nargs='+', choices=STAGES, default=list(STAGES), help="stages to run (default: all)")
-    p.add_argument('--device', default=None, help="'cuda' or 'cpu' (default: cuda when available)")
+    p.add_argument(
+        '--device',
+        default=None,
+        help="'cuda' or 'cpu' (default: cuda, an error when no GPU is visible; with --tiny: cuda when available)",
+    )
     p.add_argument(
         '--deadline',
         type=float,
@@ -983,8 +1021,8 @@ def _config(args):
         cfg.workers = args.workers or os.cpu_count()
     if cfg.ft_size is None or args.tiny:
         cfg.ft_size = cfg.pre_size
-    if cfg.device is None:
-        cfg.device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    if cfg.device is None:  # the full run is a GPU benchmark: never fall back to the CPU without a word
+        cfg.device = 'cuda' if torch.cuda.is_available() or not args.tiny else 'cpu'
     if cfg.device.startswith('cuda') and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for but no CUDA device is visible; use --device cpu (with --tiny)")
     on_gpu = cfg.device.startswith('cuda')

@@ -3,11 +3,16 @@
 
 Both sides feed a torch ``DataLoader`` with the same number of worker processes and batch size, and each
 sample is a freshly generated greyscale image (repeated to 3 channels), its persistent homology label and
-the pretraining augmentation (``util.train.datasets.pretrain_transforms``: resize, random crop, ToTensor,
-Normalize) -- images of ``img_size`` px cropped to ``crop_size`` px, labels of dimension ``label_dim``:
+the pretraining augmentation (``util.train.transforms.pretrain_transforms``: resize, random crop, to tensor)
+-- images of ``img_size`` px cropped to ``crop_size`` px, labels of dimension ``label_dim``:
 
 * ours: ``util.train.datasets.GeneratedPH`` with ``ComputedLabels(histogram vectoriser, 'signed_distance')``
-  through ``util.train.engine.make_loader`` -- exactly what ``pretraining.py`` without ``-t`` runs;
+  through ``util.train.engine.make_loader`` -- exactly what ``pretraining.py`` without ``-t`` runs: uint8
+  images through the workers (normalised on the training device), workers ended after the pass inside the
+  CPU clock; ``ours_normalised`` is the same with the normalisation done here, in the parent, as a CPU-only
+  run does it (so that the comparison does not gain from moving work to a GPU);
+* original: per image ``ToTensor`` + ``Normalize`` in the workers (float32 through shared memory), as the
+  original did;
 * original: :class:`OriginalStyleGenerated` below, the original on-the-fly dataset's per-image work
   written out plainly: ``np.random`` draws, float64 complex ``scipy.fft.fft2``/``ifft2`` filtering,
   skimage's ``threshold_otsu`` on float64, two ``distance_transform_edt`` calls for the signed distance,
@@ -25,18 +30,20 @@ and the best rate of each is kept (the machine may be shared).
 for bench/cpu_bench.py.
 """
 
+import functools
 import os
 import resource
 import time
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
+from bench.reference import original_diagram, original_histogram, original_random_image
 from util.cli.strict_args import StrictArgumentParser
 from util.errors import UserError, run_cli
+from util.train.engine import release_loaders
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,93 +56,6 @@ BANDWIDTH = 1
 
 # ----------------------------------------------------------------------------------------------------
 # the original on-the-fly loader, written plainly
-
-
-def original_random_image(img_size, alpha_range, beta_range, prob_binary):
-    """One greyscale image as the original on-the-fly generator made it: PIL 'L' image (S, S).
-
-    The global legacy ``np.random`` state is reseeded from the OS for every image, as the original did.
-    """
-    from scipy.fft import fft2, ifft2
-    from skimage.filters import threshold_otsu
-
-    np.random.seed()
-    sample = np.zeros(1)
-    while sample.max() - sample.min() < 1e-10:
-        alpha = np.random.uniform(*alpha_range)
-        beta = np.random.uniform(*beta_range)
-        axis = np.linspace(1, np.exp(alpha) * img_size, img_size)
-        X, Y = np.meshgrid(axis, axis)
-        noise = np.random.uniform(0, 1, (img_size, img_size))
-        sample = ifft2(fft2(noise) / (X**2 + Y**2) ** beta).real
-    q = np.random.uniform(0, 1)
-    if q < prob_binary / 2:
-        sample = (sample >= threshold_otsu(sample)).astype(np.float64)
-    elif q < prob_binary:
-        sample = (sample < threshold_otsu(sample)).astype(np.float64)
-    else:
-        sample = (sample - sample.min()) / np.ptp(sample)
-    return Image.fromarray((255 * sample).astype(np.uint8))
-
-
-def original_diagram(image):
-    """The original's PH of an image array ``(H, W)`` or ``(H, W, 3)``: ``(n, 9)`` cripser diagram.
-
-    Luma grey in float64, skimage Otsu, ``EDT(bw) - EDT(~bw)`` with two scipy calls, scaled by 256 / H.
-    """
-    import cripser
-    from scipy.ndimage import distance_transform_edt
-    from skimage.filters import threshold_otsu
-
-    im = np.asarray(image, dtype=np.float64)
-    if im.ndim > 2:
-        im = np.dot(im[..., :3], [0.2989, 0.5870, 0.1140])
-    if im.max() == im.min():
-        filt = np.zeros_like(im)
-    else:
-        bw = im >= threshold_otsu(im)
-        filt = distance_transform_edt(bw) - distance_transform_edt(~bw)
-        filt *= 256 / im.shape[0]
-    return cripser.computePH(filt)
-
-
-def reflect_smooth(y, bandwidth):
-    """Hanning-window moving average of ``y`` with reflected ends (same length); identity below 2."""
-    if bandwidth < 2:
-        return y
-    b = int(bandwidth)
-    w = np.hanning(b)
-    if w.sum() <= 0:  # hanning(2) is all zeros
-        return y
-    padded = np.concatenate([y[b - 1 : 0 : -1], y, y[-2 : -b - 1 : -1]])
-    res = np.convolve(w / w.sum(), padded, mode='valid')
-    c = (len(res) - len(y)) // 2
-    return res[c : c + len(y)]
-
-
-def original_histogram(dgm, num_bins, max_life=MAX_LIFE, max_birth=MAX_BIRTH, bandwidth=BANDWIDTH):
-    """The original's histogram label of a diagram: float32 ``[sum(num_bins)]``.
-
-    Lifetime histograms of H0/H1 (essential classes dropped, clipped to ``max_life``) weighted by
-    ``1 + linspace(0, max_life)``, birth histograms weighted by lifetime on ``[-max_birth, max_birth]``,
-    each smoothed, then ``log(h + 1)`` (the H0 birth part divided by 100).
-    """
-    pairs = [dgm[dgm[:, 0] == d, 1:3] for d in (0, 1)]
-    hist = []
-    for d in (0, 1):
-        life = pairs[d][:, 1] - pairs[d][:, 0]
-        life = np.clip(life[life < 1e10], 0, max_life)
-        h, _ = np.histogram(life, bins=num_bins[d], range=(0, max_life))
-        hist.append(h * (1.0 + np.linspace(0, max_life, num_bins[d])))
-    for d in (0, 1):
-        h, _ = np.histogram(
-            pairs[d][:, 0], bins=num_bins[2 + d], range=(-max_birth, max_birth), weights=pairs[d][:, 1] - pairs[d][:, 0]
-        )
-        hist.append(h)
-    hist = [reflect_smooth(h, bandwidth) for h in hist]
-    with np.errstate(over='ignore', invalid='ignore'):  # the essential H0 class weighs ~1.8e308
-        out = np.concatenate([np.log(hist[0] + 1), np.log(hist[1] + 1), np.log(hist[2] + 1) / 100, np.log(hist[3] + 1)])
-    return out.astype(np.float32)
 
 
 class OriginalStyleGenerated(Dataset):
@@ -187,7 +107,7 @@ def _ours_loader(n_images, workers, img_size, crop_size, batch_size, label_dim, 
         'signed_distance',
     )
     dataset = GeneratedPH(cfg, seed, n_images, computed, spatial, to_tensor, 'pre')
-    return make_loader(dataset, train, epoch=1, shuffle=True, train=True)
+    return make_loader(dataset, train, epoch=1, shuffle=True, train=True), train
 
 
 def _original_loader(n_images, workers, img_size, crop_size, batch_size, label_dim, prob_binary):
@@ -204,6 +124,17 @@ def _original_loader(n_images, workers, img_size, crop_size, batch_size, label_d
     )
 
 
+def _ours_epochs(loader, train, epochs):
+    """The batches of ``epochs`` epochs through the product's persistent loader (epoch e: set_epoch(e - 1), as
+    the training loop does; ``make_loader`` returns the same loader, its workers kept)."""
+    from util.train.engine import make_loader
+
+    dataset = loader.source
+    for e in range(1, epochs + 1):
+        dataset.set_epoch(e - 1)
+        yield from make_loader(dataset, train, epoch=e, shuffle=True, train=True)
+
+
 def _cpu_seconds():
     """CPU seconds (user + system) of this process and of its finished, waited-for children (loader workers)."""
     own = resource.getrusage(resource.RUSAGE_SELF)
@@ -211,9 +142,13 @@ def _cpu_seconds():
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def time_loader(loader, workers):
+def time_loader(loader, workers, finish=None, normalise=False):
     """Drain ``loader``; return a dict: img_s (steady state), images, seconds, total_seconds, steady (bool),
     cpu_img_s (images per CPU-second of the parent and all workers over the whole pass).
+
+    ``finish()`` is called after the pass, inside the CPU clock: it ends persistent workers (the product's
+    loaders keep them across epochs), so that their CPU time is counted.  ``normalise``: uint8 batches are
+    also normalised here, in the parent (what the engine does on the device; on a CPU-only run, its CPU cost).
 
     The steady-state clock starts when ``max(workers, 1)`` batches have arrived (each worker has then
     finished its first batch, so start-up is behind us) and counts the images of the later batches.  With
@@ -230,6 +165,10 @@ def time_loader(loader, workers):
         images, labels = batch[0], batch[1]
         if images is None:
             continue
+        if normalise and images.dtype == torch.uint8:
+            from util.train.transforms import normalize_batch
+
+            images = normalize_batch(images)
         stamps.append(time.perf_counter())
         sizes.append(images.shape[0])
         if shape is None:
@@ -237,6 +176,8 @@ def time_loader(loader, workers):
             if not torch.isfinite(labels).all():
                 raise AssertionError("non-finite labels from the loader")
     total = time.perf_counter() - t0
+    if finish is not None:
+        finish()
     cpu = _cpu_seconds() - cpu0
     images = int(sum(sizes))
     if len(stamps) > skip:
@@ -269,33 +210,45 @@ def run(
     prob_binary=DEFAULT_PROB_BINARY,
     seed=0,
     verbose=False,
+    epochs=1,
 ):
     """Time both loaders on ``n_images`` images each (alternating, ``repeats`` rounds, best kept).
+
+    ``epochs`` > 1 draws that many epochs per round, each loader as its training script would: ours through
+    the same persistent loader (workers forked once, ``make_loader`` called per epoch), the original's
+    DataLoader iterated anew each epoch (workers forked every epoch, as it had them).
 
     Returns ``{'ours_img_s', 'original_img_s', 'ratio', 'ours_img_cpu_s', 'original_img_cpu_s', 'cpu_ratio',
     'n_images', 'workers', 'img_size', 'crop_size', 'batch_size', 'label_dim', 'prob_binary', 'steady',
     'image_shape', 'label_shape', 'rounds': [...]}``: rates are images per second through the DataLoader
     (ratio = ours / original), ``*_img_cpu_s`` images per CPU-second of the parent and its workers.
     """
-    if min(n_images, img_size, crop_size, batch_size, repeats, label_dim) < 1 or workers < 0:
-        raise UserError("n_images, img_size, crop_size, batch_size, repeats and label_dim must be >= 1, workers >= 0")
+    if min(n_images, img_size, crop_size, batch_size, repeats, label_dim, epochs) < 1 or workers < 0:
+        raise UserError(
+            "n_images, img_size, crop_size, batch_size, repeats, label_dim, epochs must be >= 1, workers >= 0"
+        )
     if img_size < 8:
         raise UserError(f"--img_size must be at least 8 (got {img_size})")
     say = print if verbose else (lambda *a, **k: None)
-    best = {'ours': 0.0, 'original': 0.0}
-    best_cpu = {'ours': 0.0, 'original': 0.0}
+    names = ('ours', 'ours_normalised', 'original')
+    best = dict.fromkeys(names, 0.0)
+    best_cpu = dict.fromkeys(names, 0.0)
     rounds = []
     steady = True
     shapes = {}
     for r in range(repeats):
-        for name in ('ours', 'original'):
-            if name == 'ours':
-                loader = _ours_loader(
+        for name in names:
+            finish = None
+            if name.startswith('ours'):
+                loader, train = _ours_loader(
                     n_images, workers, img_size, crop_size, batch_size, label_dim, prob_binary, seed + r
                 )
+                finish = functools.partial(release_loaders, train)
+                passes = _ours_epochs(loader, train, epochs)
             else:
                 loader = _original_loader(n_images, workers, img_size, crop_size, batch_size, label_dim, prob_binary)
-            res = time_loader(loader, workers)
+                passes = (batch for _ in range(epochs) for batch in loader)
+            res = time_loader(passes, workers, finish, normalise=name == 'ours_normalised')
             del loader
             shapes[name] = (res['image_shape'], res['label_shape'])
             steady = steady and res['steady']
@@ -315,7 +268,7 @@ def run(
                 f"  round {r + 1}: {name:8s} {res['img_s']:8.1f} img/s, {res['cpu_img_s']:6.1f} img per CPU-second "
                 f"({res['images']} images, {res['total_seconds']:.1f} s with start-up)"
             )
-    if shapes['ours'] != shapes['original']:
+    if shapes['ours'] != shapes['original'] or shapes['ours_normalised'] != shapes['original']:
         raise AssertionError(f"the two loaders disagree on shapes: {shapes}")
     return dict(
         ours_img_s=best['ours'],
@@ -324,7 +277,11 @@ def run(
         ours_img_cpu_s=best_cpu['ours'],
         original_img_cpu_s=best_cpu['original'],
         cpu_ratio=best_cpu['ours'] / best_cpu['original'],
+        ours_normalised_img_s=best['ours_normalised'],
+        ours_normalised_img_cpu_s=best_cpu['ours_normalised'],
+        cpu_ratio_normalised=best_cpu['ours_normalised'] / best_cpu['original'],
         n_images=n_images,
+        epochs=epochs,
         workers=workers,
         img_size=img_size,
         crop_size=crop_size,
@@ -363,6 +320,13 @@ def get_args_parser():
         help="probability that an image is binarised, both sides (default: %(default)s)",
     )
     p.add_argument('--seed', type=int, default=0, help="seed of our generator (default: %(default)s)")
+    p.add_argument(
+        '--epochs',
+        type=int,
+        default=1,
+        help="epochs per round, each loader as its script runs them: ours keeps its workers, the original's "
+        "forks them anew (default: %(default)s)",
+    )
     p.add_argument('--json', default=None, help="also write the result dict here (default: none)")
     return p
 
@@ -379,15 +343,22 @@ def main(args):
         args.prob_binary,
         args.seed,
         verbose=True,
+        epochs=args.epochs,
     )
     print(
         f"{res['n_images']} images of {res['img_size']} px cropped to {res['crop_size']}, batch "
-        f"{res['batch_size']}, {res['workers']} worker(s), histogram labels of {res['label_dim']}, "
+        f"{res['batch_size']}, {res['workers']} worker(s), {res['epochs']} epoch(s) per round, histogram labels of "
+        f"{res['label_dim']}, "
         f"{os.cpu_count()} cores" + ('' if res['steady'] else ' (too few batches: rates include start-up)')
     )
     print(f"ours:     {res['ours_img_s']:8.1f} img/s  {res['ours_img_cpu_s']:8.1f} img per CPU-second")
     print(f"original: {res['original_img_s']:8.1f} img/s  {res['original_img_cpu_s']:8.1f} img per CPU-second")
     print(f"ratio:    {res['ratio']:8.2f}x       {res['cpu_ratio']:8.2f}x")
+    print(
+        f"ours, normalised in the parent (CPU-only training): {res['ours_normalised_img_cpu_s']:.1f} img per "
+        f"CPU-second = {res['cpu_ratio_normalised']:.2f}x the original"
+    )
+    print(f"load average (1, 5, 15 min) at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if args.json:
         from util.io.fileio import write_json
 

@@ -16,7 +16,7 @@ by seed, with their standard error), and writes JSON, the table (Markdown) and a
     python bench/transfer.py --preset tiny            # seconds: checks that everything runs (numbers meaningless)
     python bench/transfer.py --preset cpu             # fine-tuning and probes, 3 pretraining seeds per init
     python bench/transfer.py --preset screen --inits scratch ph random shuffled genparams   # probe one recipe
-    python bench/transfer.py --preset gpu             # larger images, more pretraining (run on a GPU machine)
+    python bench/transfer.py --preset gpu --device cuda   # on the GPU machine: results in $OUT/transfer (or --out)
     python bench/transfer.py --preset cpu --label_norm standard --seeds 3 --labels 10 50   # a lever, screened
 
 Runs are cached in ``--work`` by the hash of their command (an unchanged run is reused, so screening one
@@ -51,6 +51,7 @@ overall and beyond the first principal component of its training labels.
 
 import argparse
 import datetime
+import functools
 import hashlib
 import json
 import math
@@ -175,12 +176,17 @@ PRESETS = {
         probe=True,
         finetune=False,
     ),
+    # One device command of <= 10 minutes on an H200 with 16 cores (never measured; estimated from the CPU runs and
+    # the bench/gpu_bench.py design figures): images + PH labels of 20000 images of 128 px with every core ~0.5
+    # min, two pretrainings (ResNet-18, 112 px crops, 12 epochs = 240k images each, the loader-bound rate of
+    # ~5000 img/s) run side by side ~1.5 min, 27 fine-tunings (3 levels x 3 seeds x 3 inits, each mostly
+    # start-up: ~10 s) 4 at a time ~1.5 min; about 4 minutes in all, twice that still fits.
     'gpu': dict(
-        n_images=50000,
+        n_images=20000,
         gen_size=128,
         pre_img=128,
         pre_crop=112,
-        pre_epochs=20,
+        pre_epochs=12,
         pre_batch=256,
         lr_pre=0.1,
         arch='resnet18',
@@ -191,11 +197,12 @@ PRESETS = {
         ft_min_epochs=10,
         ft_max_epochs=40,
         labels=['10', '50', 'all'],
-        seeds=5,
+        seeds=3,
         dims=200,
         val_fraction=0.3,
         max_test=0,
-        jobs=1,
+        jobs=4,
+        workers='cores',
         pre_seeds=3,
         subsets=10,
         r2_images=1000,
@@ -262,7 +269,11 @@ def get_args_parser():
         default=None,
         help='name of this experiment in the result files (default: preset and the changed levers)',
     )
-    p.add_argument('--out', default=os.path.join(_ROOT, 'bench', 'results'), help='results folder')
+    p.add_argument(
+        '--out',
+        default=None,
+        help="results folder (default: $OUT/transfer when OUT is set, as on the device machine, else bench/results)",
+    )
     p.add_argument(
         '--work',
         default=os.path.join(tempfile.gettempdir(), 'topo_transfer_work'),
@@ -271,6 +282,14 @@ def get_args_parser():
     p.add_argument('--fresh', action='store_true', help='rerun everything (ignore cached runs)')
     p.add_argument('--jobs', type=int, default=None, help='training runs at a time (preset: 2 on the CPU presets)')
     p.add_argument('--threads', type=int, default=None, help='OMP/torch threads per run (default: 2 / --jobs)')
+    p.add_argument(
+        '--workers',
+        type=int,
+        default=None,
+        help="processes for generation and PH labels, and loader workers per pretraining (preset gpu: from the "
+        "usable cores: all of them for generation and labels, cores / jobs - 2 per pretraining; the CPU presets: "
+        "their fixed 0-2)",
+    )
     p.add_argument('--device', default=None, help="passed to the training scripts (default: theirs)")
     g = p.add_argument_group('pretraining recipe (the levers)')
     g.add_argument('--n_images', type=int, default=None, help='generated pretraining images')
@@ -358,6 +377,13 @@ def resolve(args):
         raise UserError("--jobs must be at least 1")
     if cfg['threads'] is None:
         cfg['threads'] = max(1, 2 // cfg['jobs'])
+    cfg['workers'] = args.workers if args.workers is not None else cfg.get('workers')
+    if cfg['workers'] == 'cores':
+        from util.train.distributed import usable_cores
+
+        cfg['workers'] = usable_cores()
+    if cfg['workers'] is not None and cfg['workers'] < 0:
+        raise UserError("--workers must be >= 0")
     if cfg['seeds'] < 1:
         raise UserError("--seeds must be at least 1")
     for key in ('pre_seeds', 'subsets'):
@@ -433,8 +459,11 @@ def _link_or_copy(src, dst):
 
 def _list_folder(root):
     classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
-    if not classes:
-        raise UserError(f"--data {root!r} has no class sub-folders (<class>/<image>)")
+    if len(classes) < 2:  # one class: every prediction right, a top-1 of 100%
+        raise UserError(
+            f"--data {root!r} has {len(classes)} class sub-folder(s) {classes}: a transfer task needs at least 2 "
+            "classes (<class>/<image>)"
+        )
     files, targets = [], []
     for ci, c in enumerate(classes):
         for rel in fileio.list_images(os.path.join(root, c)):
@@ -458,6 +487,15 @@ def _cap_test(folder, max_test, seed):
             os.remove(os.path.join(folder, rel))
 
 
+@functools.lru_cache(maxsize=None)
+def _content_key(data):
+    """A hash of every image below ``data`` (relative path, size and BLAKE2b digest: util.io.provenance), so
+    that the splits cached in the work folder follow the folder's content, not its path."""
+    from util.io.provenance import fingerprint_below
+
+    return _hash([[rel, (fingerprint_below(data, rel) or {}).get('hash')] for rel in fileio.list_images(data)])
+
+
 def make_split(runner, cfg, seed, k):
     """An ImageFolder train/val pair for (seed, k labels per class); k = 0 means all. Returns its folder."""
     kk = 0 if k == 'all' else int(k)
@@ -474,7 +512,7 @@ def make_split(runner, cfg, seed, k):
             _cap_test(os.path.join(out, 'val'), cfg['max_test'], seed)
         return out
     data = os.path.abspath(cfg['data'])
-    key = _hash([data, seed, kk, cfg['val_fraction'], cfg['max_test']])
+    key = _hash([_content_key(data), seed, kk, cfg['val_fraction'], cfg['max_test']])  # the content, not the path
     out = os.path.join(runner.work, 'data', f'{os.path.basename(data)}_s{seed}_k{k}_{key}')
     done = os.path.join(out, 'split.json')
     if os.path.isfile(done):
@@ -490,6 +528,12 @@ def make_split(runner, cfg, seed, k):
         idx = rng.permutation(np.flatnonzero(targets == c))
         if not has_split:
             n_test = int(round(len(idx) * cfg['val_fraction']))
+            if n_test < 1 or n_test >= len(idx):
+                raise UserError(
+                    f"--data: class {os.path.dirname(files[idx[0]])!r} of {pool_root} has {len(idx)} image(s): "
+                    f"--val_fraction {cfg['val_fraction']} holds out {n_test} for testing, leaving "
+                    f"{len(idx) - n_test} to train; give each class enough images for both (or train/ and val/)"
+                )
             test.extend(idx[:n_test])
             idx = idx[n_test:]
         if kk:
@@ -512,12 +556,23 @@ def make_split(runner, cfg, seed, k):
 
 
 # ------------------------------------------------------------------------------------------ the pipeline
+def _nw(cfg, fixed, loader=False):
+    """-nw of a subprocess: the preset's ``fixed`` number, or from ``cfg['workers']`` (a loader's per pretraining
+    run: the cores shared by the runs at a time, minus two for the training process and its pinning thread)."""
+    if cfg.get('workers') is None:
+        return fixed
+    if loader:
+        return max(0, cfg['workers'] // max(1, min(cfg['jobs'], 2)) - 2)
+    return max(1, cfg['workers'])
+
+
 def _dev(cfg):
     return ['--device', cfg['device']] if cfg['device'] else []
 
 
 def _gen_flags(cfg, n, seed):
-    return ['-n', n, '-is', cfg['gen_size'], '-pb', 0.5, '-pc', 0.5, '--seed', seed, '--format', 'png', '-nw', 2]
+    gen = ['-n', n, '-is', cfg['gen_size'], '-pb', 0.5, '-pc', 0.5, '--seed', seed, '--format', 'png']
+    return gen + ['-nw', _nw(cfg, 2)]
 
 
 def _ph_flags(cfg):
@@ -539,7 +594,7 @@ def prepare_pretraining(runner, cfg, log):
     runner.run('util/random_image.py', ['-o', images] + gen, 'random_image.py')
     lt, dims = cfg['label_type'], cfg['dims']
     ph_dir = os.path.join(runner.work, 'ph', _ph_key(images, cfg))
-    runner.run('PHdict.py', [images, '-o', ph_dir, '-it', 'png', '-nw', 2] + _ph_flags(cfg), 'PHdict.py')
+    runner.run('PHdict.py', [images, '-o', ph_dir, '-it', 'png', '-nw', _nw(cfg, 2)] + _ph_flags(cfg), 'PHdict.py')
     seeds = list(range(cfg['pre_seeds']))
     inits = cfg['inits']
 
@@ -590,13 +645,13 @@ def prepare_pretraining(runner, cfg, log):
                 '-nv',
                 0,
                 '-nw',
-                2,
+                _nw(cfg, 2, loader=True),
                 '-ph',
                 cfg['ph'],
             ]
         if cfg['ph'] == 'post':
-            return common + ['-t', images, '-ph', 'post', '-nw', 2]
-        return common + ['-t', images, '-pd', labels_dir, '-pc', '-nw', 1]
+            return common + ['-t', images, '-ph', 'post', '-nw', _nw(cfg, 2, loader=True)]
+        return common + ['-t', images, '-pd', labels_dir, '-pc', '-nw', _nw(cfg, 1, loader=True)]
 
     def matrix_argv(p, d, labels_dir):
         # the controls' targets are standardised by construction (N(0,1) random targets, z-scored generator
@@ -606,7 +661,9 @@ def prepare_pretraining(runner, cfg, log):
     argv = {'ph': [ph_argv(p, ph_dir) + extra for p in seeds]}
     files = {'images': images, 'ph_dir': ph_dir, 'ph_labels_used': ph_dir, 'random_dir': rand_dir(0)}
     if 'random' in inits:
-        argv['random'] = [matrix_argv(p, dims, rand_dir(p)) + ['-pc', '-nw', 1] + extra for p in seeds]
+        argv['random'] = [
+            matrix_argv(p, dims, rand_dir(p)) + ['-pc', '-nw', _nw(cfg, 1, loader=True)] + extra for p in seeds
+        ]
         files['random_dirs'] = [rand_dir(p) for p in seeds]
     if 'shuffled' in inits:
         from bench import probe
@@ -626,14 +683,14 @@ def prepare_pretraining(runner, cfg, log):
         if not os.path.isfile(os.path.join(gp, 'labels_random.json')):
             probe.write_genparams(images, gp)
         gdim = len(probe.GENPARAM_NAMES)
-        argv['genparams'] = [matrix_argv(p, gdim, gp) + ['-pc', '-nw', 1] + extra for p in seeds]
+        argv['genparams'] = [matrix_argv(p, gdim, gp) + ['-pc', '-nw', _nw(cfg, 1, loader=True)] + extra for p in seeds]
         files['genparams_dir'] = gp
     return argv, files
 
 
 def pretrain(runner, cfg, argv_by_init, log):
     """{init: [record of pretraining seed p]} for the initialisations asked for."""
-    name = f"{cfg['arch']}_epoch{cfg['pre_epochs']}.pth"
+    name = f"{cfg['arch'].replace(':', '-')}_epoch{cfg['pre_epochs']}.pth"  # timm:NAME -> timm-NAME (models.file_stem)
 
     def one(item):
         init, p = item
@@ -1003,7 +1060,9 @@ def run_r2(runner, cfg, pre_by_seed, files, log):
     targets, train_labels = {}, {}
     if 'ph' in inits or 'shuffled' in inits:
         fresh_ph = os.path.join(runner.work, 'ph_fresh', _ph_key(fresh, cfg))
-        runner.run('PHdict.py', [fresh, '-o', fresh_ph, '-it', 'png', '-nw', 2] + _ph_flags(cfg), 'PHdict.py (fresh)')
+        runner.run(
+            'PHdict.py', [fresh, '-o', fresh_ph, '-it', 'png', '-nw', _nw(cfg, 2)] + _ph_flags(cfg), 'PHdict.py (fresh)'
+        )
         m, nm = load_label_matrix(*find_label_matrix(fresh_ph, lt), expected_dim=dims)
         row = {x: r for r, x in enumerate(nm)}
         targets['ph'] = targets['shuffled'] = np.asarray(m)[[row[x] for x in names]]
@@ -1103,6 +1162,7 @@ def _default_name(args, cfg):
             'seeds',
             'inits',
             'device',
+            'workers',
             'probe',
             'finetune',
             'pre_seeds',
@@ -1128,6 +1188,9 @@ def main(args):
     name = args.name or _default_name(args, cfg)
     work = os.path.abspath(args.work)
     fileio.ensure_dir(work)
+    if args.out is None:
+        default_out = os.path.join(os.environ['OUT'], 'transfer') if os.environ.get('OUT') else None
+        args.out = default_out or os.path.join(_ROOT, 'bench', 'results')
     fileio.ensure_dir(args.out)
     t0 = time.time()
     load_before = _load()
@@ -1147,16 +1210,18 @@ def main(args):
     inits = [i for i in INITS if i in cfg['inits']]
     files = {}
     pre_by_seed = {}
+    P = cfg['pre_seeds']
+    runs, table, text = [], None, ''
+    tasks = []
+    if cfg['finetune']:
+        tasks = [  # the splits first: a --data the task cannot use is refused before any pretraining
+            (k, seed, make_split(runner, cfg, seed, k), init) for k in cfg['labels'] for seed in seeds for init in inits
+        ]
     if any(i != 'scratch' for i in inits):
         argv_by_init, files = prepare_pretraining(runner, cfg, log)
         pre_by_seed = pretrain(runner, cfg, argv_by_init, log)
     pre = {i: recs[0] for i, recs in pre_by_seed.items()}
-    P = cfg['pre_seeds']
-    runs, table, text = [], None, ''
     if cfg['finetune']:
-        tasks = [
-            (k, seed, make_split(runner, cfg, seed, k), init) for k in cfg['labels'] for seed in seeds for init in inits
-        ]
 
         def one(task):
             k, seed, split, init = task

@@ -14,6 +14,9 @@ checkpoint dict with it under ``'model'``; keys may start with ``module.`` if sa
     sd = {k: v for k, v in sd.get('model', sd).items() if not k.startswith('fc.')}   # drop the PH head
     model = torchvision.models.resnet50(num_classes=100); model.load_state_dict(sd, strict=False)
 
+timm models are ``-u timm:NAME`` (optional package; :mod:`models.timm_backend`): ``build_model('timm:resnet18d',
+10)``, ``load_for('timm:vit_tiny_patch16_224', 'w.pth', 10, input_size=64)``.
+
 The scripts build every model through :func:`load_for` (random, ImageNet, a file or checkpoint, a two-head
 file).  Other entry points: :func:`list_architectures`; ``build_model(arch, n, weights='imagenet')`` for torchvision's
 ImageNet weights (via the torch hub cache ``$TORCH_HOME/hub/checkpoints``); :func:`get_head`,
@@ -23,13 +26,14 @@ ImageNet weights (via the torch hub cache ``$TORCH_HOME/hub/checkpoints``); :fun
 
 from models.heads import get_head, head_in_features, head_out_features, head_parameter_names, replace_head, unwrap
 from models.loading import build_model, load_for
-from models.registry import list_architectures, resolve_arch, skeleton
+from models.registry import file_stem, list_architectures, resolve_arch, skeleton
 from models.weights import architecture_hint, infer_num_classes, load_pretrained, read_state_dict, strip_prefixes
 
 __all__ = [
     'load_for',
     'list_architectures',
     'resolve_arch',
+    'file_stem',
     'build_model',
     'skeleton',
     'get_head',

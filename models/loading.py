@@ -4,6 +4,8 @@
 dict in memory, the classifier of a two-head file); :func:`build_model` is the lower-level constructor.
 """
 
+from __future__ import annotations
+
 import os
 import urllib.error
 from urllib.parse import urlparse
@@ -11,6 +13,7 @@ from urllib.parse import urlparse
 import torch
 import torchvision
 
+from models import timm_backend
 from models.heads import aux_module_paths, check_num_classes, head_out_features, replace_head
 from models.registry import ARCH_DEFAULTS, resolve_arch
 from models.weights import Weights, as_state_dict, infer_num_classes, load_pretrained
@@ -35,7 +38,7 @@ def _resolve_weights(arch, weights):
     )
 
 
-def hub_cache_path(weights_enum):
+def hub_cache_path(weights_enum: torchvision.models.WeightsEnum) -> str:
     """Where torch hub keeps the file of a torchvision weights enum member:
     ``$TORCH_HOME/hub/checkpoints/<basename of its URL>`` (e.g. ``resnet18-f37072fd.pth``)."""
     filename = os.path.basename(urlparse(weights_enum.url).path)
@@ -74,7 +77,25 @@ def _looks_like_file(arch, weights):
     return os.path.exists(weights) or os.sep in weights or weights.endswith(('.pth', '.pt', '.tar', '.ckpt'))
 
 
-def build_model(arch, num_classes, weights=None, **kwargs):
+def _build_timm(arch, num_classes, weights=None, input_size=None):
+    """:func:`build_model` for ``timm:NAME`` (random initialisation or a weights file; no downloads)."""
+    if isinstance(weights, str) and weights.strip().lower() in IMAGENET_ALIASES:
+        raise UserError(
+            f"-pw {weights} gives torchvision's ImageNet weights, which {arch} has none of; nothing is downloaded "
+            f"for timm models here: save timm's weights once (torch.save(timm.create_model("
+            f"'{timm_backend.model_name(arch)}', pretrained=True).state_dict(), 'w.pth')) and give -pw w.pth"
+        )
+    model = timm_backend.create(arch, num_classes, input_size)
+    if weights is not None:
+        weights = as_state_dict(weights)
+        sd = timm_backend.fit_position_embedding(model, weights.state_dict)
+        load_pretrained(model, Weights(sd, weights.meta, weights.source), arch=arch)
+    return model
+
+
+def build_model(
+    arch: str, num_classes: int, weights: str | None = None, input_size: int | None = None, **kwargs
+) -> torch.nn.Module:
     """A torchvision classifier ``arch`` with a head of ``num_classes`` outputs.
 
     ``weights``:
@@ -87,10 +108,14 @@ def build_model(arch, num_classes, weights=None, **kwargs):
 
     ``kwargs`` go to the torchvision constructor (e.g. ``image_size=64`` for vit with random init).
     googlenet / inception_v3 are built without auxiliary classifiers unless ``aux_logits=True`` is passed.
+    ``timm:NAME`` builds a timm model (:mod:`models.timm_backend`); ``input_size`` is the side of the images it
+    will get, used by the timm models that take one (ViTs); torchvision models ignore it.
     Input: ``(B, 3, H, W)`` float tensors; output: ``(B, num_classes)`` logits.
     """
     arch = resolve_arch(arch)
     check_num_classes(num_classes)
+    if timm_backend.is_timm(arch):
+        return _build_timm(arch, num_classes, weights, input_size)
     if weights is not None and not isinstance(weights, (str, os.PathLike)):
         raise UserError(f"weights for {arch} must be None, 'imagenet' or a file path, got {weights!r}")
     if weights is None or isinstance(weights, os.PathLike) or _looks_like_file(arch, weights):
@@ -125,7 +150,7 @@ def _construct(arch, **kwargs):
         raise UserError(f"cannot build {arch} with options {options}: {e}") from None
 
 
-def classifier_state(state_dict):
+def classifier_state(state_dict: dict) -> dict:
     """The classifier's tensors of a state dict: those under ``net.`` when it is a two-head model's
     (:class:`models.two_heads.TwoHeads`, which also holds ``ph_head.*``), else the dict itself."""
     if any(k.startswith('ph_head.') for k in state_dict):
@@ -133,7 +158,14 @@ def classifier_state(state_dict):
     return state_dict
 
 
-def load_for(arch, source=None, num_classes=None, *, verbose=False):
+def load_for(
+    arch: str,
+    source: str | os.PathLike | dict | None = None,
+    num_classes: int | None = None,
+    *,
+    verbose: bool = False,
+    input_size: int | None = None,
+) -> tuple[torch.nn.Module, dict]:
     """``arch`` with a head of ``num_classes`` outputs, initialised from ``source``; returns (model, report).
 
     ``source``: None (random initialisation), ``'imagenet'`` (torchvision's weights), a weights file or an
@@ -143,12 +175,16 @@ def load_for(arch, source=None, num_classes=None, *, verbose=False):
     A head of another size than the stored one is re-initialised, every other tensor must fit
     (:func:`models.load_pretrained`).  ``report``: that of :func:`models.load_pretrained` (empty counts
     without a file) plus ``num_classes`` (the model's) and ``stored_classes`` (the source's head, or None).
+    ``input_size``: the side of the network's input images, for the timm models that need it (ViTs).
+
+    A timm model (``timm:NAME``) is built with the stored head, loaded, and then given a head of ``num_classes``
+    by timm's ``reset_classifier`` if the size differs.
     """
     arch = resolve_arch(arch)
     if source is None or (isinstance(source, str) and source.strip().lower() in IMAGENET_ALIASES):
         if num_classes is None:
             raise UserError(f"building {arch} without a weights file needs the number of classes")
-        model = build_model(arch, num_classes, weights=source)
+        model = build_model(arch, num_classes, weights=source, input_size=input_size)
         return model, {
             'loaded': 0,
             'missing': [],
@@ -170,6 +206,21 @@ def load_for(arch, source=None, num_classes=None, *, verbose=False):
             raise
         stored = None  # no head of arch in there: load_pretrained says what the file looks like instead
     num_classes = stored if num_classes is None else num_classes
+    if timm_backend.is_timm(arch):
+        return _load_timm(arch, weights, stored, num_classes, verbose, input_size)
     model = build_model(arch, num_classes)
     report = load_pretrained(model, weights, arch=arch, verbose=verbose)
+    return model, dict(report, num_classes=num_classes, stored_classes=stored)
+
+
+def _load_timm(arch, weights, stored, num_classes, verbose, input_size):
+    """:func:`load_for` of a timm model: built with the stored head, loaded, head reset if ``num_classes`` differs."""
+    model = timm_backend.create(arch, stored if stored is not None else num_classes, input_size)
+    sd = timm_backend.fit_position_embedding(model, weights.state_dict)
+    report = load_pretrained(model, Weights(sd, weights.meta, weights.source), arch=arch, verbose=verbose)
+    if head_out_features(model) != num_classes:
+        replace_head(model, num_classes)  # timm's reset_classifier
+        report['head_reinitialised'] = True
+        if verbose:
+            print(f"  head replaced by timm's reset_classifier: {num_classes} outputs", flush=True)
     return model, dict(report, num_classes=num_classes, stored_classes=stored)

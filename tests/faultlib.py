@@ -55,6 +55,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import ROOT
+from util.cli import original_flags
 
 TMP_MARK = '.tmp-'
 SCRIPT_FILES = {
@@ -65,8 +66,10 @@ SCRIPT_FILES = {
     'evaluation': 'finetuning.py',
     'downloader': 'util/ImageDatasetsDownloader.py',
     'predict': 'predict.py',
+    'visMap': 'visMap.py',
+    'transfer': 'bench/transfer.py',
 }
-IN_PROCESS = {'pretraining.py': 'pretraining', 'finetuning.py': 'finetuning'}
+IN_PROCESS = {'pretraining.py': 'pretraining', 'finetuning.py': 'finetuning', 'visMap.py': 'visMap'}
 SCRIPTS = ('random_image', 'PHdict', 'pretraining', 'finetuning', 'evaluation', 'downloader')
 TINY = ['-u', 'resnet18', '--img_size', '48', '--crop_size', '32', '-nw', '0']
 PT_DIM = 40  # label dimension of the pretraining rows (histogram: 4 x 10 bins)
@@ -609,6 +612,19 @@ class Data:
         """Weights for the two-class tasks (resnet18, 2 outputs), as finetuning.py writes them."""
         return self._weights('ft_resnet18_epoch1.pth', 2)
 
+    @property
+    def pt_run(self):
+        """A finished 1-epoch pretraining run whose head has 2 outputs (Betti curves), as many as a classifier
+        of ``task`` has."""
+
+        def make():
+            out = self.root / 'pt_run'
+            argv = ['-t', self.gen, '-pd', self.gen_ph, '-o', out, '-nc', 2, '--label_type', 'betti_curve']
+            expect_ok(run('pretraining', *argv, '-e', 1, '-b', 8, *TINY))
+            return only_run_dir(out)
+
+        return self.once('pt_run', make)
+
     # --- the downloader, offline: MNIST files placed by hand, a source table pointing at a closed port
     @property
     def mnist(self):
@@ -829,181 +845,13 @@ def _wait_for(proc, ready, timeout=120):
 # issue 13: argument parsing -- nothing is ever silently misread
 # ====================================================================================================
 
-# The original scripts' option strings (first and later versions) with what each meant there, per script of
-# ours that takes over its role.  Where the original gave one string two meanings over time, the first
-# version's is kept (-pc alone, -p, -n) and the other is checked separately below; -lrf/-lrp, whose two
-# versions swapped them, are refused (no entry here can be a field: the loop then expects a refusal).
-_ORIG_TRAINING = {
-    '-o': 'output',
-    '-is': 'img_size',
-    '-j': 'num_workers',
-    '-t': 'train',
-    '-val': 'val',
-    '-t2': 'ph_train',
-    '-v2': 'ph_val',
-    '-pd': 'path2PHdir',
-    '-pw': 'path2weight',
-    '-c': 'cache_dir',
-    '--cachedir': 'cache_dir',
-    '-sf': 'suffix',
-    '--suffix': 'suffix',
-    '--resume': 'resume',
-    '-ar': 'alpha_range',
-    '-br': 'beta_range',
-    '-n': 'n_samples',
-    '-nv': 'n_samples_val',
-    '-pb': 'prob_binary',
-    '--prob_colour': 'prob_colour',
-    '-ml': 'max_life',
-    '-maxb': 'max_birth',
-    '-minb': 'min_birth',
-    '--max_birth': 'max_birth',
-    '--min_birth': 'min_birth',
-    '-aff': 'affine',
-    '-bd': 'bandwidth',
-    '--bandwidth': 'bandwidth',
-    '-ps': 'sigma',
-    '--persImg_sigma': 'sigma',
-    '-pp': 'persImg_power',
-    '--persImg_power': 'persImg_power',
-    '-pn': 'power',
-    '--persImg_weight': 'power',
-    '--num_landscapes': 'num_landscapes',
-    '-lt': 'label_type',
-    '--label_type': 'label_type',
-    '--label_type_pt': 'label_type',
-    '-pat': 'persistence',
-    '--persistence_after_transform': 'persistence',
-    '-f': 'filtration',
-    '--filtration': 'filtration',
-    '-g': 'gradient',
-    '-u': 'usenet',
-    '-nd': 'ph_dims',
-    '--numof_dims_pt': 'ph_dims',
-    '-lrf': 'refused',
-    '-lrp': 'refused',
-    '-lrd': 'lr_drop',
-    '--lr_drop': 'lr_drop',
-    '-m': 'momentum',
-    '--momentum': 'momentum',
-    '-wd': 'weight_decay',
-    '-op': 'optimizer',
-    '-fe': 'freeze_encoder',
-    '-lm': 'learning_mode',
-    '--dist-url': 'dist_url',
-    '--dist-backend': 'pidf',
-    '-p': 'pidf',
-    '-ws': 'world_size',
-    '-e': 'epochs',
-    '--start_epoch': 'start_epoch',
-    '--start-epoch': 'start_epoch',
-    '-b': 'batch_size',
-    '-is2': 'img_size_pt',
-    '--img_size_pt': 'img_size_pt',
-    '-cs': 'crop_size',
-    '--crop_size': 'crop_size',
-    '--img_size': 'img_size',
-    '-cp': 'crop_padding',
-    '-rs': 'random_scale',
-    '-rr': 'random_rotation',
-    '-ra': 'aug_plus',
-    '--aug-plus': 'aug_plus',
-    '--save_interval': 'save_interval',
-    '-si': 'save_interval',
-    '--save-interval': 'save_interval',
-    '--log_interval': 'log_interval',
-    '--log-interval': 'log_interval',
-    '-s': 'seed',
-    '--seed': 'seed',
-    '-oti': 'output_training_images',
-    '-nc': 'numof_classes',
-    '-nc2': 'ph_dims',
-    '--numof_classes2': 'ph_dims',
-    '--numof_classes_pt': 'ph_dims',
-    '-npc': 'numof_pretrained_classes',
-    '--numof_fclayer': 'numof_fclayer',
-    '-pc': 'precomputed',
-    '-ph': 'persistence',
-    '-dt': 'filtration',
-    '--distance_transform': 'filtration',
-    '-gr': 'greyscale',
-    '--greyscale': 'greyscale',
-    '--train2': 'ph_train',
-    '--val2': 'ph_val',
-    '-val2': 'ph_val',
-    '--train_pt': 'ph_train',
-    '--val_pt': 'ph_val',
-    '--num_bins': 'num_bins',
-    '--usenet': 'usenet',
-}
-_ORIG_PHDICT = {
-    '-o': 'output',
-    '-it': 'imgtype',
-    '-ch': 'compute_hist',
-    '-cpi': 'compute_persistence_image',
-    '-n': 'num_bins',
-    '-nw': 'num_workers',
-    '-j': 'num_workers',
-    '-ml': 'max_life',
-    '-mb': 'max_birth',
-    '-maxb': 'max_birth',
-    '-minb': 'min_birth',
-    '-b': 'bandwidth',
-    '-bd': 'bandwidth',
-    '-s': 'sigma',
-    '-ps': 'sigma',
-    '--persImg_sigma': 'sigma',
-    '-pp': 'persImg_power',
-    '--persImg_power': 'persImg_power',
-    '-pn': 'power',
-    '--persImg_weight': 'power',
-    '-g': 'gradient',
-    '-f': 'filtration',
-    '-dt': 'filtration',
-    '--distance_transform': 'filtration',
-    '-is': 'img_size',
-    '--img_size': 'img_size',
-    '-sf': 'plot',
-    '--save_fig': 'plot',
-    '-t': 'label_type',
-    '--type': 'label_type',
-    '-lt': 'label_type',
-    '--label_type_pt': 'label_type',
-}
-_ORIG_RANDOM = {
-    '-o': 'output',
-    '-pf': 'prefix',
-    '-ar': 'alpha_range',
-    '-br': 'beta_range',
-    '-n': 'n_samples',
-    '-nv': 'n_samples_val',
-    '-pb': 'prob_binary',
-    '-pc': 'prob_colour',
-    '-is': 'img_size',
-    '-nw': 'num_workers',
-}
-_ORIG_DOWNLOADER = {
-    '-o': 'data_file_path',
-    '--data_file_path': 'data_file_path',
-    '-d': 'dataset',
-    '--dataset': 'dataset',
-    '--raw_file_path': 'raw_file_path',
-    '-r': 'validation_ratio',
-    '--validation_ratio': 'validation_ratio',
-}
-_ORIG_PREDICT = {
-    '-pw': 'path2weight',
-    '-u': 'usenet',
-    '-o': 'output',
-    '-b': 'batch_size',
-    '-is': 'img_size',
-    '-cs': 'crop_size',
-    '-j': 'num_workers',
-    '-t': 'images',
-    '-val': 'val',
-    '-nc': 'numof_classes',
-    '-s': 'seed',
-}
+# The original scripts' option strings (first and later versions) with what each means here, per script of
+# ours that takes over its role: util/cli/original_flags.py, the one table (a Refused entry must be refused).
+_ORIG_TRAINING = original_flags.TRAINING
+_ORIG_PHDICT = original_flags.PHDICT
+_ORIG_RANDOM = original_flags.RANDOM_IMAGE
+_ORIG_DOWNLOADER = original_flags.DOWNLOADER
+_ORIG_PREDICT = original_flags.PREDICT
 _PARSERS = {
     'pretraining': ('pretraining', _ORIG_TRAINING),
     'finetuning': ('finetuning', _ORIG_TRAINING),

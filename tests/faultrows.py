@@ -1258,3 +1258,121 @@ def _stale_labels(ctx, script):
         out = ctx.tmp / f'out{len(extra)}'
         expect_error(run(script, *base, '-o', out, *extra), 'changed', '16 of 16', 'v00000000.jpg', 'PHdict.py')
         assert not glob.glob(str(out / '*' / '*.pth'))
+
+
+@case(
+    ('evaluation', 'predict'),
+    'pretraining (PH regression) weights used as a classifier',
+    'exit 2: one line naming the weights and "pretraining" (told by the checkpoint or the run\'s args.json); '
+    'nothing written',
+)
+def _regression_as_classifier(ctx, script):
+    d = ctx.data
+    run_dir = d.pt_run
+    ctx.inputs(d.task, run_dir)
+    out = ctx.tmp / 'out'
+    for weights in (os.path.join(run_dir, 'resnet18_epoch1.pth'), os.path.join(run_dir, 'checkpoint.pth')):
+        if script == 'predict':
+            argv = [d.task / 'val', '-pw', weights, '-o', out / 'pred.csv', '-nw', 0]
+        else:
+            argv = ['--evaluate', '-val', d.task / 'val', '-pw', weights, '-o', out, '-nc', 2, '-b', 8, *TINY]
+        expect_error(run(script, *argv), weights, 'pretraining', 'not a classifier')
+        assert not out.exists()
+
+
+@case(
+    ('PHdict', 'predict'),
+    'float TIFF in [0, 1] and a 12-bit scan in a 16-bit PNG',
+    'ok: scaled by their own range (a note names the first and says so): diagrams and predictions equal those '
+    'of the same picture in 8 bits',
+)
+def _high_depth(ctx, script):
+    rng = np.random.default_rng(21)
+    folder = ctx.tmp / 'deep'
+    folder.mkdir()
+    ref = smooth_noise(rng, 40, 40)  # 0 .. 255
+    Image.fromarray(ref).save(folder / 'ref.png')
+    Image.fromarray(ref.astype(np.uint16) * 16).save(folder / 'twelve.png')  # 0 .. 4080 in a 16-bit PNG
+    Image.fromarray(ref.astype(np.float32) / 255).save(folder / 'float.tif')  # mode F, 0 .. 1
+    with Image.open(folder / 'twelve.png') as a, Image.open(folder / 'float.tif') as b:
+        assert (a.mode, b.mode) == ('I;16', 'F')
+    ctx.inputs(folder)
+    if script == 'PHdict':
+        dgm = {}
+        for it in ('png', 'tif'):
+            out = ctx.tmp / f'ph_{it}'
+            ctx.outputs(out)
+            res = expect_ok(run(script, folder, '-o', out, '-it', it, '-nw', 1))
+            assert 'scaled by its own range' in res.err, res
+            dgm.update({p.stem: np.load(p) for p in out.glob('*.npy')})
+        assert set(dgm) >= {'ref', 'twelve', 'float'}, sorted(dgm)
+        np.testing.assert_array_equal(dgm['twelve'], dgm['ref'])
+        np.testing.assert_array_equal(dgm['float'], dgm['ref'])
+        return
+    out = ctx.tmp / 'pred.csv'
+    argv = [folder, '-pw', ctx.data.finetuned, '-u', 'resnet18', '--img_size', 40, '--crop_size', 32, '-nw', 0]
+    res = expect_ok(run(script, *argv, '-o', out))
+    assert 'scaled by its own range' in res.err, res
+    with open(out, newline='') as f:
+        rows = {r['path']: (r['top1'], r['top1_prob']) for r in csv.DictReader(f)}
+    assert rows['twelve.png'] == rows['ref.png'] and rows['float.tif'] == rows['ref.png'], rows
+
+
+@case(
+    SCRIPTS,
+    'inf / nan as the value of a float flag',
+    'exit 2: names the flag and "not a finite number"; nothing created (no Infinity in an args.json)',
+)
+def _non_finite_float(ctx, script):
+    out = ctx.tmp / 'out'
+    ctx.inputs(*base_inputs(script, ctx.data))
+    flag = {
+        'random_image': '-pb',
+        'PHdict': '--max_life',
+        'pretraining': '--label_norm_floor',
+        'finetuning': '--lr_fine',
+        'evaluation': '--momentum',
+        'downloader': '--validation_ratio',
+    }[script]
+    for value in ('inf', '-inf', 'nan', 'Infinity'):
+        res = run(script, *base_argv(script, ctx.data, out), f'{flag}={value}')  # '=': -inf is no option
+        assert res.rc == 2 and 'Traceback' not in res.err, res
+        assert flag in res.err and 'not a finite number' in res.err, res
+    assert not out.exists()
+
+
+@case(
+    ('pretraining', 'finetuning'),
+    'a training set of one image; a batch of one (-b 1, or one survivor of undecodable images)',
+    'exit 2 before any run folder: one line naming the lone image, or -b 1; a batch left with one image after '
+    'skipped ones is dropped with a warning (exit 0), never a BatchNorm traceback',
+)
+def _batch_of_one(ctx, script):
+    d = ctx.data
+    out = ctx.tmp / 'out'
+    ctx.outputs(out)
+    if script == 'pretraining':
+        one = ctx.tmp / 'one'
+        one.mkdir()
+        shutil.copy(sorted(d.gen.glob('*.jpg'))[0], one / 'only.jpg')
+        ctx.inputs(one, d.gen)
+        common = ['-o', out, '-nc', PT_DIM, '-e', 1, '-ph', 'post', *TINY]
+        expect_error(run(script, '-t', one, '-b', 8, *common), 'holds 1 image', 'only.jpg')
+        expect_error(run(script, '-t', d.gen, '-b', 1, *common), '-b 1', 'BatchNorm')
+        assert not out.exists() or not os.listdir(out)
+        return
+    rng = np.random.default_rng(4)
+    train = ctx.tmp / 'task' / 'train'
+    for cls, names in (('bright', ('0.png', '1.png')), ('dark', ('0.png',))):
+        (train / cls).mkdir(parents=True)
+        for name in names:
+            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(train / cls / name)
+    (train / 'dark' / 'broken.png').write_bytes(b'\x89PNG\r\n\x1a\n' + b'\0' * 20)
+    ctx.inputs(ctx.tmp / 'task', d.task)
+    argv = ['-t', train, '-val', d.task / 'val', '-o', out, '-nc', 2, '-e', 1, *TINY]
+    expect_error(run(script, *argv, '-b', 1), '-b 1', 'BatchNorm')
+    assert not out.exists() or not os.listdir(out)
+    res = expect_ok(run(script, *argv, '-b', 2))  # 4 files, 2 per batch: the broken one leaves one survivor
+    assert 'batch of one image was dropped' in res.err and 'broken.png' in res.err, res
+    (record,) = read_log(only_run_dir(out))
+    assert record['skipped_bad'] == 1 and record['images'] == 2, record

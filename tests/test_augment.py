@@ -226,9 +226,9 @@ def test_phdict_gradient(tmp_path, run_script):
 
 
 def test_pretraining_loader_computes_gradient_labels(folder):
+    from util.cli.build import build_pretraining_sets
     from util.ph.vectorise import make_vectoriser
     from util.train.datasets import ComputedLabels
-    from util.train.modes import build_pretraining_sets
 
     args = parse('-t', folder, '--gradient', '-nc', 40, '--img_size', 48, '--crop_size', 32)
     train, _ = build_pretraining_sets(args)

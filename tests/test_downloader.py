@@ -728,3 +728,136 @@ def test_caltech256_tar_and_omniglot_zip(server, tmp_path):
     classes = ['Glagolitic_character01', 'Glagolitic_character02', 'Latin_character01', 'Latin_character02']
     assert res['train'] == dict.fromkeys(classes, 8) and res['val'] == dict.fromkeys(classes, 2)
     assert sorted(os.listdir(tmp_path / 'data' / 'omniglot' / 'val')) == classes
+
+
+# ----------------------------------------------------------------------------------------------------
+# MedMNIST (.npz files built here in the published layout)
+# ----------------------------------------------------------------------------------------------------
+
+MED_COUNTS = {'train': 14, 'val': 5, 'test': 6}
+
+
+def make_medmnist(rng, n_classes, size=28, channels=1, counts=MED_COUNTS, multi_label=False):
+    """(npz bytes, {split: images}, {split: labels}) like MedMNIST's: <split>_images (N, S, S[, 3]) uint8 and
+    <split>_labels (N, 1) (N, K for a multi-label set), written with np.savez_compressed."""
+    arrays, images, labels = {}, {}, {}
+    for split, n in counts.items():
+        shape = (n, size, size) if channels == 1 else (n, size, size, 3)
+        images[split] = rng.integers(0, 256, shape, dtype=np.uint8)
+        labels[split] = np.arange(n) % n_classes
+        arrays[f'{split}_images'] = images[split]
+        if multi_label:
+            arrays[f'{split}_labels'] = rng.integers(0, 2, (n, n_classes), dtype=np.uint8)
+        else:
+            arrays[f'{split}_labels'] = labels[split].reshape(-1, 1).astype(np.uint8)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue(), images, labels
+
+
+def test_medmnist_table_is_complete():
+    from util.io.download import medmnist
+
+    assert len(medmnist.NAMES) == 12 and 'chestmnist' in medmnist.NAMES
+    for name in medmnist.NAMES:
+        assert name in dl.DATASET_NAMES and set(medmnist.MEDMNIST[name].md5) == set(medmnist.SIZES)
+        for size in medmnist.SIZES:
+            [(url, filename, checksum)] = dl.SOURCES[medmnist.key(name, size)]
+            assert dl.checksum_algorithm(checksum) == 'md5' and checksum == medmnist.MEDMNIST[name].md5[size]
+            assert filename == medmnist.key(name, size) + '.npz' and url.startswith('https://zenodo.org/')
+    assert dl.dataset_key('pathmnist') == 'pathmnist' and dl.dataset_key('pathmnist', 224) == 'pathmnist_224'
+
+
+def test_medmnist_splits_class_names_and_pixels(server, tmp_path, monkeypatch):
+    from util.io.download import medmnist
+
+    monkeypatch.setattr(medmnist, 'BATCH', 4)  # several blocks per split: the streaming reader is exercised
+    npz, images, labels = make_medmnist(np.random.default_rng(20), n_classes=11)
+    sources = {'organamnist': serve(server, {'organamnist.npz': npz})}
+    result = dl.download_dataset('organamnist', str(tmp_path / 'raw'), str(tmp_path / 'data'), sources, progress=False)
+    root = tmp_path / 'data' / 'organamnist'
+    assert result['path'] == str(root) and set(result) == {'path', 'train', 'val', 'test'}
+    folders = [f'{i:02d}_{c}' for i, c in enumerate(medmnist.MEDMNIST['organamnist'].labels)]
+    assert folders[0] == '00_bladder' and folders[10] == '10_spleen'
+    for split, n in MED_COUNTS.items():
+        tree = count_tree(root / split)
+        assert sorted(tree) == sorted(folders) == folders  # alphabetical order is the label order
+        assert sum(len(v) for v in tree.values()) == n == sum(result[split].values())
+        for i, lab in enumerate(labels[split]):
+            with Image.open(root / split / folders[lab] / f'{i:05d}.png') as im:
+                assert im.mode == 'L' and np.array_equal(np.asarray(im), images[split][i])
+        assert (root / f'.{split}.done').exists()
+
+
+def test_medmnist_script_rgb_size_64_resume_and_rerun(server, tmp_path, run_script):
+    npz, images, labels = make_medmnist(np.random.default_rng(21), n_classes=9, size=64, channels=3)
+    served = serve(server, {'pathmnist_64.npz': npz})
+    server.cut_once.add('/d/pathmnist_64.npz')  # the first transfer breaks half way
+    sources = tmp_path / 'sources.json'
+    sources.write_text(json.dumps({'pathmnist_64': [list(s) for s in served]}))
+    args = [SCRIPT, '--dataset', 'pathmnist', '--size', '64', '--sources', sources, '-o', tmp_path / 'data']
+    res = run_script(*args, '--raw_file_path', tmp_path / 'raw', '--no_progress', check=False)
+    assert res.returncode != 0 and 'rerun to resume' in res.stderr
+    assert (tmp_path / 'raw' / 'pathmnist_64.npz.part').exists()
+    res = run_script(*args, '--raw_file_path', tmp_path / 'raw', '--no_progress', check=True)
+    assert server.requests[-1][1] == f'bytes={len(npz) // 2}-'  # resumed where it broke
+    root = tmp_path / 'data' / 'pathmnist_64'
+    for split, n in MED_COUNTS.items():
+        assert f'pathmnist_64/{split}: {n} images in 9 classes' in res.stdout
+    assert sorted(count_tree(root / 'test'))[0] == '0_adipose'
+    with Image.open(root / 'val' / '3_lymphocytes' / '00003.png') as im:
+        assert im.mode == 'RGB' and np.array_equal(np.asarray(im), images['val'][3])
+    res = run_script(*args, '--raw_file_path', tmp_path / 'raw', '--no_progress', check=True)
+    assert 'already complete' in res.stdout
+
+
+def test_medmnist_checksum_checked_before_unpacking(server, tmp_path, monkeypatch):
+    from util.io.download import medmnist
+
+    npz, _, _ = make_medmnist(np.random.default_rng(22), n_classes=2)
+    opened = []
+    monkeypatch.setattr(medmnist, 'convert', lambda *a, **k: opened.append('convert'))
+    monkeypatch.setattr(medmnist, 'NpyImages', lambda *a, **k: opened.append('read'))
+    monkeypatch.setattr(medmnist.zipfile, 'ZipFile', lambda *a, **k: opened.append('zip'))
+    server.files['/d/pneumoniamnist.npz'] = npz
+    sources = {'pneumoniamnist': [(server.url('/d/pneumoniamnist.npz'), 'pneumoniamnist.npz', md5(npz + b'x'))]}
+    with pytest.raises(UserError, match='not the published'):
+        dl.download_dataset('pneumoniamnist', str(tmp_path / 'raw'), str(tmp_path / 'data'), sources, progress=False)
+    assert opened == []
+    assert sorted(os.listdir(tmp_path / 'raw')) == ['pneumoniamnist.npz.bad']
+    assert not (tmp_path / 'data' / 'pneumoniamnist' / 'train').exists()
+
+
+def test_chestmnist_multi_label_refused_with_the_reason(server, tmp_path, run_script):
+    with pytest.raises(UserError, match='chestmnist is multi-label') as err:
+        dl.download_dataset('chestmnist', str(tmp_path / 'raw'), str(tmp_path / 'data'), progress=False)
+    assert 'one folder per class' in str(err.value) and '\n' not in str(err.value)
+    assert not (tmp_path / 'raw').exists() and not (tmp_path / 'data').exists()
+    res = run_script(SCRIPT, '--dataset', 'chestmnist', '-o', tmp_path / 'data', check=False)
+    assert res.returncode != 0 and res.stderr.strip().startswith('error: chestmnist is multi-label')
+    with pytest.raises(UserError, match='--size is for the MedMNIST sets'):
+        dl.download_dataset('MNIST', str(tmp_path / 'raw'), str(tmp_path / 'data'), progress=False, size=64)
+
+
+def test_medmnist_labels_out_of_range_refused(server, tmp_path):
+    npz, _, _ = make_medmnist(np.random.default_rng(23), n_classes=5)  # labels 0..4, breastmnist has 2
+    sources = {'breastmnist': serve(server, {'breastmnist.npz': npz})}
+    with pytest.raises(UserError, match=r'labels go from 0 to 4, expected 0..1'):
+        dl.download_dataset('breastmnist', str(tmp_path / 'raw'), str(tmp_path / 'data'), sources, progress=False)
+
+
+def test_transfer_bench_runs_on_a_medmnist_folder(server, tmp_path, run_script):
+    """bench/transfer.py --data takes the downloader's MedMNIST output (train/ for the subsets, val/ as test)."""
+    npz, _, _ = make_medmnist(np.random.default_rng(24), n_classes=2, counts={'train': 16, 'val': 8, 'test': 8})
+    sources = {'pneumoniamnist': serve(server, {'pneumoniamnist.npz': npz})}
+    dl.download_dataset('pneumoniamnist', str(tmp_path / 'raw'), str(tmp_path / 'data'), sources, progress=False)
+    data = tmp_path / 'data' / 'pneumoniamnist'
+    run_script(
+        'bench/transfer.py', '--preset', 'tiny', '--data', data, '--inits', 'scratch', '--seeds', '1',
+        '--labels', '3', '--work', tmp_path / 'work', '--out', tmp_path / 'out', '--name', 'med', check=True,
+    )  # fmt: skip
+    result = json.loads((tmp_path / 'out' / 'transfer_med.json').read_text())
+    assert result['settings']['data'] == str(data)
+    [one] = result['runs']
+    assert one['init'] == 'scratch' and one['train_images'] == 2 * 3 and one['val_images'] == 8
+    assert 0 <= one['top1'] <= 100

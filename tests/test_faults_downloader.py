@@ -13,8 +13,8 @@ import zipfile
 
 import pytest
 
-from tests import faultrows  # noqa: F401 (registers the rows run on several scripts)
-from tests.faultlib import case, data, matrix, test_fault  # noqa: F401 (the fixtures and the test of the matrix)
+from tests import faultlib, faultrows  # noqa: F401 (faultrows registers the rows run on several scripts)
+from tests.faultlib import case
 
 
 def _evil_archive(path, fmt, kind, outside):
@@ -86,4 +86,5 @@ for _fmt, _kind in ARCHIVE_ROWS:
     )(functools.partial(_archive_row, fmt=_fmt, kind=_kind))
 
 
-pytest_generate_tests, ledger = matrix('downloader')
+data, test_fault = faultlib.data, faultlib.test_fault  # the matrix's fixture and test
+pytest_generate_tests, ledger = faultlib.matrix('downloader')

@@ -8,8 +8,8 @@ import csv
 import os
 import shutil
 
-from tests import faultrows  # noqa: F401 (registers the rows run on several scripts)
-from tests.faultlib import TINY, case, data, expect_ok, matrix, only_run_dir, run, test_fault  # noqa: F401 (the fixtures and the test of the matrix)
+from tests import faultlib, faultrows  # noqa: F401 (faultrows registers the rows run on several scripts)
+from tests.faultlib import TINY, base_argv, case, expect_error, expect_ok, only_run_dir, run
 
 
 @case('finetuning', '-val equal to -t', 'exit 0 with a warning naming -val and -t')
@@ -47,4 +47,26 @@ def _csv_names(ctx, script):
         assert next(csv.reader(f))[1:] == names
 
 
-pytest_generate_tests, ledger = matrix('finetuning', 'evaluation')
+@case(
+    ('finetuning', 'evaluation'),
+    'a task with one class folder',
+    'exit 2: one line naming -t (-val) and "at least 2 classes"; no run folder',
+)
+def _one_class(ctx, script):
+    d = ctx.data
+    one = ctx.tmp / 'one'
+    for split in ('train', 'val'):
+        shutil.copytree(d.task / split / 'dark', one / split / 'dark')
+    ctx.inputs(one, d.finetuned)
+    out = ctx.tmp / 'out'
+    argv = base_argv(script, d, out)
+    argv = [one / 'train' if a == d.task / 'train' else one / 'val' if a == d.task / 'val' else a for a in argv]
+    argv[argv.index('-nc') + 1] = 1
+    expect_error(run(script, *argv), '-t' if script == 'finetuning' else '-val', 'at least 2 classes')
+    argv.remove('-nc'), argv.remove(1)  # -nc left to the folders
+    expect_error(run(script, *argv), 'at least 2 classes')
+    assert not out.exists() or not os.listdir(out)
+
+
+data, test_fault = faultlib.data, faultlib.test_fault  # the matrix's fixture and test
+pytest_generate_tests, ledger = faultlib.matrix('finetuning', 'evaluation')

@@ -12,23 +12,20 @@ import signal
 import numpy as np
 from PIL import Image
 
-from tests import faultrows  # noqa: F401 (registers the rows run on several scripts)
-from tests.faultlib import (  # noqa: F401 (the fixtures and the test of the matrix)
+from tests import faultlib, faultrows  # noqa: F401 (faultrows registers the rows run on several scripts)
+from tests.faultlib import (
     _finish,
     _popen_group,
     _wait_for,
     case,
-    data,
     digest,
     expect_error,
     expect_ok,
     half_written,
     kill_when,
-    matrix,
     popen,
     run,
     smooth_noise,
-    test_fault,
     tree_digests,
 )
 
@@ -217,4 +214,5 @@ def _phdict_nw0(ctx, script):
     assert tree_digests(out, only='.npy') == tree_digests(ctx.data.gen_ph, only='.npy')
 
 
-pytest_generate_tests, ledger = matrix('PHdict')
+data, test_fault = faultlib.data, faultlib.test_fault  # the matrix's fixture and test
+pytest_generate_tests, ledger = faultlib.matrix('PHdict')

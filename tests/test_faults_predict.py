@@ -8,8 +8,8 @@ import csv
 import glob
 import shutil
 
-from tests import faultrows  # noqa: F401 (registers the rows run on several scripts)
-from tests.faultlib import case, data, expect_error, expect_ok, matrix, run, test_fault  # noqa: F401 (the fixtures and the test of the matrix)
+from tests import faultlib, faultrows  # noqa: F401 (faultrows registers the rows run on several scripts)
+from tests.faultlib import case, expect_error, expect_ok, run
 
 # ====================================================================================================
 # issue 13: data loss -- predict.py -o
@@ -50,4 +50,31 @@ def _predict_output(ctx, script):
     assert rows[0][:3] == ['path', 'top1', 'top1_prob'] and len(rows) == 1 + 4 and 'old.png' not in previous.read_text()
 
 
-pytest_generate_tests, ledger = matrix('predict')
+@case(
+    'predict',
+    '--classes listing the classes in another order than classes.json beside the weights',
+    'exit 2: one line naming --classes, classes.json and the first output they disagree on; nothing written; '
+    'the same order is accepted',
+)
+def _classes_order(ctx, script):
+    d = ctx.data
+    weights = ctx.tmp / 'w' / 'ft.pth'
+    weights.parent.mkdir()
+    shutil.copy(d.finetuned, weights)
+    (ctx.tmp / 'w' / 'classes.json').write_text('["bright", "dark"]\n')  # the order finetuning.py wrote
+    swapped, same = ctx.tmp / 'swapped.txt', ctx.tmp / 'same.txt'
+    swapped.write_text('dark\nbright\n')
+    same.write_text('bright\ndark\n')
+    ctx.inputs(d.task, weights.parent, swapped, same)
+    out = ctx.tmp / 'pred.csv'
+    base = [d.task / 'val', '-pw', weights, '-u', 'resnet18', '--img_size', 40, '--crop_size', 32, '-nw', 0, '-o', out]
+    expect_error(run(script, *base, '--classes', swapped), '--classes', 'classes.json', "'dark' as output 0")
+    assert not out.exists()
+    expect_ok(run(script, *base, '--classes', same))
+    with open(out, newline='') as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 and all(r['truth'] in ('bright', 'dark') for r in rows)
+
+
+data, test_fault = faultlib.data, faultlib.test_fault  # the matrix's fixture and test
+pytest_generate_tests, ledger = faultlib.matrix('predict')

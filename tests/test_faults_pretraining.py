@@ -5,6 +5,8 @@ in tests/faultlib.py.
 """
 
 import glob
+import importlib
+import json
 import os
 import shutil
 import signal
@@ -12,8 +14,8 @@ import signal
 import numpy as np
 from PIL import Image
 
-from tests import faultrows  # noqa: F401 (registers the rows run on several scripts)
-from tests.faultlib import (  # noqa: F401 (the fixtures and the test of the matrix)
+from tests import faultlib, faultrows  # noqa: F401 (faultrows registers the rows run on several scripts)
+from tests.faultlib import (
     PT_DIM,
     TINY,
     _finish,
@@ -23,17 +25,15 @@ from tests.faultlib import (  # noqa: F401 (the fixtures and the test of the mat
     base_argv,
     base_inputs,
     case,
-    data,
     expect_error,
     expect_ok,
     half_written,
     kill_when,
-    matrix,
     only_run_dir,
     popen,
     read_log,
     run,
-    test_fault,
+    tree_digests,
 )
 
 
@@ -250,4 +250,178 @@ def _resume_changes(ctx, script):
     assert os.path.exists(os.path.join(run_dir, 'resnet18_epoch2.pth')), res
 
 
-pytest_generate_tests, ledger = matrix('pretraining')
+@case(
+    'pretraining',
+    '--cache_dir whose cache.json is missing or corrupt',
+    'exit 2: one line naming --cache_dir and cache.json; nothing in the cache changed, no run folder',
+)
+def _cache_record(ctx, script):
+    cache = ctx.tmp / 'cache'
+    out = ctx.tmp / 'out'
+    argv = ['-o', out, '-nc', PT_DIM, '-n', 8, '-nv', 4, '-e', 1, '-b', 8, '--cache_dir', cache, *TINY]
+    ctx.outputs(cache, out)
+    expect_ok(run(script, *argv))
+    shutil.rmtree(out)
+    meta = cache / 'cache.json'
+    recorded = meta.read_text()
+    for damage in ('missing', 'corrupt'):
+        if damage == 'missing':
+            meta.unlink()
+        else:
+            meta.write_text(recorded[: len(recorded) // 2])  # torn: not JSON
+        before = tree_digests(cache)
+        line = expect_error(run(script, *argv, '--filtration', 'distance'), '--cache_dir', 'cache.json')
+        assert ('no record' in line) if damage == 'missing' else ('cannot be read' in line), line
+        assert tree_digests(cache) == before and not out.exists()
+    meta.write_text(recorded)  # the record back: the cache is used again
+    expect_ok(run(script, *argv))
+
+
+@case(
+    'pretraining',
+    '--resume with a checkpoint.pth of another run copied in (same head; another head; no settings inside)',
+    'exit 2: one line naming its checkpoint and the differing settings (or the head sizes); no args_resume_*.json '
+    'left; the run folder unchanged',
+)
+def _foreign_checkpoint(ctx, script):
+    import torch
+
+    d = ctx.data
+    ctx.inputs(d.gen, d.gen_ph)
+    common = ['-t', d.gen, '-pd', d.gen_ph, '-b', 8, *TINY]
+    dirs = {}
+    for name, extra in (('mine', []), ('other_seed', ['--seed', 7]), ('other_head', ['-nc', 20])):
+        argv = ['-nc', PT_DIM, *extra] if '-nc' not in extra else extra
+        expect_ok(run(script, *common, '-o', ctx.tmp / name, *argv, '-e', 2, '--stop_after', 1))
+        dirs[name] = only_run_dir(ctx.tmp / name)
+    mine = dirs['mine']
+    ctx.outputs(ctx.tmp)
+    resume = [*common, '-o', ctx.tmp / 'mine', '-nc', PT_DIM, '-e', 2, '--resume', mine]
+    checkpoint = os.path.join(mine, 'checkpoint.pth')
+    shutil.copy(checkpoint, ctx.tmp / 'own.pth')
+    headless = torch.load(os.path.join(dirs['other_head'], 'checkpoint.pth'), weights_only=True)
+    del headless['args']  # a checkpoint that records no settings: only its tensors tell
+    torch.save(headless, ctx.tmp / 'headless.pth')
+    for source, words in (
+        (os.path.join(dirs['other_seed'], 'checkpoint.pth'), ('its checkpoint', '--seed: 7 -> 1')),
+        (os.path.join(dirs['other_head'], 'checkpoint.pth'), ('its checkpoint', '--numof_classes: 20 -> 40')),
+        (ctx.tmp / 'headless.pth', ('head of 20 outputs', '40 (-nc)')),
+    ):
+        shutil.copy(source, checkpoint)
+        before = tree_digests(mine)
+        expect_error(run(script, *resume), '--resume', *words)
+        assert tree_digests(mine) == before and not glob.glob(os.path.join(mine, 'args_resume_*'))
+    shutil.copy(ctx.tmp / 'own.pth', checkpoint)  # its own checkpoint back: the run resumes
+    expect_ok(run(script, *resume))
+    assert os.path.exists(os.path.join(mine, 'resnet18_epoch2.pth'))
+
+
+def _ph_matrix(src, out, *extra):
+    """PHdict.py's histogram label matrix (-nc PT_DIM) of ``src`` in ``out``, with ``extra`` label flags."""
+    dims = ['--label_type', 'histogram', '--numof_dims', PT_DIM]
+    return expect_ok(run('PHdict', src, '-o', out, '-it', 'jpg', '-nw', 1, *dims, *extra))
+
+
+@case(
+    'pretraining',
+    'explicit -pd made with other settings than the flags; -val images the label matrix lacks',
+    'exit 2 naming -pd and the differing flag (--max_life, --filtration); with the same flags exit 0, args.json '
+    'records them, and the validation labels are computed with them (equal to PHdict.py\'s), said so',
+)
+def _explicit_pd(ctx, script):
+    from util.cli import build, compat, flags
+    from util.ph.labels import load_label_matrix
+
+    d = ctx.data
+    ph, ph_val, valx = ctx.tmp / 'ph', ctx.tmp / 'ph_val', ctx.tmp / 'valx'
+    valx.mkdir()
+    for p in sorted(d.gen64.glob('*.jpg'))[:4]:  # other pictures, some under the names of -t's
+        shutil.copy(p, valx / p.name)
+    ctx.inputs(d.gen, d.gen_ph, d.gen64)
+    _ph_matrix(d.gen, ph, '--max_life', 5)
+    _ph_matrix(valx, ph_val, '--max_life', 5)
+    out = ctx.tmp / 'out'
+    ctx.outputs(out)
+    base = ['-t', d.gen, '-pd', ph, '-pc', '-nc', PT_DIM, '-e', 1, '-b', 8, '-o', out, *TINY]
+    expect_error(run(script, *base), '-pd', '--max_life 5', 'this run: 50')
+    expect_error(run(script, *base, '-val', valx), '-pd', '--max_life 5')
+    expect_error(
+        run(script, '-t', d.gen, '-pd', d.gen_ph, '--filtration', 'distance', '-nc', PT_DIM, '-o', out, *TINY),
+        '-pd',
+        '--filtration',
+        'signed_distance',
+    )
+    assert not out.exists()
+    res = expect_ok(run(script, *base, '--max_life', 5, '-val', valx))
+    assert f'-val {valx}' in res.out and 'computed in the loader with the settings of -pd' in res.out, res
+    with open(os.path.join(only_run_dir(out), 'args.json')) as f:
+        recorded = json.load(f)
+    assert recorded['max_life'] == 5 and recorded['label_matrix'].startswith('labels_histogram.npy blake2b ')
+    args = (
+        importlib.import_module('pretraining')
+        .get_args_parser()
+        .parse_args([str(a) for a in (*base, '--max_life', 5, '-val', valx)])
+    )
+    compat.resolve_special_values(args)
+    flags.check_common_args(args)
+    flags.check_mode_args(args)
+    _, val = build.build_pretraining_sets(args)
+    matrix, names = load_label_matrix(ph_val / 'labels_histogram.npy', ph_val / 'labels_histogram.txt', PT_DIM)
+    for i, rel in enumerate(val.rel_paths):
+        np.testing.assert_allclose(val[i][1], matrix[names.index(rel)], atol=1e-6, err_msg=rel)
+
+
+@case(
+    'pretraining',
+    '--resume after the label matrix was recomputed (other parameters; other images)',
+    'exit 2: names -pd and the parameter, or says the label matrix was recomputed; no args_resume_*.json',
+)
+def _resume_relabelled(ctx, script):
+    d = ctx.data
+    images, ph = ctx.tmp / 'images', ctx.tmp / 'ph'
+    shutil.copytree(d.gen, images)
+    _ph_matrix(images, ph, '--max_life', 5)
+    out = ctx.tmp / 'out'
+    ctx.outputs(out)
+    argv = ['-t', images, '-pd', ph, '-pc', '-nc', PT_DIM, '--max_life', 5, '-b', 8, '-o', out, *TINY]
+    expect_ok(run(script, *argv, '-e', 2, '--stop_after', 1))
+    run_dir = only_run_dir(out)
+    resume = [*argv, '-e', 2, '--resume', run_dir]
+    _ph_matrix(images, ph, '--max_life', 6)  # recomputed with another range
+    expect_error(run(script, *resume), '-pd', '--max_life 6', 'this run: 5')
+    expect_error(
+        run(script, *[a if a != 5 else 6 for a in resume]), '--max_life: 5.0 -> 6.0', 'label matrix was recomputed'
+    )
+    first = sorted(images.glob('*.jpg'))[0]
+    Image.fromarray(np.full((48, 48, 3), 128, np.uint8)).save(first)  # an image replaced ...
+    _ph_matrix(images, ph, '--max_life', 5)  # ... and the matrix recomputed with the run's parameters
+    expect_error(run(script, *resume), '--resume', 'label matrix was recomputed')
+    assert not glob.glob(os.path.join(run_dir, 'args_resume_*'))
+
+
+@case(
+    'pretraining',
+    '--resume a fine-tuning run with pretraining.py (and --label_norm standard)',
+    'exit 2: one line naming the mode (-lm finetuning, not -lm pretraining) before any other setting',
+)
+def _resume_other_mode(ctx, script):
+    d = ctx.data
+    ctx.inputs(d.task, d.gen, d.gen_ph)
+    ft = ctx.tmp / 'ft'
+    ctx.outputs(ft)
+    expect_ok(run('finetuning', '-t', d.task / 'train', '-val', d.task / 'val', '-o', ft, '-nc', 2, '-e', 1, *TINY))
+    run_dir = only_run_dir(ft)
+    before = tree_digests(run_dir)
+    for extra in ([], ['--label_norm', 'standard']):
+        argv = ['-t', d.gen, '-pd', d.gen_ph, '-nc', PT_DIM, '-o', ctx.tmp / 'out', *TINY, '--resume', run_dir]
+        line = expect_error(
+            run(script, *argv, *extra),
+            '-lm finetuning',
+            'not -lm pretraining',
+        )
+        assert '--label_norm' not in line, line
+    assert tree_digests(run_dir) == before
+
+
+data, test_fault = faultlib.data, faultlib.test_fault  # the matrix's fixture and test
+pytest_generate_tests, ledger = faultlib.matrix('pretraining')

@@ -6,18 +6,15 @@ in tests/faultlib.py.
 
 import glob
 
-from tests import faultrows  # noqa: F401 (registers the rows run on several scripts)
-from tests.faultlib import (  # noqa: F401 (the fixtures and the test of the matrix)
+from tests import faultlib, faultrows  # noqa: F401 (faultrows registers the rows run on several scripts)
+from tests.faultlib import (
     case,
-    data,
     expect_ok,
     half_written,
     kill_when,
-    matrix,
     popen,
     run,
     temp_files,
-    test_fault,
     tree_digests,
 )
 
@@ -48,4 +45,5 @@ def _kill_generation(ctx, script):
     assert len(tree_digests(ref, only='.jpg')) == 96 and not temp_files(killed)  # its own temp files removed
 
 
-pytest_generate_tests, ledger = matrix('random_image')
+data, test_fault = faultlib.data, faultlib.test_fault  # the matrix's fixture and test
+pytest_generate_tests, ledger = faultlib.matrix('random_image')

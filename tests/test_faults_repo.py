@@ -6,8 +6,8 @@ in tests/faultlib.py.
 
 import ast
 
-from tests import faultrows  # noqa: F401 (registers the rows run on several scripts)
-from tests.faultlib import _calls, _kw, _python_files, case, data, matrix, test_fault  # noqa: F401 (the fixtures and the test of the matrix)
+from tests import faultlib, faultrows  # noqa: F401 (faultrows registers the rows run on several scripts)
+from tests.faultlib import _calls, _kw, _python_files, case
 
 
 @case(
@@ -181,4 +181,5 @@ def _grep_deletions(ctx, script):
     assert found, 'the scan found no deletion at all (broken scan?)'
 
 
-pytest_generate_tests, ledger = matrix('repo')
+data, test_fault = faultlib.data, faultlib.test_fault  # the matrix's fixture and test
+pytest_generate_tests, ledger = faultlib.matrix('repo')

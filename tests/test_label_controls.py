@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import only_run_dir
-from util.train import label_norm, label_sources
+from util.train import label_norm, sources
 
 TINY = ['-u', 'resnet18', '-e', '1', '--img_size', '24', '--crop_size', '20', '-b', '4', '-nw', '0', '--device', 'cpu']
 
@@ -46,7 +46,7 @@ def test_random_targets_reproducible_and_independent_of_content(tmp_path):
     sp, tt = pretrain_transforms(AugmentConfig(img_size=24, crop_size=20))
 
     def labels(root, seed):
-        ds = FolderPH(str(root), rel, label_sources.RandomLabels(rel, 16, seed), sp, tt, 'pre')
+        ds = FolderPH(str(root), rel, sources.RandomLabels(rel, 16, seed), sp, tt, 'pre')
         return np.stack([ds[i][1].numpy() for i in range(len(ds))])
 
     la = labels(a, 3)
@@ -55,12 +55,12 @@ def test_random_targets_reproducible_and_independent_of_content(tmp_path):
     assert not np.allclose(la, labels(a, 4))  # the seed does
     assert len({row.tobytes() for row in la}) == len(rel)  # one vector per image
     # a row depends on the image's identity only, not on its position among the others
-    np.testing.assert_array_equal(label_sources.RandomLabels(rel[::-1], 16, 3).label(0), la[-1])
-    big = label_sources.random_matrix(0, [f'k{i}' for i in range(400)], 50)
+    np.testing.assert_array_equal(sources.RandomLabels(rel[::-1], 16, 3).label(0), la[-1])
+    big = sources.random_matrix(0, [f'k{i}' for i in range(400)], 50)
     assert big.dtype == np.float32 and abs(big.mean()) < 0.05 and abs(big.std() - 1) < 0.05
-    gen = label_sources.GeneratedRandomLabels(16, 3, stream=0)
+    gen = sources.GeneratedRandomLabels(16, 3, stream=0)
     assert np.array_equal(gen.label(5), gen.label(5)) and not np.allclose(gen.label(5), gen.label(6))
-    assert not np.allclose(gen.label(5), label_sources.GeneratedRandomLabels(16, 3, stream=1).label(5))
+    assert not np.allclose(gen.label(5), sources.GeneratedRandomLabels(16, 3, stream=1).label(5))
 
 
 def test_phdict_random_matrix_matches_the_loader_and_pretrains(folder, tmp_path, run_script):
@@ -84,7 +84,7 @@ def test_phdict_random_matrix_matches_the_loader_and_pretrains(folder, tmp_path,
     m, names = load_label_matrix(
         str(tmp_path / 'rnd' / 'labels_random.npy'), str(tmp_path / 'rnd' / 'labels_random.txt'), 16
     )
-    loader = label_sources.RandomLabels(names, 16, 5)
+    loader = sources.RandomLabels(names, 16, 5)
     np.testing.assert_array_equal(m, np.stack([loader.label(i) for i in range(len(names))]))
     assert not (tmp_path / 'rnd' / 'sub').exists()  # no PH computed
     for extra in (['-pd', tmp_path / 'rnd', '-pc'], []):  # from the matrix, and made in the loader
@@ -171,8 +171,13 @@ def test_label_norm_stored_reused_on_resume_and_fresh_run(folder, tmp_path, run_
     # a fresh run on the same matrix computes the same statistics
     run_script('pretraining.py', *flags, '-o', tmp_path / 'b', *TINY, check=True)
     assert _args(only_run_dir(tmp_path / 'b'))['label_norm_std'] == stored['label_norm_std']
-    # resume: the stored statistics, even though the matrix changed since
+    # resume after the matrix changed since: refused (issue 22: the run records the digest of its label matrix)
+    original = (ph / 'labels_histogram.npy').read_bytes()
     np.save(ph / 'labels_histogram.npy', (m * 3 + 1).astype(np.float32))
+    res = run_script('pretraining.py', *flags, '--resume', run_a, *TINY, '-e', '2', check=False)
+    assert res.returncode == 2 and 'label matrix was recomputed' in res.stderr, res.stderr
+    # resume on the matrix it trained on: the stored statistics
+    (ph / 'labels_histogram.npy').write_bytes(original)
     run_script('pretraining.py', *flags, '--resume', run_a, *TINY, '-e', '2', check=True)
     resumed = _args(run_a, 'args_resume_epoch2.json')
     assert resumed['label_norm_mean'] == stored['label_norm_mean']

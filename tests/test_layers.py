@@ -21,9 +21,8 @@ ALLOWED = {
     'util.train': {'util.errors', 'util.io', 'util.ph', 'util.config', 'util.plot', 'models'},
     'util.cli': {'util.errors', 'util.io', 'util.ph', 'util.config', 'util.plot', 'models', 'util.train'},
 }
-# Upward imports still to be removed: the mode recipes build their configuration from the flags themselves.
-# The configuration built once in util/cli (issue 19, item 2) empties this set.
-KNOWN_UPWARD = {('util.train.modes', 'util.cli.build'), ('util.train.label_sources', 'util.cli.build')}
+# Upward imports still to be removed (none: the run configuration is built once, in util/cli).
+KNOWN_UPWARD = set()
 
 
 @pytest.mark.parametrize(
@@ -119,3 +118,44 @@ def test_no_import_cycles_and_no_private_cross_imports():
             if isinstance(node, ast.ImportFrom) and (node.module or '').split('.')[0] in ('util', 'models'):
                 private = [a.name for a in node.names if a.name.startswith('_')]
                 assert not private, f"{path} imports private {private} from {node.module}"
+
+
+# Library code: everything but the command-line layer (util/cli) and the scripts.
+LIBRARY = ('util/ph', 'util/io', 'util/train', 'util/plot', 'util/config.py', 'util/errors.py', 'models')
+
+
+def _library_files():
+    for entry in LIBRARY:
+        path = os.path.join(ROOT, entry)
+        if path.endswith('.py'):
+            yield path
+            continue
+        for folder, _, names in os.walk(path):
+            yield from (os.path.join(folder, n) for n in sorted(names) if n.endswith('.py'))
+
+
+def test_library_code_never_reads_the_flags():
+    """Only util/cli reads the argparse Namespace: no ``args.<flag>`` in library code (the run configuration of
+    util.config reaches it instead)."""
+    found = []
+    for path in _library_files():
+        for node in ast.walk(ast.parse(open(path, encoding='utf-8').read())):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == 'args':
+                found.append(f'{os.path.relpath(path, ROOT)}:{node.lineno}: args.{node.attr}')
+    assert not found, '\n'.join(found)
+
+
+def test_public_functions_of_models_and_ph_are_annotated():
+    """The public functions of models/ and util/ph/ state their parameter and return types."""
+    bare = []
+    for package in ('models', os.path.join('util', 'ph')):
+        for name in sorted(os.listdir(os.path.join(ROOT, package))):
+            if not name.endswith('.py'):
+                continue
+            path = os.path.join(ROOT, package, name)
+            for node in ast.parse(open(path, encoding='utf-8').read()).body:
+                if isinstance(node, ast.FunctionDef) and not node.name.startswith('_'):
+                    args = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+                    if node.returns is None or any(a.annotation is None for a in args if a.arg not in ('self', 'cls')):
+                        bare.append(f'{package}/{name}:{node.lineno} {node.name}')
+    assert not bare, bare

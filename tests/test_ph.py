@@ -6,8 +6,10 @@ from PIL import Image
 from scipy.ndimage import distance_transform_edt, gaussian_filter
 from skimage.filters import threshold_otsu
 
+from bench.reference import signed_distance as reference_signed_distance  # the original's filtration
 from util.errors import UserError
 from util.ph import cubical as ph
+from util.ph.otsu import otsu_threshold_from_counts
 
 INF_DEATH = 0.5 * np.finfo(np.float64).max
 
@@ -15,14 +17,6 @@ INF_DEATH = 0.5 * np.finfo(np.float64).max
 def smooth_noise(rng, shape, sigma=2.0):
     a = gaussian_filter(rng.random(shape), sigma)
     return ((a - a.min()) / np.ptp(a) * 255).astype(np.uint8)
-
-
-def reference_signed_distance(grey_float):
-    """The original's filtration, computed with skimage and scipy directly."""
-    if grey_float.min() == grey_float.max():
-        return np.zeros_like(grey_float)
-    bw = grey_float >= threshold_otsu(grey_float)
-    return distance_transform_edt(bw) - distance_transform_edt(~bw)
 
 
 def pairs(diagram):
@@ -85,7 +79,7 @@ def test_threshold_from_counts_equals_skimage_value():
     rng = np.random.default_rng(12)
     for u8 in _varied_uint8_images(rng, 200):
         g = u8.astype(np.float64)
-        t = ph.otsu_threshold_from_counts(np.bincount(u8.ravel(), minlength=256))
+        t = otsu_threshold_from_counts(np.bincount(u8.ravel(), minlength=256))
         assert (t is None) == (g.min() == g.max())
         if t is not None:
             assert t == threshold_otsu(g)
@@ -180,6 +174,8 @@ def test_constant_image_gives_zero_filtration():
             assert f.shape == (32, 32) and f.dtype == np.float64
             if kind == 'none':
                 assert np.all(f == value)
+            elif kind == 'none_inv':  # superlevel sets of grey (issue 20)
+                assert np.all(f == -value)
             else:
                 assert np.all(f == 0), kind
         dgm = ph.compute_ph(img)
@@ -198,6 +194,8 @@ def test_every_filtration_matches_cripser_transform_of_otsu_mask():
         assert f.dtype == np.float64 and f.shape == u8.shape and f.flags.c_contiguous
         if kind == 'none':
             np.testing.assert_array_equal(f, g)
+        elif kind == 'none_inv':  # superlevel sets of grey (issue 20)
+            np.testing.assert_array_equal(f, -g)
         else:
             lib = ph.cripser.apply_transform(bw.astype(np.float64), kind, threshold=0.5)
             np.testing.assert_array_equal(f, lib.astype(np.float64), kind)

@@ -13,6 +13,7 @@ from scipy.ndimage import distance_transform_edt
 from util.errors import UserError
 from util.ph import cubical as ph
 from util.ph import unionfind as uf
+from util.ph.distance import signed_sqedt
 from util.ph.generator import GeneratorConfig, generate_image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -152,9 +153,9 @@ def test_signed_sqedt_equals_scipy():
         bw = rng.random((h, w)) < rng.uniform(0.02, 0.98)
         if bw.all() or not bw.any():
             with pytest.raises(ValueError):
-                uf.signed_sqedt(bw)
+                signed_sqedt(bw)
             continue
-        k = uf.signed_sqedt(bw)
+        k = signed_sqedt(bw)
         assert k.dtype == np.int64
         ref = distance_transform_edt(bw) - distance_transform_edt(~bw)
         np.testing.assert_array_equal(np.sign(k) * np.sqrt(np.abs(k)), ref)
@@ -336,7 +337,8 @@ def test_read_only_install_does_not_crash(tmp_path, where):
         "assert uf.__file__.startswith(%r), uf.__file__\n"
         "d = uf.diagram(np.array([[0., 2, 1], [2, 3, 2], [1, 2, .5]]))\n"
         "print(sorted(map(tuple, d[:, :3].tolist())))\n"
-        "print('CACHE', os.environ.get('NUMBA_CACHE_DIR'), len(uf._UNCACHED))\n"
+        "from util.ph import jit\n"
+        "print('CACHE', os.environ.get('NUMBA_CACHE_DIR'), len(jit.UNCACHED))\n"
     ) % str(pkg)
     try:
         res = subprocess.run(
@@ -375,7 +377,7 @@ def _labels(dataset, n):
 def test_training_on_the_fly_and_cache_labels_equal_with_either_engine(tmp_path):
     """pretraining.py without -t (on the fly, and with --cache_dir): the flag reaches ComputedLabels, and the
     histogram labels are the same, bit for bit, with either engine."""
-    from util.train.modes import build_pretraining_sets  # the flags' data sets, as pretraining.py builds them
+    from util.cli.build import build_pretraining_sets  # the flags' data sets, as pretraining.py builds them
 
     got = {}
     for engine in ('unionfind', 'cripser', 'auto'):
@@ -437,7 +439,7 @@ def test_training_post_and_folder_labels_equal_with_either_engine(tmp_path):
     """-t without -pd, with -ph post (labels of the augmented crop) and -ph pre: same labels either way."""
     import torch
 
-    from util.train.modes import build_pretraining_sets  # the flags' data sets, as pretraining.py builds them
+    from util.cli.build import build_pretraining_sets  # the flags' data sets, as pretraining.py builds them
 
     _class_folders(tmp_path / 'img')
     got = {}
@@ -477,7 +479,7 @@ def test_two_task_mode_labels_equal_with_either_engine(tmp_path):
     import torch
 
     from util.cli.build import data_config
-    from util.train.data_sources import build_simultaneous_sets
+    from util.train.sources import build_simultaneous_sets
 
     _class_folders(tmp_path / 'img')
     got = {}

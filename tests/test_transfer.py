@@ -121,7 +121,7 @@ def test_every_cell_is_a_real_finetuning_run(tiny_run):
 
 def test_random_targets_come_from_the_product_flag(tiny_run):
     """The control is PHdict.py --label_type random, read by pretraining.py --label_type random."""
-    from util.train import label_sources
+    from util.train import sources
 
     result, _, _ = tiny_run
     dims = result['settings']['dims']
@@ -130,9 +130,7 @@ def test_random_targets_come_from_the_product_flag(tiny_run):
         os.path.join(rand, 'labels_random.npy'), os.path.join(rand, 'labels_random.txt'), expected_dim=dims
     )
     assert matrix.shape == (result['settings']['n_images'], dims)
-    np.testing.assert_array_equal(
-        matrix, label_sources.random_matrix(0, [label_sources.image_key(n) for n in names], dims)
-    )
+    np.testing.assert_array_equal(matrix, sources.random_matrix(0, [sources.image_key(n) for n in names], dims))
     with open(os.path.join(result['pretraining']['random']['run_dir'], 'args.json'), encoding='utf-8') as f:
         pargs = json.load(f)
     assert pargs['label_type'] == 'random' and pargs['numof_classes'] == dims and pargs['seed'] == 0

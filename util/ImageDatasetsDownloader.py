@@ -4,6 +4,12 @@
 
 writes ``data/CIFAR100/train/<class>/00000.png ...`` and ``data/CIFAR100/val/<class>/...`` (the official
 test split), ready for ``python finetuning.py -t data/CIFAR100/train -val data/CIFAR100/val ...``.
+
+    python util/ImageDatasetsDownloader.py --dataset pathmnist --size 64
+
+writes MedMNIST's PathMNIST at 64 pixels to ``data/pathmnist_64/{train,val,test}/<class>/`` (its official
+splits; ``data/pathmnist/`` at the default 28 pixels).
+
 Archives are kept in ``--raw_file_path`` and checked against their published md5 before they are
 opened; see :mod:`util.io.download` for the details (resume, safe unpacking, restricted unpickling,
 the deterministic train/val split of the datasets that have no official one).
@@ -16,6 +22,7 @@ from util.errors import UserError, run_cli
 from util.io.download import (
     DATASET_NAMES,
     LOCAL_ONLY,
+    dataset_key,
     download_dataset,
     load_sources_file,
     setup_local_dataset,
@@ -26,7 +33,8 @@ def get_args_parser():
     parser = StrictArgumentParser(
         allow_abbrev=False,
         description='Download an image dataset, verify it against its published checksum and write '
-        '<data_file_path>/<dataset>/{train,val}/<class>/ image folders (val = official test split).',
+        '<data_file_path>/<dataset>/{train,val}/<class>/ image folders (val = official test split; MedMNIST sets: '
+        'their official train/val/test splits).',
     )
     parser.add_argument(
         '--dataset',
@@ -37,7 +45,15 @@ def get_args_parser():
         help='dataset to download (required): ' + ', '.join(DATASET_NAMES) + '; animal '
         '(the original\'s non-rigid shapes) is not downloadable any more: put its unpacked '
         'non_rigid_shape_A/B class folders in --raw_file_path and it is split into '
-        'train/ and val/',
+        'train/ and val/. The *mnist names after fashionMNIST are MedMNIST\'s 2-D biomedical sets, '
+        'written with their official train/val/test splits (chestmnist, multi-label, is refused)',
+    )
+    parser.add_argument(
+        '--size',
+        default=None,
+        type=int,
+        choices=(28, 64, 128, 224),
+        help='MedMNIST image side in pixels; 64/128/224 go to <dataset>_<size>/ (default: 28)',
     )
     parser.add_argument(
         '--raw_file_path',
@@ -79,14 +95,13 @@ def get_args_parser():
 
 def main(args):
     sources = None
+    key = dataset_key(args.dataset, args.size)
     if args.sources:
         sources = load_sources_file(args.sources)
-        if args.dataset not in sources:
-            raise UserError(f"sources file {args.sources!r} (--sources) has no entry for {args.dataset}")
+        if key not in sources:
+            raise UserError(f"sources file {args.sources!r} (--sources) has no entry for {key}")
     data_dir = os.path.expanduser(args.data_file_path)
-    raw_dir = (
-        os.path.expanduser(args.raw_file_path) if args.raw_file_path else os.path.join(data_dir, 'raw', args.dataset)
-    )
+    raw_dir = os.path.expanduser(args.raw_file_path) if args.raw_file_path else os.path.join(data_dir, 'raw', key)
     if args.dataset in LOCAL_ONLY:
         result = setup_local_dataset(
             args.dataset, raw_dir, data_dir, val_ratio=args.validation_ratio, progress=not args.no_progress
@@ -99,8 +114,9 @@ def main(args):
             sources=sources,
             val_ratio=args.validation_ratio,
             progress=not args.no_progress,
+            size=args.size,
         )
-    for split in ('train', 'val'):
+    for split in [s for s in result if s != 'path']:
         counts = result[split]
         if counts is None:
             print(f"{os.path.join(result['path'], split)}: already done")

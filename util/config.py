@@ -1,12 +1,17 @@
-"""The settings library code takes, as small dataclasses; :mod:`util.cli.flags` builds them from the flags.
+"""The run configuration: one tree of frozen dataclasses (:class:`RunConfig` at the top), built once from the
+flags by :mod:`util.cli.build`; library code takes it (or a branch of it), never the flags.
 
-Their field defaults are the single source of truth for the flags' defaults.
+Field defaults are the single source of truth for the flags' defaults (:mod:`util.cli.flags` reads them).
+A field is named after its flag (``vars(args)`` key) unless its metadata names the flag (``flag=...``); that
+correspondence is what :func:`record` uses to write the settings of a run (args.json, checkpoints) under the
+flags' names. Phases of a run are derived with :func:`dataclasses.replace`.
 """
 
 import dataclasses
 from dataclasses import dataclass, field, fields
 from typing import Optional
 
+from util.errors import UserError
 from util.ph.cubical import DEFAULT_ENGINE
 from util.ph.generator import GeneratorConfig
 from util.ph.vectorise import (
@@ -31,26 +36,31 @@ ON_THE_FLY_PROB_COLOUR = 0.5
 DEFAULT_NUM_OUTPUTS = 100
 
 
-@dataclass
+def _flag(name):
+    """Field metadata: the field holds the value of the flag whose ``vars(args)`` key is ``name``."""
+    return {'flag': name}
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """What the training engine, the distributed start-up and the run folders need.
 
     ``device``/``amp``/``channels_last`` None mean "decide at start-up" (CUDA when available, and then
-    bfloat16 autocast and channels-last); :func:`util.train.distributed.init_distributed` fills them in, and
-    ``rank``/``world_size``/``local_rank``/``distributed`` from torchrun's environment.
+    bfloat16 autocast and channels-last); :func:`util.train.distributed.init_distributed` returns a copy with
+    them decided, and ``rank``/``world_size``/``local_rank``/``distributed`` from torchrun's environment.
     """
 
     device: Optional[str] = None
     amp: Optional[bool] = None
     channels_last: Optional[bool] = None
-    backend: Optional[str] = None  # -p/--pidf: 'nccl' or 'gloo' (default by device)
+    backend: Optional[str] = field(default=None, metadata=_flag('pidf'))  # -p: 'nccl' or 'gloo' (default by device)
     world_size: int = 1
     rank: int = 0
     local_rank: int = 0
     distributed: bool = False
     seed: int = 1
     batch_size: int = 96
-    num_workers: int = 8
+    num_workers: Optional[int] = None  # None: the cores per training process minus two (util.train.distributed)
     log_interval: int = 100
     optimizer: str = 'sgd'
     momentum: float = 0.9
@@ -61,9 +71,10 @@ class TrainConfig:
     save_interval: int = 90
     freeze_encoder: bool = False
     ph_weight: float = 1.0  # two-task modes: weight of the PH regression loss
+    tensorboard: bool = False  # --tensorboard: log.jsonl's figures also written for TensorBoard
 
 
-@dataclass
+@dataclass(frozen=True)
 class AugmentConfig:
     """Sizes and augmentation of training images (see util.train.datasets' transforms)."""
 
@@ -77,7 +88,7 @@ class AugmentConfig:
     hflip: Optional[bool] = None  # None: the script's default (fine-tuning on; pretraining off, on with aug_plus)
 
 
-@dataclass
+@dataclass(frozen=True)
 class LabelConfig:
     """How persistence diagrams become label vectors: the label flags of :func:`util.ph.vectorise.add_label_args`
     (``label_type`` may also be 'class', the class folders as labels, which has no vectoriser)."""
@@ -97,13 +108,23 @@ class LabelConfig:
         return vectoriser_from_params(dataclasses.asdict(self), dim, flag)
 
 
+@dataclass(frozen=True)
+class NormConfig:
+    """``--label_norm``: 'none', 'standard' (z-score of the pretraining labels, std floored at ``floor`` x the
+    RMS of the components' std) or 'whiten' (top-``components`` PCA whitening; see util.train.label_norm)."""
+
+    mode: str = field(default='none', metadata=_flag('label_norm'))
+    floor: float = field(default=0.1, metadata=_flag('label_norm_floor'))
+    components: int = field(default=16, metadata=_flag('label_norm_components'))  # --label_norm whiten: K
+
+
 def _on_the_fly_generator():
     return GeneratorConfig(img_size=AugmentConfig.img_size, prob_colour=ON_THE_FLY_PROB_COLOUR)
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
-    """Where training and validation images and their labels come from (see util.train.data_sources).
+    """Where training and validation images and their labels come from (see util.train.sources).
 
     ``train``/``val``: image folders (None: none given); ``ph_dir``/``precomputed``: the -pd folder of
     PHdict.py and whether it holds a label matrix; ``persistence``: 'pre' or 'post' (label before / after the
@@ -114,7 +135,7 @@ class DataConfig:
 
     train: Optional[str] = None
     val: Optional[str] = None
-    ph_dir: str = ''
+    ph_dir: str = field(default='', metadata=_flag('path2PHdir'))
     precomputed: bool = False
     persistence: str = 'pre'
     filtration: str = 'signed_distance'
@@ -128,6 +149,88 @@ class DataConfig:
     n_samples_val: int = -1
     seed: int = TrainConfig.seed
     cache_dir: Optional[str] = None
+    norm: NormConfig = field(default_factory=NormConfig)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network: ``usenet`` (architecture), ``path2weight`` (-pw: a weights file, 'imagenet' or None),
+    ``numof_pretrained_classes`` (-npc: the head size of -pw, None = read from the file), ``numof_classes``
+    (-nc: the output size; None = not given, see :func:`resolve_num_classes`)."""
+
+    usenet: str = 'resnet50'
+    path2weight: Optional[str] = None
+    numof_pretrained_classes: Optional[int] = None
+    numof_classes: Optional[int] = None
+    numof_fclayer: int = 4096  # accepted for compatibility; heads keep each architecture's hidden widths
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one invocation of pretraining.py / finetuning.py runs: the mode, the files, the phase
+    settings, and the branches ``train``, ``data``, ``model``.
+
+    ``phase``: the phase this configuration runs (the mode itself, or 'pretraining' / 'finetuning' inside
+    ``-lm combined``). ``flags``: every flag as given, ``((name, value), ...)``, kept only so that
+    :func:`record` also writes the flags no library code needs (e.g. ``--max_pixels``).
+    """
+
+    learning_mode: str = 'pretraining'
+    phase: str = 'pretraining'
+    evaluate: bool = False
+    output: str = 'result'
+    resume: str = ''
+    output_training_images: int = 0
+    lr_pre: float = 0.1
+    lr_fine: float = 0.01
+    epochs_pre: Optional[int] = None  # combined: epochs of the pretraining phase (None: -e)
+    ph_train: Optional[str] = None
+    ph_val: Optional[str] = None
+    ph_dims: int = 200
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    flags: tuple = ()
+
+
+# The branches whose fields are recorded under their flags' names (GeneratorConfig's come from the flags as
+# they are and no phase changes them).
+_RECORDED = (RunConfig, TrainConfig, DataConfig, LabelConfig, AugmentConfig, NormConfig, ModelConfig)
+
+
+def flag_values(config):
+    """{flag name: value} of the fields of ``config`` and its recorded branches."""
+    out = {}
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if f.name == 'flags':
+            continue
+        if isinstance(value, _RECORDED):
+            out.update(flag_values(value))
+        elif not dataclasses.is_dataclass(value):
+            out[f.metadata.get('flag', f.name)] = value
+    return out
+
+
+def record(run, **facts):
+    """The settings of a run as args.json and checkpoints store them: the flags as given, the values this phase
+    runs with (under the flags' names, with the device set-up decided at start), then ``facts`` (what the run
+    found: its folder, label statistics, ...)."""
+    return {**dict(run.flags), **flag_values(run), **facts}
+
+
+def resolve_num_classes(given, classes=None, where=None):
+    """The output size, the one place where -nc "not given" (None) is resolved.
+
+    With ``classes`` (the class folders found in ``where``): their number, refusing an explicit -nc that
+    differs. Without (PH label vectors, or a model built by a direct call): ``given``, else
+    :data:`DEFAULT_NUM_OUTPUTS`.
+    """
+    if classes is not None and given is None:
+        return len(classes)
+    if classes is not None and given != len(classes):
+        raise UserError(f"-nc {given} but {where!r} has {len(classes)} classes")
+    return DEFAULT_NUM_OUTPUTS if given is None else given
 
 
 def from_mapping(cls, values, **overrides):

@@ -1,20 +1,44 @@
-"""The one place where the flags of pretraining.py / finetuning.py (an argparse Namespace) become the settings
-library code takes (the dataclasses of :mod:`util.config`), and where -nc "not given" is resolved."""
+"""The one place where the flags of pretraining.py / finetuning.py (an argparse Namespace, checked by
+:mod:`util.cli.flags`) become the run configuration library code takes (:class:`util.config.RunConfig`).
 
-from util.config import DEFAULT_NUM_OUTPUTS, AugmentConfig, DataConfig, LabelConfig, TrainConfig, from_mapping
-from util.errors import UserError
+Also the script-level entry points that take the flags (``pretraining.build_pretraining_sets``,
+``finetuning.build_finetune_model``): each builds the configuration, then calls the library.
+"""
+
+from dataclasses import fields
+
+from util.config import (
+    AugmentConfig,
+    DataConfig,
+    LabelConfig,
+    ModelConfig,
+    NormConfig,
+    RunConfig,
+    TrainConfig,
+    resolve_num_classes,
+)
 from util.ph.generator import GeneratorConfig
-from util.train import distributed
+
+
+def _fields_of(cls, given, **branches):
+    """``cls`` with each field taken from the flag it names (a field's metadata ``flag`` names another flag
+    than the field), then ``branches`` (the nested dataclasses)."""
+    values = {}
+    for f in fields(cls):
+        name = f.metadata.get('flag', f.name)
+        if name in given and f.name not in branches:
+            values[f.name] = given[name]
+    return cls(**values, **branches)
 
 
 def train_config(args):
     """The :class:`util.config.TrainConfig` of the flags."""
-    return from_mapping(TrainConfig, vars(args), backend=args.pidf)
+    return _fields_of(TrainConfig, vars(args))
 
 
 def data_config(args):
-    """The :class:`util.config.DataConfig` of the flags (-t, -val, -pd, -pc, -ph, the label, augmentation and
-    generator flags)."""
+    """The :class:`util.config.DataConfig` of the flags (-t, -val, -pd, -pc, -ph, the label, augmentation,
+    generator and --label_norm flags)."""
     flags = vars(args)
     generator = GeneratorConfig(
         img_size=args.img_size,
@@ -23,31 +47,49 @@ def data_config(args):
         prob_binary=args.prob_binary,
         prob_colour=args.prob_colour,
     )
-    return from_mapping(
+    return _fields_of(
         DataConfig,
         flags,
-        ph_dir=args.path2PHdir,
-        label=from_mapping(LabelConfig, flags),
-        augment=from_mapping(AugmentConfig, flags),
+        label=_fields_of(LabelConfig, flags),
+        augment=_fields_of(AugmentConfig, flags),
         generator=generator,
+        norm=_fields_of(NormConfig, flags),
     )
 
 
-def resolve_num_classes(args, classes=None, where=None):
-    """Set and return ``args.numof_classes``, the one place where -nc "not given" (None) is resolved.
+def run_config(args):
+    """The :class:`util.config.RunConfig` of the checked flags: the mode, files and phase settings, with the
+    ``train``, ``data`` and ``model`` branches; ``phase`` is the mode itself."""
+    flags = vars(args)
+    return _fields_of(
+        RunConfig,
+        flags,
+        phase=args.learning_mode,
+        train=train_config(args),
+        data=data_config(args),
+        model=_fields_of(ModelConfig, flags),
+        flags=tuple(sorted(flags.items())),
+    )
 
-    With ``classes`` (the class folders found in ``where``): their number, refusing an explicit -nc that
-    differs. Without (PH label vectors, or a model built by a direct call): -nc, else
-    :data:`util.config.DEFAULT_NUM_OUTPUTS`.
-    """
-    n = args.numof_classes
-    if classes is not None and n is None:
-        n = len(classes)
-        if distributed.is_main_process():
-            print(f"note: {n} classes found; using -nc {n}", flush=True)
-    elif classes is not None and n != len(classes):
-        raise UserError(f"-nc {n} but {where!r} has {len(classes)} classes")
-    elif n is None:
-        n = DEFAULT_NUM_OUTPUTS
-    args.numof_classes = n
-    return n
+
+def build_pretraining_sets(args):
+    """(train, val or None): the PH-labelled (or random-target) datasets the flags select, with --label_norm
+    applied (pretraining.py's data modes; see :func:`util.train.sources.pretraining_sets`)."""
+    from util.train import sources
+
+    run = run_config(args)
+    train, val, _ = sources.pretraining_sets(run, resolve_num_classes(run.model.numof_classes))
+    return train, val
+
+
+def build_finetune_model(args, init_state=None, quiet=False):
+    """The model of the flags with a fresh head of -nc outputs (see :func:`util.train.modes.build_finetune_model`).
+
+    This script-level entry point reports the head size it read from -pw on ``args.numof_pretrained_classes``
+    (as the run records it in args.json)."""
+    from util.train import modes
+
+    model, stored = modes.build_finetune_model(run_config(args), init_state, quiet)
+    if stored is not None:
+        args.numof_pretrained_classes = stored
+    return model

@@ -5,15 +5,19 @@ import functools
 import os
 import sys
 
-from util.cli import compat
-from util.cli.build import train_config
+from models import timm_backend
+from util.cli import compat, label_flags
+from util.cli.build import run_config
 from util.cli.strict_args import TRAINING_FLAGS, StrictArgumentParser
-from util.config import DEFAULT_NUM_OUTPUTS, ON_THE_FLY_IMAGES, ON_THE_FLY_PROB_COLOUR, AugmentConfig, TrainConfig
+from util.config import DEFAULT_NUM_OUTPUTS, AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
 from util.errors import UserError
 from util.io import fileio
-from util.ph.generator import GeneratorConfig
-from util.train import distributed, label_sources, modes
+from util.train import distributed, modes, tensorboard_log
 from util.train.engine import OPTIMIZERS
+
+# Every default below is a field default of util.config's dataclasses (the images generated on the fly:
+# DataConfig's generator).
+ON_THE_FLY = DataConfig().generator
 
 
 def add_common_args(parser):
@@ -22,36 +26,46 @@ def add_common_args(parser):
     g.add_argument(
         '--train',
         '-t',
-        default=None,
+        default=DataConfig.train,
         help='folder of training images, searched recursively (pretraining without it generates images on the fly)',
     )
-    g.add_argument('--val', '-val', default=None, help='folder of validation images')
+    g.add_argument('--val', '-val', default=DataConfig.val, help='folder of validation images')
     g.add_argument(
         '--path2PHdir',
         '-pd',
-        default='',
+        default=DataConfig.ph_dir,
         help='folder written by PHdict.py: raw diagrams '
         '(<relative path>.npy) or, with -pc, a consolidated label matrix',
     )
     g.add_argument(
         '--path2weight',
         '-pw',
-        default=None,
+        default=ModelConfig.path2weight,
         help="initial weights: a .pth or checkpoint file of "
         "ours, 'imagenet' for torchvision's default weights, or nothing (random initialisation)",
     )
     g.add_argument(
-        '--output', '-o', default='result', help='a new dated run folder is made under this one (default: %(default)s)'
+        '--output',
+        '-o',
+        default=RunConfig.output,
+        help='a new dated run folder is made under this one (default: %(default)s)',
     )
     g.add_argument(
         '--resume',
-        default='',
+        default=RunConfig.resume,
         help='checkpoint.pth (or its run folder) to continue from; the run continues in that folder',
+    )
+    g.add_argument(
+        '--tensorboard',
+        action='store_true',
+        help='also write the per-epoch figures of log.jsonl (losses, accuracies, R2, learning rate, images/s, '
+        'data-wait share) and the first layer\'s filters to <run folder>/tensorboard/ for TensorBoard '
+        '(optional package: pip install tensorboard) (default: off)',
     )
     g.add_argument(
         '--bad_images',
         choices=('skip', 'fail'),
-        default='skip',
+        default=DataConfig.bad_images,
         help='what to do with an image that cannot be decoded during training: skip it (warned and '
         'counted in the log) or stop (default: %(default)s)',
     )
@@ -61,7 +75,7 @@ def add_common_args(parser):
     g.add_argument(
         '--pidf',
         '-p',
-        default=None,
+        default=TrainConfig.backend,
         help="distributed backend ('nccl' or 'gloo'); default: nccl on "
         "CUDA, gloo on CPU. Distributed training starts under torchrun, or with -ws N > 1",
     )
@@ -72,16 +86,16 @@ def add_common_args(parser):
         type=int,
         help='number of processes to start on this machine when not launched by torchrun (default: %(default)s)',
     )
-    g.add_argument('--device', default=None, help="'cuda', 'cpu', ... (default: cuda when available)")
+    g.add_argument('--device', default=TrainConfig.device, help="'cuda', 'cpu', ... (default: cuda when available)")
     g.add_argument(
         '--amp',
-        default=None,
+        default=TrainConfig.amp,
         action=argparse.BooleanOptionalAction,
         help='bfloat16 autocast (default: on with CUDA, off on CPU)',
     )
     g.add_argument(
         '--channels_last',
-        default=None,
+        default=TrainConfig.channels_last,
         action=argparse.BooleanOptionalAction,
         help='channels-last memory format (default: on with CUDA)',
     )
@@ -90,7 +104,8 @@ def add_common_args(parser):
         '-nw',
         default=TrainConfig.num_workers,
         type=int,
-        help='data loader processes per training process (default: %(default)s)',
+        help='data loader processes per training process (default: the usable cores divided by the training '
+        'processes of this machine, minus two; 14 on 16 cores with one GPU)',
     )
     g.add_argument(
         '--seed',
@@ -101,7 +116,11 @@ def add_common_args(parser):
 
     g = parser.add_argument_group('network')
     g.add_argument(
-        '--usenet', '-u', default='resnet50', help='any torchvision classification model (default: %(default)s)'
+        '--usenet',
+        '-u',
+        default=ModelConfig.usenet,
+        help='any torchvision classification model, or timm:NAME for a timm model (optional package: '
+        'pip install -r requirements-extra.txt; a ViT is built for --crop_size images) (default: %(default)s)',
     )
     g.add_argument(
         '--epochs', '-e', default=TrainConfig.epochs, type=int, help='number of epochs (default: %(default)s)'
@@ -109,7 +128,7 @@ def add_common_args(parser):
     g.add_argument(
         '--numof_pretrained_classes',
         '-npc',
-        default=None,
+        default=ModelConfig.numof_pretrained_classes,
         type=int,
         help='output size of the pretrained weights given by -pw (the original assumed 200; now '
         'read from the file when omitted)',
@@ -117,7 +136,7 @@ def add_common_args(parser):
     g.add_argument(
         '--numof_classes',
         '-nc',
-        default=None,
+        default=ModelConfig.numof_classes,
         type=int,
         help='output size: the number of classes '
         'when training on class folders (default: the number of class folders found; a different '
@@ -126,18 +145,28 @@ def add_common_args(parser):
     )
     g.add_argument(
         '--numof_fclayer',
-        default=4096,
+        default=ModelConfig.numof_fclayer,
         type=int,
         help='accepted for compatibility; heads are '
         "replaced generically, keeping each architecture's own hidden widths",
     )
-    g.add_argument('--freeze_encoder', '-fe', action='store_true', help='train only the new head (linear probe)')
+    g.add_argument(
+        '--freeze_encoder',
+        '-fe',
+        action='store_true',
+        default=TrainConfig.freeze_encoder,
+        help='train only the new head (linear probe)',
+    )
 
     g = parser.add_argument_group('optimisation')
     # The original's -lrf/-lrp meant --lr_pre/--lr_fine in its first version and the reverse later: both are
     # refused by name (util/strict_args.TRAINING_FLAGS); the long names mean what they say.
-    g.add_argument('--lr_pre', default=0.1, type=float, help='learning rate for pretraining (default: %(default)s)')
-    g.add_argument('--lr_fine', default=0.01, type=float, help='learning rate for fine-tuning (default: %(default)s)')
+    g.add_argument(
+        '--lr_pre', default=RunConfig.lr_pre, type=float, help='learning rate for pretraining (default: %(default)s)'
+    )
+    g.add_argument(
+        '--lr_fine', default=RunConfig.lr_fine, type=float, help='learning rate for fine-tuning (default: %(default)s)'
+    )
     g.add_argument('--momentum', default=TrainConfig.momentum, type=float, help='SGD momentum (default: %(default)s)')
     g.add_argument(
         '--weight_decay',
@@ -196,7 +225,7 @@ def add_common_args(parser):
     g.add_argument(
         '--output_training_images',
         '-oti',
-        default=0,
+        default=RunConfig.output_training_images,
         type=int,
         help='save a picture of the first N training samples as the network sees them',
     )
@@ -219,6 +248,7 @@ def add_common_args(parser):
     g.add_argument(
         '--aug_plus',
         action='store_true',
+        default=AugmentConfig.aug_plus,
         help='MoCo v2 augmentation: RandomResizedCrop(crop, '
         'scale 0.2-1), ColorJitter(0.4, 0.4, 0.4, 0.1) with p=0.8, RandomGrayscale p=0.2, '
         'GaussianBlur (sigma 0.1-2) p=0.5, horizontal flip (default: off)',
@@ -248,6 +278,7 @@ def add_common_args(parser):
         '--affine',
         '-aff',
         action='store_true',
+        default=AugmentConfig.affine,
         help='random affine augmentation (rotation, scale, shear) before cropping (default: off)',
     )
     g.add_argument(
@@ -265,13 +296,16 @@ def check_common_args(args):
     for name in ('epochs', 'batch_size', 'img_size', 'crop_size', 'numof_classes'):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UserError(f"--{name} must be at least 1 (got {getattr(args, name)})")
-    if args.num_workers < 0:
+    if args.num_workers is not None and args.num_workers < 0:
         raise UserError("--num_workers must be >= 0")
     if args.save_interval < 1:
         args.save_interval = args.epochs
     if args.stop_after < 0:
         raise UserError(f"--stop_after must be 0 (no stop) or a number of epochs, got {args.stop_after}")
     fileio.set_max_pixels(args.max_pixels)
+    tensorboard_log.check_available(args.tensorboard)
+    if timm_backend.is_timm(args.usenet):  # the install hint or a misspelt name before any data is read
+        timm_backend.resolve(args.usenet)
     fileio.refuse_output_inside(
         args.output,
         [
@@ -314,7 +348,7 @@ evaluation: evaluate -pw on -val (= --evaluate). In combined, -pw initialises th
 
 def add_mode_args(parser, default_mode):
     """The mode flags, the PH label flags and the generator flags (both scripts take all of them)."""
-    from util.ph.cubical import DEFAULT_ENGINE, ENGINES, FILTRATIONS
+    from util.ph.cubical import ENGINES, FILTRATIONS
     from util.ph.vectorise import LABEL_TYPES, add_label_args
 
     g = parser.add_argument_group('learning mode')
@@ -322,6 +356,7 @@ def add_mode_args(parser, default_mode):
     g.add_argument(
         '--evaluate',
         action='store_true',
+        default=RunConfig.evaluate,
         help='the same as -lm evaluation: no training; evaluate '
         'the weights given by -pw (or --resume) on -val and write the metrics, per-class accuracy '
         'and confusion matrix',
@@ -329,23 +364,26 @@ def add_mode_args(parser, default_mode):
     g.add_argument(
         '--ph_train',
         '-t2',
-        default=None,
+        default=RunConfig.ph_train,
         help='combined/alternating: folder of images for the PH '
         'task (-pd/-pc apply to it; default: images generated on the fly)',
     )
     g.add_argument(
         '--ph_val',
         '-v2',
-        default=None,
+        default=RunConfig.ph_val,
         help='combined/alternating: validation images for the PH task (default: generated, see -nv)',
     )
     g.add_argument(
-        '--epochs_pre', default=None, type=int, help='combined: epochs of the pretraining phase (default: -e)'
+        '--epochs_pre',
+        default=RunConfig.epochs_pre,
+        type=int,
+        help='combined: epochs of the pretraining phase (default: -e)',
     )
     g.add_argument(
         '--ph_dims',
         '-nd',
-        default=200,
+        default=RunConfig.ph_dims,
         type=int,
         help='combined/simultaneous/alternating: '
         'dimension of the PH label vector, while -nc is the number of classes (in pretraining '
@@ -364,7 +402,7 @@ def add_mode_args(parser, default_mode):
         '--persistence',
         '-ph',
         choices=('pre', 'post'),
-        default='pre',
+        default=DataConfig.persistence,
         help='pre: label the whole image before augmentation (fixed per image); post: label the '
         'spatially augmented crop, i.e. what the network sees (default: %(default)s)',
     )
@@ -372,11 +410,12 @@ def add_mode_args(parser, default_mode):
         '--precomputed',
         '-pc',
         action='store_true',
+        default=DataConfig.precomputed,
         help='read labels from the consolidated matrix that PHdict.py --label_type wrote in -pd',
     )
     g.add_argument(
         '--filtration',
-        default='signed_distance',
+        default=DataConfig.filtration,
         choices=FILTRATIONS,
         help='filtration when PH is computed here (default: %(default)s, as PHdict.py)',
     )
@@ -384,12 +423,13 @@ def add_mode_args(parser, default_mode):
         '--gradient',
         '-g',
         action='store_true',
+        default=DataConfig.gradient,
         help='when PH is computed here: PH of the Canny '
         'edge map of the denoised image instead of its Otsu binarisation (as PHdict.py --gradient)',
     )
     g.add_argument(
         '--ph_engine',
-        default=DEFAULT_ENGINE,
+        default=DataConfig.ph_engine,
         choices=ENGINES,
         help='PH engine when PH is computed here (-ph post, on the fly, -t without -pd, the '
         'two-task modes): unionfind (exact, fast, 2-D), cripser, or auto = unionfind for 2-D images; '
@@ -403,14 +443,14 @@ def add_mode_args(parser, default_mode):
                 "; 'class' (pretraining/combined only): the class folders of the pretraining "
                 "images as labels, cross-entropy instead of PH regression"
             )
-    label_sources.allow_random_choice(g)
-    label_sources.add_norm_args(g)
+    label_flags.allow_random_choice(g)
+    label_flags.add_norm_args(g)
 
     g = parser.add_argument_group('on-the-fly image generation (when no image folder is given for the PH task)')
     g.add_argument(
         '--alpha_range',
         '-ar',
-        default=list(GeneratorConfig.alpha_range),
+        default=list(ON_THE_FLY.alpha_range),
         type=float,
         nargs=2,
         help='range of alpha (default: %(default)s)',
@@ -418,37 +458,37 @@ def add_mode_args(parser, default_mode):
     g.add_argument(
         '--beta_range',
         '-br',
-        default=list(GeneratorConfig.beta_range),
+        default=list(ON_THE_FLY.beta_range),
         type=float,
         nargs=2,
         help='range of beta (default: %(default)s)',
     )
     g.add_argument(
-        '--n_samples', '-n', default=ON_THE_FLY_IMAGES, type=int, help='images per epoch (default: %(default)s)'
+        '--n_samples', '-n', default=DataConfig.n_samples, type=int, help='images per epoch (default: %(default)s)'
     )
     g.add_argument(
         '--prob_binary',
         '-pb',
-        default=GeneratorConfig.prob_binary,
+        default=ON_THE_FLY.prob_binary,
         type=float,
         help='probability that a channel is binarised (default: %(default)s)',
     )
     g.add_argument(
         '--prob_colour',
-        default=ON_THE_FLY_PROB_COLOUR,
+        default=ON_THE_FLY.prob_colour,
         type=float,
         help='probability that an image has three channels (default: %(default)s)',
     )
     g.add_argument(
         '--n_samples_val',
         '-nv',
-        default=-1,
+        default=DataConfig.n_samples_val,
         type=int,
         help='generated validation images, from a disjoint random stream (default: min(1000, n/10); 0 = none)',
     )
     g.add_argument(
         '--cache_dir',
-        default=None,
+        default=DataConfig.cache_dir,
         help='keep generated images and diagrams here and reuse the '
         'same images every epoch (nothing there is ever deleted)',
     )
@@ -512,12 +552,18 @@ def get_args_parser(default_mode, description='', epilog=None):
     return parser
 
 
+def launch(args, run):
+    """Run the mode of ``run`` (the configuration built from the checked ``args``), spawning ``-ws`` processes
+    when asked."""
+    job = functools.partial(modes.run, run)
+    if run.train.world_size > 1 and 'RANK' not in os.environ and run.learning_mode != 'evaluation':
+        return distributed.spawn_or_run(job, run.train.world_size, run.train)
+    return job()
+
+
 def main(args):
-    """Check the flags, then run the mode ``args.learning_mode`` (spawning ``-ws`` processes when asked)."""
+    """Check the flags, build the run configuration once, then run its mode."""
     compat.resolve_special_values(args)
     check_common_args(args)
     check_mode_args(args)
-    job = functools.partial(modes.run, args, train_config(args))
-    if args.world_size > 1 and 'RANK' not in os.environ and args.learning_mode != 'evaluation':
-        return distributed.spawn_or_run(job, args.world_size)
-    return job()
+    return launch(args, run_config(args))

@@ -9,6 +9,7 @@ import errno
 import io
 import json
 import os
+import sys
 import tempfile
 import warnings
 
@@ -157,11 +158,30 @@ def save_image(path, image, fmt=None, **params):
 
 
 def torch_save(obj, path):
-    """``torch.save`` atomically (a killed run never leaves a truncated ``.pth``)."""
+    """``torch.save`` atomically (a killed run never leaves a truncated ``.pth``), every tensor as a CPU copy.
+
+    torch.save records each storage's device: a state dict saved as it is from a GPU would need that GPU (or a
+    ``map_location``) to load, so the README's plain ``torch.load(path, weights_only=True)`` would fail on a
+    machine without CUDA.  Tensors are copied to fresh CPU memory (nested dicts, lists and tuples followed, a
+    state dict's ``_metadata`` kept), whatever device they are on."""
     import torch
 
+    obj = _cpu_copy(obj, torch)
     with signals_deferred(), atomic_open(path, 'wb', fsync=True) as f:  # Ctrl-C: finished first
         torch.save(obj, f)
+
+
+def _cpu_copy(obj, torch):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to('cpu', copy=True)
+    if isinstance(obj, dict):
+        out = type(obj)((k, _cpu_copy(v, torch)) for k, v in obj.items())
+        if hasattr(obj, '_metadata'):
+            out._metadata = obj._metadata
+        return out
+    if isinstance(obj, (list, tuple)) and not hasattr(obj, '_fields'):
+        return type(obj)(_cpu_copy(v, torch) for v in obj)
+    return obj
 
 
 def is_temp_file(name):
@@ -359,15 +379,35 @@ def load_image(path, mode='RGB'):
         raise BadImageError(f"cannot read image {path}: {e}") from None
 
 
+_SCALED_NOTE = []  # an image was scaled by its range in this process (the note is printed once)
+
+
 def convert_image(im, mode='RGB'):
-    """Convert any PIL image (1, L, P, RGBA, I;16, I, F, ...) to 'RGB' or 'L' without wrapping values."""
+    """Convert any PIL image (1, L, P, RGBA, I;16, I, F, ...) to 'RGB' or 'L' without wrapping values.
+
+    Images of more than 8 bits (16-bit, 32-bit integer, float: a float TIFF in [0, 1], a 12-bit scan stored in
+    16 bits) are scaled by their own range: min -> 0, max -> 255 (a constant one: its value on the type's scale,
+    16-bit / 257, float in [0, 1] x 255), so that neither the network nor PH sees a handful of grey levels; the
+    first such image of a process is noted on stderr.
+    """
     if im.mode in ('I;16', 'I;16B', 'I;16L', 'I', 'F'):
         a = np.asarray(im, dtype=np.float64)
-        lo, hi = float(a.min()), float(a.max())
-        if im.mode.startswith('I;16'):
-            a = a / 257.0
-        elif hi > 255 or lo < 0:
-            a = (a - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(a)
+        finite = np.isfinite(a)
+        lo, hi = (float(a[finite].min()), float(a[finite].max())) if finite.any() else (0.0, 0.0)
+        a = np.where(finite, a, lo)  # NaN / inf pixels (float files) count as the minimum
+        if hi == lo:  # constant: its value on the type's own scale (16-bit /257, float [0, 1] x 255)
+            a = a / 257.0 if im.mode.startswith('I;16') else a * 255.0 if im.mode == 'F' and 0 <= lo <= 1 else a
+        else:
+            a = (a - lo) / (hi - lo) * 255.0
+        if not _SCALED_NOTE and hi > lo:
+            _SCALED_NOTE.append(True)
+            kind = {'F': 'float', 'I': '32-bit'}.get(im.mode, '16-bit')
+            print(
+                f"note: a {kind} image scaled by its own range ({lo:g}..{hi:g} -> 0..255), as every image of more "
+                "than 8 bits is (16-bit, 32-bit, float)",
+                file=sys.stderr,
+                flush=True,
+            )
         im = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), 'L')
     if im.mode == 'P':
         im = im.convert('RGBA')

@@ -9,8 +9,9 @@ Pipeline (the original project's, made faster where it costs nothing in exactnes
   luma weights 0.2989 / 0.5870 / 0.1140; ``(H, W)`` arrays are used as they are.
 * Filtration (:data:`FILTRATIONS`, default ``'signed_distance'``): the image is binarised at Otsu's threshold
   (``bw = grey >= t``) and transformed by ``cripser.apply_transform``; ``'signed_distance'`` is
-  ``EDT(bw) - EDT(~bw)``, the original's filtration.  ``'none'`` uses the raw grey values.  A constant image
-  (no threshold exists) gives an all-zero filtration for every kind but ``'none'``.
+  ``EDT(bw) - EDT(~bw)``, the original's filtration.  ``'none'`` uses the raw grey values (sublevel sets),
+  ``'none_inv'`` their negation (superlevel sets).  A constant image (no threshold exists) gives an all-zero
+  filtration for every kind but these two.
 * Edges (``gradient=True``, the original's later ``--gradient``): instead of the Otsu mask, the binary image
   is the Canny edge map of the denoised grey image (see :func:`edge_map`); the chosen filtration is then
   taken of that edge map (``'none'``: the edge map as 0/255 values).
@@ -24,30 +25,37 @@ Pipeline (the original project's, made faster where it costs nothing in exactnes
   dimension 0 or 1, birth/death filtration values, and the pixel locations of the birth and death cells as
   cripser reports them); essential classes have ``death`` = the largest double (~1.8e308).
 
-Speed (see ``bench/ph_bench.py``): for 8-bit grey images Otsu's threshold is computed from a 256-bin count of
-the pixel values, binned exactly as ``skimage.filters.threshold_otsu`` bins the float image, so the mask is
-bit for bit the one the original computed, at a fifth of the cost.  The signed distance is taken from the
-exact numba squared EDT of :mod:`util.ph.unionfind` (checked equal to scipy's in the tests; about 2.5x
-faster than scipy; the ``edt`` package is no longer used), or, with :data:`NUMBA_EDT` off, from scipy's two
-feature transforms combined in integer arithmetic (about 1.5x faster than two ``distance_transform_edt``
-calls, the same values bit for bit).
+Exactness: for 8-bit grey images Otsu's threshold is computed from the 256 level counts
+(:func:`util.ph.otsu.otsu_threshold_from_counts`), binned exactly as ``skimage.filters.threshold_otsu`` bins
+the float image, so the mask is bit for bit the one the original computed.  The signed distance is taken
+from the exact squared EDT of :mod:`util.ph.distance`, or, with :data:`NUMBA_EDT` off, from scipy's two
+feature transforms combined in integer arithmetic: either way the values of two ``distance_transform_edt``
+calls, bit for bit (speed: BENCHMARKS.md, "Module notes").
 """
+
+from __future__ import annotations
 
 import math
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import numpy as np
-from skimage.filters import threshold_otsu
 
 from util.errors import UserError
 from util.io.fileio import convert_image, load_image
+from util.ph.otsu import otsu_threshold, otsu_threshold_from_counts
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from PIL import Image
 
 
 def _import_cripser():
     """``import cripser`` without its optional PyTorch helpers when torch is not loaded yet.
 
-    cripser's package ``__init__`` imports torch (about 3 s) for ``compute_ph_torch`` and friends, which this
+    cripser's package ``__init__`` imports torch (seconds) for ``compute_ph_torch`` and friends, which this
     module does not use; every guard there catches ``ModuleNotFoundError``, so while torch is absent from
     ``sys.modules`` we hide it for the duration of the import.  In a process that imported torch first, this is
     a plain ``import cripser``.  (Consequence: in a process that imports this module before torch,
@@ -66,7 +74,28 @@ def _import_cripser():
     return cripser
 
 
-cripser = _import_cripser()
+def _cripser():
+    """The cripser module, imported on first use: the default engine (union-find) and filtrations
+    (signed distance, none) never need it, so a machine without cripser runs everything else; what does need it
+    (``--ph_engine cripser``, 3-D filtrations, the other filtrations) stops with a one-line error saying so."""
+    mod = globals().get('cripser')
+    if mod is None:
+        try:
+            mod = _import_cripser()
+        except ImportError as e:
+            raise UserError(
+                f"this needs the cripser package, which cannot be imported here ({e}): install it (pip install "
+                "cripser), or keep --ph_engine auto/unionfind with the signed_distance or none filtration"
+            ) from None
+        globals()['cripser'] = mod
+    return mod
+
+
+def __getattr__(name):  # ``cubical.cripser``: the module, imported when first asked for
+    if name == 'cripser':
+        return _cripser()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 FILTRATIONS = (
     'signed_distance',
@@ -79,7 +108,9 @@ FILTRATIONS = (
     'upward',
     'downward',
     'none',
+    'none_inv',
 )
+GREY_FILTRATIONS = ('none', 'none_inv')  # grey values: sublevel sets ('none') and superlevel sets ('none_inv')
 DEFAULT_FILTRATION = 'signed_distance'
 LUMA = (0.2989, 0.5870, 0.1140)
 ENGINES = ('auto', 'unionfind', 'cripser')
@@ -87,10 +118,9 @@ DEFAULT_ENGINE = 'auto'
 DIAGRAM_COLUMNS = ('dim', 'birth', 'death', 'x1', 'y1', 'z1', 'x2', 'y2', 'z2')
 # Deaths at or above this are "infinite": cripser writes DBL_MAX (~1.8e308) for essential classes.
 INFINITE_DEATH = 0.5 * np.finfo(np.float64).max
-OTSU_BINS = 256  # skimage.filters.threshold_otsu's default number of bins for float images
 
-# The signed distance comes from the union-find module's exact numba squared EDT (about 2.5x faster than
-# scipy); False = scipy's feature transforms (the reference route, kept for tests and the benchmarks).
+# The signed distance comes from util.ph.distance's exact numba squared EDT; False = scipy's feature
+# transforms (the reference route, kept for tests and the benchmarks).
 NUMBA_EDT = True
 
 
@@ -120,7 +150,7 @@ def _grey(img):
     return a.astype(np.float64, copy=False)
 
 
-def to_grey(img):
+def to_grey(img: Image.Image | np.ndarray | str | os.PathLike) -> np.ndarray:
     """Grey values of an image as float64 ``(H, W)``.
 
     ``img``: a PIL image (converted with ``convert('L')``; 16-bit and palette images handled), a file path, or
@@ -135,26 +165,7 @@ def to_grey(img):
 # Otsu threshold
 
 
-def otsu_threshold_from_counts(counts):
-    """Otsu's threshold of an 8-bit image given its 256 pixel counts (``counts[v]`` = pixels of value ``v``).
-
-    Equal to ``skimage.filters.threshold_otsu`` of the image as float64 (which is what the original
-    thresholded): skimage lays 256 equal bins on ``[min, max]`` with ``np.histogram``, whose bins are
-    ``edges[i] <= v < edges[i+1]`` (the last one closed); each grey level falls in one bin, so the bin counts
-    follow from the 256 level counts without touching the pixels again.  Returns None for a constant image.
-    """
-    counts = np.asarray(counts)
-    levels = np.flatnonzero(counts)
-    if levels.size < 2:
-        return None
-    edges = np.linspace(float(levels[0]), float(levels[-1]), OTSU_BINS + 1)
-    index = np.minimum(np.searchsorted(edges, levels, side='right') - 1, OTSU_BINS - 1)
-    hist = np.bincount(index, weights=counts[levels], minlength=OTSU_BINS)
-    centers = (edges[:-1] + edges[1:]) / 2.0
-    return float(threshold_otsu(hist=(hist, centers)))
-
-
-def otsu_mask(grey, counts=None):
+def otsu_mask(grey: np.ndarray, counts: np.ndarray | list[int] | None = None) -> np.ndarray | None:
     """Foreground mask ``grey >= t`` at Otsu's threshold ``t`` (as skimage computes it on the float image).
 
     ``grey``: ``(H, W)`` array.  uint8 input takes the fast route: the threshold from the 256 level counts
@@ -172,7 +183,7 @@ def otsu_mask(grey, counts=None):
     lo, hi = grey.min(), grey.max()
     if not lo < hi:
         return None
-    return grey >= threshold_otsu(grey)
+    return grey >= otsu_threshold(grey, lo, hi)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -182,7 +193,7 @@ CANNY_SPREAD = 0.33  # Canny thresholds (1 -/+ 0.33) x median grey value, as the
 TV_WEIGHT = 0.1  # strength of the total-variation denoising before edge detection (grey scaled to [0, 1])
 
 
-def edge_map(grey):
+def edge_map(grey: np.ndarray) -> np.ndarray:
     """Binary edge map ``(H, W)`` bool of a grey image ``(H, W)`` (uint8, or float on the 0..255 scale).
 
     The image is denoised (total-variation, :func:`skimage.restoration.denoise_tv_chambolle` with weight
@@ -216,14 +227,14 @@ def edge_map(grey):
 def _signed_distance(bw):
     """``EDT(bw) - EDT(~bw)`` as float64 ``(H, W)``, bit for bit scipy's (both classes must be present).
 
-    With :data:`NUMBA_EDT` (the default): :func:`util.ph.unionfind.signed_sqedt`, the exact signed squared
+    With :data:`NUMBA_EDT` (the default): :func:`util.ph.distance.signed_sqedt`, the exact signed squared
     distances as integers, whose float64 square roots are those scipy takes of the same integers.  Else
     scipy's two feature transforms (nearest background pixel of each foreground pixel and vice versa),
     combined into one integer squared distance -- the values ``distance_transform_edt`` computes, without its
     float64 temporaries for each of the two calls.
     """
     if NUMBA_EDT and bw.ndim == 2:
-        k = _unionfind().signed_sqedt(bw)
+        k = _distance().signed_sqedt(bw)
         d = np.sqrt(np.abs(k), dtype=np.float64)
         np.negative(d, out=d, where=k < 0)
         return d
@@ -266,15 +277,17 @@ def _binary(grey, kind, gradient):
         g = _grey(grey)
     if gradient:
         bw = edge_map(g)
-        if kind != 'none' and (bw.all() or not bw.any()):  # no edges: nothing to measure distances to
+        if kind not in GREY_FILTRATIONS and (bw.all() or not bw.any()):  # no edges: nothing to measure distances to
             return g, None
         return g, bw
-    if kind == 'none':
+    if kind in GREY_FILTRATIONS:
         return g, None
     return g, otsu_mask(g, counts)
 
 
-def compute_filtration(grey, kind=DEFAULT_FILTRATION, gradient=False):
+def compute_filtration(
+    grey: Image.Image | np.ndarray, kind: str = DEFAULT_FILTRATION, gradient: bool = False
+) -> np.ndarray:
     """The filtration ``(H, W)`` float64 of a grey image (``(H, W)``; a colour image is reduced to grey).
 
     ``kind`` (one of :data:`FILTRATIONS`): ``'none'`` = the grey values themselves; any other is
@@ -291,19 +304,20 @@ def compute_filtration(grey, kind=DEFAULT_FILTRATION, gradient=False):
 
 
 def _filtration_of(g, bw, kind, gradient):
-    if kind == 'none':
+    if kind in GREY_FILTRATIONS:  # 'none_inv': negated, so the sublevel sets are the superlevel sets of grey
+        sign = -1.0 if kind == 'none_inv' else 1.0
         if gradient:
-            return bw.astype(np.float64) * 255.0
-        return np.ascontiguousarray(g, dtype=np.float64)
+            return bw.astype(np.float64) * (255.0 * sign)
+        return np.ascontiguousarray(g, dtype=np.float64) * sign
     if bw is None:
         return np.zeros(g.shape, dtype=np.float64)
     if kind == 'signed_distance':
         return _signed_distance(bw)
-    out = cripser.apply_transform(bw.view(np.uint8), kind, threshold=1)
+    out = _cripser().apply_transform(bw.view(np.uint8), kind, threshold=1)
     return np.ascontiguousarray(out, dtype=np.float64)
 
 
-def resolve_engine(engine, ndim=2):
+def resolve_engine(engine: str, ndim: int = 2) -> str:
     """The engine that computes a diagram of a filtration with ``ndim`` axes: ``'unionfind'`` or
     ``'cripser'`` (``'auto'``: union-find for 2-D, cripser otherwise); an unknown name is a UserError, and
     ``'unionfind'`` for anything but 2-D is refused by name."""
@@ -325,7 +339,13 @@ def _unionfind():
     return ph_unionfind
 
 
-def diagram_of_filtration(filtration, engine=DEFAULT_ENGINE):
+def _distance():
+    from util.ph import distance
+
+    return distance
+
+
+def diagram_of_filtration(filtration: np.ndarray, engine: str = DEFAULT_ENGINE) -> np.ndarray:
     """Persistence diagram ``(n, 9)`` float64 of H0 and H1 of a filtration (2-D; cripser also takes 3-D).
 
     ``engine`` (:data:`ENGINES`): ``'auto'`` = union-find for 2-D, else cripser.  Both give the diagram of
@@ -339,20 +359,25 @@ def diagram_of_filtration(filtration, engine=DEFAULT_ENGINE):
         return _unionfind().diagram(f)
     if f.ndim == 2 and 1 in f.shape and f.size > 1:
         axis = 0 if f.shape[0] == 1 else 1
-        dgm = cripser.computePH(np.ascontiguousarray(np.concatenate([f, f], axis=axis)), maxdim=1)
+        dgm = _cripser().computePH(np.ascontiguousarray(np.concatenate([f, f], axis=axis)), maxdim=1)
         for col in (3 + axis, 6 + axis):  # x1/y1 and x2/y2 along the doubled side: 0 (or -1 = none)
             np.minimum(dgm[:, col], 0, out=dgm[:, col])
         return dgm
-    return cripser.computePH(f, maxdim=1)
+    return _cripser().computePH(f, maxdim=1)
 
 
-def compute_ph(img, filtration=DEFAULT_FILTRATION, gradient=False, engine=DEFAULT_ENGINE):
+def compute_ph(
+    img: Image.Image | np.ndarray | str | os.PathLike,
+    filtration: str = DEFAULT_FILTRATION,
+    gradient: bool = False,
+    engine: str = DEFAULT_ENGINE,
+) -> np.ndarray:
     """Persistence diagram ``(n, 9)`` float64 of an image (uint8/float array ``(H, W)`` or ``(H, W, 3)``,
     PIL image, or file path), with the given filtration (see :func:`compute_filtration`), of the Canny edge
     map instead of the Otsu mask when ``gradient``; ``engine`` as in :func:`diagram_of_filtration`.
 
     With union-find and the signed distance the float filtration is never formed: the exact signed squared
-    distances (:func:`util.ph.unionfind.signed_sqedt`) are counting-sorted and square roots are taken for
+    distances (:func:`util.ph.distance.signed_sqedt`) are counting-sorted and square roots are taken for
     the output rows only -- the same diagram, bit for bit.
     """
     if isinstance(img, (str, os.PathLike)):
@@ -367,25 +392,49 @@ def compute_ph(img, filtration=DEFAULT_FILTRATION, gradient=False, engine=DEFAUL
         and bw.any()
         and not bw.all()
     ):
-        uf = _unionfind()
-        return uf.diagram_of_sqkeys(uf.signed_sqedt(bw))
+        return _unionfind().diagram_of_sqkeys(_distance().signed_sqedt(bw))
     return diagram_of_filtration(_filtration_of(g, bw, filtration, gradient), engine)
 
 
-def ph_of_file(path, filtration=DEFAULT_FILTRATION, gradient=False, engine=DEFAULT_ENGINE):
+def ph_of_file(
+    path: str | os.PathLike,
+    filtration: str = DEFAULT_FILTRATION,
+    gradient: bool = False,
+    engine: str = DEFAULT_ENGINE,
+    size_normalise: bool = False,
+) -> np.ndarray:
     """Persistence diagram ``(n, 9)`` of an image file (read as 8-bit grey); raises
-    :class:`util.errors.BadImageError` naming the file if it cannot be decoded."""
-    return compute_ph(load_image(path, 'L'), filtration, gradient=gradient, engine=engine)
+    :class:`util.errors.BadImageError` naming the file if it cannot be decoded.  ``size_normalise``: see
+    :func:`normalise_size`."""
+    image = load_image(path, 'L')
+    dgm = compute_ph(image, filtration, gradient=gradient, engine=engine)
+    return normalise_size(dgm, max(image.size)) if size_normalise else dgm
 
 
-def warm_up(engine=DEFAULT_ENGINE):
+SIZE_REFERENCE = 256  # --size_normalise: filtration values in pixels of a 256-px image
+SIZE_FILTRATIONS = tuple(k for k in FILTRATIONS if k not in ('binarisation',) + GREY_FILTRATIONS)  # in pixel units
+
+
+def normalise_size(diagram, size, reference=SIZE_REFERENCE):
+    """``--size_normalise``: births and deaths of a diagram of a filtration in pixel units (distances, radial,
+    row index) times ``reference / size`` (the original's later version multiplies the distance by 256/size),
+    so that a shape gives the same values at every image size.  Infinite deaths stay infinite; a copy."""
+    d = np.array(diagram, dtype=np.float64, copy=True)
+    values = d[:, 1:3]
+    finite = np.abs(values) < INFINITE_DEATH
+    values[finite] *= float(reference) / float(size)
+    return d
+
+
+def warm_up(engine: str = DEFAULT_ENGINE) -> None:
     """Load (or, the first time on a machine, compile) the union-find engine's numba code when ``engine``
     uses it, so that worker processes forked afterwards start with it ready."""
     if resolve_engine(engine, 2) == 'unionfind':
         _unionfind().warm_up()
+        _distance().warm_up()
 
 
-def is_diagram(a):
+def is_diagram(a: object) -> bool:
     """True if ``a`` looks like a cripser diagram: a float array ``(n, 9)`` (``n`` may be 0)."""
     return (
         isinstance(a, np.ndarray)
@@ -400,8 +449,8 @@ def is_diagram(a):
 
 
 def _diagram_job(job):
-    """Worker: ``(index, (path, source, filtration[, gradient[, engine]]))`` -> ``(index, diagram or None,
-    error or None)``.
+    """Worker: ``(index, (path, source, filtration[, gradient[, engine[, size_normalise]]]))`` -> ``(index,
+    diagram or None, error or None)``.
 
     ``source`` is ``'image'`` (compute the PH of the image file) or ``'npy'`` (load a saved diagram);
     ``gradient`` (default False) takes the PH of the Canny edge map; ``engine`` (default ``'auto'``) as in
@@ -414,6 +463,7 @@ def _diagram_job(job):
     index, (path, source, filtration, *rest) = job
     gradient = bool(rest[0]) if rest else False
     engine = rest[1] if len(rest) > 1 else DEFAULT_ENGINE
+    size_normalise = bool(rest[2]) if len(rest) > 2 else False
     try:
         if source == 'npy':
             try:
@@ -432,12 +482,14 @@ def _diagram_job(job):
                 )
             dgm = check_diagram(dgm, path, error=BadImageError)  # homology dimensions 0..2 too
             return index, dgm.astype(np.float64, copy=False), None
-        return index, ph_of_file(path, filtration, gradient=gradient, engine=engine), None
+        return index, ph_of_file(path, filtration, gradient, engine, size_normalise), None
     except BadImageError as e:
         return index, None, str(e)
 
 
-def iter_diagrams(jobs, workers=1, chunksize=None):
+def iter_diagrams(
+    jobs: list, workers: int = 1, chunksize: int | None = None
+) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
     """Compute or load the diagrams of ``jobs`` and yield ``(index, diagram, error)`` as they finish.
 
     ``jobs``: list of ``(path, source, filtration[, gradient[, engine]])`` with ``source`` ``'image'`` or
@@ -466,7 +518,15 @@ def iter_diagrams(jobs, workers=1, chunksize=None):
 # picture
 
 
-def plot_ph(path, image, filtration, diagram, vector=None, title=None, vector_label=None):
+def plot_ph(
+    path: str,
+    image: Image.Image | np.ndarray,
+    filtration: np.ndarray,
+    diagram: np.ndarray,
+    vector: np.ndarray | None = None,
+    title: str | None = None,
+    vector_label: str | None = None,
+) -> None:
     """Save a PNG at ``path``: image | filtration | persistence diagram | label vector, side by side.
 
     ``image``: ``(H, W)`` or ``(H, W, 3)`` array or PIL image; ``filtration``: ``(H, W)``; ``diagram``:

@@ -29,82 +29,23 @@ the column of a pixel, ``z = 0``, as cripser writes them; H0 rows first, then H1
   among tied pixels the reverse pass takes the row-major last first); destroyer = the last pixel in the
   order of the younger complement component (the row-major last of its maxima; value = death).
 
-Speed: a one-pixel padded grid (no bounds checks); a 256-entry table over the mask of already-added
-8-neighbours, which names one neighbour per locally connected run (most pixels touch one run and are linked
-without a find); integer keys and a counting sort when the values are (signed square roots of) integers
-(:func:`diagram_of_sqkeys`, used for the distance filtrations via :func:`signed_sqedt`).
-
-Numba compiles with ``cache=True``: the first process compiles (seconds) and writes the machine code next to
-this file (``__pycache__``), or, where that is read-only, to numba's user cache dir; every later process
-(pool workers, DataLoader workers) loads it in well under a second.  If no cache location is writable the
-functions are compiled in memory in each process (slower start, same results); nothing raises.
+Implementation (speed: BENCHMARKS.md): a one-pixel padded grid (no bounds checks); a 256-entry table over
+the mask of already-added 8-neighbours, which names one neighbour per locally connected run (most pixels touch
+one run and are linked without a find); integer keys and a counting sort when the values are (signed square
+roots of) integers
+(:func:`diagram_of_sqkeys`, used for the distance filtrations via :func:`util.ph.distance.signed_sqedt`).
 """
 
-import os
+from __future__ import annotations
+
 import sys
-import tempfile
-import warnings
 
 import numpy as np
 
+from util.ph.jit import jit
+
 ESSENTIAL_DEATH = sys.float_info.max  # cripser's death of an essential class
 CONSTRUCTIONS = ('V', 'T')
-
-
-def _writable_dir(path):
-    """True if files can be created in ``path`` (made if missing) -- the test numba's cache locators make."""
-    try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-        return True
-    except OSError:
-        return False
-
-
-def _numba_cache_fallback():
-    """Point numba at a writable cache dir when neither this folder nor numba's user cache dir is writable.
-
-    Numba caches beside the source (``__pycache__``), else in the user-wide cache dir (``~/.cache/numba``);
-    if neither can be written (a read-only install and home), ``NUMBA_CACHE_DIR`` is set to a per-user dir
-    under the system temporary dir, if that one can.  Must run before numba is imported (numba reads the
-    variable once).  If nothing is writable, :func:`_jit` compiles in memory.
-    """
-    if os.environ.get('NUMBA_CACHE_DIR'):
-        return
-    here = os.path.dirname(os.path.abspath(__file__))
-    if _writable_dir(os.path.join(here, '__pycache__')):
-        return
-    home_cache = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
-    if _writable_dir(os.path.join(home_cache, 'numba')):
-        return
-    uid = os.getuid() if hasattr(os, 'getuid') else 'user'
-    tmp = os.path.join(tempfile.gettempdir(), f'numba-cache-{uid}')
-    if _writable_dir(tmp):
-        os.environ['NUMBA_CACHE_DIR'] = tmp
-
-
-if 'numba' not in sys.modules:
-    _numba_cache_fallback()
-
-import numba  # noqa: E402 (after the cache-dir fallback above)
-
-_UNCACHED = []  # names of the kernels compiled in memory (no writable cache location)
-
-
-def _jit(fn):
-    """``numba.njit(cache=True)``, or in-memory compilation where numba finds no cache location (one warning)."""
-    try:
-        return numba.njit(cache=True, nogil=True)(fn)
-    except Exception as e:  # numba raises RuntimeError("cannot cache function ...") at decoration time
-        if not _UNCACHED:
-            warnings.warn(
-                f"numba finds no writable cache dir ({e}); the union-find PH engine is compiled in "
-                "memory in each process (set NUMBA_CACHE_DIR to a writable folder to keep it)",
-                RuntimeWarning,
-            )
-        _UNCACHED.append(fn.__name__)
-        return numba.njit(cache=False, nogil=True)(fn)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -162,7 +103,7 @@ _REPS8, _COUNT8 = _run_table(True)
 # kernels
 
 
-@_jit
+@jit
 def _find(parent, x):
     while parent[x] != x:
         parent[x] = parent[parent[x]]
@@ -170,7 +111,7 @@ def _find(parent, x):
     return x
 
 
-@_jit
+@jit
 def _masks(rank, h, w):
     """For every padded pixel ``p`` of the image, the 8-bit mask of ring neighbours earlier in the order
     (bit ``k`` for ring position ``k``: N, NE, E, SE, S, SW, W, NW); one raster scan."""
@@ -202,7 +143,7 @@ def _masks(rank, h, w):
     return mask
 
 
-@_jit
+@jit
 def _pass(parent, rank, order, mask, flip, reps, count, off, vals, cs, ds, descending):
     """One union-find pass; pairs of positive length go to ``cs``/``ds`` (creator, destroyer); returns their
     number.  Ascending: the eldest root has the smallest rank, a pair is (root, joining pixel).  Descending
@@ -250,7 +191,7 @@ def _pass(parent, rank, order, mask, flip, reps, count, off, vals, cs, ds, desce
     return npairs
 
 
-@_jit
+@jit
 def _pairs(rank, order, h, w, reps0, count0, reps1, count1, vals):
     """Both union-find passes on the padded grid.
 
@@ -286,7 +227,7 @@ def _pairs(rank, order, h, w, reps0, count0, reps1, count1, vals):
     return c0, d0, n0, c1, d1, n1
 
 
-@_jit
+@jit
 def _rows(c0, d0, n0, c1, d1, n1, first, vals, wp, essential):
     """The diagram ``(n0 + n1 + 1, 9)``: H0 pairs, the essential H0 class (creator ``first``), H1 pairs."""
     out = np.zeros((n0 + n1 + 1, 9), np.float64)
@@ -318,7 +259,7 @@ def _rows(c0, d0, n0, c1, d1, n1, first, vals, wp, essential):
     return out
 
 
-@_jit
+@jit
 def _pad_float(f):
     """``(padded values, padded index of each pixel in row-major order)``."""
     h, w = f.shape
@@ -330,7 +271,7 @@ def _pad_float(f):
     return vals
 
 
-@_jit
+@jit
 def _rank_of_order(order_flat, h, w):
     """Padded rank array and padded order from a row-major order of the pixels."""
     n = h * w
@@ -345,7 +286,7 @@ def _rank_of_order(order_flat, h, w):
     return rank, order
 
 
-@_jit
+@jit
 def _diagram_float(f, order_flat, reps0, count0, reps1, count1, essential):
     h, w = f.shape
     vals = _pad_float(f)
@@ -354,7 +295,7 @@ def _diagram_float(f, order_flat, reps0, count0, reps1, count1, essential):
     return _rows(c0, d0, n0, c1, d1, n1, order[0], vals, w + 2, essential)
 
 
-@_jit
+@jit
 def _diagram_keys(keys, reps0, count0, reps1, count1, essential):
     """Diagram of the filtration ``sign(k) * sqrt(|k|)`` given the integer keys ``k`` ``(h, w)``; the order is
     a counting sort of the keys (stable: ties in row-major order)."""
@@ -393,11 +334,11 @@ def _diagram_keys(keys, reps0, count0, reps1, count1, essential):
     return _rows(c0, d0, n0, c1, d1, n1, order[0], vals, wp, essential)
 
 
-@_jit
+@jit
 def _radix_order(f):
     """Stable ascending order of the flat float64 array ``f`` (no NaN): LSD radix sort of the values' bits
     mapped to order-preserving unsigned keys, 11 bits a pass, passes whose digit is the same everywhere
-    skipped (about 3x faster than a stable ``np.argsort``)."""
+    skipped; the order of a stable ``np.argsort``."""
     n = f.size
     keys = np.empty(n, np.uint64)
     bits = (f + 0.0).view(np.uint64)  # + 0.0 turns -0.0 into +0.0 (equal values, equal keys)
@@ -434,7 +375,7 @@ def _radix_order(f):
     return order
 
 
-@_jit
+@jit
 def _sqrt_keys(f, max_span):
     """``(True, k)`` if every value is ``sign(k) * sqrt(|k|)`` of an integer ``k`` (integers and square roots of
     integers, e.g. distances on the pixel grid) with keys spanning at most ``max_span``; else ``(False, _)``."""
@@ -466,87 +407,6 @@ def _sqrt_keys(f, max_span):
     return True, keys
 
 
-@_jit
-def _signed_sqedt(bw):
-    """Exact signed squared EDT (see :func:`signed_sqedt`): a column pass giving each pixel the distance
-    along its column to the nearest pixel of the other class (rows in memory order), then per row the lower
-    envelope of parabolas (Felzenszwalb & Huttenlocher) for each class, evaluated at the other class."""
-    h, w = bw.shape
-    big = h + w + 2
-    # vertical distance to the nearest pixel of the other class in the same column
-    vd = np.empty((h, w), np.int64)
-    for c in range(w):
-        vd[0, c] = big
-    for r in range(1, h):
-        for c in range(w):
-            if bw[r, c] != bw[r - 1, c]:
-                vd[r, c] = 1
-            else:
-                vd[r, c] = vd[r - 1, c] + 1 if vd[r - 1, c] < big else big
-    for r in range(h - 2, -1, -1):
-        for c in range(w):
-            if bw[r, c] != bw[r + 1, c]:
-                vd[r, c] = 1
-            elif vd[r + 1, c] + 1 < vd[r, c]:
-                vd[r, c] = vd[r + 1, c] + 1
-    out = np.empty((h, w), np.int64)
-    g = np.empty(w, np.int64)
-    v = np.empty(w, np.int64)
-    # the breakpoint between parabolas v[i-1] and v[i] of the envelope is the fraction zn[i] / zd[i] (zd > 0):
-    # integer comparisons, exact, and no division
-    zn = np.empty(w, np.int64)
-    zd = np.empty(w, np.int64)
-    inf = big * big
-    for r in range(h):
-        for cls in range(2):
-            target = cls == 1  # evaluate at pixels of class `target`; features = the other class
-            any_target = False
-            for c in range(w):
-                if bw[r, c] == target:
-                    any_target = True
-                    break
-            if not any_target:
-                continue
-            for c in range(w):  # squared vertical distance from (r, c) to the nearest feature
-                if bw[r, c] != target:
-                    g[c] = 0
-                elif vd[r, c] < big:
-                    g[c] = vd[r, c] * vd[r, c]
-                else:
-                    g[c] = inf
-            k = -1
-            for q in range(w):
-                gq = g[q]
-                if gq >= inf:
-                    continue
-                fq = gq + q * q
-                if k < 0:
-                    k = 0
-                    v[0] = q
-                    continue
-                while True:  # pop the parabolas that q's lies below from their breakpoint on
-                    p = v[k]
-                    num = fq - (g[p] + p * p)
-                    den = 2 * (q - p)
-                    if k > 0 and num * zd[k] <= zn[k] * den:
-                        k -= 1
-                    else:
-                        break
-                k += 1
-                v[k] = q
-                zn[k] = num
-                zd[k] = den
-            j = 0
-            sign = 1 if target else -1
-            for c in range(w):
-                while j < k and zn[j + 1] < c * zd[j + 1]:
-                    j += 1
-                if bw[r, c] == target:
-                    p = v[j]
-                    out[r, c] = sign * ((c - p) * (c - p) + g[p])
-    return out
-
-
 # ----------------------------------------------------------------------------------------------------
 # public API
 
@@ -564,7 +424,7 @@ def _check_2d(a, what):
         raise ValueError(f"{what} must be a non-empty 2-D array, got shape {a.shape}")
 
 
-def diagram(filtration, construction='V'):
+def diagram(filtration: np.ndarray, construction: str = 'V') -> np.ndarray:
     """Persistence diagram ``(n, 9)`` float64 of H0 and H1 of a 2-D filtration ``(H, W)`` (any real values).
 
     ``construction``: ``'V'`` = ``cripser.computePH(f, maxdim=1)``, ``'T'`` = ``cripser.computePH_T(f,
@@ -583,7 +443,7 @@ def diagram(filtration, construction='V'):
     return _diagram_float(f, order, *tables, ESSENTIAL_DEATH)
 
 
-def diagram_of_sqkeys(keys, construction='V'):
+def diagram_of_sqkeys(keys: np.ndarray, construction: str = 'V') -> np.ndarray:
     """Diagram of the filtration ``sign(k) * sqrt(|k|)`` of integer keys ``k`` ``(H, W)`` -- e.g. the signed
     squared distances of :func:`signed_sqedt`; equal to :func:`diagram` of that float filtration (the square
     root is monotone, so the keys order the pixels as their values do), without a comparison sort."""
@@ -592,23 +452,10 @@ def diagram_of_sqkeys(keys, construction='V'):
     return _diagram_keys(k, *_tables(construction), ESSENTIAL_DEATH)
 
 
-def signed_sqedt(bw):
-    """Signed squared Euclidean distance transform of a bool mask ``(H, W)``: int64, ``+d^2`` on foreground
-    pixels (``d`` = distance to the nearest background pixel), ``-d^2`` on background pixels (distance to the
-    nearest foreground pixel); exact integers.  ``np.sign(k) * np.sqrt(abs(k))`` equals
-    ``EDT(bw) - EDT(~bw)`` of scipy.  Both classes must be present (``ValueError`` otherwise)."""
-    b = np.ascontiguousarray(bw, dtype=np.bool_)
-    _check_2d(b, 'mask')
-    if b.all() or not b.any():
-        raise ValueError("signed distance of a mask needs both foreground and background pixels")
-    return _signed_sqedt(b)
-
-
-def warm_up():
+def warm_up() -> None:
     """Compile (first process) or load from numba's cache every kernel, so that later calls cost no start-up;
     call it in a parent process before starting workers."""
     for construction in CONSTRUCTIONS:
         diagram(np.array([[0.0, 2.0, 1.0], [2.0, 3.0, 2.0], [1.0, 2.0, 0.5]]), construction)
         diagram(np.array([[0.0, 2.0], [-3.0, 1.0]]), construction)
         diagram_of_sqkeys(np.array([[1, -2], [4, -1]]), construction)
-    signed_sqedt(np.array([[True, False], [False, False]]))

@@ -43,15 +43,16 @@ def _new_figure(width, height):
     return fig
 
 
-def _save_figure(fig, path, dpi=100):
-    """Render ``fig`` to PNG bytes in memory, write them atomically to ``path``, release the figure."""
+def _save_figure(fig, path, dpi=100, metadata=None):
+    """Render ``fig`` to PNG bytes in memory, write them atomically to ``path``, release the figure.
+    ``metadata``: PNG text entries (e.g. ``{'Software': 'visMap.py'}``)."""
     path = os.fspath(path)
     directory = os.path.dirname(path)
     if directory:
         ensure_dir(directory, 'plot directory')
     buf = io.BytesIO()
     try:
-        fig.savefig(buf, format='png', dpi=dpi)
+        fig.savefig(buf, format='png', dpi=dpi, metadata=metadata)
     finally:
         fig.clear()
     write_bytes(path, buf.getvalue())
@@ -158,12 +159,12 @@ def filter_tiles(model_or_weight, max_filters=64):
     return tiles
 
 
-def filter_grid(model_or_weight, path, max_filters=64):
+def filter_grid(model_or_weight, path, max_filters=64, metadata=None):
     """PNG grid of the first-layer convolution filters of a model (see :func:`filter_tiles`).
 
     ``model_or_weight``: ``nn.Module``, state dict, or weight [O, I, kH, kW]. At most ``max_filters``
     tiles (the first ones), 8 per row (more when there are many), drawn with nearest-neighbour pixels.
-    Returns ``path``.
+    ``metadata``: PNG text entries.  Returns ``path``.
     """
     tiles = filter_tiles(model_or_weight, max_filters)
     n = len(tiles)
@@ -179,7 +180,7 @@ def filter_grid(model_or_weight, path, max_filters=64):
     ax.set_axis_off()
     k = tiles.shape[1:3]
     fig.suptitle(f"first-layer filters: {n} of size {k[0]}x{k[1]} (each min-max scaled)", fontsize=10)
-    return _save_figure(fig, path, dpi=120)
+    return _save_figure(fig, path, dpi=120, metadata=metadata)
 
 
 # --------------------------------------------------------------------------- input samples
@@ -546,6 +547,35 @@ def label_vector_ax(ax, vector, parts=None):
     if len(pieces) > 1:
         ax.legend(fontsize=8, loc='best')
     return ax
+
+
+# --------------------------------------------------------------------------- label diagnostics
+
+
+def label_diagnostics_png(path, labels, diag, title=None):
+    """``path``: the variance spectrum of a label matrix ``[N, D]`` (share of each of its first 20 principal
+    components, and cumulative) beside the numbers of ``diag`` (:mod:`util.ph.diagnostics`). Returns ``path``."""
+    from util.ph import diagnostics
+
+    lam = diagnostics.eigenvalues(labels)
+    share = lam / lam.sum() if lam.size and lam.sum() > 0 else np.zeros(1)
+    k = min(20, share.size)
+    fig = _new_figure(10.0, 4.2)
+    ax = fig.add_subplot(1, 2, 1)
+    ax.bar(np.arange(1, k + 1), share[:k], color=DIM_COLOURS[0], label='share of variance')
+    ax.plot(np.arange(1, k + 1), np.cumsum(share[:k]), 'o-', color=DIM_COLOURS[1], ms=3, label='cumulative')
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel('principal component')
+    ax.legend(fontsize=8)
+    ax.set_title(title or 'label matrix', fontsize=9)
+    text = fig.add_subplot(1, 2, 2)
+    text.set_axis_off()
+    lines = diagnostics.summary_line(diag).split(': ', 1)[-1].split(', ')
+    for warning in diagnostics.degeneracy_warnings(diag):
+        lines += [''] + textwrap.wrap('warning: ' + warning, width=52)
+    text.text(0.0, 1.0, '\n'.join(lines), va='top', ha='left', fontsize=8, family='monospace')
+    fig.tight_layout()
+    return _save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- one-page summary

@@ -1,6 +1,9 @@
 """Datasets for pretraining (images + PH label vectors) and fine-tuning (class folders).
 
-Pretraining samples are ``(image tensor [3, crop, crop], label float32 [D])``. Where the label comes from:
+Pretraining samples are ``(image tensor [3, crop, crop], label float32 [D])``; the transforms are in
+:mod:`util.train.transforms` (a training loader, :func:`util.train.engine.make_loader`, applies them in their
+uint8 :func:`~util.train.transforms.shipping_form` and the engine normalises on the device). Where the label
+comes from:
 
 * ``DiagramDirLabels``  - raw diagrams written by PHdict.py (``<relative path>.npy``), vectorised at load time;
 * ``MatrixLabels``      - a consolidated label matrix written by ``PHdict.py --label_type`` (nothing computed);
@@ -21,160 +24,21 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import datasets as tv_datasets
-from torchvision import transforms as T
 
-from util.config import AugmentConfig
 from util.errors import BadImageError, UserError
 from util.io import fileio
 from util.ph.dgmcheck import check_diagram
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-NORMALIZE = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-
-
-# ------------------------------------------------------------------------------------------ transforms
-# Every transform builder takes ``aug``: a :class:`util.config.AugmentConfig` (sizes and augmentation flags).
-def _augment_config(aug):
-    if not isinstance(aug, AugmentConfig):
-        raise TypeError(f"the transforms take a util.config.AugmentConfig, not {type(aug).__name__}")
-    return aug
-
-
-class RandomRescale:
-    """Resize a PIL image by a factor drawn uniformly from ``[1 - spread, 1 + spread]`` (torch's RNG, like
-    torchvision's random transforms), keeping its aspect ratio; ``--random_scale``."""
-
-    def __init__(self, spread):
-        self.spread = float(spread)
-
-    def __call__(self, img):
-        factor = 1.0 + self.spread * (2.0 * torch.rand(()).item() - 1.0)
-        w, h = img.size
-        return img.resize((max(1, round(w * factor)), max(1, round(h * factor))), Image.BILINEAR)
-
-    def __repr__(self):
-        return f'{type(self).__name__}(factor in [{1 - self.spread:g}, {1 + self.spread:g}])'
-
-
-def _blur_kernel(crop_size):
-    """Odd Gaussian-blur kernel of about a tenth of the crop (MoCo v2: 23 px at 224), at least 3."""
-    k = max(3, int(0.1 * crop_size))
-    return k if k % 2 else k + 1
-
-
-def photometric_transforms(aug):
-    """PIL->PIL colour steps of ``--aug_plus`` (MoCo v2): ColorJitter(0.4, 0.4, 0.4, 0.1) with p=0.8,
-    RandomGrayscale p=0.2, GaussianBlur (sigma 0.1-2) p=0.5; empty without it.  They are applied after the
-    PH label is computed (``-ph pre`` and ``post`` alike), so they never change a label."""
-    aug = _augment_config(aug)
-    if not aug.aug_plus:
-        return []
-    return [
-        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-        T.RandomGrayscale(p=0.2),
-        T.RandomApply([T.GaussianBlur(_blur_kernel(aug.crop_size), sigma=(0.1, 2.0))], p=0.5),
-    ]
-
-
-def _geometric(aug):
-    """[RandomRescale] [RandomRotation], the optional steps before the crop."""
-    steps = []
-    if aug.random_scale > 0:
-        steps.append(RandomRescale(aug.random_scale))
-    if aug.random_rotation > 0:
-        steps.append(T.RandomRotation(aug.random_rotation, interpolation=T.InterpolationMode.BILINEAR))
-    return steps
-
-
-def _affine(aug):
-    if aug.affine:
-        return [T.RandomAffine(degrees=(-180, 180), scale=(0.5, 2), shear=(-100, 100, -100, 100))]
-    return []
-
-
-def _random_crop(aug):
-    padding = aug.crop_padding or None
-    return T.RandomCrop(aug.crop_size, padding=padding, pad_if_needed=True)
-
-
-def _to_tensor(aug):
-    return T.Compose(photometric_transforms(aug) + [T.ToTensor(), NORMALIZE])
-
-
-def pretrain_transforms(aug):
-    """(spatial PIL->PIL augmentation, PIL->normalised tensor); the split lets ``-ph post`` label the
-    augmented crop, and keeps photometric augmentation after the label.
-
-    Spatial, as the original: [RandomAffine] [Resize] [RandomRescale] [RandomRotation] RandomCrop (padding
-    ``--crop_padding``); with ``--aug_plus``: [RandomAffine] [RandomRescale] [RandomRotation]
-    RandomResizedCrop(crop, scale 0.2-1) and a horizontal flip; ``--hflip`` / ``--no-hflip`` add / drop the
-    flip (a flip leaves every PH label unchanged).  Then the photometric steps
-    (:func:`photometric_transforms`), ToTensor and Normalize."""
-    aug = _augment_config(aug)
-    spatial = _affine(aug)
-    if aug.aug_plus:
-        spatial += _geometric(aug)
-        spatial.append(T.RandomResizedCrop(aug.crop_size, scale=(0.2, 1.0)))
-    else:
-        if aug.img_size > aug.crop_size:
-            spatial.append(T.Resize(aug.img_size, interpolation=T.InterpolationMode.BILINEAR))
-        spatial += _geometric(aug)
-        spatial.append(_random_crop(aug))
-    hflip = getattr(aug, 'hflip', None)
-    if hflip or (hflip is None and aug.aug_plus):
-        spatial.append(T.RandomHorizontalFlip())  # --hflip: off by default, on with --aug_plus
-    return T.Compose(spatial), _to_tensor(aug)
-
-
-def pretrain_val_transforms(aug):
-    """Validation: resize to crop x crop (deterministic), then ToTensor + Normalize."""
-    aug = _augment_config(aug)
-    return (
-        T.Resize((aug.crop_size, aug.crop_size), interpolation=T.InterpolationMode.BILINEAR),
-        T.Compose([T.ToTensor(), NORMALIZE]),
-    )
-
-
-def finetune_train_parts(aug):
-    """(spatial PIL->PIL, PIL->normalised tensor) of fine-tuning's training augmentation.
-
-    Default: Resize(img_size), RandomResizedCrop(crop, scale 0.7-1), horizontal flip (``--no-hflip``: none).  With
-    ``--random_scale`` or ``--crop_padding`` the crop is a RandomCrop (with that padding) after the random
-    rescale; ``--random_rotation`` and ``--affine`` come before the crop; ``--aug_plus`` replaces resize and
-    crop by RandomResizedCrop(crop, scale 0.2-1) and adds the photometric steps."""
-    aug = _augment_config(aug)
-    spatial = _affine(aug)
-    if aug.aug_plus:
-        spatial += _geometric(aug)
-        spatial.append(T.RandomResizedCrop(aug.crop_size, scale=(0.2, 1.0)))
-    else:
-        spatial.append(T.Resize(aug.img_size, interpolation=T.InterpolationMode.BILINEAR))
-        spatial += _geometric(aug)
-        if aug.random_scale > 0 or aug.crop_padding > 0:
-            spatial.append(_random_crop(aug))
-        else:
-            spatial.append(T.RandomResizedCrop(aug.crop_size, scale=(0.7, 1.0)))
-    if getattr(aug, 'hflip', None) is not False:  # --no-hflip turns it off (e.g. digits, text)
-        spatial.append(T.RandomHorizontalFlip())
-    return T.Compose(spatial), _to_tensor(aug)
-
-
-def finetune_transforms(aug, train):
-    """PIL->normalised tensor for fine-tuning: the training augmentation (:func:`finetune_train_parts`), or
-    for validation Resize(img_size) and CenterCrop(crop)."""
-    aug = _augment_config(aug)
-    if train:
-        spatial, to_tensor = finetune_train_parts(aug)
-        return T.Compose([spatial, to_tensor])
-    return T.Compose(
-        [
-            T.Resize(aug.img_size, interpolation=T.InterpolationMode.BILINEAR),
-            T.CenterCrop(aug.crop_size),
-            T.ToTensor(),
-            NORMALIZE,
-        ]
-    )
+from util.train.transforms import (  # noqa: F401  (the transforms lived here; importers of the old place keep working)
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    NORMALIZE,
+    RandomRescale,
+    finetune_train_parts,
+    finetune_transforms,
+    photometric_transforms,
+    pretrain_transforms,
+    pretrain_val_transforms,
+)
 
 
 # ------------------------------------------------------------------------------------------ label sources
@@ -315,6 +179,7 @@ class MatrixLabels:
                 f"{', '.join(missing[:3])}){hint}; rerun PHdict.py with --label_type on this folder"
             )
         self.matrix = matrix
+        self.source = source  # the matrix file (util/train/sources.py records its digest in the run)
         self.rows = np.asarray(rows, dtype=np.int64)
         self.dim = matrix.shape[1]
 
@@ -413,11 +278,15 @@ class GeneratedPH(_PHBase):
         super().__init__(spatial, to_tensor, persistence, 'fail')
         self.cfg, self.seed, self.n, self.stream = cfg, seed, n_samples, stream
         self.computed = computed
-        self.index_labels = index_labels  # label(generated index) instead of PH (util/train/label_sources.py)
+        self.index_labels = index_labels  # label(generated index) instead of PH (util/train/sources.py)
         self.dim = (index_labels if index_labels is not None else computed).dim
         self.cache_dir = cache_dir
         self.fresh_each_epoch = fresh_each_epoch and cache_dir is None
         self.epoch = 0
+        # True in the loader's copy (util.train.engine.make_loader): a grey image stays one 'L' channel through
+        # labelling and the spatial transforms (a third of the bytes), the uint8 tensor is made 3-channel at the
+        # end (util.train.transforms.ToUint8Tensor): the same values as converting to RGB first
+        self.keep_grey = False
         if cache_dir:
             prepare_cache(cache_dir, cfg, seed, stream, computed.filtration, getattr(computed, 'gradient', False))
 
@@ -451,7 +320,8 @@ class GeneratedPH(_PHBase):
             fileio.save_image(path, arr, 'png')
         else:
             arr = generate_image(self.cfg, self.seed, idx, self.stream)
-        return Image.fromarray(arr).convert('RGB')
+        image = Image.fromarray(arr)
+        return image if self.keep_grey and image.mode == 'L' else image.convert('RGB')
 
     def _label_pre(self, i, image):
         if self.index_labels is not None:
@@ -485,14 +355,30 @@ def prepare_cache(cache_dir, cfg, seed, stream, filtration, gradient=False):
     if os.path.exists(meta_path):
         import json
 
-        with open(meta_path, encoding='utf-8') as f:
-            old = json.load(f)
+        try:
+            with open(meta_path, encoding='utf-8') as f:
+                old = json.load(f)
+        except (OSError, ValueError) as e:
+            raise UserError(
+                f"--cache_dir {cache_dir!r}: its record {meta_path} cannot be read ({e}), so the settings its images "
+                "and diagrams were made with are unknown; use another folder (or delete this one)"
+            ) from None
         if old != meta:
             raise UserError(
                 f"--cache_dir {cache_dir!r} holds images made with other settings ({meta_path}); use another folder"
             )
-    else:
-        fileio.write_json(meta_path, meta)
+        return
+    cached = [
+        n for sub in ('images', 'PH') for n in os.listdir(os.path.join(cache_dir, sub)) if not fileio.is_temp_file(n)
+    ]
+    if cached and os.path.exists(meta_path):  # another process recorded it and began meanwhile
+        return prepare_cache(cache_dir, cfg, seed, stream, filtration, gradient)
+    if cached:  # made with settings nobody recorded: mixing them in could pair other diagrams with the images
+        raise UserError(
+            f"--cache_dir {cache_dir!r} holds {len(cached)} cached images/diagrams but no record of their settings "
+            f"({meta_path} is missing); use another folder (or delete this one)"
+        )
+    fileio.write_json(meta_path, meta)
 
 
 class LabelledPH(_PHBase):

@@ -1,6 +1,8 @@
 """Distributed start-up (torchrun environment or -ws local processes) and the collective helpers."""
 
 import os
+from dataclasses import fields, replace
+from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
@@ -9,11 +11,13 @@ from util.errors import UserError, run_cli
 from util.train.seeding import fix_random_seeds
 
 
-def init_distributed(cfg):
-    """Set ``cfg.rank/world_size/local_rank/distributed/device`` from torchrun's environment.
+def init_distributed(config):
+    """A copy of ``config`` (a frozen :class:`util.config.TrainConfig`) with ``rank/world_size/local_rank/
+    distributed/device/amp/channels_last`` decided from torchrun's environment and the devices found.
 
     Without RANK/WORLD_SIZE in the environment this is a quiet single process on one device.
     """
+    cfg = SimpleNamespace(**{f.name: getattr(config, f.name) for f in fields(config)})  # the draft decided below
     if cfg.device is None:
         cfg.device = 'cuda' if torch.cuda.is_available() else 'cpu'
     if 'RANK' in os.environ and 'WORLD_SIZE' in os.environ:
@@ -23,17 +27,22 @@ def init_distributed(cfg):
     else:
         cfg.rank, cfg.world_size, cfg.local_rank = 0, 1, 0
     cfg.distributed = cfg.world_size > 1
+    backend = _backend(cfg)
     if cfg.device.startswith('cuda'):
         if not torch.cuda.is_available():
             raise UserError("--device cuda was asked for but no CUDA device is visible")
+        count = torch.cuda.device_count()
+        if cfg.distributed:
+            check_ranks_per_gpu(cfg, local_world_size(cfg))
         if cfg.device == 'cuda':
-            cfg.device = f'cuda:{cfg.local_rank % torch.cuda.device_count()}'
+            cfg.device = f'cuda:{cfg.local_rank % count}'
         torch.cuda.set_device(torch.device(cfg.device))
-        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
+        # Every batch has the same shape (fixed crops), so cuDNN's benchmark mode picks the fastest convolution
+        # kernels once, in the first iterations: on for every CUDA run, as the README and ARCHITECTURE.md say.
+        torch.backends.cudnn.benchmark = True
+    if cfg.num_workers is None:
+        cfg.num_workers = default_workers(local_world_size(cfg))
     if cfg.distributed:
-        backend = (
-            cfg.backend if cfg.backend in ('nccl', 'gloo') else ('nccl' if cfg.device.startswith('cuda') else 'gloo')
-        )
         dist.init_process_group(backend=backend, init_method='env://')
         dist.barrier()
     fix_random_seeds(cfg.seed + cfg.rank)  # model initialisation; DDP then copies rank 0's weights
@@ -41,23 +50,75 @@ def init_distributed(cfg):
         cfg.amp = cfg.device.startswith('cuda')
     if cfg.channels_last is None:
         cfg.channels_last = cfg.device.startswith('cuda')
-    return cfg
+    return replace(config, **vars(cfg))
 
 
-def spawn_or_run(job, world_size):
+def _backend(cfg):
+    if cfg.backend in ('nccl', 'gloo'):
+        return cfg.backend
+    return 'nccl' if str(cfg.device or ('cuda' if torch.cuda.is_available() else 'cpu')).startswith('cuda') else 'gloo'
+
+
+def check_ranks_per_gpu(cfg, processes):
+    """Refuse ``processes`` NCCL ranks on this machine when it has fewer visible GPUs: NCCL rejects two ranks
+    on one device (after a long hang or with an opaque error), so say it in one line before anything starts."""
+    device = str(cfg.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    if processes < 2 or not device.startswith('cuda') or not torch.cuda.is_available() or _backend(cfg) != 'nccl':
+        return
+    count = torch.cuda.device_count()
+    if processes > count:
+        raise UserError(
+            f"{processes} training processes on this machine but {count} visible GPU(s): NCCL cannot run two "
+            "ranks on one GPU; start at most one process per GPU, or use -p gloo"
+        )
+
+
+def local_world_size(cfg):
+    """Training processes on this machine: torchrun's LOCAL_WORLD_SIZE, else the world size (``-ws`` spawns
+    all ranks here)."""
+    return max(1, int(os.environ.get('LOCAL_WORLD_SIZE', cfg.world_size if cfg.distributed else 1)))
+
+
+def usable_cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def default_workers(processes=None):
+    """DataLoader workers per training process when ``--num_workers`` is not given: the usable cores shared
+    by the training processes of this machine, minus two per process (the process itself and its pin-memory
+    thread), at least 0.  16 cores, one GPU: 14; 2 cores: 0 (loading in the training process)."""
+    if processes is None:
+        processes = max(1, int(os.environ.get('LOCAL_WORLD_SIZE', '1')))
+    return max(0, usable_cores() // max(1, processes) - 2)
+
+
+def spawn_or_run(job, world_size, cfg=None):
     """Run ``job()`` here, or in ``world_size`` local processes (ranks 0..N-1) when N > 1 and not under
-    torchrun. ``job`` must be picklable (e.g. a ``functools.partial`` of a module-level function)."""
+    torchrun. ``job`` must be picklable (e.g. a ``functools.partial`` of a module-level function).  With the
+    run's ``cfg``, too many NCCL ranks for the GPUs are refused before any process starts; a rank that stops
+    ends the run with a one-line error (its own message is printed above by that rank)."""
     if world_size > 1 and 'RANK' not in os.environ:
         import socket
 
         import torch.multiprocessing as mp
 
+        if cfg is not None:
+            check_ranks_per_gpu(cfg, world_size)
         with socket.socket() as s:
             s.bind(('127.0.0.1', 0))
             port = s.getsockname()[1]
         os.environ.setdefault('MASTER_ADDR', '127.0.0.1')
         os.environ.setdefault('MASTER_PORT', str(port))
-        mp.spawn(_spawned, args=(job, world_size), nprocs=world_size, join=True)
+        try:
+            mp.spawn(_spawned, args=(job, world_size), nprocs=world_size, join=True)
+        except mp.ProcessExitedException as e:
+            raise UserError(f"rank {e.error_index} of {world_size} stopped (exit status {e.exit_code})") from None
+        except mp.ProcessRaisedException as e:
+            last = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            raise UserError(f"a rank of {world_size} stopped: {last}") from None
         return 0
     return job()
 

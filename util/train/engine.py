@@ -7,12 +7,17 @@ alone so a resumed run repeats an uninterrupted one exactly on the CPU, and ``fi
 epoch through :mod:`util.train.runs`.
 """
 
+import contextlib
+import copy
+import dataclasses
 import math
 import os
+import random
 import sys
 import time
 from dataclasses import astuple, dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -21,9 +26,13 @@ from tqdm import tqdm
 import models
 from models import unwrap
 from util.errors import UserError
-from util.train.distributed import all_reduce_sum, is_main
+from util.train import tensorboard_log
+from util.train.distributed import all_reduce_sum, default_workers, is_main
 from util.train.runs import RunLogger, save_checkpoint, save_weights, set_rng_state
 from util.train.seeding import epoch_seed, fix_random_seeds, worker_init_fn
+from util.train.transforms import normalize_batch, shipping_form
+
+PREFETCH = 4  # batches each loader worker prepares ahead
 
 OPTIMIZERS = ('sgd', 'sgd_cos', 'sgd_nesterov', 'sgd_nesterov_cos', 'adam', 'adam_cos')
 
@@ -66,15 +75,22 @@ def autocast(cfg):
 
 
 def to_device(x, cfg):
+    """A batch of images on the training device: uint8 batches (what the datasets ship) are converted and
+    normalised there (:func:`util.train.transforms.normalize_batch`), in channels-last when asked."""
     x = x.to(cfg.device, non_blocking=True)
     if cfg.channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
+    if x.dtype == torch.uint8:
+        x = normalize_batch(x)
     return x
 
 
 @dataclass
 class EpochSums:
-    """Running totals of one training epoch on this rank, which a step function adds to."""
+    """Running totals of one training epoch on this rank, which a step function adds to.
+
+    Step functions add detached tensors on the device (or numbers): nothing waits for the GPU until the
+    totals are read, once per ``--log_interval`` and at the end of the epoch."""
 
     loss: float = 0.0  # loss x images (the cross-entropy in the two-task modes)
     correct: float = 0.0  # top-1 hits (classification)
@@ -83,9 +99,43 @@ class EpochSums:
     ph_images: float = 0.0
     skipped: float = 0.0  # undecodable images dropped
 
+    def values(self):
+        """The totals as floats (one host synchronisation for all of them)."""
+        vals = list(astuple(self))
+        where = [i for i, v in enumerate(vals) if torch.is_tensor(v)]
+        if where:
+            got = torch.stack([vals[i].detach().double().reshape(()) for i in where]).tolist()
+            for i, v in zip(where, got):
+                vals[i] = v
+        return [float(v) for v in vals]
+
     def reduced(self, cfg):
-        """The totals summed over all ranks."""
-        return EpochSums(*all_reduce_sum(list(astuple(self)), cfg, device=cfg.device))
+        """The totals (floats) summed over all ranks."""
+        return EpochSums(*all_reduce_sum(self.values(), cfg, device=cfg.device))
+
+
+class NonFiniteWatch:
+    """Notes, on the device, whether any loss of the epoch was not finite (no host synchronisation per step);
+    :meth:`check` (at each log interval and at the end of the epoch) raises a UserError saying what to lower."""
+
+    def __init__(self):
+        self.bad = self.first = None
+        self.epoch, self.what = None, ''
+
+    def add(self, loss, epoch, it, what_to_lower):
+        bad = ~torch.isfinite(loss.detach())
+        self.bad = bad if self.bad is None else self.bad | bad
+        if self.first is None:
+            self.first, self.epoch, self.what = it, epoch, what_to_lower
+
+    def check(self, upto):
+        if self.bad is not None and bool(self.bad):
+            where = f"iteration {upto}" if self.first == upto else f"iterations {self.first}-{upto}"
+            raise UserError(
+                f"the training loss was not finite at epoch {self.epoch}, {where}: lower {self.what} or check "
+                "the labels"
+            )
+        self.bad = self.first = None
 
 
 def targets_to_device(targets, cfg):
@@ -95,38 +145,83 @@ def targets_to_device(targets, cfg):
     return targets.to(cfg.device, non_blocking=True)
 
 
+#: the data-wait share of an epoch above which the log says that the loader, not the model, sets the pace
+DATA_BOUND_SHARE = 0.2
+
+
 def train_one_epoch(model, loader, step_fn, optimizer, epoch, cfg, desc='train'):
     """One pass over ``loader``: the loop every learning mode shares; returns (:class:`EpochSums` summed over
     all ranks, seconds).
 
     For each batch ``(inputs, targets, dropped)`` (moved to the device; ``inputs`` None for an all-bad batch)
     it calls ``step_fn(model, inputs, targets, optimizer, sums, epoch, it)``, which takes its optimiser
-    step(s), adds to ``sums`` and returns the figures for the progress bar (or None). The bar also shows the
-    share of the epoch's time spent waiting for data (``data``) rather than in steps.
+    step(s), adds detached device tensors to ``sums`` and returns the figures for the progress bar (tensors, or
+    None).  The host waits for the device only every ``--log_interval`` iterations (bar figures, the non-finite
+    loss check) and at the end of the epoch.  ``sums.data_wait`` is the share of the epoch's time spent
+    waiting for the loader rather than in steps (also on the bar as ``data``).
     """
     model.train()
     if cfg.freeze_encoder:
         _freeze_encoder_modes(model)
+    norms = batch_norm_in_training(model)
     sums = EpochSums()
+    watch = NonFiniteWatch()
     start = time.time()
     waiting = stepping = 0.0
+    interval = max(1, cfg.log_interval)
     bar = tqdm(
         loader, desc=f'{desc} epoch {epoch}', disable=not is_main(cfg), leave=False, file=sys.stderr, dynamic_ncols=True
     )
+    it = -1
     ready = time.perf_counter()
-    for it, (inputs, targets, dropped) in enumerate(bar):
-        got = time.perf_counter()
-        waiting += got - ready
-        sums.skipped += dropped
-        if inputs is not None:
-            inputs, targets = to_device(inputs, cfg), targets_to_device(targets, cfg)
-        shown = step_fn(model, inputs, targets, optimizer, sums, epoch, it)
-        ready = time.perf_counter()
-        stepping += ready - got
-        if shown and is_main(cfg) and it % max(1, cfg.log_interval) == 0:
-            bar.set_postfix(**shown, data=f'{waiting / max(waiting + stepping, 1e-9):.0%}')
+    with _watching(watch):
+        for it, (inputs, targets, dropped) in enumerate(bar):
+            got = time.perf_counter()
+            waiting += got - ready
+            sums.skipped += dropped
+            if inputs is not None and norms and inputs.shape[0] == 1:  # e.g. one survivor of undecodable images
+                print(
+                    "warning: a batch of one image was dropped (BatchNorm needs 2 or more per batch)"
+                    + (f"; the batch's other {dropped} image(s) could not be read" if dropped else ''),
+                    file=sys.stderr,
+                    flush=True,
+                )
+                inputs = targets = None
+            if inputs is not None:
+                inputs, targets = to_device(inputs, cfg), targets_to_device(targets, cfg)
+            shown = step_fn(model, inputs, targets, optimizer, sums, epoch, it)
+            ready = time.perf_counter()
+            stepping += ready - got
+            if it % interval == 0:
+                watch.check(it)
+                if shown and is_main(cfg):
+                    bar.set_postfix(**_shown(shown), data=f'{waiting / max(waiting + stepping, 1e-9):.0%}')
+        watch.check(max(it, 0))
     bar.close()
-    return sums.reduced(cfg), time.time() - start
+    out = sums.reduced(cfg)
+    out.data_wait = waiting / max(waiting + stepping, 1e-9)
+    return out, time.time() - start
+
+
+_WATCH = []  # the NonFiniteWatch of the epoch running in this process (optimizer_step reports to it)
+
+
+@contextlib.contextmanager
+def _watching(watch):
+    _WATCH.append(watch)
+    try:
+        yield watch
+    finally:
+        _WATCH.pop()
+
+
+def _shown(figures):
+    """Bar figures: tensors read in one synchronisation, then formatted."""
+    keys = [k for k, v in figures.items() if torch.is_tensor(v)]
+    if keys:
+        got = torch.stack([figures[k].detach().float().reshape(()) for k in keys]).tolist()
+        figures = dict(figures, **dict(zip(keys, got)))
+    return {k: f'{v:.4g}' if isinstance(v, float) else str(v) for k, v in figures.items()}
 
 
 def supervised_step(criterion, cfg, task='regression'):
@@ -143,18 +238,19 @@ def supervised_step(criterion, cfg, task='regression'):
             loss = criterion(outputs.float(), targets)
         optimizer_step(loss, optimizer, epoch, it, 'the learning rate (--lr_pre/--lr_fine)')
         n = inputs.shape[0]
-        sums.loss += loss.item() * n
+        loss = loss.detach()
+        sums.loss += loss * n
         sums.images += n
         if task == 'classification':
-            sums.correct += (outputs.argmax(1) == targets).sum().item()
-        return {'loss': f'{loss.item():.4g}', 'lr': f"{optimizer.param_groups[0]['lr']:.3g}"}
+            sums.correct += (outputs.detach().argmax(1) == targets).sum()
+        return {'loss': loss, 'lr': optimizer.param_groups[0]['lr']}
 
     return step
 
 
 def supervised_metrics(sums, seconds, task='regression'):
     """The log record part of a single-task epoch: {'train_loss', 'images', 'skipped_bad', 'seconds',
-    ['train_acc1']}; the loss is averaged over all images of all ranks."""
+    'data_wait', ['train_acc1']}; the loss is averaged over all images of all ranks."""
     n = sums.images
     metrics = {
         'train_loss': sums.loss / max(n, 1),
@@ -164,19 +260,59 @@ def supervised_metrics(sums, seconds, task='regression'):
     }
     if task == 'classification':
         metrics['train_acc1'] = 100.0 * sums.correct / max(n, 1)
+    if hasattr(sums, 'data_wait'):
+        metrics['data_wait'] = round(sums.data_wait, 4)
     return metrics
 
 
 def optimizer_step(loss, optimizer, epoch, it, what_to_lower):
-    """Backpropagate ``loss`` and step, refusing a non-finite loss with a message saying what to lower."""
-    if not torch.isfinite(loss):
+    """Backpropagate ``loss`` and step.  A non-finite loss stops the run with a message saying what to lower:
+    inside :func:`train_one_epoch` it is noted on the device and reported at the next log interval (no host
+    synchronisation per step); called on its own, it is checked at once."""
+    if _WATCH:
+        _WATCH[-1].add(loss, epoch, it, what_to_lower)
+    elif not torch.isfinite(loss):
         raise UserError(
-            f"the training loss became {loss.item()} at epoch {epoch}, iteration {it}: lower "
-            f"{what_to_lower} or check the labels"
+            f"the training loss became {loss.item()} at epoch {epoch}, iteration {it}: lower {what_to_lower} or "
+            "check the labels"
         )
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
+
+
+def batch_norm_in_training(model):
+    """The BatchNorm layers of ``model`` that train mode makes normalise over the batch (none of them can take a
+    batch of one image)."""
+    return [m for m in unwrap(model).modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+
+
+def _first_image(dataset):
+    """The path of a data set's first image, where it tells (ImageFolder samples, our folders' rel_paths)."""
+    items = getattr(dataset, 'samples', None)
+    if items:
+        return items[0][0]
+    rel = getattr(dataset, 'rel_paths', None)
+    return os.path.join(getattr(dataset, 'root', ''), rel[0]) if rel else None
+
+
+def check_trainable(train_set, cfg, arch=None, flag='-t'):
+    """Refuse, before a run folder is made, a training set of fewer than 2 images (named) and ``-b 1`` with an
+    architecture whose BatchNorm layers train (a batch of one image: "Expected more than 1 value per channel")."""
+    n = len(train_set) if train_set is not None else None
+    if n is not None and n < 2:
+        first = _first_image(train_set)
+        raise UserError(
+            f"the training set ({flag}) holds {n} image{'' if n == 1 else 's'}"
+            + (f" ({first})" if first else '')
+            + "; training needs at least 2 (BatchNorm normalises over the images of a batch): add images"
+        )
+    if arch and cfg.batch_size < 2:
+        model = models.skeleton(arch).train()
+        if cfg.freeze_encoder:
+            _freeze_encoder_modes(model)
+        if batch_norm_in_training(model):
+            raise UserError(f"-b 1: the BatchNorm layers of {arch} need at least 2 images per batch; use -b 2 or more")
 
 
 def _freeze_encoder_modes(model):
@@ -255,6 +391,19 @@ def evaluate_classification(model, loader, criterion, cfg, num_classes, prefix='
     )
 
 
+def data_wait_note(record, cfg):
+    """A line for the log when the epoch spent more than :data:`DATA_BOUND_SHARE` of its time waiting for the
+    loader (the loader, not the model, set the pace), else None."""
+    share = record.get('data_wait')
+    if share is None or share <= DATA_BOUND_SHARE:
+        return None
+    return (
+        f"note: epoch {record.get('epoch')} waited for data {share:.0%} of its time with {loader_workers(cfg)} "
+        "loader workers per process: the loader, not the model, is the bottleneck (more cores or --num_workers, "
+        "a label matrix from PHdict.py instead of PH in the loader, or smaller images help)"
+    )
+
+
 def format_metrics(record):
     parts = []
     for k, v in record.items():
@@ -265,35 +414,161 @@ def format_metrics(record):
     return ' '.join(parts)
 
 
-def make_loader(dataset, cfg, epoch, shuffle=True, train=True):
-    """A DataLoader for one epoch, seeded from (seed, epoch, rank) so any epoch can be replayed exactly.
+class EpochSampler(torch.utils.data.Sampler):
+    """The samples of one epoch on one rank, each yielded as ``(index, data_epoch, seed)``.
 
-    Under DDP a DistributedSampler splits the data between ranks. Training drops the last incomplete
-    batch when the set holds at least one full batch (BatchNorm needs more than one sample).
+    The epoch travels with every index, so that loader workers kept alive across epochs (persistent workers,
+    forked once) still draw epoch ``e``'s images of a dataset whose ``set_epoch`` the parent called after they
+    were forked (:class:`util.train.datasets.GeneratedPH`); ``seed`` makes each sample's augmentation a
+    function of (seed, epoch, index) alone, whichever worker loads it.  The order is a permutation drawn from
+    ``seed`` (shared by all ranks); under DDP each rank takes every ``world_size``-th sample after the order
+    is cut (``drop_last``) or padded by wrapping around to a multiple of ``world_size``, as DistributedSampler
+    does.
     """
-    from torch.utils.data import DataLoader, DistributedSampler
 
-    generator = torch.Generator()
-    generator.manual_seed(epoch_seed(cfg, epoch))
-    drop_last = train and len(dataset) >= cfg.batch_size * max(1, cfg.world_size)
-    sampler = None
-    if cfg.distributed and train:
-        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=cfg.seed, drop_last=drop_last)
-        sampler.set_epoch(epoch)
-    return DataLoader(
-        dataset,
-        batch_size=cfg.batch_size,
-        shuffle=shuffle and sampler is None,
-        sampler=sampler,
-        num_workers=cfg.num_workers,
-        pin_memory=str(cfg.device).startswith('cuda'),
-        drop_last=drop_last,
-        worker_init_fn=getattr(dataset, 'worker_init', worker_init_fn),
-        generator=generator,
-        collate_fn=collate_skip_bad,
-        persistent_workers=False,
-        prefetch_factor=4 if cfg.num_workers > 0 else None,
-    )
+    def __init__(self, n, shuffle=True, rank=0, world_size=1, drop_last=False):
+        self.n, self.shuffle, self.rank, self.world_size, self.drop_last = n, shuffle, rank, world_size, drop_last
+        self.seed, self.data_epoch = 0, None
+
+    def set_epoch(self, seed, data_epoch=None):
+        self.seed, self.data_epoch = int(seed), data_epoch
+
+    def _order(self):
+        if self.shuffle:
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed)).tolist()
+        else:
+            order = list(range(self.n))
+        if self.world_size > 1:
+            if self.drop_last:
+                order = order[: self.n // self.world_size * self.world_size]
+            elif order:
+                total = -(-self.n // self.world_size) * self.world_size
+                order = (order * (-(-total // len(order))))[:total]
+            order = order[self.rank :: self.world_size]
+        return order
+
+    def __len__(self):
+        if self.world_size == 1:
+            return self.n
+        return self.n // self.world_size if self.drop_last else -(-self.n // self.world_size)
+
+    def __iter__(self):
+        for i in self._order():
+            yield i, self.data_epoch, self.seed
+
+
+class KeyedSamples(torch.utils.data.Dataset):
+    """``dataset`` indexed by the keys of :class:`EpochSampler`: sets the dataset's epoch in this (worker)
+    process and seeds torch, numpy and ``random`` from (seed, index) before loading the sample (in the main
+    process, with no workers, the RNG states are put back afterwards)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        index, data_epoch, seed = key
+        if data_epoch is not None and getattr(self.dataset, 'epoch', data_epoch) != data_epoch:
+            self.dataset.set_epoch(data_epoch)
+        in_main = torch.utils.data.get_worker_info() is None
+        if in_main:
+            saved = torch.get_rng_state(), np.random.get_state(), random.getstate()
+        _seed_sample((seed * 1_000_033 + index * 104_729 + 17) % 2**63)
+        try:
+            return self.dataset[index]
+        finally:
+            if in_main:
+                torch.set_rng_state(saved[0])
+                np.random.set_state(saved[1])
+                random.setstate(saved[2])
+
+
+def _seed_sample(seed):
+    """Seed ``random``, numpy's global RNG and torch's CPU generator (what augmentation draws from).
+    ``torch.manual_seed`` would also queue seeds for CUDA/XPU/MTIA, formatting a stack trace each time: ~1 ms
+    per sample."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.default_generator.manual_seed(seed)
+
+
+def _shipped(dataset):
+    """A shallow copy of ``dataset`` whose image transform gives uint8 (:func:`shipping_form`), or the dataset
+    itself when it has none to change; the dataset as given keeps returning what its transform gives."""
+    for attr in ('to_tensor', 'transform'):
+        current = getattr(dataset, attr, None)
+        if current is not None:
+            form = shipping_form(current)
+            if form is current:
+                return dataset
+            twin = copy.copy(dataset)
+            setattr(twin, attr, form)
+            if hasattr(twin, 'keep_grey'):
+                twin.keep_grey = True  # grey stays one channel until the uint8 tensor (the same values)
+            return twin
+    return dataset
+
+
+def loader_workers(cfg):
+    """``--num_workers``, or when not given the usable cores per training process on this machine minus two
+    (the training process itself and the pin-memory thread), at least 0."""
+    if cfg.num_workers is not None:
+        return cfg.num_workers
+    return default_workers()
+
+
+def make_loader(dataset, cfg, epoch, shuffle=True, train=True):
+    """The DataLoader of ``dataset`` for ``epoch``, seeded from (seed, epoch) so any epoch can be replayed exactly.
+
+    One loader per (dataset, shuffle, train) is kept in ``cfg`` for the whole run: its worker processes are
+    forked once and persist across epochs and validation passes (:func:`release_loaders` ends them; ``fit``
+    does at its end).  Every call sets the epoch its next pass yields (:class:`EpochSampler`, which also
+    carries the dataset's own epoch, e.g. ``GeneratedPH.set_epoch`` called in this process).  Images travel
+    as uint8 (:func:`_shipped`) and are normalised on the device by :func:`to_device`.  Under DDP the training
+    samples are split between ranks.  Training drops the last incomplete batch when the set holds at least one
+    full batch (BatchNorm needs more than one sample).
+    """
+    from torch.utils.data import DataLoader
+
+    cache = cfg.__dict__.setdefault('_loaders', {})
+    key = (id(dataset), bool(shuffle), bool(train))
+    loader = cache.get(key)
+    if loader is None:
+        workers = loader_workers(cfg)
+        world = max(1, cfg.world_size) if cfg.distributed and train else 1
+        drop_last = train and len(dataset) >= cfg.batch_size * max(1, cfg.world_size)
+        sampler = EpochSampler(len(dataset), shuffle, cfg.rank if world > 1 else 0, world, drop_last and world > 1)
+        generator = torch.Generator()
+        generator.manual_seed(cfg.seed)
+        loader = DataLoader(
+            KeyedSamples(_shipped(dataset)),
+            batch_size=cfg.batch_size,
+            sampler=sampler,
+            num_workers=workers,
+            pin_memory=str(cfg.device).startswith('cuda'),
+            drop_last=drop_last,
+            worker_init_fn=getattr(dataset, 'worker_init', worker_init_fn),
+            generator=generator,
+            collate_fn=collate_skip_bad,
+            persistent_workers=workers > 0,
+            prefetch_factor=PREFETCH if workers > 0 else None,
+        )
+        loader.source = dataset  # held, so that id(dataset) stays this dataset's while cached
+        cache[key] = loader
+    shared = dataclasses.replace(cfg, rank=0) if cfg.rank else cfg  # the order is the same on every rank
+    loader.sampler.set_epoch(epoch_seed(shared, epoch), getattr(dataset, 'epoch', None))
+    return loader
+
+
+def release_loaders(cfg):
+    """End the persistent workers of the loaders :func:`make_loader` kept in ``cfg``."""
+    for loader in cfg.__dict__.pop('_loaders', {}).values():
+        it = getattr(loader, '_iterator', None)
+        if it is not None and hasattr(it, '_shutdown_workers'):
+            it._shutdown_workers()
+        loader._iterator = None
 
 
 def prepare_model(model, cfg):
@@ -353,33 +628,45 @@ def fit(
     logger = RunLogger(run_dir, enabled=is_main(cfg))
     if checkpoint is not None:
         logger.truncate_after(start - 1)
+    board = tensorboard_log.open_log(cfg.tensorboard and is_main(cfg), run_dir, first_epoch=start)
     records = []
     last = cfg.epochs if cfg.stop_after < 1 else min(cfg.epochs, start + cfg.stop_after - 1)
-    for epoch in range(start, last + 1):
-        fix_random_seeds(epoch_seed(cfg, epoch))
-        record = {'epoch': epoch, 'lr': optimizer.param_groups[0]['lr'], **(tags or {})}
-        if train_epoch is None:
-            if hasattr(train_set, 'set_epoch'):
-                train_set.set_epoch(epoch - 1)
-            loader = make_loader(train_set, cfg, epoch, shuffle=True, train=True)
-            sums, seconds = train_one_epoch(model, loader, supervised_step(criterion, cfg, task), optimizer, epoch, cfg)
-            record.update(supervised_metrics(sums, seconds, task))
-        else:
-            record.update(train_epoch(model, optimizer, epoch))
-        scheduler.step()
-        if evaluate is not None and is_main(cfg):
-            record.update(evaluate(unwrap(model), epoch))
-        if cfg.distributed:
-            dist.barrier()
-        if is_main(cfg):
-            logger.log(record)
-            save_checkpoint(run_dir, model, optimizer, scheduler, epoch, dict(meta or {}, **(tags or {})))
-            if epoch % cfg.save_interval == 0 or epoch == cfg.epochs:
-                save_weights(
-                    os.path.join(run_dir, weights_name.format(epoch=epoch)),
-                    model if export is None else export(unwrap(model)),
-                )
-            print(format_metrics(record), flush=True)
-        records.append(record)
+    try:
+        for epoch in range(start, last + 1):
+            fix_random_seeds(epoch_seed(cfg, epoch))
+            record = {'epoch': epoch, 'lr': optimizer.param_groups[0]['lr'], **(tags or {})}
+            if train_epoch is None:
+                if hasattr(train_set, 'set_epoch'):
+                    train_set.set_epoch(epoch - 1)
+                loader = make_loader(train_set, cfg, epoch, shuffle=True, train=True)
+                step = supervised_step(criterion, cfg, task)
+                sums, seconds = train_one_epoch(model, loader, step, optimizer, epoch, cfg)
+                record.update(supervised_metrics(sums, seconds, task))
+            else:
+                record.update(train_epoch(model, optimizer, epoch))
+            scheduler.step()
+            if evaluate is not None and is_main(cfg):
+                record.update(evaluate(unwrap(model), epoch))
+            if cfg.distributed:
+                dist.barrier()
+            if is_main(cfg):
+                logger.log(record)
+                if board is not None:
+                    board.log(record, unwrap(model))
+                save_checkpoint(run_dir, model, optimizer, scheduler, epoch, dict(meta or {}, **(tags or {})))
+                if epoch % cfg.save_interval == 0 or epoch == cfg.epochs:
+                    save_weights(
+                        os.path.join(run_dir, weights_name.format(epoch=epoch)),
+                        model if export is None else export(unwrap(model)),
+                    )
+                print(format_metrics(record), flush=True)
+                note = data_wait_note(record, cfg)
+                if note:
+                    print(note, flush=True)
+            records.append(record)
+    finally:
+        release_loaders(cfg)
+        if board is not None:
+            board.close()
     logger.close()
     return records

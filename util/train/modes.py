@@ -16,201 +16,213 @@ Both scripts parse the same flags and call :func:`main`; they differ only in the
   (-t2, or generated on the fly; MSE x ``--ph_weight``), one optimiser step each.
 * ``evaluation``    no training: evaluate the fine-tuned weights -pw on -val (= finetuning.py --evaluate).
 
+Each mode takes the run configuration (:class:`util.config.RunConfig`, built once from the flags by
+util/cli/build.py) and derives its phases with :func:`dataclasses.replace`. What a run finds (its folder, the
+resolved -nc, the head size of -pw, the label statistics of --label_norm) is returned and recorded (args.json,
+checkpoints), never written back onto the configuration.
+
 Every log record and checkpoint holds ``mode`` and ``phase``; ``args.json`` holds ``learning_mode``.
 Classifiers (modes other than pretraining) write ``ft_{usenet}_epoch{E}.pth`` (a plain state dict of the
 classifier alone, which torchvision's constructor with ``num_classes=K`` loads) and ``classes.json`` next to it.
 """
 
-import argparse
-import dataclasses
 import os
 import sys
+from dataclasses import replace
 
 from torch import nn
 
 import models
 from models.two_heads import PHOutput, TwoHeads
-from util.cli.build import data_config, resolve_num_classes
+from util.config import record, resolve_num_classes
 from util.errors import UserError
 from util.io import fileio
-from util.train import data_sources, distributed, engine, label_sources, runs
-from util.train.data_sources import build_sets, check_class_layout, resolve_val
+from util.train import distributed, engine, runs, sources
 from util.train.reports import pictures, write_evaluation
+from util.train.sources import build_sets, check_class_layout, resolve_val
 from util.train.two_task import train_alternating_epoch, train_simultaneous_epoch
 
 MODES = ('pretraining', 'finetuning', 'combined', 'simultaneous', 'alternating', 'evaluation')
 PHASES = ('pretraining', 'finetuning')  # the sub-folders of a combined run
 
 
-def build_pretraining_sets(args):
-    """The PH-labelled (train, val or None) datasets the flags select (pretraining.py's data modes), the label
-    dimension -nc; see :func:`util.train.data_sources.build_pretraining_sets`."""
-    return data_sources.build_pretraining_sets(data_config(args), resolve_num_classes(args))
+def _with_classes(run, n):
+    """``run`` with the output size -nc resolved to ``n``."""
+    return replace(run, model=replace(run.model, numof_classes=n))
 
 
-def _class_sets(args, need_train):
-    """:func:`util.train.data_sources.build_sets` of the flags, -nc resolved; (train or None, val, classes)."""
-    data = data_config(args)
+def _resolve_classes(run, classes=None, where=None):
+    """``run`` with -nc resolved (:func:`util.config.resolve_num_classes`) for the class folders ``classes``
+    found in ``where`` (None: PH label vectors), saying so when the folders decided it."""
+    n = resolve_num_classes(run.model.numof_classes, classes, where)
+    if classes is not None and run.model.numof_classes is None and distributed.is_main_process():
+        print(f"note: {n} classes found; using -nc {n}", flush=True)
+    return _with_classes(run, n)
+
+
+def _class_sets(run, need_train):
+    """:func:`util.train.sources.build_sets` of ``run``'s data; (train or None, val, classes, run with -nc
+    resolved)."""
+    data = run.data
     train_set, val_set, classes = build_sets(data, need_train)
-    resolve_num_classes(args, classes, resolve_val(data))
-    return train_set, val_set, classes
+    return train_set, val_set, classes, _resolve_classes(run, classes, resolve_val(data))
 
 
-def run(args, cfg):
-    """Run the mode ``args.learning_mode`` in this process: the flags (checked by :mod:`util.cli.flags`) name the
-    data and files, ``cfg`` (:class:`util.config.TrainConfig`, built from them by the CLI) says how to train."""
-    distributed.init_distributed(cfg)
-    args.phase = args.learning_mode
-    RUNNERS[args.learning_mode](args, cfg)
+def run(run_cfg):
+    """Run the mode ``run_cfg.learning_mode`` (a :class:`util.config.RunConfig` built by util/cli/build.py) in
+    this process, on the device set-up decided at start."""
+    cfg = distributed.init_distributed(run_cfg.train)
+    RUNNERS[run_cfg.learning_mode](replace(run_cfg, train=cfg))
     distributed.cleanup_distributed(cfg)
     return 0
 
 
-def _tags(args, phase):
-    return {'mode': args.learning_mode, 'phase': phase}
+def _tags(run, phase):
+    return {'mode': run.learning_mode, 'phase': phase}
 
 
-def _settings(args, cfg):
-    """What args.json and checkpoints record: the flags and the device set-up found at start."""
-    return dict(
-        vars(args),
-        device=cfg.device,
-        amp=cfg.amp,
-        channels_last=cfg.channels_last,
-        rank=cfg.rank,
-        world_size=cfg.world_size,
-        local_rank=cfg.local_rank,
-        distributed=cfg.distributed,
-    )
-
-
-def open_run(args, cfg, kind, run_dir=None):
-    """(run_dir, checkpoint or None): the folder ``--resume`` names (refusing a checkpoint of another mode),
-    else ``run_dir`` (created), else a fresh dated folder under -o; records the settings there."""
+def open_run(run, kind, facts, run_dir=None):
+    """(run_dir, checkpoint or None, facts with ``run_dir``): the folder ``--resume`` names (refusing a
+    checkpoint of another mode), else ``run_dir`` (created), else a fresh dated folder under -o; records the
+    settings and ``facts`` there."""
+    cfg = run.train
     checkpoint = None
-    if args.resume:
-        run_dir, checkpoint = runs.open_checkpoint(args.resume, kind, args.usenet)
-        if checkpoint.get('mode') not in (None, args.learning_mode):
+    if run.resume:
+        run_dir, checkpoint = runs.open_checkpoint(run.resume, kind, run.model.usenet)
+        if checkpoint.get('mode') not in (None, run.learning_mode):
             raise UserError(
-                f"--resume {args.resume}: that run used -lm {checkpoint['mode']}, not -lm {args.learning_mode}"
+                f"--resume {run.resume}: that run used -lm {checkpoint['mode']}, not -lm {run.learning_mode}"
             )
-        runs.check_resume(run_dir, checkpoint, _settings(args, cfg))
+        runs.check_resume(run_dir, checkpoint, record(run, **facts))
     elif run_dir is None:
-        run_dir = runs.make_run_dir(args.output, cfg)
+        run_dir = runs.make_run_dir(run.output, cfg)
     elif distributed.is_main(cfg):
         fileio.ensure_dir(run_dir, 'run folder')
-    args.run_dir = run_dir
+    facts = {**facts, 'run_dir': run_dir}
     if distributed.is_main(cfg):
-        runs.write_settings(run_dir, _settings(args, cfg), checkpoint)
-    return run_dir, checkpoint
+        runs.write_settings(run_dir, record(run, **facts), checkpoint)
+    return run_dir, checkpoint, facts
 
 
 def _resumed_epoch(checkpoint):
     return None if checkpoint is None else int(checkpoint['epoch'])
 
 
-def _start(args, cfg, kind, run_dir, train_set, classes, message=None, titles=None):
+def _start(run, facts, kind, run_dir, train_set, classes, message=None, titles=None):
     """Open the run folder, and on rank 0 write classes.json, say ``message`` and save the picture of the
-    first training samples (-oti) of a fresh run. Returns (run_dir, checkpoint or None)."""
-    run_dir, checkpoint = open_run(args, cfg, kind, run_dir)
-    if distributed.is_main(cfg):
+    first training samples (-oti) of a fresh run. Returns (run_dir, checkpoint or None, facts)."""
+    engine.check_trainable(train_set, run.train, run.model.usenet)  # before the run folder: a lone image, -b 1
+    run_dir, checkpoint, facts = open_run(run, kind, facts, run_dir)
+    if distributed.is_main(run.train):
         if classes is not None:
             fileio.write_json(os.path.join(run_dir, 'classes.json'), classes)
         if message:
             print(message, flush=True)
-        if args.output_training_images > 0 and checkpoint is None:
+        if run.output_training_images > 0 and checkpoint is None:
             runs.save_sample_grid(
-                train_set, args.output_training_images, os.path.join(run_dir, 'training_samples.png'), titles=titles
+                train_set, run.output_training_images, os.path.join(run_dir, 'training_samples.png'), titles=titles
             )
-    return run_dir, checkpoint
+    return run_dir, checkpoint, facts
 
 
-def _fit(model, criterion, train_set, args, cfg, run_dir, phase, **kw):
+def _fit(model, criterion, train_set, run, facts, run_dir, phase, **kw):
     """:func:`util.train.engine.fit` with this run's folder, tags and checkpoint record."""
-    tags = _tags(args, phase)
-    meta = {'args': runs.jsonable(_settings(args, cfg)), 'arch': args.usenet, 'num_outputs': args.numof_classes}
-    return engine.fit(model, criterion, train_set, cfg, run_dir=run_dir, tags=tags, meta=meta, **kw)
-
-
-def phase_args(args, phase, **changes):
-    """A copy of ``args`` for one phase (``args.phase`` set), with ``changes`` applied."""
-    new = argparse.Namespace(**vars(args))
-    new.phase = phase
-    for k, v in changes.items():
-        setattr(new, k, v)
-    return new
+    tags = _tags(run, phase)
+    meta = {
+        'args': runs.jsonable(record(run, **facts)),
+        'arch': run.model.usenet,
+        'num_outputs': run.model.numof_classes,
+    }
+    return engine.fit(model, criterion, train_set, run.train, run_dir=run_dir, tags=tags, meta=meta, **kw)
 
 
 # --------------------------------------------------------------------------------------------- models
-def build_finetune_model(args, init_state=None, quiet=False):
-    """The model with a fresh head of -nc outputs, initialised from ``init_state`` (a state dict, e.g. the
-    pretraining phase's model), else from -pw (ours / imagenet), else at random. -nc not given (None): see
-    :func:`util.cli.build.resolve_num_classes`."""
-    resolve_num_classes(args)
-    pw = args.path2weight
+def build_finetune_model(run, init_state=None, quiet=False):
+    """(model, head size read from -pw or None): the model with a fresh head of -nc outputs (-nc not given:
+    see :func:`util.config.resolve_num_classes`), initialised from ``init_state`` (a state dict, e.g. the
+    pretraining phase's model), else from -pw (ours / imagenet), else at random."""
+    m = run.model
+    num_classes = resolve_num_classes(m.numof_classes)
+    pw = m.path2weight
     if init_state is not None:
-        model, report = models.load_for(args.usenet, init_state, args.numof_classes)
+        model, report = models.load_for(m.usenet, init_state, num_classes, input_size=run.data.augment.crop_size)
         if distributed.is_main_process():
             print(
                 f"initialised from the pretraining phase: {report['loaded']} tensors loaded, head "
                 f"{'re-initialised' if report['head_reinitialised'] else 'kept'}",
                 flush=True,
             )
-        return model
+        return model, None
     if pw == 'imagenet':
-        model, _ = models.load_for(args.usenet, 'imagenet', args.numof_classes)
-        print(f"initialised from torchvision's ImageNet weights for {args.usenet}", flush=True)
-        return model
+        model, _ = models.load_for(m.usenet, 'imagenet', num_classes, input_size=run.data.augment.crop_size)
+        print(f"initialised from torchvision's ImageNet weights for {m.usenet}", flush=True)
+        return model, None
     if not pw:
-        model, _ = models.load_for(args.usenet, None, args.numof_classes)
+        model, _ = models.load_for(m.usenet, None, num_classes, input_size=run.data.augment.crop_size)
         if not quiet:
             print("WARNING: no -pw given: training from scratch (random initialisation)", file=sys.stderr, flush=True)
-        return model
+        return model, None
     if not os.path.isfile(pw):
         raise UserError(f"-pw {pw!r}: no such weights file")
-    stored = models.infer_num_classes(pw, args.usenet)
-    if args.numof_pretrained_classes is not None and args.numof_pretrained_classes != stored:
+    stored = models.infer_num_classes(pw, m.usenet)
+    if m.numof_pretrained_classes is not None and m.numof_pretrained_classes != stored:
         raise UserError(
-            f"-npc {args.numof_pretrained_classes} but {pw} has a head of {stored} outputs; "
+            f"-npc {m.numof_pretrained_classes} but {pw} has a head of {stored} outputs; "
             f"drop -npc (it is read from the file)"
         )
-    args.numof_pretrained_classes = stored
-    model, report = models.load_for(args.usenet, pw, args.numof_classes, verbose=distributed.is_main_process())
+    model, report = models.load_for(
+        m.usenet, pw, num_classes, verbose=distributed.is_main_process(), input_size=run.data.augment.crop_size
+    )
     print(
         f"initialised from {pw}: {report['loaded']} tensors loaded, head "
         f"{'re-initialised' if report['head_reinitialised'] else 'kept'}",
         flush=True,
     )
-    return model
+    return model, stored
 
 
-def _pretraining_model(args):
+def _finetune_model(run, init_state=None, quiet=False):
+    """(model, ``run`` with -npc the head size read from -pw, as the run records it)."""
+    model, stored = build_finetune_model(run, init_state, quiet)
+    if stored is not None:
+        run = replace(run, model=replace(run.model, numof_pretrained_classes=stored))
+    return model, run
+
+
+def _pretraining_model(run):
     model, _ = models.load_for(
-        args.usenet, args.path2weight or None, args.numof_classes, verbose=distributed.is_main_process()
+        run.model.usenet,
+        run.model.path2weight or None,
+        run.model.numof_classes,
+        verbose=distributed.is_main_process(),
+        input_size=run.data.augment.crop_size,
     )
     return model
 
 
 # ---------------------------------------------------------------------------------------------- runners
-def run_pretraining(args, cfg, run_dir=None, phase='pretraining'):
+def run_pretraining(run, run_dir=None, phase='pretraining'):
     """Pretraining (PH regression, or classes with ``--label_type class``); returns (bare model, records)."""
+    data, cfg = run.data, run.train
     classes = None
-    if args.label_type == 'class':
-        data = data_config(args)
-        train_set, val_set, classes = data_sources.build_class_pretraining_sets(data)
-        resolve_num_classes(args, classes, resolve_val(data, required=False) or data.train)
-        what = f"{len(train_set)} training images in {len(classes)} classes from {args.train}"
+    facts = {}
+    if data.label.label_type == 'class':
+        train_set, val_set, classes = sources.build_class_pretraining_sets(data)
+        run = _resolve_classes(run, classes, resolve_val(data, required=False) or data.train)
+        what = f"{len(train_set)} training images in {len(classes)} classes from {data.train}"
     else:
-        train_set, val_set = label_sources.pretraining_sets(args)  # PH labels or random targets, --label_norm
-        source = 'generated on the fly' if args.train is None else f'from {args.train}'
-        what = f"{len(train_set)} training images {source}; labels: {args.label_type}, dimension {train_set.dim}"
+        run = _resolve_classes(run)
+        # PH labels or random targets, --label_norm (its statistics are facts of the run)
+        train_set, val_set, facts = sources.pretraining_sets(run, run.model.numof_classes)
+        source = 'generated on the fly' if data.train is None else f'from {data.train}'
+        what = f"{len(train_set)} training images {source}; labels: {data.label.label_type}, dimension {train_set.dim}"
     if distributed.is_main(cfg):
         print(what + (f"; {len(val_set)} validation images" if val_set is not None else ''), flush=True)
 
-    model = _pretraining_model(args)
-    run_dir, checkpoint = _start(
-        args,
-        cfg,
+    model = _pretraining_model(run)
+    run_dir, checkpoint, facts = _start(
+        run,
+        facts,
         'pretraining',
         run_dir,
         train_set,
@@ -230,16 +242,16 @@ def run_pretraining(args, cfg, run_dir=None, phase='pretraining'):
                 return engine.evaluate_classification(bare_model, loader, criterion, cfg, len(classes))[0]
             return engine.evaluate_regression(bare_model, loader, criterion, cfg)
 
-    weights_name = f'{args.usenet}_epoch{{epoch}}.pth'
+    weights_name = f'{models.file_stem(run.model.usenet)}_epoch{{epoch}}.pth'
     records = _fit(
         model,
         criterion,
         train_set,
-        args,
-        cfg,
+        run,
+        facts,
         run_dir,
         phase,
-        lr=args.lr_pre,
+        lr=run.lr_pre,
         task=task,
         weights_name=weights_name,
         evaluate=evaluate,
@@ -254,19 +266,20 @@ def run_pretraining(args, cfg, run_dir=None, phase='pretraining'):
     return models.unwrap(model), records
 
 
-def run_finetuning(args, cfg, run_dir=None, phase='finetuning', init_state=None):
+def run_finetuning(run, run_dir=None, phase='finetuning', init_state=None):
     """Fine-tuning on the class folders of -t/-val; returns (bare model, records)."""
-    train_set, val_set, classes = _class_sets(args, need_train=True)
-    model = build_finetune_model(args, init_state, quiet=bool(args.resume))
+    cfg = run.train
+    train_set, val_set, classes, run = _class_sets(run, need_train=True)
+    model, run = _finetune_model(run, init_state, quiet=bool(run.resume))
     params = None
     if cfg.freeze_encoder:
         head_names = models.head_parameter_names(model)
         for name, p in model.named_parameters():
             p.requires_grad = name in head_names
         params = [p for p in model.parameters() if p.requires_grad]
-    run_dir, checkpoint = _start(
-        args,
-        cfg,
+    run_dir, checkpoint, facts = _start(
+        run,
+        {},
         'fine-tuning',
         run_dir,
         train_set,
@@ -280,8 +293,8 @@ def run_finetuning(args, cfg, run_dir=None, phase='finetuning', init_state=None)
         train_set,
         val_set,
         classes,
-        args,
-        cfg,
+        run,
+        facts,
         run_dir,
         phase,
         _class_eval(val_set, classes, cfg, lambda m: m),
@@ -291,21 +304,22 @@ def run_finetuning(args, cfg, run_dir=None, phase='finetuning', init_state=None)
     return models.unwrap(model), records
 
 
-def _fit_classifier(model, train_set, val_set, classes, args, cfg, run_dir, phase, evaluate, classifier=None, **kw):
+def _fit_classifier(model, train_set, val_set, classes, run, facts, run_dir, phase, evaluate, classifier=None, **kw):
     """Train a classifier (or a two-head model whose ``classifier(bare model)`` is it) with the fine-tuning
     rate, writing ft_{usenet}_epoch{E}.pth; then, on rank 0, the final evaluation, the curves and the
     closing line. Returns the records."""
-    weights_name = f'ft_{args.usenet}_epoch{{epoch}}.pth'
+    cfg = run.train
+    weights_name = f'ft_{models.file_stem(run.model.usenet)}_epoch{{epoch}}.pth'
     criterion = nn.CrossEntropyLoss() if train_set is not None else None
     records = _fit(
         model,
         criterion,
         train_set,
-        args,
-        cfg,
+        run,
+        facts,
         run_dir,
         phase,
-        lr=args.lr_fine,
+        lr=run.lr_fine,
         task='classification',
         weights_name=weights_name,
         evaluate=evaluate,
@@ -321,7 +335,7 @@ def _fit_classifier(model, train_set, val_set, classes, args, cfg, run_dir, phas
             nn.CrossEntropyLoss(),
             cfg,
             run_dir,
-            args.learning_mode,
+            run.learning_mode,
         )
         pictures(None, run_dir, filters=False)
         print(
@@ -333,37 +347,41 @@ def _fit_classifier(model, train_set, val_set, classes, args, cfg, run_dir, phas
     return records
 
 
-def run_evaluation(args, cfg):
+def run_evaluation(run):
     """Evaluate fine-tuned weights (-pw or --resume) on -val: metrics.json, per_class.csv, confusion matrix."""
-    _, val_set, classes = _class_sets(args, need_train=False)
-    if not args.path2weight and not args.resume:
+    cfg = run.train
+    _, val_set, classes, run = _class_sets(run, need_train=False)
+    if not run.model.path2weight and not run.resume:
         raise UserError("--evaluate needs the fine-tuned weights: -pw FILE (or --resume checkpoint.pth)")
-    source = runs.resolve_resume(args.resume) if args.resume else args.path2weight
-    model, report = models.load_for(args.usenet, source, len(classes))
+    source = runs.resolve_resume(run.resume) if run.resume else run.model.path2weight
+    model, report = models.load_for(run.model.usenet, source, len(classes), input_size=run.data.augment.crop_size)
+    regression = runs.regression_weights(source, report['meta'])
+    if regression:
+        raise UserError(f"{source} holds {regression}, not a classifier; fine-tune them first, then evaluate")
     if report['head_reinitialised']:
         raise UserError(
             f"{source} has a head of {report['stored_classes']} outputs but "
-            f"{args.val or 'the validation folder'} has {len(classes)} classes: these are not "
+            f"{run.data.val or 'the validation folder'} has {len(classes)} classes: these are not "
             f"fine-tuned weights for this dataset"
         )
-    args.resume = ''
-    run_dir, _ = open_run(args, cfg, 'evaluation')
+    run_dir, _, _ = open_run(replace(run, resume=''), 'evaluation', {})
     model = engine.prepare_model(model, cfg)
-    metrics = write_evaluation(model, val_set, classes, nn.CrossEntropyLoss(), cfg, run_dir, args.learning_mode)
-    print(engine.format_metrics(metrics), flush=True)
+    metrics = write_evaluation(model, val_set, classes, nn.CrossEntropyLoss(), cfg, run_dir, run.learning_mode)
+    if distributed.is_main(cfg):  # rank 0 alone evaluated
+        print(engine.format_metrics(metrics), flush=True)
     return metrics
 
 
 # ---------------------------------------------------------------------------------------------- combined
-def _combined_folders(args, cfg):
+def _combined_folders(run):
     """(top run folder, pretraining checkpoint or None, fine-tuning checkpoint or None) of a combined run:
     a fresh dated folder, or the one --resume names (the top folder, a phase folder or a checkpoint)."""
-    if not args.resume:
-        top = runs.make_run_dir(args.output, cfg)
-        if distributed.is_main(cfg):
-            runs.write_settings(top, _settings(args, cfg))
+    if not run.resume:
+        top = runs.make_run_dir(run.output, run.train)
+        if distributed.is_main(run.train):
+            runs.write_settings(top, record(run))
         return top, None, None
-    top = os.path.abspath(args.resume)
+    top = os.path.abspath(run.resume)
     if os.path.isfile(top):
         top = os.path.dirname(top)
     if os.path.basename(top) in PHASES:
@@ -372,64 +390,66 @@ def _combined_folders(args, cfg):
     found = [c if os.path.isfile(c) else None for c in found]
     if not any(found):
         raise UserError(
-            f"--resume {args.resume}: no pretraining/{runs.CHECKPOINT_NAME} or finetuning/"
+            f"--resume {run.resume}: no pretraining/{runs.CHECKPOINT_NAME} or finetuning/"
             f"{runs.CHECKPOINT_NAME} there; pass the folder of a -lm combined run"
         )
     return top, found[0], found[1]
 
 
-def run_combined(args, cfg):
+def pretraining_phase(run):
+    """The pretraining phase of -lm combined: the PH task on -t2/-v2 for --epochs_pre epochs, the head of
+    -nd outputs (the class folders' number with --label_type class), the encoder never frozen."""
+    return replace(
+        run,
+        phase='pretraining',
+        resume='',
+        train=replace(run.train, epochs=run.epochs_pre, freeze_encoder=False),
+        data=replace(run.data, train=run.ph_train, val=run.ph_val),
+        model=replace(run.model, numof_classes=None if run.data.label.label_type == 'class' else run.ph_dims),
+    )
+
+
+def run_combined(run):
     """Pretraining phase, then fine-tuning from its weights, in ``<run>/pretraining`` and ``<run>/finetuning``."""
-    if not args.train:  # the fine-tuning data are checked before the (long) first phase starts
+    cfg = run.train
+    if not run.data.train:  # the fine-tuning data are checked before the (long) first phase starts
         raise UserError(
             "-lm combined fine-tunes on labelled images: give their class folders with -t DIR "
             "(the pretraining images, if any, with -t2)"
         )
-    check_class_layout(args.train, '-t')
-    check_class_layout(resolve_val(data_config(args)), '-val')
-    top, pre_ckpt, ft_ckpt = _combined_folders(args, cfg)
+    check_class_layout(run.data.train, '-t')
+    check_class_layout(resolve_val(run.data), '-val')
+    top, pre_ckpt, ft_ckpt = _combined_folders(run)
     if distributed.is_main(cfg):
         print(
-            f"combined run in {top}: pretraining for {args.epochs_pre} epochs, then fine-tuning for "
-            f"{args.epochs} epochs",
+            f"combined run in {top}: pretraining for {run.epochs_pre} epochs, then fine-tuning for {cfg.epochs} epochs",
             flush=True,
         )
-    pre = phase_args(
-        args,
-        'pretraining',
-        epochs=args.epochs_pre,
-        train=args.ph_train,
-        val=args.ph_val,
-        freeze_encoder=False,
-        resume='',
-        numof_classes=None if args.label_type == 'class' else args.ph_dims,
-    )
-    pre_cfg = dataclasses.replace(cfg, epochs=args.epochs_pre, freeze_encoder=False)
     init_state, done = None, 0
     if ft_ckpt is None:
         state = runs.load_checkpoint(pre_ckpt) if pre_ckpt else None
-        if state is not None and int(state['epoch']) >= args.epochs_pre:
+        if state is not None and int(state['epoch']) >= run.epochs_pre:
             init_state = state['model']
             print(f"pretraining phase already complete ({pre_ckpt}); fine-tuning from it", flush=True)
         else:
-            pre.resume = pre_ckpt or ''
-            model, records = run_pretraining(pre, pre_cfg, os.path.join(top, 'pretraining'), phase='pretraining')
+            pre = replace(pretraining_phase(run), resume=pre_ckpt or '')
+            model, records = run_pretraining(pre, os.path.join(top, 'pretraining'), phase='pretraining')
             done = len(records)
-            if not records or records[-1]['epoch'] < args.epochs_pre:
+            if not records or records[-1]['epoch'] < run.epochs_pre:
                 return _stopped(cfg, top)
             init_state = model.state_dict()
             if cfg.stop_after > 0 and done >= cfg.stop_after:
                 return _stopped(cfg, top)
     stop_after = cfg.stop_after - done if cfg.stop_after > 0 else 0
-    ft = phase_args(args, 'finetuning', resume=ft_ckpt or '', path2weight=None, stop_after=stop_after)
-    _, records = run_finetuning(
-        ft,
-        dataclasses.replace(cfg, stop_after=stop_after),
-        os.path.join(top, 'finetuning'),
+    ft = replace(
+        run,
         phase='finetuning',
-        init_state=init_state,
+        resume=ft_ckpt or '',
+        model=replace(run.model, path2weight=None),
+        train=replace(cfg, stop_after=stop_after),
     )
-    if records and records[-1]['epoch'] < args.epochs:
+    _, records = run_finetuning(ft, os.path.join(top, 'finetuning'), phase='finetuning', init_state=init_state)
+    if records and records[-1]['epoch'] < cfg.epochs:
         return _stopped(cfg, top)
     return None
 
@@ -440,9 +460,10 @@ def _stopped(cfg, top):
 
 
 # ----------------------------------------------------------------------------------- simultaneous / alternating
-def _two_head_model(args):
-    model = build_finetune_model(args, quiet=bool(args.resume))
-    return TwoHeads(model, args.ph_dims)
+def _two_head_model(run):
+    """(two-head model, ``run`` with the head size read from -pw)."""
+    model, run = _finetune_model(run, quiet=bool(run.resume))
+    return TwoHeads(model, run.ph_dims), run
 
 
 def _ph_eval(val_ph, criterion, cfg):
@@ -467,24 +488,24 @@ def _net(two_heads):
     return two_heads.net
 
 
-def run_simultaneous(args, cfg):
+def run_simultaneous(run):
     """One labelled folder, two heads: CE on the classes + ph_weight x MSE on PH labels of the same images."""
-    if not args.train:
+    data, cfg = run.data, run.train
+    if not data.train:
         raise UserError("-lm simultaneous trains on labelled images: give their class folders with -t DIR")
-    data = data_config(args)
-    train_set, val_set, val_ph, classes = data_sources.build_simultaneous_sets(data, args.ph_dims)
-    resolve_num_classes(args, classes, resolve_val(data))
-    model = _two_head_model(args)
-    run_dir, checkpoint = _start(
-        args,
-        cfg,
+    train_set, val_set, val_ph, classes = sources.build_simultaneous_sets(data, run.ph_dims)
+    run = _resolve_classes(run, classes, resolve_val(data))
+    model, run = _two_head_model(run)
+    run_dir, checkpoint, facts = _start(
+        run,
+        {},
         'simultaneous',
         None,
         train_set,
         classes,
         f"{len(train_set)} training / {len(val_set)} validation images, {len(classes)} "
-        f"classes; PH labels {args.label_type} of dimension {args.ph_dims}, weight "
-        f"{args.ph_weight}",
+        f"classes; PH labels {data.label.label_type} of dimension {run.ph_dims}, weight "
+        f"{cfg.ph_weight}",
         titles=lambda target: classes[target[0]],
     )
     model = engine.prepare_model(model, cfg)
@@ -499,8 +520,8 @@ def run_simultaneous(args, cfg):
         None,
         val_set,
         classes,
-        args,
-        cfg,
+        run,
+        facts,
         run_dir,
         'simultaneous',
         lambda m, e: {**class_eval(m, e), **ph_eval(m, e)},
@@ -510,24 +531,25 @@ def run_simultaneous(args, cfg):
     )
 
 
-def run_alternating(args, cfg):
+def run_alternating(run):
     """Batches alternate between the labelled folder -t (CE) and PH-labelled images (-t2 or generated; MSE)."""
-    train_set, val_set, classes = _class_sets(args, need_train=True)
-    ph_data = dataclasses.replace(data_config(args), train=args.ph_train, val=args.ph_val)
-    ph_train, ph_val = data_sources.build_pretraining_sets(ph_data, args.ph_dims, '-nd')
+    cfg = run.train
+    train_set, val_set, classes, run = _class_sets(run, need_train=True)
+    ph_data = replace(run.data, train=run.ph_train, val=run.ph_val)
+    ph_train, ph_val = sources.build_pretraining_sets(ph_data, run.ph_dims, '-nd')
 
-    model = _two_head_model(args)
-    source = 'generated on the fly' if args.ph_train is None else f'from {args.ph_train}'
-    run_dir, checkpoint = _start(
-        args,
-        cfg,
+    model, run = _two_head_model(run)
+    source = 'generated on the fly' if run.ph_train is None else f'from {run.ph_train}'
+    run_dir, checkpoint, facts = _start(
+        run,
+        {},
         'alternating',
         None,
         train_set,
         classes,
         f"{len(train_set)} labelled training / {len(val_set)} validation images, "
         f"{len(classes)} classes; {len(ph_train)} PH images {source} (labels "
-        f"{args.label_type}, dimension {args.ph_dims}, weight {args.ph_weight})",
+        f"{run.data.label.label_type}, dimension {run.ph_dims}, weight {cfg.ph_weight})",
         titles=lambda target: classes[target],
     )
     model = engine.prepare_model(model, cfg)
@@ -547,8 +569,8 @@ def run_alternating(args, cfg):
         None,
         val_set,
         classes,
-        args,
-        cfg,
+        run,
+        facts,
         run_dir,
         'alternating',
         lambda m, e: {**class_eval(m, e), **ph_eval(m, e)},
@@ -558,12 +580,12 @@ def run_alternating(args, cfg):
     )
 
 
-def _run_pretraining_mode(args, cfg):
-    run_pretraining(args, cfg)
+def _run_pretraining_mode(run):
+    run_pretraining(run)
 
 
-def _run_finetuning_mode(args, cfg):
-    run_finetuning(args, cfg)
+def _run_finetuning_mode(run):
+    run_finetuning(run)
 
 
 RUNNERS = {

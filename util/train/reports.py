@@ -8,13 +8,21 @@ import numpy as np
 from models import unwrap
 from util.io import fileio
 from util.train import engine
+from util.train.distributed import is_main
 from util.train.runs import LOG_NAME
 
 
 def write_evaluation(model, val_set, classes, criterion, cfg, run_dir, mode):
-    """metrics.json, per_class.csv, confusion_matrix.csv and .png in ``run_dir``; returns the metrics."""
+    """metrics.json, per_class.csv, confusion_matrix.csv and .png in ``run_dir``; returns the metrics.
+
+    Rank 0 alone evaluates and writes (under torchrun the other ranks return {} at once)."""
+    if not is_main(cfg):
+        return {}
     loader = engine.make_loader(val_set, cfg, 0, shuffle=False, train=False)
-    metrics, cm = engine.evaluate_classification(model, loader, criterion, cfg, len(classes))
+    try:
+        metrics, cm = engine.evaluate_classification(model, loader, criterion, cfg, len(classes))
+    finally:
+        engine.release_loaders(cfg)  # after the training loop: its workers are not needed again
     per_class = np.divide(np.diag(cm), cm.sum(1), out=np.full(len(classes), np.nan), where=cm.sum(1) > 0)
     fileio.write_csv(
         os.path.join(run_dir, 'per_class.csv'),

@@ -12,8 +12,8 @@ import torch
 from models import unwrap
 from util.errors import UserError
 from util.io import fileio
-from util.train.datasets import IMAGENET_MEAN, IMAGENET_STD
 from util.train.distributed import broadcast_object, is_main
+from util.train.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 CHECKPOINT_NAME = 'checkpoint.pth'
 LOG_NAME = 'log.jsonl'
@@ -65,19 +65,11 @@ def jsonable(settings):
 
 
 class RunLogger:
-    """Per-epoch JSON-lines log (+ TensorBoard scalars when the package is installed), rank 0 only."""
+    """Per-epoch JSON-lines log, rank 0 only (TensorBoard, when asked: :mod:`util.train.tensorboard_log`)."""
 
     def __init__(self, run_dir, enabled=True):
         self.path = os.path.join(run_dir, LOG_NAME)
         self.enabled = enabled
-        self.tb = None
-        if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(log_dir=os.path.join(run_dir, 'tensorboard'))
-            except Exception:  # TensorBoard is optional
-                self.tb = None
 
     def log(self, record):
         if not self.enabled:
@@ -100,11 +92,6 @@ class RunLogger:
                 f"cannot write {self.path}: {e.strerror}; make room, then continue with --resume "
                 f"{os.path.dirname(self.path)}"
             ) from None
-        if self.tb is not None:
-            for k, v in record.items():
-                if isinstance(v, (int, float)) and k != 'epoch':
-                    self.tb.add_scalar(k, v, record.get('epoch', 0))
-            self.tb.flush()
 
     def truncate_after(self, epoch):
         """Drop records of epochs after ``epoch`` (a resumed run repeats them)."""
@@ -122,8 +109,7 @@ class RunLogger:
         fileio.write_text(self.path, ''.join(k + '\n' for k in keep))
 
     def close(self):
-        if self.tb is not None:
-            self.tb.close()
+        pass
 
 
 def rng_state():
@@ -145,7 +131,9 @@ def set_rng_state(state):
     np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
     random.setstate(_list_to_tuple(state['python']))
     if 'cuda' in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state['cuda'])
+        # the checkpoint may come from a machine with more (or fewer) GPUs: restore the devices both have
+        for i, s in enumerate(list(state['cuda'])[: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(s, i)
 
 
 def _tuple_to_list(x):
@@ -252,29 +240,51 @@ def resume_changes(recorded, now, done_epoch):
             if isinstance(after, int) and isinstance(before, int) and after < before:
                 changes.append(f"--epochs_pre: {before} -> {after} (it may only grow)")
             continue
+        if key == 'label_matrix':  # not a flag: the labels the run trained on (util.train.sources.label_record)
+            if before != after:
+                changes.append(f"the label matrix was recomputed since (now {after!r}, the run had {before!r})")
+            continue
         if not _same_setting(before, after):
             changes.append(f"--{key}: {before!r} -> {after!r}")
     return changes
 
 
-def check_resume(run_dir, checkpoint, now):
-    """Refuse (UserError listing them) changes that alter the experiment against the run's ``args.json`` (else
-    the settings in its checkpoint)."""
-    recorded = None
+def _stored_outputs(checkpoint, arch):
+    """The head size of the model in ``checkpoint`` (a two-head model's classifier), or None if it cannot tell."""
+    import models
+    from models.loading import classifier_state
+
+    state = checkpoint.get('model')
+    if not isinstance(state, dict) or not arch:
+        return None
     try:
-        with open(os.path.join(run_dir, 'args.json'), encoding='utf-8') as f:
-            recorded = json.load(f)
-    except (OSError, ValueError):
-        recorded = None
-    if not isinstance(recorded, dict):
-        recorded = checkpoint.get('args') if isinstance(checkpoint.get('args'), dict) else {}
-    changes = resume_changes(recorded, now, int(checkpoint['epoch']))
-    if changes:
-        shown = '; '.join(changes[:6]) + ('; ...' if len(changes) > 6 else '')
+        return models.infer_num_classes(classifier_state(state), arch)
+    except (UserError, ValueError, KeyError):
+        return None
+
+
+def check_resume(run_dir, checkpoint, now):
+    """Refuse (UserError listing them) changes that alter the experiment against the run's ``args.json`` and
+    against the settings the checkpoint itself records (a checkpoint of another run, copied in, is refused by
+    its own settings); refuse a checkpoint whose model head is not of the size this run builds (-nc)."""
+    recorded = _run_args(run_dir)
+    own = checkpoint.get('args') if isinstance(checkpoint.get('args'), dict) else None
+    done = int(checkpoint['epoch'])
+    for what, settings in (("that run's args.json", recorded), ('its checkpoint', own)):
+        changes = resume_changes(settings, now, done) if settings is not None else []
+        if changes:
+            shown = '; '.join(changes[:6]) + ('; ...' if len(changes) > 6 else '')
+            raise UserError(
+                f"--resume {run_dir}: {len(changes)} setting(s) differ from {what}: {shown}; "
+                "give them as the run had them (only workers, intervals, --stop_after and a larger -e may "
+                "change), or start a new run without --resume"
+            )
+    stored, wanted = _stored_outputs(checkpoint, jsonable(now).get('usenet')), jsonable(now).get('numof_classes')
+    if stored is not None and isinstance(wanted, int) and stored != wanted:
         raise UserError(
-            f"--resume {run_dir}: {len(changes)} setting(s) differ from that run's args.json: {shown}; "
-            "give them as the run had them (only workers, intervals, --stop_after and a larger -e may "
-            "change), or start a new run without --resume"
+            f"--resume {run_dir}: the model in its {CHECKPOINT_NAME} has a head of {stored} outputs, this run "
+            f"builds {wanted} (-nc): that checkpoint is not this run's; resume the run it belongs to, or start a "
+            "new run without --resume"
         )
 
 
@@ -337,3 +347,36 @@ def read_classes(path):
             raise UserError(f"{path} must hold a JSON list of class names")
         return [str(n) for n in names]
     return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _run_args(folder):
+    """The ``args.json`` of a run folder as a dict, or None."""
+    try:
+        with open(os.path.join(folder, 'args.json'), encoding='utf-8') as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def regression_weights(path, meta=None):
+    """Why the weights file ``path`` is a pretraining (PH regression) model and no classifier, or None when
+    nothing says so.  Told by the checkpoint's own ``mode``/``phase`` (``meta``: its entries other than tensors),
+    else by the ``args.json`` of the run that wrote it (its folder; a combined run's ``pretraining/`` phase
+    folder: the run's top folder).  ``--label_type class`` pretraining trains a classifier: not refused."""
+    meta = meta or {}
+    if meta.get('mode') or meta.get('phase'):
+        recorded = meta.get('args') if isinstance(meta.get('args'), dict) else {}
+        if (meta.get('phase') or meta.get('mode')) == 'pretraining' and recorded.get('label_type') != 'class':
+            return "pretraining weights (PH label regression; its checkpoint's mode says so)"
+        return None
+    folder = os.path.dirname(os.path.abspath(path))
+    recorded = _run_args(folder)
+    if recorded is None and os.path.basename(folder) == 'pretraining':
+        top = _run_args(os.path.dirname(folder))
+        if top is not None and top.get('learning_mode') == 'combined':
+            return f"the pretraining phase's weights of the combined run {os.path.dirname(folder)} (PH regression)"
+    phase = (recorded or {}).get('phase') or (recorded or {}).get('learning_mode')
+    if phase == 'pretraining' and recorded.get('label_type') != 'class':  # a combined run's phase says 'phase'
+        return f"pretraining weights (PH label regression; {os.path.join(folder, 'args.json')} says so)"
+    return None

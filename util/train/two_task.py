@@ -9,8 +9,9 @@ from util.train import engine
 def _two_task_step(model, optimizer, inputs, classes, ph_labels, cfg, epoch, it):
     """One optimiser step on ``CE(classes) + ph_weight * MSE(ph_labels)`` (either may be None).
 
-    Returns (ce, mse, correct) as floats/ints (None for an absent term). Both heads always enter the loss
-    (an absent one with weight 0) so that DDP sees every parameter used.
+    Returns (ce, mse, correct) as detached device tensors (None for an absent term): nothing waits for the
+    device here.  Both heads always enter the loss (an absent one with weight 0) so that DDP sees every
+    parameter used.
     """
     with engine.autocast(cfg):
         out, ph = model(inputs)
@@ -20,12 +21,12 @@ def _two_task_step(model, optimizer, inputs, classes, ph_labels, cfg, epoch, it)
     if classes is not None:
         ce_t = F.cross_entropy(out, classes)
         loss = loss + ce_t
-        ce = ce_t.item()
-        correct = (out.argmax(1) == classes).sum().item()
+        ce = ce_t.detach()
+        correct = (out.detach().argmax(1) == classes).sum()
     if ph_labels is not None:
         mse_t = F.mse_loss(ph, ph_labels)
         loss = loss + cfg.ph_weight * mse_t
-        mse = mse_t.item()
+        mse = mse_t.detach()
     engine.optimizer_step(loss, optimizer, epoch, it, 'the learning rate (--lr_fine) or --ph_weight')
     return ce, mse, correct
 
@@ -47,6 +48,8 @@ def _epoch_metrics(sums, seconds, ph_key='train_ph_loss'):
         ph_key: sums.ph_loss / max(sums.ph_images, 1),
         'seconds': seconds,
     }
+    if hasattr(sums, 'data_wait'):
+        metrics['data_wait'] = round(sums.data_wait, 4)
     return metrics, sums.loss / max(sums.images, 1)
 
 
@@ -63,7 +66,7 @@ def simultaneous_step(cfg):
         sums.images += n
         sums.ph_loss += mse * n
         sums.ph_images += n
-        return {'ce': f'{ce:.4g}', 'ph': f'{mse:.4g}'}
+        return {'ce': ce, 'ph': mse}
 
     return step
 
@@ -104,7 +107,7 @@ def alternating_step(cfg, ph_batches):
             sums.loss += ce * inputs.shape[0]
             sums.correct += correct
             sums.images += inputs.shape[0]
-            shown = {'ce': f'{ce:.4g}'}
+            shown = {'ce': ce}
         ph_inputs, ph_targets, ph_dropped = next(ph_batches, (None, None, 0))
         sums.skipped += ph_dropped
         if ph_inputs is not None:

@@ -6,6 +6,7 @@ One module per concern:
 * :mod:`~util.io.download.archives`: validated extraction of tar/zip archives, the restricted unpickler;
 * :mod:`~util.io.download.converters`: readers of the published formats (CIFAR pickles, IDX), the split
   writers with their ``.partial``/``.done`` markers, the per-dataset layouts;
+* :mod:`~util.io.download.medmnist`: the MedMNIST 2-D sets (their table, the streaming ``.npz`` reader);
 * :mod:`~util.io.download.catalog`: the URL/checksum table and the entry points :func:`download_dataset`
   and :func:`setup_local_dataset`.
 
@@ -20,6 +21,7 @@ from util.io.download.catalog import (
     LOCAL_ONLY,
     SOURCES,
     Source,
+    dataset_key,
     download_dataset,
     load_sources_file,
     normalize_sources,
@@ -50,6 +52,7 @@ __all__ = [
     'RestrictedUnpickler',
     'Source',
     'checksum_algorithm',
+    'dataset_key',
     'download_dataset',
     'download_file',
     'extract_once',

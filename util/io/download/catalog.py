@@ -16,7 +16,7 @@ import os
 from collections import namedtuple
 
 from util.errors import UserError
-from util.io.download import converters, network
+from util.io.download import converters, medmnist, network
 from util.io.download.converters import MNIST_FILES
 from util.io.download.network import checksum_algorithm
 from util.io.fileio import ensure_dir
@@ -86,7 +86,9 @@ SOURCES = {
     ],
 }
 
-DATASET_NAMES = tuple(SOURCES)
+DATASET_NAMES = tuple(SOURCES) + medmnist.NAMES
+#: MedMNIST's 2-D sets at every size: 'pathmnist' (28 pixels), 'pathmnist_64', ... (see :func:`dataset_key`)
+SOURCES.update(medmnist.sources())
 Source = namedtuple('Source', 'urls filename checksum')
 
 
@@ -149,8 +151,24 @@ def load_sources_file(path):
 # ----------------------------------------------------------------------------------------------------
 
 
-def download_dataset(name, raw_dir, data_dir, sources=None, val_ratio=0.2, progress=True):
+def dataset_key(name, size=None):
+    """The source-table key and output folder name of ``name``: the name itself, or for a MedMNIST set at
+    ``size`` pixels (default 28) ``<name>`` / ``<name>_<size>``.  UserError for a --size the set lacks, a size
+    given for another dataset, or a set that cannot be class folders (multi-label ChestMNIST)."""
+    if name in medmnist.NAMES:
+        size = 28 if size is None else size
+        medmnist.check_usable(name, size)
+        return medmnist.key(name, size)
+    if size is not None:
+        raise UserError(f"--size is for the MedMNIST sets ({', '.join(medmnist.NAMES)}); {name} has one size")
+    return name
+
+
+def download_dataset(name, raw_dir, data_dir, sources=None, val_ratio=0.2, progress=True, size=None):
     """Download, verify and convert dataset ``name`` into ``<data_dir>/<name>/{train,val}/<class>/``.
+
+    MedMNIST sets (``pathmnist``, ...) go to ``<data_dir>/<key>/{train,val,test}/<class>/`` with ``key`` from
+    :func:`dataset_key` (``size``: 28, 64, 128 or 224 pixels; default 28).
 
     ``raw_dir``: where the archives are kept (and unpacked, for the folder datasets).
     ``sources``: a table like :data:`SOURCES` (only the entry for ``name`` is used); default SOURCES.
@@ -163,20 +181,27 @@ def download_dataset(name, raw_dir, data_dir, sources=None, val_ratio=0.2, progr
         raise UserError(f"unknown dataset {name!r} (--dataset); choose one of {', '.join(DATASET_NAMES)}")
     if not 0 <= val_ratio < 1:
         raise UserError(f"--validation_ratio must be in [0, 1), got {val_ratio}")
+    key = dataset_key(name, size)
     table = SOURCES if sources is None else sources
-    if name not in table:
-        raise UserError(f"the source table has no entry for {name}")
-    entries = normalize_sources(table[name], name)
-    out_root, result = converters.open_output(data_dir, name)
+    if key not in table:
+        raise UserError(f"the source table has no entry for {key}")
+    entries = normalize_sources(table[key], key)
+    splits = medmnist.SPLITS if name in medmnist.NAMES else converters.SPLITS
+    out_root, result = converters.open_output(data_dir, key, splits)
     if result is None:
-        return {'path': out_root, 'train': None, 'val': None}
+        return {'path': out_root, **dict.fromkeys(splits)}
     ensure_dir(raw_dir, what='raw file folder (--raw_file_path)')
     raw_paths = {}
     for src in entries:
         raw_paths[src.filename] = network.download_file(
             src.urls, os.path.join(raw_dir, src.filename), md5=src.checksum, progress=progress
         )
-    result.update(converters.convert_dataset(name, raw_paths, raw_dir, out_root, val_ratio, progress))
+    if name in medmnist.NAMES:
+        if f'{key}.npz' not in raw_paths:
+            raise UserError(f"the sources of {key} must include a file named {key + '.npz'!r}")
+        result.update(medmnist.convert(name, raw_paths[f'{key}.npz'], out_root, progress))
+    else:
+        result.update(converters.convert_dataset(name, raw_paths, raw_dir, out_root, val_ratio, progress))
     return result
 
 

@@ -199,9 +199,9 @@ def split_done(out_root, split):
     return os.path.exists(_marker(out_root, split, 'done'))
 
 
-def _check_output(out_root):
-    """Refuse to write into a train/val folder that exists but was not started by this module."""
-    for split in SPLITS:
+def _check_output(out_root, splits=SPLITS):
+    """Refuse to write into a split folder that exists but was not started by this module."""
+    for split in splits:
         folder = os.path.join(out_root, split)
         if (
             os.path.exists(folder)
@@ -406,13 +406,14 @@ def convert_dataset(name, raw_paths, raw_dir, out_root, val_ratio, progress):
     return counts
 
 
-def open_output(data_dir, name):
+def open_output(data_dir, name, splits=SPLITS):
     """(``data_dir/name``, the result dict to fill) for a dataset still to be written, or (that folder, None)
-    when both splits are complete already (said on stdout); the folder is checked and created."""
+    when all its ``splits`` are complete already (said on stdout); the folder is checked and created."""
     out_root = os.path.join(data_dir, name)
-    if all(split_done(out_root, s) for s in SPLITS):
-        print(f"{out_root}: already complete (remove its .train.done/.val.done to redo it)")
+    if all(split_done(out_root, s) for s in splits):
+        markers = '/'.join(f'.{s}.done' for s in splits)
+        print(f"{out_root}: already complete (remove its {markers} to redo it)")
         return out_root, None
-    _check_output(out_root)
+    _check_output(out_root, splits)
     ensure_dir(out_root, what='output folder (--data_file_path)')
-    return out_root, {'path': out_root, 'train': None, 'val': None}
+    return out_root, {'path': out_root, **dict.fromkeys(splits)}

@@ -1,0 +1,75 @@
+"""The run configuration: built once from the flags (util/cli/build.py), its dataclass defaults are the flags'
+defaults, it is frozen, phases are derived from it, and what a run finds is returned, not written onto the flags."""
+
+import dataclasses
+
+import pytest
+
+from util.cli.build import build_pretraining_sets, run_config
+from util.cli.flags import get_args_parser
+from util.config import DEFAULT_NUM_OUTPUTS, RunConfig, record, resolve_num_classes
+from util.errors import UserError
+
+
+@pytest.mark.parametrize('mode', ['pretraining', 'finetuning'])
+def test_flag_defaults_are_the_dataclass_defaults(mode):
+    run = run_config(get_args_parser(mode).parse_args([]))
+    assert dataclasses.replace(run, flags=()) == RunConfig(learning_mode=mode, phase=mode)
+
+
+def test_record_keeps_the_flag_names_of_args_json():
+    """args.json holds every flag under its name, plus the phase and the device set-up."""
+    args = get_args_parser('pretraining').parse_args(['-pd', 'PH', '-p', 'gloo', '--label_norm_floor', '0.2'])
+    rec = record(run_config(args))
+    assert set(rec) == set(vars(args)) | {'phase', 'rank', 'local_rank', 'distributed'}
+    assert {k: rec[k] for k in vars(args)} == vars(args)
+    assert rec['path2PHdir'] == 'PH' and rec['pidf'] == 'gloo' and rec['label_norm_floor'] == 0.2
+
+
+def test_configuration_is_frozen_and_phases_are_derived():
+    from util.train.modes import pretraining_phase
+
+    args = get_args_parser('finetuning').parse_args(
+        ['-lm', 'combined', '-t', 'lab', '-t2', 'ph', '-e', '5', '--epochs_pre', '3', '-nd', '40', '-fe']
+    )
+    run = run_config(args)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        run.train.epochs = 1
+    pre = pretraining_phase(run)
+    assert (pre.phase, pre.train.epochs, pre.train.freeze_encoder, pre.data.train, pre.model.numof_classes) == (
+        'pretraining',
+        3,
+        False,
+        'ph',
+        40,
+    )
+    assert (run.train.epochs, run.train.freeze_encoder, run.data.train, run.model.numof_classes) == (
+        5,
+        True,
+        'lab',
+        None,
+    )
+    rec = record(pre)
+    assert rec['epochs'] == 3 and rec['train'] == 'ph' and rec['numof_classes'] == 40 and rec['phase'] == 'pretraining'
+
+
+def test_resolve_num_classes():
+    assert resolve_num_classes(None) == DEFAULT_NUM_OUTPUTS
+    assert resolve_num_classes(7) == 7
+    assert resolve_num_classes(None, ['a', 'b'], 'x') == 2
+    with pytest.raises(UserError, match="-nc 3 but 'x' has 2 classes"):
+        resolve_num_classes(3, ['a', 'b'], 'x')
+
+
+def test_label_statistics_are_returned_not_written_onto_the_flags():
+    from util.train import sources
+
+    args = get_args_parser('pretraining').parse_args(
+        ['-n', '4', '-nv', '0', '--img_size', '40', '--crop_size', '32', '-nc', '40', '--label_norm', 'standard']
+    )
+    before = dict(vars(args))
+    train, val = build_pretraining_sets(args)
+    assert vars(args) == before and val is None
+    _, _, facts = sources.pretraining_sets(run_config(args), 40)
+    assert len(facts['label_norm_mean']) == 40 and facts['label_norm_count'] == 4 and facts['label_norm_floor'] == 0.1
+    assert vars(args) == before

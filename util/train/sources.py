@@ -1,0 +1,599 @@
+"""The datasets each learning mode trains and validates on, assembled from a :class:`util.config.DataConfig`
+(built from the data flags by :mod:`util.cli.build`): PH labels (computed, diagrams of -pd, a label matrix),
+the random-target control, class folders, and ``--label_norm standard`` around the pretraining sets.
+
+Random targets (``--label_type random``): image ``key`` gets
+``default_rng([seed, *sha256(key)[:16] as 4 uint32]).standard_normal(D)``, a fixed N(0, 1) vector that depends
+only on ``--seed`` and the image's identity, never on its pixels:
+
+* an image of a folder: ``key`` = its path relative to the folder without the extension, '/'-separated
+  (so ``PHdict.py --label_type random`` on the images or on their diagrams, and pretraining without a label
+  matrix, give the same vectors);
+* a generated image: ``key`` = ``generated/<stream>/<index>`` (index ``epoch x n + i`` when images are
+  fresh each epoch).
+
+Scale: each component has mean 0 and variance 1, the scale of ``--label_norm standard`` PH labels (raw PH
+labels have their own, much smaller scale; the control matches the dimension, and the scale of the
+standardised labels).  Only ``-ph pre`` makes sense (a random target describes a whole image).
+
+Numpy only at import (PHdict.py imports the random targets); torch comes with the datasets when sets are built.
+"""
+
+import hashlib
+import json
+import os
+import sys
+
+import numpy as np
+
+from util.errors import UserError
+from util.io import fileio
+from util.io.provenance import describe
+
+RANDOM = 'random'
+
+
+# ----------------------------------------------------------------------------------------- random targets
+def image_key(rel_path):
+    """The identity of a folder image: its relative path without extension, '/'-separated."""
+    return os.path.splitext(str(rel_path).replace(os.sep, '/'))[0]
+
+
+def random_target(seed, key, dim):
+    """The fixed N(0, 1) vector (float32 [dim]) of image ``key`` under ``seed``."""
+    words = np.frombuffer(hashlib.sha256(str(key).encode('utf-8')).digest()[:16], dtype='<u4')
+    rng = np.random.default_rng([int(seed)] + [int(w) for w in words])
+    return rng.standard_normal(int(dim)).astype(np.float32)
+
+
+def random_matrix(seed, keys, dim):
+    return np.asarray([random_target(seed, k, dim) for k in keys], dtype=np.float32).reshape(len(keys), int(dim))
+
+
+class RandomLabels:
+    """Label source of a folder (``label(index)`` like :class:`util.train.datasets.MatrixLabels`)."""
+
+    def __init__(self, rel_paths, dim, seed):
+        self.keys = [image_key(r) for r in rel_paths]
+        self.dim = int(dim)
+        self.seed = int(seed)
+
+    def label(self, index):
+        return random_target(self.seed, self.keys[index], self.dim)
+
+
+class GeneratedRandomLabels:
+    """Label source of generated images: ``label(index)`` of image ``index`` of one stream."""
+
+    def __init__(self, dim, seed, stream):
+        self.dim, self.seed, self.stream = int(dim), int(seed), int(stream)
+
+    def label(self, index):
+        return random_target(self.seed, f'generated/{self.stream}/{int(index)}', self.dim)
+
+
+# ------------------------------------------------------------------------------------------ pretraining
+
+
+def build_pretraining_sets(data, dim, dim_flag='-nc'):
+    """(train dataset, val dataset or None) of label vectors of length ``dim`` (set by the option ``dim_flag``)
+    for the data mode ``data`` (a :class:`util.config.DataConfig`) selects (see pretraining.py): a ``train``
+    folder with ``ph_dir`` (diagrams) / ``ph_dir`` + ``precomputed`` (label matrix) / nothing (computed), or
+    generated images. With ``--label_type random`` the labels are random targets (made in the loader, or
+    read from the ``labels_random`` matrix with ``precomputed``)."""
+    from util.train.datasets import ComputedLabels, GeneratedPH, pretrain_transforms, pretrain_val_transforms
+
+    random = data.label.label_type == RANDOM
+    if random:
+        if data.persistence == 'post':
+            raise UserError("--label_type random gives one fixed vector per image; use -ph pre")
+        vectoriser = computed = None
+    else:
+        vectoriser = data.label.vectoriser(dim, None if data.precomputed else dim_flag)
+        computed = ComputedLabels(vectoriser, data.filtration, data.gradient, data.ph_engine)
+    spatial, to_tensor = pretrain_transforms(data.augment)
+    val_spatial, val_to_tensor = pretrain_val_transforms(data.augment)
+
+    def random_labels(stream):
+        return {'index_labels': GeneratedRandomLabels(dim, data.seed, stream)} if random else {}
+
+    if data.train is None:
+        if random and data.cache_dir:
+            raise UserError(
+                "--cache_dir keeps PH diagrams of generated images; --label_type random needs none: drop --cache_dir"
+            )
+        cfg = data.generator
+        cfg.validate()
+        if data.n_samples < 1:
+            raise UserError("--n_samples must be at least 1")
+        train = GeneratedPH(
+            cfg,
+            data.seed,
+            data.n_samples,
+            computed,
+            spatial,
+            to_tensor,
+            data.persistence,
+            stream=0,
+            cache_dir=data.cache_dir,
+            **random_labels(0),
+        )
+        n_val = min(1000, max(1, data.n_samples // 10)) if data.n_samples_val < 0 else data.n_samples_val
+        val = None
+        if n_val > 0 and data.val is None:
+            val_cache = os.path.join(data.cache_dir, 'val') if data.cache_dir else None
+            val = GeneratedPH(
+                cfg,
+                data.seed,
+                n_val,
+                computed,
+                val_spatial,
+                val_to_tensor,
+                'pre',
+                stream=1,
+                cache_dir=val_cache,
+                fresh_each_epoch=False,
+                **random_labels(1),
+            )
+        elif data.val is not None and random:
+            val = _random_folder_set(data.val, '-val', val_spatial, val_to_tensor, data, dim, matrix_ok=False)
+        elif data.val is not None:
+            val = _folder_set(data.val, '-val', computed, val_spatial, val_to_tensor, 'pre', data, dim, vectoriser)
+        return train, val
+
+    if random:
+        if data.ph_dir and not data.precomputed:
+            print(
+                f"note: --label_type random makes its targets in the loader; the diagrams in -pd "
+                f"{data.ph_dir} are not used",
+                flush=True,
+            )
+        train = _random_folder_set(data.train, '-t', spatial, to_tensor, data, dim, matrix_ok=True)
+        val = None
+        if data.val is not None:
+            val = _random_folder_set(data.val, '-val', val_spatial, val_to_tensor, data, dim, matrix_ok=False)
+        return train, val
+    if data.precomputed and not data.ph_dir:
+        raise UserError("-pc reads precomputed labels from -pd; give -pd PHDIR")
+    if data.ph_dir and data.persistence == 'post':
+        raise UserError(
+            "-pd holds PH of whole images, which cannot describe augmented crops: use -ph pre, or "
+            "drop -pd to compute PH of each crop"
+        )
+    if data.ph_dir:
+        check_ph_dir(data, vectoriser)  # what -pd was made with is what this run says (and args.json records)
+    train = _folder_set(data.train, '-t', computed, spatial, to_tensor, data.persistence, data, dim, vectoriser)
+    val = None
+    if data.val is not None:
+        val = _folder_set(
+            data.val,
+            '-val',
+            computed,
+            val_spatial,
+            val_to_tensor,
+            'pre',
+            data,
+            dim,
+            vectoriser,
+            fallback_to_computed=True,
+        )
+    return train, val
+
+
+def _plain(value):
+    """A setting as compared with a recorded one: numbers as floats (50 and 50.0 agree), lists element-wise."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _flag_of(key):
+    return {'dim': '-nc', 'num_bins': '-nc (its bins)', 'gradient': '--gradient'}.get(key, f'--{key}')
+
+
+def check_ph_dir(data, vectoriser):
+    """Refuse an explicit -pd made with other settings than this run's flags: the label matrix's json (-pc:
+    filtration, gradient and every label parameter) or PHdict.py's settings.json (diagrams: filtration,
+    gradient), as the automatically found folder is refused.  A folder that records nothing (the original's,
+    older versions') is used as it is."""
+    from util.ph.labels import find_label_matrix, read_json
+
+    if data.precomputed:
+        found = find_label_matrix(data.ph_dir, data.label.label_type)
+        meta = read_json(os.path.splitext(found[0])[0] + '.json') if found else None
+        if not isinstance(meta, dict):
+            return
+        made = dict(meta.get('params') or {}, filtration=meta.get('filtration'), gradient=bool(meta.get('gradient')))
+        ours = dict(vectoriser.get_params(), filtration=data.filtration, gradient=bool(data.gradient))
+        what, fix = f"label matrix {found[0]}", f"or rerun PHdict.py --label_type {data.label.label_type} with them"
+    else:
+        settings = read_json(os.path.join(data.ph_dir, 'settings.json'))
+        diagram = settings.get('diagram') if isinstance(settings, dict) else None
+        if not isinstance(diagram, dict):
+            return
+        made = {'filtration': diagram.get('filtration'), 'gradient': bool(diagram.get('gradient', False))}
+        ours = {'filtration': data.filtration, 'gradient': bool(data.gradient)}
+        what, fix = 'diagrams', 'or give -pd a folder of diagrams made with them'
+    differ = [k for k in made if k in ours and made[k] is not None and _plain(made[k]) != _plain(ours[k])]
+    if differ:
+        shown = ', '.join(f"{_flag_of(k)} {made[k]!r} (this run: {ours[k]!r})" for k in differ)
+        raise UserError(
+            f"-pd {data.ph_dir}: its {what} were made with {shown}; give the same flags (args.json then records "
+            f"what the labels are) {fix}"
+        )
+
+
+def label_record(train):
+    """What pins a run's PH labels, for args.json and its checkpoints (a --resume after the labels were
+    recomputed differs): the label matrix (its file name and BLAKE2b digest) the training set reads, else {}."""
+    from util.io.provenance import fingerprint
+
+    source = getattr(getattr(train, 'labels', None), 'source', None)
+    if not source or not os.path.isfile(source):
+        return {}
+    return {'label_matrix': f"{os.path.basename(source)} blake2b {fingerprint(source)['hash']}"}
+
+
+def _list_folder(root, flag):
+    fileio.require_dir(root, 'image folder', flag)
+    rel = fileio.list_images(root)
+    if not rel:
+        raise UserError(f"no images (png, jpg, ...) found under {root!r} (given by {flag})")
+    return rel
+
+
+def _random_folder_set(root, flag, spatial, to_tensor, data, dim, matrix_ok):
+    """A folder with random targets (made here, or with ``matrix_ok`` and -pc read from labels_random)."""
+    from util.ph.labels import find_label_matrix, load_label_matrix
+    from util.train.datasets import FolderPH, MatrixLabels
+
+    rel = _list_folder(root, flag)
+    labels = RandomLabels(rel, dim, data.seed)
+    if matrix_ok and data.precomputed:
+        if not data.ph_dir:
+            raise UserError("-pc reads precomputed labels from -pd; give -pd PHDIR")
+        found = find_label_matrix(data.ph_dir, RANDOM)
+        if found is None:
+            raise UserError(
+                f"no labels_random.npy/.txt in {data.ph_dir!r}; run PHdict.py {root} -o "
+                f"{data.ph_dir} --label_type random --numof_dims {dim} --seed {data.seed}, "
+                f"or drop -pc (random targets are made in the loader)"
+            )
+        labels = MatrixLabels(*load_label_matrix(*found, expected_dim=dim), rel, found[0])
+    return FolderPH(root, rel, labels, spatial, to_tensor, 'pre', bad_images=data.bad_images)
+
+
+def _folder_set(
+    root, flag, computed, spatial, to_tensor, persistence, data, dim, vectoriser, fallback_to_computed=False
+):
+    from util.ph.labels import find_label_matrix, load_label_matrix, read_json, stale_rows
+    from util.train.datasets import DiagramDirLabels, FolderPH, MatrixLabels
+
+    rel = _list_folder(root, flag)
+    labels = computed
+    try:
+        if data.ph_dir:
+            fileio.require_dir(data.ph_dir, 'PH folder', '-pd')
+            if data.precomputed:
+                label_type = data.label.label_type
+                found = find_label_matrix(data.ph_dir, label_type)
+                if found is None:
+                    raise UserError(
+                        f"no labels_{label_type}.npy/.txt in {data.ph_dir!r}; run PHdict.py "
+                        f"{root} -o {data.ph_dir} --label_type {label_type} "
+                        f"--numof_dims {dim}"
+                    )
+                matrix, names = load_label_matrix(*found, expected_dim=dim)
+                labels = MatrixLabels(matrix, names, rel, found[0])
+                meta = read_json(os.path.splitext(found[0])[0] + '.json')
+                _refuse_stale(
+                    stale_rows(meta, root, names, rel),
+                    rel,
+                    found[0],
+                    root,
+                    data,
+                    f"--label_type {label_type} --numof_dims {dim}",
+                )
+            else:
+                labels = DiagramDirLabels(data.ph_dir, rel, vectoriser)
+                _refuse_stale(labels.changed(root), rel, data.ph_dir, root, data, "-it <image extension>")
+    except UserError as e:
+        if not fallback_to_computed:
+            raise
+        labels = computed  # the parameters are -pd's (check_ph_dir): only these images' labels are made here
+        print(
+            f"note: the PH labels of the {len(rel)} images of {flag} {root} are computed in the loader with the "
+            f"settings of -pd {data.ph_dir} (its labels do not serve them: {str(e).split(';')[0]})",
+            flush=True,
+        )
+    return FolderPH(root, rel, labels, spatial, to_tensor, persistence, computed=computed, bad_images=data.bad_images)
+
+
+def _refuse_stale(changed, rel, where, root, data, flags):
+    """Refuse labels made from other versions of the images (None: ``where`` records no sources to check)."""
+    if changed is None:
+        print(
+            f"warning: cannot check that the PH labels in {where} were computed from the images in {root} as "
+            "they are now (no record of their sources: made by an older version or the original); rerun "
+            "PHdict.py to make such a record",
+            file=sys.stderr,
+            flush=True,
+        )
+    elif changed:
+        raise UserError(
+            f"{describe(changed, len(rel))} images changed since their PH labels in {where} were "
+            f"computed (or were never recorded there): the labels would be wrong; rerun PHdict.py "
+            f"{root} -o {data.ph_dir} {flags} (it recomputes just those)"
+        )
+
+
+def resolve_val(data, required=True):
+    """The validation folder: ``data.val`` (-val), else the ``data.train`` (-t) path with 'train' replaced by
+    'val' (else 'test')."""
+    if data.val:
+        return data.val
+    if data.train:
+        head, tail = os.path.split(os.path.normpath(data.train))
+        if 'train' in tail:
+            for name in ('val', 'test'):
+                candidate = os.path.join(head, tail.replace('train', name))
+                if os.path.isdir(candidate):
+                    return candidate
+    if not required:
+        return None
+    raise UserError(
+        "no validation folder: give -val DIR (looked for the -t path with 'train' replaced by 'val' or 'test')"
+    )
+
+
+def check_class_layout(root, flag):
+    """Raise :class:`UserError` unless ``root`` is a folder with class sub-folders."""
+    fileio.require_dir(root, 'image folder', flag)
+    if not any(entry.is_dir() for entry in os.scandir(root)):
+        raise UserError(
+            f"{root!r} (given by {flag}) has no class sub-folders; -lm finetuning, combined, "
+            f"simultaneous and alternating and --label_type class need -t/-val in the layout "
+            f"<folder>/<class>/<image> (PH-only images go to -t2 in combined/alternating)"
+        )
+
+
+def class_folder(root, transform, bad_images, flag):
+    from util.train.datasets import SafeImageFolder
+
+    check_class_layout(root, flag)
+    return SafeImageFolder(root, transform, bad_images)
+
+
+def match_classes(train_set, val_set, val_root, train_root):
+    """Check that train and val (either may be None) have the same classes; returns the class names.
+    (Whether -nc fits them is decided in one place: :func:`util.config.resolve_num_classes`.)"""
+    if train_set is not None and val_set is not None and val_set.classes != train_set.classes:
+        extra = sorted(set(val_set.classes) - set(train_set.classes))
+        missing = sorted(set(train_set.classes) - set(val_set.classes))
+        raise UserError(
+            f"the classes of {val_root!r} differ from those of {train_root!r}: "
+            f"only in val: {extra[:5]}, only in train: {missing[:5]}"
+        )
+    classes = (val_set if val_set is not None else train_set).classes
+    if len(classes) < 2:  # one class: every prediction right, a report of 100%
+        root, flag = (train_root, '-t') if train_set is not None else (val_root, '-val')
+        raise UserError(
+            f"{flag} {root!r} has {len(classes)} class folder(s) {classes}: classifying needs at least 2 classes "
+            "(one sub-folder of images per class)"
+        )
+    return classes
+
+
+def build_sets(data, need_train):
+    """(train ImageFolder or None, val ImageFolder, class names) for fine-tuning / evaluation."""
+    from util.train.datasets import finetune_transforms
+
+    train_set = None
+    if need_train:
+        if not data.train:
+            raise UserError("give the training folder with -t DIR (class sub-folders of images)")
+        train_set = class_folder(data.train, finetune_transforms(data.augment, True), data.bad_images, '-t')
+    val_root = resolve_val(data)
+    val_set = class_folder(val_root, finetune_transforms(data.augment, False), 'skip', '-val')
+    classes = match_classes(train_set, val_set, val_root, data.train)
+    return train_set, val_set, classes
+
+
+def build_class_pretraining_sets(data):
+    """``--label_type class``: (train, val or None, classes) from the class folders of -t / -val, with the
+    pretraining augmentation."""
+    from torchvision import transforms
+
+    from util.train.datasets import pretrain_transforms, pretrain_val_transforms
+
+    if not data.train:
+        raise UserError("--label_type class pretrains on labelled images: give their class folders with -t DIR")
+    if data.ph_dir or data.precomputed:
+        raise UserError("-pd/-pc hold PH labels; --label_type class uses the class folders of -t instead")
+    spatial, to_tensor = pretrain_transforms(data.augment)
+    val_spatial, val_to_tensor = pretrain_val_transforms(data.augment)
+    train = class_folder(data.train, transforms.Compose([spatial, to_tensor]), data.bad_images, '-t')
+    val_root = resolve_val(data, required=False)
+    val = None
+    if val_root is not None:
+        val = class_folder(val_root, transforms.Compose([val_spatial, val_to_tensor]), 'skip', '-val')
+    return train, val, match_classes(train, val, val_root, data.train)
+
+
+def build_simultaneous_sets(data, dim):
+    """-lm simultaneous: (labelled training set with PH labels of length ``dim`` (-nd), validation
+    ImageFolder, the same validation images with PH labels, class names)."""
+    from torchvision import transforms
+
+    from util.train.datasets import (
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        ComputedLabels,
+        FolderPH,
+        LabelledPH,
+        finetune_train_parts,
+        finetune_transforms,
+    )
+
+    computed = ComputedLabels(data.label.vectoriser(dim, '-nd'), data.filtration, data.gradient, data.ph_engine)
+    spatial, to_tensor = finetune_train_parts(data.augment)
+    check_class_layout(data.train, '-t')
+    train_set = LabelledPH(data.train, computed, spatial, to_tensor, data.persistence, data.bad_images)
+    val_root = resolve_val(data)
+    val_set = class_folder(val_root, finetune_transforms(data.augment, False), 'skip', '-val')
+    classes = match_classes(train_set, val_set, val_root, data.train)
+    aug = data.augment
+    val_spatial = transforms.Compose([transforms.Resize(aug.img_size), transforms.CenterCrop(aug.crop_size)])
+    val_rel = [os.path.relpath(p, val_root).replace(os.sep, '/') for p, _ in val_set.samples]
+    val_ph = FolderPH(
+        val_root,
+        val_rel,
+        computed,
+        val_spatial,
+        transforms.Compose([transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]),
+        'pre',
+        bad_images='skip',
+    )
+    return train_set, val_set, val_ph, classes
+
+
+# ------------------------------------------------------------------------------------------ --label_norm
+def _norm_stats(data, resume, train, mode=None):
+    """(mean, std, record) for --label_norm standard: the resumed run's (``resume``: --resume, a checkpoint of
+    the learning mode ``mode``), else the label json's (PHdict.py), else the label matrix's, else a first
+    sample's."""
+    from util.train import label_norm
+
+    dim = train.dim
+    if resume:
+        from util.train import runs
+
+        path = runs.resolve_resume(resume)
+        checkpoint = runs.load_checkpoint(path)
+        if mode is not None and checkpoint.get('mode') not in (None, mode):  # the mode first: it decides the rest
+            raise UserError(f"--resume {resume}: that run used -lm {checkpoint['mode']}, not -lm {mode}")
+        stored = checkpoint.get('args', {})
+        if stored.get('label_norm') != 'standard' or not stored.get('label_norm_mean'):
+            raise UserError(
+                f"--resume {resume}: that run did not use --label_norm standard; resume it "
+                f"with --label_norm {stored.get('label_norm', 'none')}"
+            )
+        rec = {
+            'mean': stored['label_norm_mean'],
+            'std': stored['label_norm_std'],
+            'floor': stored.get('label_norm_floor'),
+            'source': stored.get('label_norm_source', path),
+            'count': stored.get('label_norm_count', 0),
+        }
+        return (*label_norm.from_record(rec, dim, path), rec)
+    labels = getattr(train, 'labels', None)
+    matrix = getattr(labels, 'matrix', None)
+    floor = data.norm.floor
+    if matrix is not None and data.ph_dir:
+        js = os.path.join(data.ph_dir, f'labels_{data.label.label_type}.json')
+        rec = label_norm.json_stats(js)
+        if rec is not None:
+            if rec.get('floor') != floor:
+                print(
+                    f"note: {js} holds label statistics with floor {rec.get('floor')}; using them "
+                    f"(--label_norm_floor {floor} applies when they are computed here)",
+                    flush=True,
+                )
+            return (*label_norm.from_record(rec, dim, js), rec)
+        rows = np.asarray(matrix)[labels.rows]
+        source = f'rows of {js[:-5]}.npy used by this run'
+    else:
+        rows = label_norm.sample_labels(train)
+        source = f'labels of the first {len(rows)} training images'
+    mean, std = label_norm.compute_stats(rows, floor)
+    return mean, std, label_norm.stats_record(mean, std, floor, source, len(rows))
+
+
+def pretraining_sets(run, dim):
+    """(train, val or None, facts) of the pretraining mode of ``run`` (a :class:`util.config.RunConfig`):
+    :func:`build_pretraining_sets` with labels of length ``dim`` (-nc), and ``--label_norm standard/whiten`` applied.
+
+    ``facts``: what the run records in args.json and its checkpoint (:func:`label_record`, and
+    ``label_norm_mean``, ``label_norm_std``, ``label_norm_source``, ``label_norm_count``, ``label_norm_floor``
+    with --label_norm standard)."""
+    data = run.data
+    train, val = build_pretraining_sets(data, dim)
+    from util.train.label_diagnostics import check_first_labels
+
+    pinned = {**label_record(train), **check_first_labels(train)}  # labels made in the loader: diagnostics, auto
+    if data.norm.mode == 'whiten':
+        return _whitened(data, run.resume, train, val, pinned)
+    if data.norm.mode != 'standard':
+        return train, val, pinned
+    from util.train.label_norm import Standardised
+
+    mean, std, rec = _norm_stats(data, run.resume, train, run.learning_mode)
+    floor = rec['floor'] if rec.get('floor') is not None else data.norm.floor
+    facts = {
+        **pinned,
+        'label_norm_mean': rec['mean'],
+        'label_norm_std': rec['std'],
+        'label_norm_source': rec['source'],
+        'label_norm_count': rec['count'],
+        'label_norm_floor': floor,
+    }
+    print(f"labels standardised per component ({rec['source']}; std floor {floor} x RMS)", flush=True)
+    return Standardised(train, mean, std), (Standardised(val, mean, std) if val is not None else None), facts
+
+
+def _whitened(data, resume, train, val, facts):
+    """--label_norm whiten: the statistics of the resumed run, else of the label json (PHdict.py --label_norm
+    whiten, same K and floor), else of the rows the run uses, else of a first sample; ``facts`` gain
+    ``label_whiten_*`` (flat lists: args.json and the checkpoint keep lists of numbers)."""
+    from util.ph.labels import read_json
+    from util.train import label_norm
+
+    dim, k, floor, rec, where = train.dim, data.norm.components, data.norm.floor, None, None
+    if resume:
+        from util.train import runs
+
+        where = runs.resolve_resume(resume)
+        stored = runs.load_checkpoint(where).get('args', {})
+        if stored.get('label_norm') != 'whiten' or not stored.get('label_whiten_mean'):
+            raise UserError(f"--resume {resume}: that run did not use --label_norm whiten; resume it as it ran")
+        flat, n = stored['label_whiten_components'], len(stored['label_whiten_mean'])
+        rec = {
+            'mean': stored['label_whiten_mean'],
+            'components': [flat[i : i + n] for i in range(0, len(flat), n)],
+            'scales': stored['label_whiten_scales'],
+            'source': stored.get('label_whiten_source', where),
+            'count': stored.get('label_whiten_count', 0),
+        }
+    labels = getattr(train, 'labels', None)
+    matrix = getattr(labels, 'matrix', None)
+    if rec is None and matrix is not None and data.ph_dir:
+        where = os.path.join(data.ph_dir, f'labels_{data.label.label_type}.json')
+        rec = (read_json(where) or {}).get(label_norm.WHITEN_KEY)
+        if rec is not None and (rec.get('k') != k or rec.get('floor') != floor):
+            rec = None  # another K or floor: computed here from the rows
+    if rec is None:
+        if matrix is not None:
+            rows, source = np.asarray(matrix)[labels.rows], 'rows of the label matrix used by this run'
+        else:
+            rows = label_norm.sample_labels(train)
+            source = f'labels of the first {len(rows)} training images'
+        mean, comp, scales = label_norm.compute_whiten(rows, k, floor)
+        rec = label_norm.whiten_record(mean, comp, scales, floor, source, len(rows))
+        where = source
+    mean, mapping = label_norm.whiten_from_record(rec, dim, where)
+    facts = {
+        **facts,
+        'label_whiten_mean': rec['mean'],
+        'label_whiten_scales': rec['scales'],
+        'label_whiten_components': [x for row in rec['components'] for x in row],
+        'label_whiten_source': rec['source'],
+        'label_whiten_count': rec['count'],
+    }
+    print(f"labels whitened: top {len(rec['scales'])} principal directions ({rec['source']})", flush=True)
+    ones = np.ones(dim, np.float32)
+    wrap = lambda s: label_norm.Standardised(s, mean, ones, mapping)  # noqa: E731
+    return wrap(train), (wrap(val) if val is not None else None), facts
