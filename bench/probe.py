@@ -12,7 +12,8 @@
 * :func:`shuffled_copy`: the "shuffled" control, a copy of a label matrix with its rows permuted across images
   (same marginals, no image-label link), with its own record of what it was made from.
 * :func:`generator_params` / :func:`genparams_matrix`: the "genparams" control, the generator's own draws per
-  image (colour; per channel alpha, beta and how it was binarised), the texture-statistic null.
+  image (util.ph.generator.image_params: colour; per channel alpha, beta and how it was binarised), the
+  texture-statistic null.
 * :func:`heldout_r2`: how well a pretrained network predicts its targets on fresh images, overall and beyond
   the first principal component of the training labels.
 """
@@ -196,45 +197,23 @@ def shuffled_copy(src_dir, label_type, out_dir, seed):
     return perm
 
 
-class _Recorder:
-    """Stands in for a numpy Generator, passing every draw through and recording the scalar uniform ones."""
-
-    def __init__(self, rng):
-        self.rng = rng
-        self.draws = []
-
-    def uniform(self, low=0.0, high=1.0, size=None):
-        v = self.rng.uniform(low, high, size)
-        if size is None:
-            self.draws.append(float(v))
-        return v
-
-    def random(self, *a, **kw):
-        return self.rng.random(*a, **kw)
-
-
 GENPARAM_NAMES = ['colour'] + [f'{n}{c}' for c in range(3) for n in ('alpha', 'beta', 'bin_ge', 'bin_lt')]
 
 
 def generator_params(cfg, seed, index, stream=0):
-    """float64 [13]: image ``index``'s own draws under ``cfg`` (util.ph.generator's model): colour (0/1), then
-    per channel alpha, beta, binarised as ``>= otsu`` (0/1), binarised as ``< otsu`` (0/1); a grey image repeats
-    its one channel.  The draws are replayed through the generator's own code (so flat-image redraws are
-    followed exactly)."""
-    from util.ph import generator as g
+    """float64 [13]: image ``index``'s own draws under ``cfg`` (util.ph.generator.image_params): colour (0/1),
+    then per channel alpha, beta, binarised as ``>= otsu`` (0/1), binarised as ``< otsu`` (0/1); a grey image
+    repeats its one channel."""
+    from util.ph.generator import image_params
 
-    rec = _Recorder(g.image_rng(seed, index, stream))
-    out, _, _ = g._draw_and_filter(rec, cfg)
-    channels = out.shape[0]
-    ab = rec.draws[-2 * channels :]  # the last (accepted) round of alpha, beta per channel
-    pb = cfg.prob_binary
-    rows = []
-    for c in range(channels):
-        q = rec.uniform(0.0, 1.0)
-        rows.append([ab[2 * c], ab[2 * c + 1], float(q < pb / 2), float(pb / 2 <= q < pb)])
+    p = image_params(cfg, seed, index, stream)
+    rows = [
+        [p['alpha'][c], p['beta'][c], float(p['binarised'][c] and not p['inverted'][c]), float(p['inverted'][c])]
+        for c in range(len(p['alpha']))
+    ]
     while len(rows) < 3:
         rows.append(rows[0])
-    return np.asarray([float(channels == 3)] + [v for r in rows for v in r], dtype=np.float64)
+    return np.asarray([float(p['colour'])] + [v for r in rows for v in r], dtype=np.float64)
 
 
 _INDEX = re.compile(r'(\d+)\.[A-Za-z]+$')
