@@ -1135,11 +1135,12 @@ def format_r2(rec):
 # Rates behind the screen estimate, measured on this project's shared 2-core VM: a cpu-preset pretraining
 # (4000 images x 8 epochs at 40-px crops) took 128 s and 130 s side by side with a second one at load 1.7-2.4
 # (bench/results/transfer_screen_pi.json) -> 4.0 s per 1000 image-epochs; PHdict.py on 4000 48-px images took
-# 37 s at load 8.7 (2026-12-03) -> 10 s per 1000 images (an upper bound); the probe's seconds per network per
-# (level x 10 subsets) are those recorded in bench/results/transfer_screen_probe_*.json ('probe' -> 'seconds').
+# 37 s at load 8.7 (2026-12-03) -> 10 s per 1000 images (an upper bound); the probe of 15 networks x 2 levels x
+# 5 subsets took 69 s at load 5-7 (bench/results/transfer_screen_probe_pi_matched.json, 'probe' -> 'seconds')
+# -> 9.2 s per network per (level x 10 subsets).
 RATE_PRETRAIN_S_PER_K = 4.0
 RATE_PHDICT_S_PER_K = 10.0
-RATE_PROBE_S_PER_NET = 6.0
+RATE_PROBE_S_PER_NET = 9.2
 
 
 def screen_estimate(cfg, cached_inits=('random', 'genparams', 'scratch')):
