@@ -147,7 +147,7 @@ def probe_run(tmp_path_factory):
     res = subprocess.run(
         [sys.executable, os.path.join(transfer._ROOT, 'bench', 'transfer.py'), '--preset', 'tiny']
         + ['--probe', '--no-finetune', '--pre_seeds', '2', '--r2_images', '8']
-        + ['--inits', 'scratch', 'ph', 'shuffled', 'genparams']
+        + ['--inits', 'scratch', 'ph', 'random', 'shuffled', 'genparams']
         + ['--work', str(work), '--out', str(out), '--name', 'probe'],
         cwd=transfer._ROOT,
         env=dict(os.environ, OMP_NUM_THREADS='1'),
@@ -174,12 +174,12 @@ def test_probe_table_pairs_subsets_and_takes_the_pretraining_seed_as_the_unit(pr
     assert result['runs'] == [] and result['table'] is None  # --no-finetune
     P, J = 2, transfer.PRESETS['tiny']['subsets']
     assert rec['pre_seeds'] == P and rec['subsets_per_seed'] == J
-    inits = ['scratch', 'ph', 'shuffled', 'genparams']
+    inits = ['scratch', 'ph', 'random', 'shuffled', 'genparams']
     for clf in ('logreg', 'knn'):
         for k in result['settings']['labels']:
             cell = rec['table'][clf][k]
             assert set(cell['inits']) == set(inits)
-            assert set(cell['margins']) == {'ph-scratch', 'ph-shuffled', 'ph-genparams'}
+            assert set(cell['margins']) == {'ph-scratch', 'ph-random', 'ph-shuffled', 'ph-genparams', 'random-scratch'}
             for init in inits:
                 acc = np.asarray(rec['acc'][init][k][clf])
                 assert acc.shape == (P, J) and np.all((acc >= 0) & (acc <= 100))
@@ -201,12 +201,12 @@ def test_pretraining_seeds_and_the_controls_labels(probe_run):
 
     result, _ = probe_run
     by_seed = result['pretraining_by_seed']
-    assert set(by_seed) == {'ph', 'shuffled', 'genparams'}
+    assert set(by_seed) == {'ph', 'random', 'shuffled', 'genparams'}
     weights = set()
     for init, recs in by_seed.items():
         assert [_args_of(r['run_dir'])['seed'] for r in recs] == [0, 1]
         weights.update(r['weights'] for r in recs)
-    assert len(weights) == 6
+    assert len(weights) == 8
     lt = result['settings']['label_type']
     ph_matrix, ph_names = load_label_matrix(
         *(os.path.join(result['files']['ph_dir'], f'labels_{lt}.{e}') for e in ('npy', 'txt')),
@@ -238,7 +238,7 @@ def test_pretraining_seeds_and_the_controls_labels(probe_run):
 def test_heldout_r2_on_fresh_images(probe_run):
     result, stdout = probe_run
     r2 = result['heldout_r2']
-    assert r2['n'] == 8 and set(r2['inits']) == {'ph', 'shuffled', 'genparams'}
+    assert r2['n'] == 8 and set(r2['inits']) == {'ph', 'random', 'shuffled', 'genparams'}
     # fresh: generated with another seed than the pretraining images, the same image settings
     fresh, seen = _args_of_images(r2['images']), _args_of_images(result['files']['images'])
     assert fresh['seed'] != seen['seed'] and fresh['img_size'] == seen['img_size']
