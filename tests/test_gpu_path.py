@@ -549,3 +549,11 @@ def test_gpu_check_tiny_runs_every_step_and_writes_the_figures(tmp_path):
     assert 'ceiling' in bench['stages'] and 'pipeline' in bench['stages']
     assert 'loaded on the CPU with weights_only=True' in (out / 'weights.log').read_text()
     assert summary.strip().splitlines()[-1].startswith('total:')
+
+
+def test_ph_engine_bench_reports_phdict_with_and_without_start_up():
+    from bench import ph_engine_bench
+
+    res = ph_engine_bench.run(n_images=4, workers=1, size=24, repeats=1, loader_images=0, stage_images=1)['phdict']
+    for key in ('cpu_ratio', 'cpu_ratio_without_startup', 'phdict_cpu_ms_marginal', 'floor_cpu_ms_marginal'):
+        assert isinstance(res[key], float) and np.isfinite(res[key]), key
