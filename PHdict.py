@@ -47,6 +47,7 @@ import json
 import os
 import re
 import sys
+from dataclasses import dataclass, field
 
 import numpy as np
 from tqdm import tqdm
@@ -66,12 +67,15 @@ from util.io.fileio import (
 )
 from util.io.provenance import SOURCES_FILE, SourceLog, describe, fingerprint_below
 from util.ph import cubical as ph
+from util.ph import diagnostics
 from util.ph.labels import (
     label_file_re,
     label_matrix_complete,
     label_names,
     merge_label_shards,
     read_json,
+    read_paths,
+    same_params,
     source_entries,
     write_label_matrix,
 )
@@ -112,6 +116,13 @@ Existing outputs are complete (atomic writes) and are skipped, so an interrupted
 Exit status: 0, or 1 if some inputs could not be read (named on stderr) and --skip_bad is not given;
 2 for a usage error.
 """
+
+
+class _OneOrMore(argparse.Action):
+    """One value stored as it is (the original's flag), several as a list."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values[0] if len(values) == 1 else list(dict.fromkeys(values)))
 
 
 def get_args_parser():
@@ -164,8 +175,12 @@ def get_args_parser():
         '--filtration',
         choices=ph.FILTRATIONS,
         default=ph.DEFAULT_FILTRATION,
+        nargs='+',
+        action=_OneOrMore,
         help="filtration of the binarised image (see util/ph/cubical.py); 'none' = raw grey values "
-        "(default: %(default)s)",
+        "(sublevel sets), 'none_inv' = their superlevel sets.  Several (e.g. signed_distance none none_inv) "
+        "with --label_type: each is computed into -o/filtration_NAME/ and the label matrices are concatenated "
+        "into -o/labels_TYPE.* (length = their number x --numof_dims) (default: %(default)s)",
     )
     p.add_argument(
         '--gradient',
@@ -173,6 +188,13 @@ def get_args_parser():
         action='store_true',
         help="take the filtration of the Canny edge map of the denoised image instead of the Otsu "
         "binarisation (thresholds from the median grey value; see util/ph/cubical.py) (default: off)",
+    )
+    p.add_argument(
+        '--size_normalise',
+        action='store_true',
+        help=f"multiply the filtration values (births, deaths) by {ph.SIZE_REFERENCE}/SIZE, SIZE = the image's "
+        "longer side, as the original's later version does to distances: a shape gives the same diagram at "
+        "every image size (filtrations in pixel units only; not with -it npy) (default: off)",
     )
     p.add_argument(
         '--ph_engine',
@@ -223,11 +245,19 @@ def get_args_parser():
     )
     group.add_argument(
         '--label_norm',
-        choices=('none', 'standard'),
+        choices=('none', 'standard', 'whiten'),
         default='none',
         help="standard: also write the per-component mean and floored std of the label matrix "
-        "into labels_TYPE.json, for pretraining.py --label_norm standard (the matrix "
-        "stays raw) (default: %(default)s)",
+        "into labels_TYPE.json, for pretraining.py --label_norm standard; whiten: its top "
+        "--label_norm_components principal directions and their floored std (label_whiten), for "
+        "pretraining.py --label_norm whiten (the matrix stays raw) (default: %(default)s)",
+    )
+    group.add_argument(
+        '--label_norm_components',
+        type=int,
+        default=label_norm.DEFAULT_COMPONENTS,
+        metavar='K',
+        help="--label_norm whiten: the number K of principal directions kept (default: %(default)s)",
     )
     group.add_argument(
         '--label_norm_floor',
@@ -274,10 +304,27 @@ def _check_args(args):
         raise UserError(f"--numof_dims must be at least 1, got {args.numof_dims}")
     if args.label_type:
         check_label_dim(args.label_type, args.numof_dims, '--numof_dims', args.num_landscapes)
+    if args.size_normalise and (args.imgtype == 'npy' or args.filtration not in ph.SIZE_FILTRATIONS):
+        raise UserError(
+            "--size_normalise scales filtration values in pixels of images: it needs image inputs (-it jpg ...) "
+            f"and a filtration among {', '.join(ph.SIZE_FILTRATIONS)}"
+        )
+    autos = [n for n in ('max_life', 'max_birth', 'min_birth', 'sigma') if 'auto' in _values(getattr(args, n))]
+    if 'sigma' in autos and args.label_type not in ('persistence_image', 'split_image'):
+        raise UserError("--sigma auto applies to the labels with a kernel: persistence_image, split_image")
+    if autos and (args.compute_hist or args.compute_persistence_image or not args.label_type):
+        raise UserError(
+            f"--{autos[0]} auto is fitted for the --label_type matrix only; give -ch / -cpi numbers "
+            "(run them separately), or add --label_type"
+        )
     if args.plot < 0:
         raise UserError(f"--plot must be 0 or more, got {args.plot}")
     if min(args.num_bins) < 0 or sum(args.num_bins) < 1:
         raise UserError(f"--num_bins {args.num_bins} must be four non-negative counts, not all zero")
+
+
+def _values(v):
+    return v if isinstance(v, list) else [v]
 
 
 def _pi_dim(args):
@@ -336,6 +383,8 @@ def output_settings(args):
         kinds['diagram'] = dict(filtration=args.filtration)
         if args.gradient:  # recorded only when on: older outputs stay compatible
             kinds['diagram']['gradient'] = True
+        if args.size_normalise:  # recorded only when on, like gradient
+            kinds['diagram']['size_normalise'] = ph.SIZE_REFERENCE
         # recorded, never compared (RECORDED_ONLY): both engines give equal pairs, so a folder may mix them
         kinds['diagram']['ph_engines'] = [ph.resolve_engine(getattr(args, 'ph_engine', ph.DEFAULT_ENGINE), 2)]
     if args.compute_hist:
@@ -435,10 +484,10 @@ class _Outputs:
             self._dirs.add(d)
 
 
-def _plan(args, files, outs, target_dir, need_all, fingerprints, log):
-    """Decide the work per input.
+def _plan(run, need_all):
+    """Decide the work per input of ``run`` (its ``outs`` and ``log`` set).
 
-    An existing output counts as done only when ``log`` (sources.jsonl) records it as computed from the input
+    An existing output counts as done only when ``run.log`` (sources.jsonl) records it as computed from the input
     as it is now (same path, size and content hash): an image changed, swapped or regenerated since has its
     outputs recomputed.  Returns ``(jobs, job_files, complete, earlier_hist, todo)``: ``jobs`` for
     :func:`util.ph.cubical.iter_diagrams` (a saved, still valid diagram is loaded instead of recomputed),
@@ -446,6 +495,14 @@ def _plan(args, files, outs, target_dir, need_all, fingerprints, log):
     (jobs only if ``need_all``, i.e. their diagram is needed for the label matrix), ``earlier_hist`` = indices
     whose valid -ch histogram already exists, ``todo[i]`` = the kinds of output to (re)write for index ``i``.
     """
+    args, files, outs, target_dir, fingerprints, log = (
+        run.args,
+        run.files,
+        run.outs,
+        run.target_dir,
+        run.fingerprints,
+        run.log,
+    )
     jobs, job_files, complete, earlier_hist, todo = [], [], set(), [], {}
     diagram_log = SourceLog(target_dir) if outs.from_npy else None  # what the input diagrams came from
     gradient = args.gradient
@@ -473,7 +530,8 @@ def _plan(args, files, outs, target_dir, need_all, fingerprints, log):
                 jobs.append((kinds['diagram'], 'npy', args.filtration, gradient, engine))  # resume: saved one
             else:
                 src = os.path.join(target_dir, *rel.split('/'))
-                jobs.append((src, 'npy' if outs.from_npy else 'image', args.filtration, gradient, engine))
+                source = 'npy' if outs.from_npy else 'image'
+                jobs.append((src, source, args.filtration, gradient, engine, args.size_normalise))
             job_files.append(i)
     changed = [rel for i, rel in enumerate(files) if any(os.path.exists(outs.kinds(rel)[k]) for k in todo[i])]
     if changed:
@@ -506,9 +564,142 @@ def _refuse_shared_stems(files):
         seen[stem] = rel
 
 
+@dataclass
+class Run:
+    """What one PHdict run works on; the steps of :func:`main` take it instead of long argument lists."""
+
+    args: argparse.Namespace
+    target_dir: str
+    out_dir: str
+    k: int  # this shard ...
+    n: int  # ... of n
+    all_files: list  # every input (sorted), files: those of this shard
+    files: list
+    fingerprints: list = None
+    outs: '_Outputs' = None
+    log: SourceLog = None
+    diagram_dir: str = None  # where the diagrams are when not in out_dir (the first part of concatenated labels)
+
+    @property
+    def shard_note(self):
+        return f" (shard {self.k}/{self.n} of {len(self.all_files)})" if self.n > 1 else ''
+
+
+@dataclass
+class Vectorisers:
+    """The vectorisers of one run: -ch histogram, -cpi persistence image, --label_type label (None if off)."""
+
+    hist: object = None
+    pimg: object = None
+    label: object = None
+    label_info: dict = None  # what labels_TYPE.json records of the label's making
+
+
+@dataclass
+class Results:
+    """What the PH loop produced."""
+
+    ok: np.ndarray
+    complete: set
+    matrix: np.ndarray = None
+    hist_sum: np.ndarray = None
+    hist_count: int = 0
+    earlier_hist: list = field(default_factory=list)
+    failures: list = field(default_factory=list)
+
+
 def main(args):
+    if isinstance(args.filtration, list):
+        return _several_filtrations(args)
     _check_args(args)
     set_max_pixels(args.max_pixels)
+    run = _open_run(args)
+    if args.label_type == sources.RANDOM:
+        return _random_labels(run)
+    check_settings(run.out_dir, output_settings(args))
+    vecs = _vectorisers(run)
+    write_json(os.path.join(run.out_dir, 'args.json'), vars(args))
+    run.fingerprints = _fingerprints(run.target_dir, run.files)
+    if vecs.label is not None and label_matrix_complete(
+        run.out_dir, label_names(args.label_type, run.k, run.n), run.files, vecs.label_info, run.fingerprints
+    ):
+        vecs.label = None  # already written for exactly these files as they are now: nothing to redo
+    results = _compute(run, vecs)
+    _finish(run, vecs, results)
+    return _report(run, results)
+
+
+def _several_filtrations(args):
+    """--filtration A B ...: one run per filtration into -o/filtration_NAME, then their label matrices
+    concatenated (columns: A's, then B's ...) into -o/labels_TYPE.* once every part is complete."""
+    import copy
+
+    if not args.label_type or args.label_type == sources.RANDOM:
+        raise UserError("several --filtration values make one concatenated PH label matrix: add --label_type TYPE")
+    if args.imgtype == 'npy' or args.compute_hist or args.compute_persistence_image:
+        raise UserError("several --filtration values need image inputs (-it jpg ...) and no -ch/-cpi")
+    out_dir = ensure_dir(args.output, 'output folder')
+    status, parts = 0, []
+    for name in args.filtration:
+        part = copy.copy(args)
+        part.filtration, part.output = name, os.path.join(out_dir, f'filtration_{name}')
+        print(f"--- filtration {name} -> {part.output}", flush=True)
+        status = max(status, main(part))
+        parts.append(part.output)
+    _check_args(args)
+    k, n = parse_shard(args.shard)
+    joined = join_label_matrices(out_dir, parts, args.label_type)
+    if joined is None:
+        print("not all parts are complete yet (other shards?): labels not concatenated", flush=True)
+        return status
+    print(
+        f"label matrix {label_names(args.label_type)[0]}: {joined[0]} x {joined[1]} float32, the columns of "
+        f"{len(parts)} filtrations ({', '.join(args.filtration)}); pretrain with -nc {joined[1]}"
+    )
+    write_json(os.path.join(out_dir, 'args.json'), vars(args))
+    target_dir = require_dir(args.target_dir, 'target folder', flag='TARGET_DIR')
+    run = Run(args, target_dir, out_dir, 0, 1, [], [], diagram_dir=parts[0])
+    _label_stats(args, out_dir)
+    _diagnose(run)
+    return status
+
+
+def join_label_matrices(out_dir, parts, label_type):
+    """Concatenate the columns of ``labels_TYPE`` of the folders ``parts`` (same rows, same images as they are
+    now) into ``out_dir``; returns ``(rows, columns)``, or None while a part is missing.  Kept when already
+    made from these parts."""
+    names = label_names(label_type)
+    metas, paths = [], None
+    for part in parts:
+        npy, txt, js = (os.path.join(part, x) for x in names)
+        meta = read_json(js)
+        if meta is None or not os.path.isfile(npy):
+            return None
+        rows = read_paths(txt)
+        if paths is not None and (rows != paths or meta.get('sources') != metas[0].get('sources')):
+            raise UserError(f"{part} holds labels of other images than {parts[0]}; recompute them together")
+        paths = rows
+        metas.append(meta)
+    info = dict(
+        label_type=label_type,
+        params=[m['params'] for m in metas],
+        filtration=[m['filtration'] for m in metas],
+        imgtype=metas[0].get('imgtype'),
+        gradient=metas[0].get('gradient'),
+        size_normalise=metas[0].get('size_normalise'),
+        parts=[os.path.basename(p) for p in parts],
+        target_dir=metas[0].get('target_dir'),
+    )
+    old = read_json(os.path.join(out_dir, names[2]))
+    if old is not None and same_params(old, info) and old.get('sources') == metas[0].get('sources'):
+        return old['count'], old['dim']
+    matrix = np.concatenate([np.load(os.path.join(p, names[0])) for p in parts], axis=1)
+    write_label_matrix(out_dir, names, matrix, paths, info, metas[0].get('sources'))
+    return matrix.shape
+
+
+def _open_run(args):
+    """Check the folders, list and shard the inputs."""
     target_dir = require_dir(args.target_dir, 'target folder', flag='TARGET_DIR')
     if args.imgtype != 'npy':  # (from saved diagrams, -o TARGET_DIR is the original's way to add -ch outputs)
         refuse_output_inside(args.output, [('TARGET_DIR', target_dir)])
@@ -530,26 +721,28 @@ def main(args):
             "of your images (e.g. -it jpg)"
         )
     _refuse_shared_stems(all_files)
-    files = shard_of(all_files, k, n)
-    if args.label_type == sources.RANDOM:
-        return _random_labels(args, files, all_files, out_dir, k, n)
-    check_settings(out_dir, output_settings(args))
-    write_json(os.path.join(out_dir, 'args.json'), vars(args))
+    return Run(args, target_dir, out_dir, k, n, all_files, shard_of(all_files, k, n))
 
-    hist_vec = (
-        make_vectoriser(
-            'histogram',
-            sum(args.num_bins),
-            max_life=args.max_life,
-            max_birth=args.max_birth,
-            bandwidth=args.bandwidth,
-            num_bins=args.num_bins,
-        )
-        if args.compute_hist
-        else None
+
+def _histogram_vectoriser(args):
+    return make_vectoriser(
+        'histogram',
+        sum(args.num_bins),
+        max_life=args.max_life,
+        max_birth=args.max_birth,
+        bandwidth=args.bandwidth,
+        num_bins=args.num_bins,
     )
-    pi_vec = (
-        make_vectoriser(
+
+
+def _vectorisers(run):
+    """The vectorisers this run writes with, and the record of the label's making."""
+    args = run.args
+    vecs = Vectorisers()
+    if args.compute_hist:
+        vecs.hist = _histogram_vectoriser(args)
+    if args.compute_persistence_image:
+        vecs.pimg = make_vectoriser(
             'persistence_image',
             _pi_dim(args),
             max_life=args.max_life,
@@ -558,123 +751,178 @@ def main(args):
             sigma=args.sigma,
             power=args.power,
         )
-        if args.compute_persistence_image
-        else None
-    )
-    label_vec = vectoriser_from_args(args, args.numof_dims, '--numof_dims') if args.label_type else None
-    label_info = None
-    if label_vec is not None:
-        label_info = dict(
+    if args.label_type:
+        vecs.label = vectoriser_from_args(args, args.numof_dims, '--numof_dims')
+        if vecs.label.auto:
+            _fit_auto(run, vecs.label)
+        vecs.label_info = dict(
             label_type=args.label_type,
-            params=label_vec.get_params(),
+            params=vecs.label.get_params(),
             filtration=args.filtration,
             imgtype=args.imgtype,
-            target_dir=os.path.abspath(target_dir),
+            target_dir=os.path.abspath(run.target_dir),
             ph_engine=args.ph_engine,
-        )  # recorded, not compared: both engines give equal pairs
+        )  # the engine is recorded, not compared: both engines give equal pairs
+        if getattr(args, 'auto_fitted', None):
+            vecs.label_info['auto'] = dict(fitted=args.auto_fitted, sample=FIT_SAMPLE)
         if args.gradient:
-            label_info['gradient'] = True
-    fingerprints = _fingerprints(target_dir, files)
-    if label_vec is not None:
-        names = label_names(args.label_type, k, n)
-        if label_matrix_complete(out_dir, names, files, label_info, fingerprints):
-            label_vec = None  # already written for exactly these files as they are now: nothing to redo
+            vecs.label_info['gradient'] = True
+        if args.size_normalise:
+            vecs.label_info['size_normalise'] = ph.SIZE_REFERENCE
+    return vecs
 
-    outs = _Outputs(args, target_dir, out_dir)
-    log = SourceLog(out_dir)
-    jobs, job_files, complete, earlier_hist, todo = _plan(
-        args, files, outs, target_dir, label_vec is not None, fingerprints, log
+
+FIT_SAMPLE = 256  # diagrams --max_life/--sigma ... auto are fitted on (evenly spaced over all inputs)
+
+
+def _fit_auto(run, vec):
+    """Fit the ``auto`` parameters of ``vec`` on the diagrams of a sample of the inputs -- the same sample
+    for every shard (it is taken from all of them), so the shards' matrices agree; the fitted values go to
+    labels_TYPE.json (``params``, ``auto``) and args.json."""
+    args = run.args
+    sample = [run.all_files[i] for i in diagnostics.sample_rows(len(run.all_files), FIT_SAMPLE)]
+    source = 'npy' if args.imgtype == 'npy' else 'image'
+    jobs = [
+        (
+            os.path.join(run.target_dir, *rel.split('/')),
+            source,
+            args.filtration,
+            args.gradient,
+            args.ph_engine,
+            args.size_normalise,
+        )
+        for rel in sample
+    ]
+    diagrams = []
+    for _, dgm, _err in tqdm(
+        ph.iter_diagrams(jobs, workers=min(args.num_workers, len(jobs))),
+        total=len(jobs),
+        desc='fitting auto',
+        unit='file',
+        file=sys.stderr,
+    ):
+        if dgm is not None:  # a bad input is reported by the main pass
+            diagrams.append(dgm)
+    fitted = vec.auto
+    vec.fit(diagrams)
+    params = vec.get_params()
+    for name in fitted:
+        if hasattr(args, name) and name in params:
+            setattr(args, name, params[name])  # args.json records the fitted values
+    args.auto_fitted = list(fitted)
+    print(
+        f"fitted on {len(diagrams)} diagrams: "
+        + ', '.join(f"{n} {params[n]}" for n in ('max_life', 'min_birth', 'max_birth', 'sigma') if n in params)
     )
-    matrix = np.zeros((len(files), label_vec.dim), np.float32) if label_vec is not None else None
-    hist_state = [np.zeros(hist_vec.dim), 0] if hist_vec is not None else None  # sum, count of new ones
-    ok = np.zeros(len(files), dtype=bool)
-    ok[list(complete)] = True
-    failures = []
+
+
+def _compute(run, vecs):
+    """Compute (or load) the diagrams still needed, write the per-file outputs, fill the label matrix."""
+    args, files = run.args, run.files
+    run.outs = _Outputs(args, run.target_dir, run.out_dir)
+    run.log = SourceLog(run.out_dir)
+    jobs, job_files, complete, earlier_hist, todo = _plan(run, vecs.label is not None)
+    res = Results(ok=np.zeros(len(files), dtype=bool), complete=complete, earlier_hist=earlier_hist)
+    res.ok[list(complete)] = True
+    if vecs.label is not None:
+        res.matrix = np.zeros((len(files), vecs.label.dim), np.float32)
+    if vecs.hist is not None:
+        res.hist_sum = np.zeros(vecs.hist.dim)
     pending = []  # (file index, diagram) waiting to be vectorised
-
-    def flush():
-        if not pending:
-            return
-        idx = [i for i, _ in pending]
-        dgms = [d for _, d in pending]
-        for vec, path_of, kind in ((hist_vec, outs.hist, 'hist'), (pi_vec, outs.pimg, 'persistence_image')):
-            if vec is None:
-                continue
-            redo = [j for j, i in enumerate(idx) if kind in todo[i]]
-            if redo:
-                for row, j in zip(vec.transform([dgms[j] for j in redo]), redo):
-                    path = path_of(files[idx[j]])
-                    outs.makedirs(path)
-                    save_npy(path, row)
-                    log.record(outs.key(path), files[idx[j]], fingerprints[idx[j]])  # after the rename
-                    if vec is hist_vec:
-                        hist_state[0] += row
-                        hist_state[1] += 1
-        if matrix is not None:
-            matrix[idx] = label_vec.transform(dgms)
-        pending.clear()
-
     with tqdm(total=len(jobs), desc='PH', unit='file', file=sys.stderr, disable=not jobs) as bar:
         for j, dgm, err in ph.iter_diagrams(jobs, workers=min(args.num_workers, len(jobs) or 1)):
             i = job_files[j]
             bar.update(1)
             if err is not None:
-                failures.append(files[i])
-                ok[i] = False
+                res.failures.append(files[i])
+                res.ok[i] = False
                 tqdm.write(f"bad input: {err}", file=sys.stderr)
                 continue
-            ok[i] = True
-            path = outs.diagram(files[i])
+            res.ok[i] = True
+            path = run.outs.diagram(files[i])
             if path is not None and 'diagram' in todo[i]:
-                outs.makedirs(path)
+                run.outs.makedirs(path)
                 save_npy(path, dgm)
-                log.record(outs.key(path), files[i], fingerprints[i])  # only once the file is in place
+                run.log.record(run.outs.key(path), files[i], run.fingerprints[i])  # only once the file is in place
             pending.append((i, dgm))
             if len(pending) >= FLUSH_EVERY:
-                flush()
-        flush()
-    log.close()
+                _flush(run, vecs, res, pending, todo)
+        _flush(run, vecs, res, pending, todo)
+    run.log.close()
+    return res
 
-    skipped = sum(1 for i in complete if ok[i])
-    done = int(ok.sum()) - skipped
-    if hist_vec is not None:
-        _hist_summary(args, files, ok, outs, hist_state[0], hist_state[1], earlier_hist, out_dir, k, n)
-    if matrix is not None:
-        _write_labels(args, files, all_files, ok, failures, matrix, label_info, out_dir, k, n, fingerprints)
-    elif label_info is not None:
-        print(f"label matrix {label_names(args.label_type, k, n)[0]} is complete; kept")
-        if n > 1 and merge_label_shards(out_dir, args.label_type, n, label_info, all_files) is not None:
-            print(f"merged {n} shards into {label_names(args.label_type)[0]}")
+
+def _flush(run, vecs, res, pending, todo):
+    """Vectorise the ``pending`` (file index, diagram) pairs: per-file outputs and label matrix rows."""
+    if not pending:
+        return
+    idx = [i for i, _ in pending]
+    dgms = [d for _, d in pending]
+    outs, files = run.outs, run.files
+    for vec, path_of, kind in ((vecs.hist, outs.hist, 'hist'), (vecs.pimg, outs.pimg, 'persistence_image')):
+        if vec is None:
+            continue
+        redo = [j for j, i in enumerate(idx) if kind in todo[i]]
+        if redo:
+            for row, j in zip(vec.transform([dgms[j] for j in redo]), redo):
+                path = path_of(files[idx[j]])
+                outs.makedirs(path)
+                save_npy(path, row)
+                run.log.record(outs.key(path), files[idx[j]], run.fingerprints[idx[j]])  # after the rename
+                if vec is vecs.hist:
+                    res.hist_sum += row
+                    res.hist_count += 1
+    if res.matrix is not None:
+        res.matrix[idx] = vecs.label.transform(dgms)
+    pending.clear()
+
+
+def _finish(run, vecs, res):
+    """The outputs made of the whole run: mean histogram, label matrix (merged shards), plots, statistics."""
+    args = run.args
+    if vecs.hist is not None:
+        _hist_summary(run, res)
+    if res.matrix is not None:
+        _write_labels(run, vecs.label_info, res)
+    elif vecs.label_info is not None:
+        print(f"label matrix {label_names(args.label_type, run.k, run.n)[0]} is complete; kept")
+        if run.n > 1 and merge_label_shards(run.out_dir, args.label_type, run.n, vecs.label_info, run.all_files):
+            print(f"merged {run.n} shards into {label_names(args.label_type)[0]}")
+    _label_stats(args, run.out_dir)
+    if args.label_type:
+        _diagnose(run)
     if args.plot:
-        _plots(args, files, ok, outs, target_dir, out_dir, hist_vec or pi_vec)
-    _label_stats(args, out_dir)
+        _plots(run, res.ok, vecs.hist or vecs.pimg)
 
-    shard_note = f" (shard {k}/{n} of {len(all_files)})" if n > 1 else ''
+
+def _report(run, res):
+    """The closing line (and the failed inputs); the exit status."""
+    skipped = sum(1 for i in res.complete if res.ok[i])
+    done = int(res.ok.sum()) - skipped
     print(
-        f"PHdict: {done} done, {skipped} skipped, {len(failures)} failed of {len(files)} files{shard_note}"
-        f" -> {out_dir}",
+        f"PHdict: {done} done, {skipped} skipped, {len(res.failures)} failed of {len(run.files)} files"
+        f"{run.shard_note} -> {run.out_dir}",
         flush=True,
     )
-    if failures:
+    if res.failures:
+        failures = res.failures
         print(
             f"failed inputs ({len(failures)}): " + ', '.join(failures[:20]) + (' ...' if len(failures) > 20 else ''),
             file=sys.stderr,
         )
-        if not args.skip_bad:
+        if not run.args.skip_bad:
             return 1
     return 0
 
 
-def _hist_summary(args, files, ok, outs, hist_sum, count, earlier, out_dir, k, n):
-    """Print the maxima of the mean histogram and save its four curves as ``hist_mean.png``.
-
-    ``hist_sum`` / ``count``: sum and number of the histograms written by this run; ``earlier``: indices of
-    the files whose histogram an earlier run wrote (read back from disk).
-    """
-    total = hist_sum.copy()
-    for i in earlier:
-        if ok[i]:
-            total += np.load(outs.hist(files[i]))
+def _hist_summary(run, res):
+    """Print the maxima of the mean histogram and save its four curves as ``hist_mean.png``: the histograms
+    written by this run (``res.hist_sum`` / ``res.hist_count``) and those an earlier run wrote (read back)."""
+    args, files, out_dir, k, n = run.args, run.files, run.out_dir, run.k, run.n
+    total, count = res.hist_sum.copy(), res.hist_count
+    for i in res.earlier_hist:
+        if res.ok[i]:
+            total += np.load(run.outs.hist(files[i]))
             count += 1
     if count == 0:
         return
@@ -710,10 +958,15 @@ def _label_stats(args, out_dir):
     if args.label_type and args.label_norm == 'standard':
         if label_norm.add_stats_to_json(out_dir, args.label_type, args.label_norm_floor) is not None:
             print(f"label statistics (--label_norm standard) in {label_names(args.label_type)[2]}")
+    if args.label_type and args.label_norm == 'whiten':
+        k = args.label_norm_components
+        if label_norm.add_whiten_to_json(out_dir, args.label_type, k, args.label_norm_floor) is not None:
+            print(f"label whitening (--label_norm whiten, {k} directions) in {label_names(args.label_type)[2]}")
 
 
-def _random_labels(args, files, all_files, out_dir, k, n):
+def _random_labels(run):
     """--label_type random: the random-target matrix of the listed files (no PH is computed)."""
+    args, files, out_dir, k, n = run.args, run.files, run.out_dir, run.k, run.n
     if args.compute_hist or args.compute_persistence_image or args.plot:
         raise UserError(
             "--label_type random computes no persistent homology: drop -ch, -cpi and --plot (run "
@@ -734,26 +987,29 @@ def _random_labels(args, files, all_files, out_dir, k, n):
         write_label_matrix(out_dir, names, sources.random_matrix(args.seed, keys, args.numof_dims), files, info)
         print(f"label matrix {names[0]}: {len(files)} x {args.numof_dims} random targets (seed {args.seed})")
     if n > 1:
-        merge_label_shards(out_dir, sources.RANDOM, n, info, all_files)
+        merge_label_shards(out_dir, sources.RANDOM, n, info, run.all_files)
     _label_stats(args, out_dir)
     return 0
 
 
-def _write_labels(args, files, all_files, ok, failures, matrix, label_info, out_dir, k, n, fingerprints):
-    if failures and not args.skip_bad:
+def _write_labels(run, label_info, res):
+    """Write this run's (shard's) label matrix, and merge the shards once all are there."""
+    args, out_dir, n = run.args, run.out_dir, run.n
+    if res.failures and not args.skip_bad:
         print(
-            f"label matrix not written: {len(failures)} inputs failed (rerun after fixing them, or give "
+            f"label matrix not written: {len(res.failures)} inputs failed (rerun after fixing them, or give "
             "--skip_bad to leave them out)",
             file=sys.stderr,
         )
         return
-    keep = np.flatnonzero(ok)
-    paths = [files[i] for i in keep]
-    names = label_names(args.label_type, k, n)
-    write_label_matrix(out_dir, names, matrix[keep], paths, label_info, source_entries([fingerprints[i] for i in keep]))
-    print(f"label matrix {names[0]}: {len(paths)} x {matrix.shape[1]} float32 (paths in {names[1]})")
+    keep = np.flatnonzero(res.ok)
+    paths = [run.files[i] for i in keep]
+    names = label_names(args.label_type, run.k, n)
+    entries = source_entries([run.fingerprints[i] for i in keep])
+    write_label_matrix(out_dir, names, res.matrix[keep], paths, label_info, entries)
+    print(f"label matrix {names[0]}: {len(paths)} x {res.matrix.shape[1]} float32 (paths in {names[1]})")
     if n > 1:
-        merged = merge_label_shards(out_dir, args.label_type, n, label_info, None if args.skip_bad else all_files)
+        merged = merge_label_shards(out_dir, args.label_type, n, label_info, None if args.skip_bad else run.all_files)
         if merged is not None:
             print(f"merged {n} shards into {label_names(args.label_type)[0]} ({merged} rows)")
         else:
@@ -763,18 +1019,12 @@ def _write_labels(args, files, all_files, ok, failures, matrix, label_info, out_
             )
 
 
-def _plots(args, files, ok, outs, target_dir, out_dir, fallback_vec):
+def _plots(run, ok, fallback_vec):
     """``plots/<stem>.png`` for the first ``--plot`` inputs that were read successfully."""
+    args, files, outs, target_dir, out_dir = run.args, run.files, run.outs, run.target_dir, run.out_dir
     vec = vectoriser_from_args(args, args.numof_dims) if args.label_type else fallback_vec
     if vec is None:
-        vec = make_vectoriser(
-            'histogram',
-            sum(args.num_bins),
-            max_life=args.max_life,
-            max_birth=args.max_birth,
-            bandwidth=args.bandwidth,
-            num_bins=args.num_bins,
-        )
+        vec = _histogram_vectoriser(args)
     plot_dir = os.path.join(out_dir, 'plots')
     for i, rel in enumerate(files[: args.plot]):
         if not ok[i]:
@@ -798,6 +1048,82 @@ def _plots(args, files, ok, outs, target_dir, out_dir, fallback_vec):
             image, title = np.asarray(im), rel
         ph.plot_ph(path, image, filtration, dgm, vec(dgm), title=title, vector_label=f'{vec.label_type} ({vec.dim})')
     print(f"plots of the first {min(args.plot, len(files))} inputs in {plot_dir}")
+    if args.label_type:
+        _diagnostics_plot(run, plot_dir)
+
+
+def _diagnostics_plot(run, plot_dir):
+    """``plots/diagnostics.png``: the variance spectrum and diagnostics of the label matrix (whole or shard)."""
+    from util.plot.plotting import label_diagnostics_png
+
+    for names in (label_names(run.args.label_type), label_names(run.args.label_type, run.k, run.n)):
+        npy, _, js = (os.path.join(run.out_dir, x) for x in names)
+        diag = (read_json(js) or {}).get(diagnostics.JSON_KEY)
+        if diag and os.path.isfile(npy):
+            matrix = np.load(npy, mmap_mode='r', allow_pickle=False)
+            rows = diagnostics.sample_rows(matrix.shape[0])
+            label_diagnostics_png(os.path.join(plot_dir, 'diagnostics.png'), matrix[rows], diag, title=names[0])
+            print(f"label diagnostics plot: {os.path.join(plot_dir, 'diagnostics.png')}")
+            return
+
+
+def _diagram_path(run, rel):
+    """Where the diagram of input ``rel`` is: the input itself (-it npy) or the one this script saved."""
+    if run.args.imgtype == 'npy':
+        return os.path.join(run.target_dir, *rel.split('/'))
+    return os.path.join(run.diagram_dir or run.out_dir, *os.path.splitext(rel)[0].split('/')) + '.npy'
+
+
+def _diagnose(run):
+    """The label diagnostics (util/ph/diagnostics.py) of the label matrices this run wrote or kept: into their
+    json under ``diagnostics``, one line printed, and a warning for a degenerate label."""
+    label_type = run.args.label_type
+    wanted = [label_names(label_type, run.k, run.n)] + ([label_names(label_type)] if run.n > 1 else [])
+    for names in wanted:
+        npy, txt, js = (os.path.join(run.out_dir, x) for x in names)
+        meta = read_json(js)
+        if meta is None or not os.path.isfile(npy):
+            continue
+        diag = meta.get(diagnostics.JSON_KEY)
+        if not diag or diag.get('rows') != meta.get('count') or diag.get('label_norm') != run.args.label_norm:
+            diag = _label_diagnostics(run, npy, txt, meta)
+            write_json(js, dict(meta, **{diagnostics.JSON_KEY: diag}))
+        print(f"{names[0]}: {diagnostics.summary_line(diag)}")
+        if diag.get('after_label_norm'):
+            print(f"  after --label_norm {run.args.label_norm}: {diagnostics.summary_line(diag['after_label_norm'])}")
+        for warning in diagnostics.degeneracy_warnings(diag.get('after_label_norm') or diag):  # what is regressed
+            print(f"warning: {warning}", file=sys.stderr)
+
+
+def _normalised(run, meta, rows):
+    """The label rows as pretraining --label_norm sees them (the statistics in ``meta``), or None."""
+    if run.args.label_norm == 'standard' and meta.get(label_norm.JSON_KEY):
+        rec = meta[label_norm.JSON_KEY]
+        return (rows - np.asarray(rec['mean'])) / np.asarray(rec['std'])
+    if run.args.label_norm == 'whiten' and meta.get(label_norm.WHITEN_KEY):
+        mean, mapping = label_norm.whiten_from_record(meta[label_norm.WHITEN_KEY], rows.shape[1], 'label json')
+        return (rows - mean) @ mapping
+    return None
+
+
+def _label_diagnostics(run, npy, txt, meta):
+    matrix = np.load(npy, mmap_mode='r', allow_pickle=False)
+    names = read_paths(txt)
+    rows = diagnostics.sample_rows(len(names))
+    picked = [names[i] for i in rows]
+    try:
+        counts = diagnostics.diagram_counts([np.load(_diagram_path(run, rel)) for rel in picked])
+    except (OSError, ValueError):
+        counts = None  # a diagram gone since: the count fit is left out
+    params = diagnostics.generator_features(picked, run.target_dir) if run.args.imgtype != 'npy' else None
+    labels = np.asarray(matrix[rows], dtype=np.float64)
+    diag = diagnostics.compute(labels, counts, params)
+    diag['rows'] = len(names)
+    diag['label_norm'] = run.args.label_norm
+    normalised = _normalised(run, meta, labels)
+    if normalised is not None:  # what the network regresses under --label_norm
+        diag['after_label_norm'] = diagnostics.compute(normalised, counts, params)
+    return diag
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ def _diagrams(n=6, seed=0):
 
 
 def test_registry_holds_every_label_type():
-    assert tuple(VECTORISERS) == LABEL_TYPES == ('histogram', 'persistence_image', 'betti_curve', 'landscape')
+    assert tuple(VECTORISERS) == LABEL_TYPES
+    assert LABEL_TYPES == ('histogram', 'persistence_image', 'betti_curve', 'landscape', 'split_image')  # issue 20
     for name, cls in VECTORISERS.items():
         v = make_vectoriser(name, 40)
         assert type(v) is cls and isinstance(v, Vectoriser) and v.dim == 40 and v.label_type == name

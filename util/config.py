@@ -110,11 +110,12 @@ class LabelConfig:
 
 @dataclass(frozen=True)
 class NormConfig:
-    """``--label_norm``: 'none' or 'standard' (z-score of the pretraining labels, std floored at ``floor`` x the
-    RMS of the components' std; see util.train.label_norm)."""
+    """``--label_norm``: 'none', 'standard' (z-score of the pretraining labels, std floored at ``floor`` x the
+    RMS of the components' std) or 'whiten' (top-``components`` PCA whitening; see util.train.label_norm)."""
 
     mode: str = field(default='none', metadata=_flag('label_norm'))
     floor: float = field(default=0.1, metadata=_flag('label_norm_floor'))
+    components: int = field(default=16, metadata=_flag('label_norm_components'))  # --label_norm whiten: K
 
 
 def _on_the_fly_generator():

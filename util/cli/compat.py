@@ -2,12 +2,13 @@
 
 Every flag of the original's later ``arguments.py`` (and of its generator, PHdict, predict, visMap and
 downloader scripts) is either accepted here with the original's meaning or refused by
-:mod:`util.cli.strict_args` with one line naming ours; docs/compat.md is the table.  This module holds:
+:mod:`util.cli.strict_args` with one line naming ours; util/cli/original_flags.py is the table (docs/compat.md
+explains it).  This module holds:
 
 * :func:`add_aliases` -- the original's option strings for flags we have under another name (``-s`` for
   ``--seed``, ``--start_epoch`` for ``--start-epoch`` ...), added to the very same argparse action;
 * :func:`allow_two_values` -- ``--max_life/--max_birth/--min_birth`` take one value or two (H0 then H1) as
-  in the original; two different values are refused by name (our vectorisers use one range for both);
+  in the original (``--max_life 80 60``);
 * :class:`LabelTypeAction` -- the original's label type names (``persistence_histogram``...) for ours;
 * :class:`PrecomputedOrColour` -- the training scripts' ``-pc``: alone it is ``--precomputed`` (the seed
   README's meaning), with a number it is ``--prob_colour`` (the original's later ``main.py``);
@@ -23,6 +24,8 @@ import math
 import os
 import sys
 
+from util.cli import original_flags
+from util.cli.original_flags import accepted
 from util.errors import UserError
 
 # The original's label type names -> ours.  'raw' and 'grid' have no counterpart (see RAW_GRID_REASON).
@@ -52,6 +55,16 @@ def _fail(parser, msg):
     parser.exit(2)
 
 
+def missing_aliases(parser, table):
+    """{option string: dest} of the original's flags in ``table`` (util/cli/original_flags.py) taken with their
+    meaning that ``parser`` does not have yet; one it has must be the field the table names."""
+    have = parser._option_string_actions
+    for flag, dest in accepted(table).items():
+        if flag in have and have[flag].dest != dest:
+            raise ValueError(f"{flag} is --{have[flag].dest} here but the original's {dest}")
+    return {flag: dest for flag, dest in accepted(table).items() if flag not in have}
+
+
 def add_aliases(parser, aliases):
     """Give existing actions further option strings: ``aliases`` is {option string: dest}.
 
@@ -74,19 +87,13 @@ def add_aliases(parser, aliases):
 
 
 class _OneOrTwo(argparse.Action):
-    """One value, or two (H0 then H1, the original's shape); two equal values are one; two different ones
-    are refused naming the flag (our label vectorisers take one range for both dimensions)."""
+    """One value, or two (H0 then H1, the original's shape); two equal values are one, two different ones are
+    stored as the list [H0, H1] (the vectorisers take per-dimension ranges)."""
 
     def __call__(self, parser, namespace, values, option_string=None):
         if len(values) > 2:
             _fail(parser, f"{option_string} takes one value, or two (H0 then H1); got {len(values)}")
-        if len(values) == 2 and values[0] != values[1]:
-            _fail(
-                parser,
-                f"{option_string} {values[0]:g} {values[1]:g}: different H0 and H1 ranges are not "
-                f"supported here (one range serves both dimensions); give one value",
-            )
-        setattr(namespace, self.dest, values[0])
+        setattr(namespace, self.dest, values[0] if len(values) == 1 or values[0] == values[1] else list(values))
 
 
 def allow_two_values(parser, dests=('max_life', 'max_birth', 'min_birth')):
@@ -173,55 +180,8 @@ def split_pc(parser):
     return parser
 
 
-# Our training flags under the original's later names (same field, same meaning; differences of default
-# are listed in docs/compat.md).
-TRAINING_ALIASES = {
-    '-s': 'seed',
-    '-m': 'momentum',
-    '-j': 'num_workers',
-    '-is': 'img_size',
-    '-cs': 'crop_size',
-    '-f': 'filtration',
-    '-bd': 'bandwidth',
-    '-maxb': 'max_birth',
-    '-minb': 'min_birth',
-    '-ps': 'sigma',
-    '--persImg_sigma': 'sigma',
-    '-pn': 'power',
-    '--persImg_weight': 'power',
-    '-lt': 'label_type',
-    '--label_type_pt': 'label_type',
-    '-ra': 'aug_plus',
-    '--aug-plus': 'aug_plus',
-    '--start_epoch': 'start_epoch',
-    '--save_interval': 'save_interval',
-    '--log_interval': 'log_interval',
-    '-c': 'cache_dir',
-    '--cachedir': 'cache_dir',
-    '--train_pt': 'ph_train',
-    '--val_pt': 'ph_val',
-    '--numof_dims_pt': 'ph_dims',
-    '--dist-backend': 'pidf',
-}
-
-PHDICT_ALIASES = {
-    '-j': 'num_workers',
-    '-f': 'filtration',
-    '-bd': 'bandwidth',
-    '-maxb': 'max_birth',
-    '-minb': 'min_birth',
-    '-ps': 'sigma',
-    '--persImg_sigma': 'sigma',
-    '-pn': 'power',
-    '--persImg_weight': 'power',
-    '-lt': 'label_type',
-    '--label_type_pt': 'label_type',
-}
-
-
 def training_compat(parser):
     """The original's later flags on the parser of pretraining.py / finetuning.py."""
-    add_aliases(parser, TRAINING_ALIASES)
     parser.add_argument(
         '--persistence_after_transform',
         '-pat',
@@ -231,6 +191,7 @@ def training_compat(parser):
         default=argparse.SUPPRESS,
         help="the original's name for -ph post",
     )
+    add_aliases(parser, missing_aliases(parser, original_flags.TRAINING))
     allow_two_values(parser)
     accept_original_label_types(parser)
     split_pc(parser)
@@ -252,7 +213,7 @@ class _Bins(argparse.Action):
 
 def phdict_compat(parser):
     """The original's later flags on PHdict.py's parser."""
-    add_aliases(parser, PHDICT_ALIASES)
+    add_aliases(parser, missing_aliases(parser, original_flags.PHDICT))
     bins = parser._option_string_actions.get('--num_bins')
     if bins is not None:
         bins.nargs = '+'

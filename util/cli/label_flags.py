@@ -17,14 +17,22 @@ def allow_random_choice(group):
 
 
 def add_norm_args(group):
-    """--label_norm and --label_norm_floor (defaults: :class:`util.config.NormConfig`)."""
+    """--label_norm, --label_norm_components and --label_norm_floor (defaults: :class:`util.config.NormConfig`)."""
     group.add_argument(
         '--label_norm',
-        choices=('none', 'standard'),
+        choices=('none', 'standard', 'whiten'),
         default=NormConfig.mode,
         help='standard: z-score each label component by the mean and std of the training labels '
-        '(std floored at --label_norm_floor x their RMS), computed once and stored in the run '
-        '(default: %(default)s)',
+        '(std floored at --label_norm_floor x their RMS), computed once and stored in the run; '
+        'whiten: PCA-whiten the top --label_norm_components directions of the labels (the rest dropped), '
+        'so the first component no longer dominates the loss (default: %(default)s)',
+    )
+    group.add_argument(
+        '--label_norm_components',
+        type=int,
+        default=NormConfig.components,
+        metavar='K',
+        help='--label_norm whiten: the number K of principal directions kept (default: %(default)s)',
     )
     group.add_argument(
         '--label_norm_floor',

@@ -9,8 +9,9 @@ Pipeline (the original project's, made faster where it costs nothing in exactnes
   luma weights 0.2989 / 0.5870 / 0.1140; ``(H, W)`` arrays are used as they are.
 * Filtration (:data:`FILTRATIONS`, default ``'signed_distance'``): the image is binarised at Otsu's threshold
   (``bw = grey >= t``) and transformed by ``cripser.apply_transform``; ``'signed_distance'`` is
-  ``EDT(bw) - EDT(~bw)``, the original's filtration.  ``'none'`` uses the raw grey values.  A constant image
-  (no threshold exists) gives an all-zero filtration for every kind but ``'none'``.
+  ``EDT(bw) - EDT(~bw)``, the original's filtration.  ``'none'`` uses the raw grey values (sublevel sets),
+  ``'none_inv'`` their negation (superlevel sets).  A constant image (no threshold exists) gives an all-zero
+  filtration for every kind but these two.
 * Edges (``gradient=True``, the original's later ``--gradient``): instead of the Otsu mask, the binary image
   is the Canny edge map of the denoised grey image (see :func:`edge_map`); the chosen filtration is then
   taken of that edge map (``'none'``: the edge map as 0/255 values).
@@ -24,18 +25,20 @@ Pipeline (the original project's, made faster where it costs nothing in exactnes
   dimension 0 or 1, birth/death filtration values, and the pixel locations of the birth and death cells as
   cripser reports them); essential classes have ``death`` = the largest double (~1.8e308).
 
-Speed (see ``bench/ph_bench.py``): for 8-bit grey images Otsu's threshold is computed from a 256-bin count of
-the pixel values, binned exactly as ``skimage.filters.threshold_otsu`` bins the float image, so the mask is
-bit for bit the one the original computed, at a fifth of the cost.  The signed distance is taken from the
-exact numba squared EDT of :mod:`util.ph.distance` (checked equal to scipy's in the tests; about 2.5x
-faster than scipy; the ``edt`` package is no longer used), or, with :data:`NUMBA_EDT` off, from scipy's two
-feature transforms combined in integer arithmetic (about 1.5x faster than two ``distance_transform_edt``
-calls, the same values bit for bit).
+Exactness: for 8-bit grey images Otsu's threshold is computed from the 256 level counts
+(:func:`util.ph.otsu.otsu_threshold_from_counts`), binned exactly as ``skimage.filters.threshold_otsu`` bins
+the float image, so the mask is bit for bit the one the original computed.  The signed distance is taken
+from the exact squared EDT of :mod:`util.ph.distance`, or, with :data:`NUMBA_EDT` off, from scipy's two
+feature transforms combined in integer arithmetic: either way the values of two ``distance_transform_edt``
+calls, bit for bit (speed: BENCHMARKS.md, "Module notes").
 """
+
+from __future__ import annotations
 
 import math
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -43,11 +46,16 @@ from util.errors import UserError
 from util.io.fileio import convert_image, load_image
 from util.ph.otsu import otsu_threshold, otsu_threshold_from_counts
 
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from PIL import Image
+
 
 def _import_cripser():
     """``import cripser`` without its optional PyTorch helpers when torch is not loaded yet.
 
-    cripser's package ``__init__`` imports torch (about 3 s) for ``compute_ph_torch`` and friends, which this
+    cripser's package ``__init__`` imports torch (seconds) for ``compute_ph_torch`` and friends, which this
     module does not use; every guard there catches ``ModuleNotFoundError``, so while torch is absent from
     ``sys.modules`` we hide it for the duration of the import.  In a process that imported torch first, this is
     a plain ``import cripser``.  (Consequence: in a process that imports this module before torch,
@@ -100,7 +108,9 @@ FILTRATIONS = (
     'upward',
     'downward',
     'none',
+    'none_inv',
 )
+GREY_FILTRATIONS = ('none', 'none_inv')  # grey values: sublevel sets ('none') and superlevel sets ('none_inv')
 DEFAULT_FILTRATION = 'signed_distance'
 LUMA = (0.2989, 0.5870, 0.1140)
 ENGINES = ('auto', 'unionfind', 'cripser')
@@ -109,8 +119,8 @@ DIAGRAM_COLUMNS = ('dim', 'birth', 'death', 'x1', 'y1', 'z1', 'x2', 'y2', 'z2')
 # Deaths at or above this are "infinite": cripser writes DBL_MAX (~1.8e308) for essential classes.
 INFINITE_DEATH = 0.5 * np.finfo(np.float64).max
 
-# The signed distance comes from util.ph.distance's exact numba squared EDT (about 2.5x faster than
-# scipy); False = scipy's feature transforms (the reference route, kept for tests and the benchmarks).
+# The signed distance comes from util.ph.distance's exact numba squared EDT; False = scipy's feature
+# transforms (the reference route, kept for tests and the benchmarks).
 NUMBA_EDT = True
 
 
@@ -140,7 +150,7 @@ def _grey(img):
     return a.astype(np.float64, copy=False)
 
 
-def to_grey(img):
+def to_grey(img: Image.Image | np.ndarray | str | os.PathLike) -> np.ndarray:
     """Grey values of an image as float64 ``(H, W)``.
 
     ``img``: a PIL image (converted with ``convert('L')``; 16-bit and palette images handled), a file path, or
@@ -155,7 +165,7 @@ def to_grey(img):
 # Otsu threshold
 
 
-def otsu_mask(grey, counts=None):
+def otsu_mask(grey: np.ndarray, counts: np.ndarray | list[int] | None = None) -> np.ndarray | None:
     """Foreground mask ``grey >= t`` at Otsu's threshold ``t`` (as skimage computes it on the float image).
 
     ``grey``: ``(H, W)`` array.  uint8 input takes the fast route: the threshold from the 256 level counts
@@ -183,7 +193,7 @@ CANNY_SPREAD = 0.33  # Canny thresholds (1 -/+ 0.33) x median grey value, as the
 TV_WEIGHT = 0.1  # strength of the total-variation denoising before edge detection (grey scaled to [0, 1])
 
 
-def edge_map(grey):
+def edge_map(grey: np.ndarray) -> np.ndarray:
     """Binary edge map ``(H, W)`` bool of a grey image ``(H, W)`` (uint8, or float on the 0..255 scale).
 
     The image is denoised (total-variation, :func:`skimage.restoration.denoise_tv_chambolle` with weight
@@ -267,15 +277,17 @@ def _binary(grey, kind, gradient):
         g = _grey(grey)
     if gradient:
         bw = edge_map(g)
-        if kind != 'none' and (bw.all() or not bw.any()):  # no edges: nothing to measure distances to
+        if kind not in GREY_FILTRATIONS and (bw.all() or not bw.any()):  # no edges: nothing to measure distances to
             return g, None
         return g, bw
-    if kind == 'none':
+    if kind in GREY_FILTRATIONS:
         return g, None
     return g, otsu_mask(g, counts)
 
 
-def compute_filtration(grey, kind=DEFAULT_FILTRATION, gradient=False):
+def compute_filtration(
+    grey: Image.Image | np.ndarray, kind: str = DEFAULT_FILTRATION, gradient: bool = False
+) -> np.ndarray:
     """The filtration ``(H, W)`` float64 of a grey image (``(H, W)``; a colour image is reduced to grey).
 
     ``kind`` (one of :data:`FILTRATIONS`): ``'none'`` = the grey values themselves; any other is
@@ -292,10 +304,11 @@ def compute_filtration(grey, kind=DEFAULT_FILTRATION, gradient=False):
 
 
 def _filtration_of(g, bw, kind, gradient):
-    if kind == 'none':
+    if kind in GREY_FILTRATIONS:  # 'none_inv': negated, so the sublevel sets are the superlevel sets of grey
+        sign = -1.0 if kind == 'none_inv' else 1.0
         if gradient:
-            return bw.astype(np.float64) * 255.0
-        return np.ascontiguousarray(g, dtype=np.float64)
+            return bw.astype(np.float64) * (255.0 * sign)
+        return np.ascontiguousarray(g, dtype=np.float64) * sign
     if bw is None:
         return np.zeros(g.shape, dtype=np.float64)
     if kind == 'signed_distance':
@@ -304,7 +317,7 @@ def _filtration_of(g, bw, kind, gradient):
     return np.ascontiguousarray(out, dtype=np.float64)
 
 
-def resolve_engine(engine, ndim=2):
+def resolve_engine(engine: str, ndim: int = 2) -> str:
     """The engine that computes a diagram of a filtration with ``ndim`` axes: ``'unionfind'`` or
     ``'cripser'`` (``'auto'``: union-find for 2-D, cripser otherwise); an unknown name is a UserError, and
     ``'unionfind'`` for anything but 2-D is refused by name."""
@@ -332,7 +345,7 @@ def _distance():
     return distance
 
 
-def diagram_of_filtration(filtration, engine=DEFAULT_ENGINE):
+def diagram_of_filtration(filtration: np.ndarray, engine: str = DEFAULT_ENGINE) -> np.ndarray:
     """Persistence diagram ``(n, 9)`` float64 of H0 and H1 of a filtration (2-D; cripser also takes 3-D).
 
     ``engine`` (:data:`ENGINES`): ``'auto'`` = union-find for 2-D, else cripser.  Both give the diagram of
@@ -353,7 +366,12 @@ def diagram_of_filtration(filtration, engine=DEFAULT_ENGINE):
     return _cripser().computePH(f, maxdim=1)
 
 
-def compute_ph(img, filtration=DEFAULT_FILTRATION, gradient=False, engine=DEFAULT_ENGINE):
+def compute_ph(
+    img: Image.Image | np.ndarray | str | os.PathLike,
+    filtration: str = DEFAULT_FILTRATION,
+    gradient: bool = False,
+    engine: str = DEFAULT_ENGINE,
+) -> np.ndarray:
     """Persistence diagram ``(n, 9)`` float64 of an image (uint8/float array ``(H, W)`` or ``(H, W, 3)``,
     PIL image, or file path), with the given filtration (see :func:`compute_filtration`), of the Canny edge
     map instead of the Otsu mask when ``gradient``; ``engine`` as in :func:`diagram_of_filtration`.
@@ -378,13 +396,37 @@ def compute_ph(img, filtration=DEFAULT_FILTRATION, gradient=False, engine=DEFAUL
     return diagram_of_filtration(_filtration_of(g, bw, filtration, gradient), engine)
 
 
-def ph_of_file(path, filtration=DEFAULT_FILTRATION, gradient=False, engine=DEFAULT_ENGINE):
+def ph_of_file(
+    path: str | os.PathLike,
+    filtration: str = DEFAULT_FILTRATION,
+    gradient: bool = False,
+    engine: str = DEFAULT_ENGINE,
+    size_normalise: bool = False,
+) -> np.ndarray:
     """Persistence diagram ``(n, 9)`` of an image file (read as 8-bit grey); raises
-    :class:`util.errors.BadImageError` naming the file if it cannot be decoded."""
-    return compute_ph(load_image(path, 'L'), filtration, gradient=gradient, engine=engine)
+    :class:`util.errors.BadImageError` naming the file if it cannot be decoded.  ``size_normalise``: see
+    :func:`normalise_size`."""
+    image = load_image(path, 'L')
+    dgm = compute_ph(image, filtration, gradient=gradient, engine=engine)
+    return normalise_size(dgm, max(image.size)) if size_normalise else dgm
 
 
-def warm_up(engine=DEFAULT_ENGINE):
+SIZE_REFERENCE = 256  # --size_normalise: filtration values in pixels of a 256-px image
+SIZE_FILTRATIONS = tuple(k for k in FILTRATIONS if k not in ('binarisation',) + GREY_FILTRATIONS)  # in pixel units
+
+
+def normalise_size(diagram, size, reference=SIZE_REFERENCE):
+    """``--size_normalise``: births and deaths of a diagram of a filtration in pixel units (distances, radial,
+    row index) times ``reference / size`` (the original's later version multiplies the distance by 256/size),
+    so that a shape gives the same values at every image size.  Infinite deaths stay infinite; a copy."""
+    d = np.array(diagram, dtype=np.float64, copy=True)
+    values = d[:, 1:3]
+    finite = np.abs(values) < INFINITE_DEATH
+    values[finite] *= float(reference) / float(size)
+    return d
+
+
+def warm_up(engine: str = DEFAULT_ENGINE) -> None:
     """Load (or, the first time on a machine, compile) the union-find engine's numba code when ``engine``
     uses it, so that worker processes forked afterwards start with it ready."""
     if resolve_engine(engine, 2) == 'unionfind':
@@ -392,7 +434,7 @@ def warm_up(engine=DEFAULT_ENGINE):
         _distance().warm_up()
 
 
-def is_diagram(a):
+def is_diagram(a: object) -> bool:
     """True if ``a`` looks like a cripser diagram: a float array ``(n, 9)`` (``n`` may be 0)."""
     return (
         isinstance(a, np.ndarray)
@@ -407,8 +449,8 @@ def is_diagram(a):
 
 
 def _diagram_job(job):
-    """Worker: ``(index, (path, source, filtration[, gradient[, engine]]))`` -> ``(index, diagram or None,
-    error or None)``.
+    """Worker: ``(index, (path, source, filtration[, gradient[, engine[, size_normalise]]]))`` -> ``(index,
+    diagram or None, error or None)``.
 
     ``source`` is ``'image'`` (compute the PH of the image file) or ``'npy'`` (load a saved diagram);
     ``gradient`` (default False) takes the PH of the Canny edge map; ``engine`` (default ``'auto'``) as in
@@ -421,6 +463,7 @@ def _diagram_job(job):
     index, (path, source, filtration, *rest) = job
     gradient = bool(rest[0]) if rest else False
     engine = rest[1] if len(rest) > 1 else DEFAULT_ENGINE
+    size_normalise = bool(rest[2]) if len(rest) > 2 else False
     try:
         if source == 'npy':
             try:
@@ -439,12 +482,14 @@ def _diagram_job(job):
                 )
             dgm = check_diagram(dgm, path, error=BadImageError)  # homology dimensions 0..2 too
             return index, dgm.astype(np.float64, copy=False), None
-        return index, ph_of_file(path, filtration, gradient=gradient, engine=engine), None
+        return index, ph_of_file(path, filtration, gradient, engine, size_normalise), None
     except BadImageError as e:
         return index, None, str(e)
 
 
-def iter_diagrams(jobs, workers=1, chunksize=None):
+def iter_diagrams(
+    jobs: list, workers: int = 1, chunksize: int | None = None
+) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
     """Compute or load the diagrams of ``jobs`` and yield ``(index, diagram, error)`` as they finish.
 
     ``jobs``: list of ``(path, source, filtration[, gradient[, engine]])`` with ``source`` ``'image'`` or
@@ -473,7 +518,15 @@ def iter_diagrams(jobs, workers=1, chunksize=None):
 # picture
 
 
-def plot_ph(path, image, filtration, diagram, vector=None, title=None, vector_label=None):
+def plot_ph(
+    path: str,
+    image: Image.Image | np.ndarray,
+    filtration: np.ndarray,
+    diagram: np.ndarray,
+    vector: np.ndarray | None = None,
+    title: str | None = None,
+    vector_label: str | None = None,
+) -> None:
     """Save a PNG at ``path``: image | filtration | persistence diagram | label vector, side by side.
 
     ``image``: ``(H, W)`` or ``(H, W, 3)`` array or PIL image; ``filtration``: ``(H, W)``; ``diagram``:

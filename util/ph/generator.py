@@ -33,10 +33,12 @@ How the fast path computes the same thing (see :func:`_draw_and_filter`, :func:`
   ~1e-6 of their range; a few pixels in 1e5 of min-max-normalised channels move by one grey level, and
   binarised channels agree (tests/test_random_image.py states and checks the exact bounds).
 * Otsu's threshold is skimage's ``threshold_otsu`` given a histogram binned bin-for-bin as
-  ``np.histogram`` bins it, but faster.
+  ``np.histogram`` bins it (:mod:`util.ph.otsu`), the same threshold.
 * Scratch arrays are reused per thread, and script workers call :func:`reduce_allocator_churn`, to avoid
   page faults on each image's temporaries.
 """
+
+from __future__ import annotations
 
 import functools
 import json
@@ -46,6 +48,7 @@ import os
 import signal
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -54,6 +57,9 @@ from scipy import fft as sp_fft
 from util.errors import UserError
 from util.io.fileio import TMP_MARK, load_image, save_image
 from util.ph.otsu import otsu_threshold
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 TRAIN_STREAM = 0
 VAL_STREAM = 1
@@ -163,11 +169,11 @@ def _workspace(size):
 
 
 def reduce_allocator_churn() -> bool:
-    """Optional, process-wide speed-up for processes that generate many images (workers).
+    """Optional, process-wide setting for processes that generate many images (workers); images unchanged.
 
     Asks glibc's allocator to keep freed memory for reuse (mmap threshold 32 MiB, trim threshold
     256 MiB) instead of handing each large temporary back to the OS, which otherwise costs page faults on
-    every image (about a fifth of the generator's time). The process keeps its peak heap size. Returns
+    every image. The process keeps its peak heap size. Returns
     True if applied, False where there is no glibc ``mallopt`` (then nothing changes).
     """
     import ctypes
@@ -203,20 +209,26 @@ def _symmetric_filter(ws, alpha, beta, out):
     out[0, 0] = 0.0
 
 
-def _draw_and_filter(rng, cfg):
+def _draw_and_filter(rng, cfg, drawn=None):
     """Consume the draws of the model up to the flatness test and filter the noise.
 
     Returns (channels, lows, highs): float32 (C,S,S), C in {1,3}, the filtered channels minus their
     (constant) DC term, freshly allocated; and their per-channel minima and maxima, (C,) float32.
+    ``drawn``: a list that receives the ``(alpha, beta)`` of each channel of the image returned (those of
+    the last attempt when a flat image was redrawn).
     """
     size = cfg.img_size
     ws = _workspace(size)
     channels = 3 if rng.uniform(0.0, 1.0) < cfg.prob_colour else 1
     noise, filt = ws.noise[:channels], ws.filt[:channels]
     while True:
+        if drawn is not None:
+            drawn.clear()
         for c in range(channels):
             alpha = rng.uniform(*cfg.alpha_range)
             beta = rng.uniform(*cfg.beta_range)
+            if drawn is not None:
+                drawn.append((alpha, beta))
             rng.random(out=ws.noise64)  # bitwise the same draws as rng.uniform(0, 1, (S, S))
             noise[c] = ws.noise64
             _symmetric_filter(ws, alpha, beta, filt[c])
@@ -273,10 +285,78 @@ def generate_image(cfg: GeneratorConfig, seed: int, index: int, stream: int = TR
     return image[:, :, 0] if channels == 1 else image
 
 
+PARAM_NAMES = ('alpha', 'beta', 'binarised', 'inverted', 'colour')
+
+
+def image_params(cfg: GeneratorConfig, seed: int, index: int, stream: int = TRAIN_STREAM) -> dict:
+    """The parameters image ``index`` of ``stream`` was made with by :func:`generate_image`, from the same draws.
+
+    Returns ``{'alpha': [C], 'beta': [C], 'binarised': [C], 'inverted': [C], 'colour': bool}`` (lists over
+    the C = 1 or 3 channels; ``binarised``: the channel was thresholded at Otsu's value, ``inverted``: it was
+    binarised as ``channel < threshold``).  The random numbers are consumed as :func:`generate_image` does;
+    the noise is filtered too (the flatness test that may redraw an image needs it) but neither thresholded
+    nor quantised, so this costs about the FFTs of one image.
+    """
+    rng = image_rng(seed, index, stream)
+    drawn = []
+    out, _, _ = _draw_and_filter(rng, cfg, drawn)
+    binarised, inverted = [], []
+    for _ in range(out.shape[0]):  # the same draws as generate_image's channel loop
+        q = rng.uniform(0.0, 1.0)
+        binarised.append(bool(q < cfg.prob_binary))
+        inverted.append(bool(q < cfg.prob_binary and not q < cfg.prob_binary / 2))
+    return {
+        'alpha': [float(a) for a, _ in drawn],
+        'beta': [float(b) for _, b in drawn],
+        'binarised': binarised,
+        'inverted': inverted,
+        'colour': out.shape[0] == 3,
+    }
+
+
+def params_features(params: dict) -> np.ndarray:
+    """A fixed-length float vector of :func:`image_params` for regressions (grey images repeat their one
+    channel): colour, then per channel alpha, beta, beta**2, binarised, inverted (16 values)."""
+    c = len(params['alpha'])
+    pick = [0, 0, 0] if c == 1 else [0, 1, 2]
+    feats = [float(params['colour'])]
+    for k in pick:
+        b = params['beta'][k]
+        feats += [params['alpha'][k], b, b * b, float(params['binarised'][k]), float(params['inverted'][k])]
+    return np.asarray(feats, dtype=np.float64)
+
+
+def generated_image_index(name: str, prefix: str, fmt: str):
+    """The index of a file named as this generator names its images (``v00000012.jpg`` -> 12), else None."""
+    stem, dot, ext = name.rpartition('.')
+    if not dot or ext != fmt or not stem.startswith(prefix):
+        return None
+    digits = stem[len(prefix) :]
+    return int(digits) if len(digits) == 8 and digits.isdigit() else None
+
+
+def folder_generator(folder: str):
+    """``(cfg, seed, stream, prefix, format)`` of a folder written by ``util/random_image.py`` (its args.json),
+    or None when the folder has no such record."""
+    try:
+        with open(os.path.join(folder, ARGS_FILE), encoding='utf-8') as f:
+            rec = json.load(f)
+        cfg = GeneratorConfig(
+            img_size=int(rec['img_size']),
+            alpha_range=tuple(float(v) for v in rec['alpha_range']),
+            beta_range=tuple(float(v) for v in rec['beta_range']),
+            prob_binary=float(rec['prob_binary']),
+            prob_colour=float(rec['prob_colour']),
+        )
+        return cfg, int(rec['seed']), int(rec['stream']), str(rec['prefix']), str(rec['format'])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 # ----------------------------------------------------------------------------------------------- script
 
 
-def image_name(prefix, index, fmt):
+def image_name(prefix: str, index: int, fmt: str) -> str:
     return f"{prefix}{index:08d}.{fmt}"
 
 
@@ -292,7 +372,7 @@ def _write_one(job, cfg, seed, prefix, fmt):
     return 1
 
 
-def split_folders(output, n_val):
+def split_folders(output: str, n_val: int) -> list[tuple[str, int, str]]:
     """[(folder, stream, split name)]: ``output`` alone, or train/val folders when ``n_val > 0``.
 
     With validation images: if ``output``'s basename is ``train`` the val folder is its sibling ``val``,
@@ -308,7 +388,15 @@ def split_folders(output, n_val):
     return [(train, TRAIN_STREAM, 'train'), (val, VAL_STREAM, 'val')]
 
 
-def write_images(cfg, seed, jobs, prefix='v', fmt='jpg', num_workers=1, progress=None):
+def write_images(
+    cfg: GeneratorConfig,
+    seed: int,
+    jobs: list,
+    prefix: str = 'v',
+    fmt: str = 'jpg',
+    num_workers: int = 1,
+    progress: Callable[[int], None] | None = None,
+) -> int:
     """Generate and save the images of ``jobs`` = [(folder, stream, index)], in a process pool if
     ``num_workers > 1``. ``progress``: optional callable(n) told about each finished image. Returns the count.
 
@@ -345,7 +433,7 @@ def _init_worker():
     reduce_allocator_churn()
 
 
-def check_settings(folder, settings, overwrite):
+def check_settings(folder: str, settings: dict, overwrite: bool) -> None:
     """Refuse to extend a folder whose args.json records other image settings (unless --overwrite)."""
     path = os.path.join(folder, ARGS_FILE)
     if overwrite or not os.path.exists(path):
@@ -363,7 +451,7 @@ def check_settings(folder, settings, overwrite):
         )
 
 
-def make_preview(folder, names, path, tile=128):
+def make_preview(folder: str, names: list[str], path: str, tile: int = 128) -> None:
     """Contact sheet (PNG at ``path``) of the images ``names`` in ``folder``, as RGB tiles of ``tile`` px."""
     cols = math.ceil(math.sqrt(len(names)))
     rows = math.ceil(len(names) / cols)
@@ -376,7 +464,7 @@ def make_preview(folder, names, path, tile=128):
     save_image(path, sheet, fmt='png')
 
 
-def remove_stale_temps(folder, prefix):
+def remove_stale_temps(folder: str, prefix: str) -> int:
     """Delete temporary files left by a killed run of this script (``<prefix>NNNNNNNN.<fmt>.tmp-*``)."""
     removed = 0
     for name in os.listdir(folder):

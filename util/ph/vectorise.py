@@ -25,10 +25,16 @@ saturate).  Scripts build a vectoriser from command-line flags with :func:`add_l
 :func:`vectoriser_from_params` (or :func:`vectoriser_from_args`), or directly with :func:`make_vectoriser`.
 """
 
+from __future__ import annotations
+
+import argparse
 import inspect
+from typing import TYPE_CHECKING
 
 from util.errors import UserError
 from util.ph.vectorise_base import (  # noqa: F401 (re-exported)
+    AUTO,
+    AUTO_PARAMS,
     DEFAULT_BANDWIDTH,
     DEFAULT_MAX_BIRTH,
     DEFAULT_MAX_LIFE,
@@ -43,10 +49,15 @@ from util.ph.vectorise_types import (  # noqa: F401 (re-exported)
     HistogramVectoriser,
     LandscapeVectoriser,
     PersistenceImageVectoriser,
+    SplitImageVectoriser,
     pixel_grid,
     pixel_masses,
     smoothing_matrix,
 )
+
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Mapping
 
 __all__ = [
     'VECTORISERS',
@@ -56,6 +67,7 @@ __all__ = [
     'PersistenceImageVectoriser',
     'BettiCurveVectoriser',
     'LandscapeVectoriser',
+    'SplitImageVectoriser',
     'make_vectoriser',
     'add_label_args',
     'vectoriser_from_params',
@@ -74,22 +86,22 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------------
 # construction from parameters / command-line flags
 
-LABEL_TYPES = tuple(VECTORISERS)  # ('histogram', 'persistence_image', 'betti_curve', 'landscape')
+LABEL_TYPES = tuple(VECTORISERS)  # ('histogram', 'persistence_image', 'betti_curve', 'landscape', 'split_image')
 
 
 def make_vectoriser(
-    label_type,
-    dim,
+    label_type: str,
+    dim: int,
     *,
-    max_life=DEFAULT_MAX_LIFE,
-    max_birth=DEFAULT_MAX_BIRTH,
-    min_birth=None,
-    bandwidth=DEFAULT_BANDWIDTH,
-    sigma=DEFAULT_SIGMA,
-    power=DEFAULT_POWER,
-    num_landscapes=DEFAULT_NUM_LANDSCAPES,
-    num_bins=None,
-):
+    max_life: float = DEFAULT_MAX_LIFE,
+    max_birth: float = DEFAULT_MAX_BIRTH,
+    min_birth: float | None = None,
+    bandwidth: int = DEFAULT_BANDWIDTH,
+    sigma: float = DEFAULT_SIGMA,
+    power: float = DEFAULT_POWER,
+    num_landscapes: int = DEFAULT_NUM_LANDSCAPES,
+    num_bins: list[int] | None = None,
+) -> Vectoriser:
     """The vectoriser of ``label_type`` (one of :data:`LABEL_TYPES`) with output length ``dim``.
 
     Parameters a label type does not use are ignored (``num_bins`` is for the histogram only and, when
@@ -112,6 +124,18 @@ def make_vectoriser(
     raise UserError(f"unknown --label_type {label_type!r}; choose one of {', '.join(LABEL_TYPES)}")
 
 
+def range_value(text):
+    """argparse type of the range and sigma flags: a number, or ``auto`` (fitted from a sample of diagrams)."""
+    if str(text).strip().lower() == AUTO:
+        return AUTO
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
+
+
+_AUTO_HELP = "; 'auto': fitted per homology dimension from a sample of the diagrams (PHdict.py)"
+
 _LABEL_FLAGS = {
     'label_type': dict(
         choices=LABEL_TYPES,
@@ -119,21 +143,22 @@ _LABEL_FLAGS = {
         help="vectorisation of the persistence diagrams used as the label (default: %(default)s)",
     ),
     'max_life': dict(
-        type=float,
+        type=range_value,
         default=DEFAULT_MAX_LIFE,
         help="lifetimes are clipped to [0, MAX_LIFE] (histogram, persistence image and Betti "
-        "curve) (default: %(default)s)",
+        "curve); two values: H0 then H1" + _AUTO_HELP + " (default: %(default)s)",
     ),
     'max_birth': dict(
-        type=float,
+        type=range_value,
         default=DEFAULT_MAX_BIRTH,
         help="upper end of the birth range; the histogram bins H0 births on [-MAX_BIRTH, 0] and "
-        "H1 births on [-MAX_BIRTH, MAX_BIRTH] (default: %(default)s)",
+        "H1 births on [-MAX_BIRTH, MAX_BIRTH]; two values: H0 then H1" + _AUTO_HELP + " (default: %(default)s)",
     ),
     'min_birth': dict(
-        type=float,
+        type=range_value,
         default=None,
-        help="lower end of the birth range of the persistence image, Betti curve and landscape (default: -MAX_BIRTH)",
+        help="lower end of the birth range of the persistence image, Betti curve and landscape; two "
+        "values: H0 then H1" + _AUTO_HELP + " (default: -MAX_BIRTH)",
     ),
     'bandwidth': dict(
         type=int,
@@ -142,10 +167,11 @@ _LABEL_FLAGS = {
         "smoothing (default: %(default)s)",
     ),
     'sigma': dict(
-        type=float,
+        type=range_value,
         default=DEFAULT_SIGMA,
         help="variance of the Gaussian kernel of the persistence image, in squared filtration "
-        "units (default: %(default)s, i.e. standard deviation 10)",
+        "units; 'auto': a standard deviation of half a pixel, after the ranges (default: %(default)s, "
+        "i.e. standard deviation 10)",
     ),
     'power': dict(
         type=float,
@@ -160,7 +186,7 @@ _LABEL_FLAGS = {
 }
 
 
-def add_label_args(parser, **short):
+def add_label_args(parser: argparse.ArgumentParser, **short: str) -> argparse.ArgumentParser:
     """Add the label flags (``--label_type``, ``--max_life``, ``--max_birth``, ``--min_birth``, ``--bandwidth``,
     ``--sigma``, ``--power``, ``--num_landscapes``) to an argparse parser (or argument group).
 
@@ -176,7 +202,7 @@ def add_label_args(parser, **short):
     return parser
 
 
-def vectoriser_from_params(params, dim, flag=None):
+def vectoriser_from_params(params: Mapping, dim: int, flag: str | None = None) -> Vectoriser:
     """The vectoriser described by ``params``, a mapping of the label flags (:func:`add_label_args`) such as
     ``dataclasses.asdict(util.config.LabelConfig(...))``; names it lacks take the flags' defaults, names that
     are not label flags are ignored.
@@ -187,25 +213,32 @@ def vectoriser_from_params(params, dim, flag=None):
     get = lambda name: params.get(name, _LABEL_FLAGS[name]['default'])  # noqa: E731
     if flag is not None:
         check_label_dim(get('label_type'), dim, flag, get('num_landscapes'))
-    return make_vectoriser(
+    values = {name: get(name) for name in AUTO_PARAMS}
+    auto = []
+    for name, value in values.items():
+        parts = value if isinstance(value, (list, tuple)) else [value]
+        if any(v == AUTO for v in parts):
+            if len(parts) > 1 and not all(v == AUTO for v in parts):
+                raise UserError(f"--{name} {' '.join(map(str, parts))}: give 'auto' alone (it fits both dimensions)")
+            auto.append(name)
+            values[name] = _LABEL_FLAGS[name]['default']
+    vec = make_vectoriser(
         get('label_type'),
         dim,
-        max_life=get('max_life'),
-        max_birth=get('max_birth'),
-        min_birth=get('min_birth'),
         bandwidth=get('bandwidth'),
-        sigma=get('sigma'),
         power=get('power'),
         num_landscapes=get('num_landscapes'),
+        **values,
     )
+    return vec.set_params(auto=auto) if auto else vec
 
 
-def vectoriser_from_args(args, dim, flag=None):
+def vectoriser_from_args(args: argparse.Namespace, dim: int, flag: str | None = None) -> Vectoriser:
     """For scripts: :func:`vectoriser_from_params` of the label flags their parser read into ``args``."""
     return vectoriser_from_params(vars(args), dim, flag)
 
 
-def check_label_dim(label_type, dim, flag, num_landscapes=DEFAULT_NUM_LANDSCAPES):
+def check_label_dim(label_type: str, dim: int, flag: str | None, num_landscapes: int = DEFAULT_NUM_LANDSCAPES) -> None:
     """Refuse a label length ``dim`` that ``label_type`` cannot split evenly, naming the valid ones.
 
     The histogram is four equal histograms (H0/H1 lifetimes and births): a multiple of 4.  The persistence
@@ -213,9 +246,13 @@ def check_label_dim(label_type, dim, flag, num_landscapes=DEFAULT_NUM_LANDSCAPES
     half: a multiple of ``2 * num_landscapes``.  (Otherwise bins would be split unevenly, e.g. 7 as
     1, 1, 1, 4, or padded with zeros.)
     """
-    step = {'histogram': 4, 'persistence_image': 2, 'betti_curve': 2, 'landscape': 2 * max(1, int(num_landscapes))}.get(
-        label_type
-    )
+    step = {
+        'histogram': 4,
+        'persistence_image': 2,
+        'betti_curve': 2,
+        'landscape': 2 * max(1, int(num_landscapes)),
+        'split_image': 2,  # 2 counts, then H0 and H1 halves
+    }.get(label_type)
     if step is None or (isinstance(dim, int) and dim >= step and dim % step == 0):
         return
     lo = (int(dim) // step) * step if isinstance(dim, int) else 0

@@ -5,6 +5,8 @@ A new label type subclasses :class:`Vectoriser` (in :mod:`util.ph.vectorise_type
 public face of the label vectors is :mod:`util.ph.vectorise`.
 """
 
+from __future__ import annotations
+
 import inspect
 import math
 
@@ -31,7 +33,7 @@ CHUNK_ELEMENTS = 1 << 22
 # shared helpers
 
 
-def as_diagram(diagram, position=None):
+def as_diagram(diagram: np.ndarray | list, position: int | None = None) -> np.ndarray:
     """One diagram as a float64 array ``[n, 3]`` of (dim, birth, death); raise :class:`UserError` if malformed."""
     a = np.asarray(diagram, dtype=np.float64)
     if a.size == 0:
@@ -99,7 +101,7 @@ class Pairs:
         return [(s, min(s + step, self.count)) for s in range(0, self.count, step)]
 
 
-def ranges_by_cost(cost, limit):
+def ranges_by_cost(cost: np.ndarray, limit: float) -> list[tuple[int, int]]:
     """Split ``range(len(cost))`` into consecutive ``(start, stop)`` ranges of total cost about ``limit``."""
     n = len(cost)
     if n == 0:
@@ -110,13 +112,13 @@ def ranges_by_cost(cost, limit):
     return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def finite_float32(x):
+def finite_float32(x: np.ndarray) -> np.ndarray:
     """float32 copy of ``x`` with NaN -> 0 and values beyond the float32 range saturated."""
     x = np.nan_to_num(np.asarray(x, dtype=np.float64), nan=0.0, posinf=_F32_MAX, neginf=-_F32_MAX)
     return np.clip(x, -_F32_MAX, _F32_MAX).astype(np.float32)
 
 
-def uniform_bin_index(x, lo, hi, n):
+def uniform_bin_index(x: np.ndarray, lo: float, hi: float, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Bin of each value of ``x`` among ``n`` equal bins on ``[lo, hi]``, exactly as ``np.histogram`` does.
 
     Returns ``(index, inside)``: ``inside`` marks values in ``[lo, hi]`` (the last bin is closed on the right);
@@ -134,12 +136,12 @@ def uniform_bin_index(x, lo, hi, n):
     return index, inside
 
 
-def split_half(dim):
+def split_half(dim: int) -> tuple[int, int]:
     """(H0 part, H1 part) of a length ``dim``: ``dim // 2`` and the rest."""
     return dim // 2, dim - dim // 2
 
 
-def check_dim(dim):
+def check_dim(dim: int) -> int:
     if isinstance(dim, bool) or int(dim) != dim or dim < 1:
         raise UserError(
             f"label dimension must be a positive integer, got {dim!r} (set the number of "
@@ -148,19 +150,76 @@ def check_dim(dim):
     return int(dim)
 
 
-def check_positive(value, flag):
+def check_positive(value: float, flag: str) -> float:
     value = float(value)
     if not (math.isfinite(value) and value > 0):
         raise UserError(f"{flag} must be a positive number, got {value}")
     return value
 
 
-def birth_range(min_birth, max_birth):
+def birth_range(min_birth: float | None, max_birth: float) -> tuple[float, float]:
     max_birth = float(max_birth)
     min_birth = -max_birth if min_birth is None else float(min_birth)
     if not (math.isfinite(min_birth) and math.isfinite(max_birth) and min_birth < max_birth):
         raise UserError(f"--min_birth ({min_birth}) must be smaller than --max_birth ({max_birth}), both finite")
     return min_birth, max_birth
+
+
+AUTO = 'auto'
+AUTO_QUANTILE = 0.99  # auto ranges cover this share of the pairs' lifetimes / births (robust to outliers)
+AUTO_PARAMS = ('max_life', 'max_birth', 'min_birth', 'sigma')
+
+
+def pair_of(value):
+    """``(H0, H1)`` of a range given as one value (both dimensions) or two (H0 then H1, the original's shape)."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        if len(value) == 1:
+            return value[0], value[0]
+        if len(value) != 2:
+            raise UserError(f"a range takes one value or two (H0 then H1), got {len(value)}: {list(value)}")
+        return value[0], value[1]
+    return value, value
+
+
+def one_or_two(pair):
+    """The parameter form of ``(H0, H1)``: one number when both are equal (as the original's labels record
+    them), else the list of two."""
+    a, b = (None if v is None else float(v) for v in pair)
+    return a if a == b else [a, b]
+
+
+def positive_pair(value, flag):
+    return tuple(check_positive(v, flag) for v in pair_of(value))
+
+
+def birth_ranges(min_birth, max_birth):
+    """``((lo0, hi0), (lo1, hi1))`` from one or two values of each end (``min_birth`` None: ``-max_birth``)."""
+    his = pair_of(max_birth)
+    los = pair_of(min_birth) if min_birth is not None else (None, None)
+    return tuple(birth_range(lo, hi) for lo, hi in zip(los, his))
+
+
+def fitted_ranges(diagrams, quantile=AUTO_QUANTILE):
+    """Ranges of the finite pairs of ``diagrams`` per homology dimension ``h``: ``{'life': [h], 'low': [h],
+    'high': [h], 'abs': [h]}`` = the ``quantile`` of the lifetimes, the ``1 - quantile`` and ``quantile`` of the
+    births, the ``quantile`` of ``|birth|`` (None for a dimension without pairs)."""
+    pairs = Pairs(diagrams)
+    out = {'life': [], 'low': [], 'high': [], 'abs': []}
+    for h in (0, 1):
+        _, birth, death = pairs.by_dim[h]
+        if birth.size == 0:
+            for v in out.values():
+                v.append(None)
+            continue
+        life = np.maximum(death - birth, 0.0)
+        lo, hi = (float(x) for x in np.quantile(birth, [1 - quantile, quantile]))
+        if hi - lo < 1e-6:
+            lo, hi = lo - 0.5, hi + 0.5
+        out['life'].append(max(float(np.quantile(life, quantile)), 1e-6))
+        out['low'].append(lo)
+        out['high'].append(hi)
+        out['abs'].append(max(float(np.quantile(np.abs(birth), quantile)), 1e-6))
+    return out
 
 
 class Vectoriser:
@@ -176,6 +235,7 @@ class Vectoriser:
 
     label_type = None
     learn_ranges = False
+    auto = ()  # parameters `fit` sets from a sample of diagrams (--max_life auto ...), see fit_auto
     RANGE_PARAMS = ('max_life', 'max_birth', 'min_birth')
 
     def __init_subclass__(cls, **kwargs):
@@ -192,16 +252,18 @@ class Vectoriser:
         return {k: v for k, v in self.get_params().items() if k in names}
 
     def set_params(self, **params):
-        """Change hyperparameters (scikit-learn style; ``learn_ranges`` too); returns ``self``."""
+        """Change hyperparameters (scikit-learn style; ``learn_ranges`` and ``auto`` too); returns ``self``."""
         if 'learn_ranges' in params:
             self.learn_ranges = bool(params.pop('learn_ranges'))
+        if 'auto' in params:
+            self.auto = tuple(params.pop('auto'))
         unknown = set(params) - set(inspect.signature(type(self).__init__).parameters) - {'self'}
         if unknown:
             raise UserError(f"{type(self).__name__} has no parameter {', '.join(sorted(unknown))}")
         if params:
-            learn = self.learn_ranges
+            learn, auto = self.learn_ranges, self.auto
             type(self).__init__(self, **dict(self._init_params(), **params))
-            self.learn_ranges = learn
+            self.learn_ranges, self.auto = learn, auto
         return self
 
     def __repr__(self):
@@ -212,8 +274,11 @@ class Vectoriser:
         return self.transform([as_diagram(diagram)])[0]
 
     def fit(self, diagrams, y=None):
-        """With ``learn_ranges``: births and lifetimes ranges from the finite H0/H1 pairs of ``diagrams``
-        (those this label type uses); otherwise nothing.  Returns ``self``."""
+        """With ``auto`` (parameter names): :meth:`fit_auto`.  With ``learn_ranges``: births and lifetimes
+        ranges from the extremes of the finite H0/H1 pairs of ``diagrams`` (one range for both dimensions);
+        otherwise nothing.  Returns ``self``."""
+        if self.auto:
+            return self.fit_auto(diagrams)
         if not self.learn_ranges:
             return self
         pairs = Pairs(diagrams)
@@ -231,3 +296,53 @@ class Vectoriser:
 
     def fit_transform(self, diagrams, y=None):
         return self.fit(diagrams, y).transform(diagrams)
+
+    def fit_auto(self, diagrams):
+        """Set the parameters named in ``auto`` from ``diagrams`` (:func:`fitted_ranges`), per homology dimension:
+        ``max_life`` = the 99th percentile of the lifetimes; ``max_birth`` / ``min_birth`` = the 1st and 99th
+        percentiles of the births (the histogram, whose birth ranges are ``[-max_birth, 0]`` and
+        ``[-max_birth, max_birth]``, takes the 99th percentile of ``|birth|``); either of the two birth flags
+        fits both ends; ``sigma`` (persistence image) = the variance of a Gaussian half a pixel wide, after
+        the ranges.  A dimension without pairs keeps its value.  Returns ``self`` (``auto`` is cleared, so
+        ``get_params`` records plain numbers, and ``fitted`` the names fitted)."""
+        names = set(inspect.signature(type(self).__init__).parameters)
+        wanted = set(self.auto)
+        unknown = wanted - set(AUTO_PARAMS)
+        if unknown:
+            raise UserError(f"'auto' is not a value of {', '.join(sorted(unknown))}")
+        r = fitted_ranges(diagrams)
+        current = self.get_params()
+        change = {}
+
+        def merged(values, name):
+            old = pair_of(current.get(name))
+            return one_or_two(tuple(v if v is not None else o for v, o in zip(values, old)))
+
+        if 'max_life' in wanted and 'max_life' in names:
+            change['max_life'] = merged(r['life'], 'max_life')
+        if wanted & {'max_birth', 'min_birth'}:
+            if 'min_birth' in names:
+                change['max_birth'] = merged(r['high'], 'max_birth')
+                change['min_birth'] = merged(r['low'], 'min_birth')
+            elif 'max_birth' in names:
+                change['max_birth'] = merged(r['abs'], 'max_birth')
+        self.auto = ()
+        if change:
+            self.set_params(**change)
+        if 'sigma' in wanted:
+            sigma = self.auto_sigma()  # refused by label types without a kernel
+            self.set_params(sigma=sigma)
+        self.fitted = tuple(sorted(wanted))
+        return self
+
+    def auto_sigma(self):
+        """The ``sigma`` of ``--sigma auto`` for the current ranges (label types with pixels override this)."""
+        raise UserError(f"--sigma auto applies to the persistence image, not to {self.label_type}")
+
+    def check_fitted(self):
+        """Refuse to vectorise with parameters still to be fitted (``auto``)."""
+        if self.auto:
+            raise UserError(
+                f"{', '.join('--' + a for a in self.auto)} auto: fit the vectoriser on a sample of diagrams first "
+                "(PHdict.py does; its labels_TYPE.json records the fitted values to pass elsewhere)"
+            )

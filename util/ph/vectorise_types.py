@@ -3,6 +3,8 @@
 (:mod:`util.ph.vectorise` does). Their numerics work on a whole batch of diagrams at once.
 """
 
+from __future__ import annotations
+
 import math
 
 import numpy as np
@@ -19,10 +21,12 @@ from util.ph.vectorise_base import (
     DEFAULT_SIGMA,
     Pairs,
     Vectoriser,
-    birth_range,
+    birth_ranges,
     check_dim,
     check_positive,
     finite_float32,
+    one_or_two,
+    positive_pair,
     ranges_by_cost,
     split_half,
     uniform_bin_index,
@@ -35,7 +39,7 @@ _SQRT_HALF = math.sqrt(0.5)
 # histogram
 
 
-def smoothing_matrix(n, bandwidth):
+def smoothing_matrix(n: int, bandwidth: int) -> np.ndarray:
     """The linear map ``[n, n]`` of the histogram smoothing: ``smoothed = S @ h``.
 
     Smoothing convolves with a Hanning window ``np.hanning(b)`` (``b = int(bandwidth)``, normalised to sum
@@ -108,11 +112,12 @@ class HistogramVectoriser(Vectoriser):
             raise UserError(f"--bandwidth must be a non-negative integer, got {bandwidth}")
         self.dim = dim
         self.num_bins = num_bins
-        self.max_life = check_positive(max_life, '--max_life')
-        self.max_birth = check_positive(max_birth, '--max_birth (for the histogram label)')
+        self.lives = positive_pair(max_life, '--max_life')  # per homology dimension
+        self.births = positive_pair(max_birth, '--max_birth (for the histogram label)')
+        self.max_life, self.max_birth = one_or_two(self.lives), one_or_two(self.births)
         self.bandwidth = int(bandwidth)
         self._smooth = [smoothing_matrix(n, self.bandwidth) for n in num_bins]
-        self._life_factor = [1.0 + np.linspace(0.0, self.max_life, n) for n in num_bins[:2]]
+        self._life_factor = [1.0 + np.linspace(0.0, life, n) for life, n in zip(self.lives, num_bins[:2])]
 
     def get_params(self, deep=True):
         return dict(
@@ -133,16 +138,18 @@ class HistogramVectoriser(Vectoriser):
 
     def transform(self, diagrams):
         """Sequence of ``N`` diagrams -> float32 array ``[N, dim]``."""
+        self.check_fitted()
         pairs = Pairs(diagrams)
         n_diag = pairs.count
         nb = self.num_bins
         parts = []
         for h in (0, 1):
             index, birth, death = pairs.by_dim[h]
-            life = np.clip(death - birth, 0.0, self.max_life)
-            hist = self._hist(n_diag, index, life, 0.0, self.max_life, nb[h])
+            life = np.clip(death - birth, 0.0, self.lives[h])
+            hist = self._hist(n_diag, index, life, 0.0, self.lives[h], nb[h])
             parts.append(hist * self._life_factor[h])
-        for h, (lo, hi) in ((0, (-self.max_birth, 0.0)), (1, (-self.max_birth, self.max_birth))):
+        mb = self.births
+        for h, (lo, hi) in ((0, (-mb[0], 0.0)), (1, (-mb[1], mb[1]))):
             index, birth, death = pairs.by_dim[h]
             weight = np.maximum(death - birth, 0.0)
             parts.append(self._hist(n_diag, index, birth, lo, hi, nb[2 + h], weights=weight))
@@ -157,7 +164,7 @@ class HistogramVectoriser(Vectoriser):
 # persistence image
 
 
-def pixel_grid(d, width, height):
+def pixel_grid(d: int, width: float, height: float) -> tuple[int, int]:
     """Grid ``(n_birth, n_life)`` with ``n_birth * n_life == d`` whose pixels are closest to square.
 
     The pixel aspect is ``(width / n_birth) / (height / n_life)``; among the factorisations of ``d`` the one
@@ -178,7 +185,7 @@ def pixel_grid(d, width, height):
     return best[1]
 
 
-def pixel_masses(edges, centres, std):
+def pixel_masses(edges: np.ndarray, centres: np.ndarray, std: float) -> np.ndarray:
     """Mass of ``N(centre, std**2)`` in each ``[edges[i], edges[i+1]]``: array ``[len(centres), len(edges)-1]``.
 
     ``edges`` must increase.  With ``Phi(z) = H(z) - s(z) T(z)`` (``H`` = step at 0, ``s`` = sign,
@@ -255,21 +262,23 @@ class PersistenceImageVectoriser(Vectoriser):
         power=DEFAULT_POWER,
     ):
         self.dim = check_dim(dim)
-        self.max_life = check_positive(max_life, '--max_life')
-        self.min_birth, self.max_birth = birth_range(min_birth, max_birth)
+        self.lives = positive_pair(max_life, '--max_life')
+        self.births = birth_ranges(min_birth, max_birth)
+        self.max_life = one_or_two(self.lives)
+        self.min_birth, self.max_birth = (one_or_two([b[i] for b in self.births]) for i in (0, 1))
         self.sigma = check_positive(sigma, '--sigma')
         self.power = float(power)
         if not (math.isfinite(self.power) and self.power >= 0):
             raise UserError(f"--power must be a non-negative number, got {power}")
-        width = self.max_birth - self.min_birth
-        self.grids = tuple(pixel_grid(d, width, self.max_life) for d in split_half(self.dim))
+        widths = [hi - lo for lo, hi in self.births]
+        self.grids = tuple(pixel_grid(d, w, life) for d, w, life in zip(split_half(self.dim), widths, self.lives))
         # pixel edges per homology dimension: (birth edges [n_birth+1], life edges [n_life+1])
         self.edges = tuple(
             (
-                self.min_birth + np.arange(nb + 1) * (width / nb) if nb else np.zeros(1),
-                np.arange(nl + 1) * (self.max_life / nl) if nl else np.zeros(1),
+                lo + np.arange(nb + 1) * (w / nb) if nb else np.zeros(1),
+                np.arange(nl + 1) * (life / nl) if nl else np.zeros(1),
             )
-            for nb, nl in self.grids
+            for (nb, nl), (lo, _), w, life in zip(self.grids, self.births, widths, self.lives)
         )
 
     def get_params(self, deep=True):
@@ -284,8 +293,16 @@ class PersistenceImageVectoriser(Vectoriser):
             grids=[list(g) for g in self.grids],
         )
 
+    def auto_sigma(self):
+        """``--sigma auto``: the variance of a Gaussian whose standard deviation is half the mean pixel side."""
+        sides = [
+            (e[0][-1] - e[0][0]) / nb for (nb, _), e in zip(self.grids, self.edges) if nb
+        ]  # square pixels: the birth side
+        return (0.5 * float(np.mean(sides))) ** 2 if sides else self.sigma
+
     def images(self, diagrams):
         """Raw persistence images, before the square root: ``[H0 [N, nb0, nl0], H1 [N, nb1, nl1]]`` (float64)."""
+        self.check_fitted()
         pairs = Pairs(diagrams)
         std = math.sqrt(self.sigma)
         result = []
@@ -296,7 +313,7 @@ class PersistenceImageVectoriser(Vectoriser):
                 result.append(img)
                 continue
             index, birth, death = pairs.by_dim[h]
-            life = np.clip(death - birth, 0.0, self.max_life)
+            life = np.clip(death - birth, 0.0, self.lives[h])
             weight = life**self.power
             bedges, ledges = self.edges[h]
             # The kernel is separable: a pair's image is outer(birth masses, life masses).  Filtration values
@@ -348,9 +365,11 @@ class BettiCurveVectoriser(Vectoriser):
 
     def __init__(self, dim=200, *, max_life=DEFAULT_MAX_LIFE, max_birth=DEFAULT_MAX_BIRTH, min_birth=None):
         self.dim = check_dim(dim)
-        self.max_life = check_positive(max_life, '--max_life')
-        self.min_birth, self.max_birth = birth_range(min_birth, max_birth)
-        self.thresholds = tuple(np.linspace(self.min_birth, self.max_birth, n) for n in split_half(self.dim))
+        self.lives = positive_pair(max_life, '--max_life')
+        self.births = birth_ranges(min_birth, max_birth)
+        self.max_life = one_or_two(self.lives)
+        self.min_birth, self.max_birth = (one_or_two([b[i] for b in self.births]) for i in (0, 1))
+        self.thresholds = tuple(np.linspace(lo, hi, n) for (lo, hi), n in zip(self.births, split_half(self.dim)))
 
     def get_params(self, deep=True):
         return dict(
@@ -363,6 +382,7 @@ class BettiCurveVectoriser(Vectoriser):
 
     def transform(self, diagrams):
         """Sequence of ``N`` diagrams -> float32 array ``[N, dim]``."""
+        self.check_fitted()
         pairs = Pairs(diagrams)
         count = pairs.count
         parts = []
@@ -370,7 +390,7 @@ class BettiCurveVectoriser(Vectoriser):
             t = self.thresholds[h]
             n = t.size
             index, birth, death = pairs.by_dim[h]
-            life = np.clip(death - birth, 0.0, self.max_life)
+            life = np.clip(death - birth, 0.0, self.lives[h])
             # thresholds first..last-1 (a contiguous run) satisfy birth < t < death
             first = np.searchsorted(t, birth, side='right')
             last = np.searchsorted(t, death, side='left')
@@ -385,7 +405,7 @@ class BettiCurveVectoriser(Vectoriser):
             # the running sum may leave rounding residue where no pair is alive; those values are exactly 0
             acc = np.where(active > 0.5, np.maximum(acc, 0.0), 0.0)
             parts.append(np.sqrt(acc))
-        return finite_float32(np.concatenate(parts, axis=1))
+        return finite_float32(np.concatenate(parts, axis=1)[:, : self.dim])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -407,7 +427,8 @@ class LandscapeVectoriser(Vectoriser):
 
     def __init__(self, dim=200, *, max_birth=DEFAULT_MAX_BIRTH, min_birth=None, num_landscapes=DEFAULT_NUM_LANDSCAPES):
         self.dim = check_dim(dim)
-        self.min_birth, self.max_birth = birth_range(min_birth, max_birth)
+        self.births = birth_ranges(min_birth, max_birth)
+        self.min_birth, self.max_birth = (one_or_two([b[i] for b in self.births]) for i in (0, 1))
         if isinstance(num_landscapes, bool) or int(num_landscapes) != num_landscapes or num_landscapes < 1:
             raise UserError(f"--num_landscapes must be a positive integer, got {num_landscapes}")
         self.num_landscapes = int(num_landscapes)
@@ -416,7 +437,7 @@ class LandscapeVectoriser(Vectoriser):
             k = min(self.num_landscapes, d)
             r = d // k if k else 0
             self.layout.append((k, r, d - k * r))
-        self.samples = tuple(np.linspace(self.min_birth, self.max_birth, r) for _, r, _ in self.layout)
+        self.samples = tuple(np.linspace(lo, hi, r) for (lo, hi), (_, r, _) in zip(self.births, self.layout))
 
     def get_params(self, deep=True):
         return dict(
@@ -464,6 +485,7 @@ class LandscapeVectoriser(Vectoriser):
 
     def transform(self, diagrams):
         """Sequence of ``N`` diagrams -> float32 array ``[N, dim]``."""
+        self.check_fitted()
         pairs = Pairs(diagrams)
         count = pairs.count
         parts = []
@@ -473,4 +495,56 @@ class LandscapeVectoriser(Vectoriser):
             if k:
                 out[:, : k * r] = np.sqrt(self._landscapes(pairs, h, k, r)).reshape(count, k * r)
             parts.append(out)
-        return finite_float32(np.concatenate(parts, axis=1))
+        return finite_float32(np.concatenate(parts, axis=1)[:, : self.dim])
+
+
+# ----------------------------------------------------------------------------------------------------
+# counts apart from shape
+
+
+class SplitImageVectoriser(PersistenceImageVectoriser):
+    """Counts separated from the shape of the diagram: ``log(1 + n0), log(1 + n1)`` (the numbers of finite H0
+    and H1 pairs), then per homology dimension the square root of the *mass-normalised* persistence image
+    (the image divided by its total, so it sums to 1: where the pairs are, not how many there are).
+
+    The square root of a distribution is a unit vector (the Hellinger embedding), so each shape half has
+    norm 1 whatever the number of pairs, and the counts cannot dominate it the way they dominate the plain
+    persistence image (whose first principal component tracks the count).  A dimension without pairs gives
+    zeros.  The image is :class:`PersistenceImageVectoriser`'s with its parameters, over ``dim - 2`` values
+    (H0 then H1 halves).
+    """
+
+    label_type = 'split_image'
+    COUNTS = 2
+
+    def __init__(
+        self,
+        dim=200,
+        *,
+        max_life=DEFAULT_MAX_LIFE,
+        max_birth=DEFAULT_MAX_BIRTH,
+        min_birth=None,
+        sigma=DEFAULT_SIGMA,
+        power=DEFAULT_POWER,
+    ):
+        dim = check_dim(dim)
+        image_dim = max(dim - self.COUNTS, 2)  # below 4 values the vector is cut to ``dim``
+        super().__init__(
+            image_dim, max_life=max_life, max_birth=max_birth, min_birth=min_birth, sigma=sigma, power=power
+        )
+        self.dim = dim
+
+    def get_params(self, deep=True):
+        return dict(super().get_params(), label_type=self.label_type, dim=self.dim, counts=self.COUNTS)
+
+    def transform(self, diagrams):
+        """Sequence of ``N`` diagrams -> float32 array ``[N, dim]``."""
+        diagrams = list(diagrams)
+        pairs = Pairs(diagrams)
+        counts = [np.bincount(pairs.by_dim[h][0], minlength=pairs.count) for h in (0, 1)]
+        parts = [np.log1p(np.stack(counts, axis=1).astype(np.float64))]
+        for img in self.images(diagrams):
+            flat = np.abs(img.reshape(img.shape[0], img.shape[1] * img.shape[2]))
+            total = flat.sum(axis=1, keepdims=True)
+            parts.append(np.sqrt(np.divide(flat, total, out=np.zeros_like(flat), where=total > 0)))
+        return finite_float32(np.concatenate(parts, axis=1)[:, : self.dim])

@@ -549,6 +549,35 @@ def label_vector_ax(ax, vector, parts=None):
     return ax
 
 
+# --------------------------------------------------------------------------- label diagnostics
+
+
+def label_diagnostics_png(path, labels, diag, title=None):
+    """``path``: the variance spectrum of a label matrix ``[N, D]`` (share of each of its first 20 principal
+    components, and cumulative) beside the numbers of ``diag`` (:mod:`util.ph.diagnostics`). Returns ``path``."""
+    from util.ph import diagnostics
+
+    lam = diagnostics.eigenvalues(labels)
+    share = lam / lam.sum() if lam.size and lam.sum() > 0 else np.zeros(1)
+    k = min(20, share.size)
+    fig = _new_figure(10.0, 4.2)
+    ax = fig.add_subplot(1, 2, 1)
+    ax.bar(np.arange(1, k + 1), share[:k], color=DIM_COLOURS[0], label='share of variance')
+    ax.plot(np.arange(1, k + 1), np.cumsum(share[:k]), 'o-', color=DIM_COLOURS[1], ms=3, label='cumulative')
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel('principal component')
+    ax.legend(fontsize=8)
+    ax.set_title(title or 'label matrix', fontsize=9)
+    text = fig.add_subplot(1, 2, 2)
+    text.set_axis_off()
+    lines = diagnostics.summary_line(diag).split(': ', 1)[-1].split(', ')
+    for warning in diagnostics.degeneracy_warnings(diag):
+        lines += [''] + textwrap.wrap('warning: ' + warning, width=52)
+    text.text(0.0, 1.0, '\n'.join(lines), va='top', ha='left', fontsize=8, family='monospace')
+    fig.tight_layout()
+    return _save_figure(fig, path)
+
+
 # --------------------------------------------------------------------------- one-page summary
 
 

@@ -31,6 +31,31 @@ def first_file(pattern):
     return found[0] if found else None
 
 
+DIAG_PNG = 'diagnostics.png'
+
+
+def label_diagnostics(ph_dir, numbers):
+    """Lines describing the ``diagnostics`` of each ``labels_*.json`` in ``ph_dir`` (also put in ``numbers``)."""
+    from util.ph import diagnostics
+
+    lines = []
+    for js in sorted(glob.glob(os.path.join(ph_dir, 'labels_*.json'))):
+        if '.shard-' in js:
+            continue
+        try:
+            with open(js, encoding='utf-8') as f:
+                diag = json.load(f).get(diagnostics.JSON_KEY)
+        except (OSError, ValueError, AttributeError):
+            continue
+        if not diag:
+            continue
+        name = os.path.basename(js)[: -len('.json')]
+        numbers.setdefault('label_diagnostics', {})[name] = diag
+        lines.append(f"{name}: " + diagnostics.summary_line(diag).split(': ', 1)[-1])
+        lines += [f"  warning: {w}" for w in diagnostics.degeneracy_warnings(diag)]
+    return lines
+
+
 def collect(root):
     """(sections for the page, numbers for summary.json)."""
     if not os.path.isdir(root):
@@ -45,8 +70,19 @@ def collect(root):
             preview if os.path.exists(preview) else 'no preview found',
         )
     )
-    plot = first_file(os.path.join(root, 'PH_random', 'plots', '*.png'))
-    sections.append(('2. image | filtration | persistence diagram | label vector', plot or 'no PH plot found'))
+    plots = [
+        p for p in sorted(glob.glob(os.path.join(root, 'PH_random', 'plots', '*.png'))) if not p.endswith(DIAG_PNG)
+    ]
+    sections.append(
+        ('2. image | filtration | persistence diagram | label vector', plots[0] if plots else 'no PH plot found')
+    )
+    diag_lines = label_diagnostics(os.path.join(root, 'PH_random'), numbers)
+    if diag_lines:
+        sections.append(('   how much the label says beyond one number (label diagnostics)', '\n'.join(diag_lines)))
+        if os.path.exists(os.path.join(root, 'PH_random', 'plots', DIAG_PNG)):
+            sections.append(
+                ('   variance spectrum of the label matrix', os.path.join(root, 'PH_random', 'plots', DIAG_PNG))
+            )
 
     pre = newest_run(os.path.join(root, 'weights'))
     rec = last_record(pre)

@@ -1,4 +1,5 @@
-"""``--label_norm standard``: per-component z-score of the pretraining labels, with a variance floor.
+"""``--label_norm standard``: per-component z-score of the pretraining labels, with a variance floor; ``--label_norm
+whiten``: PCA whitening of the top K components (:func:`compute_whiten`), stored and reused the same way.
 
 ``z = (y - mean) / max(std, floor)`` with ``floor = FLOOR x RMS(std)`` (``--label_norm_floor``, default 0.1,
 relative to the root-mean-square of all components' standard deviations).  Without the floor, components
@@ -23,6 +24,8 @@ from util.errors import UserError
 DEFAULT_FLOOR = NormConfig.floor  # --label_norm_floor
 SAMPLE_IMAGES = 512  # labels computed to estimate the statistics when there is no label matrix
 JSON_KEY = 'label_norm'
+WHITEN_KEY = 'label_whiten'  # the --label_norm whiten record in labels_<type>.json
+DEFAULT_COMPONENTS = 16
 
 
 def compute_stats(matrix, floor=DEFAULT_FLOOR):
@@ -62,13 +65,66 @@ def from_record(rec, dim, where):
     return mean, std
 
 
-class Standardised:
-    """A pretraining dataset whose labels are z-scored; every other attribute is the wrapped dataset's."""
+def compute_whiten(matrix, k=DEFAULT_COMPONENTS, floor=DEFAULT_FLOOR):
+    """``--label_norm whiten``: ``(mean [D], components [K, D], scales [K])`` float64 of a label matrix
+    ``[N, D]``: its top ``K`` principal directions and the standard deviation along each, floored at
+    ``floor x`` their RMS (so that no direction is amplified more than ``1 / floor`` times the typical one).
 
-    def __init__(self, base, mean, std):
+    The whitened label keeps the length ``D``: ``(y - mean) @ C.T / scales @ C`` -- the top-K part of the label
+    with equal variance in each of its directions, the rest dropped.  Its squared norm is that of the ``K``
+    whitened coordinates, so the MSE weighs the K directions equally: the first component (often the
+    feature count) no longer outweighs the others."""
+    m = np.asarray(matrix, dtype=np.float64)
+    if m.ndim != 2 or m.shape[0] < 2:
+        raise UserError(f"--label_norm whiten needs at least 2 labels to estimate the statistics (got {m.shape[0]})")
+    if not floor >= 0:
+        raise UserError(f"--label_norm_floor must be >= 0 (got {floor})")
+    if int(k) != k or k < 1:
+        raise UserError(f"--label_norm_components must be a positive integer (got {k})")
+    k = min(int(k), m.shape[1], m.shape[0] - 1)
+    mean = m.mean(axis=0)
+    _, sv, vt = np.linalg.svd(m - mean, full_matrices=False)
+    std = sv[:k] / np.sqrt(m.shape[0] - 1)
+    rms = float(np.sqrt(np.mean(std**2)))
+    return mean, vt[:k], np.maximum(std, max(floor * rms, 1e-12))
+
+
+def whiten_record(mean, components, scales, floor, source, n):
+    """What the label json, args.json and the checkpoint store of --label_norm whiten (JSON builtins)."""
+    return {
+        'mean': [float(x) for x in mean],
+        'components': [[float(x) for x in row] for row in components],
+        'scales': [float(x) for x in scales],
+        'floor': float(floor),
+        'source': str(source),
+        'count': int(n),
+    }
+
+
+def whiten_from_record(rec, dim, where):
+    """(mean [D], map [D, D]) float32 of a stored whiten record: ``whitened = (y - mean) @ map``."""
+    mean = np.asarray(rec.get('mean', []), dtype=np.float64)
+    comp = np.asarray(rec.get('components', []), dtype=np.float64)
+    scales = np.asarray(rec.get('scales', []), dtype=np.float64)
+    if mean.shape != (dim,) or comp.ndim != 2 or comp.shape[1:] != (dim,) or scales.shape != comp.shape[:1]:
+        raise UserError(
+            f"the label whitening stored in {where} does not fit labels of dimension {dim}; recompute it "
+            "(rerun PHdict.py --label_norm whiten, or start a fresh run)"
+        )
+    if not np.all(scales > 0):
+        raise UserError(f"the label whitening stored in {where} has non-positive scales; recompute it")
+    return mean.astype(np.float32), ((comp.T / scales) @ comp).astype(np.float32)
+
+
+class Standardised:
+    """A pretraining dataset whose labels are z-scored (``(y - mean) / std``), then, given ``matrix`` ``[D, D]``,
+    mapped by it (``--label_norm whiten``: std = 1); every other attribute is the wrapped dataset's."""
+
+    def __init__(self, base, mean, std, matrix=None):
         self.base = base
         self.mean = np.asarray(mean, dtype=np.float32)
         self.std = np.asarray(std, dtype=np.float32)
+        self.matrix = None if matrix is None else np.asarray(matrix, dtype=np.float32)
 
     def __len__(self):
         return len(self.base)
@@ -80,7 +136,8 @@ class Standardised:
         x, y = item
         import torch
 
-        return x, (y - torch.from_numpy(self.mean)) / torch.from_numpy(self.std)
+        z = (y - torch.from_numpy(self.mean)) / torch.from_numpy(self.std)
+        return x, z if self.matrix is None else z @ torch.from_numpy(self.matrix)
 
     def __getattr__(self, name):
         if name.startswith('__') or name == 'base':
@@ -106,6 +163,26 @@ def json_stats(matrix_json):
 
     meta = read_json(matrix_json) if matrix_json and os.path.isfile(matrix_json) else None
     return (meta or {}).get(JSON_KEY)
+
+
+def add_whiten_to_json(out_dir, label_type, k=DEFAULT_COMPONENTS, floor=DEFAULT_FLOOR):
+    """PHdict.py --label_norm whiten: the top-``k`` whitening of ``labels_<type>.npy`` into its json under
+    ``label_whiten`` (kept when already there for this k, floor and row count).  Returns the record or None."""
+    from util.io.fileio import write_json
+    from util.ph.labels import label_names, read_json
+
+    npy, _, js = (os.path.join(out_dir, x) for x in label_names(label_type))
+    meta = read_json(js)
+    if meta is None or not os.path.isfile(npy):
+        return None
+    matrix = np.load(npy, allow_pickle=False)
+    old = meta.get(WHITEN_KEY)
+    if old and old.get('floor') == float(floor) and old.get('count') == matrix.shape[0] and old.get('k') == k:
+        return old
+    mean, comp, scales = compute_whiten(matrix, k, floor)
+    meta[WHITEN_KEY] = dict(whiten_record(mean, comp, scales, floor, os.path.basename(npy), matrix.shape[0]), k=k)
+    write_json(js, meta)
+    return meta[WHITEN_KEY]
 
 
 def add_stats_to_json(out_dir, label_type, floor=DEFAULT_FLOOR):

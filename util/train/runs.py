@@ -366,16 +366,17 @@ def regression_weights(path, meta=None):
     folder: the run's top folder).  ``--label_type class`` pretraining trains a classifier: not refused."""
     meta = meta or {}
     if meta.get('mode') or meta.get('phase'):
-        args = meta.get('args') if isinstance(meta.get('args'), dict) else {}
-        if (meta.get('phase') or meta.get('mode')) == 'pretraining' and args.get('label_type') != 'class':
+        recorded = meta.get('args') if isinstance(meta.get('args'), dict) else {}
+        if (meta.get('phase') or meta.get('mode')) == 'pretraining' and recorded.get('label_type') != 'class':
             return "pretraining weights (PH label regression; its checkpoint's mode says so)"
         return None
     folder = os.path.dirname(os.path.abspath(path))
-    args = _run_args(folder)
-    if args is None and os.path.basename(folder) == 'pretraining':
+    recorded = _run_args(folder)
+    if recorded is None and os.path.basename(folder) == 'pretraining':
         top = _run_args(os.path.dirname(folder))
         if top is not None and top.get('learning_mode') == 'combined':
             return f"the pretraining phase's weights of the combined run {os.path.dirname(folder)} (PH regression)"
-    if args is not None and args.get('learning_mode') == 'pretraining' and args.get('label_type') != 'class':
-        return f"pretraining weights (PH label regression; {os.path.join(folder, 'args.json')} says -lm pretraining)"
+    phase = (recorded or {}).get('phase') or (recorded or {}).get('learning_mode')
+    if phase == 'pretraining' and recorded.get('label_type') != 'class':  # a combined run's phase says 'phase'
+        return f"pretraining weights (PH label regression; {os.path.join(folder, 'args.json')} says so)"
     return None

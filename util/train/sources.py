@@ -180,6 +180,17 @@ def build_pretraining_sets(data, dim, dim_flag='-nc'):
     return train, val
 
 
+def _plain(value):
+    """A setting as compared with a recorded one: numbers as floats (50 and 50.0 agree), lists element-wise."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return json.dumps(value, sort_keys=True, default=str)
+
+
 def _flag_of(key):
     return {'dim': '-nc', 'num_bins': '-nc (its bins)', 'gradient': '--gradient'}.get(key, f'--{key}')
 
@@ -207,7 +218,7 @@ def check_ph_dir(data, vectoriser):
         made = {'filtration': diagram.get('filtration'), 'gradient': bool(diagram.get('gradient', False))}
         ours = {'filtration': data.filtration, 'gradient': bool(data.gradient)}
         what, fix = 'diagrams', 'or give -pd a folder of diagrams made with them'
-    differ = [k for k in made if k in ours and made[k] is not None and json.dumps(made[k]) != json.dumps(ours[k])]
+    differ = [k for k in made if k in ours and made[k] is not None and _plain(made[k]) != _plain(ours[k])]
     if differ:
         shown = ', '.join(f"{_flag_of(k)} {made[k]!r} (this run: {ours[k]!r})" for k in differ)
         raise UserError(
@@ -504,14 +515,18 @@ def _norm_stats(data, resume, train, mode=None):
 
 def pretraining_sets(run, dim):
     """(train, val or None, facts) of the pretraining mode of ``run`` (a :class:`util.config.RunConfig`):
-    :func:`build_pretraining_sets` with labels of length ``dim`` (-nc), and ``--label_norm standard`` applied.
+    :func:`build_pretraining_sets` with labels of length ``dim`` (-nc), and ``--label_norm standard/whiten`` applied.
 
     ``facts``: what the run records in args.json and its checkpoint (:func:`label_record`, and
     ``label_norm_mean``, ``label_norm_std``, ``label_norm_source``, ``label_norm_count``, ``label_norm_floor``
     with --label_norm standard)."""
     data = run.data
     train, val = build_pretraining_sets(data, dim)
-    pinned = label_record(train)
+    from util.train.label_diagnostics import check_first_labels
+
+    pinned = {**label_record(train), **check_first_labels(train)}  # labels made in the loader: diagnostics, auto
+    if data.norm.mode == 'whiten':
+        return _whitened(data, run.resume, train, val, pinned)
     if data.norm.mode != 'standard':
         return train, val, pinned
     from util.train.label_norm import Standardised
@@ -528,3 +543,57 @@ def pretraining_sets(run, dim):
     }
     print(f"labels standardised per component ({rec['source']}; std floor {floor} x RMS)", flush=True)
     return Standardised(train, mean, std), (Standardised(val, mean, std) if val is not None else None), facts
+
+
+def _whitened(data, resume, train, val, facts):
+    """--label_norm whiten: the statistics of the resumed run, else of the label json (PHdict.py --label_norm
+    whiten, same K and floor), else of the rows the run uses, else of a first sample; ``facts`` gain
+    ``label_whiten_*`` (flat lists: args.json and the checkpoint keep lists of numbers)."""
+    from util.ph.labels import read_json
+    from util.train import label_norm
+
+    dim, k, floor, rec, where = train.dim, data.norm.components, data.norm.floor, None, None
+    if resume:
+        from util.train import runs
+
+        where = runs.resolve_resume(resume)
+        stored = runs.load_checkpoint(where).get('args', {})
+        if stored.get('label_norm') != 'whiten' or not stored.get('label_whiten_mean'):
+            raise UserError(f"--resume {resume}: that run did not use --label_norm whiten; resume it as it ran")
+        flat, n = stored['label_whiten_components'], len(stored['label_whiten_mean'])
+        rec = {
+            'mean': stored['label_whiten_mean'],
+            'components': [flat[i : i + n] for i in range(0, len(flat), n)],
+            'scales': stored['label_whiten_scales'],
+            'source': stored.get('label_whiten_source', where),
+            'count': stored.get('label_whiten_count', 0),
+        }
+    labels = getattr(train, 'labels', None)
+    matrix = getattr(labels, 'matrix', None)
+    if rec is None and matrix is not None and data.ph_dir:
+        where = os.path.join(data.ph_dir, f'labels_{data.label.label_type}.json')
+        rec = (read_json(where) or {}).get(label_norm.WHITEN_KEY)
+        if rec is not None and (rec.get('k') != k or rec.get('floor') != floor):
+            rec = None  # another K or floor: computed here from the rows
+    if rec is None:
+        if matrix is not None:
+            rows, source = np.asarray(matrix)[labels.rows], 'rows of the label matrix used by this run'
+        else:
+            rows = label_norm.sample_labels(train)
+            source = f'labels of the first {len(rows)} training images'
+        mean, comp, scales = label_norm.compute_whiten(rows, k, floor)
+        rec = label_norm.whiten_record(mean, comp, scales, floor, source, len(rows))
+        where = source
+    mean, mapping = label_norm.whiten_from_record(rec, dim, where)
+    facts = {
+        **facts,
+        'label_whiten_mean': rec['mean'],
+        'label_whiten_scales': rec['scales'],
+        'label_whiten_components': [x for row in rec['components'] for x in row],
+        'label_whiten_source': rec['source'],
+        'label_whiten_count': rec['count'],
+    }
+    print(f"labels whitened: top {len(rec['scales'])} principal directions ({rec['source']})", flush=True)
+    ones = np.ones(dim, np.float32)
+    wrap = lambda s: label_norm.Standardised(s, mean, ones, mapping)  # noqa: E731
+    return wrap(train), (wrap(val) if val is not None else None), facts
