@@ -562,3 +562,11 @@ def test_checkpoint_keeps_dict_subclasses(tmp_path):
     runs.save_checkpoint(str(tmp_path), model, opt, sched, 1, {'arch': 'x'})
     ckpt = torch.load(tmp_path / 'checkpoint.pth', weights_only=True)
     assert ckpt['lr_scheduler']['milestones'] == sched.state_dict()['milestones'] == {30: 1, 60: 1}
+
+
+def test_ph_engine_bench_reports_phdict_with_and_without_start_up():
+    from bench import ph_engine_bench
+
+    res = ph_engine_bench.run(n_images=4, workers=1, size=24, repeats=1, loader_images=0, stage_images=1)['phdict']
+    for key in ('cpu_ratio', 'cpu_ratio_without_startup', 'phdict_cpu_ms_marginal', 'floor_cpu_ms_marginal'):
+        assert isinstance(res[key], float) and np.isfinite(res[key]), key
