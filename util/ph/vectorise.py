@@ -27,6 +27,7 @@ saturate).  Scripts build a vectoriser from command-line flags with :func:`add_l
 
 import argparse
 import inspect
+import math
 
 from util.errors import UserError
 from util.ph.vectorise_base import (  # noqa: F401 (re-exported)
@@ -122,9 +123,12 @@ def range_value(text):
     if str(text).strip().lower() == AUTO:
         return AUTO
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
+    if not math.isfinite(value):  # as util.cli.strict_args.finite_float: no inf/nan (nor Infinity in args.json)
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
 
 
 _AUTO_HELP = "; 'auto': fitted per homology dimension from a sample of the diagrams (PHdict.py)"
