@@ -146,13 +146,13 @@ def class_names(args, num_outputs):
         )
     beside = os.path.join(os.path.dirname(os.path.abspath(args.path2weight)), 'classes.json')
     if args.classes is not None and os.path.isfile(beside) and os.path.realpath(beside) != os.path.realpath(path):
-        recorded = read_classes(beside)
-        if recorded != names:
-            i = next((i for i, (a, b) in enumerate(zip(recorded, names)) if a != b), min(len(recorded), len(names)))
-            ours, theirs = (repr(n[i]) if i < len(n) else 'nothing' for n in (names, recorded))
+        recorded = {n: i for i, n in enumerate(read_classes(beside))}
+        moved = [(n, i, recorded[n]) for i, n in enumerate(names) if n in recorded and recorded[n] != i]
+        if moved:  # the run's own class names in another order would relabel the predictions (other names: a renaming)
+            name, ours, theirs = moved[0]
             raise UserError(
-                f"--classes {path} disagrees with {beside} of the run that wrote the weights (output {i}: "
-                f"{ours} vs {theirs}); the outputs follow classes.json: drop --classes, or list the names in its order"
+                f"--classes {path} names {name!r} as output {ours} but {beside} of the run that wrote the weights as "
+                f"output {theirs}; the outputs follow classes.json: drop --classes, or list the names in its order"
             )
     return names
 

@@ -6,7 +6,7 @@ use the same number of worker processes on the same cores, and JPEG-encode and w
 
 * ours: the code path of ``util/random_image.py`` (:func:`util.random_image.write_images`: generate,
   encode, atomic write);
-* original: :func:`original_image` below, the original algorithm as published — per image and channel a
+* original: :func:`bench.reference.original_image`, the original algorithm as published — per image and channel a
   float64 complex ``fft2`` / ``ifft2`` (scipy.fft, which the original imports; ``--original_fft numpy``
   uses np.fft instead), the filter recomputed in float64, skimage's Otsu on float64 — saved with a plain
   ``Image.save`` from a ``multiprocessing.Pool.imap_unordered`` (chunksize 1), as the original script does.
@@ -27,8 +27,8 @@ import time
 import numpy as np
 import scipy.fft
 from PIL import Image
-from skimage.filters import threshold_otsu
 
+from bench.reference import original_image
 from util.cli.strict_args import StrictArgumentParser
 from util.errors import UserError, run_cli
 from util.ph.generator import TRAIN_STREAM, GeneratorConfig, image_name, write_images
@@ -39,41 +39,8 @@ BENCH_PROB_BINARY = 0.5
 BENCH_PROB_COLOUR = 0.5
 
 
-def original_image(cfg, seed, index, fft_module='scipy'):
-    """The original generator's algorithm, written plainly: uint8 (S,S) or (S,S,3).
-
-    Random numbers come from ``np.random.default_rng([seed, 0, index])`` (the original used the global
-    legacy state); everything else follows the original: complex float64 FFTs of the full spectrum.
-    """
-    fft = scipy.fft if fft_module == 'scipy' else np.fft
-    rng = np.random.default_rng([seed, TRAIN_STREAM, index])
-    size = cfg.img_size
-    channels = 3 if rng.uniform(0, 1) < cfg.prob_colour else 1
-    sample = np.zeros(1)
-    while sample.max() - sample.min() < 1e-10:
-        layers = []
-        for _ in range(channels):
-            alpha = rng.uniform(*cfg.alpha_range)
-            beta = rng.uniform(*cfg.beta_range)
-            x = np.linspace(1, np.exp(alpha) * size, size)
-            X, Y = np.meshgrid(x, x)
-            noise = rng.uniform(0, 1, (size, size))
-            spectrum = fft.fft2(noise) / (X**2 + Y**2) ** beta
-            layers.append(fft.ifft2(spectrum).real)
-        sample = np.array(layers)
-    for i in range(channels):
-        q = rng.uniform(0, 1)
-        if q < cfg.prob_binary / 2:
-            sample[i] = sample[i] >= threshold_otsu(sample[i])
-        elif q < cfg.prob_binary:
-            sample[i] = sample[i] < threshold_otsu(sample[i])
-        else:
-            sample[i] = (sample[i] - sample[i].min()) / np.ptp(sample[i])
-    return (255 * sample).astype(np.uint8).transpose(1, 2, 0).squeeze()
-
-
 def _original_task(index, cfg, seed, folder, fft_module):
-    image = original_image(cfg, seed, index, fft_module)
+    image = original_image(cfg, seed, index, scipy.fft if fft_module == 'scipy' else np.fft)
     Image.fromarray(image).save(os.path.join(folder, f"v{index:08d}.jpg"))
     return 1
 

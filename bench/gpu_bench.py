@@ -166,48 +166,50 @@ def _train_args(device, batch_size, workers, amp, channels_last, seed=0):
 def ceiling_rate(
     arch, batch_size, size, seconds, device, amp, channels_last, out_dim=LABEL_DIM, warmup=10, cudnn_benchmark=True
 ):
-    """Training images/s of ``arch`` on synthetic inputs ``[B, 3, size, size]`` already on ``device``.
-
-    SGD (momentum 0.9), MSE on ``out_dim`` outputs, bf16 autocast when ``amp``.  ``warmup`` untimed steps,
-    then steps in blocks of 5 until ``seconds`` have passed.  Returns {'img_s', 'steps', 'seconds'}.
+    """Training images/s of ``arch`` on synthetic inputs ``[B, 3, size, size]`` already on ``device``, through the
+    product's engine (``train_one_epoch`` + ``supervised_step``: SGD momentum 0.9, MSE on ``out_dim`` outputs,
+    bf16 autocast when ``amp``, channels-last when asked).  ``warmup`` untimed steps, then steps in blocks of
+    5 (the device synchronised after each block) until ``seconds`` have passed.  Returns {'img_s', 'steps',
+    'seconds'}.
     """
     import torch
 
     import models
+    from util.config import TrainConfig
+    from util.train import engine
 
     torch.backends.cudnn.benchmark = cudnn_benchmark
-    model = models.build_model(arch, out_dim).to(device)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(memory_format=fmt)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    cfg = TrainConfig(
+        device=str(device), batch_size=batch_size, num_workers=0, amp=amp, channels_last=channels_last,
+        log_interval=10**9, weight_decay=1e-4,
+    )  # fmt: skip
+    model = engine.prepare_model(models.build_model(arch, out_dim), cfg)
+    opt = engine.build_optimizer(model.parameters(), cfg, lr=0.01)
     gen = torch.Generator(device='cpu').manual_seed(0)
-    x = torch.randn(batch_size, 3, size, size, generator=gen).to(device).contiguous(memory_format=fmt)
+    x = torch.randn(batch_size, 3, size, size, generator=gen).to(device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randn(batch_size, out_dim, generator=gen).to(device)
-    loss_fn = torch.nn.MSELoss()
-    device_type = 'cuda' if str(device).startswith('cuda') else 'cpu'
+    timed = {}
 
-    def step():
-        with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=amp):
-            loss = loss_fn(model(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    model.train()
-    for _ in range(warmup):
-        step()
-    _sync(device)
-    t0 = time.perf_counter()
-    steps = 0
-    while True:
-        for _ in range(5):
-            step()
-        steps += 5
+    def batches():
+        for _ in range(warmup):
+            yield x, y, 0
         _sync(device)
-        dt = time.perf_counter() - t0
-        if dt >= seconds:
-            break
-    return dict(img_s=steps * batch_size / dt, steps=steps, seconds=dt)
+        t0 = time.perf_counter()
+        steps = 0
+        while True:
+            for _ in range(5):
+                yield x, y, 0
+            steps += 5  # the engine has launched the 5th step when it asks for the next batch
+            _sync(device)
+            timed.update(steps=steps, seconds=time.perf_counter() - t0)
+            if timed['seconds'] >= seconds:
+                return
+
+    with open(os.devnull, 'w') as null, contextlib.redirect_stderr(null):  # no progress bar in the log
+        engine.train_one_epoch(model, batches(), engine.supervised_step(torch.nn.MSELoss(), cfg), opt, 1, cfg)
+    return dict(img_s=timed['steps'] * batch_size / timed['seconds'], steps=timed['steps'], seconds=timed['seconds'])
 
 
 # ----------------------------------------------------------------------------------------------------

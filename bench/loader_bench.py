@@ -37,10 +37,10 @@ import time
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
+from bench.reference import original_diagram, original_histogram, original_random_image
 from util.cli.strict_args import StrictArgumentParser
 from util.errors import UserError, run_cli
 from util.train.engine import release_loaders
@@ -56,93 +56,6 @@ BANDWIDTH = 1
 
 # ----------------------------------------------------------------------------------------------------
 # the original on-the-fly loader, written plainly
-
-
-def original_random_image(img_size, alpha_range, beta_range, prob_binary):
-    """One greyscale image as the original on-the-fly generator made it: PIL 'L' image (S, S).
-
-    The global legacy ``np.random`` state is reseeded from the OS for every image, as the original did.
-    """
-    from scipy.fft import fft2, ifft2
-    from skimage.filters import threshold_otsu
-
-    np.random.seed()
-    sample = np.zeros(1)
-    while sample.max() - sample.min() < 1e-10:
-        alpha = np.random.uniform(*alpha_range)
-        beta = np.random.uniform(*beta_range)
-        axis = np.linspace(1, np.exp(alpha) * img_size, img_size)
-        X, Y = np.meshgrid(axis, axis)
-        noise = np.random.uniform(0, 1, (img_size, img_size))
-        sample = ifft2(fft2(noise) / (X**2 + Y**2) ** beta).real
-    q = np.random.uniform(0, 1)
-    if q < prob_binary / 2:
-        sample = (sample >= threshold_otsu(sample)).astype(np.float64)
-    elif q < prob_binary:
-        sample = (sample < threshold_otsu(sample)).astype(np.float64)
-    else:
-        sample = (sample - sample.min()) / np.ptp(sample)
-    return Image.fromarray((255 * sample).astype(np.uint8))
-
-
-def original_diagram(image):
-    """The original's PH of an image array ``(H, W)`` or ``(H, W, 3)``: ``(n, 9)`` cripser diagram.
-
-    Luma grey in float64, skimage Otsu, ``EDT(bw) - EDT(~bw)`` with two scipy calls, scaled by 256 / H.
-    """
-    import cripser
-    from scipy.ndimage import distance_transform_edt
-    from skimage.filters import threshold_otsu
-
-    im = np.asarray(image, dtype=np.float64)
-    if im.ndim > 2:
-        im = np.dot(im[..., :3], [0.2989, 0.5870, 0.1140])
-    if im.max() == im.min():
-        filt = np.zeros_like(im)
-    else:
-        bw = im >= threshold_otsu(im)
-        filt = distance_transform_edt(bw) - distance_transform_edt(~bw)
-        filt *= 256 / im.shape[0]
-    return cripser.computePH(filt)
-
-
-def reflect_smooth(y, bandwidth):
-    """Hanning-window moving average of ``y`` with reflected ends (same length); identity below 2."""
-    if bandwidth < 2:
-        return y
-    b = int(bandwidth)
-    w = np.hanning(b)
-    if w.sum() <= 0:  # hanning(2) is all zeros
-        return y
-    padded = np.concatenate([y[b - 1 : 0 : -1], y, y[-2 : -b - 1 : -1]])
-    res = np.convolve(w / w.sum(), padded, mode='valid')
-    c = (len(res) - len(y)) // 2
-    return res[c : c + len(y)]
-
-
-def original_histogram(dgm, num_bins, max_life=MAX_LIFE, max_birth=MAX_BIRTH, bandwidth=BANDWIDTH):
-    """The original's histogram label of a diagram: float32 ``[sum(num_bins)]``.
-
-    Lifetime histograms of H0/H1 (essential classes dropped, clipped to ``max_life``) weighted by
-    ``1 + linspace(0, max_life)``, birth histograms weighted by lifetime on ``[-max_birth, max_birth]``,
-    each smoothed, then ``log(h + 1)`` (the H0 birth part divided by 100).
-    """
-    pairs = [dgm[dgm[:, 0] == d, 1:3] for d in (0, 1)]
-    hist = []
-    for d in (0, 1):
-        life = pairs[d][:, 1] - pairs[d][:, 0]
-        life = np.clip(life[life < 1e10], 0, max_life)
-        h, _ = np.histogram(life, bins=num_bins[d], range=(0, max_life))
-        hist.append(h * (1.0 + np.linspace(0, max_life, num_bins[d])))
-    for d in (0, 1):
-        h, _ = np.histogram(
-            pairs[d][:, 0], bins=num_bins[2 + d], range=(-max_birth, max_birth), weights=pairs[d][:, 1] - pairs[d][:, 0]
-        )
-        hist.append(h)
-    hist = [reflect_smooth(h, bandwidth) for h in hist]
-    with np.errstate(over='ignore', invalid='ignore'):  # the essential H0 class weighs ~1.8e308
-        out = np.concatenate([np.log(hist[0] + 1), np.log(hist[1] + 1), np.log(hist[2] + 1) / 100, np.log(hist[3] + 1)])
-    return out.astype(np.float32)
 
 
 class OriginalStyleGenerated(Dataset):

@@ -33,6 +33,7 @@ import time
 import numpy as np
 from PIL import Image
 
+from bench.reference import original_ph_of_file
 from util.cli.strict_args import StrictArgumentParser
 from util.errors import UserError, run_cli
 from util.io.fileio import load_image, save_npy
@@ -110,19 +111,9 @@ def time_phdict(paths, out_dir, workers):
 
 
 def _original_task(job):
-    """The original per-image pipeline, written out plainly."""
-    from scipy.ndimage import distance_transform_edt
-    from skimage.filters import threshold_otsu
-
+    """The original per-image pipeline (bench/reference.py), saving the diagram as the original did."""
     path, out_dir = job
-    im = np.array(Image.open(path).convert('L'), dtype=np.float64)
-    if im.max() == im.min():
-        filt = np.zeros_like(im)
-    else:
-        bw = im >= threshold_otsu(im)
-        filt = distance_transform_edt(bw) - distance_transform_edt(~bw)
-    dgm = ph.cripser.computePH(filt)
-    np.save(os.path.join(out_dir, os.path.splitext(os.path.basename(path))[0]), dgm)
+    np.save(os.path.join(out_dir, os.path.splitext(os.path.basename(path))[0]), original_ph_of_file(path))
 
 
 def time_original(paths, out_dir, workers):

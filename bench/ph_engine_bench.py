@@ -231,9 +231,7 @@ def _loader_stages(
     bins = (q, q, q, label_dim - 3 * q)
     ours = dict(generate=0.0, filtration=0.0, ph=0.0, label=0.0, transforms=0.0)
     orig = dict(generate=0.0, filtration=0.0, ph=0.0, label=0.0, transforms=0.0)
-    from scipy.ndimage import distance_transform_edt
-    from skimage.filters import threshold_otsu
-
+    from bench import reference
     from util.ph import unionfind as uf
     from util.ph.distance import signed_sqedt
 
@@ -258,23 +256,21 @@ def _loader_stages(
         ours['transforms'] += _best(lambda: to_tensor(spatial(pil)), repeats)
 
         orig['generate'] += _best(
-            lambda: lb.original_random_image(img_size, (0.01, 1.0), (0.5, 2.0), lb.DEFAULT_PROB_BINARY).convert('RGB'),
+            lambda: reference.original_random_image(img_size, (0.01, 1.0), (0.5, 2.0), lb.DEFAULT_PROB_BINARY).convert(
+                'RGB'
+            ),
             repeats,
         )
-        opil = lb.original_random_image(img_size, (0.01, 1.0), (0.5, 2.0), lb.DEFAULT_PROB_BINARY).convert('RGB')
+        opil = reference.original_random_image(img_size, (0.01, 1.0), (0.5, 2.0), lb.DEFAULT_PROB_BINARY).convert('RGB')
 
         def ofilt():
-            im = np.dot(np.asarray(opil, dtype=np.float64)[..., :3], [0.2989, 0.5870, 0.1140])
-            if im.max() == im.min():
-                return np.zeros_like(im)
-            bw = im >= threshold_otsu(im)
-            return (distance_transform_edt(bw) - distance_transform_edt(~bw)) * (256 / im.shape[0])
+            return reference.original_filtration(opil)
 
         orig['filtration'] += _best(ofilt, repeats)
         of = ofilt()
         orig['ph'] += _best(lambda: ph.cripser.computePH(of), repeats)
         odgm = ph.cripser.computePH(of)
-        orig['label'] += _best(lambda: lb.original_histogram(odgm, bins), repeats)
+        orig['label'] += _best(lambda: reference.original_histogram(odgm, bins), repeats)
         orig['transforms'] += _best(lambda: to_tensor(spatial(opil)), repeats)
     ours = {k: round(1000 * v / n, 3) for k, v in ours.items()}
     orig = {k: round(1000 * v / n, 3) for k, v in orig.items()}

@@ -1,6 +1,8 @@
 """The first convolution's filters of any weights source (visMap.py): our files and checkpoints, plain
 torchvision state dicts, MoCo checkpoints, or torchvision's ImageNet weights."""
 
+from __future__ import annotations
+
 import torch
 
 from models.loading import IMAGENET_ALIASES, build_model, load_for
@@ -18,7 +20,7 @@ def _first_conv_of_model(model):
     raise UserError(f"{type(model).__name__} has no 2-D convolution to draw")
 
 
-def first_conv_filters(source, arch=None):
+def first_conv_filters(source: str | dict | torch.nn.Module, arch: str | None = None) -> tuple[torch.Tensor, dict]:
     """``(weight [out, in, kH, kW], info)`` of the first 2-D convolution.
 
     ``source``: ``'imagenet'`` (torchvision's weights of ``arch``, default resnet50) or a weights file /

@@ -17,6 +17,8 @@ Auxiliary classifiers (googlenet ``aux1``/``aux2``, inception ``AuxLogits``: any
 and :func:`head_parameter_names` includes it.  Widths are always read from the existing layer.
 """
 
+from __future__ import annotations
+
 import torch.nn as nn
 
 from util.errors import UserError
@@ -24,7 +26,7 @@ from util.errors import UserError
 HEAD_TYPES = (nn.Linear, nn.Conv2d)
 
 
-def unwrap(model):
+def unwrap(model: nn.Module) -> nn.Module:
     """The bare model inside ``DataParallel``/``DistributedDataParallel`` (``.module``) or ``torch.compile``
     (``._orig_mod``) wrappers, possibly nested."""
     while True:
@@ -36,12 +38,12 @@ def unwrap(model):
             return model
 
 
-def is_aux_name(path):
+def is_aux_name(path: str) -> bool:
     """True if any component of the dotted module/key path names an auxiliary classifier."""
     return any('aux' in part.lower() for part in path.split('.'))
 
 
-def aux_module_paths(model):
+def aux_module_paths(model: nn.Module) -> list[str]:
     """Dotted paths of the outermost auxiliary-classifier submodules (e.g. ``['aux1', 'aux2']``)."""
     paths = []
     for path, module in model.named_modules():
@@ -58,7 +60,7 @@ def _last_layer(named_modules):
     return found
 
 
-def timm_head(model):
+def timm_head(model: nn.Module) -> tuple[str, nn.Module] | None:
     """``(path, layer)`` of the head a timm model reports (``get_classifier``), or None for other models."""
     inner = unwrap(model)
     if not (callable(getattr(inner, 'get_classifier', None)) and callable(getattr(inner, 'reset_classifier', None))):
@@ -72,7 +74,7 @@ def timm_head(model):
     return None
 
 
-def head_paths(model):
+def head_paths(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """``[(path, layer), ...]``: the main head first, then the last layer of each auxiliary classifier."""
     timm = timm_head(model)
     if timm is not None:
@@ -103,7 +105,7 @@ def _parent_and_name(model, path):
     return parent, name
 
 
-def get_head(model):
+def get_head(model: nn.Module) -> tuple[nn.Module, str | int, nn.Module]:
     """``(parent module, attribute name or Sequential index, head layer)`` of the main classifier layer.
 
     ``getattr(parent, name)`` (or ``parent[index]``) is the head; e.g. ``(model, 'fc', Linear)`` for a resnet,
@@ -114,7 +116,7 @@ def get_head(model):
     return parent, name, layer
 
 
-def out_size(layer):
+def out_size(layer: nn.Module) -> int:
     return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
 
 
@@ -122,12 +124,12 @@ def _in_size(layer):
     return layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels
 
 
-def head_out_features(model):
+def head_out_features(model: nn.Module) -> int:
     """Number of outputs (classes) of the main head."""
     return out_size(get_head(model)[2])
 
 
-def head_in_features(model):
+def head_in_features(model: nn.Module) -> int:
     """Number of features the main head receives from the encoder."""
     return _in_size(get_head(model)[2])
 
@@ -157,12 +159,12 @@ def _fresh_like(layer, num_classes):
     return new
 
 
-def check_num_classes(num_classes):
+def check_num_classes(num_classes: int) -> None:
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise UserError(f"number of classes must be a positive integer, got {num_classes!r}")
 
 
-def replace_head(model, num_classes):
+def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
     """Replace the head (and any auxiliary heads) by fresh layers with ``num_classes`` outputs, in place.
 
     The new layers keep the old ones' type, input width and bias setting; they get PyTorch's default
@@ -188,7 +190,7 @@ def replace_head(model, num_classes):
     return new_main
 
 
-def head_parameter_names(model):
+def head_parameter_names(model: nn.Module) -> set[str]:
     """``state_dict`` keys of the head and auxiliary heads, e.g. ``{'fc.weight', 'fc.bias'}``.
 
     Keys carry whatever prefix the given (possibly wrapped) model uses, so they match ``model.state_dict()``
@@ -200,6 +202,6 @@ def head_parameter_names(model):
     return names
 
 
-def main_head_weight_key(model):
+def main_head_weight_key(model: nn.Module) -> str:
     """``state_dict`` key of the main head's weight (``'fc.weight'``, ``'classifier.6.weight'``, ...)."""
     return head_paths(model)[0][0] + '.weight'

@@ -4,6 +4,8 @@
 dict in memory, the classifier of a two-head file); :func:`build_model` is the lower-level constructor.
 """
 
+from __future__ import annotations
+
 import os
 import urllib.error
 from urllib.parse import urlparse
@@ -36,7 +38,7 @@ def _resolve_weights(arch, weights):
     )
 
 
-def hub_cache_path(weights_enum):
+def hub_cache_path(weights_enum: torchvision.models.WeightsEnum) -> str:
     """Where torch hub keeps the file of a torchvision weights enum member:
     ``$TORCH_HOME/hub/checkpoints/<basename of its URL>`` (e.g. ``resnet18-f37072fd.pth``)."""
     filename = os.path.basename(urlparse(weights_enum.url).path)
@@ -91,7 +93,9 @@ def _build_timm(arch, num_classes, weights=None, input_size=None):
     return model
 
 
-def build_model(arch, num_classes, weights=None, input_size=None, **kwargs):
+def build_model(
+    arch: str, num_classes: int, weights: str | None = None, input_size: int | None = None, **kwargs
+) -> torch.nn.Module:
     """A torchvision classifier ``arch`` with a head of ``num_classes`` outputs.
 
     ``weights``:
@@ -146,7 +150,7 @@ def _construct(arch, **kwargs):
         raise UserError(f"cannot build {arch} with options {options}: {e}") from None
 
 
-def classifier_state(state_dict):
+def classifier_state(state_dict: dict) -> dict:
     """The classifier's tensors of a state dict: those under ``net.`` when it is a two-head model's
     (:class:`models.two_heads.TwoHeads`, which also holds ``ph_head.*``), else the dict itself."""
     if any(k.startswith('ph_head.') for k in state_dict):
@@ -154,7 +158,14 @@ def classifier_state(state_dict):
     return state_dict
 
 
-def load_for(arch, source=None, num_classes=None, *, verbose=False, input_size=None):
+def load_for(
+    arch: str,
+    source: str | os.PathLike | dict | None = None,
+    num_classes: int | None = None,
+    *,
+    verbose: bool = False,
+    input_size: int | None = None,
+) -> tuple[torch.nn.Module, dict]:
     """``arch`` with a head of ``num_classes`` outputs, initialised from ``source``; returns (model, report).
 
     ``source``: None (random initialisation), ``'imagenet'`` (torchvision's weights), a weights file or an

@@ -1,6 +1,8 @@
 """torchvision classification architectures by name: listing, resolving, and cheap weight-free "skeletons"
 used to inspect an architecture's ``state_dict`` keys and shapes (building one: :mod:`models.loading`)."""
 
+from __future__ import annotations
+
 import difflib
 import re
 import warnings
@@ -22,12 +24,12 @@ ARCH_DEFAULTS = {
 }
 
 
-def list_architectures():
+def list_architectures() -> list[str]:
     """Sorted names of all torchvision *classification* models (``resnet50``, ``vit_b_16``, ...)."""
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
-def resolve_arch(arch):
+def resolve_arch(arch: str) -> str:
     """Return the canonical architecture name, or raise :class:`UserError` listing close matches.
 
     ``timm:NAME`` names a timm model (:mod:`models.timm_backend`; needs the optional package timm)."""
@@ -95,7 +97,7 @@ class _MetaFactories(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def skeleton(arch, **kwargs):
+def skeleton(arch: str, **kwargs) -> torch.nn.Module:
     """A weight-free instance of ``arch`` (parameters on the ``meta`` device) for inspecting its structure,
     ``state_dict`` keys and shapes.  It cannot run a forward pass."""
     arch = resolve_arch(arch)
@@ -108,7 +110,7 @@ def skeleton(arch, **kwargs):
             return torchvision.models.get_model(arch, weights=None, **kwargs)
 
 
-def file_stem(arch):
+def file_stem(arch: str) -> str:
     """``arch`` as it appears in file names: ``timm:resnet18d`` -> ``timm-resnet18d`` (no colon)."""
     return arch.replace(':', '-')
 
@@ -128,7 +130,7 @@ def _num_params(arch):
         return 0
 
 
-def architectures_matching(state_dict):
+def architectures_matching(state_dict: dict) -> list[str]:
     """Names of the torchvision architectures whose ``state_dict`` has exactly the keys and shapes of
     ``state_dict`` (head sizes and auxiliary classifiers ignored).  Cheap: families are first ranked by the
     digit-free key patterns of their smallest member, then only the best family's members are compared."""

@@ -10,23 +10,29 @@ No timm weights are downloaded here (``pretrained=False`` always): to start from
 them once with timm and give that file as ``-pw``.
 """
 
+from __future__ import annotations
+
 import difflib
 import importlib
+from typing import TYPE_CHECKING
 
 import torch
 
 from util.errors import UserError
 
+if TYPE_CHECKING:
+    from types import ModuleType
+
 PREFIX = 'timm:'
 INSTALL_HINT = "pip install timm (or: pip install -r requirements-extra.txt)"
 
 
-def is_timm(arch):
+def is_timm(arch: object) -> bool:
     """True for an architecture name of the form ``timm:NAME``."""
     return isinstance(arch, str) and arch.strip().lower().startswith(PREFIX)
 
 
-def require_timm(arch=None):
+def require_timm(arch: str | None = None) -> ModuleType:
     """The ``timm`` module, or a one-line :class:`UserError` saying how to install it."""
     try:
         return importlib.import_module('timm')
@@ -35,12 +41,12 @@ def require_timm(arch=None):
         raise UserError(f"{what} needs the optional package timm, which is not installed: {INSTALL_HINT}") from None
 
 
-def model_name(arch):
+def model_name(arch: str) -> str:
     """The timm model name of ``timm:NAME`` (checked against timm's registry)."""
     return resolve(arch)[len(PREFIX) :]
 
 
-def resolve(arch):
+def resolve(arch: str) -> str:
     """Canonical ``timm:NAME``; :class:`UserError` for a name timm does not know (with close matches)."""
     timm = require_timm(arch)
     name = arch.strip()[len(PREFIX) :].strip()
@@ -51,7 +57,7 @@ def resolve(arch):
     raise UserError(f"unknown timm architecture {arch!r}: {hint}")
 
 
-def create(arch, num_classes, input_size=None):
+def create(arch: str, num_classes: int, input_size: int | None = None) -> torch.nn.Module:
     """A randomly initialised timm model with a head of ``num_classes`` outputs.
 
     ``input_size`` (pixels, square) is passed as timm's ``img_size`` to the models that take one (ViTs, ...);
@@ -72,14 +78,14 @@ def create(arch, num_classes, input_size=None):
         raise UserError(f"cannot build {arch} with {num_classes} outputs{size}: {str(e).splitlines()[0]}") from None
 
 
-def skeleton(arch):
+def skeleton(arch: str) -> torch.nn.Module:
     """A weight-free instance (parameters on the ``meta`` device) for inspecting its ``state_dict`` keys."""
     timm = require_timm(arch)
     with torch.device('meta'):
         return timm.create_model(model_name(arch), pretrained=False)
 
 
-def fit_position_embedding(model, state_dict):
+def fit_position_embedding(model: torch.nn.Module, state_dict: dict) -> dict:
     """``state_dict`` with its ``pos_embed`` resampled to the model's patch grid when the file was trained at
     another input size (a ViT pretrained on 64-pixel crops, fine-tuned on 32-pixel ones); other dicts as they are.
     """

@@ -12,6 +12,8 @@ arbitrary pickled objects is refused before anything in it can run):
   taken and its projection head dropped (see :func:`moco_encoder`).
 """
 
+from __future__ import annotations
+
 import os
 import re
 import warnings
@@ -63,7 +65,7 @@ def _contains_tensor(obj):
     return False
 
 
-def strip_prefixes(state_dict):
+def strip_prefixes(state_dict: dict) -> dict:
     """Remove ``module.`` / ``_orig_mod.`` wrapper prefixes (in any combination) shared by all keys, and
     ``_orig_mod`` components anywhere (a compiled submodule); drop AveragedModel's ``n_averaged`` counter."""
     sd = dict(state_dict)
@@ -85,7 +87,7 @@ MOCO_BUFFERS = ('queue', 'queue_ptr')
 PROJECTION_HEADS = ('fc', 'head', 'heads', 'classifier')
 
 
-def moco_encoder(state_dict):
+def moco_encoder(state_dict: dict) -> tuple[dict, dict | None]:
     """``(encoder state dict, note)`` of a MoCo state dict (prefixes already stripped), else
     ``(state_dict, None)``.  The query encoder's keys lose their prefix; its projection head (``fc``/``head``...,
     an MLP or a 128-d projection that is no classifier), the key encoder, the predictor and the queue are
@@ -129,7 +131,7 @@ def _split_checkpoint(obj, source):
     )
 
 
-def read_state_dict(path):
+def read_state_dict(path: str | os.PathLike) -> tuple[dict, dict]:
     """Read a weights file: ``(state_dict, meta)``.
 
     ``state_dict``: ``{key: tensor}`` with wrapper prefixes stripped.  ``meta``: for a checkpoint, its other
@@ -167,7 +169,7 @@ class Weights(NamedTuple):
     source: str
 
 
-def as_state_dict(path_or_state_dict):
+def as_state_dict(path_or_state_dict: str | os.PathLike | Mapping) -> Weights:
     """``Weights(state_dict, meta, description)`` for a path or an in-memory state dict / checkpoint dict."""
     if isinstance(path_or_state_dict, Weights):
         return path_or_state_dict
@@ -183,7 +185,7 @@ def _moco_suffix(meta):
     return f" (MoCo query encoder {note['prefix'].rstrip('.')}; projection head dropped)" if note else ''
 
 
-def architecture_hint(state_dict, meta):
+def architecture_hint(state_dict: dict, meta: Mapping | None) -> tuple[str | None, str | None]:
     """``(arch, how)`` the weights look made for, or ``(None, None)``: the checkpoint's recorded
     architecture (``args['usenet']``/``args['arch']``...) if present, else the torchvision architecture whose
     keys and shapes match exactly."""
@@ -201,7 +203,7 @@ def architecture_hint(state_dict, meta):
     return None, None
 
 
-def infer_num_classes(path_or_state_dict, arch):
+def infer_num_classes(path_or_state_dict: str | os.PathLike | Mapping, arch: str) -> int:
     """Number of outputs of the ``arch`` head stored in a weights file (or state dict / checkpoint dict)."""
     arch = resolve_arch(arch)
     sd, meta, source = as_state_dict(path_or_state_dict)
@@ -223,7 +225,14 @@ def _fmt_keys(keys, limit=5):
     return ", ".join(keys[:limit]) + more
 
 
-def load_pretrained(model, path_or_state_dict, *, arch=None, verbose=True, strict=True):
+def load_pretrained(
+    model: torch.nn.Module,
+    path_or_state_dict: str | os.PathLike | Mapping,
+    *,
+    arch: str | None = None,
+    verbose: bool = True,
+    strict: bool = True,
+) -> dict:
     """Copy weights from a file (or a state dict / checkpoint dict) into ``model``, in place.
 
     Every tensor whose name and shape match is loaded.  Head tensors (see

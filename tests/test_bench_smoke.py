@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench import gpu_bench, loader_bench
+from bench import gpu_bench, loader_bench, reference
 
 
 def _positive(x):
@@ -82,7 +82,7 @@ def _toy_diagram(size=64, index=0):
     from util.ph.generator import GeneratorConfig, generate_image
 
     img = generate_image(GeneratorConfig(img_size=size, prob_binary=0.5, prob_colour=0.0), 0, index)
-    return loader_bench.original_diagram(np.repeat(img[:, :, None], 3, axis=2))
+    return reference.original_diagram(np.repeat(img[:, :, None], 3, axis=2))
 
 
 @pytest.mark.parametrize('bandwidth', [1, 5])
@@ -93,7 +93,7 @@ def test_original_histogram_matches_our_vectoriser_where_the_definitions_agree(b
 
     for i in range(3):
         dgm = _toy_diagram(index=i)
-        orig = loader_bench.original_histogram(dgm, (50, 50, 50, 50), bandwidth=bandwidth)
+        orig = reference.original_histogram(dgm, (50, 50, 50, 50), bandwidth=bandwidth)
         ours = make_vectoriser('histogram', 200, bandwidth=bandwidth)(dgm)
         assert orig.shape == (200,) and orig.dtype == np.float32 and np.isfinite(orig).all()
         np.testing.assert_allclose(orig[:100], ours[:100], rtol=1e-6, atol=1e-6)
@@ -106,7 +106,7 @@ def test_reflect_smooth_equals_our_smoothing_matrix():
 
     y = np.random.default_rng(0).random(30)
     for b in (1, 3, 4, 7):
-        np.testing.assert_allclose(loader_bench.reflect_smooth(y, b), smoothing_matrix(30, b) @ y, atol=1e-12)
+        np.testing.assert_allclose(reference.reflect_smooth(y, b), smoothing_matrix(30, b) @ y, atol=1e-12)
 
 
 def test_original_style_dataset_item():
@@ -118,7 +118,7 @@ def test_original_style_dataset_item():
     x, y = ds[0]
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32
     assert y.shape == (20,) and np.isfinite(y).all()
-    grey = loader_bench.original_random_image(40, (0.01, 1.0), (0.5, 2.0), 1.0)
+    grey = reference.original_random_image(40, (0.01, 1.0), (0.5, 2.0), 1.0)
     assert grey.mode == 'L' and grey.size == (40, 40) and set(np.unique(np.asarray(grey))) <= {0, 255}
 
 

@@ -10,110 +10,15 @@ import time
 
 import pytest
 
-# Every option of the original's later parsers, extracted from its source (`git show HEAD:arguments.py`,
-# `HEAD:util/ImageDatasetsDownloader.py` of shizuo-kaji/PretrainCNNwithNoData): (option strings, a value in
-# the shape the original took).  arguments.py's mode "all" (main.py, and also predict.py and visMap.py,
-# which parsed the same flags): 57 flags.
-ORIG_ALL = [
-    (('--output', '-o'), ['X']),
-    (('--img_size', '-is'), ['64']),
-    (('--num_workers', '-j'), ['3']),
-    (('--train', '-t'), ['X']),
-    (('--val', '-val'), ['X']),
-    (('--train_pt', '-t2'), ['X']),
-    (('--val_pt', '-v2'), ['X']),
-    (('--path2PHdir', '-pd'), ['X']),
-    (('--path2weight', '-pw'), ['X']),
-    (('--cachedir', '-c'), ['X']),
-    (('--suffix', '-sf'), ['X']),
-    (('--resume',), ['X']),
-    (('--alpha_range', '-ar'), ['0.5', '1']),
-    (('--beta_range', '-br'), ['1', '2']),
-    (('--n_samples', '-n'), ['1000']),
-    (('--n_samples_val', '-nv'), ['10']),
-    (('--prob_binary', '-pb'), ['0.3']),
-    (('--prob_colour', '-pc'), ['0.3']),
-    (('--max_life', '-ml'), ['40', '40']),
-    (('--max_birth', '-maxb'), ['30', '30']),
-    (('--min_birth', '-minb'), ['-30', '-30']),
-    (('--affine', '-aff'), []),
-    (('--bandwidth', '-bd'), ['3']),
-    (('--persImg_sigma', '-ps'), ['2']),
-    (('--persImg_power', '-pp'), ['0.5']),
-    (('--persImg_weight', '-pn'), ['1.5']),
-    (('--num_landscapes',), ['3']),
-    (('--label_type_pt', '-lt'), ['persistence_betticurve']),
-    (('--persistence_after_transform', '-pat'), []),
-    (('--filtration', '-f'), ['radial']),
-    (('--gradient', '-g'), []),
-    (('--usenet', '-u'), ['resnet18']),
-    (('--numof_dims_pt', '-nd'), ['120']),
-    (('--lr_fine', '-lrf'), ['0.02']),
-    (('--lr_pre', '-lrp'), ['0.2']),
-    (('--lr_drop', '-lrd'), ['3']),
-    (('--momentum', '-m'), ['0.8']),
-    (('--weight_decay', '-wd'), ['0.001']),
-    (('--optimizer', '-op'), ['adam']),
-    (('--freeze_encoder', '-fe'), []),
-    (('--learning_mode', '-lm'), ['finetuning']),
-    (('--dist-url',), ['tcp://h:1']),
-    (('--dist-backend', '-p'), ['gloo']),
-    (('--world_size', '-ws'), ['2']),
-    (('--epochs', '-e'), ['7']),
-    (('--start_epoch',), ['2']),
-    (('--batch_size', '-b'), ['16']),
-    (('--img_size_pt', '-is2'), ['100']),
-    (('--crop_size', '-cs'), ['32']),
-    (('--crop_padding', '-cp'), ['2']),
-    (('--random_scale', '-rs'), ['0.2']),
-    (('--random_rotation', '-rr'), ['10']),
-    (('--aug-plus', '-ra'), []),
-    (('--save_interval',), ['5']),
-    (('--log_interval',), ['50']),
-    (('--seed', '-s'), ['3']),
-    (('--output_training_images', '-oti'), ['4']),
-]
-# random_image.py: arguments.py's mode "random_image" (9 flags).
-ORIG_RANDOM = [
-    (('--output', '-o'), ['X']),
-    (('--img_size', '-is'), ['64']),
-    (('--num_workers', '-j'), ['3']),
-    (('--alpha_range', '-ar'), ['0.5', '1']),
-    (('--beta_range', '-br'), ['1', '2']),
-    (('--n_samples', '-n'), ['100']),
-    (('--n_samples_val', '-nv'), ['10']),
-    (('--prob_binary', '-pb'), ['0.3']),
-    (('--prob_colour', '-pc'), ['0.3']),
-]
-# PHdict.py: arguments.py's mode "PHdict" (19, with the positional target_dir).
-ORIG_PHDICT = [
-    (('--output', '-o'), ['X']),
-    (('--img_size', '-is'), ['64']),
-    (('--num_workers', '-j'), ['3']),
-    (('--max_life', '-ml'), ['40', '40']),
-    (('--max_birth', '-maxb'), ['30', '30']),
-    (('--min_birth', '-minb'), ['-30', '-30']),
-    (('--affine', '-aff'), []),
-    (('--bandwidth', '-bd'), ['3']),
-    (('--persImg_sigma', '-ps'), ['2']),
-    (('--persImg_power', '-pp'), ['0.5']),
-    (('--persImg_weight', '-pn'), ['1.5']),
-    (('--num_landscapes',), ['3']),
-    (('--label_type_pt', '-lt'), ['persistence_betticurve']),
-    (('--persistence_after_transform', '-pat'), []),
-    (('--filtration', '-f'), ['radial']),
-    (('--gradient', '-g'), []),
-    (('--num_bins', '-n'), ['30', '30', '20', '20']),
-    (('--save_fig', '-sf'), []),
-]
-ORIG_PHDICT_POSITIONAL = 'target_dir'
-# util/ImageDatasetsDownloader.py (4 flags).
-ORIG_DOWNLOADER = [
-    (('--dataset', '-d'), ['CIFAR10']),
-    (('--raw_file_path',), ['X']),
-    (('--data_file_path', '-o'), ['X']),
-    (('--validation_ratio', '-r'), ['0.3']),
-]
+from util.cli import original_flags
+
+# Every option of the original's later parsers (util/cli/original_flags.py, the one table): (option strings, a
+# value in the shape the original took).
+ORIG_ALL = original_flags.LATER_TRAINING
+ORIG_RANDOM = original_flags.LATER_RANDOM_IMAGE
+ORIG_PHDICT = original_flags.LATER_PHDICT
+ORIG_PHDICT_POSITIONAL = original_flags.PHDICT_POSITIONAL
+ORIG_DOWNLOADER = original_flags.LATER_DOWNLOADER
 
 # What each means here: (dest, value) for a flag we take with the original's meaning, or the text of the
 # refusal line (it names what to use instead).
@@ -265,6 +170,24 @@ def test_the_lists_are_the_originals_parsers():
         (ORIG_DOWNLOADER, DOWNLOADER_EXPECT),
     ):
         assert [f[0][0] for f in flags] == list(expect)
+
+
+def test_docs_name_every_original_flag():
+    """docs/compat.md, the users' page of the table, names every option string of the original's later
+    parsers and every one refused by the training scripts and PHdict.py."""
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'docs', 'compat.md')) as f:
+        text = f.read()
+    named = set()
+    for cell in text.split('`'):
+        named.update(part.strip() for part in cell.replace(',', '/').split('/'))
+    flags = {
+        s
+        for later in (ORIG_ALL, ORIG_RANDOM, ORIG_PHDICT, ORIG_DOWNLOADER)
+        for s in original_flags.option_strings(later)
+    }
+    flags |= set(original_flags.refused(original_flags.TRAINING)) | set(original_flags.refused(original_flags.PHDICT))
+    missing = sorted(f for f in flags if f not in named and f.lstrip('-') not in named)
+    assert not missing, f"docs/compat.md does not name {missing}"
 
 
 def _cases():

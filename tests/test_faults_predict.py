@@ -68,7 +68,7 @@ def _classes_order(ctx, script):
     ctx.inputs(d.task, weights.parent, swapped, same)
     out = ctx.tmp / 'pred.csv'
     base = [d.task / 'val', '-pw', weights, '-u', 'resnet18', '--img_size', 40, '--crop_size', 32, '-nw', 0, '-o', out]
-    expect_error(run(script, *base, '--classes', swapped), '--classes', 'classes.json', 'output 0')
+    expect_error(run(script, *base, '--classes', swapped), '--classes', 'classes.json', "'dark' as output 0")
     assert not out.exists()
     expect_ok(run(script, *base, '--classes', same))
     with open(out, newline='') as f:

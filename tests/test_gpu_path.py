@@ -549,3 +549,16 @@ def test_gpu_check_tiny_runs_every_step_and_writes_the_figures(tmp_path):
     assert 'ceiling' in bench['stages'] and 'pipeline' in bench['stages']
     assert 'loaded on the CPU with weights_only=True' in (out / 'weights.log').read_text()
     assert summary.strip().splitlines()[-1].startswith('total:')
+
+
+def test_checkpoint_keeps_dict_subclasses(tmp_path):
+    """The CPU copy made before saving rebuilds a Counter (MultiStepLR's milestones) as it was, not as a Counter
+    of its (key, value) pairs: a resumed run gets the same schedule."""
+    from util.train import runs
+
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[30, 60], gamma=0.1)
+    runs.save_checkpoint(str(tmp_path), model, opt, sched, 1, {'arch': 'x'})
+    ckpt = torch.load(tmp_path / 'checkpoint.pth', weights_only=True)
+    assert ckpt['lr_scheduler']['milestones'] == sched.state_dict()['milestones'] == {30: 1, 60: 1}

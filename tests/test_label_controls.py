@@ -171,8 +171,13 @@ def test_label_norm_stored_reused_on_resume_and_fresh_run(folder, tmp_path, run_
     # a fresh run on the same matrix computes the same statistics
     run_script('pretraining.py', *flags, '-o', tmp_path / 'b', *TINY, check=True)
     assert _args(only_run_dir(tmp_path / 'b'))['label_norm_std'] == stored['label_norm_std']
-    # resume: the stored statistics, even though the matrix changed since
+    # resume after the matrix changed since: refused (issue 22: the run records the digest of its label matrix)
+    original = (ph / 'labels_histogram.npy').read_bytes()
     np.save(ph / 'labels_histogram.npy', (m * 3 + 1).astype(np.float32))
+    res = run_script('pretraining.py', *flags, '--resume', run_a, *TINY, '-e', '2', check=False)
+    assert res.returncode == 2 and 'label matrix was recomputed' in res.stderr, res.stderr
+    # resume on the matrix it trained on: the stored statistics
+    (ph / 'labels_histogram.npy').write_bytes(original)
     run_script('pretraining.py', *flags, '--resume', run_a, *TINY, '-e', '2', check=True)
     resumed = _args(run_a, 'args_resume_epoch2.json')
     assert resumed['label_norm_mean'] == stored['label_norm_mean']

@@ -143,3 +143,19 @@ def test_library_code_never_reads_the_flags():
             if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == 'args':
                 found.append(f'{os.path.relpath(path, ROOT)}:{node.lineno}: args.{node.attr}')
     assert not found, '\n'.join(found)
+
+
+def test_public_functions_of_models_and_ph_are_annotated():
+    """The public functions of models/ and util/ph/ state their parameter and return types."""
+    bare = []
+    for package in ('models', os.path.join('util', 'ph')):
+        for name in sorted(os.listdir(os.path.join(ROOT, package))):
+            if not name.endswith('.py'):
+                continue
+            path = os.path.join(ROOT, package, name)
+            for node in ast.parse(open(path, encoding='utf-8').read()).body:
+                if isinstance(node, ast.FunctionDef) and not node.name.startswith('_'):
+                    args = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+                    if node.returns is None or any(a.annotation is None for a in args if a.arg not in ('self', 'cls')):
+                        bare.append(f'{package}/{name}:{node.lineno} {node.name}')
+    assert not bare, bare

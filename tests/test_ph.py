@@ -6,6 +6,7 @@ from PIL import Image
 from scipy.ndimage import distance_transform_edt, gaussian_filter
 from skimage.filters import threshold_otsu
 
+from bench.reference import signed_distance as reference_signed_distance  # the original's filtration
 from util.errors import UserError
 from util.ph import cubical as ph
 from util.ph.otsu import otsu_threshold_from_counts
@@ -16,14 +17,6 @@ INF_DEATH = 0.5 * np.finfo(np.float64).max
 def smooth_noise(rng, shape, sigma=2.0):
     a = gaussian_filter(rng.random(shape), sigma)
     return ((a - a.min()) / np.ptp(a) * 255).astype(np.uint8)
-
-
-def reference_signed_distance(grey_float):
-    """The original's filtration, computed with skimage and scipy directly."""
-    if grey_float.min() == grey_float.max():
-        return np.zeros_like(grey_float)
-    bw = grey_float >= threshold_otsu(grey_float)
-    return distance_transform_edt(bw) - distance_transform_edt(~bw)
 
 
 def pairs(diagram):

@@ -6,9 +6,9 @@ import os
 import cripser
 import numpy as np
 from PIL import Image
-from scipy.ndimage import distance_transform_edt, gaussian_filter
-from skimage.filters import threshold_otsu
+from scipy.ndimage import gaussian_filter
 
+from bench.reference import original_ph_of_file as original_diagram  # the original pipeline
 from util.ph.vectorise import make_vectoriser
 
 
@@ -25,17 +25,6 @@ def make_jpegs(folder, names, seed=0, colour=True):
         path.parent.mkdir(parents=True, exist_ok=True)
         img = np.stack([smooth_noise(rng) for _ in range(3)], -1) if colour else smooth_noise(rng)
         Image.fromarray(img).save(path, quality=90)
-
-
-def original_diagram(path):
-    """The original pipeline, written out with PIL, skimage, scipy and cripser."""
-    grey = np.array(Image.open(path).convert('L'), dtype=np.float64)
-    if grey.min() == grey.max():
-        filt = np.zeros_like(grey)
-    else:
-        bw = grey >= threshold_otsu(grey)
-        filt = distance_transform_edt(bw) - distance_transform_edt(~bw)
-    return cripser.computePH(filt)
 
 
 def pairs(diagram):

@@ -25,6 +25,7 @@ import pytest
 from PIL import Image
 from skimage.filters import threshold_otsu
 
+from bench import reference
 from util.errors import UserError
 from util.io.fileio import list_images
 from util.ph.generator import (
@@ -46,40 +47,18 @@ SCRIPT = 'util/random_image.py'
 
 
 def direct_image(cfg, seed, index, stream=TRAIN_STREAM):
-    """The model written plainly: complex float64 FFTs of the full spectrum, skimage's Otsu, astype(uint8).
+    """The model written plainly (bench/reference.py with np.fft): complex float64 FFTs of the full spectrum,
+    skimage's Otsu, astype(uint8).
 
     Returns (floats (C,S,S) float64 before thresholding, kinds ['ge'|'lt'|'norm'] per channel, Otsu
     thresholds (None for 'norm'), uint8 image (S,S) or (S,S,3), rng state after the float stage, rng).
     """
     rng = np.random.default_rng([seed, stream, index])
-    size = cfg.img_size
     channels = 3 if rng.uniform(0, 1) < cfg.prob_colour else 1
-    sample = np.zeros(1)
-    while sample.max() - sample.min() < 1e-10:
-        layers = []
-        for _ in range(channels):
-            alpha = rng.uniform(*cfg.alpha_range)
-            beta = rng.uniform(*cfg.beta_range)
-            x = np.linspace(1, np.exp(alpha) * size, size)
-            X, Y = np.meshgrid(x, x)
-            noise = rng.uniform(0, 1, (size, size))
-            layers.append(np.real(np.fft.ifft2(np.fft.fft2(noise) / (X**2 + Y**2) ** beta)))
-        sample = np.array(layers)
+    sample = reference.formula_channels(rng.uniform, cfg.img_size, cfg.alpha_range, cfg.beta_range, channels, np.fft)
     state_after_float = rng.bit_generator.state
     floats = sample.copy()
-    kinds, thresholds = [], []
-    for i in range(channels):
-        q = rng.uniform(0, 1)
-        if q < cfg.prob_binary:
-            t = threshold_otsu(sample[i])
-            kinds.append('ge' if q < cfg.prob_binary / 2 else 'lt')
-            sample[i] = sample[i] >= t if q < cfg.prob_binary / 2 else sample[i] < t
-            thresholds.append(t)
-        else:
-            sample[i] = (sample[i] - sample[i].min()) / np.ptp(sample[i])
-            kinds.append('norm')
-            thresholds.append(None)
-    image = (255 * sample).astype(np.uint8).transpose(1, 2, 0).squeeze(axis=2 if channels == 1 else None)
+    kinds, thresholds, image = reference.finish_channels(sample, rng.uniform, cfg.prob_binary)
     return floats, kinds, thresholds, image, state_after_float, rng
 
 

@@ -2,7 +2,8 @@
 
 Every flag of the original's later ``arguments.py`` (and of its generator, PHdict, predict, visMap and
 downloader scripts) is either accepted here with the original's meaning or refused by
-:mod:`util.cli.strict_args` with one line naming ours; docs/compat.md is the table.  This module holds:
+:mod:`util.cli.strict_args` with one line naming ours; util/cli/original_flags.py is the table (docs/compat.md
+explains it).  This module holds:
 
 * :func:`add_aliases` -- the original's option strings for flags we have under another name (``-s`` for
   ``--seed``, ``--start_epoch`` for ``--start-epoch`` ...), added to the very same argparse action;
@@ -23,6 +24,8 @@ import math
 import os
 import sys
 
+from util.cli import original_flags
+from util.cli.original_flags import accepted
 from util.errors import UserError
 
 # The original's label type names -> ours.  'raw' and 'grid' have no counterpart (see RAW_GRID_REASON).
@@ -50,6 +53,16 @@ def _fail(parser, msg):
     """One line on stderr and exit status 2 (as argparse's errors, without the usage block)."""
     print(f"error: {msg}", file=sys.stderr, flush=True)
     parser.exit(2)
+
+
+def missing_aliases(parser, table):
+    """{option string: dest} of the original's flags in ``table`` (util/cli/original_flags.py) taken with their
+    meaning that ``parser`` does not have yet; one it has must be the field the table names."""
+    have = parser._option_string_actions
+    for flag, dest in accepted(table).items():
+        if flag in have and have[flag].dest != dest:
+            raise ValueError(f"{flag} is --{have[flag].dest} here but the original's {dest}")
+    return {flag: dest for flag, dest in accepted(table).items() if flag not in have}
 
 
 def add_aliases(parser, aliases):
@@ -167,55 +180,8 @@ def split_pc(parser):
     return parser
 
 
-# Our training flags under the original's later names (same field, same meaning; differences of default
-# are listed in docs/compat.md).
-TRAINING_ALIASES = {
-    '-s': 'seed',
-    '-m': 'momentum',
-    '-j': 'num_workers',
-    '-is': 'img_size',
-    '-cs': 'crop_size',
-    '-f': 'filtration',
-    '-bd': 'bandwidth',
-    '-maxb': 'max_birth',
-    '-minb': 'min_birth',
-    '-ps': 'sigma',
-    '--persImg_sigma': 'sigma',
-    '-pn': 'power',
-    '--persImg_weight': 'power',
-    '-lt': 'label_type',
-    '--label_type_pt': 'label_type',
-    '-ra': 'aug_plus',
-    '--aug-plus': 'aug_plus',
-    '--start_epoch': 'start_epoch',
-    '--save_interval': 'save_interval',
-    '--log_interval': 'log_interval',
-    '-c': 'cache_dir',
-    '--cachedir': 'cache_dir',
-    '--train_pt': 'ph_train',
-    '--val_pt': 'ph_val',
-    '--numof_dims_pt': 'ph_dims',
-    '--dist-backend': 'pidf',
-}
-
-PHDICT_ALIASES = {
-    '-j': 'num_workers',
-    '-f': 'filtration',
-    '-bd': 'bandwidth',
-    '-maxb': 'max_birth',
-    '-minb': 'min_birth',
-    '-ps': 'sigma',
-    '--persImg_sigma': 'sigma',
-    '-pn': 'power',
-    '--persImg_weight': 'power',
-    '-lt': 'label_type',
-    '--label_type_pt': 'label_type',
-}
-
-
 def training_compat(parser):
     """The original's later flags on the parser of pretraining.py / finetuning.py."""
-    add_aliases(parser, TRAINING_ALIASES)
     parser.add_argument(
         '--persistence_after_transform',
         '-pat',
@@ -225,6 +191,7 @@ def training_compat(parser):
         default=argparse.SUPPRESS,
         help="the original's name for -ph post",
     )
+    add_aliases(parser, missing_aliases(parser, original_flags.TRAINING))
     allow_two_values(parser)
     accept_original_label_types(parser)
     split_pc(parser)
@@ -246,7 +213,7 @@ class _Bins(argparse.Action):
 
 def phdict_compat(parser):
     """The original's later flags on PHdict.py's parser."""
-    add_aliases(parser, PHDICT_ALIASES)
+    add_aliases(parser, missing_aliases(parser, original_flags.PHDICT))
     bins = parser._option_string_actions.get('--num_bins')
     if bins is not None:
         bins.nargs = '+'

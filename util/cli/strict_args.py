@@ -11,6 +11,9 @@ import argparse
 import math
 import sys
 
+from util.cli import original_flags
+from util.cli.original_flags import option_strings, refused
+
 
 def finite_float(text):
     """``type=float`` of a :class:`StrictArgumentParser`: a number, never ``inf`` or ``nan`` (no flag of ours
@@ -85,167 +88,15 @@ def refuse_flags(parser, table):
     return parser
 
 
-PP_HINT = "persistence images are not raised to a power afterwards here; there is no equivalent"
-
-# The original's flags (its first and later versions) that our training scripts do not have, and ours.
-# (Those we take under the original's name are aliases in util/cli/compat.py; docs/compat.md is the table.)
-TRAINING_FLAGS = {
-    '-dt': "use --filtration",
-    '--distance_transform': "use --filtration",
-    '-is2': "one --img_size serves both tasks here",
-    '--img_size_pt': "one --img_size serves both tasks here",
-    '-pp': PP_HINT,
-    '--persImg_power': PP_HINT,
-    '-sf': "each run gets its own dated folder under -o; choose -o instead of a suffix",
-    '--suffix': "each run gets its own dated folder under -o; choose -o instead of a suffix",
-    '-lrf': "it meant --lr_pre in the original's first version and --lr_fine in its later ones; give --lr_pre or "
-    "--lr_fine",
-    '-lrp': "it meant --lr_fine in the original's first version and --lr_pre in its later ones; give --lr_fine or "
-    "--lr_pre",
-    '-lrd': "the learning-rate schedule is chosen by --optimizer (e.g. sgd_cos) here",
-    '--lr_drop': "the learning-rate schedule is chosen by --optimizer (e.g. sgd_cos) here",
-    '-nc2': "use -nd/--ph_dims",
-    '--numof_classes2': "use -nd/--ph_dims",
-    '--numof_classes_pt': "use -nd/--ph_dims",
-    '--train2': "use -t2/--ph_train",
-    '--val2': "use -v2/--ph_val",
-    '-val2': "use -v2/--ph_val",
-    '--dist-url': "launch several processes with torchrun instead (it sets the rendezvous), or use -ws N",
-    '-gr': "there is no greyscale option; convert the images first",
-    '--greyscale': "there is no greyscale option; convert the images first",
-    '--num_bins': "the histogram bins follow -nc/--numof_classes here (PHdict.py -n sets them for -ch)",
-}
-
-PHDICT_FLAGS = {
-    '-t': "use --label_type",
-    '--type': "use --label_type",
-    '-dt': "use --filtration",
-    '--distance_transform': "use --filtration",
-    '-is': "diagrams are computed at each image's own size here; resize the images first",
-    '--img_size': "diagrams are computed at each image's own size here; resize the images first",
-    '-pp': PP_HINT,
-    '--persImg_power': PP_HINT,
-    '-sf': "use --plot N (plots of the first N inputs)",
-    '--save_fig': "use --plot N (plots of the first N inputs)",
-    '-aff': "PHdict.py computes the PH of the images as they are; use -aff of the training scripts",
-    '--affine': "PHdict.py computes the PH of the images as they are; use -aff of the training scripts",
-    '-pat': "PHdict.py computes the PH of whole images; PH after augmentation is -ph post of the training scripts",
-    '--persistence_after_transform': "PHdict.py computes the PH of whole images; PH after augmentation is "
-    "-ph post of the training scripts",
-}
+# The original's flags (its first and later versions) that our scripts do not have, and ours
+# (util/cli/original_flags.py is the table; those we take under the original's name are aliases added by
+# util/cli/compat.py).
+TRAINING_FLAGS = refused(original_flags.TRAINING)
+PHDICT_FLAGS = refused(original_flags.PHDICT)
 
 # Every option string of the original's later arguments.py in its mode "all" (the parser that its
 # predict.py and visMap.py used too).
-ORIGINAL_TRAINING_OPTIONS = (
-    '--output',
-    '-o',
-    '--img_size',
-    '-is',
-    '--num_workers',
-    '-j',
-    '--train',
-    '-t',
-    '--val',
-    '-val',
-    '--train_pt',
-    '-t2',
-    '--val_pt',
-    '-v2',
-    '--path2PHdir',
-    '-pd',
-    '--path2weight',
-    '-pw',
-    '--cachedir',
-    '-c',
-    '--suffix',
-    '-sf',
-    '--resume',
-    '--alpha_range',
-    '-ar',
-    '--beta_range',
-    '-br',
-    '--n_samples',
-    '-n',
-    '--n_samples_val',
-    '-nv',
-    '--prob_binary',
-    '-pb',
-    '--prob_colour',
-    '-pc',
-    '--max_life',
-    '-ml',
-    '--max_birth',
-    '-maxb',
-    '--min_birth',
-    '-minb',
-    '--affine',
-    '-aff',
-    '--bandwidth',
-    '-bd',
-    '--persImg_sigma',
-    '-ps',
-    '--persImg_power',
-    '-pp',
-    '--persImg_weight',
-    '-pn',
-    '--num_landscapes',
-    '--label_type_pt',
-    '-lt',
-    '--persistence_after_transform',
-    '-pat',
-    '--filtration',
-    '-f',
-    '--gradient',
-    '-g',
-    '--usenet',
-    '-u',
-    '--numof_dims_pt',
-    '-nd',
-    '--lr_fine',
-    '-lrf',
-    '--lr_pre',
-    '-lrp',
-    '--lr_drop',
-    '-lrd',
-    '--momentum',
-    '-m',
-    '--weight_decay',
-    '-wd',
-    '--optimizer',
-    '-op',
-    '--freeze_encoder',
-    '-fe',
-    '--learning_mode',
-    '-lm',
-    '--dist-url',
-    '--dist-backend',
-    '-p',
-    '--world_size',
-    '-ws',
-    '--epochs',
-    '-e',
-    '--start_epoch',
-    '--batch_size',
-    '-b',
-    '--img_size_pt',
-    '-is2',
-    '--crop_size',
-    '-cs',
-    '--crop_padding',
-    '-cp',
-    '--random_scale',
-    '-rs',
-    '--random_rotation',
-    '-rr',
-    '--aug-plus',
-    '-ra',
-    '--save_interval',
-    '--log_interval',
-    '--seed',
-    '-s',
-    '--output_training_images',
-    '-oti',
-)
+ORIGINAL_TRAINING_OPTIONS = option_strings(original_flags.LATER_TRAINING)
 
 
 def not_used_by(script, table=None):

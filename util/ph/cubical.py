@@ -25,18 +25,20 @@ Pipeline (the original project's, made faster where it costs nothing in exactnes
   dimension 0 or 1, birth/death filtration values, and the pixel locations of the birth and death cells as
   cripser reports them); essential classes have ``death`` = the largest double (~1.8e308).
 
-Speed (see ``bench/ph_bench.py``): for 8-bit grey images Otsu's threshold is computed from a 256-bin count of
-the pixel values, binned exactly as ``skimage.filters.threshold_otsu`` bins the float image, so the mask is
-bit for bit the one the original computed, at a fifth of the cost.  The signed distance is taken from the
-exact numba squared EDT of :mod:`util.ph.distance` (checked equal to scipy's in the tests; about 2.5x
-faster than scipy; the ``edt`` package is no longer used), or, with :data:`NUMBA_EDT` off, from scipy's two
-feature transforms combined in integer arithmetic (about 1.5x faster than two ``distance_transform_edt``
-calls, the same values bit for bit).
+Exactness: for 8-bit grey images Otsu's threshold is computed from the 256 level counts
+(:func:`util.ph.otsu.otsu_threshold_from_counts`), binned exactly as ``skimage.filters.threshold_otsu`` bins
+the float image, so the mask is bit for bit the one the original computed.  The signed distance is taken
+from the exact squared EDT of :mod:`util.ph.distance`, or, with :data:`NUMBA_EDT` off, from scipy's two
+feature transforms combined in integer arithmetic: either way the values of two ``distance_transform_edt``
+calls, bit for bit (speed: BENCHMARKS.md, "Module notes").
 """
+
+from __future__ import annotations
 
 import math
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -44,11 +46,16 @@ from util.errors import UserError
 from util.io.fileio import convert_image, load_image
 from util.ph.otsu import otsu_threshold, otsu_threshold_from_counts
 
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from PIL import Image
+
 
 def _import_cripser():
     """``import cripser`` without its optional PyTorch helpers when torch is not loaded yet.
 
-    cripser's package ``__init__`` imports torch (about 3 s) for ``compute_ph_torch`` and friends, which this
+    cripser's package ``__init__`` imports torch (seconds) for ``compute_ph_torch`` and friends, which this
     module does not use; every guard there catches ``ModuleNotFoundError``, so while torch is absent from
     ``sys.modules`` we hide it for the duration of the import.  In a process that imported torch first, this is
     a plain ``import cripser``.  (Consequence: in a process that imports this module before torch,
@@ -112,8 +119,8 @@ DIAGRAM_COLUMNS = ('dim', 'birth', 'death', 'x1', 'y1', 'z1', 'x2', 'y2', 'z2')
 # Deaths at or above this are "infinite": cripser writes DBL_MAX (~1.8e308) for essential classes.
 INFINITE_DEATH = 0.5 * np.finfo(np.float64).max
 
-# The signed distance comes from util.ph.distance's exact numba squared EDT (about 2.5x faster than
-# scipy); False = scipy's feature transforms (the reference route, kept for tests and the benchmarks).
+# The signed distance comes from util.ph.distance's exact numba squared EDT; False = scipy's feature
+# transforms (the reference route, kept for tests and the benchmarks).
 NUMBA_EDT = True
 
 
@@ -143,7 +150,7 @@ def _grey(img):
     return a.astype(np.float64, copy=False)
 
 
-def to_grey(img):
+def to_grey(img: Image.Image | np.ndarray | str | os.PathLike) -> np.ndarray:
     """Grey values of an image as float64 ``(H, W)``.
 
     ``img``: a PIL image (converted with ``convert('L')``; 16-bit and palette images handled), a file path, or
@@ -158,7 +165,7 @@ def to_grey(img):
 # Otsu threshold
 
 
-def otsu_mask(grey, counts=None):
+def otsu_mask(grey: np.ndarray, counts: np.ndarray | list[int] | None = None) -> np.ndarray | None:
     """Foreground mask ``grey >= t`` at Otsu's threshold ``t`` (as skimage computes it on the float image).
 
     ``grey``: ``(H, W)`` array.  uint8 input takes the fast route: the threshold from the 256 level counts
@@ -186,7 +193,7 @@ CANNY_SPREAD = 0.33  # Canny thresholds (1 -/+ 0.33) x median grey value, as the
 TV_WEIGHT = 0.1  # strength of the total-variation denoising before edge detection (grey scaled to [0, 1])
 
 
-def edge_map(grey):
+def edge_map(grey: np.ndarray) -> np.ndarray:
     """Binary edge map ``(H, W)`` bool of a grey image ``(H, W)`` (uint8, or float on the 0..255 scale).
 
     The image is denoised (total-variation, :func:`skimage.restoration.denoise_tv_chambolle` with weight
@@ -278,7 +285,9 @@ def _binary(grey, kind, gradient):
     return g, otsu_mask(g, counts)
 
 
-def compute_filtration(grey, kind=DEFAULT_FILTRATION, gradient=False):
+def compute_filtration(
+    grey: Image.Image | np.ndarray, kind: str = DEFAULT_FILTRATION, gradient: bool = False
+) -> np.ndarray:
     """The filtration ``(H, W)`` float64 of a grey image (``(H, W)``; a colour image is reduced to grey).
 
     ``kind`` (one of :data:`FILTRATIONS`): ``'none'`` = the grey values themselves; any other is
@@ -308,7 +317,7 @@ def _filtration_of(g, bw, kind, gradient):
     return np.ascontiguousarray(out, dtype=np.float64)
 
 
-def resolve_engine(engine, ndim=2):
+def resolve_engine(engine: str, ndim: int = 2) -> str:
     """The engine that computes a diagram of a filtration with ``ndim`` axes: ``'unionfind'`` or
     ``'cripser'`` (``'auto'``: union-find for 2-D, cripser otherwise); an unknown name is a UserError, and
     ``'unionfind'`` for anything but 2-D is refused by name."""
@@ -336,7 +345,7 @@ def _distance():
     return distance
 
 
-def diagram_of_filtration(filtration, engine=DEFAULT_ENGINE):
+def diagram_of_filtration(filtration: np.ndarray, engine: str = DEFAULT_ENGINE) -> np.ndarray:
     """Persistence diagram ``(n, 9)`` float64 of H0 and H1 of a filtration (2-D; cripser also takes 3-D).
 
     ``engine`` (:data:`ENGINES`): ``'auto'`` = union-find for 2-D, else cripser.  Both give the diagram of
@@ -357,7 +366,12 @@ def diagram_of_filtration(filtration, engine=DEFAULT_ENGINE):
     return _cripser().computePH(f, maxdim=1)
 
 
-def compute_ph(img, filtration=DEFAULT_FILTRATION, gradient=False, engine=DEFAULT_ENGINE):
+def compute_ph(
+    img: Image.Image | np.ndarray | str | os.PathLike,
+    filtration: str = DEFAULT_FILTRATION,
+    gradient: bool = False,
+    engine: str = DEFAULT_ENGINE,
+) -> np.ndarray:
     """Persistence diagram ``(n, 9)`` float64 of an image (uint8/float array ``(H, W)`` or ``(H, W, 3)``,
     PIL image, or file path), with the given filtration (see :func:`compute_filtration`), of the Canny edge
     map instead of the Otsu mask when ``gradient``; ``engine`` as in :func:`diagram_of_filtration`.
@@ -382,7 +396,13 @@ def compute_ph(img, filtration=DEFAULT_FILTRATION, gradient=False, engine=DEFAUL
     return diagram_of_filtration(_filtration_of(g, bw, filtration, gradient), engine)
 
 
-def ph_of_file(path, filtration=DEFAULT_FILTRATION, gradient=False, engine=DEFAULT_ENGINE, size_normalise=False):
+def ph_of_file(
+    path: str | os.PathLike,
+    filtration: str = DEFAULT_FILTRATION,
+    gradient: bool = False,
+    engine: str = DEFAULT_ENGINE,
+    size_normalise: bool = False,
+) -> np.ndarray:
     """Persistence diagram ``(n, 9)`` of an image file (read as 8-bit grey); raises
     :class:`util.errors.BadImageError` naming the file if it cannot be decoded.  ``size_normalise``: see
     :func:`normalise_size`."""
@@ -406,7 +426,7 @@ def normalise_size(diagram, size, reference=SIZE_REFERENCE):
     return d
 
 
-def warm_up(engine=DEFAULT_ENGINE):
+def warm_up(engine: str = DEFAULT_ENGINE) -> None:
     """Load (or, the first time on a machine, compile) the union-find engine's numba code when ``engine``
     uses it, so that worker processes forked afterwards start with it ready."""
     if resolve_engine(engine, 2) == 'unionfind':
@@ -414,7 +434,7 @@ def warm_up(engine=DEFAULT_ENGINE):
         _distance().warm_up()
 
 
-def is_diagram(a):
+def is_diagram(a: object) -> bool:
     """True if ``a`` looks like a cripser diagram: a float array ``(n, 9)`` (``n`` may be 0)."""
     return (
         isinstance(a, np.ndarray)
@@ -467,7 +487,9 @@ def _diagram_job(job):
         return index, None, str(e)
 
 
-def iter_diagrams(jobs, workers=1, chunksize=None):
+def iter_diagrams(
+    jobs: list, workers: int = 1, chunksize: int | None = None
+) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
     """Compute or load the diagrams of ``jobs`` and yield ``(index, diagram, error)`` as they finish.
 
     ``jobs``: list of ``(path, source, filtration[, gradient[, engine]])`` with ``source`` ``'image'`` or
@@ -496,7 +518,15 @@ def iter_diagrams(jobs, workers=1, chunksize=None):
 # picture
 
 
-def plot_ph(path, image, filtration, diagram, vector=None, title=None, vector_label=None):
+def plot_ph(
+    path: str,
+    image: Image.Image | np.ndarray,
+    filtration: np.ndarray,
+    diagram: np.ndarray,
+    vector: np.ndarray | None = None,
+    title: str | None = None,
+    vector_label: str | None = None,
+) -> None:
     """Save a PNG at ``path``: image | filtration | persistence diagram | label vector, side by side.
 
     ``image``: ``(H, W)`` or ``(H, W, 3)`` array or PIL image; ``filtration``: ``(H, W)``; ``diagram``:

@@ -6,6 +6,8 @@ of zeros, an image saved as .npy, a label vector -- would still vectorise into a
 refused by name instead.
 """
 
+from __future__ import annotations
+
 import numpy as np
 
 from util.errors import UserError
@@ -14,7 +16,7 @@ COLUMNS = 9
 MAX_DIM = 2
 
 
-def check_diagram(dgm, path, error=UserError):
+def check_diagram(dgm: np.ndarray, path: str, error: type = UserError) -> np.ndarray:
     """Return ``dgm`` as float64 ``(n, 9)``; raise ``error`` (a :class:`UserError`) naming ``path`` if it is not
     a diagram."""
     hint = "delete it and rerun PHdict.py on its image"

@@ -1,6 +1,8 @@
 """The exact signed squared Euclidean distance transform of a 2-D mask (numba), from which
 :mod:`util.ph.cubical` takes the signed-distance filtration and :mod:`util.ph.unionfind` its integer keys."""
 
+from __future__ import annotations
+
 import numpy as np
 
 from util.ph.jit import jit
@@ -87,7 +89,7 @@ def _signed_sqedt(bw):
     return out
 
 
-def signed_sqedt(bw):
+def signed_sqedt(bw: np.ndarray) -> np.ndarray:
     """Signed squared Euclidean distance transform of a bool mask ``(H, W)``: int64, ``+d^2`` on foreground
     pixels (``d`` = distance to the nearest background pixel), ``-d^2`` on background pixels (distance to the
     nearest foreground pixel); exact integers.  ``np.sign(k) * np.sqrt(abs(k))`` equals
@@ -100,6 +102,6 @@ def signed_sqedt(bw):
     return _signed_sqedt(b)
 
 
-def warm_up():
+def warm_up() -> None:
     """Compile (first process) or load from numba's cache the kernel (see :func:`util.ph.unionfind.warm_up`)."""
     signed_sqedt(np.array([[True, False], [False, False]]))

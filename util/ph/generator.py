@@ -33,10 +33,12 @@ How the fast path computes the same thing (see :func:`_draw_and_filter`, :func:`
   ~1e-6 of their range; a few pixels in 1e5 of min-max-normalised channels move by one grey level, and
   binarised channels agree (tests/test_random_image.py states and checks the exact bounds).
 * Otsu's threshold is skimage's ``threshold_otsu`` given a histogram binned bin-for-bin as
-  ``np.histogram`` bins it, but faster.
+  ``np.histogram`` bins it (:mod:`util.ph.otsu`), the same threshold.
 * Scratch arrays are reused per thread, and script workers call :func:`reduce_allocator_churn`, to avoid
   page faults on each image's temporaries.
 """
+
+from __future__ import annotations
 
 import functools
 import json
@@ -46,6 +48,7 @@ import os
 import signal
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -54,6 +57,9 @@ from scipy import fft as sp_fft
 from util.errors import UserError
 from util.io.fileio import TMP_MARK, load_image, save_image
 from util.ph.otsu import otsu_threshold
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 TRAIN_STREAM = 0
 VAL_STREAM = 1
@@ -163,11 +169,11 @@ def _workspace(size):
 
 
 def reduce_allocator_churn() -> bool:
-    """Optional, process-wide speed-up for processes that generate many images (workers).
+    """Optional, process-wide setting for processes that generate many images (workers); images unchanged.
 
     Asks glibc's allocator to keep freed memory for reuse (mmap threshold 32 MiB, trim threshold
     256 MiB) instead of handing each large temporary back to the OS, which otherwise costs page faults on
-    every image (about a fifth of the generator's time). The process keeps its peak heap size. Returns
+    every image. The process keeps its peak heap size. Returns
     True if applied, False where there is no glibc ``mallopt`` (then nothing changes).
     """
     import ctypes
@@ -350,7 +356,7 @@ def folder_generator(folder: str):
 # ----------------------------------------------------------------------------------------------- script
 
 
-def image_name(prefix, index, fmt):
+def image_name(prefix: str, index: int, fmt: str) -> str:
     return f"{prefix}{index:08d}.{fmt}"
 
 
@@ -366,7 +372,7 @@ def _write_one(job, cfg, seed, prefix, fmt):
     return 1
 
 
-def split_folders(output, n_val):
+def split_folders(output: str, n_val: int) -> list[tuple[str, int, str]]:
     """[(folder, stream, split name)]: ``output`` alone, or train/val folders when ``n_val > 0``.
 
     With validation images: if ``output``'s basename is ``train`` the val folder is its sibling ``val``,
@@ -382,7 +388,15 @@ def split_folders(output, n_val):
     return [(train, TRAIN_STREAM, 'train'), (val, VAL_STREAM, 'val')]
 
 
-def write_images(cfg, seed, jobs, prefix='v', fmt='jpg', num_workers=1, progress=None):
+def write_images(
+    cfg: GeneratorConfig,
+    seed: int,
+    jobs: list,
+    prefix: str = 'v',
+    fmt: str = 'jpg',
+    num_workers: int = 1,
+    progress: Callable[[int], None] | None = None,
+) -> int:
     """Generate and save the images of ``jobs`` = [(folder, stream, index)], in a process pool if
     ``num_workers > 1``. ``progress``: optional callable(n) told about each finished image. Returns the count.
 
@@ -419,7 +433,7 @@ def _init_worker():
     reduce_allocator_churn()
 
 
-def check_settings(folder, settings, overwrite):
+def check_settings(folder: str, settings: dict, overwrite: bool) -> None:
     """Refuse to extend a folder whose args.json records other image settings (unless --overwrite)."""
     path = os.path.join(folder, ARGS_FILE)
     if overwrite or not os.path.exists(path):
@@ -437,7 +451,7 @@ def check_settings(folder, settings, overwrite):
         )
 
 
-def make_preview(folder, names, path, tile=128):
+def make_preview(folder: str, names: list[str], path: str, tile: int = 128) -> None:
     """Contact sheet (PNG at ``path``) of the images ``names`` in ``folder``, as RGB tiles of ``tile`` px."""
     cols = math.ceil(math.sqrt(len(names)))
     rows = math.ceil(len(names) / cols)
@@ -450,7 +464,7 @@ def make_preview(folder, names, path, tile=128):
     save_image(path, sheet, fmt='png')
 
 
-def remove_stale_temps(folder, prefix):
+def remove_stale_temps(folder: str, prefix: str) -> int:
     """Delete temporary files left by a killed run of this script (``<prefix>NNNNNNNN.<fmt>.tmp-*``)."""
     removed = 0
     for name in os.listdir(folder):

@@ -6,10 +6,13 @@ the kernel's file (``__pycache__``), or, where that is read-only, to numba's use
 functions are compiled in memory in each process (slower start, same results); nothing raises.
 """
 
+from __future__ import annotations
+
 import os
 import sys
 import tempfile
 import warnings
+from typing import TYPE_CHECKING
 
 
 def _writable_dir(path):
@@ -50,10 +53,13 @@ if 'numba' not in sys.modules:
 
 import numba  # noqa: E402 (after the cache-dir fallback above)
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 UNCACHED = []  # names of the kernels compiled in memory (no writable cache location)
 
 
-def jit(fn):
+def jit(fn: Callable) -> Callable:
     """``numba.njit(cache=True, nogil=True)``, or in-memory compilation where numba finds no cache location (one
     warning per process)."""
     try:

@@ -6,6 +6,8 @@ last, so its presence means the other two are complete).  A sharded run writes `
 and the last shard to finish merges them.
 """
 
+from __future__ import annotations
+
 import json
 import os
 import re
@@ -18,23 +20,23 @@ from util.io.provenance import changed_sources
 from util.ph.vectorise import LABEL_TYPES
 
 
-def label_file_re():
+def label_file_re() -> re.Pattern:
     """The names of label-matrix files (whole or shard), which PHdict.py never takes as inputs."""
     return re.compile(r'labels_(%s)(\.shard-\d+-of-\d+)?\.npy' % '|'.join(LABEL_TYPES + ('random',)))
 
 
-def label_names(label_type, k=0, n=1):
+def label_names(label_type: str, k: int = 0, n: int = 1) -> tuple[str, str, str]:
     """File names ``(npy, txt, json)`` of the label matrix (of shard ``k`` of ``n`` when ``n > 1``)."""
     base = f'labels_{label_type}' + (f'.shard-{k}-of-{n}' if n > 1 else '')
     return base + '.npy', base + '.txt', base + '.json'
 
 
-def read_paths(path):
+def read_paths(path: str) -> list[str]:
     with open(path, encoding='utf-8') as f:
         return f.read().splitlines()
 
 
-def read_json(path):
+def read_json(path: str) -> dict | None:
     try:
         with open(path, encoding='utf-8') as f:
             return json.load(f)
@@ -42,7 +44,9 @@ def read_json(path):
         return None
 
 
-def label_matrix_complete(out_dir, names, paths, info, fingerprints=None):
+def label_matrix_complete(
+    out_dir: str, names: tuple[str, str, str], paths: list[str], info: dict, fingerprints: list | None = None
+) -> bool:
     """True if the label matrix ``names`` in ``out_dir`` exists for exactly ``paths`` and parameters ``info``
     (and, given ``fingerprints`` of the inputs in the order of ``paths``, was made from them as they are now)."""
     npy, txt, js = (os.path.join(out_dir, x) for x in names)
@@ -64,7 +68,7 @@ def _same_sources(recorded, fingerprints):
     return all(r is not None and _source_entry(fp) == list(r) for r, fp in zip(recorded, fingerprints))
 
 
-def stale_rows(meta, root, names, rel_paths):
+def stale_rows(meta: dict | None, root: str, names: list[str], rel_paths: list[str]) -> list[str] | None:
     """The images of ``rel_paths`` (below ``root``) whose content differs from what the label matrix described
     by ``meta`` (its json; rows named ``names``) was computed from.  None when ``meta`` records no sources
     (a matrix of an older version, or one computed from saved diagrams, ``-it npy``): then nothing can be checked."""
@@ -76,17 +80,24 @@ def stale_rows(meta, root, names, rel_paths):
     return changed_sources([None if e is None else {'size': e[0], 'hash': e[1]} for e in entries], root, rel_paths)
 
 
-def same_params(a, b):
+def same_params(a: dict, b: dict) -> bool:
     keys = ('label_type', 'params', 'filtration', 'imgtype', 'gradient', 'size_normalise')
     return all(json.dumps(a.get(k), sort_keys=True) == json.dumps(b.get(k), sort_keys=True) for k in keys)
 
 
-def source_entries(fingerprints):
+def source_entries(fingerprints: list) -> list:
     """What the json keeps of each input's fingerprint (:mod:`util.io.provenance`): ``[size, hash]`` (or None)."""
     return [_source_entry(fp) for fp in fingerprints]
 
 
-def write_label_matrix(out_dir, names, matrix, paths, info, sources=None):
+def write_label_matrix(
+    out_dir: str,
+    names: tuple[str, str, str],
+    matrix: np.ndarray,
+    paths: list[str],
+    info: dict,
+    sources: list | None = None,
+) -> None:
     """Write ``matrix`` float32 ``[N, D]``, its ``N`` paths and ``info`` (json) atomically; json last.
 
     ``sources`` (:func:`source_entries` of the inputs, in row order) are stored in the json, so that a reader
@@ -100,7 +111,9 @@ def write_label_matrix(out_dir, names, matrix, paths, info, sources=None):
     write_json(js, meta)
 
 
-def merge_label_shards(out_dir, label_type, n, info, all_files=None):
+def merge_label_shards(
+    out_dir: str, label_type: str, n: int, info: dict, all_files: list[str] | None = None
+) -> int | None:
     """Merge ``labels_TYPE.shard-*-of-N`` into ``labels_TYPE.*`` if all N parts exist with equal parameters.
 
     Rows are put in the sorted order of the union of the parts' paths.  When ``all_files`` is given the
@@ -141,7 +154,7 @@ def merge_label_shards(out_dir, label_type, n, info, all_files=None):
 # settings of the per-file outputs already in the output folder
 
 
-def find_label_matrix(ph_dir, label_type):
+def find_label_matrix(ph_dir: str, label_type: str) -> tuple[str, str] | None:
     """Locate ``labels_<label_type>.npy`` (+ ``.txt``) in ``ph_dir``; return (npy, txt) or None."""
     npy, txt, _ = (os.path.join(ph_dir, x) for x in label_names(label_type))
     if os.path.isfile(npy) and os.path.isfile(txt):
@@ -149,7 +162,7 @@ def find_label_matrix(ph_dir, label_type):
     return None
 
 
-def load_label_matrix(npy, txt, expected_dim):
+def load_label_matrix(npy: str, txt: str, expected_dim: int) -> tuple[np.ndarray, list[str]]:
     """Load and check a consolidated label matrix: float, 2-D, finite, D == expected_dim, one name per row."""
     try:
         matrix = np.load(npy, mmap_mode='r', allow_pickle=False)

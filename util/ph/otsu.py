@@ -7,8 +7,15 @@ bin closed) and takes the threshold of that histogram. :func:`otsu_threshold` bu
 (of weighted values, when given) and hands it to ``threshold_otsu(hist=...)``: equal thresholds, bit for bit.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 from skimage.filters import threshold_otsu
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 OTSU_BINS = 256  # skimage.filters.threshold_otsu's default number of bins
 
@@ -17,7 +24,13 @@ def _scratch(n, dtype):
     return np.empty(n, dtype), np.empty(n, dtype), np.empty(n, np.intp), np.empty(n, bool), np.empty(n, bool)
 
 
-def otsu_threshold(values, low=None, high=None, weights=None, scratch=_scratch):
+def otsu_threshold(
+    values: np.ndarray,
+    low: float | None = None,
+    high: float | None = None,
+    weights: np.ndarray | None = None,
+    scratch: Callable = _scratch,
+) -> float:
     """``skimage.filters.threshold_otsu(values)`` of a float array (each value counted ``weights`` times).
 
     ``low``/``high``: the array's min/max (numpy scalars of its dtype) if already known; ``scratch(n, dtype)``
@@ -66,7 +79,7 @@ def otsu_threshold(values, low=None, high=None, weights=None, scratch=_scratch):
     return threshold_otsu(hist=(counts, centers))
 
 
-def otsu_threshold_from_counts(counts):
+def otsu_threshold_from_counts(counts: np.ndarray) -> float | None:
     """Otsu's threshold of an 8-bit image given its 256 pixel counts (``counts[v]`` = pixels of value ``v``):
     ``threshold_otsu`` of the image as float64 (which is what the original thresholded), from the grey levels
     weighted by their counts, without touching the pixels again. None for a constant image."""

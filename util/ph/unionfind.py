@@ -29,11 +29,14 @@ the column of a pixel, ``z = 0``, as cripser writes them; H0 rows first, then H1
   among tied pixels the reverse pass takes the row-major last first); destroyer = the last pixel in the
   order of the younger complement component (the row-major last of its maxima; value = death).
 
-Speed: a one-pixel padded grid (no bounds checks); a 256-entry table over the mask of already-added
-8-neighbours, which names one neighbour per locally connected run (most pixels touch one run and are linked
-without a find); integer keys and a counting sort when the values are (signed square roots of) integers
+Implementation (speed: BENCHMARKS.md): a one-pixel padded grid (no bounds checks); a 256-entry table over
+the mask of already-added 8-neighbours, which names one neighbour per locally connected run (most pixels touch
+one run and are linked without a find); integer keys and a counting sort when the values are (signed square
+roots of) integers
 (:func:`diagram_of_sqkeys`, used for the distance filtrations via :func:`util.ph.distance.signed_sqedt`).
 """
+
+from __future__ import annotations
 
 import sys
 
@@ -335,7 +338,7 @@ def _diagram_keys(keys, reps0, count0, reps1, count1, essential):
 def _radix_order(f):
     """Stable ascending order of the flat float64 array ``f`` (no NaN): LSD radix sort of the values' bits
     mapped to order-preserving unsigned keys, 11 bits a pass, passes whose digit is the same everywhere
-    skipped (about 3x faster than a stable ``np.argsort``)."""
+    skipped; the order of a stable ``np.argsort``."""
     n = f.size
     keys = np.empty(n, np.uint64)
     bits = (f + 0.0).view(np.uint64)  # + 0.0 turns -0.0 into +0.0 (equal values, equal keys)
@@ -421,7 +424,7 @@ def _check_2d(a, what):
         raise ValueError(f"{what} must be a non-empty 2-D array, got shape {a.shape}")
 
 
-def diagram(filtration, construction='V'):
+def diagram(filtration: np.ndarray, construction: str = 'V') -> np.ndarray:
     """Persistence diagram ``(n, 9)`` float64 of H0 and H1 of a 2-D filtration ``(H, W)`` (any real values).
 
     ``construction``: ``'V'`` = ``cripser.computePH(f, maxdim=1)``, ``'T'`` = ``cripser.computePH_T(f,
@@ -440,7 +443,7 @@ def diagram(filtration, construction='V'):
     return _diagram_float(f, order, *tables, ESSENTIAL_DEATH)
 
 
-def diagram_of_sqkeys(keys, construction='V'):
+def diagram_of_sqkeys(keys: np.ndarray, construction: str = 'V') -> np.ndarray:
     """Diagram of the filtration ``sign(k) * sqrt(|k|)`` of integer keys ``k`` ``(H, W)`` -- e.g. the signed
     squared distances of :func:`signed_sqedt`; equal to :func:`diagram` of that float filtration (the square
     root is monotone, so the keys order the pixels as their values do), without a comparison sort."""
@@ -449,7 +452,7 @@ def diagram_of_sqkeys(keys, construction='V'):
     return _diagram_keys(k, *_tables(construction), ESSENTIAL_DEATH)
 
 
-def warm_up():
+def warm_up() -> None:
     """Compile (first process) or load from numba's cache every kernel, so that later calls cost no start-up;
     call it in a parent process before starting workers."""
     for construction in CONSTRUCTIONS:

@@ -25,9 +25,12 @@ saturate).  Scripts build a vectoriser from command-line flags with :func:`add_l
 :func:`vectoriser_from_params` (or :func:`vectoriser_from_args`), or directly with :func:`make_vectoriser`.
 """
 
+from __future__ import annotations
+
 import argparse
 import inspect
 import math
+from typing import TYPE_CHECKING
 
 from util.errors import UserError
 from util.ph.vectorise_base import (  # noqa: F401 (re-exported)
@@ -52,6 +55,9 @@ from util.ph.vectorise_types import (  # noqa: F401 (re-exported)
     pixel_masses,
     smoothing_matrix,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 __all__ = [
     'VECTORISERS',
@@ -84,22 +90,23 @@ LABEL_TYPES = tuple(VECTORISERS)  # ('histogram', 'persistence_image', 'betti_cu
 
 
 def make_vectoriser(
-    label_type,
-    dim,
+    label_type: str,
+    dim: int,
     *,
-    max_life=DEFAULT_MAX_LIFE,
-    max_birth=DEFAULT_MAX_BIRTH,
-    min_birth=None,
-    bandwidth=DEFAULT_BANDWIDTH,
-    sigma=DEFAULT_SIGMA,
-    power=DEFAULT_POWER,
-    num_landscapes=DEFAULT_NUM_LANDSCAPES,
-    num_bins=None,
-):
+    max_life: float | list[float] = DEFAULT_MAX_LIFE,
+    max_birth: float | list[float] = DEFAULT_MAX_BIRTH,
+    min_birth: float | list[float] | None = None,
+    bandwidth: int = DEFAULT_BANDWIDTH,
+    sigma: float = DEFAULT_SIGMA,
+    power: float = DEFAULT_POWER,
+    num_landscapes: int = DEFAULT_NUM_LANDSCAPES,
+    num_bins: list[int] | None = None,
+) -> Vectoriser:
     """The vectoriser of ``label_type`` (one of :data:`LABEL_TYPES`) with output length ``dim``.
 
     Parameters a label type does not use are ignored (``num_bins`` is for the histogram only and, when
-    given, must sum to ``dim``).  Raises :class:`UserError` for an unknown type or invalid values.
+    given, must sum to ``dim``).  A range given as two values is H0's then H1's.  Raises :class:`UserError`
+    for an unknown type or invalid values.
     """
     cls = VECTORISERS.get(label_type)
     if cls is not None:
@@ -183,7 +190,7 @@ _LABEL_FLAGS = {
 }
 
 
-def add_label_args(parser, **short):
+def add_label_args(parser: argparse.ArgumentParser, **short: str) -> argparse.ArgumentParser:
     """Add the label flags (``--label_type``, ``--max_life``, ``--max_birth``, ``--min_birth``, ``--bandwidth``,
     ``--sigma``, ``--power``, ``--num_landscapes``) to an argparse parser (or argument group).
 
@@ -199,7 +206,7 @@ def add_label_args(parser, **short):
     return parser
 
 
-def vectoriser_from_params(params, dim, flag=None):
+def vectoriser_from_params(params: Mapping, dim: int, flag: str | None = None) -> Vectoriser:
     """The vectoriser described by ``params``, a mapping of the label flags (:func:`add_label_args`) such as
     ``dataclasses.asdict(util.config.LabelConfig(...))``; names it lacks take the flags' defaults, names that
     are not label flags are ignored.
@@ -230,12 +237,12 @@ def vectoriser_from_params(params, dim, flag=None):
     return vec.set_params(auto=auto) if auto else vec
 
 
-def vectoriser_from_args(args, dim, flag=None):
+def vectoriser_from_args(args: argparse.Namespace, dim: int, flag: str | None = None) -> Vectoriser:
     """For scripts: :func:`vectoriser_from_params` of the label flags their parser read into ``args``."""
     return vectoriser_from_params(vars(args), dim, flag)
 
 
-def check_label_dim(label_type, dim, flag, num_landscapes=DEFAULT_NUM_LANDSCAPES):
+def check_label_dim(label_type: str, dim: int, flag: str | None, num_landscapes: int = DEFAULT_NUM_LANDSCAPES) -> None:
     """Refuse a label length ``dim`` that ``label_type`` cannot split evenly, naming the valid ones.
 
     The histogram is four equal histograms (H0/H1 lifetimes and births): a multiple of 4.  The persistence

@@ -5,6 +5,8 @@ A new label type subclasses :class:`Vectoriser` (in :mod:`util.ph.vectorise_type
 public face of the label vectors is :mod:`util.ph.vectorise`.
 """
 
+from __future__ import annotations
+
 import inspect
 import math
 
@@ -31,7 +33,7 @@ CHUNK_ELEMENTS = 1 << 22
 # shared helpers
 
 
-def as_diagram(diagram, position=None):
+def as_diagram(diagram: np.ndarray | list, position: int | None = None) -> np.ndarray:
     """One diagram as a float64 array ``[n, 3]`` of (dim, birth, death); raise :class:`UserError` if malformed."""
     a = np.asarray(diagram, dtype=np.float64)
     if a.size == 0:
@@ -99,7 +101,7 @@ class Pairs:
         return [(s, min(s + step, self.count)) for s in range(0, self.count, step)]
 
 
-def ranges_by_cost(cost, limit):
+def ranges_by_cost(cost: np.ndarray, limit: float) -> list[tuple[int, int]]:
     """Split ``range(len(cost))`` into consecutive ``(start, stop)`` ranges of total cost about ``limit``."""
     n = len(cost)
     if n == 0:
@@ -110,13 +112,13 @@ def ranges_by_cost(cost, limit):
     return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def finite_float32(x):
+def finite_float32(x: np.ndarray) -> np.ndarray:
     """float32 copy of ``x`` with NaN -> 0 and values beyond the float32 range saturated."""
     x = np.nan_to_num(np.asarray(x, dtype=np.float64), nan=0.0, posinf=_F32_MAX, neginf=-_F32_MAX)
     return np.clip(x, -_F32_MAX, _F32_MAX).astype(np.float32)
 
 
-def uniform_bin_index(x, lo, hi, n):
+def uniform_bin_index(x: np.ndarray, lo: float, hi: float, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Bin of each value of ``x`` among ``n`` equal bins on ``[lo, hi]``, exactly as ``np.histogram`` does.
 
     Returns ``(index, inside)``: ``inside`` marks values in ``[lo, hi]`` (the last bin is closed on the right);
@@ -134,12 +136,12 @@ def uniform_bin_index(x, lo, hi, n):
     return index, inside
 
 
-def split_half(dim):
+def split_half(dim: int) -> tuple[int, int]:
     """(H0 part, H1 part) of a length ``dim``: ``dim // 2`` and the rest."""
     return dim // 2, dim - dim // 2
 
 
-def check_dim(dim):
+def check_dim(dim: int) -> int:
     if isinstance(dim, bool) or int(dim) != dim or dim < 1:
         raise UserError(
             f"label dimension must be a positive integer, got {dim!r} (set the number of "
@@ -148,14 +150,14 @@ def check_dim(dim):
     return int(dim)
 
 
-def check_positive(value, flag):
+def check_positive(value: float, flag: str) -> float:
     value = float(value)
     if not (math.isfinite(value) and value > 0):
         raise UserError(f"{flag} must be a positive number, got {value}")
     return value
 
 
-def birth_range(min_birth, max_birth):
+def birth_range(min_birth: float | None, max_birth: float) -> tuple[float, float]:
     max_birth = float(max_birth)
     min_birth = -max_birth if min_birth is None else float(min_birth)
     if not (math.isfinite(min_birth) and math.isfinite(max_birth) and min_birth < max_birth):

@@ -3,6 +3,8 @@
 (:mod:`util.ph.vectorise` does). Their numerics work on a whole batch of diagrams at once.
 """
 
+from __future__ import annotations
+
 import math
 
 import numpy as np
@@ -37,7 +39,7 @@ _SQRT_HALF = math.sqrt(0.5)
 # histogram
 
 
-def smoothing_matrix(n, bandwidth):
+def smoothing_matrix(n: int, bandwidth: int) -> np.ndarray:
     """The linear map ``[n, n]`` of the histogram smoothing: ``smoothed = S @ h``.
 
     Smoothing convolves with a Hanning window ``np.hanning(b)`` (``b = int(bandwidth)``, normalised to sum
@@ -162,7 +164,7 @@ class HistogramVectoriser(Vectoriser):
 # persistence image
 
 
-def pixel_grid(d, width, height):
+def pixel_grid(d: int, width: float, height: float) -> tuple[int, int]:
     """Grid ``(n_birth, n_life)`` with ``n_birth * n_life == d`` whose pixels are closest to square.
 
     The pixel aspect is ``(width / n_birth) / (height / n_life)``; among the factorisations of ``d`` the one
@@ -183,7 +185,7 @@ def pixel_grid(d, width, height):
     return best[1]
 
 
-def pixel_masses(edges, centres, std):
+def pixel_masses(edges: np.ndarray, centres: np.ndarray, std: float) -> np.ndarray:
     """Mass of ``N(centre, std**2)`` in each ``[edges[i], edges[i+1]]``: array ``[len(centres), len(edges)-1]``.
 
     ``edges`` must increase.  With ``Phi(z) = H(z) - s(z) T(z)`` (``H`` = step at 0, ``s`` = sign,

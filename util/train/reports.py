@@ -19,7 +19,10 @@ def write_evaluation(model, val_set, classes, criterion, cfg, run_dir, mode):
     if not is_main(cfg):
         return {}
     loader = engine.make_loader(val_set, cfg, 0, shuffle=False, train=False)
-    metrics, cm = engine.evaluate_classification(model, loader, criterion, cfg, len(classes))
+    try:
+        metrics, cm = engine.evaluate_classification(model, loader, criterion, cfg, len(classes))
+    finally:
+        engine.release_loaders(cfg)  # after the training loop: its workers are not needed again
     per_class = np.divide(np.diag(cm), cm.sum(1), out=np.full(len(classes), np.nan), where=cm.sum(1) > 0)
     fileio.write_csv(
         os.path.join(run_dir, 'per_class.csv'),

@@ -376,10 +376,7 @@ def regression_weights(path, meta=None):
         top = _run_args(os.path.dirname(folder))
         if top is not None and top.get('learning_mode') == 'combined':
             return f"the pretraining phase's weights of the combined run {os.path.dirname(folder)} (PH regression)"
-    if (
-        recorded is not None
-        and recorded.get('learning_mode') == 'pretraining'
-        and recorded.get('label_type') != 'class'
-    ):
-        return f"pretraining weights (PH label regression; {os.path.join(folder, 'args.json')} says -lm pretraining)"
+    phase = (recorded or {}).get('phase') or (recorded or {}).get('learning_mode')
+    if phase == 'pretraining' and recorded.get('label_type') != 'class':  # a combined run's phase says 'phase'
+        return f"pretraining weights (PH label regression; {os.path.join(folder, 'args.json')} says so)"
     return None

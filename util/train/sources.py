@@ -180,6 +180,17 @@ def build_pretraining_sets(data, dim, dim_flag='-nc'):
     return train, val
 
 
+def _plain(value):
+    """A setting as compared with a recorded one: numbers as floats (50 and 50.0 agree), lists element-wise."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return json.dumps(value, sort_keys=True, default=str)
+
+
 def _flag_of(key):
     return {'dim': '-nc', 'num_bins': '-nc (its bins)', 'gradient': '--gradient'}.get(key, f'--{key}')
 
@@ -207,7 +218,7 @@ def check_ph_dir(data, vectoriser):
         made = {'filtration': diagram.get('filtration'), 'gradient': bool(diagram.get('gradient', False))}
         ours = {'filtration': data.filtration, 'gradient': bool(data.gradient)}
         what, fix = 'diagrams', 'or give -pd a folder of diagrams made with them'
-    differ = [k for k in made if k in ours and made[k] is not None and json.dumps(made[k]) != json.dumps(ours[k])]
+    differ = [k for k in made if k in ours and made[k] is not None and _plain(made[k]) != _plain(ours[k])]
     if differ:
         shown = ', '.join(f"{_flag_of(k)} {made[k]!r} (this run: {ours[k]!r})" for k in differ)
         raise UserError(
