@@ -125,7 +125,7 @@ def make_vectoriser(
     raise UserError(f"unknown --label_type {label_type!r}; choose one of {', '.join(LABEL_TYPES)}")
 
 
-def range_value(text):
+def range_value(text: str) -> float | str:
     """argparse type of the range and sigma flags: a number, or ``auto`` (fitted from a sample of diagrams)."""
     if str(text).strip().lower() == AUTO:
         return AUTO
