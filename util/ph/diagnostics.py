@@ -19,6 +19,7 @@ components weigh by their variance, as an MSE loss weighs them.  Fits are in-sam
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -73,7 +74,7 @@ def explained_variance(labels: np.ndarray, regressors: np.ndarray) -> float | No
     return float(max(0.0, 1.0 - float((residual**2).sum()) / total))
 
 
-def diagram_counts(diagrams: list) -> np.ndarray:
+def diagram_counts(diagrams: Sequence[np.ndarray]) -> np.ndarray:
     """``[N, 2]`` numbers of finite H0 and H1 pairs of each diagram (as the vectorisers count them)."""
     from util.ph.vectorise_base import Pairs
 
@@ -148,7 +149,7 @@ def sample_rows(n: int, limit: int = MAX_ROWS) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, limit).round().astype(np.intp))
 
 
-def generator_features(names: list[str], folder: str) -> np.ndarray | None:
+def generator_features(names: Sequence[str], folder: str) -> np.ndarray | None:
     """``[N, P]`` :func:`util.ph.generator.params_features` of the images ``names`` (paths relative to
     ``folder``) when ``folder`` was written by ``util/random_image.py`` and every name is one of its images;
     else None."""

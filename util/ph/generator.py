@@ -335,7 +335,7 @@ def generated_image_index(name: str, prefix: str, fmt: str) -> int | None:
     return int(digits) if len(digits) == 8 and digits.isdigit() else None
 
 
-def folder_generator(folder: str) -> tuple[GeneratorConfig, int, int, str, str] | None:
+def folder_generator(folder: str) -> tuple | None:
     """``(cfg, seed, stream, prefix, format)`` of a folder written by ``util/random_image.py`` (its args.json),
     or None when the folder has no such record."""
     try:
