@@ -14,19 +14,39 @@ by seed, with their standard error), and writes JSON, the table (Markdown) and a
 ``metrics.json`` and the exact command.
 
     python bench/transfer.py --preset tiny            # seconds: checks that everything runs (numbers meaningless)
-    python bench/transfer.py --preset cpu             # <= 30 min on 2 cores
+    python bench/transfer.py --preset cpu             # fine-tuning and probes, 3 pretraining seeds per init
+    python bench/transfer.py --preset screen --inits scratch ph random shuffled genparams   # probe one recipe
     python bench/transfer.py --preset gpu --device cuda   # on the GPU machine: results in $OUT/transfer (or --out)
     python bench/transfer.py --preset cpu --label_norm standard --seeds 3 --labels 10 50   # a lever, screened
 
 Runs are cached in ``--work`` by the hash of their command (an unchanged run is reused, so screening one
-lever re-runs only what it changes); ``--fresh`` ignores the cache.  One pretraining per initialisation is
-shared by all seeds (the seeds vary the labelled subset, the test split and the fine-tuning), so the margins'
-standard errors do not include the pretraining's own seed variation.
+lever re-runs only what it changes); ``--fresh`` ignores the cache.
 
-The random-target control is the product's ``--label_type random`` (``PHdict.py --label_type random``
-writes its matrix, ``pretraining.py -pd DIR -pc --label_type random`` reads it: a fixed N(0,1) vector per
-image, from the seed and the image's name only); ``--label_norm standard`` is passed to both pretrainings
-(pretraining.py computes the statistics from the label matrix, with its variance floor, and stores them).
+Pretraining seeds (``--pre_seeds P``): each initialisation is pretrained P times (pretraining.py --seed p;
+the random targets and the shuffled labels of seed p are drawn with seed p too).  Fine-tuning seed s starts
+from pretraining seed s mod P and its margins' standard errors are taken over the P pretraining seeds, so
+they include the pretraining's own variation (with P = 1 they cover subset, test split and fine-tuning only).
+
+``--probe``: frozen-feature probes (bench/probe.py).  Each network (the untrained one with torch seed p as the
+baseline of ``scratch``, and every pretraining seed of every init) is run once over the whole labelled pool;
+the pooled outputs of its last two stages (ResNets: layer3 and layer4, global-average pooled, concatenated)
+feed a logistic regression and a kNN (k = 10, cosine) fitted on ``--subsets`` J labelled subsets per
+pretraining seed and level (seconds each), scored on the subset's own held-out test split.  Margins are paired
+(same subsets for every init) and their s.e. is sd_p(d_p) / sqrt(P), d_p the mean difference over the J
+subsets of pretraining seed p (printed with every table).
+
+Controls (``--inits``): ``random`` is the product's ``--label_type random`` (``PHdict.py --label_type random
+--seed p`` writes its matrix, ``pretraining.py -pd DIR -pc --label_type random`` reads it: a fixed N(0,1)
+vector per image, from the seed and the image's name only); ``shuffled`` is the PH label matrix with its rows
+permuted across images (same marginals, no image-label link; a copy with its own ``shuffled`` record, read
+with the PH pretraining's own flags); ``genparams`` regresses the generator's own draws per image (colour; per
+channel alpha, beta and its binarisation; z-scored): the texture-statistic null.  The two matrix controls are
+standardised by construction and get no ``--label_norm``; ``--label_norm standard`` is passed to the PH and
+shuffled pretrainings (pretraining.py computes the statistics, with its variance floor, and stores them).
+
+``--r2_images N``: the pretraining's held-out R^2 on N fresh generated images (util/random_image.py --seed 1,
+the same settings; their PH labels from the same PHdict.py flags), in the space the network was trained in,
+overall and beyond the first principal component of its training labels.
 """
 
 import argparse
@@ -51,8 +71,24 @@ from util.io import fileio
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-INITS = ('scratch', 'ph', 'random')
-INIT_NAMES = {'scratch': 'scratch', 'ph': 'PH labels', 'random': 'random targets'}
+INITS = ('scratch', 'ph', 'random', 'shuffled', 'genparams')
+DEFAULT_INITS = ('scratch', 'ph', 'random')
+INIT_NAMES = {
+    'scratch': 'scratch',
+    'ph': 'PH labels',
+    'random': 'random targets',
+    'shuffled': 'shuffled PH labels',
+    'genparams': 'generator params',
+}
+PROBE_NAMES = dict(INIT_NAMES, scratch='untrained network')
+# margins reported (a - b), when both are run
+MARGINS = (
+    ('ph', 'scratch'),
+    ('ph', 'random'),
+    ('ph', 'shuffled'),
+    ('ph', 'genparams'),
+    ('random', 'scratch'),
+)
 
 # Sizes per preset.  ft_samples: each fine-tuning run sees about this many training images (epochs =
 # ft_samples / training images, clipped to [ft_min_epochs, ft_max_epochs]), so small subsets get more epochs.
@@ -78,6 +114,11 @@ PRESETS = {
         val_fraction=0.1,
         max_test=60,
         jobs=2,
+        pre_seeds=1,
+        subsets=2,
+        r2_images=0,
+        probe=False,
+        finetune=True,
     ),
     'cpu': dict(
         n_images=4000,
@@ -100,6 +141,40 @@ PRESETS = {
         val_fraction=0.3,
         max_test=0,
         jobs=2,
+        pre_seeds=3,
+        subsets=5,
+        r2_images=500,
+        probe=True,
+        finetune=True,
+    ),
+    # one label recipe probed (no fine-tuning) with 3 pretraining seeds x 5 subsets, <= 15 min on 2 cores
+    # once the recipe-independent controls (random targets, generator params) are cached: see screen_estimate
+    'screen': dict(
+        n_images=4000,
+        gen_size=48,
+        pre_img=48,
+        pre_crop=40,
+        pre_epochs=8,
+        pre_batch=64,
+        lr_pre=0.05,
+        arch='resnet18',
+        ft_img=32,
+        ft_batch=32,
+        lr_fine=0.02,
+        ft_samples=3000,
+        ft_min_epochs=8,
+        ft_max_epochs=30,
+        labels=['10', '50'],
+        seeds=3,
+        dims=200,
+        val_fraction=0.3,
+        max_test=0,
+        jobs=2,
+        pre_seeds=3,
+        subsets=5,
+        r2_images=500,
+        probe=True,
+        finetune=False,
     ),
     # One device command of <= 10 minutes on an H200 with 16 cores (never measured; estimated from the CPU runs and
     # the bench/gpu_bench.py design figures): images + PH labels of 20000 images of 128 px with every core ~0.5
@@ -128,6 +203,11 @@ PRESETS = {
         max_test=0,
         jobs=4,
         workers='cores',
+        pre_seeds=3,
+        subsets=10,
+        r2_images=1000,
+        probe=True,
+        finetune=True,
     ),
 }
 
@@ -154,7 +234,36 @@ def get_args_parser():
         help="labels per class: integers and/or 'all' (preset: 10 50 all)",
     )
     p.add_argument('--seeds', type=int, default=None, help='number of seeds 0..N-1 (preset: 5)')
-    p.add_argument('--inits', nargs='+', choices=INITS, default=list(INITS), help='initialisations to run')
+    p.add_argument(
+        '--inits',
+        nargs='+',
+        choices=INITS,
+        default=list(DEFAULT_INITS),
+        help="initialisations: scratch (the untrained network in the probe), ph (PH labels), random (random "
+        "targets), shuffled (the PH label matrix with its rows permuted across images), genparams (regression "
+        "of the generator's own parameters) (default: %(default)s)",
+    )
+    p.add_argument(
+        '--probe',
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help='frozen-feature probes (logistic regression, kNN) on pooled features of the last two stages '
+        '(preset: on for cpu/screen/gpu)',
+    )
+    p.add_argument(
+        '--finetune',
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help='fine-tuning runs (preset: off for screen)',
+    )
+    p.add_argument('--pre_seeds', type=int, default=None, help='pretraining seeds per initialisation (preset: 3)')
+    p.add_argument('--subsets', type=int, default=None, help='probe: labelled subsets per pretraining seed')
+    p.add_argument(
+        '--r2_images',
+        type=int,
+        default=None,
+        help="fresh generated images for the pretraining's held-out R^2 (0: skip)",
+    )
     p.add_argument(
         '--name',
         default=None,
@@ -194,11 +303,17 @@ def get_args_parser():
     g.add_argument('--label_type', default='histogram', help='PHdict/pretraining --label_type (default: %(default)s)')
     g.add_argument('--dims', type=int, default=None, help='label dimension (--numof_dims / -nc)')
     g.add_argument(
+        '--ph_extra',
+        default='',
+        help="extra flags for PHdict.py (one string, split on spaces), e.g. '--sigma 1 --max_life 8'",
+    )
+    g.add_argument(
         '--label_norm',
         choices=('none', 'standard'),
         default='none',
-        help="pretraining.py --label_norm for both pretrainings: 'standard' z-scores each label component "
-        "(floored std; the random targets are N(0,1) already) (default: none)",
+        help="pretraining.py --label_norm for the PH and shuffled pretrainings: 'standard' z-scores each label "
+        "component (floored std; the random targets and generator parameters are standardised already) "
+        "(default: none)",
     )
     g.add_argument(
         '--ph',
@@ -240,6 +355,7 @@ def resolve(args):
         cfg['seeds'] = args.seeds
     for key in (
         'pre_opt',
+        'ph_extra',
         'label_type',
         'label_norm',
         'ph',
@@ -270,6 +386,15 @@ def resolve(args):
         raise UserError("--workers must be >= 0")
     if cfg['seeds'] < 1:
         raise UserError("--seeds must be at least 1")
+    for key in ('pre_seeds', 'subsets'):
+        if cfg[key] < 1:
+            raise UserError(f"--{key} must be at least 1")
+    if cfg['r2_images'] < 0:
+        raise UserError("--r2_images must be >= 0")
+    if not (cfg['probe'] or cfg['finetune']):
+        raise UserError("nothing to do: give --probe or --finetune")
+    if 'shuffled' in cfg['inits'] and (cfg['on_the_fly'] or cfg['ph'] == 'post'):
+        raise UserError("--inits shuffled permutes a label matrix: it needs -ph pre without --on_the_fly")
     if cfg['label_type'] == 'class':
         raise UserError("--label_type class is the labelled control, not a PH label; choose a PH label type")
     return cfg
@@ -445,94 +570,143 @@ def _dev(cfg):
     return ['--device', cfg['device']] if cfg['device'] else []
 
 
+def _gen_flags(cfg, n, seed):
+    gen = ['-n', n, '-is', cfg['gen_size'], '-pb', 0.5, '-pc', 0.5, '--seed', seed, '--format', 'png']
+    return gen + ['-nw', _nw(cfg, 2)]
+
+
+def _ph_flags(cfg):
+    return ['--label_type', cfg['label_type'], '--numof_dims', cfg['dims']] + cfg['ph_extra'].split()
+
+
+def _ph_key(images, cfg):
+    key = [images, cfg['label_type'], cfg['dims']]
+    return _hash(key + [cfg['ph_extra']] if cfg['ph_extra'] else key)
+
+
 def prepare_pretraining(runner, cfg, log):
-    """Generate images, compute PH labels and the random targets; returns {init: pretraining argv}, files."""
-    gen = [
-        '-n',
-        cfg['n_images'],
-        '-is',
-        cfg['gen_size'],
-        '-pb',
-        0.5,
-        '-pc',
-        0.5,
-        '--seed',
-        0,
-        '--format',
-        'png',
-        '-nw',
-        _nw(cfg, 2),
-    ]
+    """Generate images, compute PH labels and the controls' targets; returns ({init: [pretraining argv of
+    pretraining seed p for p < pre_seeds]}, files).  Pretraining seed p is pretraining.py --seed p; the random
+    targets of seed p are PHdict.py --label_type random --seed p; the shuffled labels of seed p are the PH matrix
+    permuted by seed p (bench.probe.shuffled_copy); the images and PH labels are shared."""
+    gen = _gen_flags(cfg, cfg['n_images'], 0)
     images = os.path.join(runner.work, 'images', _hash(gen))
     runner.run('util/random_image.py', ['-o', images] + gen, 'random_image.py')
     lt, dims = cfg['label_type'], cfg['dims']
-    ph_dir = os.path.join(runner.work, 'ph', _hash([images, lt, dims]))
-    runner.run(
-        'PHdict.py',
-        [images, '-o', ph_dir, '-it', 'png', '-nw', _nw(cfg, 2), '--label_type', lt, '--numof_dims', dims],
-        'PHdict.py',
-    )
-    # the random-target control: PHdict.py --label_type random (a fixed N(0,1) vector per image, seed 0 as
-    # the pretraining's --seed), read by pretraining.py -pd -pc --label_type random
-    rand_dir = os.path.join(runner.work, 'random_labels', _hash([images, dims, 'seed0']))
-    runner.run(
-        'PHdict.py',
-        [images, '-o', rand_dir, '-it', 'png', '--label_type', 'random', '--numof_dims', dims, '--seed', 0],
-        'PHdict.py --label_type random',
-    )
-    sizes = [
-        '--img_size',
-        cfg['pre_img'],
-        '--crop_size',
-        cfg['pre_crop'],
-        '-e',
-        cfg['pre_epochs'],
-        '-b',
-        cfg['pre_batch'],
-        '--lr_pre',
-        cfg['lr_pre'],
-        '-op',
-        cfg['pre_opt'],
-        '--seed',
-        0,
-    ] + _dev(cfg)
+    ph_dir = os.path.join(runner.work, 'ph', _ph_key(images, cfg))
+    runner.run('PHdict.py', [images, '-o', ph_dir, '-it', 'png', '-nw', _nw(cfg, 2)] + _ph_flags(cfg), 'PHdict.py')
+    seeds = list(range(cfg['pre_seeds']))
+    inits = cfg['inits']
+
+    def rand_dir(p):
+        # the random-target control: PHdict.py --label_type random (a fixed N(0,1) vector per image, seed p as
+        # the pretraining's --seed), read by pretraining.py -pd -pc --label_type random
+        return os.path.join(runner.work, 'random_labels', _hash([images, dims, f'seed{p}']))
+
+    if 'random' in inits:
+        for p in seeds:
+            runner.run(
+                'PHdict.py',
+                [images, '-o', rand_dir(p), '-it', 'png', '--label_type', 'random', '--numof_dims', dims, '--seed', p],
+                'PHdict.py --label_type random',
+            )
+
+    def sizes(p):
+        return [
+            '--img_size',
+            cfg['pre_img'],
+            '--crop_size',
+            cfg['pre_crop'],
+            '-e',
+            cfg['pre_epochs'],
+            '-b',
+            cfg['pre_batch'],
+            '--lr_pre',
+            cfg['lr_pre'],
+            '-op',
+            cfg['pre_opt'],
+            '--seed',
+            p,
+        ] + _dev(cfg)
+
     norm = ['--label_norm', 'standard'] if cfg['label_norm'] == 'standard' else []
-    common = ['-u', cfg['arch'], '-nc', dims, '--label_type', lt] + sizes + norm
     extra = cfg['pre_extra'].split()
-    if cfg['on_the_fly']:
-        nw = _nw(cfg, 2, loader=True)
-        ph = common + ['-n', cfg['n_images'], '-pb', 0.5, '--prob_colour', 0.5, '-nv', 0, '-nw', nw, '-ph', cfg['ph']]
-    elif cfg['ph'] == 'post':
-        ph = common + ['-t', images, '-ph', 'post', '-nw', _nw(cfg, 2, loader=True)]
-    else:
-        ph = common + ['-t', images, '-pd', ph_dir, '-pc', '-nw', _nw(cfg, 1, loader=True)]
-    rnd = (
-        ['-u', cfg['arch'], '-nc', dims, '--label_type', 'random']
-        + sizes
-        + norm
-        + ['-t', images, '-pd', rand_dir, '-pc', '-nw', _nw(cfg, 1, loader=True)]
-    )
-    return {'ph': ph + extra, 'random': rnd + extra}, {
-        'images': images,
-        'ph_dir': ph_dir,
-        'ph_labels_used': ph_dir,
-        'random_dir': rand_dir,
-    }
+
+    def ph_argv(p, labels_dir):
+        common = ['-u', cfg['arch'], '-nc', dims, '--label_type', lt] + sizes(p) + norm
+        if cfg['on_the_fly']:
+            return common + [
+                '-n',
+                cfg['n_images'],
+                '-pb',
+                0.5,
+                '--prob_colour',
+                0.5,
+                '-nv',
+                0,
+                '-nw',
+                _nw(cfg, 2, loader=True),
+                '-ph',
+                cfg['ph'],
+            ]
+        if cfg['ph'] == 'post':
+            return common + ['-t', images, '-ph', 'post', '-nw', _nw(cfg, 2, loader=True)]
+        return common + ['-t', images, '-pd', labels_dir, '-pc', '-nw', _nw(cfg, 1, loader=True)]
+
+    def matrix_argv(p, d, labels_dir):
+        # the controls' targets are standardised by construction (N(0,1) random targets, z-scored generator
+        # parameters): no --label_norm, so one control pretraining serves recipes with and without it
+        return ['-u', cfg['arch'], '-nc', d, '--label_type', 'random'] + sizes(p) + ['-t', images, '-pd', labels_dir]
+
+    argv = {'ph': [ph_argv(p, ph_dir) + extra for p in seeds]}
+    files = {'images': images, 'ph_dir': ph_dir, 'ph_labels_used': ph_dir, 'random_dir': rand_dir(0)}
+    if 'random' in inits:
+        argv['random'] = [
+            matrix_argv(p, dims, rand_dir(p)) + ['-pc', '-nw', _nw(cfg, 1, loader=True)] + extra for p in seeds
+        ]
+        files['random_dirs'] = [rand_dir(p) for p in seeds]
+    if 'shuffled' in inits:
+        from bench import probe
+
+        shuf = []
+        for p in seeds:
+            d = os.path.join(runner.work, 'shuffled', _hash([ph_dir, lt, p]))
+            if not os.path.isfile(os.path.join(d, f'labels_{lt}.json')):
+                probe.shuffled_copy(ph_dir, lt, d, p)
+            shuf.append(d)
+        argv['shuffled'] = [ph_argv(p, d) + extra for p, d in zip(seeds, shuf)]
+        files['shuffled_dirs'] = shuf
+    if 'genparams' in inits:
+        from bench import probe
+
+        gp = os.path.join(runner.work, 'genparams', _hash([images, 'v1']))
+        if not os.path.isfile(os.path.join(gp, 'labels_random.json')):
+            probe.write_genparams(images, gp)
+        gdim = len(probe.GENPARAM_NAMES)
+        argv['genparams'] = [matrix_argv(p, gdim, gp) + ['-pc', '-nw', _nw(cfg, 1, loader=True)] + extra for p in seeds]
+        files['genparams_dir'] = gp
+    return argv, files
 
 
 def pretrain(runner, cfg, argv_by_init, log):
+    """{init: [record of pretraining seed p]} for the initialisations asked for."""
     name = f"{cfg['arch'].replace(':', '-')}_epoch{cfg['pre_epochs']}.pth"  # timm:NAME -> timm-NAME (models.file_stem)
 
-    def one(init):
-        argv = argv_by_init[init]
+    def one(item):
+        init, p = item
+        argv = argv_by_init[init][p]
         run_dir, secs = runner.training_run(
-            'pretraining.py', argv, f"pre_{init}_{_hash(argv)}", f'pretraining ({init})', name
+            'pretraining.py', argv, f"pre_{init}_{_hash(argv)}", f'pretraining ({init}, seed {p})', name
         )
-        log(f"pretrained ({INIT_NAMES[init]}) -> {run_dir}" + (' (cached)' if secs is None else f' ({secs:.0f} s)'))
-        return {'weights': os.path.join(run_dir, name), 'run_dir': run_dir, 'seconds': secs, 'argv': argv}
+        log(
+            f"pretrained ({INIT_NAMES[init]}, seed {p}) -> {run_dir}"
+            + (' (cached)' if secs is None else f' ({secs:.0f} s)')
+        )
+        return {'weights': os.path.join(run_dir, name), 'run_dir': run_dir, 'seconds': secs, 'argv': argv, 'seed': p}
 
-    todo = [i for i in argv_by_init if i in cfg['inits']]
-    return dict(zip(todo, parallel(one, todo, cfg['jobs'])))
+    todo = [(i, p) for i in INITS if i in argv_by_init and i in cfg['inits'] for p in range(cfg['pre_seeds'])]
+    done = dict(zip(todo, parallel(one, todo, cfg['jobs'])))
+    return {i: [done[(i, p)] for p in range(cfg['pre_seeds'])] for i in INITS if (i, 0) in done}
 
 
 def parallel(fn, items, jobs):
@@ -606,8 +780,21 @@ def finetune(runner, cfg, split, seed, init, pre, log):
 
 
 # ------------------------------------------------------------------------------------------ statistics
-def summarise(runs, labels, inits, seeds):
-    """{k: {'inits': {init: {mean, std, n, values}}, 'margins': {name: {mean, se, n, diffs}}}} from the runs."""
+FT_SE_FORMULA = (
+    'one pretraining per init: s.e. = sd(d_s) / sqrt(n) over fine-tuning seeds s (paired differences d_s; the '
+    'pretraining\'s own seed variation is not included)'
+)
+FT_SE_CLUSTERED = (
+    's.e. = sd_p(d_p) / sqrt(P): fine-tuning seed s uses pretraining seed p = s mod P; d_p = mean paired difference '
+    'over the fine-tuning seeds of pretraining seed p (the pretraining seed is the unit)'
+)
+
+
+def summarise(runs, labels, inits, seeds, pre_seeds=1):
+    """{k: {'inits': {init: {mean, std, n, values}}, 'margins': {name: {mean, se, n, diffs}}}} from the runs.
+
+    With ``pre_seeds`` P > 1 fine-tuning seed s starts from pretraining seed s mod P, and each margin's s.e. is
+    taken over the P pretraining seeds (:data:`FT_SE_CLUSTERED`; equal to the plain formula when P = seeds)."""
     table = {}
     for k in labels:
         by = {(r['init'], r['seed']): r['top1'] for r in runs if r['labels'] == k}
@@ -620,17 +807,26 @@ def summarise(runs, labels, inits, seeds):
                 'n': len(vals),
                 'values': vals,
             }
-        for a, b in (('ph', 'scratch'), ('ph', 'random'), ('random', 'scratch')):
+        for a, b in MARGINS:
             if a in inits and b in inits:
-                d = [by[(a, s)] - by[(b, s)] for s in seeds if (a, s) in by and (b, s) in by]
-                se = float(np.std(d, ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float('nan')
-                m = float(np.mean(d))
+                paired = [s for s in seeds if (a, s) in by and (b, s) in by]
+                d = [by[(a, s)] - by[(b, s)] for s in paired]
+                units = d
+                if pre_seeds > 1:
+                    units = [
+                        float(np.mean([x for s, x in zip(paired, d) if s % pre_seeds == p]))
+                        for p in range(pre_seeds)
+                        if any(s % pre_seeds == p for s in paired)
+                    ]
+                se = float(np.std(units, ddof=1) / math.sqrt(len(units))) if len(units) > 1 else float('nan')
+                m = float(np.mean(units))
                 cell['margins'][f'{a}-{b}'] = {
                     'mean': m,
                     'se': se,
                     'n': len(d),
                     'diffs': d,
-                    'beyond_2se': bool(len(d) > 1 and m > 2 * se),
+                    'unit_diffs': units,
+                    'beyond_2se': bool(len(units) > 1 and m > 2 * se),
                 }
         table[k] = cell
     return table
@@ -647,11 +843,9 @@ def format_table(table, labels, inits):
             )
             + ' |'
         )
-    names = {
-        'ph-scratch': 'PH − scratch, paired',
-        'ph-random': 'PH − random targets, paired',
-        'random-scratch': 'random − scratch, paired',
-    }
+    names = {f'{a}-{b}': f'{INIT_NAMES[a]} − {INIT_NAMES[b]}, paired' for a, b in MARGINS}
+    names.update({'ph-scratch': 'PH − scratch, paired', 'ph-random': 'PH − random targets, paired'})
+    names['random-scratch'] = 'random − scratch, paired'
     for m, title in names.items():
         if all(m in table[k]['margins'] for k in labels):
             cells = []
@@ -688,6 +882,271 @@ def plot(table, labels, inits, path, title):
     plt.close(fig)
 
 
+# ------------------------------------------------------------------------------------------ the probe
+def _eval_tensor(pils, size, resize_to_square=False):
+    """Normalised float tensor [N, 3, S, S]: fine-tuning's evaluation transform (Resize + CenterCrop), or
+    pretraining's (Resize to S x S) with ``resize_to_square``."""
+    import torch
+    import torchvision.transforms as T
+
+    from util.train.datasets import NORMALIZE
+
+    if resize_to_square:
+        tf = T.Compose([T.Resize((size, size), interpolation=T.InterpolationMode.BILINEAR), T.ToTensor(), NORMALIZE])
+    else:
+        tf = T.Compose(
+            [T.Resize(size, interpolation=T.InterpolationMode.BILINEAR), T.CenterCrop(size), T.ToTensor(), NORMALIZE]
+        )
+    return torch.stack([tf(im) for im in pils])
+
+
+def probe_pool(cfg):
+    """(images tensor [N,3,S,S], targets [N], fixed test indices or None, description) of the labelled pool:
+    all 1797 digits, or every image of --data (its val/ as the fixed test split when it has train/ and val/)."""
+    from PIL import Image
+
+    if cfg['data'] is None:
+        from util.io.digits import load_digit_images
+
+        imgs, targets = load_digit_images(32)
+        pils = [Image.fromarray(x).convert('RGB') for x in imgs]
+        return _eval_tensor(pils, cfg['ft_img']), targets, None, 'digits (1797 images)'
+    data = os.path.abspath(cfg['data'])
+    has_split = os.path.isdir(os.path.join(data, 'train')) and os.path.isdir(os.path.join(data, 'val'))
+    roots = [os.path.join(data, 'train'), os.path.join(data, 'val')] if has_split else [data]
+    paths, targets, fixed = [], [], []
+    classes = None
+    for r in roots:
+        files, t = _list_folder(r)
+        cl = sorted(d for d in os.listdir(r) if os.path.isdir(os.path.join(r, d)))
+        if classes is None:
+            classes = cl
+        elif cl != classes:
+            raise UserError(f"--data {data}: train/ and val/ hold different classes")
+        if r.endswith('val'):
+            fixed = list(range(len(paths), len(paths) + len(files)))
+        paths += [os.path.join(r, f) for f in files]
+        targets += t.tolist()
+    pils = [fileio.load_image(q, 'RGB') for q in paths]
+    return (
+        _eval_tensor(pils, cfg['ft_img']),
+        np.asarray(targets, np.int64),
+        np.asarray(fixed, np.int64) if has_split else None,
+        f'{data} ({len(paths)} images)',
+    )
+
+
+def _load_net(cfg, init, rec, p):
+    """The network of ``init``'s pretraining seed ``p`` (scratch: an untrained one, torch seed p)."""
+    import torch
+
+    import models
+
+    if init == 'scratch':
+        torch.manual_seed(p)
+        model, _ = models.load_for(cfg['arch'], None, 10)
+    else:
+        model, _ = models.load_for(cfg['arch'], rec['weights'])
+    return model
+
+
+def run_probe(cfg, pre_by_seed, inits, log):
+    """Logistic regression and kNN on frozen pooled features, for every init x pretraining seed x labels level x
+    subset; returns the probe record (accuracies, per-level statistics and paired margins)."""
+    import torch
+
+    from bench import probe
+
+    torch.set_num_threads(max(1, cfg['threads'] * cfg['jobs']))
+    x, targets, fixed, desc = probe_pool(cfg)
+    P, J = cfg['pre_seeds'], cfg['subsets']
+    levels = cfg['labels']
+    splits = {
+        (k, p, j): probe.probe_split(targets, 0 if k == 'all' else int(k), p, j, cfg['val_fraction'], fixed)
+        for k in levels
+        for p in range(P)
+        for j in range(J)
+    }
+    acc = {i: {k: {c: [[0.0] * J for _ in range(P)] for c in probe.CLASSIFIERS} for k in levels} for i in inits}
+    t0 = time.time()
+    for init in inits:
+        for p in range(P):
+            model = _load_net(cfg, init, None if init == 'scratch' else pre_by_seed[init][p], p)
+            feats = probe.pooled_features(model, x)
+            for k in levels:
+                for j in range(J):
+                    train, test = splits[(k, p, j)]
+                    for c, v in probe.probe_accuracy(feats, targets, train, test).items():
+                        acc[init][k][c][p][j] = v
+            log(
+                f"probe {PROBE_NAMES[init]:>18} seed {p}: "
+                + '  '.join(
+                    f"k={k} logreg {np.mean(acc[init][k]['logreg'][p]):.1f} knn {np.mean(acc[init][k]['knn'][p]):.1f}"
+                    for k in levels
+                )
+            )
+    table = {}
+    for c in probe.CLASSIFIERS:
+        table[c] = {}
+        for k in levels:
+            cell = {'inits': {i: probe.level_stats(acc[i][k][c]) for i in inits}, 'margins': {}}
+            for a, b in MARGINS:
+                if a in inits and b in inits:
+                    cell['margins'][f'{a}-{b}'] = probe.paired_margin(acc[a][k][c], acc[b][k][c])
+            table[c][k] = cell
+    n_test = {k: int(len(splits[(k, 0, 0)][1])) for k in levels}
+    return {
+        'pool': desc,
+        'features': 'global-average-pooled outputs of the last two stages (ResNets: layer3, layer4), concatenated',
+        'classifiers': {
+            'logreg': 'sklearn LogisticRegression(C=1, lbfgs) on features standardised with the subset\'s statistics',
+            'knn': f'sklearn KNeighborsClassifier(k={probe.KNN_K}, cosine) on the same standardised features',
+        },
+        'subsets': 'unit p, subset j: per class a random test share --val_fraction and K training images, '
+        'numpy default_rng([p, j, 17]); identical for every init',
+        'pre_seeds': P,
+        'subsets_per_seed': J,
+        'test_images': n_test,
+        'se_formula': probe.SE_FORMULA,
+        'seconds': time.time() - t0,
+        'acc': acc,
+        'table': table,
+    }
+
+
+def format_probe(rec, levels, inits):
+    lines = []
+    for c in ('logreg', 'knn'):
+        t = rec['table'][c]
+        lines.append(f"\n{'linear probe (logistic regression)' if c == 'logreg' else 'kNN probe'}, top-1 (%)\n")
+        lines.append('| init | ' + ' | '.join(f'{k} labels/class' for k in levels) + ' |')
+        lines.append('|---|' + '---|' * len(levels))
+        for i in inits:
+            lines.append(
+                f'| {PROBE_NAMES[i]} | '
+                + ' | '.join(f"{t[k]['inits'][i]['mean']:.1f} ± {t[k]['inits'][i]['sd_units']:.1f}" for k in levels)
+                + ' |'
+            )
+        for a, b in MARGINS:
+            name = f'{a}-{b}'
+            if all(name in t[k]['margins'] for k in levels):
+                cells = []
+                for k in levels:
+                    m = t[k]['margins'][name]
+                    cells.append(f"{m['mean']:+.1f} (s.e. {m['se']:.1f}){' ✓' if m['beyond_2se'] else ''}")
+                lines.append(f'| {PROBE_NAMES[a]} − {PROBE_NAMES[b]} | ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+
+def run_r2(runner, cfg, pre_by_seed, files, log):
+    """Held-out R^2 of each pretraining (seed) on fresh images (util/random_image.py --seed 1, the same settings),
+    in the space it was trained in (z-scored when --label_norm standard), overall and beyond the first
+    principal component of its training labels.  ph and shuffled are scored against the fresh images' real PH
+    labels, random against their random targets, genparams against their generator parameters."""
+    import torch
+
+    from bench import probe
+    from util.ph.labels import find_label_matrix, load_label_matrix
+
+    n = cfg['r2_images']
+    inits = [i for i in ('ph', 'shuffled', 'random', 'genparams') if i in pre_by_seed]
+    if not n or not inits:
+        return None
+    gen = _gen_flags(cfg, n, 1)
+    fresh = os.path.join(runner.work, 'images_fresh', _hash(gen))
+    runner.run('util/random_image.py', ['-o', fresh] + gen, 'random_image.py (fresh images)')
+    names = fileio.list_images(fresh)
+    lt, dims = cfg['label_type'], cfg['dims']
+    targets, train_labels = {}, {}
+    if 'ph' in inits or 'shuffled' in inits:
+        fresh_ph = os.path.join(runner.work, 'ph_fresh', _ph_key(fresh, cfg))
+        runner.run(
+            'PHdict.py', [fresh, '-o', fresh_ph, '-it', 'png', '-nw', _nw(cfg, 2)] + _ph_flags(cfg), 'PHdict.py (fresh)'
+        )
+        m, nm = load_label_matrix(*find_label_matrix(fresh_ph, lt), expected_dim=dims)
+        row = {x: r for r, x in enumerate(nm)}
+        targets['ph'] = targets['shuffled'] = np.asarray(m)[[row[x] for x in names]]
+        tm, _ = load_label_matrix(*find_label_matrix(files['ph_dir'], lt), expected_dim=dims)
+        train_labels['ph'] = train_labels['shuffled'] = np.asarray(tm)
+    if 'genparams' in inits:
+        with open(os.path.join(files['genparams_dir'], 'labels_random.json'), encoding='utf-8') as f:
+            g = json.load(f)['genparams']
+        _, raw = probe.genparams_matrix(fresh)
+        targets['genparams'], _, _ = probe.standardise_columns(raw, np.asarray(g['mean']), np.asarray(g['std']))
+        gm, _ = load_label_matrix(
+            *find_label_matrix(files['genparams_dir'], 'random'), expected_dim=len(probe.GENPARAM_NAMES)
+        )
+        train_labels['genparams'] = np.asarray(gm)
+    x = _eval_tensor([fileio.load_image(os.path.join(fresh, q), 'RGB') for q in names], cfg['pre_crop'], True)
+    torch.set_num_threads(max(1, cfg['threads'] * cfg['jobs']))
+    out = {'images': fresh, 'n': len(names), 'inits': {}}
+    for init in inits:
+        per = []
+        for p, rec in enumerate(pre_by_seed[init]):
+            if init == 'random':
+                from util.train import label_sources
+
+                keys = [label_sources.image_key(q) for q in names]
+                y = label_sources.random_matrix(p, keys, dims)
+                tl, _ = load_label_matrix(*find_label_matrix(files['random_dirs'][p], 'random'), expected_dim=dims)
+                tl = np.asarray(tl)
+            else:
+                y, tl = targets[init], train_labels[init]
+            with open(os.path.join(rec['run_dir'], 'args.json'), encoding='utf-8') as f:
+                a = json.load(f)
+            if a.get('label_norm') == 'standard' and a.get('label_norm_mean'):
+                mean, std = np.asarray(a['label_norm_mean']), np.asarray(a['label_norm_std'])
+                y, tl = (y - mean) / std, (tl - mean) / std
+            pred = probe.outputs(_load_net(cfg, init, rec, p), x)
+            per.append(probe.heldout_r2(pred, y, tl))
+        out['inits'][init] = {
+            'per_seed': per,
+            'r2': float(np.mean([r['r2'] for r in per])),
+            'r2_beyond_pc1': float(np.mean([r.get('r2_beyond_pc1', float('nan')) for r in per])),
+        }
+        log(
+            f"held-out R^2 ({INIT_NAMES[init]}, {len(names)} fresh images): "
+            + ', '.join(f"{r['r2']:.3f} / {r.get('r2_beyond_pc1', float('nan')):.3f}" for r in per)
+            + ' (overall / beyond PC1, per seed)'
+        )
+    return out
+
+
+def format_r2(rec):
+    lines = [
+        f"\nheld-out R² of the pretraining on {rec['n']} fresh images (mean over pretraining seeds)\n",
+        '| pretraining target | R² overall | R² beyond PC1 | per seed (overall / beyond PC1) |',
+        '|---|---|---|---|',
+    ]
+    for init, r in rec['inits'].items():
+        per = ', '.join(f"{x['r2']:.2f} / {x.get('r2_beyond_pc1', float('nan')):.2f}" for x in r['per_seed'])
+        lines.append(f"| {INIT_NAMES[init]} | {r['r2']:.3f} | {r['r2_beyond_pc1']:.3f} | {per} |")
+    return '\n'.join(lines)
+
+
+# Rates behind the screen estimate, measured on this project's shared 2-core VM: a cpu-preset pretraining
+# (4000 images x 8 epochs at 40-px crops) took 128 s and 130 s side by side with a second one at load 1.7-2.4
+# (bench/results/transfer_screen_pi.json) -> 4.0 s per 1000 image-epochs; PHdict.py on 4000 48-px images took
+# 37 s at load 8.7 (2026-12-03) -> 10 s per 1000 images (an upper bound); the probe's seconds per network per
+# (level x 10 subsets) are those recorded in bench/results/transfer_screen_probe_*.json ('probe' -> 'seconds').
+RATE_PRETRAIN_S_PER_K = 4.0
+RATE_PHDICT_S_PER_K = 10.0
+RATE_PROBE_S_PER_NET = 6.0
+
+
+def screen_estimate(cfg, cached_inits=('random', 'genparams', 'scratch')):
+    """(minutes for one new label recipe with the controls cached, minutes from nothing): an estimate from the
+    rates above, on 2 free cores, 2 pretrainings side by side."""
+    recipe = [i for i in cfg['inits'] if i in ('ph', 'shuffled')]
+    others = [i for i in cfg['inits'] if i not in recipe and i != 'scratch']
+    per_pre = cfg['n_images'] * cfg['pre_epochs'] / 1000 * RATE_PRETRAIN_S_PER_K * cfg['pre_crop'] ** 2 / 40**2
+    rounds = lambda n: math.ceil(n * cfg['pre_seeds'] / max(1, cfg['jobs']))  # noqa: E731
+    fixed = (cfg['n_images'] + cfg['r2_images']) / 1000 * RATE_PHDICT_S_PER_K
+    probe_s = RATE_PROBE_S_PER_NET * cfg['pre_seeds'] * len(cfg['inits']) * len(cfg['labels']) * cfg['subsets'] / 10
+    new = rounds(len(recipe)) * per_pre + fixed + probe_s
+    return new / 60, (new + rounds(len(others)) * per_pre) / 60
+
+
 def _default_name(args, cfg):
     base = PRESETS[args.preset]
     changed = []
@@ -704,6 +1163,11 @@ def _default_name(args, cfg):
             'inits',
             'device',
             'workers',
+            'probe',
+            'finetune',
+            'pre_seeds',
+            'subsets',
+            'r2_images',
         ):
             continue
         default = get_args_parser().get_default(key)
@@ -735,36 +1199,68 @@ def main(args):
         print(msg, flush=True)
 
     log(f"transfer evaluation '{name}': " + json.dumps(cfg, sort_keys=True))
+    if args.preset == 'screen':
+        new, cold = screen_estimate(cfg)
+        log(
+            f"estimate (2 free cores): {new:.0f} min for this label recipe once the controls are cached, "
+            f"{cold:.0f} min from nothing"
+        )
     runner = Runner(work, cfg['threads'], args.fresh, log)
     seeds = list(range(cfg['seeds']))
     inits = [i for i in INITS if i in cfg['inits']]
     files = {}
-    pre = {}
-    tasks = [  # the splits first: a --data the task cannot use is refused before any pretraining
-        (k, seed, make_split(runner, cfg, seed, k), init) for k in cfg['labels'] for seed in seeds for init in inits
-    ]
+    pre_by_seed = {}
+    P = cfg['pre_seeds']
+    runs, table, text = [], None, ''
+    tasks = []
+    if cfg['finetune']:
+        tasks = [  # the splits first: a --data the task cannot use is refused before any pretraining
+            (k, seed, make_split(runner, cfg, seed, k), init) for k in cfg['labels'] for seed in seeds for init in inits
+        ]
     if any(i != 'scratch' for i in inits):
         argv_by_init, files = prepare_pretraining(runner, cfg, log)
-        pre = pretrain(runner, cfg, argv_by_init, log)
+        pre_by_seed = pretrain(runner, cfg, argv_by_init, log)
+    pre = {i: recs[0] for i, recs in pre_by_seed.items()}
+    if cfg['finetune']:
 
-    def one(task):
-        k, seed, split, init = task
-        r = dict(labels=k, **finetune(runner, cfg, split, seed, init, pre, log))
-        log(
-            f"k={k:>4} seed={seed} {INIT_NAMES[init]:>14}: top-1 {r['top1']:.2f}  "
-            f"({r['train_images']} train, {r['epochs']} epochs{', cached' if r['cached'] else ''})"
-        )
-        return r
+        def one(task):
+            k, seed, split, init = task
+            # fine-tuning seed s starts from pretraining seed s mod P
+            chosen = {init: pre_by_seed[init][seed % P]} if init in pre_by_seed else pre
+            r = dict(labels=k, **finetune(runner, cfg, split, seed, init, chosen, log))
+            if init in pre_by_seed:
+                r['pre_seed'] = seed % P
+            log(
+                f"k={k:>4} seed={seed} {INIT_NAMES[init]:>14}: top-1 {r['top1']:.2f}  "
+                f"({r['train_images']} train, {r['epochs']} epochs{', cached' if r['cached'] else ''})"
+            )
+            return r
 
-    runs = parallel(one, tasks, cfg['jobs'])
-    table = summarise(runs, cfg['labels'], inits, seeds)
-    text = format_table(table, cfg['labels'], inits)
+        runs = parallel(one, tasks, cfg['jobs'])
+        table = summarise(runs, cfg['labels'], inits, seeds, P)
+        text = format_table(table, cfg['labels'], inits)
+    probe_rec = run_probe(cfg, pre_by_seed, inits, log) if cfg['probe'] else None
+    r2 = run_r2(runner, cfg, pre_by_seed, files, log) if cfg['r2_images'] else None
     wall = time.time() - t0
-    header = (
-        f"{name}: {len(seeds)} seeds, top-1 (%) on held-out test, mean ± std; margins paired by seed "
-        f"(✓: mean > 2 s.e.); wall {wall / 60:.1f} min, load {load_before} -> {_load()}"
-    )
-    print('\n' + header + '\n' + text, flush=True)
+    load_after = _load()
+    parts = []
+    if cfg['finetune']:
+        parts.append(
+            f"{name}: fine-tuning, {len(seeds)} seeds ({P} pretraining seed{'s' if P > 1 else ''} per init), top-1 "
+            f"(%) on held-out test, mean ± std; margins paired by seed (✓: mean > 2 s.e.; "
+            f"{FT_SE_CLUSTERED if P > 1 else FT_SE_FORMULA})\n\n" + text
+        )
+    if probe_rec:
+        parts.append(
+            f"{name}: frozen-feature probes on {probe_rec['pool']}, {P} pretraining seeds x {cfg['subsets']} "
+            f"subsets; mean ± sd over pretraining seeds; margins paired (✓: mean > 2 s.e.; {probe_rec['se_formula']})"
+            + format_probe(probe_rec, cfg['labels'], inits)
+        )
+    if r2:
+        parts.append(format_r2(r2))
+    body = '\n\n'.join(parts)
+    footer = f"wall {wall / 60:.1f} min, load {load_before} -> {load_after}"
+    print('\n' + body + '\n\n' + footer, flush=True)
     stem = os.path.join(args.out, f'transfer_{name}')
     result = {
         'name': name,
@@ -773,16 +1269,31 @@ def main(args):
         'seeds': seeds,
         'wall_seconds': wall,
         'load_before': load_before,
-        'load_after': _load(),
+        'load_after': load_after,
         'machine': {'cpus': os.cpu_count(), 'platform': platform.platform()},
         'files': files,
         'pretraining': pre,
+        'pretraining_by_seed': pre_by_seed,
         'table': table,
         'runs': runs,
+        'probe': probe_rec,
+        'heldout_r2': r2,
     }
     fileio.write_json(stem + '.json', result)
-    fileio.write_text(stem + '.md', header + '\n\n' + text + '\n')
-    plot(table, cfg['labels'], inits, stem + '.png', header[:110])
+    fileio.write_text(stem + '.md', body + '\n\n' + footer + '\n')
+    if cfg['finetune']:
+        plot(table, cfg['labels'], inits, stem + '.png', f"{name}: fine-tuning"[:110])
+    else:
+        probe_table = {
+            k: {
+                'inits': {
+                    i: {'mean': c['mean'], 'std': c['sd_units']}
+                    for i, c in probe_rec['table']['logreg'][k]['inits'].items()
+                }
+            }
+            for k in cfg['labels']
+        }
+        plot(probe_table, cfg['labels'], inits, stem + '.png', f"{name}: linear probe"[:110])
     print(f"wrote {stem}.json, .md, .png", flush=True)
     return 0
 

@@ -134,3 +134,122 @@ def test_random_targets_come_from_the_product_flag(tiny_run):
     with open(os.path.join(result['pretraining']['random']['run_dir'], 'args.json'), encoding='utf-8') as f:
         pargs = json.load(f)
     assert pargs['label_type'] == 'random' and pargs['numof_classes'] == dims and pargs['seed'] == 0
+
+
+@pytest.fixture(scope='module')
+def probe_run(tmp_path_factory):
+    """One tiny probe-only run with two pretraining seeds and the shuffled / generator-parameter controls."""
+    import subprocess
+    import sys
+
+    base = tmp_path_factory.mktemp('transfer_probe')
+    work, out = base / 'work', base / 'out'
+    res = subprocess.run(
+        [sys.executable, os.path.join(transfer._ROOT, 'bench', 'transfer.py'), '--preset', 'tiny']
+        + ['--probe', '--no-finetune', '--pre_seeds', '2', '--r2_images', '8']
+        + ['--inits', 'scratch', 'ph', 'shuffled', 'genparams']
+        + ['--work', str(work), '--out', str(out), '--name', 'probe'],
+        cwd=transfer._ROOT,
+        env=dict(os.environ, OMP_NUM_THREADS='1'),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    with open(out / 'transfer_probe.json', encoding='utf-8') as f:
+        result = json.load(f)
+    return result, res.stdout
+
+
+def _args_of(run_dir):
+    with open(os.path.join(run_dir, 'args.json'), encoding='utf-8') as f:
+        return json.load(f)
+
+
+def test_probe_table_pairs_subsets_and_takes_the_pretraining_seed_as_the_unit(probe_run):
+    from bench import probe
+
+    result, stdout = probe_run
+    rec = result['probe']
+    assert result['runs'] == [] and result['table'] is None  # --no-finetune
+    P, J = 2, transfer.PRESETS['tiny']['subsets']
+    assert rec['pre_seeds'] == P and rec['subsets_per_seed'] == J
+    inits = ['scratch', 'ph', 'shuffled', 'genparams']
+    for clf in ('logreg', 'knn'):
+        for k in result['settings']['labels']:
+            cell = rec['table'][clf][k]
+            assert set(cell['inits']) == set(inits)
+            assert set(cell['margins']) == {'ph-scratch', 'ph-shuffled', 'ph-genparams'}
+            for init in inits:
+                acc = np.asarray(rec['acc'][init][k][clf])
+                assert acc.shape == (P, J) and np.all((acc >= 0) & (acc <= 100))
+                assert cell['inits'][init]['mean'] == pytest.approx(acc.mean())
+            for name, m in cell['margins'].items():
+                a, b = name.split('-')
+                d = (np.asarray(rec['acc'][a][k][clf]) - np.asarray(rec['acc'][b][k][clf])).mean(axis=1)
+                assert m['unit_diffs'] == pytest.approx(d)
+                assert m['se'] == pytest.approx(np.std(d, ddof=1) / np.sqrt(P))
+    # different pretraining seeds give different networks: their probes differ
+    assert rec['acc']['ph'][k]['logreg'][0] != rec['acc']['ph'][k]['logreg'][1]
+    assert probe.SE_FORMULA in stdout and 'untrained network' in stdout
+
+
+def test_pretraining_seeds_and_the_controls_labels(probe_run):
+    """Each init is pretrained with --seed 0..P-1; shuffled reads a row permutation of the PH matrix (same flags,
+    same label type); genparams reads the generator's parameters of the same images."""
+    from bench import probe
+
+    result, _ = probe_run
+    by_seed = result['pretraining_by_seed']
+    assert set(by_seed) == {'ph', 'shuffled', 'genparams'}
+    weights = set()
+    for init, recs in by_seed.items():
+        assert [_args_of(r['run_dir'])['seed'] for r in recs] == [0, 1]
+        weights.update(r['weights'] for r in recs)
+    assert len(weights) == 6
+    lt = result['settings']['label_type']
+    ph_matrix, ph_names = load_label_matrix(
+        *(os.path.join(result['files']['ph_dir'], f'labels_{lt}.{e}') for e in ('npy', 'txt')),
+        expected_dim=result['settings']['dims'],
+    )
+    ph_args = _args_of(by_seed['ph'][0]['run_dir'])
+    for p, d in enumerate(result['files']['shuffled_dirs']):
+        m, names = load_label_matrix(
+            *(os.path.join(d, f'labels_{lt}.{e}') for e in ('npy', 'txt')), expected_dim=result['settings']['dims']
+        )
+        assert names == ph_names and not np.array_equal(m, ph_matrix)
+        assert sorted(map(tuple, np.asarray(m))) == sorted(map(tuple, np.asarray(ph_matrix)))
+        sargs = _args_of(by_seed['shuffled'][p]['run_dir'])
+        assert os.path.samefile(sargs['path2PHdir'], d) and sargs['precomputed']
+        assert sargs['label_type'] == ph_args['label_type'] == lt
+        assert sargs['numof_classes'] == ph_args['numof_classes']
+    gp = result['files']['genparams_dir']
+    names, raw = probe.genparams_matrix(result['files']['images'])
+    z, _, _ = probe.standardise_columns(raw)
+    m, gnames = load_label_matrix(
+        os.path.join(gp, 'labels_random.npy'), os.path.join(gp, 'labels_random.txt'), len(probe.GENPARAM_NAMES)
+    )
+    assert gnames == names
+    np.testing.assert_allclose(np.asarray(m), z, rtol=1e-5, atol=1e-5)
+    gargs = _args_of(by_seed['genparams'][1]['run_dir'])
+    assert os.path.samefile(gargs['path2PHdir'], gp) and gargs['numof_classes'] == len(probe.GENPARAM_NAMES)
+
+
+def test_heldout_r2_on_fresh_images(probe_run):
+    result, stdout = probe_run
+    r2 = result['heldout_r2']
+    assert r2['n'] == 8 and set(r2['inits']) == {'ph', 'shuffled', 'genparams'}
+    # fresh: generated with another seed than the pretraining images, the same image settings
+    fresh, seen = _args_of_images(r2['images']), _args_of_images(result['files']['images'])
+    assert fresh['seed'] != seen['seed'] and fresh['img_size'] == seen['img_size']
+    for init, r in r2['inits'].items():
+        assert len(r['per_seed']) == 2
+        for x in r['per_seed']:
+            assert np.isfinite(x['r2']) and np.isfinite(x['r2_beyond_pc1'])
+        assert r['r2'] == pytest.approx(np.mean([x['r2'] for x in r['per_seed']]))
+    assert 'held-out R²' in stdout
+
+
+def _args_of_images(folder):
+    with open(os.path.join(folder, 'args.json'), encoding='utf-8') as f:
+        return json.load(f)

@@ -1,0 +1,212 @@
+"""bench/probe.py and the wiring of bench/transfer.py's probe options, without training runs (fast): the paired
+statistics and their standard error over pretraining seeds, the probe's subsets, the pooled features, the held-out
+R^2 beyond the first principal component, the shuffled and generator-parameter controls, the screen preset, and
+fine-tuning seed s starting from pretraining seed s mod P."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from bench import probe, transfer
+
+
+def test_paired_margin_takes_the_pretraining_seed_as_the_unit():
+    a = [[70.0, 72.0, 74.0], [60.0, 61.0, 62.0], [65.0, 65.0, 65.0]]
+    b = [[68.0, 70.0, 70.0], [61.0, 60.0, 59.0], [64.0, 66.0, 62.0]]
+    m = probe.paired_margin(a, b)
+    d = [np.mean([2.0, 2.0, 4.0]), np.mean([-1.0, 1.0, 3.0]), np.mean([1.0, -1.0, 3.0])]
+    assert m['unit_diffs'] == pytest.approx(d)
+    assert m['mean'] == pytest.approx(np.mean(d))
+    assert m['se'] == pytest.approx(np.std(d, ddof=1) / math.sqrt(3))
+    assert m['beyond_2se'] == (m['mean'] > 2 * m['se'])
+    assert m['n_units'] == 3
+    with pytest.raises(ValueError):
+        probe.paired_margin(a, b[:2])  # unpaired shapes are refused, not averaged
+    s = probe.level_stats(a)
+    assert s['mean'] == pytest.approx(np.mean(a)) and s['sd_units'] == pytest.approx(np.std(np.mean(a, 1), ddof=1))
+
+
+def test_probe_subsets_hold_k_per_class_and_differ_by_seed_and_subset():
+    targets = np.repeat(np.arange(4), 30)
+    seen = set()
+    for p in range(2):
+        for j in range(3):
+            train, test = probe.probe_split(targets, 5, p, j, 0.3)
+            assert not set(train) & set(test)
+            assert np.bincount(targets[train]).tolist() == [5] * 4
+            assert np.bincount(targets[test]).tolist() == [9] * 4
+            seen.add((tuple(train), tuple(test)))
+            again = probe.probe_split(targets, 5, p, j, 0.3)
+            assert all(np.array_equal(x, y) for x, y in zip(again, (train, test)))  # reproducible: paired
+    assert len(seen) == 6
+    fixed = np.arange(100, 120)
+    train, test = probe.probe_split(targets, 0, 0, 0, 0.3, fixed_test=fixed)
+    assert np.array_equal(test, fixed) and len(train) == 100 and not set(train) & set(fixed)
+    with pytest.raises(Exception, match='only'):
+        probe.probe_split(targets, 40, 0, 0, 0.3)
+
+
+def test_pooled_features_are_the_last_two_stages_of_a_resnet():
+    import torch
+
+    import models
+
+    torch.manual_seed(0)
+    model, _ = models.load_for('resnet18', None, 10)
+    x = torch.randn(5, 3, 32, 32)
+    f = probe.pooled_features(model, x, batch=2)
+    assert f.shape == (5, 256 + 512)
+    grabbed = {}
+    model.layer3.register_forward_hook(lambda m, i, o: grabbed.setdefault('l3', o))
+    model.layer4.register_forward_hook(lambda m, i, o: grabbed.setdefault('l4', o))
+    with torch.no_grad():
+        model(x)
+    expect = torch.cat([grabbed['l3'].mean(dim=(2, 3)), grabbed['l4'].mean(dim=(2, 3))], 1).numpy()
+    np.testing.assert_allclose(f, expect, rtol=1e-5, atol=1e-6)
+
+
+def test_probe_accuracy_separates_separable_features():
+    rng = np.random.default_rng(0)
+    targets = np.repeat(np.arange(3), 40)
+    feats = rng.normal(size=(120, 8)) + 6.0 * np.eye(8)[targets]
+    train, test = probe.probe_split(targets, 10, 0, 0, 0.3)
+    acc = probe.probe_accuracy(feats, targets, train, test)
+    assert acc['logreg'] == 100.0 and acc['knn'] == 100.0
+    noise = rng.normal(size=(120, 8))
+    acc = probe.probe_accuracy(noise, targets, train, test)
+    assert acc['logreg'] < 80.0
+
+
+def test_heldout_r2_overall_and_beyond_the_first_component():
+    rng = np.random.default_rng(1)
+    n, d = 400, 6
+    pc1 = np.ones(d) / math.sqrt(d)
+    train = rng.normal(size=(n, 1)) * 10.0 * pc1 + rng.normal(size=(n, d))  # PC1 dominates
+    target = rng.normal(size=(n, 1)) * 10.0 * pc1 + rng.normal(size=(n, d))
+    perfect = probe.heldout_r2(target, target, train)
+    assert perfect['r2'] == pytest.approx(1.0) and perfect['r2_beyond_pc1'] == pytest.approx(1.0)
+    only_pc1 = np.outer(target @ pc1, pc1) + target.mean(0) - np.outer(np.ones(n), pc1 * (target.mean(0) @ pc1))
+    r = probe.heldout_r2(only_pc1, target, train)
+    assert r['r2'] > 0.8  # most of the variance is the first component ...
+    assert abs(r['r2_beyond_pc1']) < 0.1  # ... and nothing beyond it is predicted
+    assert r['train_pc1_share'] > 0.8
+    mean_only = probe.heldout_r2(np.tile(target.mean(0), (n, 1)), target, train)
+    assert mean_only['r2'] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_shuffled_copy_permutes_rows_and_records_it(tmp_path):
+    from util.ph.labels import label_names, write_label_matrix
+
+    src = tmp_path / 'ph'
+    src.mkdir()
+    names = [f'v{i:08d}.png' for i in range(12)]
+    matrix = np.arange(12 * 3, dtype=np.float32).reshape(12, 3)
+    write_label_matrix(str(src), label_names('histogram'), matrix, names, {'label_type': 'histogram'})
+    out = tmp_path / 'shuf'
+    perm = probe.shuffled_copy(str(src), 'histogram', str(out), seed=4)
+    got = np.load(out / 'labels_histogram.npy')
+    assert np.array_equal(got, matrix[perm]) and not np.array_equal(got, matrix)
+    assert sorted(map(tuple, got)) == sorted(map(tuple, matrix))  # same marginals
+    assert (out / 'labels_histogram.txt').read_text().split() == names  # rows still named by image
+    meta = json.loads((out / 'labels_histogram.json').read_text())
+    assert meta['shuffled']['seed'] == 4 and meta['shuffled']['from'].endswith('labels_histogram.npy')
+    assert meta['label_type'] == 'histogram'
+    perm2 = probe.shuffled_copy(str(src), 'histogram', str(tmp_path / 'shuf2'), seed=5)
+    assert not np.array_equal(perm, perm2)
+
+
+def test_genparams_are_the_generators_own_draws(tmp_path, run_script):
+    """Colour and binarisation recorded per channel match what the written images show."""
+    from PIL import Image
+
+    run_script(
+        'util/random_image.py',
+        '-o',
+        tmp_path,
+        '-n',
+        24,
+        '-is',
+        24,
+        '-pb',
+        0.5,
+        '-pc',
+        0.5,
+        '--format',
+        'png',
+        check=True,
+    )
+    names, raw = probe.genparams_matrix(str(tmp_path))
+    assert raw.shape == (24, len(probe.GENPARAM_NAMES))
+    for name, row in zip(names, raw):
+        a = np.asarray(Image.open(tmp_path / name))
+        chans = [a[..., c] for c in range(3)] if a.ndim == 3 else [a]
+        assert row[0] == (a.ndim == 3)
+        for c, ch in enumerate(chans):
+            alpha, beta, ge, lt = row[1 + 4 * c : 5 + 4 * c]
+            assert 0.01 <= alpha <= 1.0 and 0.5 <= beta <= 2.0
+            assert bool(ge or lt) == (set(np.unique(ch).tolist()) <= {0, 255})
+    assert raw[:, 0].min() == 0 and raw[:, 0].max() == 1  # both kinds among 24 images
+    dim, mean, std = probe.write_genparams(str(tmp_path), str(tmp_path / 'gp'))
+    z = np.load(tmp_path / 'gp' / 'labels_random.npy')
+    np.testing.assert_allclose(z, (raw - mean) / np.where(std > 1e-12, std, 1.0), rtol=1e-5, atol=1e-5)
+
+
+def test_screen_preset_probes_three_pretraining_seeds_without_finetuning():
+    args = transfer.get_args_parser().parse_args(['--preset', 'screen'])
+    cfg = transfer.resolve(args)
+    assert cfg['probe'] and not cfg['finetune']
+    assert cfg['pre_seeds'] >= 3 and cfg['subsets'] >= 5 and cfg['labels'] == ['10', '50']
+    new, cold = transfer.screen_estimate(dict(cfg, inits=list(transfer.INITS)))
+    assert new <= 15 and cold > new  # the estimate the script prints for one recipe (the preset's purpose)
+    for flags in (['--pre_seeds', '0'], ['--subsets', '0'], ['--no-probe']):
+        with pytest.raises(transfer.UserError):
+            transfer.resolve(transfer.get_args_parser().parse_args(['--preset', 'screen'] + flags))
+    with pytest.raises(transfer.UserError, match='shuffled'):
+        transfer.resolve(
+            transfer.get_args_parser().parse_args(['--preset', 'screen', '--inits', 'ph', 'shuffled', '--on_the_fly'])
+        )
+
+
+def test_finetuning_seed_starts_from_pretraining_seed_mod_p(tmp_path, monkeypatch):
+    """main() wiring: with --pre_seeds 2, fine-tuning seed s loads pretraining seed s % 2's weights, and the
+    margins' s.e. is taken over the pretraining seeds."""
+    used = []
+
+    def fake_prepare(runner, cfg, log):
+        return {i: [['-x', i, p] for p in range(cfg['pre_seeds'])] for i in ('ph', 'random')}, {}
+
+    def fake_pretrain(runner, cfg, argv, log):
+        return {i: [{'weights': f'{i}{p}.pth', 'run_dir': '', 'seed': p} for p in range(2)] for i in ('ph', 'random')}
+
+    def fake_finetune(runner, cfg, split, seed, init, pre, log):
+        w = pre[init]['weights'] if init != 'scratch' else None
+        used.append((seed, init, w))
+        top1 = {'scratch': 50.0, 'ph': 60.0, 'random': 55.0}[init] + seed * 0.5 + (init == 'ph') * seed**2 * 0.25
+        return {'init': init, 'seed': seed, 'top1': top1, 'train_images': 1, 'epochs': 1, 'cached': True}
+
+    monkeypatch.setattr(transfer, 'prepare_pretraining', fake_prepare)
+    monkeypatch.setattr(transfer, 'pretrain', fake_pretrain)
+    monkeypatch.setattr(transfer, 'finetune', fake_finetune)
+    monkeypatch.setattr(transfer, 'make_split', lambda runner, cfg, seed, k: str(tmp_path))
+    monkeypatch.setattr(transfer, 'plot', lambda *a, **k: None)
+    args = transfer.get_args_parser().parse_args(
+        ['--preset', 'tiny', '--seeds', '4', '--pre_seeds', '2', '--jobs', '1', '--work', str(tmp_path / 'w')]
+        + ['--out', str(tmp_path / 'o'), '--name', 'x']
+    )
+    assert transfer.main(args) == 0
+    for seed, init, w in used:
+        assert w == (None if init == 'scratch' else f'{init}{seed % 2}.pth')
+    with open(tmp_path / 'o' / 'transfer_x.json', encoding='utf-8') as f:
+        result = json.load(f)
+    runs = {(r['init'], r['seed']): r['top1'] for r in result['runs']}
+    for a, b in (('ph', 'scratch'), ('ph', 'random')):
+        d = [runs[(a, s)] - runs[(b, s)] for s in range(4)]
+        units = [np.mean(d[0::2]), np.mean(d[1::2])]  # seeds 0, 2 start from pretraining seed 0; 1, 3 from 1
+        got = result['table']['3']['margins'][f'{a}-{b}']
+        assert got['diffs'] == pytest.approx(d) and got['unit_diffs'] == pytest.approx(units)
+        assert got['mean'] == pytest.approx(np.mean(units))
+        assert got['se'] == pytest.approx(np.std(units, ddof=1) / math.sqrt(2))
+    assert os.path.isfile(tmp_path / 'o' / 'transfer_x.md')
