@@ -502,7 +502,7 @@ def test_transfer_gpu_preset_takes_workers_from_the_cores(monkeypatch):
     cfg = transfer.resolve(transfer.get_args_parser().parse_args(['--preset', 'gpu', '--device', 'cuda']))
     assert cfg['workers'] == 16 and cfg['jobs'] > 1
     assert transfer._nw(cfg, 2) == 16 and transfer._nw(cfg, 1, loader=True) == 6  # two pretrainings side by side
-    runs = len(cfg['labels']) * cfg['seeds'] * len(transfer.INITS)
+    runs = len(cfg['labels']) * cfg['seeds'] * len(transfer.DEFAULT_INITS)
     assert runs <= 30 and cfg['n_images'] * cfg['pre_epochs'] <= 300_000  # the size the 10-minute estimate is for
     cpu = transfer.resolve(transfer.get_args_parser().parse_args(['--preset', 'cpu']))
     assert cpu['workers'] is None and transfer._nw(cpu, 2) == 2  # the CPU presets' commands (and caches) unchanged
