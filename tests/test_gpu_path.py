@@ -507,7 +507,8 @@ def test_transfer_gpu_preset_takes_workers_from_the_cores(monkeypatch):
     cpu = transfer.resolve(transfer.get_args_parser().parse_args(['--preset', 'cpu']))
     assert cpu['workers'] is None and transfer._nw(cpu, 2) == 2  # the CPU presets' commands (and caches) unchanged
     argv, _ = transfer.prepare_pretraining(_Recorder(), cfg, lambda m: None)
-    assert argv['ph'][argv['ph'].index('-nw') + 1] == 6
+    ph = argv['ph'][0] if isinstance(argv['ph'][0], list) else argv['ph']  # one argv per pretraining seed
+    assert ph[ph.index('-nw') + 1] == 6
 
 
 class _Recorder:
