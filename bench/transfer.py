@@ -954,10 +954,18 @@ def run_probe(cfg, pre_by_seed, inits, log):
     """Logistic regression and kNN on frozen pooled features, for every init x pretraining seed x labels level x
     subset; returns the probe record (accuracies, per-level statistics and paired margins)."""
     import torch
+    from threadpoolctl import threadpool_limits  # installed with scikit-learn
 
+    # one run's threads (OpenMP/BLAS threads spinning against other processes on shared cores are many times
+    # slower than one thread)
+    torch.set_num_threads(cfg['threads'])
+    with threadpool_limits(cfg['threads']):
+        return _run_probe(cfg, pre_by_seed, inits, log)
+
+
+def _run_probe(cfg, pre_by_seed, inits, log):
     from bench import probe
 
-    torch.set_num_threads(max(1, cfg['threads'] * cfg['jobs']))
     x, targets, fixed, desc = probe_pool(cfg)
     P, J = cfg['pre_seeds'], cfg['subsets']
     levels = cfg['labels']
@@ -1078,13 +1086,13 @@ def run_r2(runner, cfg, pre_by_seed, files, log):
         )
         train_labels['genparams'] = np.asarray(gm)
     x = _eval_tensor([fileio.load_image(os.path.join(fresh, q), 'RGB') for q in names], cfg['pre_crop'], True)
-    torch.set_num_threads(max(1, cfg['threads'] * cfg['jobs']))
+    torch.set_num_threads(cfg['threads'])
     out = {'images': fresh, 'n': len(names), 'inits': {}}
     for init in inits:
         per = []
         for p, rec in enumerate(pre_by_seed[init]):
             if init == 'random':
-                from util.train import label_sources
+                from util.train import sources as label_sources
 
                 keys = [label_sources.image_key(q) for q in names]
                 y = label_sources.random_matrix(p, keys, dims)
