@@ -364,7 +364,6 @@ def run(
     table = [
         ('PH alone (a)', result['ph']['all']['ratio'], TARGETS['ph']),
         ('PHdict chain / computePH (b, CPU)', result['phdict']['cpu_ratio'], TARGETS['phdict']),
-        ('(b, CPU, start-up excluded)', result['phdict']['cpu_ratio_without_startup'], TARGETS['phdict']),
         ('PHdict chain / computePH (b, wall)', result['phdict']['ratio'], TARGETS['phdict']),
     ]
     if loader_images:

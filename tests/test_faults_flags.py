@@ -63,8 +63,10 @@ def test_conflicting_original_meanings_refused():
     pt = _parser('pretraining')
     ns, rc, err = _parse(pt, ['-pc', '0.5'])  # the later -pc PROB (--prob_colour)
     assert rc == 0 and ns.prob_colour == 0.5 and ns.precomputed is False
-    ns, rc, err = _parse(_parser('pretraining'), ['-ml', '50', '40'])  # H0 != H1: one range serves both here
-    assert rc == 2 and '50' in err
+    ns, rc, err = _parse(_parser('pretraining'), ['-ml', '50', '40'])  # H0 then H1, as the later README's -ml 80 60
+    assert rc == 0 and ns.max_life == [50.0, 40.0]
+    ns, rc, err = _parse(_parser('pretraining'), ['-ml', '50', '40', '30'])  # a third value has no meaning
+    assert rc == 2 and '-ml' in err
     ns, rc, err = _parse(_parser('PHdict'), ['folder', '-n', '50', '50', '50'])  # the first -n took 3 bins
     assert rc == 2 and '-n' in err
 

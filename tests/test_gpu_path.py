@@ -502,12 +502,13 @@ def test_transfer_gpu_preset_takes_workers_from_the_cores(monkeypatch):
     cfg = transfer.resolve(transfer.get_args_parser().parse_args(['--preset', 'gpu', '--device', 'cuda']))
     assert cfg['workers'] == 16 and cfg['jobs'] > 1
     assert transfer._nw(cfg, 2) == 16 and transfer._nw(cfg, 1, loader=True) == 6  # two pretrainings side by side
-    runs = len(cfg['labels']) * cfg['seeds'] * len(transfer.INITS)
+    runs = len(cfg['labels']) * cfg['seeds'] * len(transfer.DEFAULT_INITS)
     assert runs <= 30 and cfg['n_images'] * cfg['pre_epochs'] <= 300_000  # the size the 10-minute estimate is for
     cpu = transfer.resolve(transfer.get_args_parser().parse_args(['--preset', 'cpu']))
     assert cpu['workers'] is None and transfer._nw(cpu, 2) == 2  # the CPU presets' commands (and caches) unchanged
     argv, _ = transfer.prepare_pretraining(_Recorder(), cfg, lambda m: None)
-    assert argv['ph'][argv['ph'].index('-nw') + 1] == 6
+    ph = argv['ph'][0] if isinstance(argv['ph'][0], list) else argv['ph']  # one argv per pretraining seed
+    assert ph[ph.index('-nw') + 1] == 6
 
 
 class _Recorder:
@@ -549,3 +550,24 @@ def test_gpu_check_tiny_runs_every_step_and_writes_the_figures(tmp_path):
     assert 'ceiling' in bench['stages'] and 'pipeline' in bench['stages']
     assert 'loaded on the CPU with weights_only=True' in (out / 'weights.log').read_text()
     assert summary.strip().splitlines()[-1].startswith('total:')
+
+
+def test_checkpoint_keeps_dict_subclasses(tmp_path):
+    """The CPU copy made before saving rebuilds a Counter (MultiStepLR's milestones) as it was, not as a Counter
+    of its (key, value) pairs: a resumed run gets the same schedule."""
+    from util.train import runs
+
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[30, 60], gamma=0.1)
+    runs.save_checkpoint(str(tmp_path), model, opt, sched, 1, {'arch': 'x'})
+    ckpt = torch.load(tmp_path / 'checkpoint.pth', weights_only=True)
+    assert ckpt['lr_scheduler']['milestones'] == sched.state_dict()['milestones'] == {30: 1, 60: 1}
+
+
+def test_ph_engine_bench_reports_phdict_with_and_without_start_up():
+    from bench import ph_engine_bench
+
+    res = ph_engine_bench.run(n_images=4, workers=1, size=24, repeats=1, loader_images=0, stage_images=1)['phdict']
+    for key in ('cpu_ratio', 'cpu_ratio_without_startup', 'phdict_cpu_ms_marginal', 'floor_cpu_ms_marginal'):
+        assert isinstance(res[key], float) and np.isfinite(res[key]), key

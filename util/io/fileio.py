@@ -5,6 +5,7 @@ leaves at most a ``.tmp-*`` file beside it, which the next run ignores (and may 
 """
 
 import contextlib
+import copy
 import errno
 import io
 import json
@@ -175,9 +176,12 @@ def _cpu_copy(obj, torch):
     if isinstance(obj, torch.Tensor):
         return obj.detach().to('cpu', copy=True)
     if isinstance(obj, dict):
-        out = type(obj)((k, _cpu_copy(v, torch)) for k, v in obj.items())
-        if hasattr(obj, '_metadata'):
-            out._metadata = obj._metadata
+        # a shallow copy refilled item by item, not type(obj)(pairs) (Counter(pairs) counts the pairs: a
+        # MultiStepLR's milestones came back as {(epoch, 1): 1}); the copy keeps a state dict's _metadata too
+        out = copy.copy(obj)
+        out.clear()
+        for k, v in obj.items():
+            out[k] = _cpu_copy(v, torch)
         return out
     if isinstance(obj, (list, tuple)) and not hasattr(obj, '_fields'):
         return type(obj)(_cpu_copy(v, torch) for v in obj)

@@ -415,7 +415,7 @@ SIZE_REFERENCE = 256  # --size_normalise: filtration values in pixels of a 256-p
 SIZE_FILTRATIONS = tuple(k for k in FILTRATIONS if k not in ('binarisation',) + GREY_FILTRATIONS)  # in pixel units
 
 
-def normalise_size(diagram, size, reference=SIZE_REFERENCE):
+def normalise_size(diagram: np.ndarray, size: int, reference: float = SIZE_REFERENCE) -> np.ndarray:
     """``--size_normalise``: births and deaths of a diagram of a filtration in pixel units (distances, radial,
     row index) times ``reference / size`` (the original's later version multiplies the distance by 256/size),
     so that a shape gives the same values at every image size.  Infinite deaths stay infinite; a copy."""

@@ -16,7 +16,10 @@ components weigh by their variance, as an MSE loss weighs them.  Fits are in-sam
 :func:`degeneracy_warnings` turns the numbers into advice.
 """
 
+from __future__ import annotations
+
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -34,7 +37,7 @@ def _centred(labels):
     return y - y.mean(axis=0)
 
 
-def eigenvalues(labels):
+def eigenvalues(labels: np.ndarray) -> np.ndarray:
     """Eigenvalues (descending, >= 0) of the covariance of ``labels`` ``[N, D]``."""
     y = _centred(labels)
     if y.shape[0] < 2:
@@ -43,19 +46,19 @@ def eigenvalues(labels):
     return np.sort(s**2 / (y.shape[0] - 1))[::-1]
 
 
-def participation_ratio(labels):
+def participation_ratio(labels: np.ndarray) -> float | None:
     lam = eigenvalues(labels)
     total = float(lam.sum())
     return float(total**2 / float((lam**2).sum())) if total > 0 else None
 
 
-def first_component_share(labels):
+def first_component_share(labels: np.ndarray) -> float | None:
     lam = eigenvalues(labels)
     total = float(lam.sum())
     return float(lam[0] / total) if total > 0 else None
 
 
-def explained_variance(labels, regressors):
+def explained_variance(labels: np.ndarray, regressors: np.ndarray) -> float | None:
     """Share of the total variance of ``labels`` ``[N, D]`` explained by a least-squares fit with intercept on
     ``regressors`` ``[N, P]``; None when ``N < 3 (P + 1)`` or the labels are constant."""
     y = _centred(labels)
@@ -71,7 +74,7 @@ def explained_variance(labels, regressors):
     return float(max(0.0, 1.0 - float((residual**2).sum()) / total))
 
 
-def diagram_counts(diagrams):
+def diagram_counts(diagrams: Sequence[np.ndarray]) -> np.ndarray:
     """``[N, 2]`` numbers of finite H0 and H1 pairs of each diagram (as the vectorisers count them)."""
     from util.ph.vectorise_base import Pairs
 
@@ -79,7 +82,7 @@ def diagram_counts(diagrams):
     return np.stack([np.bincount(pairs.by_dim[h][0], minlength=pairs.count) for h in (0, 1)], axis=1)
 
 
-def compute(labels, counts=None, generator_params=None):
+def compute(labels: np.ndarray, counts: np.ndarray | None = None, generator_params: np.ndarray | None = None) -> dict:
     """The diagnostics of a label matrix as a dict of :data:`NAMES` (``generator_params_r2`` only when
     ``generator_params`` ``[N, P]`` is given; ``counts_r2`` is None without ``counts`` ``[N, 2]``)."""
     lam = eigenvalues(labels)
@@ -99,7 +102,7 @@ def _fmt(v):
     return '-' if v is None or (isinstance(v, float) and math.isnan(v)) else f'{v:.3g}'
 
 
-def summary_line(diag):
+def summary_line(diag: dict) -> str:
     """One line: ``label diagnostics: participation ratio 1.27, first component 88.5%, ...``."""
     share = diag.get('first_component_share')
     parts = [
@@ -112,7 +115,7 @@ def summary_line(diag):
     return f"label diagnostics ({diag.get('count', '?')} labels): " + ', '.join(parts)
 
 
-def degeneracy_warnings(diag):
+def degeneracy_warnings(diag: dict) -> list[str]:
     """Advice for a degenerate label (empty list when none applies)."""
     out = []
     share, counts, params = (diag.get(k) for k in ('first_component_share', 'counts_r2', 'generator_params_r2'))
@@ -139,14 +142,14 @@ def degeneracy_warnings(diag):
 MAX_ROWS = 4000  # rows a label matrix is diagnosed on (evenly spaced), so that large ones take seconds
 
 
-def sample_rows(n, limit=MAX_ROWS):
+def sample_rows(n: int, limit: int = MAX_ROWS) -> np.ndarray:
     """Indices of at most ``limit`` rows of ``n``, evenly spaced (all of them when ``n <= limit``)."""
     if n <= limit:
         return np.arange(n)
     return np.unique(np.linspace(0, n - 1, limit).round().astype(np.intp))
 
 
-def generator_features(names, folder):
+def generator_features(names: Sequence[str], folder: str) -> np.ndarray | None:
     """``[N, P]`` :func:`util.ph.generator.params_features` of the images ``names`` (paths relative to
     ``folder``) when ``folder`` was written by ``util/random_image.py`` and every name is one of its images;
     else None."""

@@ -326,7 +326,7 @@ def params_features(params: dict) -> np.ndarray:
     return np.asarray(feats, dtype=np.float64)
 
 
-def generated_image_index(name: str, prefix: str, fmt: str):
+def generated_image_index(name: str, prefix: str, fmt: str) -> int | None:
     """The index of a file named as this generator names its images (``v00000012.jpg`` -> 12), else None."""
     stem, dot, ext = name.rpartition('.')
     if not dot or ext != fmt or not stem.startswith(prefix):
@@ -335,7 +335,7 @@ def generated_image_index(name: str, prefix: str, fmt: str):
     return int(digits) if len(digits) == 8 and digits.isdigit() else None
 
 
-def folder_generator(folder: str):
+def folder_generator(folder: str) -> tuple | None:
     """``(cfg, seed, stream, prefix, format)`` of a folder written by ``util/random_image.py`` (its args.json),
     or None when the folder has no such record."""
     try:

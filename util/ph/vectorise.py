@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import math
 from typing import TYPE_CHECKING
 
 from util.errors import UserError
@@ -56,7 +57,6 @@ from util.ph.vectorise_types import (  # noqa: F401 (re-exported)
 )
 
 if TYPE_CHECKING:
-    import argparse
     from collections.abc import Mapping
 
 __all__ = [
@@ -93,9 +93,9 @@ def make_vectoriser(
     label_type: str,
     dim: int,
     *,
-    max_life: float = DEFAULT_MAX_LIFE,
-    max_birth: float = DEFAULT_MAX_BIRTH,
-    min_birth: float | None = None,
+    max_life: float | list[float] = DEFAULT_MAX_LIFE,
+    max_birth: float | list[float] = DEFAULT_MAX_BIRTH,
+    min_birth: float | list[float] | None = None,
     bandwidth: int = DEFAULT_BANDWIDTH,
     sigma: float = DEFAULT_SIGMA,
     power: float = DEFAULT_POWER,
@@ -105,7 +105,8 @@ def make_vectoriser(
     """The vectoriser of ``label_type`` (one of :data:`LABEL_TYPES`) with output length ``dim``.
 
     Parameters a label type does not use are ignored (``num_bins`` is for the histogram only and, when
-    given, must sum to ``dim``).  Raises :class:`UserError` for an unknown type or invalid values.
+    given, must sum to ``dim``).  A range given as two values is H0's then H1's.  Raises :class:`UserError`
+    for an unknown type or invalid values.
     """
     cls = VECTORISERS.get(label_type)
     if cls is not None:
@@ -124,14 +125,17 @@ def make_vectoriser(
     raise UserError(f"unknown --label_type {label_type!r}; choose one of {', '.join(LABEL_TYPES)}")
 
 
-def range_value(text):
+def range_value(text: str) -> float | str:
     """argparse type of the range and sigma flags: a number, or ``auto`` (fitted from a sample of diagrams)."""
     if str(text).strip().lower() == AUTO:
         return AUTO
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
+    if not math.isfinite(value):  # as util.cli.strict_args.finite_float: no inf/nan (nor Infinity in args.json)
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
 
 
 _AUTO_HELP = "; 'auto': fitted per homology dimension from a sample of the diagrams (PHdict.py)"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -170,7 +171,7 @@ AUTO_QUANTILE = 0.99  # auto ranges cover this share of the pairs' lifetimes / b
 AUTO_PARAMS = ('max_life', 'max_birth', 'min_birth', 'sigma')
 
 
-def pair_of(value):
+def pair_of(value: object) -> tuple:
     """``(H0, H1)`` of a range given as one value (both dimensions) or two (H0 then H1, the original's shape)."""
     if isinstance(value, (list, tuple, np.ndarray)):
         if len(value) == 1:
@@ -181,25 +182,25 @@ def pair_of(value):
     return value, value
 
 
-def one_or_two(pair):
+def one_or_two(pair: Sequence) -> float | list | None:
     """The parameter form of ``(H0, H1)``: one number when both are equal (as the original's labels record
     them), else the list of two."""
     a, b = (None if v is None else float(v) for v in pair)
     return a if a == b else [a, b]
 
 
-def positive_pair(value, flag):
+def positive_pair(value: object, flag: str) -> tuple[float, float]:
     return tuple(check_positive(v, flag) for v in pair_of(value))
 
 
-def birth_ranges(min_birth, max_birth):
+def birth_ranges(min_birth: object, max_birth: object) -> tuple:
     """``((lo0, hi0), (lo1, hi1))`` from one or two values of each end (``min_birth`` None: ``-max_birth``)."""
     his = pair_of(max_birth)
     los = pair_of(min_birth) if min_birth is not None else (None, None)
     return tuple(birth_range(lo, hi) for lo, hi in zip(los, his))
 
 
-def fitted_ranges(diagrams, quantile=AUTO_QUANTILE):
+def fitted_ranges(diagrams: Sequence, quantile: float = AUTO_QUANTILE) -> dict:
     """Ranges of the finite pairs of ``diagrams`` per homology dimension ``h``: ``{'life': [h], 'low': [h],
     'high': [h], 'abs': [h]}`` = the ``quantile`` of the lifetimes, the ``1 - quantile`` and ``quantile`` of the
     births, the ``quantile`` of ``|birth|`` (None for a dimension without pairs)."""

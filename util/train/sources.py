@@ -220,7 +220,12 @@ def check_ph_dir(data, vectoriser):
         what, fix = 'diagrams', 'or give -pd a folder of diagrams made with them'
     differ = [k for k in made if k in ours and made[k] is not None and _plain(made[k]) != _plain(ours[k])]
     if differ:
-        shown = ', '.join(f"{_flag_of(k)} {made[k]!r} (this run: {ours[k]!r})" for k in differ)
+        shown = ', '.join(
+            f"label dimension {made[k]!r} (--numof_classes/-nc; this run: {ours[k]!r})"
+            if k == 'dim'
+            else f"{_flag_of(k)} {made[k]!r} (this run: {ours[k]!r})"
+            for k in differ
+        )
         raise UserError(
             f"-pd {data.ph_dir}: its {what} were made with {shown}; give the same flags (args.json then records "
             f"what the labels are) {fix}"
