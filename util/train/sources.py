@@ -195,6 +195,10 @@ def _flag_of(key):
     return {'dim': '-nc', 'num_bins': '-nc (its bins)', 'gradient': '--gradient'}.get(key, f'--{key}')
 
 
+class PhDirMismatch(UserError):
+    """-pd was made with other settings than this run's flags (:func:`check_ph_dir`)."""
+
+
 def check_ph_dir(data, vectoriser):
     """Refuse an explicit -pd made with other settings than this run's flags: the label matrix's json (-pc:
     filtration, gradient and every label parameter) or PHdict.py's settings.json (diagrams: filtration,
@@ -226,7 +230,7 @@ def check_ph_dir(data, vectoriser):
             else f"{_flag_of(k)} {made[k]!r} (this run: {ours[k]!r})"
             for k in differ
         )
-        raise UserError(
+        raise PhDirMismatch(
             f"-pd {data.ph_dir}: its {what} were made with {shown}; give the same flags (args.json then records "
             f"what the labels are) {fix}"
         )
@@ -526,7 +530,13 @@ def pretraining_sets(run, dim):
     ``label_norm_mean``, ``label_norm_std``, ``label_norm_source``, ``label_norm_count``, ``label_norm_floor``
     with --label_norm standard)."""
     data = run.data
-    train, val = build_pretraining_sets(data, dim)
+    try:
+        train, val = build_pretraining_sets(data, dim)
+    except PhDirMismatch as e:
+        if not run.resume:
+            raise
+        # a resumed run: the flags differ from -pd's labels, and so from the run's (args.json records both)
+        raise UserError(f"--resume {run.resume}: {e}") from None
     from util.train.label_diagnostics import check_first_labels
 
     pinned = {**label_record(train), **check_first_labels(train)}  # labels made in the loader: diagnostics, auto
