@@ -33,6 +33,21 @@ BATCH = 256
 
 MedSet = namedtuple('MedSet', 'task channels labels md5')
 
+# the 11 organs of the three OrganMNIST views (axial, coronal, sagittal)
+ORGAN_CLASSES = (
+    'bladder',
+    'femur-left',
+    'femur-right',
+    'heart',
+    'kidney-left',
+    'kidney-right',
+    'liver',
+    'lung-left',
+    'lung-right',
+    'pancreas',
+    'spleen',
+)
+
 #: name -> (task, channels, label names in label order, {size: md5 of <name>[_<size>].npz}), from MedMNIST's INFO
 MEDMNIST = {
     'pathmnist': MedSet(
@@ -188,19 +203,7 @@ MEDMNIST = {
     'organamnist': MedSet(
         'multi-class',
         1,
-        (
-            'bladder',
-            'femur-left',
-            'femur-right',
-            'heart',
-            'kidney-left',
-            'kidney-right',
-            'liver',
-            'lung-left',
-            'lung-right',
-            'pancreas',
-            'spleen',
-        ),
+        ORGAN_CLASSES,
         {
             28: '68e3f8846a6bd62f0c9bf841c0d9eacc',
             64: '2dcccc29b88e6da5a01161ef20cda288',
@@ -211,19 +214,7 @@ MEDMNIST = {
     'organcmnist': MedSet(
         'multi-class',
         1,
-        (
-            'bladder',
-            'femur-left',
-            'femur-right',
-            'heart',
-            'kidney-left',
-            'kidney-right',
-            'liver',
-            'lung-left',
-            'lung-right',
-            'pancreas',
-            'spleen',
-        ),
+        ORGAN_CLASSES,
         {
             28: 'b9ceb9546e10131b32923c5bbeaea2b1',
             64: '3ce34a8724ea6f548e6db4744d03b6a9',
@@ -234,19 +225,7 @@ MEDMNIST = {
     'organsmnist': MedSet(
         'multi-class',
         1,
-        (
-            'bladder',
-            'femur-left',
-            'femur-right',
-            'heart',
-            'kidney-left',
-            'kidney-right',
-            'liver',
-            'lung-left',
-            'lung-right',
-            'pancreas',
-            'spleen',
-        ),
+        ORGAN_CLASSES,
         {
             28: '9ab87b696fb54e2a387ebe992d6ed5f1',
             64: '53a6d115339d874c25e309a994ff46d3',
