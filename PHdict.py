@@ -53,6 +53,7 @@ import numpy as np
 from tqdm import tqdm
 
 from util.cli import compat, label_flags
+from util.cli.label_flags import add_label_args, vectoriser_from_args
 from util.cli.strict_args import PHDICT_FLAGS, StrictArgumentParser
 from util.errors import UserError, run_cli
 from util.io.fileio import (
@@ -79,7 +80,7 @@ from util.ph.labels import (
     source_entries,
     write_label_matrix,
 )
-from util.ph.vectorise import add_label_args, check_label_dim, make_vectoriser, vectoriser_from_args
+from util.ph.vectorise import check_label_dim, make_vectoriser
 from util.train import label_norm, sources
 
 HIST_SUFFIX = 'hist.npy'

@@ -317,7 +317,7 @@ def _bad_images_fail(ctx, script):
 
 def _expected_pt_label(data, image):
     import pretraining
-    from util.ph.vectorise import vectoriser_from_args
+    from util.cli.label_flags import vectoriser_from_args
     from util.train.datasets import ComputedLabels
 
     args = pretraining.get_args_parser().parse_args([str(a) for a in _pt_odd_argv(data, 'unused')])

@@ -142,6 +142,13 @@ def test_library_code_never_reads_the_flags():
         for node in ast.walk(ast.parse(open(path, encoding='utf-8').read())):
             if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == 'args':
                 found.append(f'{os.path.relpath(path, ROOT)}:{node.lineno}: args.{node.attr}')
+            elif (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id == 'vars'
+                and any(isinstance(a, ast.Name) and a.id == 'args' for a in node.args)
+            ):
+                found.append(f'{os.path.relpath(path, ROOT)}:{node.lineno}: vars(args)')
     assert not found, '\n'.join(found)
 
 

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 
+from util.cli.label_flags import add_label_args, vectoriser_from_args
 from util.errors import UserError
 from util.ph.vectorise import (
     LABEL_TYPES,
@@ -13,12 +14,10 @@ from util.ph.vectorise import (
     HistogramVectoriser,
     LandscapeVectoriser,
     PersistenceImageVectoriser,
-    add_label_args,
     make_vectoriser,
     pixel_grid,
     pixel_masses,
     smoothing_matrix,
-    vectoriser_from_args,
 )
 
 DBL_MAX = np.finfo(np.float64).max

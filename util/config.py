@@ -90,7 +90,7 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class LabelConfig:
-    """How persistence diagrams become label vectors: the label flags of :func:`util.ph.vectorise.add_label_args`
+    """How persistence diagrams become label vectors: the label flags of :func:`util.cli.label_flags.add_label_args`
     (``label_type`` may also be 'class', the class folders as labels, which has no vectoriser)."""
 
     label_type: str = 'histogram'

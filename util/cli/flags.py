@@ -348,8 +348,9 @@ evaluation: evaluate -pw on -val (= --evaluate). In combined, -pw initialises th
 
 def add_mode_args(parser, default_mode):
     """The mode flags, the PH label flags and the generator flags (both scripts take all of them)."""
+    from util.cli.label_flags import add_label_args
     from util.ph.cubical import ENGINES, FILTRATIONS
-    from util.ph.vectorise import LABEL_TYPES, add_label_args
+    from util.ph.vectorise import LABEL_TYPES
 
     g = parser.add_argument_group('learning mode')
     g.add_argument('--learning_mode', '-lm', choices=modes.MODES, default=default_mode, help=MODE_HELP)

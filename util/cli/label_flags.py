@@ -1,7 +1,13 @@
-"""Label flags shared by PHdict.py and the training scripts that vectorise.add_label_args does not add:
-'random' as a --label_type, and --label_norm (numpy only: PHdict.py imports this)."""
+"""Label flags shared by PHdict.py and the training scripts: the label parameters of
+:data:`util.ph.vectorise.LABEL_FLAGS` (:func:`add_label_args`), 'random' as a --label_type, --label_norm, and the
+vectoriser of parsed flags (numpy only: PHdict.py imports this)."""
+
+from __future__ import annotations
+
+import argparse
 
 from util.config import NormConfig
+from util.ph.vectorise import LABEL_FLAGS, Vectoriser, vectoriser_from_params
 from util.train.sources import RANDOM
 
 
@@ -41,3 +47,24 @@ def add_norm_args(group):
         help='variance floor of --label_norm standard, relative to the RMS of the components\' '
         'std (default: %(default)s)',
     )
+
+
+def add_label_args(parser: argparse.ArgumentParser, **short: str) -> argparse.ArgumentParser:
+    """Add the label flags (``--label_type``, ``--max_life``, ``--max_birth``, ``--min_birth``, ``--bandwidth``,
+    ``--sigma``, ``--power``, ``--num_landscapes``) to an argparse parser (or argument group).
+
+    Only long options are added unless the caller names short aliases, e.g.
+    ``add_label_args(p, max_life='-ml', bandwidth='-b')``.  Returns ``parser``.
+    """
+    unknown = set(short) - set(LABEL_FLAGS)
+    if unknown:
+        raise TypeError(f"add_label_args: no label flag named {sorted(unknown)}; known: {list(LABEL_FLAGS)}")
+    for name, spec in LABEL_FLAGS.items():
+        names = [f'--{name}'] + ([short[name]] if name in short else [])
+        parser.add_argument(*names, dest=name, **spec)
+    return parser
+
+
+def vectoriser_from_args(args: argparse.Namespace, dim: int, flag: str | None = None) -> Vectoriser:
+    """For scripts: :func:`vectoriser_from_params` of the label flags their parser read into ``args``."""
+    return vectoriser_from_params(vars(args), dim, flag)

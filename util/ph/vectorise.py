@@ -21,8 +21,8 @@ a :class:`Vectoriser` that keeps its hyperparameters (fixed in ``__init__``, in 
 * ``fit`` / ``fit_transform`` -- the scikit-learn transformer protocol (a vectoriser is a ``Pipeline`` step).
 
 Outputs are always finite float32 (values beyond the float32 range, which need absurd filtration values,
-saturate).  Scripts build a vectoriser from command-line flags with :func:`add_label_args` and
-:func:`vectoriser_from_params` (or :func:`vectoriser_from_args`), or directly with :func:`make_vectoriser`.
+saturate).  Scripts add the label flags (:data:`LABEL_FLAGS`) and build the vectoriser of the parsed flags with
+:mod:`util.cli.label_flags`; library code calls :func:`vectoriser_from_params` or :func:`make_vectoriser`.
 """
 
 from __future__ import annotations
@@ -69,9 +69,8 @@ __all__ = [
     'LandscapeVectoriser',
     'SplitImageVectoriser',
     'make_vectoriser',
-    'add_label_args',
     'vectoriser_from_params',
-    'vectoriser_from_args',
+    'LABEL_FLAGS',
     'check_label_dim',
     'smoothing_matrix',
     'pixel_grid',
@@ -140,7 +139,7 @@ def range_value(text: str) -> float | str:
 
 _AUTO_HELP = "; 'auto': fitted per homology dimension from a sample of the diagrams (PHdict.py)"
 
-_LABEL_FLAGS = {
+LABEL_FLAGS = {
     'label_type': dict(
         choices=LABEL_TYPES,
         default='histogram',
@@ -190,31 +189,15 @@ _LABEL_FLAGS = {
 }
 
 
-def add_label_args(parser: argparse.ArgumentParser, **short: str) -> argparse.ArgumentParser:
-    """Add the label flags (``--label_type``, ``--max_life``, ``--max_birth``, ``--min_birth``, ``--bandwidth``,
-    ``--sigma``, ``--power``, ``--num_landscapes``) to an argparse parser (or argument group).
-
-    Only long options are added unless the caller names short aliases, e.g.
-    ``add_label_args(p, max_life='-ml', bandwidth='-b')``.  Returns ``parser``.
-    """
-    unknown = set(short) - set(_LABEL_FLAGS)
-    if unknown:
-        raise TypeError(f"add_label_args: no label flag named {sorted(unknown)}; known: {list(_LABEL_FLAGS)}")
-    for name, spec in _LABEL_FLAGS.items():
-        names = [f'--{name}'] + ([short[name]] if name in short else [])
-        parser.add_argument(*names, dest=name, **spec)
-    return parser
-
-
 def vectoriser_from_params(params: Mapping, dim: int, flag: str | None = None) -> Vectoriser:
-    """The vectoriser described by ``params``, a mapping of the label flags (:func:`add_label_args`) such as
+    """The vectoriser described by ``params``, a mapping of the label flags (:data:`LABEL_FLAGS`) such as
     ``dataclasses.asdict(util.config.LabelConfig(...))``; names it lacks take the flags' defaults, names that
     are not label flags are ignored.
 
     ``flag``: the option that set ``dim`` (e.g. ``'-nc'``); when given, a length the label type cannot split
     evenly is refused (:func:`check_label_dim`).
     """
-    get = lambda name: params.get(name, _LABEL_FLAGS[name]['default'])  # noqa: E731
+    get = lambda name: params.get(name, LABEL_FLAGS[name]['default'])  # noqa: E731
     if flag is not None:
         check_label_dim(get('label_type'), dim, flag, get('num_landscapes'))
     values = {name: get(name) for name in AUTO_PARAMS}
@@ -225,7 +208,7 @@ def vectoriser_from_params(params: Mapping, dim: int, flag: str | None = None) -
             if len(parts) > 1 and not all(v == AUTO for v in parts):
                 raise UserError(f"--{name} {' '.join(map(str, parts))}: give 'auto' alone (it fits both dimensions)")
             auto.append(name)
-            values[name] = _LABEL_FLAGS[name]['default']
+            values[name] = LABEL_FLAGS[name]['default']
     vec = make_vectoriser(
         get('label_type'),
         dim,
@@ -235,11 +218,6 @@ def vectoriser_from_params(params: Mapping, dim: int, flag: str | None = None) -
         **values,
     )
     return vec.set_params(auto=auto) if auto else vec
-
-
-def vectoriser_from_args(args: argparse.Namespace, dim: int, flag: str | None = None) -> Vectoriser:
-    """For scripts: :func:`vectoriser_from_params` of the label flags their parser read into ``args``."""
-    return vectoriser_from_params(vars(args), dim, flag)
 
 
 def check_label_dim(label_type: str, dim: int, flag: str | None, num_landscapes: int = DEFAULT_NUM_LANDSCAPES) -> None:
