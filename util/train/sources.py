@@ -192,7 +192,7 @@ def _plain(value):
 
 
 def _flag_of(key):
-    return {'dim': '-nc', 'num_bins': '-nc (its bins)', 'gradient': '--gradient'}.get(key, f'--{key}')
+    return {'num_bins': '-nc (its bins)', 'gradient': '--gradient'}.get(key, f'--{key}')
 
 
 class PhDirMismatch(UserError):
@@ -227,7 +227,7 @@ def check_ph_dir(data, vectoriser):
         shown = ', '.join(
             f"label dimension {made[k]!r} (--numof_classes/-nc; this run: {ours[k]!r})"
             if k == 'dim'
-            else f"{_flag_of(k)} {made[k]!r} (this run: {ours[k]!r})"
+            else f"{_flag_of(k)} {made[k]!r} (this run: {ours[k]!r})"  # 'dim' is named above
             for k in differ
         )
         raise PhDirMismatch(
