@@ -16,7 +16,7 @@ import os
 from collections import namedtuple
 
 from util.errors import UserError
-from util.io.download import converters, medmnist, network
+from util.io.download import converters, medmnist, network, omniglot
 from util.io.download.converters import MNIST_FILES
 from util.io.download.network import checksum_algorithm
 from util.io.fileio import ensure_dir
@@ -69,6 +69,11 @@ SOURCES = {
     'omniglot': [
         (_OMNIGLOT_BASE + 'images_background.zip', 'images_background.zip', '68d2efa1b9178cc56df9314c21c6e718'),
         (_OMNIGLOT_BASE + 'images_evaluation.zip', 'images_evaluation.zip', '6b91aef0f799c5bb55b94e3f2daec811'),
+    ],
+    # the two small background sets (8 alphabets, 242 characters; Greek and Latin in both): split by drawer
+    'omniglot_small': [
+        (_OMNIGLOT_BASE + f, f, md5)
+        for f, md5 in zip(omniglot.ARCHIVES, ('e704a628b5459e08445c13499850abc4', 'b75a71a51d3b13f821f212756fe481fd'))
     ],
     'caltech101': [
         (
@@ -173,7 +178,8 @@ def download_dataset(name, raw_dir, data_dir, sources=None, val_ratio=0.2, progr
     ``raw_dir``: where the archives are kept (and unpacked, for the folder datasets).
     ``sources``: a table like :data:`SOURCES` (only the entry for ``name`` is used); default SOURCES.
     ``val_ratio``: fraction of each class put in ``val/`` for datasets without an official test split
-    (caltech101, caltech256, omniglot); ignored for the others.
+    (caltech101, caltech256, omniglot; omniglot_small: that fraction of its 20 drawers, see
+    :mod:`util.io.download.omniglot`); ignored for the others.
     Returns ``{'path': <data_dir>/<name>, 'train': {class: count} or None, 'val': ...}`` where None
     means the split had already been written by an earlier run.
     """
@@ -200,6 +206,8 @@ def download_dataset(name, raw_dir, data_dir, sources=None, val_ratio=0.2, progr
         if f'{key}.npz' not in raw_paths:
             raise UserError(f"the sources of {key} must include a file named {key + '.npz'!r}")
         result.update(medmnist.convert(name, raw_paths[f'{key}.npz'], out_root, progress))
+    elif name == omniglot.NAME:
+        result.update(omniglot.convert(raw_paths, raw_dir, out_root, val_ratio, progress))
     else:
         result.update(converters.convert_dataset(name, raw_paths, raw_dir, out_root, val_ratio, progress))
     return result
