@@ -18,14 +18,31 @@ os.environ['PYTHONPATH'] = os.pathsep.join(p for p in (ROOT, os.environ.get('PYT
 SLOW_MODULES = {'test_transfer', 'test_bench_smoke', 'test_label_controls'}
 
 
+def slow_module(name):
+    """Is every test of module ``name`` (e.g. 'test_transfer') `slow`? The fault matrix's files are."""
+    return name in SLOW_MODULES or name.startswith('test_faults')
+
+
+def script_fixtures(path):
+    """The fixtures a test of file ``path`` may use that start a script or a training run (tests/scriptcalls.py
+    reads them in the code: `run_script`, and every fixture of the module or of this file that runs one itself
+    or through a helper or another such fixture)."""
+    from tests import scriptcalls
+
+    return scriptcalls.script_fixtures(str(path))
+
+
 def pytest_collection_modifyitems(config, items):
-    """Mark as `slow` every test that runs a script (the run_script fixture) or lives in an end-to-end module, so
-    that `bash scripts/test.sh -m "not slow"` is the fast loop."""
+    """Mark as `slow` every test that uses a fixture starting a script or a training run, or lives in an
+    end-to-end module, so that `bash scripts/test.sh -m "not slow"` is the fast loop. A test that starts one
+    through its own code carries `@pytest.mark.slow` itself (tests/test_marks.py checks that it does)."""
     for item in items:
         module = getattr(item, 'module', None)
-        name = module.__name__.rsplit('.', 1)[-1] if module else ''
-        slow_module = name in SLOW_MODULES or name.startswith('test_faults')  # the fault matrix's files
-        if 'run_script' in getattr(item, 'fixturenames', ()) or slow_module:
+        if module is None:
+            continue
+        name = module.__name__.rsplit('.', 1)[-1]
+        runners = script_fixtures(item.path) & set(getattr(item, 'fixturenames', ()))
+        if slow_module(name) or runners:
             item.add_marker(pytest.mark.slow)
 
 

@@ -25,6 +25,7 @@ ALLOWED = {
 KNOWN_UPWARD = set()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     'module',
     ['util.ph.cubical', 'util.ph.vectorise', 'util.ph.generator', 'util.ph.labels', 'util.random_image', 'PHdict'],
