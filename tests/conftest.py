@@ -1,4 +1,5 @@
 import glob
+import importlib.util
 import json
 import os
 import sys
@@ -30,6 +31,22 @@ def script_fixtures(path):
     from tests import scriptcalls
 
     return scriptcalls.script_fixtures(str(path))
+
+
+def pytest_addoption(parser):
+    if importlib.util.find_spec('pytest_timeout') is None:  # pyproject.toml's `timeout` is then a known key
+        parser.addini('timeout', 'the per-test time limit in seconds (read by pytest-timeout)')
+
+
+def pytest_configure(config):
+    if not config.pluginmanager.hasplugin('timeout'):
+        config.addinivalue_line('markers', 'timeout(seconds): the time limit of a longer test (pytest-timeout)')
+        config.issue_config_time_warning(
+            pytest.PytestConfigWarning(
+                'pytest-timeout is not installed: no per-test time limit (bash scripts/setup_env.sh installs it)'
+            ),
+            stacklevel=2,
+        )
 
 
 def pytest_collection_modifyitems(config, items):
