@@ -49,10 +49,26 @@ def pytest_configure(config):
         )
 
 
+def shared_fixture_group(item):
+    """The module's name when ``item`` uses a fixture of the suite set up once for several tests (scope module or
+    session: a module's generated images, training runs, the fault matrix's data), else None."""
+    info = getattr(item, '_fixtureinfo', None)
+    for defs in info.name2fixturedefs.values() if info else ():
+        if defs and defs[-1].scope != 'function' and defs[-1].baseid:  # pytest's own fixtures have no baseid
+            return item.module.__name__.rsplit('.', 1)[-1]
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups and `-m` deselects
 def pytest_collection_modifyitems(config, items):
     """Mark as `slow` every test that uses a fixture starting a script or a training run, or lives in an
     end-to-end module, so that `bash scripts/test.sh -m "not slow"` is the fast loop. A test that starts one
-    through its own code carries `@pytest.mark.slow` itself (tests/test_marks.py checks that it does)."""
+    through its own code carries `@pytest.mark.slow` itself (tests/test_marks.py checks that it does).
+
+    Under pytest-xdist, the tests of a module sharing its expensive fixtures form one group: with
+    `--dist loadgroup` (scripts/test.sh) they run on one worker, which builds those fixtures once; the others
+    are spread one by one."""
+    xdist = config.pluginmanager.hasplugin('xdist')
     for item in items:
         module = getattr(item, 'module', None)
         if module is None:
@@ -61,6 +77,9 @@ def pytest_collection_modifyitems(config, items):
         runners = script_fixtures(item.path) & set(getattr(item, 'fixturenames', ()))
         if slow_module(name) or runners:
             item.add_marker(pytest.mark.slow)
+        group = shared_fixture_group(item) if xdist else None
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture
