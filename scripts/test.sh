@@ -9,5 +9,11 @@ cd "$ROOT"
 echo "ruff: lint and format check"
 ruff check --quiet .
 ruff format --check --quiet .
+# On every core when pytest-xdist is installed (requirements-dev.txt; `-n 0` runs in one process): the tests of a
+# module that share its expensive fixtures run on one worker (tests/conftest.py groups them), the others one by one.
+parallel=()
+if python -c 'import xdist' 2>/dev/null; then
+    parallel=(-n auto --dist loadgroup)
+fi
 # pytest exits 5 when it collects no test: that is a failure here, as any other non-zero status.
-exec python -m pytest -q -p no:cacheprovider --durations=15 tests "$@"
+exec python -m pytest -q -p no:cacheprovider --durations=15 ${parallel[@]+"${parallel[@]}"} tests "$@"

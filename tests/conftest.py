@@ -1,4 +1,5 @@
 import glob
+import importlib.util
 import json
 import os
 import sys
@@ -18,15 +19,67 @@ os.environ['PYTHONPATH'] = os.pathsep.join(p for p in (ROOT, os.environ.get('PYT
 SLOW_MODULES = {'test_transfer', 'test_bench_smoke', 'test_label_controls'}
 
 
+def slow_module(name):
+    """Is every test of module ``name`` (e.g. 'test_transfer') `slow`? The fault matrix's files are."""
+    return name in SLOW_MODULES or name.startswith('test_faults')
+
+
+def script_fixtures(path):
+    """The fixtures a test of file ``path`` may use that start a script or a training run (tests/scriptcalls.py
+    reads them in the code: `run_script`, and every fixture of the module or of this file that runs one itself
+    or through a helper or another such fixture)."""
+    from tests import scriptcalls
+
+    return scriptcalls.script_fixtures(str(path))
+
+
+def pytest_addoption(parser):
+    if importlib.util.find_spec('pytest_timeout') is None:  # pyproject.toml's `timeout` is then a known key
+        parser.addini('timeout', 'the per-test time limit in seconds (read by pytest-timeout)')
+
+
+def pytest_configure(config):
+    if not config.pluginmanager.hasplugin('timeout'):
+        config.addinivalue_line('markers', 'timeout(seconds): the time limit of a longer test (pytest-timeout)')
+        config.issue_config_time_warning(
+            pytest.PytestConfigWarning(
+                'pytest-timeout is not installed: no per-test time limit (bash scripts/setup_env.sh installs it)'
+            ),
+            stacklevel=2,
+        )
+
+
+def shared_fixture_group(item):
+    """The module's name when ``item`` uses a fixture of the suite set up once for several tests (scope module or
+    session: a module's generated images, training runs, the fault matrix's data), else None."""
+    info = getattr(item, '_fixtureinfo', None)
+    for defs in info.name2fixturedefs.values() if info else ():
+        if defs and defs[-1].scope != 'function' and defs[-1].baseid:  # pytest's own fixtures have no baseid
+            return item.module.__name__.rsplit('.', 1)[-1]
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups and `-m` deselects
 def pytest_collection_modifyitems(config, items):
-    """Mark as `slow` every test that runs a script (the run_script fixture) or lives in an end-to-end module, so
-    that `bash scripts/test.sh -m "not slow"` is the fast loop."""
+    """Mark as `slow` every test that uses a fixture starting a script or a training run, or lives in an
+    end-to-end module, so that `bash scripts/test.sh -m "not slow"` is the fast loop. A test that starts one
+    through its own code carries `@pytest.mark.slow` itself (tests/test_marks.py checks that it does).
+
+    Under pytest-xdist, the tests of a module sharing its expensive fixtures form one group: with
+    `--dist loadgroup` (scripts/test.sh) they run on one worker, which builds those fixtures once; the others
+    are spread one by one."""
+    xdist = config.pluginmanager.hasplugin('xdist')
     for item in items:
         module = getattr(item, 'module', None)
-        name = module.__name__.rsplit('.', 1)[-1] if module else ''
-        slow_module = name in SLOW_MODULES or name.startswith('test_faults')  # the fault matrix's files
-        if 'run_script' in getattr(item, 'fixturenames', ()) or slow_module:
+        if module is None:
+            continue
+        name = module.__name__.rsplit('.', 1)[-1]
+        runners = script_fixtures(item.path) & set(getattr(item, 'fixturenames', ()))
+        if slow_module(name) or runners:
             item.add_marker(pytest.mark.slow)
+        group = shared_fixture_group(item) if xdist else None
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture

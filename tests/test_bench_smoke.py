@@ -12,6 +12,9 @@ import torch
 
 from bench import gpu_bench, loader_bench, reference
 
+# each tiny benchmark has 300 s of its own
+pytestmark = pytest.mark.timeout(600)
+
 
 def _positive(x):
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0

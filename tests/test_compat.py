@@ -354,6 +354,7 @@ def test_val_test_folder_of_the_original_downloader(tmp_path):
 # ------------------------------------------------------------------------------------------ downloader
 
 
+@pytest.mark.slow
 def test_animal_from_local_files(tmp_path, capsys):
     import numpy as np
     from PIL import Image

@@ -48,6 +48,7 @@ def test_cubical_imports_without_cripser_and_says_what_needs_it(monkeypatch):
         sys.modules['util.ph.cubical'] = cubical
 
 
+@pytest.mark.timeout(900)  # a pretraining, then the tiny GPU benchmark with 600 s of its own
 def test_training_and_gpu_bench_run_without_cripser(run_script, tmp_path):
     env = _hidden_cripser(tmp_path)
     for script in ('pretraining.py', 'finetuning.py', 'PHdict.py'):
@@ -525,6 +526,7 @@ class _Recorder:
 
 # ---------------------------------------------------------------------------------------- the device script
 @pytest.mark.slow
+@pytest.mark.timeout(1600)  # the device script's every step, 1500 s of its own
 def test_gpu_check_tiny_runs_every_step_and_writes_the_figures(tmp_path):
     import subprocess
 

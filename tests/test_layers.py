@@ -25,6 +25,7 @@ ALLOWED = {
 KNOWN_UPWARD = set()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     'module',
     ['util.ph.cubical', 'util.ph.vectorise', 'util.ph.generator', 'util.ph.labels', 'util.random_image', 'PHdict'],
@@ -152,17 +153,35 @@ def test_library_code_never_reads_the_flags():
     assert not found, '\n'.join(found)
 
 
-def test_public_functions_of_models_and_ph_are_annotated():
-    """The public functions of models/ and util/ph/ state their parameter and return types."""
+# TEMPORARY: modules other branches are rewriting while these annotations were added (issue 27 item 3: the loaders,
+# the data sources, the run context, the download package); the lead annotates them after merging and empties this.
+NOT_YET_ANNOTATED = {
+    'util/train/datasets.py',
+    'util/train/distributed.py',
+    'util/train/engine.py',
+    'util/train/label_norm.py',
+    'util/train/modes.py',
+    'util/train/runs.py',
+    'util/train/sources.py',
+    'util/io/download/',
+}
+
+
+def test_public_functions_are_annotated():
+    """The public functions of models/, util/ph/, util/train/ and util/io/ state their parameter and return types."""
     bare = []
-    for package in ('models', os.path.join('util', 'ph')):
-        for name in sorted(os.listdir(os.path.join(ROOT, package))):
-            if not name.endswith('.py'):
-                continue
-            path = os.path.join(ROOT, package, name)
-            for node in ast.parse(open(path, encoding='utf-8').read()).body:
-                if isinstance(node, ast.FunctionDef) and not node.name.startswith('_'):
-                    args = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
-                    if node.returns is None or any(a.annotation is None for a in args if a.arg not in ('self', 'cls')):
-                        bare.append(f'{package}/{name}:{node.lineno} {node.name}')
+    for package in ('models', 'util/ph', 'util/train', 'util/io'):
+        for folder, _, names in os.walk(os.path.join(ROOT, package)):
+            for name in sorted(names):
+                path = os.path.join(folder, name)
+                rel = os.path.relpath(path, ROOT).replace(os.sep, '/')
+                if not name.endswith('.py') or any(rel.startswith(e) for e in NOT_YET_ANNOTATED):
+                    continue
+                for node in ast.parse(open(path, encoding='utf-8').read()).body:
+                    if isinstance(node, ast.FunctionDef) and not node.name.startswith('_'):
+                        args = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+                        if node.returns is None or any(
+                            a.annotation is None for a in args if a.arg not in ('self', 'cls')
+                        ):
+                            bare.append(f'{rel}:{node.lineno} {node.name}')
     assert not bare, bare

@@ -319,6 +319,7 @@ def _read_only_copy(tmp_path):
     return pkg, home, tmp
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('where', ['temp_dir', 'in_memory'])
 def test_read_only_install_does_not_crash(tmp_path, where):
     pkg, home, tmp = _read_only_copy(tmp_path)

@@ -77,6 +77,7 @@ def predict_in_process(*argv):
     return predict.main(predict.get_args_parser().parse_args([str(a) for a in argv]))
 
 
+@pytest.mark.slow
 def test_topk_class_file_and_single_image(run, images, tmp_path):
     names = tmp_path / 'names.txt'
     names.write_text('x\ny\nz\n')
@@ -102,6 +103,7 @@ def test_topk_class_file_and_single_image(run, images, tmp_path):
     assert rows == [['path', 'top1', 'top1_prob'], ['a.png', 'xyz'[int(np.argmax(probs))], f'{probs.max():.6f}']]
 
 
+@pytest.mark.slow
 def test_accuracy_from_class_named_folders(run, tmp_path, capsys):
     """Images in sub-folders named after the classes: the top-1 accuracy against them is printed."""
     probs_of = {}
@@ -122,6 +124,7 @@ def test_accuracy_from_class_named_folders(run, tmp_path, capsys):
     assert f'top-1 accuracy {100 * correct / 6:.2f}% over 6 images' in capsys.readouterr().out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('case', ['class_count', 'no_weights', 'other_arch', 'no_images'])
 def test_refused(case, run, images, tmp_path):
     from util.errors import UserError
@@ -152,6 +155,7 @@ def test_bad_input_is_one_line(run, run_script, tmp_path):
     assert 'Traceback' not in res.stderr
 
 
+@pytest.mark.slow
 def test_report_on_a_labelled_folder_matches_scikit_learn(run, tmp_path, capsys):
     """-val DIR with class sub-folders: CSV gains the truth; confusion matrix, per-class precision/recall/F1,
     top-1/top-k and MCC are printed and written, equal to scikit-learn's on the same predictions."""
@@ -221,6 +225,7 @@ def test_metrics_match_scikit_learn_with_absent_classes():
         assert rep['top5'] == pytest.approx(np.mean([t in row[:5] for t, row in zip(truth, ranked)]))
 
 
+@pytest.mark.slow
 def test_positional_and_val_are_one_folder(run, images, tmp_path):
     from util.errors import UserError
 
@@ -230,6 +235,7 @@ def test_positional_and_val_are_one_folder(run, images, tmp_path):
         predict_in_process('-pw', run / 'ft_resnet18_epoch1.pth', '-o', tmp_path / 'p.csv')
 
 
+@pytest.mark.slow
 def test_pw_folder_means_its_newest_weights(run, images, tmp_path, capsys):
     out = tmp_path / 'p.csv'
     assert predict_in_process(images / 'a.png', '-pw', run, '-o', out, '-nw', '0') == 0

@@ -279,6 +279,7 @@ def test_resume_is_exact(generated, run_script, tmp_path):
     assert read_log(split)[1]['train_loss'] == read_log(only_run_dir(tmp_path / 'full'))[1]['train_loss']
 
 
+@pytest.mark.timeout(900)  # torchrun has 600 s of its own
 def test_torchrun_two_processes(generated, tmp_path):
     cmd = [
         sys.executable,

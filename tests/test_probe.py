@@ -170,6 +170,7 @@ def test_screen_preset_probes_three_pretraining_seeds_without_finetuning():
         )
 
 
+@pytest.mark.slow
 def test_finetuning_seed_starts_from_pretraining_seed_mod_p(tmp_path, monkeypatch):
     """main() wiring: with --pre_seeds 2, fine-tuning seed s loads pretraining seed s % 2's weights, and the
     margins' s.e. is taken over the pretraining seeds."""

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from util.io import provenance as P
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,6 +87,7 @@ def test_describe():
     assert P.describe(['a', 'b', 'c', 'd'], 10) == '4 of 10 (first: a, b, c, ...)'
 
 
+@pytest.mark.slow
 def test_import_is_light():
     code = "import sys, util.io.provenance; print('numpy' in sys.modules, 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, check=True)

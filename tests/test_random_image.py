@@ -270,6 +270,7 @@ def test_resume_regenerates_exactly_the_missing_files(run_script, tmp_path):
     assert os.stat(tmp_path / 'v00000001.jpg').st_ino != stat['v00000001.jpg'].st_ino
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_identical_output(root, tmp_path):
     killed, clean = tmp_path / 'killed', tmp_path / 'clean'
     args = [
@@ -364,6 +365,7 @@ def test_unwritable_output_is_a_clear_error(run_script, tmp_path):
     assert res.returncode == 2 and res.stderr.startswith('error: ') and 'out' in res.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     'flags', [['-br', '3', '1'], ['-pc', '-0.1'], ['-n', '-1'], ['--seed', '-2'], ['-nw', '-1'], ['-pf', 'a/b']]
 )

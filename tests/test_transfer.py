@@ -10,6 +10,9 @@ import pytest
 from bench import transfer
 from util.ph.labels import load_label_matrix
 
+# the shared runs of the whole evaluation (their own limits: 600 s and 900 s) start in a test's setup
+pytestmark = pytest.mark.timeout(1200)
+
 
 @pytest.fixture(scope='module')
 def tiny_run(tmp_path_factory):

@@ -63,6 +63,7 @@ def _png_tiles(path):
     return im
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('kind', ['ours', 'torchvision', 'imagenet', 'moco'])
 def test_vismap_png_for_each_weight_kind(kind, tmp_path, monkeypatch, capsys):
     import visMap
@@ -101,6 +102,7 @@ def test_vismap_png_for_each_weight_kind(kind, tmp_path, monkeypatch, capsys):
     _png_tiles(out)
 
 
+@pytest.mark.slow
 def test_vismap_u_must_fit_and_folder_means_newest(tmp_path, capsys):
     import visMap
     from util.errors import UserError

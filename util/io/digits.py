@@ -7,6 +7,8 @@ the validation split is fixed by ``--val_fraction`` and ``--seed`` and never dep
 different K are evaluated on the same images.
 """
 
+from __future__ import annotations
+
 import json
 import os
 
@@ -16,7 +18,7 @@ from util.errors import UserError
 from util.io import fileio
 
 
-def load_digit_images(size=32):
+def load_digit_images(size: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """The 1797 digits as uint8 [N, S, S] greyscale (8x8 scans upscaled by pixel repetition to S = 8 *
     (size // 8)) and their int64 targets [N]."""
     try:
@@ -29,7 +31,9 @@ def load_digit_images(size=32):
     return np.kron(images, np.ones((1, scale, scale), np.uint8)), digits.target.astype(np.int64)
 
 
-def split_indices(targets, val_fraction, labels_per_class, seed):
+def split_indices(
+    targets: np.ndarray, val_fraction: float, labels_per_class: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """(train indices, val indices): a per-class split fixed by ``seed``; train keeps K per class if K > 0."""
     rng = np.random.default_rng(seed)
     train, val = [], []
@@ -48,7 +52,9 @@ def split_indices(targets, val_fraction, labels_per_class, seed):
     return np.sort(train), np.sort(val)
 
 
-def export_digits(output, labels_per_class=0, val_fraction=0.3, size=32, seed=0):
+def export_digits(
+    output: str, labels_per_class: int = 0, val_fraction: float = 0.3, size: int = 32, seed: int = 0
+) -> tuple[int, int]:
     """Write the digits as ``<output>/{train,val}/<digit>/<index>.png`` plus ``export.json`` (the settings);
     return ``(n_train, n_val)``. An ``output`` already holding an export of other settings, or a ``train/``
     folder of something else, is refused."""

@@ -4,6 +4,8 @@ Nothing written through this module ever appears under its final name half-writt
 leaves at most a ``.tmp-*`` file beside it, which the next run ignores (and may delete, since it is ours).
 """
 
+from __future__ import annotations
+
 import contextlib
 import copy
 import errno
@@ -13,11 +15,16 @@ import os
 import sys
 import tempfile
 import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from util.errors import BadImageError, UserError, signals_deferred
+
+if TYPE_CHECKING:
+    import argparse
 
 IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp')
 TMP_MARK = '.tmp-'
@@ -61,7 +68,7 @@ def _write_error(path, e):
 
 
 @contextlib.contextmanager
-def atomic_open(path, mode='wb', fsync=False):
+def atomic_open(path: str | os.PathLike, mode: str = 'wb', fsync: bool = False) -> Iterator[IO]:
     """Open a temporary file next to ``path``; on success it is renamed to ``path``, on error removed.
 
     A killed process never leaves a partial file under ``path``; a write the file system refuses (disk full,
@@ -118,26 +125,26 @@ class _WriteThrough:
         raise io.UnsupportedOperation('fileno')
 
 
-def save_npy(path, array):
+def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
     """``np.save`` to exactly ``path`` (no ``.npy`` appended), atomically."""
     with atomic_open(path, 'wb') as f:
         np.save(f, array)
 
 
-def write_bytes(path, data):
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_open(path, 'wb') as f:
         f.write(data)
 
 
-def write_text(path, text):
+def write_text(path: str | os.PathLike, text: str) -> None:
     write_bytes(path, text.encode('utf-8'))
 
 
-def write_json(path, obj):
+def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + '\n')
 
 
-def write_csv(path, rows):
+def write_csv(path: str | os.PathLike, rows: Iterable[Sequence[Any]]) -> None:
     """Write ``rows`` (lists of cells) as CSV through the csv module (cells with commas, quotes or newlines are
     quoted), atomically."""
     import csv
@@ -147,7 +154,7 @@ def write_csv(path, rows):
     write_text(path, buf.getvalue())
 
 
-def save_image(path, image, fmt=None, **params):
+def save_image(path: str | os.PathLike, image: Image.Image | np.ndarray, fmt: str | None = None, **params: Any) -> None:
     """Save a PIL image or uint8 array atomically; ``fmt`` defaults to the file extension."""
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)
@@ -158,7 +165,7 @@ def save_image(path, image, fmt=None, **params):
         image.save(f, format=fmt, **params)
 
 
-def torch_save(obj, path):
+def torch_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` atomically (a killed run never leaves a truncated ``.pth``), every tensor as a CPU copy.
 
     torch.save records each storage's device: a state dict saved as it is from a GPU would need that GPU (or a
@@ -188,11 +195,11 @@ def _cpu_copy(obj, torch):
     return obj
 
 
-def is_temp_file(name):
+def is_temp_file(name: str) -> bool:
     return TMP_MARK in os.path.basename(name)
 
 
-def ensure_dir(path, what='output directory'):
+def ensure_dir(path: str | os.PathLike, what: str = 'output directory') -> str | os.PathLike:
     """Create ``path`` if needed and check that we can write there; raise :class:`UserError` if not."""
     try:
         os.makedirs(path, exist_ok=True)
@@ -209,7 +216,9 @@ def ensure_dir(path, what='output directory'):
     return path
 
 
-def require_dir(path, what='input directory', flag=None):
+def require_dir(
+    path: str | os.PathLike | None, what: str = 'input directory', flag: str | None = None
+) -> str | os.PathLike:
     """Raise :class:`UserError` unless ``path`` is an existing directory."""
     hint = f" (given by {flag})" if flag else ''
     if path is None or not os.path.exists(path):
@@ -225,7 +234,9 @@ def _warn(msg):
     print(f"warning: {msg}", file=sys.stderr, flush=True)
 
 
-def refuse_output_inside(output, inputs, flag='-o'):
+def refuse_output_inside(
+    output: str | os.PathLike, inputs: Iterable[tuple[str, str | os.PathLike | None]], flag: str = '-o'
+) -> None:
     """Raise :class:`UserError` if the folder ``output`` is, or is inside, one of ``inputs`` ``[(flag, folder)]``
     (what it writes would be read back as input by the next run, or overwrite the input's own files)."""
     out = os.path.realpath(output)
@@ -241,7 +252,12 @@ def refuse_output_inside(output, inputs, flag='-o'):
             )
 
 
-def list_images(root, extensions=IMG_EXTENSIONS, warn=_warn, seen=None):
+def list_images(
+    root: str | os.PathLike,
+    extensions: tuple[str, ...] = IMG_EXTENSIONS,
+    warn: Callable[[str], None] = _warn,
+    seen: set[tuple[int, int]] | None = None,
+) -> list[str]:
     """Relative paths (POSIX separators) of all image files below ``root``, sorted, temp files skipped.
 
     Symbolic links are followed, but each real folder is listed at most once: a link back into a folder
@@ -295,7 +311,7 @@ def list_images(root, extensions=IMG_EXTENSIONS, warn=_warn, seen=None):
     return found
 
 
-def storable_name(name):
+def storable_name(name: str) -> bool:
     """True if ``name`` can be one line of a UTF-8 text or CSV file (no line break, no undecodable bytes)."""
     if any(c in name for c in '\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029'):  # str.splitlines() breaks
         return False
@@ -306,7 +322,9 @@ def storable_name(name):
     return True
 
 
-def class_samples(directory, class_to_idx, extensions=IMG_EXTENSIONS):
+def class_samples(
+    directory: str, class_to_idx: dict[str, int], extensions: tuple[str, ...] = IMG_EXTENSIONS
+) -> list[tuple[str, int]]:
     """``[(path, class index)]`` of a class-folder tree (torchvision's ``make_dataset``) via :func:`list_images`;
     a class folder without any image is refused by name."""
     samples = []
@@ -331,7 +349,7 @@ DEFAULT_MAX_PIXELS = 8192 * 8192
 _MAX_PIXELS_ENV = 'PRETRAINCNN_MAX_PIXELS'  # the environment carries the limit to worker processes
 
 
-def add_max_pixels_arg(group):
+def add_max_pixels_arg(group: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """Add ``--max_pixels`` (the largest image, width x height, that is decoded) to a parser or group."""
     group.add_argument(
         '--max_pixels',
@@ -343,21 +361,21 @@ def add_max_pixels_arg(group):
     )
 
 
-def set_max_pixels(n):
+def set_max_pixels(n: int | None) -> None:
     """Set the limit of :func:`load_image` for this process and the worker processes it starts."""
     if n is None or n < 1:
         raise UserError(f"--max_pixels must be at least 1, got {n}")
     os.environ[_MAX_PIXELS_ENV] = str(int(n))
 
 
-def max_pixels():
+def max_pixels() -> int:
     try:
         return int(os.environ.get(_MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS))
     except ValueError:
         return DEFAULT_MAX_PIXELS
 
 
-def load_image(path, mode='RGB'):
+def load_image(path: str | os.PathLike, mode: str = 'RGB') -> Image.Image:
     """Decode an image file into a PIL image of ``mode`` ('RGB' or 'L').
 
     Handles 16-bit, palette, RGBA (alpha dropped) and greyscale inputs.
@@ -386,7 +404,7 @@ def load_image(path, mode='RGB'):
 _SCALED_NOTE = []  # an image was scaled by its range in this process (the note is printed once)
 
 
-def convert_image(im, mode='RGB'):
+def convert_image(im: Image.Image, mode: str = 'RGB') -> Image.Image:
     """Convert any PIL image (1, L, P, RGBA, I;16, I, F, ...) to 'RGB' or 'L' without wrapping values.
 
     Images of more than 8 bits (16-bit, 32-bit integer, float: a float TIFF in [0, 1], a 12-bit scan stored in

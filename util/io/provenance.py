@@ -13,9 +13,12 @@ record, which the next run recomputes; a torn last line is ignored. Later lines 
 Pure standard library: importing this module loads neither numpy nor torch.
 """
 
+from __future__ import annotations
+
 import hashlib
 import json
 import os
+from collections.abc import Mapping, Sequence
 
 from util.errors import UserError
 
@@ -24,7 +27,7 @@ EDGE_BYTES = 1 << 18  # larger files: size + first and last 256 KiB
 SOURCES_FILE = 'sources.jsonl'
 
 
-def fingerprint(path):
+def fingerprint(path: str | os.PathLike[str]) -> dict:
     """``{'size': int, 'mtime_ns': int, 'hash': str}`` of the file ``path`` (raises OSError if unreadable)."""
     st = os.stat(path)
     h = hashlib.blake2b(digest_size=16)
@@ -38,7 +41,7 @@ def fingerprint(path):
     return {'size': int(st.st_size), 'mtime_ns': int(st.st_mtime_ns), 'hash': h.hexdigest()}
 
 
-def fingerprint_below(root, rel):
+def fingerprint_below(root: str, rel: str) -> dict | None:
     """:func:`fingerprint` of the file ``rel`` (POSIX-relative) below ``root``, or None if it cannot be read."""
     try:
         return fingerprint(os.path.join(root, *rel.split('/')))
@@ -46,14 +49,16 @@ def fingerprint_below(root, rel):
         return None
 
 
-def same_content(recorded, current):
+def same_content(recorded: Mapping | None, current: Mapping | None) -> bool:
     """True when two fingerprints (dicts as :func:`fingerprint` returns, or None) describe the same bytes."""
     if not recorded or not current:
         return False
     return recorded.get('size') == current.get('size') and recorded.get('hash') == current.get('hash')
 
 
-def changed_sources(records, root, rel_paths):
+def changed_sources(
+    records: Mapping[str, Mapping | None] | Sequence[Mapping | None], root: str, rel_paths: Sequence[str]
+) -> list[str]:
     """The entries of ``rel_paths`` (relative to ``root``) whose current content differs from ``records``
     (a mapping rel -> fingerprint, or a list aligned with ``rel_paths``), or that have no record."""
     changed = []
@@ -64,7 +69,7 @@ def changed_sources(records, root, rel_paths):
     return changed
 
 
-def describe(names, total, limit=3):
+def describe(names: Sequence[str], total: int, limit: int = 3) -> str:
     """``'2 of 10 (first: a.jpg, b.jpg)'`` for messages."""
     shown = ', '.join(names[:limit]) + (', ...' if len(names) > limit else '')
     return f"{len(names)} of {total} (first: {shown})"

@@ -9,10 +9,14 @@ first of its chunk not yet returned).  Results already yielded are the caller's 
 Workers ignore SIGINT: Ctrl-C reaches the parent (``KeyboardInterrupt``), which stops them on the way out.
 """
 
+from __future__ import annotations
+
 import multiprocessing
 import multiprocessing.connection
 import os
 import signal
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from util.errors import WorkerDied
 
@@ -50,7 +54,14 @@ def _death(process):
     return f"exit status {code}"
 
 
-def imap_unordered(fn, items, workers, chunksize=1, name_of=str, context=None):
+def imap_unordered(
+    fn: Callable[[Any], Any],
+    items: Sequence[Any],
+    workers: int,
+    chunksize: int = 1,
+    name_of: Callable[[Any], str] = str,
+    context: multiprocessing.context.BaseContext | None = None,
+) -> Iterator[Any]:
     """Yield ``fn(item)`` for every item of ``items`` (a list), in completion order, from ``workers`` processes.
 
     Raises :class:`WorkerDied` if a worker process ends while it holds items; ``name_of(item)`` names the

@@ -7,9 +7,15 @@ recorded as ``fitted_<flag>``; a resumed or repeated run fits the same images, h
 PHdict.py does the same for label matrices; this covers the runs that never write one.
 """
 
+from __future__ import annotations
+
 import sys
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset
 
 SAMPLE = 128  # the images 0..SAMPLE-1 of the training stream (those of the first batches of epoch 0)
 
@@ -29,7 +35,7 @@ def _first_diagrams(train, n):
     return diagrams, np.stack(features)
 
 
-def check_first_labels(train, n=SAMPLE):
+def check_first_labels(train: Dataset, n: int = SAMPLE) -> dict:
     """For a generated training set whose labels are computed in the loader (else nothing): fit ``auto``
     parameters, then print the diagnostics of the first ``n`` labels.  Returns the facts to record (a dict,
     empty when nothing applies)."""

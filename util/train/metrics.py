@@ -2,10 +2,14 @@
 Matthews correlation coefficient (multi-class, Gorodkin's R_K), with scikit-learn's conventions (a ratio
 whose denominator is 0 counts as 0)."""
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+
 import numpy as np
 
 
-def confusion_matrix(truth, pred, n_classes):
+def confusion_matrix(truth: np.ndarray | Sequence[int], pred: np.ndarray | Sequence[int], n_classes: int) -> np.ndarray:
     """``[n, n]`` counts: row = true class, column = predicted class."""
     cm = np.zeros((n_classes, n_classes), dtype=np.int64)
     np.add.at(cm, (np.asarray(truth, dtype=np.int64), np.asarray(pred, dtype=np.int64)), 1)
@@ -17,7 +21,7 @@ def _ratio(num, den):
     return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
 
 
-def per_class(cm):
+def per_class(cm: np.ndarray) -> dict[str, np.ndarray]:
     """{'precision', 'recall', 'f1', 'support'}: arrays over the classes of the confusion matrix ``cm``."""
     tp = np.diag(cm).astype(float)
     precision = _ratio(tp, cm.sum(axis=0))
@@ -26,7 +30,7 @@ def per_class(cm):
     return {'precision': precision, 'recall': recall, 'f1': f1, 'support': cm.sum(axis=1)}
 
 
-def matthews_corrcoef(cm):
+def matthews_corrcoef(cm: np.ndarray) -> float:
     """Multi-class Matthews correlation of a confusion matrix (0 when undefined)."""
     cm = np.asarray(cm, dtype=float)
     t, p, c, s = cm.sum(axis=1), cm.sum(axis=0), np.trace(cm), cm.sum()
@@ -34,13 +38,13 @@ def matthews_corrcoef(cm):
     return float((c * s - t @ p) / den) if den > 0 else 0.0
 
 
-def topk_accuracy(truth, ranked, k):
+def topk_accuracy(truth: np.ndarray | Sequence[int], ranked: np.ndarray, k: int) -> float:
     """Fraction of rows whose true class is among the first ``k`` of ``ranked`` ([N, >= k] class indices)."""
     ranked = np.asarray(ranked)[:, :k]
     return float(np.mean(np.any(ranked == np.asarray(truth)[:, None], axis=1))) if len(ranked) else 0.0
 
 
-def classification_report(truth, ranked, names):
+def classification_report(truth: np.ndarray | Sequence[int], ranked: np.ndarray, names: Sequence[str]) -> dict:
     """Everything above as a dict: ``confusion`` (list of rows), ``per_class`` (rows of name, precision,
     recall, f1, support), ``macro``/``weighted`` averages over the classes present in ``truth`` or the
     predictions, ``accuracy`` (top-1), ``top5`` (top-min(5, k)), ``mcc``."""
@@ -76,7 +80,7 @@ def classification_report(truth, ranked, names):
     }
 
 
-def format_report(report):
+def format_report(report: dict) -> str:
     """The report as text: confusion matrix, per-class table, averages, top-1/top-5 and MCC."""
     names = [r['class'] for r in report['per_class']]
     width = max([len(n) for n in names] + [8])

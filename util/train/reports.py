@@ -1,7 +1,11 @@
 """What a finished run leaves besides its weights: the evaluation files and the pictures of the run."""
 
+from __future__ import annotations
+
 import os
 import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -11,8 +15,22 @@ from util.train import engine
 from util.train.distributed import is_main
 from util.train.runs import LOG_NAME
 
+if TYPE_CHECKING:
+    from torch import nn
+    from torch.utils.data import Dataset
 
-def write_evaluation(model, val_set, classes, criterion, cfg, run_dir, mode):
+    from util.config import TrainConfig
+
+
+def write_evaluation(
+    model: nn.Module,
+    val_set: Dataset,
+    classes: Sequence[str],
+    criterion: nn.Module,
+    cfg: TrainConfig,
+    run_dir: str,
+    mode: str,
+) -> dict:
     """metrics.json, per_class.csv, confusion_matrix.csv and .png in ``run_dir``; returns the metrics.
 
     Rank 0 alone evaluates and writes (under torchrun the other ranks return {} at once)."""
@@ -42,7 +60,7 @@ def write_evaluation(model, val_set, classes, criterion, cfg, run_dir, mode):
     return metrics
 
 
-def pictures(model, run_dir, filters):
+def pictures(model: nn.Module | None, run_dir: str, filters: bool) -> None:
     """Loss curves (and first-layer filters); a plotting failure never fails the run."""
     try:
         from util.plot.plotting import curves_from_log, filter_grid

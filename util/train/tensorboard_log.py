@@ -14,20 +14,26 @@ this only copies each epoch's record, as the engine logs it, into ``<run_dir>/te
 A resumed run rewrites the epochs after its checkpoint (``purge_step``), as log.jsonl does.
 """
 
+from __future__ import annotations
+
 import numbers
 import os
+from typing import TYPE_CHECKING, Optional
 
 import torch.nn.functional as F
 from torch import nn
 
 from util.errors import UserError
 
+if TYPE_CHECKING:
+    import torch
+
 INSTALL_HINT = "pip install tensorboard (or: pip install -r requirements-extra.txt)"
 FOLDER = 'tensorboard'
 MAX_FILTERS = 64
 
 
-def summary_writer_class():
+def summary_writer_class() -> type:
     """``torch.utils.tensorboard.SummaryWriter``, or a one-line :class:`UserError` saying how to install it."""
     try:
         import tensorboard  # noqa: F401  (torch's module imports it lazily; fail here, before any training)
@@ -39,7 +45,7 @@ def summary_writer_class():
     return SummaryWriter
 
 
-def scalars(record):
+def scalars(record: dict) -> dict[str, float]:
     """``{tag: value}`` of one log.jsonl record (see the module docstring)."""
     out = {}
     for key, value in record.items():
@@ -60,7 +66,7 @@ def scalars(record):
     return out
 
 
-def filter_image(model, max_filters=MAX_FILTERS):
+def filter_image(model: nn.Module, max_filters: int = MAX_FILTERS) -> tuple[Optional[torch.Tensor], Optional[str]]:
     """(CHW float image in [0, 1] of the first Conv2d's filters in a grid, layer name), or (None, None)."""
     from torchvision.utils import make_grid
 
@@ -97,12 +103,12 @@ class TensorBoardLog:
         self.writer.close()
 
 
-def open_log(enabled, run_dir, first_epoch=1):
+def open_log(enabled: bool, run_dir: str, first_epoch: int = 1) -> Optional[TensorBoardLog]:
     """A :class:`TensorBoardLog` when ``enabled`` (``--tensorboard`` on the main process), else None."""
     return TensorBoardLog(run_dir, first_epoch) if enabled else None
 
 
-def check_available(enabled):
+def check_available(enabled: bool) -> None:
     """Raise the one-line install hint early (at flag checking) when ``--tensorboard`` is asked without it."""
     if enabled:
         summary_writer_class()

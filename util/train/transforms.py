@@ -7,6 +7,10 @@ float32 through shared memory and the pin-memory thread), converted and normalis
 batched, by :func:`util.train.engine.to_device` (:func:`normalize_batch`): the same values.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable
+
 import torch
 from PIL import Image
 from torchvision import transforms as T
@@ -20,7 +24,7 @@ NORMALIZE = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
 _CONSTANTS = {}  # (device, dtype) -> (mean, std) [1, 3, 1, 1]: made once per device, no copy per step
 
 
-def normalize_batch(x):
+def normalize_batch(x: torch.Tensor) -> torch.Tensor:
     """uint8 images ``[B, 3, H, W]`` -> float32 normalised with the ImageNet mean and std, on ``x``'s device.
 
     Computed as ``ToTensor`` + ``Normalize`` compute it (divide by 255, subtract the mean, divide by the std), so
@@ -66,7 +70,7 @@ def _is_normalize(t):
     )
 
 
-def shipping_form(transform):
+def shipping_form(transform: Callable) -> Callable:
     """The form of ``transform`` a training loader applies in its workers: a trailing ``ToTensor`` + ImageNet
     ``Normalize`` replaced by :class:`ToUint8Tensor` (4x fewer bytes through shared memory and pinning; the
     engine normalises on the device with :func:`normalize_batch`, to the same values), colour steps before it
@@ -110,7 +114,7 @@ def _blur_kernel(crop_size):
     return k if k % 2 else k + 1
 
 
-def photometric_transforms(aug):
+def photometric_transforms(aug: AugmentConfig) -> list[Callable]:
     """PIL->PIL colour steps of ``--aug_plus`` (MoCo v2): ColorJitter(0.4, 0.4, 0.4, 0.1) with p=0.8,
     RandomGrayscale p=0.2, GaussianBlur (sigma 0.1-2) p=0.5; empty without it.  They are applied after the
     PH label is computed (``-ph pre`` and ``post`` alike), so they never change a label."""
@@ -149,7 +153,7 @@ def _to_tensor(aug):
     return T.Compose(photometric_transforms(aug) + [T.ToTensor(), NORMALIZE])
 
 
-def pretrain_transforms(aug):
+def pretrain_transforms(aug: AugmentConfig) -> tuple[Callable, Callable]:
     """(spatial PIL->PIL augmentation, PIL->normalised tensor); the split lets ``-ph
     post`` label the augmented crop, and keeps photometric augmentation after the label.
 
@@ -174,7 +178,7 @@ def pretrain_transforms(aug):
     return T.Compose(spatial), _to_tensor(aug)
 
 
-def pretrain_val_transforms(aug):
+def pretrain_val_transforms(aug: AugmentConfig) -> tuple[Callable, Callable]:
     """Validation: resize to crop x crop (deterministic), then ToTensor + Normalize."""
     aug = _augment_config(aug)
     return (
@@ -183,7 +187,7 @@ def pretrain_val_transforms(aug):
     )
 
 
-def finetune_train_parts(aug):
+def finetune_train_parts(aug: AugmentConfig) -> tuple[Callable, Callable]:
     """(spatial PIL->PIL, PIL->normalised tensor) of fine-tuning's training augmentation.
 
     Default: Resize(img_size), RandomResizedCrop(crop, scale 0.7-1), horizontal flip (``--no-hflip``: none).  With
@@ -207,7 +211,7 @@ def finetune_train_parts(aug):
     return T.Compose(spatial), _to_tensor(aug)
 
 
-def finetune_transforms(aug, train):
+def finetune_transforms(aug: AugmentConfig, train: bool) -> Callable:
     """PIL->normalised tensor for fine-tuning: the training augmentation (:func:`finetune_train_parts`), or
     for validation Resize(img_size) and CenterCrop(crop)."""
     aug = _augment_config(aug)

@@ -1,9 +1,20 @@
 """The training steps of the two-task modes (-lm simultaneous, alternating) on a TwoHeads model, as step
 functions of :func:`util.train.engine.train_one_epoch` (the one training loop)."""
 
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
+
 import torch.nn.functional as F
 
 from util.train import engine
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from util.config import TrainConfig
 
 
 def _two_task_step(model, optimizer, inputs, classes, ph_labels, cfg, epoch, it):
@@ -53,7 +64,7 @@ def _epoch_metrics(sums, seconds, ph_key='train_ph_loss'):
     return metrics, sums.loss / max(sums.images, 1)
 
 
-def simultaneous_step(cfg):
+def simultaneous_step(cfg: TrainConfig) -> Callable:
     """Step function of -lm simultaneous: samples ``(image, (class, PH label))``, both losses on every batch."""
 
     def step(model, inputs, targets, optimizer, sums, epoch, it):
@@ -71,7 +82,9 @@ def simultaneous_step(cfg):
     return step
 
 
-def train_simultaneous_epoch(model, loader, optimizer, epoch, cfg):
+def train_simultaneous_epoch(
+    model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, epoch: int, cfg: TrainConfig
+) -> dict:
     """One pass over a :class:`util.train.datasets.LabelledPH` loader; both losses on every batch.
 
     Returns {'train_loss' (CE + ph_weight x MSE), 'train_ce', 'train_ph_loss', 'train_acc1', 'images', ...}.
@@ -96,7 +109,7 @@ def _cycle(make):
             return
 
 
-def alternating_step(cfg, ph_batches):
+def alternating_step(cfg: TrainConfig, ph_batches: Iterator) -> Callable:
     """Step function of -lm alternating: a CE step on the labelled batch (unless it was all bad), then an MSE
     step on the next batch of ``ph_batches`` (an iterator of PH-labelled batches on the device)."""
 
@@ -119,7 +132,14 @@ def alternating_step(cfg, ph_batches):
     return step
 
 
-def train_alternating_epoch(model, class_loader, make_ph_loader, optimizer, epoch, cfg):
+def train_alternating_epoch(
+    model: nn.Module,
+    class_loader: Iterable,
+    make_ph_loader: Callable[[], Iterable],
+    optimizer: torch.optim.Optimizer,
+    epoch: int,
+    cfg: TrainConfig,
+) -> dict:
     """One pass over the labelled loader; after each labelled batch (CE step) one PH batch (MSE step), the
     PH loader restarted when exhausted.
 
