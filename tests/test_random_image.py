@@ -35,6 +35,7 @@ from util.ph.generator import (
     GeneratorConfig,
     _filtered_channels,
     generate_image,
+    image_params,
     image_rng,
 )
 from util.ph.otsu import otsu_threshold
@@ -348,6 +349,8 @@ def test_other_settings_are_not_mixed_into_a_folder(run_script, tmp_path):
         (['-ar', '2', '1'], '--alpha_range'),
         (['-pb', '1.5'], '--prob_binary'),
         (['-is', '4'], '--img_size'),
+        (['--spectrum', 'diagonal'], '--spectrum'),
+        (['-br', '15', '15'], '--beta_range'),
     ],
 )
 def test_bad_flags_exit_with_one_line(run_script, tmp_path, flags, words):
@@ -373,3 +376,240 @@ def test_bad_flags_raise_user_error(tmp_path, flags):
     args = get_args_parser().parse_args(['-o', str(tmp_path), '-n', '2', *flags])
     with pytest.raises(UserError):
         main(args)
+
+
+# ------------------------------------------------------------------------- --spectrum original / isotropic
+
+# sha256 of the uint8 images below under the default settings, measured before --spectrum existed: the
+# original's formula stays the default, bit for bit. (numpy's float32 exp/log may round differently on another
+# CPU family; on this project's machines the digest is exact.)
+DEFAULT_DIGEST = 'e28ba8ffe3ec89ad778fb779f64e4f88d11a71aa171822ab94dfdfaf7b232471'
+
+
+def _default_digest(**override):
+    h = hashlib.sha256()
+    for cfg in (
+        GeneratorConfig(img_size=48, prob_binary=0.5, prob_colour=0.5, **override),
+        GeneratorConfig(img_size=33, prob_binary=0.0, prob_colour=1.0, **override),
+    ):
+        for i in range(12):
+            h.update(generate_image(cfg, 7, i, TRAIN_STREAM).tobytes())
+    return h.hexdigest()
+
+
+def test_default_output_is_unchanged():
+    assert GeneratorConfig().spectrum == 'original'
+    assert _default_digest() == DEFAULT_DIGEST
+    assert _default_digest(spectrum='original') == DEFAULT_DIGEST
+    assert _default_digest(spectrum='isotropic') != DEFAULT_DIGEST
+
+
+def _centred_radius(size):
+    k = np.fft.fftfreq(size, 1.0 / size)
+    return np.hypot(k[:, None], k[None, :])
+
+
+def _direct_isotropic(cfg, seed, index):
+    """The isotropic float stage written plainly: complex float64 FFTs of the full spectrum,
+    ``Re(ifft2(fft2(noise) * (1 + step |k|)^(-2 beta)))`` over the centred frequencies; (C,S,S), rng state."""
+    rng = np.random.default_rng([seed, TRAIN_STREAM, index])
+    size = cfg.img_size
+    channels = 3 if rng.uniform(0, 1) < cfg.prob_colour else 1
+    radius = _centred_radius(size)
+    out = []
+    for _ in range(channels):
+        alpha, beta = rng.uniform(*cfg.alpha_range), rng.uniform(*cfg.beta_range)
+        noise = rng.uniform(0, 1, (size, size))
+        step = (np.exp(alpha) * size - 1) / (size - 1)
+        out.append(np.real(np.fft.ifft2(np.fft.fft2(noise) * (1 + step * radius) ** (-2 * beta))))
+    return np.array(out), rng.bit_generator.state
+
+
+@pytest.mark.parametrize('size', [32, 45])
+def test_isotropic_matches_its_direct_formula_and_draws_as_the_original(size):
+    cfg = GeneratorConfig(img_size=size, prob_colour=0.5, beta_range=(0.25, 3.5), spectrum='isotropic')
+    for index in range(12):
+        ref, ref_state = _direct_isotropic(cfg, 3, index)
+        rng = image_rng(3, index)
+        fast = _filtered_channels(rng, cfg)
+        assert rng.bit_generator.state == ref_state
+        # the fast filter is scaled (largest coefficient off DC = 1) and drops DC: equal up to scale and offset
+        centred = ref - ref.mean(axis=(1, 2), keepdims=True)
+        scale = np.ptp(centred, axis=(1, 2), keepdims=True) / np.ptp(fast, axis=(1, 2), keepdims=True)
+        err = np.abs(fast * scale - centred).max(axis=(1, 2))
+        assert np.all(err <= 1e-5 * np.ptp(centred, axis=(1, 2))), index
+        # the same alpha, beta, colour and binarisation draws as the original's image `index`
+        original = GeneratorConfig(img_size=size, prob_colour=0.5, beta_range=(0.25, 3.5))
+        assert image_params(cfg, 3, index) == image_params(original, 3, index)
+
+
+def test_isotropic_filter_depends_on_the_frequency_norm_only():
+    """The filter itself: equal |k|, equal coefficient (to float32 rounding), over the whole spectrum."""
+    from util.ph.generator import _isotropic_filter, _workspace
+
+    for size in (16, 33):
+        ws = _workspace(size)
+        half = np.empty((size, size // 2 + 1), np.float32)
+        _isotropic_filter(ws, 0.4, 1.3, half)
+        full = np.empty((size, size))
+        full[:, : size // 2 + 1] = half
+        cols = np.arange(size // 2 + 1, size)
+        full[:, cols] = half[(-np.arange(size)) % size][:, size - cols]  # H(-k) = H(k): the other half
+        radius = np.round(_centred_radius(size) ** 2).astype(int)
+        assert full[0, 0] == 0 and abs(full.max() - 1) < 1e-6  # DC dropped; scaled to 1 at |k| = 1
+        for r2 in np.unique(radius)[1:]:
+            values = full[radius == r2]
+            assert np.ptp(values) <= 1e-6 * values.max(), r2
+
+
+def _mean_power(cfg, n, seed=0):
+    """Mean over ``n`` images of each (grey) image's power spectrum (raw FFT order), normalised to sum 1."""
+    size = cfg.img_size
+    total = np.zeros((size, size))
+    for i in range(n):
+        im = generate_image(cfg, seed, i).astype(np.float64)
+        p = np.abs(np.fft.fft2(im - im.mean())) ** 2
+        total += p / p.sum()
+    return total / n
+
+
+def test_isotropic_images_are_rotation_symmetric_and_the_original_are_not():
+    """Over 300 images (binarised and not), the power at (ky, kx) against (ky, -kx), 1 <= |k_i| <= 4: equal within
+    sampling error for --spectrum isotropic; for the original's formula the same-sign frequencies carry ~8x the
+    power of the opposite-sign ones (observed 7.7-8.4 over seeds): the diagonal grain of its images."""
+    k = np.arange(1, 5)
+    for spectrum in ('original', 'isotropic'):
+        power = _mean_power(GeneratorConfig(img_size=32, prob_binary=0.5, prob_colour=0.0, spectrum=spectrum), 300)
+        same, opposite = power[np.ix_(k, k)], power[np.ix_(k, -k)]
+        ratio = same.sum() / opposite.sum()
+        mean_log = np.abs(np.log(same / opposite)).mean()
+        if spectrum == 'isotropic':  # observed over 4 seeds: ratio 0.99-1.06, mean |log| 0.07-0.10
+            assert 0.9 < ratio < 1.1 and mean_log < 0.2, (ratio, mean_log)
+        else:
+            assert ratio > 4 and mean_log > 1, (ratio, mean_log)
+
+
+def _fitted_beta(channel, alpha, rmax):
+    """-1/4 of the slope of log(radial mean power) against log(1 + step |k|), 2 <= |k| <= rmax."""
+    size = channel.shape[0]
+    step = (np.exp(alpha) * size - 1) / (size - 1)
+    power = np.abs(np.fft.fft2(channel)) ** 2
+    rings = np.rint(_centred_radius(size)).astype(int)
+    r = np.arange(2, rmax + 1)
+    x = np.log1p(step * r)
+    y = [np.log(power[rings == v].mean()) for v in r]
+    return -np.polyfit(x, y, 1)[0] / 4
+
+
+def test_isotropic_slope_range_is_honoured():
+    """Each image's radial spectrum has the slope of the beta it drew (power ~ |k|^(-4 beta)), and the betas fill
+    --beta_range: -br 0.25 1.75 (amplitude slopes 0.5 to 3.5) and a fixed steep -br 3 3."""
+    cfg = GeneratorConfig(img_size=64, prob_colour=0.0, beta_range=(0.25, 1.75), spectrum='isotropic')
+    fitted, errors = [], []
+    for i in range(30):
+        drawn = image_params(cfg, 0, i)
+        beta = _fitted_beta(_filtered_channels(image_rng(0, i), cfg)[0], drawn['alpha'][0], 12)
+        fitted.append(beta)
+        errors.append(beta - drawn['beta'][0])
+    assert np.abs(errors).max() < 0.3 and abs(np.mean(errors)) < 0.1, errors  # observed: 0.16, -0.03
+    assert 0.0 < min(fitted) < 0.6 and 1.4 < max(fitted) < 2.0, fitted
+    steep = GeneratorConfig(
+        img_size=64, prob_colour=0.0, alpha_range=(0.5, 0.5), beta_range=(3, 3), spectrum='isotropic'
+    )
+    betas = [_fitted_beta(_filtered_channels(image_rng(1, i), steep)[0], 0.5, 8) for i in range(10)]
+    assert abs(np.mean(betas) - 3) < 0.15, betas
+
+
+def test_spectrum_validation():
+    GeneratorConfig(spectrum='isotropic').validate()
+    with pytest.raises(UserError, match='--spectrum'):
+        GeneratorConfig(spectrum='diagonal').validate()
+    # the original's filter underflows at steep slopes (every image flat, redrawn forever): refused up front
+    with pytest.raises(UserError, match=r'--beta_range.*<= 4\.76.*--spectrum isotropic'):
+        GeneratorConfig(beta_range=(0.5, 5)).validate()
+    GeneratorConfig(beta_range=(0.5, 4.7)).validate()
+    GeneratorConfig(img_size=8, beta_range=(0.5, 5.5)).validate()
+    steep = GeneratorConfig(img_size=16, beta_range=(20, 20), prob_binary=0.5, spectrum='isotropic')
+    steep.validate()  # scaled filter: any finite beta works, images are not flat
+    for i in range(4):
+        assert np.ptp(generate_image(steep, 0, i)) == 255
+    # the isotropic filter needs a positive frequency stretch (e^alpha * img_size > 1); any alpha above is usable
+    with pytest.raises(UserError, match=r'--alpha_range.*-log\(img_size\)'):
+        GeneratorConfig(img_size=64, alpha_range=(-4.2, 1), spectrum='isotropic').validate()
+    for alpha_range in ((-4.1, -4.1), (0, 800)):
+        wide = GeneratorConfig(img_size=64, alpha_range=alpha_range, prob_binary=0.0, spectrum='isotropic')
+        wide.validate()
+        assert np.ptp(generate_image(wide, 0, 0)) == 255
+    # and an absurd alpha makes the original's filter underflow too: refused, not an endless redraw
+    with pytest.raises(UserError, match='--beta_range'):
+        GeneratorConfig(alpha_range=(0, 800)).validate()
+
+
+def test_spectrum_is_recorded_and_not_mixed(run_script, tmp_path):
+    args = ['-n', '3', '-is', '32', '-nw', '1', '--preview', '0', '--format', 'png', '-pb', '0.5']
+    run_script(SCRIPT, '-o', tmp_path / 'iso', *args, '--spectrum', 'isotropic', check=True)
+    saved = json.loads((tmp_path / 'iso' / 'args.json').read_text())
+    assert saved['spectrum'] == 'isotropic'
+    cfg = GeneratorConfig(img_size=32, prob_binary=0.5, spectrum='isotropic')
+    for i in range(3):
+        with Image.open(tmp_path / 'iso' / f"v{i:08d}.png") as im:
+            assert np.array_equal(np.asarray(im), generate_image(cfg, 0, i))
+    from util.ph.generator import folder_generator
+
+    assert folder_generator(str(tmp_path / 'iso'))[0] == cfg
+    res = run_script(SCRIPT, '-o', tmp_path / 'iso', *args, check=False)  # the default spectrum into it: refused
+    assert res.returncode == 2 and 'spectrum' in res.stderr and '--overwrite' in res.stderr
+    # a folder written before --spectrum existed (no 'spectrum' in args.json) holds the original's images
+    run_script(SCRIPT, '-o', tmp_path / 'old', *args, check=True)
+    record = json.loads((tmp_path / 'old' / 'args.json').read_text())
+    del record['spectrum']
+    (tmp_path / 'old' / 'args.json').write_text(json.dumps(record))
+    assert folder_generator(str(tmp_path / 'old'))[0].spectrum == 'original'
+    res = run_script(SCRIPT, '-o', tmp_path / 'old', *args, '--spectrum', 'isotropic', check=False)
+    assert res.returncode == 2 and 'spectrum' in res.stderr
+    assert 'skipped 3' in run_script(SCRIPT, '-o', tmp_path / 'old', *args, check=True).stdout
+
+
+def test_spectrum_reaches_on_the_fly_pretraining(run_script, tmp_path):
+    """pretraining.py --spectrum isotropic generates (and caches) the isotropic images, records the flag in
+    args.json, and a resume or a cache of the other spectrum is refused."""
+    from util.train.datasets import prepare_cache
+
+    tiny = ['-u', 'resnet18', '--img_size', '32', '--crop_size', '32', '-b', '4', '-nw', '0', '-n', '4', '-nv', '0']
+    out, cache = tmp_path / 'out', tmp_path / 'cache'
+    run_script(
+        'pretraining.py',
+        '-o',
+        out,
+        '-nc',
+        '20',
+        '-e',
+        '1',
+        '--spectrum',
+        'isotropic',
+        '--cache_dir',
+        cache,
+        *tiny,
+        check=True,
+    )
+    (run,) = [d for d in out.iterdir() if d.is_dir()]
+    assert json.loads((run / 'args.json').read_text())['spectrum'] == 'isotropic'
+    cfg = GeneratorConfig(img_size=32, prob_colour=0.5, spectrum='isotropic')  # on the fly: -pc 0.5, --seed 1
+    images = sorted((cache / 'images').glob('*.png'))
+    assert len(images) == 4
+    for i, path in enumerate(images):
+        with Image.open(path) as im:
+            assert np.array_equal(
+                np.asarray(im.convert('RGB')), np.asarray(Image.fromarray(generate_image(cfg, 1, i)).convert('RGB'))
+            )
+    res = run_script(
+        'pretraining.py', '-nc', '20', '-e', '2', '--resume', run, *tiny, '--cache_dir', cache, check=False
+    )
+    assert res.returncode == 2 and 'spectrum' in res.stderr, res.stderr
+    prepare_cache(str(cache), cfg, 1, 0, 'signed_distance')  # the run's own settings: accepted
+    with pytest.raises(UserError, match='other settings'):
+        prepare_cache(str(cache), GeneratorConfig(img_size=32, prob_colour=0.5), 1, 0, 'signed_distance')
+    # a cache recorded before --spectrum existed holds the original's images: still valid for them
+    old = tmp_path / 'old'
+    prepare_cache(str(old), GeneratorConfig(img_size=32), 0, 0, 'signed_distance')
+    assert 'spectrum' not in json.loads((old / 'cache.json').read_text())['generator']

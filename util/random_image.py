@@ -60,7 +60,16 @@ def get_args_parser():
         type=float,
         nargs=2,
         metavar=('LOW', 'HIGH'),
-        help="range of beta: the spectrum decays like (frequency^2)^-beta",
+        help="range of beta: the spectrum's amplitude decays like (frequency^2)^-beta (see --spectrum)",
+    )
+    p.add_argument(
+        '--spectrum',
+        default='original',
+        metavar='{original,isotropic}',
+        help="'original': the original's formula, which weights the unshifted FFT grid, so frequencies whose "
+        "components have opposite signs are damped (anisotropic images, a diagonal grain); 'isotropic': centred "
+        "(signed) frequencies, amplitude (1 + step |k|)^(-2 beta), so the power spectrum depends on |k| only, and "
+        "any beta range is usable (e.g. -br 0.25 1.75: amplitude slopes 0.5 to 3.5)",
     )
     p.add_argument('--n_samples', '-n', default=200000, type=int, help="number of (training) images")
     p.add_argument(
@@ -111,6 +120,7 @@ def _validate_args(args):
         beta_range=tuple(args.beta_range),
         prob_binary=args.prob_binary,
         prob_colour=args.prob_colour,
+        spectrum=args.spectrum,
     )
     cfg.validate()
     for flag, v in (

@@ -46,6 +46,7 @@ def data_config(args):
         beta_range=tuple(args.beta_range),
         prob_binary=args.prob_binary,
         prob_colour=args.prob_colour,
+        spectrum=args.spectrum,
     )
     return _fields_of(
         DataConfig,

@@ -465,6 +465,13 @@ def add_mode_args(parser, default_mode):
         help='range of beta (default: %(default)s)',
     )
     g.add_argument(
+        '--spectrum',
+        default=ON_THE_FLY.spectrum,
+        metavar='{original,isotropic}',
+        help="the generator's spectrum, as util/random_image.py --spectrum: 'original' (the original's formula, "
+        "anisotropic) or 'isotropic' (centred frequencies, power depending on |k| only) (default: %(default)s)",
+    )
+    g.add_argument(
         '--n_samples', '-n', default=DataConfig.n_samples, type=int, help='images per epoch (default: %(default)s)'
     )
     g.add_argument(

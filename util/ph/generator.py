@@ -11,10 +11,23 @@ The image model (per image, in this order of random draws)::
             alpha ~ U(alpha_range); beta ~ U(beta_range)
             x = linspace(1, e^alpha * S, S); X, Y = meshgrid(x, x)       # S = img_size
             noise ~ U(0,1)^(S x S)
-            channel = Re(ifft2(fft2(noise) / (X^2 + Y^2)^beta))
+            channel = Re(ifft2(fft2(noise) / (X^2 + Y^2)^beta))         # spectrum 'original' (the default)
+            channel = Re(ifft2(fft2(noise) / (1 + step |k|)^(2 beta)))       # spectrum 'isotropic'
     for each channel: q ~ U(0,1)
         q < pb/2 -> channel >= otsu(channel);  q < pb -> channel < otsu(channel);  else (channel-min)/ptp
     image = uint8(255 * channels)  (truncation), shape (S,S) grey or (S,S,3) colour
+
+``--spectrum original`` is the original's formula: it indexes ``x`` by the raw (unshifted) FFT index 0..S-1,
+so index S-1 (frequency -1) gets the largest ``x``. Frequencies whose two components have opposite signs are
+therefore damped far more than those of the same sign: the images are anisotropic (a diagonal grain), which
+tests/test_random_image.py measures. ``--spectrum isotropic`` uses the centred (signed) frequencies
+``k = (ky, kx)``, ``|k|`` their Euclidean norm, and ``step = (e^alpha S - 1) / (S - 1)`` (the same stretch as
+``x``): the filter depends on ``|k|`` only, so the mean power spectrum is rotation-symmetric, and its amplitude
+falls as ``|k|^(-2 beta)`` (power as ``|k|^(-4 beta)``) above the corner ``|k| ~ 1/step``. The random draws are
+the same under both spectra: the isotropic image ``i`` has the alpha, beta, noise and binarisation of the
+original's image ``i`` (unless one of them was flat and redrawn). Its filter is divided by its largest
+coefficient (DC aside), a scale that the min-max normalisation and Otsu's threshold ignore; it keeps a steep
+spectrum from underflowing, so any finite beta range can be used. It needs ``step > 0``: alpha > -log(S).
 
 Image ``i`` of a split depends only on ``(seed, stream, i)``: its random numbers come from
 ``np.random.default_rng([seed, stream, i])`` (stream 0 = train, 1 = val), so outputs do not depend on the
@@ -79,7 +92,14 @@ _IMAGE_SETTINGS = (
     'prob_colour',
     'prefix',
     'format',
+    'spectrum',
 )
+# The value a setting had before it was recorded (folders written by versions without it).
+_SETTING_BEFORE_RECORDED = {'spectrum': 'original'}
+SPECTRA = ('original', 'isotropic')
+# Of the original spectrum: the largest filter coefficient over the image side must stay above this (the
+# channels' range is about that large), or every image is flat and redrawn forever (see GeneratorConfig.validate).
+_MIN_FILTER_PER_PIXEL = 1e-8
 
 
 @dataclass(frozen=True)
@@ -88,7 +108,8 @@ class GeneratorConfig:
 
     img_size: side ``S`` of the square images; alpha_range / beta_range: (low, high) of the uniform
     draws of alpha (frequency-axis stretch) and beta (spectral decay exponent); prob_binary: probability
-    that a channel is binarised at its Otsu threshold; prob_colour: probability that an image has 3 channels.
+    that a channel is binarised at its Otsu threshold; prob_colour: probability that an image has 3 channels;
+    spectrum: 'original' (the original's formula, anisotropic) or 'isotropic' (centred frequencies).
     """
 
     img_size: int = 256
@@ -96,6 +117,7 @@ class GeneratorConfig:
     beta_range: tuple = (0.5, 2.0)
     prob_binary: float = 1.0
     prob_colour: float = 1.0
+    spectrum: str = 'original'
 
     def validate(self) -> None:
         """Raise :class:`UserError` (naming the flag) for parameters the model cannot use."""
@@ -120,6 +142,35 @@ class GeneratorConfig:
                 raise UserError(f"{flag} must be a probability in [0, 1], got {p!r}") from None
             if not 0.0 <= p <= 1.0:
                 raise UserError(f"{flag} must be a probability in [0, 1], got {p}")
+        if self.spectrum not in SPECTRA:
+            raise UserError(f"--spectrum must be one of {', '.join(SPECTRA)}, got {self.spectrum!r}")
+        if self.spectrum == 'original':
+            self._check_original_not_flat()
+        elif float(self.alpha_range[0]) <= -math.log(self.img_size):
+            raise UserError(
+                f"--alpha_range/-ar: with --spectrum isotropic alpha must be above -log(img_size) = "
+                f"{-math.log(self.img_size):.4g} (the frequency stretch e^alpha * img_size must exceed 1), "
+                f"got {float(self.alpha_range[0]):g}"
+            )
+
+    def _check_original_not_flat(self):
+        """Refuse a beta range whose steepest channels would be flat: the original's filter is not rescaled, so
+        at large beta its largest coefficient (DC aside), ``(1 + (1 + step)^2)^-beta`` at alpha's high end,
+        underflows, the filtered channels span less than FLAT_TOLERANCE, and the image is redrawn forever."""
+        size, alpha, beta = int(self.img_size), float(self.alpha_range[1]), float(self.beta_range[1])
+        if alpha < 700:  # log(1 + step), without overflow for absurd alphas
+            log_x1 = math.log1p((math.exp(alpha) * size - 1.0) / (size - 1))
+        else:
+            log_x1 = alpha + math.log(size / (size - 1))
+        log_r2 = math.log1p(math.exp(2 * log_x1)) if log_x1 < 350 else 2 * log_x1
+        if beta <= 0 or -beta * log_r2 - math.log(size) >= math.log(_MIN_FILTER_PER_PIXEL):
+            return
+        most = math.floor(100 * (-math.log(_MIN_FILTER_PER_PIXEL) - math.log(size)) / log_r2) / 100
+        raise UserError(
+            f"--beta_range/-br: beta up to {beta:g} makes the original spectrum underflow at --img_size {size} and "
+            f"alpha up to {alpha:g} (the images would be flat, redrawn forever): keep beta <= {most:g} (or lower "
+            "alpha), or use --spectrum isotropic"
+        )
 
 
 def image_rng(seed: int, index: int, stream: int = TRAIN_STREAM) -> np.random.Generator:
@@ -209,6 +260,32 @@ def _symmetric_filter(ws, alpha, beta, out):
     out[0, 0] = 0.0
 
 
+def _isotropic_filter(ws, alpha, beta, out):
+    """Write the half-spectrum filter (S, S//2+1) float32 of one isotropic channel into ``out``; DC = 0.
+
+    ``H(k) = (1 + step |k|)^(-2 beta)`` over the centred frequencies (rows ky in np.fft.fftfreq's order, 0, 1, ..,
+    -1; columns kx = 0..S//2), divided by its largest value off DC. ``H(k) == H(-k)``, so it is its own ``H_sym``.
+    Computed as ``exp(-2 beta (log(1/step + |k|) - log(1/step + 1)))`` (for beta >= 0; the same ratio), which
+    holds for any step > 0 (alpha > -log S, checked by GeneratorConfig.validate) without overflow.
+    """
+    radius = getattr(ws, 'radius', None)
+    if radius is None:
+        ky = np.fft.fftfreq(ws.size, 1.0 / ws.size)
+        kx = np.arange(ws.half, dtype=np.float64)
+        radius = ws.radius = np.hypot(ky[:, None], kx[None, :]).astype(np.float32)  # (S, S//2+1) |k|
+    shrink = math.exp(-alpha)  # 1/step = (S - 1) e^-alpha / (S - e^-alpha)
+    inverse_step = (ws.size - 1) * shrink / (ws.size - shrink)
+    np.add(radius, np.float32(inverse_step), out=out)
+    out[0, 0] = inverse_step + 1.0  # DC is dropped below; meanwhile it must neither be 0 nor overflow
+    np.log(out, out=out)  # log(1 + step |k|) - log(step)
+    top = math.log(inverse_step + 1.0) if beta >= 0 else float(out.max())  # log of the largest coefficient off DC
+    out[0, 0] = top
+    out -= np.float32(top)
+    out *= np.float32(-2.0 * beta)
+    np.exp(out, out=out)
+    out[0, 0] = 0.0
+
+
 def _draw_and_filter(rng, cfg, drawn=None):
     """Consume the draws of the model up to the flatness test and filter the noise.
 
@@ -221,6 +298,7 @@ def _draw_and_filter(rng, cfg, drawn=None):
     ws = _workspace(size)
     channels = 3 if rng.uniform(0.0, 1.0) < cfg.prob_colour else 1
     noise, filt = ws.noise[:channels], ws.filt[:channels]
+    make_filter = _isotropic_filter if cfg.spectrum == 'isotropic' else _symmetric_filter
     while True:
         if drawn is not None:
             drawn.clear()
@@ -231,7 +309,7 @@ def _draw_and_filter(rng, cfg, drawn=None):
                 drawn.append((alpha, beta))
             rng.random(out=ws.noise64)  # bitwise the same draws as rng.uniform(0, 1, (S, S))
             noise[c] = ws.noise64
-            _symmetric_filter(ws, alpha, beta, filt[c])
+            make_filter(ws, alpha, beta, filt[c])
         spec = sp_fft.rfft2(noise, axes=(-2, -1), workers=1)
         spec *= filt
         out = sp_fft.irfft2(spec, s=(size, size), axes=(-2, -1), overwrite_x=True, workers=1)
@@ -347,6 +425,7 @@ def folder_generator(folder: str) -> tuple | None:
             beta_range=tuple(float(v) for v in rec['beta_range']),
             prob_binary=float(rec['prob_binary']),
             prob_colour=float(rec['prob_colour']),
+            spectrum=str(rec.get('spectrum', _SETTING_BEFORE_RECORDED['spectrum'])),
         )
         return cfg, int(rec['seed']), int(rec['stream']), str(rec['prefix']), str(rec['format'])
     except (OSError, ValueError, KeyError, TypeError):
@@ -443,6 +522,9 @@ def check_settings(folder: str, settings: dict, overwrite: bool) -> None:
             old = json.load(f)
     except (OSError, ValueError):
         return
+    if isinstance(old, dict):
+        for k, before in _SETTING_BEFORE_RECORDED.items():
+            old.setdefault(k, before)
     diff = [k for k in _IMAGE_SETTINGS if k in old and json.loads(json.dumps(settings[k])) != old[k]]
     if diff:
         raise UserError(

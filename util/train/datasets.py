@@ -341,8 +341,11 @@ def prepare_cache(cache_dir, cfg, seed, stream, filtration, gradient=False):
     """Create the cache layout, or check that an existing cache was made with the same settings."""
     import dataclasses
 
+    generator = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+    if generator.get('spectrum') == 'original':  # recorded only when not the original's, so older caches stay valid
+        del generator['spectrum']
     meta = {
-        'generator': {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()},
+        'generator': generator,
         'seed': seed,
         'stream': stream,
         'filtration': filtration,
