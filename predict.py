@@ -15,6 +15,7 @@ import csv
 import io
 import json
 import os
+import re
 import sys
 
 from util.cli.strict_args import PREDICT_FLAGS, StrictArgumentParser
@@ -122,8 +123,26 @@ def fill_defaults(args):
     return args
 
 
-def class_names(args, num_outputs):
-    """The class names for a head of ``num_outputs``: --classes, classes.json next to -pw, or the indices."""
+def _untold_warning(weights, num_outputs):
+    """The warning for weights that neither a class list nor a training record identifies as a classifier."""
+    name = os.path.basename(weights)
+    hint = (
+        f" ({name} is named like pretraining.py's weights; fine-tuned ones are ft_*.pth)"
+        if re.fullmatch(r'.+_epoch\d+\.pth', name) and not name.startswith('ft_')
+        else ''
+    )
+    return (
+        f"warning: no classes.json next to {weights} and no --classes: writing class indices; nothing in the file "
+        f"says it is a classifier: if it holds pretraining (PH regression) weights{hint}, its {num_outputs} outputs "
+        "are label components, not classes, and these predictions mean nothing (fine-tune it first)"
+    )
+
+
+def class_names(args, num_outputs, told=False):
+    """The class names for a head of ``num_outputs``: --classes, classes.json next to -pw, or the indices.
+
+    ``told``: the weights file records the mode that trained it (a checkpoint), so it is known to be no
+    pretraining (regression) model; otherwise indices come with a warning that it may be one."""
     from util.train.runs import read_classes
 
     path = args.classes
@@ -133,7 +152,9 @@ def class_names(args, num_outputs):
             path = candidate
     if path is None:
         print(
-            f"warning: no classes.json next to {args.path2weight} and no --classes: writing class indices",
+            f"warning: no classes.json next to {args.path2weight} and no --classes: writing class indices"
+            if told
+            else _untold_warning(args.path2weight, num_outputs),
             file=sys.stderr,
             flush=True,
         )
@@ -170,7 +191,8 @@ def load_classifier(args):
             f"-pw {args.path2weight} holds {regression}, not a classifier; fine-tune them first "
             "(finetuning.py -pw FILE ...) and predict with the ft_*.pth weights that writes"
         )
-    names = class_names(args, report['num_classes'])
+    meta = report['meta'] or {}
+    names = class_names(args, report['num_classes'], told=bool(meta.get('mode') or meta.get('phase')))
     return model.to(args.device).eval(), names
 
 

@@ -73,6 +73,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.flush()
             self.close_connection = True
             return
+        if self.path in srv.stall_once:  # send 1,000 bytes, then nothing until the test lets go
+            srv.stall_once.discard(self.path)
+            self.wfile.write(body[:1000])
+            self.wfile.flush()
+            srv.release.wait(10)
+            self.close_connection = True
+            return
         self.wfile.write(body)
 
 
@@ -82,10 +89,12 @@ def server(monkeypatch):
     monkeypatch.setenv('NO_PROXY', '127.0.0.1,localhost')
     srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), _Handler)
     srv.files, srv.requests, srv.ignore_range, srv.cut_once = {}, [], False, set()
+    srv.stall_once, srv.release = set(), threading.Event()
     srv.url = lambda path: f'http://127.0.0.1:{srv.server_address[1]}{path}'
     thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield srv
+    srv.release.set()
     srv.shutdown()
     srv.server_close()
 
@@ -295,6 +304,22 @@ def test_broken_connection_then_resume(server, tmp_path):
     dl.download_file(server.url('/f.bin'), dest, md5(data), progress=False)
     assert server.requests[-1] == ('/f.bin', 'bytes=40000-')
     assert open(dest, 'rb').read() == data
+
+
+def test_stalled_transfer_names_and_keeps_the_bytes_received(server, tmp_path, monkeypatch):
+    from util.io.download import network
+
+    monkeypatch.setattr(network, 'TIMEOUT_S', 0.3)
+    data = os.urandom(80_000)
+    server.files['/f.bin'] = data
+    server.stall_once.add('/f.bin')
+    dest = str(tmp_path / 'f.bin')
+    with pytest.raises(UserError, match=r'transfer broken after 1000 bytes \(timed out\); rerun to resume'):
+        dl.download_file(server.url('/f.bin'), dest, md5(data), progress=False)
+    server.release.set()
+    assert not os.path.exists(dest) and open(dest + '.part', 'rb').read() == data[:1000]
+    dl.download_file(server.url('/f.bin'), dest, md5(data), progress=False)
+    assert server.requests[-1] == ('/f.bin', 'bytes=1000-') and open(dest, 'rb').read() == data
 
 
 def test_mirrors_tried_in_order(server, tmp_path):
@@ -844,6 +869,46 @@ def test_medmnist_labels_out_of_range_refused(server, tmp_path):
     sources = {'breastmnist': serve(server, {'breastmnist.npz': npz})}
     with pytest.raises(UserError, match=r'labels go from 0 to 4, expected 0..1'):
         dl.download_dataset('breastmnist', str(tmp_path / 'raw'), str(tmp_path / 'data'), sources, progress=False)
+
+
+def damage_member(npz, member):
+    """``npz`` (stored, not compressed) with one pixel byte of ``member`` flipped: it still opens, its CRC-32 fails."""
+    blob = bytearray(npz)
+    magic = blob.index(b'\x93NUMPY', blob.index(member.encode()))
+    blob[magic + 10 + struct.unpack('<H', blob[magic + 8 : magic + 10])[0]] ^= 0xFF  # first byte after the header
+    return bytes(blob)
+
+
+@pytest.mark.parametrize('member', ['train_images.npy', 'val_images.npy', 'test_labels.npy'])
+def test_medmnist_damaged_member_refused_and_nothing_partial_left(server, tmp_path, monkeypatch, member):
+    """An .npz whose md5 matches the table but whose member fails its CRC: one UserError naming the file and
+    what to do; the split being written is removed (no .partial marker, no class folders), finished ones stay."""
+    from util.io.download import medmnist
+
+    monkeypatch.setattr(medmnist, 'BATCH', 4)  # images of the damaged split are written before its CRC fails
+    monkeypatch.setattr(np, 'savez_compressed', np.savez)  # stored members: a flipped byte is only a CRC error
+    npz, _, _ = make_medmnist(np.random.default_rng(25), n_classes=2)
+    npz = damage_member(npz, member)
+    sources = {'pneumoniamnist': serve(server, {'pneumoniamnist.npz': npz})}
+    npz_path = tmp_path / 'raw' / 'pneumoniamnist.npz'
+    with pytest.raises(UserError) as err:
+        dl.download_dataset('pneumoniamnist', str(tmp_path / 'raw'), str(tmp_path / 'data'), sources, progress=False)
+    msg = str(err.value)
+    assert msg.startswith(f'{npz_path} is damaged (Bad CRC-32') and '\n' not in msg
+    assert msg.endswith('delete it and run this again to download it anew')
+    root = tmp_path / 'data' / 'pneumoniamnist'
+    done = {'train_images.npy': [], 'val_images.npy': ['train'], 'test_labels.npy': ['train', 'val']}[member]
+    if not done:
+        assert not root.exists()
+    else:
+        assert sorted(os.listdir(root)) == sorted(done + [f'.{s}.done' for s in done])
+        assert all(sum(map(len, count_tree(root / s).values())) == MED_COUNTS[s] for s in done)
+    # deleting the file and rerunning (the server now has a good copy) finishes the set
+    good, _, _ = make_medmnist(np.random.default_rng(25), n_classes=2)
+    npz_path.unlink()
+    sources = {'pneumoniamnist': serve(server, {'pneumoniamnist.npz': good})}
+    dl.download_dataset('pneumoniamnist', str(tmp_path / 'raw'), str(tmp_path / 'data'), sources, progress=False)
+    assert all((root / f'.{s}.done').exists() and not (root / f'.{s}.partial').exists() for s in MED_COUNTS)
 
 
 def test_transfer_bench_runs_on_a_medmnist_folder(server, tmp_path, run_script):

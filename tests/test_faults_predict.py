@@ -6,6 +6,7 @@ in tests/faultlib.py.
 
 import csv
 import glob
+import os
 import shutil
 
 from tests import faultlib, faultrows  # noqa: F401 (faultrows registers the rows run on several scripts)
@@ -74,6 +75,30 @@ def _classes_order(ctx, script):
     with open(out, newline='') as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4 and all(r['truth'] in ('bright', 'dark') for r in rows)
+
+
+@case(
+    'predict',
+    'pretraining (PH regression) weights copied out of their run folder',
+    'exit 2 for its checkpoint.pth (its mode says pretraining), nothing written; the plain weights file cannot '
+    'tell: exit 0 with one warning that it may be regression weights, named like pretraining.py\'s',
+)
+def _regression_copied_out(ctx, script):
+    d = ctx.data
+    alone = ctx.tmp / 'alone'  # no args.json, no classes.json beside the weights
+    alone.mkdir()
+    for name in ('checkpoint.pth', 'resnet18_epoch1.pth'):
+        shutil.copy(os.path.join(d.pt_run, name), alone / name)
+    ctx.inputs(d.task, alone)
+    out = ctx.tmp / 'out' / 'pred.csv'
+    base = [d.task / 'val', '-o', out, '-nw', 0, '-u', 'resnet18', '--img_size', 40, '--crop_size', 32]
+    expect_error(run(script, *base, '-pw', alone / 'checkpoint.pth'), alone / 'checkpoint.pth', 'pretraining')
+    assert not out.parent.exists()
+    res = expect_ok(run(script, *base, '-pw', alone / 'resnet18_epoch1.pth'))
+    [warning] = [ln for ln in res.err.splitlines() if ln.startswith('warning: ')]
+    for words in ('no classes.json', 'pretraining (PH regression) weights', "named like pretraining.py's weights"):
+        assert words in warning, warning
+    ctx.outputs(out.parent)
 
 
 data, test_fault = faultlib.data, faultlib.test_fault  # the matrix's fixture and test

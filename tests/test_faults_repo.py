@@ -136,6 +136,13 @@ ALLOWED_DELETIONS = {
     ): 'a split folder of an interrupted run of its own (only with its .<split>.partial marker; a folder '
     'without markers is refused)',
     ('util/io/download/converters.py', '_finish_split', 'os.unlink'): 'its own .<split>.partial marker',
+    (
+        'util/io/download/medmnist.py',
+        '_drop_unfinished',
+        'shutil.rmtree',
+    ): 'a split folder of its own that it could not finish (only with its .<split>.partial marker)',
+    ('util/io/download/medmnist.py', '_drop_unfinished', 'os.unlink'): "that split's own .<split>.partial marker",
+    ('util/io/download/medmnist.py', 'convert', 'os.rmdir'): 'the dataset folder, only when a failed run left it empty',
     ('bench/generator_bench.py', 'run', 'shutil.rmtree'): 'folders it made in its own temporary folder',
     ('bench/ph_bench.py', 'run', 'shutil.rmtree'): 'folders it made in its own temporary folder',
     (

@@ -240,3 +240,41 @@ def test_pw_folder_means_its_newest_weights(run, images, tmp_path, capsys):
     out = tmp_path / 'p.csv'
     assert predict_in_process(images / 'a.png', '-pw', run, '-o', out, '-nw', '0') == 0
     assert 'ft_resnet18_epoch1.pth' in capsys.readouterr().err and read_csv(out)[1][0] == 'a.png'
+
+
+@pytest.mark.parametrize(
+    'name, record, expect',
+    [
+        ('resnet18_epoch1.pth', None, "named like pretraining.py's weights"),  # a pretraining weights file copied out
+        ('weights.pth', None, 'pretraining (PH regression) weights'),  # any plain state dict: cannot tell
+        ('checkpoint.pth', 'finetuning', None),  # a fine-tuning checkpoint records its mode: indices, no doubt
+        ('checkpoint.pth', 'pretraining', 'error'),  # a pretraining checkpoint copied out: refused
+    ],
+)
+def test_weights_that_cannot_tell_their_mode_are_warned_about(run, images, tmp_path, capsys, name, record, expect):
+    """Without a class list, weights whose file does not record a mode may be regression weights: said so."""
+    from util.errors import UserError
+
+    alone = tmp_path / 'alone'
+    alone.mkdir()
+    state = torch.load(run / 'ft_resnet18_epoch1.pth', weights_only=True)
+    if record is not None:
+        state = {'model': state, 'epoch': 1, 'mode': record, 'phase': record, 'args': {'label_type': 'histogram'}}
+    torch.save(state, alone / name)
+    argv = [images / 'a.png', '-pw', alone / name, '-u', 'resnet18', '--img_size', 40, '--crop_size', 32, '-nw', 0]
+    out = tmp_path / 'p.csv'
+    if expect == 'error':
+        with pytest.raises(UserError, match="pretraining weights .*checkpoint's mode says so.*not a classifier"):
+            predict_in_process(*argv, '-o', out)
+        assert not out.exists()
+        return
+    assert predict_in_process(*argv, '-o', out) == 0 and read_csv(out)[0][:2] == ['path', 'top1']
+    [warning] = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith('warning: ')]
+    assert warning.startswith(f'warning: no classes.json next to {alone / name} and no --classes')
+    if expect is None:
+        assert 'pretraining' not in warning
+    else:
+        assert expect in warning and 'its 3 outputs are label components, not classes' in warning
+        assert ("named like" in warning) == (name == 'resnet18_epoch1.pth')
+    assert predict_in_process(*argv, '-o', out, '--classes', run / 'classes.json') == 0  # classes given: no doubt
+    assert 'warning' not in capsys.readouterr().err

@@ -5,7 +5,9 @@ Each set is one ``.npz`` per image size (28, 64, 128 or 224 pixels) published on
 archive is verified like every other download before it is opened; it is then read with numpy's ``.npy``
 header functions member by member, a few hundred images at a time (never ``allow_pickle``; the large sizes
 hold gigabytes of pixels and are not loaded whole), and written as PNGs by
-:func:`~util.io.download.converters.write_array_split`, which makes each split resumable.  The official
+:func:`~util.io.download.converters.write_array_split`, which makes each split resumable.  A member that turns
+out damaged while it is read (bad CRC-32: the checksum of the source table was taken of a damaged file) is
+named in one UserError and the split being written is removed, marker included.  The official
 validation split becomes ``val/`` and the official test split ``test/``.
 
 Class folders are named from the set's own label table (:data:`MEDMNIST`, as MedMNIST's ``INFO`` gives it),
@@ -15,7 +17,10 @@ ChestMNIST is multi-label (any number of its 14 findings per X-ray) and cannot b
 The 3-D sets (``*mnist3d``) are volumes, not images, and are not offered.
 """
 
+import os
+import shutil
 import zipfile
+import zlib
 from collections import namedtuple
 
 import numpy as np
@@ -306,6 +311,8 @@ class NpyImages:
             data = self.f.read(n * self.item)
             if len(data) != n * self.item:
                 raise UserError(f"{self.what}: truncated ({i + len(data) // self.item} of {len(self)} images)")
+            if i + n == len(self) and self.f.read(1):  # reading to the member's end also checks its CRC-32
+                raise UserError(f"{self.what}: more bytes than its {len(self)} images")
             self.start, self.block = i, np.frombuffer(data, np.uint8).reshape((n,) + tuple(self.shape[1:]))
         return self.block[i - self.start]
 
@@ -329,13 +336,47 @@ def _labels(archive, member, what, n_images, n_classes):
     return labels
 
 
+#: what a damaged member raises while it is read (a bad CRC-32, deflate data that does not decode, a cut stream)
+DAMAGED = (zipfile.BadZipFile, zlib.error, EOFError)
+
+
+def _damaged(npz_path, detail):
+    return UserError(
+        f"{npz_path} is damaged ({detail}) although its checksum matches the source table; "
+        f"delete it and run this again to download it anew"
+    )
+
+
+def _drop_unfinished(out_root, split):
+    """Remove the output of a split this module began and did not finish (its folder and ``.partial`` marker)."""
+    partial = os.path.join(out_root, f'.{split}.partial')
+    if os.path.exists(partial) and not converters.split_done(out_root, split):
+        shutil.rmtree(os.path.join(out_root, split), ignore_errors=True)
+        os.unlink(partial)
+
+
 def convert(name, npz_path, out_root, progress=True):
-    """Write the three splits of a verified ``.npz`` of set ``name``; returns {split: counts or None (done)}."""
+    """Write the three splits of a verified ``.npz`` of set ``name``; returns {split: counts or None (done)}.
+
+    A split that fails (a damaged member, a full disk, an interrupt) leaves nothing: its folder and marker are
+    removed; splits finished before it are kept, and ``out_root`` is removed when that leaves it empty.
+    """
+    try:
+        return _convert(name, npz_path, out_root, progress)
+    except BaseException:
+        if os.path.isdir(out_root) and not os.listdir(out_root):
+            os.rmdir(out_root)
+        raise
+
+
+def _convert(name, npz_path, out_root, progress):
     folders = class_folders(name)
     try:
         archive = zipfile.ZipFile(npz_path)
-    except (zipfile.BadZipFile, OSError) as e:
-        raise UserError(f"cannot open {npz_path} as an .npz file: {e}") from None
+    except zipfile.BadZipFile as e:
+        raise UserError(f"cannot open {npz_path} as an .npz file ({e}); delete it and run this again") from None
+    except OSError as e:
+        raise UserError(f"cannot read {npz_path}: {e.strerror or e}") from None
     counts = {}
     with archive:
         members = set(archive.namelist())
@@ -344,12 +385,23 @@ def convert(name, npz_path, out_root, progress=True):
                 if f'{split}_{kind}.npy' not in members:
                     raise UserError(f"{npz_path} has no {split}_{kind} array; is it a MedMNIST file?")
         for split in SPLITS:
-            images = NpyImages(archive, f'{split}_images.npy', f'{npz_path}:{split}_images')
+            if converters.split_done(out_root, split):
+                counts[split] = None
+                continue
+            images = None
             try:
+                images = NpyImages(archive, f'{split}_images.npy', f'{npz_path}:{split}_images')
                 labels = _labels(
                     archive, f'{split}_labels.npy', f'{npz_path}:{split}_labels', len(images), len(folders)
                 )
                 counts[split] = converters.write_array_split(out_root, split, images, labels, folders, progress)
+            except DAMAGED as e:
+                _drop_unfinished(out_root, split)
+                raise _damaged(npz_path, e) from None
+            except BaseException:
+                _drop_unfinished(out_root, split)
+                raise
             finally:
-                images.close()
+                if images is not None:
+                    images.close()
     return counts

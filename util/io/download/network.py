@@ -123,9 +123,12 @@ def _fetch(url, part, progress=True, resume=True):
                 file=sys.stderr,
             ) as bar,
         ):
+            # read1 returns what has arrived (up to CHUNK) instead of waiting for a whole CHUNK, so a transfer
+            # that stalls keeps every byte received before the timeout (in the count and in the .part file)
+            read = getattr(resp, 'read1', resp.read)
             while True:
                 try:
-                    chunk = resp.read(CHUNK)
+                    chunk = read(CHUNK)
                 except (OSError, http.client.HTTPException) as e:
                     raise _NetError(
                         f"transfer broken after {offset + received} bytes ({e or type(e).__name__}); rerun to resume"
