@@ -823,6 +823,8 @@ def _vectorisers(run, args=None):
         )  # the engine is recorded, not compared: both engines give equal pairs
         if getattr(args, 'auto_fitted', None):
             vecs.label_info['auto'] = dict(fitted=args.auto_fitted, sample=FIT_SAMPLE)
+            if vecs.label.without_pairs:  # kept the values given (or the defaults) there
+                vecs.label_info['auto']['without_pairs'] = [f'H{h}' for h in vecs.label.without_pairs]
         if args.gradient:
             vecs.label_info['gradient'] = True
         if args.size_normalise:
@@ -868,10 +870,14 @@ def _fit_auto(run, vec):
         if hasattr(args, name) and name in params:
             setattr(args, name, params[name])  # args.json records the fitted values
     args.auto_fitted = list(fitted)
-    print(
-        f"fitted on {len(diagrams)} diagrams: "
-        + ', '.join(f"{n} {params[n]}" for n in ('max_life', 'min_birth', 'max_birth', 'sigma') if n in params)
-    )
+    warning = vec.fit_warning()  # a homology dimension (or all) without pairs to fit on
+    if warning is not None:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
+    if len(vec.without_pairs) < 2:
+        print(
+            f"fitted on {len(diagrams)} diagrams: "
+            + ', '.join(f"{n} {params[n]}" for n in ('max_life', 'min_birth', 'max_birth', 'sigma') if n in params)
+        )
 
 
 def _compute(run, vecs):
@@ -1017,9 +1023,9 @@ def _label_stats(args, out_dir):
         if label_norm.add_stats_to_json(out_dir, args.label_type, args.label_norm_floor) is not None:
             print(f"label statistics (--label_norm standard) in {label_names(args.label_type)[2]}")
     if args.label_type and args.label_norm == 'whiten':
-        k = args.label_norm_components
-        if label_norm.add_whiten_to_json(out_dir, args.label_type, k, args.label_norm_floor) is not None:
-            print(f"label whitening (--label_norm whiten, {k} directions) in {label_names(args.label_type)[2]}")
+        rec = label_norm.add_whiten_to_json(out_dir, args.label_type, args.label_norm_components, args.label_norm_floor)
+        if rec is not None:  # its k: the directions kept (at most the rows - 1)
+            print(f"label whitening (--label_norm whiten, {rec['k']} directions) in {label_names(args.label_type)[2]}")
 
 
 def _random_labels(run):
@@ -1143,14 +1149,32 @@ def _diagnose(run):
         if meta is None or not os.path.isfile(npy):
             continue
         diag = meta.get(diagnostics.JSON_KEY)
-        if not diag or diag.get('rows') != meta.get('count') or diag.get('label_norm') != run.args.label_norm:
+        settings = _levers_in_use(run.args)
+        if not diag or any(
+            diag.get(k) != v
+            for k, v in (('rows', meta.get('count')), ('label_norm', run.args.label_norm), ('settings', settings))
+        ):
             diag = _label_diagnostics(run, npy, txt, meta)
+            diag['settings'] = settings  # the levers in use: the warnings suggest only the others
             write_json(js, dict(meta, **{diagnostics.JSON_KEY: diag}))
         print(f"{names[0]}: {diagnostics.summary_line(diag)}")
         if diag.get('after_label_norm'):
             print(f"  after --label_norm {run.args.label_norm}: {diagnostics.summary_line(diag['after_label_norm'])}")
-        for warning in diagnostics.degeneracy_warnings(diag.get('after_label_norm') or diag):  # what is regressed
+        for warning in diagnostics.degeneracy_warnings(diag.get('after_label_norm') or diag, settings):  # regressed
             print(f"warning: {warning}", file=sys.stderr)
+
+
+def _levers_in_use(args):
+    """What the degeneracy warnings need to know of this run's label settings (util.ph.diagnostics)."""
+    auto = set(getattr(args, 'auto_fitted', None) or ())
+    auto |= {n for n in ('max_life', 'max_birth', 'min_birth', 'sigma') if 'auto' in _values(getattr(args, n, None))}
+    return dict(
+        label_type=args.label_type,
+        auto=sorted(auto),
+        size_normalise=bool(args.size_normalise),
+        filtration=args.filtration,
+        label_norm=args.label_norm,
+    )
 
 
 def _normalised(run, meta, rows):
