@@ -165,7 +165,11 @@ def degeneracy_warnings(diag: dict, settings: dict | None = None) -> list[str]:
         return [
             "every label is the same (a constant label matrix), although the diagrams have pairs: the "
             "vectoriser's ranges miss them; "
-            + (f"fit them ({ranges})" if ranges else "give --max_life/--max_birth/--min_birth that cover the pairs")
+            + (
+                f"match them to the pairs ({ranges})"
+                if ranges
+                else "give --max_life/--max_birth/--min_birth that cover the pairs"
+            )
         ]
     out = []
     share, counts, params = (diag.get(k) for k in ('first_component_share', 'counts_r2', 'generator_params_r2'))
@@ -201,7 +205,10 @@ def degeneracy_warnings(diag: dict, settings: dict | None = None) -> list[str]:
     return out
 
 
-_ALL_IN_USE = "the usual levers (fitted ranges, split_image, --label_norm) are in use: try other images or --filtration"
+_ALL_IN_USE = (
+    "the usual levers are already in use: the images may vary in little but this; try other images or another "
+    "--filtration"
+)
 
 
 MAX_ROWS = 4000  # rows a label matrix is diagnosed on (evenly spaced), so that large ones take seconds
