@@ -288,7 +288,10 @@ def parse_shard(spec, environ=os.environ):
     return int(m.group(1)), int(m.group(2))
 
 
-def _check_args(args):
+def _check_args(args, filtration=None):
+    """Refuse bad flags before anything is read or written (``filtration``: check them for that one of several)."""
+    if filtration is not None:
+        args.filtration = filtration
     args.imgtype = args.imgtype.lower().lstrip('.')
     if not args.imgtype:
         raise UserError("--imgtype is empty; give an extension such as jpg, png or npy")
@@ -305,10 +308,12 @@ def _check_args(args):
         raise UserError(f"--numof_dims must be at least 1, got {args.numof_dims}")
     if args.label_type:
         check_label_dim(args.label_type, args.numof_dims, '--numof_dims', args.num_landscapes)
-    if args.size_normalise and (args.imgtype == 'npy' or args.filtration not in ph.SIZE_FILTRATIONS):
+    grey = [f for f in _values(args.filtration) if f not in ph.SIZE_FILTRATIONS]
+    if args.size_normalise and (args.imgtype == 'npy' or grey):
         raise UserError(
             "--size_normalise scales filtration values in pixels of images: it needs image inputs (-it jpg ...) "
             f"and a filtration among {', '.join(ph.SIZE_FILTRATIONS)}"
+            + (f" (not --filtration {' '.join(grey)})" if grey else '')
         )
     autos = [n for n in ('max_life', 'max_birth', 'min_birth', 'sigma') if 'auto' in _values(getattr(args, n))]
     if 'sigma' in autos and args.label_type not in ('persistence_image', 'split_image'):
@@ -322,6 +327,11 @@ def _check_args(args):
         raise UserError(f"--plot must be 0 or more, got {args.plot}")
     if min(args.num_bins) < 0 or sum(args.num_bins) < 1:
         raise UserError(f"--num_bins {args.num_bins} must be four non-negative counts, not all zero")
+    if args.label_type and args.label_norm == 'whiten' and args.label_norm_components < 1:
+        raise UserError(f"--label_norm_components must be at least 1, got {args.label_norm_components}")
+    if args.label_type and args.label_norm != 'none' and not args.label_norm_floor >= 0:
+        raise UserError(f"--label_norm_floor must be >= 0, got {args.label_norm_floor}")
+    _vectorisers(None, args)  # the vectorisers' parameters (--max_life -5 ...) are checked before any folder exists
 
 
 def _values(v):
@@ -639,6 +649,13 @@ def _several_filtrations(args):
         raise UserError("several --filtration values make one concatenated PH label matrix: add --label_type TYPE")
     if args.imgtype == 'npy' or args.compute_hist or args.compute_persistence_image:
         raise UserError("several --filtration values need image inputs (-it jpg ...) and no -ch/-cpi")
+    for name in args.filtration:  # every part's flags, before any folder is made or any PH computed
+        _check_args(copy.copy(args), filtration=name)
+    _check_args(args)
+    target_dir = require_dir(args.target_dir, 'target folder', flag='TARGET_DIR')
+    refuse_output_inside(args.output, [('TARGET_DIR', target_dir)])
+    parse_shard(args.shard)
+    refuse_mixed_folder(args.output, several=True)
     out_dir = ensure_dir(args.output, 'output folder')
     status, parts = 0, []
     for name in args.filtration:
@@ -647,8 +664,6 @@ def _several_filtrations(args):
         print(f"--- filtration {name} -> {part.output}", flush=True)
         status = max(status, main(part))
         parts.append(part.output)
-    _check_args(args)
-    k, n = parse_shard(args.shard)
     joined = join_label_matrices(out_dir, parts, args.label_type)
     if joined is None:
         print("not all parts are complete yet (other shards?): labels not concatenated", flush=True)
@@ -658,11 +673,48 @@ def _several_filtrations(args):
         f"{len(parts)} filtrations ({', '.join(args.filtration)}); pretrain with -nc {joined[1]}"
     )
     write_json(os.path.join(out_dir, 'args.json'), vars(args))
-    target_dir = require_dir(args.target_dir, 'target folder', flag='TARGET_DIR')
     run = Run(args, target_dir, out_dir, 0, 1, [], [], diagram_dir=parts[0])
     _label_stats(args, out_dir)
     _diagnose(run)
     return status
+
+
+def refuse_mixed_folder(output, several):
+    """A folder holds the outputs of one filtration (diagrams, settings.json, labels_TYPE.*) or those of several
+    (filtration_NAME/ parts and their concatenated labels_TYPE.*), never both: a run of the other kind into it
+    is refused before anything is written (else its label files and settings.json would contradict each
+    other, and pretraining -pd would read the one or the other)."""
+    if not os.path.isdir(output):
+        return
+    labels = {}
+    for name in sorted(os.listdir(output)):
+        if name.startswith('labels_') and name.endswith('.json'):
+            meta = read_json(os.path.join(output, name))
+            if isinstance(meta, dict) and meta.get('filtration') is not None:
+                labels[name] = meta['filtration']
+    if several:
+        kinds = [
+            k
+            for k in (read_json(os.path.join(output, SETTINGS_FILE)) or {})
+            if k in ('diagram', 'hist', 'persistence_image')
+        ]
+        single = {n: f for n, f in labels.items() if not isinstance(f, list)}
+        if kinds or single:
+            what = ', '.join([f'{k} outputs ({SETTINGS_FILE})' for k in kinds] + list(single))
+            raise UserError(
+                f"-o {output} holds the outputs of one filtration ({what}); several --filtration values write "
+                "filtration_NAME/ parts and a concatenated label matrix, which must not mix with them: choose "
+                "another -o (or delete those outputs first)"
+            )
+        return
+    multi = {n: f for n, f in labels.items() if isinstance(f, list)}
+    if multi:
+        name, filtrations = next(iter(multi.items()))
+        raise UserError(
+            f"-o {output} holds a label matrix of several filtrations ({name}: --filtration {' '.join(filtrations)}); "
+            "the outputs of one filtration must not mix with it: choose another -o, or give --filtration "
+            f"{' '.join(filtrations)} to resume that run"
+        )
 
 
 def join_label_matrices(out_dir, parts, label_type):
@@ -704,8 +756,10 @@ def _open_run(args):
     target_dir = require_dir(args.target_dir, 'target folder', flag='TARGET_DIR')
     if args.imgtype != 'npy':  # (from saved diagrams, -o TARGET_DIR is the original's way to add -ch outputs)
         refuse_output_inside(args.output, [('TARGET_DIR', target_dir)])
-    out_dir = ensure_dir(args.output, 'output folder')
     k, n = parse_shard(args.shard)
+    if args.label_type != sources.RANDOM:
+        refuse_mixed_folder(args.output, several=False)
+    out_dir = ensure_dir(args.output, 'output folder')
     if (
         args.compute_persistence_image
         and args.imgtype == 'npy'
@@ -736,9 +790,10 @@ def _histogram_vectoriser(args):
     )
 
 
-def _vectorisers(run):
-    """The vectorisers this run writes with, and the record of the label's making."""
-    args = run.args
+def _vectorisers(run, args=None):
+    """The vectorisers this run writes with, and the record of the label's making.  Without a ``run``: only
+    made from ``args`` (which refuses bad parameters), nothing fitted."""
+    args = run.args if run is not None else args
     vecs = Vectorisers()
     if args.compute_hist:
         vecs.hist = _histogram_vectoriser(args)
@@ -752,8 +807,10 @@ def _vectorisers(run):
             sigma=args.sigma,
             power=args.power,
         )
-    if args.label_type:
+    if args.label_type and args.label_type != sources.RANDOM:
         vecs.label = vectoriser_from_args(args, args.numof_dims, '--numof_dims')
+        if run is None:
+            return vecs
         if vecs.label.auto:
             _fit_auto(run, vecs.label)
         vecs.label_info = dict(
@@ -766,6 +823,8 @@ def _vectorisers(run):
         )  # the engine is recorded, not compared: both engines give equal pairs
         if getattr(args, 'auto_fitted', None):
             vecs.label_info['auto'] = dict(fitted=args.auto_fitted, sample=FIT_SAMPLE)
+            if vecs.label.without_pairs:  # kept the values given (or the defaults) there
+                vecs.label_info['auto']['without_pairs'] = [f'H{h}' for h in vecs.label.without_pairs]
         if args.gradient:
             vecs.label_info['gradient'] = True
         if args.size_normalise:
@@ -811,10 +870,14 @@ def _fit_auto(run, vec):
         if hasattr(args, name) and name in params:
             setattr(args, name, params[name])  # args.json records the fitted values
     args.auto_fitted = list(fitted)
-    print(
-        f"fitted on {len(diagrams)} diagrams: "
-        + ', '.join(f"{n} {params[n]}" for n in ('max_life', 'min_birth', 'max_birth', 'sigma') if n in params)
-    )
+    warning = vec.fit_warning()  # a homology dimension (or all) without pairs to fit on
+    if warning is not None:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
+    if len(vec.without_pairs) < 2:
+        print(
+            f"fitted on {len(diagrams)} diagrams: "
+            + ', '.join(f"{n} {params[n]}" for n in ('max_life', 'min_birth', 'max_birth', 'sigma') if n in params)
+        )
 
 
 def _compute(run, vecs):
@@ -960,9 +1023,9 @@ def _label_stats(args, out_dir):
         if label_norm.add_stats_to_json(out_dir, args.label_type, args.label_norm_floor) is not None:
             print(f"label statistics (--label_norm standard) in {label_names(args.label_type)[2]}")
     if args.label_type and args.label_norm == 'whiten':
-        k = args.label_norm_components
-        if label_norm.add_whiten_to_json(out_dir, args.label_type, k, args.label_norm_floor) is not None:
-            print(f"label whitening (--label_norm whiten, {k} directions) in {label_names(args.label_type)[2]}")
+        rec = label_norm.add_whiten_to_json(out_dir, args.label_type, args.label_norm_components, args.label_norm_floor)
+        if rec is not None:  # its k: the directions kept (at most the rows - 1)
+            print(f"label whitening (--label_norm whiten, {rec['k']} directions) in {label_names(args.label_type)[2]}")
 
 
 def _random_labels(run):
@@ -1086,14 +1149,32 @@ def _diagnose(run):
         if meta is None or not os.path.isfile(npy):
             continue
         diag = meta.get(diagnostics.JSON_KEY)
-        if not diag or diag.get('rows') != meta.get('count') or diag.get('label_norm') != run.args.label_norm:
+        settings = _levers_in_use(run.args)
+        if not diag or any(
+            diag.get(k) != v
+            for k, v in (('rows', meta.get('count')), ('label_norm', run.args.label_norm), ('settings', settings))
+        ):
             diag = _label_diagnostics(run, npy, txt, meta)
+            diag['settings'] = settings  # the levers in use: the warnings suggest only the others
             write_json(js, dict(meta, **{diagnostics.JSON_KEY: diag}))
         print(f"{names[0]}: {diagnostics.summary_line(diag)}")
         if diag.get('after_label_norm'):
             print(f"  after --label_norm {run.args.label_norm}: {diagnostics.summary_line(diag['after_label_norm'])}")
-        for warning in diagnostics.degeneracy_warnings(diag.get('after_label_norm') or diag):  # what is regressed
+        for warning in diagnostics.degeneracy_warnings(diag.get('after_label_norm') or diag, settings):  # regressed
             print(f"warning: {warning}", file=sys.stderr)
+
+
+def _levers_in_use(args):
+    """What the degeneracy warnings need to know of this run's label settings (util.ph.diagnostics)."""
+    auto = set(getattr(args, 'auto_fitted', None) or ())
+    auto |= {n for n in ('max_life', 'max_birth', 'min_birth', 'sigma') if 'auto' in _values(getattr(args, n, None))}
+    return dict(
+        label_type=args.label_type,
+        auto=sorted(auto),
+        size_normalise=bool(args.size_normalise),
+        filtration=args.filtration,
+        label_norm=args.label_norm,
+    )
 
 
 def _normalised(run, meta, rows):

@@ -44,6 +44,45 @@ def test_degenerate_label_gets_advice():
     assert diagnostics.degeneracy_warnings({'first_component_share': 0.3, 'counts_r2': 0.2}) == []
 
 
+def test_advice_names_only_the_levers_not_in_use():
+    bad = {'first_component_share': 0.95, 'counts_r2': 0.9, 'generator_params_r2': 0.9}
+    every = ' '.join(diagnostics.degeneracy_warnings(bad))
+    for lever in ('split_image', '--size_normalise', '--max_life', '--sigma auto', '--label_norm standard'):
+        assert lever in every, lever
+    used = dict(
+        label_type='split_image',
+        auto=['max_life', 'max_birth', 'min_birth', 'sigma'],
+        size_normalise=True,
+        filtration='signed_distance',
+        label_norm='whiten',
+    )
+    warnings = diagnostics.degeneracy_warnings(bad, used)
+    assert len(warnings) == 3
+    for lever in ('split_image', '--size_normalise', '--max_life', '--sigma', '--label_norm'):
+        assert lever not in ' '.join(warnings), (lever, warnings)
+    assert 'already in use' in warnings[0]
+    # recorded with the diagnostics (PHdict.py), the settings are what the plot and the summary advise by
+    some = dict(used, auto=['max_life'], size_normalise=False, label_type='histogram', label_norm='standard')
+    (share,) = diagnostics.degeneracy_warnings(dict(first_component_share=0.9, settings=some))
+    assert '--max_birth auto' in share and '--size_normalise' in share and '--max_life' not in share
+    assert 'split_image' in share and '--label_norm whiten' in share and 'standard' not in share
+    assert '--sigma' not in share  # the histogram has no kernel
+    grey = diagnostics.degeneracy_warnings(dict(first_component_share=0.9), dict(some, filtration='none'))
+    assert '--size_normalise' not in grey[0]  # not a lever of grey-value filtrations
+
+
+def test_constant_labels_are_named_with_the_reason():
+    d = diagnostics.compute(np.zeros((6, 5)), np.zeros((6, 2), int))
+    assert d['constant'] and d['without_pairs'] == 6
+    assert 'every label is the same' in diagnostics.summary_line(d)
+    (w,) = diagnostics.degeneracy_warnings(d)
+    assert 'none of the 6 diagrams has a finite pair' in w and 'all black or all white' in w
+    d = diagnostics.compute(np.ones((6, 5)), np.ones((6, 2), int))
+    (w,) = diagnostics.degeneracy_warnings(d, {'auto': ['max_life'], 'label_type': 'persistence_image'})
+    assert 'ranges miss them' in w and '--max_birth/--min_birth auto, --sigma auto' in w and '--max_life' not in w
+    assert 'constant' not in diagnostics.compute(np.eye(6))
+
+
 def test_image_params_are_those_the_image_was_made_with(monkeypatch):
     cfg = generator.GeneratorConfig(img_size=24, prob_binary=0.5, prob_colour=0.5)
     used = []

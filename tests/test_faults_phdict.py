@@ -214,5 +214,149 @@ def _phdict_nw0(ctx, script):
     assert tree_digests(out, only='.npy') == tree_digests(ctx.data.gen_ph, only='.npy')
 
 
+# ====================================================================================================
+# issue 26: degenerate labels, label statistics, flags checked before any folder
+# ====================================================================================================
+
+
+def _constant_images(root):
+    root.mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(np.zeros((32, 32), np.uint8)).save(root / f'black{i}.png')
+        Image.fromarray(np.full((32, 32), 255, np.uint8)).save(root / f'white{i}.png')
+    return root
+
+
+@case(
+    'PHdict',
+    'all-black / all-white images with --max_life/--sigma auto and --label_norm standard',
+    'exit 0 with warnings: auto could not be fitted (no finite pairs) and the values used; a constant label '
+    'matrix (diagnostics say why); --label_norm standard on constant components; the json records it',
+)
+def _constant_label_matrix(ctx, script):
+    src = _constant_images(ctx.tmp / 'flat')
+    ctx.inputs(src)
+    out = ctx.tmp / 'out'
+    ctx.outputs(out)
+    argv = ['-it', 'png', '-nw', 0, '--label_type', 'persistence_image', '--numof_dims', 50]
+    res = expect_ok(
+        run(script, src, '-o', out, *argv, '--max_life', 'auto', '--sigma', 'auto', '--label_norm', 'standard')
+    )
+    warnings = [ln for ln in res.err.splitlines() if ln.startswith('warning: ')]
+    assert any('could not be fitted' in w and 'no finite pairs' in w and 'max_life 50.0' in w for w in warnings), res
+    assert any('every label is the same' in w and 'all black or all white' in w for w in warnings), res
+    assert any('--label_norm standard: every label component is constant' in w for w in warnings), res
+    assert 'fitted on' not in res.out and 'every label is the same (no variance)' in res.out, res
+    meta = json.loads((out / 'labels_persistence_image.json').read_text())
+    assert meta['auto']['without_pairs'] == ['H0', 'H1'] and meta['diagnostics']['constant'] is True
+    assert meta['label_norm']['constant'] == list(range(50))
+    # without auto and --label_norm: the diagnostics still say it (no '-' and silence)
+    res = expect_ok(run(script, src, '-o', ctx.tmp / 'plain', *argv))
+    assert 'warning: every label is the same' in res.err, res
+
+
+@case(
+    'PHdict',
+    '--label_norm_components above what the rows allow (99 on 16 images)',
+    'exit 0: one note line naming --label_norm_components and the number kept; labels_TYPE.json records the '
+    'directions kept (k, and the K asked)',
+)
+def _whiten_components(ctx, script):
+    ctx.inputs(ctx.data.gen)
+    out = ctx.tmp / 'out'
+    ctx.outputs(out)
+    argv = ['-it', 'jpg', '-nw', 0, '--label_type', 'histogram', '--numof_dims', 20, '--label_norm', 'whiten']
+    res = expect_ok(run(script, ctx.data.gen, '-o', out, *argv, '--label_norm_components', 99))
+    notes = [ln for ln in res.err.splitlines() if '--label_norm_components 99' in ln]
+    assert len(notes) == 1 and 'keeping 15' in notes[0], res
+    assert 'label whitening (--label_norm whiten, 15 directions)' in res.out, res
+    rec = json.loads((out / 'labels_histogram.json').read_text())['label_whiten']
+    assert rec['k'] == len(rec['scales']) == len(rec['components']) == 15 and rec['asked'] == 99, rec
+    expect_error(
+        run(script, ctx.data.gen, '-o', ctx.tmp / 'zero', *argv, '--label_norm_components', 0),
+        '--label_norm_components',
+    )
+    assert not (ctx.tmp / 'zero').exists()
+
+
+@case(
+    'PHdict',
+    'degeneracy advice with the levers already in use (split_image, --size_normalise, auto, whiten)',
+    'the warnings (printed and recorded for the plot and summary) never suggest a lever the run already uses',
+)
+def _advice_in_use(ctx, script):
+    from util.ph import diagnostics
+
+    ctx.inputs(ctx.data.gen)
+    out = ctx.tmp / 'out'
+    ctx.outputs(out)
+    argv = ['-it', 'jpg', '-nw', 0, '--label_type', 'split_image', '--numof_dims', 40, '--size_normalise']
+    argv += ['--max_life', 'auto', '--max_birth', 'auto', '--sigma', 'auto', '--label_norm', 'whiten']
+    res = expect_ok(run(script, ctx.data.gen, '-o', out, *argv))
+    diag = json.loads((out / 'labels_split_image.json').read_text())['diagnostics']
+    assert diag['settings']['label_type'] == 'split_image' and diag['settings']['size_normalise'] is True
+    forced = dict(diag, first_component_share=0.95, counts_r2=0.95, generator_params_r2=0.95)  # as if degenerate
+    advice = [
+        *diagnostics.degeneracy_warnings(forced),
+        *(ln for ln in res.err.splitlines() if ln.startswith('warning')),
+    ]
+    assert len(advice) >= 3
+    for lever in ('split_image', '--size_normalise', '--max_life', '--max_birth', '--sigma', '--label_norm'):
+        assert not any(lever in a for a in advice), (lever, advice)
+
+
+@case(
+    'PHdict',
+    'bad flags found only later: --max_life -5, --shard 3/2, --size_normalise with a grey filtration among several',
+    'exit 2 before any folder or PH: one line naming the flag (and the filtration); several size filtrations with '
+    '--size_normalise run',
+)
+def _late_flags(ctx, script):
+    d = ctx.data
+    ctx.inputs(d.gen)
+    out = ctx.tmp / 'out'
+    lab = ['-it', 'jpg', '-nw', 0, '--label_type', 'histogram', '--numof_dims', 20]
+    expect_error(run(script, d.gen, '-o', out, *lab, '--max_life', -5), '--max_life', '-5')
+    expect_error(run(script, d.gen, '-o', out, '-it', 'jpg', '-ch', '--max_life', -5), '--max_life')
+    expect_error(run(script, d.gen, '-o', out, '-it', 'jpg', '--shard', '3/2'), '--shard')
+    res = run(script, d.gen, '-o', out, *lab, '--size_normalise', '--filtration', 'signed_distance', 'none')
+    expect_error(res, '--size_normalise', '--filtration none')
+    assert '--- filtration' not in res.out and not out.exists(), res
+    ok = ctx.tmp / 'ok'
+    ctx.outputs(ok)
+    res = expect_ok(
+        run(script, d.gen, '-o', ok, *lab, '--size_normalise', '--filtration', 'signed_distance', 'distance')
+    )
+    assert 'pretrain with -nc 40' in res.out, res
+    assert json.loads((ok / 'labels_histogram.json').read_text())['size_normalise'] == 256
+
+
+@case(
+    'PHdict',
+    'several --filtration into a folder of one filtration (and back)',
+    'exit 2 before any PH: one line naming -o and what it holds; the label files there unchanged (never a '
+    'multi-filtration matrix beside single-filtration diagrams and settings)',
+)
+def _mixed_filtration_folder(ctx, script):
+    d = ctx.data
+    ctx.inputs(d.gen)
+    single, several = ctx.tmp / 'single', ctx.tmp / 'several'
+    ctx.outputs(single, several)
+    lab = ['-it', 'jpg', '-nw', 0, '--label_type', 'histogram', '--numof_dims', 20]
+    expect_ok(run(script, d.gen, '-o', single, *lab))
+    before = tree_digests(single)
+    res = run(script, d.gen, '-o', single, *lab, '--filtration', 'signed_distance', 'none')
+    expect_error(res, single, 'one filtration', '-o')
+    assert tree_digests(single) == before and not (single / 'filtration_none').exists()
+    expect_ok(run(script, d.gen, '-o', several, *lab, '--filtration', 'signed_distance', 'none'))
+    before = tree_digests(several)
+    expect_error(
+        run(script, d.gen, '-o', several, *lab), several, 'several filtrations', '--filtration signed_distance none'
+    )
+    assert tree_digests(several) == before
+    res = expect_ok(run(script, d.gen, '-o', several, *lab, '--filtration', 'signed_distance', 'none'))  # resumes
+    assert tree_digests(several, only='.npy') == {k: v for k, v in before.items() if k.endswith('.npy')}
+
+
 data, test_fault = faultlib.data, faultlib.test_fault  # the matrix's fixture and test
 pytest_generate_tests, ledger = faultlib.matrix('PHdict')

@@ -139,6 +139,47 @@ def test_compute_stats_floor():
     assert raw[3] == pytest.approx(m[:, 3].std())
 
 
+def test_constant_label_components_are_said_once(capsys):
+    rng = np.random.default_rng(1)
+    m = np.c_[rng.normal(size=(50, 3)), np.zeros(50), np.full(50, 0.1, np.float32)]
+    label_norm.compute_stats(m)
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert (
+        line.startswith('warning: --label_norm standard: 2 of the 5 label components are constant') and '(3, 4)' in line
+    )
+    label_norm.compute_stats(m[:, :3])
+    assert capsys.readouterr().err == ''  # nothing constant: nothing said
+    label_norm.compute_stats(np.zeros((6, 4)))
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert 'every label component is constant over the 6 labels' in line and 'learn nothing' in line
+    # the statistics PHdict.py stored say so again when pretraining reads them
+    mean, std = label_norm.compute_stats(np.zeros((6, 4)))
+    rec = dict(label_norm.stats_record(mean, std, 0.1, 'x', 6), constant=[0, 1, 2, 3])
+    capsys.readouterr()
+    label_norm.from_record(rec, 4, 'labels_x.json')
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert 'every label component is constant' in line and 'labels_x.json' in line
+    label_norm.compute_whiten(np.zeros((6, 4)), k=2)
+    assert 'whiten: every label component is constant' in capsys.readouterr().err
+
+
+def test_whiten_keeps_and_records_at_most_rows_minus_one_directions(tmp_path, capsys):
+    from util.ph.labels import label_names, write_label_matrix
+
+    rng = np.random.default_rng(2)
+    matrix = rng.normal(size=(40, 50)).astype(np.float32)
+    names = label_names('histogram')
+    write_label_matrix(str(tmp_path), names, matrix, [f'{i}.png' for i in range(40)], {'label_type': 'histogram'})
+    rec = label_norm.add_whiten_to_json(str(tmp_path), 'histogram', 99)
+    err = capsys.readouterr().err
+    assert '--label_norm_components 99' in err and 'keeping 39' in err, err
+    assert rec['k'] == len(rec['scales']) == len(rec['components']) == 39 and rec['asked'] == 99
+    stored = json.loads((tmp_path / names[2]).read_text())['label_whiten']
+    assert stored['k'] == 39 and stored['asked'] == 99
+    assert label_norm.add_whiten_to_json(str(tmp_path), 'histogram', 99) == stored  # kept: same K asked
+    assert label_norm.add_whiten_to_json(str(tmp_path), 'histogram', 5)['k'] == 5
+
+
 def test_label_norm_stored_reused_on_resume_and_fresh_run(folder, tmp_path, run_script):
     from util.ph.labels import load_label_matrix
 

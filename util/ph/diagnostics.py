@@ -95,6 +95,10 @@ def compute(labels: np.ndarray, counts: np.ndarray | None = None, generator_para
     if generator_params is not None:
         out['generator_params_r2'] = explained_variance(labels, generator_params)
     out['count'] = int(np.shape(labels)[0])
+    if out['count'] >= 2 and not total > 0:
+        out['constant'] = True  # every label the same: nothing to learn (see degeneracy_warnings)
+    if counts is not None:
+        out['without_pairs'] = int((np.asarray(counts).reshape(out['count'], -1).sum(axis=1) == 0).sum())
     return out
 
 
@@ -104,6 +108,8 @@ def _fmt(v):
 
 def summary_line(diag: dict) -> str:
     """One line: ``label diagnostics: participation ratio 1.27, first component 88.5%, ...``."""
+    if diag.get('constant'):
+        return f"label diagnostics ({diag.get('count', '?')} labels): every label is the same (no variance)"
     share = diag.get('first_component_share')
     parts = [
         f"participation ratio {_fmt(diag.get('participation_ratio'))}",
@@ -115,28 +121,94 @@ def summary_line(diag: dict) -> str:
     return f"label diagnostics ({diag.get('count', '?')} labels): " + ', '.join(parts)
 
 
-def degeneracy_warnings(diag: dict) -> list[str]:
-    """Advice for a degenerate label (empty list when none applies)."""
+def _range_levers(settings: dict) -> str:
+    """The range flags not yet in use, as advice (``''`` when none is left)."""
+    import inspect
+
+    from util.ph.cubical import SIZE_FILTRATIONS
+    from util.ph.vectorise import AUTO_PARAMS, VECTORISERS
+
+    cls = VECTORISERS.get(settings.get('label_type'))
+    names = set(inspect.signature(cls.__init__).parameters) if cls is not None else set(AUTO_PARAMS)
+    auto = set(settings.get('auto') or ())
+    ranges = [n for n in ('max_life', 'max_birth', 'min_birth') if n in names and n not in auto]
+    levers = [f"{'/'.join('--' + n for n in ranges)} auto"] if ranges else []
+    if (
+        'sigma' in names
+        and 'sigma' not in auto
+        and settings.get('label_type') in ('persistence_image', 'split_image', None)
+    ):
+        levers.append('--sigma auto')
+    filtrations = settings.get('filtration')
+    filtrations = filtrations if isinstance(filtrations, list) else [filtrations]
+    if not settings.get('size_normalise') and all(f is None or f in SIZE_FILTRATIONS for f in filtrations):
+        levers.append('--size_normalise')
+    return ', '.join(levers[:-1]) + (' or ' if len(levers) > 1 else '') + (levers[-1] if levers else '')
+
+
+def degeneracy_warnings(diag: dict, settings: dict | None = None) -> list[str]:
+    """Advice for a degenerate label (empty list when none applies).  ``settings`` (else ``diag['settings']``, as
+    PHdict.py records it): the levers in use -- ``label_type``, ``auto`` (the parameters fitted), ``size_normalise``,
+    ``filtration``, ``label_norm`` -- which are then not suggested again; without them every lever is."""
+    s = settings if settings is not None else diag.get('settings') or {}
+    split = s.get('label_type') == 'split_image'
+    norm = s.get('label_norm')
+    ranges = _range_levers(s)
+    if diag.get('constant'):
+        empty, n = diag.get('without_pairs'), diag.get('count')
+        if empty is not None and empty == n:
+            return [
+                f"every label is the same (a constant label matrix): none of the {n} diagrams has a finite pair "
+                "(constant images, e.g. all black or all white?); pretraining would regress a constant: use "
+                "images with structure"
+            ]
+        return [
+            "every label is the same (a constant label matrix), although the diagrams have pairs: the "
+            "vectoriser's ranges miss them; "
+            + (
+                f"match them to the pairs ({ranges})"
+                if ranges
+                else "give --max_life/--max_birth/--min_birth that cover the pairs"
+            )
+        ]
     out = []
     share, counts, params = (diag.get(k) for k in ('first_component_share', 'counts_r2', 'generator_params_r2'))
     if share is not None and share > MAX_SHARE:
+        advice = [f"match the vectoriser's ranges to the diagrams ({ranges})"] if ranges else []
+        if not split:
+            advice.append('try --label_type split_image')
+        if norm in (None, 'none'):
+            advice.append('pretrain with --label_norm standard/whiten')
+        elif norm == 'standard':
+            advice.append('pretrain with --label_norm whiten')
         out.append(
             f"the label is nearly one number: its first principal component holds {100 * share:.0f}% of the "
-            "variance; match the vectoriser's ranges to the diagrams (--max_life/--max_birth/--min_birth auto, "
-            "--sigma auto, or --size_normalise), try --label_type split_image, or pretrain with "
-            "--label_norm standard/whiten"
+            "variance; "
+            + (', '.join(advice[:-1]) + (', or ' if len(advice) > 1 else '') + advice[-1] if advice else _ALL_IN_USE)
         )
     if counts is not None and counts > MAX_COUNTS_R2:
+        advice = [] if split else ['separate counts from shape (--label_type split_image)']
+        advice.append(f"narrow the ranges to where the pairs are ({ranges})" if ranges else '')
+        if norm != 'whiten':
+            advice.append('pretrain with --label_norm whiten')
+        advice = [a for a in advice if a]
         out.append(
             f"the H0/H1 feature counts explain {100 * counts:.0f}% of the label: it mostly counts features; "
-            "separate counts from shape (--label_type split_image) or narrow the ranges to where the pairs are"
+            + (' or '.join(advice) if advice else _ALL_IN_USE)
         )
     if params is not None and params > MAX_PARAMS_R2:
+        change = ('' if split else '--label_type split_image, ') + 'other --filtration'
         out.append(
             f"the generator's parameters explain {100 * params:.0f}% of the label: a texture statistic; "
-            "narrow --beta_range (e.g. 1 2) or change the label (--label_type split_image, other --filtration)"
+            f"narrow --beta_range (e.g. 1 2) or change the label ({change})"
         )
     return out
+
+
+_ALL_IN_USE = (
+    "the usual levers are already in use: the images may vary in little but this; try other images or another "
+    "--filtration"
+)
 
 
 MAX_ROWS = 4000  # rows a label matrix is diagnosed on (evenly spaced), so that large ones take seconds

@@ -334,7 +334,31 @@ class Vectoriser:
             sigma = self.auto_sigma()  # refused by label types without a kernel
             self.set_params(sigma=sigma)
         self.fitted = tuple(sorted(wanted))
+        self.fit_sample = len(diagrams)
+        self.without_pairs = tuple(h for h in (0, 1) if r['life'][h] is None)  # kept their values
         return self
+
+    def fit_warning(self):
+        """After :meth:`fit_auto`: one line saying what could not be fitted (a homology dimension without finite
+        pairs in the sample keeps its value; without any, nothing is fitted), or None when everything was."""
+        missing = getattr(self, 'without_pairs', ())
+        if not missing:
+            return None
+        flags = '/'.join(f'--{n}' for n in self.fitted)
+        params = self.get_params()
+        kept = ', '.join(f"{n} {params[n]}" for n in AUTO_PARAMS if n in params)
+        n = getattr(self, 'fit_sample', 0)
+        if len(missing) == 2:
+            return (
+                f"{flags} auto could not be fitted: the {n} sampled diagrams have no finite pairs (constant "
+                f"images, e.g. all black or all white?), so the labels use {kept} (the values given or the "
+                "defaults); check the images, or give these flags numbers"
+            )
+        h = f"H{missing[0]}"
+        return (
+            f"{flags} auto: the {n} sampled diagrams have no finite {h} pairs, so {h} keeps the value given "
+            f"or the default (labels use {kept}); give numbers for {h} to choose them"
+        )
 
     def auto_sigma(self):
         """The ``sigma`` of ``--sigma auto`` for the current ranges (label types with pixels override this)."""

@@ -35,10 +35,11 @@ def _first_diagrams(train, n):
     return diagrams, np.stack(features)
 
 
-def check_first_labels(train: Dataset, n: int = SAMPLE) -> dict:
+def check_first_labels(train: Dataset, n: int = SAMPLE, label_norm: str | None = None) -> dict:
     """For a generated training set whose labels are computed in the loader (else nothing): fit ``auto``
-    parameters, then print the diagnostics of the first ``n`` labels.  Returns the facts to record (a dict,
-    empty when nothing applies)."""
+    parameters, then print the diagnostics of the first ``n`` labels (their warnings suggest only the levers
+    not in use; ``label_norm``: the run's --label_norm, when the caller knows it).  Returns the facts to record
+    (a dict, empty when nothing applies)."""
     from util.ph import diagnostics
 
     computed = getattr(train, 'computed', None)
@@ -48,19 +49,31 @@ def check_first_labels(train: Dataset, n: int = SAMPLE) -> dict:
     print(f"label diagnostics: computing the labels of the first {min(n, len(train))} images", flush=True)
     diagrams, features = _first_diagrams(train, n)
     vec = computed.vectoriser
-    if vec.auto:
-        fitted = vec.auto
+    fitted = tuple(vec.auto)
+    if fitted:
         vec.fit(diagrams)
         params = vec.get_params()
         for name in fitted:
             if name in params:
                 facts[f'fitted_{name}'] = params[name]
-        print(f"fitted on {len(diagrams)} diagrams: " + ', '.join(f"{k} {params[k]}" for k in fitted), flush=True)
+        warning = vec.fit_warning()  # a homology dimension (or all) without pairs to fit on
+        if warning is not None:
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
+        if len(vec.without_pairs) < 2:
+            print(f"fitted on {len(diagrams)} diagrams: " + ', '.join(f"{k} {params[k]}" for k in fitted), flush=True)
     labels = vec.transform(diagrams)
     diag = diagnostics.compute(labels, diagnostics.diagram_counts(diagrams), features)
-    for name, value in diag.items():
-        facts[f'label_diagnostics_{name}'] = value
+    for name in (*diagnostics.NAMES, 'count'):
+        if name in diag:
+            facts[f'label_diagnostics_{name}'] = diag[name]
     print(diagnostics.summary_line(diag), flush=True)
-    for warning in diagnostics.degeneracy_warnings(diag):
+    settings = dict(
+        label_type=vec.label_type,
+        auto=list(fitted),
+        size_normalise=bool(getattr(computed, 'size_normalise', False)),
+        filtration=computed.filtration,
+        label_norm=label_norm,
+    )
+    for warning in diagnostics.degeneracy_warnings(diag, settings):
         print(f"warning: {warning}", file=sys.stderr, flush=True)
     return facts

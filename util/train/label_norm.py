@@ -15,6 +15,7 @@ and reused by ``--resume``.  Numpy only (PHdict.py imports this module).
 """
 
 import os
+import sys
 
 import numpy as np
 
@@ -37,9 +38,46 @@ def compute_stats(matrix, floor=DEFAULT_FLOOR):
         raise UserError(f"--label_norm_floor must be >= 0 (got {floor})")
     mean = m.mean(axis=0)
     std = m.std(axis=0)
+    warn_constant(m, 'standard')
     rms = float(np.sqrt(np.mean(std**2)))
     low = max(floor * rms, 1e-12)  # a constant label matrix stays finite: only centred
     return mean, np.maximum(std, low)
+
+
+def constant_columns(matrix):
+    """Indices of the components of a label matrix ``[N, D]`` that do not vary over its rows (to float32
+    precision: labels are float32)."""
+    m = np.asarray(matrix, dtype=np.float64)
+    return np.flatnonzero(np.ptp(m, axis=0) <= 1e-7 * np.abs(m).max(axis=0))
+
+
+def constant_message(n_constant, dim, rows, mode, first=()):
+    """One line on the constant components of the labels that --label_norm ``mode`` scales, or None."""
+    if not n_constant:
+        return None
+    if n_constant >= dim:
+        return (
+            f"--label_norm {mode}: every label component is constant over the {rows} labels (a constant label "
+            "matrix): pretraining would regress constants and learn nothing; see PHdict.py's label diagnostics "
+            "for why (constant images? ranges that miss the pairs?) and recompute the labels"
+        )
+    if mode != 'standard':
+        return None
+    shown = ', '.join(str(int(i)) for i in list(first)[:5]) + (' ...' if n_constant > 5 else '')
+    return (
+        f"--label_norm standard: {n_constant} of the {dim} label components are constant over the {rows} labels "
+        f"({shown}): they are only centred, so their targets are 0"
+    )
+
+
+def warn_constant(matrix, mode, where=None):
+    """Print :func:`constant_message` of ``matrix`` as one ``warning:`` line on stderr (if any)."""
+    cols = constant_columns(matrix)
+    m = np.shape(matrix)
+    message = constant_message(len(cols), m[1], m[0], mode, cols)
+    if message is not None:
+        print(f"warning: {message}" + (f" ({where})" if where else ''), file=sys.stderr, flush=True)
+    return cols
 
 
 def stats_record(mean, std, floor, source, n):
@@ -54,7 +92,9 @@ def stats_record(mean, std, floor, source, n):
 
 
 def from_record(rec, dim, where):
-    """(mean, std) float32 of a stored record, checked against the label dimension."""
+    """(mean, std) float32 of a stored record, checked against the label dimension.  A record that counts
+    constant components (PHdict.py --label_norm standard writes ``constant``) says so on stderr, as
+    :func:`compute_stats` does."""
     mean = np.asarray(rec.get('mean', []), dtype=np.float32)
     std = np.asarray(rec.get('std', []), dtype=np.float32)
     if mean.shape != (dim,) or std.shape != (dim,) or not np.all(std > 0) or not np.all(np.isfinite(mean)):
@@ -62,6 +102,10 @@ def from_record(rec, dim, where):
             f"the label statistics stored in {where} do not fit labels of dimension {dim}; "
             f"recompute them (rerun PHdict.py --label_norm standard, or start a fresh run)"
         )
+    constant = rec.get('constant') or []
+    message = constant_message(len(constant), dim, rec.get('count', '?'), 'standard', constant)
+    if message is not None:
+        print(f"warning: {message} (recorded in {where})", file=sys.stderr, flush=True)
     return mean, std
 
 
@@ -81,7 +125,16 @@ def compute_whiten(matrix, k=DEFAULT_COMPONENTS, floor=DEFAULT_FLOOR):
         raise UserError(f"--label_norm_floor must be >= 0 (got {floor})")
     if int(k) != k or k < 1:
         raise UserError(f"--label_norm_components must be a positive integer (got {k})")
-    k = min(int(k), m.shape[1], m.shape[0] - 1)
+    most = min(m.shape[1], m.shape[0] - 1)
+    if k > most:
+        print(
+            f"note: --label_norm_components {k}: {m.shape[0]} labels of dimension {m.shape[1]} have at most {most} "
+            f"principal directions; keeping {most}",
+            file=sys.stderr,
+            flush=True,
+        )
+    k = min(int(k), most)
+    warn_constant(m, 'whiten')
     mean = m.mean(axis=0)
     _, sv, vt = np.linalg.svd(m - mean, full_matrices=False)
     std = sv[:k] / np.sqrt(m.shape[0] - 1)
@@ -167,7 +220,9 @@ def json_stats(matrix_json):
 
 def add_whiten_to_json(out_dir, label_type, k=DEFAULT_COMPONENTS, floor=DEFAULT_FLOOR):
     """PHdict.py --label_norm whiten: the top-``k`` whitening of ``labels_<type>.npy`` into its json under
-    ``label_whiten`` (kept when already there for this k, floor and row count).  Returns the record or None."""
+    ``label_whiten`` (kept when already there for this k, floor and row count).  The record's ``k`` is the number
+    of directions kept (at most ``rows - 1`` and the dimension), ``asked`` the ``k`` asked for.  Returns the
+    record or None."""
     from util.io.fileio import write_json
     from util.ph.labels import label_names, read_json
 
@@ -177,10 +232,12 @@ def add_whiten_to_json(out_dir, label_type, k=DEFAULT_COMPONENTS, floor=DEFAULT_
         return None
     matrix = np.load(npy, allow_pickle=False)
     old = meta.get(WHITEN_KEY)
-    if old and old.get('floor') == float(floor) and old.get('count') == matrix.shape[0] and old.get('k') == k:
+    asked = old and old.get('asked', old.get('k'))
+    if old and old.get('floor') == float(floor) and old.get('count') == matrix.shape[0] and asked == k:
         return old
     mean, comp, scales = compute_whiten(matrix, k, floor)
-    meta[WHITEN_KEY] = dict(whiten_record(mean, comp, scales, floor, os.path.basename(npy), matrix.shape[0]), k=k)
+    rec = whiten_record(mean, comp, scales, floor, os.path.basename(npy), matrix.shape[0])
+    meta[WHITEN_KEY] = dict(rec, k=len(scales), asked=k)
     write_json(js, meta)
     return meta[WHITEN_KEY]
 
@@ -200,7 +257,10 @@ def add_stats_to_json(out_dir, label_type, floor=DEFAULT_FLOOR):
     old = meta.get(JSON_KEY)
     if old and old.get('floor') == float(floor) and old.get('count') == matrix.shape[0]:
         return old
-    mean, std = compute_stats(matrix, floor)
-    meta[JSON_KEY] = stats_record(mean, std, floor, os.path.basename(npy), matrix.shape[0])
+    mean, std = compute_stats(matrix, floor)  # warns of constant components
+    constant = constant_columns(matrix)
+    meta[JSON_KEY] = dict(
+        stats_record(mean, std, floor, os.path.basename(npy), matrix.shape[0]), constant=[int(i) for i in constant]
+    )
     write_json(js, meta)
     return meta[JSON_KEY]
