@@ -395,7 +395,7 @@ def check_ph_dir(data, vectoriser, dim=None):
         differ.append(f"--gradient {made_grad!r} (this run: {bool(data.gradient)!r})")
     if bool(made_size) != bool(data.size_normalise):
         made = '--size_normalise' if made_size else 'no --size_normalise'
-        differ.append(f"{made} (this run: {'--size_normalise' if data.size_normalise else 'none'})")
+        differ.append(f"{made} (this run: {'--size_normalise' if data.size_normalise else 'without it'})")
     if differ:
         shown = ', '.join(dict.fromkeys(differ))  # once each (the parts of several filtrations)
         raise PhDirMismatch(
