@@ -423,5 +423,147 @@ def _resume_other_mode(ctx, script):
     assert tree_digests(run_dir) == before
 
 
+# ====================================================================================================
+# issue 26: label matrices of several filtrations, --size_normalise, auto ranges
+# ====================================================================================================
+
+
+def _renamed_copies(src, dest, k=4):
+    """The first ``k`` images of ``src`` under new names in ``dest`` (rows a label matrix of ``src`` lacks):
+    {new name: the original's name}."""
+    dest.mkdir()
+    names = {}
+    for p in sorted(src.glob('*.jpg'))[:k]:
+        shutil.copy(p, dest / f'copy_{p.name}')
+        names[f'copy_{p.name}'] = p.name
+    return names
+
+
+def _pretraining_sets(argv):
+    """(train, val) that pretraining.py builds for ``argv``, in this process."""
+    from util.cli import build, compat, flags
+
+    args = importlib.import_module('pretraining').get_args_parser().parse_args([str(a) for a in argv])
+    compat.resolve_special_values(args)
+    flags.check_common_args(args)
+    flags.check_mode_args(args)
+    return build.build_pretraining_sets(args)
+
+
+def _val_rows_equal_train_rows(argv, ph, label_type, names, dim):
+    """The -val labels computed in the loader equal the label matrix's rows of the images they copy."""
+    from util.ph.labels import load_label_matrix
+
+    _, val = _pretraining_sets(argv)
+    stem = ph / f'labels_{label_type}'
+    matrix, rows = load_label_matrix(f'{stem}.npy', f'{stem}.txt', dim)
+    for i, rel in enumerate(val.rel_paths):
+        np.testing.assert_allclose(val[i][1], matrix[rows.index(names[rel])], rtol=1e-5, atol=1e-6, err_msg=rel)
+
+
+@case(
+    'pretraining',
+    '-pd -pc label matrix of several filtrations (also written over a single-filtration one)',
+    'exit 2 naming --filtration A B when the run gives one (no traceback, no run folder); with --filtration A B '
+    'exit 0, and -val labels computed in the loader equal the matrix rows of the same images',
+)
+def _several_filtrations(ctx, script):
+    d = ctx.data
+    ph, valx, out = ctx.tmp / 'ph', ctx.tmp / 'valx', ctx.tmp / 'out'
+    ctx.inputs(d.gen)
+    ctx.outputs(out)
+    names = _renamed_copies(d.gen, valx)
+    flags = ['-it', 'jpg', '-nw', 1, '--label_type', 'split_image', '--numof_dims', PT_DIM // 2]
+    expect_ok(run('PHdict', d.gen, '-o', ph, *flags))  # one filtration first, then two into the same folder
+    res = expect_ok(run('PHdict', d.gen, '-o', ph, *flags, '--filtration', 'signed_distance', 'none'))
+    assert f'-nc {PT_DIM}' in res.out, res
+    base = ['-t', d.gen, '-pd', ph, '-pc', '--label_type', 'split_image', '-nc', PT_DIM, '-e', 1, '-b', 8, *TINY]
+    expect_error(run(script, *base, '-o', out), '-pd', '--filtration signed_distance none', 'this run')
+    two = [*base, '--filtration', 'signed_distance', 'none']
+    expect_error(run(script, *two, '-nc', PT_DIM + 4, '-o', out), f'label dimension {PT_DIM}', '-nc')
+    assert not out.exists()
+    expect_ok(run(script, *two, '-val', valx, '-o', out))
+    with open(os.path.join(only_run_dir(out), 'args.json')) as f:
+        assert json.load(f)['filtration'] == ['signed_distance', 'none']
+    _val_rows_equal_train_rows([*two, '-val', valx], ph, 'split_image', names, PT_DIM)
+
+
+@case(
+    'pretraining',
+    '-pd -pc made with --size_normalise and --max_life auto --sigma auto; -val labels computed in the loader',
+    'exit 2 naming --size_normalise when the run lacks it (no run folder); with the same flags (auto = as fitted '
+    'in -pd) exit 0, args.json records size_normalise and the fitted values, and the -val labels computed in the '
+    'loader equal the matrix rows of the same images (same scale)',
+)
+def _size_normalised_auto(ctx, script):
+    d = ctx.data
+    ph, valx, out = ctx.tmp / 'ph', ctx.tmp / 'valx', ctx.tmp / 'out'
+    ctx.inputs(d.gen)
+    ctx.outputs(out)
+    names = _renamed_copies(d.gen, valx)
+    auto = ['--max_life', 'auto', '--sigma', 'auto']
+    pi = ['--label_type', 'persistence_image']
+    expect_ok(
+        run('PHdict', d.gen, '-o', ph, '-it', 'jpg', '-nw', 1, *pi, '--numof_dims', PT_DIM, *auto, '--size_normalise')
+    )
+    with open(ph / 'labels_persistence_image.json') as f:
+        fitted = json.load(f)['params']
+    base = ['-t', d.gen, '-pd', ph, '-pc', *pi, '-nc', PT_DIM, '-e', 1, '-b', 8, *TINY, *auto]
+    line = expect_error(run(script, *base, '-o', out), '-pd', '--size_normalise')
+    assert '--grids' not in line and 'sigma' not in line and 'max_life' not in line, line  # auto: as fitted there
+    expect_error(
+        run(script, *base, '--size_normalise', '--sigma', 3, '-o', out), f"--sigma {fitted['sigma']!r}", 'this run: 3.0'
+    )
+    assert not out.exists()
+    expect_ok(run(script, *base, '--size_normalise', '-val', valx, '-o', out))
+    with open(os.path.join(only_run_dir(out), 'args.json')) as f:
+        recorded = json.load(f)
+    assert recorded['size_normalise'] is True and recorded['max_life'] == 'auto'
+    assert recorded['fitted_max_life'] == fitted['max_life'] and recorded['fitted_sigma'] == fitted['sigma']
+    _val_rows_equal_train_rows([*base, '--size_normalise', '-val', valx], ph, 'persistence_image', names, PT_DIM)
+    unfitted = ctx.tmp / 'unfitted'  # explicit values there: 'auto' stands for nothing
+    expect_ok(run('PHdict', d.gen, '-o', unfitted, '-it', 'jpg', '-nw', 1, *pi, '--numof_dims', PT_DIM))
+    argv = ['-t', d.gen, '-pd', unfitted, '-pc', *pi, '-nc', PT_DIM, '--max_life', 'auto', *TINY, '-o', out]
+    expect_error(run(script, *argv), '--max_life 50.0', 'not fitted')
+
+
+@case(
+    'pretraining',
+    '--max_life auto / several --filtration values where the labels are made in the loader',
+    'exit 2 before any folder: -t DIR --max_life auto (no -pd, or -pd of diagrams) names --max_life auto and '
+    '-pd PHDIR -pc; several --filtration values for generated images or diagrams name --filtration',
+)
+def _auto_in_loader(ctx, script):
+    d = ctx.data
+    ctx.inputs(d.gen, d.gen_ph)
+    out = ctx.tmp / 'out'
+    tiny = ['-nc', PT_DIM, '-e', 1, '-b', 8, *TINY, '-o', out]
+    for extra in ([], ['-pd', d.gen_ph]):
+        line = expect_error(run(script, '-t', d.gen, '--max_life', 'auto', *extra, *tiny), '--max_life auto', '-pc')
+        assert 'Traceback' not in line
+    two = ['--filtration', 'signed_distance', 'none']
+    expect_error(run(script, '-n', 8, *two, *tiny), '--filtration signed_distance none', '-t DIR')
+    expect_error(run(script, '-t', d.gen, '-pd', d.gen_ph, *two, *tiny), '--filtration', 'add -pc')
+    expect_error(run(script, '-t', d.gen, '--size_normalise', '--filtration', 'none', *tiny), '--size_normalise')
+    assert not out.exists()
+
+
+@case(
+    'pretraining',
+    '--resume with another -nc of a run that recorded label diagnostics (generated images)',
+    'exit 2 naming only the flag that differs (--numof_classes), none of the facts the run recorded',
+)
+def _resume_names_flags(ctx, script):
+    out = ctx.tmp / 'out'
+    ctx.outputs(out)
+    argv = ['-n', 8, '-nv', 4, '-b', 8, *TINY, '-o', out]
+    expect_ok(run(script, *argv, '-nc', PT_DIM, '-e', 1))
+    run_dir = only_run_dir(out)
+    with open(os.path.join(run_dir, 'args.json')) as f:
+        assert any(k.startswith('label_diagnostics_') for k in json.load(f))  # facts recorded beside the flags
+    line = expect_error(run(script, *argv, '-nc', 20, '-e', 2, '--resume', run_dir), '--numof_classes', '1 setting')
+    assert 'label_diagnostics' not in line, line
+
+
 data, test_fault = faultlib.data, faultlib.test_fault  # the matrix's fixture and test
 pytest_generate_tests, ledger = faultlib.matrix('pretraining')

@@ -128,7 +128,8 @@ class DataConfig:
 
     ``train``/``val``: image folders (None: none given); ``ph_dir``/``precomputed``: the -pd folder of
     PHdict.py and whether it holds a label matrix; ``persistence``: 'pre' or 'post' (label before / after the
-    spatial augmentation); ``filtration``/``gradient``/``ph_engine``: how PH is computed in the loader; ``generator``,
+    spatial augmentation); ``filtration``/``gradient``/``size_normalise``/``ph_engine``: how PH is computed in the
+    loader (and what -pd's labels must have been made with); ``generator``,
     ``n_samples``, ``n_samples_val`` (-1: min(1000, n/10)), ``seed``, ``cache_dir``: the images generated on
     the fly when there is no ``train`` folder.
     """
@@ -138,8 +139,9 @@ class DataConfig:
     ph_dir: str = field(default='', metadata=_flag('path2PHdir'))
     precomputed: bool = False
     persistence: str = 'pre'
-    filtration: str = 'signed_distance'
+    filtration: str = 'signed_distance'  # a list of names: several filtrations, their labels side by side
     gradient: bool = False
+    size_normalise: bool = False  # filtration values times SIZE_REFERENCE / the image's size (PHdict.py's flag)
     ph_engine: str = DEFAULT_ENGINE
     bad_images: str = 'skip'
     label: LabelConfig = field(default_factory=LabelConfig)

@@ -346,6 +346,13 @@ evaluation: evaluate -pw on -val (= --evaluate). In combined, -pw initialises th
 --freeze_encoder applies to the fine-tuning phase only"""
 
 
+class _OneOrSeveral(argparse.Action):
+    """``nargs='+'`` that stores one value as itself (the common case, as recorded before) and several as a list."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values[0] if len(values) == 1 else list(values))
+
+
 def add_mode_args(parser, default_mode):
     """The mode flags, the PH label flags and the generator flags (both scripts take all of them)."""
     from util.cli.label_flags import add_label_args
@@ -418,7 +425,18 @@ def add_mode_args(parser, default_mode):
         '--filtration',
         default=DataConfig.filtration,
         choices=FILTRATIONS,
-        help='filtration when PH is computed here (default: %(default)s, as PHdict.py)',
+        nargs='+',
+        action=_OneOrSeveral,
+        help='filtration when PH is computed here (default: %(default)s, as PHdict.py); several: their labels '
+        'side by side, as PHdict.py --filtration A B joins its label matrices (-nc is their total length; '
+        'images of a folder only: -t DIR, or -pd PHDIR -pc)',
+    )
+    g.add_argument(
+        '--size_normalise',
+        action='store_true',
+        default=DataConfig.size_normalise,
+        help='when PH is computed here: filtration values times 256/SIZE (SIZE = the image\'s larger side), as '
+        'PHdict.py --size_normalise; -pd\'s labels must have been made the same way (default: off)',
     )
     g.add_argument(
         '--gradient',
@@ -542,7 +560,60 @@ def check_mode_args(args):
             f"-lm {mode}: -pd/-pc hold the PH of the images given by -t2 (--ph_train); give -t2, or "
             f"drop -pd/-pc to generate images on the fly"
         )
+    check_label_source(args)
     return args
+
+
+def _auto_flags(args):
+    from util.ph.vectorise import AUTO, AUTO_PARAMS
+
+    def is_auto(value):
+        return value == AUTO or (isinstance(value, (list, tuple)) and AUTO in value)
+
+    return [name for name in AUTO_PARAMS if is_auto(getattr(args, name, None))]
+
+
+def check_label_source(args):
+    """Refuse, before any folder is made, label flags that the source of this run's PH labels cannot honour:
+    several ``--filtration`` values for generated images or a -pd of diagrams, ``--size_normalise`` with a
+    filtration not in pixel units, ``auto`` ranges for labels computed in the loader from a folder (``auto`` is
+    what PHdict.py fitted: it means "as fitted in -pd" with -pc)."""
+    from util.ph.cubical import SIZE_FILTRATIONS
+
+    mode = args.learning_mode
+    if args.label_type in ('class', 'random') or mode in ('finetuning', 'evaluation'):
+        return
+    images = {'pretraining': args.train, 'simultaneous': args.train}.get(mode, args.ph_train)
+    several = isinstance(args.filtration, (list, tuple))
+    names = list(args.filtration) if several else [args.filtration]
+    diagrams = bool(images and args.path2PHdir and not args.precomputed)
+    matrix = bool(images and args.path2PHdir and args.precomputed)
+    if args.size_normalise and any(name not in SIZE_FILTRATIONS for name in names):
+        raise UserError(
+            "--size_normalise scales filtration values in pixels: it needs filtrations among "
+            f"{', '.join(SIZE_FILTRATIONS)} (got --filtration {' '.join(names)})"
+        )
+    if several and not images:
+        where = '-t DIR' if mode == 'pretraining' else '-t2 DIR'
+        raise UserError(
+            f"--filtration {' '.join(names)}: the labels of several filtrations are made for the images of a "
+            f"folder ({where}, with -pd PHDIR -pc for PHdict.py's joined label matrix), not for generated images; "
+            "give one --filtration"
+        )
+    if several and diagrams:
+        raise UserError(
+            f"--filtration {' '.join(names)} with -pd {args.path2PHdir}: PHdict.py keeps the diagrams of each "
+            "filtration in PHDIR/filtration_NAME/ and their joined label matrix in PHDIR; add -pc to read that matrix"
+        )
+    auto = _auto_flags(args)
+    if auto and images and not matrix:
+        flag = ' '.join(f'--{name} auto' for name in auto)
+        made = f"the diagrams in -pd {args.path2PHdir}" if diagrams else 'labels computed in the loader'
+        raise UserError(
+            f"{flag}: 'auto' means the values PHdict.py fitted and recorded with its label matrix, which {made} "
+            f"do not have; run PHdict.py on {images} with --label_type {args.label_type} {flag} and train with "
+            "-pd PHDIR -pc, or give the values"
+        )
 
 
 def get_args_parser(default_mode, description='', epilog=None):

@@ -7,7 +7,8 @@ comes from:
 
 * ``DiagramDirLabels``  - raw diagrams written by PHdict.py (``<relative path>.npy``), vectorised at load time;
 * ``MatrixLabels``      - a consolidated label matrix written by ``PHdict.py --label_type`` (nothing computed);
-* ``ComputedLabels``    - persistent homology computed in the loader from the image itself.
+* ``ComputedLabels``    - persistent homology computed in the loader from the image itself (``JoinedLabels``:
+  several filtrations side by side).
 
 ``-ph pre`` labels the full image before augmentation (the label is fixed per image); ``-ph post`` labels
 the augmented crop, i.e. exactly what the network sees.
@@ -46,26 +47,49 @@ class ComputedLabels:
     """Label = vectoriser(persistent homology of the image), computed when asked; ``gradient`` takes the PH
     of the Canny edge map instead of the Otsu mask (see :func:`util.ph.cubical.edge_map`); ``engine`` is the PH
     engine (:data:`util.ph.cubical.ENGINES`; both give the same diagrams, hence the same labels), loaded here once so
-    that DataLoader workers forked later inherit it instead of each loading or compiling it."""
+    that DataLoader workers forked later inherit it instead of each loading or compiling it; ``size_normalise``
+    (None: off, else the reference size, :data:`util.ph.cubical.SIZE_REFERENCE`): filtration values times
+    reference / the image's larger side, as ``PHdict.py --size_normalise``."""
 
-    def __init__(self, vectoriser, filtration='signed_distance', gradient=False, engine='auto'):
+    def __init__(self, vectoriser, filtration='signed_distance', gradient=False, engine='auto', size_normalise=None):
         from util.ph.cubical import warm_up
 
         self.vectoriser = vectoriser
         self.filtration = filtration
         self.gradient = bool(gradient)
         self.engine = engine
+        self.size_normalise = size_normalise or None
         self.dim = vectoriser.dim
         warm_up(engine)
 
     def diagram(self, image):
-        from util.ph.cubical import compute_ph
+        from util.ph.cubical import compute_ph, normalise_size
 
-        return compute_ph(image, filtration=self.filtration, gradient=self.gradient, engine=self.engine)
+        dgm = compute_ph(image, filtration=self.filtration, gradient=self.gradient, engine=self.engine)
+        if self.size_normalise:
+            size = max(image.size) if hasattr(image, 'size') and not hasattr(image, 'shape') else max(image.shape[:2])
+            dgm = normalise_size(dgm, size, self.size_normalise)
+        return dgm
 
     def from_image(self, image):
         """image: PIL image (converted to grey as PHdict does) -> float32 [D]."""
         return np.asarray(self.vectoriser(self.diagram(image)), dtype=np.float32)
+
+
+class JoinedLabels:
+    """The labels of several filtrations side by side (``--filtration A B ...``, as PHdict.py joins its label
+    matrices: the columns of A, then of B ...), each part a :class:`ComputedLabels`; computed from the image."""
+
+    def __init__(self, parts):
+        self.parts = list(parts)
+        self.dim = sum(p.dim for p in self.parts)
+        self.filtration = [p.filtration for p in self.parts]
+
+    def from_image(self, image):
+        return np.concatenate([p.from_image(image) for p in self.parts]).astype(np.float32)
+
+
+COMPUTED = (ComputedLabels, JoinedLabels)  # label sources that compute the label from the image
 
 
 class DiagramDirLabels:
@@ -233,7 +257,7 @@ class FolderPH(_PHBase):
         self.root = root
         self.rel_paths = rel_paths
         self.labels = labels
-        self.computed = computed if computed is not None else (labels if isinstance(labels, ComputedLabels) else None)
+        self.computed = computed if computed is not None else (labels if isinstance(labels, COMPUTED) else None)
         if persistence == 'post' and self.computed is None:
             raise UserError(
                 "-ph post labels the augmented crop, so it needs PH computed in the loader; drop -pd/-pc or use -ph pre"
@@ -247,7 +271,7 @@ class FolderPH(_PHBase):
         return fileio.load_image(os.path.join(self.root, self.rel_paths[index]), 'RGB')
 
     def _label_pre(self, index, image):
-        if isinstance(self.labels, ComputedLabels):
+        if isinstance(self.labels, COMPUTED):
             return self.labels.from_image(image)
         return self.labels.label(index)
 
@@ -288,7 +312,15 @@ class GeneratedPH(_PHBase):
         # end (util.train.transforms.ToUint8Tensor): the same values as converting to RGB first
         self.keep_grey = False
         if cache_dir:
-            prepare_cache(cache_dir, cfg, seed, stream, computed.filtration, getattr(computed, 'gradient', False))
+            prepare_cache(
+                cache_dir,
+                cfg,
+                seed,
+                stream,
+                computed.filtration,
+                getattr(computed, 'gradient', False),
+                getattr(computed, 'size_normalise', None),
+            )
 
     def set_epoch(self, epoch):
         self.epoch = epoch
@@ -337,8 +369,9 @@ class GeneratedPH(_PHBase):
         return np.asarray(self.computed.vectoriser(dgm), dtype=np.float32)
 
 
-def prepare_cache(cache_dir, cfg, seed, stream, filtration, gradient=False):
-    """Create the cache layout, or check that an existing cache was made with the same settings."""
+def prepare_cache(cache_dir, cfg, seed, stream, filtration, gradient=False, size_normalise=None):
+    """Create the cache layout, or check that an existing cache was made with the same settings (its diagrams
+    are size-normalised when ``size_normalise`` is)."""
     import dataclasses
 
     generator = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
@@ -352,6 +385,8 @@ def prepare_cache(cache_dir, cfg, seed, stream, filtration, gradient=False):
     }
     if gradient:  # recorded only when on, so caches made before the option existed stay valid
         meta['gradient'] = True
+    if size_normalise:  # likewise
+        meta['size_normalise'] = size_normalise
     for sub in ('images', 'PH'):
         fileio.ensure_dir(os.path.join(cache_dir, sub), 'cache directory')
     meta_path = os.path.join(cache_dir, 'cache.json')
@@ -375,7 +410,7 @@ def prepare_cache(cache_dir, cfg, seed, stream, filtration, gradient=False):
         n for sub in ('images', 'PH') for n in os.listdir(os.path.join(cache_dir, sub)) if not fileio.is_temp_file(n)
     ]
     if cached and os.path.exists(meta_path):  # another process recorded it and began meanwhile
-        return prepare_cache(cache_dir, cfg, seed, stream, filtration, gradient)
+        return prepare_cache(cache_dir, cfg, seed, stream, filtration, gradient, size_normalise)
     if cached:  # made with settings nobody recorded: mixing them in could pair other diagrams with the images
         raise UserError(
             f"--cache_dir {cache_dir!r} holds {len(cached)} cached images/diagrams but no record of their settings "

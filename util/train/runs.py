@@ -212,6 +212,20 @@ RESUME_FREE = frozenset(
 )
 
 
+# Facts a run records beside its flags (util.train.sources, util.train.label_diagnostics): what it found, not what
+# was asked for.  A resume compares flags only (the labels themselves are pinned by ``label_matrix``); a fact
+# follows from flags and data, so a changed flag is named instead of its consequences.
+RECORDED_FACTS = (
+    'label_diagnostics_',
+    'fitted_',
+    'label_norm_mean',
+    'label_norm_std',
+    'label_norm_source',
+    'label_norm_count',
+    'label_whiten_',
+)
+
+
 def _same_setting(before, now):
     if before == now:
         return True
@@ -229,8 +243,8 @@ def resume_changes(recorded, now, done_epoch):
     now = jsonable(now)
     changes = []
     for key in sorted(set(recorded) | set(now)):
-        if key in RESUME_FREE or key not in recorded or key not in now:
-            continue  # a setting added by a later version, or one of this invocation alone
+        if key in RESUME_FREE or key not in recorded or key not in now or key.startswith(RECORDED_FACTS):
+            continue  # a setting added by a later version, one of this invocation alone, or a recorded fact
         before, after = recorded[key], now[key]
         if key == 'epochs':
             if isinstance(after, int) and after < done_epoch:

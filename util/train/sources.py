@@ -81,7 +81,7 @@ def build_pretraining_sets(data, dim, dim_flag='-nc'):
     folder with ``ph_dir`` (diagrams) / ``ph_dir`` + ``precomputed`` (label matrix) / nothing (computed), or
     generated images. With ``--label_type random`` the labels are random targets (made in the loader, or
     read from the ``labels_random`` matrix with ``precomputed``)."""
-    from util.train.datasets import ComputedLabels, GeneratedPH, pretrain_transforms, pretrain_val_transforms
+    from util.train.datasets import GeneratedPH, pretrain_transforms, pretrain_val_transforms
 
     random = data.label.label_type == RANDOM
     if random:
@@ -89,8 +89,8 @@ def build_pretraining_sets(data, dim, dim_flag='-nc'):
             raise UserError("--label_type random gives one fixed vector per image; use -ph pre")
         vectoriser = computed = None
     else:
-        vectoriser = data.label.vectoriser(dim, None if data.precomputed else dim_flag)
-        computed = ComputedLabels(vectoriser, data.filtration, data.gradient, data.ph_engine)
+        computed = loader_labels(data, dim, None if data.precomputed else dim_flag)
+        vectoriser = _first_part(computed).vectoriser
     spatial, to_tensor = pretrain_transforms(data.augment)
     val_spatial, val_to_tensor = pretrain_val_transforms(data.augment)
 
@@ -101,6 +101,11 @@ def build_pretraining_sets(data, dim, dim_flag='-nc'):
         if random and data.cache_dir:
             raise UserError(
                 "--cache_dir keeps PH diagrams of generated images; --label_type random needs none: drop --cache_dir"
+            )
+        if isinstance(data.filtration, (list, tuple)):
+            raise UserError(
+                f"--filtration {' '.join(data.filtration)}: several filtrations are joined for the images of a "
+                "folder (-t DIR); give one for generated images"
             )
         cfg = data.generator
         cfg.validate()
@@ -160,15 +165,18 @@ def build_pretraining_sets(data, dim, dim_flag='-nc'):
             "-pd holds PH of whole images, which cannot describe augmented crops: use -ph pre, or "
             "drop -pd to compute PH of each crop"
         )
-    if data.ph_dir:
-        check_ph_dir(data, vectoriser)  # what -pd was made with is what this run says (and args.json records)
+    recorded = None
+    if data.ph_dir:  # what -pd was made with is what this run says (and args.json records)
+        recorded = check_ph_dir(data, vectoriser, dim)
     train = _folder_set(data.train, '-t', computed, spatial, to_tensor, data.persistence, data, dim, vectoriser)
+    if recorded is not None:
+        train.label_facts = recorded.facts
     val = None
     if data.val is not None:
         val = _folder_set(
             data.val,
             '-val',
-            computed,
+            recorded if recorded is not None else computed,  # -val labels made here: exactly as -pd's
             val_spatial,
             val_to_tensor,
             'pre',
@@ -191,49 +199,210 @@ def _plain(value):
     return json.dumps(value, sort_keys=True, default=str)
 
 
-def _flag_of(key):
-    return {'num_bins': '-nc (its bins)', 'gradient': '--gradient'}.get(key, f'--{key}')
+def _shown(value):
+    """A value as typed on the command line (a list as its words)."""
+    return ' '.join(map(str, value)) if isinstance(value, (list, tuple)) else repr(value)
+
+
+def _filtrations(filtration):
+    return list(filtration) if isinstance(filtration, (list, tuple)) else [filtration]
+
+
+def loader_labels(data, dim, flag=None):
+    """The labels this run's flags compute in the loader (a :class:`util.train.datasets.ComputedLabels`, or for
+    several ``--filtration`` values a :class:`util.train.datasets.JoinedLabels` of one per filtration, each of
+    length ``dim`` / their number); ``flag`` (the option that set ``dim``) makes a length the label type cannot
+    split evenly an error naming it."""
+    from util.ph.cubical import SIZE_REFERENCE
+    from util.train.datasets import ComputedLabels, JoinedLabels
+
+    names = _filtrations(data.filtration)
+    size = SIZE_REFERENCE if data.size_normalise else None
+    if len(names) == 1:
+        return ComputedLabels(data.label.vectoriser(dim, flag), names[0], data.gradient, data.ph_engine, size)
+    if dim % len(names):
+        raise UserError(
+            f"{flag or '-nc'} {dim} cannot be split over the {len(names)} filtrations of --filtration "
+            f"{' '.join(names)}: give a multiple of {len(names)} (their labels side by side)"
+        )
+    part_flag = f"{flag} {dim} over {len(names)} filtrations: each" if flag else None
+    return JoinedLabels(
+        [
+            ComputedLabels(
+                data.label.vectoriser(dim // len(names), part_flag), name, data.gradient, data.ph_engine, size
+            )
+            for name in names
+        ]
+    )
+
+
+def _first_part(labels):
+    return labels.parts[0] if hasattr(labels, 'parts') else labels
 
 
 class PhDirMismatch(UserError):
     """-pd was made with other settings than this run's flags (:func:`check_ph_dir`)."""
 
 
-def check_ph_dir(data, vectoriser):
+class FolderRecipe:
+    """How -pd's label matrix was made, as its json records it: ``labels`` computes such labels in the loader
+    (for -val images the matrix has no rows for), or ``problem`` names the recorded parameter that labels computed
+    here cannot honour; ``facts``: what the run records (``fitted_<name>``: the values ``auto`` stands for)."""
+
+    def __init__(self, labels=None, problem=None, facts=None):
+        self.labels, self.problem, self.facts = labels, problem, dict(facts or {})
+
+
+def _recorded_parts(meta):
+    """[(filtration, label parameters)] of a label matrix's json: one, or one per filtration of PHdict.py
+    --filtration A B (its ``params`` and ``filtration`` are then lists); None when they do not pair up."""
+    params, filtration = meta.get('params'), meta.get('filtration')
+    if isinstance(params, list):
+        pairs = isinstance(filtration, list) and len(filtration) == len(params)
+        if not (pairs and all(isinstance(p, dict) for p in params)):
+            return None
+        return list(zip(filtration, params))
+    return [(filtration, params if isinstance(params, dict) else {})]
+
+
+def _fitted_names(meta, ph_dir, label_type):
+    """The label parameters PHdict.py fitted (``auto``) for the matrix whose json is ``meta`` (a joined one: its
+    parts' jsons say), or None where that cannot be read."""
+    from util.ph.labels import label_names, read_json
+
+    def of(m):
+        auto = m.get('auto') if isinstance(m, dict) else None
+        return set(auto.get('fitted') or ()) if isinstance(auto, dict) else set()
+
+    if not isinstance(meta.get('params'), list):
+        return of(meta)
+    names = set()
+    for part in meta.get('parts') or ():
+        m = read_json(os.path.join(ph_dir, str(part), label_names(label_type)[2]))
+        if not isinstance(m, dict):
+            return None
+        names |= of(m)
+    return names if meta.get('parts') else None
+
+
+def _recipe(data, meta, parts, where):
+    """The :class:`FolderRecipe` of -pd's label matrix (json ``meta``, its ``parts``)."""
+    from util.ph.vectorise import LABEL_FLAGS, vectoriser_from_params
+    from util.train.datasets import ComputedLabels, JoinedLabels
+
+    problem, labels = None, []
+    for filtration, params in parts:
+        dim = params.get('dim', meta.get('dim'))
+        try:
+            vec = vectoriser_from_params({**params, 'label_type': data.label.label_type}, int(dim))
+            rebuilt = vec.get_params()
+        except (UserError, TypeError, ValueError) as e:
+            problem = f"its parameters {params} cannot be read here ({e})"
+            break
+        off = [k for k in params if k in rebuilt and _plain(rebuilt[k]) != _plain(params[k])]
+        if off:
+            problem = (
+                f"{where} records {off[0]} {params[off[0]]!r} (filtration {filtration}), which labels computed "
+                f"here cannot reproduce (they would have {rebuilt[off[0]]!r})"
+            )
+            break
+        size = meta.get('size_normalise') or None
+        labels.append(ComputedLabels(vec, filtration, bool(meta.get('gradient')), data.ph_engine, size))
+    if problem:
+        return FolderRecipe(problem=problem)
+    fitted = {}
+    for name in (n for n in LABEL_FLAGS if _is_auto(getattr(data.label, n, None))):
+        values = [params.get(name) for _, params in parts]
+        fitted[f'fitted_{name}'] = values[0] if len(values) == 1 else values
+    return FolderRecipe(labels[0] if len(labels) == 1 else JoinedLabels(labels), facts=fitted)
+
+
+def _is_auto(value):
+    from util.ph.vectorise import AUTO
+
+    return value == AUTO or (isinstance(value, (list, tuple)) and AUTO in value)
+
+
+def check_ph_dir(data, vectoriser, dim=None):
     """Refuse an explicit -pd made with other settings than this run's flags: the label matrix's json (-pc:
-    filtration, gradient and every label parameter) or PHdict.py's settings.json (diagrams: filtration,
-    gradient), as the automatically found folder is refused.  A folder that records nothing (the original's,
-    older versions') is used as it is."""
+    filtration(s), gradient, --size_normalise, the label dimension and every label parameter; ``auto`` flags
+    stand for the values PHdict.py fitted there) or PHdict.py's settings.json (diagrams: filtration, gradient,
+    --size_normalise), as the automatically found folder is refused.  A folder that records nothing (the
+    original's, older versions') is used as it is.  Returns the :class:`FolderRecipe` of a label matrix's json
+    (None: diagrams, or nothing recorded)."""
     from util.ph.labels import find_label_matrix, read_json
 
+    auto = [n for n in ('max_life', 'max_birth', 'min_birth', 'sigma') if _is_auto(getattr(data.label, n, None))]
+    label_type = data.label.label_type
+    differ = []  # 'what -pd was made with (this run: ...)'
+    recipe = None
     if data.precomputed:
-        found = find_label_matrix(data.ph_dir, data.label.label_type)
-        meta = read_json(os.path.splitext(found[0])[0] + '.json') if found else None
+        found = find_label_matrix(data.ph_dir, label_type)
+        js = os.path.splitext(found[0])[0] + '.json' if found else None
+        meta = read_json(js) if found else None
         if not isinstance(meta, dict):
-            return
-        made = dict(meta.get('params') or {}, filtration=meta.get('filtration'), gradient=bool(meta.get('gradient')))
-        ours = dict(vectoriser.get_params(), filtration=data.filtration, gradient=bool(data.gradient))
-        what, fix = f"label matrix {found[0]}", f"or rerun PHdict.py --label_type {data.label.label_type} with them"
+            if auto and found:
+                raise UserError(
+                    f"--{auto[0]} auto: -pd {data.ph_dir} has no readable {os.path.basename(js)} recording the "
+                    f"values PHdict.py fitted; rerun PHdict.py with --label_type {label_type} --{auto[0]} auto, or "
+                    "give the values"
+                )
+            return None
+        parts = _recorded_parts(meta)
+        if parts is None:
+            raise UserError(
+                f"-pd {data.ph_dir}: {js} pairs {len(meta.get('params'))} parameter sets with filtration "
+                f"{meta.get('filtration')!r}; rerun PHdict.py --label_type {label_type} into that folder"
+            )
+        what, fix = f"label matrix {found[0]}", f"or rerun PHdict.py --label_type {label_type} with them"
+        recorded = [name for name, _ in parts]
+        made_filtration = recorded[0] if len(parts) == 1 else recorded
+        ours_filtration = data.filtration if isinstance(data.filtration, str) else list(data.filtration)
+        if _plain(made_filtration) != _plain(ours_filtration) and made_filtration is not None:
+            differ.append(f"--filtration {_shown(made_filtration)} (this run: {_shown(ours_filtration)})")
+        made_dim = meta.get('dim')
+        if isinstance(made_dim, int) and dim is not None and made_dim != dim:
+            differ.append(f"label dimension {made_dim} (--numof_classes/-nc; this run: {dim})")
+        fitted = _fitted_names(meta, data.ph_dir, label_type)
+        ours = vectoriser.get_params()
+        skip = set(auto) | ({'max_birth', 'min_birth'} if {'max_birth', 'min_birth'} & set(auto) else set())
+        from util.ph.vectorise import LABEL_FLAGS
+
+        for filtration, params in parts:
+            at = f" for filtration {filtration}" if len(parts) > 1 else ''
+            for key in (k for k in LABEL_FLAGS if k != 'label_type' and k in params):
+                if (
+                    key in auto
+                    and fitted is not None
+                    and key not in fitted
+                    and not (key in ('max_birth', 'min_birth') and fitted & {'max_birth', 'min_birth'})
+                ):
+                    differ.append(f"--{key} {params[key]!r}{at}, not fitted (this run: auto)")
+                elif key not in skip and key in ours and _plain(params[key]) != _plain(ours[key]):
+                    differ.append(f"--{key} {params[key]!r}{at} (this run: {ours[key]!r})")
+        made_grad, made_size = bool(meta.get('gradient')), meta.get('size_normalise') or None
+        recipe = _recipe(data, meta, parts, f"its {os.path.basename(js)}")
     else:
         settings = read_json(os.path.join(data.ph_dir, 'settings.json'))
         diagram = settings.get('diagram') if isinstance(settings, dict) else None
         if not isinstance(diagram, dict):
-            return
-        made = {'filtration': diagram.get('filtration'), 'gradient': bool(diagram.get('gradient', False))}
-        ours = {'filtration': data.filtration, 'gradient': bool(data.gradient)}
+            return None
+        if diagram.get('filtration') is not None and diagram.get('filtration') != data.filtration:
+            differ.append(f"--filtration {diagram.get('filtration')!r} (this run: {data.filtration!r})")
+        made_grad, made_size = bool(diagram.get('gradient', False)), diagram.get('size_normalise') or None
         what, fix = 'diagrams', 'or give -pd a folder of diagrams made with them'
-    differ = [k for k in made if k in ours and made[k] is not None and _plain(made[k]) != _plain(ours[k])]
+    if made_grad != bool(data.gradient):
+        differ.append(f"--gradient {made_grad!r} (this run: {bool(data.gradient)!r})")
+    if bool(made_size) != bool(data.size_normalise):
+        made = '--size_normalise' if made_size else 'no --size_normalise'
+        differ.append(f"{made} (this run: {'--size_normalise' if data.size_normalise else 'without it'})")
     if differ:
-        shown = ', '.join(
-            f"label dimension {made[k]!r} (--numof_classes/-nc; this run: {ours[k]!r})"
-            if k == 'dim'
-            else f"{_flag_of(k)} {made[k]!r} (this run: {ours[k]!r})"  # 'dim' is named above
-            for k in differ
-        )
+        shown = ', '.join(dict.fromkeys(differ))  # once each (the parts of several filtrations)
         raise PhDirMismatch(
             f"-pd {data.ph_dir}: its {what} were made with {shown}; give the same flags (args.json then records "
             f"what the labels are) {fix}"
         )
+    return recipe
 
 
 def label_record(train):
@@ -241,10 +410,11 @@ def label_record(train):
     recomputed differs): the label matrix (its file name and BLAKE2b digest) the training set reads, else {}."""
     from util.io.provenance import fingerprint
 
+    facts = dict(getattr(train, 'label_facts', None) or {})  # fitted_<name>: what -pd's 'auto' stood for
     source = getattr(getattr(train, 'labels', None), 'source', None)
     if not source or not os.path.isfile(source):
-        return {}
-    return {'label_matrix': f"{os.path.basename(source)} blake2b {fingerprint(source)['hash']}"}
+        return facts
+    return {**facts, 'label_matrix': f"{os.path.basename(source)} blake2b {fingerprint(source)['hash']}"}
 
 
 def _list_folder(root, flag):
@@ -283,6 +453,9 @@ def _folder_set(
     from util.train.datasets import DiagramDirLabels, FolderPH, MatrixLabels
 
     rel = _list_folder(root, flag)
+    recipe = computed if isinstance(computed, FolderRecipe) else None  # -val: labels made as -pd's were
+    if recipe is not None:
+        computed = recipe.labels
     labels = computed
     try:
         if data.ph_dir:
@@ -313,11 +486,23 @@ def _folder_set(
     except UserError as e:
         if not fallback_to_computed:
             raise
+        if recipe is not None and recipe.problem:
+            raise UserError(
+                f"the labels of {flag} {root} must be computed in the loader (-pd {data.ph_dir} does not serve them: "
+                f"{str(e).split(';')[0]}), but {recipe.problem}; make them with PHdict.py into another folder and "
+                f"train with -val images -pd serves, or drop {flag}"
+            ) from None
         labels = computed  # the parameters are -pd's (check_ph_dir): only these images' labels are made here
         print(
             f"note: the PH labels of the {len(rel)} images of {flag} {root} are computed in the loader with the "
             f"settings of -pd {data.ph_dir} (its labels do not serve them: {str(e).split(';')[0]})",
             flush=True,
+        )
+    unfitted = getattr(_first_part(labels), 'vectoriser', None) if labels is computed and labels is not None else None
+    if unfitted is not None and unfitted.auto:  # the flags' check refuses this first (no folder made)
+        raise UserError(
+            f"{' '.join('--' + a for a in unfitted.auto)} auto: labels computed in the loader for {flag} {root} "
+            "have nothing fitted; give the values, or -pd PHDIR -pc with PHdict.py's label matrix"
         )
     return FolderPH(root, rel, labels, spatial, to_tensor, persistence, computed=computed, bad_images=data.bad_images)
 
@@ -441,14 +626,13 @@ def build_simultaneous_sets(data, dim):
     from util.train.datasets import (
         IMAGENET_MEAN,
         IMAGENET_STD,
-        ComputedLabels,
         FolderPH,
         LabelledPH,
         finetune_train_parts,
         finetune_transforms,
     )
 
-    computed = ComputedLabels(data.label.vectoriser(dim, '-nd'), data.filtration, data.gradient, data.ph_engine)
+    computed = loader_labels(data, dim, '-nd')
     spatial, to_tensor = finetune_train_parts(data.augment)
     check_class_layout(data.train, '-t')
     train_set = LabelledPH(data.train, computed, spatial, to_tensor, data.persistence, data.bad_images)
