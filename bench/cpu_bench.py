@@ -25,6 +25,7 @@ import os
 import platform
 import time
 
+from bench.common import add_json_flag, print_paths, save_result
 from util.cli.strict_args import StrictArgumentParser
 from util.errors import UserError, run_cli
 
@@ -289,34 +290,21 @@ def get_args_parser():
         metavar='BENCH',
         help="run only these of: generator ph vectorise loader (default: all)",
     )
-    p.add_argument(
-        '--json',
-        default=None,
-        help="write the results here too (default: only $OUT/cpu_bench.json when the OUT variable is set)",
-    )
+    add_json_flag(p, "write the results here too (default: only $OUT/cpu_bench.json when the OUT variable is set)")
     return p
 
 
 def main(args):
-    from util.io.fileio import write_json
-
     preset = 'tiny' if args.tiny else 'quick' if args.quick else 'default'
     res = run(preset, args.workers, args.only)
-    paths = []
-    if os.environ.get('OUT'):
-        paths.append(os.path.join(os.environ['OUT'], 'cpu_bench.json'))
-    if args.json:
-        paths.append(args.json)
-    for path in paths:
-        write_json(path, res)
+    paths = save_result(args, res, 'cpu_bench')
     print()
     print(
         f"{res['date']}  {res['cpu_model']}, {res['cores']} cores, {args.workers} worker(s), preset {preset}; "
         f"load average {res['load_average']['start']} at start, {res['load_average']['end']} at end"
     )
     print(format_table(res['table']))
-    if paths:
-        print(f"results: {', '.join(paths)}")
+    print_paths(paths)
     return 0
 
 

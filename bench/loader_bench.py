@@ -40,6 +40,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
+from bench.common import add_json_flag, save_result
 from bench.reference import original_diagram, original_histogram, original_random_image
 from util.cli.strict_args import StrictArgumentParser
 from util.errors import UserError, run_cli
@@ -327,7 +328,7 @@ def get_args_parser():
         help="epochs per round, each loader as its script runs them: ours keeps its workers, the original's "
         "forks them anew (default: %(default)s)",
     )
-    p.add_argument('--json', default=None, help="also write the result dict here (default: none)")
+    add_json_flag(p)
     return p
 
 
@@ -359,10 +360,7 @@ def main(args):
         f"CPU-second = {res['cpu_ratio_normalised']:.2f}x the original"
     )
     print(f"load average (1, 5, 15 min) at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    if args.json:
-        from util.io.fileio import write_json
-
-        write_json(args.json, res)
+    save_result(args, res)
     return 0
 
 

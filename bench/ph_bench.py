@@ -33,6 +33,7 @@ import time
 import numpy as np
 from PIL import Image
 
+from bench.common import add_json_flag, save_result
 from bench.reference import original_ph_of_file
 from util.cli.strict_args import StrictArgumentParser
 from util.errors import UserError, run_cli
@@ -321,7 +322,7 @@ def get_args_parser():
         '--repeats', type=int, default=2, help="interleaved rounds; the best of each is kept (default: %(default)s)"
     )
     p.add_argument('--seed', type=int, default=0, help="image seed (default: %(default)s)")
-    p.add_argument('--json', default=None, help="also write the result dict here (default: none)")
+    add_json_flag(p)
     return p
 
 
@@ -329,10 +330,7 @@ def main(args):
     if min(args.n_images, args.workers, args.size, args.repeats) < 1:
         raise UserError("--n_images, --workers, --size and --repeats must be at least 1")
     result = run(args.n_images, args.workers, args.size, args.repeats, args.seed, verbose=True)
-    if args.json:
-        from util.io.fileio import write_json
-
-        write_json(args.json, result)
+    save_result(args, result)
     return 0
 
 

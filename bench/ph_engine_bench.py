@@ -28,6 +28,7 @@ import time
 
 import numpy as np
 
+from bench.common import add_json_flag, save_result
 from util.cli.strict_args import StrictArgumentParser
 from util.errors import UserError, run_cli
 from util.io.fileio import load_image
@@ -399,7 +400,7 @@ def get_args_parser():
     p.add_argument(
         '--stage_images', type=int, default=20, help="images of the per-stage breakdown of (c) (default: %(default)s)"
     )
-    p.add_argument('--json', default=None, help="also write the result dict here (default: none)")
+    add_json_flag(p)
     return p
 
 
@@ -419,10 +420,7 @@ def main(args):
         args.phdict_images,
         verbose=True,
     )
-    if args.json:
-        from util.io.fileio import write_json
-
-        write_json(args.json, result)
+    save_result(args, result)
     return 0
 
 

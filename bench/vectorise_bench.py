@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+from bench.common import add_json_flag, save_result
 from util.cli.strict_args import StrictArgumentParser
 from util.errors import UserError, run_cli
 from util.ph.vectorise import LABEL_TYPES, make_vectoriser
@@ -181,7 +182,7 @@ def get_args_parser():
     )
     p.add_argument('--repeats', type=int, default=3, help="timing repeats, best kept (default: %(default)s)")
     p.add_argument('--seed', type=int, default=0, help="random seed of the noise images (default: %(default)s)")
-    p.add_argument('--json', default=None, help="also write the results to this JSON file (default: none)")
+    add_json_flag(p, "also write the results to this JSON file (default: none)")
     return p
 
 
@@ -189,10 +190,7 @@ def main(args):
     if args.n_diagrams < 1 or args.persim_diagrams < 1 or args.repeats < 1:
         raise UserError("--n_diagrams, --persim_diagrams and --repeats must be at least 1")
     result = run(args.n_diagrams, args.persim_diagrams, args.dim, args.repeats, args.seed, verbose=True)
-    if args.json:
-        from util.io.fileio import write_json
-
-        write_json(args.json, result)
+    save_result(args, result)
     return 0
 
 

@@ -121,6 +121,55 @@ def test_no_import_cycles_and_no_private_cross_imports():
                 assert not private, f"{path} imports private {private} from {node.module}"
 
 
+# ---------------------------------------------------------------------------------------- bench/: the top layer
+# The benchmarks sit above everything else: a bench module may import util/*, models, the other bench modules and
+# the top-level scripts it times (bench/ph_engine_bench.py runs PHdict's main in-process); nothing in util/,
+# models/, scripts/ or the top-level scripts imports bench.
+def _top_level_modules():
+    """The project's importable top-level names: the scripts beside README.md and every folder of Python files
+    (packages, and namespace packages such as tests/ and scripts/)."""
+    names = {n[:-3] for n in os.listdir(ROOT) if n.endswith('.py')}
+    folders = [n for n in os.listdir(ROOT) if os.path.isdir(os.path.join(ROOT, n)) and not n.startswith('.')]
+    return names | {n for n in folders if any(f.endswith('.py') for f in os.listdir(os.path.join(ROOT, n)))}
+
+
+def _top_level_imports(path):
+    """The top-level names of every absolute import in one file (function-level imports too)."""
+    found = set()
+    for node in ast.walk(ast.parse(open(path, encoding='utf-8').read())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split('.')[0])
+        elif isinstance(node, ast.Import):
+            found.update(a.name.split('.')[0] for a in node.names)
+    return found
+
+
+def _py_files(*entries):
+    for entry in entries:
+        path = os.path.join(ROOT, entry)
+        if os.path.isfile(path):
+            yield path
+        for folder, _, names in os.walk(path):
+            yield from (os.path.join(folder, n) for n in sorted(names) if n.endswith('.py'))
+
+
+def test_bench_is_the_top_layer():
+    project = _top_level_modules()
+    scripts = sorted(n for n in project if os.path.isfile(os.path.join(ROOT, n + '.py')))
+    assert {'bench', 'tests', 'scripts'} <= project and 'PHdict' in scripts, (project, scripts)
+    may_import = {'util', 'models', 'bench', *scripts}
+    bench_files = list(_py_files('bench'))
+    assert len(bench_files) >= 10, bench_files
+    bad = [
+        f'{os.path.relpath(path, ROOT)} imports {name}'
+        for path in bench_files
+        for name in sorted(_top_level_imports(path) & project - may_import)
+    ]
+    below = list(_py_files('util', 'models', 'scripts', *(s + '.py' for s in scripts)))
+    bad += [f'{os.path.relpath(path, ROOT)} imports bench' for path in below if 'bench' in _top_level_imports(path)]
+    assert not bad, '\n'.join(bad)
+
+
 # Library code: everything but the command-line layer (util/cli) and the scripts.
 LIBRARY = ('util/ph', 'util/io', 'util/train', 'util/plot', 'util/config.py', 'util/errors.py', 'models')
 

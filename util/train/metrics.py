@@ -1,12 +1,30 @@
-"""Classification metrics in numpy: confusion matrix, per-class precision/recall/F1, top-k accuracy and the
+"""Metrics in numpy.  Classification: confusion matrix, per-class precision/recall/F1, top-k accuracy and the
 Matthews correlation coefficient (multi-class, Gorodkin's R_K), with scikit-learn's conventions (a ratio
-whose denominator is 0 counts as 0)."""
+whose denominator is 0 counts as 0).  Regression: R^2 of label vectors, the one definition every caller uses
+(:func:`r_squared` on whole arrays, :func:`r_squared_of_sums` for sums gathered batch by batch)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
+
+
+def r_squared_of_sums(sse: float, sst: float) -> float:
+    """R^2 = 1 - ``sse`` / ``sst``: the sum of squared errors over the total sum of squares, both summed over
+    every output (each output's squares taken about its own mean); NaN when ``sst`` is not positive (targets
+    that never vary leave nothing to explain)."""
+    return 1.0 - float(sse) / float(sst) if sst > 0 else float('nan')
+
+
+def r_squared(pred: ArrayLike, target: ArrayLike) -> float:
+    """R^2 of predictions ``pred`` for ``target`` (arrays or CPU tensors ``[N, D]``), in float64: one number over
+    all outputs, 1 - SSE / SST with SST around each output's mean (:func:`r_squared_of_sums`)."""
+    pred, target = np.asarray(pred, dtype=np.float64), np.asarray(target, dtype=np.float64)
+    sse = np.sum((pred - target) ** 2)
+    sst = np.sum((target - target.mean(axis=0, keepdims=True)) ** 2)
+    return r_squared_of_sums(sse, sst)
 
 
 def confusion_matrix(truth: np.ndarray | Sequence[int], pred: np.ndarray | Sequence[int], n_classes: int) -> np.ndarray:
