@@ -670,7 +670,8 @@ def _several_filtrations(args):
         return status
     print(
         f"label matrix {label_names(args.label_type)[0]}: {joined[0]} x {joined[1]} float32, the columns of "
-        f"{len(parts)} filtrations ({', '.join(args.filtration)}); pretrain with -nc {joined[1]}"
+        f"{len(parts)} filtrations ({', '.join(args.filtration)}); pretrain with -nc {joined[1]} --filtration "
+        f"{' '.join(args.filtration)}{' --size_normalise' if args.size_normalise else ''}"
     )
     write_json(os.path.join(out_dir, 'args.json'), vars(args))
     run = Run(args, target_dir, out_dir, 0, 1, [], [], diagram_dir=parts[0])

@@ -327,7 +327,7 @@ def _late_flags(ctx, script):
     res = expect_ok(
         run(script, d.gen, '-o', ok, *lab, '--size_normalise', '--filtration', 'signed_distance', 'distance')
     )
-    assert 'pretrain with -nc 40' in res.out, res
+    assert 'pretrain with -nc 40 --filtration signed_distance distance --size_normalise' in res.out, res
     assert json.loads((ok / 'labels_histogram.json').read_text())['size_normalise'] == 256
 
 

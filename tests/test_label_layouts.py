@@ -94,7 +94,8 @@ def test_several_filtrations_concatenate_label_matrices(tmp_path, run_script):
         np.load(out / f'filtration_{f}' / 'labels_betti_curve.npy') for f in ('signed_distance', 'none', 'none_inv')
     ]
     np.testing.assert_array_equal(joined, np.concatenate(parts, axis=1))
-    assert joined.shape == (8, 60) and 'pretrain with -nc 60' in res.stdout
+    assert joined.shape == (8, 60)
+    assert 'pretrain with -nc 60 --filtration signed_distance none none_inv' in res.stdout
     meta = json.loads((out / 'labels_betti_curve.json').read_text())
     assert meta['filtration'] == ['signed_distance', 'none', 'none_inv'] and 'diagnostics' in meta
     # the superlevel sets of grey are the sublevel sets of its negation: not the same label as 'none'

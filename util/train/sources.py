@@ -723,7 +723,10 @@ def pretraining_sets(run, dim):
         raise UserError(f"--resume {run.resume}: {e}") from None
     from util.train.label_diagnostics import check_first_labels
 
-    pinned = {**label_record(train), **check_first_labels(train)}  # labels made in the loader: diagnostics, auto
+    pinned = {
+        **label_record(train),
+        **check_first_labels(train, label_norm=data.norm.mode),
+    }  # made in the loader: diagnostics, auto
     if data.norm.mode == 'whiten':
         return _whitened(data, run.resume, train, val, pinned)
     if data.norm.mode != 'standard':
@@ -772,7 +775,7 @@ def _whitened(data, resume, train, val, facts):
     if rec is None and matrix is not None and data.ph_dir:
         where = os.path.join(data.ph_dir, f'labels_{data.label.label_type}.json')
         rec = (read_json(where) or {}).get(label_norm.WHITEN_KEY)
-        if rec is not None and (rec.get('k') != k or rec.get('floor') != floor):
+        if rec is not None and (rec.get('asked', rec.get('k')) != k or rec.get('floor') != floor):
             rec = None  # another K or floor: computed here from the rows
     if rec is None:
         if matrix is not None:
