@@ -82,7 +82,8 @@ def check_run(run_cfg):
     """What only torch and timm can tell about the run configuration, checked before any process starts, any
     data are read or any folder is made: ``--device`` (and ``-p nccl``) can be used here, and a timm ViT's
     patches tile the ``--crop_size`` images it is built for."""
-    distributed.check_device(run_cfg.train)
+    spawned = run_cfg.train.world_size if run_cfg.learning_mode != 'evaluation' else 1  # evaluation: one process
+    distributed.check_device(run_cfg.train, int(os.environ.get('WORLD_SIZE', spawned)))
     if timm_backend.is_timm(run_cfg.model.usenet):
         timm_backend.check_input_size(run_cfg.model.usenet, run_cfg.data.augment.crop_size)
 
