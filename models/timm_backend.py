@@ -4,8 +4,9 @@
 with ``timm.create_model(NAME, pretrained=False, num_classes=N)``; models that take an input size (vision
 transformers and their kin) are built for the size the images reach the network (``input_size``: the training
 scripts pass ``--crop_size``, the side after ``--img_size`` resizing and cropping), so their position embedding
-fits it.  A head of another size is put on through timm's own ``reset_classifier``.  Weights are saved as plain
-state dicts, so ``timm.create_model(NAME, num_classes=N, img_size=S).load_state_dict(torch.load(f))`` reads them.
+fits it; a size their patches do not tile (8 or 30 pixels with 16-pixel patches) is refused naming ``--crop_size``.
+A head of another size is put on through timm's own ``reset_classifier``.  Weights are saved as plain state dicts,
+so ``timm.create_model(NAME, num_classes=N, img_size=S).load_state_dict(torch.load(f))`` reads them.
 No timm weights are downloaded here (``pretrained=False`` always): to start from timm's ImageNet weights, save
 them once with timm and give that file as ``-pw``.
 """
@@ -94,7 +95,7 @@ def check_patch_grid(model: torch.nn.Module, arch: str, input_size: int) -> None
     patch = max(embed.patch_size)
     if all(input_size >= p and input_size % p == 0 for p in embed.patch_size):
         return
-    valid = max(patch, round(input_size / patch) * patch)
+    valid = max(patch, (input_size + patch // 2) // patch * patch)  # the nearest multiple, ties up
     if input_size < patch:
         what = f"is smaller than the {patch}x{patch}-pixel patches of {arch}"
     else:

@@ -79,7 +79,9 @@ def check_device(config, world_size=None):
             torch.empty(1, device=device)
         except Exception as e:  # noqa: BLE001 - whatever torch says, the device cannot be used
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0].split('. ')[0][:120]
-            raise UserError(f"--device {asked}: torch cannot use it on this machine ({reason}); use cpu, or cuda") from None
+            raise UserError(
+                f"--device {asked}: torch cannot use it on this machine ({reason}); use cpu, or cuda"
+            ) from None
     if world_size is None:
         world_size = int(os.environ.get('WORLD_SIZE', config.world_size or 1))
     if world_size > 1 and config.backend == 'nccl' and device.type != 'cuda':
