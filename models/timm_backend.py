@@ -4,8 +4,9 @@
 with ``timm.create_model(NAME, pretrained=False, num_classes=N)``; models that take an input size (vision
 transformers and their kin) are built for the size the images reach the network (``input_size``: the training
 scripts pass ``--crop_size``, the side after ``--img_size`` resizing and cropping), so their position embedding
-fits it.  A head of another size is put on through timm's own ``reset_classifier``.  Weights are saved as plain
-state dicts, so ``timm.create_model(NAME, num_classes=N, img_size=S).load_state_dict(torch.load(f))`` reads them.
+fits it; a size their patches do not tile (8 or 30 pixels with 16-pixel patches) is refused naming ``--crop_size``.
+A head of another size is put on through timm's own ``reset_classifier``.  Weights are saved as plain state dicts,
+so ``timm.create_model(NAME, num_classes=N, img_size=S).load_state_dict(torch.load(f))`` reads them.
 No timm weights are downloaded here (``pretrained=False`` always): to start from timm's ImageNet weights, save
 them once with timm and give that file as ``-pw``.
 """
@@ -68,14 +69,51 @@ def create(arch: str, num_classes: int, input_size: int | None = None) -> torch.
     try:
         if input_size is not None:
             try:
-                return timm.create_model(name, pretrained=False, num_classes=num_classes, img_size=input_size)
+                model = timm.create_model(name, pretrained=False, num_classes=num_classes, img_size=input_size)
             except TypeError as e:
                 if 'img_size' not in str(e):
                     raise
+            else:
+                check_patch_grid(model, arch, input_size)
+                return model
         return timm.create_model(name, pretrained=False, num_classes=num_classes)
     except (TypeError, ValueError, AssertionError, RuntimeError) as e:
         size = f" for {input_size}x{input_size} images" if input_size is not None else ''
         raise UserError(f"cannot build {arch} with {num_classes} outputs{size}: {str(e).splitlines()[0]}") from None
+
+
+def check_patch_grid(model: torch.nn.Module, arch: str, input_size: int) -> None:
+    """Refuse an input side that the model's patches do not tile: a ViT cuts its input into P x P patches with a
+    stride-P convolution, so a crop smaller than P fails in the first forward pass and one that is not a multiple
+    of P is silently cut to the top-left multiple (30-pixel crops, 16-pixel patches: only 16 x 16 pixels seen).
+    Models whose patch embedding pads or is not a plain patch convolution (hybrid CNN stems) are left alone."""
+    from timm.layers import PatchEmbed
+
+    embed = getattr(model, 'patch_embed', None)
+    if not isinstance(embed, PatchEmbed) or getattr(embed, 'dynamic_img_pad', False):
+        return
+    patch = max(embed.patch_size)
+    if all(input_size >= p and input_size % p == 0 for p in embed.patch_size):
+        return
+    valid = max(patch, (input_size + patch // 2) // patch * patch)  # the nearest multiple, ties up
+    if input_size < patch:
+        what = f"is smaller than the {patch}x{patch}-pixel patches of {arch}"
+    else:
+        seen = (input_size // patch) * patch
+        what = f"is not a multiple of the {patch}-pixel patches of {arch}, which would see only {seen}x{seen} of it"
+    raise UserError(f"--crop_size {input_size} {what}: give a multiple of {patch}, e.g. --crop_size {valid}")
+
+
+def check_input_size(arch: str, input_size: int) -> None:
+    """:func:`check_patch_grid` of ``timm:NAME`` built weight-free for ``input_size`` images, before any data is
+    read; a model that takes no input size (CNNs) passes, and a failure to build is left to :func:`create`."""
+    timm = require_timm(arch)
+    try:
+        with torch.device('meta'):
+            model = timm.create_model(model_name(arch), pretrained=False, img_size=input_size)
+    except Exception:  # noqa: BLE001 - no img_size, or the real build will say what is wrong
+        return
+    check_patch_grid(model, arch, input_size)
 
 
 def skeleton(arch: str) -> torch.nn.Module:

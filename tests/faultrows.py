@@ -1376,3 +1376,89 @@ def _batch_of_one(ctx, script):
     assert 'batch of one image was dropped' in res.err and 'broken.png' in res.err, res
     (record,) = read_log(only_run_dir(out))
     assert record['skipped_bad'] == 1 and record['images'] == 2, record
+
+
+# ---- issue 26: run-time faults ----
+
+
+@case(
+    ('pretraining', 'finetuning'),
+    'timm ViT: --crop_size smaller than, or not a multiple of, its patches',
+    'exit 2 before any folder or data: one line naming --crop_size, the 16-pixel patches and a crop that fits',
+)
+def _vit_patch_grid(ctx, script):
+    pytest.importorskip('timm')
+    out = ctx.tmp / 'out'
+    ctx.inputs(*base_inputs(script, ctx.data))
+    argv = base_argv(script, ctx.data, out)
+    argv[argv.index('-u') + 1] = 'timm:vit_tiny_patch16_224'
+    for crop, words in (
+        (8, ('smaller than the 16x16-pixel patches', '--crop_size 16')),  # was a RuntimeError about the kernel size
+        (30, ('not a multiple of the 16-pixel patches', 'only 16x16', '--crop_size 32')),  # was a silent 16x16 crop
+    ):
+        argv[argv.index('--crop_size') + 1] = crop
+        expect_error(run(script, *argv), f'--crop_size {crop}', 'timm:vit_tiny_patch16_224', *words)
+    assert not out.exists()
+
+
+@case(
+    ('pretraining', 'finetuning', 'evaluation'),
+    'a --device torch cannot open (tpu, meta, cuda:7); -ws 2 -p nccl without GPUs',
+    'exit 2 before any folder: one line naming --device (or -p nccl) and what to use instead',
+)
+def _unusable_device(ctx, script):
+    import torch
+
+    out = ctx.tmp / 'out'
+    ctx.inputs(*base_inputs(script, ctx.data))
+    argv = base_argv(script, ctx.data, out)
+    faults = [(['--device', 'tpu'], ('--device tpu', 'no device of that name', 'use cpu'))]
+    faults.append((['--device', 'meta'], ('--device meta', 'use cpu')))
+    if torch.cuda.device_count() < 8:
+        faults.append(
+            (
+                ['--device', 'cuda:7'],
+                ('--device cuda:7', 'use --device cpu' if not torch.cuda.is_available() else 'visible'),
+            )
+        )
+    if not torch.cuda.is_available() and script != 'evaluation':  # evaluation runs in one process: -ws is moot
+        faults.append((['-ws', 2, '-p', 'nccl'], ('-p nccl', 'CUDA GPUs only', '-p gloo')))
+    for extra, words in faults:
+        expect_error(run(script, *argv, *extra), *words)
+        assert not out.exists(), extra
+
+
+@case(
+    ('pretraining', 'finetuning'),
+    '--tensorboard on --resume of a run whose tensorboard/ cannot be written (a file; a read-only mount)',
+    'exit 2 before training: one line naming --tensorboard and the folder; the run folder unchanged',
+)
+def _tensorboard_unwritable(ctx, script):
+    pytest.importorskip('tensorboard')
+    out = ctx.tmp / 'out'
+    ctx.outputs(out)
+    ctx.inputs(*base_inputs(script, ctx.data))
+    argv = base_argv(script, ctx.data, out)
+    expect_ok(run(script, *argv, '--tensorboard'))
+    run_dir = only_run_dir(out)
+    board = os.path.join(run_dir, 'tensorboard')
+    shutil.rmtree(board)
+    with open(board, 'w') as f:  # unwritable for anyone, root included
+        f.write('not a folder\n')
+    before = tree_digests(run_dir)
+    resume = [*argv, '-e', 2, '--resume', run_dir, '--tensorboard']
+    expect_error(run(script, *resume), '--tensorboard', board, 'not a folder', 'drop --tensorboard')
+    assert tree_digests(run_dir) == before
+    os.remove(board)
+    if ctx.mount_tmpfs(board, '64k', ro=True):
+        reason = 'Read-only file system'
+    elif os.geteuid() != 0:
+        os.mkdir(board)
+        os.chmod(board, 0o500)
+        ctx._cleanup.append(lambda: os.chmod(board, 0o700))
+        reason = 'Permission denied'
+    else:
+        return  # neither a read-only mount nor permission bits can be had here: the file above covers it
+    before = tree_digests(run_dir)
+    expect_error(run(script, *resume), '--tensorboard', board, reason)
+    assert tree_digests(run_dir) == before and os.listdir(board) == []

@@ -567,3 +567,36 @@ def _resume_names_flags(ctx, script):
 
 data, test_fault = faultlib.data, faultlib.test_fault  # the matrix's fixture and test
 pytest_generate_tests, ledger = faultlib.matrix('pretraining')
+
+
+# ---- issue 26: run-time faults ----
+
+
+@case(
+    'pretraining',
+    'torchrun --nproc_per_node 2 with -p nccl on a machine without GPUs',
+    'exit non-zero: at most one line per rank, "error: -p nccl ... -p gloo", no traceback of ours (torchrun adds '
+    'its own summary of the failed ranks); no run folder',
+)
+def _torchrun_nccl_without_gpus(ctx, script):
+    import subprocess
+    import sys
+
+    import pytest
+    import torch
+
+    from tests.conftest import ROOT
+
+    if torch.cuda.is_available():
+        pytest.skip('a GPU is visible: NCCL can run here')
+    out = ctx.tmp / 'out'
+    ctx.inputs(*base_inputs(script, ctx.data))
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2']
+    cmd += [os.path.join(ROOT, 'pretraining.py'), *map(str, base_argv(script, ctx.data, out)), '-p', 'nccl']
+    res = subprocess.run(cmd, cwd=ROOT, env=faultlib._env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0, res.stderr[-3000:]
+    ours = [ln for ln in res.stderr.splitlines() if ln.startswith('error: ')]
+    assert 1 <= len(ours) <= 2 and len(set(ours)) == 1, res.stderr[-3000:]
+    assert '-p nccl' in ours[0] and 'CUDA' in ours[0] and '-p gloo' in ours[0], ours
+    assert 'ProcessGroupNCCL' not in res.stderr and f'File "{ROOT}' not in res.stderr, res.stderr[-3000:]
+    assert not out.exists()

@@ -101,6 +101,34 @@ def test_two_nccl_ranks_on_one_gpu_refused_in_one_line_by_the_cli(monkeypatch, c
     assert len(err) == 1 and err[0].startswith('error:') and '-p gloo' in err[0]
 
 
+def test_unusable_device_and_nccl_off_gpu_refused_in_one_line(monkeypatch):
+    """Issue 26: a --device torch cannot open, a GPU index the machine lacks, and -p nccl for ranks off the GPUs
+    are each one line naming the flag, before any process group or folder."""
+    from util.train.distributed import check_device
+
+    for k in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE'):
+        monkeypatch.delenv(k, raising=False)
+    for device, words in (('tpu', 'no device of that name'), ('meta', 'cannot train')):
+        with pytest.raises(UserError, match=words) as e:
+            check_device(TrainConfig(device=device))
+        assert str(e.value).startswith(f'--device {device}') and '\n' not in str(e.value)
+    check_device(TrainConfig(device='cpu', world_size=2, backend='gloo'))
+    check_device(TrainConfig(device='cpu', backend='nccl'))  # one process: the backend is never used
+    with pytest.raises(UserError, match='-p nccl runs on CUDA GPUs only.*-p gloo'):
+        check_device(TrainConfig(device='cpu', world_size=2, backend='nccl'))
+    monkeypatch.setenv('WORLD_SIZE', '2')  # torchrun's ranks
+    with pytest.raises(UserError, match='-p nccl'):
+        check_device(TrainConfig(backend='nccl'))
+    monkeypatch.delenv('WORLD_SIZE')
+    _fake_gpus(monkeypatch, 2)
+    check_device(TrainConfig(device='cuda:1'))
+    check_device(TrainConfig(world_size=2, backend='nccl'))  # the default device is then cuda
+    with pytest.raises(UserError, match=r'--device cuda:2: only 2 CUDA device\(s\) are visible \(cuda:0 to cuda:1\)'):
+        check_device(TrainConfig(device='cuda:2'))
+    with pytest.raises(UserError, match='this run is on --device cpu'):
+        check_device(TrainConfig(device='cpu', world_size=2, backend='nccl'))
+
+
 # ---------------------------------------------------------------------------------------- 3: CPU tensors in files
 @pytest.fixture
 def cuda_tagged(monkeypatch):

@@ -101,6 +101,29 @@ def test_vit_file_of_another_input_size_is_resampled(tmp_path):
     assert torch.equal(model.state_dict()['blocks.0.attn.qkv.weight'], src.state_dict()['blocks.0.attn.qkv.weight'])
 
 
+def test_vit_crop_must_be_a_whole_number_of_patches():
+    """A ViT's stride-16 patch convolution fails on 8-pixel crops and sees only the top-left 16x16 of 30-pixel
+    ones: both refused wherever the model is built (the training scripts' flag check, and load_for, which
+    predict.py uses); multiples of the patch and CNNs (which take any size) pass."""
+    _timm()
+    import models
+    from models import timm_backend
+    from util.errors import UserError
+
+    vit = 'timm:vit_tiny_patch16_224'
+    for size, valid in ((8, 16), (30, 32), (40, 48), (17, 16)):
+        with pytest.raises(UserError, match=rf"--crop_size {size} .*16.* --crop_size {valid}$"):
+            timm_backend.check_input_size(vit, size)
+        with pytest.raises(UserError, match=rf"--crop_size {size} "):
+            models.load_for(vit, None, 3, input_size=size)
+    for size in (16, 32, 48):
+        timm_backend.check_input_size(vit, size)
+    timm_backend.check_input_size('timm:resnet18d', 30)
+    timm_backend.check_input_size('timm:swin_tiny_patch4_window7_224', 28)  # 7 patches of 4: one window
+    model, _ = models.load_for(vit, None, 3, input_size=32)
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
+
+
 def test_unknown_timm_name_suggests_close_matches():
     _timm()
     import models

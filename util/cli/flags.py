@@ -645,4 +645,6 @@ def main(args):
     compat.resolve_special_values(args)
     check_common_args(args)
     check_mode_args(args)
-    return launch(args, run_config(args))
+    run = run_config(args)
+    modes.check_run(run)  # the device, -p nccl, a ViT's patches against --crop_size: before any process or folder
+    return launch(args, run)

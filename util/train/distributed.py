@@ -27,10 +27,9 @@ def init_distributed(config):
     else:
         cfg.rank, cfg.world_size, cfg.local_rank = 0, 1, 0
     cfg.distributed = cfg.world_size > 1
+    check_device(config, cfg.world_size)
     backend = _backend(cfg)
     if cfg.device.startswith('cuda'):
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda was asked for but no CUDA device is visible")
         count = torch.cuda.device_count()
         if cfg.distributed:
             check_ranks_per_gpu(cfg, local_world_size(cfg))
@@ -51,6 +50,45 @@ def init_distributed(config):
     if cfg.channels_last is None:
         cfg.channels_last = cfg.device.startswith('cuda')
     return replace(config, **vars(cfg))
+
+
+def check_device(config, world_size=None):
+    """Refuse, in one line and before anything is written, a ``--device`` torch cannot open (``tpu``, ``cuda``
+    without a visible GPU, ``cuda:3`` on a two-GPU machine, ``meta``) and ``-p nccl`` for ranks that are not on
+    CUDA GPUs (NCCL runs on GPUs only).  ``world_size``: the training processes of the run (default: torchrun's
+    WORLD_SIZE, else ``config.world_size``)."""
+    asked = config.device
+    name = asked or ('cuda' if torch.cuda.is_available() else 'cpu')
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device {asked}: torch knows no device of that name; use cpu, or cuda (cuda:N)") from None
+    if device.type == 'cuda':
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {asked} was asked for but no CUDA device is visible; use --device cpu")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise UserError(
+                f"--device {asked}: only {count} CUDA device(s) are visible (cuda:0 to cuda:{count - 1}); "
+                "choose one of them, or --device cuda"
+            )
+    elif device.type == 'meta':
+        raise UserError(f"--device {asked} holds no data and cannot train; use cpu, or cuda")
+    elif device.type != 'cpu':
+        try:
+            torch.empty(1, device=device)
+        except Exception as e:  # noqa: BLE001 - whatever torch says, the device cannot be used
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0].split('. ')[0][:120]
+            raise UserError(
+                f"--device {asked}: torch cannot use it on this machine ({reason}); use cpu, or cuda"
+            ) from None
+    if world_size is None:
+        world_size = int(os.environ.get('WORLD_SIZE', config.world_size or 1))
+    if world_size > 1 and config.backend == 'nccl' and device.type != 'cuda':
+        where = 'no CUDA device is visible' if not torch.cuda.is_available() else f'this run is on --device {name}'
+        raise UserError(
+            f"-p nccl runs on CUDA GPUs only and {where}: use -p gloo, or drop -p (gloo is the default on the CPU)"
+        )
 
 
 def _backend(cfg):

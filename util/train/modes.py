@@ -33,11 +33,12 @@ from dataclasses import replace
 from torch import nn
 
 import models
+from models import timm_backend
 from models.two_heads import PHOutput, TwoHeads
 from util.config import record, resolve_num_classes
 from util.errors import UserError
 from util.io import fileio
-from util.train import distributed, engine, runs, sources
+from util.train import distributed, engine, runs, sources, tensorboard_log
 from util.train.reports import pictures, write_evaluation
 from util.train.sources import build_sets, check_class_layout, resolve_val
 from util.train.two_task import train_alternating_epoch, train_simultaneous_epoch
@@ -77,6 +78,16 @@ def run(run_cfg):
     return 0
 
 
+def check_run(run_cfg):
+    """What only torch and timm can tell about the run configuration, checked before any process starts, any
+    data are read or any folder is made: ``--device`` (and ``-p nccl``) can be used here, and a timm ViT's
+    patches tile the ``--crop_size`` images it is built for."""
+    spawned = run_cfg.train.world_size if run_cfg.learning_mode != 'evaluation' else 1  # evaluation: one process
+    distributed.check_device(run_cfg.train, int(os.environ.get('WORLD_SIZE', spawned)))
+    if timm_backend.is_timm(run_cfg.model.usenet):
+        timm_backend.check_input_size(run_cfg.model.usenet, run_cfg.data.augment.crop_size)
+
+
 def _tags(run, phase):
     return {'mode': run.learning_mode, 'phase': phase}
 
@@ -98,6 +109,8 @@ def open_run(run, kind, facts, run_dir=None):
         run_dir = runs.make_run_dir(run.output, cfg)
     elif distributed.is_main(cfg):
         fileio.ensure_dir(run_dir, 'run folder')
+    if cfg.tensorboard and distributed.is_main(cfg):  # a resumed run's tensorboard/, before anything is written
+        tensorboard_log.check_folder(run_dir)
     facts = {**facts, 'run_dir': run_dir}
     if distributed.is_main(cfg):
         runs.write_settings(run_dir, record(run, **facts), checkpoint)

@@ -88,7 +88,11 @@ class TensorBoardLog:
 
     def __init__(self, run_dir, first_epoch=1):
         writer_class = summary_writer_class()
-        self.writer = writer_class(log_dir=os.path.join(run_dir, FOLDER), purge_step=first_epoch)
+        folder = os.path.join(run_dir, FOLDER)
+        try:
+            self.writer = writer_class(log_dir=folder, purge_step=first_epoch)
+        except OSError as e:
+            raise UserError(_unwritable(folder, e)) from None
 
     def log(self, record, model):
         epoch = int(record['epoch'])
@@ -106,6 +110,30 @@ class TensorBoardLog:
 def open_log(enabled: bool, run_dir: str, first_epoch: int = 1) -> Optional[TensorBoardLog]:
     """A :class:`TensorBoardLog` when ``enabled`` (``--tensorboard`` on the main process), else None."""
     return TensorBoardLog(run_dir, first_epoch) if enabled else None
+
+
+def _unwritable(folder: str, error: OSError) -> str:
+    return (
+        f"--tensorboard cannot write into {folder}: {error.strerror or error}; make that folder writable (or "
+        "move it away), or drop --tensorboard"
+    )
+
+
+def check_folder(run_dir: str) -> None:
+    """Raise a one-line :class:`UserError` when ``<run_dir>/tensorboard`` exists (a resumed run) but cannot take
+    a new file: it is not a folder, or creating a file in it fails.  A missing one is made by the writer."""
+    import tempfile
+
+    folder = os.path.join(run_dir, FOLDER)
+    if not os.path.lexists(folder):
+        return
+    try:
+        if not os.path.isdir(folder):
+            raise NotADirectoryError(20, 'not a folder', folder)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix='.write-check.tmp-'):
+            pass
+    except OSError as e:
+        raise UserError(_unwritable(folder, e)) from None
 
 
 def check_available(enabled: bool) -> None:
