@@ -28,6 +28,7 @@ from models import unwrap
 from util.errors import UserError
 from util.train import tensorboard_log
 from util.train.distributed import all_reduce_sum, default_workers, is_main
+from util.train.metrics import r_squared_of_sums
 from util.train.runs import RunLogger, save_checkpoint, save_weights, set_rng_state
 from util.train.seeding import epoch_seed, fix_random_seeds, worker_init_fn
 from util.train.transforms import normalize_batch, shipping_form
@@ -350,8 +351,7 @@ def evaluate_regression(model, loader, criterion, cfg, prefix='val'):
         n += inputs.shape[0]
     if n == 0:
         return {}
-    sst = (s2 - s1**2 / n).sum().item()
-    r2 = 1.0 - sse / sst if sst > 0 else float('nan')
+    r2 = r_squared_of_sums(sse, (s2 - s1**2 / n).sum().item())
     return {f'{prefix}_loss': loss_sum / n, f'{prefix}_r2': r2, f'{prefix}_images': n}
 
 
