@@ -600,3 +600,57 @@ def _torchrun_nccl_without_gpus(ctx, script):
     assert '-p nccl' in ours[0] and 'CUDA' in ours[0] and '-p gloo' in ours[0], ours
     assert 'ProcessGroupNCCL' not in res.stderr and f'File "{ROOT}' not in res.stderr, res.stderr[-3000:]
     assert not out.exists()
+
+
+# ---- issue 28: heavier augmentation ----
+
+
+@case(
+    'pretraining',
+    'bad --warp_scale / --warp_rotation / --warp_shear values, or --warp_scale with a step that fills borders',
+    'exit 2, one line naming the flag and its range (or --random_rotation/--affine/--crop_padding and what to use '
+    'instead); no run folder',
+)
+def _bad_warp_flags(ctx, script):
+    d = ctx.data
+    ctx.inputs(d.gen, d.gen_ph)
+    out = ctx.tmp / 'out'
+    argv = ['-n', 8, '-nv', 0, '-ph', 'post', '-nc', PT_DIM, '-e', 1, '-b', 8, *TINY, '-o', out]
+    for extra, words in (
+        (['--warp_scale', 0, 1], ['--warp_scale', '0 < LO <= HI <= 1']),
+        (['--warp_scale', 0.8, 0.2], ['--warp_scale', '0 < LO <= HI <= 1']),
+        (['--warp_scale', 0.2, 1.5], ['--warp_scale', '0 < LO <= HI <= 1']),
+        (['--warp_scale', 0.2, 1, '--warp_rotation', 200], ['--warp_rotation', '[0, 180]']),
+        (['--warp_scale', 0.2, 1, '--warp_rotation', -5], ['--warp_rotation', '[0, 180]']),
+        (['--warp_scale', 0.2, 1, '--warp_shear', 60], ['--warp_shear', '[0, 45]']),
+        (['--warp_rotation', 30], ['--warp_rotation', 'give --warp_scale']),
+        (['--warp_scale', 0.2, 1, '-rr', 30, '--affine'], ['--random_rotation --affine', '--warp_rotation']),
+        (['--warp_scale', 0.2, 1, '-cp', 4], ['--crop_padding', '--warp_shear']),
+    ):
+        expect_error(run(script, *argv, *extra), *words)
+    assert not out.exists()
+
+
+@case(
+    'pretraining',
+    '--resume of a --warp_scale -ph post run on fresh images with other --warp_* values, or without them',
+    'the run records warp_scale/warp_rotation/warp_shear in args.json; exit 2 naming each --warp_* that differs; '
+    'the run folder untouched',
+)
+def _resume_other_warp(ctx, script):
+    out = ctx.tmp / 'out'
+    ctx.outputs(out)
+    base = ['-n', 8, '-nv', 0, '-ph', 'post', '-nc', PT_DIM, '-b', 8, *TINY, '-o', out]
+    warp = ['--warp_scale', 0.3, 1, '--warp_rotation', 45, '--warp_shear', 10]
+    expect_ok(run(script, *base, *warp, '-e', 1))
+    run_dir = only_run_dir(out)
+    with open(os.path.join(run_dir, 'args.json')) as f:
+        recorded = json.load(f)
+    assert (recorded['warp_scale'], recorded['warp_rotation'], recorded['warp_shear']) == ([0.3, 1.0], 45.0, 10.0)
+    before = tree_digests(run_dir)
+    resume = ['-e', 2, '--resume', run_dir]
+    other = ['--warp_scale', 0.3, 1, '--warp_rotation', 90, '--warp_shear', 10]
+    line = expect_error(run(script, *base, *other, *resume), '--warp_rotation: 45.0 -> 90.0')
+    assert '--warp_scale' not in line and '--warp_shear' not in line, line
+    expect_error(run(script, *base, *resume), '--warp_scale', '--warp_rotation', '--warp_shear')
+    assert tree_digests(run_dir) == before

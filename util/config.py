@@ -86,6 +86,11 @@ class AugmentConfig:
     crop_padding: int = 0
     affine: bool = False
     hflip: Optional[bool] = None  # None: the script's default (fine-tuning on; pretraining off, on with aug_plus)
+    # --warp_scale LO HI / --warp_rotation / --warp_shear (util.train.transforms.WarpCrop): random-resized crop,
+    # rotation and shear as one warp inside the image (no fill); None: off, the crops above as they were
+    warp_scale: Optional[tuple] = None
+    warp_rotation: float = 0.0
+    warp_shear: float = 0.0
 
 
 @dataclass(frozen=True)

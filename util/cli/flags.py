@@ -288,6 +288,7 @@ def add_common_args(parser):
         help='random horizontal flips of training images (default: on when fine-tuning, off when '
         'pretraining unless --aug_plus; a flip never changes a PH label; --no-hflip for digits, text)',
     )
+    add_warp_args(g)
     return parser
 
 
@@ -334,6 +335,7 @@ def check_common_args(args):
         raise UserError(f"--random_rotation must be in [0, 180] degrees; got {args.random_rotation}")
     if args.crop_padding < 0:
         raise UserError(f"--crop_padding must be >= 0; got {args.crop_padding}")
+    check_warp_args(args)
 
 
 MODE_HELP = """How the tasks and datasets are used (default: %(default)s):
@@ -613,6 +615,63 @@ def check_label_source(args):
             f"{flag}: 'auto' means the values PHdict.py fitted and recorded with its label matrix, which {made} "
             f"do not have; run PHdict.py on {images} with --label_type {args.label_type} {flag} and train with "
             "-pd PHDIR -pc, or give the values"
+        )
+
+
+# ---- issue 28: heavier augmentation (util.train.transforms.WarpCrop) ----
+def add_warp_args(g):
+    """--warp_scale / --warp_rotation / --warp_shear, in the augmentation group ``g``."""
+    g.add_argument(
+        '--warp_scale',
+        default=AugmentConfig.warp_scale,
+        type=float,
+        nargs=2,
+        metavar=('LO', 'HI'),
+        help='random-resized crop of LO-HI of the image\'s area (0 < LO <= HI <= 1), with --warp_rotation and '
+        '--warp_shear in the same warp, in place of the resize/crop steps above. No fill: the warped crop lies wholly '
+        'inside the image (a draw that does not fit is redrawn, then shrunk), so a -ph post label sees no invented '
+        'corners or borders (default: off)',
+    )
+    g.add_argument(
+        '--warp_rotation',
+        default=AugmentConfig.warp_rotation,
+        type=float,
+        metavar='DEG',
+        help='with --warp_scale: rotate the crop by a random angle in [-DEG, DEG] (0-180) (default: %(default)s)',
+    )
+    g.add_argument(
+        '--warp_shear',
+        default=AugmentConfig.warp_shear,
+        type=float,
+        metavar='DEG',
+        help='with --warp_scale: shear the crop by a random angle in [-DEG, DEG] (0-45) (default: %(default)s)',
+    )
+
+
+def check_warp_args(args):
+    """Refuse bad --warp_* values and the steps that would fill the warped crop's borders."""
+    scale = args.warp_scale
+    if scale is not None and not 0 < scale[0] <= scale[1] <= 1:
+        raise UserError(f"--warp_scale LO HI needs 0 < LO <= HI <= 1 (fractions of the image's area); got {scale}")
+    if not 0 <= args.warp_rotation <= 180:
+        raise UserError(f"--warp_rotation must be in [0, 180] degrees; got {args.warp_rotation}")
+    if not 0 <= args.warp_shear <= 45:
+        raise UserError(f"--warp_shear must be in [0, 45] degrees; got {args.warp_shear}")
+    if scale is None and (args.warp_rotation or args.warp_shear):
+        raise UserError("--warp_rotation and --warp_shear act in the warped crop: give --warp_scale LO HI too")
+    filling = [
+        f
+        for f, on in (
+            ('--random_rotation', args.random_rotation),
+            ('--affine', args.affine),
+            ('--crop_padding', args.crop_padding),
+        )
+        if on
+    ]
+    if scale is not None and filling:
+        raise UserError(
+            f"--warp_scale with {' '.join(filling)}: those fill borders with black, which the warp avoids; "
+            "use --warp_rotation / --warp_shear instead"
         )
 
 

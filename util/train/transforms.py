@@ -9,6 +9,7 @@ batched, by :func:`util.train.engine.to_device` (:func:`normalize_batch`): the s
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -108,6 +109,69 @@ class RandomRescale:
         return f'{type(self).__name__}(factor in [{1 - self.spread:g}, {1 + self.spread:g}])'
 
 
+class WarpCrop:
+    """Random-resized crop, rotation and shear as one affine warp whose source region lies wholly inside the
+    image: ``--warp_scale``, ``--warp_rotation``, ``--warp_shear``.
+
+    A draw takes an area fraction in ``scale`` and an aspect ratio in ``ratio`` (log-uniform), as
+    ``RandomResizedCrop``; an angle in ``[-degrees, degrees]`` and an x-shear angle in ``[-shear, shear]``; the
+    square ``size`` x ``size`` output is that rectangle, sheared and rotated, resampled bilinearly.  The draw's
+    parallelogram is placed uniformly where it fits inside the image; one that fits nowhere is redrawn (10
+    tries), then shrunk about the centre until it fits.  So there is no fill: every output pixel interpolates
+    pixels of the image, and a ``-ph post`` label sees no invented corners or borders (a constant fill would
+    add components or holes where the rotated image's corners were).  torch's RNG, as torchvision's transforms.
+    """
+
+    def __init__(self, size, scale, degrees=0.0, shear=0.0, ratio=(3 / 4, 4 / 3), attempts=10):
+        self.size = int(size)
+        self.scale = (float(scale[0]), float(scale[1]))
+        self.degrees = float(degrees)
+        self.shear = float(shear)
+        self.log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+        self.attempts = attempts
+
+    @staticmethod
+    def _uniform(lo, hi):
+        return lo + (hi - lo) * torch.rand(()).item()
+
+    def _matrix(self, w, h):
+        """2 x 2 map from output offsets (pixels from the output's centre) to source offsets."""
+        area = w * h * self._uniform(*self.scale)
+        ratio = math.exp(self._uniform(*self.log_ratio))
+        sx, sy = math.sqrt(area * ratio) / self.size, math.sqrt(area / ratio) / self.size
+        theta = math.radians(self._uniform(-self.degrees, self.degrees))
+        tan_shear = math.tan(math.radians(self._uniform(-self.shear, self.shear)))
+        cos, sin = math.cos(theta), math.sin(theta)
+        # rotation @ [[1, tan], [0, 1]] @ diag(sx, sy)
+        return (cos * sx, (cos * tan_shear - sin) * sy, sin * sx, (sin * tan_shear + cos) * sy)
+
+    def params(self, w, h):
+        """(a, b, d, e, cx, cy): the map of a draw for a ``w`` x ``h`` image and the source point that the
+        output's centre shows."""
+        half = self.size / 2
+        for attempt in range(self.attempts + 1):
+            a, b, d, e = self._matrix(w, h)
+            ex, ey = (abs(a) + abs(b)) * half, (abs(d) + abs(e)) * half  # the parallelogram's half-extents
+            if ex <= w / 2 and ey <= h / 2:
+                return a, b, d, e, self._uniform(ex, w - ex), self._uniform(ey, h - ey)
+        k = max(2 * ex / w, 2 * ey / h) * (1 + 1e-9)  # the last draw, shrunk to fit, at the centre
+        return a / k, b / k, d / k, e / k, w / 2, h / 2
+
+    def __call__(self, img):
+        w, h = img.size
+        a, b, d, e, cx, cy = self.params(w, h)
+        half = self.size / 2
+        # PIL: output pixel (x, y) shows source (a x + b y + c, d x + e y + f), both in [0, W] x [0, H] units
+        coeffs = (a, b, cx - (a + b) * half, d, e, cy - (d + e) * half)
+        return img.transform((self.size, self.size), Image.AFFINE, coeffs, resample=Image.BILINEAR)
+
+    def __repr__(self):
+        return (
+            f'{type(self).__name__}(size={self.size}, scale={self.scale}, degrees={self.degrees:g}, '
+            f'shear={self.shear:g}, no fill)'
+        )
+
+
 def _blur_kernel(crop_size):
     """Odd Gaussian-blur kernel of about a tenth of the crop (MoCo v2: 23 px at 224), at least 3."""
     k = max(3, int(0.1 * crop_size))
@@ -144,6 +208,12 @@ def _affine(aug):
     return []
 
 
+def _warp(aug):
+    """[RandomRescale] WarpCrop: the crop step when --warp_scale is given (no Resize: it samples the image)."""
+    steps = [RandomRescale(aug.random_scale)] if aug.random_scale > 0 else []
+    return steps + [WarpCrop(aug.crop_size, aug.warp_scale, aug.warp_rotation, aug.warp_shear)]
+
+
 def _random_crop(aug):
     padding = aug.crop_padding or None
     return T.RandomCrop(aug.crop_size, padding=padding, pad_if_needed=True)
@@ -159,12 +229,15 @@ def pretrain_transforms(aug: AugmentConfig) -> tuple[Callable, Callable]:
 
     Spatial, as the original: [RandomAffine] [Resize] [RandomRescale] [RandomRotation] RandomCrop (padding
     ``--crop_padding``); with ``--aug_plus``: [RandomAffine] [RandomRescale] [RandomRotation]
-    RandomResizedCrop(crop, scale 0.2-1) and a horizontal flip; ``--hflip`` / ``--no-hflip`` add / drop the
-    flip (a flip leaves every PH label unchanged).  Then the photometric steps
-    (:func:`photometric_transforms`), ToTensor and Normalize."""
+    RandomResizedCrop(crop, scale 0.2-1) and a horizontal flip; with ``--warp_scale``: [RandomRescale]
+    :class:`WarpCrop` (crop, rotation and shear in one warp, no fill) in place of resize, rotation and crop;
+    ``--hflip`` / ``--no-hflip`` add / drop the flip (a flip leaves every PH label unchanged).  Then the
+    photometric steps (:func:`photometric_transforms`), ToTensor and Normalize."""
     aug = _augment_config(aug)
     spatial = _affine(aug)
-    if aug.aug_plus:
+    if aug.warp_scale:
+        spatial += _warp(aug)
+    elif aug.aug_plus:
         spatial += _geometric(aug)
         spatial.append(T.RandomResizedCrop(aug.crop_size, scale=(0.2, 1.0)))
     else:
@@ -193,10 +266,13 @@ def finetune_train_parts(aug: AugmentConfig) -> tuple[Callable, Callable]:
     Default: Resize(img_size), RandomResizedCrop(crop, scale 0.7-1), horizontal flip (``--no-hflip``: none).  With
     ``--random_scale`` or ``--crop_padding`` the crop is a RandomCrop (with that padding) after the random
     rescale; ``--random_rotation`` and ``--affine`` come before the crop; ``--aug_plus`` replaces resize and
-    crop by RandomResizedCrop(crop, scale 0.2-1) and adds the photometric steps."""
+    crop by RandomResizedCrop(crop, scale 0.2-1) and adds the photometric steps; ``--warp_scale`` replaces
+    resize, rotation and crop by :class:`WarpCrop`."""
     aug = _augment_config(aug)
     spatial = _affine(aug)
-    if aug.aug_plus:
+    if aug.warp_scale:
+        spatial += _warp(aug)
+    elif aug.aug_plus:
         spatial += _geometric(aug)
         spatial.append(T.RandomResizedCrop(aug.crop_size, scale=(0.2, 1.0)))
     else:
