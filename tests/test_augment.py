@@ -237,3 +237,145 @@ def test_pretraining_loader_computes_gradient_labels(folder):
     label = train[0][1].numpy()
     np.testing.assert_array_equal(label, ComputedLabels(vec, gradient=True).from_image(image))
     assert not np.array_equal(label, ComputedLabels(vec).from_image(image))
+
+
+# ------------------------------------------------------------------------------------------ issue 28: --warp_*
+WARP = ['--img_size', '48', '--crop_size', '32', '--warp_scale', '0.2', '1', '--warp_rotation', '60']
+
+
+def test_warp_of_an_identity_draw_is_the_image_itself():
+    from util.train.transforms import WarpCrop
+
+    a = np.asarray(noise_image(0, (40, 40)))
+    out = WarpCrop(40, (1, 1), degrees=0, shear=0, ratio=(1, 1))(Image.fromarray(a))
+    assert np.array_equal(np.asarray(out), a)  # pixel-exact: no half-pixel shift, no blur
+
+
+@pytest.mark.parametrize('mode', ['L', 'RGB'])
+@pytest.mark.parametrize('scale', [(0.05, 0.3), (0.9, 1.0), (1.0, 1.0)])
+def test_warp_takes_no_pixel_from_outside_the_image(mode, scale):
+    """A constant image stays constant under any draw: no fill colour ever reaches the crop (a rotation by
+    torchvision with its default fill would put 0 in the corners)."""
+    from util.train.transforms import WarpCrop
+
+    image = Image.new(mode, (64, 48), 200 if mode == 'L' else (200, 150, 100))
+    warp = WarpCrop(32, scale, degrees=180, shear=45)
+    torch.manual_seed(0)
+    for _ in range(200):
+        out = np.asarray(warp(image)).reshape(32, 32, -1)
+        assert out.shape[:2] == (32, 32) and (out == np.asarray(image)[0, 0]).all()
+    rotated = np.asarray(TV.RandomRotation(45)(image))
+    assert (rotated == 0).any()  # what the test guards against
+
+
+def test_warp_draws_cover_their_ranges():
+    from util.train.transforms import WarpCrop
+
+    warp = WarpCrop(32, (0.3, 0.6), degrees=40, shear=0, ratio=(1, 1))
+    torch.manual_seed(1)
+    angles, areas = [], []
+    for _ in range(400):
+        a, b, d, e, cx, cy = warp.params(100, 80)
+        angles.append(np.degrees(np.arctan2(d, a)))
+        areas.append(abs(a * e - b * d) * 32 * 32 / (100 * 80))
+        half = np.array([[a, b], [d, e]]) @ np.array([[16, 16, -16, -16], [16, -16, 16, -16]])
+        assert (half[0] + cx >= 0).all() and (half[0] + cx <= 100).all() and (half[1] + cy >= 0).all()
+        assert (half[1] + cy <= 80).all()  # every corner inside the image
+    assert -40 <= min(angles) < -35 and 35 < max(angles) <= 40
+    assert 0.3 - 1e-9 <= min(areas) < 0.33 and 0.57 < max(areas) <= 0.6 + 1e-9
+    sheared = WarpCrop(32, (0.3, 0.3), degrees=0, shear=30, ratio=(1, 1))
+    shears = [np.degrees(np.arctan2(sheared.params(100, 80)[1], sheared.params(100, 80)[0])) for _ in range(200)]
+    assert -30 <= min(shears) < -25 and 25 < max(shears) <= 30  # b/a = tan(shear) without rotation
+
+
+def test_warp_is_off_by_default_and_replaces_the_crop_when_given():
+    from util.train.datasets import RandomRescale, finetune_train_parts, pretrain_transforms
+    from util.train.transforms import WarpCrop
+
+    plain = augment('--img_size', 48, '--crop_size', 32)
+    assert (plain.warp_scale, plain.warp_rotation, plain.warp_shear) == (None, 0.0, 0.0)
+    assert [type(t) for t in pretrain_transforms(plain)[0].transforms] == [TV.Resize, TV.RandomCrop]
+
+    spatial, _ = pretrain_transforms(augment(*WARP, '--warp_shear', '10'))
+    assert [type(t) for t in spatial.transforms] == [WarpCrop]
+    warp = spatial.transforms[0]
+    assert (warp.size, warp.scale, warp.degrees, warp.shear) == (32, (0.2, 1.0), 60.0, 10.0)
+    spatial, to_tensor = pretrain_transforms(augment(*WARP, '-rs', '0.2', '--aug_plus'))
+    assert [type(t) for t in spatial.transforms] == [RandomRescale, WarpCrop, TV.RandomHorizontalFlip]
+    assert any(isinstance(t, TV.RandomApply) for t in to_tensor.transforms)  # --aug_plus's colours still apply
+    spatial, _ = finetune_train_parts(augment(*WARP))
+    assert [type(t) for t in spatial.transforms] == [WarpCrop, TV.RandomHorizontalFlip]
+
+
+@pytest.mark.parametrize(
+    'flags, match',
+    [
+        (['--warp_scale', '0', '1'], '--warp_scale'),
+        (['--warp_scale', '0.5', '0.4'], '--warp_scale'),
+        (['--warp_scale', '0.5', '1.01'], '--warp_scale'),
+        (['--warp_scale', '0.5', '1', '--warp_rotation', '181'], '--warp_rotation'),
+        (['--warp_scale', '0.5', '1', '--warp_shear', '46'], '--warp_shear'),
+        (['--warp_shear', '10'], 'give --warp_scale'),
+        (['--warp_scale', '0.5', '1', '-rr', '10'], '--random_rotation'),
+        (['--warp_scale', '0.5', '1', '--affine'], '--affine'),
+        (['--warp_scale', '0.5', '1', '-cp', '2'], '--crop_padding'),
+    ],
+)
+def test_bad_warp_flags(flags, match):
+    with pytest.raises(UserError, match=match):
+        parse(*flags)
+
+
+def _generated_sets(*flags):
+    from util.cli import build, compat
+
+    args = parse('-n', 6, '-nv', 0, '-nc', 40, *flags)
+    compat.resolve_special_values(args)
+    T.check_mode_args(args)
+    return build.build_pretraining_sets(args)
+
+
+def _pixels_seen(x):
+    """The uint8 RGB image a normalised tensor [3, H, W] was made from."""
+    from util.train.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return Image.fromarray((x * std + mean).mul(255).round().byte().permute(1, 2, 0).numpy())
+
+
+def test_ph_post_label_of_a_warped_crop_is_the_ph_of_the_pixels_seen():
+    """-ph post on fresh generated images under the warp: each label is the PH label computed directly on the
+    pixels the network gets (borders included), and differs from the whole image's label."""
+    train, _ = _generated_sets('-ph', 'post', *WARP, '--warp_shear', '15', '--warp_scale', '0.1', '0.5')
+    computed = train.computed
+    differs = 0
+    torch.manual_seed(2)
+    for epoch in (0, 1):
+        train.set_epoch(epoch)
+        for i in range(len(train)):
+            x, label = train[i]
+            assert x.shape == (3, 32, 32)
+            np.testing.assert_allclose(label.numpy(), computed.from_image(_pixels_seen(x)), rtol=1e-6, atol=1e-6)
+            differs += not np.allclose(label.numpy(), computed.from_image(train._image(i)))
+    assert differs >= 6  # the label is of the crop, not of the image it was cut from
+
+
+def test_fresh_images_every_epoch_give_n_times_e_distinct_images(tmp_path):
+    """-n N without -t or --cache_dir: epoch e shows images e*N .. e*N+N-1 of the seed's stream, so N x E
+    image-epochs are N x E distinct images (the budget of a fixed set of N images seen E times); reproducible
+    from (seed, epoch, index), so a resumed run draws what the uninterrupted one drew."""
+    train, _ = _generated_sets(*WARP)
+    again, _ = _generated_sets(*WARP)
+    seen = set()
+    for epoch in range(3):
+        train.set_epoch(epoch)
+        again.set_epoch(epoch)
+        for i in range(len(train)):
+            image = np.asarray(train._image(i))
+            assert np.array_equal(image, np.asarray(again._image(i)))
+            seen.add(image.tobytes())
+    assert len(seen) == 3 * 6
+    cached, _ = _generated_sets(*WARP, '--cache_dir', tmp_path / 'cache')
+    cached.set_epoch(2)
+    train.set_epoch(0)
+    assert np.array_equal(np.asarray(cached._image(1)), np.asarray(train._image(1)))  # a cache: the same N
