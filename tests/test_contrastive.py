@@ -104,9 +104,7 @@ def runs_dir(tmp_path_factory):
         mp.setattr('util.ph.cubical.compute_ph', no_ph)
         res = expect_ok(run('pretraining', '-lm', 'contrastive', '--ph_weight', 0, '-n', 16, '-o', root / 'l0', *TINY))
     out['l0'] = (only_run_dir(root / 'l0'), res)
-    res = expect_ok(
-        run('pretraining', '-lm', 'contrastive', '-n', 16, '-nv', 8, '-nc', D, '-o', root / 'l1', *TINY)
-    )
+    res = expect_ok(run('pretraining', '-lm', 'contrastive', '-n', 16, '-nv', 8, '-nc', D, '-o', root / 'l1', *TINY))
     out['l1'] = (only_run_dir(root / 'l1'), res)
 
     images, labels, shuffled = root / 'images', root / 'labels', root / 'shuffled'

@@ -18,7 +18,10 @@ weighted sum), ``train_pair_acc1`` (how often a view's nearest other view is its
 validation set, the PH head's ``val_loss`` / ``val_r2``.
 """
 
+from __future__ import annotations
+
 import os
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -29,7 +32,7 @@ from torchvision import transforms as T
 
 import models
 from models.projection import ContrastiveNet, PHPrediction
-from util.config import record, resolve_num_classes
+from util.config import AugmentConfig, RunConfig, TrainConfig, record, resolve_num_classes
 from util.errors import UserError
 from util.io import fileio
 from util.train import distributed, engine, runs, sources
@@ -38,11 +41,12 @@ from util.train.transforms import ToUint8Tensor, normalize_batch, photometric_tr
 
 
 # -------------------------------------------------------------------------------------------------- loss
-def nt_xent(z1, z2, temperature):
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The NT-Xent loss (SimCLR) of paired projections ``z1``, ``z2`` ``[N, K]``: the 2N vectors are
     L2-normalised; each is an anchor whose positive is its pair and whose negatives are the other 2N - 2;
     the loss is the cross-entropy of picking the positive among the 2N - 1 others by cosine similarity /
-    ``temperature``, averaged over the 2N anchors."""
+    ``temperature``, averaged over the 2N anchors. Returns (loss, the number of anchors whose most similar other
+    vector is their pair, detached)."""
     n = z1.shape[0]
     z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
     logits = z @ z.t() / temperature
@@ -71,7 +75,7 @@ class _Colour:
         return f'{type(self).__name__}({self.steps!r})'
 
 
-def view_transform(aug):
+def view_transform(aug: AugmentConfig) -> Callable:
     """PIL -> uint8 ``[3, crop, crop]``: one augmented view. RandomResizedCrop(crop, scale 0.2-1), horizontal and
     vertical flips (none with --no-hflip), then for colour images the photometric steps of --aug_plus (colour
     jitter p=0.8, greyscale p=0.2, blur p=0.5). The engine normalises uint8 batches on the device."""
@@ -136,7 +140,7 @@ def _unlabelled_set(data, views):
     return FolderPH(data.train, rel, NoLabels(), _unchanged, views, 'pre', bad_images=data.bad_images)
 
 
-def contrastive_sets(run, dim):
+def contrastive_sets(run: RunConfig, dim: int) -> tuple:
     """(train set of ``(uint8 views [2, 3, crop, crop], label [D])``, PH validation set or None, facts): the images
     and PH labels -lm pretraining would train on (labels of length ``dim``, --label_norm applied), or with
     ``--ph_weight 0`` the images alone (empty labels)."""
@@ -154,7 +158,7 @@ def _pair_batch(inputs, cfg):
     return x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
 
 
-def contrastive_step(cfg, temperature):
+def contrastive_step(cfg: TrainConfig, temperature: float) -> Callable:
     """Step function of :func:`util.train.engine.train_one_epoch`: ``NT-Xent + ph_weight x MSE`` on a batch of
     view pairs. ``sums``: loss = NT-Xent x images, ph_loss = MSE x images, correct = anchors whose nearest other
     view is their pair (out of 2 x images)."""
@@ -184,7 +188,7 @@ def contrastive_step(cfg, temperature):
     return step
 
 
-def epoch_metrics(sums, seconds, ph_weight):
+def epoch_metrics(sums: engine.EpochSums, seconds: float, ph_weight: float) -> dict:
     """The log record part of a contrastive epoch (losses averaged over all images of all ranks)."""
     n = max(sums.images, 1)
     contrastive = sums.loss / n
@@ -215,7 +219,7 @@ def _sample_grid(train_set, n, path):
     runs.save_sample_grid(items[:n], n, path)
 
 
-def run_contrastive(run, open_run):
+def run_contrastive(run: RunConfig, open_run: Callable) -> tuple[nn.Module, list]:
     """Train -lm contrastive (see the module's text); ``open_run(run, kind, facts)`` opens the run folder
     (:func:`util.train.modes.open_run`). Returns (bare network, records)."""
     run = replace(run, phase='pretraining')  # a pretraining: its weights are no classifier (runs.regression_weights)
