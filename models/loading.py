@@ -152,8 +152,9 @@ def _construct(arch, **kwargs):
 
 def classifier_state(state_dict: dict) -> dict:
     """The classifier's tensors of a state dict: those under ``net.`` when it is a two-head model's
-    (:class:`models.two_heads.TwoHeads`, which also holds ``ph_head.*``), else the dict itself."""
-    if any(k.startswith('ph_head.') for k in state_dict):
+    (:class:`models.two_heads.TwoHeads`, which also holds ``ph_head.*``, or :class:`models.projection.ContrastiveNet`,
+    ``proj_head.*``), else the dict itself."""
+    if any(k.startswith(('ph_head.', 'proj_head.')) for k in state_dict):
         return {k[len('net.') :]: v for k, v in state_dict.items() if k.startswith('net.')}
     return state_dict
 

@@ -654,3 +654,36 @@ def _resume_other_warp(ctx, script):
     assert '--warp_scale' not in line and '--warp_shear' not in line, line
     expect_error(run(script, *base, *resume), '--warp_scale', '--warp_rotation', '--warp_shear')
     assert tree_digests(run_dir) == before
+
+
+# ---- issue 28: contrastive ----
+
+
+@case(
+    'pretraining',
+    '-lm contrastive with flags it cannot honour',
+    'exit 2, one line naming the flag: --temperature <= 0, --proj_dim 0, --label_type class, -ph post, '
+    '--freeze_encoder, and with --ph_weight 0 (no PH labels) -pd/-pc, --label_norm, --label_type random, '
+    '--cache_dir, -val; no run folder',
+)
+def _contrastive_flags(ctx, script):
+    d = ctx.data
+    out = ctx.tmp / 'out'
+    ctx.inputs(d.gen, d.gen_ph)
+    base = ['-lm', 'contrastive', '-o', out, '-e', 1, '-b', 8, '-n', 16, *TINY]
+    rows = [
+        (['--temperature', 0], ['--temperature must be a positive number', '0']),
+        (['--temperature', -0.5], ['--temperature must be a positive number', '-0.5']),
+        (['--proj_dim', 0], ['--proj_dim must be at least 1']),
+        (['-t', d.gen, '--label_type', 'class'], ['--label_type class', '--ph_weight 0']),
+        (['-ph', 'post'], ['-ph pre']),
+        (['--freeze_encoder'], ['--freeze_encoder', 'drop it']),
+        (['--ph_weight', 0, '-t', d.gen, '-pd', d.gen_ph, '-pc'], ['--ph_weight 0', '-pd -pc', 'without PH labels']),
+        (['--ph_weight', 0, '--label_norm', 'standard'], ['--ph_weight 0', '--label_norm standard']),
+        (['--ph_weight', 0, '--label_type', 'random'], ['--ph_weight 0', '--label_type random']),
+        (['--ph_weight', 0, '--cache_dir', ctx.tmp / 'cache'], ['--ph_weight 0', '--cache_dir']),
+        (['--ph_weight', 0, '-t', d.gen, '-val', d.gen], ['--ph_weight 0', '-val']),
+    ]
+    for extra, words in rows:
+        expect_error(run(script, *base, *extra), *words)
+    assert not out.exists() and not (ctx.tmp / 'cache').exists()

@@ -173,6 +173,15 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class ContrastiveConfig:
+    """``-lm contrastive`` (util.train.contrastive): the NT-Xent temperature and the projection head's output size
+    (its weight against the PH regression loss is ``TrainConfig.ph_weight``)."""
+
+    temperature: float = 0.2
+    proj_dim: int = 128
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything one invocation of pretraining.py / finetuning.py runs: the mode, the files, the phase
     settings, and the branches ``train``, ``data``, ``model``.
@@ -197,12 +206,22 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
     flags: tuple = ()
 
 
 # The branches whose fields are recorded under their flags' names (GeneratorConfig's come from the flags as
 # they are and no phase changes them).
-_RECORDED = (RunConfig, TrainConfig, DataConfig, LabelConfig, AugmentConfig, NormConfig, ModelConfig)
+_RECORDED = (
+    RunConfig,
+    TrainConfig,
+    DataConfig,
+    LabelConfig,
+    AugmentConfig,
+    NormConfig,
+    ModelConfig,
+    ContrastiveConfig,
+)
 
 
 def flag_values(config):

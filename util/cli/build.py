@@ -9,6 +9,7 @@ from dataclasses import fields
 
 from util.config import (
     AugmentConfig,
+    ContrastiveConfig,
     DataConfig,
     LabelConfig,
     ModelConfig,
@@ -69,6 +70,7 @@ def run_config(args):
         train=train_config(args),
         data=data_config(args),
         model=_fields_of(ModelConfig, flags),
+        contrastive=_fields_of(ContrastiveConfig, flags),
         flags=tuple(sorted(flags.items())),
     )
 

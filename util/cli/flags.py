@@ -9,7 +9,15 @@ from models import timm_backend
 from util.cli import compat, label_flags
 from util.cli.build import run_config
 from util.cli.strict_args import TRAINING_FLAGS, StrictArgumentParser
-from util.config import DEFAULT_NUM_OUTPUTS, AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
+from util.config import (
+    DEFAULT_NUM_OUTPUTS,
+    AugmentConfig,
+    ContrastiveConfig,
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+)
 from util.errors import UserError
 from util.io import fileio
 from util.train import distributed, modes, tensorboard_log
@@ -344,7 +352,9 @@ combined: pretraining on -t2/-v2 (on the fly without -t2) for --epochs_pre epoch
 for -e epochs from those weights (sub-folders pretraining/ and finetuning/ of one run folder);
 simultaneous: classes of -t with a second, PH head on the same images (loss CE + --ph_weight x MSE);
 alternating: batches alternate between classes of -t (CE) and PH labels of -t2 or generated images (MSE);
-evaluation: evaluate -pw on -val (= --evaluate). In combined, -pw initialises the pretraining phase and
+evaluation: evaluate -pw on -val (= --evaluate);
+contrastive: two augmented views of each PH pretraining image, NT-Xent + --ph_weight x MSE (0: contrastive alone).
+In combined, -pw initialises the pretraining phase and
 --freeze_encoder applies to the fine-tuning phase only"""
 
 
@@ -403,8 +413,8 @@ def add_mode_args(parser, default_mode):
         '--ph_weight',
         default=TrainConfig.ph_weight,
         type=float,
-        help='simultaneous/alternating: weight of the PH '
-        'regression loss (MSE) against the cross-entropy (default: %(default)s)',
+        help='simultaneous/alternating/contrastive: weight of the PH '
+        'regression loss (MSE) against the cross-entropy or NT-Xent (default: %(default)s)',
     )
 
     g = parser.add_argument_group('persistent homology labels')
@@ -520,6 +530,23 @@ def add_mode_args(parser, default_mode):
         help='keep generated images and diagrams here and reuse the '
         'same images every epoch (nothing there is ever deleted)',
     )
+
+    # ---- issue 28: -lm contrastive ----
+    g = parser.add_argument_group(
+        '-lm contrastive', 'two augmented views of each image, NT-Xent + --ph_weight x MSE of the PH labels'
+    )
+    g.add_argument(
+        '--temperature',
+        default=ContrastiveConfig.temperature,
+        type=float,
+        help='contrastive: temperature of the NT-Xent loss (default: %(default)s)',
+    )
+    g.add_argument(
+        '--proj_dim',
+        default=ContrastiveConfig.proj_dim,
+        type=int,
+        help='contrastive: output size of the projection head on the pooled features (default: %(default)s)',
+    )
     return parser
 
 
@@ -562,6 +589,7 @@ def check_mode_args(args):
             f"-lm {mode}: -pd/-pc hold the PH of the images given by -t2 (--ph_train); give -t2, or "
             f"drop -pd/-pc to generate images on the fly"
         )
+    check_contrastive_args(args)
     check_label_source(args)
     return args
 
@@ -585,7 +613,9 @@ def check_label_source(args):
     mode = args.learning_mode
     if args.label_type in ('class', 'random') or mode in ('finetuning', 'evaluation'):
         return
-    images = {'pretraining': args.train, 'simultaneous': args.train}.get(mode, args.ph_train)
+    if mode == 'contrastive' and args.ph_weight == 0:  # no PH labels
+        return
+    images = {'pretraining': args.train, 'simultaneous': args.train, 'contrastive': args.train}.get(mode, args.ph_train)
     several = isinstance(args.filtration, (list, tuple))
     names = list(args.filtration) if several else [args.filtration]
     diagrams = bool(images and args.path2PHdir and not args.precomputed)
@@ -707,3 +737,41 @@ def main(args):
     run = run_config(args)
     modes.check_run(run)  # the device, -p nccl, a ViT's patches against --crop_size: before any process or folder
     return launch(args, run)
+
+
+# ---- issue 28: -lm contrastive ----
+def check_contrastive_args(args):
+    """-lm contrastive's flags (util/train/contrastive.py): a positive --temperature and --proj_dim; no flag that
+    the mode cannot honour (class labels, -ph post, a frozen encoder) and, with --ph_weight 0 (no PH labels), none
+    that only PH labels use."""
+    if not (0 < args.temperature < float('inf')):
+        raise UserError(f"--temperature must be a positive number (got {args.temperature})")
+    if args.proj_dim < 1:
+        raise UserError(f"--proj_dim must be at least 1 (got {args.proj_dim})")
+    if args.learning_mode != 'contrastive':
+        return
+    if args.label_type == 'class':
+        raise UserError(
+            "--label_type class has no PH labels: -lm contrastive trains with PH labels (--ph_weight > 0) or "
+            "without any (--ph_weight 0)"
+        )
+    if args.persistence == 'post':
+        raise UserError("-lm contrastive gives both views of an image the PH label of the whole image: use -ph pre")
+    if args.freeze_encoder:
+        raise UserError("--freeze_encoder would leave the backbone of -lm contrastive untrained; drop it")
+    if args.ph_weight > 0:
+        return
+    unused = [
+        ('-pd', bool(args.path2PHdir)),
+        ('-pc', args.precomputed),
+        (f'--label_type {args.label_type}', args.label_type == 'random'),
+        (f'--label_norm {args.label_norm}', args.label_norm != 'none'),
+        ('--cache_dir', bool(args.cache_dir)),
+        ('-val', bool(args.val)),
+    ]
+    given = [flag for flag, on in unused if on]
+    if given:
+        raise UserError(
+            f"--ph_weight 0 trains -lm contrastive without PH labels, so {' '.join(given)} would do nothing; "
+            "drop it, or give --ph_weight > 0"
+        )

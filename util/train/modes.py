@@ -15,6 +15,8 @@ Both scripts parse the same flags and call :func:`main`; they differ only in the
 * ``alternating``   batches alternate between the labelled folder -t (cross-entropy) and PH-labelled images
   (-t2, or generated on the fly; MSE x ``--ph_weight``), one optimiser step each.
 * ``evaluation``    no training: evaluate the fine-tuned weights -pw on -val (= finetuning.py --evaluate).
+* ``contrastive``   two augmented views of each PH pretraining image: NT-Xent + ``--ph_weight`` x MSE on the PH
+  labels (util/train/contrastive.py).
 
 Each mode takes the run configuration (:class:`util.config.RunConfig`, built once from the flags by
 util/cli/build.py) and derives its phases with :func:`dataclasses.replace`. What a run finds (its folder, the
@@ -38,12 +40,12 @@ from models.two_heads import PHOutput, TwoHeads
 from util.config import record, resolve_num_classes
 from util.errors import UserError
 from util.io import fileio
-from util.train import distributed, engine, runs, sources, tensorboard_log
+from util.train import contrastive, distributed, engine, runs, sources, tensorboard_log
 from util.train.reports import pictures, write_evaluation
 from util.train.sources import build_sets, check_class_layout, resolve_val
 from util.train.two_task import train_alternating_epoch, train_simultaneous_epoch
 
-MODES = ('pretraining', 'finetuning', 'combined', 'simultaneous', 'alternating', 'evaluation')
+MODES = ('pretraining', 'finetuning', 'combined', 'simultaneous', 'alternating', 'evaluation', 'contrastive')
 PHASES = ('pretraining', 'finetuning')  # the sub-folders of a combined run
 
 
@@ -601,6 +603,10 @@ def _run_finetuning_mode(run):
     run_finetuning(run)
 
 
+def _run_contrastive_mode(run):
+    contrastive.run_contrastive(run, open_run)
+
+
 RUNNERS = {
     'pretraining': _run_pretraining_mode,
     'finetuning': _run_finetuning_mode,
@@ -608,4 +614,5 @@ RUNNERS = {
     'simultaneous': run_simultaneous,
     'alternating': run_alternating,
     'evaluation': run_evaluation,
+    'contrastive': _run_contrastive_mode,
 }
