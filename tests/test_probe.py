@@ -3,6 +3,7 @@ statistics and their standard error over pretraining seeds, the probe's subsets,
 R^2 beyond the first principal component, the shuffled and generator-parameter controls, the screen preset, and
 fine-tuning seed s starting from pretraining seed s mod P."""
 
+import copy
 import json
 import math
 import os
@@ -50,6 +51,9 @@ def test_probe_subsets_hold_k_per_class_and_differ_by_seed_and_subset():
 
 
 def test_pooled_features_are_the_last_two_stages_of_a_resnet():
+    """Batches of 2 give the layer3 + layer4 pooled outputs of one whole-batch forward pass.  The exact check is in
+    float64 (convolution kernels that differ by batch shape or CPU agree to ~1e-15 there); the float32 path the
+    probe uses is checked within float32 accumulation error."""
     import torch
 
     import models
@@ -57,15 +61,32 @@ def test_pooled_features_are_the_last_two_stages_of_a_resnet():
     torch.manual_seed(0)
     model, _ = models.load_for('resnet18', None, 10)
     x = torch.randn(5, 3, 32, 32)
-    f = probe.pooled_features(model, x, batch=2)
-    assert f.shape == (5, 256 + 512)
-    grabbed = {}
-    model.layer3.register_forward_hook(lambda m, i, o: grabbed.setdefault('l3', o))
-    model.layer4.register_forward_hook(lambda m, i, o: grabbed.setdefault('l4', o))
-    with torch.no_grad():
-        model(x)
-    expect = torch.cat([grabbed['l3'].mean(dim=(2, 3)), grabbed['l4'].mean(dim=(2, 3))], 1).numpy()
-    np.testing.assert_allclose(f, expect, rtol=1e-5, atol=1e-6)
+
+    def reference(net, images):
+        grabbed = {}
+        hooks = [
+            net.layer3.register_forward_hook(lambda m, i, o: grabbed.setdefault('l3', o)),
+            net.layer4.register_forward_hook(lambda m, i, o: grabbed.setdefault('l4', o)),
+        ]
+        with torch.no_grad():
+            net.eval()(images)
+        for h in hooks:
+            h.remove()
+        return torch.cat([grabbed['l3'].mean(dim=(2, 3)), grabbed['l4'].mean(dim=(2, 3))], 1).double().numpy()
+
+    f32 = probe.pooled_features(model, x, batch=2)
+    assert f32.shape == (5, 256 + 512) and f32.dtype == np.float32
+    model64 = copy.deepcopy(model).double()
+    f64 = probe.pooled_features(model64, x.double(), batch=2)
+    expect = reference(model64, x.double())
+    scale = np.abs(expect).max()
+    assert scale > 0
+    # float64 throughout: only the final cast to float32 (relative 6e-8) separates the two
+    np.testing.assert_allclose(f64, expect, rtol=1e-6, atol=1e-12 * scale)
+    # float32 kernels accumulate ~3x3x512 products per output in an order that depends on the batch shape and the
+    # CPU (AVX2 vs AVX-512): differences of ~1e-6 of the features' scale (6e-5 relative on a small element was
+    # seen on AVX2); a wrong stage, pooling or row order differs by the scale itself
+    np.testing.assert_allclose(f32, expect, rtol=0, atol=1e-5 * scale)
 
 
 def test_probe_accuracy_separates_separable_features():
