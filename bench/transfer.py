@@ -307,7 +307,8 @@ def get_args_parser():
     g.add_argument(
         '--ph_extra',
         default='',
-        help="extra flags for PHdict.py (one string, split on spaces), e.g. '--sigma 1 --max_life 8'",
+        help="extra flags for PHdict.py (one string, split on spaces), e.g. '--sigma 1 --max_life 8'; its label "
+        "flags (ranges, sigma, filtration, ...; 'auto' as PHdict.py fitted it) reach the PH pretrainings too",
     )
     g.add_argument(
         '--label_norm',
@@ -1423,9 +1424,9 @@ def main(args):
         )
     if probe_rec:
         parts.append(
-            f"{name}: frozen-feature probes on {probe_rec['pool']}, {P} pretraining seeds x {cfg['subsets']} "
-            f"subsets; mean ± sd over pretraining seeds; margins paired (✓: mean > 2 s.e.; {probe_rec['se_formula']})"
-            + format_probe(probe_rec, cfg['labels'], inits)
+            f"{name}: frozen-feature probes on {probe_rec['pool']}, {P} pretraining seed{'s' if P > 1 else ''} x "
+            f"{cfg['subsets']} subsets; mean ± sd over pretraining seeds; margins paired (✓: mean > 2 s.e.; "
+            f"{probe_rec['se_formula']})" + format_probe(probe_rec, cfg['labels'], inits)
         )
     if r2:
         parts.append(format_r2(r2))
