@@ -50,6 +50,7 @@ overall and beyond the first principal component of its training labels.
 """
 
 import argparse
+import contextlib
 import datetime
 import functools
 import hashlib
@@ -68,6 +69,7 @@ import numpy as np
 from util.cli.strict_args import StrictArgumentParser
 from util.errors import UserError, run_cli
 from util.io import fileio
+from util.ph.vectorise import LABEL_FLAGS
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -305,7 +307,8 @@ def get_args_parser():
     g.add_argument(
         '--ph_extra',
         default='',
-        help="extra flags for PHdict.py (one string, split on spaces), e.g. '--sigma 1 --max_life 8'",
+        help="extra flags for PHdict.py (one string, split on spaces), e.g. '--sigma 1 --max_life 8'; its label "
+        "flags (ranges, sigma, filtration, ...; 'auto' as PHdict.py fitted it) reach the PH pretrainings too",
     )
     g.add_argument(
         '--label_norm',
@@ -397,7 +400,105 @@ def resolve(args):
         raise UserError("--inits shuffled permutes a label matrix: it needs -ph pre without --on_the_fly")
     if cfg['label_type'] == 'class':
         raise UserError("--label_type class is the labelled control, not a PH label; choose a PH label type")
+    cfg['ph_label_flags'] = ph_label_flags(cfg)  # refused here, before any image is made, if they cannot be used
     return cfg
+
+
+# PHdict.py's flags that say what the labels are (besides --label_type and --numof_dims, set from --label_type and
+# --dims): the PH pretrainings get those of --ph_extra too, since pretraining.py reads -pd labels only with the
+# flags they were made with, and computes labels with its own under -ph post / --on_the_fly
+LABEL_DESTS = tuple(n for n in LABEL_FLAGS if n != 'label_type') + (
+    'filtration',
+    'gradient',
+    'size_normalise',
+    'ph_engine',
+)
+
+
+def _parse_ph_extra(cfg, extra):
+    """PHdict.py's parsed flags for ``--label_type T --numof_dims D`` followed by ``extra``; a flag PHdict.py
+    does not take is refused here, before any image is made."""
+    import PHdict
+
+    parser = PHdict.get_args_parser()
+
+    def refuse(message):
+        raise UserError(f"--ph_extra {cfg['ph_extra']!r}: {message} (the flags of PHdict.py; see PHdict.py -h)")
+
+    parser.error = refuse
+    return parser.parse_args(
+        ['IMAGES', '-o', 'PH', '--label_type', cfg['label_type'], '--numof_dims', str(cfg['dims'])] + extra
+    )
+
+
+def _as_argv(dest, value):
+    if value is True:
+        return [f'--{dest}']
+    return [f'--{dest}'] + [
+        repr(v) if isinstance(v, float) else str(v) for v in (value if isinstance(value, list) else [value])
+    ]
+
+
+def ph_label_flags(cfg):
+    """The label flags of ``--ph_extra``, as pretraining.py takes them: long names (PHdict.py's ``-b`` is the
+    bandwidth, pretraining.py's the batch size), only those that differ from PHdict.py's defaults.  Refuses a
+    --ph_extra that PHdict.py would refuse, one that sets what --label_type, --dims or the work folder set, and
+    a label flag that pretraining.py cannot take where it computes the labels itself (-ph post, --on_the_fly);
+    with -pd -pc it reads the matrix as PHdict.py wrote it."""
+    extra = cfg['ph_extra'].split()
+    if not extra:
+        return []
+    ns, base = _parse_ph_extra(cfg, extra), _parse_ph_extra(cfg, [])
+    for dest, ours in (('label_type', '--label_type'), ('numof_dims', '--dims'), ('output', '--work')):
+        if getattr(ns, dest) != getattr(base, dest):
+            raise UserError(f"--ph_extra {cfg['ph_extra']!r}: sets --{dest}, which bench/transfer.py sets: use {ours}")
+    given = [d for d in LABEL_DESTS if getattr(ns, d, None) != getattr(base, d, None)]
+    if not given:
+        return []
+    from util.cli import flags as training_flags
+
+    parser = training_flags.get_args_parser('pretraining')
+
+    def cannot(message):
+        raise UserError(message)
+
+    parser.error = cannot
+    flags = []
+    for d in given:
+        argv = _as_argv(d, getattr(ns, d))
+        try:
+            _, rest = parser.parse_known_args(argv)
+        except (UserError, SystemExit):
+            rest = argv
+        if not rest:
+            flags += argv
+        elif cfg['ph'] == 'post' or cfg['on_the_fly']:
+            raise UserError(
+                f"--ph_extra: pretraining.py cannot take {' '.join(argv)}, and with "
+                f"{'-ph post' if cfg['ph'] == 'post' else '--on_the_fly'} it computes the PH labels itself: "
+                "leave the flag out or use -ph pre (the labels PHdict.py writes)"
+            )
+    return flags
+
+
+def _resolved_label_flags(flags, ph_dir, label_type):
+    """``flags`` with each ``auto`` value replaced by the value PHdict.py fitted (the labels' record in ``ph_dir``),
+    so that pretraining.py is given the numbers its -pd labels were made with."""
+    from util.ph.labels import find_label_matrix, read_json
+
+    if 'auto' not in flags:
+        return list(flags)
+    found = find_label_matrix(ph_dir, label_type)
+    params = ((found and read_json(os.path.splitext(found[0])[0] + '.json')) or {}).get('params') or {}
+    out, i = [], 0
+    while i < len(flags):
+        j = i + 1
+        while j < len(flags) and not flags[j].startswith('--'):
+            j += 1
+        dest, values = flags[i][2:], flags[i + 1 : j]
+        out += _as_argv(dest, params[dest]) if 'auto' in values and dest in params else flags[i:j]
+        i = j
+    return out
 
 
 # ------------------------------------------------------------------------------------------ subprocesses
@@ -415,6 +516,15 @@ class Runner:
         self.env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED='1')
 
     def run(self, script, argv, what):
+        """Run ``script argv``; its ``-o`` folder's lock (``<folder>.lock``) is held meanwhile, so that another
+        bench/transfer.py sharing --work waits rather than writing into the same folder at the same time."""
+        argv = [str(a) for a in argv]
+        if '-o' not in argv:
+            return self._run(script, argv, what)
+        with run_lock(argv[argv.index('-o') + 1].rstrip(os.sep) + '.lock', what, self.log):
+            return self._run(script, argv, what)
+
+    def _run(self, script, argv, what):
         cmd = [sys.executable, os.path.join(_ROOT, script)] + [str(a) for a in argv]
         t0 = time.time()
         proc = subprocess.run(cmd, cwd=_ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -426,26 +536,53 @@ class Runner:
     def training_run(self, script, argv, key, what, done_file):
         """Run a training script with ``-o <work>/runs/<key>``; returns (run folder, seconds or None if cached).
 
-        A folder whose run finished (``done_file`` present) is reused unless --fresh; an unfinished one is
-        removed first (it is ours, made by an earlier, killed call)."""
+        A run that finished (``done_file`` present) is reused unless --fresh.  The run key's lock file
+        (``<work>/runs/<key>.lock``, an fcntl lock) is held while a run is checked for and made: a second
+        bench/transfer.py sharing ``--work`` waits for the first's run of the same key and then reuses it.  Under
+        the lock an unfinished run folder is an earlier, killed call's (the lock dies with its process) and is
+        removed; a finished one is never removed (--fresh makes a new run folder beside it)."""
         base = os.path.join(self.work, 'runs', key)
-        found = _finished_run(base, done_file)
-        if found and not self.fresh:
-            return found, None
-        if os.path.isdir(base):
-            shutil.rmtree(base)
-        secs = self.run(script, argv + ['-o', base], what)
-        found = _finished_run(base, done_file)
-        if not found:
-            raise UserError(f"{what}: no {done_file} under {base} after the run")
-        return found, secs
+        with run_lock(base + '.lock', what, self.log):
+            found = _finished_run(base, done_file)
+            if found and not self.fresh:
+                return found, None
+            before = set(os.listdir(base)) if os.path.isdir(base) else set()
+            for d in before:
+                if not os.path.isfile(os.path.join(base, d, done_file)):
+                    shutil.rmtree(os.path.join(base, d), ignore_errors=True)
+            secs = self._run(script, argv + ['-o', base], what)
+            made = [d for d in os.listdir(base) if d not in before and os.path.isfile(os.path.join(base, d, done_file))]
+            if len(made) != 1:
+                raise UserError(f"{what}: no {done_file} in a new run folder under {base} after the run")
+            return os.path.join(base, made[0]), secs
+
+
+@contextlib.contextmanager
+def run_lock(path, what, log):
+    """Hold an exclusive fcntl lock on ``path`` (created if missing) for the block; say so when another process
+    holds it and wait for it."""
+    import fcntl
+
+    fileio.ensure_dir(os.path.dirname(path))
+    with open(path, 'a') as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"{what}: another bench/transfer.py run is making it; waiting for it (lock {path})")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _finished_run(base, done_file):
+    """The newest run folder under ``base`` holding ``done_file``, or None."""
     if not os.path.isdir(base):
         return None
-    dirs = sorted(d for d in os.listdir(base) if os.path.isfile(os.path.join(base, d, done_file)))
-    return os.path.join(base, dirs[-1]) if dirs else None
+    done = [os.path.join(base, d, done_file) for d in os.listdir(base)]
+    done = [x for x in done if os.path.isfile(x)]
+    return os.path.dirname(max(done, key=os.path.getmtime)) if done else None
 
 
 # ------------------------------------------------------------------------------------------ data sets
@@ -497,7 +634,13 @@ def _content_key(data):
 
 
 def make_split(runner, cfg, seed, k):
-    """An ImageFolder train/val pair for (seed, k labels per class); k = 0 means all. Returns its folder."""
+    """An ImageFolder train/val pair for (seed, k labels per class); k = 0 means all. Returns its folder (made
+    under the work folder's data lock: another bench/transfer.py sharing --work never removes one being made)."""
+    with run_lock(os.path.join(runner.work, 'data.lock'), f'the split of seed {seed}, {k} labels', runner.log):
+        return _make_split(runner, cfg, seed, k)
+
+
+def _make_split(runner, cfg, seed, k):
     kk = 0 if k == 'all' else int(k)
     if cfg['data'] is None:
         key = _hash(['digits', seed, kk, cfg['val_fraction'], cfg['max_test']])
@@ -632,8 +775,11 @@ def prepare_pretraining(runner, cfg, log):
     norm = ['--label_norm', 'standard'] if cfg['label_norm'] == 'standard' else []
     extra = cfg['pre_extra'].split()
 
+    # the label flags of --ph_extra reach the PH pretrainings too (their `auto` values as PHdict.py fitted them)
+    label_flags = _resolved_label_flags(cfg['ph_label_flags'], ph_dir, lt)
+
     def ph_argv(p, labels_dir):
-        common = ['-u', cfg['arch'], '-nc', dims, '--label_type', lt] + sizes(p) + norm
+        common = ['-u', cfg['arch'], '-nc', dims, '--label_type', lt] + sizes(p) + norm + label_flags
         if cfg['on_the_fly']:
             return common + [
                 '-n',
@@ -832,6 +978,19 @@ def summarise(runs, labels, inits, seeds, pre_seeds=1):
     return table
 
 
+ONE_SEED = 'one seed: no s.e.'
+
+
+def _mean_sd(mean, sd, n):
+    """A table cell 'mean ± sd', or 'mean (one seed: no s.e.)' where one seed (the unit) gives no spread."""
+    return f"{mean:.1f} ± {sd:.1f}" if n > 1 else f"{mean:.1f} ({ONE_SEED})"
+
+
+def _margin(mean, se, star=''):
+    """A margin cell '+m (s.e. x)', or '+m (one seed: no s.e.)' where its standard error is undefined."""
+    return f"{mean:+.1f} (s.e. {se:.1f}){star}" if math.isfinite(se) else f"{mean:+.1f} ({ONE_SEED})"
+
+
 def format_table(table, labels, inits):
     head = '| init | ' + ' | '.join(f'{k} labels/class' for k in labels) + ' |'
     lines = [head, '|---|' + '---|' * len(labels)]
@@ -839,7 +998,8 @@ def format_table(table, labels, inits):
         lines.append(
             f'| {INIT_NAMES[init]} | '
             + ' | '.join(
-                f"{table[k]['inits'][init]['mean']:.1f} ± {table[k]['inits'][init]['std']:.1f}" for k in labels
+                _mean_sd(table[k]['inits'][init]['mean'], table[k]['inits'][init]['std'], table[k]['inits'][init]['n'])
+                for k in labels
             )
             + ' |'
         )
@@ -852,7 +1012,7 @@ def format_table(table, labels, inits):
             for k in labels:
                 c = table[k]['margins'][m]
                 star = ' ✓' if c['beyond_2se'] else ''
-                cells.append(f"{c['mean']:+.1f} (s.e. {c['se']:.1f}){star}")
+                cells.append(_margin(c['mean'], c['se'], star))
             lines.append(f'| {title} | ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
 
@@ -1032,7 +1192,10 @@ def format_probe(rec, levels, inits):
         for i in inits:
             lines.append(
                 f'| {PROBE_NAMES[i]} | '
-                + ' | '.join(f"{t[k]['inits'][i]['mean']:.1f} ± {t[k]['inits'][i]['sd_units']:.1f}" for k in levels)
+                + ' | '.join(
+                    _mean_sd(t[k]['inits'][i]['mean'], t[k]['inits'][i]['sd_units'], t[k]['inits'][i]['n_units'])
+                    for k in levels
+                )
                 + ' |'
             )
         for a, b in MARGINS:
@@ -1041,7 +1204,7 @@ def format_probe(rec, levels, inits):
                 cells = []
                 for k in levels:
                     m = t[k]['margins'][name]
-                    cells.append(f"{m['mean']:+.1f} (s.e. {m['se']:.1f}){' ✓' if m['beyond_2se'] else ''}")
+                    cells.append(_margin(m['mean'], m['se'], ' ✓' if m['beyond_2se'] else ''))
                 lines.append(f'| {PROBE_NAMES[a]} − {PROBE_NAMES[b]} | ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
 
@@ -1261,9 +1424,9 @@ def main(args):
         )
     if probe_rec:
         parts.append(
-            f"{name}: frozen-feature probes on {probe_rec['pool']}, {P} pretraining seeds x {cfg['subsets']} "
-            f"subsets; mean ± sd over pretraining seeds; margins paired (✓: mean > 2 s.e.; {probe_rec['se_formula']})"
-            + format_probe(probe_rec, cfg['labels'], inits)
+            f"{name}: frozen-feature probes on {probe_rec['pool']}, {P} pretraining seed{'s' if P > 1 else ''} x "
+            f"{cfg['subsets']} subsets; mean ± sd over pretraining seeds; margins paired (✓: mean > 2 s.e.; "
+            f"{probe_rec['se_formula']})" + format_probe(probe_rec, cfg['labels'], inits)
         )
     if r2:
         parts.append(format_r2(r2))

@@ -74,5 +74,69 @@ def _stale_split(ctx, script):
     assert json.loads(result.read_text())['runs'][0]['cached']
 
 
+def _work_argv(ctx, name='t'):
+    return ['--preset', 'tiny', '--seeds', 1, '--labels', 3, '--name', name, '--work', ctx.tmp / 'work']
+
+
+@case(
+    'transfer',
+    '--ph_extra with a flag PHdict.py does not take',
+    'exit 2 before any image is made: one line naming --ph_extra and the flag; no work folder, no result',
+)
+def _bad_ph_extra(ctx, script):
+    argv = _work_argv(ctx) + ['--inits', 'scratch', 'ph', '--out', ctx.tmp / 'results', '--ph_extra', '--sigmaa 1']
+    expect_error(run(script, *argv), '--ph_extra', '--sigmaa')
+    assert not (ctx.tmp / 'work').exists() and not (ctx.tmp / 'results').exists()
+
+
+@case(
+    'transfer',
+    '--ph_extra with label flags (the README\'s probe screen: --sigma 1 --max_life 8 ...)',
+    'exit 0: the PH pretraining is given the label flags its -pd labels were made with (its check refused them)',
+)
+def _ph_extra_label_flags(ctx, script):
+    extra = '--sigma 1 --max_life 8 --max_birth 12 --min_birth -12'
+    argv = _work_argv(ctx) + ['--inits', 'ph', '--label_type', 'persistence_image', '--ph_extra', extra]
+    ctx.outputs(ctx.tmp / 'results')
+    expect_ok(run(script, *argv, '--out', ctx.tmp / 'results', timeout=600))
+    result = json.loads((ctx.tmp / 'results' / 'transfer_t.json').read_text())
+    with open(os.path.join(result['pretraining']['ph']['run_dir'], 'args.json'), encoding='utf-8') as f:
+        pre = json.load(f)
+    assert (pre['sigma'], pre['max_life'], pre['max_birth'], pre['min_birth']) == (1.0, 8.0, 12.0, -12.0), pre
+
+
+@case(
+    'transfer',
+    'two runs sharing --work at the same time',
+    "exit 0 for both: each pretraining and fine-tuning is made once (the second waits on the run's lock and "
+    'reuses it), no run folder removed under the other',
+)
+def _shared_work(ctx, script):
+    import threading
+
+    res = {}
+
+    def one(name):
+        argv = _work_argv(ctx, name) + ['--inits', 'scratch', 'ph', '--out', ctx.tmp / name]
+        res[name] = run(script, *argv, timeout=900)
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in ('a', 'b')]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for name in ('a', 'b'):
+        expect_ok(res[name])
+        ctx.outputs(ctx.tmp / name)
+    runs = ctx.tmp / 'work' / 'runs'
+    keys = [k for k in os.listdir(runs) if os.path.isdir(runs / k)]
+    assert any(k.startswith('pre_ph_') for k in keys) and len(keys) == 3, keys  # 1 pretraining, 2 fine-tunings
+    for k in keys:
+        assert len(os.listdir(runs / k)) == 1, (k, os.listdir(runs / k))  # made once, nothing removed
+    a, b = (json.loads((ctx.tmp / n / f'transfer_{n}.json').read_text()) for n in ('a', 'b'))
+    assert a['pretraining']['ph']['run_dir'] == b['pretraining']['ph']['run_dir']
+    assert [a['pretraining']['ph']['seconds'], b['pretraining']['ph']['seconds']].count(None) == 1  # one reused
+
+
 data, test_fault = faultlib.data, faultlib.test_fault  # the matrix's fixture and test
 pytest_generate_tests, ledger = faultlib.matrix('transfer')

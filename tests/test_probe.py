@@ -3,6 +3,7 @@ statistics and their standard error over pretraining seeds, the probe's subsets,
 R^2 beyond the first principal component, the shuffled and generator-parameter controls, the screen preset, and
 fine-tuning seed s starting from pretraining seed s mod P."""
 
+import copy
 import json
 import math
 import os
@@ -50,6 +51,9 @@ def test_probe_subsets_hold_k_per_class_and_differ_by_seed_and_subset():
 
 
 def test_pooled_features_are_the_last_two_stages_of_a_resnet():
+    """Batches of 2 give the layer3 + layer4 pooled outputs of one whole-batch forward pass.  The exact check is in
+    float64 (convolution kernels that differ by batch shape or CPU agree to ~1e-15 there); the float32 path the
+    probe uses is checked within float32 accumulation error."""
     import torch
 
     import models
@@ -57,15 +61,32 @@ def test_pooled_features_are_the_last_two_stages_of_a_resnet():
     torch.manual_seed(0)
     model, _ = models.load_for('resnet18', None, 10)
     x = torch.randn(5, 3, 32, 32)
-    f = probe.pooled_features(model, x, batch=2)
-    assert f.shape == (5, 256 + 512)
-    grabbed = {}
-    model.layer3.register_forward_hook(lambda m, i, o: grabbed.setdefault('l3', o))
-    model.layer4.register_forward_hook(lambda m, i, o: grabbed.setdefault('l4', o))
-    with torch.no_grad():
-        model(x)
-    expect = torch.cat([grabbed['l3'].mean(dim=(2, 3)), grabbed['l4'].mean(dim=(2, 3))], 1).numpy()
-    np.testing.assert_allclose(f, expect, rtol=1e-5, atol=1e-6)
+
+    def reference(net, images):
+        grabbed = {}
+        hooks = [
+            net.layer3.register_forward_hook(lambda m, i, o: grabbed.setdefault('l3', o)),
+            net.layer4.register_forward_hook(lambda m, i, o: grabbed.setdefault('l4', o)),
+        ]
+        with torch.no_grad():
+            net.eval()(images)
+        for h in hooks:
+            h.remove()
+        return torch.cat([grabbed['l3'].mean(dim=(2, 3)), grabbed['l4'].mean(dim=(2, 3))], 1).double().numpy()
+
+    f32 = probe.pooled_features(model, x, batch=2)
+    assert f32.shape == (5, 256 + 512) and f32.dtype == np.float32
+    model64 = copy.deepcopy(model).double()
+    f64 = probe.pooled_features(model64, x.double(), batch=2)
+    expect = reference(model64, x.double())
+    scale = np.abs(expect).max()
+    assert scale > 0
+    # float64 throughout: only the final cast to float32 (relative 6e-8) separates the two
+    np.testing.assert_allclose(f64, expect, rtol=1e-6, atol=1e-12 * scale)
+    # float32 kernels accumulate ~3x3x512 products per output in an order that depends on the batch shape and the
+    # CPU (AVX2 vs AVX-512): differences of ~1e-6 of the features' scale (6e-5 relative on a small element was
+    # seen on AVX2); a wrong stage, pooling or row order differs by the scale itself
+    np.testing.assert_allclose(f32, expect, rtol=0, atol=1e-5 * scale)
 
 
 def test_probe_accuracy_separates_separable_features():
@@ -211,3 +232,142 @@ def test_finetuning_seed_starts_from_pretraining_seed_mod_p(tmp_path, monkeypatc
         assert got['mean'] == pytest.approx(np.mean(units))
         assert got['se'] == pytest.approx(np.std(units, ddof=1) / math.sqrt(2))
     assert os.path.isfile(tmp_path / 'o' / 'transfer_x.md')
+
+
+def _cfg(*flags):
+    return transfer.resolve(transfer.get_args_parser().parse_args(list(flags)))
+
+
+def test_label_flags_of_ph_extra_reach_pretraining_in_long_form():
+    """The README's screen command: pretraining.py gets the --ph_extra label flags PHdict.py got (else its -pd
+    check refuses the labels), under their long names (PHdict.py's -b is the bandwidth, pretraining.py's the batch
+    size); flags that are PHdict.py's alone (-nw) stay there."""
+    import pretraining
+
+    readme = '--sigma 1 --max_life 8 --max_birth 12 --min_birth -12'
+    cfg = _cfg('--preset', 'screen', '--label_type', 'persistence_image', '--ph_extra', readme)
+    flags = cfg['ph_label_flags']
+    assert flags == ['--max_life', '8.0', '--max_birth', '12.0', '--min_birth', '-12.0', '--sigma', '1.0']
+    args = pretraining.get_args_parser().parse_args(['-t', 'x'] + flags)
+    assert (args.sigma, args.max_life, args.max_birth, args.min_birth) == (1.0, 8.0, 12.0, -12.0)
+    flags = _cfg('--ph_extra', '-b 3 -ml 80 60 -nw 3 --gradient --filtration none')['ph_label_flags']
+    assert flags == ['--max_life', '80.0', '60.0', '--bandwidth', '3', '--filtration', 'none', '--gradient']
+    args = pretraining.get_args_parser().parse_args(['-t', 'x'] + flags)
+    assert args.bandwidth == 3 and args.max_life == [80.0, 60.0] and args.gradient and args.batch_size != 3
+    assert _cfg('--ph_extra', '-nw 3 --sigma 100')['ph_label_flags'] == []  # PHdict-only, and a default
+
+
+@pytest.mark.parametrize(
+    'flags, words',
+    [
+        (['--ph_extra', '--sigmaa 1'], ['--ph_extra', 'unrecognized arguments: --sigmaa']),
+        (['--ph_extra', '--sigma abc'], ['--ph_extra', "'abc'"]),
+        (['--ph_extra', '--label_type landscape'], ['--ph_extra', 'use --label_type']),
+        (['--ph_extra', '--numof_dims 10'], ['--ph_extra', 'use --dims']),
+    ],
+)
+def test_ph_extra_is_checked_before_any_work(flags, words):
+    with pytest.raises(transfer.UserError) as e:
+        _cfg(*flags)
+    assert all(w in str(e.value) for w in words) and '\n' not in str(e.value)
+
+
+@pytest.mark.parametrize('extra', ['--size_normalise', '--filtration none signed_distance'])
+def test_a_label_flag_pretraining_cannot_take_is_refused_where_it_computes_the_labels(extra):
+    """Under -ph post / --on_the_fly pretraining.py computes the labels with its own flags: a label flag of
+    --ph_extra it has no room for is refused up front; with -pd -pc it reads the matrix as PHdict.py wrote it."""
+    import pretraining
+
+    try:
+        pretraining.get_args_parser().parse_args(['-t', 'x'] + extra.split())
+        takes = True
+    except SystemExit:
+        takes = False
+    for mode, said in ((['--ph', 'post'], '-ph post'), (['--on_the_fly'], '--on_the_fly')):
+        if takes:  # forwarded, as every label flag it takes
+            assert _cfg(f'--ph_extra={extra}', *mode)['ph_label_flags'] == extra.split()
+        else:
+            with pytest.raises(transfer.UserError, match=f"cannot take {extra}, and with {said}"):
+                _cfg(f'--ph_extra={extra}', *mode)
+    flags = _cfg(f'--ph_extra={extra}')['ph_label_flags']
+    assert flags == (extra.split() if takes else [])
+
+
+def test_auto_label_flags_take_the_values_phdict_fitted(tmp_path):
+    from util.ph.labels import label_names
+
+    fileio_json = {'params': {'max_life': [10.5, 3.25], 'sigma': 2.0736, 'max_birth': 12.0}, 'auto': ['max_life']}
+    for name in label_names('persistence_image')[:2]:
+        (tmp_path / name).write_bytes(b'')
+    (tmp_path / label_names('persistence_image')[2]).write_text(json.dumps(fileio_json))
+    flags = ['--max_life', 'auto', '--sigma', 'auto', '--min_birth', '-12.0', '--gradient']
+    got = transfer._resolved_label_flags(flags, str(tmp_path), 'persistence_image')
+    assert got == ['--max_life', '10.5', '3.25', '--sigma', '2.0736', '--min_birth', '-12.0', '--gradient']
+    assert transfer._resolved_label_flags(['--sigma', '1.0'], str(tmp_path), 'histogram') == ['--sigma', '1.0']
+
+
+def test_one_seed_says_no_standard_error():
+    """One (pretraining) seed: no '± 0.0' and no 's.e. nan' in the printed tables."""
+    acc = {i: {'3': {c: [[60.0 + (i == 'ph'), 62.0]] for c in probe.CLASSIFIERS}} for i in ('scratch', 'ph')}
+    rec = {'table': {}}
+    for c in probe.CLASSIFIERS:
+        cell = {'inits': {i: probe.level_stats(acc[i]['3'][c]) for i in acc}, 'margins': {}}
+        cell['margins']['ph-scratch'] = probe.paired_margin(acc['ph']['3'][c], acc['scratch']['3'][c])
+        rec['table'][c] = {'3': cell}
+    text = transfer.format_probe(rec, ['3'], ['scratch', 'ph'])
+    runs = [{'labels': '3', 'init': i, 'seed': 0, 'top1': 50.0 + (i == 'ph')} for i in ('scratch', 'ph')]
+    text += transfer.format_table(transfer.summarise(runs, ['3'], ['scratch', 'ph'], [0]), ['3'], ['scratch', 'ph'])
+    assert 'nan' not in text and '± 0.0' not in text
+    assert text.count('one seed: no s.e.') == 3 * 3  # 2 inits + 1 margin, in each of the three tables
+    assert '+0.5 (one seed: no s.e.)' in text and '+1.0 (one seed: no s.e.)' in text
+    two = transfer.format_table(
+        transfer.summarise(runs + [dict(r, seed=1) for r in runs], ['3'], ['scratch', 'ph'], [0, 1]),
+        ['3'],
+        ['scratch', 'ph'],
+    )
+    assert 'one seed' not in two and '± 0.0' in two and 's.e. 0.0' in two
+
+
+def test_a_second_process_waits_for_and_reuses_a_run_of_the_same_key(tmp_path, monkeypatch):
+    """Two bench/transfer.py runs sharing --work: the run is made once (the second waits on the key's lock and
+    reuses it); a killed run's unfinished folder is removed under the lock, a finished one never (--fresh adds
+    a new one beside it)."""
+    import threading
+    import time
+
+    made = []
+
+    def fake_run(self, script, argv, what):
+        out = argv[argv.index('-o') + 1]
+        d = os.path.join(out, f'run{len(made)}')
+        os.makedirs(d)
+        time.sleep(0.5)  # the other caller arrives meanwhile
+        (open(os.path.join(d, 'metrics.json'), 'w')).close()
+        made.append(d)
+        return 0.5
+
+    monkeypatch.setattr(transfer.Runner, '_run', fake_run)
+    work = str(tmp_path)
+    logs = []
+    got = []
+
+    def one():
+        r = transfer.Runner(work, 1, False, logs.append)
+        got.append(r.training_run('finetuning.py', ['-t', 'x'], 'ft_key', 'fine-tuning', 'metrics.json'))
+
+    threads = [threading.Thread(target=one) for _ in range(2)]
+    for t in threads:
+        t.start()
+        time.sleep(0.1)
+    for t in threads:
+        t.join()
+    assert len(made) == 1
+    assert sorted(secs is None for _, secs in got) == [False, True] and got[0][0] == got[1][0] == made[0]
+    assert any('waiting' in m for m in logs)
+    base = tmp_path / 'runs' / 'ft_key'
+    os.makedirs(base / 'killed')  # an earlier call's, killed before it finished
+    fresh = transfer.Runner(work, 1, True, logs.append).training_run('f.py', [], 'ft_key', 'ft', 'metrics.json')
+    assert not (base / 'killed').exists() and os.path.isdir(made[0]) and fresh[0] == made[1] != made[0]
+    assert (
+        transfer.Runner(work, 1, False, logs.append).training_run('f.py', [], 'ft_key', 'ft', 'metrics.json')[1] is None
+    )

@@ -256,3 +256,108 @@ def test_heldout_r2_on_fresh_images(probe_run):
 def _args_of_images(folder):
     with open(os.path.join(folder, 'args.json'), encoding='utf-8') as f:
         return json.load(f)
+
+
+# ------------------------------------------------------------------------------------------ the documented commands
+DOCS = ('README.md', 'BENCHMARKS.md')
+COMMAND = 'python bench/transfer.py'
+# appended to every documented command (later flags win): tiny sizes, one seed, on the CPU
+TINY_FLAGS = (
+    '--n_images 24 --gen_size 24 --pre_img 24 --pre_crop 20 --pre_epochs 1 --pre_batch 12 --ft_img 16 --ft_batch 32 '
+    '--ft_samples 32 --ft_min_epochs 1 --ft_max_epochs 1 --labels 3 --seeds 1 --pre_seeds 1 --subsets 2 '
+    '--r2_images 6 --max_test 40 --jobs 2 --workers 1'
+).split()
+
+
+def documented_commands(root=transfer._ROOT):
+    """[(file:line, argv after bench/transfer.py)] of every ``python bench/transfer.py ...`` the docs show: in
+    inline code (which may run over several lines) or in an indented code block (continued by a trailing \\)."""
+    import re
+    import shlex
+
+    found = []
+    for doc in DOCS:
+        text = open(os.path.join(root, doc), encoding='utf-8').read()
+        for m in re.finditer(re.escape(COMMAND), text):
+            line = text.count('\n', 0, m.start()) + 1
+            if text[m.start() - 1] == '`':  # inline code: up to the closing backtick
+                cmd = text[m.end() : text.index('`', m.end())]
+            else:  # a code block line, and those it continues
+                end = m.end()
+                while True:
+                    nl = text.find('\n', end)
+                    nl = len(text) if nl < 0 else nl
+                    if not text[end:nl].rstrip().endswith('\\'):
+                        break
+                    end = nl + 1
+                cmd = text[m.end() : nl].replace('\\\n', ' ').split(' #')[0]
+            found.append((f'{doc}:{line}', shlex.split(cmd.replace('\n', ' '))))
+    return found
+
+
+def test_the_docs_show_transfer_commands():
+    """The parser finds the commands the docs show (the README's probe screen with its --ph_extra among them)."""
+    cmds = documented_commands()
+    assert len(cmds) >= 5
+    assert any('--ph_extra' in argv and f.startswith('README') for f, argv in cmds)
+    for _, argv in cmds:
+        transfer.get_args_parser().parse_args(argv)  # each is a command line of the script
+
+
+@pytest.fixture(scope='module')
+def docs_data(tmp_path_factory):
+    """A folder to run the commands in, holding a tiny two-class data/<name>/{train,val} for any --data they
+    name (relative paths, as the README's `data/pathmnist_64`)."""
+    from PIL import Image
+
+    base = tmp_path_factory.mktemp('docs_commands')
+    rng = np.random.default_rng(0)
+    for _, argv in documented_commands():
+        if '--data' in argv:
+            for split, n in (('train', 5), ('val', 3)):
+                for c in ('a', 'b'):
+                    d = base / argv[argv.index('--data') + 1] / split / c
+                    d.mkdir(parents=True, exist_ok=True)
+                    for i in range(n):
+                        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(d / f'{i}.png')
+    return base
+
+
+def test_every_documented_transfer_command_runs(docs_data):
+    """Every `python bench/transfer.py ...` of README.md and BENCHMARKS.md, as shown, shrunk to tiny sizes by
+    flags appended after it (and on the CPU): exit 0 and its result written.  Commands that differ only in
+    --name run once; all share one --work (as a user's would).  With --ph_extra, the PH pretraining was given
+    the label flags the labels were made with (README item: its -pd check refused them otherwise)."""
+    import subprocess
+    import sys
+
+    import torch
+
+    work, out = docs_data / 'work', docs_data / 'results'
+    done = {}
+    for where, argv in documented_commands():
+        full = argv + TINY_FLAGS + ['--work', str(work), '--out', str(out), '--name', 'docs']
+        if '--device' in argv and not torch.cuda.is_available():
+            full += ['--device', 'cpu']
+        key = json.dumps(transfer.resolve(transfer.get_args_parser().parse_args(full)), sort_keys=True)
+        if key in done:
+            continue
+        res = subprocess.run(
+            [sys.executable, os.path.join(transfer._ROOT, 'bench', 'transfer.py')] + full,
+            cwd=docs_data,
+            env={k: v for k, v in dict(os.environ, OMP_NUM_THREADS='1').items() if k != 'OUT'},
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert res.returncode == 0, f"{where}: {' '.join(argv)}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+        with open(out / 'transfer_docs.json', encoding='utf-8') as f:
+            result = json.load(f)
+        done[key] = where
+        assert result['settings']['ph_extra'] == transfer.get_args_parser().parse_args(argv).ph_extra
+        if transfer.resolve(transfer.get_args_parser().parse_args(full))['ph_label_flags']:
+            ph_args = _args_of(result['pretraining_by_seed']['ph'][0]['run_dir'])
+            given = transfer.get_args_parser().parse_args(argv).ph_extra.split()
+            for flag, value in zip(given[::2], given[1::2]):
+                assert ph_args[flag.lstrip('-')] == float(value), (where, flag)
+    assert len(done) >= 4, done
