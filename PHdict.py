@@ -998,24 +998,10 @@ def _hist_summary(run, res):
         "mean histogram maxima (H0 life, H1 life, H0 birth, H1 birth): "
         + ', '.join(f'{c.max():.4g}' if c.size else '-' for c in curves)
     )
-    import matplotlib
+    from util.plot.ph_plot import hist_mean_png
 
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
-    from util.io.fileio import atomic_open
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for c, label, style in zip(curves, ('H0 lifetime', 'H1 lifetime', 'H0 birth', 'H1 birth'), ('-', '--', '-', '--')):
-        ax.plot(np.arange(c.size), c, style, label=label, lw=1.2)
-    ax.set_xlabel('bin')
-    ax.set_title(f'mean histogram over {count} inputs')
-    ax.legend()
-    fig.tight_layout()
     name = 'hist_mean.png' if n == 1 else f'hist_mean.shard-{k}-of-{n}.png'
-    with atomic_open(os.path.join(out_dir, name), 'wb') as f:
-        fig.savefig(f, format='png', dpi=90)
-    plt.close(fig)
+    hist_mean_png(os.path.join(out_dir, name), curves, count)
 
 
 def _label_stats(args, out_dir):
@@ -1090,6 +1076,8 @@ def _plots(run, ok, fallback_vec):
     vec = vectoriser_from_args(args, args.numof_dims) if args.label_type else fallback_vec
     if vec is None:
         vec = _histogram_vectoriser(args)
+    from util.plot.ph_plot import plot_ph
+
     plot_dir = os.path.join(out_dir, 'plots')
     for i, rel in enumerate(files[: args.plot]):
         if not ok[i]:
@@ -1111,7 +1099,7 @@ def _plots(run, ok, fallback_vec):
                 np.load(dgm_path) if os.path.exists(dgm_path) else ph.diagram_of_filtration(filtration, args.ph_engine)
             )
             image, title = np.asarray(im), rel
-        ph.plot_ph(path, image, filtration, dgm, vec(dgm), title=title, vector_label=f'{vec.label_type} ({vec.dim})')
+        plot_ph(path, image, filtration, dgm, vec(dgm), title=title, vector_label=f'{vec.label_type} ({vec.dim})')
     print(f"plots of the first {min(args.plot, len(files))} inputs in {plot_dir}")
     if args.label_type:
         _diagnostics_plot(run, plot_dir)
