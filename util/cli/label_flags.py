@@ -7,8 +7,8 @@ from __future__ import annotations
 import argparse
 
 from util.config import NormConfig
+from util.ph.random_targets import RANDOM
 from util.ph.vectorise import LABEL_FLAGS, Vectoriser, vectoriser_from_params
-from util.train.sources import RANDOM
 
 
 def allow_random_choice(group):
