@@ -46,11 +46,12 @@ import argparse
 
 from util.cli import compat, label_flags, ph_build
 from util.cli.label_flags import add_label_args
+from util.cli.ph_flags import add_ph_args
 from util.cli.strict_args import PHDICT_FLAGS, StrictArgumentParser
 from util.errors import run_cli
 from util.io.fileio import add_max_pixels_arg
 from util.ph import cubical as ph
-from util.ph import label_norm
+from util.ph.phconfig import PHConfig
 
 EPILOG = """\
 outputs (under -o; <stem> = input path relative to TARGET_DIR, without extension):
@@ -83,13 +84,6 @@ Exit status: 0, or 1 if some inputs could not be read (named on stderr) and --sk
 """
 
 
-class _OneOrMore(argparse.Action):
-    """One value stored as it is (the original's flag), several as a list."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, values[0] if len(values) == 1 else list(dict.fromkeys(values)))
-
-
 def get_args_parser():
     p = StrictArgumentParser(
         allow_abbrev=False,
@@ -100,7 +94,7 @@ def get_args_parser():
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument('target_dir', help="folder of input files (searched recursively)")
-    p.add_argument('--output', '-o', default='output', help="output folder (default: %(default)s)")
+    p.add_argument('--output', '-o', default=PHConfig.output, help="output folder (default: %(default)s)")
     p.add_argument(
         '--imgtype',
         '-it',
@@ -125,7 +119,7 @@ def get_args_parser():
         '-n',
         type=int,
         nargs=4,
-        default=[50, 50, 50, 50],
+        default=list(PHConfig().num_bins),
         metavar=('LIFE0', 'LIFE1', 'BIRTH0', 'BIRTH1'),
         help="-ch histogram bins: H0 lifetimes, H1 lifetimes, H0 births, H1 births (default: 50 50 50 50)",
     )
@@ -133,46 +127,35 @@ def get_args_parser():
         '--num_workers',
         '-nw',
         type=int,
-        default=8,
+        default=PHConfig.num_workers,
         help="worker processes computing diagrams; 0 or 1: this process only (default: %(default)s)",
     )
-    p.add_argument(
-        '--filtration',
-        choices=ph.FILTRATIONS,
-        default=ph.DEFAULT_FILTRATION,
-        nargs='+',
-        action=_OneOrMore,
-        help="filtration of the binarised image (see util/ph/cubical.py); 'none' = raw grey values "
-        "(sublevel sets), 'none_inv' = their superlevel sets.  Several (e.g. signed_distance none none_inv) "
-        "with --label_type: each is computed into -o/filtration_NAME/ and the label matrices are concatenated "
-        "into -o/labels_TYPE.* (length = their number x --numof_dims) (default: %(default)s)",
+    add_ph_args(
+        p,
+        {
+            'filtration': "filtration of the binarised image (see util/ph/cubical.py); 'none' = raw grey values "
+            "(sublevel sets), 'none_inv' = their superlevel sets.  Several (e.g. signed_distance none none_inv) "
+            "with --label_type: each is computed into -o/filtration_NAME/ and the label matrices are concatenated "
+            "into -o/labels_TYPE.* (length = their number x --numof_dims) (default: %(default)s)",
+            'gradient': "take the filtration of the Canny edge map of the denoised image instead of the Otsu "
+            "binarisation (thresholds from the median grey value; see util/ph/cubical.py) (default: off)",
+            'size_normalise': "multiply the filtration values (births, deaths) by "
+            f"{ph.SIZE_REFERENCE}/SIZE, SIZE = the image's longer side, as the original's later version does to "
+            "distances: a shape gives the same diagram at every image size (filtrations in pixel units only; not "
+            "with -it npy) (default: off)",
+            'ph_engine': "PH engine: unionfind (exact, fast, 2-D images), cripser, or auto = unionfind for 2-D "
+            "images; both give the same pairs (birth, death) -- tests/test_ph_unionfind.py checks "
+            "it -- so diagrams and a label matrix made by one engine are accepted by a rerun with "
+            "the other (the engines are recorded in settings.json and labels_TYPE.json); only row "
+            "order and the pixel named among tied ones may differ (default: %(default)s)",
+        },
+        unique=True,
     )
     p.add_argument(
-        '--gradient',
-        '-g',
-        action='store_true',
-        help="take the filtration of the Canny edge map of the denoised image instead of the Otsu "
-        "binarisation (thresholds from the median grey value; see util/ph/cubical.py) (default: off)",
-    )
-    p.add_argument(
-        '--size_normalise',
-        action='store_true',
-        help=f"multiply the filtration values (births, deaths) by {ph.SIZE_REFERENCE}/SIZE, SIZE = the image's "
-        "longer side, as the original's later version does to distances: a shape gives the same diagram at "
-        "every image size (filtrations in pixel units only; not with -it npy) (default: off)",
-    )
-    p.add_argument(
-        '--ph_engine',
-        choices=ph.ENGINES,
-        default=ph.DEFAULT_ENGINE,
-        help="PH engine: unionfind (exact, fast, 2-D images), cripser, or auto = unionfind for 2-D "
-        "images; both give the same pairs (birth, death) -- tests/test_ph_unionfind.py checks "
-        "it -- so diagrams and a label matrix made by one engine are accepted by a rerun with "
-        "the other (the engines are recorded in settings.json and labels_TYPE.json); only row "
-        "order and the pixel named among tied ones may differ (default: %(default)s)",
-    )
-    p.add_argument(
-        '--numof_dims', type=int, default=200, help="length D of the --label_type vectors (default: %(default)s)"
+        '--numof_dims',
+        type=int,
+        default=PHConfig.numof_dims,
+        help="length D of the --label_type vectors (default: %(default)s)",
     )
     p.add_argument(
         '--shard',
@@ -204,31 +187,20 @@ def get_args_parser():
     group.add_argument(
         '--seed',
         type=int,
-        default=1,
+        default=PHConfig.seed,
         help="--label_type random: the seed of the targets; "
         "pretraining.py --seed with the same value makes the same ones (default: %(default)s)",
     )
-    group.add_argument(
-        '--label_norm',
-        choices=('none', 'standard', 'whiten'),
-        default='none',
-        help="standard: also write the per-component mean and floored std of the label matrix "
-        "into labels_TYPE.json, for pretraining.py --label_norm standard; whiten: its top "
-        "--label_norm_components principal directions and their floored std (label_whiten), for "
-        "pretraining.py --label_norm whiten (the matrix stays raw) (default: %(default)s)",
-    )
-    group.add_argument(
-        '--label_norm_components',
-        type=int,
-        default=label_norm.DEFAULT_COMPONENTS,
-        metavar='K',
-        help="--label_norm whiten: the number K of principal directions kept (default: %(default)s)",
-    )
-    group.add_argument(
-        '--label_norm_floor',
-        type=float,
-        default=label_norm.DEFAULT_FLOOR,
-        help="std floor of --label_norm standard, relative to the RMS of the components' std (default: %(default)s)",
+    label_flags.add_norm_args(
+        group,
+        {
+            'label_norm': "standard: also write the per-component mean and floored std of the label matrix "
+            "into labels_TYPE.json, for pretraining.py --label_norm standard; whiten: its top "
+            "--label_norm_components principal directions and their floored std (label_whiten), for "
+            "pretraining.py --label_norm whiten (the matrix stays raw) (default: %(default)s)",
+            'label_norm_floor': "std floor of --label_norm standard, relative to the RMS of the components' std "
+            "(default: %(default)s)",
+        },
     )
     p.set_defaults(label_type=None)
     compat.phdict_compat(p)  # the original's later names and value shapes (docs/compat.md)
