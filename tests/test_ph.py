@@ -10,6 +10,7 @@ from bench.reference import signed_distance as reference_signed_distance  # the 
 from util.errors import UserError
 from util.ph import cubical as ph
 from util.ph.otsu import otsu_threshold_from_counts
+from util.plot.ph_plot import plot_ph
 
 INF_DEATH = 0.5 * np.finfo(np.float64).max
 
@@ -297,8 +298,8 @@ def test_plot_ph_writes_png(tmp_path):
     f = ph.compute_filtration(img)
     dgm = ph.diagram_of_filtration(f)
     out = tmp_path / 'p.png'
-    ph.plot_ph(str(out), img, f, dgm, np.linspace(0, 1, 20), title='x')
+    plot_ph(str(out), img, f, dgm, np.linspace(0, 1, 20), title='x')
     with Image.open(out) as im:
         assert im.format == 'PNG' and im.size[0] > 3 * im.size[1]
-    ph.plot_ph(str(tmp_path / 'q.png'), img, f, np.zeros((0, 9)))  # empty diagram, no vector
+    plot_ph(str(tmp_path / 'q.png'), img, f, np.zeros((0, 9)))  # empty diagram, no vector
     assert (tmp_path / 'q.png').stat().st_size > 0

@@ -12,10 +12,12 @@ from dataclasses import dataclass, field, fields
 from typing import Optional
 
 from util.errors import UserError
-from util.ph.cubical import DEFAULT_ENGINE
+from util.ph import label_norm
+from util.ph.cubical import DEFAULT_ENGINE, DEFAULT_FILTRATION
 from util.ph.generator import GeneratorConfig
 from util.ph.vectorise import (
     DEFAULT_BANDWIDTH,
+    DEFAULT_LABEL_DIM,
     DEFAULT_MAX_BIRTH,
     DEFAULT_MAX_LIFE,
     DEFAULT_NUM_LANDSCAPES,
@@ -119,8 +121,10 @@ class NormConfig:
     RMS of the components' std) or 'whiten' (top-``components`` PCA whitening; see util.train.label_norm)."""
 
     mode: str = field(default='none', metadata=_flag('label_norm'))
-    floor: float = field(default=0.1, metadata=_flag('label_norm_floor'))
-    components: int = field(default=16, metadata=_flag('label_norm_components'))  # --label_norm whiten: K
+    floor: float = field(default=label_norm.DEFAULT_FLOOR, metadata=_flag('label_norm_floor'))
+    components: int = field(
+        default=label_norm.DEFAULT_COMPONENTS, metadata=_flag('label_norm_components')
+    )  # --label_norm whiten: K
 
 
 def _on_the_fly_generator():
@@ -144,7 +148,7 @@ class DataConfig:
     ph_dir: str = field(default='', metadata=_flag('path2PHdir'))
     precomputed: bool = False
     persistence: str = 'pre'
-    filtration: str = 'signed_distance'  # a list of names: several filtrations, their labels side by side
+    filtration: str = DEFAULT_FILTRATION  # a list of names: several filtrations, their labels side by side
     gradient: bool = False
     size_normalise: bool = False  # filtration values times SIZE_REFERENCE / the image's size (PHdict.py's flag)
     ph_engine: str = DEFAULT_ENGINE
@@ -202,7 +206,7 @@ class RunConfig:
     epochs_pre: Optional[int] = None  # combined: epochs of the pretraining phase (None: -e)
     ph_train: Optional[str] = None
     ph_val: Optional[str] = None
-    ph_dims: int = 200
+    ph_dims: int = DEFAULT_LABEL_DIM
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

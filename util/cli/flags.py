@@ -358,17 +358,10 @@ In combined, -pw initialises the pretraining phase and
 --freeze_encoder applies to the fine-tuning phase only"""
 
 
-class _OneOrSeveral(argparse.Action):
-    """``nargs='+'`` that stores one value as itself (the common case, as recorded before) and several as a list."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, values[0] if len(values) == 1 else list(values))
-
-
 def add_mode_args(parser, default_mode):
     """The mode flags, the PH label flags and the generator flags (both scripts take all of them)."""
     from util.cli.label_flags import add_label_args
-    from util.ph.cubical import ENGINES, FILTRATIONS
+    from util.cli.ph_flags import add_ph_args
     from util.ph.vectorise import LABEL_TYPES
 
     g = parser.add_argument_group('learning mode')
@@ -433,38 +426,21 @@ def add_mode_args(parser, default_mode):
         default=DataConfig.precomputed,
         help='read labels from the consolidated matrix that PHdict.py --label_type wrote in -pd',
     )
-    g.add_argument(
-        '--filtration',
-        default=DataConfig.filtration,
-        choices=FILTRATIONS,
-        nargs='+',
-        action=_OneOrSeveral,
-        help='filtration when PH is computed here (default: %(default)s, as PHdict.py); several: their labels '
-        'side by side, as PHdict.py --filtration A B joins its label matrices (-nc is their total length; '
-        'images of a folder only: -t DIR, or -pd PHDIR -pc)',
-    )
-    g.add_argument(
-        '--size_normalise',
-        action='store_true',
-        default=DataConfig.size_normalise,
-        help='when PH is computed here: filtration values times 256/SIZE (SIZE = the image\'s larger side), as '
-        'PHdict.py --size_normalise; -pd\'s labels must have been made the same way (default: off)',
-    )
-    g.add_argument(
-        '--gradient',
-        '-g',
-        action='store_true',
-        default=DataConfig.gradient,
-        help='when PH is computed here: PH of the Canny '
-        'edge map of the denoised image instead of its Otsu binarisation (as PHdict.py --gradient)',
-    )
-    g.add_argument(
-        '--ph_engine',
-        default=DataConfig.ph_engine,
-        choices=ENGINES,
-        help='PH engine when PH is computed here (-ph post, on the fly, -t without -pd, the '
-        'two-task modes): unionfind (exact, fast, 2-D), cripser, or auto = unionfind for 2-D images; '
-        'both give the same pairs, hence the same labels (default: %(default)s, as PHdict.py)',
+    add_ph_args(
+        g,
+        {
+            'filtration': 'filtration when PH is computed here (default: %(default)s, as PHdict.py); several: '
+            'their labels side by side, as PHdict.py --filtration A B joins its label matrices (-nc is their '
+            'total length; images of a folder only: -t DIR, or -pd PHDIR -pc)',
+            'size_normalise': 'when PH is computed here: filtration values times 256/SIZE (SIZE = the image\'s '
+            'larger side), as PHdict.py --size_normalise; -pd\'s labels must have been made the same way '
+            '(default: off)',
+            'gradient': 'when PH is computed here: PH of the Canny '
+            'edge map of the denoised image instead of its Otsu binarisation (as PHdict.py --gradient)',
+            'ph_engine': 'PH engine when PH is computed here (-ph post, on the fly, -t without -pd, the '
+            'two-task modes): unionfind (exact, fast, 2-D), cripser, or auto = unionfind for 2-D images; '
+            'both give the same pairs, hence the same labels (default: %(default)s, as PHdict.py)',
+        },
     )
     add_label_args(g, max_life='-ml')
     for action in g._group_actions:  # pretraining can also use class folders: the control experiment

@@ -7,8 +7,8 @@ from __future__ import annotations
 import argparse
 
 from util.config import NormConfig
+from util.ph.random_targets import RANDOM
 from util.ph.vectorise import LABEL_FLAGS, Vectoriser, vectoriser_from_params
-from util.train.sources import RANDOM
 
 
 def allow_random_choice(group):
@@ -22,31 +22,36 @@ def allow_random_choice(group):
             )
 
 
-def add_norm_args(group):
-    """--label_norm, --label_norm_components and --label_norm_floor (defaults: :class:`util.config.NormConfig`)."""
+def add_norm_args(group, helps: dict | None = None) -> None:
+    """--label_norm, --label_norm_components and --label_norm_floor (defaults: :class:`util.config.NormConfig`);
+    ``helps``: {flag name: help text} where a script words them its own way (PHdict.py writes the statistics, the
+    training scripts apply them)."""
+    helps = {**NORM_HELP, **(helps or {})}
     group.add_argument(
         '--label_norm',
         choices=('none', 'standard', 'whiten'),
         default=NormConfig.mode,
-        help='standard: z-score each label component by the mean and std of the training labels '
-        '(std floored at --label_norm_floor x their RMS), computed once and stored in the run; '
-        'whiten: PCA-whiten the top --label_norm_components directions of the labels (the rest dropped), '
-        'so the first component no longer dominates the loss (default: %(default)s)',
+        help=helps['label_norm'],
     )
     group.add_argument(
         '--label_norm_components',
         type=int,
         default=NormConfig.components,
         metavar='K',
-        help='--label_norm whiten: the number K of principal directions kept (default: %(default)s)',
+        help=helps['label_norm_components'],
     )
-    group.add_argument(
-        '--label_norm_floor',
-        type=float,
-        default=NormConfig.floor,
-        help='variance floor of --label_norm standard, relative to the RMS of the components\' '
-        'std (default: %(default)s)',
-    )
+    group.add_argument('--label_norm_floor', type=float, default=NormConfig.floor, help=helps['label_norm_floor'])
+
+
+NORM_HELP = {
+    'label_norm': 'standard: z-score each label component by the mean and std of the training labels '
+    '(std floored at --label_norm_floor x their RMS), computed once and stored in the run; '
+    'whiten: PCA-whiten the top --label_norm_components directions of the labels (the rest dropped), '
+    'so the first component no longer dominates the loss (default: %(default)s)',
+    'label_norm_components': '--label_norm whiten: the number K of principal directions kept (default: %(default)s)',
+    'label_norm_floor': 'variance floor of --label_norm standard, relative to the RMS of the components\' '
+    'std (default: %(default)s)',
+}
 
 
 def add_label_args(parser: argparse.ArgumentParser, **short: str) -> argparse.ArgumentParser:

@@ -70,6 +70,7 @@ from scipy import fft as sp_fft
 from util.errors import UserError
 from util.io.fileio import TMP_MARK, load_image, save_image
 from util.ph.otsu import otsu_threshold
+from util.ph.settings import changed_settings, read_settings
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -517,15 +518,12 @@ def check_settings(folder: str, settings: dict, overwrite: bool) -> None:
     path = os.path.join(folder, ARGS_FILE)
     if overwrite or not os.path.exists(path):
         return
-    try:
-        with open(path, encoding='utf-8') as f:
-            old = json.load(f)
-    except (OSError, ValueError):
+    old = read_settings(path)  # the guard PHdict.py's settings.json shares (util/ph/settings.py)
+    if old is None:
         return
-    if isinstance(old, dict):
-        for k, before in _SETTING_BEFORE_RECORDED.items():
-            old.setdefault(k, before)
-    diff = [k for k in _IMAGE_SETTINGS if k in old and json.loads(json.dumps(settings[k])) != old[k]]
+    for k, before in _SETTING_BEFORE_RECORDED.items():
+        old.setdefault(k, before)
+    diff = changed_settings(old, settings, [k for k in _IMAGE_SETTINGS if k in old])
     if diff:
         raise UserError(
             f"{folder!r} holds images made with different settings ({', '.join(diff)} differ, "

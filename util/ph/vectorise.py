@@ -37,6 +37,7 @@ from util.ph.vectorise_base import (  # noqa: F401 (re-exported)
     AUTO,
     AUTO_PARAMS,
     DEFAULT_BANDWIDTH,
+    DEFAULT_LABEL_DIM,
     DEFAULT_MAX_BIRTH,
     DEFAULT_MAX_LIFE,
     DEFAULT_NUM_LANDSCAPES,
@@ -81,6 +82,7 @@ __all__ = [
     'DEFAULT_SIGMA',
     'DEFAULT_POWER',
     'DEFAULT_NUM_LANDSCAPES',
+    'DEFAULT_LABEL_DIM',
 ]
 # ----------------------------------------------------------------------------------------------------
 # construction from parameters / command-line flags

@@ -24,6 +24,7 @@ DEFAULT_BANDWIDTH = 1
 DEFAULT_SIGMA = 100.0
 DEFAULT_POWER = 1.0
 DEFAULT_NUM_LANDSCAPES = 2
+DEFAULT_LABEL_DIM = 200  # the label length D: PHdict.py --numof_dims, pretraining -ph_dims, the vectorisers' dim
 
 _F32_MAX = float(np.finfo(np.float32).max)
 # Upper bound on the number of float64 elements of one temporary array (memory of a batch chunk).

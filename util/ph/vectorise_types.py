@@ -14,6 +14,7 @@ from util.errors import UserError
 from util.ph import vectorise_base as base
 from util.ph.vectorise_base import (
     DEFAULT_BANDWIDTH,
+    DEFAULT_LABEL_DIM,
     DEFAULT_MAX_BIRTH,
     DEFAULT_MAX_LIFE,
     DEFAULT_NUM_LANDSCAPES,
@@ -92,7 +93,7 @@ class HistogramVectoriser(Vectoriser):
 
     def __init__(
         self,
-        dim=200,
+        dim=DEFAULT_LABEL_DIM,
         *,
         max_life=DEFAULT_MAX_LIFE,
         max_birth=DEFAULT_MAX_BIRTH,
@@ -253,7 +254,7 @@ class PersistenceImageVectoriser(Vectoriser):
 
     def __init__(
         self,
-        dim=200,
+        dim=DEFAULT_LABEL_DIM,
         *,
         max_life=DEFAULT_MAX_LIFE,
         max_birth=DEFAULT_MAX_BIRTH,
@@ -363,7 +364,9 @@ class BettiCurveVectoriser(Vectoriser):
 
     label_type = 'betti_curve'
 
-    def __init__(self, dim=200, *, max_life=DEFAULT_MAX_LIFE, max_birth=DEFAULT_MAX_BIRTH, min_birth=None):
+    def __init__(
+        self, dim=DEFAULT_LABEL_DIM, *, max_life=DEFAULT_MAX_LIFE, max_birth=DEFAULT_MAX_BIRTH, min_birth=None
+    ):
         self.dim = check_dim(dim)
         self.lives = positive_pair(max_life, '--max_life')
         self.births = birth_ranges(min_birth, max_birth)
@@ -425,7 +428,14 @@ class LandscapeVectoriser(Vectoriser):
 
     label_type = 'landscape'
 
-    def __init__(self, dim=200, *, max_birth=DEFAULT_MAX_BIRTH, min_birth=None, num_landscapes=DEFAULT_NUM_LANDSCAPES):
+    def __init__(
+        self,
+        dim=DEFAULT_LABEL_DIM,
+        *,
+        max_birth=DEFAULT_MAX_BIRTH,
+        min_birth=None,
+        num_landscapes=DEFAULT_NUM_LANDSCAPES,
+    ):
         self.dim = check_dim(dim)
         self.births = birth_ranges(min_birth, max_birth)
         self.min_birth, self.max_birth = (one_or_two([b[i] for b in self.births]) for i in (0, 1))
@@ -519,7 +529,7 @@ class SplitImageVectoriser(PersistenceImageVectoriser):
 
     def __init__(
         self,
-        dim=200,
+        dim=DEFAULT_LABEL_DIM,
         *,
         max_life=DEFAULT_MAX_LIFE,
         max_birth=DEFAULT_MAX_BIRTH,

@@ -19,7 +19,6 @@ standardised labels).  Only ``-ph pre`` makes sense (a random target describes a
 Numpy only at import (PHdict.py imports the random targets); torch comes with the datasets when sets are built.
 """
 
-import hashlib
 import json
 import os
 import sys
@@ -29,27 +28,10 @@ import numpy as np
 from util.errors import UserError
 from util.io import fileio
 from util.io.provenance import describe
-
-RANDOM = 'random'
+from util.ph.random_targets import RANDOM, image_key, random_matrix, random_target  # noqa: F401  (re-exported)
 
 
 # ----------------------------------------------------------------------------------------- random targets
-def image_key(rel_path):
-    """The identity of a folder image: its relative path without extension, '/'-separated."""
-    return os.path.splitext(str(rel_path).replace(os.sep, '/'))[0]
-
-
-def random_target(seed, key, dim):
-    """The fixed N(0, 1) vector (float32 [dim]) of image ``key`` under ``seed``."""
-    words = np.frombuffer(hashlib.sha256(str(key).encode('utf-8')).digest()[:16], dtype='<u4')
-    rng = np.random.default_rng([int(seed)] + [int(w) for w in words])
-    return rng.standard_normal(int(dim)).astype(np.float32)
-
-
-def random_matrix(seed, keys, dim):
-    return np.asarray([random_target(seed, k, dim) for k in keys], dtype=np.float32).reshape(len(keys), int(dim))
-
-
 class RandomLabels:
     """Label source of a folder (``label(index)`` like :class:`util.train.datasets.MatrixLabels`)."""
 
