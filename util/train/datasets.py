@@ -1,7 +1,7 @@
 """Datasets for pretraining (images + PH label vectors) and fine-tuning (class folders).
 
 Pretraining samples are ``(image tensor [3, crop, crop], label float32 [D])``; the transforms are in
-:mod:`util.train.transforms` (a training loader, :func:`util.train.engine.make_loader`, applies them in their
+:mod:`util.train.transforms` (a training loader, :func:`util.train.loaders.make_loader`, applies them in their
 uint8 :func:`~util.train.transforms.shipping_form` and the engine normalises on the device). Where the label
 comes from:
 
@@ -14,7 +14,7 @@ comes from:
 the augmented crop, i.e. exactly what the network sees.
 
 An image that cannot be decoded is returned as ``None`` (dropped and counted by
-:func:`util.train.engine.collate_skip_bad`) when ``bad_images='skip'``, or stops the run with its name otherwise.
+:func:`util.train.loaders.collate_skip_bad`) when ``bad_images='skip'``, or stops the run with its name otherwise.
 """
 
 import os
@@ -307,7 +307,7 @@ class GeneratedPH(_PHBase):
         self.cache_dir = cache_dir
         self.fresh_each_epoch = fresh_each_epoch and cache_dir is None
         self.epoch = 0
-        # True in the loader's copy (util.train.engine.make_loader): a grey image stays one 'L' channel through
+        # True in the loader's copy (util.train.loaders.make_loader): a grey image stays one 'L' channel through
         # labelling and the spatial transforms (a third of the bytes), the uint8 tensor is made 3-channel at the
         # end (util.train.transforms.ToUint8Tensor): the same values as converting to RGB first
         self.keep_grey = False

@@ -38,7 +38,7 @@ from models.two_heads import PHOutput, TwoHeads
 from util.config import record, resolve_num_classes
 from util.errors import UserError
 from util.io import fileio
-from util.train import distributed, engine, runs, sources, tensorboard_log
+from util.train import distributed, engine, loaders, runs, sources, tensorboard_log
 from util.train.reports import pictures, write_evaluation
 from util.train.sources import build_sets, check_class_layout, resolve_val
 from util.train.two_task import train_alternating_epoch, train_simultaneous_epoch
@@ -250,7 +250,7 @@ def run_pretraining(run, run_dir=None, phase='pretraining'):
     if val_set is not None:
 
         def evaluate(bare_model, epoch):
-            loader = engine.make_loader(val_set, cfg, epoch, shuffle=False, train=False)
+            loader = loaders.make_loader(val_set, cfg, epoch, shuffle=False, train=False)
             if classes is not None:
                 return engine.evaluate_classification(bare_model, loader, criterion, cfg, len(classes))[0]
             return engine.evaluate_regression(bare_model, loader, criterion, cfg)
@@ -481,7 +481,7 @@ def _two_head_model(run):
 
 def _ph_eval(val_ph, criterion, cfg):
     def evaluate(bare_model, epoch):
-        loader = engine.make_loader(val_ph, cfg, epoch, shuffle=False, train=False)
+        loader = loaders.make_loader(val_ph, cfg, epoch, shuffle=False, train=False)
         return engine.evaluate_regression(PHOutput(bare_model), loader, criterion, cfg, prefix='val_ph')
 
     return evaluate
@@ -489,7 +489,7 @@ def _ph_eval(val_ph, criterion, cfg):
 
 def _class_eval(val_set, classes, cfg, classifier):
     def evaluate(bare_model, epoch):
-        loader = engine.make_loader(val_set, cfg, epoch, shuffle=False, train=False)
+        loader = loaders.make_loader(val_set, cfg, epoch, shuffle=False, train=False)
         return engine.evaluate_classification(classifier(bare_model), loader, nn.CrossEntropyLoss(), cfg, len(classes))[
             0
         ]
@@ -524,7 +524,7 @@ def run_simultaneous(run):
     model = engine.prepare_model(model, cfg)
 
     def train_epoch(m, optimizer, epoch):
-        loader = engine.make_loader(train_set, cfg, epoch, shuffle=True, train=True)
+        loader = loaders.make_loader(train_set, cfg, epoch, shuffle=True, train=True)
         return train_simultaneous_epoch(m, loader, optimizer, epoch, cfg)
 
     class_eval, ph_eval = _class_eval(val_set, classes, cfg, _net), _ph_eval(val_ph, nn.MSELoss(), cfg)
@@ -570,9 +570,9 @@ def run_alternating(run):
     def train_epoch(m, optimizer, epoch):
         if hasattr(ph_train, 'set_epoch'):
             ph_train.set_epoch(epoch - 1)
-        class_loader = engine.make_loader(train_set, cfg, epoch, shuffle=True, train=True)
+        class_loader = loaders.make_loader(train_set, cfg, epoch, shuffle=True, train=True)
         return train_alternating_epoch(
-            m, class_loader, lambda: engine.make_loader(ph_train, cfg, epoch), optimizer, epoch, cfg
+            m, class_loader, lambda: loaders.make_loader(ph_train, cfg, epoch), optimizer, epoch, cfg
         )
 
     class_eval = _class_eval(val_set, classes, cfg, _net)
