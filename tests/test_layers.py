@@ -209,7 +209,6 @@ NOT_YET_ANNOTATED = {
     'util/train/distributed.py',
     'util/train/engine.py',
     'util/train/label_norm.py',
-    'util/train/modes.py',
     'util/train/runs.py',
     'util/train/sources.py',
     'util/io/download/',
