@@ -7,14 +7,16 @@ import pytest
 
 from util.cli.build import build_pretraining_sets, run_config
 from util.cli.flags import get_args_parser
-from util.config import DEFAULT_NUM_OUTPUTS, RunConfig, record, resolve_num_classes
+from util.config import DEFAULT_NUM_OUTPUTS, RunConfig, TrainConfig, record, resolve_num_classes
 from util.errors import UserError
 
 
 @pytest.mark.parametrize('mode', ['pretraining', 'finetuning'])
 def test_flag_defaults_are_the_dataclass_defaults(mode):
     run = run_config(get_args_parser(mode).parse_args([]))
-    assert dataclasses.replace(run, flags=()) == RunConfig(learning_mode=mode, phase=mode)
+    # --epochs_pre not given (None) is -e, resolved when the configuration is built
+    expected = RunConfig(learning_mode=mode, phase=mode, epochs_pre=TrainConfig.epochs)
+    assert dataclasses.replace(run, flags=()) == expected
 
 
 def test_record_keeps_the_flag_names_of_args_json():
@@ -22,7 +24,8 @@ def test_record_keeps_the_flag_names_of_args_json():
     args = get_args_parser('pretraining').parse_args(['-pd', 'PH', '-p', 'gloo', '--label_norm_floor', '0.2'])
     rec = record(run_config(args))
     assert set(rec) == set(vars(args)) | {'phase', 'rank', 'local_rank', 'distributed'}
-    assert {k: rec[k] for k in vars(args)} == vars(args)
+    # as given, but for what the flags leave to be derived: --epochs_pre not given is -e (as checked runs record it)
+    assert {k: rec[k] for k in vars(args)} == {**vars(args), 'epochs_pre': args.epochs}
     assert rec['path2PHdir'] == 'PH' and rec['pidf'] == 'gloo' and rec['label_norm_floor'] == 0.2
 
 
