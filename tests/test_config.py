@@ -2,6 +2,7 @@
 defaults, it is frozen, phases are derived from it, and what a run finds is returned, not written onto the flags."""
 
 import dataclasses
+import os
 
 import pytest
 
@@ -76,3 +77,26 @@ def test_label_statistics_are_returned_not_written_onto_the_flags():
     _, _, facts = sources.pretraining_sets(run_config(args), 40)
     assert len(facts['label_norm_mean']) == 40 and facts['label_norm_count'] == 4 and facts['label_norm_floor'] == 0.1
     assert vars(args) == before
+
+
+def test_max_pixels_travels_in_the_configuration(tmp_path, monkeypatch):
+    """--max_pixels reaches the training sets through the run configuration, not the environment: an image over
+    it is a bad image (skipped), one within it is read."""
+    from PIL import Image
+
+    from util.cli import flags
+    from util.io import fileio
+    from util.train import sources
+
+    monkeypatch.delenv('PRETRAINCNN_MAX_PIXELS', raising=False)
+    for cls, size in (('a', 20), ('b', 10)):
+        (tmp_path / cls).mkdir()
+        Image.new('RGB', (size, size), (9, 99, 199)).save(tmp_path / cls / 'x.png')
+    args = get_args_parser('finetuning').parse_args(['-t', str(tmp_path), '-val', str(tmp_path), '--max_pixels', '300'])
+    flags.check_common_args(args)
+    run = run_config(args)
+    assert run.data.max_pixels == 300 and record(run)['max_pixels'] == 300
+    assert 'PRETRAINCNN_MAX_PIXELS' not in os.environ and fileio.max_pixels() == fileio.DEFAULT_MAX_PIXELS
+    train, _, classes = sources.build_sets(run.data, need_train=True)
+    assert classes == ['a', 'b'] and train[0] is None and train[1] is not None  # 20 x 20 = 400 > 300
+    assert RunConfig().data.max_pixels == fileio.DEFAULT_MAX_PIXELS

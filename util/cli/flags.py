@@ -300,7 +300,7 @@ def check_common_args(args):
         raise UserError("--num_workers must be >= 0")
     if args.stop_after < 0:
         raise UserError(f"--stop_after must be 0 (no stop) or a number of epochs, got {args.stop_after}")
-    fileio.set_max_pixels(args.max_pixels)
+    fileio.check_max_pixels(args.max_pixels)  # the run configuration carries it to load_image
     tensorboard_log.check_available(args.tensorboard)
     if timm_backend.is_timm(args.usenet):  # the install hint or a misspelt name before any data is read
         timm_backend.resolve(args.usenet)

@@ -215,11 +215,12 @@ class MatrixLabels:
 class _PHBase(Dataset):
     """Shared __getitem__: load -> label (pre or post augmentation) -> tensor."""
 
-    def __init__(self, spatial, to_tensor, persistence='pre', bad_images='skip'):
+    def __init__(self, spatial, to_tensor, persistence='pre', bad_images='skip', max_pixels=None):
         self.spatial = spatial
         self.to_tensor = to_tensor
         self.persistence = persistence
         self.bad_images = bad_images
+        self.max_pixels = max_pixels  # --max_pixels (None: util.io.fileio's default)
 
     def _image(self, index):
         raise NotImplementedError
@@ -251,9 +252,18 @@ class FolderPH(_PHBase):
     """Images below ``root`` (recursive) with labels from ``labels`` (Diagram/Matrix/ComputedLabels)."""
 
     def __init__(
-        self, root, rel_paths, labels, spatial, to_tensor, persistence='pre', computed=None, bad_images='skip'
+        self,
+        root,
+        rel_paths,
+        labels,
+        spatial,
+        to_tensor,
+        persistence='pre',
+        computed=None,
+        bad_images='skip',
+        max_pixels=None,
     ):
-        super().__init__(spatial, to_tensor, persistence, bad_images)
+        super().__init__(spatial, to_tensor, persistence, bad_images, max_pixels)
         self.root = root
         self.rel_paths = rel_paths
         self.labels = labels
@@ -268,7 +278,7 @@ class FolderPH(_PHBase):
         return len(self.rel_paths)
 
     def _image(self, index):
-        return fileio.load_image(os.path.join(self.root, self.rel_paths[index]), 'RGB')
+        return fileio.load_image(os.path.join(self.root, self.rel_paths[index]), 'RGB', self.max_pixels)
 
     def _label_pre(self, index, image):
         if isinstance(self.labels, COMPUTED):
@@ -298,8 +308,9 @@ class GeneratedPH(_PHBase):
         cache_dir=None,
         fresh_each_epoch=True,
         index_labels=None,
+        max_pixels=None,
     ):
-        super().__init__(spatial, to_tensor, persistence, 'fail')
+        super().__init__(spatial, to_tensor, persistence, 'fail', max_pixels)
         self.cfg, self.seed, self.n, self.stream = cfg, seed, n_samples, stream
         self.computed = computed
         self.index_labels = index_labels  # label(generated index) instead of PH (util/train/sources.py)
@@ -347,7 +358,7 @@ class GeneratedPH(_PHBase):
         if self.cache_dir:
             path = os.path.join(self.cache_dir, 'images', f'v{idx:08d}.png')
             if os.path.exists(path):
-                return fileio.load_image(path, 'RGB')
+                return fileio.load_image(path, 'RGB', self.max_pixels)
             arr = generate_image(self.cfg, self.seed, idx, self.stream)
             fileio.save_image(path, arr, 'png')
         else:
@@ -425,9 +436,9 @@ class LabelledPH(_PHBase):
     image by ``computed`` (a :class:`ComputedLabels`), before (``'pre'``) or after (``'post'``) the spatial
     augmentation.  Used by ``--learning_mode simultaneous``.  Undecodable images: None / stop, as above."""
 
-    def __init__(self, root, computed, spatial, to_tensor, persistence='pre', bad_images='skip'):
-        super().__init__(spatial, to_tensor, persistence, bad_images)
-        self.folder = SafeImageFolder(root, None, bad_images)
+    def __init__(self, root, computed, spatial, to_tensor, persistence='pre', bad_images='skip', max_pixels=None):
+        super().__init__(spatial, to_tensor, persistence, bad_images, max_pixels)
+        self.folder = SafeImageFolder(root, None, bad_images, max_pixels)
         self.root = root
         self.classes = self.folder.classes
         self.samples = self.folder.samples
@@ -438,7 +449,7 @@ class LabelledPH(_PHBase):
         return len(self.samples)
 
     def _image(self, index):
-        return fileio.load_image(self.samples[index][0], 'RGB')
+        return fileio.load_image(self.samples[index][0], 'RGB', self.max_pixels)
 
     def _label_pre(self, index, image):
         return self.computed.from_image(image)
@@ -453,10 +464,10 @@ class LabelledPH(_PHBase):
 class SafeImageFolder(tv_datasets.ImageFolder):
     """torchvision ImageFolder that converts any image kind to RGB and returns None for undecodable files."""
 
-    def __init__(self, root, transform=None, bad_images='skip'):
+    def __init__(self, root, transform=None, bad_images='skip', max_pixels=None):
         fileio.require_dir(root, 'image folder')
         try:
-            super().__init__(root, transform=transform, loader=lambda p: fileio.load_image(p, 'RGB'))
+            super().__init__(root, transform=transform, loader=lambda p: fileio.load_image(p, 'RGB', max_pixels))
         except FileNotFoundError as e:
             raise UserError(f"{root}: {e}; every class folder needs at least one image") from None
         self.bad_images = bad_images

@@ -121,6 +121,7 @@ def build_pretraining_sets(data, dim, dim_flag='-nc'):
             data.persistence,
             stream=0,
             cache_dir=data.cache_dir,
+            max_pixels=data.max_pixels,
             **random_labels(0),
         )
         n_val = min(1000, max(1, data.n_samples // 10)) if data.n_samples_val < 0 else data.n_samples_val
@@ -138,6 +139,7 @@ def build_pretraining_sets(data, dim, dim_flag='-nc'):
                 stream=1,
                 cache_dir=val_cache,
                 fresh_each_epoch=False,
+                max_pixels=data.max_pixels,
                 **random_labels(1),
             )
         elif data.val is not None and random:
@@ -443,7 +445,9 @@ def _random_folder_set(root, flag, spatial, to_tensor, data, dim, matrix_ok):
                 f"or drop -pc (random targets are made in the loader)"
             )
         labels = MatrixLabels(*load_label_matrix(*found, expected_dim=dim), rel, found[0])
-    return FolderPH(root, rel, labels, spatial, to_tensor, 'pre', bad_images=data.bad_images)
+    return FolderPH(
+        root, rel, labels, spatial, to_tensor, 'pre', bad_images=data.bad_images, max_pixels=data.max_pixels
+    )
 
 
 def _folder_set(
@@ -504,7 +508,17 @@ def _folder_set(
             f"{' '.join('--' + a for a in unfitted.auto)} auto: labels computed in the loader for {flag} {root} "
             "have nothing fitted; give the values, or -pd PHDIR -pc with PHdict.py's label matrix"
         )
-    return FolderPH(root, rel, labels, spatial, to_tensor, persistence, computed=computed, bad_images=data.bad_images)
+    return FolderPH(
+        root,
+        rel,
+        labels,
+        spatial,
+        to_tensor,
+        persistence,
+        computed=computed,
+        bad_images=data.bad_images,
+        max_pixels=data.max_pixels,
+    )
 
 
 def _refuse_stale(changed, rel, where, root, data, flags):
@@ -555,11 +569,11 @@ def check_class_layout(root, flag):
         )
 
 
-def class_folder(root, transform, bad_images, flag):
+def class_folder(root, transform, bad_images, flag, max_pixels=None):
     from util.train.datasets import SafeImageFolder
 
     check_class_layout(root, flag)
-    return SafeImageFolder(root, transform, bad_images)
+    return SafeImageFolder(root, transform, bad_images, max_pixels)
 
 
 def match_classes(train_set, val_set, val_root, train_root):
@@ -590,9 +604,10 @@ def build_sets(data, need_train):
     if need_train:
         if not data.train:
             raise UserError("give the training folder with -t DIR (class sub-folders of images)")
-        train_set = class_folder(data.train, finetune_transforms(data.augment, True), data.bad_images, '-t')
+        transform = finetune_transforms(data.augment, True)
+        train_set = class_folder(data.train, transform, data.bad_images, '-t', data.max_pixels)
     val_root = resolve_val(data)
-    val_set = class_folder(val_root, finetune_transforms(data.augment, False), 'skip', '-val')
+    val_set = class_folder(val_root, finetune_transforms(data.augment, False), 'skip', '-val', data.max_pixels)
     classes = match_classes(train_set, val_set, val_root, data.train)
     return train_set, val_set, classes
 
@@ -610,11 +625,11 @@ def build_class_pretraining_sets(data):
         raise UserError("-pd/-pc hold PH labels; --label_type class uses the class folders of -t instead")
     spatial, to_tensor = pretrain_transforms(data.augment)
     val_spatial, val_to_tensor = pretrain_val_transforms(data.augment)
-    train = class_folder(data.train, transforms.Compose([spatial, to_tensor]), data.bad_images, '-t')
+    train = class_folder(data.train, transforms.Compose([spatial, to_tensor]), data.bad_images, '-t', data.max_pixels)
     val_root = resolve_val(data, required=False)
     val = None
     if val_root is not None:
-        val = class_folder(val_root, transforms.Compose([val_spatial, val_to_tensor]), 'skip', '-val')
+        val = class_folder(val_root, transforms.Compose([val_spatial, val_to_tensor]), 'skip', '-val', data.max_pixels)
     return train, val, match_classes(train, val, val_root, data.train)
 
 
@@ -635,9 +650,9 @@ def build_simultaneous_sets(data, dim):
     computed = loader_labels(data, dim, '-nd')
     spatial, to_tensor = finetune_train_parts(data.augment)
     check_class_layout(data.train, '-t')
-    train_set = LabelledPH(data.train, computed, spatial, to_tensor, data.persistence, data.bad_images)
+    train_set = LabelledPH(data.train, computed, spatial, to_tensor, data.persistence, data.bad_images, data.max_pixels)
     val_root = resolve_val(data)
-    val_set = class_folder(val_root, finetune_transforms(data.augment, False), 'skip', '-val')
+    val_set = class_folder(val_root, finetune_transforms(data.augment, False), 'skip', '-val', data.max_pixels)
     classes = match_classes(train_set, val_set, val_root, data.train)
     aug = data.augment
     val_spatial = transforms.Compose([transforms.Resize(aug.img_size), transforms.CenterCrop(aug.crop_size)])
@@ -650,6 +665,7 @@ def build_simultaneous_sets(data, dim):
         transforms.Compose([transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]),
         'pre',
         bad_images='skip',
+        max_pixels=data.max_pixels,
     )
     return train_set, val_set, val_ph, classes
 
