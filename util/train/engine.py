@@ -22,11 +22,12 @@ from tqdm import tqdm
 import models
 from models import unwrap
 from util.errors import UserError
+from util.io.runlog import RunLogger
 from util.train import tensorboard_log
 from util.train.distributed import all_reduce_sum, is_main
 from util.train.loaders import loader_workers, make_loader, release_loaders
 from util.train.metrics import r_squared_of_sums
-from util.train.runs import RunLogger, save_checkpoint, save_weights, set_rng_state
+from util.train.runs import save_checkpoint, save_weights, set_rng_state
 from util.train.seeding import epoch_seed, fix_random_seeds
 from util.train.transforms import normalize_batch
 

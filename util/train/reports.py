@@ -11,9 +11,9 @@ import numpy as np
 
 from models import unwrap
 from util.io import fileio
+from util.io.runlog import LOG_NAME
 from util.train import engine, loaders
 from util.train.distributed import is_main
-from util.train.runs import LOG_NAME
 
 if TYPE_CHECKING:
     from torch import nn

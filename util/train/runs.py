@@ -1,7 +1,6 @@
 """Run folders, the per-epoch log, checkpoints (save / restore by key) and weights files."""
 
 import datetime
-import errno
 import json
 import os
 import random
@@ -16,7 +15,6 @@ from util.train.distributed import broadcast_object, is_main
 from util.train.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 CHECKPOINT_NAME = 'checkpoint.pth'
-LOG_NAME = 'log.jsonl'
 
 
 def make_run_dir(output, cfg):
@@ -62,54 +60,6 @@ def jsonable(settings):
         else:
             out[k] = str(v)
     return out
-
-
-class RunLogger:
-    """Per-epoch JSON-lines log, rank 0 only (TensorBoard, when asked: :mod:`util.train.tensorboard_log`)."""
-
-    def __init__(self, run_dir, enabled=True):
-        self.path = os.path.join(run_dir, LOG_NAME)
-        self.enabled = enabled
-
-    def log(self, record):
-        if not self.enabled:
-            return
-        data = (json.dumps(record, sort_keys=True) + '\n').encode('utf-8')
-        try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                start = os.lseek(fd, 0, os.SEEK_END)
-                try:
-                    if os.write(fd, data) != len(data):
-                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-                except OSError:
-                    os.ftruncate(fd, start)  # never leave half a record for the next one to be glued to
-                    raise
-            finally:
-                os.close(fd)
-        except OSError as e:
-            raise UserError(
-                f"cannot write {self.path}: {e.strerror}; make room, then continue with --resume "
-                f"{os.path.dirname(self.path)}"
-            ) from None
-
-    def truncate_after(self, epoch):
-        """Drop records of epochs after ``epoch`` (a resumed run repeats them)."""
-        if not (self.enabled and os.path.exists(self.path)):
-            return
-        keep = []
-        with open(self.path, encoding='utf-8') as f:
-            for line in f:
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue
-                if rec.get('epoch', 0) <= epoch:
-                    keep.append(json.dumps(rec, sort_keys=True))
-        fileio.write_text(self.path, ''.join(k + '\n' for k in keep))
-
-    def close(self):
-        pass
 
 
 def rng_state():
