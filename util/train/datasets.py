@@ -17,8 +17,11 @@ An image that cannot be decoded is returned as ``None`` (dropped and counted by
 :func:`util.train.loaders.collate_skip_bad`) when ``bad_images='skip'``, or stops the run with its name otherwise.
 """
 
+from __future__ import annotations
+
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -40,6 +43,9 @@ from util.train.transforms import (  # noqa: F401  (the transforms lived here; i
     pretrain_transforms,
     pretrain_val_transforms,
 )
+
+if TYPE_CHECKING:
+    from util.ph.generator import GeneratorConfig
 
 
 # ------------------------------------------------------------------------------------------ label sources
@@ -380,7 +386,15 @@ class GeneratedPH(_PHBase):
         return np.asarray(self.computed.vectoriser(dgm), dtype=np.float32)
 
 
-def prepare_cache(cache_dir, cfg, seed, stream, filtration, gradient=False, size_normalise=None):
+def prepare_cache(
+    cache_dir: str,
+    cfg: GeneratorConfig,
+    seed: int,
+    stream: int,
+    filtration: str,
+    gradient: bool = False,
+    size_normalise: int | None = None,
+) -> None:
     """Create the cache layout, or check that an existing cache was made with the same settings (its diagrams
     are size-normalised when ``size_normalise`` is)."""
     import dataclasses

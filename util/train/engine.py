@@ -7,12 +7,16 @@ alone so a resumed run repeats an uninterrupted one exactly on the CPU, and ``fi
 epoch through :mod:`util.train.runs`.
 """
 
+from __future__ import annotations
+
 import contextlib
 import math
 import os
 import sys
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import astuple, dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -31,11 +35,16 @@ from util.train.runs import save_checkpoint, save_weights, set_rng_state
 from util.train.seeding import epoch_seed, fix_random_seeds
 from util.train.transforms import normalize_batch
 
+if TYPE_CHECKING:
+    import numpy as np
+
+    from util.config import TrainConfig
+
 OPTIMIZERS = ('sgd', 'sgd_cos', 'sgd_nesterov', 'sgd_nesterov_cos', 'adam', 'adam_cos')
 
 
 # ----------------------------------------------------------------------------------------- optimisation
-def build_optimizer(params, cfg, lr):
+def build_optimizer(params: Iterable, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
     name = cfg.optimizer
     if name.startswith('adam'):
         return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
@@ -44,7 +53,7 @@ def build_optimizer(params, cfg, lr):
     )
 
 
-def build_scheduler(optimizer, cfg):
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
     """Per-epoch schedule: cosine over all epochs for ``*_cos``, else x0.1 at 1/3 and 2/3 of the epochs."""
     if cfg.optimizer.endswith('_cos'):
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, cfg.epochs))
@@ -53,12 +62,12 @@ def build_scheduler(optimizer, cfg):
 
 
 # ----------------------------------------------------------------------------------------------- loops
-def autocast(cfg):
+def autocast(cfg: TrainConfig) -> torch.autocast:
     device_type = 'cuda' if str(cfg.device).startswith('cuda') else 'cpu'
     return torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=bool(cfg.amp))
 
 
-def to_device(x, cfg):
+def to_device(x: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
     """A batch of images on the training device: uint8 batches (what the datasets ship) are converted and
     normalised there (:func:`util.train.transforms.normalize_batch`), in channels-last when asked."""
     x = x.to(cfg.device, non_blocking=True)
@@ -83,7 +92,7 @@ class EpochSums:
     ph_images: float = 0.0
     skipped: float = 0.0  # undecodable images dropped
 
-    def values(self):
+    def values(self) -> list[float]:
         """The totals as floats (one host synchronisation for all of them)."""
         vals = list(astuple(self))
         where = [i for i, v in enumerate(vals) if torch.is_tensor(v)]
@@ -122,7 +131,7 @@ class NonFiniteWatch:
         self.bad = self.first = None
 
 
-def targets_to_device(targets, cfg):
+def targets_to_device(targets: Any, cfg: TrainConfig) -> Any:
     """A target tensor, or a tuple of them (two-task samples), on the training device."""
     if isinstance(targets, (list, tuple)):
         return [t.to(cfg.device, non_blocking=True) for t in targets]
@@ -133,7 +142,15 @@ def targets_to_device(targets, cfg):
 DATA_BOUND_SHARE = 0.2
 
 
-def train_one_epoch(model, loader, step_fn, optimizer, epoch, cfg, desc='train'):
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable,
+    step_fn: Callable,
+    optimizer: torch.optim.Optimizer,
+    epoch: int,
+    cfg: TrainConfig,
+    desc: str = 'train',
+) -> tuple[EpochSums, float]:
     """One pass over ``loader``: the loop every learning mode shares; returns (:class:`EpochSums` summed over
     all ranks, seconds).
 
@@ -208,7 +225,7 @@ def _shown(figures):
     return {k: f'{v:.4g}' if isinstance(v, float) else str(v) for k, v in figures.items()}
 
 
-def supervised_step(criterion, cfg, task='regression'):
+def supervised_step(criterion: nn.Module, cfg: TrainConfig, task: str = 'regression') -> Callable:
     """The step function of single-task training: ``criterion`` on the model's output; ``task`` is
     'regression' (MSE on label vectors) or 'classification' (cross-entropy, top-1 hits counted)."""
 
@@ -232,7 +249,7 @@ def supervised_step(criterion, cfg, task='regression'):
     return step
 
 
-def supervised_metrics(sums, seconds, task='regression'):
+def supervised_metrics(sums: EpochSums, seconds: float, task: str = 'regression') -> dict:
     """The log record part of a single-task epoch: {'train_loss', 'images', 'skipped_bad', 'seconds',
     'data_wait', ['train_acc1']}; the loss is averaged over all images of all ranks."""
     n = sums.images
@@ -249,7 +266,9 @@ def supervised_metrics(sums, seconds, task='regression'):
     return metrics
 
 
-def optimizer_step(loss, optimizer, epoch, it, what_to_lower):
+def optimizer_step(
+    loss: torch.Tensor, optimizer: torch.optim.Optimizer, epoch: int, it: int, what_to_lower: str
+) -> None:
     """Backpropagate ``loss`` and step.  A non-finite loss stops the run with a message saying what to lower:
     inside :func:`train_one_epoch` it is noted on the device and reported at the next log interval (no host
     synchronisation per step); called on its own, it is checked at once."""
@@ -265,7 +284,7 @@ def optimizer_step(loss, optimizer, epoch, it, what_to_lower):
     optimizer.step()
 
 
-def batch_norm_in_training(model):
+def batch_norm_in_training(model: nn.Module) -> list[nn.Module]:
     """The BatchNorm layers of ``model`` that train mode makes normalise over the batch (none of them can take a
     batch of one image)."""
     return [m for m in unwrap(model).modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
@@ -280,7 +299,7 @@ def _first_image(dataset):
     return os.path.join(getattr(dataset, 'root', ''), rel[0]) if rel else None
 
 
-def check_trainable(train_set, cfg, arch=None, flag='-t'):
+def check_trainable(train_set: Any, cfg: TrainConfig, arch: str | None = None, flag: str = '-t') -> None:
     """Refuse, before a run folder is made, a training set of fewer than 2 images (named) and ``-b 1`` with an
     architecture whose BatchNorm layers train (a batch of one image: "Expected more than 1 value per channel")."""
     n = len(train_set) if train_set is not None else None
@@ -309,7 +328,9 @@ def _freeze_encoder_modes(model):
 
 
 @torch.no_grad()
-def evaluate_regression(model, loader, criterion, cfg, prefix='val'):
+def evaluate_regression(
+    model: nn.Module, loader: Iterable, criterion: nn.Module, cfg: TrainConfig, prefix: str = 'val'
+) -> dict:
     """MSE and R^2 of label-vector predictions: {'val_loss', 'val_r2', 'val_images'}.
 
     R^2 = 1 - sum((y - y_hat)^2) / sum((y - mean_y)^2), the mean taken per output over the whole set.
@@ -339,7 +360,9 @@ def evaluate_regression(model, loader, criterion, cfg, prefix='val'):
 
 
 @torch.no_grad()
-def evaluate_classification(model, loader, criterion, cfg, num_classes, prefix='val'):
+def evaluate_classification(
+    model: nn.Module, loader: Iterable, criterion: nn.Module, cfg: TrainConfig, num_classes: int, prefix: str = 'val'
+) -> tuple[dict, np.ndarray]:
     """Loss, top-1 and top-k (k = min(5, classes)) accuracy, and the confusion matrix [K, K] (rows = truth)."""
     model.eval()
     k = min(5, num_classes)
@@ -374,7 +397,7 @@ def evaluate_classification(model, loader, criterion, cfg, num_classes, prefix='
     )
 
 
-def data_wait_note(record, cfg):
+def data_wait_note(record: dict, cfg: TrainConfig) -> str | None:
     """A line for the log when the epoch spent more than :data:`DATA_BOUND_SHARE` of its time waiting for the
     loader (the loader, not the model, set the pace), else None."""
     share = record.get('data_wait')
@@ -387,7 +410,7 @@ def data_wait_note(record, cfg):
     )
 
 
-def format_metrics(record):
+def format_metrics(record: dict) -> str:
     parts = []
     for k, v in record.items():
         if isinstance(v, float):
@@ -397,7 +420,7 @@ def format_metrics(record):
     return ' '.join(parts)
 
 
-def prepare_model(model, cfg):
+def prepare_model(model: nn.Module, cfg: TrainConfig) -> nn.Module:
     """Move to the device (channels-last when asked) and wrap in DDP when distributed."""
     model = model.to(cfg.device)
     if cfg.channels_last:
@@ -409,23 +432,23 @@ def prepare_model(model, cfg):
 
 
 def fit(
-    model,
-    criterion,
-    train_set,
-    cfg,
+    model: nn.Module,
+    criterion: nn.Module | None,
+    train_set: Any,
+    cfg: TrainConfig,
     *,
-    run_dir,
-    lr,
-    task,
-    weights_name,
-    evaluate=None,
-    checkpoint=None,
-    params=None,
-    train_epoch=None,
-    tags=None,
-    export=None,
-    meta=None,
-):
+    run_dir: str,
+    lr: float,
+    task: str,
+    weights_name: str,
+    evaluate: Callable | None = None,
+    checkpoint: dict | None = None,
+    params: list | None = None,
+    train_epoch: Callable | None = None,
+    tags: dict | None = None,
+    export: Callable | None = None,
+    meta: dict | None = None,
+) -> list[dict]:
     """The epoch loop shared by both scripts; returns the list of per-epoch records.
 
     Per epoch: train, step the schedule, ``evaluate(model, epoch) -> dict`` on rank 0, append a record to
