@@ -262,7 +262,7 @@ def predict(model, dataset, args, k):
     import torch
     from tqdm import tqdm
 
-    from util.train.engine import collate_skip_bad
+    from util.train.loaders import collate_skip_bad
 
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.num_workers, collate_fn=collate_skip_bad

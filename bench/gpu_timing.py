@@ -73,7 +73,7 @@ def steady_skip(workers):
     """Batches to let pass before the clock starts: every batch the loader may have prepared ahead
     (``workers x PREFETCH``, piled up while the model was starting), plus one.  Timing any earlier counts that
     backlog as throughput (about 10% too high at 14 workers)."""
-    from util.train.engine import PREFETCH
+    from util.train.loaders import PREFETCH
 
     return max(1, workers * PREFETCH + 1) if workers > 0 else 2
 

@@ -7,7 +7,7 @@ the pretraining augmentation (``util.train.transforms.pretrain_transforms``: res
 -- images of ``img_size`` px cropped to ``crop_size`` px, labels of dimension ``label_dim``:
 
 * ours: ``util.train.datasets.GeneratedPH`` with ``ComputedLabels(histogram vectoriser, 'signed_distance')``
-  through ``util.train.engine.make_loader`` -- exactly what ``pretraining.py`` without ``-t`` runs: uint8
+  through ``util.train.loaders.make_loader`` -- exactly what ``pretraining.py`` without ``-t`` runs: uint8
   images through the workers (normalised on the training device), workers ended after the pass inside the
   CPU clock; ``ours_normalised`` is the same with the normalisation done here, in the parent, as a CPU-only
   run does it (so that the comparison does not gain from moving work to a GPU);
@@ -44,7 +44,7 @@ from bench.common import add_json_flag, save_result
 from bench.reference import original_diagram, original_histogram, original_random_image
 from util.cli.strict_args import StrictArgumentParser
 from util.errors import UserError, run_cli
-from util.train.engine import release_loaders
+from util.train.loaders import release_loaders
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -97,7 +97,7 @@ def _ours_loader(n_images, workers, img_size, crop_size, batch_size, label_dim, 
     from util.ph.generator import GeneratorConfig
     from util.ph.vectorise import make_vectoriser
     from util.train.datasets import ComputedLabels, GeneratedPH, pretrain_transforms
-    from util.train.engine import make_loader
+    from util.train.loaders import make_loader
 
     train = TrainConfig(batch_size=batch_size, num_workers=workers, device='cpu', seed=seed)
     cfg = GeneratorConfig(img_size=img_size, prob_binary=prob_binary, prob_colour=0.0)
@@ -128,7 +128,7 @@ def _original_loader(n_images, workers, img_size, crop_size, batch_size, label_d
 def _ours_epochs(loader, train, epochs):
     """The batches of ``epochs`` epochs through the product's persistent loader (epoch e: set_epoch(e - 1), as
     the training loop does; ``make_loader`` returns the same loader, its workers kept)."""
-    from util.train.engine import make_loader
+    from util.train.loaders import make_loader
 
     dataset = loader.source
     for e in range(1, epochs + 1):

@@ -2,19 +2,22 @@
 defaults, it is frozen, phases are derived from it, and what a run finds is returned, not written onto the flags."""
 
 import dataclasses
+import os
 
 import pytest
 
 from util.cli.build import build_pretraining_sets, run_config
 from util.cli.flags import get_args_parser
-from util.config import DEFAULT_NUM_OUTPUTS, RunConfig, record, resolve_num_classes
+from util.config import DEFAULT_NUM_OUTPUTS, RunConfig, TrainConfig, record, resolve_num_classes
 from util.errors import UserError
 
 
 @pytest.mark.parametrize('mode', ['pretraining', 'finetuning'])
 def test_flag_defaults_are_the_dataclass_defaults(mode):
     run = run_config(get_args_parser(mode).parse_args([]))
-    assert dataclasses.replace(run, flags=()) == RunConfig(learning_mode=mode, phase=mode)
+    # --epochs_pre not given (None) is -e, resolved when the configuration is built
+    expected = RunConfig(learning_mode=mode, phase=mode, epochs_pre=TrainConfig.epochs)
+    assert dataclasses.replace(run, flags=()) == expected
 
 
 def test_record_keeps_the_flag_names_of_args_json():
@@ -22,7 +25,8 @@ def test_record_keeps_the_flag_names_of_args_json():
     args = get_args_parser('pretraining').parse_args(['-pd', 'PH', '-p', 'gloo', '--label_norm_floor', '0.2'])
     rec = record(run_config(args))
     assert set(rec) == set(vars(args)) | {'phase', 'rank', 'local_rank', 'distributed'}
-    assert {k: rec[k] for k in vars(args)} == vars(args)
+    # as given, but for what the flags leave to be derived: --epochs_pre not given is -e (as checked runs record it)
+    assert {k: rec[k] for k in vars(args)} == {**vars(args), 'epochs_pre': args.epochs}
     assert rec['path2PHdir'] == 'PH' and rec['pidf'] == 'gloo' and rec['label_norm_floor'] == 0.2
 
 
@@ -73,3 +77,26 @@ def test_label_statistics_are_returned_not_written_onto_the_flags():
     _, _, facts = sources.pretraining_sets(run_config(args), 40)
     assert len(facts['label_norm_mean']) == 40 and facts['label_norm_count'] == 4 and facts['label_norm_floor'] == 0.1
     assert vars(args) == before
+
+
+def test_max_pixels_travels_in_the_configuration(tmp_path, monkeypatch):
+    """--max_pixels reaches the training sets through the run configuration, not the environment: an image over
+    it is a bad image (skipped), one within it is read."""
+    from PIL import Image
+
+    from util.cli import flags
+    from util.io import fileio
+    from util.train import sources
+
+    monkeypatch.delenv('PRETRAINCNN_MAX_PIXELS', raising=False)
+    for cls, size in (('a', 20), ('b', 10)):
+        (tmp_path / cls).mkdir()
+        Image.new('RGB', (size, size), (9, 99, 199)).save(tmp_path / cls / 'x.png')
+    args = get_args_parser('finetuning').parse_args(['-t', str(tmp_path), '-val', str(tmp_path), '--max_pixels', '300'])
+    flags.check_common_args(args)
+    run = run_config(args)
+    assert run.data.max_pixels == 300 and record(run)['max_pixels'] == 300
+    assert 'PRETRAINCNN_MAX_PIXELS' not in os.environ and fileio.max_pixels() == fileio.DEFAULT_MAX_PIXELS
+    train, _, classes = sources.build_sets(run.data, need_train=True)
+    assert classes == ['a', 'b'] and train[0] is None and train[1] is not None  # 20 x 20 = 400 > 300
+    assert RunConfig().data.max_pixels == fileio.DEFAULT_MAX_PIXELS

@@ -221,7 +221,7 @@ def test_timed_window_starts_after_the_whole_prefetch(monkeypatch):
     """A loader that had ``workers x prefetch`` batches ready (piled up while the model started) then delivers
     one batch a second: the measured rate is one batch a second, not more."""
     from bench import gpu_bench
-    from util.train.engine import PREFETCH
+    from util.train.loaders import PREFETCH
 
     workers, batch = 3, 8
     now = [0.0]
@@ -377,20 +377,20 @@ def _generated(n=6):
 
 
 def _epochs(workers, epochs=2):
-    from util.train import engine
+    from util.train import loaders as L
 
     ds = _generated()
     cfg = TrainConfig(device='cpu', batch_size=3, num_workers=workers, seed=4)
-    seen, loaders = [], []
+    seen, made = [], []
     try:
         for epoch in range(1, epochs + 1):
             ds.set_epoch(epoch - 1)  # in this process, after the workers were forked
-            loader = engine.make_loader(ds, cfg, epoch, shuffle=True, train=True)
-            loaders.append(loader)
+            loader = L.make_loader(ds, cfg, epoch, shuffle=True, train=True)
+            made.append(loader)
             seen.append([(x.clone(), y.clone()) for x, y, _ in loader])
     finally:
-        engine.release_loaders(cfg)
-    return seen, loaders
+        L.release_loaders(cfg)
+    return seen, made
 
 
 def test_persistent_workers_give_fresh_images_each_epoch_and_identical_runs():
@@ -429,18 +429,18 @@ def test_uint8_batches_are_normalised_on_the_device_as_the_per_image_transforms_
 def test_what_the_loader_ships_is_what_the_dataset_gives(post):
     """The loader's copy of a generated set (uint8, grey kept in one channel until the tensor) gives, once
     normalised on the device, exactly the float image and the label the dataset itself gives."""
-    from util.train import engine
+    from util.train import engine, loaders
 
     ds = _generated()
     if post:
         ds.persistence = 'post'
-    shipped = engine._shipped(ds)
+    shipped = loaders._shipped(ds)
     assert shipped is not ds and shipped.keep_grey and not ds.keep_grey
     grey = 0
     for i in range(6):
         key = (i, 0, 11)
-        x, y = engine.KeyedSamples(ds)[key]
-        xs, ys = engine.KeyedSamples(shipped)[key]
+        x, y = loaders.KeyedSamples(ds)[key]
+        xs, ys = loaders.KeyedSamples(shipped)[key]
         assert xs.dtype == torch.uint8 and x.dtype == torch.float32
         assert torch.equal(engine.to_device(xs[None], TrainConfig(device='cpu'))[0], x) and torch.equal(ys, y)
         grey += bool((xs[0] == xs[1]).all() and (xs[1] == xs[2]).all())

@@ -91,6 +91,21 @@ def test_layers_import_downwards_only():
     assert not bad, '\n'.join(bad)
 
 
+def test_data_sets_sit_below_the_data_sources():
+    """One direction inside util/train: sources (and the -pd checks, --label_norm) build data sets from the
+    dataset classes of datasets.py, which imports none of them (nor the loop above them)."""
+    path = os.path.join(ROOT, 'util', 'train', 'datasets.py')
+    above = {
+        'util.train.sources',
+        'util.train.phdir',
+        'util.train.label_scaling',
+        'util.train.engine',
+        'util.train.loaders',
+        'util.train.modes',
+    }
+    assert not _imports(path) & above, sorted(_imports(path) & above)
+
+
 def test_every_library_module_is_in_a_layer():
     """util/ holds subpackages plus the bottom modules and the original's two entry points, nothing else."""
     entry_points = {'util', 'util.random_image', 'util.ImageDatasetsDownloader'}
@@ -202,15 +217,11 @@ def test_library_code_never_reads_the_flags():
     assert not found, '\n'.join(found)
 
 
-# TEMPORARY: modules other branches are rewriting while these annotations were added (issue 27 item 3: the loaders,
-# the data sources, the run context, the download package); the lead annotates them after merging and empties this.
+# TEMPORARY: modules other branches are rewriting while these annotations were added (issue 27: label_norm and the
+# random targets of sources.py move to util/ph; the download package); the lead annotates them after merging and
+# empties this.  Every other public function of sources.py is annotated.
 NOT_YET_ANNOTATED = {
-    'util/train/datasets.py',
-    'util/train/distributed.py',
-    'util/train/engine.py',
     'util/train/label_norm.py',
-    'util/train/modes.py',
-    'util/train/runs.py',
     'util/train/sources.py',
     'util/io/download/',
 }

@@ -209,11 +209,18 @@ def test_evaluate_flag_is_evaluation_mode():
     import finetuning
     import pretraining
     from util.cli import flags as cli
+    from util.cli.build import run_config
+    from util.config import record
 
     assert pretraining.get_args_parser().parse_args([]).learning_mode == 'pretraining'
-    args = finetuning.get_args_parser().parse_args(['--evaluate'])
-    assert args.learning_mode == 'finetuning' and cli.check_mode_args(args).learning_mode == 'evaluation'
-    assert args.epochs_pre == args.epochs
+    args = finetuning.get_args_parser().parse_args(['--evaluate', '--save_interval', '0', '-e', '7'])
+    cli.check_mode_args(args)
+    # the checks leave the flags as parsed; the run configuration (and so args.json) holds what they resolve to
+    assert (args.learning_mode, args.epochs_pre, args.save_interval) == ('finetuning', None, 0)
+    run = run_config(args)
+    assert (run.learning_mode, run.phase, run.epochs_pre, run.train.save_interval) == ('evaluation', 'evaluation', 7, 7)
+    recorded = record(run)
+    assert (recorded['learning_mode'], recorded['epochs_pre'], recorded['save_interval']) == ('evaluation', 7, 7)
 
 
 @pytest.mark.parametrize('arch', ['resnet18', 'mobilenet_v3_small', 'squeezenet1_0'])

@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from util.errors import UserError
+from util.io import runlog
 from util.plot import plotting
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -154,14 +155,14 @@ def write_log(path, n_epochs, truncated_tail=True):
 def test_curves_from_log_truncated_last_line(tmp_path):
     log = tmp_path / 'log.jsonl'
     write_log(log, 6)
-    records = plotting.read_log(log)
+    records = runlog.read_log(log)
     assert [r['epoch'] for r in records] == list(range(6))
-    series = plotting.log_series(records)
+    series = runlog.log_series(records)
     assert set(series) == {'train_loss', 'train_acc1', 'lr', 'val_loss', 'val_acc1'}  # no str/bool/None
     np.testing.assert_array_equal(series['val_loss'][0], [1, 3, 5])
     out = plotting.curves_from_log(str(log), str(tmp_path / 'curves.png'))
     assert_png(out, min_size=(400, 400))
-    only = plotting.log_series(records, keys=['val_acc1', 'missing'])
+    only = runlog.log_series(records, keys=['val_acc1', 'missing'])
     assert list(only) == ['val_acc1']
 
 
@@ -170,7 +171,7 @@ def test_curves_from_log_resumed_and_empty(tmp_path):
     write_log(log, 4, truncated_tail=False)
     with open(log, 'a') as f:  # a resumed run re-logs epoch 3
         f.write(json.dumps({'epoch': 3, 'train_loss': 0.01}) + '\n')
-    records = plotting.read_log(log)
+    records = runlog.read_log(log)
     assert len(records) == 4 and records[-1]['train_loss'] == 0.01
     empty = tmp_path / 'empty.jsonl'
     empty.write_text('{"epoch": 0, "train_')

@@ -244,6 +244,7 @@ def test_pw_folder_means_its_newest_weights(run, images, tmp_path, capsys):
     assert 'ft_resnet18_epoch1.pth' in capsys.readouterr().err and read_csv(out)[1][0] == 'a.png'
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     'name, record, expect',
     [

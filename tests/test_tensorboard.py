@@ -69,7 +69,7 @@ def test_pretraining_r2_scalars(tmp_path, run_script):
 def test_nothing_for_tensorboard_unless_asked(tmp_path):
     """With the package installed, a run without --tensorboard writes log.jsonl only (no tensorboard/ folder)."""
     pytest.importorskip('tensorboard')
-    from util.train.runs import RunLogger
+    from util.io.runlog import RunLogger
 
     logger = RunLogger(str(tmp_path))
     logger.log({'epoch': 1, 'train_loss': 0.5, 'lr': 0.1})

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from typing import Optional
 
 from util.errors import UserError
+from util.io.fileio import DEFAULT_MAX_PIXELS
 from util.ph import label_norm
 from util.ph.cubical import DEFAULT_ENGINE, DEFAULT_FILTRATION
 from util.ph.generator import GeneratorConfig
@@ -140,7 +141,8 @@ class DataConfig:
     spatial augmentation); ``filtration``/``gradient``/``size_normalise``/``ph_engine``: how PH is computed in the
     loader (and what -pd's labels must have been made with); ``generator``,
     ``n_samples``, ``n_samples_val`` (-1: min(1000, n/10)), ``seed``, ``cache_dir``: the images generated on
-    the fly when there is no ``train`` folder.
+    the fly when there is no ``train`` folder; ``bad_images``/``max_pixels``: what an undecodable image does
+    (skip or fail) and the largest image decoded.
     """
 
     train: Optional[str] = None
@@ -153,6 +155,7 @@ class DataConfig:
     size_normalise: bool = False  # filtration values times SIZE_REFERENCE / the image's size (PHdict.py's flag)
     ph_engine: str = DEFAULT_ENGINE
     bad_images: str = 'skip'
+    max_pixels: int = DEFAULT_MAX_PIXELS  # larger images (width x height) are bad images, never decoded
     label: LabelConfig = field(default_factory=LabelConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     generator: GeneratorConfig = field(default_factory=_on_the_fly_generator)
@@ -191,8 +194,9 @@ class RunConfig:
     settings, and the branches ``train``, ``data``, ``model``.
 
     ``phase``: the phase this configuration runs (the mode itself, or 'pretraining' / 'finetuning' inside
-    ``-lm combined``). ``flags``: every flag as given, ``((name, value), ...)``, kept only so that
-    :func:`record` also writes the flags no library code needs (e.g. ``--max_pixels``).
+    ``-lm combined``). ``flags``: every flag as given (with the values util/cli/build.py resolves),
+    ``((name, value), ...)``, kept only so that :func:`record` also writes the flags no branch records under
+    their own names (the generator's).
     """
 
     learning_mode: str = 'pretraining'

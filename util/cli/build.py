@@ -32,9 +32,27 @@ def _fields_of(cls, given, **branches):
     return cls(**values, **branches)
 
 
+def learning_mode(args):
+    """The mode the flags run: 'evaluation' for --evaluate, else -lm."""
+    return 'evaluation' if getattr(args, 'evaluate', False) else args.learning_mode
+
+
+def epochs_pre(args):
+    """The epochs of -lm combined's pretraining phase: --epochs_pre, else -e."""
+    return args.epochs if args.epochs_pre is None else args.epochs_pre
+
+
+def save_interval(args):
+    """Epochs between weights files: --save_interval, else (below 1) -e: the last epoch's alone."""
+    return args.epochs if args.save_interval < 1 else args.save_interval
+
+
 def train_config(args):
-    """The :class:`util.config.TrainConfig` of the flags."""
-    return _fields_of(TrainConfig, vars(args))
+    """The :class:`util.config.TrainConfig` of the flags (a --save_interval below 1 resolved)."""
+    flags = vars(args)
+    if 'save_interval' in flags:
+        flags = {**flags, 'save_interval': save_interval(args)}
+    return _fields_of(TrainConfig, flags)
 
 
 def data_config(args):
@@ -61,12 +79,16 @@ def data_config(args):
 
 def run_config(args):
     """The :class:`util.config.RunConfig` of the checked flags: the mode, files and phase settings, with the
-    ``train``, ``data`` and ``model`` branches; ``phase`` is the mode itself."""
-    flags = vars(args)
+    ``train``, ``data`` and ``model`` branches; ``phase`` is the mode itself.  The values the flags leave to
+    be derived (:func:`learning_mode`, :func:`epochs_pre`, :func:`save_interval`) are resolved here, and
+    ``flags`` (what args.json records first) holds them so resolved."""
+    given = vars(args)
+    resolve = {'learning_mode': learning_mode, 'epochs_pre': epochs_pre, 'save_interval': save_interval}
+    flags = {**given, **{name: value(args) for name, value in resolve.items() if name in given}}
     return _fields_of(
         RunConfig,
         flags,
-        phase=args.learning_mode,
+        phase=flags['learning_mode'],
         train=train_config(args),
         data=data_config(args),
         model=_fields_of(ModelConfig, flags),

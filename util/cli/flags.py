@@ -7,7 +7,7 @@ import sys
 
 from models import timm_backend
 from util.cli import compat, label_flags
-from util.cli.build import run_config
+from util.cli.build import epochs_pre, learning_mode, run_config
 from util.cli.strict_args import TRAINING_FLAGS, StrictArgumentParser
 from util.config import (
     DEFAULT_NUM_OUTPUTS,
@@ -307,11 +307,9 @@ def check_common_args(args):
             raise UserError(f"--{name} must be at least 1 (got {getattr(args, name)})")
     if args.num_workers is not None and args.num_workers < 0:
         raise UserError("--num_workers must be >= 0")
-    if args.save_interval < 1:
-        args.save_interval = args.epochs
     if args.stop_after < 0:
         raise UserError(f"--stop_after must be 0 (no stop) or a number of epochs, got {args.stop_after}")
-    fileio.set_max_pixels(args.max_pixels)
+    fileio.check_max_pixels(args.max_pixels)  # the run configuration carries it to load_image
     tensorboard_log.check_available(args.tensorboard)
     if timm_backend.is_timm(args.usenet):  # the install hint or a misspelt name before any data is read
         timm_backend.resolve(args.usenet)
@@ -527,17 +525,14 @@ def add_mode_args(parser, default_mode):
 
 
 def check_mode_args(args):
-    """Validate the mode flags (after :func:`check_common_args`); sets ``args.learning_mode``
-    to 'evaluation' for --evaluate and ``args.epochs_pre`` to -e when not given."""
-    mode = args.learning_mode
-    if args.evaluate:
-        if mode not in ('pretraining', 'finetuning', 'evaluation'):
-            raise UserError(f"--evaluate contradicts -lm {mode}; give one of them")
-        args.learning_mode = mode = 'evaluation'
-    if args.epochs_pre is None:
-        args.epochs_pre = args.epochs
-    if args.epochs_pre < 1:
-        raise UserError(f"--epochs_pre must be at least 1 (got {args.epochs_pre})")
+    """Validate the mode flags (after :func:`check_common_args`); the mode is 'evaluation' for --evaluate and
+    --epochs_pre is -e when not given (:func:`util.cli.build.learning_mode`, :func:`util.cli.build.epochs_pre`:
+    the run configuration holds them, ``args`` stays as parsed)."""
+    if args.evaluate and args.learning_mode not in ('pretraining', 'finetuning', 'evaluation'):
+        raise UserError(f"--evaluate contradicts -lm {args.learning_mode}; give one of them")
+    mode = learning_mode(args)
+    if epochs_pre(args) < 1:
+        raise UserError(f"--epochs_pre must be at least 1 (got {epochs_pre(args)})")
     if args.ph_dims < 1:
         raise UserError(f"--ph_dims must be at least 1 (got {args.ph_dims})")
     if not args.ph_weight >= 0:
@@ -586,7 +581,7 @@ def check_label_source(args):
     what PHdict.py fitted: it means "as fitted in -pd" with -pc)."""
     from util.ph.cubical import SIZE_FILTRATIONS
 
-    mode = args.learning_mode
+    mode = learning_mode(args)
     if args.label_type in ('class', 'random') or mode in ('finetuning', 'evaluation'):
         return
     if mode == 'contrastive' and args.ph_weight == 0:  # no PH labels

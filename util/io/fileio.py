@@ -361,10 +361,16 @@ def add_max_pixels_arg(group: argparse.ArgumentParser | argparse._ArgumentGroup)
     )
 
 
-def set_max_pixels(n: int | None) -> None:
-    """Set the limit of :func:`load_image` for this process and the worker processes it starts."""
+def check_max_pixels(n: int | None) -> None:
+    """Refuse a ``--max_pixels`` below 1."""
     if n is None or n < 1:
         raise UserError(f"--max_pixels must be at least 1, got {n}")
+
+
+def set_max_pixels(n: int | None) -> None:
+    """Set the default limit of :func:`load_image` for this process and the worker processes it starts (the
+    training scripts pass theirs to :func:`load_image` instead, from the run configuration)."""
+    check_max_pixels(n)
     os.environ[_MAX_PIXELS_ENV] = str(int(n))
 
 
@@ -375,14 +381,15 @@ def max_pixels() -> int:
         return DEFAULT_MAX_PIXELS
 
 
-def load_image(path: str | os.PathLike, mode: str = 'RGB') -> Image.Image:
+def load_image(path: str | os.PathLike, mode: str = 'RGB', limit: int | None = None) -> Image.Image:
     """Decode an image file into a PIL image of ``mode`` ('RGB' or 'L').
 
     Handles 16-bit, palette, RGBA (alpha dropped) and greyscale inputs.
     Raises :class:`BadImageError` naming the file when it cannot be decoded, or when it has more pixels than
-    ``--max_pixels`` (checked from the header, before anything is decoded; decompression bombs included).
+    ``limit`` (``--max_pixels``; None: :func:`max_pixels`), checked from the header, before anything is decoded
+    (decompression bombs included).
     """
-    limit = max_pixels()
+    limit = max_pixels() if limit is None else limit
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')

@@ -12,9 +12,7 @@ The two ``*_ax`` functions draw onto an existing matplotlib ``Axes`` (from pyplo
 
 import csv
 import io
-import json
 import math
-import numbers
 import os
 import textwrap
 
@@ -25,6 +23,7 @@ from matplotlib.ticker import MaxNLocator
 
 from util.errors import UserError
 from util.io.fileio import ensure_dir, load_image, write_bytes, write_text
+from util.io.runlog import log_series, read_log
 from util.ph.cubical import INFINITE_DEATH
 
 #: deaths at or above this value (``cripser`` writes DBL_MAX, float32 files hold inf) count as infinite
@@ -262,77 +261,8 @@ def sample_grid(images, path, mean=None, std=None, nrow=8, titles=None):
 # --------------------------------------------------------------------------- training curves
 
 
-def read_log(log_path):
-    """Records of a JSON-lines log, one dict per line, keyed by epoch (later lines win).
-
-    Lines that are blank, not valid JSON (e.g. a last line still being written) or not a dict are
-    skipped. A record without 'epoch' is numbered by its position. Returns a list of dicts sorted by
-    epoch, so a resumed run that re-logs epochs is drawn once. Raises :class:`UserError` if the file
-    cannot be read.
-    """
-    try:
-        with open(log_path, 'r', encoding='utf-8', errors='replace') as f:
-            lines = f.read().splitlines()
-    except OSError as e:
-        raise UserError(f"cannot read training log {os.fspath(log_path)!r}: {e.strerror}") from None
-    by_epoch = {}
-    for i, line in enumerate(lines):
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(record, dict):
-            continue
-        epoch = record.get('epoch', i)
-        if not _is_number(epoch):
-            epoch = i
-        by_epoch[float(epoch)] = record
-    return [by_epoch[e] for e in sorted(by_epoch)]
-
-
-def _is_number(v):
-    """True for finite real numbers (not bools, not NaN/inf, not strings)."""
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
-
-
-BOOKKEEPING_KEYS = ('epoch', 'seconds', 'images', 'skipped_bad')
-
-
-def _is_bookkeeping(key):
-    """Log fields that count or time things rather than measure learning (not drawn by default)."""
-    return key in BOOKKEEPING_KEYS or key.endswith(('_images', '_skipped_bad', '_seconds'))
-
-
-def log_series(records, keys=None):
-    """Numeric series of a log: {key: (epochs [n], values [n])}, each over the epochs where it is a number.
-
-    ``records``: as from :func:`read_log`. ``keys``: metrics to keep (default: every key with at least
-    one numeric value, except 'epoch' and bookkeeping such as image counts and timings). Missing,
-    non-numeric and non-finite values are skipped.
-    """
-    if keys is None:
-        keys = []
-        for r in records:
-            keys.extend(k for k, v in r.items() if k not in keys and not _is_bookkeeping(k) and _is_number(v))
-    series = {}
-    for key in keys:
-        xs, ys = [], []
-        for i, r in enumerate(records):
-            v = r.get(key)
-            if _is_number(v):
-                e = r.get('epoch', i)
-                xs.append(float(e) if _is_number(e) else float(i))
-                ys.append(float(v))
-        if xs:
-            series[key] = (np.array(xs), np.array(ys))
-    return series
-
-
 def curves_from_log(log_path, path, keys=None):
-    """PNG of training curves from a JSON-lines per-epoch log (see :func:`read_log`).
+    """PNG of training curves from a JSON-lines per-epoch log (see :func:`util.io.runlog.read_log`).
 
     Panels, x = epoch: losses (keys containing 'loss'), other metrics (accuracies, R², ...), and the
     learning rate ('lr', log scale) on its own when present. ``keys``: metrics to draw (default all

@@ -20,7 +20,7 @@ def newest_run(folder):
 
 
 def last_record(run):
-    from util.plot.plotting import read_log
+    from util.io.runlog import read_log
 
     records = read_log(os.path.join(run, 'log.jsonl')) if run else []
     return records[-1] if records else {}

@@ -1,7 +1,7 @@
 """Datasets for pretraining (images + PH label vectors) and fine-tuning (class folders).
 
 Pretraining samples are ``(image tensor [3, crop, crop], label float32 [D])``; the transforms are in
-:mod:`util.train.transforms` (a training loader, :func:`util.train.engine.make_loader`, applies them in their
+:mod:`util.train.transforms` (a training loader, :func:`util.train.loaders.make_loader`, applies them in their
 uint8 :func:`~util.train.transforms.shipping_form` and the engine normalises on the device). Where the label
 comes from:
 
@@ -14,11 +14,14 @@ comes from:
 the augmented crop, i.e. exactly what the network sees.
 
 An image that cannot be decoded is returned as ``None`` (dropped and counted by
-:func:`util.train.engine.collate_skip_bad`) when ``bad_images='skip'``, or stops the run with its name otherwise.
+:func:`util.train.loaders.collate_skip_bad`) when ``bad_images='skip'``, or stops the run with its name otherwise.
 """
+
+from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -40,6 +43,9 @@ from util.train.transforms import (  # noqa: F401  (the transforms lived here; i
     pretrain_transforms,
     pretrain_val_transforms,
 )
+
+if TYPE_CHECKING:
+    from util.ph.generator import GeneratorConfig
 
 
 # ------------------------------------------------------------------------------------------ label sources
@@ -215,11 +221,12 @@ class MatrixLabels:
 class _PHBase(Dataset):
     """Shared __getitem__: load -> label (pre or post augmentation) -> tensor."""
 
-    def __init__(self, spatial, to_tensor, persistence='pre', bad_images='skip'):
+    def __init__(self, spatial, to_tensor, persistence='pre', bad_images='skip', max_pixels=None):
         self.spatial = spatial
         self.to_tensor = to_tensor
         self.persistence = persistence
         self.bad_images = bad_images
+        self.max_pixels = max_pixels  # --max_pixels (None: util.io.fileio's default)
 
     def _image(self, index):
         raise NotImplementedError
@@ -251,9 +258,18 @@ class FolderPH(_PHBase):
     """Images below ``root`` (recursive) with labels from ``labels`` (Diagram/Matrix/ComputedLabels)."""
 
     def __init__(
-        self, root, rel_paths, labels, spatial, to_tensor, persistence='pre', computed=None, bad_images='skip'
+        self,
+        root,
+        rel_paths,
+        labels,
+        spatial,
+        to_tensor,
+        persistence='pre',
+        computed=None,
+        bad_images='skip',
+        max_pixels=None,
     ):
-        super().__init__(spatial, to_tensor, persistence, bad_images)
+        super().__init__(spatial, to_tensor, persistence, bad_images, max_pixels)
         self.root = root
         self.rel_paths = rel_paths
         self.labels = labels
@@ -268,7 +284,7 @@ class FolderPH(_PHBase):
         return len(self.rel_paths)
 
     def _image(self, index):
-        return fileio.load_image(os.path.join(self.root, self.rel_paths[index]), 'RGB')
+        return fileio.load_image(os.path.join(self.root, self.rel_paths[index]), 'RGB', self.max_pixels)
 
     def _label_pre(self, index, image):
         if isinstance(self.labels, COMPUTED):
@@ -298,8 +314,9 @@ class GeneratedPH(_PHBase):
         cache_dir=None,
         fresh_each_epoch=True,
         index_labels=None,
+        max_pixels=None,
     ):
-        super().__init__(spatial, to_tensor, persistence, 'fail')
+        super().__init__(spatial, to_tensor, persistence, 'fail', max_pixels)
         self.cfg, self.seed, self.n, self.stream = cfg, seed, n_samples, stream
         self.computed = computed
         self.index_labels = index_labels  # label(generated index) instead of PH (util/train/sources.py)
@@ -307,7 +324,7 @@ class GeneratedPH(_PHBase):
         self.cache_dir = cache_dir
         self.fresh_each_epoch = fresh_each_epoch and cache_dir is None
         self.epoch = 0
-        # True in the loader's copy (util.train.engine.make_loader): a grey image stays one 'L' channel through
+        # True in the loader's copy (util.train.loaders.make_loader): a grey image stays one 'L' channel through
         # labelling and the spatial transforms (a third of the bytes), the uint8 tensor is made 3-channel at the
         # end (util.train.transforms.ToUint8Tensor): the same values as converting to RGB first
         self.keep_grey = False
@@ -347,7 +364,7 @@ class GeneratedPH(_PHBase):
         if self.cache_dir:
             path = os.path.join(self.cache_dir, 'images', f'v{idx:08d}.png')
             if os.path.exists(path):
-                return fileio.load_image(path, 'RGB')
+                return fileio.load_image(path, 'RGB', self.max_pixels)
             arr = generate_image(self.cfg, self.seed, idx, self.stream)
             fileio.save_image(path, arr, 'png')
         else:
@@ -369,7 +386,15 @@ class GeneratedPH(_PHBase):
         return np.asarray(self.computed.vectoriser(dgm), dtype=np.float32)
 
 
-def prepare_cache(cache_dir, cfg, seed, stream, filtration, gradient=False, size_normalise=None):
+def prepare_cache(
+    cache_dir: str,
+    cfg: GeneratorConfig,
+    seed: int,
+    stream: int,
+    filtration: str,
+    gradient: bool = False,
+    size_normalise: int | None = None,
+) -> None:
     """Create the cache layout, or check that an existing cache was made with the same settings (its diagrams
     are size-normalised when ``size_normalise`` is)."""
     import dataclasses
@@ -425,9 +450,9 @@ class LabelledPH(_PHBase):
     image by ``computed`` (a :class:`ComputedLabels`), before (``'pre'``) or after (``'post'``) the spatial
     augmentation.  Used by ``--learning_mode simultaneous``.  Undecodable images: None / stop, as above."""
 
-    def __init__(self, root, computed, spatial, to_tensor, persistence='pre', bad_images='skip'):
-        super().__init__(spatial, to_tensor, persistence, bad_images)
-        self.folder = SafeImageFolder(root, None, bad_images)
+    def __init__(self, root, computed, spatial, to_tensor, persistence='pre', bad_images='skip', max_pixels=None):
+        super().__init__(spatial, to_tensor, persistence, bad_images, max_pixels)
+        self.folder = SafeImageFolder(root, None, bad_images, max_pixels)
         self.root = root
         self.classes = self.folder.classes
         self.samples = self.folder.samples
@@ -438,7 +463,7 @@ class LabelledPH(_PHBase):
         return len(self.samples)
 
     def _image(self, index):
-        return fileio.load_image(self.samples[index][0], 'RGB')
+        return fileio.load_image(self.samples[index][0], 'RGB', self.max_pixels)
 
     def _label_pre(self, index, image):
         return self.computed.from_image(image)
@@ -453,10 +478,10 @@ class LabelledPH(_PHBase):
 class SafeImageFolder(tv_datasets.ImageFolder):
     """torchvision ImageFolder that converts any image kind to RGB and returns None for undecodable files."""
 
-    def __init__(self, root, transform=None, bad_images='skip'):
+    def __init__(self, root, transform=None, bad_images='skip', max_pixels=None):
         fileio.require_dir(root, 'image folder')
         try:
-            super().__init__(root, transform=transform, loader=lambda p: fileio.load_image(p, 'RGB'))
+            super().__init__(root, transform=transform, loader=lambda p: fileio.load_image(p, 'RGB', max_pixels))
         except FileNotFoundError as e:
             raise UserError(f"{root}: {e}; every class folder needs at least one image") from None
         self.bad_images = bad_images

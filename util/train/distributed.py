@@ -1,8 +1,12 @@
 """Distributed start-up (torchrun environment or -ws local processes) and the collective helpers."""
 
+from __future__ import annotations
+
 import os
+from collections.abc import Callable
 from dataclasses import fields, replace
 from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -10,8 +14,11 @@ import torch.distributed as dist
 from util.errors import UserError, run_cli
 from util.train.seeding import fix_random_seeds
 
+if TYPE_CHECKING:
+    from util.config import TrainConfig
 
-def init_distributed(config):
+
+def init_distributed(config: TrainConfig) -> TrainConfig:
     """A copy of ``config`` (a frozen :class:`util.config.TrainConfig`) with ``rank/world_size/local_rank/
     distributed/device/amp/channels_last`` decided from torchrun's environment and the devices found.
 
@@ -52,7 +59,7 @@ def init_distributed(config):
     return replace(config, **vars(cfg))
 
 
-def check_device(config, world_size=None):
+def check_device(config: TrainConfig, world_size: int | None = None) -> None:
     """Refuse, in one line and before anything is written, a ``--device`` torch cannot open (``tpu``, ``cuda``
     without a visible GPU, ``cuda:3`` on a two-GPU machine, ``meta``) and ``-p nccl`` for ranks that are not on
     CUDA GPUs (NCCL runs on GPUs only).  ``world_size``: the training processes of the run (default: torchrun's
@@ -97,7 +104,7 @@ def _backend(cfg):
     return 'nccl' if str(cfg.device or ('cuda' if torch.cuda.is_available() else 'cpu')).startswith('cuda') else 'gloo'
 
 
-def check_ranks_per_gpu(cfg, processes):
+def check_ranks_per_gpu(cfg: TrainConfig, processes: int) -> None:
     """Refuse ``processes`` NCCL ranks on this machine when it has fewer visible GPUs: NCCL rejects two ranks
     on one device (after a long hang or with an opaque error), so say it in one line before anything starts."""
     device = str(cfg.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
@@ -111,20 +118,20 @@ def check_ranks_per_gpu(cfg, processes):
         )
 
 
-def local_world_size(cfg):
+def local_world_size(cfg: TrainConfig) -> int:
     """Training processes on this machine: torchrun's LOCAL_WORLD_SIZE, else the world size (``-ws`` spawns
     all ranks here)."""
     return max(1, int(os.environ.get('LOCAL_WORLD_SIZE', cfg.world_size if cfg.distributed else 1)))
 
 
-def usable_cores():
+def usable_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
 
 
-def default_workers(processes=None):
+def default_workers(processes: int | None = None) -> int:
     """DataLoader workers per training process when ``--num_workers`` is not given: the usable cores shared
     by the training processes of this machine, minus two per process (the process itself and its pin-memory
     thread), at least 0.  16 cores, one GPU: 14; 2 cores: 0 (loading in the training process)."""
@@ -133,7 +140,7 @@ def default_workers(processes=None):
     return max(0, usable_cores() // max(1, processes) - 2)
 
 
-def spawn_or_run(job, world_size, cfg=None):
+def spawn_or_run(job: Callable, world_size: int, cfg: TrainConfig | None = None) -> Any:
     """Run ``job()`` here, or in ``world_size`` local processes (ranks 0..N-1) when N > 1 and not under
     torchrun. ``job`` must be picklable (e.g. a ``functools.partial`` of a module-level function).  With the
     run's ``cfg``, too many NCCL ranks for the GPUs are refused before any process starts; a rank that stops
@@ -170,22 +177,22 @@ def _spawned(rank, job, world_size):
     run_cli(_call, job)
 
 
-def is_main_process():
+def is_main_process() -> bool:
     """True in the process of rank 0 (or when not distributed), judged by torchrun's environment alone."""
     return int(os.environ.get('RANK', '0')) == 0
 
 
-def is_main(cfg):
+def is_main(cfg: TrainConfig) -> bool:
     return cfg.rank == 0
 
 
-def cleanup_distributed(cfg):
+def cleanup_distributed(cfg: TrainConfig) -> None:
     if cfg.distributed and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
 
 
-def broadcast_object(obj, cfg):
+def broadcast_object(obj: Any, cfg: TrainConfig) -> Any:
     """Rank 0's ``obj`` on every rank (identity when not distributed)."""
     if not cfg.distributed:
         return obj
@@ -194,7 +201,7 @@ def broadcast_object(obj, cfg):
     return box[0]
 
 
-def all_reduce_sum(values, cfg, device='cpu'):
+def all_reduce_sum(values: list, cfg: TrainConfig, device: str = 'cpu') -> list:
     """Element-wise sum of a list of floats over all ranks."""
     if not cfg.distributed:
         return list(values)

@@ -7,17 +7,17 @@ alone so a resumed run repeats an uninterrupted one exactly on the CPU, and ``fi
 epoch through :mod:`util.train.runs`.
 """
 
+from __future__ import annotations
+
 import contextlib
-import copy
-import dataclasses
 import math
 import os
-import random
 import sys
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import astuple, dataclass
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -26,20 +26,25 @@ from tqdm import tqdm
 import models
 from models import unwrap
 from util.errors import UserError
+from util.io.runlog import RunLogger
 from util.train import tensorboard_log
-from util.train.distributed import all_reduce_sum, default_workers, is_main
+from util.train.distributed import all_reduce_sum, is_main
+from util.train.loaders import loader_workers, make_loader, release_loaders
 from util.train.metrics import r_squared_of_sums
-from util.train.runs import RunLogger, save_checkpoint, save_weights, set_rng_state
-from util.train.seeding import epoch_seed, fix_random_seeds, worker_init_fn
-from util.train.transforms import normalize_batch, shipping_form
+from util.train.runs import save_checkpoint, save_weights, set_rng_state
+from util.train.seeding import epoch_seed, fix_random_seeds
+from util.train.transforms import normalize_batch
 
-PREFETCH = 4  # batches each loader worker prepares ahead
+if TYPE_CHECKING:
+    import numpy as np
+
+    from util.config import TrainConfig
 
 OPTIMIZERS = ('sgd', 'sgd_cos', 'sgd_nesterov', 'sgd_nesterov_cos', 'adam', 'adam_cos')
 
 
 # ----------------------------------------------------------------------------------------- optimisation
-def build_optimizer(params, cfg, lr):
+def build_optimizer(params: Iterable, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
     name = cfg.optimizer
     if name.startswith('adam'):
         return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
@@ -48,7 +53,7 @@ def build_optimizer(params, cfg, lr):
     )
 
 
-def build_scheduler(optimizer, cfg):
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
     """Per-epoch schedule: cosine over all epochs for ``*_cos``, else x0.1 at 1/3 and 2/3 of the epochs."""
     if cfg.optimizer.endswith('_cos'):
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, cfg.epochs))
@@ -57,25 +62,12 @@ def build_scheduler(optimizer, cfg):
 
 
 # ----------------------------------------------------------------------------------------------- loops
-def collate_skip_bad(batch):
-    """Default collate that drops samples a dataset returned as ``None`` (undecodable images).
-
-    Returns ``(inputs, targets, n_dropped)``; inputs is None when the whole batch was bad.
-    """
-    good = [b for b in batch if b is not None]
-    dropped = len(batch) - len(good)
-    if not good:
-        return None, None, dropped
-    inputs, targets = torch.utils.data.default_collate(good)
-    return inputs, targets, dropped
-
-
-def autocast(cfg):
+def autocast(cfg: TrainConfig) -> torch.autocast:
     device_type = 'cuda' if str(cfg.device).startswith('cuda') else 'cpu'
     return torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=bool(cfg.amp))
 
 
-def to_device(x, cfg):
+def to_device(x: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
     """A batch of images on the training device: uint8 batches (what the datasets ship) are converted and
     normalised there (:func:`util.train.transforms.normalize_batch`), in channels-last when asked."""
     x = x.to(cfg.device, non_blocking=True)
@@ -100,7 +92,7 @@ class EpochSums:
     ph_images: float = 0.0
     skipped: float = 0.0  # undecodable images dropped
 
-    def values(self):
+    def values(self) -> list[float]:
         """The totals as floats (one host synchronisation for all of them)."""
         vals = list(astuple(self))
         where = [i for i, v in enumerate(vals) if torch.is_tensor(v)]
@@ -139,7 +131,7 @@ class NonFiniteWatch:
         self.bad = self.first = None
 
 
-def targets_to_device(targets, cfg):
+def targets_to_device(targets: Any, cfg: TrainConfig) -> Any:
     """A target tensor, or a tuple of them (two-task samples), on the training device."""
     if isinstance(targets, (list, tuple)):
         return [t.to(cfg.device, non_blocking=True) for t in targets]
@@ -150,7 +142,15 @@ def targets_to_device(targets, cfg):
 DATA_BOUND_SHARE = 0.2
 
 
-def train_one_epoch(model, loader, step_fn, optimizer, epoch, cfg, desc='train'):
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable,
+    step_fn: Callable,
+    optimizer: torch.optim.Optimizer,
+    epoch: int,
+    cfg: TrainConfig,
+    desc: str = 'train',
+) -> tuple[EpochSums, float]:
     """One pass over ``loader``: the loop every learning mode shares; returns (:class:`EpochSums` summed over
     all ranks, seconds).
 
@@ -225,7 +225,7 @@ def _shown(figures):
     return {k: f'{v:.4g}' if isinstance(v, float) else str(v) for k, v in figures.items()}
 
 
-def supervised_step(criterion, cfg, task='regression'):
+def supervised_step(criterion: nn.Module, cfg: TrainConfig, task: str = 'regression') -> Callable:
     """The step function of single-task training: ``criterion`` on the model's output; ``task`` is
     'regression' (MSE on label vectors) or 'classification' (cross-entropy, top-1 hits counted)."""
 
@@ -249,7 +249,7 @@ def supervised_step(criterion, cfg, task='regression'):
     return step
 
 
-def supervised_metrics(sums, seconds, task='regression'):
+def supervised_metrics(sums: EpochSums, seconds: float, task: str = 'regression') -> dict:
     """The log record part of a single-task epoch: {'train_loss', 'images', 'skipped_bad', 'seconds',
     'data_wait', ['train_acc1']}; the loss is averaged over all images of all ranks."""
     n = sums.images
@@ -266,7 +266,9 @@ def supervised_metrics(sums, seconds, task='regression'):
     return metrics
 
 
-def optimizer_step(loss, optimizer, epoch, it, what_to_lower):
+def optimizer_step(
+    loss: torch.Tensor, optimizer: torch.optim.Optimizer, epoch: int, it: int, what_to_lower: str
+) -> None:
     """Backpropagate ``loss`` and step.  A non-finite loss stops the run with a message saying what to lower:
     inside :func:`train_one_epoch` it is noted on the device and reported at the next log interval (no host
     synchronisation per step); called on its own, it is checked at once."""
@@ -282,7 +284,7 @@ def optimizer_step(loss, optimizer, epoch, it, what_to_lower):
     optimizer.step()
 
 
-def batch_norm_in_training(model):
+def batch_norm_in_training(model: nn.Module) -> list[nn.Module]:
     """The BatchNorm layers of ``model`` that train mode makes normalise over the batch (none of them can take a
     batch of one image)."""
     return [m for m in unwrap(model).modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
@@ -297,7 +299,7 @@ def _first_image(dataset):
     return os.path.join(getattr(dataset, 'root', ''), rel[0]) if rel else None
 
 
-def check_trainable(train_set, cfg, arch=None, flag='-t'):
+def check_trainable(train_set: Any, cfg: TrainConfig, arch: str | None = None, flag: str = '-t') -> None:
     """Refuse, before a run folder is made, a training set of fewer than 2 images (named) and ``-b 1`` with an
     architecture whose BatchNorm layers train (a batch of one image: "Expected more than 1 value per channel")."""
     n = len(train_set) if train_set is not None else None
@@ -326,7 +328,9 @@ def _freeze_encoder_modes(model):
 
 
 @torch.no_grad()
-def evaluate_regression(model, loader, criterion, cfg, prefix='val'):
+def evaluate_regression(
+    model: nn.Module, loader: Iterable, criterion: nn.Module, cfg: TrainConfig, prefix: str = 'val'
+) -> dict:
     """MSE and R^2 of label-vector predictions: {'val_loss', 'val_r2', 'val_images'}.
 
     R^2 = 1 - sum((y - y_hat)^2) / sum((y - mean_y)^2), the mean taken per output over the whole set.
@@ -356,7 +360,9 @@ def evaluate_regression(model, loader, criterion, cfg, prefix='val'):
 
 
 @torch.no_grad()
-def evaluate_classification(model, loader, criterion, cfg, num_classes, prefix='val'):
+def evaluate_classification(
+    model: nn.Module, loader: Iterable, criterion: nn.Module, cfg: TrainConfig, num_classes: int, prefix: str = 'val'
+) -> tuple[dict, np.ndarray]:
     """Loss, top-1 and top-k (k = min(5, classes)) accuracy, and the confusion matrix [K, K] (rows = truth)."""
     model.eval()
     k = min(5, num_classes)
@@ -391,7 +397,7 @@ def evaluate_classification(model, loader, criterion, cfg, num_classes, prefix='
     )
 
 
-def data_wait_note(record, cfg):
+def data_wait_note(record: dict, cfg: TrainConfig) -> str | None:
     """A line for the log when the epoch spent more than :data:`DATA_BOUND_SHARE` of its time waiting for the
     loader (the loader, not the model, set the pace), else None."""
     share = record.get('data_wait')
@@ -404,7 +410,7 @@ def data_wait_note(record, cfg):
     )
 
 
-def format_metrics(record):
+def format_metrics(record: dict) -> str:
     parts = []
     for k, v in record.items():
         if isinstance(v, float):
@@ -414,164 +420,7 @@ def format_metrics(record):
     return ' '.join(parts)
 
 
-class EpochSampler(torch.utils.data.Sampler):
-    """The samples of one epoch on one rank, each yielded as ``(index, data_epoch, seed)``.
-
-    The epoch travels with every index, so that loader workers kept alive across epochs (persistent workers,
-    forked once) still draw epoch ``e``'s images of a dataset whose ``set_epoch`` the parent called after they
-    were forked (:class:`util.train.datasets.GeneratedPH`); ``seed`` makes each sample's augmentation a
-    function of (seed, epoch, index) alone, whichever worker loads it.  The order is a permutation drawn from
-    ``seed`` (shared by all ranks); under DDP each rank takes every ``world_size``-th sample after the order
-    is cut (``drop_last``) or padded by wrapping around to a multiple of ``world_size``, as DistributedSampler
-    does.
-    """
-
-    def __init__(self, n, shuffle=True, rank=0, world_size=1, drop_last=False):
-        self.n, self.shuffle, self.rank, self.world_size, self.drop_last = n, shuffle, rank, world_size, drop_last
-        self.seed, self.data_epoch = 0, None
-
-    def set_epoch(self, seed, data_epoch=None):
-        self.seed, self.data_epoch = int(seed), data_epoch
-
-    def _order(self):
-        if self.shuffle:
-            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed)).tolist()
-        else:
-            order = list(range(self.n))
-        if self.world_size > 1:
-            if self.drop_last:
-                order = order[: self.n // self.world_size * self.world_size]
-            elif order:
-                total = -(-self.n // self.world_size) * self.world_size
-                order = (order * (-(-total // len(order))))[:total]
-            order = order[self.rank :: self.world_size]
-        return order
-
-    def __len__(self):
-        if self.world_size == 1:
-            return self.n
-        return self.n // self.world_size if self.drop_last else -(-self.n // self.world_size)
-
-    def __iter__(self):
-        for i in self._order():
-            yield i, self.data_epoch, self.seed
-
-
-class KeyedSamples(torch.utils.data.Dataset):
-    """``dataset`` indexed by the keys of :class:`EpochSampler`: sets the dataset's epoch in this (worker)
-    process and seeds torch, numpy and ``random`` from (seed, index) before loading the sample (in the main
-    process, with no workers, the RNG states are put back afterwards)."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, key):
-        index, data_epoch, seed = key
-        if data_epoch is not None and getattr(self.dataset, 'epoch', data_epoch) != data_epoch:
-            self.dataset.set_epoch(data_epoch)
-        in_main = torch.utils.data.get_worker_info() is None
-        if in_main:
-            saved = torch.get_rng_state(), np.random.get_state(), random.getstate()
-        _seed_sample((seed * 1_000_033 + index * 104_729 + 17) % 2**63)
-        try:
-            return self.dataset[index]
-        finally:
-            if in_main:
-                torch.set_rng_state(saved[0])
-                np.random.set_state(saved[1])
-                random.setstate(saved[2])
-
-
-def _seed_sample(seed):
-    """Seed ``random``, numpy's global RNG and torch's CPU generator (what augmentation draws from).
-    ``torch.manual_seed`` would also queue seeds for CUDA/XPU/MTIA, formatting a stack trace each time: ~1 ms
-    per sample."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.default_generator.manual_seed(seed)
-
-
-def _shipped(dataset):
-    """A shallow copy of ``dataset`` whose image transform gives uint8 (:func:`shipping_form`), or the dataset
-    itself when it has none to change; the dataset as given keeps returning what its transform gives."""
-    for attr in ('to_tensor', 'transform'):
-        current = getattr(dataset, attr, None)
-        if current is not None:
-            form = shipping_form(current)
-            if form is current:
-                return dataset
-            twin = copy.copy(dataset)
-            setattr(twin, attr, form)
-            if hasattr(twin, 'keep_grey'):
-                twin.keep_grey = True  # grey stays one channel until the uint8 tensor (the same values)
-            return twin
-    return dataset
-
-
-def loader_workers(cfg):
-    """``--num_workers``, or when not given the usable cores per training process on this machine minus two
-    (the training process itself and the pin-memory thread), at least 0."""
-    if cfg.num_workers is not None:
-        return cfg.num_workers
-    return default_workers()
-
-
-def make_loader(dataset, cfg, epoch, shuffle=True, train=True):
-    """The DataLoader of ``dataset`` for ``epoch``, seeded from (seed, epoch) so any epoch can be replayed exactly.
-
-    One loader per (dataset, shuffle, train) is kept in ``cfg`` for the whole run: its worker processes are
-    forked once and persist across epochs and validation passes (:func:`release_loaders` ends them; ``fit``
-    does at its end).  Every call sets the epoch its next pass yields (:class:`EpochSampler`, which also
-    carries the dataset's own epoch, e.g. ``GeneratedPH.set_epoch`` called in this process).  Images travel
-    as uint8 (:func:`_shipped`) and are normalised on the device by :func:`to_device`.  Under DDP the training
-    samples are split between ranks.  Training drops the last incomplete batch when the set holds at least one
-    full batch (BatchNorm needs more than one sample).
-    """
-    from torch.utils.data import DataLoader
-
-    cache = cfg.__dict__.setdefault('_loaders', {})
-    key = (id(dataset), bool(shuffle), bool(train))
-    loader = cache.get(key)
-    if loader is None:
-        workers = loader_workers(cfg)
-        world = max(1, cfg.world_size) if cfg.distributed and train else 1
-        drop_last = train and len(dataset) >= cfg.batch_size * max(1, cfg.world_size)
-        sampler = EpochSampler(len(dataset), shuffle, cfg.rank if world > 1 else 0, world, drop_last and world > 1)
-        generator = torch.Generator()
-        generator.manual_seed(cfg.seed)
-        loader = DataLoader(
-            KeyedSamples(_shipped(dataset)),
-            batch_size=cfg.batch_size,
-            sampler=sampler,
-            num_workers=workers,
-            pin_memory=str(cfg.device).startswith('cuda'),
-            drop_last=drop_last,
-            worker_init_fn=getattr(dataset, 'worker_init', worker_init_fn),
-            generator=generator,
-            collate_fn=collate_skip_bad,
-            persistent_workers=workers > 0,
-            prefetch_factor=PREFETCH if workers > 0 else None,
-        )
-        loader.source = dataset  # held, so that id(dataset) stays this dataset's while cached
-        cache[key] = loader
-    shared = dataclasses.replace(cfg, rank=0) if cfg.rank else cfg  # the order is the same on every rank
-    loader.sampler.set_epoch(epoch_seed(shared, epoch), getattr(dataset, 'epoch', None))
-    return loader
-
-
-def release_loaders(cfg):
-    """End the persistent workers of the loaders :func:`make_loader` kept in ``cfg``."""
-    for loader in cfg.__dict__.pop('_loaders', {}).values():
-        it = getattr(loader, '_iterator', None)
-        if it is not None and hasattr(it, '_shutdown_workers'):
-            it._shutdown_workers()
-        loader._iterator = None
-
-
-def prepare_model(model, cfg):
+def prepare_model(model: nn.Module, cfg: TrainConfig) -> nn.Module:
     """Move to the device (channels-last when asked) and wrap in DDP when distributed."""
     model = model.to(cfg.device)
     if cfg.channels_last:
@@ -583,23 +432,23 @@ def prepare_model(model, cfg):
 
 
 def fit(
-    model,
-    criterion,
-    train_set,
-    cfg,
+    model: nn.Module,
+    criterion: nn.Module | None,
+    train_set: Any,
+    cfg: TrainConfig,
     *,
-    run_dir,
-    lr,
-    task,
-    weights_name,
-    evaluate=None,
-    checkpoint=None,
-    params=None,
-    train_epoch=None,
-    tags=None,
-    export=None,
-    meta=None,
-):
+    run_dir: str,
+    lr: float,
+    task: str,
+    weights_name: str,
+    evaluate: Callable | None = None,
+    checkpoint: dict | None = None,
+    params: list | None = None,
+    train_epoch: Callable | None = None,
+    tags: dict | None = None,
+    export: Callable | None = None,
+    meta: dict | None = None,
+) -> list[dict]:
     """The epoch loop shared by both scripts; returns the list of per-epoch records.
 
     Per epoch: train, step the schedule, ``evaluate(model, epoch) -> dict`` on rank 0, append a record to

@@ -28,19 +28,23 @@ Classifiers (modes other than pretraining) write ``ft_{usenet}_epoch{E}.pth`` (a
 classifier alone, which torchvision's constructor with ``num_classes=K`` loads) and ``classes.json`` next to it.
 """
 
+from __future__ import annotations
+
 import os
 import sys
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
 
 from torch import nn
 
 import models
 from models import timm_backend
 from models.two_heads import PHOutput, TwoHeads
-from util.config import record, resolve_num_classes
+from util.config import RunConfig, record, resolve_num_classes
 from util.errors import UserError
 from util.io import fileio
-from util.train import contrastive, distributed, engine, runs, sources, tensorboard_log
+from util.train import contrastive, distributed, engine, loaders, runs, sources, tensorboard_log
 from util.train.reports import pictures, write_evaluation
 from util.train.sources import build_sets, check_class_layout, resolve_val
 from util.train.two_task import train_alternating_epoch, train_simultaneous_epoch
@@ -71,7 +75,7 @@ def _class_sets(run, need_train):
     return train_set, val_set, classes, _resolve_classes(run, classes, resolve_val(data))
 
 
-def run(run_cfg):
+def run(run_cfg: RunConfig) -> int:
     """Run the mode ``run_cfg.learning_mode`` (a :class:`util.config.RunConfig` built by util/cli/build.py) in
     this process, on the device set-up decided at start."""
     cfg = distributed.init_distributed(run_cfg.train)
@@ -80,7 +84,7 @@ def run(run_cfg):
     return 0
 
 
-def check_run(run_cfg):
+def check_run(run_cfg: RunConfig) -> None:
     """What only torch and timm can tell about the run configuration, checked before any process starts, any
     data are read or any folder is made: ``--device`` (and ``-p nccl``) can be used here, and a timm ViT's
     patches tile the ``--crop_size`` images it is built for."""
@@ -94,7 +98,7 @@ def _tags(run, phase):
     return {'mode': run.learning_mode, 'phase': phase}
 
 
-def open_run(run, kind, facts, run_dir=None):
+def open_run(run: RunConfig, kind: str, facts: dict, run_dir: str | None = None) -> tuple[str, dict | None, dict]:
     """(run_dir, checkpoint or None, facts with ``run_dir``): the folder ``--resume`` names (refusing a
     checkpoint of another mode), else ``run_dir`` (created), else a fresh dated folder under -o; records the
     settings and ``facts`` there."""
@@ -123,11 +127,35 @@ def _resumed_epoch(checkpoint):
     return None if checkpoint is None else int(checkpoint['epoch'])
 
 
-def _start(run, facts, kind, run_dir, train_set, classes, message=None, titles=None):
+@dataclass(frozen=True)
+class RunContext:
+    """What a run (or a phase of -lm combined) trains with once its folder is open: ``run`` (-nc and -npc
+    resolved), ``facts`` (what it found and records beside the flags: its folder, label statistics), ``run_dir``,
+    ``phase`` (the ``phase`` of its log records and checkpoints) and the ``checkpoint`` it resumes (None: a fresh
+    run)."""
+
+    run: RunConfig
+    facts: dict
+    run_dir: str
+    phase: str
+    checkpoint: dict | None = None
+
+
+def _start(
+    run: RunConfig,
+    kind: str,
+    train_set: Any,
+    classes: list | None,
+    *,
+    facts: dict | None = None,
+    run_dir: str | None = None,
+    message: str | None = None,
+    titles: Callable | None = None,
+) -> RunContext:
     """Open the run folder, and on rank 0 write classes.json, say ``message`` and save the picture of the
-    first training samples (-oti) of a fresh run. Returns (run_dir, checkpoint or None, facts)."""
+    first training samples (-oti) of a fresh run. Returns the run's :class:`RunContext` (phase: ``run.phase``)."""
     engine.check_trainable(train_set, run.train, run.model.usenet)  # before the run folder: a lone image, -b 1
-    run_dir, checkpoint, facts = open_run(run, kind, facts, run_dir)
+    run_dir, checkpoint, facts = open_run(run, kind, facts or {}, run_dir)
     if distributed.is_main(run.train):
         if classes is not None:
             fileio.write_json(os.path.join(run_dir, 'classes.json'), classes)
@@ -137,22 +165,35 @@ def _start(run, facts, kind, run_dir, train_set, classes, message=None, titles=N
             runs.save_sample_grid(
                 train_set, run.output_training_images, os.path.join(run_dir, 'training_samples.png'), titles=titles
             )
-    return run_dir, checkpoint, facts
+    return RunContext(run, facts, run_dir, run.phase, checkpoint)
 
 
-def _fit(model, criterion, train_set, run, facts, run_dir, phase, **kw):
-    """:func:`util.train.engine.fit` with this run's folder, tags and checkpoint record."""
-    tags = _tags(run, phase)
+def _fit(model, criterion, train_set, ctx, **kw):
+    """:func:`util.train.engine.fit` with the run folder, tags, checkpoint record and resumed checkpoint of
+    ``ctx`` (a :class:`RunContext`)."""
+    run = ctx.run
     meta = {
-        'args': runs.jsonable(record(run, **facts)),
+        'args': runs.jsonable(record(run, **ctx.facts)),
         'arch': run.model.usenet,
         'num_outputs': run.model.numof_classes,
     }
-    return engine.fit(model, criterion, train_set, run.train, run_dir=run_dir, tags=tags, meta=meta, **kw)
+    return engine.fit(
+        model,
+        criterion,
+        train_set,
+        run.train,
+        run_dir=ctx.run_dir,
+        tags=_tags(run, ctx.phase),
+        meta=meta,
+        checkpoint=ctx.checkpoint,
+        **kw,
+    )
 
 
 # --------------------------------------------------------------------------------------------- models
-def build_finetune_model(run, init_state=None, quiet=False):
+def build_finetune_model(
+    run: RunConfig, init_state: dict | None = None, quiet: bool = False
+) -> tuple[nn.Module, int | None]:
     """(model, head size read from -pw or None): the model with a fresh head of -nc outputs (-nc not given:
     see :func:`util.config.resolve_num_classes`), initialised from ``init_state`` (a state dict, e.g. the
     pretraining phase's model), else from -pw (ours / imagenet), else at random."""
@@ -216,8 +257,9 @@ def _pretraining_model(run):
 
 
 # ---------------------------------------------------------------------------------------------- runners
-def run_pretraining(run, run_dir=None, phase='pretraining'):
-    """Pretraining (PH regression, or classes with ``--label_type class``); returns (bare model, records)."""
+def run_pretraining(run: RunConfig, run_dir: str | None = None) -> tuple[nn.Module, list]:
+    """Pretraining (PH regression, or classes with ``--label_type class``) in ``run_dir`` (None: a fresh dated
+    folder under -o, or the one --resume names); returns (bare model, records)."""
     data, cfg = run.data, run.train
     classes = None
     facts = {}
@@ -235,13 +277,13 @@ def run_pretraining(run, run_dir=None, phase='pretraining'):
         print(what + (f"; {len(val_set)} validation images" if val_set is not None else ''), flush=True)
 
     model = _pretraining_model(run)
-    run_dir, checkpoint, facts = _start(
+    ctx = _start(
         run,
-        facts,
         'pretraining',
-        run_dir,
         train_set,
         classes,
+        facts=facts,
+        run_dir=run_dir,
         titles=(lambda target: classes[target]) if classes is not None else None,
     )
     model = engine.prepare_model(model, cfg)
@@ -252,37 +294,32 @@ def run_pretraining(run, run_dir=None, phase='pretraining'):
     if val_set is not None:
 
         def evaluate(bare_model, epoch):
-            loader = engine.make_loader(val_set, cfg, epoch, shuffle=False, train=False)
+            loader = loaders.make_loader(val_set, cfg, epoch, shuffle=False, train=False)
             if classes is not None:
                 return engine.evaluate_classification(bare_model, loader, criterion, cfg, len(classes))[0]
             return engine.evaluate_regression(bare_model, loader, criterion, cfg)
 
     weights_name = f'{models.file_stem(run.model.usenet)}_epoch{{epoch}}.pth'
     records = _fit(
-        model,
-        criterion,
-        train_set,
-        run,
-        facts,
-        run_dir,
-        phase,
-        lr=run.lr_pre,
-        task=task,
-        weights_name=weights_name,
-        evaluate=evaluate,
-        checkpoint=checkpoint,
+        model, criterion, train_set, ctx, lr=run.lr_pre, task=task, weights_name=weights_name, evaluate=evaluate
     )
     if distributed.is_main(cfg):
-        pictures(model, run_dir, filters=True)
-        print(
-            runs.final_message(run_dir, records, weights_name, cfg.epochs, cfg.start_epoch, _resumed_epoch(checkpoint)),
-            flush=True,
-        )
+        pictures(model, ctx.run_dir, filters=True)
+        _final_message(ctx, records, weights_name)
     return models.unwrap(model), records
 
 
-def run_finetuning(run, run_dir=None, phase='finetuning', init_state=None):
-    """Fine-tuning on the class folders of -t/-val; returns (bare model, records)."""
+def _final_message(ctx, records, weights_name):
+    cfg = ctx.run.train
+    resumed = _resumed_epoch(ctx.checkpoint)
+    print(runs.final_message(ctx.run_dir, records, weights_name, cfg.epochs, cfg.start_epoch, resumed), flush=True)
+
+
+def run_finetuning(
+    run: RunConfig, run_dir: str | None = None, init_state: dict | None = None
+) -> tuple[nn.Module, list]:
+    """Fine-tuning on the class folders of -t/-val in ``run_dir`` (as :func:`run_pretraining`), from
+    ``init_state`` (a state dict) else -pw; returns (bare model, records)."""
     cfg = run.train
     train_set, val_set, classes, run = _class_sets(run, need_train=True)
     model, run = _finetune_model(run, init_state, quiet=bool(run.resume))
@@ -292,37 +329,26 @@ def run_finetuning(run, run_dir=None, phase='finetuning', init_state=None):
         for name, p in model.named_parameters():
             p.requires_grad = name in head_names
         params = [p for p in model.parameters() if p.requires_grad]
-    run_dir, checkpoint, facts = _start(
+    ctx = _start(
         run,
-        {},
         'fine-tuning',
-        run_dir,
         train_set,
         classes,
-        f"{len(train_set)} training / {len(val_set)} validation images, {len(classes)} classes",
+        run_dir=run_dir,
+        message=f"{len(train_set)} training / {len(val_set)} validation images, {len(classes)} classes",
         titles=lambda target: classes[target],
     )
     model = engine.prepare_model(model, cfg)
-    records = _fit_classifier(
-        model,
-        train_set,
-        val_set,
-        classes,
-        run,
-        facts,
-        run_dir,
-        phase,
-        _class_eval(val_set, classes, cfg, lambda m: m),
-        checkpoint=checkpoint,
-        params=params,
-    )
+    evaluate = _class_eval(val_set, classes, cfg, lambda m: m)
+    records = _fit_classifier(model, train_set, val_set, classes, ctx, evaluate, params=params)
     return models.unwrap(model), records
 
 
-def _fit_classifier(model, train_set, val_set, classes, run, facts, run_dir, phase, evaluate, classifier=None, **kw):
+def _fit_classifier(model, train_set, val_set, classes, ctx, evaluate, classifier=None, **kw):
     """Train a classifier (or a two-head model whose ``classifier(bare model)`` is it) with the fine-tuning
     rate, writing ft_{usenet}_epoch{E}.pth; then, on rank 0, the final evaluation, the curves and the
     closing line. Returns the records."""
+    run = ctx.run
     cfg = run.train
     weights_name = f'ft_{models.file_stem(run.model.usenet)}_epoch{{epoch}}.pth'
     criterion = nn.CrossEntropyLoss() if train_set is not None else None
@@ -330,10 +356,7 @@ def _fit_classifier(model, train_set, val_set, classes, run, facts, run_dir, pha
         model,
         criterion,
         train_set,
-        run,
-        facts,
-        run_dir,
-        phase,
+        ctx,
         lr=run.lr_fine,
         task='classification',
         weights_name=weights_name,
@@ -349,20 +372,15 @@ def _fit_classifier(model, train_set, val_set, classes, run, facts, run_dir, pha
             classes,
             nn.CrossEntropyLoss(),
             cfg,
-            run_dir,
+            ctx.run_dir,
             run.learning_mode,
         )
-        pictures(None, run_dir, filters=False)
-        print(
-            runs.final_message(
-                run_dir, records, weights_name, cfg.epochs, cfg.start_epoch, _resumed_epoch(kw.get('checkpoint'))
-            ),
-            flush=True,
-        )
+        pictures(None, ctx.run_dir, filters=False)
+        _final_message(ctx, records, weights_name)
     return records
 
 
-def run_evaluation(run):
+def run_evaluation(run: RunConfig) -> dict:
     """Evaluate fine-tuned weights (-pw or --resume) on -val: metrics.json, per_class.csv, confusion matrix."""
     cfg = run.train
     _, val_set, classes, run = _class_sets(run, need_train=False)
@@ -411,7 +429,7 @@ def _combined_folders(run):
     return top, found[0], found[1]
 
 
-def pretraining_phase(run):
+def pretraining_phase(run: RunConfig) -> RunConfig:
     """The pretraining phase of -lm combined: the PH task on -t2/-v2 for --epochs_pre epochs, the head of
     -nd outputs (the class folders' number with --label_type class), the encoder never frozen."""
     return replace(
@@ -424,7 +442,7 @@ def pretraining_phase(run):
     )
 
 
-def run_combined(run):
+def run_combined(run: RunConfig) -> None:
     """Pretraining phase, then fine-tuning from its weights, in ``<run>/pretraining`` and ``<run>/finetuning``."""
     cfg = run.train
     if not run.data.train:  # the fine-tuning data are checked before the (long) first phase starts
@@ -448,7 +466,7 @@ def run_combined(run):
             print(f"pretraining phase already complete ({pre_ckpt}); fine-tuning from it", flush=True)
         else:
             pre = replace(pretraining_phase(run), resume=pre_ckpt or '')
-            model, records = run_pretraining(pre, os.path.join(top, 'pretraining'), phase='pretraining')
+            model, records = run_pretraining(pre, os.path.join(top, 'pretraining'))
             done = len(records)
             if not records or records[-1]['epoch'] < run.epochs_pre:
                 return _stopped(cfg, top)
@@ -463,7 +481,7 @@ def run_combined(run):
         model=replace(run.model, path2weight=None),
         train=replace(cfg, stop_after=stop_after),
     )
-    _, records = run_finetuning(ft, os.path.join(top, 'finetuning'), phase='finetuning', init_state=init_state)
+    _, records = run_finetuning(ft, os.path.join(top, 'finetuning'), init_state=init_state)
     if records and records[-1]['epoch'] < cfg.epochs:
         return _stopped(cfg, top)
     return None
@@ -483,7 +501,7 @@ def _two_head_model(run):
 
 def _ph_eval(val_ph, criterion, cfg):
     def evaluate(bare_model, epoch):
-        loader = engine.make_loader(val_ph, cfg, epoch, shuffle=False, train=False)
+        loader = loaders.make_loader(val_ph, cfg, epoch, shuffle=False, train=False)
         return engine.evaluate_regression(PHOutput(bare_model), loader, criterion, cfg, prefix='val_ph')
 
     return evaluate
@@ -491,7 +509,7 @@ def _ph_eval(val_ph, criterion, cfg):
 
 def _class_eval(val_set, classes, cfg, classifier):
     def evaluate(bare_model, epoch):
-        loader = engine.make_loader(val_set, cfg, epoch, shuffle=False, train=False)
+        loader = loaders.make_loader(val_set, cfg, epoch, shuffle=False, train=False)
         return engine.evaluate_classification(classifier(bare_model), loader, nn.CrossEntropyLoss(), cfg, len(classes))[
             0
         ]
@@ -503,7 +521,7 @@ def _net(two_heads):
     return two_heads.net
 
 
-def run_simultaneous(run):
+def run_simultaneous(run: RunConfig) -> None:
     """One labelled folder, two heads: CE on the classes + ph_weight x MSE on PH labels of the same images."""
     data, cfg = run.data, run.train
     if not data.train:
@@ -511,42 +529,25 @@ def run_simultaneous(run):
     train_set, val_set, val_ph, classes = sources.build_simultaneous_sets(data, run.ph_dims)
     run = _resolve_classes(run, classes, resolve_val(data))
     model, run = _two_head_model(run)
-    run_dir, checkpoint, facts = _start(
+    ctx = _start(
         run,
-        {},
         'simultaneous',
-        None,
         train_set,
         classes,
-        f"{len(train_set)} training / {len(val_set)} validation images, {len(classes)} "
+        message=f"{len(train_set)} training / {len(val_set)} validation images, {len(classes)} "
         f"classes; PH labels {data.label.label_type} of dimension {run.ph_dims}, weight "
         f"{cfg.ph_weight}",
         titles=lambda target: classes[target[0]],
     )
-    model = engine.prepare_model(model, cfg)
 
     def train_epoch(m, optimizer, epoch):
-        loader = engine.make_loader(train_set, cfg, epoch, shuffle=True, train=True)
+        loader = loaders.make_loader(train_set, cfg, epoch, shuffle=True, train=True)
         return train_simultaneous_epoch(m, loader, optimizer, epoch, cfg)
 
-    class_eval, ph_eval = _class_eval(val_set, classes, cfg, _net), _ph_eval(val_ph, nn.MSELoss(), cfg)
-    _fit_classifier(
-        model,
-        None,
-        val_set,
-        classes,
-        run,
-        facts,
-        run_dir,
-        'simultaneous',
-        lambda m, e: {**class_eval(m, e), **ph_eval(m, e)},
-        classifier=_net,
-        checkpoint=checkpoint,
-        train_epoch=train_epoch,
-    )
+    _fit_two_heads(model, ctx, val_set, classes, train_epoch, _ph_eval(val_ph, nn.MSELoss(), cfg))
 
 
-def run_alternating(run):
+def run_alternating(run: RunConfig) -> None:
     """Batches alternate between the labelled folder -t (CE) and PH-labelled images (-t2 or generated; MSE)."""
     cfg = run.train
     train_set, val_set, classes, run = _class_sets(run, need_train=True)
@@ -555,44 +556,39 @@ def run_alternating(run):
 
     model, run = _two_head_model(run)
     source = 'generated on the fly' if run.ph_train is None else f'from {run.ph_train}'
-    run_dir, checkpoint, facts = _start(
+    ctx = _start(
         run,
-        {},
         'alternating',
-        None,
         train_set,
         classes,
-        f"{len(train_set)} labelled training / {len(val_set)} validation images, "
+        message=f"{len(train_set)} labelled training / {len(val_set)} validation images, "
         f"{len(classes)} classes; {len(ph_train)} PH images {source} (labels "
         f"{run.data.label.label_type}, dimension {run.ph_dims}, weight {cfg.ph_weight})",
         titles=lambda target: classes[target],
     )
-    model = engine.prepare_model(model, cfg)
 
     def train_epoch(m, optimizer, epoch):
         if hasattr(ph_train, 'set_epoch'):
             ph_train.set_epoch(epoch - 1)
-        class_loader = engine.make_loader(train_set, cfg, epoch, shuffle=True, train=True)
+        class_loader = loaders.make_loader(train_set, cfg, epoch, shuffle=True, train=True)
         return train_alternating_epoch(
-            m, class_loader, lambda: engine.make_loader(ph_train, cfg, epoch), optimizer, epoch, cfg
+            m, class_loader, lambda: loaders.make_loader(ph_train, cfg, epoch), optimizer, epoch, cfg
         )
 
+    ph_eval = _ph_eval(ph_val, nn.MSELoss(), cfg) if ph_val is not None else None
+    _fit_two_heads(model, ctx, val_set, classes, train_epoch, ph_eval)
+
+
+def _fit_two_heads(model, ctx, val_set, classes, train_epoch, ph_eval=None):
+    """The ending both two-task modes share: train the two-head ``model`` by ``train_epoch``, evaluating the
+    classifier on ``val_set`` (and the PH head by ``ph_eval``, when given) every epoch; the classifier alone is
+    what the weights files hold and what the final evaluation reports."""
+    cfg = ctx.run.train
+    model = engine.prepare_model(model, cfg)
     class_eval = _class_eval(val_set, classes, cfg, _net)
-    ph_eval = _ph_eval(ph_val, nn.MSELoss(), cfg) if ph_val is not None else (lambda m, e: {})
-    _fit_classifier(
-        model,
-        None,
-        val_set,
-        classes,
-        run,
-        facts,
-        run_dir,
-        'alternating',
-        lambda m, e: {**class_eval(m, e), **ph_eval(m, e)},
-        classifier=_net,
-        checkpoint=checkpoint,
-        train_epoch=train_epoch,
-    )
+    ph_eval = ph_eval or (lambda m, e: {})
+    evaluate = lambda m, e: {**class_eval(m, e), **ph_eval(m, e)}  # noqa: E731
+    _fit_classifier(model, None, val_set, classes, ctx, evaluate, classifier=_net, train_epoch=train_epoch)
 
 
 def _run_pretraining_mode(run):

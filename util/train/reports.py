@@ -11,9 +11,9 @@ import numpy as np
 
 from models import unwrap
 from util.io import fileio
-from util.train import engine
+from util.io.runlog import LOG_NAME
+from util.train import engine, loaders
 from util.train.distributed import is_main
-from util.train.runs import LOG_NAME
 
 if TYPE_CHECKING:
     from torch import nn
@@ -36,11 +36,11 @@ def write_evaluation(
     Rank 0 alone evaluates and writes (under torchrun the other ranks return {} at once)."""
     if not is_main(cfg):
         return {}
-    loader = engine.make_loader(val_set, cfg, 0, shuffle=False, train=False)
+    loader = loaders.make_loader(val_set, cfg, 0, shuffle=False, train=False)
     try:
         metrics, cm = engine.evaluate_classification(model, loader, criterion, cfg, len(classes))
     finally:
-        engine.release_loaders(cfg)  # after the training loop: its workers are not needed again
+        loaders.release_loaders(cfg)  # after the training loop: its workers are not needed again
     per_class = np.divide(np.diag(cm), cm.sum(1), out=np.full(len(classes), np.nan), where=cm.sum(1) > 0)
     fileio.write_csv(
         os.path.join(run_dir, 'per_class.csv'),

@@ -1,10 +1,13 @@
 """Run folders, the per-epoch log, checkpoints (save / restore by key) and weights files."""
 
+from __future__ import annotations
+
 import datetime
-import errno
 import json
 import os
 import random
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -15,11 +18,15 @@ from util.io import fileio
 from util.train.distributed import broadcast_object, is_main
 from util.train.transforms import IMAGENET_MEAN, IMAGENET_STD
 
+if TYPE_CHECKING:
+    from torch import nn
+
+    from util.config import TrainConfig
+
 CHECKPOINT_NAME = 'checkpoint.pth'
-LOG_NAME = 'log.jsonl'
 
 
-def make_run_dir(output, cfg):
+def make_run_dir(output: str, cfg: TrainConfig) -> str:
     """Create a fresh dated folder under ``output`` (``YYYY_MMDD_HHMM``, suffixed ``_2``, ... when taken).
 
     Never reuses an existing folder. Rank 0 creates it; every rank gets its path.
@@ -41,7 +48,7 @@ def make_run_dir(output, cfg):
     return broadcast_object(path, cfg)
 
 
-def resolve_resume(path):
+def resolve_resume(path: str) -> str:
     """``--resume`` may name a checkpoint file or the run folder holding ``checkpoint.pth``."""
     if os.path.isdir(path):
         path = os.path.join(path, CHECKPOINT_NAME)
@@ -50,7 +57,7 @@ def resolve_resume(path):
     return path
 
 
-def jsonable(settings):
+def jsonable(settings: dict) -> dict:
     """A dict of settings (e.g. ``vars(args)``) reduced to JSON-able builtins (what checkpoints and args.json
     store)."""
     out = {}
@@ -64,55 +71,7 @@ def jsonable(settings):
     return out
 
 
-class RunLogger:
-    """Per-epoch JSON-lines log, rank 0 only (TensorBoard, when asked: :mod:`util.train.tensorboard_log`)."""
-
-    def __init__(self, run_dir, enabled=True):
-        self.path = os.path.join(run_dir, LOG_NAME)
-        self.enabled = enabled
-
-    def log(self, record):
-        if not self.enabled:
-            return
-        data = (json.dumps(record, sort_keys=True) + '\n').encode('utf-8')
-        try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                start = os.lseek(fd, 0, os.SEEK_END)
-                try:
-                    if os.write(fd, data) != len(data):
-                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-                except OSError:
-                    os.ftruncate(fd, start)  # never leave half a record for the next one to be glued to
-                    raise
-            finally:
-                os.close(fd)
-        except OSError as e:
-            raise UserError(
-                f"cannot write {self.path}: {e.strerror}; make room, then continue with --resume "
-                f"{os.path.dirname(self.path)}"
-            ) from None
-
-    def truncate_after(self, epoch):
-        """Drop records of epochs after ``epoch`` (a resumed run repeats them)."""
-        if not (self.enabled and os.path.exists(self.path)):
-            return
-        keep = []
-        with open(self.path, encoding='utf-8') as f:
-            for line in f:
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue
-                if rec.get('epoch', 0) <= epoch:
-                    keep.append(json.dumps(rec, sort_keys=True))
-        fileio.write_text(self.path, ''.join(k + '\n' for k in keep))
-
-    def close(self):
-        pass
-
-
-def rng_state():
+def rng_state() -> dict:
     """Every RNG's state as tensors/builtins (loadable with weights_only=True)."""
     np_state = np.random.get_state()
     state = {
@@ -125,7 +84,7 @@ def rng_state():
     return state
 
 
-def set_rng_state(state):
+def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state['torch'])
     name, keys, pos, has_gauss, cached = state['numpy']
     np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
@@ -144,7 +103,9 @@ def _list_to_tuple(x):
     return tuple(_list_to_tuple(v) for v in x) if isinstance(x, (tuple, list)) else x
 
 
-def save_checkpoint(run_dir, model, optimizer, scheduler, epoch, meta=None):
+def save_checkpoint(
+    run_dir: str, model: nn.Module, optimizer: Any, scheduler: Any, epoch: int, meta: dict | None = None
+) -> None:
     """Write ``checkpoint.pth`` (atomically): model, optimizer, lr_scheduler, epoch, RNG, and ``meta`` (builtins:
     the run's ``args``, ``arch``, ``num_outputs``, ``mode``, ``phase``)."""
     state = {
@@ -160,7 +121,7 @@ def save_checkpoint(run_dir, model, optimizer, scheduler, epoch, meta=None):
     fileio.torch_save(state, os.path.join(run_dir, CHECKPOINT_NAME))
 
 
-def load_checkpoint(path, map_location='cpu'):
+def load_checkpoint(path: str, map_location: str = 'cpu') -> dict:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # weights_only refuses anything but tensors and builtins
@@ -168,12 +129,12 @@ def load_checkpoint(path, map_location='cpu'):
         raise UserError(f"cannot load checkpoint {path!r} safely: {first}") from None
 
 
-def save_weights(path, model):
+def save_weights(path: str, model: nn.Module) -> None:
     """A plain state_dict, loadable by ``torchvision.models.<arch>(num_classes=D).load_state_dict``."""
     fileio.torch_save(unwrap(model).state_dict(), path)
 
 
-def open_checkpoint(resume, kind, arch):
+def open_checkpoint(resume: str, kind: str, arch: str) -> tuple[str, dict]:
     """``--resume``: (the run folder, its checkpoint dict), refusing a file that is not a ``kind`` checkpoint
     of architecture ``arch``."""
     path = resolve_resume(resume)
@@ -236,7 +197,7 @@ def _same_setting(before, now):
     return False
 
 
-def resume_changes(recorded, now, done_epoch):
+def resume_changes(recorded: dict, now: dict, done_epoch: int) -> list[str]:
     """The changes ``now`` (settings of this invocation) makes to ``recorded`` (the run's settings) that would
     alter the experiment, as ``['--key: old -> new', ...]``; ``epochs`` may change but not below ``done_epoch``,
     ``epochs_pre`` may only grow; the keys of :data:`RESUME_FREE` may change freely."""
@@ -277,7 +238,7 @@ def _stored_outputs(checkpoint, arch):
         return None
 
 
-def check_resume(run_dir, checkpoint, now):
+def check_resume(run_dir: str, checkpoint: dict, now: dict) -> None:
     """Refuse (UserError listing them) changes that alter the experiment against the run's ``args.json`` and
     against the settings the checkpoint itself records (a checkpoint of another run, copied in, is refused by
     its own settings); refuse a checkpoint whose model head is not of the size this run builds (-nc)."""
@@ -302,13 +263,20 @@ def check_resume(run_dir, checkpoint, now):
         )
 
 
-def write_settings(run_dir, settings, checkpoint=None):
+def write_settings(run_dir: str, settings: dict, checkpoint: dict | None = None) -> None:
     """``args.json`` of a fresh run, or ``args_resume_epoch{E}.json`` when continuing ``checkpoint``."""
     name = 'args.json' if checkpoint is None else f"args_resume_epoch{checkpoint['epoch'] + 1}.json"
     fileio.write_json(os.path.join(run_dir, name), jsonable(settings))
 
 
-def final_message(run_dir, records, weights_name, epochs, start_epoch=1, resumed_epoch=None):
+def final_message(
+    run_dir: str,
+    records: list[dict],
+    weights_name: str,
+    epochs: int,
+    start_epoch: int = 1,
+    resumed_epoch: int | None = None,
+) -> str:
     """The closing line: where the final weights are, or how to continue a run stopped early.
 
     ``resumed_epoch``: the last epoch of the checkpoint this invocation resumed (None for a fresh run)."""
@@ -326,7 +294,7 @@ def final_message(run_dir, records, weights_name, epochs, start_epoch=1, resumed
     return f"stopped after epoch {last} of {epochs}; continue with --resume {run_dir}"
 
 
-def save_sample_grid(dataset, n, path, titles=None):
+def save_sample_grid(dataset: Any, n: int, path: str, titles: Callable | None = None) -> None:
     """A picture of the first ``n`` samples of ``dataset`` as the network sees them (undecodable ones skipped).
 
     ``titles``: optional function of a sample's target giving its caption.
@@ -344,7 +312,7 @@ def save_sample_grid(dataset, n, path, titles=None):
         )
 
 
-def read_classes(path):
+def read_classes(path: str) -> list[str] | None:
     """Class names from ``classes.json`` (a JSON list, as fine-tuning writes it) or a text file with one name
     per line."""
     try:
@@ -373,7 +341,7 @@ def _run_args(folder):
     return data if isinstance(data, dict) else None
 
 
-def regression_weights(path, meta=None):
+def regression_weights(path: str, meta: dict | None = None) -> str | None:
     """Why the weights file ``path`` is a pretraining (PH regression) model and no classifier, or None when
     nothing says so.  Told by the checkpoint's own ``mode``/``phase`` (``meta``: its entries other than tensors),
     else by the ``args.json`` of the run that wrote it (its folder; a combined run's ``pretraining/`` phase
