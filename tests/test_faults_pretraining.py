@@ -463,8 +463,9 @@ def _val_rows_equal_train_rows(argv, ph, label_type, names, dim):
 
 @case(
     'pretraining',
-    '-pd -pc label matrix of several filtrations (also written over a single-filtration one)',
-    'exit 2 naming --filtration A B when the run gives one (no traceback, no run folder); with --filtration A B '
+    '-pd -pc label matrix of several filtrations (PHdict refuses to write them over a single-filtration one)',
+    'PHdict: exit 2 naming -o, that folder untouched; pretraining: exit 2 naming --filtration A B when the run '
+    'gives one (no traceback, no run folder); with --filtration A B '
     'exit 0, and -val labels computed in the loader equal the matrix rows of the same images',
 )
 def _several_filtrations(ctx, script):
@@ -474,7 +475,11 @@ def _several_filtrations(ctx, script):
     ctx.outputs(out)
     names = _renamed_copies(d.gen, valx)
     flags = ['-it', 'jpg', '-nw', 1, '--label_type', 'split_image', '--numof_dims', PT_DIM // 2]
-    expect_ok(run('PHdict', d.gen, '-o', ph, *flags))  # one filtration first, then two into the same folder
+    one = ctx.tmp / 'one'
+    expect_ok(run('PHdict', d.gen, '-o', one, *flags))  # one filtration's folder: two are not written over it
+    before = tree_digests(one)
+    expect_error(run('PHdict', d.gen, '-o', one, *flags, '--filtration', 'signed_distance', 'none'), '-o', one)
+    assert tree_digests(one) == before
     res = expect_ok(run('PHdict', d.gen, '-o', ph, *flags, '--filtration', 'signed_distance', 'none'))
     assert f'-nc {PT_DIM}' in res.out, res
     base = ['-t', d.gen, '-pd', ph, '-pc', '--label_type', 'split_image', '-nc', PT_DIM, '-e', 1, '-b', 8, *TINY]
