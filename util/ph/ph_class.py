@@ -156,7 +156,9 @@ class OneHotRows:
         return self.shape[0]
 
     def __getitem__(self, index):
-        return one_hot(np.atleast_1d(self.ids[index]), self.shape[1])[0 if np.ndim(self.ids[index]) == 0 else ...]
+        ids = self.ids[index]
+        rows = one_hot(np.atleast_1d(ids), self.shape[1])
+        return rows[0] if np.ndim(ids) == 0 else rows
 
 
 def check_class_ids(ids: np.ndarray, k: int, where: str) -> np.ndarray:
