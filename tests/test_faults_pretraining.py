@@ -702,8 +702,24 @@ def _ph_class_nc(ctx, script):
     d = ctx.data
     ph = ctx.tmp / 'ph'
     ctx.inputs(d.gen)
-    expect_ok(run('PHdict', d.gen, '-o', ph, '-it', 'jpg', '-nw', 1, '--label_type', 'ph_class', '--ph_classes', 3,
-                  '--numof_dims', 20))
+    expect_ok(
+        run(
+            'PHdict',
+            d.gen,
+            '-o',
+            ph,
+            '-it',
+            'jpg',
+            '-nw',
+            1,
+            '--label_type',
+            'ph_class',
+            '--ph_classes',
+            3,
+            '--numof_dims',
+            20,
+        )
+    )
     out = ctx.tmp / 'out'
     base = ['-t', d.gen, '-o', out, '-e', 1, '-b', 8, '--label_type', 'ph_class', *TINY]
     expect_error(run(script, *base, '-pd', ph, '-pc', '-nc', 5), 'label dimension 3', '-nc', 'this run: 5')

@@ -271,6 +271,12 @@ def write_ph_classes(cfg: PHConfig) -> dict | None:
         write_json(js, meta)  # last: its presence means the other two are complete
         kept = False
     sizes = np.asarray(meta['params']['classes']['sizes'])
+    if sizes.min() == 0:
+        print(
+            f"warning: {int((sizes == 0).sum())} of the {k} classes are empty: the {meta['count']} labels have fewer "
+            f"distinct vectors than --ph_classes {k} (identical images?); give fewer classes",
+            file=sys.stderr,
+        )
     print(
         f"{label_names(PH_CLASS)[0]}: {meta['count']} images in {k} classes (k-means of the whitened "
         f"{label_names(base_type)[0]}, seed {cfg.seed}){'; kept' if kept else ''}; class sizes: smallest "

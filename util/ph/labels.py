@@ -22,7 +22,9 @@ from util.ph.vectorise import DERIVED_LABEL_TYPES, LABEL_TYPES
 
 def label_file_re() -> re.Pattern:
     """The names of label-matrix files (whole or shard), which PHdict.py never takes as inputs."""
-    return re.compile(r'labels_(%s)(\.shard-\d+-of-\d+)?\.npy' % '|'.join(LABEL_TYPES + DERIVED_LABEL_TYPES + ('random',)))
+    return re.compile(
+        r'labels_(%s)(\.shard-\d+-of-\d+)?\.npy' % '|'.join(LABEL_TYPES + DERIVED_LABEL_TYPES + ('random',))
+    )
 
 
 def label_names(label_type: str, k: int = 0, n: int = 1) -> tuple[str, str, str]:

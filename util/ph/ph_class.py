@@ -70,7 +70,9 @@ def kmeans_pp(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
 def kmeans(x: np.ndarray, k: int, seed: int, max_iter: int = MAX_ITER) -> tuple[np.ndarray, np.ndarray, float]:
     """Lloyd's k-means from a k-means++ seeding (``default_rng([seed, 28])``): ``(centroids [k, d], ids int64 [N],
     inertia)``, deterministic for a seed.  An empty cluster takes the point farthest from its centroid (that
-    point's cluster keeps at least one other); stops when no id changes or after ``max_iter`` iterations."""
+    point's cluster keeps at least one other), farthest-first when several are; stops when no id changes or after ``max_iter`` iterations.  The ids
+    returned are the nearest centroid of each point (ties: the lower id), as :func:`assign` gives them, so a class
+    can stay empty only when there are fewer distinct points than ``k``."""
     x = np.asarray(x, dtype=np.float64)
     n = x.shape[0]
     if not 2 <= k <= n:
@@ -81,11 +83,12 @@ def kmeans(x: np.ndarray, k: int, seed: int, max_iter: int = MAX_ITER) -> tuple[
     for _ in range(max_iter):
         new, dist = nearest(x, centres)
         counts = np.bincount(new, minlength=k)
-        for j in np.flatnonzero(counts == 0):  # refill an empty cluster from the worst-served point
+        for j in np.flatnonzero(counts == 0):  # refill an empty cluster from the worst-served point, one by one
             movable = counts[new] > 1
             far = int(np.argmax(np.where(movable, dist, -1.0)))
             counts[new[far]] -= 1
-            new[far], dist[far], counts[j] = j, 0.0, 1
+            new[far], counts[j] = j, 1
+            dist = np.minimum(dist, _sq_dist(x, x[far : far + 1])[:, 0])  # the next refill goes elsewhere
         if ids is not None and np.array_equal(new, ids):
             break
         ids = new

@@ -594,7 +594,9 @@ class PhClassVectoriser(Vectoriser):
         if self._base_vec is None:
             from util.ph.vectorise import vectoriser_from_params
 
-            self._base_vec = vectoriser_from_params({**self.base, 'label_type': self.ph_class_of}, int(self.base['dim']))
+            self._base_vec = vectoriser_from_params(
+                {**self.base, 'label_type': self.ph_class_of}, int(self.base['dim'])
+            )
         return self._base_vec
 
     def transform(self, diagrams):
