@@ -31,7 +31,8 @@ def test_kmeans_is_deterministic_and_as_good_as_sklearn_on_blobs():
 
 def test_kmeans_refills_empty_clusters(monkeypatch):
     """A seeding that leaves clusters empty (all centres on one point) ends with every cluster used, well below
-    the one-cluster inertia; with fewer distinct points than K the ids stay the nearest centroid's (as the loader assigns)."""
+    the one-cluster inertia; with fewer distinct points than K the ids stay the nearest centroid's (as the
+    loader assigns)."""
     from sklearn.datasets import make_blobs
 
     x, _ = make_blobs(n_samples=200, centers=4, n_features=3, cluster_std=0.3, random_state=1)

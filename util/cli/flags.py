@@ -595,7 +595,8 @@ def check_ph_class(args):
         return
     if mode not in ('pretraining', 'combined'):
         raise UserError(
-            f"--label_type ph_class trains its classes with cross-entropy in -lm pretraining and combined, not -lm {mode}"
+            "--label_type ph_class trains its classes with cross-entropy in -lm pretraining and combined, "
+            f"not -lm {mode}"
         )
     flag = '-t' if mode == 'pretraining' else '-t2'
     images = args.train if mode == 'pretraining' else args.ph_train

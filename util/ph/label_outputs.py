@@ -256,7 +256,8 @@ def write_ph_classes(cfg: PHConfig) -> dict | None:
         meta, kept = old, True
     else:
         matrix = np.load(bnpy, allow_pickle=False)
-        rec, ids = fit_record(matrix, k, cfg.seed, cfg.label_norm_components, cfg.label_norm_floor)
+        whitening = label_norm.compute_whiten(matrix, cfg.label_norm_components, cfg.label_norm_floor)
+        rec, ids = fit_record(matrix, k, cfg.seed, whitening, cfg.label_norm_floor)
         base = dict(base_meta['params'], dim=int(base_meta['dim']))
         keep = ('filtration', 'imgtype', 'gradient', 'size_normalise', 'target_dir', 'ph_engine', 'sources')
         meta = dict(

@@ -70,9 +70,9 @@ def kmeans_pp(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
 def kmeans(x: np.ndarray, k: int, seed: int, max_iter: int = MAX_ITER) -> tuple[np.ndarray, np.ndarray, float]:
     """Lloyd's k-means from a k-means++ seeding (``default_rng([seed, 28])``): ``(centroids [k, d], ids int64 [N],
     inertia)``, deterministic for a seed.  An empty cluster takes the point farthest from its centroid (that
-    point's cluster keeps at least one other), farthest-first when several are; stops when no id changes or after ``max_iter`` iterations.  The ids
-    returned are the nearest centroid of each point (ties: the lower id), as :func:`assign` gives them, so a class
-    can stay empty only when there are fewer distinct points than ``k``."""
+    point's cluster keeps at least one other), farthest-first when several are; stops when no id changes or after
+    ``max_iter`` iterations.  The ids returned are the nearest centroid of each point (ties: the lower id), as
+    :func:`assign` gives them, so a class can stay empty only when there are fewer distinct points than ``k``."""
     x = np.asarray(x, dtype=np.float64)
     n = x.shape[0]
     if not 2 <= k <= n:
@@ -113,13 +113,12 @@ def whitened(rec: Mapping, matrix: np.ndarray) -> np.ndarray:
     return (m - mean) @ comp.T / scales
 
 
-def fit_record(matrix: np.ndarray, k: int, seed: int, components: int, floor: float) -> tuple[dict, np.ndarray]:
-    """Whiten the label matrix ``[N, D]`` and fit ``k`` classes: ``(record, ids int64 [N])``; the record (JSON
-    builtins) holds the whitening (``mean``, ``components``, ``scales``), the ``centroids`` in whitened
-    coordinates, ``seed``, ``sizes`` (images per class) and ``inertia``."""
-    from util.ph.label_norm import compute_whiten
-
-    mean, comp, scales = compute_whiten(matrix, components, floor)
+def fit_record(matrix: np.ndarray, k: int, seed: int, whitening: tuple, floor: float) -> tuple[dict, np.ndarray]:
+    """Fit ``k`` classes to the label matrix ``[N, D]`` whitened by ``whitening`` = ``(mean, components, scales)``
+    (:func:`util.ph.label_norm.compute_whiten` of it, with ``floor``): ``(record, ids int64 [N])``; the record (JSON
+    builtins) holds the whitening, the ``centroids`` in whitened coordinates, ``seed``, ``sizes`` (images per
+    class) and ``inertia``."""
+    mean, comp, scales = (np.asarray(a, dtype=np.float64) for a in whitening)
     rec = {'mean': mean.tolist(), 'components': comp.tolist(), 'scales': scales.tolist()}
     centres, ids, inertia = kmeans(whitened(rec, matrix), int(k), seed)
     rec.update(

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
@@ -591,12 +592,13 @@ class PhClassVectoriser(Vectoriser):
                 "--label_type ph_class: the classes are the ones PHdict.py --label_type ph_class fitted; give its "
                 "folder with -pd PHDIR -pc"
             )
-        if self._base_vec is None:
-            from util.ph.vectorise import vectoriser_from_params
-
-            self._base_vec = vectoriser_from_params(
-                {**self.base, 'label_type': self.ph_class_of}, int(self.base['dim'])
-            )
+        if self._base_vec is None:  # the recorded parameters (fitted values, never 'auto') that its __init__ takes
+            cls = base.VECTORISERS.get(self.ph_class_of)
+            if cls is None:
+                raise UserError(f"ph_class: unknown --ph_class_of {self.ph_class_of!r} in its record; rerun PHdict.py")
+            takes = inspect.signature(cls.__init__).parameters
+            kwargs = {k: v for k, v in self.base.items() if k in takes and k not in ('self', 'dim')}
+            self._base_vec = cls(int(self.base['dim']), **kwargs)
         return self._base_vec
 
     def transform(self, diagrams):
