@@ -52,6 +52,7 @@ from util.errors import run_cli
 from util.io.fileio import add_max_pixels_arg
 from util.ph import cubical as ph
 from util.ph.phconfig import PHConfig
+from util.ph.vectorise import LABEL_TYPES
 
 EPILOG = """\
 outputs (under -o; <stem> = input path relative to TARGET_DIR, without extension):
@@ -64,6 +65,9 @@ outputs (under -o; <stem> = input path relative to TARGET_DIR, without extension
   labels_TYPE.json        vectoriser parameters, filtration and count
   labels_TYPE.shard-K-of-N.{npy,txt,json}
                           the same for one shard; merged into labels_TYPE.* once all N parts exist
+  labels_ph_class.{npy,txt,json}
+                          --label_type ph_class: int64 [N] class ids (k-means of labels_<--ph_class_of>.npy,
+                          whitened); the json holds the whitening and centroids that assign fresh images
   plots/<stem>.png        --plot N: image | filtration | diagram | label vector
   args.json               the arguments of the run
   settings.json           the settings of the per-file outputs present (a run with other settings for
@@ -184,12 +188,34 @@ def get_args_parser():
     )
     add_label_args(group, max_life='-ml', max_birth='-mb', bandwidth='-b', sigma='-s')
     label_flags.allow_random_choice(group)
+    label_flags.allow_ph_class_choice(
+        group,
+        "--ph_classes K pseudo-classes, k-means on the whitened (--label_norm_components, --label_norm_floor) "
+        "--ph_class_of label vectors, seeded by --seed: labels_ph_class.npy holds the class id int64 [N] per "
+        "image, labels_ph_class.json the whitening and centroids (pretraining -pd -pc trains them with "
+        "cross-entropy, -nc K)",
+    )
     group.add_argument(
         '--seed',
         type=int,
         default=PHConfig.seed,
         help="--label_type random: the seed of the targets; "
-        "pretraining.py --seed with the same value makes the same ones (default: %(default)s)",
+        "pretraining.py --seed with the same value makes the same ones; --label_type ph_class: the seed of "
+        "its k-means (default: %(default)s)",
+    )
+    group.add_argument(
+        '--ph_classes',
+        type=int,
+        default=PHConfig.ph_classes,
+        metavar='K',
+        help="--label_type ph_class: the number of classes, 2 to the number of images (default: %(default)s)",
+    )
+    group.add_argument(
+        '--ph_class_of',
+        choices=LABEL_TYPES,
+        default=PHConfig.ph_class_of,
+        help="--label_type ph_class: the label type whose vectors (length --numof_dims, written as "
+        "labels_TYPE.* too) are clustered (default: %(default)s)",
     )
     label_flags.add_norm_args(
         group,

@@ -358,5 +358,25 @@ def _mixed_filtration_folder(ctx, script):
     assert tree_digests(several, only='.npy') == {k: v for k, v in before.items() if k.endswith('.npy')}
 
 
+@case(
+    'PHdict',
+    '--label_type ph_class with --ph_classes below 2 or above the number of images (issue 28)',
+    'exit 2 before any PH: one line naming --ph_classes and the limit; no output folder',
+)
+def _ph_class_count(ctx, script):
+    d = ctx.data
+    ctx.inputs(d.gen)
+    out = ctx.tmp / 'out'
+    base = [d.gen, '-o', out, '-it', 'jpg', '-nw', 1, '--label_type', 'ph_class', '--numof_dims', 20]
+    expect_error(run(script, *base, '--ph_classes', 1), '--ph_classes must be at least 2', 'got 1')
+    expect_error(run(script, *base, '--ph_classes', 17), '--ph_classes 17', 'the 16 images', 'at most 16')
+    expect_error(
+        run(script, *base, '--ph_classes', 4, '--filtration', 'signed_distance', 'none'),
+        'ph_class',
+        'one --filtration',
+    )
+    assert not out.exists()
+
+
 data, test_fault = faultlib.data, faultlib.test_fault  # the matrix's fixture and test
 pytest_generate_tests, ledger = faultlib.matrix('PHdict')

@@ -692,3 +692,42 @@ def _contrastive_flags(ctx, script):
     for extra, words in rows:
         expect_error(run(script, *base, *extra), *words)
     assert not out.exists() and not (ctx.tmp / 'cache').exists()
+
+
+# ---- issue 28: ph_class ----
+
+
+@case(
+    'pretraining',
+    '--label_type ph_class with -nc other than its classes, or without its -pd -pc',
+    'exit 2 before any folder: one line naming the label dimension K and -nc (a K-way head only), or -pd PHDIR '
+    '-pc, or --label_norm; no run folder',
+)
+def _ph_class_nc(ctx, script):
+    d = ctx.data
+    ph = ctx.tmp / 'ph'
+    ctx.inputs(d.gen)
+    expect_ok(
+        run(
+            'PHdict',
+            d.gen,
+            '-o',
+            ph,
+            '-it',
+            'jpg',
+            '-nw',
+            1,
+            '--label_type',
+            'ph_class',
+            '--ph_classes',
+            3,
+            '--numof_dims',
+            20,
+        )
+    )
+    out = ctx.tmp / 'out'
+    base = ['-t', d.gen, '-o', out, '-e', 1, '-b', 8, '--label_type', 'ph_class', *TINY]
+    expect_error(run(script, *base, '-pd', ph, '-pc', '-nc', 5), 'label dimension 3', '-nc', 'this run: 5')
+    expect_error(run(script, *base, '-pd', ph, '-nc', 3), '--label_type ph_class', '-pd PHDIR -pc')
+    expect_error(run(script, *base, '-pd', ph, '-pc', '-nc', 3, '--label_norm', 'standard'), 'drop --label_norm')
+    assert not out.exists()

@@ -449,6 +449,11 @@ def add_mode_args(parser, default_mode):
                 "images as labels, cross-entropy instead of PH regression"
             )
     label_flags.allow_random_choice(g)
+    label_flags.allow_ph_class_choice(
+        g,
+        "the classes PHdict.py --label_type ph_class fitted (-pd PHDIR -pc; -nc its --ph_classes), trained "
+        "with cross-entropy; -val images are assigned in the loader as PHdict.py assigned the training images",
+    )
     label_flags.add_norm_args(g)
 
     g = parser.add_argument_group('on-the-fly image generation (when no image folder is given for the PH task)')
@@ -562,6 +567,7 @@ def check_mode_args(args):
         )
     check_contrastive_args(args)
     check_label_source(args)
+    check_ph_class(args)
     return args
 
 
@@ -572,6 +578,30 @@ def _auto_flags(args):
         return value == AUTO or (isinstance(value, (list, tuple)) and AUTO in value)
 
     return [name for name in AUTO_PARAMS if is_auto(getattr(args, name, None))]
+
+
+def check_ph_class(args):
+    """--label_type ph_class (util.ph.ph_class): pretraining (or -lm combined's first phase) on the classes of a
+    PHdict.py folder, read with -pd -pc; refused elsewhere, before any folder is made."""
+    from util.ph.ph_class import PH_CLASS
+
+    mode = args.learning_mode
+    if args.label_type != PH_CLASS or mode in ('finetuning', 'evaluation'):
+        return
+    if mode not in ('pretraining', 'combined'):
+        raise UserError(
+            "--label_type ph_class trains its classes with cross-entropy in -lm pretraining and combined, "
+            f"not -lm {mode}"
+        )
+    flag = '-t' if mode == 'pretraining' else '-t2'
+    images = args.train if mode == 'pretraining' else args.ph_train
+    if not (images and args.path2PHdir and args.precomputed):
+        raise UserError(
+            f"--label_type ph_class reads the classes PHdict.py --label_type ph_class fitted: give the images with "
+            f"{flag} DIR and that folder with -pd PHDIR -pc"
+        )
+    if args.label_norm != 'none':
+        raise UserError(f"--label_type ph_class trains classes with cross-entropy: drop --label_norm {args.label_norm}")
 
 
 def check_label_source(args):

@@ -22,6 +22,17 @@ def allow_random_choice(group):
             )
 
 
+def allow_ph_class_choice(group, how: str) -> None:
+    """Add 'ph_class' (:mod:`util.ph.ph_class`) to the choices of the ``--label_type`` flag of an argparse group;
+    ``how``: what it means for the script (its help's tail)."""
+    from util.ph.ph_class import PH_CLASS
+
+    for action in group._group_actions:
+        if action.dest == 'label_type':
+            action.choices = tuple(action.choices) + (PH_CLASS,)
+            action.help += f"; '{PH_CLASS}': {how}"
+
+
 def add_norm_args(group, helps: dict | None = None) -> None:
     """--label_norm, --label_norm_components and --label_norm_floor (defaults: :class:`util.config.NormConfig`);
     ``helps``: {flag name: help text} where a script words them its own way (PHdict.py writes the statistics, the

@@ -204,3 +204,83 @@ def label_diagnostics(run: Run, npy: str, txt: str, meta: dict) -> dict:
     if rows_normalised is not None:  # what the network regresses under --label_norm
         diag['after_label_norm'] = diagnostics.compute(rows_normalised, counts, params)
     return diag
+
+
+def check_ph_class(cfg: PHConfig) -> None:
+    """--label_type ph_class: refuse what cannot make K classes, before any folder exists or any work is done."""
+    from util.io.fileio import require_dir
+    from util.ph.outputs import list_inputs
+
+    k = cfg.ph_classes
+    if k < 2:
+        raise UserError(f"--ph_classes must be at least 2 (a class per image set needs two or more), got {k}")
+    if isinstance(cfg.filtration, list):
+        raise UserError(
+            f"--label_type ph_class clusters the labels of one filtration; give one --filtration, not "
+            f"{' '.join(cfg.filtration)}"
+        )
+    if cfg.label_norm_components < 1:
+        raise UserError(f"--label_norm_components must be at least 1, got {cfg.label_norm_components}")
+    if not cfg.label_norm_floor >= 0:
+        raise UserError(f"--label_norm_floor must be >= 0, got {cfg.label_norm_floor}")
+    target = require_dir(cfg.target_dir, 'target folder', flag='TARGET_DIR')
+    n = len(list_inputs(target, cfg.imgtype.lower().lstrip('.'), cfg.output))
+    if k > n:
+        raise UserError(f"--ph_classes {k} is more than the {n} images under {target}: give at most {n}")
+
+
+def write_ph_classes(cfg: PHConfig) -> dict | None:
+    """--label_type ph_class, after labels_<--ph_class_of> is complete: fit (or keep) the classes and write
+    ``labels_ph_class.{npy,txt,json}`` (:mod:`util.ph.ph_class`); prints the class sizes.  Returns the json, or
+    None while the base matrix is not complete (shards still running)."""
+    from util.io.fileio import save_npy, write_text
+    from util.io.provenance import fingerprint
+    from util.ph.ph_class import PH_CLASS, fit_record
+
+    out_dir, base_type, k = cfg.output, cfg.ph_class_of, cfg.ph_classes
+    bnpy, btxt, bjs = (os.path.join(out_dir, x) for x in label_names(base_type))
+    base_meta = read_json(bjs)
+    if base_meta is None or not (os.path.isfile(bnpy) and os.path.isfile(btxt)):
+        print(f"{label_names(PH_CLASS)[0]}: waiting for {label_names(base_type)[0]} (its shards are not all done)")
+        return None
+    npy, txt, js = (os.path.join(out_dir, x) for x in label_names(PH_CLASS))
+    fit = dict(
+        k=int(k),
+        seed=int(cfg.seed),
+        components=int(cfg.label_norm_components),
+        floor=float(cfg.label_norm_floor),
+        base_matrix=f"{os.path.basename(bnpy)} blake2b {fingerprint(bnpy)['hash']}",
+    )
+    old = read_json(js)
+    if old is not None and os.path.isfile(npy) and os.path.isfile(txt) and (old.get('params') or {}).get('fit') == fit:
+        meta, kept = old, True
+    else:
+        matrix = np.load(bnpy, allow_pickle=False)
+        whitening = label_norm.compute_whiten(matrix, cfg.label_norm_components, cfg.label_norm_floor)
+        rec, ids = fit_record(matrix, k, cfg.seed, whitening, cfg.label_norm_floor)
+        base = dict(base_meta['params'], dim=int(base_meta['dim']))
+        keep = ('filtration', 'imgtype', 'gradient', 'size_normalise', 'target_dir', 'ph_engine', 'sources')
+        meta = dict(
+            label_type=PH_CLASS,
+            params=dict(dim=int(k), ph_class_of=base_type, base=base, fit=fit, classes=rec),
+            **{key: base_meta[key] for key in keep if key in base_meta},
+            count=int(matrix.shape[0]),
+            dim=int(k),
+        )
+        save_npy(npy, ids.astype(np.int64))
+        write_text(txt, ''.join(p + '\n' for p in read_paths(btxt)))
+        write_json(js, meta)  # last: its presence means the other two are complete
+        kept = False
+    sizes = np.asarray(meta['params']['classes']['sizes'])
+    if sizes.min() == 0:
+        print(
+            f"warning: {int((sizes == 0).sum())} of the {k} classes are empty: the {meta['count']} labels have fewer "
+            f"distinct vectors than --ph_classes {k} (identical images?); give fewer classes",
+            file=sys.stderr,
+        )
+    print(
+        f"{label_names(PH_CLASS)[0]}: {meta['count']} images in {k} classes (k-means of the whitened "
+        f"{label_names(base_type)[0]}, seed {cfg.seed}){'; kept' if kept else ''}; class sizes: smallest "
+        f"{sizes.min()}, median {int(np.median(sizes))}, largest {sizes.max()}"
+    )
+    return meta

@@ -17,12 +17,14 @@ import numpy as np
 from util.errors import UserError
 from util.io.fileio import save_npy, write_json, write_text
 from util.io.provenance import changed_sources
-from util.ph.vectorise import LABEL_TYPES
+from util.ph.vectorise import DERIVED_LABEL_TYPES, LABEL_TYPES
 
 
 def label_file_re() -> re.Pattern:
     """The names of label-matrix files (whole or shard), which PHdict.py never takes as inputs."""
-    return re.compile(r'labels_(%s)(\.shard-\d+-of-\d+)?\.npy' % '|'.join(LABEL_TYPES + ('random',)))
+    return re.compile(
+        r'labels_(%s)(\.shard-\d+-of-\d+)?\.npy' % '|'.join(LABEL_TYPES + DERIVED_LABEL_TYPES + ('random',))
+    )
 
 
 def label_names(label_type: str, k: int = 0, n: int = 1) -> tuple[str, str, str]:
@@ -163,13 +165,19 @@ def find_label_matrix(ph_dir: str, label_type: str) -> tuple[str, str] | None:
 
 
 def load_label_matrix(npy: str, txt: str, expected_dim: int) -> tuple[np.ndarray, list[str]]:
-    """Load and check a consolidated label matrix: float, 2-D, finite, D == expected_dim, one name per row."""
+    """Load and check a consolidated label matrix: float, 2-D, finite, D == expected_dim, one name per row (or
+    class ids int [N] of ``labels_ph_class``, ids below ``expected_dim``: their one-hot rows,
+    :class:`util.ph.ph_class.OneHotRows`)."""
     try:
         matrix = np.load(npy, mmap_mode='r', allow_pickle=False)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot read label matrix {npy}: {e}") from None
     with open(txt, encoding='utf-8') as f:
         names = [line.rstrip('\n') for line in f if line.strip()]
+    if matrix.ndim == 1 and matrix.dtype.kind in 'iu' and matrix.shape[0] == len(names):  # ph_class: class ids
+        from util.ph.ph_class import OneHotRows, check_class_ids
+
+        return OneHotRows(check_class_ids(matrix, expected_dim, npy), expected_dim), names
     if matrix.ndim != 2 or matrix.shape[0] != len(names):
         raise UserError(f"{npy} has shape {matrix.shape} but {txt} lists {len(names)} images; rerun PHdict.py")
     if matrix.shape[1] != expected_dim:

@@ -16,6 +16,7 @@ from typing import Any, Optional, Union
 from util.io.fileio import DEFAULT_MAX_PIXELS
 from util.ph.cubical import DEFAULT_ENGINE, DEFAULT_FILTRATION
 from util.ph.label_norm import DEFAULT_COMPONENTS, DEFAULT_FLOOR
+from util.ph.ph_class import DEFAULT_CLASS_OF, DEFAULT_CLASSES
 from util.ph.vectorise import (
     DEFAULT_BANDWIDTH,
     DEFAULT_LABEL_DIM,
@@ -68,6 +69,8 @@ class PHConfig:
     label_norm: str = 'none'
     label_norm_components: int = DEFAULT_COMPONENTS
     label_norm_floor: float = DEFAULT_FLOOR
+    ph_classes: int = DEFAULT_CLASSES  # --label_type ph_class: K classes of the --ph_class_of label vectors
+    ph_class_of: str = DEFAULT_CLASS_OF
     auto_fitted: Optional[list] = None  # the 'auto' parameters fitted by this run (set by the pipeline)
     flags: tuple = ()  # ((name, value), ...) of every flag as parsed, in order
 

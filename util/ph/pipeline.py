@@ -30,7 +30,15 @@ from util.io.provenance import SOURCES_FILE, SourceLog, describe, fingerprint_be
 from util.ph import cubical as ph
 from util.ph import diagnostics
 from util.ph.autofit import AUTO_NAMES, Vectorisers, histogram_vectoriser, label_vectoriser, values, vectorisers
-from util.ph.label_outputs import diagnose, join_label_matrices, label_stats, random_labels, write_labels
+from util.ph.label_outputs import (
+    check_ph_class,
+    diagnose,
+    join_label_matrices,
+    label_stats,
+    random_labels,
+    write_labels,
+    write_ph_classes,
+)
 from util.ph.labels import label_matrix_complete, label_names, merge_label_shards, read_json
 from util.ph.outputs import (
     Outputs,
@@ -42,6 +50,7 @@ from util.ph.outputs import (
     refuse_shared_stems,
     shard_of,
 )
+from util.ph.ph_class import PH_CLASS
 from util.ph.phconfig import PHConfig, record
 from util.ph.random_targets import RANDOM
 from util.ph.settings import check_settings, output_settings
@@ -71,6 +80,8 @@ class Pictures(Protocol):
 
 def run_phdict(cfg: PHConfig, pictures: Pictures) -> int:
     """One PHdict run (or one part of several filtrations); returns the exit status."""
+    if cfg.label_type == PH_CLASS:
+        return ph_class_run(cfg, pictures)
     if isinstance(cfg.filtration, list):
         return several_filtrations(cfg, pictures)
     cfg = check_config(cfg)
@@ -89,6 +100,16 @@ def run_phdict(cfg: PHConfig, pictures: Pictures) -> int:
     results = compute(run, vecs)
     finish(run, vecs, results, pictures)
     return report(run, results)
+
+
+def ph_class_run(cfg: PHConfig, pictures: Pictures) -> int:
+    """--label_type ph_class: the run of its --ph_class_of labels (labels_T.*, resumable, sharded as any), then the
+    classes fitted on the whole matrix (util.ph.ph_class), written beside it."""
+    check_ph_class(cfg)
+    status = run_phdict(dataclasses.replace(cfg, label_type=cfg.ph_class_of), pictures)
+    if status == 0 or cfg.skip_bad:
+        write_ph_classes(cfg)
+    return status
 
 
 def several_filtrations(cfg: PHConfig, pictures: Pictures) -> int:

@@ -43,6 +43,7 @@ from util.ph.vectorise_base import (  # noqa: F401 (re-exported)
     DEFAULT_NUM_LANDSCAPES,
     DEFAULT_POWER,
     DEFAULT_SIGMA,
+    DERIVED_VECTORISERS,
     VECTORISERS,
     Vectoriser,
 )
@@ -51,6 +52,7 @@ from util.ph.vectorise_types import (  # noqa: F401 (re-exported)
     HistogramVectoriser,
     LandscapeVectoriser,
     PersistenceImageVectoriser,
+    PhClassVectoriser,
     SplitImageVectoriser,
     pixel_grid,
     pixel_masses,
@@ -63,12 +65,14 @@ if TYPE_CHECKING:
 __all__ = [
     'VECTORISERS',
     'LABEL_TYPES',
+    'DERIVED_LABEL_TYPES',
     'Vectoriser',
     'HistogramVectoriser',
     'PersistenceImageVectoriser',
     'BettiCurveVectoriser',
     'LandscapeVectoriser',
     'SplitImageVectoriser',
+    'PhClassVectoriser',
     'make_vectoriser',
     'vectoriser_from_params',
     'LABEL_FLAGS',
@@ -88,6 +92,7 @@ __all__ = [
 # construction from parameters / command-line flags
 
 LABEL_TYPES = tuple(VECTORISERS)  # ('histogram', 'persistence_image', 'betti_curve', 'landscape', 'split_image')
+DERIVED_LABEL_TYPES = tuple(DERIVED_VECTORISERS)  # ('ph_class',): fitted over a whole label matrix by PHdict.py
 
 
 def make_vectoriser(
@@ -200,6 +205,9 @@ def vectoriser_from_params(params: Mapping, dim: int, flag: str | None = None) -
     evenly is refused (:func:`check_label_dim`).
     """
     get = lambda name: params.get(name, LABEL_FLAGS[name]['default'])  # noqa: E731
+    if get('label_type') == PhClassVectoriser.label_type:  # its record (labels_ph_class.json), not label flags
+        keys = ('ph_class_of', 'base', 'classes')
+        return PhClassVectoriser(dim, **{k: params[k] for k in keys if params.get(k) is not None})
     if flag is not None:
         check_label_dim(get('label_type'), dim, flag, get('num_landscapes'))
     values = {name: get(name) for name in AUTO_PARAMS}

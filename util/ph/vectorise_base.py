@@ -17,6 +17,9 @@ from util.errors import UserError
 from util.ph.cubical import INFINITE_DEATH
 
 VECTORISERS = {}  # label type -> Vectoriser subclass, filled as the classes below are defined
+# label types derived from another one's matrix by a fit over the whole set (ph_class): not vectorisations of one
+# diagram on their own, so not in VECTORISERS (nor LABEL_TYPES); the scripts add them to --label_type's choices
+DERIVED_VECTORISERS = {}
 
 DEFAULT_MAX_LIFE = 50.0
 DEFAULT_MAX_BIRTH = 50.0
@@ -236,6 +239,7 @@ class Vectoriser:
     """
 
     label_type = None
+    derived = False  # True: registered in DERIVED_VECTORISERS
     learn_ranges = False
     auto = ()  # parameters `fit` sets from a sample of diagrams (--max_life auto ...), see fit_auto
     RANGE_PARAMS = ('max_life', 'max_birth', 'min_birth')
@@ -243,7 +247,7 @@ class Vectoriser:
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         if cls.label_type is not None:
-            VECTORISERS[cls.label_type] = cls
+            (DERIVED_VECTORISERS if cls.derived else VECTORISERS)[cls.label_type] = cls
 
     def get_params(self, deep=True):
         raise NotImplementedError

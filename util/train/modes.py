@@ -288,7 +288,8 @@ def run_pretraining(run: RunConfig, run_dir: str | None = None) -> tuple[nn.Modu
     )
     model = engine.prepare_model(model, cfg)
     task = 'classification' if classes is not None else 'regression'
-    criterion = nn.CrossEntropyLoss() if classes is not None else nn.MSELoss()
+    ph_class = data.label.label_type == 'ph_class'  # one-hot class rows (util.ph.ph_class): cross-entropy
+    criterion = nn.CrossEntropyLoss() if classes is not None or ph_class else nn.MSELoss()
 
     evaluate = None
     if val_set is not None:
