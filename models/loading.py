@@ -159,9 +159,20 @@ def classifier_state(state_dict: dict) -> dict:
     return state_dict
 
 
+def classifier_weights(source: str | os.PathLike | dict | Weights) -> Weights:
+    """A weights file (or state dict / checkpoint dict) read once, reduced to its classifier's tensors when it is a
+    two-head model's (:func:`classifier_state`: the checkpoint.pth of -lm contrastive, simultaneous or
+    alternating), so that :func:`models.infer_num_classes` and :func:`load_for` see the network's own head."""
+    weights = as_state_dict(source)
+    classifier = classifier_state(weights.state_dict)
+    if classifier is not weights.state_dict:
+        weights = Weights(classifier, weights.meta, weights.source + ' (its classifier)')
+    return weights
+
+
 def load_for(
     arch: str,
-    source: str | os.PathLike | dict | None = None,
+    source: str | os.PathLike | dict | Weights | None = None,
     num_classes: int | None = None,
     *,
     verbose: bool = False,
@@ -196,10 +207,7 @@ def load_for(
             'num_classes': num_classes,
             'stored_classes': None,
         }
-    weights = as_state_dict(source)
-    classifier = classifier_state(weights.state_dict)
-    if classifier is not weights.state_dict:
-        weights = Weights(classifier, weights.meta, weights.source + ' (its classifier)')
+    weights = classifier_weights(source)
     try:
         stored = infer_num_classes(weights, arch)
     except UserError:

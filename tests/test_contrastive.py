@@ -172,3 +172,34 @@ def test_weights_load_in_finetuning(runs_dir, which, tmp_path):
 
     model, report = models.load_for('resnet18', os.path.join(run_dir, 'checkpoint.pth'), 2)
     assert report['loaded'] == len(sd) - 2 and torch.equal(model.conv1.weight, sd['conv1.weight'])
+
+
+@pytest.mark.slow
+def test_checkpoint_as_pretrained_weights(runs_dir, tmp_path):
+    """finetuning.py -pw <contrastive run>/checkpoint.pth starts like -pw resnet18_epoch1.pth: the network's tensors
+    loaded (not the projection head), a fresh head of -nc outputs, the PH head's size recorded as -npc."""
+    run_dir, _ = runs_dir['l1']
+    sd = torch.load(os.path.join(run_dir, 'resnet18_epoch1.pth'), weights_only=True)
+    ck = os.path.join(run_dir, 'checkpoint.pth')
+    train, val = runs_dir['task']
+    res = expect_ok(run('finetuning', '-t', train, '-val', val, '-pw', ck, '-o', tmp_path / 'ft', *TINY))
+    assert f'initialised from {ck}: {len(sd) - 2} tensors loaded, head re-initialised' in res.out
+    with open(os.path.join(only_run_dir(tmp_path / 'ft'), 'args.json')) as f:
+        assert json.load(f)['numof_pretrained_classes'] == D
+
+
+@pytest.mark.slow
+def test_two_head_checkpoint_as_pretrained_weights(runs_dir, tmp_path):
+    """So does the checkpoint.pth of -lm simultaneous / alternating (a classifier ``net.*`` beside ``ph_head.*``):
+    its classifier is loaded, head included when -nc matches it."""
+    from models.two_heads import TwoHeads
+
+    net = torchvision.models.resnet18(num_classes=2)
+    model = TwoHeads(net, D)
+    ck = tmp_path / 'checkpoint.pth'
+    torch.save({'model': model.state_dict(), 'epoch': 3, 'mode': 'simultaneous', 'arch': 'resnet18'}, ck)
+    train, val = runs_dir['task']
+    res = expect_ok(run('finetuning', '-t', train, '-val', val, '-pw', ck, '-o', tmp_path / 'ft', *TINY))
+    assert f'initialised from {ck}: {len(net.state_dict())} tensors loaded, head kept' in res.out
+    with open(os.path.join(only_run_dir(tmp_path / 'ft'), 'args.json')) as f:
+        assert json.load(f)['numof_pretrained_classes'] == 2

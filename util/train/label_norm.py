@@ -2,6 +2,10 @@
 here for the data sources): the z-scored (or whitened) pretraining dataset and the label sample the statistics are
 estimated from when there is no label matrix."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from util.errors import UserError
@@ -23,6 +27,9 @@ from util.ph.label_norm import (  # noqa: F401  (the data sources call them thro
     whiten_from_record,
     whiten_record,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 SAMPLE_IMAGES = 512  # labels computed to estimate the statistics when there is no label matrix
 
@@ -56,7 +63,7 @@ class Standardised:
         return getattr(self.base, name)
 
 
-def sample_labels(dataset, n=SAMPLE_IMAGES):
+def sample_labels(dataset: Sequence, n: int = SAMPLE_IMAGES) -> np.ndarray:
     """Labels ``[<=n, D]`` of the first ``n`` items of a pretraining dataset (bad images skipped)."""
     rows = []
     for i in range(min(n, len(dataset))):

@@ -40,6 +40,7 @@ from torch import nn
 
 import models
 from models import timm_backend
+from models.loading import classifier_weights
 from models.two_heads import PHOutput, TwoHeads
 from util.config import RunConfig, record, resolve_num_classes
 from util.errors import UserError
@@ -220,14 +221,15 @@ def build_finetune_model(
         return model, None
     if not os.path.isfile(pw):
         raise UserError(f"-pw {pw!r}: no such weights file")
-    stored = models.infer_num_classes(pw, m.usenet)
+    weights = classifier_weights(pw)  # read once; a two-head checkpoint (contrastive, simultaneous) by its network
+    stored = models.infer_num_classes(weights, m.usenet)
     if m.numof_pretrained_classes is not None and m.numof_pretrained_classes != stored:
         raise UserError(
             f"-npc {m.numof_pretrained_classes} but {pw} has a head of {stored} outputs; "
             f"drop -npc (it is read from the file)"
         )
     model, report = models.load_for(
-        m.usenet, pw, num_classes, verbose=distributed.is_main_process(), input_size=run.data.augment.crop_size
+        m.usenet, weights, num_classes, verbose=distributed.is_main_process(), input_size=run.data.augment.crop_size
     )
     print(
         f"initialised from {pw}: {report['loaded']} tensors loaded, head "

@@ -6,6 +6,8 @@ before anything is written, then unpacks into a temporary sibling folder renamed
 nothing but the numpy arrays, lists, dicts and strings those files hold, so no code from a file can run.
 """
 
+from __future__ import annotations
+
 import io
 import os
 import pickle
@@ -16,6 +18,7 @@ import sys
 import tarfile
 import uuid
 import zipfile
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -78,7 +81,7 @@ def _zip_plan(zf, archive):
     return plan
 
 
-def open_archive(archive):
+def open_archive(archive: str | os.PathLike) -> tuple[str, tarfile.TarFile | zipfile.ZipFile]:
     """('tar', TarFile) or ('zip', ZipFile); UserError for anything else."""
     try:
         if zipfile.is_zipfile(archive):
@@ -88,7 +91,7 @@ def open_archive(archive):
         raise UserError(f"cannot open archive {archive}: {e}") from None
 
 
-def safe_extract(archive, dest, progress=True):
+def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike, progress: bool = True) -> str:
     """Unpack a tar (plain, .gz, .bz2, .xz) or zip archive into the new folder ``dest``; return ``dest``.
 
     Every member is checked before anything is written: absolute names, ``..`` components, symbolic
@@ -144,7 +147,7 @@ def _archive_stem(filename):
     return filename + '.d'
 
 
-def extract_once(archive, raw_dir, progress=True):
+def extract_once(archive: str, raw_dir: str | os.PathLike, progress: bool = True) -> str:
     """Unpack ``archive`` into ``<raw_dir>/<archive name without extension>`` unless that exists; return it."""
     dest = os.path.join(raw_dir, _archive_stem(os.path.basename(archive)))
     if os.path.isdir(dest):
@@ -178,7 +181,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         return allowed[(module, name)]
 
 
-def restricted_loads(data, what='pickle'):
+def restricted_loads(data: bytes, what: str = 'pickle') -> Any:
     """Unpickle ``data`` (bytes of a python-2 CIFAR pickle) with :class:`RestrictedUnpickler`.
 
     Strings are decoded as latin-1 (how numpy's python-2 pickles must be read).  Raises

@@ -11,15 +11,21 @@ by :func:`util.io.download.network.download_file` *before anything reads it*, th
 can no longer be downloaded, from folders the user provides.
 """
 
+from __future__ import annotations
+
 import json
 import os
 from collections import namedtuple
+from typing import TYPE_CHECKING, Any
 
 from util.errors import UserError
 from util.io.download import converters, medmnist, network, omniglot
 from util.io.download.converters import MNIST_FILES
 from util.io.download.network import checksum_algorithm
 from util.io.fileio import ensure_dir
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
 
 _MNIST_MIRRORS = ('https://ossci-datasets.s3.amazonaws.com/mnist/', 'http://yann.lecun.com/exdb/mnist/')
 _FASHION_BASE = 'http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/'
@@ -102,7 +108,7 @@ Source = namedtuple('Source', 'urls filename checksum')
 # ----------------------------------------------------------------------------------------------------
 
 
-def normalize_sources(entries, name='dataset'):
+def normalize_sources(entries: Sequence, name: str = 'dataset') -> list[Source]:
     """Check a list of ``(url or [urls], filename, checksum)`` and return it as :class:`Source` tuples.
 
     File names must be plain names (they are joined to the raw folder); every entry needs a hex
@@ -135,7 +141,7 @@ def normalize_sources(entries, name='dataset'):
     return out
 
 
-def load_sources_file(path):
+def load_sources_file(path: str | os.PathLike) -> dict[str, list]:
     """Read a JSON source table ``{"CIFAR100": [[url, filename, md5], ...], ...}`` (for ``--sources``)."""
     try:
         with open(path, encoding='utf-8') as f:
@@ -156,7 +162,7 @@ def load_sources_file(path):
 # ----------------------------------------------------------------------------------------------------
 
 
-def dataset_key(name, size=None):
+def dataset_key(name: str, size: int | None = None) -> str:
     """The source-table key and output folder name of ``name``: the name itself, or for a MedMNIST set at
     ``size`` pixels (default 28) ``<name>`` / ``<name>_<size>``.  UserError for a --size the set lacks, a size
     given for another dataset, or a set that cannot be class folders (multi-label ChestMNIST)."""
@@ -169,7 +175,15 @@ def dataset_key(name, size=None):
     return name
 
 
-def download_dataset(name, raw_dir, data_dir, sources=None, val_ratio=0.2, progress=True, size=None):
+def download_dataset(
+    name: str,
+    raw_dir: str,
+    data_dir: str,
+    sources: Mapping[str, Sequence] | None = None,
+    val_ratio: float = 0.2,
+    progress: bool = True,
+    size: int | None = None,
+) -> dict[str, Any]:
     """Download, verify and convert dataset ``name`` into ``<data_dir>/<name>/{train,val}/<class>/``.
 
     MedMNIST sets (``pathmnist``, ...) go to ``<data_dir>/<key>/{train,val,test}/<class>/`` with ``key`` from
@@ -221,7 +235,9 @@ LOCAL_ONLY = ('animal',)
 ANIMAL_SETS = ('non_rigid_shape_A', 'non_rigid_shape_B')
 
 
-def setup_local_dataset(name, raw_dir, data_dir, val_ratio=0.2, progress=True):
+def setup_local_dataset(
+    name: str, raw_dir: str, data_dir: str, val_ratio: float = 0.2, progress: bool = True
+) -> dict[str, Any]:
     """``animal`` (the original's non-rigid shape dataset): split the class folders found in ``raw_dir``
     (``non_rigid_shape_A/<class>/<image>`` and/or ``non_rigid_shape_B/<class>/<image>``, as the original
     expected them unpacked) into ``<data_dir>/animal/{train,val}/<class>/``; returns as :func:`download_dataset`."""

@@ -22,11 +22,14 @@ is complete; a rerun skips done splits, rewrites an interrupted one, and refuses
 it did not create (e.g. the output of another tool), so that images are never mixed or duplicated.
 """
 
+from __future__ import annotations
+
 import gzip
 import hashlib
 import os
 import shutil
 import sys
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
@@ -35,6 +38,9 @@ from util.errors import UserError
 from util.io.download import archives
 from util.io.download.network import CHUNK
 from util.io.fileio import IMG_EXTENSIONS, atomic_open, ensure_dir, save_image, write_json
+
+if TYPE_CHECKING:
+    from collections.abc import Container, Iterable, Mapping, Sequence
 
 SPLITS = ('train', 'val')
 MNIST_FILES = (
@@ -59,7 +65,7 @@ FASHION_MNIST_CLASSES = (
 SKIPPED_CLASSES = {'caltech101': ('BACKGROUND_Google',), 'caltech256': ('257.clutter',)}
 
 
-def safe_class_name(name, what):
+def safe_class_name(name: object, what: object) -> str:
     """A class label usable as one folder name (path separators replaced); UserError if empty/'..'."""
     if isinstance(name, bytes):
         name = name.decode('latin1')
@@ -83,7 +89,9 @@ def _cifar_layout(name):
     return 'cifar-100-python', 'meta', 'fine_labels', 'fine_label_names', ['train'], ['test']
 
 
-def read_cifar(archive, name='CIFAR100'):
+def read_cifar(
+    archive: str | os.PathLike, name: str = 'CIFAR100'
+) -> tuple[list[str], dict[str, tuple[np.ndarray, np.ndarray]]]:
     """Read a verified CIFAR python archive without unpacking it to disk.
 
     Returns ``(class_names, {'train': (images, labels), 'val': (images, labels)})`` with images of
@@ -143,7 +151,7 @@ def read_cifar(archive, name='CIFAR100'):
     return class_names, splits
 
 
-def read_idx(path, max_items=10**8):
+def read_idx(path: str | os.PathLike, max_items: int = 10**8) -> np.ndarray:
     """Read a gzipped IDX file of unsigned bytes (MNIST format) into an array of its declared shape.
 
     Header: two zero bytes, type code 0x08 (uint8), number of dimensions, then each dimension as a
@@ -169,7 +177,7 @@ def read_idx(path, max_items=10**8):
     return np.frombuffer(body, dtype=np.uint8).reshape(dims)
 
 
-def read_mnist(raw_paths):
+def read_mnist(raw_paths: Mapping[str, str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``{'train': (images, labels), 'val': (images, labels)}`` from the four verified MNIST-format files.
 
     ``raw_paths`` maps the published file names (``train-images-idx3-ubyte.gz``, ...) to paths.
@@ -194,7 +202,7 @@ def _marker(out_root, split, state):
     return os.path.join(out_root, f'.{split}.{state}')
 
 
-def split_done(out_root, split):
+def split_done(out_root: str, split: str) -> bool:
     """True when ``<out_root>/<split>`` was completely written by :func:`download_dataset`."""
     return os.path.exists(_marker(out_root, split, 'done'))
 
@@ -234,7 +242,14 @@ def _finish_split(out_root, split, counts):
     os.unlink(_marker(out_root, split, 'partial'))
 
 
-def write_array_split(out_root, split, images, labels, class_names, progress=True):
+def write_array_split(
+    out_root: str,
+    split: str,
+    images: Sequence[np.ndarray] | np.ndarray,
+    labels: Sequence[int] | np.ndarray,
+    class_names: Sequence[str],
+    progress: bool = True,
+) -> dict[str, int] | None:
     """Write ``images`` (N, H, W) or (N, H, W, 3) uint8 as ``<out_root>/<split>/<class>/<index>.png``.
 
     ``labels`` (N,) index ``class_names``; file names are the zero-padded index within the split.
@@ -274,7 +289,9 @@ def _val_files(class_name, file_names, val_ratio):
     return set(order[:n_val])
 
 
-def split_folder_classes(classes, val_ratio):
+def split_folder_classes(
+    classes: Mapping[str, Sequence[str]], val_ratio: float
+) -> dict[str, list[tuple[str, str, str]]]:
     """``{'train': [(class, src path, file name)], 'val': [...]}`` from ``{class: [src paths]}``.
 
     With ``val_ratio > 0`` a class with a single image is left out (with a warning): it could not be
@@ -292,7 +309,9 @@ def split_folder_classes(classes, val_ratio):
     return out
 
 
-def write_folder_split(out_root, split, items, progress=True):
+def write_folder_split(
+    out_root: str, split: str, items: Iterable[tuple[str, str, str]], progress: bool = True
+) -> dict[str, int] | None:
     """Copy ``items`` [(class, src path, file name)] byte for byte to ``<out_root>/<split>/<class>/<name>``."""
     if not _begin_split(out_root, split):
         return None
@@ -326,7 +345,7 @@ def _find_dir(root, name, what):
     raise UserError(f"{what} does not contain a folder {name!r}")
 
 
-def caltech_classes(root, skip=()):
+def caltech_classes(root: str, skip: Container[str] = ()) -> dict[str, list[str]]:
     """``{class: [image paths]}`` from ``root/<class>/<image>`` (non-images and ``skip`` classes left out)."""
     classes = {}
     for c in sorted(os.listdir(root)):
@@ -338,7 +357,7 @@ def caltech_classes(root, skip=()):
     return classes
 
 
-def omniglot_classes(set_roots):
+def omniglot_classes(set_roots: Iterable[str]) -> dict[str, list[str]]:
     """``{'<alphabet>_<character>': [png paths]}`` from ``images_background/<alphabet>/<character>/``."""
     classes = {}
     for root in set_roots:
@@ -362,7 +381,9 @@ def _need(raw_paths, filename, name):
     return raw_paths[filename]
 
 
-def convert_dataset(name, raw_paths, raw_dir, out_root, val_ratio, progress):
+def convert_dataset(
+    name: str, raw_paths: Mapping[str, str], raw_dir: str, out_root: str, val_ratio: float, progress: bool
+) -> dict[str, dict[str, int] | None]:
     """Turn the verified files of dataset ``name`` into split folders; returns {split: counts}."""
     counts = {}
     if name in ('CIFAR10', 'CIFAR100'):
@@ -406,7 +427,7 @@ def convert_dataset(name, raw_paths, raw_dir, out_root, val_ratio, progress):
     return counts
 
 
-def open_output(data_dir, name, splits=SPLITS):
+def open_output(data_dir: str, name: str, splits: Sequence[str] = SPLITS) -> tuple[str, dict[str, Any] | None]:
     """(``data_dir/name``, the result dict to fill) for a dataset still to be written, or (that folder, None)
     when all its ``splits`` are complete already (said on stdout); the folder is checked and created."""
     out_root = os.path.join(data_dir, name)

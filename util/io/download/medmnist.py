@@ -17,6 +17,8 @@ ChestMNIST is multi-label (any number of its 14 findings per X-ray) and cannot b
 The 3-D sets (``*mnist3d``) are volumes, not images, and are not offered.
 """
 
+from __future__ import annotations
+
 import os
 import shutil
 import zipfile
@@ -242,12 +244,12 @@ MEDMNIST = {
 NAMES = tuple(MEDMNIST)
 
 
-def key(name, size=28):
+def key(name: str, size: int = 28) -> str:
     """The published file stem and our folder name: ``pathmnist`` (28 pixels), ``pathmnist_64``, ..."""
     return name if size == 28 else f'{name}_{size}'
 
 
-def sources():
+def sources() -> dict[str, list[tuple[str, str, str]]]:
     """Source-table entries ``{key: [(url, '<key>.npz', md5)]}`` for every set and size."""
     return {
         key(name, size): [(f'{ZENODO}{key(name, size)}.npz?download=1', f'{key(name, size)}.npz', info.md5[size])]
@@ -256,7 +258,7 @@ def sources():
     }
 
 
-def check_usable(name, size):
+def check_usable(name: str, size: int) -> None:
     """UserError for a size MedMNIST does not publish or a set that cannot become class folders."""
     if size not in SIZES:
         raise UserError(f"--size {size}: MedMNIST is published at {', '.join(map(str, SIZES))} pixels")
@@ -269,7 +271,7 @@ def check_usable(name, size):
         )
 
 
-def class_folders(name):
+def class_folders(name: str) -> list[str]:
     """Folder names of the classes, in label order (index-prefixed, see the module docstring)."""
     labels = MEDMNIST[name].labels
     width = len(str(len(labels) - 1))
@@ -355,7 +357,7 @@ def _drop_unfinished(out_root, split):
         os.unlink(partial)
 
 
-def convert(name, npz_path, out_root, progress=True):
+def convert(name: str, npz_path: str, out_root: str, progress: bool = True) -> dict[str, dict[str, int] | None]:
     """Write the three splits of a verified ``.npz`` of set ``name``; returns {split: counts or None (done)}.
 
     A split that fails (a damaged member, a full disk, an interrupt) leaves nothing: its folder and marker are

@@ -7,6 +7,8 @@ the next run downloads again) and a one-line :class:`~util.errors.UserError` is 
 opens an unverified file.
 """
 
+from __future__ import annotations
+
 import hashlib
 import http.client
 import os
@@ -14,25 +16,29 @@ import re
 import sys
 import urllib.error
 import urllib.request
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
 from util.errors import UserError
 from util.io.fileio import ensure_dir
 
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
 CHUNK = 1 << 20
 TIMEOUT_S = 60
 USER_AGENT = 'PretrainCNNwithNoData-ImageDatasetsDownloader/1.0 (python urllib)'
 
 
-def checksum_algorithm(checksum):
+def checksum_algorithm(checksum: object) -> str | None:
     """'md5' or 'sha256' from the length of a hex digest; None if it is not one."""
     if isinstance(checksum, str) and re.fullmatch(r'[0-9a-fA-F]+', checksum or ''):
         return {32: 'md5', 64: 'sha256'}.get(len(checksum))
     return None
 
 
-def file_digest(path, algorithm='md5'):
+def file_digest(path: str | os.PathLike, algorithm: str = 'md5') -> str:
     """Hex digest of a file, read in 1 MiB chunks."""
     h = hashlib.new(algorithm, usedforsecurity=False)
     with open(path, 'rb') as f:
@@ -41,7 +47,7 @@ def file_digest(path, algorithm='md5'):
     return h.hexdigest()
 
 
-def verify_checksum(path, checksum):
+def verify_checksum(path: str | os.PathLike, checksum: str) -> bool:
     """True when the file's md5 (32 hex digits) or sha256 (64 hex digits) equals ``checksum``."""
     algorithm = checksum_algorithm(checksum)
     if algorithm is None:
@@ -146,7 +152,9 @@ def _fetch(url, part, progress=True, resume=True):
     return offset > 0
 
 
-def download_file(url, dest, md5=None, progress=True):
+def download_file(
+    url: str | Sequence[str], dest: str | os.PathLike, md5: str | None = None, progress: bool = True
+) -> str:
     """Download ``url`` to the file ``dest`` and verify it; return ``dest``.
 
     ``url``: one URL or a list of mirrors tried in order.  ``md5``: the published checksum (hex md5,

@@ -18,13 +18,19 @@ are refused.  The PNGs are copied byte for byte as published (105 x 105, not res
 ``bench/transfer.py`` resize to their ``--img_size``).
 """
 
+from __future__ import annotations
+
 import os
 import re
 import sys
 import zipfile
+from typing import TYPE_CHECKING
 
 from util.errors import UserError
 from util.io.download import archives, converters
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
 
 NAME = 'omniglot_small'
 #: the published archives, each with the folder it holds
@@ -33,7 +39,7 @@ DRAWERS = 20
 _FILE = re.compile(r'(\d+)_(\d+)\.png', re.IGNORECASE)
 
 
-def val_drawers(val_ratio):
+def val_drawers(val_ratio: float) -> tuple[int, ...]:
     """The drawer numbers written to ``val/`` (the last ``round(20 * val_ratio)``, 1..19 of them when > 0)."""
     n = int(round(val_ratio * DRAWERS))
     if val_ratio > 0:
@@ -41,7 +47,7 @@ def val_drawers(val_ratio):
     return tuple(range(DRAWERS - n + 1, DRAWERS + 1))
 
 
-def drawer_of(file_name, where):
+def drawer_of(file_name: str, where: str) -> int:
     """The drawer number (1..20) in ``<character id>_<drawer>.png``; UserError for any other PNG name."""
     m = _FILE.fullmatch(file_name)
     if not m or not 1 <= int(m.group(2)) <= DRAWERS:
@@ -71,7 +77,7 @@ def _same_bytes(a, b):
         return fa.read() == fb.read()
 
 
-def collect(roots):
+def collect(roots: Iterable[str]) -> dict[str, dict[str, str]]:
     """``{class: {file name: path}}`` from ``<root>/<alphabet>/<character>/<id>_<drawer>.png`` of every root.
 
     A character in several roots is one class (its files merged; a file name with different bytes in two roots
@@ -104,7 +110,9 @@ def collect(roots):
     return {c: files for c, files in classes.items() if files}
 
 
-def split_by_drawer(classes, val_ratio):
+def split_by_drawer(
+    classes: Mapping[str, Mapping[str, str]], val_ratio: float
+) -> dict[str, list[tuple[str, str, str]]]:
     """``{'train': [(class, path, file name)], 'val': [...]}``: val holds the files of :func:`val_drawers`.
 
     A class that would have no image on one side (a partial copy) is left out with a warning, so that
@@ -124,7 +132,9 @@ def split_by_drawer(classes, val_ratio):
     return out
 
 
-def convert(raw_paths, raw_dir, out_root, val_ratio, progress=True):
+def convert(
+    raw_paths: Mapping[str, str], raw_dir: str, out_root: str, val_ratio: float, progress: bool = True
+) -> dict[str, dict[str, int] | None]:
     """Unpack the two verified archives of ``raw_paths`` and write ``out_root/{train,val}/<class>/``; returns
     ``{split: {class: count}}`` (None for a split already done)."""
     roots = []
