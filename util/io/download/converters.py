@@ -40,7 +40,7 @@ from util.io.download.network import CHUNK
 from util.io.fileio import IMG_EXTENSIONS, atomic_open, ensure_dir, save_image, write_json
 
 if TYPE_CHECKING:
-    from collections.abc import Container, Iterable, Mapping, Sequence
+    from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
 
 SPLITS = ('train', 'val')
 MNIST_FILES = (
@@ -357,21 +357,27 @@ def caltech_classes(root: str, skip: Container[str] = ()) -> dict[str, list[str]
     return classes
 
 
+def omniglot_characters(root: str) -> Iterator[tuple[str, str, str]]:
+    """``(alphabet, character, folder)`` of every ``<root>/<alphabet>/<character>/`` folder, sorted (hidden
+    entries and files left out): Omniglot's layout, shared by its full and small sets."""
+    for alphabet in sorted(os.listdir(root)):
+        a_dir = os.path.join(root, alphabet)
+        if alphabet.startswith('.') or not os.path.isdir(a_dir):
+            continue
+        for char in sorted(os.listdir(a_dir)):
+            c_dir = os.path.join(a_dir, char)
+            if not char.startswith('.') and os.path.isdir(c_dir):
+                yield alphabet, char, c_dir
+
+
 def omniglot_classes(set_roots: Iterable[str]) -> dict[str, list[str]]:
     """``{'<alphabet>_<character>': [png paths]}`` from ``images_background/<alphabet>/<character>/``."""
     classes = {}
     for root in set_roots:
-        for alphabet in sorted(os.listdir(root)):
-            a_dir = os.path.join(root, alphabet)
-            if alphabet.startswith('.') or not os.path.isdir(a_dir):
-                continue
-            for char in sorted(os.listdir(a_dir)):
-                c_dir = os.path.join(a_dir, char)
-                if char.startswith('.') or not os.path.isdir(c_dir):
-                    continue
-                files = _image_files(c_dir)
-                if files:
-                    classes.setdefault(safe_class_name(f'{alphabet}_{char}', c_dir), []).extend(files)
+        for alphabet, char, c_dir in omniglot_characters(root):
+            files = _image_files(c_dir)
+            if files:
+                classes.setdefault(safe_class_name(f'{alphabet}_{char}', c_dir), []).extend(files)
     return classes
 
 

@@ -85,28 +85,19 @@ def collect(roots: Iterable[str]) -> dict[str, dict[str, str]]:
     """
     classes, origin = {}, {}
     for root in roots:
-        for alphabet in sorted(os.listdir(root)):
-            a_dir = os.path.join(root, alphabet)
-            if alphabet.startswith('.') or not os.path.isdir(a_dir):
-                continue
-            for char in sorted(os.listdir(a_dir)):
-                c_dir = os.path.join(a_dir, char)
-                if char.startswith('.') or not os.path.isdir(c_dir):
+        for alphabet, char, c_dir in converters.omniglot_characters(root):
+            name = converters.safe_class_name(f'{alphabet}_{char}', c_dir)
+            if origin.setdefault(name, (alphabet, char)) != (alphabet, char):
+                raise UserError(f"{c_dir} and {'/'.join(origin[name])} would both be class {name!r}; rename one folder")
+            files = classes.setdefault(name, {})
+            for f in sorted(os.listdir(c_dir)):
+                path = os.path.join(c_dir, f)
+                if f.startswith('.') or not f.lower().endswith('.png') or not os.path.isfile(path):
                     continue
-                name = converters.safe_class_name(f'{alphabet}_{char}', c_dir)
-                if origin.setdefault(name, (alphabet, char)) != (alphabet, char):
-                    raise UserError(
-                        f"{c_dir} and {'/'.join(origin[name])} would both be class {name!r}; rename one folder"
-                    )
-                files = classes.setdefault(name, {})
-                for f in sorted(os.listdir(c_dir)):
-                    path = os.path.join(c_dir, f)
-                    if f.startswith('.') or not f.lower().endswith('.png') or not os.path.isfile(path):
-                        continue
-                    drawer_of(f, c_dir)
-                    if f in files and not _same_bytes(files[f], path):
-                        raise UserError(f"{files[f]} and {path} are one image of class {name!r} with different bytes")
-                    files.setdefault(f, path)
+                drawer_of(f, c_dir)
+                if f in files and not _same_bytes(files[f], path):
+                    raise UserError(f"{files[f]} and {path} are one image of class {name!r} with different bytes")
+                files.setdefault(f, path)
     return {c: files for c, files in classes.items() if files}
 
 
