@@ -118,6 +118,18 @@ def test_heldout_r2_overall_and_beyond_the_first_component():
     assert mean_only['r2'] == pytest.approx(0.0, abs=1e-9)
 
 
+def test_heldout_r2_of_targets_that_never_vary_is_undefined_and_printed_as_a_dash():
+    """A target that is the same on every fresh image leaves nothing to explain: R² is NaN (util.train.metrics,
+    the one R²), not a huge negative number, and the report prints '-' for it."""
+    rng = np.random.default_rng(2)
+    target = np.ones((20, 4))
+    r = probe.heldout_r2(rng.normal(size=(20, 4)), target, rng.normal(size=(50, 4)))
+    assert math.isnan(r['r2']) and math.isnan(r['r2_beyond_pc1'])
+    rec = {'n': 20, 'inits': {'ph': {'per_seed': [r], 'r2': r['r2'], 'r2_beyond_pc1': r['r2_beyond_pc1']}}}
+    row = [line for line in transfer.format_r2(rec).splitlines() if line.startswith('| PH labels')]
+    assert row == ['| PH labels | - | - | - / - |'], row
+
+
 def test_shuffled_copy_permutes_rows_and_records_it(tmp_path):
     from util.ph.labels import label_names, write_label_matrix
 
