@@ -233,6 +233,7 @@ def genparams_matrix(images_dir):
         beta_range=tuple(a['beta_range']),
         prob_binary=a['prob_binary'],
         prob_colour=a['prob_colour'],
+        spectrum=a.get('spectrum', 'original'),  # folders made before --spectrum: the original's
     )
     names = fileio.list_images(images_dir)
     rows = []

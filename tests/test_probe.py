@@ -187,6 +187,28 @@ def test_genparams_are_the_generators_own_draws(tmp_path, run_script):
     np.testing.assert_allclose(z, (raw - mean) / np.where(std > 1e-12, std, 1.0), rtol=1e-5, atol=1e-5)
 
 
+def test_genparams_matrix_builds_the_generator_settings_of_the_folder_with_its_spectrum(tmp_path, monkeypatch):
+    """The generator-parameters control reads a folder's settings from its args.json, --spectrum included (a
+    folder written before the flag existed is the original's spectrum)."""
+    from PIL import Image
+
+    from util.ph import generator
+
+    seen = []
+    real = generator.image_params
+    monkeypatch.setattr(generator, 'image_params', lambda cfg, *a: seen.append(cfg.spectrum) or real(cfg, *a))
+    settings = dict(img_size=16, alpha_range=[0.01, 1.0], beta_range=[0.25, 1.75], prob_binary=0.5, prob_colour=0.5)
+    for folder, spectrum in (('iso', 'isotropic'), ('old', None)):
+        d = tmp_path / folder
+        d.mkdir()
+        Image.new('RGB', (16, 16)).save(d / '000001.png')
+        a = dict(settings, seed=3, **({'spectrum': spectrum} if spectrum else {}))
+        (d / 'args.json').write_text(json.dumps(a), encoding='utf-8')
+        names, raw = probe.genparams_matrix(str(d))
+        assert names == ['000001.png'] and raw.shape == (1, len(probe.GENPARAM_NAMES))
+    assert seen == ['isotropic', 'original']
+
+
 def test_screen_preset_probes_three_pretraining_seeds_without_finetuning():
     args = transfer.get_args_parser().parse_args(['--preset', 'screen'])
     cfg = transfer.resolve(args)
