@@ -44,6 +44,11 @@ channel alpha, beta and its binarisation; z-scored): the texture-statistic null.
 standardised by construction and get no ``--label_norm``; ``--label_norm standard`` is passed to the PH and
 shuffled pretrainings (pretraining.py computes the statistics, with its variance floor, and stores them).
 
+PH beside instance discrimination (``pretraining.py -lm contrastive``, the same images, sizes, epochs and seeds):
+``contrastive`` is contrastive learning alone (``--ph_weight 0``: no label read, one run for every recipe),
+``contrastive_ph`` adds the PH labels (``--ph_weight 1``, read as the PH pretrainings read them) and
+``contrastive_shuffled`` the shuffled ones; the tables give PH beside contrastive minus each of the two.
+
 ``--r2_images N``: the pretraining's held-out R^2 on N fresh generated images (util/random_image.py --seed 1,
 the same settings; their PH labels from the same PHdict.py flags), in the space the network was trained in,
 overall and beyond the first principal component of its training labels.
@@ -59,9 +64,10 @@ import time
 
 from bench.transfer_data import make_split
 from bench.transfer_presets import (
+    ALL_INITS,
     DEFAULT_INITS,
     INIT_NAMES,
-    INITS,
+    INITS,  # noqa: F401 (tests import it from here)
     PRESETS,
     _resolved_label_flags,  # noqa: F401 (tests import it from here)
     ph_label_flags,
@@ -110,11 +116,13 @@ def get_args_parser():
     p.add_argument(
         '--inits',
         nargs='+',
-        choices=INITS,
+        choices=ALL_INITS,
         default=list(DEFAULT_INITS),
         help="initialisations: scratch (the untrained network in the probe), ph (PH labels), random (random "
         "targets), shuffled (the PH label matrix with its rows permuted across images), genparams (regression "
-        "of the generator's own parameters) (default: %(default)s)",
+        "of the generator's own parameters); pretraining.py -lm contrastive on the same images and budget: "
+        "contrastive (--ph_weight 0, contrastive learning alone), contrastive_ph (--ph_weight 1 on the PH "
+        "labels), contrastive_shuffled (--ph_weight 1 on the shuffled PH labels) (default: %(default)s)",
     )
     p.add_argument(
         '--probe',
@@ -269,6 +277,12 @@ def resolve(args):
         raise UserError("nothing to do: give --probe or --finetune")
     if 'shuffled' in cfg['inits'] and (cfg['on_the_fly'] or cfg['ph'] == 'post'):
         raise UserError("--inits shuffled permutes a label matrix: it needs -ph pre without --on_the_fly")
+    matrix = [i for i in ('contrastive_ph', 'contrastive_shuffled') if i in cfg['inits']]
+    if matrix and (cfg['on_the_fly'] or cfg['ph'] == 'post'):
+        raise UserError(
+            f"--inits {' '.join(matrix)}: -lm contrastive reads PHdict.py's label matrix of the images (each view "
+            "gets its whole image's label): it needs -ph pre without --on_the_fly"
+        )
     if cfg['label_type'] == 'class':
         raise UserError("--label_type class is the labelled control, not a PH label; choose a PH label type")
     cfg['ph_label_flags'] = ph_label_flags(cfg)  # refused here, before any image is made, if they cannot be used
@@ -335,7 +349,7 @@ def main(args):
         )
     runner = Runner(work, cfg['threads'], args.fresh, log)
     seeds = list(range(cfg['seeds']))
-    inits = [i for i in INITS if i in cfg['inits']]
+    inits = [i for i in ALL_INITS if i in cfg['inits']]
     files = {}
     pre_by_seed = {}
     P = cfg['pre_seeds']

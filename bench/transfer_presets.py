@@ -7,7 +7,12 @@ import os
 from util.errors import UserError
 from util.ph.vectorise import LABEL_FLAGS
 
+# the PH regression recipe and its controls
 INITS = ('scratch', 'ph', 'random', 'shuffled', 'genparams')
+# -lm contrastive (issue 28, 2d), pretrained on the same images with the same budget: contrastive learning alone
+# (--ph_weight 0), PH beside it (--ph_weight 1 on the PH labels) and its control on the shuffled PH labels
+CONTRASTIVE_INITS = ('contrastive', 'contrastive_ph', 'contrastive_shuffled')
+ALL_INITS = INITS + CONTRASTIVE_INITS
 DEFAULT_INITS = ('scratch', 'ph', 'random')
 INIT_NAMES = {
     'scratch': 'scratch',
@@ -15,6 +20,9 @@ INIT_NAMES = {
     'random': 'random targets',
     'shuffled': 'shuffled PH labels',
     'genparams': 'generator params',
+    'contrastive': 'contrastive alone',
+    'contrastive_ph': 'PH beside contrastive',
+    'contrastive_shuffled': 'contrastive + shuffled PH',
 }
 PROBE_NAMES = dict(INIT_NAMES, scratch='untrained network')
 # margins reported (a - b), when both are run
@@ -24,6 +32,9 @@ MARGINS = (
     ('ph', 'shuffled'),
     ('ph', 'genparams'),
     ('random', 'scratch'),
+    ('contrastive_ph', 'contrastive'),
+    ('contrastive_ph', 'contrastive_shuffled'),
+    ('contrastive', 'scratch'),
 )
 
 # Sizes per preset.  ft_samples: each fine-tuning run sees about this many training images (epochs =
@@ -250,8 +261,10 @@ def _resolved_label_flags(flags, ph_dir, label_type):
 # (bench/results/transfer_screen_pi.json) -> 4.0 s per 1000 image-epochs; PHdict.py on 4000 48-px images took
 # 37 s at load 8.7 (2026-12-03) -> 10 s per 1000 images (an upper bound); the probe of 15 networks x 2 levels x
 # 5 subsets took 69 s at load 5-7 (bench/results/transfer_screen_probe_pi_matched.json, 'probe' -> 'seconds')
-# -> 9.2 s per network per (level x 10 subsets).
+# -> 9.2 s per network per (level x 10 subsets).  A -lm contrastive pretraining runs the network on two views of
+# each image: counted as CONTRASTIVE_COST pretrainings (assumed, not measured).
 RATE_PRETRAIN_S_PER_K = 4.0
+CONTRASTIVE_COST = 2.0
 RATE_PHDICT_S_PER_K = 10.0
 RATE_PROBE_S_PER_NET = 9.2
 
@@ -259,11 +272,12 @@ RATE_PROBE_S_PER_NET = 9.2
 def screen_estimate(cfg, cached_inits=('random', 'genparams', 'scratch')):
     """(minutes for one new label recipe with the controls cached, minutes from nothing): an estimate from the
     rates above, on 2 free cores, 2 pretrainings side by side."""
-    recipe = [i for i in cfg['inits'] if i in ('ph', 'shuffled')]
+    recipe = [i for i in cfg['inits'] if i in ('ph', 'shuffled', 'contrastive_ph', 'contrastive_shuffled')]
     others = [i for i in cfg['inits'] if i not in recipe and i != 'scratch']
     per_pre = cfg['n_images'] * cfg['pre_epochs'] / 1000 * RATE_PRETRAIN_S_PER_K * cfg['pre_crop'] ** 2 / 40**2
-    rounds = lambda n: math.ceil(n * cfg['pre_seeds'] / max(1, cfg['jobs']))  # noqa: E731
+    cost = lambda inits: sum(CONTRASTIVE_COST if i in CONTRASTIVE_INITS else 1 for i in inits)  # noqa: E731
+    rounds = lambda inits: math.ceil(cost(inits) * cfg['pre_seeds'] / max(1, cfg['jobs']))  # noqa: E731
     fixed = (cfg['n_images'] + cfg['r2_images']) / 1000 * RATE_PHDICT_S_PER_K
     probe_s = RATE_PROBE_S_PER_NET * cfg['pre_seeds'] * len(cfg['inits']) * len(cfg['labels']) * cfg['subsets'] / 10
-    new = rounds(len(recipe)) * per_pre + fixed + probe_s
-    return new / 60, (new + rounds(len(others)) * per_pre) / 60
+    new = rounds(recipe) * per_pre + fixed + probe_s
+    return new / 60, (new + rounds(others) * per_pre) / 60

@@ -103,15 +103,17 @@ def _run_probe(cfg, pre_by_seed, inits, log):
 def run_r2(runner, cfg, pre_by_seed, files, log):
     """Held-out R^2 of each pretraining (seed) on fresh images (util/random_image.py --seed 1, the same settings),
     in the space it was trained in (z-scored when --label_norm standard), overall and beyond the first
-    principal component of its training labels.  ph and shuffled are scored against the fresh images' real PH
-    labels, random against their random targets, genparams against their generator parameters."""
+    principal component of its training labels.  ph and shuffled (and the PH heads of contrastive_ph and
+    contrastive_shuffled) are scored against the fresh images' real PH labels, random against their random
+    targets, genparams against their generator parameters; contrastive alone has no target."""
     import torch
 
     from bench import probe
     from util.ph.labels import find_label_matrix, load_label_matrix
 
     n = cfg['r2_images']
-    inits = [i for i in ('ph', 'shuffled', 'random', 'genparams') if i in pre_by_seed]
+    with_ph = ('ph', 'shuffled', 'contrastive_ph', 'contrastive_shuffled')
+    inits = [i for i in with_ph + ('random', 'genparams') if i in pre_by_seed]
     if not n or not inits:
         return None
     gen = _gen_flags(cfg, n, 1)
@@ -120,16 +122,16 @@ def run_r2(runner, cfg, pre_by_seed, files, log):
     names = fileio.list_images(fresh)
     lt, dims = cfg['label_type'], cfg['dims']
     targets, train_labels = {}, {}
-    if 'ph' in inits or 'shuffled' in inits:
+    if any(i in inits for i in with_ph):
         fresh_ph = os.path.join(runner.work, 'ph_fresh', _ph_key(fresh, cfg))
         runner.run(
             'PHdict.py', [fresh, '-o', fresh_ph, '-it', 'png', '-nw', _nw(cfg, 2)] + _ph_flags(cfg), 'PHdict.py (fresh)'
         )
         m, nm = load_label_matrix(*find_label_matrix(fresh_ph, lt), expected_dim=dims)
         row = {x: r for r, x in enumerate(nm)}
-        targets['ph'] = targets['shuffled'] = np.asarray(m)[[row[x] for x in names]]
         tm, _ = load_label_matrix(*find_label_matrix(files['ph_dir'], lt), expected_dim=dims)
-        train_labels['ph'] = train_labels['shuffled'] = np.asarray(tm)
+        for i in with_ph:
+            targets[i], train_labels[i] = np.asarray(m)[[row[x] for x in names]], np.asarray(tm)
     if 'genparams' in inits:
         with open(os.path.join(files['genparams_dir'], 'labels_random.json'), encoding='utf-8') as f:
             g = json.load(f)['genparams']

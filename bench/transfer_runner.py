@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 
-from bench.transfer_presets import INIT_NAMES, INITS, _resolved_label_flags
+from bench.transfer_presets import ALL_INITS, INIT_NAMES, _resolved_label_flags
 from util.errors import UserError
 from util.io import fileio
 
@@ -215,7 +215,7 @@ def prepare_pretraining(runner, cfg, log):
             matrix_argv(p, dims, rand_dir(p)) + ['-pc', '-nw', _nw(cfg, 1, loader=True)] + extra for p in seeds
         ]
         files['random_dirs'] = [rand_dir(p) for p in seeds]
-    if 'shuffled' in inits:
+    if 'shuffled' in inits or 'contrastive_shuffled' in inits:
         from bench import probe
 
         shuf = []
@@ -224,8 +224,25 @@ def prepare_pretraining(runner, cfg, log):
             if not os.path.isfile(os.path.join(d, f'labels_{lt}.json')):
                 probe.shuffled_copy(ph_dir, lt, d, p)
             shuf.append(d)
-        argv['shuffled'] = [ph_argv(p, d) + extra for p, d in zip(seeds, shuf)]
+        if 'shuffled' in inits:
+            argv['shuffled'] = [ph_argv(p, d) + extra for p, d in zip(seeds, shuf)]
         files['shuffled_dirs'] = shuf
+    # -lm contrastive on the same images, sizes, epochs and seeds: alone (--ph_weight 0: no label is read, so no
+    # label flag and no --label_norm, and one run serves every label recipe), or beside the PH labels / their
+    # shuffle, read as the PH pretrainings read them (-pd -pc, their label flags and --label_norm)
+    if 'contrastive' in inits:
+        argv['contrastive'] = [
+            ['-lm', 'contrastive', '--ph_weight', 0, '-u', cfg['arch'], '-nc', dims]
+            + sizes(p)
+            + ['-t', images, '-nw', _nw(cfg, 1, loader=True)]
+            + extra
+            for p in seeds
+        ]
+    with_ph = ['-lm', 'contrastive', '--ph_weight', 1]
+    if 'contrastive_ph' in inits:
+        argv['contrastive_ph'] = [with_ph + ph_argv(p, ph_dir) + extra for p in seeds]
+    if 'contrastive_shuffled' in inits:
+        argv['contrastive_shuffled'] = [with_ph + ph_argv(p, d) + extra for p, d in zip(seeds, files['shuffled_dirs'])]
     if 'genparams' in inits:
         from bench import probe
 
@@ -254,9 +271,9 @@ def pretrain(runner, cfg, argv_by_init, log):
         )
         return {'weights': os.path.join(run_dir, name), 'run_dir': run_dir, 'seconds': secs, 'argv': argv, 'seed': p}
 
-    todo = [(i, p) for i in INITS if i in argv_by_init and i in cfg['inits'] for p in range(cfg['pre_seeds'])]
+    todo = [(i, p) for i in ALL_INITS if i in argv_by_init and i in cfg['inits'] for p in range(cfg['pre_seeds'])]
     done = dict(zip(todo, parallel(one, todo, cfg['jobs'])))
-    return {i: [done[(i, p)] for p in range(cfg['pre_seeds'])] for i in INITS if (i, 0) in done}
+    return {i: [done[(i, p)] for p in range(cfg['pre_seeds'])] for i in ALL_INITS if (i, 0) in done}
 
 
 def parallel(fn, items, jobs):

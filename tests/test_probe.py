@@ -225,6 +225,25 @@ def test_screen_preset_probes_three_pretraining_seeds_without_finetuning():
         )
 
 
+def test_contrastive_inits_read_the_label_matrix_and_are_counted_in_the_screen_estimate():
+    """--inits contrastive_ph / contrastive_shuffled read PHdict.py's label matrix: refused with --on_the_fly or
+    -ph post before anything is made; contrastive alone needs no label and runs with either.  The screen's
+    estimate counts a -lm contrastive pretraining (two views per image) as more than a PH regression."""
+    screen = ['--preset', 'screen', '--inits', 'scratch']
+    for init in ('contrastive_ph', 'contrastive_shuffled'):
+        for flags in (['--on_the_fly'], ['--ph', 'post']):
+            with pytest.raises(transfer.UserError, match=f'--inits {init}: -lm contrastive reads'):
+                transfer.resolve(transfer.get_args_parser().parse_args(screen + [init] + flags))
+    assert transfer.resolve(transfer.get_args_parser().parse_args(screen + ['contrastive', '--on_the_fly']))
+    cfg = transfer.resolve(transfer.get_args_parser().parse_args(screen + ['ph']))
+    with_ph = transfer.screen_estimate(dict(cfg, inits=['scratch', 'ph']))
+    beside = transfer.screen_estimate(dict(cfg, inits=['scratch', 'contrastive_ph']))
+    assert beside[0] > with_ph[0]
+    alone = transfer.screen_estimate(dict(cfg, inits=['scratch', 'ph', 'contrastive']))
+    # contrastive alone is recipe-independent, cached once like random targets: its pretrainings count from nothing
+    assert alone[1] - alone[0] > with_ph[1] - with_ph[0]
+
+
 @pytest.mark.slow
 def test_finetuning_seed_starts_from_pretraining_seed_mod_p(tmp_path, monkeypatch):
     """main() wiring: with --pre_seeds 2, fine-tuning seed s loads pretraining seed s % 2's weights, and the
