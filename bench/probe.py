@@ -27,6 +27,7 @@ import numpy as np
 
 from util.errors import UserError
 from util.io import fileio
+from util.train.metrics import r_squared, r_squared_of_sums
 
 SE_FORMULA = (
     's.e. = sd_p(d_p) / sqrt(P), d_p = mean over the J subsets of pretraining seed p of the paired difference '
@@ -232,6 +233,7 @@ def genparams_matrix(images_dir):
         beta_range=tuple(a['beta_range']),
         prob_binary=a['prob_binary'],
         prob_colour=a['prob_colour'],
+        spectrum=a.get('spectrum', 'original'),  # folders made before --spectrum: the original's
     )
     names = fileio.list_images(images_dir)
     rows = []
@@ -284,13 +286,14 @@ def write_genparams(images_dir, out_dir):
 def heldout_r2(pred, target, train_labels):
     """{'r2': overall, 'r2_beyond_pc1': on the complement of the training labels' first principal component}.
 
-    ``pred``/``target`` [N, D] in the space the network was trained in; R^2 = 1 - sum of squared errors /
-    sum of squares of ``target`` about its own mean, summed over components.  Beyond PC1: the same after
-    projecting both residuals and centred targets onto the complement of PC1 of ``train_labels``."""
+    ``pred``/``target`` [N, D] in the space the network was trained in; R^2 is util.train.metrics.r_squared (1 -
+    sum of squared errors / sum of squares of ``target`` about its own mean, summed over components; NaN when
+    the targets never vary).  Beyond PC1: the same after projecting both residuals and centred targets onto the
+    complement of PC1 of ``train_labels``."""
     pred, target = np.asarray(pred, np.float64), np.asarray(target, np.float64)
     resid = target - pred
     centred = target - target.mean(axis=0)
-    out = {'r2': float(1.0 - np.sum(resid**2) / max(np.sum(centred**2), 1e-300))}
+    out = {'r2': r_squared(pred, target)}
     tl = np.asarray(train_labels, np.float64)
     tl = tl - tl.mean(axis=0)
     if tl.shape[1] > 1:
@@ -298,6 +301,6 @@ def heldout_r2(pred, target, train_labels):
         v = vt[0]
         r_perp = resid - np.outer(resid @ v, v)
         c_perp = centred - np.outer(centred @ v, v)
-        out['r2_beyond_pc1'] = float(1.0 - np.sum(r_perp**2) / max(np.sum(c_perp**2), 1e-300))
+        out['r2_beyond_pc1'] = r_squared_of_sums(np.sum(r_perp**2), np.sum(c_perp**2))
         out['train_pc1_share'] = float(np.linalg.norm(tl @ v) ** 2 / max(np.sum(tl**2), 1e-300))
     return out

@@ -152,17 +152,17 @@ ALLOWED_DELETIONS = {
     ): 'its own tempfile.mkdtemp folder and the output folders PHdict wrote in it',
     ('bench/gpu_bench.py', 'main', 'shutil.rmtree'): 'its own tempfile.mkdtemp folder',
     (
-        'bench/transfer.py',
+        'bench/transfer_runner.py',
         'training_run',
         'shutil.rmtree',
     ): 'an unfinished run folder of its own work folder (no done file: left by a killed earlier call)',
     (
-        'bench/transfer.py',
-        'make_split',
+        'bench/transfer_data.py',
+        '_make_split',
         'shutil.rmtree',
     ): 'an unfinished split folder of its own work folder (no export.json/split.json: a killed earlier call)',
     (
-        'bench/transfer.py',
+        'bench/transfer_data.py',
         '_cap_test',
         'os.remove',
     ): 'test images beyond the cap in the split folder it has just exported into its own work folder',

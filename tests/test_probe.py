@@ -118,6 +118,18 @@ def test_heldout_r2_overall_and_beyond_the_first_component():
     assert mean_only['r2'] == pytest.approx(0.0, abs=1e-9)
 
 
+def test_heldout_r2_of_targets_that_never_vary_is_undefined_and_printed_as_a_dash():
+    """A target that is the same on every fresh image leaves nothing to explain: R² is NaN (util.train.metrics,
+    the one R²), not a huge negative number, and the report prints '-' for it."""
+    rng = np.random.default_rng(2)
+    target = np.ones((20, 4))
+    r = probe.heldout_r2(rng.normal(size=(20, 4)), target, rng.normal(size=(50, 4)))
+    assert math.isnan(r['r2']) and math.isnan(r['r2_beyond_pc1'])
+    rec = {'n': 20, 'inits': {'ph': {'per_seed': [r], 'r2': r['r2'], 'r2_beyond_pc1': r['r2_beyond_pc1']}}}
+    row = [line for line in transfer.format_r2(rec).splitlines() if line.startswith('| PH labels')]
+    assert row == ['| PH labels | - | - | - / - |'], row
+
+
 def test_shuffled_copy_permutes_rows_and_records_it(tmp_path):
     from util.ph.labels import label_names, write_label_matrix
 
@@ -175,6 +187,28 @@ def test_genparams_are_the_generators_own_draws(tmp_path, run_script):
     np.testing.assert_allclose(z, (raw - mean) / np.where(std > 1e-12, std, 1.0), rtol=1e-5, atol=1e-5)
 
 
+def test_genparams_matrix_builds_the_generator_settings_of_the_folder_with_its_spectrum(tmp_path, monkeypatch):
+    """The generator-parameters control reads a folder's settings from its args.json, --spectrum included (a
+    folder written before the flag existed is the original's spectrum)."""
+    from PIL import Image
+
+    from util.ph import generator
+
+    seen = []
+    real = generator.image_params
+    monkeypatch.setattr(generator, 'image_params', lambda cfg, *a: seen.append(cfg.spectrum) or real(cfg, *a))
+    settings = dict(img_size=16, alpha_range=[0.01, 1.0], beta_range=[0.25, 1.75], prob_binary=0.5, prob_colour=0.5)
+    for folder, spectrum in (('iso', 'isotropic'), ('old', None)):
+        d = tmp_path / folder
+        d.mkdir()
+        Image.new('RGB', (16, 16)).save(d / '000001.png')
+        a = dict(settings, seed=3, **({'spectrum': spectrum} if spectrum else {}))
+        (d / 'args.json').write_text(json.dumps(a), encoding='utf-8')
+        names, raw = probe.genparams_matrix(str(d))
+        assert names == ['000001.png'] and raw.shape == (1, len(probe.GENPARAM_NAMES))
+    assert seen == ['isotropic', 'original']
+
+
 def test_screen_preset_probes_three_pretraining_seeds_without_finetuning():
     args = transfer.get_args_parser().parse_args(['--preset', 'screen'])
     cfg = transfer.resolve(args)
@@ -189,6 +223,25 @@ def test_screen_preset_probes_three_pretraining_seeds_without_finetuning():
         transfer.resolve(
             transfer.get_args_parser().parse_args(['--preset', 'screen', '--inits', 'ph', 'shuffled', '--on_the_fly'])
         )
+
+
+def test_contrastive_inits_read_the_label_matrix_and_are_counted_in_the_screen_estimate():
+    """--inits contrastive_ph / contrastive_shuffled read PHdict.py's label matrix: refused with --on_the_fly or
+    -ph post before anything is made; contrastive alone needs no label and runs with either.  The screen's
+    estimate counts a -lm contrastive pretraining (two views per image) as more than a PH regression."""
+    screen = ['--preset', 'screen', '--inits', 'scratch']
+    for init in ('contrastive_ph', 'contrastive_shuffled'):
+        for flags in (['--on_the_fly'], ['--ph', 'post']):
+            with pytest.raises(transfer.UserError, match=f'--inits {init}: -lm contrastive reads'):
+                transfer.resolve(transfer.get_args_parser().parse_args(screen + [init] + flags))
+    assert transfer.resolve(transfer.get_args_parser().parse_args(screen + ['contrastive', '--on_the_fly']))
+    cfg = transfer.resolve(transfer.get_args_parser().parse_args(screen + ['ph']))
+    with_ph = transfer.screen_estimate(dict(cfg, inits=['scratch', 'ph']))
+    beside = transfer.screen_estimate(dict(cfg, inits=['scratch', 'contrastive_ph']))
+    assert beside[0] > with_ph[0]
+    alone = transfer.screen_estimate(dict(cfg, inits=['scratch', 'ph', 'contrastive']))
+    # contrastive alone is recipe-independent, cached once like random targets: its pretrainings count from nothing
+    assert alone[1] - alone[0] > with_ph[1] - with_ph[0]
 
 
 @pytest.mark.slow

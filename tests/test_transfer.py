@@ -139,6 +139,44 @@ def test_random_targets_come_from_the_product_flag(tiny_run):
     assert pargs['label_type'] == 'random' and pargs['numof_classes'] == dims and pargs['seed'] == 0
 
 
+def test_contrastive_inits_run_and_are_in_the_table(tmp_path):
+    """--inits contrastive: pretraining.py -lm contrastive --ph_weight 0 on the same images and budget (no label
+    read), beside contrastive_ph (--ph_weight 1 on the PH labels) and contrastive_shuffled (on the shuffled PH
+    labels); the table has their rows and the margins of PH beside contrastive over both controls."""
+    import subprocess
+    import sys
+
+    res = subprocess.run(
+        [sys.executable, os.path.join(transfer._ROOT, 'bench', 'transfer.py'), '--preset', 'tiny', '--seeds', '1']
+        + ['--inits', 'scratch', 'contrastive', 'contrastive_ph', 'contrastive_shuffled', '--r2_images', '4']
+        + ['--work', str(tmp_path / 'work'), '--out', str(tmp_path / 'out'), '--name', 'c'],
+        cwd=transfer._ROOT,
+        env=dict(os.environ, OMP_NUM_THREADS='1'),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    result = json.loads((tmp_path / 'out' / 'transfer_c.json').read_text(encoding='utf-8'))
+    cell = result['table']['3']
+    assert set(cell['inits']) == {'scratch', 'contrastive', 'contrastive_ph', 'contrastive_shuffled'}
+    assert {'contrastive_ph-contrastive', 'contrastive_ph-contrastive_shuffled'} <= set(cell['margins'])
+    for row in ('| contrastive alone |', '| PH beside contrastive − contrastive alone, paired |'):
+        assert row in res.stdout
+    by_seed, pre = result['pretraining_by_seed'], {}
+    for init in ('contrastive', 'contrastive_ph', 'contrastive_shuffled'):
+        with open(os.path.join(by_seed[init][0]['run_dir'], 'args.json'), encoding='utf-8') as f:
+            pre[init] = json.load(f)
+        assert pre[init]['learning_mode'] == 'contrastive'
+        assert os.path.samefile(pre[init]['train'], result['files']['images'])  # the same images
+        assert pre[init]['epochs'] == result['settings']['pre_epochs']  # the same budget
+    assert pre['contrastive']['ph_weight'] == 0 and not pre['contrastive']['path2PHdir']
+    assert pre['contrastive_ph']['ph_weight'] == 1 and pre['contrastive_shuffled']['ph_weight'] == 1
+    assert os.path.samefile(pre['contrastive_ph']['path2PHdir'], result['files']['ph_dir'])
+    assert os.path.samefile(pre['contrastive_shuffled']['path2PHdir'], result['files']['shuffled_dirs'][0])
+    assert set(result['heldout_r2']['inits']) == {'contrastive_ph', 'contrastive_shuffled'}
+
+
 @pytest.fixture(scope='module')
 def probe_run(tmp_path_factory):
     """One tiny probe-only run with two pretraining seeds and the shuffled / generator-parameter controls."""
