@@ -11,7 +11,7 @@ from PIL import Image
 from scipy import ndimage as ndi
 from torchvision import transforms as TV
 
-from util.cli import flags as T
+from util.cli import checks as T
 from util.errors import UserError
 
 

@@ -84,7 +84,7 @@ def test_max_pixels_travels_in_the_configuration(tmp_path, monkeypatch):
     it is a bad image (skipped), one within it is read."""
     from PIL import Image
 
-    from util.cli import flags
+    from util.cli import checks
     from util.io import fileio
     from util.train import sources
 
@@ -93,7 +93,7 @@ def test_max_pixels_travels_in_the_configuration(tmp_path, monkeypatch):
         (tmp_path / cls).mkdir()
         Image.new('RGB', (size, size), (9, 99, 199)).save(tmp_path / cls / 'x.png')
     args = get_args_parser('finetuning').parse_args(['-t', str(tmp_path), '-val', str(tmp_path), '--max_pixels', '300'])
-    flags.check_common_args(args)
+    checks.check_common_args(args)
     run = run_config(args)
     assert run.data.max_pixels == 300 and record(run)['max_pixels'] == 300
     assert 'PRETRAINCNN_MAX_PIXELS' not in os.environ and fileio.max_pixels() == fileio.DEFAULT_MAX_PIXELS

@@ -329,7 +329,7 @@ def _ph_matrix(src, out, *extra):
     'records them, and the validation labels are computed with them (equal to PHdict.py\'s), said so',
 )
 def _explicit_pd(ctx, script):
-    from util.cli import build, compat, flags
+    from util.cli import build, checks, compat
     from util.ph.labels import load_label_matrix
 
     d = ctx.data
@@ -363,8 +363,8 @@ def _explicit_pd(ctx, script):
         .parse_args([str(a) for a in (*base, '--max_life', 5, '-val', valx)])
     )
     compat.resolve_special_values(args)
-    flags.check_common_args(args)
-    flags.check_mode_args(args)
+    checks.check_common_args(args)
+    checks.check_mode_args(args)
     _, val = build.build_pretraining_sets(args)
     matrix, names = load_label_matrix(ph_val / 'labels_histogram.npy', ph_val / 'labels_histogram.txt', PT_DIM)
     for i, rel in enumerate(val.rel_paths):
@@ -441,12 +441,12 @@ def _renamed_copies(src, dest, k=4):
 
 def _pretraining_sets(argv):
     """(train, val) that pretraining.py builds for ``argv``, in this process."""
-    from util.cli import build, compat, flags
+    from util.cli import build, checks, compat
 
     args = importlib.import_module('pretraining').get_args_parser().parse_args([str(a) for a in argv])
     compat.resolve_special_values(args)
-    flags.check_common_args(args)
-    flags.check_mode_args(args)
+    checks.check_common_args(args)
+    checks.check_mode_args(args)
     return build.build_pretraining_sets(args)
 
 

@@ -198,23 +198,23 @@ def test_combined_needs_class_folders(tmp_path, run_script):
 )
 def test_bad_mode_flags(argv, message):
     import finetuning
-    from util.cli import flags as cli
+    from util.cli import checks
 
     args = finetuning.get_args_parser().parse_args(argv)
     with pytest.raises(UserError, match=message):
-        cli.check_mode_args(args)
+        checks.check_mode_args(args)
 
 
 def test_evaluate_flag_is_evaluation_mode():
     import finetuning
     import pretraining
-    from util.cli import flags as cli
+    from util.cli import checks
     from util.cli.build import run_config
     from util.config import record
 
     assert pretraining.get_args_parser().parse_args([]).learning_mode == 'pretraining'
     args = finetuning.get_args_parser().parse_args(['--evaluate', '--save_interval', '0', '-e', '7'])
-    cli.check_mode_args(args)
+    checks.check_mode_args(args)
     # the checks leave the flags as parsed; the run configuration (and so args.json) holds what they resolve to
     assert (args.learning_mode, args.epochs_pre, args.save_interval) == ('finetuning', None, 0)
     run = run_config(args)

@@ -1,5 +1,5 @@
 """The one place where the flags of pretraining.py / finetuning.py (an argparse Namespace, checked by
-:mod:`util.cli.flags`) become the run configuration library code takes (:class:`util.config.RunConfig`).
+:mod:`util.cli.checks`) become the run configuration library code takes (:class:`util.config.RunConfig`).
 
 Also the script-level entry points that take the flags (``pretraining.build_pretraining_sets``,
 ``finetuning.build_finetune_model``): each builds the configuration, then calls the library.
@@ -108,13 +108,14 @@ def build_pretraining_sets(args):
 
 
 def build_finetune_model(args, init_state=None, quiet=False):
-    """The model of the flags with a fresh head of -nc outputs (see :func:`util.train.modes.build_finetune_model`).
+    """The model of the flags with a fresh head of -nc outputs (see
+    :func:`util.train.model_build.build_finetune_model`).
 
     This script-level entry point reports the head size it read from -pw on ``args.numof_pretrained_classes``
     (as the run records it in args.json)."""
-    from util.train import modes
+    from util.train import model_build
 
-    model, stored = modes.build_finetune_model(run_config(args), init_state, quiet)
+    model, stored = model_build.build_finetune_model(run_config(args), init_state, quiet)
     if stored is not None:
         args.numof_pretrained_classes = stored
     return model

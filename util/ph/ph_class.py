@@ -14,15 +14,19 @@ compute_whiten`: the top ``--label_norm_components`` principal directions, each 
 
 The training loaders see a class id as its one-hot row (:class:`OneHotRows`), so everything that handles label
 matrices (row lookup by path, the shuffled control that permutes rows) handles class ids unchanged.  Numpy only.
+The label type itself is :class:`PhClassVectoriser`, registered when this module is imported (by
+:mod:`util.ph.vectorise`).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 
 import numpy as np
 
 from util.errors import UserError
+from util.ph.vectorise_base import VECTORISERS, Vectoriser, check_dim
 
 PH_CLASS = 'ph_class'
 DEFAULT_CLASSES = 100  # PHdict.py --ph_classes
@@ -174,3 +178,47 @@ def check_class_ids(ids: np.ndarray, k: int, where: str) -> np.ndarray:
             "with the number of classes PHdict.py fitted (--ph_classes), or recompute the labels"
         )
     return ids.astype(np.int64)
+
+
+# ---- the label type (registered in util.ph.vectorise_base.DERIVED_VECTORISERS when this module is imported)
+class PhClassVectoriser(Vectoriser):
+    """``ph_class``: the one-hot class (``dim`` = K classes) of the diagram's ``ph_class_of`` label vector,
+    whitened and assigned to the nearest of the centroids PHdict.py fitted (:func:`assign`).
+
+    ``base``: the parameters of the ``ph_class_of`` labels (``dim`` among them, as ``labels_T.json`` records
+    them); ``classes``: the record of the whitening and the centroids.  Both come from ``labels_ph_class.json``;
+    without them (built from flags alone) it cannot label anything, and says so."""
+
+    label_type = 'ph_class'
+    derived = True
+
+    def __init__(self, dim=DEFAULT_CLASSES, *, ph_class_of=DEFAULT_CLASS_OF, base=None, classes=None):
+        self.dim = check_dim(dim)
+        self.ph_class_of = ph_class_of
+        self.base = dict(base) if base is not None else None
+        self.classes = classes
+        self._base_vec = None
+
+    def get_params(self, deep=True):
+        return dict(dim=self.dim, ph_class_of=self.ph_class_of, base=self.base, classes=self.classes)
+
+    def base_vectoriser(self):
+        if self.base is None or self.classes is None:
+            raise UserError(
+                "--label_type ph_class: the classes are the ones PHdict.py --label_type ph_class fitted; give its "
+                "folder with -pd PHDIR -pc"
+            )
+        if self._base_vec is None:  # the recorded parameters (fitted values, never 'auto') that its __init__ takes
+            from util.ph import vectorise_types  # noqa: F401 (registers the label types ph_class_of names)
+
+            cls = VECTORISERS.get(self.ph_class_of)
+            if cls is None:
+                raise UserError(f"ph_class: unknown --ph_class_of {self.ph_class_of!r} in its record; rerun PHdict.py")
+            takes = inspect.signature(cls.__init__).parameters
+            kwargs = {k: v for k, v in self.base.items() if k in takes and k not in ('self', 'dim')}
+            self._base_vec = cls(int(self.base['dim']), **kwargs)
+        return self._base_vec
+
+    def transform(self, diagrams):
+        vec = self.base_vectoriser()
+        return one_hot(assign(self.classes, vec.transform(diagrams)), self.dim)

@@ -7,7 +7,8 @@ homology dimension 0 and 1 are used.  Pairs whose death is infinite -- ``np.inf`
 pairs with a NaN birth or death.
 
 The public face of the label vectors (the names below are re-exported from :mod:`util.ph.vectorise_base`, the
-base class and shared helpers, and :mod:`util.ph.vectorise_types`, the four label types' numerics).
+base class and shared helpers, :mod:`util.ph.vectorise_types`, the four label types' numerics, and
+:mod:`util.ph.ph_class`, the derived ``ph_class`` type).
 
 Four label types are provided (see :data:`LABEL_TYPES`; :data:`VECTORISERS` maps each to its class); each is
 a :class:`Vectoriser` that keeps its hyperparameters (fixed in ``__init__``, in the style of
@@ -33,6 +34,7 @@ import math
 from typing import TYPE_CHECKING
 
 from util.errors import UserError
+from util.ph.ph_class import PhClassVectoriser  # noqa: F401 (re-exported; registers the derived label type)
 from util.ph.vectorise_base import (  # noqa: F401 (re-exported)
     AUTO,
     AUTO_PARAMS,
@@ -52,7 +54,6 @@ from util.ph.vectorise_types import (  # noqa: F401 (re-exported)
     HistogramVectoriser,
     LandscapeVectoriser,
     PersistenceImageVectoriser,
-    PhClassVectoriser,
     SplitImageVectoriser,
     pixel_grid,
     pixel_masses,

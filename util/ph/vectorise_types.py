@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import numpy as np
@@ -559,50 +558,3 @@ class SplitImageVectoriser(PersistenceImageVectoriser):
             total = flat.sum(axis=1, keepdims=True)
             parts.append(np.sqrt(np.divide(flat, total, out=np.zeros_like(flat), where=total > 0)))
         return finite_float32(np.concatenate(parts, axis=1)[:, : self.dim])
-
-
-# ----------------------------------------------------------------------------------------------------
-# PH classes
-
-
-class PhClassVectoriser(Vectoriser):
-    """``ph_class``: the one-hot class (``dim`` = K classes) of the diagram's ``ph_class_of`` label vector,
-    whitened and assigned to the nearest of the centroids PHdict.py fitted (:mod:`util.ph.ph_class`).
-
-    ``base``: the parameters of the ``ph_class_of`` labels (``dim`` among them, as ``labels_T.json`` records
-    them); ``classes``: the record of the whitening and the centroids.  Both come from ``labels_ph_class.json``;
-    without them (built from flags alone) it cannot label anything, and says so."""
-
-    label_type = 'ph_class'
-    derived = True
-
-    def __init__(self, dim=100, *, ph_class_of='persistence_image', base=None, classes=None):
-        self.dim = check_dim(dim)
-        self.ph_class_of = ph_class_of
-        self.base = dict(base) if base is not None else None
-        self.classes = classes
-        self._base_vec = None
-
-    def get_params(self, deep=True):
-        return dict(dim=self.dim, ph_class_of=self.ph_class_of, base=self.base, classes=self.classes)
-
-    def base_vectoriser(self):
-        if self.base is None or self.classes is None:
-            raise UserError(
-                "--label_type ph_class: the classes are the ones PHdict.py --label_type ph_class fitted; give its "
-                "folder with -pd PHDIR -pc"
-            )
-        if self._base_vec is None:  # the recorded parameters (fitted values, never 'auto') that its __init__ takes
-            cls = base.VECTORISERS.get(self.ph_class_of)
-            if cls is None:
-                raise UserError(f"ph_class: unknown --ph_class_of {self.ph_class_of!r} in its record; rerun PHdict.py")
-            takes = inspect.signature(cls.__init__).parameters
-            kwargs = {k: v for k, v in self.base.items() if k in takes and k not in ('self', 'dim')}
-            self._base_vec = cls(int(self.base['dim']), **kwargs)
-        return self._base_vec
-
-    def transform(self, diagrams):
-        from util.ph.ph_class import assign, one_hot
-
-        vec = self.base_vectoriser()
-        return one_hot(assign(self.classes, vec.transform(diagrams)), self.dim)

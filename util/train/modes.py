@@ -31,7 +31,6 @@ classifier alone, which torchvision's constructor with ``num_classes=K`` loads) 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -40,12 +39,11 @@ from torch import nn
 
 import models
 from models import timm_backend
-from models.loading import classifier_weights
-from models.two_heads import PHOutput, TwoHeads
+from models.two_heads import PHOutput
 from util.config import RunConfig, record, resolve_num_classes
 from util.errors import UserError
 from util.io import fileio
-from util.train import contrastive, distributed, engine, loaders, runs, sources, tensorboard_log
+from util.train import contrastive, distributed, engine, loaders, model_build, runs, sources, tensorboard_log
 from util.train.reports import pictures, write_evaluation
 from util.train.sources import build_sets, check_class_layout, resolve_val
 from util.train.two_task import train_alternating_epoch, train_simultaneous_epoch
@@ -191,73 +189,6 @@ def _fit(model, criterion, train_set, ctx, **kw):
     )
 
 
-# --------------------------------------------------------------------------------------------- models
-def build_finetune_model(
-    run: RunConfig, init_state: dict | None = None, quiet: bool = False
-) -> tuple[nn.Module, int | None]:
-    """(model, head size read from -pw or None): the model with a fresh head of -nc outputs (-nc not given:
-    see :func:`util.config.resolve_num_classes`), initialised from ``init_state`` (a state dict, e.g. the
-    pretraining phase's model), else from -pw (ours / imagenet), else at random."""
-    m = run.model
-    num_classes = resolve_num_classes(m.numof_classes)
-    pw = m.path2weight
-    if init_state is not None:
-        model, report = models.load_for(m.usenet, init_state, num_classes, input_size=run.data.augment.crop_size)
-        if distributed.is_main_process():
-            print(
-                f"initialised from the pretraining phase: {report['loaded']} tensors loaded, head "
-                f"{'re-initialised' if report['head_reinitialised'] else 'kept'}",
-                flush=True,
-            )
-        return model, None
-    if pw == 'imagenet':
-        model, _ = models.load_for(m.usenet, 'imagenet', num_classes, input_size=run.data.augment.crop_size)
-        print(f"initialised from torchvision's ImageNet weights for {m.usenet}", flush=True)
-        return model, None
-    if not pw:
-        model, _ = models.load_for(m.usenet, None, num_classes, input_size=run.data.augment.crop_size)
-        if not quiet:
-            print("WARNING: no -pw given: training from scratch (random initialisation)", file=sys.stderr, flush=True)
-        return model, None
-    if not os.path.isfile(pw):
-        raise UserError(f"-pw {pw!r}: no such weights file")
-    weights = classifier_weights(pw)  # read once; a two-head checkpoint (contrastive, simultaneous) by its network
-    stored = models.infer_num_classes(weights, m.usenet)
-    if m.numof_pretrained_classes is not None and m.numof_pretrained_classes != stored:
-        raise UserError(
-            f"-npc {m.numof_pretrained_classes} but {pw} has a head of {stored} outputs; "
-            f"drop -npc (it is read from the file)"
-        )
-    model, report = models.load_for(
-        m.usenet, weights, num_classes, verbose=distributed.is_main_process(), input_size=run.data.augment.crop_size
-    )
-    print(
-        f"initialised from {pw}: {report['loaded']} tensors loaded, head "
-        f"{'re-initialised' if report['head_reinitialised'] else 'kept'}",
-        flush=True,
-    )
-    return model, stored
-
-
-def _finetune_model(run, init_state=None, quiet=False):
-    """(model, ``run`` with -npc the head size read from -pw, as the run records it)."""
-    model, stored = build_finetune_model(run, init_state, quiet)
-    if stored is not None:
-        run = replace(run, model=replace(run.model, numof_pretrained_classes=stored))
-    return model, run
-
-
-def _pretraining_model(run):
-    model, _ = models.load_for(
-        run.model.usenet,
-        run.model.path2weight or None,
-        run.model.numof_classes,
-        verbose=distributed.is_main_process(),
-        input_size=run.data.augment.crop_size,
-    )
-    return model
-
-
 # ---------------------------------------------------------------------------------------------- runners
 def run_pretraining(run: RunConfig, run_dir: str | None = None) -> tuple[nn.Module, list]:
     """Pretraining (PH regression, or classes with ``--label_type class``) in ``run_dir`` (None: a fresh dated
@@ -278,7 +209,7 @@ def run_pretraining(run: RunConfig, run_dir: str | None = None) -> tuple[nn.Modu
     if distributed.is_main(cfg):
         print(what + (f"; {len(val_set)} validation images" if val_set is not None else ''), flush=True)
 
-    model = _pretraining_model(run)
+    model = model_build.pretraining_model(run)
     ctx = _start(
         run,
         'pretraining',
@@ -325,7 +256,7 @@ def run_finetuning(
     ``init_state`` (a state dict) else -pw; returns (bare model, records)."""
     cfg = run.train
     train_set, val_set, classes, run = _class_sets(run, need_train=True)
-    model, run = _finetune_model(run, init_state, quiet=bool(run.resume))
+    model, run = model_build.finetune_model(run, init_state, quiet=bool(run.resume))
     params = None
     if cfg.freeze_encoder:
         head_names = models.head_parameter_names(model)
@@ -496,12 +427,6 @@ def _stopped(cfg, top):
 
 
 # ----------------------------------------------------------------------------------- simultaneous / alternating
-def _two_head_model(run):
-    """(two-head model, ``run`` with the head size read from -pw)."""
-    model, run = _finetune_model(run, quiet=bool(run.resume))
-    return TwoHeads(model, run.ph_dims), run
-
-
 def _ph_eval(val_ph, criterion, cfg):
     def evaluate(bare_model, epoch):
         loader = loaders.make_loader(val_ph, cfg, epoch, shuffle=False, train=False)
@@ -531,7 +456,7 @@ def run_simultaneous(run: RunConfig) -> None:
         raise UserError("-lm simultaneous trains on labelled images: give their class folders with -t DIR")
     train_set, val_set, val_ph, classes = sources.build_simultaneous_sets(data, run.ph_dims)
     run = _resolve_classes(run, classes, resolve_val(data))
-    model, run = _two_head_model(run)
+    model, run = model_build.two_head_model(run)
     ctx = _start(
         run,
         'simultaneous',
@@ -557,7 +482,7 @@ def run_alternating(run: RunConfig) -> None:
     ph_data = replace(run.data, train=run.ph_train, val=run.ph_val)
     ph_train, ph_val = sources.build_pretraining_sets(ph_data, run.ph_dims, '-nd')
 
-    model, run = _two_head_model(run)
+    model, run = model_build.two_head_model(run)
     source = 'generated on the fly' if run.ph_train is None else f'from {run.ph_train}'
     ctx = _start(
         run,
