@@ -1,4 +1,4 @@
-"""The four label types: histogram, persistence image, Betti curve and persistence landscape, each a
+"""The five label types: histogram, persistence image, Betti curve, persistence landscape and split image, each a
 :class:`util.ph.vectorise_base.Vectoriser` registered under its ``label_type`` when this module is imported
 (:mod:`util.ph.vectorise` does). Their numerics work on a whole batch of diagrams at once.
 """
