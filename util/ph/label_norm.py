@@ -183,6 +183,18 @@ def json_stats(matrix_json: str | None) -> dict | None:
     return (meta or {}).get(JSON_KEY)
 
 
+def _matrix_and_meta(out_dir, label_type):
+    """``(npy path, json path, label matrix, its json)`` of ``labels_<type>`` in ``out_dir``, or None while either
+    file is missing (e.g. a shard still to come)."""
+    from util.ph.labels import label_names, read_json
+
+    npy, _, js = (os.path.join(out_dir, x) for x in label_names(label_type))
+    meta = read_json(js)
+    if meta is None or not os.path.isfile(npy):
+        return None
+    return npy, js, np.load(npy, allow_pickle=False), meta
+
+
 def add_whiten_to_json(
     out_dir: str, label_type: str, k: int = DEFAULT_COMPONENTS, floor: float = DEFAULT_FLOOR
 ) -> dict | None:
@@ -191,13 +203,11 @@ def add_whiten_to_json(
     of directions kept (at most ``rows - 1`` and the dimension), ``asked`` the ``k`` asked for.  Returns the
     record or None."""
     from util.io.fileio import write_json
-    from util.ph.labels import label_names, read_json
 
-    npy, _, js = (os.path.join(out_dir, x) for x in label_names(label_type))
-    meta = read_json(js)
-    if meta is None or not os.path.isfile(npy):
+    found = _matrix_and_meta(out_dir, label_type)
+    if found is None:
         return None
-    matrix = np.load(npy, allow_pickle=False)
+    npy, js, matrix, meta = found
     old = meta.get(WHITEN_KEY)
     asked = old and old.get('asked', old.get('k'))
     if old and old.get('floor') == float(floor) and old.get('count') == matrix.shape[0] and asked == k:
@@ -214,13 +224,11 @@ def add_stats_to_json(out_dir: str, label_type: str, floor: float = DEFAULT_FLOO
     they are when the json already holds them for this floor and row count). Returns the record or None
     when the whole matrix is not there (e.g. a shard still missing)."""
     from util.io.fileio import write_json
-    from util.ph.labels import label_names, read_json
 
-    npy, _, js = (os.path.join(out_dir, x) for x in label_names(label_type))
-    meta = read_json(js)
-    if meta is None or not os.path.isfile(npy):
+    found = _matrix_and_meta(out_dir, label_type)
+    if found is None:
         return None
-    matrix = np.load(npy, allow_pickle=False)
+    npy, js, matrix, meta = found
     old = meta.get(JSON_KEY)
     if old and old.get('floor') == float(floor) and old.get('count') == matrix.shape[0]:
         return old
