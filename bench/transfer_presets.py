@@ -286,4 +286,5 @@ def screen_estimate(cfg, cached_inits=('random', 'genparams', 'scratch'), rates=
     fixed = (cfg['n_images'] + cfg['r2_images']) / 1000 * r['prepare']
     probe_s = r['probe'] * cfg['pre_seeds'] * len(cfg['inits']) * len(cfg['labels']) * cfg['subsets'] / 10
     new = rounds(recipe) * per_pre + fixed + probe_s
-    return new / 60, (new + rounds(others) * per_pre) / 60
+    # from nothing, the controls' pretrainings share the rounds with the recipe's
+    return new / 60, (new + (rounds(recipe + others) - rounds(recipe)) * per_pre) / 60

@@ -213,6 +213,10 @@ def test_probe_table_pairs_subsets_and_takes_the_pretraining_seed_as_the_unit(pr
 
     result, stdout = probe_run
     rec = result['probe']
+    # a progress line per finished run: 4 inits x 2 pretraining seeds pretrained, 5 x 2 networks probed
+    lines = [line for line in stdout.splitlines() if line.startswith('progress ')]
+    assert [line.split(':')[0] for line in lines] == [f'progress {i}/18' for i in range(1, 19)], lines
+    assert sum(': probe (' in line for line in lines[8:]) == 10 and lines[-1].endswith('; 0 left')
     assert result['runs'] == [] and result['table'] is None  # --no-finetune
     P, J = 2, transfer.PRESETS['tiny']['subsets']
     assert rec['pre_seeds'] == P and rec['subsets_per_seed'] == J
@@ -410,11 +414,12 @@ def _estimate_cfg(**over):
 
 def test_screen_estimate_scales_with_the_rates_it_is_given():
     """Given rates -> predicted minutes: 3 seeds of one recipe init, 2 at a time, are 2 rounds of one pretraining
-    (4000 image-epochs at 40 px x 10 s per 1000 = 40 s); the control (random) adds 2 more rounds from nothing;
+    (4000 image-epochs at 40 px x 10 s per 1000 = 40 s); from nothing the control (random) shares the rounds
+    (6 runs in 3);
     PH labels and probes add their own rates' share."""
     cfg = _estimate_cfg()
     new, cold = transfer.screen_estimate(cfg, rates={'pretraining': 10.0, 'prepare': 0.0, 'probe': 0.0})
-    assert new == pytest.approx(80 / 60) and cold == pytest.approx(160 / 60)
+    assert new == pytest.approx(80 / 60) and cold == pytest.approx(120 / 60)  # 6 pretrainings: 3 rounds
     new2, cold2 = transfer.screen_estimate(cfg, rates={'pretraining': 20.0, 'prepare': 0.0, 'probe': 0.0})
     assert (new2, cold2) == pytest.approx((2 * new, 2 * cold))
     with_rest = transfer.screen_estimate(cfg, rates={'pretraining': 10.0, 'prepare': 6.0, 'probe': 2.0})
@@ -443,7 +448,7 @@ def test_estimate_is_calibrated_by_the_durations_recorded_in_the_work_folder(tmp
     rates, basis = timing.measured_rates(records, cfg)
     assert rates['pretraining'] == pytest.approx(30.0) and basis['pretraining'] == 'measured here (3 runs)'
     new, cold = transfer.screen_estimate(cfg, rates=dict(rates, prepare=0.0, probe=0.0))
-    assert new == pytest.approx(2 * 120 / 60) and cold == pytest.approx(4 * 120 / 60)  # 2 rounds of the median run
+    assert new == pytest.approx(2 * 120 / 60) and cold == pytest.approx(3 * 120 / 60)  # rounds of the median run
     assert 'measured here (3 runs)' in timing.basis_text(rates, basis)
     (tmp_path / timing.TIMINGS).write_text('{not json', encoding='utf-8')  # a damaged file: built-in rates again
     assert timing.measured_rates(timing.read_timings(tmp_path), cfg)[0]['pretraining'] == RATE_PRETRAIN_S_PER_K
