@@ -20,7 +20,10 @@ by seed, with their standard error), and writes JSON, the table (Markdown) and a
     python bench/transfer.py --preset cpu --label_norm standard --seeds 3 --labels 10 50   # a lever, screened
 
 Runs are cached in ``--work`` by the hash of their command (an unchanged run is reused, so screening one
-lever re-runs only what it changes); ``--fresh`` ignores the cache.
+lever re-runs only what it changes); ``--fresh`` ignores the cache.  An interrupted evaluation, run again,
+resumes its unfinished pretrainings from their last checkpoint.pth (not under --fresh).  A line per finished run
+says how long it took, how many are left and the expected end; the durations are kept in ``<work>/timings.json``
+and the screen's estimate uses them (else built-in rates), saying which.
 
 Pretraining seeds (``--pre_seeds P``): each initialisation is pretrained P times (pretraining.py --seed p;
 the random targets and the shuffled labels of seed p are drawn with seed p too).  Fine-tuning seed s starts
