@@ -20,7 +20,10 @@ by seed, with their standard error), and writes JSON, the table (Markdown) and a
     python bench/transfer.py --preset cpu --label_norm standard --seeds 3 --labels 10 50   # a lever, screened
 
 Runs are cached in ``--work`` by the hash of their command (an unchanged run is reused, so screening one
-lever re-runs only what it changes); ``--fresh`` ignores the cache.
+lever re-runs only what it changes); ``--fresh`` ignores the cache.  An interrupted evaluation, run again,
+resumes its unfinished pretrainings from their last checkpoint.pth (not under --fresh).  A line per finished run
+says how long it took, how many are left and the expected end; the durations are kept in ``<work>/timings.json``
+and the screen's estimate uses them (else built-in rates), saying which.
 
 Pretraining seeds (``--pre_seeds P``): each initialisation is pretrained P times (pretraining.py --seed p;
 the random targets and the shuffled labels of seed p are drawn with seed p too).  Fine-tuning seed s starts
@@ -62,6 +65,7 @@ import platform
 import tempfile
 import time
 
+from bench import transfer_timing as timing
 from bench.transfer_data import make_split
 from bench.transfer_presets import (
     ALL_INITS,
@@ -325,6 +329,28 @@ def _load():
         return None
 
 
+def _progress(cfg, inits, tasks, rates, log):
+    """The progress line's plan: every pretraining, fine-tuning and probed network of this evaluation, each
+    kind's expected seconds per run from ``rates`` until one of its runs is timed (None: not known)."""
+    from bench.transfer_runner import ft_epochs
+
+    pre_inits = [i for i in inits if i != 'scratch']
+    plan = {'pretraining': len(pre_inits) * cfg['pre_seeds'], 'finetuning': len(tasks), 'probe': 0}
+    if cfg['probe']:
+        plan['probe'] = len(inits) * cfg['pre_seeds']
+    fallback = {'pretraining': None, 'finetuning': None, 'probe': rates['probe'] * timing.probe_units(cfg)}
+    if pre_inits:
+        units = [timing.pretraining_units(cfg, i) for i in pre_inits]
+        fallback['pretraining'] = rates['pretraining'] * sum(units) / len(units)
+    if tasks and 'finetuning' in rates:
+        n = [len(fileio.list_images(os.path.join(split, 'train'))) for _, _, split, _ in tasks]
+        units = [timing.finetuning_units(cfg, x, ft_epochs(cfg, x)) for x in n]
+        fallback['finetuning'] = rates['finetuning'] * sum(units) / len(units)
+    parallel_runs = {'pretraining': cfg['jobs'], 'finetuning': cfg['jobs'], 'probe': 1}
+    plan = {k: v for k, v in plan.items() if v}
+    return timing.Progress(plan, fallback, parallel_runs, log)
+
+
 def main(args):
     cfg = resolve(args)
     name = args.name or _default_name(args, cfg)
@@ -341,12 +367,22 @@ def main(args):
         print(msg, flush=True)
 
     log(f"transfer evaluation '{name}': " + json.dumps(cfg, sort_keys=True))
+    records = timing.read_timings(work)
+    rates, basis = timing.measured_rates(records, cfg)
+    estimate = None
     if args.preset == 'screen':
-        new, cold = screen_estimate(cfg)
+        new, cold = estimate = screen_estimate(cfg, rates=rates)
         log(
-            f"estimate (2 free cores): {new:.0f} min for this label recipe once the controls are cached, "
-            f"{cold:.0f} min from nothing"
+            f"estimate ({cfg['jobs']} pretraining{'s' if cfg['jobs'] > 1 else ''} at a time): {new:.0f} min for "
+            f"this label recipe once the controls are cached, {cold:.0f} min from nothing; based on: "
+            + timing.basis_text(rates, basis)
         )
+        last = [r for r in records if r.get('kind') == 'evaluation' and r.get('preset') == 'screen']
+        if last and last[-1].get('estimate_min'):
+            log(
+                f"the last screen in this --work was estimated at {last[-1]['estimate_min'][0]:.0f} / "
+                f"{last[-1]['estimate_min'][1]:.0f} min and took {last[-1]['seconds'] / 60:.1f} min"
+            )
     runner = Runner(work, cfg['threads'], args.fresh, log)
     seeds = list(range(cfg['seeds']))
     inits = [i for i in ALL_INITS if i in cfg['inits']]
@@ -359,8 +395,12 @@ def main(args):
         tasks = [  # the splits first: a --data the task cannot use is refused before any pretraining
             (k, seed, make_split(runner, cfg, seed, k), init) for k in cfg['labels'] for seed in seeds for init in inits
         ]
+    runner.progress = _progress(cfg, inits, tasks, rates, log)
     if any(i != 'scratch' for i in inits):
+        t_prep = time.time()
         argv_by_init, files = prepare_pretraining(runner, cfg, log)
+        if files.get('made_images'):  # timed from nothing only: a cached preparation says nothing of the rate
+            timing.record_timing(work, cfg, 'prepare', time.time() - t_prep, cfg['n_images'] / 1000)
         pre_by_seed = pretrain(runner, cfg, argv_by_init, log)
     pre = {i: recs[0] for i, recs in pre_by_seed.items()}
     if cfg['finetune']:
@@ -381,9 +421,12 @@ def main(args):
         runs = parallel(one, tasks, cfg['jobs'])
         table = summarise(runs, cfg['labels'], inits, seeds, P)
         text = format_table(table, cfg['labels'], inits)
-    probe_rec = run_probe(cfg, pre_by_seed, inits, log) if cfg['probe'] else None
+    probe_rec = run_probe(cfg, pre_by_seed, inits, log, runner) if cfg['probe'] else None
     r2 = run_r2(runner, cfg, pre_by_seed, files, log) if cfg['r2_images'] else None
     wall = time.time() - t0
+    timing.record_timing(
+        work, cfg, 'evaluation', wall, 1, preset=args.preset, estimate_min=list(estimate) if estimate else None
+    )
     load_after = _load()
     parts = []
     if cfg['finetune']:

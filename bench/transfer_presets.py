@@ -256,28 +256,35 @@ def _resolved_label_flags(flags, ph_dir, label_type):
     return out
 
 
-# Rates behind the screen estimate, measured on this project's shared 2-core VM: a cpu-preset pretraining
-# (4000 images x 8 epochs at 40-px crops) took 128 s and 130 s side by side with a second one at load 1.7-2.4
-# (bench/results/transfer_screen_pi.json) -> 4.0 s per 1000 image-epochs; PHdict.py on 4000 48-px images took
-# 37 s at load 8.7 (2026-12-03) -> 10 s per 1000 images (an upper bound); the probe of 15 networks x 2 levels x
-# 5 subsets took 69 s at load 5-7 (bench/results/transfer_screen_probe_pi_matched.json, 'probe' -> 'seconds')
-# -> 9.2 s per network per (level x 10 subsets).  A -lm contrastive pretraining runs the network on two views of
-# each image: counted as CONTRASTIVE_COST pretrainings (assumed, not measured).
-RATE_PRETRAIN_S_PER_K = 4.0
+# Built-in rates behind the screen estimate, used until this machine has measured its own (bench/transfer_timing.py
+# keeps the durations of finished runs in --work and the estimate prefers them).  Pretraining: two cpu-preset
+# pretrainings side by side (4000 images x 3 epochs at 40-px crops) took 158.7 s and 158.5 s at load 1.4-8.7
+# (bench/results/transfer_screen_probe_hist.json) -> 13.2 s per 1000 image-epochs (the 4.0 s once used here gave
+# "16 min from nothing" for a screen that took 56.6 min, issue 28); PHdict.py on 4000 48-px images took 37 s at
+# load 8.7 (2026-12-03) -> 10 s per 1000 images (an upper bound); the probe of 15 networks x 2 levels x 5 subsets
+# took 69 s at load 5-7 (bench/results/transfer_screen_probe_pi_matched.json, 'probe' -> 'seconds') -> 9.2 s per
+# network per (level x 10 subsets).  A -lm contrastive pretraining runs the network on two views of each image:
+# counted as CONTRASTIVE_COST pretrainings (assumed, not measured).
+RATE_PRETRAIN_S_PER_K = 13.2
 CONTRASTIVE_COST = 2.0
 RATE_PHDICT_S_PER_K = 10.0
 RATE_PROBE_S_PER_NET = 9.2
+BUILT_IN_RATES = {'pretraining': RATE_PRETRAIN_S_PER_K, 'prepare': RATE_PHDICT_S_PER_K, 'probe': RATE_PROBE_S_PER_NET}
 
 
-def screen_estimate(cfg, cached_inits=('random', 'genparams', 'scratch')):
-    """(minutes for one new label recipe with the controls cached, minutes from nothing): an estimate from the
-    rates above, on 2 free cores, 2 pretrainings side by side."""
+def screen_estimate(cfg, cached_inits=('random', 'genparams', 'scratch'), rates=None):
+    """(minutes for one new label recipe with the controls cached, minutes from nothing), from ``rates``
+    ({'pretraining': s per 1000 image-epochs at 40-px crops, 'prepare': s per 1000 images, 'probe': s per
+    network per (level x 10 subsets)}; missing ones: the built-in rates above), ``jobs`` pretrainings side by
+    side.  A pretraining rate measured with the same jobs already holds the runs' contention."""
+    r = dict(BUILT_IN_RATES, **(rates or {}))
     recipe = [i for i in cfg['inits'] if i in ('ph', 'shuffled', 'contrastive_ph', 'contrastive_shuffled')]
     others = [i for i in cfg['inits'] if i not in recipe and i != 'scratch']
-    per_pre = cfg['n_images'] * cfg['pre_epochs'] / 1000 * RATE_PRETRAIN_S_PER_K * cfg['pre_crop'] ** 2 / 40**2
+    per_pre = cfg['n_images'] * cfg['pre_epochs'] / 1000 * r['pretraining'] * cfg['pre_crop'] ** 2 / 40**2
     cost = lambda inits: sum(CONTRASTIVE_COST if i in CONTRASTIVE_INITS else 1 for i in inits)  # noqa: E731
     rounds = lambda inits: math.ceil(cost(inits) * cfg['pre_seeds'] / max(1, cfg['jobs']))  # noqa: E731
-    fixed = (cfg['n_images'] + cfg['r2_images']) / 1000 * RATE_PHDICT_S_PER_K
-    probe_s = RATE_PROBE_S_PER_NET * cfg['pre_seeds'] * len(cfg['inits']) * len(cfg['labels']) * cfg['subsets'] / 10
+    fixed = (cfg['n_images'] + cfg['r2_images']) / 1000 * r['prepare']
+    probe_s = r['probe'] * cfg['pre_seeds'] * len(cfg['inits']) * len(cfg['labels']) * cfg['subsets'] / 10
     new = rounds(recipe) * per_pre + fixed + probe_s
-    return new / 60, (new + rounds(others) * per_pre) / 60
+    # from nothing, the controls' pretrainings share the rounds with the recipe's
+    return new / 60, (new + (rounds(recipe + others) - rounds(recipe)) * per_pre) / 60

@@ -10,7 +10,8 @@ import numpy as np
 from bench.transfer_data import _eval_tensor, probe_pool
 from bench.transfer_presets import INIT_NAMES, MARGINS, PROBE_NAMES
 from bench.transfer_report import r2_text
-from bench.transfer_runner import _gen_flags, _hash, _nw, _ph_flags, _ph_key
+from bench.transfer_runner import _finished, _gen_flags, _hash, _nw, _ph_flags, _ph_key
+from bench.transfer_timing import probe_units
 from util.io import fileio
 
 
@@ -28,9 +29,10 @@ def _load_net(cfg, init, rec, p):
     return model
 
 
-def run_probe(cfg, pre_by_seed, inits, log):
+def run_probe(cfg, pre_by_seed, inits, log, runner=None):
     """Logistic regression and kNN on frozen pooled features, for every init x pretraining seed x labels level x
-    subset; returns the probe record (accuracies, per-level statistics and paired margins)."""
+    subset; returns the probe record (accuracies, per-level statistics and paired margins).  With ``runner``,
+    each network's probe is timed into its work folder and counted by its progress line."""
     import torch
     from threadpoolctl import threadpool_limits  # installed with scikit-learn
 
@@ -38,10 +40,10 @@ def run_probe(cfg, pre_by_seed, inits, log):
     # slower than one thread)
     torch.set_num_threads(cfg['threads'])
     with threadpool_limits(cfg['threads']):
-        return _run_probe(cfg, pre_by_seed, inits, log)
+        return _run_probe(cfg, pre_by_seed, inits, log, runner)
 
 
-def _run_probe(cfg, pre_by_seed, inits, log):
+def _run_probe(cfg, pre_by_seed, inits, log, runner):
     from bench import probe
 
     x, targets, fixed, desc = probe_pool(cfg)
@@ -57,6 +59,7 @@ def _run_probe(cfg, pre_by_seed, inits, log):
     t0 = time.time()
     for init in inits:
         for p in range(P):
+            t_net = time.time()
             model = _load_net(cfg, init, None if init == 'scratch' else pre_by_seed[init][p], p)
             feats = probe.pooled_features(model, x)
             for k in levels:
@@ -71,6 +74,8 @@ def _run_probe(cfg, pre_by_seed, inits, log):
                     for k in levels
                 )
             )
+            if runner is not None:
+                _finished(runner, cfg, 'probe', f"{PROBE_NAMES[init]}, seed {p}", time.time() - t_net, probe_units(cfg))
     table = {}
     for c in probe.CLASSIFIERS:
         table[c] = {}

@@ -13,10 +13,12 @@ import sys
 import time
 
 from bench.transfer_presets import ALL_INITS, INIT_NAMES, _resolved_label_flags
+from bench.transfer_timing import finetuning_units, pretraining_units, record_timing
 from util.errors import UserError
 from util.io import fileio
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHECKPOINT = 'checkpoint.pth'  # what pretraining.py writes after each epoch, for --resume
 
 
 def _hash(obj):
@@ -26,10 +28,11 @@ def _hash(obj):
 class Runner:
     """Runs the product's scripts as subprocesses (nothing imported from them), logging every command."""
 
-    def __init__(self, work, threads, fresh, log):
+    def __init__(self, work, threads, fresh, log, progress=None):
         self.work = work
         self.fresh = fresh
         self.log = log
+        self.progress = progress  # a bench.transfer_timing.Progress, told of each finished training run
         self.env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED='1')
 
     def run(self, script, argv, what):
@@ -38,36 +41,60 @@ class Runner:
         argv = [str(a) for a in argv]
         if '-o' not in argv:
             return self._run(script, argv, what)
-        with run_lock(argv[argv.index('-o') + 1].rstrip(os.sep) + '.lock', what, self.log):
-            return self._run(script, argv, what)
+        with run_lock(argv[argv.index('-o') + 1].rstrip(os.sep) + '.lock', what, self.log) as lock:
+            return self._run(script, argv, what, lock)
 
-    def _run(self, script, argv, what):
+    def _run(self, script, argv, what, lock=None):
+        """The subprocess inherits ``lock`` (the open lock file): the lock stays held while it runs even if this
+        process is killed, so a rerun waits for an orphaned run instead of writing into its folder beside it."""
         cmd = [sys.executable, os.path.join(_ROOT, script)] + [str(a) for a in argv]
         t0 = time.time()
-        proc = subprocess.run(cmd, cwd=_ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        fds = (lock.fileno(),) if lock is not None else ()
+        proc = subprocess.run(
+            cmd, cwd=_ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, pass_fds=fds
+        )
         if proc.returncode != 0:
             tail = '\n'.join(proc.stdout.strip().splitlines()[-15:])
             raise UserError(f"{what} failed (exit {proc.returncode}): {' '.join(cmd[1:])}\n{tail}")
         return time.time() - t0
 
-    def training_run(self, script, argv, key, what, done_file):
+    def training_run(self, script, argv, key, what, done_file, resumable=False):
         """Run a training script with ``-o <work>/runs/<key>``; returns (run folder, seconds or None if cached).
 
         A run that finished (``done_file`` present) is reused unless --fresh.  The run key's lock file
         (``<work>/runs/<key>.lock``, an fcntl lock) is held while a run is checked for and made: a second
         bench/transfer.py sharing ``--work`` waits for the first's run of the same key and then reuses it.  Under
-        the lock an unfinished run folder is an earlier, killed call's (the lock dies with its process) and is
-        removed; a finished one is never removed (--fresh makes a new run folder beside it)."""
+        the lock an unfinished run folder is an earlier, killed call's (the lock dies with its process and its
+        training subprocess).  ``resumable`` (pretraining.py), not --fresh, and the newest unfinished folder holds
+        its ``checkpoint.pth``: the run is continued there with ``--resume`` (a resumed run repeats the
+        uninterrupted one exactly on the CPU); the seconds returned are those of this call only.  Other
+        unfinished folders are removed and the run starts afresh; a finished one is never removed (--fresh makes
+        a new run folder beside it)."""
         base = os.path.join(self.work, 'runs', key)
-        with run_lock(base + '.lock', what, self.log):
+        with run_lock(base + '.lock', what, self.log) as lock:
             found = _finished_run(base, done_file)
             if found and not self.fresh:
                 return found, None
             before = set(os.listdir(base)) if os.path.isdir(base) else set()
-            for d in before:
-                if not os.path.isfile(os.path.join(base, d, done_file)):
-                    shutil.rmtree(os.path.join(base, d), ignore_errors=True)
-            secs = self._run(script, argv + ['-o', base], what)
+            unfinished = [
+                os.path.join(base, d)
+                for d in before
+                if os.path.isdir(os.path.join(base, d)) and not os.path.isfile(os.path.join(base, d, done_file))
+            ]
+            resume = None
+            if resumable and not self.fresh:
+                ready = [d for d in unfinished if os.path.isfile(os.path.join(d, CHECKPOINT))]
+                resume = max(ready, key=lambda d: os.path.getmtime(os.path.join(d, CHECKPOINT))) if ready else None
+            for d in unfinished:
+                if d != resume:
+                    shutil.rmtree(d, ignore_errors=True)
+            if resume:
+                self.log(f"{what}: resuming the interrupted run {resume} from its {CHECKPOINT}")
+                secs = self._run(script, argv + ['-o', base, '--resume', resume], what, lock)
+                if not os.path.isfile(os.path.join(resume, done_file)):
+                    raise UserError(f"{what}: no {done_file} in {resume} after resuming it")
+                return resume, secs
+            secs = self._run(script, argv + ['-o', base], what, lock)
             made = [d for d in os.listdir(base) if d not in before and os.path.isfile(os.path.join(base, d, done_file))]
             if len(made) != 1:
                 raise UserError(f"{what}: no {done_file} in a new run folder under {base} after the run")
@@ -88,7 +115,7 @@ def run_lock(path, what, log):
             log(f"{what}: another bench/transfer.py run is making it; waiting for it (lock {path})")
             fcntl.flock(f, fcntl.LOCK_EX)
         try:
-            yield
+            yield f
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
 
@@ -138,6 +165,7 @@ def prepare_pretraining(runner, cfg, log):
     permuted by seed p (bench.probe.shuffled_copy); the images and PH labels are shared."""
     gen = _gen_flags(cfg, cfg['n_images'], 0)
     images = os.path.join(runner.work, 'images', _hash(gen))
+    made_images = not os.path.isdir(images)
     runner.run('util/random_image.py', ['-o', images] + gen, 'random_image.py')
     lt, dims = cfg['label_type'], cfg['dims']
     ph_dir = os.path.join(runner.work, 'ph', _ph_key(images, cfg))
@@ -209,7 +237,13 @@ def prepare_pretraining(runner, cfg, log):
         return ['-u', cfg['arch'], '-nc', d, '--label_type', 'random'] + sizes(p) + ['-t', images, '-pd', labels_dir]
 
     argv = {'ph': [ph_argv(p, ph_dir) + extra for p in seeds]}
-    files = {'images': images, 'ph_dir': ph_dir, 'ph_labels_used': ph_dir, 'random_dir': rand_dir(0)}
+    files = {
+        'images': images,
+        'ph_dir': ph_dir,
+        'ph_labels_used': ph_dir,
+        'random_dir': rand_dir(0),
+        'made_images': made_images,
+    }
     if 'random' in inits:
         argv['random'] = [
             matrix_argv(p, dims, rand_dir(p)) + ['-pc', '-nw', _nw(cfg, 1, loader=True)] + extra for p in seeds
@@ -263,17 +297,27 @@ def pretrain(runner, cfg, argv_by_init, log):
         init, p = item
         argv = argv_by_init[init][p]
         run_dir, secs = runner.training_run(
-            'pretraining.py', argv, f"pre_{init}_{_hash(argv)}", f'pretraining ({init}, seed {p})', name
+            'pretraining.py', argv, f"pre_{init}_{_hash(argv)}", f'pretraining ({init}, seed {p})', name, True
         )
         log(
             f"pretrained ({INIT_NAMES[init]}, seed {p}) -> {run_dir}"
             + (' (cached)' if secs is None else f' ({secs:.0f} s)')
         )
+        _finished(runner, cfg, 'pretraining', f"{INIT_NAMES[init]}, seed {p}", secs, pretraining_units(cfg, init))
         return {'weights': os.path.join(run_dir, name), 'run_dir': run_dir, 'seconds': secs, 'argv': argv, 'seed': p}
 
     todo = [(i, p) for i in ALL_INITS if i in argv_by_init and i in cfg['inits'] for p in range(cfg['pre_seeds'])]
     done = dict(zip(todo, parallel(one, todo, cfg['jobs'])))
     return {i: [done[(i, p)] for p in range(cfg['pre_seeds'])] for i in ALL_INITS if (i, 0) in done}
+
+
+def _finished(runner, cfg, kind, what, secs, units):
+    """A training run finished: record its duration in the work folder (not a cached one's) and print its
+    progress line."""
+    if secs is not None:
+        record_timing(runner.work, cfg, kind, secs, units)
+    if runner.progress is not None:
+        runner.progress.done(kind, what, secs)
 
 
 def parallel(fn, items, jobs):
@@ -328,6 +372,8 @@ def finetune(runner, cfg, split, seed, init, pre, log):
     run_dir, secs = runner.training_run(
         'finetuning.py', argv, key, f'fine-tuning ({init}, seed {seed})', 'metrics.json'
     )
+    what = f"{INIT_NAMES[init]}, seed {seed}, {n_train} training images"
+    _finished(runner, cfg, 'finetuning', what, secs, finetuning_units(cfg, n_train, epochs))
     metrics_file = os.path.join(run_dir, 'metrics.json')
     with open(metrics_file, encoding='utf-8') as f:
         metrics = json.load(f)

@@ -138,5 +138,59 @@ def _shared_work(ctx, script):
     assert [a['pretraining']['ph']['seconds'], b['pretraining']['ph']['seconds']].count(None) == 1  # one reused
 
 
+@case(
+    'transfer',
+    "killed (with its training subprocess) during a pretraining, after the first epoch's checkpoint",
+    'exit 0 on the same command again: the pretraining resumes in its folder from checkpoint.pth (said in the log, '
+    'not restarted), its final weights equal those of an uninterrupted run, the table is written',
+)
+def _killed_during_pretraining(ctx, script):
+    import glob
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    argv = ['--preset', 'tiny', '--inits', 'ph', '--seeds', 1, '--labels', 3, '--name', 't']
+    argv += ['--pre_epochs', 3, '--n_images', 96]  # 6 batches an epoch: time to kill between checkpoints
+    work, out = ctx.tmp / 'work', ctx.tmp / 'results'
+    ctx.outputs(out)
+    cmd = [sys.executable, os.path.join(faultlib.ROOT, 'bench', 'transfer.py'), *map(str, argv)]
+    cmd += ['--work', str(work), '--out', str(out)]
+    # its own session: the kill takes bench/transfer.py and the pretraining.py it runs, as the end of a
+    # working session does
+    log_file = ctx.tmp / 'killed.log'
+    with open(log_file, 'w') as f:
+        proc = subprocess.Popen(
+            cmd, cwd=faultlib.ROOT, env=faultlib._env(), stdout=f, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    deadline = time.time() + 600
+    while not glob.glob(str(work / 'runs' / 'pre_ph_*' / '*' / 'checkpoint.pth')):
+        assert proc.poll() is None, f"ended before it could be killed:\n{log_file.read_text()[-3000:]}"
+        assert time.time() < deadline, 'no checkpoint.pth appeared'
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    (run_dir,) = glob.glob(str(work / 'runs' / 'pre_ph_*' / '*' / 'checkpoint.pth'))
+    run_dir = os.path.dirname(run_dir)
+    final = os.path.join(run_dir, 'resnet18_epoch3.pth')
+    assert not os.path.exists(final), 'the pretraining ended before it was killed'
+    res = run(script, *argv, '--work', work, '--out', out, timeout=900)
+    expect_ok(res)
+    assert f'resuming the interrupted run {run_dir}' in res.out, res.out[-3000:]
+    result = json.loads((out / 'transfer_t.json').read_text())
+    assert result['pretraining']['ph']['run_dir'] == run_dir  # continued in place, not a new folder
+    assert os.listdir(os.path.dirname(run_dir)) == [os.path.basename(run_dir)]
+    assert (out / 'transfer_t.md').read_text().count('| PH labels') == 1
+    # an uninterrupted run of the same command in another work folder: the same weights, exactly (CPU)
+    ref = ctx.tmp / 'ref'
+    expect_ok(run(script, *argv, '--work', ref, '--out', ctx.tmp / 'ref_results', timeout=900))
+    ref_weights = json.loads((ctx.tmp / 'ref_results' / 'transfer_t.json').read_text())['pretraining']['ph']['weights']
+    a, b = torch.load(final, weights_only=True), torch.load(ref_weights, weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 data, test_fault = faultlib.data, faultlib.test_fault  # the matrix's fixture and test
 pytest_generate_tests, ledger = faultlib.matrix('transfer')

@@ -215,7 +215,9 @@ def test_screen_preset_probes_three_pretraining_seeds_without_finetuning():
     assert cfg['probe'] and not cfg['finetune']
     assert cfg['pre_seeds'] >= 3 and cfg['subsets'] >= 5 and cfg['labels'] == ['10', '50']
     new, cold = transfer.screen_estimate(dict(cfg, inits=list(transfer.INITS)))
-    assert new <= 15 and cold > new  # the estimate the script prints for one recipe (the preset's purpose)
+    # issue 28: this screen (the five INITS, from nothing, digits) took 56.6 min on the 2-core VM; the built-in rates
+    # (used until this machine has timed its own runs) must put it within +-30%
+    assert cold > new and 0.7 * 56.6 <= cold <= 1.3 * 56.6, (new, cold)
     for flags in (['--pre_seeds', '0'], ['--subsets', '0'], ['--no-probe']):
         with pytest.raises(transfer.UserError):
             transfer.resolve(transfer.get_args_parser().parse_args(['--preset', 'screen'] + flags))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from bench import transfer
+from bench.transfer_presets import RATE_PRETRAIN_S_PER_K
 from util.ph.labels import load_label_matrix
 
 # the shared runs of the whole evaluation (their own limits: 600 s and 900 s) start in a test's setup
@@ -212,6 +213,10 @@ def test_probe_table_pairs_subsets_and_takes_the_pretraining_seed_as_the_unit(pr
 
     result, stdout = probe_run
     rec = result['probe']
+    # a progress line per finished run: 4 inits x 2 pretraining seeds pretrained, 5 x 2 networks probed
+    lines = [line for line in stdout.splitlines() if line.startswith('progress ')]
+    assert [line.split(':')[0] for line in lines] == [f'progress {i}/18' for i in range(1, 19)], lines
+    assert sum(': probe (' in line for line in lines[8:]) == 10 and lines[-1].endswith('; 0 left')
     assert result['runs'] == [] and result['table'] is None  # --no-finetune
     P, J = 2, transfer.PRESETS['tiny']['subsets']
     assert rec['pre_seeds'] == P and rec['subsets_per_seed'] == J
@@ -399,3 +404,101 @@ def test_every_documented_transfer_command_runs(docs_data):
             for flag, value in zip(given[::2], given[1::2]):
                 assert ph_args[flag.lstrip('-')] == float(value), (where, flag)
     assert len(done) >= 4, done
+
+
+# ------------------------------------------------------------------------------------------ the clock
+def _estimate_cfg(**over):
+    cfg = dict(transfer.PRESETS['screen'], inits=['scratch', 'ph', 'random'], threads=1, device=None)
+    return dict(cfg, n_images=1000, pre_epochs=4, pre_crop=40, pre_seeds=3, jobs=2, r2_images=0, **over)
+
+
+def test_screen_estimate_scales_with_the_rates_it_is_given():
+    """Given rates -> predicted minutes: 3 seeds of one recipe init, 2 at a time, are 2 rounds of one pretraining
+    (4000 image-epochs at 40 px x 10 s per 1000 = 40 s); from nothing the control (random) shares the rounds
+    (6 runs in 3);
+    PH labels and probes add their own rates' share."""
+    cfg = _estimate_cfg()
+    new, cold = transfer.screen_estimate(cfg, rates={'pretraining': 10.0, 'prepare': 0.0, 'probe': 0.0})
+    assert new == pytest.approx(80 / 60) and cold == pytest.approx(120 / 60)  # 6 pretrainings: 3 rounds
+    new2, cold2 = transfer.screen_estimate(cfg, rates={'pretraining': 20.0, 'prepare': 0.0, 'probe': 0.0})
+    assert (new2, cold2) == pytest.approx((2 * new, 2 * cold))
+    with_rest = transfer.screen_estimate(cfg, rates={'pretraining': 10.0, 'prepare': 6.0, 'probe': 2.0})
+    probe_s = 2.0 * 3 * 3 * len(cfg['labels']) * cfg['subsets'] / 10  # 3 seeds x 3 inits networks
+    assert with_rest[0] == pytest.approx((80 + 6.0 + probe_s) / 60)
+    crop = transfer.screen_estimate(dict(cfg, pre_crop=80), rates={'pretraining': 10.0, 'prepare': 0, 'probe': 0})
+    assert crop[0] == pytest.approx(4 * new)  # a crop of twice the side costs four times
+
+
+def test_estimate_is_calibrated_by_the_durations_recorded_in_the_work_folder(tmp_path):
+    """Pretrainings timed in --work (as each finished run records itself) set the next estimate's rate; runs
+    made another way (other --jobs) do not; with none recorded the built-in rate is used, and said."""
+    from bench import transfer_timing as timing
+
+    cfg = _estimate_cfg()
+    rates, basis = timing.measured_rates(timing.read_timings(tmp_path), cfg)
+    assert rates['pretraining'] == RATE_PRETRAIN_S_PER_K and 'built-in' in basis['pretraining']
+    assert 'finetuning' not in rates  # no built-in rate: unknown until timed
+    units = timing.pretraining_units(cfg, 'ph')  # 4 (1000 images x 4 epochs at 40 px)
+    for secs in (100.0, 120.0, 400.0):  # median: 120 s -> 30 s per unit
+        timing.record_timing(str(tmp_path), cfg, 'pretraining', secs, units)
+    timing.record_timing(str(tmp_path), dict(cfg, jobs=1), 'pretraining', 4.0, units)  # not this set-up
+    timing.record_timing(str(tmp_path), cfg, 'pretraining', None, units)  # a cached run: nothing recorded
+    records = timing.read_timings(tmp_path)
+    assert len(records) == 4
+    rates, basis = timing.measured_rates(records, cfg)
+    assert rates['pretraining'] == pytest.approx(30.0) and basis['pretraining'] == 'measured here (3 runs)'
+    new, cold = transfer.screen_estimate(cfg, rates=dict(rates, prepare=0.0, probe=0.0))
+    assert new == pytest.approx(2 * 120 / 60) and cold == pytest.approx(3 * 120 / 60)  # rounds of the median run
+    assert 'measured here (3 runs)' in timing.basis_text(rates, basis)
+    (tmp_path / timing.TIMINGS).write_text('{not json', encoding='utf-8')  # a damaged file: built-in rates again
+    assert timing.measured_rates(timing.read_timings(tmp_path), cfg)[0]['pretraining'] == RATE_PRETRAIN_S_PER_K
+
+
+def test_progress_line_counts_runs_and_projects_the_end():
+    """Each finished run prints what it was, how long it took, how many are left and the expected end: the
+    runs left times the measured mean of their kind (before one is timed: the fallback), divided by the runs
+    made at a time."""
+    import time
+
+    from bench import transfer_timing as timing
+
+    lines, now = [], 1_000_000.0
+    prog = timing.Progress(
+        {'pretraining': 3, 'probe': 2},
+        {'pretraining': 100.0, 'probe': 10.0},
+        {'pretraining': 2, 'probe': 1},
+        lines.append,
+        clock=lambda: now,
+    )
+    end = lambda secs: time.strftime('%H:%M', time.localtime(now + secs))  # noqa: E731
+    prog.done('pretraining', 'PH labels, seed 0', 60.0)
+    # 2 pretrainings left at the measured 60 s, 2 at a time (60 s), then 2 probes at the fallback 10 s (20 s)
+    assert lines[-1] == f"progress 1/5: pretraining (PH labels, seed 0) took 60 s; 4 left, expected end {end(80)}"
+    prog.done('pretraining', 'random targets, seed 0', None)
+    assert 'cached; 3 left' in lines[-1] and end(60 + 20) in lines[-1]  # a cached run adds no duration
+    prog.done('pretraining', 'PH labels, seed 1', 180.0)
+    prog.done('probe', 'untrained network, seed 0', 30.0)
+    assert lines[-1] == f"progress 4/5: probe (untrained network, seed 0) took 30 s; 1 left, expected end {end(30)}"
+    prog.done('probe', 'PH labels, seed 0', 30.0)
+    assert lines[-1].startswith('progress 5/5: ') and lines[-1].endswith('0 left')
+    unknown = timing.Progress({'pretraining': 1, 'finetuning': 2}, {'pretraining': 5.0}, {}, lines.append)
+    unknown.done('pretraining', 'PH labels, seed 0', 5.0)
+    assert 'expected end after' in lines[-1] and '(finetuning not timed yet)' in lines[-1]
+
+
+def test_tiny_run_prints_a_progress_line_per_finished_run(tiny_run):
+    """The tiny evaluation (2 pretrainings, 2 seeds x 3 inits fine-tunings): one progress line per run, counted
+    1..8, the kinds right, and each finished run's duration recorded in the work folder for the next estimate."""
+    from bench import transfer_timing as timing
+
+    _, stdout, work = tiny_run
+    lines = [line for line in stdout.splitlines() if line.startswith('progress ')]
+    assert [line.split(':')[0] for line in lines] == [f'progress {i}/8' for i in range(1, 9)], lines
+    assert (
+        sum(': pretraining (' in line for line in lines) == 2 and sum(': finetuning (' in line for line in lines) == 6
+    )
+    assert all(' left, expected end ' in line for line in lines[:-1]) and lines[-1].endswith('; 0 left')
+    assert all(' took ' in line for line in lines)  # a fresh work folder: nothing cached
+    kinds = [r['kind'] for r in timing.read_timings(work)]
+    assert kinds.count('pretraining') == 2 and kinds.count('finetuning') == 6 and kinds.count('prepare') == 1
+    assert kinds[-1] == 'evaluation'
