@@ -94,35 +94,6 @@ PRESETS = {
         probe=True,
         finetune=True,
     ),
-    # one label recipe probed (no fine-tuning) with 3 pretraining seeds x 5 subsets, <= 15 min on 2 cores
-    # once the recipe-independent controls (random targets, generator params) are cached: see screen_estimate
-    'screen': dict(
-        n_images=4000,
-        gen_size=48,
-        pre_img=48,
-        pre_crop=40,
-        pre_epochs=8,
-        pre_batch=64,
-        lr_pre=0.05,
-        arch='resnet18',
-        ft_img=32,
-        ft_batch=32,
-        lr_fine=0.02,
-        ft_samples=3000,
-        ft_min_epochs=8,
-        ft_max_epochs=30,
-        labels=['10', '50'],
-        seeds=3,
-        dims=200,
-        val_fraction=0.3,
-        max_test=0,
-        jobs=2,
-        pre_seeds=3,
-        subsets=5,
-        r2_images=500,
-        probe=True,
-        finetune=False,
-    ),
     # One device command of <= 10 minutes on an H200 with 16 cores (never measured; estimated from the CPU runs and
     # the bench/gpu_bench.py design figures): images + PH labels of 20000 images of 128 px with every core ~0.5
     # min, two pretrainings (ResNet-18, 112 px crops, 12 epochs = 240k images each, the loader-bound rate of
@@ -157,6 +128,9 @@ PRESETS = {
         finetune=True,
     ),
 }
+# one label recipe probed (no fine-tuning) with 3 pretraining seeds x 5 subsets: the cpu preset's sizes at two
+# levels; about 24 min on 2 free cores once the recipe-independent controls are cached (see screen_estimate)
+PRESETS['screen'] = dict(PRESETS['cpu'], labels=['10', '50'], seeds=3, finetune=False)
 
 
 # PHdict.py's flags that say what the labels are (besides --label_type and --numof_dims, set from --label_type and
