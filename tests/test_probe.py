@@ -392,7 +392,7 @@ def test_a_second_process_waits_for_and_reuses_a_run_of_the_same_key(tmp_path, m
 
     made = []
 
-    def fake_run(self, script, argv, what):
+    def fake_run(self, script, argv, what, lock=None):
         out = argv[argv.index('-o') + 1]
         d = os.path.join(out, f'run{len(made)}')
         os.makedirs(d)
