@@ -48,10 +48,10 @@ def make_pretrain_data(n, size, workers, dim=LABEL_DIM, seed=0):
 
 
 def standardise(labels):
-    """The product's ``--label_norm standard`` (:mod:`util.train.label_norm`: per-output z-scores, the std floored
+    """The product's ``--label_norm standard`` (:mod:`util.ph.label_norm`: per-output z-scores, the std floored
     at 0.1 x its RMS over outputs, so an output that never varies becomes 0 instead of amplified noise):
     float32 [N, D], and the count of outputs that never vary."""
-    from util.train.label_norm import DEFAULT_FLOOR, compute_stats
+    from util.ph.label_norm import DEFAULT_FLOOR, compute_stats
 
     mean, std = compute_stats(labels, DEFAULT_FLOOR)
     const = int((np.asarray(labels, np.float64).std(0) < 1e-6).sum())

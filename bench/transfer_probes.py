@@ -153,10 +153,10 @@ def run_r2(runner, cfg, pre_by_seed, files, log):
         per = []
         for p, rec in enumerate(pre_by_seed[init]):
             if init == 'random':
-                from util.train import sources as label_sources
+                from util.ph import random_targets
 
-                keys = [label_sources.image_key(q) for q in names]
-                y = label_sources.random_matrix(p, keys, dims)
+                keys = [random_targets.image_key(q) for q in names]
+                y = random_targets.random_matrix(p, keys, dims)
                 tl, _ = load_label_matrix(*find_label_matrix(files['random_dirs'][p], 'random'), expected_dim=dims)
                 tl = np.asarray(tl)
             else:

@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from tests.conftest import only_run_dir
-from util.train import label_norm, sources
+from util.ph import label_norm, random_targets
+from util.train import sources
 
 TINY = ['-u', 'resnet18', '-e', '1', '--img_size', '24', '--crop_size', '20', '-b', '4', '-nw', '0', '--device', 'cpu']
 
@@ -56,7 +57,7 @@ def test_random_targets_reproducible_and_independent_of_content(tmp_path):
     assert len({row.tobytes() for row in la}) == len(rel)  # one vector per image
     # a row depends on the image's identity only, not on its position among the others
     np.testing.assert_array_equal(sources.RandomLabels(rel[::-1], 16, 3).label(0), la[-1])
-    big = sources.random_matrix(0, [f'k{i}' for i in range(400)], 50)
+    big = random_targets.random_matrix(0, [f'k{i}' for i in range(400)], 50)
     assert big.dtype == np.float32 and abs(big.mean()) < 0.05 and abs(big.std() - 1) < 0.05
     gen = sources.GeneratedRandomLabels(16, 3, stream=0)
     assert np.array_equal(gen.label(5), gen.label(5)) and not np.allclose(gen.label(5), gen.label(6))

@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import only_run_dir
-from util.ph import diagnostics
+from util.ph import diagnostics, label_norm
 from util.ph.vectorise import make_vectoriser
-from util.train import label_norm
 
 TINY = ['-u', 'resnet18', '-e', '1', '--img_size', '24', '--crop_size', '20', '-b', '4', '-nw', '0', '--device', 'cpu']
 

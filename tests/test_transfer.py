@@ -125,7 +125,7 @@ def test_every_cell_is_a_real_finetuning_run(tiny_run):
 
 def test_random_targets_come_from_the_product_flag(tiny_run):
     """The control is PHdict.py --label_type random, read by pretraining.py --label_type random."""
-    from util.train import sources
+    from util.ph import random_targets
 
     result, _, _ = tiny_run
     dims = result['settings']['dims']
@@ -134,7 +134,8 @@ def test_random_targets_come_from_the_product_flag(tiny_run):
         os.path.join(rand, 'labels_random.npy'), os.path.join(rand, 'labels_random.txt'), expected_dim=dims
     )
     assert matrix.shape == (result['settings']['n_images'], dims)
-    np.testing.assert_array_equal(matrix, sources.random_matrix(0, [sources.image_key(n) for n in names], dims))
+    keys = [random_targets.image_key(n) for n in names]
+    np.testing.assert_array_equal(matrix, random_targets.random_matrix(0, keys, dims))
     with open(os.path.join(result['pretraining']['random']['run_dir'], 'args.json'), encoding='utf-8') as f:
         pargs = json.load(f)
     assert pargs['label_type'] == 'random' and pargs['numof_classes'] == dims and pargs['seed'] == 0

@@ -119,7 +119,7 @@ class LabelConfig:
 @dataclass(frozen=True)
 class NormConfig:
     """``--label_norm``: 'none', 'standard' (z-score of the pretraining labels, std floored at ``floor`` x the
-    RMS of the components' std) or 'whiten' (top-``components`` PCA whitening; see util.train.label_norm)."""
+    RMS of the components' std) or 'whiten' (top-``components`` PCA whitening; see util.ph.label_norm)."""
 
     mode: str = field(default='none', metadata=_flag('label_norm'))
     floor: float = field(default=label_norm.DEFAULT_FLOOR, metadata=_flag('label_norm_floor'))

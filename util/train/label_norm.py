@@ -1,6 +1,6 @@
-"""The training side of ``--label_norm`` (the maths and the json records are :mod:`util.ph.label_norm`, re-exported
-here for the data sources): the z-scored (or whitened) pretraining dataset and the label sample the statistics are
-estimated from when there is no label matrix."""
+"""The training side of ``--label_norm`` (the maths and the json records are :mod:`util.ph.label_norm`): the
+z-scored (or whitened) pretraining dataset and the label sample the statistics are estimated from when there is no
+label matrix."""
 
 from __future__ import annotations
 
@@ -9,24 +9,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from util.errors import UserError
-from util.ph.label_norm import (  # noqa: F401  (the data sources call them through this module)
-    DEFAULT_COMPONENTS,
-    DEFAULT_FLOOR,
-    JSON_KEY,
-    WHITEN_KEY,
-    add_stats_to_json,
-    add_whiten_to_json,
-    compute_stats,
-    compute_whiten,
-    constant_columns,
-    constant_message,
-    from_record,
-    json_stats,
-    stats_record,
-    warn_constant,
-    whiten_from_record,
-    whiten_record,
-)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

@@ -1,7 +1,7 @@
 """``--label_norm standard`` / ``whiten`` around a run's pretraining sets: the statistics a run uses (those of
 the run it resumes, else the label json PHdict.py wrote, else the rows of the label matrix the run reads, else a
 first sample of its labels), and the sets wrapped in them.  :func:`util.train.sources.pretraining_sets` applies
-them; the maths is :mod:`util.train.label_norm`'s."""
+them; the maths is :mod:`util.ph.label_norm`'s."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ def standard_stats(data: DataConfig, resume: str, train: Any, mode: str | None =
     """(mean, std, record) for --label_norm standard: the resumed run's (``resume``: --resume, a checkpoint of
     the learning mode ``mode``), else the label json's (PHdict.py), else the label matrix's, else a first
     sample's."""
-    from util.train import label_norm
+    from util.ph import label_norm
+    from util.train.label_norm import sample_labels
 
     dim = train.dim
     if resume:
@@ -61,7 +62,7 @@ def standard_stats(data: DataConfig, resume: str, train: Any, mode: str | None =
         rows = np.asarray(matrix)[labels.rows]
         source = f'rows of {js[:-5]}.npy used by this run'
     else:
-        rows = label_norm.sample_labels(train)
+        rows = sample_labels(train)
         source = f'labels of the first {len(rows)} training images'
     mean, std = label_norm.compute_stats(rows, floor)
     return mean, std, label_norm.stats_record(mean, std, floor, source, len(rows))
@@ -71,8 +72,9 @@ def whitened(data: DataConfig, resume: str, train: Any, val: Any, facts: dict) -
     """--label_norm whiten: the statistics of the resumed run, else of the label json (PHdict.py --label_norm
     whiten, same K and floor), else of the rows the run uses, else of a first sample; ``facts`` gain
     ``label_whiten_*`` (flat lists: args.json and the checkpoint keep lists of numbers)."""
+    from util.ph import label_norm
     from util.ph.labels import read_json
-    from util.train import label_norm
+    from util.train.label_norm import Standardised, sample_labels
 
     dim, k, floor, rec, where = train.dim, data.norm.components, data.norm.floor, None, None
     if resume:
@@ -101,7 +103,7 @@ def whitened(data: DataConfig, resume: str, train: Any, val: Any, facts: dict) -
         if matrix is not None:
             rows, source = np.asarray(matrix)[labels.rows], 'rows of the label matrix used by this run'
         else:
-            rows = label_norm.sample_labels(train)
+            rows = sample_labels(train)
             source = f'labels of the first {len(rows)} training images'
         mean, comp, scales = label_norm.compute_whiten(rows, k, floor)
         rec = label_norm.whiten_record(mean, comp, scales, floor, source, len(rows))
@@ -117,5 +119,5 @@ def whitened(data: DataConfig, resume: str, train: Any, val: Any, facts: dict) -
     }
     print(f"labels whitened: top {len(rec['scales'])} principal directions ({rec['source']})", flush=True)
     ones = np.ones(dim, np.float32)
-    wrap = lambda s: label_norm.Standardised(s, mean, ones, mapping)  # noqa: E731
+    wrap = lambda s: Standardised(s, mean, ones, mapping)  # noqa: E731
     return wrap(train), (wrap(val) if val is not None else None), facts

@@ -16,7 +16,7 @@ Scale: each component has mean 0 and variance 1, the scale of ``--label_norm sta
 labels have their own, much smaller scale; the control matches the dimension, and the scale of the
 standardised labels).  Only ``-ph pre`` makes sense (a random target describes a whole image).
 
-Numpy only at import (PHdict.py imports the random targets); torch comes with the datasets when sets are built.
+Numpy only at import; torch comes with the datasets when sets are built.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from util.errors import UserError
 from util.io import fileio
 from util.io.provenance import describe
-from util.ph.random_targets import RANDOM, image_key, random_matrix, random_target  # noqa: F401  (re-exported)
+from util.ph.random_targets import RANDOM, image_key, random_target
 from util.train.label_scaling import standard_stats, whitened
 from util.train.phdir import FolderRecipe, PhDirMismatch, check_ph_dir, label_record
 
