@@ -59,9 +59,7 @@ def shared_fixture_group(item):
     return None
 
 
-# A wrapper: its marks are set before every other plugin's hook runs (pytest-xdist reads the groups there, and
-# `-m` deselects there); a plain `tryfirst` impl ran after xdist's on its workers, so no group ever formed.
-@pytest.hookimpl(hookwrapper=True)
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups and `-m` deselects
 def pytest_collection_modifyitems(config, items):
     """Mark as `slow` every test that uses a fixture starting a script or a training run, or lives in an
     end-to-end module, so that `bash scripts/test.sh -m "not slow"` is the fast loop. A test that starts one
@@ -82,7 +80,6 @@ def pytest_collection_modifyitems(config, items):
         group = shared_fixture_group(item) if xdist else None
         if group:
             item.add_marker(pytest.mark.xdist_group(group))
-    yield
 
 
 @pytest.fixture
